@@ -1,0 +1,226 @@
+"""Communication of a plan: bytes each rank sends per dimension, and the time of each collective on the
+links its group really spans (priced by :mod:`hardware.collectives`, placed by :mod:`hardware.placement`).
+
+Volumes are "bytes sent per rank" of the ring algorithms (an all-reduce of M bytes over n ranks sends
+2M(n-1)/n; all-gather and reduce-scatter M(n-1)/n; all-to-all M(n-1)/n; send/recv M). In elements and
+summed over one layer's forward and backward, this is the seeds' 8bsh(t-1)/t for tensor parallelism
+(4 all-reduces of b*s*h) and their DP / FSDP / MP table.
+
+Per dimension (Megatron-LM, Narayanan et al. 2021 and Korthikanti et al. 2022):
+
+* TP: 2 all-reduces of the b*s*h activation per layer forward (after attention, after the MLP) and 2
+  backward; with sequence parallelism each becomes an all-gather + reduce-scatter of the same buffer.
+  A MoE layer's MLP needs the pair only when experts are tensor-parallel (etp > 1) or there are
+  shared experts (TP-split like a dense MLP). Recomputed layers repeat their forward collectives.
+* CP: ring attention (``p2p``) sends the local K and V chunk cp-1 times forward; backward sends K, V and
+  dK, dV (twice forward). ``a2a`` (Ulysses) does 4 all-to-alls of the q/k/v/output activations each way.
+* EP: a dispatch and a combine all-to-all per MoE layer forward, two more backward.
+* PP: the b*s*h activation (split by SP) to the next stage forward, its gradient back, per micro-batch
+  per virtual chunk.
+* DP: ZeRO-0 all-reduces the gradients once per step; ZeRO-1 (Megatron distributed optimizer)
+  reduce-scatters them and all-gathers the updated bf16 weights; ZeRO-2 reduce-scatters every
+  micro-batch (the gradient buffer holds only the shard) and all-gathers weights once; ZeRO-3 (FSDP)
+  all-gathers weights forward and again backward and reduce-scatters gradients, every micro-batch.
+  Dense parameters reduce over dp x cp, experts over the expert-data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware.collectives import Collective, collective_time_s
+from hardware.placement import GroupPlacement, dense_placement, expert_placement
+from hardware.schema import ClusterSpec
+
+from .activations import ACT_BYTES, routed_pairs_per_rank
+from .model_spec import ModelSpec
+from .options import CostOptions
+from .plan import PlanArrays
+from .training_spec import TrainingSpec
+
+AR, AG, RS, A2A, P2P = (Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.REDUCE_SCATTER,
+                        Collective.ALL_TO_ALL, Collective.SEND_RECV)
+
+
+def sent_bytes(kind: Collective, n, message_bytes) -> np.ndarray:
+    """Bytes one rank sends in the ring/pairwise algorithm (nccl-tests size conventions)."""
+    n = np.asarray(n, dtype=float)
+    m = np.asarray(message_bytes, dtype=float)
+    share = np.where(n > 1, (n - 1) / np.maximum(n, 1), 0.0)
+    if kind == AR:
+        return 2 * m * share
+    if kind in (AG, RS, A2A):
+        return m * share
+    return np.where(n > 1, m, 0.0)
+
+
+@dataclass
+class Placements:
+    tp: GroupPlacement
+    cp: GroupPlacement
+    pp: GroupPlacement
+    dp_cp: GroupPlacement
+    ep: GroupPlacement
+    edp: GroupPlacement
+
+
+def place(cluster: ClusterSpec, plans: PlanArrays, options: CostOptions) -> Placements:
+    domain = cluster.topology.scaleup_domain_gpus
+    dense = dense_placement(plans.tp, plans.cp, plans.dp, plans.pp, domain_gpus=domain, order=options.rank_order)
+    expert = expert_placement(plans.etp, plans.ep, plans.expert_data_parallel, plans.pp, domain_gpus=domain,
+                              order=options.rank_order)
+    return Placements(tp=dense["tp"], cp=dense["cp"], pp=dense["pp"], dp_cp=dense["dp_cp"], ep=expert["ep"],
+                      edp=expert["edp"])
+
+
+class CommPricer:
+    """Prices a collective on one of the plan's groups and records the bytes sent."""
+
+    def __init__(self, cluster: ClusterSpec, placements: Placements):
+        self.topology = cluster.topology
+        self.placements = placements
+
+    def time(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
+        size = group.size
+        per_domain = group.ranks_per_domain
+        if kind == P2P:
+            # Neighbouring ranks of the group: inside one domain when the group has >= 2 ranks there.
+            size = np.where(group.size > 1, 2, 1)
+            per_domain = np.where(group.ranks_per_domain >= 2, 2, 1)
+        m = np.asarray(message_bytes, dtype=float)
+        size, per_domain = np.broadcast_arrays(size, per_domain)
+        if m.ndim == 2:
+            size, per_domain = size[:, None], per_domain[:, None]
+        return collective_time_s(self.topology, kind, size, m, per_domain)
+
+    def sent(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
+        m = np.asarray(message_bytes, dtype=float)
+        size = group.size[:, None] if m.ndim == 2 else group.size
+        if kind == P2P:
+            size = np.where(size > 1, 2, 1)
+        return sent_bytes(kind, size, m)
+
+
+@dataclass
+class LayerComm:
+    """Per micro-batch, per layer of each kind: seconds and bytes sent, forward and backward."""
+
+    tp_fwd_s: np.ndarray
+    tp_bwd_s: np.ndarray
+    tp_bytes: np.ndarray          # forward + backward
+    cp_fwd_s: np.ndarray
+    cp_bwd_s: np.ndarray
+    cp_bytes: np.ndarray
+    ep_fwd_s: np.ndarray
+    ep_bwd_s: np.ndarray
+    ep_bytes: np.ndarray
+
+
+def _tp_pair(pricer: CommPricer, plans: PlanArrays, activation_bytes: np.ndarray):
+    """One TP synchronisation point: all-reduce, or all-gather + reduce-scatter with SP."""
+    group = pricer.placements.tp
+    sp = plans.sequence_parallel
+    t_ar = pricer.time(AR, group, activation_bytes)
+    t_sp = pricer.time(AG, group, activation_bytes) + pricer.time(RS, group, activation_bytes)
+    b_ar = pricer.sent(AR, group, activation_bytes)
+    b_sp = pricer.sent(AG, group, activation_bytes) + pricer.sent(RS, group, activation_bytes)
+    return np.where(sp, t_sp, t_ar), np.where(sp, b_sp, b_ar)
+
+
+def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
+                        options: CostOptions) -> tuple[LayerComm, LayerComm]:
+    """Communication of one dense layer and one MoE layer per micro-batch."""
+    tokens = plans.micro_batch * training.seq_length / plans.cp
+    activation = ACT_BYTES * tokens * model.hidden_size
+    pair_s, pair_b = _tp_pair(pricer, plans, activation)
+
+    # Context parallelism.
+    t = plans.tp.astype(float)
+    kv_heads = np.maximum((model.num_attention_heads if model.is_mla else model.num_kv_heads) / t, 1.0)
+    q_heads = model.num_attention_heads / t
+    cp_group = pricer.placements.cp
+    if options.cp_comm_type == "p2p":
+        kv_chunk = ACT_BYTES * tokens * kv_heads * (model.q_head_dim + model.v_dim)
+        steps = plans.cp - 1
+        cp_fwd = steps * pricer.time(P2P, cp_group, kv_chunk)
+        cp_bwd = 2 * cp_fwd
+        cp_bytes = 3 * steps * kv_chunk
+    else:
+        widths = (q_heads * model.q_head_dim, kv_heads * model.q_head_dim, kv_heads * model.v_dim,
+                  q_heads * model.v_dim)
+        cp_fwd = sum(pricer.time(A2A, cp_group, ACT_BYTES * tokens * w) for w in widths)
+        cp_bwd = cp_fwd
+        cp_bytes = 2 * sum(pricer.sent(A2A, cp_group, ACT_BYTES * tokens * w) for w in widths)
+
+    zero = np.zeros(len(plans))
+    dense = LayerComm(tp_fwd_s=2 * pair_s, tp_bwd_s=2 * pair_s, tp_bytes=4 * pair_b, cp_fwd_s=cp_fwd,
+                      cp_bwd_s=cp_bwd, cp_bytes=cp_bytes, ep_fwd_s=zero, ep_bwd_s=zero, ep_bytes=zero)
+    if not model.is_moe:
+        return dense, dense
+
+    mlp_pairs = np.where((plans.etp > 1) | bool(model.shared_expert_ffn_hidden_size), 1.0, 0.0)
+    pairs = routed_pairs_per_rank(model, training, plans) / plans.etp  # tokens a rank sends out
+    dispatch_bytes = (1 if training.moe_dispatch_fp8 else ACT_BYTES) * pairs * model.hidden_size
+    combine_bytes = ACT_BYTES * pairs * model.hidden_size
+    ep_group = pricer.placements.ep
+    ep_fwd = pricer.time(A2A, ep_group, dispatch_bytes) + pricer.time(A2A, ep_group, combine_bytes)
+    ep_bwd = 2 * pricer.time(A2A, ep_group, combine_bytes)
+    ep_bytes = (pricer.sent(A2A, ep_group, dispatch_bytes) + 3 * pricer.sent(A2A, ep_group, combine_bytes))
+    moe = LayerComm(tp_fwd_s=(1 + mlp_pairs) * pair_s, tp_bwd_s=(1 + mlp_pairs) * pair_s,
+                    tp_bytes=2 * (1 + mlp_pairs) * pair_b, cp_fwd_s=cp_fwd, cp_bwd_s=cp_bwd, cp_bytes=cp_bytes,
+                    ep_fwd_s=ep_fwd, ep_bwd_s=ep_bwd, ep_bytes=ep_bytes)
+    return dense, moe
+
+
+def pipeline_p2p(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: CommPricer):
+    """Seconds and bytes of one activation (or gradient) transfer between neighbouring stages."""
+    tokens = plans.micro_batch * training.seq_length / plans.cp
+    sp_div = np.where(plans.sequence_parallel, plans.tp, 1)
+    message = ACT_BYTES * tokens * model.hidden_size / sp_div
+    message = np.where(plans.pp > 1, message, 0.0)
+    return pricer.time(P2P, pricer.placements.pp, message), pricer.sent(P2P, pricer.placements.pp, message)
+
+
+@dataclass
+class DataParallelComm:
+    """Per stage (plans, 3): seconds and bytes of the data-parallel traffic."""
+
+    grad_sync_s: np.ndarray
+    """Once per step: all-reduce (ZeRO-0) or reduce-scatter (ZeRO-1) of the gradients."""
+    param_gather_s: np.ndarray
+    """Once per step: all-gather of updated weights (ZeRO-1/2)."""
+    per_microbatch_fwd_s: np.ndarray
+    """Every micro-batch, during the forward pass: ZeRO-3 weight all-gather."""
+    per_microbatch_bwd_s: np.ndarray
+    """Every micro-batch, during the backward pass: ZeRO-3 all-gather + reduce-scatter, ZeRO-2 reduce-scatter."""
+    bytes_per_step: np.ndarray
+
+
+def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
+                                dense_params: np.ndarray, expert_params: np.ndarray,
+                                num_microbatches: np.ndarray) -> DataParallelComm:
+    zero = plans.zero_stage[:, None]
+    groups = ((pricer.placements.dp_cp, dense_params), (pricer.placements.edp, expert_params))
+    shape = dense_params.shape
+    grad_sync = np.zeros(shape)
+    gather = np.zeros(shape)
+    fwd = np.zeros(shape)
+    bwd = np.zeros(shape)
+    sent = np.zeros(shape)
+    m = num_microbatches[:, None].astype(float)
+    for group, params in groups:
+        grads = params * training.grad_bytes
+        weights = params * 2.0
+        ar_s, ar_b = pricer.time(AR, group, grads), pricer.sent(AR, group, grads)
+        rs_s, rs_b = pricer.time(RS, group, grads), pricer.sent(RS, group, grads)
+        ag_s, ag_b = pricer.time(AG, group, weights), pricer.sent(AG, group, weights)
+        grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s], 0.0)
+        gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
+        fwd += np.where(zero == 3, ag_s, 0.0)
+        bwd += np.select([zero == 2, zero == 3], [rs_s, ag_s + rs_s], 0.0)
+        sent += np.select([zero == 0, zero == 1, zero == 2, zero == 3],
+                          [ar_b, rs_b + ag_b, m * rs_b + ag_b, m * (2 * ag_b + rs_b)])
+    return DataParallelComm(grad_sync_s=grad_sync, param_gather_s=gather, per_microbatch_fwd_s=fwd,
+                            per_microbatch_bwd_s=bwd, bytes_per_step=sent)

@@ -1,0 +1,192 @@
+"""Compute time of one layer for one micro-batch on one rank, from the GEMMs and kernels it runs.
+
+Each GEMM (M x K) @ (K x N) is priced on a roofline with an achievable fraction of peak:
+
+    time = max(2*M*N*K / (peak * gemm_efficiency), bytes_moved / (HBM bandwidth * hbm_efficiency))
+           + kernel_overhead
+
+where bytes_moved = (M*K + K*N) * input bytes + M*N * 2. Large GEMMs are compute bound at the measured
+large-GEMM efficiency (REFERENCE.md: ~80% of dense peak on H100 SXM); thin, TP-sharded or small-batch
+GEMMs become bandwidth or overhead bound, which is how tensor and expert parallelism lose efficiency.
+
+Attention core (QK^T, softmax, AV): 2*b*heads*s_q*s_kv*(d_qk + d_v) FLOPs forward; fused causal kernels
+skip the masked half. Backward of a flash kernel recomputes QK^T, so it does 2.5x the forward FLOPs
+(Dao 2023, FlashAttention-2, section 3.1: 5 matmuls backward vs 2 forward); an unfused kernel 2x.
+Priced at the GPU's attention efficiency.
+
+Element-wise kernels (norms, residual adds, rotary embedding, SwiGLU/GeLU, dropout, unfused softmax,
+MoE permutation) are memory bound: bytes read + written / achievable HBM bandwidth. Their backward
+moves about twice the forward's bytes.
+
+Backward GEMMs: one data-gradient and one weight-gradient GEMM per forward GEMM, same FLOPs each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware.schema import GPUSpec
+
+from .activations import ACT_BYTES, routed_pairs_per_rank
+from .model_spec import ModelSpec
+from .options import CostOptions
+from .plan import PlanArrays
+from .training_spec import TrainingSpec
+
+
+@dataclass
+class LayerTimes:
+    """Seconds per micro-batch on one rank, arrays over plans."""
+
+    forward: np.ndarray
+    """Whole layer forward."""
+    backward: np.ndarray
+    """Whole layer backward."""
+    attention_forward: np.ndarray
+    """Attention core forward (what selective recompute repeats; what the CP ring overlaps with)."""
+    attention_backward: np.ndarray
+    gemm_forward: np.ndarray
+    """GEMM part of the forward (what TP communication overlap can hide behind)."""
+    forward_flops: np.ndarray
+    """FLOPs executed forward (model FLOPs; recompute adds more)."""
+    attention_forward_flops: np.ndarray
+
+
+class _Pricer:
+    def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions):
+        fp8 = training.precision == "fp8" and gpu.peak_tflops_fp8
+        self.gemm_flops_per_s = (gpu.peak_tflops_fp8 if fp8 else gpu.peak_tflops_bf16) * 1e12 * gpu.gemm_efficiency
+        self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency
+        self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
+        self.in_bytes = 1 if fp8 else 2
+        self.overhead_s = options.kernel_overhead_us * 1e-6
+
+    def gemm(self, m, n, k, count=1.0):
+        """Seconds and FLOPs of ``count`` GEMMs of shape (m x k) @ (k x n)."""
+        m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
+        flops = 2.0 * m * n * k
+        moved = (m * k + k * n) * self.in_bytes + m * n * ACT_BYTES
+        seconds = np.maximum(flops / self.gemm_flops_per_s, moved / self.hbm_bytes_per_s) + self.overhead_s
+        seconds = np.where(m > 0, seconds, 0.0)
+        return count * seconds, count * flops
+
+    def streaming(self, bytes_moved):
+        return np.asarray(bytes_moved, dtype=float) / self.hbm_bytes_per_s
+
+
+def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer):
+    """Projection GEMMs, attention core and element-wise work of the attention half of a layer."""
+    h = model.hidden_size
+    t = plans.tp.astype(float)
+    tokens = plans.micro_batch * training.seq_length / plans.cp
+    sp_div = np.where(plans.sequence_parallel, t, 1.0)
+    q_heads = model.num_attention_heads / t
+    kv_heads = np.maximum((model.num_attention_heads if model.is_mla else model.num_kv_heads) / t, 1.0)
+
+    gemm_s = np.zeros(len(plans))
+    gemm_flops = np.zeros(len(plans))
+
+    def add(seconds_flops):
+        nonlocal gemm_s, gemm_flops
+        gemm_s = gemm_s + seconds_flops[0]
+        gemm_flops = gemm_flops + seconds_flops[1]
+
+    if model.is_mla:
+        if model.q_lora_rank:
+            add(pricer.gemm(tokens, model.q_lora_rank, h))                       # q_a (replicated)
+            add(pricer.gemm(tokens, q_heads * model.q_head_dim, model.q_lora_rank))  # q_b
+        else:
+            add(pricer.gemm(tokens, q_heads * model.q_head_dim, h))
+        add(pricer.gemm(tokens, model.kv_lora_rank + model.qk_rope_head_dim, h))  # kv_a (replicated)
+        add(pricer.gemm(tokens, q_heads * (model.qk_nope_head_dim + model.v_head_dim), model.kv_lora_rank))
+    else:
+        add(pricer.gemm(tokens, (q_heads + 2 * kv_heads) * model.head_dim, h))   # fused QKV
+    add(pricer.gemm(tokens, q_heads * model.v_dim, h))                              # output projection
+
+    s_kv = float(training.seq_length)
+    causal_skip = 0.5 if (training.causal and training.flash_attention) else 1.0
+    core_flops = 2.0 * plans.micro_batch * q_heads * (training.seq_length / plans.cp) * s_kv \
+        * (model.q_head_dim + model.v_dim) * causal_skip
+    core_fwd_s = core_flops / pricer.attention_flops_per_s
+    backward_factor = 2.5 if training.flash_attention else 2.0
+
+    e = ACT_BYTES
+    per_token = (4 * e * h + 6 * e * h) / sp_div                  # norm (read+write), 2 residual adds
+    per_token = per_token + 2 * e * (q_heads + kv_heads) * model.q_head_dim  # rotary embedding on q, k
+    if training.dropout:
+        per_token = per_token + (2 * e + 1) * h / sp_div
+    elementwise = per_token * tokens
+    if not training.flash_attention:
+        score_passes = 4 if training.dropout else 2                 # softmax read/write (+ dropout)
+        elementwise = elementwise + score_passes * e * q_heads * tokens * s_kv
+    elementwise_s = pricer.streaming(elementwise)
+    return gemm_s, gemm_flops, core_fwd_s, core_flops, backward_factor, elementwise_s
+
+
+def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer, width_per_rank,
+         tokens):
+    """A dense or shared-expert MLP of the given per-rank intermediate width."""
+    h = model.hidden_size
+    fc1_width = width_per_rank * (2 if model.gated_mlp else 1)
+    s1, f1 = pricer.gemm(tokens, fc1_width, h)
+    s2, f2 = pricer.gemm(tokens, h, width_per_rank)
+    act_bytes = ACT_BYTES * width_per_rank * (3 if model.gated_mlp else 2) * tokens
+    return s1 + s2, f1 + f2, pricer.streaming(act_bytes)
+
+
+def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu: GPUSpec,
+                options: CostOptions) -> tuple[LayerTimes, LayerTimes]:
+    """Times of a dense layer and of a MoE layer (zeros where the model has none)."""
+    pricer = _Pricer(gpu, training, options)
+    t = plans.tp.astype(float)
+    tokens = plans.micro_batch * training.seq_length / plans.cp
+    att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s = _attention(model, training, plans, pricer)
+
+    def assemble(gemm_s, gemm_flops, elem_s):
+        forward = gemm_s + core_s + elem_s
+        backward = 2 * gemm_s + bwd_factor * core_s + 2 * elem_s
+        return LayerTimes(forward=forward, backward=backward, attention_forward=core_s,
+                          attention_backward=bwd_factor * core_s, gemm_forward=gemm_s,
+                          forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops)
+
+    zero = np.zeros(len(plans))
+    if model.num_dense_layers:
+        mlp_s, mlp_flops, mlp_elem = _mlp(model, training, plans, pricer, model.ffn_hidden_size / t, tokens)
+        dense = assemble(att_gemm_s + mlp_s, att_flops + mlp_flops, att_elem_s + mlp_elem)
+    else:
+        dense = LayerTimes(zero, zero, zero, zero, zero, zero, zero)
+
+    if model.is_moe:
+        sp_div = np.where(plans.sequence_parallel, t, 1.0)
+        router_s, router_flops = pricer.gemm(tokens / sp_div, model.num_experts, model.hidden_size)
+        pairs = routed_pairs_per_rank(model, training, plans)
+        local_experts = model.num_experts / plans.ep
+        width = model.moe_ffn_hidden_size / plans.etp
+        fc1 = width * (2 if model.gated_mlp else 1)
+        e1_s, e1_f = pricer.gemm(pairs / local_experts, fc1, model.hidden_size, count=local_experts)
+        e2_s, e2_f = pricer.gemm(pairs / local_experts, model.hidden_size, width, count=local_experts)
+        expert_elem = ACT_BYTES * pairs * (width * (3 if model.gated_mlp else 2) + 4 * model.hidden_size)
+        gemm_s = att_gemm_s + router_s + e1_s + e2_s
+        flops = att_flops + router_flops + e1_f + e2_f
+        elem_s = att_elem_s + pricer.streaming(expert_elem)
+        if model.shared_expert_ffn_hidden_size:
+            sh_s, sh_f, sh_elem = _mlp(model, training, plans, pricer, model.shared_expert_ffn_hidden_size / t, tokens)
+            gemm_s, flops, elem_s = gemm_s + sh_s, flops + sh_f, elem_s + sh_elem
+        moe = assemble(gemm_s, flops, elem_s)
+    else:
+        moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero)
+    return dense, moe
+
+
+def lm_head_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu: GPUSpec,
+                  options: CostOptions, padded_vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forward seconds, backward seconds and forward FLOPs of the final norm, LM head and loss."""
+    pricer = _Pricer(gpu, training, options)
+    tokens = plans.micro_batch * training.seq_length / plans.cp
+    vocab_per_rank = padded_vocab / plans.tp
+    gemm_s, flops = pricer.gemm(tokens, vocab_per_rank, model.hidden_size)
+    # Cross-entropy: upcast bf16 logits to fp32, max, exp, sum, normalise: ~4 passes over fp32 logits.
+    loss_s = pricer.streaming((ACT_BYTES + 4 * 4) * tokens * vocab_per_rank)
+    return gemm_s + loss_s, 2 * gemm_s + loss_s, flops

@@ -1,0 +1,278 @@
+"""Price N plans in one vectorised call: memory per rank, step time, throughput, MFU, time and cost.
+
+Step time (all per rank of the bottleneck stage; "exposed" = not hidden behind compute):
+
+    T_mb    = forward + backward + recompute + exposed TP + exposed CP + EP + exposed ZeRO-2/3 traffic
+    T_pipe  = (m + (p-1)/v) * T_mb                 the pipeline bubble is (p-1)/(v*m) of the work
+                                                   (Narayanan et al. 2021, section 2.2)
+    step    = T_pipe + exposed pipeline send/recv + exposed data-parallel sync + optimizer step
+
+Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
+
+* TP: exposed, unless ``tp_comm_overlap`` (Megatron ``--tp-comm-overlap``), which hides it behind the
+  layer's GEMMs up to their duration.
+* CP ring (p2p): each K/V exchange overlaps the attention kernel of the previous chunk; exposed is
+  what exceeds the attention time, forward and backward. CP all-to-all is exposed.
+* EP all-to-all: exposed (no DualPipe-style overlap).
+* Pipeline send/recv: 1F1B sends on the critical path, 2 transfers per micro-batch plus fill and drain:
+  2*(m + p - 1) transfers; the interleaved schedule overlaps them (``--overlap-p2p-communication``)
+  except during fill and drain: 2*(p - 1).
+* DP gradient sync (ZeRO-0/1) with ``overlap_grad_reduce`` hides behind the last micro-batch's
+  backward, except the last bucket (40M elements); the distributed optimizer's weight all-gather with
+  ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
+* ZeRO-2 reduce-scatters every micro-batch during its backward; ZeRO-3 (FSDP) prefetches each layer's
+  weights during the previous layer's compute: exposed is what exceeds the compute, plus the first
+  layer's all-gather.
+* Optimizer step: memory bound, Adam reads and writes fp32 master, m, v and the gradient and writes bf16
+  weights: 30 bytes per parameter of the local shard (22 for SGD). Offloaded: the gradient goes to the
+  host and the bf16 weight comes back over PCIe, and the host CPUs run Adam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from hardware.schema import ClusterSpec
+
+from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
+from .compute import layer_times, lm_head_times
+from .flops import model_flops_per_step, recompute_flops_per_step
+from .memory import GIB, MemoryBreakdown, memory_breakdown, padded_vocab, stage_parameters
+from .model_spec import ModelSpec
+from .options import CostOptions
+from .params import ParameterCounts
+from .plan import FULL, SELECTIVE, PlanArrays
+from .stages import STAGES, recomputed_layer_share, stage_layout
+from .training_spec import TrainingSpec
+
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
+TIME_PARTS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
+              "optimizer")
+COMM_DIMS = ("tp", "cp", "ep", "pp", "dp")
+
+
+@dataclass
+class PlanMetrics:
+    """Everything the cost model predicts for N plans; every array has length N."""
+
+    plans: PlanArrays
+    num_microbatches: np.ndarray
+    memory_bytes: np.ndarray
+    """Peak memory per GPU: the most loaded pipeline stage."""
+    memory_parts_bytes: dict[str, np.ndarray]
+    """Breakdown of that stage (weights, gradients, optimizer, activations, other)."""
+    peak_stage: np.ndarray
+    """Index into STAGES of the most loaded stage."""
+    step_time_s: np.ndarray
+    step_time_parts_s: dict[str, np.ndarray]
+    """Breakdown of the step time; the parts add up to step_time_s."""
+    bottleneck_stage: np.ndarray
+    tokens_per_s: np.ndarray
+    model_flops_per_step: float
+    hardware_flops_per_step: np.ndarray
+    mfu: np.ndarray
+    hfu: np.ndarray
+    tflops_per_gpu: np.ndarray
+    """Model TFLOP/s achieved per GPU."""
+    comm_bytes_per_step: dict[str, np.ndarray]
+    """Bytes each rank of the bottleneck stage sends per step, per parallel dimension."""
+    time_to_train_s: np.ndarray
+    gpu_hours: np.ndarray
+    cost_usd: np.ndarray
+    energy_kwh: np.ndarray
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.step_time_s)
+
+    @property
+    def memory_gib(self) -> np.ndarray:
+        return self.memory_bytes / GIB
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per plan: the plan columns, then metrics (memory in GiB, times in seconds)."""
+        columns = {name: value for name, value in self.plans.to_columns().items()}
+        columns["num_gpus"] = self.plans.num_gpus
+        columns["num_microbatches"] = self.num_microbatches
+        columns["memory_gib"] = self.memory_gib
+        for part in MEMORY_PARTS:
+            columns[f"memory_{part}_gib"] = self.memory_parts_bytes[part] / GIB
+        columns["peak_stage"] = np.asarray(STAGES)[self.peak_stage]
+        columns["step_time_s"] = self.step_time_s
+        for part in TIME_PARTS:
+            columns[f"time_{part}_s"] = self.step_time_parts_s[part]
+        columns["tokens_per_s"] = self.tokens_per_s
+        columns["tokens_per_s_per_gpu"] = self.tokens_per_s / self.plans.num_gpus
+        columns["tflops_per_gpu"] = self.tflops_per_gpu
+        columns["mfu"] = self.mfu
+        columns["hfu"] = self.hfu
+        for dim in COMM_DIMS:
+            columns[f"comm_{dim}_gb_per_step"] = self.comm_bytes_per_step[dim] / 1e9
+        columns["time_to_train_days"] = self.time_to_train_s / 86400
+        columns["gpu_hours"] = self.gpu_hours
+        columns["cost_usd"] = self.cost_usd
+        columns["energy_mwh"] = self.energy_kwh / 1000
+        return pd.DataFrame(columns)
+
+
+def _pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(values, index[:, None], axis=1)[:, 0]
+
+
+def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, plans: PlanArrays,
+             options: CostOptions | None = None) -> PlanMetrics:
+    """Predict memory and time of every plan (see the module docstring for the time model)."""
+    options = options or CostOptions()
+    gpu = cluster.gpu
+    counts = ParameterCounts(model)
+    m = plans.num_microbatches(training.global_batch_size)
+    m = np.maximum(m, 1)
+    stages = stage_layout(model, plans, m)
+    params = stage_parameters(model, counts, plans, stages, options)
+
+    # ---- memory ----
+    memory = memory_breakdown(model, training, plans, stages, params, options)
+    totals = np.where(stages.exists, memory.total, -np.inf)
+    peak_stage = np.argmax(totals, axis=1)
+    memory_parts = {part: _pick(getattr(memory, part), peak_stage) for part in MEMORY_PARTS}
+    memory_bytes = _pick(memory.total, peak_stage)
+
+    # ---- compute per micro-batch per stage ----
+    dense_t, moe_t = layer_times(model, training, plans, gpu, options)
+    vocab = padded_vocab(model, plans, options).astype(float)
+    head_fwd, head_bwd, _ = lm_head_times(model, training, plans, gpu, options, vocab)
+    Ld, Lm = stages.dense_layers, stages.moe_layers
+    head = stages.has_lm_head
+
+    def per_stage(dense_values, moe_values):
+        return Ld * dense_values[:, None] + Lm * moe_values[:, None]
+
+    forward = per_stage(dense_t.forward, moe_t.forward) + np.where(head, head_fwd[:, None], 0.0)
+    backward = per_stage(dense_t.backward, moe_t.backward) + np.where(head, head_bwd[:, None], 0.0)
+    share = recomputed_layer_share(plans, stages)
+    layers_forward = per_stage(dense_t.forward, moe_t.forward)
+    recompute = np.where(plans.recompute[:, None] == FULL, share * layers_forward,
+                         np.where(plans.recompute[:, None] == SELECTIVE,
+                                  per_stage(dense_t.attention_forward, moe_t.attention_forward), 0.0))
+
+    # ---- communication per micro-batch per stage ----
+    placements = place(cluster, plans, options)
+    pricer = CommPricer(cluster, placements)
+    dense_c, moe_c = layer_communication(model, training, plans, pricer, options)
+    repeat = 1.0 + share  # recomputed layers repeat their forward collectives
+    tp_total = (per_stage(dense_c.tp_fwd_s, moe_c.tp_fwd_s) * repeat + per_stage(dense_c.tp_bwd_s, moe_c.tp_bwd_s))
+    if training.tp_comm_overlap:
+        gemm = per_stage(dense_t.gemm_forward, moe_t.gemm_forward) * (3.0 + share)
+        tp_exposed = np.maximum(0.0, tp_total - gemm)
+    else:
+        tp_exposed = tp_total
+    if options.cp_comm_type == "p2p":
+        cp_layer_f = np.maximum(0.0, dense_c.cp_fwd_s - dense_t.attention_forward)
+        cp_layer_b = np.maximum(0.0, dense_c.cp_bwd_s - dense_t.attention_backward)
+        cp_moe_f = np.maximum(0.0, moe_c.cp_fwd_s - moe_t.attention_forward)
+        cp_moe_b = np.maximum(0.0, moe_c.cp_bwd_s - moe_t.attention_backward)
+        cp_exposed = per_stage(cp_layer_f, cp_moe_f) * repeat + per_stage(cp_layer_b, cp_moe_b)
+    else:
+        cp_exposed = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
+    ep_exposed = Lm * (moe_c.ep_fwd_s[:, None] * repeat + moe_c.ep_bwd_s[:, None])
+
+    dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, m)
+    compute_fwd = forward
+    compute_bwd = backward + recompute
+    layers = np.maximum(stages.layers, 1.0)
+    zero_exposed = (np.maximum(0.0, dp.per_microbatch_fwd_s - compute_fwd) + dp.per_microbatch_fwd_s / layers
+                    + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
+
+    t_mb = forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed
+    t_mb = np.where(stages.exists, t_mb, -np.inf)
+    bottleneck = np.argmax(t_mb, axis=1)
+    T = _pick(t_mb, bottleneck)
+
+    pp = plans.pp.astype(float)
+    v = plans.vpp.astype(float)
+    mf = m.astype(float)
+    bubble_factor = (pp - 1) / v
+    p2p_s, p2p_bytes = pipeline_p2p(model, training, plans, pricer)
+    transfers = np.where(plans.vpp > 1, 2 * (pp - 1), 2 * (mf + pp - 1))
+    pp_comm = np.where(plans.pp > 1, transfers * p2p_s, 0.0)
+
+    # ---- once per step: data-parallel sync and optimizer ----
+    local_params = params.total
+    bucket_share = np.minimum(1.0, options.grad_bucket_elements / np.maximum(local_params, 1.0))
+    zero = plans.zero_stage[:, None]
+    grad_exposed = np.where(training.overlap_grad_reduce,
+                            np.maximum(dp.grad_sync_s * bucket_share, dp.grad_sync_s - backward), dp.grad_sync_s)
+    gather_exposed = np.where(training.overlap_param_gather,
+                              np.maximum(dp.param_gather_s * bucket_share, dp.param_gather_s - forward),
+                              dp.param_gather_s)
+    shard = np.where(zero >= 1, params.dense / (plans.dp * plans.cp)[:, None]
+                     + params.expert / plans.expert_data_parallel[:, None], local_params)
+    optimizer_bytes_per_param = 30.0 if training.optimizer in ("adam", "adamw") else 22.0
+    on_gpu = shard * optimizer_bytes_per_param / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+    offloaded = (shard * (training.grad_bytes + 2) / (options.pcie_GBps * 1e9)
+                 + shard / options.cpu_adam_params_per_s)
+    optimizer_s = np.where(plans.optimizer_offload[:, None], offloaded, on_gpu)
+    tail = np.where(stages.exists, grad_exposed + gather_exposed + optimizer_s, -np.inf)
+    tail_stage = np.argmax(tail, axis=1)
+    dp_exposed = _pick(grad_exposed + gather_exposed, tail_stage)
+    optimizer_step = _pick(optimizer_s, tail_stage)
+
+    pipeline = (mf + bubble_factor) * T
+    step = pipeline + pp_comm + dp_exposed + optimizer_step
+
+    def at_bottleneck(values):
+        return _pick(values, bottleneck)
+
+    parts = {
+        "compute": mf * at_bottleneck(forward + backward),
+        "recompute": mf * at_bottleneck(recompute),
+        "tp_comm": mf * at_bottleneck(tp_exposed),
+        "cp_comm": mf * at_bottleneck(cp_exposed),
+        "ep_comm": mf * at_bottleneck(ep_exposed),
+        "pp_bubble": bubble_factor * T,
+        "pp_comm": pp_comm,
+        "dp_comm": dp_exposed + mf * at_bottleneck(zero_exposed),  # ZeRO-2/3 traffic is data-parallel
+        "optimizer": optimizer_step,
+    }
+
+    # ---- throughput, FLOPs, economics ----
+    tokens_per_step = training.global_batch_size * training.seq_length
+    tokens_per_s = tokens_per_step / step
+    num_gpus = plans.num_gpus.astype(float)
+    model_flops = model_flops_per_step(model, training, causal=options.mfu_attention_causal)
+    hardware_flops = model_flops + recompute_flops_per_step(
+        model, training, plans, _pick(share, bottleneck), causal=options.mfu_attention_causal)
+    fp8 = training.precision == "fp8" and gpu.peak_tflops_fp8
+    peak = (gpu.peak_tflops_fp8 if fp8 else gpu.peak_tflops_bf16) * 1e12
+    mfu = model_flops / (step * num_gpus * peak)
+    hfu = hardware_flops / (step * num_gpus * peak)
+
+    comm = {
+        "tp": mf * at_bottleneck(per_stage(dense_c.tp_bytes, moe_c.tp_bytes)),
+        "cp": mf * at_bottleneck(per_stage(dense_c.cp_bytes, moe_c.cp_bytes)),
+        "ep": mf * at_bottleneck(Lm * moe_c.ep_bytes[:, None]),
+        "pp": 2 * mf * v * p2p_bytes,
+        "dp": at_bottleneck(dp.bytes_per_step),
+    }
+
+    if training.train_tokens:
+        time_to_train = training.train_tokens / tokens_per_s
+    else:
+        time_to_train = np.full(len(plans), np.nan)
+    gpu_hours = time_to_train * num_gpus / 3600
+    price = cluster.economics.price_per_gpu_hour_usd
+    cost = gpu_hours * price if price is not None else np.full(len(plans), np.nan)
+    power_w = cluster.economics.power_per_gpu_w or gpu.tdp_w
+    energy = (gpu_hours * power_w * cluster.economics.pue / 1000) if power_w else np.full(len(plans), np.nan)
+
+    return PlanMetrics(
+        plans=plans, num_microbatches=m, memory_bytes=memory_bytes, memory_parts_bytes=memory_parts,
+        peak_stage=peak_stage, step_time_s=step, step_time_parts_s=parts, bottleneck_stage=bottleneck,
+        tokens_per_s=tokens_per_s, model_flops_per_step=model_flops, hardware_flops_per_step=hardware_flops,
+        mfu=mfu, hfu=hfu, tflops_per_gpu=model_flops / (step * num_gpus) / 1e12, comm_bytes_per_step=comm,
+        time_to_train_s=time_to_train, gpu_hours=gpu_hours, cost_usd=cost, energy_kwh=energy,
+        extras={"memory_by_stage": memory, "stages": stages, "step_time_by_stage": t_mb},
+    )

@@ -1,0 +1,82 @@
+"""Model FLOPs of a training step, the denominator-free quantity behind MFU.
+
+Counting convention (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU
+Clusters Using Megatron-LM", section 5.1; also PaLM's MFU, Chowdhery et al. 2022, appendix B): every
+matrix multiplication costs 2 FLOPs per multiply-add; the backward pass costs twice the forward; the
+attention score matrix counts in full (s x s, no causal discount) unless asked otherwise.
+
+Forward FLOPs of one sequence of s tokens:
+
+    sum over layers of 2*s*(weights in matmuls the token passes through)      projections, MLP/experts
+  + sum over layers of 2*s*s*heads*(d_qk + d_v)                               QK^T and AV
+  + 2*s*h*V                                                                   LM head
+
+For a GPT layer (4h^2 attention + 8h^2 MLP weights) this is 24*s*h^2 + 4*s^2*h per layer, and the step
+of B sequences costs 3x the forward:
+
+    72 * B * s * l * h^2 * (1 + s/(6h) + V/(12*l*h))          (Narayanan et al. 2021, equation 3 without recompute)
+
+Full recompute repeats each layer's forward (not the LM head), giving the paper's 96 form:
+
+    96 * B * s * l * h^2 * (1 + s/(6h) + V/(16*l*h))
+
+MFU divides model FLOPs by peak; HFU adds the recomputed FLOPs (Korthikanti et al. 2022, section 6.3).
+For MoE the weights are the active ones (top-k routed experts, shared experts, router).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .model_spec import ModelSpec
+from .params import ParameterCounts
+from .plan import FULL, SELECTIVE, PlanArrays
+from .training_spec import TrainingSpec
+
+
+def layer_matmul_weights(model: ModelSpec, counts: ParameterCounts) -> tuple[int, int]:
+    """Weights in the matmuls of a dense layer and of a MoE layer (active experts only)."""
+    h = model.hidden_size
+    matrices = 3 if model.gated_mlp else 2
+    attention = counts.attention - counts.attention_vectors
+    dense = attention + matrices * h * model.ffn_hidden_size
+    moe = (attention + matrices * h * (model.experts_per_token * model.moe_ffn_hidden_size
+                                       + model.shared_expert_ffn_hidden_size) + h * model.num_experts)
+    return dense, moe
+
+
+def attention_flops_per_sequence(model: ModelSpec, seq_length: int, causal: bool) -> float:
+    """QK^T and AV of one layer for one sequence, forward."""
+    full = 2.0 * seq_length * seq_length * model.num_attention_heads * (model.q_head_dim + model.v_dim)
+    return full / 2 if causal else full
+
+
+def forward_flops_per_sequence(model: ModelSpec, seq_length: int, causal: bool = False) -> dict[str, float]:
+    """Forward FLOPs of one sequence, split into layer projections, attention scores and LM head."""
+    counts = ParameterCounts(model)
+    dense_w, moe_w = layer_matmul_weights(model, counts)
+    projections = 2.0 * seq_length * (model.num_dense_layers * dense_w + model.num_moe_layers * moe_w)
+    attention = model.num_layers * attention_flops_per_sequence(model, seq_length, causal)
+    head = 2.0 * seq_length * model.hidden_size * model.vocab_size
+    return {"projections": projections, "attention": attention, "lm_head": head}
+
+
+def model_flops_per_step(model: ModelSpec, training: TrainingSpec, causal: bool = False) -> float:
+    """Model FLOPs of one optimizer step: 3 x forward x global batch (no recompute counted)."""
+    parts = forward_flops_per_sequence(model, training.seq_length, causal)
+    return 3.0 * training.global_batch_size * sum(parts.values())
+
+
+def recompute_flops_per_step(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
+                             recomputed_layer_share: np.ndarray, causal: bool = False) -> np.ndarray:
+    """Extra forward FLOPs that recomputation executes per step (hardware minus model FLOPs).
+
+    Full: the recomputed share of the layers' forward. Selective: the attention core forward
+    (Korthikanti et al. 2022's 'selective activation recomputation').
+    """
+    parts = forward_flops_per_sequence(model, training.seq_length, causal)
+    layers = parts["projections"] + parts["attention"]
+    batch = training.global_batch_size
+    full = np.where(plans.recompute == FULL, recomputed_layer_share * layers * batch, 0.0)
+    selective = np.where(plans.recompute == SELECTIVE, parts["attention"] * batch, 0.0)
+    return full + selective

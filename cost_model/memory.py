@@ -1,0 +1,153 @@
+"""Memory per rank of every pipeline stage, with its breakdown.
+
+Model states (bytes per parameter held by the rank):
+
+* weights: 2 (bf16), plus 1 for Transformer Engine's cached FP8 weight copy when GEMMs run in FP8;
+* gradients: 4 for fp32 main grads (Megatron with ``--bf16``) or 2 for bf16;
+* optimizer: 12 for Adam (fp32 master, m, v), 8 for SGD with momentum.
+
+This gives Megatron-LM's ``theoretical_memory_usage.py`` figures: 18 bytes/param without the
+distributed optimizer and 6 + 12/d with it; and the classic 16 bytes/param of mixed-precision Adam with
+bf16 gradients (ZeRO paper, Rajbhandari et al. 2020, section 3.1: 2 + 2 + 12).
+
+ZeRO stages shard over the ranks that hold the same parameters: dp x cp for dense parameters
+(Megatron's data-parallel-with-context group) and the expert-data-parallel ranks for experts. Stage 1
+shards the optimizer, 2 also the gradients, 3 also the weights (FSDP), which then needs the gathered
+weights of the layer being computed and the one being prefetched.
+
+Parameters on a stage are split by tensor parallelism except what Megatron replicates (norms, MLA's
+down-projections, row-parallel biases, the router, learned position table), by expert parallelism x
+expert-TP for routed experts, and Megatron pads the vocabulary to a multiple of 128 x tp. The first stage
+holds the embedding, the last the LM head (a copy of the embedding when tied and pp > 1, kept in sync by
+Megatron's embedding group).
+
+Activations come from :mod:`cost_model.activations` times the layer-micro-batches in flight from
+:mod:`cost_model.stages`. "Other" is the transient working set of one layer's backward (its full
+activations, as if nothing were saved), the bf16 logits beside their fp32 copy on the last stage,
+ZeRO-3's gathered layers, allocator fragmentation and a fixed framework reserve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activations import (embedding_dropout_bytes, layer_activations, lm_head_bytes,
+                          logits_transient_bytes)
+from .model_spec import ModelSpec
+from .options import CostOptions
+from .params import ParameterCounts
+from .plan import PlanArrays
+from .stages import StageLayout, recomputed_layer_share
+from .training_spec import TrainingSpec
+
+GIB = float(2**30)
+WEIGHT_BYTES = 2
+
+
+def padded_vocab(model: ModelSpec, plans: PlanArrays, options: CostOptions) -> np.ndarray:
+    """Megatron pads V to a multiple of make_vocab_size_divisible_by x tp."""
+    multiple = options.make_vocab_size_divisible_by * plans.tp
+    return -(-model.vocab_size // multiple) * multiple
+
+
+@dataclass
+class StageParameters:
+    """Parameters one rank of each stage holds, (plans, 3 stages)."""
+
+    dense: np.ndarray
+    """Non-expert parameters (sharded by ZeRO over dp x cp)."""
+    expert: np.ndarray
+    """Routed-expert parameters (sharded by ZeRO over expert-data-parallel ranks)."""
+    largest_layer: np.ndarray
+    """Parameters of the largest layer on one rank, unsharded (FSDP gathers layer by layer)."""
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.dense + self.expert
+
+
+def stage_parameters(model: ModelSpec, counts: ParameterCounts, plans: PlanArrays, stages: StageLayout,
+                     options: CostOptions) -> StageParameters:
+    t = plans.tp[:, None].astype(float)
+    h = model.hidden_size
+    mlp_row_bias = h if model.linear_bias else 0
+    replicated_attention = counts.attention_tp_replicated + counts.layer_norms
+    dense_layer = (counts.dense_layer - replicated_attention - mlp_row_bias) / t + replicated_attention + mlp_row_bias
+    moe_shared = counts.attention + counts.shared_experts - counts.attention_tp_replicated
+    moe_nonexpert = moe_shared / t + replicated_attention + counts.router + mlp_row_bias
+    experts_per_rank = model.num_experts * counts.expert / (plans.ep * plans.etp)[:, None]
+
+    vocab = padded_vocab(model, plans, options)[:, None].astype(float)
+    positions = model.max_position_embeddings * h if model.position_embedding_type == "learned" else 0
+    embedding = vocab * h / t + positions
+    head = vocab * h / t + counts.final_norm
+    if model.tie_embeddings:
+        head = np.where(plans.pp[:, None] > 1, head, counts.final_norm)
+
+    dense = (stages.dense_layers * dense_layer + stages.moe_layers * moe_nonexpert
+             + np.where(stages.has_embedding, embedding, 0.0) + np.where(stages.has_lm_head, head, 0.0))
+    expert = stages.moe_layers * experts_per_rank
+    largest = np.maximum(np.where(stages.dense_layers > 0, dense_layer, 0.0),
+                         np.where(stages.moe_layers > 0, moe_nonexpert + experts_per_rank, 0.0))
+    return StageParameters(dense=dense, expert=expert, largest_layer=largest)
+
+
+@dataclass
+class MemoryBreakdown:
+    """Bytes per rank, (plans, 3 stages)."""
+
+    weights: np.ndarray
+    gradients: np.ndarray
+    optimizer: np.ndarray
+    activations: np.ndarray
+    other: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.other
+
+
+def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, stages: StageLayout,
+                     params: StageParameters, options: CostOptions) -> MemoryBreakdown:
+    zero = plans.zero_stage[:, None]
+    dense_group = (plans.dp * plans.cp)[:, None].astype(float)
+    expert_group = plans.expert_data_parallel[:, None].astype(float)
+
+    def sharded(stage_at_least: int) -> np.ndarray:
+        """Parameters per rank when ZeRO at or above ``stage_at_least`` shards them."""
+        on = zero >= stage_at_least
+        return (np.where(on, params.dense / dense_group, params.dense)
+                + np.where(on, params.expert / expert_group, params.expert))
+
+    fp8_cache = 1.0 if training.precision == "fp8" else 0.0
+    weights = WEIGHT_BYTES * sharded(3) + fp8_cache * np.where(zero >= 3, 0.0, params.total)
+    gradients = training.grad_bytes * sharded(2)
+    optimizer = training.optimizer_state_bytes * sharded(1)
+    optimizer = np.where(plans.optimizer_offload[:, None], 0.0, optimizer)
+
+    layer = layer_activations(model, training, plans)
+    moe_share = np.divide(stages.moe_layers, stages.layers, out=np.zeros_like(stages.layers),
+                          where=stages.layers > 0)
+    kept = (1 - moe_share) * layer.dense_full[:, None] + moe_share * layer.moe_full[:, None]
+    working = (np.where(stages.dense_layers > 0, layer.dense_no_recompute[:, None], 0.0))
+    working = np.maximum(working, np.where(stages.moe_layers > 0, layer.moe_no_recompute[:, None], 0.0))
+
+    # Full recompute keeps only the input of the recomputed layers of each chunk (Megatron 'block').
+    recomputed_share = recomputed_layer_share(plans, stages)
+    per_layer = recomputed_share * layer.layer_input[:, None] + (1 - recomputed_share) * kept
+    activations = stages.in_flight_layers * per_layer
+
+    vocab = padded_vocab(model, plans, options).astype(float)
+    activations = activations + np.where(
+        stages.has_embedding, stages.in_flight_microbatches * embedding_dropout_bytes(model, training, plans)[:, None], 0.0)
+    head = lm_head_bytes(model, training, plans, vocab)[:, None]
+    activations = activations + np.where(stages.has_lm_head, head, 0.0)
+
+    transient = working + np.where(stages.has_lm_head, logits_transient_bytes(training, plans, vocab)[:, None], 0.0)
+    fsdp_buffers = np.where(zero >= 3, 2 * WEIGHT_BYTES * params.largest_layer, 0.0)
+    other = (transient + fsdp_buffers + options.allocator_fragmentation * (activations + transient)
+             + options.framework_reserved_gib * GIB)
+    return MemoryBreakdown(weights=weights, gradients=gradients, optimizer=optimizer,
+                           activations=activations, other=other)

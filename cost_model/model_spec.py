@@ -1,0 +1,168 @@
+"""The model architecture, in the field names of Hugging Face ``config.json``.
+
+A :class:`ModelSpec` is everything about the network that memory, FLOPs and communication depend on:
+dense or mixture-of-experts, GQA/MQA, multi-head latent attention (MLA, DeepSeek-V2/V3), gated (SwiGLU)
+or plain MLP, LayerNorm or RMSNorm, tied or untied embeddings, learned or rotary positions.
+
+It is built from a Hugging Face ``config.json`` as is (see :func:`cost_model.model_loader.model_from_hf`),
+so a user can point the tool at the file that ships with the checkpoint. The dataclass style follows
+torchtitan's job config: one documented field each, and ``__post_init__`` raises a clear ValueError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    """Display name, e.g. ``llama3-70b``."""
+
+    num_layers: int
+    """Decoder layers (HF ``num_hidden_layers``)."""
+
+    hidden_size: int
+    """Model width h (HF ``hidden_size``)."""
+
+    num_attention_heads: int
+    """Query heads a (HF ``num_attention_heads``)."""
+
+    num_kv_heads: int
+    """Key/value heads (HF ``num_key_value_heads``; equal to the query heads when absent; 1 = MQA)."""
+
+    head_dim: int
+    """Width of one attention head (HF ``head_dim``; hidden_size / heads when absent)."""
+
+    ffn_hidden_size: int
+    """Intermediate width of a dense MLP (HF ``intermediate_size``)."""
+
+    vocab_size: int
+    """Vocabulary size V before padding (HF ``vocab_size``)."""
+
+    tie_embeddings: bool = False
+    """Input embedding and LM head share one matrix (HF ``tie_word_embeddings``)."""
+
+    gated_mlp: bool = True
+    """SwiGLU/GeGLU MLP with three matrices (HF ``hidden_act`` silu/swiglu); False = GeLU MLP with two."""
+
+    norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    """RMSNorm has one weight vector; LayerNorm a weight and a bias."""
+
+    qkv_bias: bool = False
+    """Bias on the Q, K and V projections (HF ``attention_bias``; Qwen2 has it)."""
+
+    linear_bias: bool = False
+    """Bias on every other linear layer, as GPT-2/3 and Megatron's ``--add-bias-linear``."""
+
+    position_embedding_type: Literal["rope", "learned"] = "rope"
+    """Rotary (no parameters) or a learned absolute position table (GPT)."""
+
+    max_position_embeddings: int = 0
+    """Rows of the learned position table (HF ``max_position_embeddings``); unused with RoPE."""
+
+    # --- mixture of experts -------------------------------------------------------------------
+    num_experts: int = 0
+    """Routed experts per MoE layer (HF ``num_local_experts``/``n_routed_experts``/``num_experts``); 0 = dense."""
+
+    experts_per_token: int = 0
+    """Routed experts each token goes to, top-k (HF ``num_experts_per_tok``)."""
+
+    moe_ffn_hidden_size: int = 0
+    """Intermediate width of one routed expert (HF ``moe_intermediate_size``; Mixtral: ``intermediate_size``)."""
+
+    shared_expert_ffn_hidden_size: int = 0
+    """Total intermediate width of the shared experts of a MoE layer (DeepSeek ``n_shared_experts`` x
+    ``moe_intermediate_size``; Qwen-MoE ``shared_expert_intermediate_size``)."""
+
+    moe_layers: tuple[bool, ...] = ()
+    """For each layer, whether its MLP is a MoE block (derived from ``first_k_dense_replace``,
+    ``moe_layer_freq``, ``decoder_sparse_step``, ``mlp_only_layers``). Empty = no MoE layers."""
+
+    # --- multi-head latent attention (DeepSeek-V2/V3) -----------------------------------------
+    q_lora_rank: int = 0
+    """Rank of the low-rank query projection (0 = full-rank query projection)."""
+
+    kv_lora_rank: int = 0
+    """Rank of the compressed KV latent; non-zero turns on MLA."""
+
+    qk_nope_head_dim: int = 0
+    """Per-head query/key width without rotary embedding (MLA)."""
+
+    qk_rope_head_dim: int = 0
+    """Per-head query/key width carrying the rotary embedding (MLA)."""
+
+    v_head_dim: int = 0
+    """Per-head value width (MLA)."""
+
+    mtp_layers: int = 0
+    """Multi-token-prediction modules (DeepSeek-V3 ``num_nextn_predict_layers``); counted separately."""
+
+    extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """Unused fields of the source config, kept for reference."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads, "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim, "vocab_size": self.vocab_size,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_kv_heads})")
+        if self.ffn_hidden_size <= 0 and not all(self.moe_layers or [False]):
+            raise ValueError("intermediate_size must be positive for a model with dense MLP layers")
+        if self.moe_layers and len(self.moe_layers) != self.num_layers:
+            raise ValueError("moe_layers must have one entry per layer")
+        if any(self.moe_layers):
+            if self.num_experts <= 0 or self.moe_ffn_hidden_size <= 0:
+                raise ValueError("a MoE model needs num_experts and moe_intermediate_size > 0")
+            if not 0 < self.experts_per_token <= self.num_experts:
+                raise ValueError(f"num_experts_per_tok must be in 1..{self.num_experts}, "
+                                 f"got {self.experts_per_token}")
+        if self.kv_lora_rank and not (self.qk_rope_head_dim and self.v_head_dim):
+            raise ValueError("MLA (kv_lora_rank > 0) needs qk_rope_head_dim and v_head_dim")
+        if self.position_embedding_type == "learned" and self.max_position_embeddings <= 0:
+            raise ValueError("a learned position table needs max_position_embeddings > 0")
+
+    # --- derived shape facts used throughout the cost model ------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return any(self.moe_layers)
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @cached_property
+    def num_moe_layers(self) -> int:
+        return sum(self.moe_layers)
+
+    @cached_property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    @property
+    def q_head_dim(self) -> int:
+        """Width of one query/key head as multiplied in QK^T."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.head_dim
+
+    @property
+    def v_dim(self) -> int:
+        """Width of one value head (= head_dim except for MLA)."""
+        return self.v_head_dim if self.is_mla else self.head_dim
+
+    @property
+    def attention_output_width(self) -> int:
+        """Input width of the attention output projection: heads x value head width."""
+        return self.num_attention_heads * self.v_dim
+
+    @property
+    def norm_params(self) -> int:
+        """Parameters of one normalisation layer over the hidden size."""
+        return self.hidden_size * (2 if self.norm_type == "layernorm" else 1)

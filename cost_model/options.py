@@ -1,0 +1,53 @@
+"""Execution constants of the cost model that are neither the model, the training setup, the cluster
+nor the plan: framework overheads, schedule conventions and accounting choices.
+
+Defaults are documented with their origin; :mod:`optimizer` and the CLI pass user overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from hardware.placement import DEFAULT_RANK_ORDER
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    rank_order: str = DEFAULT_RANK_ORDER
+    """Megatron-LM's ``--rank-order`` style order of the parallel dimensions, innermost first."""
+
+    framework_reserved_gib: float = 1.5
+    """Memory taken outside the model's tensors: NCCL communicator buffers, cuBLAS/cuDNN workspaces and
+    the PyTorch allocator's minimum pools (GiB per GPU). CUDA context is outside usable memory already."""
+
+    allocator_fragmentation: float = 0.05
+    """Extra fraction of the dynamic (activation and transient) memory lost to caching-allocator
+    fragmentation."""
+
+    kernel_overhead_us: float = 4.0
+    """Fixed cost of one GEMM kernel (launch, tail effects), making small GEMMs less efficient."""
+
+    make_vocab_size_divisible_by: int = 128
+    """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""
+
+    grad_bucket_elements: float = 40e6
+    """Megatron DDP bucket size; the last bucket's reduction cannot overlap the backward pass."""
+
+    pcie_GBps: float = 50.0
+    """Host link per GPU (PCIe Gen5 x16 achieves about 50 GB/s per direction) for optimizer offload."""
+
+    cpu_adam_params_per_s: float = 1.0e9
+    """Parameters per second one GPU's share of the host CPUs updates with a vectorised CPU Adam
+    (DeepSpeed CPU-Adam scale)."""
+
+    mfu_attention_causal: bool = False
+    """Count attention FLOPs of the model with the causal half only. False follows Narayanan et al. 2021
+    and PaLM (full s x s), so MFU is comparable with published figures."""
+
+    cp_comm_type: Literal["p2p", "a2a"] = "p2p"
+    """Context parallelism: ring exchange of K/V (Megatron ``--cp-comm-type p2p``, overlapped with the
+    attention kernels) or all-to-all (Ulysses, ``a2a``)."""
+
+    def with_changes(self, **changes: Any) -> "CostOptions":
+        return replace(self, **changes)

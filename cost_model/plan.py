@@ -1,0 +1,118 @@
+"""Training plans as a structure of arrays, so that the cost model prices many plans in one numpy call.
+
+A plan is a parallel layout (tp, pp, dp, cp, ep, expert-tp), a pipeline schedule (virtual stages,
+micro-batch size) and memory knobs (recompute, sequence parallel, ZeRO stage, optimizer offload).
+Names follow Megatron-LM's arguments; :mod:`optimizer.emit` turns a plan into Megatron, torchtitan and
+NeMo arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+RECOMPUTE_CODE = {name: code for code, name in enumerate(RECOMPUTE_MODES)}
+NONE, SELECTIVE, FULL = 0, 1, 2
+
+INT_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute", "recompute_num_layers",
+               "zero_stage")
+BOOL_COLUMNS = ("sequence_parallel", "optimizer_offload")
+
+
+@dataclass
+class PlanArrays:
+    """N plans, one array per knob (all of length N)."""
+
+    tp: np.ndarray
+    """Tensor-parallel degree (Megatron ``--tensor-model-parallel-size``)."""
+    pp: np.ndarray
+    """Pipeline stages (``--pipeline-model-parallel-size``)."""
+    dp: np.ndarray
+    """Data-parallel replicas; world = tp x cp x pp x dp."""
+    cp: np.ndarray
+    """Context-parallel degree: the sequence is split across cp ranks (``--context-parallel-size``)."""
+    ep: np.ndarray
+    """Expert-parallel degree (``--expert-model-parallel-size``); 1 for dense models."""
+    etp: np.ndarray
+    """Expert tensor-parallel degree (``--expert-tensor-parallel-size``)."""
+    vpp: np.ndarray
+    """Virtual pipeline stages per rank, interleaved schedule (``--virtual-pipeline-model-parallel-size``)."""
+    micro_batch: np.ndarray
+    """Sequences per micro-batch (``--micro-batch-size``)."""
+    recompute: np.ndarray
+    """0 none, 1 selective (core attention, Korthikanti et al. 2022), 2 full (whole layers)."""
+    recompute_num_layers: np.ndarray
+    """With full recompute: layers recomputed per virtual stage chunk (Megatron ``block`` method);
+    -1 = every layer of the chunk."""
+    sequence_parallel: np.ndarray
+    """Megatron sequence parallelism: norms and dropout split along the sequence across TP ranks."""
+    zero_stage: np.ndarray
+    """0 plain DDP; 1 optimizer states sharded (Megatron distributed optimizer); 2 + gradients;
+    3 + parameters (FSDP). Sharded over the dp x cp ranks (experts: expert-data-parallel ranks)."""
+    optimizer_offload: np.ndarray
+    """Optimizer states and step on the CPU."""
+
+    def __post_init__(self) -> None:
+        n = None
+        for f in fields(self):
+            value = np.asarray(getattr(self, f.name))
+            value = value.astype(bool) if f.name in BOOL_COLUMNS else value.astype(np.int64)
+            value = np.atleast_1d(value)
+            setattr(self, f.name, value)
+            n = len(value) if n is None else n
+            if len(value) != n:
+                raise ValueError(f"plan column {f.name} has {len(value)} entries, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.tp)
+
+    @property
+    def num_gpus(self) -> np.ndarray:
+        return self.tp * self.cp * self.pp * self.dp
+
+    def num_microbatches(self, global_batch_size: int) -> np.ndarray:
+        """Micro-batches per step per data-parallel replica: global batch / (dp x micro-batch)."""
+        return global_batch_size // (self.dp * self.micro_batch)
+
+    @property
+    def expert_data_parallel(self) -> np.ndarray:
+        """Megatron 'parallel folding': the tp x cp x dp ranks of a stage regroup as etp x ep x edp."""
+        return (self.tp * self.cp * self.dp) // (self.etp * self.ep)
+
+    def take(self, index: np.ndarray | slice) -> "PlanArrays":
+        return PlanArrays(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> "PlanArrays":
+        """Build from a mapping of columns; missing knobs take their neutral default."""
+        n = len(np.atleast_1d(columns["tp"]))
+        defaults = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
+                    "recompute_num_layers": -1, "sequence_parallel": False, "zero_stage": 0,
+                    "optimizer_offload": False, "pp": 1, "dp": 1}
+        values = {}
+        for f in fields(cls):
+            if f.name in columns:
+                column = columns[f.name]
+                if f.name == "recompute":
+                    column = [RECOMPUTE_CODE[c] if isinstance(c, str) else c for c in np.atleast_1d(column)]
+                values[f.name] = np.broadcast_to(np.asarray(column), (n,)).copy()
+            else:
+                values[f.name] = np.full(n, defaults[f.name])
+        return cls(**values)
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "PlanArrays":
+        records = list(records)
+        names = {f.name for f in fields(cls)}
+        columns = {name: [r[name] for r in records] for name in names if records and name in records[0]}
+        return cls.from_columns(columns)
+
+    @classmethod
+    def concatenate(cls, parts: list["PlanArrays"]) -> "PlanArrays":
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})

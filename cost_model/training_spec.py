@@ -1,0 +1,104 @@
+"""The training setup: what is run on the model, independent of how it is laid out on the cluster.
+
+Following Calculon's split of inputs, a plan's cost depends on three separate things: the model
+(:mod:`cost_model.model_spec`), the system (:mod:`hardware`) and the execution. The execution is split
+again into this *training setup* — sequence length, batch, precision, optimizer, which the user fixes —
+and the *plan* (:mod:`cost_model.plan`) — the parallel layout and knobs that the optimizer searches.
+
+Field names follow Megatron-LM's arguments where one exists (``seq_length``, ``global_batch_size``,
+``tp_comm_overlap``, ``overlap_grad_reduce``, ``overlap_param_gather``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+PRECISIONS = ("bf16", "fp8")
+GRAD_DTYPES = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    seq_length: int = 4096
+    """Tokens per sequence (Megatron ``--seq-length``)."""
+
+    global_batch_size: int = 1024
+    """Sequences per optimizer step (Megatron ``--global-batch-size``)."""
+
+    precision: Literal["bf16", "fp8"] = "bf16"
+    """Matrix-multiply precision. ``fp8`` runs GEMMs in FP8 (Transformer Engine) with bf16 weights,
+    bf16 activations between layers and FP8 copies of GEMM inputs saved for backward."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """Adam/AdamW keep an fp32 master copy and the moments m and v (12 bytes per parameter);
+    SGD with momentum keeps the master copy and one moment (8 bytes)."""
+
+    grad_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Dtype of the gradient buffer that is accumulated and reduced. Megatron-LM forces fp32 main
+    grads with ``--bf16`` (``accumulate_allreduce_grads_in_fp32``); ``bf16`` halves it."""
+
+    dropout: bool = False
+    """Whether hidden and attention dropout are on (they add masks to the saved activations).
+    Modern LLM pre-training runs without dropout; GPT-3-era runs used 0.1."""
+
+    flash_attention: bool = True
+    """Fused attention that never materialises the s x s score matrix (FlashAttention / cuDNN)."""
+
+    causal: bool = True
+    """Causal attention: fused kernels skip the masked half of the score matrix."""
+
+    train_tokens: float | None = None
+    """Total training tokens, for time-to-train, GPU-hours and cost. None = not asked."""
+
+    tp_comm_overlap: bool = False
+    """Overlap tensor-parallel communication with GEMMs (Megatron ``--tp-comm-overlap``)."""
+
+    overlap_grad_reduce: bool = True
+    """Overlap the data-parallel gradient reduction with the backward pass (Megatron ``--overlap-grad-reduce``)."""
+
+    overlap_param_gather: bool = True
+    """Overlap the distributed optimizer's parameter all-gather with the next forward pass."""
+
+    moe_capacity_factor: float = 1.0
+    """Tokens an expert processes relative to a perfectly even split: 1.0 for a balanced dropless run,
+    more to account for load imbalance or a capacity factor."""
+
+    moe_dispatch_fp8: bool = False
+    """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes."""
+
+    def __post_init__(self) -> None:
+        for name in ("seq_length", "global_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.grad_dtype not in GRAD_DTYPES:
+            raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.train_tokens is not None and not self.train_tokens > 0:
+            raise ValueError(f"train_tokens must be positive, got {self.train_tokens!r}")
+        if not self.moe_capacity_factor >= 1.0:
+            raise ValueError(f"moe_capacity_factor must be at least 1.0, got {self.moe_capacity_factor!r}")
+
+    @property
+    def global_batch_tokens(self) -> int:
+        return self.global_batch_size * self.seq_length
+
+    @property
+    def grad_bytes(self) -> int:
+        return 4 if self.grad_dtype == "fp32" else 2
+
+    @property
+    def optimizer_state_bytes(self) -> int:
+        """Bytes per parameter of the optimizer: fp32 master + moments (Adam m and v; SGD momentum)."""
+        return 12 if self.optimizer in ("adam", "adamw") else 8
+
+    def with_changes(self, **changes: Any) -> "TrainingSpec":
+        return replace(self, **changes)
+
+
+TRAINING_FIELDS = tuple(f.name for f in fields(TrainingSpec))

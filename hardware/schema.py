@@ -1,0 +1,288 @@
+"""Validated descriptions of a GPU, a cluster's network and its economics.
+
+Units are in every field name: ``_gib`` = 2**30 bytes, ``_GBps`` = 1e9 bytes/s, ``_gbps`` = 1e9 bits/s,
+``_us`` microseconds, ``_w`` watts, ``_usd`` US dollars. Bandwidths are *per direction* (half of the
+"bidirectional" headline that datasheets print for NVLink and xGMI).
+
+All models are frozen pydantic v2 models that refuse unknown fields, so a typo in a cluster file is an
+error and not a silently ignored line. :func:`input_error_from_validation` turns pydantic's multi-line
+``ValidationError`` into the one-line :class:`~hardware.errors.InputError` the command line prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InputError, did_you_mean
+
+# Fraction-of-peak fields: a kernel cannot beat its hardware peak, and 0 would mean "never finishes".
+_FRACTION = dict(gt=0.0, le=1.0)
+
+# The fastest NIC port shipping at the time of writing is 800 Gb/s (ConnectX-8 / Quantum-X800),
+# i.e. 100 GB/s. A per-NIC figure above that is far more likely a Gb/s line rate (100, 200, 400, 800)
+# typed into the GB/s field than a real NIC, which would make the network 8x too fast.
+MAX_PLAUSIBLE_NIC_GBps = 100.0
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GPUSpec(_Frozen):
+    """One accelerator: memory, peak compute and the fractions of peak that real kernels reach."""
+
+    name: str = Field(description="Human-readable GPU name, e.g. 'H100 SXM5 80GB'.")
+    memory_gib: float = Field(gt=0, description=(
+        "HBM a framework can actually allocate, in GiB (2**30 bytes): the capacity the driver reports "
+        "(nvidia-smi / rocm-smi) minus the CUDA/HIP context."))
+    hbm_GBps: float = Field(gt=0, description="Peak HBM bandwidth in GB/s (1e9 bytes/s), from the datasheet.")
+    peak_tflops_bf16: float = Field(gt=0, description=(
+        "Peak DENSE BF16 tensor throughput in TFLOP/s (never the 2:4-sparsity figure, which is 2x)."))
+    peak_tflops_fp8: float | None = Field(default=None, gt=0, description=(
+        "Peak DENSE FP8 tensor throughput in TFLOP/s; None where the GPU has no FP8 tensor cores."))
+    gemm_efficiency: float = Field(default=0.8, **_FRACTION, description=(
+        "Achievable fraction of peak_tflops_bf16 on large BF16 GEMMs (about 0.8 on H100 SXM: ~790 of "
+        "989 TFLOP/s in public cuBLAS measurements)."))
+    attention_efficiency: float = Field(default=0.5, **_FRACTION, description=(
+        "Achievable fraction of peak for flash-attention kernels, forward+backward average "
+        "(FlashAttention-2, Dao 2023; FlashAttention-3, Shah et al. 2024)."))
+    hbm_efficiency: float = Field(default=0.85, **_FRACTION, description=(
+        "Achievable fraction of hbm_GBps for streaming element-wise kernels (typically 0.8-0.9)."))
+    tdp_w: float | None = Field(default=None, gt=0, description="Board power limit (TDP) in watts.")
+
+
+class CollectiveEfficiency(_Frozen):
+    """Fraction of a link's per-direction bandwidth that each collective achieves for large messages.
+
+    Measured as nccl-tests bus bandwidth / line rate. Protocol overhead (headers, flags, flow control)
+    costs about 20% on NVLink (370 of 450 GB/s on H100, NVIDIA/nccl-tests#212) and about 5% on
+    InfiniBand NDR (46-48 of 50 GB/s, NVIDIA/nccl-tests#290). All-to-all is far lower in practice:
+    many small point-to-point transfers, no pipelining, and congestion in the fabric.
+    """
+
+    all_reduce: float = Field(default=0.8, **_FRACTION, description="Ring all-reduce busbw / line rate.")
+    all_gather: float = Field(default=0.8, **_FRACTION, description="Ring all-gather busbw / line rate.")
+    reduce_scatter: float = Field(default=0.8, **_FRACTION, description="Ring reduce-scatter busbw / line rate.")
+    all_to_all: float = Field(default=0.5, **_FRACTION, description="All-to-all busbw / line rate.")
+    send_recv: float = Field(default=0.8, **_FRACTION, description="Point-to-point send/recv bandwidth / line rate.")
+
+
+class TopologySpec(_Frozen):
+    """How GPUs are wired: nodes, the scale-up (NVLink / xGMI) domain and the scale-out network.
+
+    The scale-up domain must be a whole number of nodes (HGX/DGX: domain 8 = one 8-GPU node; GB200
+    NVL72: domain 72 = 18 trays of 4 GPUs) or a whole fraction of one node (e.g. NVLink-bridged pairs
+    of PCIe cards: domain 2 in an 8-GPU node). Either way every GPU sits in exactly one domain and
+    every domain has the same size, which is what the placement arithmetic needs.
+    """
+
+    gpus_per_node: int = Field(gt=0, description="GPUs per node (per server, or per compute tray on NVL72).")
+    num_nodes: int = Field(gt=0, description="Number of nodes; a whole number.")
+    scaleup_domain_gpus: int = Field(gt=0, description=(
+        "GPUs reachable over the scale-up fabric without the NIC: 8 on HGX/DGX, 72 on GB200 NVL72."))
+    scaleup_kind: Literal["switch", "mesh"] = Field(default="switch", description=(
+        "'switch': every GPU reaches the NVSwitch at scaleup_GBps. 'mesh' (MI300X xGMI): one direct "
+        "link per peer, so a group of g ranks inside a domain uses g-1 links."))
+    scaleup_GBps: float = Field(gt=0, description=(
+        "Scale-up bandwidth in GB/s per direction: per GPU for a switch, per link for a mesh."))
+    nics_per_node: int = Field(gt=0, description="Compute (east-west) NICs per node; storage NICs excluded.")
+    nic_GBps: float = Field(gt=0, description=(
+        "Per-NIC bandwidth per direction in GB/s (1e9 bytes/s). Input may instead give nic_gbps in "
+        "gigabits/s (1e9 bits/s), converted by /8; exactly one of the two."))
+    scaleup_latency_us: float = Field(default=2.0, gt=0, description=(
+        "Per-step latency of a collective over the scale-up fabric, microseconds."))
+    scaleout_latency_us: float = Field(default=5.0, gt=0, description=(
+        "Per-step latency of a collective over the network, microseconds."))
+    scaleout_oversubscription: float = Field(default=1.0, ge=1.0, description=(
+        "Network oversubscription ratio (1 = non-blocking fat tree; 2 = half bisection bandwidth)."))
+    nvls: bool = Field(default=False, description=(
+        "NVLink SHARP: the NVSwitch reduces all-reduce data in-network (H100/H200/B200/GB200)."))
+    scaleup_efficiency: CollectiveEfficiency = Field(
+        default_factory=CollectiveEfficiency, description="Collective efficiencies on the scale-up fabric.")
+    scaleout_efficiency: CollectiveEfficiency = Field(
+        default_factory=CollectiveEfficiency, description="Collective efficiencies on the network.")
+    nvls_efficiency: float = Field(default=0.53, **_FRACTION, description=(
+        "NVLink SHARP all-reduce bus bandwidth / (2 x scaleup_GBps) for large messages: the switch "
+        "does the reduction, so busbw can exceed the link rate (H100: 480 / (2 x 450) = 0.53, "
+        "NVIDIA/nccl-tests#212; H800: 215 / (2 x 200) = 0.54, NVIDIA/nccl#1374)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nic_units(cls, data: Any) -> Any:
+        """Accept nic_gbps (gigabits/s) as input, store nic_GBps (gigabytes/s); warn on 8x slips."""
+        if not isinstance(data, dict):
+            return data
+        has_bytes, has_bits = "nic_GBps" in data, "nic_gbps" in data
+        if has_bytes and has_bits:
+            raise ValueError("give nic_GBps (gigabytes/s) or nic_gbps (gigabits/s), not both")
+        if has_bits:
+            data = dict(data)
+            bits = data.pop("nic_gbps")
+            try:
+                data["nic_GBps"] = float(bits) / 8.0
+            except (TypeError, ValueError):
+                raise ValueError(f"nic_gbps must be a number of gigabits/s, got {bits!r}") from None
+        elif has_bytes:
+            value = data["nic_GBps"]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_PLAUSIBLE_NIC_GBps:
+                warnings.warn(
+                    f"topology.nic_GBps = {value} GB/s per NIC is faster than any NIC shipping "
+                    f"(800 Gb/s = {MAX_PLAUSIBLE_NIC_GBps:g} GB/s); if {value} is the Gb/s line rate, "
+                    f"write nic_gbps: {value} (= {value / 8:g} GB/s)", UserWarning, stacklevel=2)
+        return data
+
+    @model_validator(mode="after")
+    def _consistent_domain(self) -> "TopologySpec":
+        domain, node = self.scaleup_domain_gpus, self.gpus_per_node
+        if domain % node and node % domain:
+            raise ValueError(
+                f"scaleup_domain_gpus ({domain}) must be a multiple of gpus_per_node ({node}) (a domain of "
+                f"whole nodes, like NVL72 = 18 x 4) or divide it (several domains per node)")
+        if self.scaleup_kind == "mesh" and domain > node:
+            raise ValueError("a 'mesh' scale-up fabric (xGMI) cannot span nodes: scaleup_domain_gpus must "
+                             "be at most gpus_per_node")
+        if self.num_gpus > domain and self.num_gpus % domain:
+            raise ValueError(
+                f"{self.num_gpus} GPUs do not fill whole {domain}-GPU scale-up domains; use a multiple of "
+                f"{domain // node if domain >= node else 1} nodes")
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        """Total GPUs = gpus_per_node x num_nodes."""
+        return self.gpus_per_node * self.num_nodes
+
+    @property
+    def domain_gpus(self) -> int:
+        """GPUs per scale-up domain actually populated (a cluster smaller than one NVL72 rack fills one partial domain)."""
+        return min(self.scaleup_domain_gpus, self.num_gpus)
+
+    @property
+    def scaleout_GBps_per_gpu(self) -> float:
+        """Network bandwidth per GPU per direction, GB/s: nics_per_node x nic_GBps / gpus_per_node / oversubscription."""
+        return self.nics_per_node * self.nic_GBps / self.gpus_per_node / self.scaleout_oversubscription
+
+
+class EconomicsSpec(_Frozen):
+    """What a GPU-hour costs in money and energy (optional; cost outputs are skipped when absent)."""
+
+    price_per_gpu_hour_usd: float | None = Field(default=None, gt=0, description=(
+        "Price of one GPU for one hour, US dollars (rental or amortised ownership)."))
+    power_per_gpu_w: float | None = Field(default=None, gt=0, description=(
+        "All-in electrical power per GPU in watts, including its share of host CPUs, memory, NICs and "
+        "switches (system power / GPUs per system)."))
+    pue: float = Field(default=1.0, ge=1.0, description="Data-centre power usage effectiveness (facility / IT power).")
+
+
+class ClusterSpec(_Frozen):
+    """A whole cluster: one GPU type, its topology and (optionally) its economics."""
+
+    name: str = Field(description="Cluster name, shown in reports.")
+    gpu: GPUSpec = Field(description="The accelerator every node holds.")
+    topology: TopologySpec = Field(description="Node count and network.")
+    economics: EconomicsSpec = Field(default_factory=EconomicsSpec, description="Price and power; may be empty.")
+
+    @property
+    def num_gpus(self) -> int:
+        """Total GPUs in the cluster."""
+        return self.topology.num_gpus
+
+    def with_overrides(self, overrides: dict[str, Any], *, source: str = "overrides") -> "ClusterSpec":
+        """Return a re-validated copy with dotted-key overrides applied.
+
+        ``{"topology.num_nodes": 64, "topology.nic_gbps": 200, "gpu.memory_gib": 75}``. A key naming
+        ``nic_gbps`` replaces ``nic_GBps`` (and vice versa). Unknown keys raise :class:`InputError` with
+        a did-you-mean suggestion; invalid values raise it with the offending field.
+        """
+        data = self.model_dump()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value, ClusterSpec, source)
+        return validate_cluster(data, source)
+
+
+# Input-only names accepted by the models beyond their fields (converted by validators).
+_INPUT_ALIASES: dict[type[BaseModel], dict[str, str]] = {TopologySpec: {"nic_gbps": "nic_GBps"}}
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, model: type[BaseModel], source: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = 'a.b.c'``, checking each part against the model's fields."""
+    parts = key.split(".")
+    node, current = data, model
+    for depth, part in enumerate(parts):
+        aliases = _INPUT_ALIASES.get(current, {})
+        names = set(current.model_fields) | set(aliases)
+        if part not in names:
+            prefix = ".".join(parts[:depth])
+            choices = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise InputError(source, key, f"unknown field{did_you_mean(key, choices)}",
+                             f"valid names here: {', '.join(sorted(names))}")
+        last = depth == len(parts) - 1
+        if last:
+            # nic_gbps and nic_GBps describe the same quantity: the new one replaces the old.
+            canonical = aliases.get(part, part)
+            for other, target in aliases.items():
+                if target == canonical:
+                    node.pop(other, None)
+            node.pop(canonical, None)
+            node[part] = value
+            return
+        annotation = current.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise InputError(source, key, f"'{part}' is a value, not a section", f"use '{'.'.join(parts[:depth + 1])}'")
+        child = node.get(part)
+        node[part] = child = copy.deepcopy(child) if isinstance(child, dict) else {}
+        node, current = child, annotation
+
+
+def input_error_from_validation(exc: ValidationError, source: str, prefix: str = "") -> InputError:
+    """One-line InputError from a pydantic ValidationError: first problem, its dotted field and a fix."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(str(p) for p in first.get("loc", ()))
+    field = ".".join(([prefix] if prefix else []) + list(loc))
+    kind = first.get("type", "")
+    message = str(first.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = message.replace("Input should be", "must be")
+    fix: str | None
+    if kind == "missing":
+        message, fix = "is required but missing", "add it"
+    elif kind == "extra_forbidden":
+        parent_names = _known_names(loc[:-1])
+        message = f"unknown field{did_you_mean(loc[-1], parent_names)}" if loc else "unknown field"
+        fix = "remove it or correct the spelling"
+    elif kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
+        fix = "bandwidths, latencies, memory and counts must be positive; efficiencies lie in (0, 1]"
+    elif kind.startswith("int_"):
+        fix = "give a whole number"
+    else:
+        fix = None
+    if "input" in first and kind not in ("missing", "extra_forbidden") and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return InputError(source, field, message, fix)
+
+
+def _known_names(loc: tuple[str, ...]) -> list[str]:
+    """Field names valid at a location inside ClusterSpec (for did-you-mean on unknown fields)."""
+    model: type[BaseModel] = ClusterSpec
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields) + list(_INPUT_ALIASES.get(model, {}))
+
+
+def validate_cluster(data: dict[str, Any], source: str) -> ClusterSpec:
+    """Build a ClusterSpec, turning any validation failure into one InputError line naming ``source``."""
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise input_error_from_validation(exc, source) from None
