@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.collectives import Collective, collective_time_s
+from hardware.collectives import Collective, CollectiveCost
 from hardware.placement import GroupPlacement, dense_placement, expert_placement
 from hardware.schema import ClusterSpec
 
@@ -76,24 +76,28 @@ def place(cluster: ClusterSpec, plans: PlanArrays, options: CostOptions) -> Plac
 
 
 class CommPricer:
-    """Prices a collective on one of the plan's groups and records the bytes sent."""
+    """Prices collectives on the plan's groups. The alpha-beta coefficients of each (kind, group) are
+    computed once and reused for every message size priced on that group."""
 
     def __init__(self, cluster: ClusterSpec, placements: Placements):
         self.topology = cluster.topology
         self.placements = placements
+        self._costs: dict[tuple[Collective, int], CollectiveCost] = {}
+
+    def _cost(self, kind: Collective, group: GroupPlacement) -> CollectiveCost:
+        key = (kind, id(group))
+        if key not in self._costs:
+            size, per_domain = group.size, group.ranks_per_domain
+            if kind == P2P:
+                # Ring and pipeline neighbours: when the group spans several domains, some hop crosses
+                # the network and every step of the ring (or stage of the pipeline) waits for it.
+                size = np.where(group.size > 1, 2, 1)
+                per_domain = np.where(group.domains_spanned <= 1, 2, 1)
+            self._costs[key] = CollectiveCost(self.topology, kind, size, per_domain)
+        return self._costs[key]
 
     def time(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
-        size = group.size
-        per_domain = group.ranks_per_domain
-        if kind == P2P:
-            # Neighbouring ranks of the group: inside one domain when the group has >= 2 ranks there.
-            size = np.where(group.size > 1, 2, 1)
-            per_domain = np.where(group.ranks_per_domain >= 2, 2, 1)
-        m = np.asarray(message_bytes, dtype=float)
-        size, per_domain = np.broadcast_arrays(size, per_domain)
-        if m.ndim == 2:
-            size, per_domain = size[:, None], per_domain[:, None]
-        return collective_time_s(self.topology, kind, size, m, per_domain)
+        return self._cost(kind, group).time_s(message_bytes)
 
     def sent(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
         m = np.asarray(message_bytes, dtype=float)
@@ -199,8 +203,10 @@ class DataParallelComm:
 
 
 def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
-                                dense_params: np.ndarray, expert_params: np.ndarray,
-                                num_microbatches: np.ndarray) -> DataParallelComm:
+                                dense_params: np.ndarray, expert_params: np.ndarray, layers: np.ndarray,
+                                num_microbatches: np.ndarray, bucket_elements: float) -> DataParallelComm:
+    """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
+    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency."""
     zero = plans.zero_stage[:, None]
     groups = ((pricer.placements.dp_cp, dense_params), (pricer.placements.edp, expert_params))
     shape = dense_params.shape
@@ -210,12 +216,18 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     bwd = np.zeros(shape)
     sent = np.zeros(shape)
     m = num_microbatches[:, None].astype(float)
+    per_layer = np.maximum(layers, 1.0)
     for group, params in groups:
-        grads = params * training.grad_bytes
-        weights = params * 2.0
-        ar_s, ar_b = pricer.time(AR, group, grads), pricer.sent(AR, group, grads)
-        rs_s, rs_b = pricer.time(RS, group, grads), pricer.sent(RS, group, grads)
-        ag_s, ag_b = pricer.time(AG, group, weights), pricer.sent(AG, group, weights)
+        buckets = np.maximum(1.0, np.ceil(params / bucket_elements))
+        chunks = np.where(zero >= 3, per_layer, buckets)
+
+        def priced(kind, bytes_per_param):
+            message = params * bytes_per_param
+            return chunks * pricer.time(kind, group, message / chunks), pricer.sent(kind, group, message)
+
+        ar_s, ar_b = priced(AR, training.grad_bytes)
+        rs_s, rs_b = priced(RS, training.grad_bytes)
+        ag_s, ag_b = priced(AG, 2.0)
         grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s], 0.0)
         gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
         fwd += np.where(zero == 3, ag_s, 0.0)

@@ -40,12 +40,12 @@ from hardware.schema import ClusterSpec
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import layer_times, lm_head_times
 from .flops import model_flops_per_step, recompute_flops_per_step
-from .memory import GIB, MemoryBreakdown, memory_breakdown, padded_vocab, stage_parameters
+from .memory import GIB, MemoryBreakdown, StageParameters, memory_breakdown, padded_vocab, stage_parameters
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
 from .plan import FULL, SELECTIVE, PlanArrays
-from .stages import STAGES, recomputed_layer_share, stage_layout
+from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .training_spec import TrainingSpec
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
@@ -122,23 +122,46 @@ def _pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(values, index[:, None], axis=1)[:, 0]
 
 
+@dataclass
+class MemoryPrediction:
+    """Memory of every stage and the peak, with what the time model reuses."""
+
+    num_microbatches: np.ndarray
+    stages: StageLayout
+    params: StageParameters
+    by_stage: MemoryBreakdown
+    peak_stage: np.ndarray
+    peak_bytes: np.ndarray
+    parts: dict[str, np.ndarray]
+
+
+def predict_memory(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
+                   options: CostOptions | None = None) -> MemoryPrediction:
+    """Peak memory per GPU of every plan (the most loaded pipeline stage) and its breakdown.
+
+    Cheaper than :func:`evaluate`; the search uses it to find which plans fit before timing them.
+    """
+    options = options or CostOptions()
+    m = np.maximum(plans.num_microbatches(training.global_batch_size), 1)
+    stages = stage_layout(model, plans, m)
+    params = stage_parameters(model, ParameterCounts(model), plans, stages, options)
+    memory = memory_breakdown(model, training, plans, stages, params, options)
+    totals = np.where(stages.exists, memory.total, -np.inf)
+    peak_stage = np.argmax(totals, axis=1)
+    parts = {part: _pick(getattr(memory, part), peak_stage) for part in MEMORY_PARTS}
+    return MemoryPrediction(num_microbatches=m, stages=stages, params=params, by_stage=memory,
+                            peak_stage=peak_stage, peak_bytes=_pick(totals, peak_stage), parts=parts)
+
+
 def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, plans: PlanArrays,
              options: CostOptions | None = None) -> PlanMetrics:
     """Predict memory and time of every plan (see the module docstring for the time model)."""
     options = options or CostOptions()
     gpu = cluster.gpu
-    counts = ParameterCounts(model)
-    m = plans.num_microbatches(training.global_batch_size)
-    m = np.maximum(m, 1)
-    stages = stage_layout(model, plans, m)
-    params = stage_parameters(model, counts, plans, stages, options)
-
-    # ---- memory ----
-    memory = memory_breakdown(model, training, plans, stages, params, options)
-    totals = np.where(stages.exists, memory.total, -np.inf)
-    peak_stage = np.argmax(totals, axis=1)
-    memory_parts = {part: _pick(getattr(memory, part), peak_stage) for part in MEMORY_PARTS}
-    memory_bytes = _pick(memory.total, peak_stage)
+    memory_result = predict_memory(model, training, plans, options)
+    m, stages, params = memory_result.num_microbatches, memory_result.stages, memory_result.params
+    memory, peak_stage, memory_bytes = memory_result.by_stage, memory_result.peak_stage, memory_result.peak_bytes
+    memory_parts = memory_result.parts
 
     # ---- compute per micro-batch per stage ----
     dense_t, moe_t = layer_times(model, training, plans, gpu, options)
@@ -179,7 +202,8 @@ def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pla
         cp_exposed = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
     ep_exposed = Lm * (moe_c.ep_fwd_s[:, None] * repeat + moe_c.ep_bwd_s[:, None])
 
-    dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, m)
+    dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
+                                     options.grad_bucket_elements)
     compute_fwd = forward
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)

@@ -17,6 +17,11 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 RECOMPUTE_CODE = {name: code for code, name in enumerate(RECOMPUTE_MODES)}
 NONE, SELECTIVE, FULL = 0, 1, 2
 
+PLAN_DEFAULTS = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
+                 "recompute_num_layers": -1, "sequence_parallel": False, "zero_stage": 0,
+                 "optimizer_offload": False, "pp": 1, "dp": 1}
+"""Neutral value of every knob a plan record or column mapping leaves out (tp is required)."""
+
 INT_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute", "recompute_num_layers",
                "zero_stage")
 BOOL_COLUMNS = ("sequence_parallel", "optimizer_offload")
@@ -92,9 +97,7 @@ class PlanArrays:
     def from_columns(cls, columns: Mapping[str, Any]) -> "PlanArrays":
         """Build from a mapping of columns; missing knobs take their neutral default."""
         n = len(np.atleast_1d(columns["tp"]))
-        defaults = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
-                    "recompute_num_layers": -1, "sequence_parallel": False, "zero_stage": 0,
-                    "optimizer_offload": False, "pp": 1, "dp": 1}
+        defaults = PLAN_DEFAULTS
         values = {}
         for f in fields(cls):
             if f.name in columns:
@@ -110,7 +113,9 @@ class PlanArrays:
     def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "PlanArrays":
         records = list(records)
         names = {f.name for f in fields(cls)}
-        columns = {name: [r[name] for r in records] for name in names if records and name in records[0]}
+        # A knob given in any record is a column; records that leave it out take its neutral default.
+        columns = {name: [r.get(name, PLAN_DEFAULTS.get(name)) for r in records]
+                   for name in names if any(name in r for r in records)}
         return cls.from_columns(columns)
 
     @classmethod

@@ -87,38 +87,69 @@ def collective_time_s(topology: TopologySpec, kind: Collective | str, group_size
                                   np.asarray(message_bytes, dtype=np.float64),
                                   np.asarray(ranks_per_domain, dtype=np.float64))
     _check(topology, kind, n, m, g)
-    d = np.ceil(n / g)  # domains spanned
-    eff_up, eff_out = _efficiencies(topology, kind)
-    up_GBps = np.where(topology.scaleup_kind == "mesh", np.maximum(g - 1.0, 1.0), 1.0) * topology.scaleup_GBps
-    out_GBps = topology.scaleout_GBps_per_gpu
-    bw_up = up_GBps * _GB * eff_up  # bytes/s per rank actually achieved
-    bw_out = out_GBps * _GB * eff_out
-    a_up, a_out = topology.scaleup_latency_us * _US, topology.scaleout_latency_us * _US
+    return CollectiveCost(topology, kind, n, g).time_s(m)
 
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if kind is Collective.SEND_RECV:
-            inside = g >= 2
-            time = np.where(inside, a_up + m / bw_up, a_out + m / bw_out)
-        elif kind is Collective.ALL_TO_ALL:
-            intra = (g - 1.0) / n * m / bw_up
-            inter = (n - g) / n * m / bw_out
-            latency = np.where(d > 1, a_out, a_up)  # all peers exchange at once: one round
-            time = latency + np.maximum(intra, inter)
-        else:
-            passes = 2.0 if kind is Collective.ALL_REDUCE else 1.0
-            intra = passes * (g - 1.0) / g * m / bw_up
-            inter = passes * (d - 1.0) / d * m / g / bw_out
-            ring = passes * ((g - 1.0) * a_up + (d - 1.0) * a_out) + np.maximum(intra, inter)
-            time = ring
-            if kind is Collective.ALL_REDUCE:
-                tree_latency = 2.0 * (np.log2(np.maximum(g, 1.0)) * a_up + np.log2(np.maximum(d, 1.0)) * a_out)
-                tree = tree_latency + np.maximum(intra, inter) * n / np.maximum(n - 1.0, 1.0)
-                time = np.minimum(ring, tree)
-                if topology.nvls and topology.scaleup_kind == "switch":
-                    nvls_bw = topology.scaleup_GBps * _GB * topology.nvls_efficiency
-                    nvls = 2.0 * a_up + (g - 1.0) / g * m / nvls_bw
-                    time = np.where(d <= 1, np.minimum(time, nvls), time)
-    return np.where((n <= 1) | (m <= 0), 0.0, time)
+
+class CollectiveCost:
+    """The alpha-beta coefficients of one collective kind on given groups, for any message size.
+
+    Every algorithm's time is ``alpha + beta * message_bytes``; the collective takes the fastest
+    algorithm that applies. Computing the coefficients once per group and reusing them for many
+    messages is what lets the cost model price millions of plans (the coefficients depend on the
+    group's size and placement only). Inputs are not checked here: :func:`collective_time_s` does.
+    """
+
+    def __init__(self, topology: TopologySpec, kind: Collective | str, group_size, ranks_per_domain):
+        kind = _kind(kind)
+        n = np.asarray(group_size, dtype=np.float64)
+        g = np.asarray(ranks_per_domain, dtype=np.float64)
+        n, g = np.broadcast_arrays(n, g)
+        self.active = n > 1
+        d = np.ceil(n / g)  # domains spanned
+        eff_up, eff_out = _efficiencies(topology, kind)
+        up_GBps = (np.maximum(g - 1.0, 1.0) if topology.scaleup_kind == "mesh" else 1.0) * topology.scaleup_GBps
+        bw_up = up_GBps * _GB * eff_up  # bytes/s per rank actually achieved
+        bw_out = topology.scaleout_GBps_per_gpu * _GB * eff_out
+        a_up, a_out = topology.scaleup_latency_us * _US, topology.scaleout_latency_us * _US
+        self.terms: list[tuple[np.ndarray, np.ndarray]] = []  # (alpha_s, beta_s_per_byte) per algorithm
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if kind is Collective.SEND_RECV:
+                inside = g >= 2
+                self.terms.append((np.where(inside, a_up, a_out), np.where(inside, 1 / bw_up, 1 / bw_out)))
+            elif kind is Collective.ALL_TO_ALL:
+                intra = (g - 1.0) / n / bw_up
+                inter = (n - g) / n / bw_out
+                latency = np.where(d > 1, a_out, a_up)  # all peers exchange at once: one round
+                self.terms.append((latency, np.maximum(intra, inter)))
+            else:
+                passes = 2.0 if kind is Collective.ALL_REDUCE else 1.0
+                intra = passes * (g - 1.0) / g / bw_up
+                inter = passes * (d - 1.0) / d / g / bw_out
+                beta = np.maximum(intra, inter)
+                self.terms.append((passes * ((g - 1.0) * a_up + (d - 1.0) * a_out), beta))  # ring
+                if kind is Collective.ALL_REDUCE:
+                    tree_latency = 2.0 * (np.log2(np.maximum(g, 1.0)) * a_up + np.log2(np.maximum(d, 1.0)) * a_out)
+                    self.terms.append((tree_latency, beta * n / np.maximum(n - 1.0, 1.0)))  # double binary tree
+                    if topology.nvls and topology.scaleup_kind == "switch":
+                        nvls_bw = topology.scaleup_GBps * _GB * topology.nvls_efficiency
+                        inside = d <= 1
+                        self.terms.append((np.where(inside, 2.0 * a_up, np.inf),
+                                           np.where(inside, (g - 1.0) / g / nvls_bw, np.inf)))
+
+    def time_s(self, message_bytes) -> np.ndarray:
+        """Seconds for messages of the given size (broadcast against the groups)."""
+        m = np.asarray(message_bytes, dtype=np.float64)
+        active = self.active
+        if m.ndim > active.ndim:  # per-stage messages (plans, stages) against per-plan groups
+            active = active[..., None]
+        time = None
+        with np.errstate(invalid="ignore"):  # inf * 0 for an algorithm that does not apply
+            for alpha, beta in self.terms:
+                if m.ndim > alpha.ndim:
+                    alpha, beta = alpha[..., None], beta[..., None]
+                candidate = alpha + beta * m
+                time = candidate if time is None else np.minimum(time, candidate)
+        return np.where(active & (m > 0), time, 0.0)
 
 
 def _check(topology: TopologySpec, kind: Collective, n: np.ndarray, m: np.ndarray, g: np.ndarray) -> None:

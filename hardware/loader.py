@@ -60,6 +60,10 @@ def _load_file(path: Path) -> ClusterSpec:
     elif isinstance(user.get("gpu"), dict):
         user["gpu"] = {k: v for k, v in user["gpu"].items() if k != "preset"}
     base.setdefault("name", path.stem)
+    topology = user.get("topology")
+    if isinstance(topology, dict) and "nic_GBps" in topology and "nic_gbps" in topology:
+        raise InputError(where, "topology", "give nic_GBps (gigabytes/s) or nic_gbps (gigabits/s), not both",
+                         "keep one; nic_gbps = 8 x nic_GBps")
     for section, value in user.items():
         if isinstance(value, dict):
             if not value and section in ("gpu", "topology"):

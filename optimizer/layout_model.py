@@ -1,0 +1,308 @@
+"""The CP-SAT model of parallel layouts: every hard rule of the hardware and the frameworks is a *named*
+constraint, and CP-SAT enumerates the layouts that satisfy them all.
+
+Decision variables are the degrees of one layout: GPUs used, tp, cp, pp, dp, ep, expert-tp, virtual
+pipeline stages and micro-batch size. Divisibility rules are products, which CP-SAT prices badly, so
+each degree is also written as its prime factorisation: one integer exponent per prime. "a divides B"
+becomes, for every prime q, ``exp_q(a) <= v_q(B)``, and "tp * cp * pp * dp = N" becomes, for every
+prime, ``exp_q(tp) + exp_q(cp) + exp_q(pp) + exp_q(dp) = exp_q(N)``: all linear. A table links each
+degree's value with its exponents. This enumerates 10x faster than multiplication constraints.
+
+Every named constraint is enforced by its own literal, so the same model also explains: solving with
+the literals as assumptions returns a set of rules that cannot hold together
+(:meth:`LayoutModel.conflicting_rules`), and fixing the degrees of a given plan tells which rules it
+breaks (:meth:`LayoutModel.broken_rules`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from typing import Callable
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from cost_model.model_spec import ModelSpec
+from cost_model.stages import layers_per_stage, uneven_split_is_valid
+from cost_model.training_spec import TrainingSpec
+from hardware.placement import parse_rank_order
+from hardware.schema import ClusterSpec
+
+from .search_options import SearchOptions
+
+LAYOUT_COLUMNS = ("num_gpus", "tp", "cp", "pp", "dp", "ep", "etp")
+
+RULES: dict[str, str] = {
+    "world_size": "tp x cp x pp x dp equals the GPUs used",
+    "tp_inside_scaleup_domain": "tensor-parallel groups stay inside one NVLink (scale-up) domain",
+    "cp_inside_scaleup_domain": "context-parallel groups stay inside one scale-up domain",
+    "ep_inside_scaleup_domain": "expert-parallel groups stay inside one scale-up domain",
+    "heads_divisible_by_tp": "attention heads divisible by tp",
+    "kv_heads_divisible_by_tp": "KV heads divisible by tp, or tp a multiple of them (KV heads replicated)",
+    "layers_split_over_stages": "layers divisible by pp (or an uneven first/last-stage split)",
+    "global_batch_divisible": "global batch divisible by dp",
+    "sequence_divisible_by_2cp": "sequence length divisible by 2 x cp (load-balanced causal CP)",
+    "cp_needs_flash_attention": "context parallelism needs fused (flash) attention",
+    "experts_divisible_by_ep": "routed experts divisible by ep",
+    "expert_mesh_folds": "etp x ep divides tp x cp x dp (Megatron MoE parallel folding)",
+    "expert_tp_choice": "expert-TP is 1 or equal to tp",
+    "dense_model_has_no_ep": "ep and expert-TP are 1 for a dense model",
+}
+
+
+def _primes_of(n: int) -> set[int]:
+    primes, q = set(), 2
+    while q * q <= n:
+        while n % q == 0:
+            primes.add(q)
+            n //= q
+        q += 1
+    if n > 1:
+        primes.add(n)
+    return primes
+
+
+def _valuation(n: int, q: int) -> int:
+    if n == 0:
+        return 64
+    count = 0
+    while n % q == 0:
+        n //= q
+        count += 1
+    return count
+
+
+def _divisors(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+@dataclass
+class _Degree:
+    value: cp_model.IntVar
+    exps: dict[int, cp_model.IntVar]
+
+
+class LayoutModel:
+    """Builds the CP-SAT model for one scenario (model, training setup, cluster, search options)."""
+
+    def __init__(self, model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, options: SearchOptions,
+                 gpu_counts: tuple[int, ...]):
+        self.spec, self.training, self.cluster, self.options = model, training, cluster, options
+        self.gpu_counts = tuple(sorted(set(gpu_counts)))
+        self.domain = cluster.topology.scaleup_domain_gpus
+        self.order = parse_rank_order(options.rank_order)
+        self._build()
+
+    # ---- candidate values of each degree ----------------------------------------------------
+    def _candidates(self) -> dict[str, list[int]]:
+        n_max = max(self.gpu_counts)
+        all_divisors = sorted({d for n in self.gpu_counts for d in _divisors(n, n)})
+        o, m = self.options, self.spec
+        experts = m.num_experts if m.is_moe else 1
+        return {
+            "num_gpus": list(self.gpu_counts),
+            "tp": [d for d in all_divisors if d <= o.max_tp],
+            "cp": [d for d in all_divisors if d <= o.max_cp],
+            "pp": [d for d in all_divisors if d <= min(o.max_pp, m.num_layers)],
+            "dp": all_divisors,
+            "ep": _divisors(experts, n_max),
+            "etp": [d for d in all_divisors if d <= o.max_tp],
+        }
+
+    def _build(self) -> None:
+        self.model = cp_model.CpModel()
+        cand = self._candidates()
+        spec, tr = self.spec, self.training
+        consts = [spec.num_attention_heads, spec.num_kv_heads, tr.global_batch_size, tr.seq_length, self.domain,
+                  max(spec.num_experts, 1)]
+        primes = {2}
+        for values in cand.values():
+            for v in values:
+                primes |= _primes_of(v)
+        for c in consts:
+            primes |= _primes_of(c)
+        self.primes = sorted(primes)
+
+        self.deg: dict[str, _Degree] = {}
+        for name, values in cand.items():
+            if not values:
+                values = [1]
+            value = self.model.NewIntVarFromDomain(cp_model.Domain.FromValues(values), name)
+            exps = {q: self.model.NewIntVar(0, max(_valuation(v, q) for v in values), f"{name}_e{q}")
+                    for q in self.primes}
+            table = [[v] + [_valuation(v, q) for q in self.primes] for v in values]
+            self.model.AddAllowedAssignments([value] + [exps[q] for q in self.primes], table)
+            self.deg[name] = _Degree(value, exps)
+
+        self.literals: dict[str, cp_model.IntVar] = {}
+        for rule in RULES:
+            self.literals[rule] = self.model.NewBoolVar(rule)
+        self._add_rules()
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _e(self, name: str, q: int):
+        return self.deg[name].exps[q]
+
+    def _divides(self, rule: str, names: tuple[str, ...], constant: int, extra: dict[int, int] | None = None,
+                 enforce: list | None = None) -> None:
+        """prod(names) divides constant (times q^extra[q] must still divide it)."""
+        literals = [self.literals[rule]] + (enforce or [])
+        for q in self.primes:
+            lhs = sum(self._e(n, q) for n in names) + (extra or {}).get(q, 0)
+            self.model.Add(lhs <= _valuation(constant, q)).OnlyEnforceIf(literals)
+
+    def _greater_than_one(self, name: str) -> cp_model.IntVar:
+        flag = self.model.NewBoolVar(f"{name}_gt1")
+        self.model.Add(self.deg[name].value >= 2).OnlyEnforceIf(flag)
+        self.model.Add(self.deg[name].value == 1).OnlyEnforceIf(flag.Not())
+        return flag
+
+    def _add_rules(self) -> None:
+        M, L, o, spec, tr = self.model, self.literals, self.options, self.spec, self.training
+        # world size: exponents of tp, cp, pp, dp add up to those of the GPUs used
+        for q in self.primes:
+            M.Add(sum(self._e(n, q) for n in ("tp", "cp", "pp", "dp")) == self._e("num_gpus", q)
+                  ).OnlyEnforceIf(L["world_size"])
+
+        # groups inside the scale-up domain: the dimensions up to and including it span a divisor of it
+        def inside(rule: str, dims_upto: str, mesh: str) -> None:
+            order = self.order
+            names: list[str] = []
+            for dim in order[: order.index(dims_upto) + 1]:
+                if mesh == "dense":
+                    names.append({"ep": ""}.get(dim, dim))
+                else:
+                    names.append({"tp": "etp", "cp": "", "dp": ""}.get(dim, dim))
+            names = [n for n in names if n]
+            self._divides(rule, tuple(names), self.domain)
+
+        if o.tp_inside_scaleup:
+            inside("tp_inside_scaleup_domain", "tp", "dense")
+        if o.cp_inside_scaleup:
+            inside("cp_inside_scaleup_domain", "cp", "dense")
+        if o.ep_inside_scaleup and spec.is_moe:
+            inside("ep_inside_scaleup_domain", "ep", "expert")
+
+        self._divides("heads_divisible_by_tp", ("tp",), spec.num_attention_heads)
+        # kv heads: tp | kv  or  kv | tp
+        kv = spec.num_attention_heads if spec.is_mla else spec.num_kv_heads
+        replicate = M.NewBoolVar("kv_replicated")  # tp > kv heads: each KV head on tp/kv ranks
+        M.Add(self.deg["tp"].value > kv).OnlyEnforceIf(replicate)
+        M.Add(self.deg["tp"].value <= kv).OnlyEnforceIf(replicate.Not())
+        for q in self.primes:
+            M.Add(self._e("tp", q) <= _valuation(kv, q)).OnlyEnforceIf([L["kv_heads_divisible_by_tp"], replicate.Not()])
+            M.Add(self._e("tp", q) >= _valuation(kv, q)).OnlyEnforceIf([L["kv_heads_divisible_by_tp"], replicate])
+
+        # layer split: pp values for which some virtual-stage count splits the layers
+        # (the exact (pp, vpp) rule is checked with the schedule, in optimizer.plan_rules)
+        allowed = [p for p in self._candidates()["pp"] if self.split_ok(p, 1)]
+        M.AddAllowedAssignments([self.deg["pp"].value], [(p,) for p in allowed] or [(0,)]
+                                ).OnlyEnforceIf(L["layers_split_over_stages"])
+        # dp must divide the global batch for some micro-batch size (exactly: dp x micro-batch divides it)
+        self._divides("global_batch_divisible", ("dp",), tr.global_batch_size)
+
+        cp_gt1 = self._greater_than_one("cp")
+        self._divides("sequence_divisible_by_2cp", ("cp",), tr.seq_length, extra={2: 1}, enforce=[cp_gt1])
+        if not tr.flash_attention:
+            M.Add(self.deg["cp"].value == 1).OnlyEnforceIf(L["cp_needs_flash_attention"])
+
+        if spec.is_moe:
+            self._divides("experts_divisible_by_ep", ("ep",), spec.num_experts)
+            for q in self.primes:
+                M.Add(self._e("etp", q) + self._e("ep", q) <= sum(self._e(n, q) for n in ("tp", "cp", "dp"))
+                      ).OnlyEnforceIf(L["expert_mesh_folds"])
+            etp_is_tp = M.NewBoolVar("etp_is_tp")  # canonical: with tp = 1 both choices are etp = 1
+            M.Add(self.deg["tp"].value >= 2).OnlyEnforceIf(etp_is_tp)
+            choice = o.expert_tp
+            M.Add(self.deg["etp"].value == self.deg["tp"].value).OnlyEnforceIf([L["expert_tp_choice"], etp_is_tp])
+            M.Add(self.deg["etp"].value == 1).OnlyEnforceIf([L["expert_tp_choice"], etp_is_tp.Not()])
+            if choice == "1":
+                M.Add(etp_is_tp == 0).OnlyEnforceIf(L["expert_tp_choice"])
+            elif choice == "tp":
+                M.Add(self.deg["etp"].value == self.deg["tp"].value).OnlyEnforceIf(L["expert_tp_choice"])
+        else:
+            M.Add(self.deg["ep"].value == 1).OnlyEnforceIf(L["dense_model_has_no_ep"])
+            M.Add(self.deg["etp"].value == 1).OnlyEnforceIf(L["dense_model_has_no_ep"])
+
+    def split_ok(self, pp: int, vpp: int) -> bool:
+        """Layers split over pp stages of vpp chunks: evenly, or (if allowed) unevenly at the ends."""
+        L = self.spec.num_layers
+        if pp > L:
+            return False
+        if L % (pp * vpp) == 0:
+            return True
+        if not self.options.uneven_pipeline or pp < 2:
+            return False
+        return bool(uneven_split_is_valid(L, np.array([pp]), np.array([vpp]))[0])
+
+    # ---- solving ----------------------------------------------------------------------------
+    def _solver(self) -> cp_model.CpSolver:
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = 0
+        return solver
+
+    def enumerate_layouts(self, active_rules: set[str] | None = None) -> np.ndarray:
+        """All layouts satisfying the rules (all of them by default): an int array (n, len(LAYOUT_COLUMNS)),
+        sorted. Fixes the rule literals, so a model answers one query: build a new one for the next."""
+        rules = set(RULES) if active_rules is None else active_rules
+        for name, literal in self.literals.items():
+            self.model.Add(literal == int(name in rules))
+        solver = self._solver()
+        solver.parameters.enumerate_all_solutions = True
+        variables = [self.deg[c].value for c in LAYOUT_COLUMNS]
+        collector = _Collector(variables)
+        solver.Solve(self.model, collector)
+        rows = np.array(collector.rows, dtype=np.int64).reshape(-1, len(LAYOUT_COLUMNS))
+        order = np.lexsort(rows.T[::-1]) if len(rows) else np.array([], dtype=np.int64)
+        return rows[order]
+
+    def conflicting_rules(self, fixed: dict[str, int] | None = None) -> list[str]:
+        """Names of rules that together admit no layout (empty if some layout exists)."""
+        for name, value in (fixed or {}).items():
+            self.model.Add(self.deg[name].value == int(value))
+        self.model.ClearAssumptions()
+        self.model.AddAssumptions(list(self.literals.values()))
+        solver = self._solver()
+        status = solver.Solve(self.model)
+        if status != cp_model.INFEASIBLE:
+            return []
+        core = set(solver.SufficientAssumptionsForInfeasibility())
+        return [name for name, literal in self.literals.items() if literal.Index() in core]
+
+    def broken_rules(self, layout: dict[str, int]) -> list[str]:
+        """The rules a given layout breaks (each checked alone with the degrees fixed)."""
+        broken = []
+        for rule in RULES:
+            probe = LayoutModel(self.spec, self.training, self.cluster, self.options,
+                                (int(layout["num_gpus"]),))
+            for name, value in layout.items():
+                if name in probe.deg:
+                    domain_ok = value in _domain_values(probe.deg[name].value)
+                    if not domain_ok:
+                        return [f"{name}={value} is outside the search space"]
+                    probe.model.Add(probe.deg[name].value == int(value))
+            for other, literal in probe.literals.items():
+                probe.model.Add(literal == int(other == rule))
+            if probe._solver().Solve(probe.model) == cp_model.INFEASIBLE:
+                broken.append(rule)
+        return broken
+
+
+def _domain_values(var: cp_model.IntVar) -> set[int]:
+    domain = var.Proto().domain
+    values = set()
+    for lo, hi in zip(domain[::2], domain[1::2]):
+        values.update(range(lo, hi + 1))
+    return values
+
+
+class _Collector(cp_model.CpSolverSolutionCallback):
+    def __init__(self, variables):
+        super().__init__()
+        self.variables = variables
+        self.rows: list[list[int]] = []
+
+    def on_solution_callback(self) -> None:
+        self.rows.append([self.Value(v) for v in self.variables])

@@ -1,0 +1,74 @@
+"""Rules on a plan's schedule and knobs, checked for many plans at once.
+
+The layout rules (which degrees can combine on this cluster) are CP-SAT constraints in
+:mod:`optimizer.layout_model`. The rules here involve the pipeline schedule (virtual stages,
+micro-batch) and the memory knobs; they are per-plan predicates that numpy checks for millions of
+expanded plans at once. Each rule has a name and a sentence, like the layout rules, so explanations
+speak one language. ``violations`` returns, per rule, which plans break it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cost_model.model_spec import ModelSpec
+from cost_model.plan import FULL, PlanArrays
+from cost_model.stages import layers_per_stage, uneven_split_is_valid
+from cost_model.training_spec import TrainingSpec
+
+PLAN_RULES: dict[str, str] = {
+    "layers_split_over_stages_and_chunks": "layers divisible by pp x vpp (or an uneven first/last-stage split)",
+    "global_batch_divisible_by_dp_micro_batch": "global batch = dp x micro-batch x number of micro-batches",
+    "interleave_needs_pipeline": "virtual pipeline stages need pp > 1",
+    "interleave_microbatches_divisible_by_pp": "with interleaving, the number of micro-batches is a multiple of pp",
+    "sequence_parallel_needs_tp": "sequence parallelism needs tp > 1",
+    "moe_with_tp_needs_sequence_parallel": "MoE layers with tp > 1 need sequence parallelism (Megatron-LM)",
+    "sequence_divisible_by_cp_tp": "with sequence parallelism, the sequence per CP rank is divisible by tp",
+    "zero_needs_data_parallel": "ZeRO sharding needs dp x cp > 1",
+    "recompute_layers_within_chunk": "recomputed layers do not exceed the layers of a virtual chunk",
+    "expert_degrees_valid": "ep divides the experts and etp x ep divides tp x cp x dp",
+}
+
+
+def split_ok(num_layers: int, pp: np.ndarray, vpp: np.ndarray, allow_uneven: bool) -> np.ndarray:
+    pp = np.asarray(pp)
+    vpp = np.asarray(vpp)
+    even = (num_layers % (pp * vpp) == 0) & (pp <= num_layers)
+    if not allow_uneven:
+        return even
+    return even | ((pp >= 2) & uneven_split_is_valid(num_layers, pp, vpp))
+
+
+def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool) -> dict[str, np.ndarray]:
+    """For each rule, a boolean array: True where the plan breaks it."""
+    gb = training.global_batch_size
+    batch_per_step = plans.dp * plans.micro_batch
+    batch_ok = gb % batch_per_step == 0
+    m = np.where(batch_ok, gb // batch_per_step, 0)
+    interleaved = plans.vpp > 1
+    local_seq = training.seq_length // plans.cp
+    _, k, _ = layers_per_stage(model.num_layers, plans.pp)
+    chunk = -(-k // plans.vpp)
+    experts = max(model.num_experts, 1)
+    return {
+        "layers_split_over_stages_and_chunks": ~split_ok(model.num_layers, plans.pp, plans.vpp, allow_uneven),
+        "global_batch_divisible_by_dp_micro_batch": ~batch_ok,
+        "interleave_needs_pipeline": interleaved & (plans.pp < 2),
+        "interleave_microbatches_divisible_by_pp": interleaved & (m % plans.pp != 0),
+        "sequence_parallel_needs_tp": plans.sequence_parallel & (plans.tp < 2),
+        "moe_with_tp_needs_sequence_parallel": model.is_moe & (plans.tp > 1) & ~plans.sequence_parallel,
+        "sequence_divisible_by_cp_tp": plans.sequence_parallel & ((training.seq_length % plans.cp != 0)
+                                                                 | (local_seq % plans.tp != 0)),
+        "zero_needs_data_parallel": (plans.zero_stage > 0) & (plans.dp * plans.cp < 2),
+        "recompute_layers_within_chunk": (plans.recompute == FULL) & (plans.recompute_num_layers > chunk),
+        "expert_degrees_valid": (experts % plans.ep != 0)
+                                | ((plans.tp * plans.cp * plans.dp) % (plans.etp * plans.ep) != 0),
+    }
+
+
+def valid_mask(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool) -> np.ndarray:
+    broken = violations(model, training, plans, allow_uneven)
+    ok = np.ones(len(plans), dtype=bool)
+    for mask in broken.values():
+        ok &= ~mask
+    return ok

@@ -1,0 +1,92 @@
+"""What the search explores and how it ranks: the knob grid, the search bounds and the objective."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+OBJECTIVES = ("throughput", "cost_per_token", "time_to_train", "mfu", "memory_headroom")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    gpu_counts: tuple[int, ...] = ()
+    """GPU counts to consider; empty = every GPU of the cluster."""
+
+    max_tp: int = 64
+    """Largest tensor-parallel degree tried (the scale-up-domain rule usually binds first)."""
+
+    max_cp: int = 64
+    """Largest context-parallel degree tried."""
+
+    max_pp: int = 128
+    """Largest pipeline depth tried (never more than the layers)."""
+
+    max_vpp: int = 8
+    """Largest number of virtual pipeline stages (interleaving) tried."""
+
+    micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    """Micro-batch sizes tried."""
+
+    recompute_modes: tuple[str, ...] = ("none", "selective", "full")
+    """Activation recompute modes tried."""
+
+    partial_recompute: bool = True
+    """Also try full recompute of 1/4, 1/2 and 3/4 of each chunk's layers (Megatron 'block')."""
+
+    sequence_parallel: tuple[bool, ...] = (False, True)
+    """Sequence-parallel settings tried (only with tp > 1)."""
+
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    """ZeRO stages tried (only with dp x cp > 1)."""
+
+    allow_offload: bool = False
+    """Also try optimizer states on the CPU."""
+
+    expert_tp: Literal["1", "tp", "both"] = "both"
+    """Expert tensor parallelism tried for MoE models: 1, equal to tp, or both."""
+
+    uneven_pipeline: bool = True
+    """Allow first/last pipeline stages with fewer layers when layers do not divide evenly."""
+
+    tp_inside_scaleup: bool = True
+    """Hard rule: tensor-parallel groups stay inside one NVLink (scale-up) domain."""
+
+    cp_inside_scaleup: bool = False
+    """Optional rule: context-parallel groups (with TP) stay inside one scale-up domain."""
+
+    ep_inside_scaleup: bool = False
+    """Optional rule: expert-parallel groups (with expert-TP) stay inside one scale-up domain."""
+
+    rank_order: str = "tp-cp-ep-dp-pp"
+    """Megatron ``--rank-order``-style placement of the parallel dimensions, innermost first."""
+
+    memory_headroom: float = 0.05
+    """Fraction of usable GPU memory kept free: a plan fits when memory <= (1 - headroom) x usable."""
+
+    objective: str = "throughput"
+    """Ranking objective: throughput, cost_per_token, time_to_train, mfu or memory_headroom."""
+
+    top_k: int = 10
+    """Plans returned."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not 0 <= self.memory_headroom < 1:
+            raise ValueError(f"memory_headroom must be in [0, 1), got {self.memory_headroom}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        for name in ("max_tp", "max_cp", "max_pp", "max_vpp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not self.micro_batch_sizes or min(self.micro_batch_sizes) < 1:
+            raise ValueError("micro_batch_sizes must be positive integers")
+        bad = set(self.recompute_modes) - {"none", "selective", "full"}
+        if bad or not self.recompute_modes:
+            raise ValueError(f"recompute_modes must be drawn from none, selective, full; got {sorted(bad)}")
+        if not self.zero_stages or set(self.zero_stages) - {0, 1, 2, 3}:
+            raise ValueError("zero_stages must be drawn from 0, 1, 2, 3")
+
+    def with_changes(self, **changes: Any) -> "SearchOptions":
+        return replace(self, **changes)
