@@ -103,7 +103,10 @@ class PlanArrays:
             if f.name in columns:
                 column = columns[f.name]
                 if f.name == "recompute":
-                    column = [RECOMPUTE_CODE[c] if isinstance(c, str) else c for c in np.atleast_1d(column)]
+                    # Iterate the given list itself: numpy would turn a mix of names and codes into strings.
+                    items = column if isinstance(column, (list, tuple)) else np.atleast_1d(column)
+                    column = [(RECOMPUTE_CODE[c] if c in RECOMPUTE_CODE else int(c)) if isinstance(c, str) else c
+                              for c in items]
                 values[f.name] = np.broadcast_to(np.asarray(column), (n,)).copy()
             else:
                 values[f.name] = np.full(n, defaults[f.name])

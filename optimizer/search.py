@@ -78,6 +78,8 @@ class SearchResult:
     seconds: dict[str, float]
     feasible_plans: PlanArrays | None = None
     """Every feasible plan, when the search was asked to keep them."""
+    timed: PlanMetrics | None = None
+    """Metrics of every timed plan (one per group), when the search was asked to keep them."""
 
     @property
     def found(self) -> bool:
@@ -160,7 +162,7 @@ def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple
     return PlanArrays.from_columns(cols), valid.reshape(n, r)
 
 
-def search(scenario: Scenario, keep_feasible: bool = False) -> SearchResult:
+def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = False) -> SearchResult:
     """Run the whole search; see the module docstring."""
     clock = {"start": time.perf_counter()}
     layout_model = LayoutModel(scenario.model, scenario.training, scenario.cluster, scenario.options,
@@ -208,4 +210,5 @@ def search(scenario: Scenario, keep_feasible: bool = False) -> SearchResult:
         scenario=scenario, ranked=ranked, num_layouts=len(layouts), num_candidates=int(candidates),
         num_feasible=int(fits.sum()), num_timed=len(index), min_memory_bytes=min_memory, seconds=seconds,
         feasible_plans=plans.take(np.flatnonzero(fits.ravel())) if keep_feasible else None,
+        timed=metrics if keep_timed else None,
     )

@@ -275,3 +275,20 @@ def test_stage_layout_in_flight_counts():
     np.testing.assert_allclose(layout.in_flight_layers[0], [64, 48, 16])
     # interleaved v=2, rank r: (v-1)p + 2(p-r-1) + 1 chunks of 8 layers -> 11, 9, 5 chunks
     np.testing.assert_allclose(layout.in_flight_layers[1], [88, 72, 40])
+
+
+def test_expert_parallel_splits_experts_and_zero_shards_over_expert_data_parallel():
+    mixtral = load_model("mixtral-8x7b").spec
+    c = ParameterCounts(mixtral)
+    routed = c.routed_experts_total
+    dense = c.total - routed             # V = 32000 is a multiple of 128: no padding at tp = 1
+    training = TrainingSpec(seq_length=4096, global_batch_size=64, grad_dtype="bf16")
+    # tp = pp = 1, dp = 16, ep = 8 -> each rank holds 1 of 8 experts per layer; expert-DP = 16 / 8 = 2.
+    m = run(mixtral, training, [dict(tp=1, dp=16, ep=8, zero_stage=z) for z in (0, 1, 3)])
+    parts = m.memory_parts_bytes
+    local_experts = routed / 8
+    np.testing.assert_allclose(parts["weights"][:2], 2 * (dense + local_experts), rtol=1e-12)
+    np.testing.assert_allclose(parts["optimizer"], [12 * (dense + local_experts),
+                                                    12 * (dense / 16 + local_experts / 2),
+                                                    12 * (dense / 16 + local_experts / 2)], rtol=1e-12)
+    assert parts["weights"][2] == pytest.approx(2 * (dense / 16 + local_experts / 2), rel=1e-12)

@@ -1,0 +1,324 @@
+"""The ``plan-search`` command line.
+
+``plan-search CLUSTER MODEL`` searches (the ``search`` sub-command is implied); ``evaluate`` prices one
+given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model presets. Exit codes:
+0 plans found, 1 nothing fits (with the explanation), 2 bad input (one line, never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from enum import Enum
+from typing import Any, Optional
+
+import click
+import numpy as np
+import typer
+from typer.core import TyperGroup
+
+from cost_model.model_loader import build_training, list_model_presets, load_model
+from cost_model.plan import RECOMPUTE_CODE, PlanArrays
+from cost_model.evaluate import evaluate as evaluate_plans
+from cost_model.memory import GIB
+from hardware.cli import app as hardware_app
+from hardware.errors import InputError
+from hardware.loader import load_cluster
+
+from .emit import EMITTERS, emit
+from .explain import explain_no_fit
+from .layout_model import LayoutModel
+from .plan_rules import PLAN_RULES, violations
+from .ranking import gpu_seconds_per_token, pareto_front
+from .report import breakdown_text, plan_records, render_table, scenario_header, scenario_record, to_csv
+from .search import Scenario, search
+from .search_options import OBJECTIVES, SearchOptions
+
+
+class _DefaultSearchGroup(TyperGroup):
+    """Route ``plan-search CLUSTER MODEL ...`` to the ``search`` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["search", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_DefaultSearchGroup, add_completion=False, no_args_is_help=True,
+                  help="Search every TP x PP x DP x CP x EP layout of a training run and rank the plans that fit.")
+app.add_typer(hardware_app, name="hardware", help="List and show GPU and cluster presets.")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Emitter(str, Enum):
+    megatron = "megatron"
+    torchtitan = "torchtitan"
+    nemo = "nemo"
+
+
+class Recompute(str, Enum):
+    none = "none"
+    selective = "selective"
+    full = "full"
+
+
+def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
+    """``N``, ``A,B,C`` or ``A-B`` (whole nodes: power-of-two node counts between A and B, and both ends)."""
+    if not text:
+        return ()
+    per_node = cluster.topology.gpus_per_node
+    try:
+        if "-" in text:
+            low, high = (int(x) for x in text.split("-", 1))
+            nodes = {n for n in (2 ** k for k in range(0, 40)) if low <= n * per_node <= high}
+            counts = {n * per_node for n in nodes} | {v for v in (low, high) if v % per_node == 0}
+        else:
+            counts = {int(x) for x in text.split(",")}
+    except ValueError:
+        raise InputError("command line", "--gpus", f"'{text}' is not a GPU count, list or range",
+                         "write e.g. --gpus 512, --gpus 256,512 or --gpus 256-1024") from None
+    bad = sorted(c for c in counts if c <= 0 or c % per_node or c > cluster.num_gpus)
+    if bad or not counts:
+        raise InputError("command line", "--gpus", f"{bad or text} is not a positive multiple of the "
+                         f"{per_node} GPUs per node up to the cluster's {cluster.num_gpus}",
+                         "use whole nodes of the cluster")
+    return tuple(sorted(counts))
+
+
+def _training(model_input, seq_len, global_batch, global_batch_tokens, train_tokens, precision, tp_comm_overlap):
+    overrides = dict(model_input.training_overrides)
+    if seq_len is not None:
+        overrides["seq_length"] = seq_len
+    if global_batch is not None:
+        overrides["global_batch_size"] = global_batch
+        overrides.pop("global_batch_tokens", None)
+    if global_batch_tokens is not None:
+        overrides["global_batch_tokens"] = global_batch_tokens
+        overrides.pop("global_batch_size", None)
+    if train_tokens is not None:
+        overrides["train_tokens"] = train_tokens
+    if precision is not None:
+        overrides["precision"] = precision
+    if tp_comm_overlap is not None:
+        overrides["tp_comm_overlap"] = tp_comm_overlap
+    return build_training(overrides, source=model_input.source or "training")
+
+
+def _cluster(name: str, price: float | None):
+    cluster = load_cluster(name)
+    if price is not None:
+        cluster = cluster.with_overrides({"economics.price_per_gpu_hour_usd": price}, source="command line")
+    return cluster
+
+
+def _options(**values: Any) -> SearchOptions:
+    try:
+        return SearchOptions(**{k: v for k, v in values.items() if v is not None})
+    except ValueError as exc:
+        raise InputError("command line", "options", str(exc), "fix the option") from None
+
+
+@app.command("search")
+def search_command(
+    cluster: str = typer.Argument(..., help="Cluster YAML file or preset name (e.g. h100x1024)."),
+    model: str = typer.Argument(..., help="model.yaml, Hugging Face config.json or preset name (e.g. llama3-70b)."),
+    top: int = typer.Option(10, "--top", help="Plans to show."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU counts: N, A,B,C or A-B (whole nodes)."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", help="Global batch in sequences."),
+    global_batch_tokens: Optional[int] = typer.Option(None, "--global-batch-tokens", help="Global batch in tokens."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length."),
+    train_tokens: Optional[float] = typer.Option(None, "--train-tokens", help="Training tokens, for time and cost."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 or fp8."),
+    objective: str = typer.Option("throughput", "--objective", help=f"One of: {', '.join(OBJECTIVES)}."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or csv."),
+    emitter: Optional[Emitter] = typer.Option(None, "--emit", help="Print the best plan's launcher arguments."),
+    pareto: bool = typer.Option(False, "--pareto", help="Show the cost-versus-time Pareto plans instead."),
+    headroom: float = typer.Option(0.05, "--headroom", help="Fraction of GPU memory kept free."),
+    price: Optional[float] = typer.Option(None, "--price", help="Price per GPU-hour in USD."),
+    tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
+                                                   help="Overlap TP communication with GEMMs."),
+    allow_offload: bool = typer.Option(False, "--allow-offload", help="Also try optimizer offload to the CPU."),
+    recompute: Optional[list[Recompute]] = typer.Option(None, "--recompute", help="Limit recompute modes (repeatable)."),
+    zero: Optional[list[int]] = typer.Option(None, "--zero", help="Limit ZeRO stages (repeatable)."),
+    rank_order: str = typer.Option("tp-cp-ep-dp-pp", "--rank-order", help="Rank order, innermost first."),
+) -> None:
+    """Search and rank every feasible plan (this is what ``plan-search CLUSTER MODEL`` runs)."""
+    cluster_spec = _cluster(cluster, price)
+    model_input = load_model(model)
+    training = _training(model_input, seq_len, global_batch, global_batch_tokens, train_tokens, precision,
+                         tp_comm_overlap)
+    options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
+                       memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
+                       recompute_modes=tuple(r.value for r in recompute) if recompute else None,
+                       zero_stages=tuple(sorted(set(zero))) if zero else None)
+    LayoutModel(model_input.spec, training, cluster_spec, options, options.gpu_counts or (cluster_spec.num_gpus,))
+    scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options)
+    result = search(scenario, keep_timed=pareto)
+    explanation = None if result.found else explain_no_fit(result)
+    ranked = result.ranked
+    if pareto and result.found:
+        timed = result.timed
+        cost = gpu_seconds_per_token(timed) * (cluster_spec.economics.price_per_gpu_hour_usd or 1.0)
+        front = pareto_front(1.0 / timed.tokens_per_s, cost)[:top]
+        ranked = evaluate_plans(scenario.model, training, cluster_spec, timed.plans.take(front), scenario.costs)
+
+    if output is OutputFormat.json:
+        document = {
+            "scenario": scenario_record(scenario),
+            "search": {"layouts": result.num_layouts, "candidates": result.num_candidates,
+                       "feasible": result.num_feasible, "timed": result.num_timed,
+                       "seconds": round(result.seconds["total"], 4)},
+            "plans": plan_records(ranked, scenario.memory_limit_bytes) if ranked is not None else [],
+            "explanation": explanation.to_dict() if explanation else None,
+        }
+        if emitter and ranked is not None:
+            document["emit"] = {emitter.value: emit(emitter.value, _raw(ranked, 0), scenario.model, training)}
+        typer.echo(json.dumps(document, indent=2))
+    elif output is OutputFormat.csv:
+        typer.echo(to_csv(ranked.to_frame()) if ranked is not None else "", nl=False)
+    else:
+        typer.echo(scenario_header(scenario))
+        typer.echo(f"{result.num_layouts:,} layouts, {result.num_candidates:,} plans, {result.num_feasible:,} fit "
+                   f"in memory; searched in {result.seconds['total']:.2f} s")
+        if ranked is not None:
+            title = "Pareto plans (time vs cost)" if pareto else f"Top {len(ranked)} plans by {objective}"
+            typer.echo(render_table(ranked, title))
+            typer.echo("Best plan:")
+            typer.echo(breakdown_text(ranked, 0))
+        if explanation:
+            typer.echo("No plan fits: " + explanation.text())
+    if emitter and ranked is not None and output is OutputFormat.table:
+        typer.echo(f"\n{emitter.value} arguments of the best plan:")
+        typer.echo(emit(emitter.value, _raw(ranked, 0), scenario.model, training))
+    raise typer.Exit(0 if result.found else 1)
+
+
+def _raw(metrics, index: int) -> dict[str, Any]:
+    """The plan's columns with native ints (recompute as its code) for the emitters."""
+    cols = metrics.plans.to_columns()
+    return {k: (bool(v[index]) if v.dtype == bool else int(v[index])) for k, v in cols.items()}
+
+
+@app.command("evaluate")
+def evaluate_command(
+    cluster: str = typer.Argument(..., help="Cluster YAML file or preset name."),
+    model: str = typer.Argument(..., help="model.yaml, config.json or preset name."),
+    tp: int = typer.Option(1, "--tp"), pp: int = typer.Option(1, "--pp"), dp: Optional[int] = typer.Option(None, "--dp", help="Default: the rest of the cluster."),
+    cp: int = typer.Option(1, "--cp"), ep: int = typer.Option(1, "--ep"), etp: int = typer.Option(1, "--etp"),
+    vpp: int = typer.Option(1, "--vpp"), micro_batch: int = typer.Option(1, "--micro-batch"),
+    recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
+    recompute_num_layers: int = typer.Option(-1, "--recompute-num-layers", help="-1 = all layers of each chunk."),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel"),
+    zero_stage: int = typer.Option(0, "--zero-stage"),
+    optimizer_offload: bool = typer.Option(False, "--optimizer-offload"),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch"),
+    global_batch_tokens: Optional[int] = typer.Option(None, "--global-batch-tokens"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    train_tokens: Optional[float] = typer.Option(None, "--train-tokens"),
+    precision: Optional[str] = typer.Option(None, "--precision"),
+    tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap"),
+    headroom: float = typer.Option(0.05, "--headroom"),
+    price: Optional[float] = typer.Option(None, "--price"),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+    emitter: Optional[Emitter] = typer.Option(None, "--emit"),
+) -> None:
+    """Price one given plan: memory and time breakdown, whether it fits and why not."""
+    cluster_spec = _cluster(cluster, price)
+    model_input = load_model(model)
+    training = _training(model_input, seq_len, global_batch, global_batch_tokens, train_tokens, precision,
+                         tp_comm_overlap)
+    for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
+                        ("micro-batch", micro_batch)):
+        if value < 1:
+            raise InputError("command line", f"--{name}", f"must be at least 1, got {value}", "fix the value")
+    if zero_stage not in (0, 1, 2, 3):
+        raise InputError("command line", "--zero-stage", f"must be 0, 1, 2 or 3, got {zero_stage}", "fix the value")
+    if dp is None:
+        dp = cluster_spec.num_gpus // (tp * pp * cp)
+    if dp < 1 or tp * pp * cp * dp > cluster_spec.num_gpus:
+        raise InputError("command line", "--dp", f"tp x pp x cp x dp = {tp * pp * cp * max(dp, 0)} does not fit "
+                         f"the cluster's {cluster_spec.num_gpus} GPUs", "lower a degree or use a larger cluster")
+    options = _options(memory_headroom=headroom, gpu_counts=(tp * pp * cp * dp,))
+    scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options)
+    plan = PlanArrays.from_columns(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch=micro_batch,
+                                        recompute=RECOMPUTE_CODE[recompute.value],
+                                        recompute_num_layers=recompute_num_layers,
+                                        sequence_parallel=sequence_parallel, zero_stage=zero_stage,
+                                        optimizer_offload=optimizer_offload))
+    metrics = evaluate_plans(scenario.model, training, cluster_spec, plan, scenario.costs)
+    layout = dict(num_gpus=tp * pp * cp * dp, tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, etp=etp)
+    broken = LayoutModel(scenario.model, training, cluster_spec, options, (layout["num_gpus"],)).broken_rules(layout)
+    broken += [name for name, mask in violations(scenario.model, training, plan, options.uneven_pipeline).items()
+               if mask[0]]
+    over = metrics.memory_bytes[0] - scenario.memory_limit_bytes
+    reasons = [f"{name}: {_describe(name)}" for name in broken]
+    if over > 0:
+        reasons.append(f"memory_per_gpu: needs {metrics.memory_bytes[0] / GIB:.1f} GiB, limit "
+                       f"{scenario.memory_limit_bytes / GIB:.1f} GiB ({over / GIB:.1f} GiB over)")
+    fits = not reasons
+    if output is OutputFormat.json:
+        record = plan_records(metrics, scenario.memory_limit_bytes)[0]
+        record["fits"] = fits
+        record["why_not"] = reasons
+        document = {"scenario": scenario_record(scenario), "plan": record}
+        if emitter:
+            document["emit"] = {emitter.value: emit(emitter.value, _raw(metrics, 0), scenario.model, training)}
+        typer.echo(json.dumps(document, indent=2))
+    elif output is OutputFormat.csv:
+        frame = metrics.to_frame()
+        frame["fits"] = fits
+        typer.echo(to_csv(frame), nl=False)
+    else:
+        typer.echo(scenario_header(scenario))
+        typer.echo(render_table(metrics, "Plan"))
+        typer.echo(breakdown_text(metrics, 0))
+        typer.echo("fits: yes" if fits else "fits: no\n  " + "\n  ".join(reasons))
+        if emitter:
+            typer.echo(f"\n{emitter.value} arguments:")
+            typer.echo(emit(emitter.value, _raw(metrics, 0), scenario.model, training))
+    raise typer.Exit(0 if fits else 1)
+
+
+def _describe(rule: str) -> str:
+    from .layout_model import RULES
+    return RULES.get(rule) or PLAN_RULES.get(rule) or rule
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the bundled model presets with their parameter counts."""
+    from cost_model.params import ParameterCounts
+    for name in list_model_presets():
+        spec = load_model(name).spec
+        counts = ParameterCounts(spec)
+        kind = f"MoE {spec.num_experts}x top-{spec.experts_per_token}" if spec.is_moe else "dense"
+        typer.echo(f"{name:16s} {counts.total / 1e9:8.2f}B total  {counts.active / 1e9:7.2f}B active  "
+                   f"{spec.num_layers:3d} layers  h={spec.hidden_size:<6d} {kind}")
+
+
+def main() -> None:
+    """Entry point: run the app; input errors become one line and exit status 2."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = app(standalone_mode=False) or 0
+        except InputError as exc:
+            typer.echo(f"plan-search: error: {exc}", err=True)
+            code = 2
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            typer.echo("plan-search: aborted", err=True)
+            code = 130
+        except click.ClickException as exc:
+            typer.echo(f"plan-search: error: {exc.format_message()}", err=True)
+            code = 2
+        for warning in caught:
+            typer.echo(f"plan-search: warning: {warning.message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,143 @@
+"""A plan in the launchers' own words: Megatron-LM flags, a torchtitan TOML fragment, NeMo 2.0 Python.
+
+Flag names: Megatron-LM ``megatron/training/arguments.py`` (Megatron-FSDP's
+``--data-parallel-sharding-strategy`` values ``optim_grads`` = ZeRO-2 and ``optim_grads_params`` =
+ZeRO-3); torchtitan ``torchtitan/config/job_config.py`` ([parallelism], [activation_checkpoint],
+[training]); NeMo 2.0 ``nemo.collections.llm`` recipes (``MegatronStrategy``, ``MegatronDataSampler``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cost_model.model_spec import ModelSpec
+from cost_model.plan import FULL, SELECTIVE
+from cost_model.stages import layers_per_stage
+from cost_model.training_spec import TrainingSpec
+
+EMITTERS = ("megatron", "torchtitan", "nemo")
+
+
+def _uneven_split(model: ModelSpec, pp: int) -> tuple[int, int] | None:
+    first, k, last = (int(x) for x in layers_per_stage(model.num_layers, pp))
+    if pp > 1 and (first != k or last != k):
+        return first, last
+    return None
+
+
+def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> list[str]:
+    args = [
+        f"--tensor-model-parallel-size {plan['tp']}",
+        f"--pipeline-model-parallel-size {plan['pp']}",
+        f"--context-parallel-size {plan['cp']}",
+    ]
+    if model.is_moe:
+        args += [f"--expert-model-parallel-size {plan['ep']}", f"--expert-tensor-parallel-size {plan['etp']}"]
+    if plan["vpp"] > 1:
+        args.append(f"--virtual-pipeline-model-parallel-size {plan['vpp']}")
+    split = _uneven_split(model, plan["pp"])
+    if split:
+        args += [f"--decoder-first-pipeline-num-layers {split[0]}", f"--decoder-last-pipeline-num-layers {split[1]}"]
+    if plan["sequence_parallel"]:
+        args.append("--sequence-parallel")
+    args += [f"--micro-batch-size {plan['micro_batch']}", f"--global-batch-size {training.global_batch_size}",
+             f"--seq-length {training.seq_length}"]
+    if plan["recompute"] == SELECTIVE:
+        args.append("--recompute-granularity selective")
+    elif plan["recompute"] == FULL:
+        layers = plan["recompute_num_layers"]
+        if layers < 0:
+            _, k, _ = layers_per_stage(model.num_layers, plan["pp"])
+            layers = -(-int(k) // plan["vpp"])
+        args += ["--recompute-granularity full", "--recompute-method block", f"--recompute-num-layers {layers}"]
+    zero = plan["zero_stage"]
+    if zero == 1:
+        args.append("--use-distributed-optimizer")
+    elif zero in (2, 3):
+        strategy = "optim_grads" if zero == 2 else "optim_grads_params"
+        args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {strategy}",
+                 "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
+    if plan.get("optimizer_offload"):
+        args.append("--optimizer-cpu-offload")
+    if training.overlap_grad_reduce:
+        args.append("--overlap-grad-reduce")
+    if training.overlap_param_gather and zero >= 1:
+        args.append("--overlap-param-gather")
+    if training.tp_comm_overlap and plan["tp"] > 1:
+        args.append("--tp-comm-overlap")
+    args.append("--bf16")
+    if training.precision == "fp8":
+        args.append("--fp8-format hybrid")
+    return args
+
+
+def torchtitan_toml(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> str:
+    zero = plan["zero_stage"]
+    dp = plan["dp"]
+    replicate, shard = (dp, 1) if zero == 0 else (1, dp)
+    mode = {0: "none", SELECTIVE: "selective", FULL: "full"}[plan["recompute"]]
+    lines = [
+        "[parallelism]",
+        f"data_parallel_replicate_degree = {replicate}",
+        f"data_parallel_shard_degree = {shard}",
+        f"tensor_parallel_degree = {plan['tp']}",
+        f"pipeline_parallel_degree = {plan['pp']}",
+        f"context_parallel_degree = {plan['cp']}",
+    ]
+    if model.is_moe:
+        lines += [f"expert_parallel_degree = {plan['ep']}", f"expert_tensor_parallel_degree = {plan['etp']}"]
+    if plan["pp"] > 1:
+        schedule = "Interleaved1F1B" if plan["vpp"] > 1 else "1F1B"
+        lines += [f'pipeline_parallel_schedule = "{schedule}"',
+                  f"pipeline_parallel_microbatch_size = {plan['micro_batch']}"]
+    if zero in (1, 2):
+        lines.append('fsdp_reshard_after_forward = "never"  # ZeRO-2-like: weights stay gathered between fwd and bwd')
+    elif zero == 3:
+        lines.append('fsdp_reshard_after_forward = "always"')
+    lines += ["", "[activation_checkpoint]", f'mode = "{mode}"', "", "[training]",
+              f"seq_len = {training.seq_length}",
+              f"global_batch_size = {training.global_batch_size}",
+              f"local_batch_size = {training.global_batch_size // max(dp, 1)}"]
+    if training.precision == "fp8":
+        lines += ["", "[quantize.linear.float8]", "enable_fsdp_float8_all_gather = true"]
+    return "\n".join(lines)
+
+
+def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> str:
+    strategy = [
+        f"tensor_model_parallel_size={plan['tp']}",
+        f"pipeline_model_parallel_size={plan['pp']}",
+        f"virtual_pipeline_model_parallel_size={plan['vpp'] if plan['vpp'] > 1 else None}",
+        f"context_parallel_size={plan['cp']}",
+        f"sequence_parallel={bool(plan['sequence_parallel'])}",
+    ]
+    if model.is_moe:
+        strategy += [f"expert_model_parallel_size={plan['ep']}", f"expert_tensor_parallel_size={plan['etp']}"]
+    recompute = ""
+    if plan["recompute"] == SELECTIVE:
+        recompute = 'recipe.model.config.recompute_granularity = "selective"\n'
+    elif plan["recompute"] == FULL:
+        layers = plan["recompute_num_layers"]
+        recompute = ('recipe.model.config.recompute_granularity = "full"\n'
+                     'recipe.model.config.recompute_method = "block"\n'
+                     f"recipe.model.config.recompute_num_layers = {layers if layers > 0 else 'None  # all layers'}\n")
+    strategy_text = ",\n    ".join(strategy)
+    return (
+        "from nemo import lightning as nl\n\n"
+        f"recipe.trainer.strategy = nl.MegatronStrategy(\n    {strategy_text},\n)\n"
+        f"recipe.data.micro_batch_size = {plan['micro_batch']}\n"
+        f"recipe.data.global_batch_size = {training.global_batch_size}\n"
+        f"recipe.data.seq_length = {training.seq_length}\n"
+        f"recipe.optim.config.use_distributed_optimizer = {plan['zero_stage'] >= 1}\n"
+        + recompute
+    )
+
+
+def emit(kind: str, plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> str:
+    if kind == "megatron":
+        return " \\\n  ".join(megatron_args(plan, model, training))
+    if kind == "torchtitan":
+        return torchtitan_toml(plan, model, training)
+    if kind == "nemo":
+        return nemo_code(plan, model, training)
+    raise ValueError(f"unknown emitter {kind!r}; use one of {', '.join(EMITTERS)}")
