@@ -122,7 +122,7 @@ def training_overrides(training: dict[str, Any], source: str) -> dict[str, Any]:
 
 def build_training(overrides: dict[str, Any], source: str = "training") -> TrainingSpec:
     """Make a :class:`TrainingSpec` from defaults plus overrides, resolving ``global_batch_tokens``."""
-    values = dict(overrides)
+    values = {key: _coerce_number(key, value, source) for key, value in overrides.items()}
     tokens = values.pop("global_batch_tokens", None)
     try:
         base = TrainingSpec(**{k: v for k, v in values.items() if k != "global_batch_size"},
@@ -136,6 +136,25 @@ def build_training(overrides: dict[str, Any], source: str = "training") -> Train
                              "give a token count that is a whole number of sequences, or global_batch_size")
         base = base.with_changes(global_batch_size=int(tokens) // base.seq_length)
     return base
+
+
+_INT_SETTINGS = {"seq_length", "global_batch_size", "global_batch_tokens"}
+_FLOAT_SETTINGS = {"train_tokens", "moe_capacity_factor"}
+
+
+def _coerce_number(key: str, value: Any, source: str) -> Any:
+    """YAML 1.1 reads ``1.0e12`` (no sign in the exponent) as a string: accept it as the number it is."""
+    if key not in _INT_SETTINGS | _FLOAT_SETTINGS or not isinstance(value, str):
+        return value
+    try:
+        number = float(value.replace("_", ""))
+    except ValueError:
+        raise InputError(source, f"training.{key}", f"must be a number, got {value!r}", "write e.g. 15.0e+12") from None
+    if key in _INT_SETTINGS:
+        if number != int(number):
+            raise InputError(source, f"training.{key}", f"must be a whole number, got {value!r}", "fix the value")
+        return int(number)
+    return number
 
 
 def _field_of(message: str, prefix: str) -> str:

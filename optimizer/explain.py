@@ -96,7 +96,7 @@ def _memory_explanation(result: SearchResult) -> Explanation:
         variants.append(("offload the optimizer to the CPU (--allow-offload)",
                          {"options": options.with_changes(allow_offload=True)}))
     nodes = sc.cluster.topology.num_nodes
-    for factor in (2, 4, 8):
+    for factor in (2, 4, 8, 16, 32, 64):
         cluster = sc.cluster.with_overrides({"topology.num_nodes": nodes * factor})
         variants.append((f"use {nodes * factor} nodes ({cluster.num_gpus} GPUs)",
                          {"cluster": cluster, "options": options.with_changes(gpu_counts=())}))

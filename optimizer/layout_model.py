@@ -112,7 +112,7 @@ class LayoutModel:
 
     def _build(self) -> None:
         self.model = cp_model.CpModel()
-        cand = self._candidates()
+        cand = self.candidates = self._candidates()
         spec, tr = self.spec, self.training
         consts = [spec.num_attention_heads, spec.num_kv_heads, tr.global_batch_size, tr.seq_length, self.domain,
                   max(spec.num_experts, 1)]
@@ -196,7 +196,7 @@ class LayoutModel:
 
         # layer split: pp values for which some virtual-stage count splits the layers
         # (the exact (pp, vpp) rule is checked with the schedule, in optimizer.plan_rules)
-        allowed = [p for p in self._candidates()["pp"] if self.split_ok(p, 1)]
+        allowed = [p for p in self.candidates["pp"] if self.split_ok(p, 1)]
         M.AddAllowedAssignments([self.deg["pp"].value], [(p,) for p in allowed] or [(0,)]
                                 ).OnlyEnforceIf(L["layers_split_over_stages"])
         # dp must divide the global batch for some micro-batch size (exactly: dp x micro-batch divides it)
@@ -279,8 +279,7 @@ class LayoutModel:
                                 (int(layout["num_gpus"]),))
             for name, value in layout.items():
                 if name in probe.deg:
-                    domain_ok = value in _domain_values(probe.deg[name].value)
-                    if not domain_ok:
+                    if value not in probe.candidates[name]:
                         return [f"{name}={value} is outside the search space"]
                     probe.model.Add(probe.deg[name].value == int(value))
             for other, literal in probe.literals.items():
@@ -288,14 +287,6 @@ class LayoutModel:
             if probe._solver().Solve(probe.model) == cp_model.INFEASIBLE:
                 broken.append(rule)
         return broken
-
-
-def _domain_values(var: cp_model.IntVar) -> set[int]:
-    domain = var.Proto().domain
-    values = set()
-    for lo, hi in zip(domain[::2], domain[1::2]):
-        values.update(range(lo, hi + 1))
-    return values
 
 
 class _Collector(cp_model.CpSolverSolutionCallback):

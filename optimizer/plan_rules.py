@@ -66,9 +66,17 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allo
     }
 
 
-def valid_mask(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool) -> np.ndarray:
+SCHEDULE_RULES = ("layers_split_over_stages_and_chunks", "global_batch_divisible_by_dp_micro_batch",
+                  "interleave_needs_pipeline", "interleave_microbatches_divisible_by_pp")
+"""The rules that involve only the layout and the schedule (virtual stages, micro-batch)."""
+
+
+def valid_mask(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool,
+               rules: tuple[str, ...] | None = None) -> np.ndarray:
+    """True where the plan obeys every rule (or every rule named in ``rules``)."""
     broken = violations(model, training, plans, allow_uneven)
     ok = np.ones(len(plans), dtype=bool)
-    for mask in broken.values():
-        ok &= ~mask
+    for name, mask in broken.items():
+        if rules is None or name in rules:
+            ok &= ~mask
     return ok

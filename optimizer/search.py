@@ -31,7 +31,7 @@ from cost_model.training_spec import TrainingSpec
 from hardware.schema import ClusterSpec
 
 from .layout_model import LAYOUT_COLUMNS, LayoutModel
-from .plan_rules import valid_mask
+from .plan_rules import SCHEDULE_RULES, valid_mask
 from .ranking import rank_order
 from .search_options import SearchOptions
 
@@ -127,16 +127,16 @@ def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.nd
         return cols
     cols = _cross(cols, "vpp", np.arange(1, o.max_vpp + 1))
     cols = _cross(cols, "micro_batch", np.array(sorted(set(o.micro_batch_sizes))))
-    cols = _filter(cols, _rule_mask(scenario, cols))
+    cols = _filter(cols, _rule_mask(scenario, cols, SCHEDULE_RULES))
     cols = _cross(cols, "sequence_parallel", np.array(sorted(set(o.sequence_parallel))))
     cols = _cross(cols, "zero_stage", np.array(sorted(set(o.zero_stages))))
     cols = _cross(cols, "optimizer_offload", np.array([False, True] if o.allow_offload else [False]))
     return _filter(cols, _rule_mask(scenario, cols))
 
 
-def _rule_mask(scenario: Scenario, cols: dict[str, np.ndarray]) -> np.ndarray:
+def _rule_mask(scenario: Scenario, cols: dict[str, np.ndarray], rules: tuple[str, ...] | None = None) -> np.ndarray:
     plans = PlanArrays.from_columns({k: v for k, v in cols.items() if k != "num_gpus"})
-    return valid_mask(scenario.model, scenario.training, plans, scenario.options.uneven_pipeline)
+    return valid_mask(scenario.model, scenario.training, plans, scenario.options.uneven_pipeline, rules)
 
 
 def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple[PlanArrays, np.ndarray]:
