@@ -259,17 +259,30 @@ class LayoutModel:
         return rows[order]
 
     def conflicting_rules(self, fixed: dict[str, int] | None = None) -> list[str]:
-        """Names of rules that together admit no layout (empty if some layout exists)."""
+        """A minimal set of rules that together admit no layout (empty if some layout exists).
+
+        CP-SAT's assumption core is a sufficient set; deleting each rule in turn and keeping it only
+        if the rest become feasible makes it minimal, so every rule named really binds.
+        """
         for name, value in (fixed or {}).items():
             self.model.Add(self.deg[name].value == int(value))
         self.model.ClearAssumptions()
         self.model.AddAssumptions(list(self.literals.values()))
         solver = self._solver()
-        status = solver.Solve(self.model)
-        if status != cp_model.INFEASIBLE:
+        if solver.Solve(self.model) != cp_model.INFEASIBLE:
             return []
-        core = set(solver.SufficientAssumptionsForInfeasibility())
-        return [name for name, literal in self.literals.items() if literal.Index() in core]
+        core_indices = set(solver.SufficientAssumptionsForInfeasibility())
+        core = [name for name, literal in self.literals.items() if literal.Index() in core_indices]
+        for rule in list(core):
+            trial = [r for r in core if r != rule]
+            probe = LayoutModel(self.spec, self.training, self.cluster, self.options, self.gpu_counts)
+            for name, value in (fixed or {}).items():
+                probe.model.Add(probe.deg[name].value == int(value))
+            for name, literal in probe.literals.items():
+                probe.model.Add(literal == int(name in trial))
+            if probe._solver().Solve(probe.model) == cp_model.INFEASIBLE:
+                core = trial
+        return core
 
     def broken_rules(self, layout: dict[str, int]) -> list[str]:
         """The rules a given layout breaks (each checked alone with the degrees fixed)."""

@@ -123,8 +123,6 @@ def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.nd
     """Layouts x schedules x knobs other than recompute, filtered by the plan rules."""
     o = scenario.options
     cols = {name: layouts[:, i] for i, name in enumerate(LAYOUT_COLUMNS)}
-    if not len(layouts):
-        return cols
     cols = _cross(cols, "vpp", np.arange(1, o.max_vpp + 1))
     cols = _cross(cols, "micro_batch", np.array(sorted(set(o.micro_batch_sizes))))
     cols = _filter(cols, _rule_mask(scenario, cols, SCHEDULE_RULES))
@@ -175,8 +173,11 @@ def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = F
     n_groups, n_options = option_valid.shape
     clock["expand"] = time.perf_counter()
 
-    memory = predict_memory(scenario.model, scenario.training, plans, scenario.costs)
-    peak = memory.peak_bytes.reshape(n_groups, n_options)
+    if n_groups:
+        peak = predict_memory(scenario.model, scenario.training, plans, scenario.costs).peak_bytes
+    else:
+        peak = np.zeros(0)
+    peak = peak.reshape(n_groups, n_options)
     fits = option_valid & (peak <= scenario.memory_limit_bytes)
     candidates = option_valid.sum()
     min_memory = float(np.min(np.where(option_valid, peak, np.inf))) if candidates else float("nan")

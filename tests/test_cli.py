@@ -1,0 +1,218 @@
+"""End-to-end tests of the ``plan-search`` command line on the bundled examples."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimizer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    argv = sys.argv
+    sys.argv = ["plan-search", *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_search_on_bundled_example_prints_ranked_table(capsys):
+    code, out, err = run(capsys, str(EXAMPLES / "cluster.yaml"), str(EXAMPLES / "model.yaml"), "--top", "3")
+    assert code == 0, err
+    assert out.startswith("llama3-8b on h100-128: 128 x H100 SXM5 80GB")
+    assert "seq 8192, global batch 512 (4.2M tokens)" in out
+    assert "Top 3 plans by throughput" in out
+    assert "mem GiB" in out and "TFLOP/s/GPU" in out
+    assert "Best plan:" in out and "memory per GPU" in out
+
+
+def test_json_schema_fields(capsys):
+    code, out, _ = run(capsys, "h100x64", "llama3-70b", "--top", "4", "--seq-len", "8192", "--global-batch", "128",
+                       "--format", "json", "--train-tokens", "1e12", "--price", "2")
+    assert code == 0
+    document = json.loads(out)
+    assert document["scenario"]["seq_length"] == 8192
+    assert document["scenario"]["global_batch_size"] == 128
+    assert document["search"]["feasible"] > 0
+    plans = document["plans"]
+    assert len(plans) == 4
+    required = {"tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "num_microbatches", "recompute",
+                "sequence_parallel", "zero_stage", "memory_gib", "memory_breakdown_gib", "step_time_s",
+                "step_time_breakdown_s", "tokens_per_s", "mfu", "fits"}
+    for plan in plans:
+        assert required <= set(plan)
+        assert set(plan["memory_breakdown_gib"]) == {"weights", "gradients", "optimizer", "activations", "other"}
+        assert plan["fits"] is True
+        assert plan["tp"] * plan["pp"] * plan["dp"] * plan["cp"] == 64
+        assert plan["num_microbatches"] * plan["dp"] * plan["micro_batch"] == 128
+        assert sum(plan["memory_breakdown_gib"].values()) == pytest.approx(plan["memory_gib"], rel=1e-6)
+        assert sum(plan["step_time_breakdown_s"].values()) == pytest.approx(plan["step_time_s"], rel=1e-6)
+        assert plan["memory_gib"] <= document["scenario"]["memory_limit_gib"]
+        # cost = GPU-hours x price; GPU-hours = GPUs x tokens / (tokens/s) / 3600
+        hours = 64 * 1e12 / plan["tokens_per_s"] / 3600
+        assert plan["gpu_hours"] == pytest.approx(hours, rel=1e-6)
+        assert plan["cost_usd"] == pytest.approx(2 * hours, rel=1e-6)
+    throughputs = [p["tokens_per_s"] for p in plans]
+    assert throughputs == sorted(throughputs, reverse=True)
+
+
+def test_output_is_deterministic(capsys):
+    args = ("h100x16", "llama3-8b", "--format", "json", "--global-batch", "64")
+    first = json.loads(run(capsys, *args)[1])
+    second = json.loads(run(capsys, *args)[1])
+    first["search"].pop("seconds")
+    second["search"].pop("seconds")
+    assert first == second
+
+
+def test_csv_output_has_one_row_per_plan(capsys):
+    code, out, _ = run(capsys, "h100x16", "llama3-8b", "--format", "csv", "--top", "3")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("tp,pp,dp,cp,ep,etp,vpp,micro_batch")
+
+
+@pytest.mark.parametrize("emitter,expected", [
+    ("megatron", ["--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--micro-batch-size",
+                  "--global-batch-size 256", "--seq-length 8192"]),
+    ("torchtitan", ["[parallelism]", "tensor_parallel_degree", "data_parallel_shard_degree", "[activation_checkpoint]"]),
+    ("nemo", ["nl.MegatronStrategy(", "tensor_model_parallel_size=", "recipe.data.global_batch_size = 256"]),
+])
+def test_emit_prints_launcher_arguments(capsys, emitter, expected):
+    code, out, _ = run(capsys, "h100x32", "llama3-70b", "--seq-len", "8192", "--global-batch", "256",
+                       "--top", "1", "--emit", emitter)
+    assert code == 0
+    for text in expected:
+        assert text in out
+
+
+def test_emit_megatron_matches_best_plan(capsys):
+    code, out, _ = run(capsys, "h100x32", "llama3-70b", "--seq-len", "8192", "--global-batch", "256",
+                       "--top", "1", "--format", "json", "--emit", "megatron")
+    document = json.loads(out)
+    best = document["plans"][0]
+    flags = document["emit"]["megatron"]
+    assert f"--tensor-model-parallel-size {best['tp']}" in flags
+    assert f"--pipeline-model-parallel-size {best['pp']}" in flags
+    assert f"--context-parallel-size {best['cp']}" in flags
+    assert ("--sequence-parallel" in flags) == best["sequence_parallel"]
+    assert ("--use-distributed-optimizer" in flags) == (best["zero_stage"] >= 1)
+
+
+def test_nothing_fits_exits_1_with_explanation(capsys):
+    code, out, _ = run(capsys, "h100x8", "llama3-405b", "--seq-len", "8192", "--global-batch", "64")
+    assert code == 1
+    assert "No plan fits: the plan that needs the least memory needs" in out
+    assert "the H100 SXM5 80GB has 79.1 GiB usable" in out
+    assert "what would fit:" in out and "nodes" in out
+
+
+def test_nothing_fits_json_names_binding_constraint(capsys):
+    code, out, _ = run(capsys, "h100x8", "llama3-405b", "--format", "json")
+    assert code == 1
+    document = json.loads(out)
+    assert document["plans"] == []
+    explanation = document["explanation"]
+    assert explanation["binding_constraint"] == "memory_per_gpu"
+    assert explanation["needed_gib"] > explanation["available_gib"]
+
+
+def test_evaluate_llama3_405b_published_layout_fits(capsys):
+    code, out, err = run(capsys, "evaluate", "h100x8192", str(EXAMPLES / "llama3-405b-8k.yaml"), "--tp", "8",
+                         "--pp", "16", "--dp", "64", "--vpp", "4", "--recompute", "full", "--sequence-parallel",
+                         "--zero-stage", "1", "--format", "json")
+    assert code == 0, err
+    plan = json.loads(out)["plan"]
+    assert plan["fits"] is True and plan["why_not"] == []
+    assert plan["num_microbatches"] == 32
+
+
+def test_evaluate_reports_broken_rules_and_memory(capsys):
+    code, out, _ = run(capsys, "evaluate", "h100x64", "llama3-70b", "--tp", "16", "--pp", "1", "--dp", "4",
+                       "--format", "json")
+    assert code == 1
+    plan = json.loads(out)["plan"]
+    assert plan["fits"] is False
+    reasons = " ".join(plan["why_not"])
+    assert "tp_inside_scaleup_domain" in reasons
+    code, out, _ = run(capsys, "evaluate", "h100x8", "llama3-70b", "--tp", "8", "--format", "json")
+    plan = json.loads(out)["plan"]
+    assert code == 1 and plan["fits"] is False
+    assert any(r.startswith("memory_per_gpu: needs") for r in plan["why_not"])
+
+
+def test_gpu_range_considers_fewer_nodes(capsys):
+    code, out, _ = run(capsys, "h100x64", "llama3-8b", "--gpus", "16-64", "--format", "json", "--top", "50")
+    assert code == 0
+    document = json.loads(out)
+    assert document["scenario"]["gpus"] == [16, 32, 64]
+
+
+def test_pareto_plans_trade_time_for_cost(capsys):
+    code, out, _ = run(capsys, "h100x64", "llama3-8b", "--gpus", "8-64", "--pareto", "--format", "json",
+                       "--price", "2", "--train-tokens", "1e11")
+    assert code == 0
+    plans = json.loads(out)["plans"]
+    assert plans
+    times = [p["time_to_train_days"] for p in plans]
+    costs = [p["cost_usd"] for p in plans]
+    assert times == sorted(times)
+    assert costs == sorted(costs, reverse=True)  # each slower plan on the front is cheaper
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["examples/nope.yaml", "llama3-8b"], "file not found"),
+    (["h100x16", "llama3-8x"], "unknown model preset 'llama3-8x' (did you mean"),
+    (["h100x12", "llama3-8b"], "not a whole number of 8-GPU"),
+    (["h100x16", "llama3-8b", "--gpus", "12"], "--gpus"),
+    (["h100x16", "llama3-8b", "--objective", "speed"], "objective must be one of"),
+    (["h100x16", "llama3-8b", "--seq-len", "0"], "seq_length must be a positive integer"),
+    (["evaluate", "h100x16", "llama3-8b", "--tp", "0"], "--tp: must be at least 1"),
+])
+def test_bad_inputs_exit_2_with_one_line(capsys, args, needle, tmp_path):
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("plan-search: error: ")
+    assert needle in lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_bad_model_file_exits_2(capsys, tmp_path):
+    bad = tmp_path / "model.yaml"
+    bad.write_text("- just\n- a list\n")
+    code, _, err = run(capsys, "h100x16", str(bad))
+    assert code == 2
+    assert "must be a mapping" in err and str(bad) in err
+    missing = tmp_path / "missing-heads.yaml"
+    missing.write_text("num_hidden_layers: 4\nhidden_size: 256\nvocab_size: 1000\n")
+    code, _, err = run(capsys, "h100x16", str(missing))
+    assert code == 2 and "num_attention_heads: is missing" in err
+    training = tmp_path / "bad-training.yaml"
+    training.write_text("preset: llama3-8b\ntraining:\n  seq_lenght: 4096\n")
+    code, _, err = run(capsys, "h100x16", str(training))
+    assert code == 2 and "training.seq_lenght" in err and "did you mean 'seq_length'" in err
+
+
+def test_models_lists_presets_with_counts(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert "llama3-405b" in out and "405.85B total" in out
+    assert "deepseek-v3" in out and "37.55B active" in out
+
+
+def test_hardware_subcommand_is_mounted(capsys):
+    code, out, _ = run(capsys, "hardware", "show", "h100x16")
+    assert code == 0
+    assert "GiB" in out and "GB/s" in out
