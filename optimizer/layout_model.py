@@ -293,7 +293,7 @@ class LayoutModel:
             for name, value in layout.items():
                 if name in probe.deg:
                     if value not in probe.candidates[name]:
-                        return [f"{name}={value} is outside the search space"]
+                        return [f"{name}={value} is not a divisor of the GPU count or is beyond the search bounds"]
                     probe.model.Add(probe.deg[name].value == int(value))
             for other, literal in probe.literals.items():
                 probe.model.Add(literal == int(other == rule))

@@ -41,13 +41,14 @@ def test_broken_rules_of_a_given_layout():
     broken = model.broken_rules(dict(num_gpus=64, tp=16, cp=1, pp=1, dp=4, ep=1, etp=1))
     assert broken == ["tp_inside_scaleup_domain"]
     broken = model.broken_rules(dict(num_gpus=64, tp=8, cp=1, pp=1, dp=3, ep=1, etp=1))
-    assert "world_size" in broken
+    assert broken == ["dp=3 is not a divisor of the GPU count or is beyond the search bounds"]
 
 
 def test_memory_explanation_quantifies_the_gap_and_finds_a_fix():
     spec = load_model("llama3-70b").spec
-    training = build_training({"seq_length": 8192, "global_batch_size": 64})
-    result = search(Scenario(spec, training, load_cluster("h100x8"), SearchOptions(recompute_modes=("none",))))
+    training = build_training({"seq_length": 16384, "global_batch_size": 64})
+    options = SearchOptions(recompute_modes=("none",), max_cp=1)
+    result = search(Scenario(spec, training, load_cluster("h100x32"), options))
     assert not result.found
     explanation = explain_no_fit(result)
     assert explanation.binding == "memory_per_gpu"
