@@ -2,8 +2,11 @@
 
 Each GEMM (M x K) @ (K x N) is priced on a roofline with an achievable fraction of peak:
 
-    time = max(2*M*N*K / (peak * gemm_efficiency), bytes_moved / (HBM bandwidth * hbm_efficiency))
-           + kernel_overhead
+    time = max(2*M*N*K / (peak * gemm_efficiency * wave_efficiency),
+               bytes_moved / (HBM bandwidth * hbm_efficiency)) + kernel_overhead
+
+wave_efficiency = tiles / (waves * SMs) with tiles = ceil(M/128) * ceil(N/256): the output tiles run
+one per SM, in waves, and the last wave is partly idle (wave quantization).
 
 where bytes_moved = (M*K + K*N) * input bytes + M*N * 2. Large GEMMs are compute bound at the measured
 large-GEMM efficiency (REFERENCE.md: ~80% of dense peak on H100 SXM); thin, TP-sharded or small-batch
@@ -62,13 +65,30 @@ class _Pricer:
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
         self.in_bytes = 1 if fp8 else 2
         self.overhead_s = options.kernel_overhead_us * 1e-6
+        self.num_sms = gpu.num_sms
+        self.tile_m, self.tile_n = options.gemm_tile
+
+    def wave_efficiency(self, m, n, count=1.0):
+        """Share of SM time doing useful work when output tiles run in waves of num_sms.
+
+        A GEMM's output is cut into tile_m x tile_n tiles, one per SM at a time; the last wave is
+        partly empty (wave quantization, NVIDIA "Matrix Multiplication Background" guide). A grouped
+        GEMM (``count`` experts) schedules all its tiles together.
+        """
+        if not self.num_sms:
+            return 1.0
+        tiles = np.ceil(np.asarray(m, dtype=float) / self.tile_m) * np.ceil(np.asarray(n, dtype=float) / self.tile_n)
+        tiles = np.maximum(tiles * count, 1.0)
+        waves = np.ceil(tiles / self.num_sms)
+        return tiles / (waves * self.num_sms)
 
     def gemm(self, m, n, k, count=1.0):
         """Seconds and FLOPs of ``count`` GEMMs of shape (m x k) @ (k x n)."""
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
         flops = 2.0 * m * n * k
         moved = (m * k + k * n) * self.in_bytes + m * n * ACT_BYTES
-        seconds = np.maximum(flops / self.gemm_flops_per_s, moved / self.hbm_bytes_per_s) + self.overhead_s
+        compute_s = flops / (self.gemm_flops_per_s * self.wave_efficiency(m, n, count))
+        seconds = np.maximum(compute_s, moved / self.hbm_bytes_per_s) + self.overhead_s
         seconds = np.where(m > 0, seconds, 0.0)
         return count * seconds, count * flops
 

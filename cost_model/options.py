@@ -28,6 +28,10 @@ class CostOptions:
     kernel_overhead_us: float = 4.0
     """Fixed cost of one GEMM kernel (launch, tail effects), making small GEMMs less efficient."""
 
+    gemm_tile: tuple[int, int] = (128, 256)
+    """Output tile (rows, columns) one SM computes at a time, for wave quantization: CUTLASS's default
+    128 x 256 BF16 tile on Hopper."""
+
     make_vocab_size_divisible_by: int = 128
     """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""
 

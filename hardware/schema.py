@@ -53,6 +53,9 @@ class GPUSpec(_Frozen):
     hbm_efficiency: float = Field(default=0.85, **_FRACTION, description=(
         "Achievable fraction of hbm_GBps for streaming element-wise kernels (typically 0.8-0.9)."))
     tdp_w: float | None = Field(default=None, gt=0, description="Board power limit (TDP) in watts.")
+    num_sms: int | None = Field(default=None, gt=0, description=(
+        "Streaming multiprocessors (compute units on AMD): GEMM output tiles are scheduled in waves of "
+        "this many, so a GEMM with few tiles leaves SMs idle (wave quantization). None = ignore."))
 
 
 class CollectiveEfficiency(_Frozen):

@@ -1,0 +1,52 @@
+"""GEMM pricing: roofline, wave quantization and kernel overhead, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cost_model.compute import _Pricer
+from cost_model.options import CostOptions
+from cost_model.training_spec import TrainingSpec
+from hardware.loader import load_cluster
+
+H100 = load_cluster("h100x8").gpu
+
+
+def pricer(**options):
+    return _Pricer(H100, TrainingSpec(), CostOptions(**options))
+
+
+def test_wave_quantization_by_hand():
+    # 1024 x 4608 output in 128 x 256 tiles: 8 x 18 = 144 tiles on 132 SMs -> 2 waves, 144 / 264 busy.
+    assert pricer().wave_efficiency(1024, 4608) == pytest.approx(144 / 264)
+    # 8192 x 13312: 64 x 52 = 3328 tiles -> 26 waves of 132 = 3432 slots.
+    assert pricer().wave_efficiency(8192, 13312) == pytest.approx(3328 / 3432)
+    # A grouped GEMM of 4 experts schedules 4 x 144 = 576 tiles together: 5 waves = 660 slots.
+    assert pricer().wave_efficiency(1024, 4608, count=4) == pytest.approx(576 / 660)
+
+
+def test_large_gemm_time_by_hand():
+    # 8192 x 16384 x 16384 GEMM: 2*M*N*K FLOPs at 989e12 * 0.8 * wave efficiency, plus 4 us overhead.
+    m, n, k = 8192, 16384, 16384
+    tiles = 64 * 64
+    wave = tiles / (np.ceil(tiles / 132) * 132)
+    expected = 2 * m * n * k / (989e12 * 0.8 * wave) + 4e-6
+    seconds, flops = pricer().gemm(m, n, k)
+    assert flops == 2 * m * n * k
+    assert seconds == pytest.approx(expected, rel=1e-12)
+
+
+def test_thin_gemm_is_bandwidth_bound():
+    # 16 tokens x 8192 x 8192: moving the 128 MiB weight dominates the 2 GFLOP.
+    m, n, k = 16, 8192, 8192
+    moved = (m * k + k * n) * 2 + m * n * 2
+    seconds, _ = pricer().gemm(m, n, k)
+    assert seconds == pytest.approx(moved / (3350e9 * 0.85) + 4e-6, rel=1e-12)
+
+
+def test_smaller_gemms_lose_efficiency():
+    big, _ = pricer().gemm(8192, 8192, 8192)
+    small, _ = pricer().gemm(1024, 1024, 8192)
+    # Same FLOPs per element of output; 64x fewer outputs must take more than 1/64 of the time.
+    assert small > big / 64
