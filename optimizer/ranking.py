@@ -8,8 +8,8 @@ Objectives (best first):
 * ``mfu``: highest model FLOPs utilisation;
 * ``memory_headroom``: least peak memory per GPU.
 
-Ties (within 1e-9 relative) fall to less memory, then fewer GPUs, then the plan's columns in order, so
-the same inputs always give the same list.
+Ties (within 1e-9 relative) fall to less memory, then fewer GPUs, then the simpler plan (smaller cp,
+pp, vpp, tp, ... in that order), so the same inputs always give the same list.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import numpy as np
 from cost_model.evaluate import PlanMetrics
 from hardware.schema import ClusterSpec
 
-TIE_BREAK_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute",
-                     "recompute_num_layers", "sequence_parallel", "zero_stage", "optimizer_offload")
+# Among equally good plans, prefer the simpler one: fewer context, pipeline, virtual and tensor ranks,
+# a lower ZeRO stage, less recompute.
+TIE_BREAK_COLUMNS = ("cp", "pp", "vpp", "tp", "ep", "etp", "zero_stage", "recompute", "recompute_num_layers",
+                     "sequence_parallel", "optimizer_offload", "micro_batch", "dp")
 
 
 def gpu_seconds_per_token(metrics: PlanMetrics) -> np.ndarray:

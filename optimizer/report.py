@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, COMM_DIMS, PlanMetrics
@@ -95,7 +96,7 @@ def _recompute_label(mode: int, layers: int) -> str:
 
 
 def render_table(metrics: PlanMetrics, title: str, width: int = 200) -> str:
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False, box=box.SIMPLE_HEAD)
     headers = ["#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "mem GiB",
                "step s", "tok/s/GPU", "TFLOP/s/GPU", "MFU", "days", "cost $M"]
     for h in headers:
