@@ -13,8 +13,6 @@ import warnings
 from enum import Enum
 from typing import Any, Optional
 
-import click
-import numpy as np
 import typer
 from typer.core import TyperGroup
 
@@ -39,7 +37,7 @@ from .search_options import OBJECTIVES, SearchOptions
 class _DefaultSearchGroup(TyperGroup):
     """Route ``plan-search CLUSTER MODEL ...`` to the ``search`` command."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["search", *args]
         return super().parse_args(ctx, args)
@@ -311,12 +309,14 @@ def main() -> None:
         except InputError as exc:
             typer.echo(f"plan-search: error: {exc}", err=True)
             code = 2
-        except click.exceptions.Exit as exc:
-            code = exc.exit_code
-        except click.exceptions.Abort:
+        except typer.Abort:
             typer.echo("plan-search: aborted", err=True)
             code = 130
-        except click.ClickException as exc:
+        except Exception as exc:
+            # Usage errors of the command-line parser (click's, or the copy newer typer versions ship):
+            # recognised by their interface rather than their class.
+            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+                raise
             typer.echo(f"plan-search: error: {exc.format_message()}", err=True)
             code = 2
         for warning in caught:
