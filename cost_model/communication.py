@@ -120,6 +120,9 @@ class LayerComm:
     ep_fwd_s: np.ndarray
     ep_bwd_s: np.ndarray
     ep_bytes: np.ndarray
+    tp_fwd_bytes: np.ndarray      # the forward part, which recomputed layers send again
+    cp_fwd_bytes: np.ndarray
+    ep_fwd_bytes: np.ndarray
 
 
 def _tp_pair(pricer: CommPricer, plans: PlanArrays, activation_bytes: np.ndarray):
@@ -151,16 +154,19 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
         cp_fwd = steps * pricer.time(P2P, cp_group, kv_chunk)
         cp_bwd = 2 * cp_fwd
         cp_bytes = 3 * steps * kv_chunk
+        cp_fwd_bytes = steps * kv_chunk
     else:
         widths = (q_heads * model.q_head_dim, kv_heads * model.q_head_dim, kv_heads * model.v_dim,
                   q_heads * model.v_dim)
         cp_fwd = sum(pricer.time(A2A, cp_group, ACT_BYTES * tokens * w) for w in widths)
         cp_bwd = cp_fwd
-        cp_bytes = 2 * sum(pricer.sent(A2A, cp_group, ACT_BYTES * tokens * w) for w in widths)
+        cp_fwd_bytes = sum(pricer.sent(A2A, cp_group, ACT_BYTES * tokens * w) for w in widths)
+        cp_bytes = 2 * cp_fwd_bytes
 
     zero = np.zeros(len(plans))
     dense = LayerComm(tp_fwd_s=2 * pair_s, tp_bwd_s=2 * pair_s, tp_bytes=4 * pair_b, cp_fwd_s=cp_fwd,
-                      cp_bwd_s=cp_bwd, cp_bytes=cp_bytes, ep_fwd_s=zero, ep_bwd_s=zero, ep_bytes=zero)
+                      cp_bwd_s=cp_bwd, cp_bytes=cp_bytes, ep_fwd_s=zero, ep_bwd_s=zero, ep_bytes=zero,
+                      tp_fwd_bytes=2 * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=zero)
     if not model.is_moe:
         return dense, dense
 
@@ -171,10 +177,12 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
     ep_group = pricer.placements.ep
     ep_fwd = pricer.time(A2A, ep_group, dispatch_bytes) + pricer.time(A2A, ep_group, combine_bytes)
     ep_bwd = 2 * pricer.time(A2A, ep_group, combine_bytes)
-    ep_bytes = (pricer.sent(A2A, ep_group, dispatch_bytes) + 3 * pricer.sent(A2A, ep_group, combine_bytes))
+    ep_fwd_bytes = pricer.sent(A2A, ep_group, dispatch_bytes) + pricer.sent(A2A, ep_group, combine_bytes)
+    ep_bytes = ep_fwd_bytes + 2 * pricer.sent(A2A, ep_group, combine_bytes)
     moe = LayerComm(tp_fwd_s=(1 + mlp_pairs) * pair_s, tp_bwd_s=(1 + mlp_pairs) * pair_s,
                     tp_bytes=2 * (1 + mlp_pairs) * pair_b, cp_fwd_s=cp_fwd, cp_bwd_s=cp_bwd, cp_bytes=cp_bytes,
-                    ep_fwd_s=ep_fwd, ep_bwd_s=ep_bwd, ep_bytes=ep_bytes)
+                    ep_fwd_s=ep_fwd, ep_bwd_s=ep_bwd, ep_bytes=ep_bytes,
+                    tp_fwd_bytes=(1 + mlp_pairs) * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=ep_fwd_bytes)
     return dense, moe
 
 

@@ -274,10 +274,14 @@ def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pla
     mfu = model_flops / (step * num_gpus * peak)
     hfu = hardware_flops / (step * num_gpus * peak)
 
+    def sent_per_step(total, forward):
+        """Bytes per step: every layer's forward and backward, plus the recomputed forwards."""
+        return mf * at_bottleneck(per_stage(*total) + share * per_stage(*forward))
+
     comm = {
-        "tp": mf * at_bottleneck(per_stage(dense_c.tp_bytes, moe_c.tp_bytes)),
-        "cp": mf * at_bottleneck(per_stage(dense_c.cp_bytes, moe_c.cp_bytes)),
-        "ep": mf * at_bottleneck(Lm * moe_c.ep_bytes[:, None]),
+        "tp": sent_per_step((dense_c.tp_bytes, moe_c.tp_bytes), (dense_c.tp_fwd_bytes, moe_c.tp_fwd_bytes)),
+        "cp": sent_per_step((dense_c.cp_bytes, moe_c.cp_bytes), (dense_c.cp_fwd_bytes, moe_c.cp_fwd_bytes)),
+        "ep": sent_per_step((0 * dense_c.ep_bytes, moe_c.ep_bytes), (0 * dense_c.ep_bytes, moe_c.ep_fwd_bytes)),
         "pp": 2 * mf * v * p2p_bytes,
         "dp": at_bottleneck(dp.bytes_per_step),
     }

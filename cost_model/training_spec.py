@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-PRECISIONS = ("bf16", "fp8")
+PRECISIONS = ("bf16", "fp16", "fp8")
 GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -27,8 +27,9 @@ class TrainingSpec:
     global_batch_size: int = 1024
     """Sequences per optimizer step (Megatron ``--global-batch-size``)."""
 
-    precision: Literal["bf16", "fp8"] = "bf16"
-    """Matrix-multiply precision. ``fp8`` runs GEMMs in FP8 (Transformer Engine) with bf16 weights,
+    precision: Literal["bf16", "fp16", "fp8"] = "bf16"
+    """Matrix-multiply precision. ``fp16`` (loss-scaled mixed precision, as in GPT-3-era runs) costs the
+    same bytes and peak as ``bf16``. ``fp8`` runs GEMMs in FP8 (Transformer Engine) with bf16 weights,
     bf16 activations between layers and FP8 copies of GEMM inputs saved for backward."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"

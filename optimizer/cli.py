@@ -237,6 +237,9 @@ def evaluate_command(
             raise InputError("command line", f"--{name}", f"must be at least 1, got {value}", "fix the value")
     if zero_stage not in (0, 1, 2, 3):
         raise InputError("command line", "--zero-stage", f"must be 0, 1, 2 or 3, got {zero_stage}", "fix the value")
+    if pp > model_input.spec.num_layers:
+        raise InputError("command line", "--pp", f"{pp} pipeline stages for {model_input.spec.num_layers} layers",
+                         "use at most one stage per layer")
     if dp is None:
         dp = cluster_spec.num_gpus // (tp * pp * cp)
     if dp < 1 or tp * pp * cp * dp > cluster_spec.num_gpus:

@@ -65,7 +65,7 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
         args.append("--overlap-param-gather")
     if training.tp_comm_overlap and plan["tp"] > 1:
         args.append("--tp-comm-overlap")
-    args.append("--bf16")
+    args.append("--fp16" if training.precision == "fp16" else "--bf16")
     if training.precision == "fp8":
         args.append("--fp8-format hybrid")
     return args

@@ -180,6 +180,7 @@ def test_pareto_plans_trade_time_for_cost(capsys):
     (["h100x16", "llama3-8b", "--seq-len", "0"], "seq_length must be a positive integer"),
     (["evaluate", "h100x16", "llama3-8b", "--tp", "0"], "--tp: must be at least 1"),
     (["h100x16", "llama3-8b", "--bogus"], "No such option: --bogus"),
+    (["evaluate", "h100x64", "llama3-8b", "--pp", "64"], "--pp: 64 pipeline stages for 32 layers"),
     (["h100x16", "llama3-8b", "--top", "many"], "Invalid value for '--top'"),
 ])
 def test_bad_inputs_exit_2_with_one_line(capsys, args, needle, tmp_path):

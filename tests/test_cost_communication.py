@@ -216,8 +216,6 @@ def test_expert_gradients_reduce_over_expert_data_parallel_ranks():
     assert m.comm_bytes_per_step["dp"][0] == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="comm_bytes_per_step leaves out the forward collectives that full "
-                   "recompute repeats, while the step time (evaluate: repeat = 1 + share) includes them")
 def test_full_recompute_repeats_forward_tp_bytes():
     # Forward is 2 of the 4 TP collectives per layer; recomputing every layer repeats those 2: x 1.5.
     m = run(GPT, TRAIN, [dict(tp=8, pp=4), dict(tp=8, pp=4, recompute="full")])
