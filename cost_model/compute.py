@@ -13,7 +13,8 @@ large-GEMM efficiency (REFERENCE.md: ~80% of dense peak on H100 SXM); thin, TP-s
 GEMMs become bandwidth or overhead bound, which is how tensor and expert parallelism lose efficiency.
 
 Attention core (QK^T, softmax, AV): 2*b*heads*s_q*s_kv*(d_qk + d_v) FLOPs forward; fused causal kernels
-skip the masked half. Backward of a flash kernel recomputes QK^T, so it does 2.5x the forward FLOPs
+skip the masked half. Their efficiency falls for short sequences (or short context-parallel chunks):
+L / (L + 512) of the GPU's attention efficiency, L the tokens one kernel call sees. Backward of a flash kernel recomputes QK^T, so it does 2.5x the forward FLOPs
 (Dao 2023, FlashAttention-2, section 3.1: 5 matmuls backward vs 2 forward); an unfused kernel 2x.
 Priced at the GPU's attention efficiency.
 
@@ -96,7 +97,8 @@ class _Pricer:
         return np.asarray(bytes_moved, dtype=float) / self.hbm_bytes_per_s
 
 
-def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer):
+def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
+               options: CostOptions):
     """Projection GEMMs, attention core and element-wise work of the attention half of a layer."""
     h = model.hidden_size
     t = plans.tp.astype(float)
@@ -129,7 +131,13 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
     causal_skip = 0.5 if (training.causal and training.flash_attention) else 1.0
     core_flops = 2.0 * plans.micro_batch * q_heads * (training.seq_length / plans.cp) * s_kv \
         * (model.q_head_dim + model.v_dim) * causal_skip
-    core_fwd_s = core_flops / pricer.attention_flops_per_s
+    # Fused attention kernels fill the GPU only with long sequences: FlashAttention-2 (Dao 2023, fig. 4-5)
+    # roughly halves its throughput from 16K to 512 tokens. Model the kernel's efficiency as
+    # L / (L + attention_half_length) of the GPU's figure, L the sequence each kernel sees: the whole
+    # sequence, or with ring context parallelism the s/cp chunk one step processes.
+    kernel_length = training.seq_length / plans.cp
+    size_factor = kernel_length / (kernel_length + options.attention_half_length)
+    core_fwd_s = core_flops / (pricer.attention_flops_per_s * size_factor)
     backward_factor = 2.5 if training.flash_attention else 2.0
 
     e = ACT_BYTES
@@ -162,7 +170,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     pricer = _Pricer(gpu, training, options)
     t = plans.tp.astype(float)
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s = _attention(model, training, plans, pricer)
+    att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s = _attention(model, training, plans, pricer, options)
 
     def assemble(gemm_s, gemm_flops, elem_s):
         forward = gemm_s + core_s + elem_s

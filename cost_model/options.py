@@ -32,6 +32,10 @@ class CostOptions:
     """Output tile (rows, columns) one SM computes at a time, for wave quantization: CUTLASS's default
     128 x 256 BF16 tile on Hopper."""
 
+    attention_half_length: float = 512.0
+    """Sequence length at which a fused attention kernel reaches half of the GPU's attention efficiency
+    (FlashAttention-2, Dao 2023, figures 4-5: throughput at 512 tokens is about half of that at 16K)."""
+
     make_vocab_size_divisible_by: int = 128
     """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""
 
