@@ -50,3 +50,18 @@ def test_smaller_gemms_lose_efficiency():
     small, _ = pricer().gemm(1024, 1024, 8192)
     # Same FLOPs per element of output; 64x fewer outputs must take more than 1/64 of the time.
     assert small > big / 64
+
+
+def test_attention_kernel_efficiency_falls_with_context_parallel_chunks():
+    from cost_model.compute import layer_times
+    from cost_model.model_loader import load_model
+    from cost_model.plan import PlanArrays
+
+    spec = load_model("llama3-70b").spec
+    training = TrainingSpec(seq_length=8192, global_batch_size=64)
+    plans = PlanArrays.from_records([dict(tp=8, cp=1, dp=8), dict(tp=8, cp=8, dp=1)])
+    dense, _ = layer_times(spec, training, plans, H100, CostOptions())
+    # cp=8 does 1/8 of the FLOPs per rank, in kernels of 1024 instead of 8192 tokens:
+    # efficiency L / (L + 512) drops from 8192/8704 to 1024/1536.
+    expected_ratio = (1 / 8) * (8192 / 8704) / (1024 / 1536)
+    assert dense.attention_forward[1] / dense.attention_forward[0] == pytest.approx(expected_ratio, rel=1e-12)
