@@ -102,7 +102,7 @@ class PlanArrays:
         for f in fields(cls):
             if f.name in columns:
                 column = columns[f.name]
-                if f.name == "recompute":
+                if f.name == "recompute" and not (isinstance(column, np.ndarray) and column.dtype.kind in "iu"):
                     # Iterate the given list itself: numpy would turn a mix of names and codes into strings.
                     items = column if isinstance(column, (list, tuple)) else np.atleast_1d(column)
                     column = [(RECOMPUTE_CODE[c] if c in RECOMPUTE_CODE else int(c)) if isinstance(c, str) else c

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cost_model.evaluate import PlanMetrics, evaluate, predict_memory
+from cost_model.evaluate import PlanMetrics, evaluate, peak_memory_bytes
 from cost_model.memory import GIB
 from cost_model.model_spec import ModelSpec
 from cost_model.options import CostOptions
@@ -173,11 +173,7 @@ def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = F
     n_groups, n_options = option_valid.shape
     clock["expand"] = time.perf_counter()
 
-    if n_groups:
-        peak = predict_memory(scenario.model, scenario.training, plans, scenario.costs).peak_bytes
-    else:
-        peak = np.zeros(0)
-    peak = peak.reshape(n_groups, n_options)
+    peak = peak_memory_bytes(scenario.model, scenario.training, plans, scenario.costs).reshape(n_groups, n_options)
     fits = option_valid & (peak <= scenario.memory_limit_bytes)
     candidates = option_valid.sum()
     min_memory = float(np.min(np.where(option_valid, peak, np.inf))) if candidates else float("nan")
