@@ -22,26 +22,18 @@ thread before numpy is imported. Interpreter start and imports are not timed.
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS"):
-    os.environ[_var] = "1"
-try:
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    PINNED = f"pinned to CPU {sorted(os.sched_getaffinity(0))[0]}"
-except (AttributeError, OSError):  # not Linux, or not allowed
-    PINNED = "not pinned (sched_setaffinity unavailable)"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from one_core import PINNED  # noqa: E402  (before numpy: pins the core and the thread pools)
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
