@@ -56,23 +56,59 @@ def sent_bytes(kind: Collective, n, message_bytes) -> np.ndarray:
     return np.where(n > 1, m, 0.0)
 
 
+GROUPS = ("tp", "cp", "pp", "dp_cp", "ep", "edp")
+
+
 @dataclass
 class Placements:
+    """How each parallel group lies on the machine, for the distinct layouts among the plans.
+
+    Many plans share a layout (they differ in schedule and knobs), so groups are placed and their
+    collectives' coefficients computed once per distinct layout; ``layout_index`` maps plans to them.
+    """
+
     tp: GroupPlacement
     cp: GroupPlacement
     pp: GroupPlacement
     dp_cp: GroupPlacement
     ep: GroupPlacement
     edp: GroupPlacement
+    layout_index: np.ndarray
+
+    def expanded(self, name: str) -> GroupPlacement:
+        """The group of every plan (not only of the distinct layouts)."""
+        group = getattr(self, name)
+        i = self.layout_index
+        return GroupPlacement(size=group.size[i], stride=group.stride[i], ranks_per_domain=group.ranks_per_domain[i],
+                              domains_spanned=group.domains_spanned[i])
+
+
+def _distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Distinct rows of integer columns and each row's index among them.
+
+    The columns are packed into one mixed-radix integer key, which np.unique sorts 50x faster than
+    rows (``axis=0``); wide values that would overflow the key fall back to the row sort.
+    """
+    radices = [int(c.max()) + 1 if len(c) else 1 for c in columns]
+    if np.prod([float(r) for r in radices]) < 2.0**62:
+        key = np.zeros(len(columns[0]), dtype=np.int64)
+        for column, radix in zip(columns, radices):
+            key = key * radix + column
+        _, first, index = np.unique(key, return_index=True, return_inverse=True)
+        return [c[first] for c in columns], np.asarray(index).reshape(-1)
+    rows, index = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
+    return list(rows.T), np.asarray(index).reshape(-1)
 
 
 def place(cluster: ClusterSpec, plans: PlanArrays, options: CostOptions) -> Placements:
     domain = cluster.topology.scaleup_domain_gpus
-    dense = dense_placement(plans.tp, plans.cp, plans.dp, plans.pp, domain_gpus=domain, order=options.rank_order)
-    expert = expert_placement(plans.etp, plans.ep, plans.expert_data_parallel, plans.pp, domain_gpus=domain,
+    distinct, index = _distinct_rows([plans.tp, plans.cp, plans.dp, plans.pp, plans.etp, plans.ep])
+    tp, cp, dp, pp, etp, ep = distinct
+    dense = dense_placement(tp, cp, dp, pp, domain_gpus=domain, order=options.rank_order)
+    expert = expert_placement(etp, ep, (tp * cp * dp) // (etp * ep), pp, domain_gpus=domain,
                               order=options.rank_order)
     return Placements(tp=dense["tp"], cp=dense["cp"], pp=dense["pp"], dp_cp=dense["dp_cp"], ep=expert["ep"],
-                      edp=expert["edp"])
+                      edp=expert["edp"], layout_index=np.asarray(index).reshape(-1))
 
 
 class CommPricer:
@@ -93,7 +129,8 @@ class CommPricer:
                 # the network and every step of the ring (or stage of the pipeline) waits for it.
                 size = np.where(group.size > 1, 2, 1)
                 per_domain = np.where(group.domains_spanned <= 1, 2, 1)
-            self._costs[key] = CollectiveCost(self.topology, kind, size, per_domain)
+            distinct = CollectiveCost(self.topology, kind, size, per_domain)
+            self._costs[key] = distinct.take(self.placements.layout_index)
         return self._costs[key]
 
     def time(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
@@ -101,7 +138,8 @@ class CommPricer:
 
     def sent(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
         m = np.asarray(message_bytes, dtype=float)
-        size = group.size[:, None] if m.ndim == 2 else group.size
+        size = group.size[self.placements.layout_index]
+        size = size[:, None] if m.ndim == 2 else size
         if kind == P2P:
             size = np.where(size > 1, 2, 1)
         return sent_bytes(kind, size, m)

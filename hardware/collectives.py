@@ -136,6 +136,13 @@ class CollectiveCost:
                         self.terms.append((np.where(inside, 2.0 * a_up, np.inf),
                                            np.where(inside, (g - 1.0) / g / nvls_bw, np.inf)))
 
+    def take(self, index: np.ndarray) -> "CollectiveCost":
+        """The coefficients of the groups at ``index`` (to price many plans that share few groups)."""
+        taken = object.__new__(CollectiveCost)
+        taken.active = self.active[index]
+        taken.terms = [(alpha[index], beta[index]) for alpha, beta in self.terms]
+        return taken
+
     def time_s(self, message_bytes) -> np.ndarray:
         """Seconds for messages of the given size (broadcast against the groups)."""
         m = np.asarray(message_bytes, dtype=np.float64)

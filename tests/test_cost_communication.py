@@ -221,3 +221,16 @@ def test_full_recompute_repeats_forward_tp_bytes():
     m = run(GPT, TRAIN, [dict(tp=8, pp=4), dict(tp=8, pp=4, recompute="full")])
     tp = m.comm_bytes_per_step["tp"]
     assert tp[1] == pytest.approx(1.5 * tp[0], rel=1e-12)
+
+
+def test_distinct_layout_rows_match_numpy_row_unique():
+    from cost_model.communication import _distinct_rows
+
+    rng = np.random.default_rng(0)
+    columns = [rng.choice([1, 2, 4, 8], 500), rng.choice([1, 3, 9], 500), rng.choice([1, 2**40], 500)]
+    for cols in (columns[:2], columns):  # packed key, and the row-sort fallback for wide values
+        distinct, index = _distinct_rows(cols)
+        rows = np.stack(cols, axis=1)
+        expected, expected_index = np.unique(rows, axis=0, return_inverse=True)
+        assert sorted(map(tuple, np.stack(distinct, axis=1))) == sorted(map(tuple, expected))
+        np.testing.assert_array_equal(np.stack(distinct, axis=1)[index], rows)
