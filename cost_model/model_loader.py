@@ -220,8 +220,8 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
     position = str(cfg.get("position_embedding_type",
                            "learned" if model_type in _LEARNED_POSITION_TYPES else "rope")).lower()
     position = {"absolute": "learned", "rotary": "rope"}.get(position, position)
-    if position not in ("rope", "learned"):
-        raise InputError(source, "position_embedding_type", f"must be rope or learned, got {position!r}",
+    if position not in ("rope", "learned", "alibi"):
+        raise InputError(source, "position_embedding_type", f"must be rope, learned or alibi, got {position!r}",
                          "fix the value")
     linear_bias = bool(cfg.get("add_bias_linear", model_type in _BIAS_TYPES))
     qkv_bias = bool(cfg.get("add_qkv_bias", cfg.get("attention_bias", linear_bias or model_type in _QKV_BIAS_TYPES)))

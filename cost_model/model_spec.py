@@ -57,8 +57,8 @@ class ModelSpec:
     linear_bias: bool = False
     """Bias on every other linear layer, as GPT-2/3 and Megatron's ``--add-bias-linear``."""
 
-    position_embedding_type: Literal["rope", "learned"] = "rope"
-    """Rotary (no parameters) or a learned absolute position table (GPT)."""
+    position_embedding_type: Literal["rope", "learned", "alibi"] = "rope"
+    """Rotary or ALiBi (no parameters), or a learned absolute position table (GPT)."""
 
     max_position_embeddings: int = 0
     """Rows of the learned position table (HF ``max_position_embeddings``); unused with RoPE."""

@@ -291,6 +291,35 @@ def _describe(rule: str) -> str:
     return RULES.get(rule) or PLAN_RULES.get(rule) or rule
 
 
+@app.command("validate")
+def validate_command(
+    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: tests/data/published_runs.yaml)."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+) -> None:
+    """Price every published layout and compare with what was measured."""
+    from .validate import DEFAULT_DATASET, summary, validate
+    rows = validate(dataset or DEFAULT_DATASET)
+    stats = summary(rows)
+    if output is OutputFormat.json:
+        typer.echo(json.dumps({"rows": [{**r.__dict__, "tflops_error": r.tflops_error, "memory_error": r.memory_error,
+                                         "fits": r.fits} for r in rows], "summary": stats}, indent=2))
+        return
+    typer.echo(f"{'run':44s} {'GPUs':>6s} {'layout':24s} {'meas':>7s} {'pred':>7s} {'error':>7s} "
+               f"{'mem GiB':>8s} {'fits':>4s}  verified")
+    for r in rows:
+        error = "-" if r.tflops_error is None else f"{r.tflops_error:+.0%}"
+        measured = "-" if r.measured_tflops is None else f"{r.measured_tflops:.0f}"
+        typer.echo(f"{r.id[:44]:44s} {r.num_gpus:6d} {r.layout[:24]:24s} {measured:>7s} {r.predicted_tflops:7.0f} "
+                   f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  "
+                   f"{'yes' if r.verified else 'no'}")
+    for label, s in stats.items():
+        if s["throughput_rows"]:
+            typer.echo(f"{label}: {s['throughput_rows']} rows with throughput, median |error| "
+                       f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}; "
+                       f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
+    typer.echo("TFLOP/s per GPU in each source's convention (model FLOPs, or with recompute where the source counts it).")
+
+
 @app.command("models")
 def models_command() -> None:
     """List the bundled model presets with their parameter counts."""

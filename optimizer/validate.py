@@ -1,0 +1,131 @@
+"""Predictions against published measurements: ``plan-search validate``.
+
+Each row of the dataset (``tests/data/published_runs.yaml``; its README ``published_runs.md`` gives
+every source) names a model, a training setup, a GPU and GPU count, the layout that was run and what
+was measured. The row's layout is priced with the cost model as it is, and compared with the measured
+TFLOP/s per GPU in the row's own FLOP convention (``flops_counted: model`` = no recompute FLOPs,
+``hardware`` = recompute counted, as Narayanan et al. 2021 and BLOOM report), and with the measured
+memory where one is published. Nothing is fitted per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cost_model.evaluate import evaluate
+from cost_model.memory import GIB
+from cost_model.model_loader import build_training, model_input_from_mapping
+from cost_model.plan import PlanArrays
+from hardware.errors import InputError, read_yaml_mapping
+from hardware.loader import load_cluster
+
+DEFAULT_DATASET = Path(__file__).resolve().parents[1] / "tests" / "data" / "published_runs.yaml"
+
+
+@dataclass
+class ValidationRow:
+    id: str
+    verified: bool
+    num_gpus: int
+    layout: str
+    measured_tflops: float | None
+    predicted_tflops: float
+    measured_memory_gib: float | None
+    predicted_memory_gib: float
+    usable_memory_gib: float
+    assumptions: list[str]
+
+    @property
+    def tflops_error(self) -> float | None:
+        """Relative error of the prediction: (predicted - measured) / measured."""
+        if not self.measured_tflops:
+            return None
+        return (self.predicted_tflops - self.measured_tflops) / self.measured_tflops
+
+    @property
+    def memory_error(self) -> float | None:
+        if not self.measured_memory_gib:
+            return None
+        return (self.predicted_memory_gib - self.measured_memory_gib) / self.measured_memory_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.predicted_memory_gib <= self.usable_memory_gib
+
+
+def _row_plan(row: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    plan = dict(row.get("plan") or {})
+    assumptions = []
+    for key, default in (("micro_batch", 1), ("vpp", 1), ("cp", 1), ("ep", 1), ("zero_stage", 0),
+                         ("recompute", "none"), ("sequence_parallel", False)):
+        if plan.get(key) is None:
+            plan[key] = default
+            assumptions.append(f"{key}={default} (not published)")
+    for key in ("tp", "pp", "dp"):
+        if not isinstance(plan.get(key), int):
+            raise InputError(where, f"plan.{key}", "is missing or not a whole number", "give the published degree")
+    return plan, assumptions
+
+
+def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
+    where = f"{source}: {row.get('id', '?')}"
+    model = model_input_from_mapping(dict(row["model"]), source=where, default_name=row.get("id", "model")).spec
+    training = build_training(dict(row.get("training") or {}), source=where)
+    cluster_info = row.get("cluster") or {}
+    num_gpus = int(cluster_info["num_gpus"])
+    cluster = load_cluster(cluster_info["gpu"])
+    per_node = cluster.topology.gpus_per_node
+    plan, assumptions = _row_plan(row, where)
+    overrides: dict[str, Any] = {"topology.num_nodes": -(-num_gpus // per_node)}
+    domain = cluster.topology.scaleup_domain_gpus
+    if num_gpus > domain and num_gpus % domain:
+        # e.g. 256 GB200 GPUs in NVL72 racks: take the largest whole-node domain that tiles the job.
+        domain = max(d for d in range(per_node, domain + 1, per_node) if num_gpus % d == 0)
+        overrides["topology.scaleup_domain_gpus"] = domain
+        assumptions.append(f"scale-up domain {domain} GPUs (the job does not fill whole racks)")
+    cluster = cluster.with_overrides(overrides, source=where)
+    arrays = PlanArrays.from_records([{k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch",
+                                                           "recompute", "sequence_parallel", "zero_stage")}])
+    metrics = evaluate(model, training, cluster, arrays)
+    measured = row.get("measured") or {}
+    if measured.get("flops_counted", "model") == "hardware":
+        predicted = metrics.hardware_flops_per_step[0] / (metrics.step_time_s[0] * num_gpus) / 1e12
+    else:
+        predicted = metrics.tflops_per_gpu[0]
+    layout = (f"TP{plan['tp']} PP{plan['pp']} DP{plan['dp']}" + (f" CP{plan['cp']}" if plan["cp"] > 1 else "")
+              + (f" EP{plan['ep']}" if plan["ep"] > 1 else "") + (f" VP{plan['vpp']}" if plan["vpp"] > 1 else ""))
+    return ValidationRow(id=row.get("id", "?"), verified=bool(row.get("verified")), num_gpus=num_gpus, layout=layout,
+                         measured_tflops=measured.get("tflops_per_gpu"), predicted_tflops=float(predicted),
+                         measured_memory_gib=measured.get("memory_gib"),
+                         predicted_memory_gib=float(metrics.memory_bytes[0] / GIB),
+                         usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions)
+
+
+def validate(dataset: str | Path = DEFAULT_DATASET) -> list[ValidationRow]:
+    data = read_yaml_mapping(dataset)
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise InputError(dataset, "runs", "must be a non-empty list of published runs", "see tests/data/published_runs.yaml")
+    return [validate_row(row, str(dataset)) for row in runs]
+
+
+def summary(rows: list[ValidationRow]) -> dict[str, dict[str, float | int | None]]:
+    """Median and worst absolute throughput and memory error, for verified rows and for all rows."""
+    result = {}
+    for label, subset in (("verified", [r for r in rows if r.verified]), ("all", rows)):
+        tflops = np.array([abs(r.tflops_error) for r in subset if r.tflops_error is not None])
+        memory = np.array([abs(r.memory_error) for r in subset if r.memory_error is not None])
+        result[label] = {
+            "rows": len(subset),
+            "throughput_rows": int(len(tflops)),
+            "median_abs_throughput_error": float(np.median(tflops)) if len(tflops) else None,
+            "worst_abs_throughput_error": float(np.max(tflops)) if len(tflops) else None,
+            "memory_rows": int(len(memory)),
+            "median_abs_memory_error": float(np.median(memory)) if len(memory) else None,
+            "rows_predicted_to_fit": sum(r.fits for r in subset),
+        }
+    return result

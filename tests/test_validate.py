@@ -1,0 +1,62 @@
+"""``plan-search validate`` prices each published layout as it is and compares in the source's convention."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from cost_model.evaluate import evaluate
+from cost_model.model_loader import build_training, load_model
+from cost_model.plan import PlanArrays
+from hardware.loader import load_cluster
+from optimizer.validate import DEFAULT_DATASET, summary, validate, validate_row
+
+
+def test_every_bundled_row_is_priced():
+    rows = validate(DEFAULT_DATASET)
+    data = yaml.safe_load(DEFAULT_DATASET.read_text())
+    assert len(rows) == len(data["runs"]) >= 30
+    assert all(r.predicted_tflops > 0 for r in rows)
+    stats = summary(rows)
+    assert stats["all"]["rows"] == len(rows)
+    assert stats["verified"]["rows"] == sum(1 for run in data["runs"] if run.get("verified"))
+
+
+def test_row_prediction_equals_the_cost_model_in_the_rows_convention():
+    row = {
+        "id": "t", "verified": True,
+        "model": {"preset": "llama3-70b"},
+        "training": {"seq_length": 8192, "global_batch_size": 128},
+        "cluster": {"gpu": "h100-sxm", "num_gpus": 64},
+        "plan": {"tp": 8, "pp": 4, "dp": 2, "vpp": 5, "micro_batch": 1, "recompute": "full",
+                 "sequence_parallel": True, "zero_stage": 1},
+        "measured": {"tflops_per_gpu": 400, "flops_counted": "model"},
+    }
+    result = validate_row(row, "test")
+    metrics = evaluate(load_model("llama3-70b").spec, build_training(row["training"]), load_cluster("h100x64"),
+                       PlanArrays.from_records([dict(tp=8, pp=4, dp=2, vpp=5, micro_batch=1, recompute="full",
+                                                     sequence_parallel=True, zero_stage=1)]))
+    assert result.predicted_tflops == pytest.approx(metrics.tflops_per_gpu[0], rel=1e-12)
+    assert result.tflops_error == pytest.approx(metrics.tflops_per_gpu[0] / 400 - 1, rel=1e-12)
+    row["measured"]["flops_counted"] = "hardware"
+    hardware = validate_row(row, "test").predicted_tflops
+    assert hardware == pytest.approx(metrics.hardware_flops_per_step[0] / (metrics.step_time_s[0] * 64) / 1e12)
+    assert hardware > result.predicted_tflops  # full recompute adds FLOPs
+
+
+def test_unpublished_knobs_are_listed_as_assumptions():
+    row = {"id": "u", "model": {"preset": "llama3-8b"}, "training": {"seq_length": 4096, "global_batch_size": 64},
+           "cluster": {"gpu": "h100-sxm", "num_gpus": 8}, "plan": {"tp": 1, "pp": 1, "dp": 8, "micro_batch": None},
+           "measured": {"tflops_per_gpu": None}}
+    result = validate_row(row, "test")
+    assert "micro_batch=1 (not published)" in result.assumptions
+    assert result.tflops_error is None
+
+
+def test_validate_command_prints_summary(capsys):
+    from tests.test_cli import run
+    code, out, _ = run(capsys, "validate")
+    assert code == 0
+    assert "median |error|" in out and "narayanan2021-t1-gpt-1008b" in out
