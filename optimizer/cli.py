@@ -24,9 +24,9 @@ from hardware.cli import app as hardware_app
 from hardware.errors import InputError
 from hardware.loader import load_cluster
 
-from .emit import EMITTERS, emit
+from .emit import emit
 from .explain import explain_no_fit
-from .layout_model import LayoutModel
+from .layout_model import RULES, LayoutModel
 from .plan_rules import PLAN_RULES, violations
 from .ranking import gpu_seconds_per_token, pareto_front
 from .report import breakdown_text, plan_records, render_table, scenario_header, scenario_record, to_csv
@@ -155,7 +155,6 @@ def search_command(
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
                        zero_stages=tuple(sorted(set(zero))) if zero else None)
-    LayoutModel(model_input.spec, training, cluster_spec, options, options.gpu_counts or (cluster_spec.num_gpus,))
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options)
     result = search(scenario, keep_timed=pareto)
     explanation = None if result.found else explain_no_fit(result)
@@ -287,7 +286,6 @@ def evaluate_command(
 
 
 def _describe(rule: str) -> str:
-    from .layout_model import RULES
     return RULES.get(rule) or PLAN_RULES.get(rule) or rule
 
 

@@ -17,14 +17,12 @@ breaks (:meth:`LayoutModel.broken_rules`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
-from typing import Callable
 
 import numpy as np
 from ortools.sat.python import cp_model
 
 from cost_model.model_spec import ModelSpec
-from cost_model.stages import layers_per_stage, uneven_split_is_valid
+from cost_model.stages import uneven_split_is_valid
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import parse_rank_order
 from hardware.schema import ClusterSpec
