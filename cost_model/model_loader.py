@@ -158,8 +158,14 @@ def _coerce_number(key: str, value: Any, source: str) -> Any:
 
 
 def _field_of(message: str, prefix: str) -> str:
+    """The field a validation message starts with ('seq_length must be ...'), else just the prefix."""
+    from dataclasses import fields as dataclass_fields
     word = message.split(" ", 1)[0]
-    return f"{prefix}.{word}" if word.isidentifier() else prefix
+    known = set(TRAINING_FIELDS) | {f.name for f in dataclass_fields(ModelSpec)} | {
+        "num_attention_heads", "num_key_value_heads", "intermediate_size", "num_experts_per_tok", "kv_lora_rank"}
+    if word in known:
+        return f"{prefix}.{word}" if prefix else word
+    return prefix
 
 
 def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -272,4 +278,4 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
             mtp_layers=_as_int(cfg, "num_nextn_predict_layers", source), extra=extra,
         )
     except ValueError as exc:
-        raise InputError(source, _field_of(str(exc), "").strip("."), str(exc), "fix the model fields") from None
+        raise InputError(source, _field_of(str(exc), ""), str(exc), "fix the model fields") from None

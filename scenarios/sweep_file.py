@@ -1,0 +1,347 @@
+"""Read a sweep file and expand its axes into scenarios.
+
+A sweep file names the axes to cross; every combination is one scenario, searched independently::
+
+    name: nightly
+    top_k: 3                       # plans kept per scenario (default 3)
+    objective: throughput          # default objective; may also be an axis
+    explain: true                  # explain scenarios where nothing fits (default true)
+    training: {tp_comm_overlap: false}       # fixed training settings (any model.yaml training field)
+    search: {zero_stages: [0, 1, 2, 3]}      # fixed SearchOptions fields (memory_headroom, recompute_modes, ...)
+    axes:
+      model: [llama3-8b, mixtral-8x7b, my-model.yaml]    # presets or files (relative to this file)
+      cluster: [h100x64, h200x64, my-cluster.yaml]       # presets or files
+      seq_length: [4096, 8192]
+      global_batch_tokens: [4194304]                     # or global_batch_size (sequences), not both
+      train_tokens: [1.0e+12]
+      precision: [bf16]
+      objective: [throughput]
+      overrides:                                         # cluster fields, dotted as in ClusterSpec.with_overrides
+        topology.nic_gbps: [200, 400]
+        economics.price_per_gpu_hour_usd: [2.5]
+
+Expansion is the cartesian product in a fixed order (model, cluster, each override in file order, then
+the training axes, then the objective), so the same file always gives the same scenarios in the same
+order. A single value may be written without brackets.
+
+What is checked here, before anything runs, and reported as one :class:`InputError` line naming the
+sweep file and the field: an unknown top-level key or axis (with a did-you-mean), an empty axis or a
+sweep without model or cluster, an unknown model or cluster preset or a missing file, an unknown
+override field, a value of the wrong type, an unknown objective or search option. What can only fail
+for some combinations (a global batch that is not a whole number of sequences for one sequence
+length, a node count that does not fill NVL72 racks) becomes an ``error`` row of that scenario; a
+scenario where nothing fits becomes a ``no_fit`` row with the binding constraint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cost_model.model_loader import ModelInput, build_training, load_model
+from cost_model.training_spec import TRAINING_FIELDS
+from hardware.errors import InputError, did_you_mean, read_yaml_mapping
+from hardware.loader import load_cluster
+from hardware.schema import ClusterSpec, _set_dotted
+from optimizer.search import Scenario
+from optimizer.search_options import OBJECTIVES, SearchOptions
+
+from .identity import stable_hash, tool_version
+
+TOP_LEVEL_KEYS = ("name", "description", "top_k", "objective", "explain", "training", "search", "axes")
+LABEL_AXES = ("model", "cluster")
+TRAINING_AXES = ("seq_length", "global_batch_tokens", "global_batch_size", "train_tokens", "precision")
+AXES = LABEL_AXES + ("overrides",) + TRAINING_AXES + ("objective",)
+# SearchOptions fields a sweep may fix; gpu_counts, top_k and objective have their own keys.
+SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchOptions)
+                    if f.name not in ("gpu_counts", "top_k", "objective"))
+_INT_AXES = ("seq_length", "global_batch_tokens", "global_batch_size")
+DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep file."""
+
+    name: str
+    source: str
+    """The file it came from, for error messages."""
+    top_k: int
+    explain: bool
+    options: SearchOptions
+    """Search options shared by every scenario (the objective axis may change ``objective``)."""
+    training: dict[str, Any]
+    """Fixed training settings, applied over each model file's own ``training:`` section."""
+    axes: dict[str, tuple[Any, ...]]
+    """Label and training axes (and ``objective``), in expansion order; absent axes are left out."""
+    overrides: dict[str, tuple[Any, ...]]
+    """Cluster override axes: dotted field -> values, in file order."""
+    models: dict[str, ModelInput] = field(repr=False, default_factory=dict)
+    clusters: dict[str, ClusterSpec] = field(repr=False, default_factory=dict)
+
+    @property
+    def num_scenarios(self) -> int:
+        count = 1
+        for values in list(self.axes.values()) + list(self.overrides.values()):
+            count *= len(values)
+        return count
+
+
+@dataclass(frozen=True)
+class ScenarioTask:
+    """One expanded scenario: its table columns, and the search problem (None when it cannot be built)."""
+
+    index: int
+    params: dict[str, Any]
+    """The scenario's columns in the result table (identities, axis values, resolved cluster figures)."""
+    scenario: Scenario | None
+    error: str | None
+    """Why the scenario could not be built (then ``scenario`` is None)."""
+    explain: bool
+
+    @property
+    def scenario_id(self) -> str:
+        return self.params["scenario_id"]
+
+    @property
+    def inputs_hash(self) -> str:
+        return self.params["inputs_hash"]
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file (see the module docstring); raises InputError on bad input."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    return sweep_from_mapping(data, source=str(path), base_dir=path.parent)
+
+
+def sweep_from_mapping(data: dict[str, Any], source: str = "sweep", base_dir: Path | None = None) -> SweepSpec:
+    """Validate a parsed sweep mapping; model and cluster paths are taken relative to ``base_dir``."""
+    base_dir = base_dir or Path(".")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise InputError(source, str(key), f"unknown key{did_you_mean(str(key), TOP_LEVEL_KEYS)}",
+                             f"known keys: {', '.join(TOP_LEVEL_KEYS)}")
+    name = str(data.get("name") or Path(source).stem)
+    top_k = data.get("top_k", DEFAULT_TOP_K)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(source, "top_k", f"must be a positive whole number, got {top_k!r}", "e.g. top_k: 3")
+    explain = data.get("explain", True)
+    if not isinstance(explain, bool):
+        raise InputError(source, "explain", f"must be true or false, got {explain!r}", "write explain: true")
+    objective = data.get("objective", "throughput")
+    _check_objective(objective, source, "objective")
+    options = _search_options(data.get("search") or {}, source, top_k, objective)
+    training = _training_section(data.get("training") or {}, source)
+
+    axes_data = data.get("axes")
+    if not isinstance(axes_data, dict) or not axes_data:
+        raise InputError(source, "axes", "is missing or empty: the sweep has no scenarios",
+                         "add e.g. 'axes: {model: [llama3-8b], cluster: [h100x64]}'")
+    for key in axes_data:
+        if key not in AXES:
+            raise InputError(source, f"axes.{key}", f"unknown axis{did_you_mean(str(key), AXES)}",
+                             f"known axes: {', '.join(AXES)}; cluster fields go under axes.overrides")
+    if "global_batch_tokens" in axes_data and "global_batch_size" in axes_data:
+        raise InputError(source, "axes.global_batch_size", "both global_batch_tokens and global_batch_size are axes",
+                         "keep one: tokens per step, or sequences per step")
+    for required in LABEL_AXES:
+        if required not in axes_data:
+            raise InputError(source, f"axes.{required}", "is missing", f"add e.g. axes.{required}: "
+                             + ("[llama3-8b]" if required == "model" else "[h100x64]"))
+
+    axes: dict[str, tuple[Any, ...]] = {}
+    for key in AXES:
+        if key in axes_data and key != "overrides":
+            axes[key] = tuple(_axis_value(key, v, source, i) for i, v in enumerate(_values(axes_data[key], source, f"axes.{key}")))
+    overrides = _override_axes(axes_data.get("overrides"), source)
+
+    models = {label: _load_model(label, base_dir, source, i) for i, label in enumerate(axes["model"])}
+    clusters = {label: _load_cluster(label, base_dir, source, i) for i, label in enumerate(axes["cluster"])}
+    scratch = next(iter(clusters.values())).model_dump()
+    for key in overrides:  # names only; values are checked per scenario, where a bad one becomes a row
+        try:
+            _set_dotted(copy.deepcopy(scratch), key, None, ClusterSpec, source)
+        except InputError as exc:
+            raise InputError(source, f"axes.overrides.{key}", exc.problem, exc.fix) from None
+    return SweepSpec(name=name, source=source, top_k=top_k, explain=explain, options=options, training=training,
+                     axes=axes, overrides=overrides, models=models, clusters=clusters)
+
+
+def _values(raw: Any, source: str, field_name: str) -> list[Any]:
+    values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not values or raw is None:
+        raise InputError(source, field_name, "is empty: the sweep would have no scenarios",
+                         "give at least one value or remove the axis")
+    if len({repr(v) for v in values}) != len(values):
+        raise InputError(source, field_name, f"repeats a value ({values})", "list each value once")
+    return values
+
+
+def _number(value: Any, source: str, field_name: str, integer: bool) -> int | float:
+    if isinstance(value, str):  # YAML 1.1 reads 1.0e12 (no exponent sign) as a string
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            raise InputError(source, field_name, f"must be a number, got {value!r}", "write e.g. 1.0e+12") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InputError(source, field_name, f"must be a positive number, got {value!r}", "fix the value")
+    if integer:
+        if value != int(value):
+            raise InputError(source, field_name, f"must be a whole number, got {value!r}", "fix the value")
+        return int(value)
+    return float(value)
+
+
+def _axis_value(key: str, value: Any, source: str, index: int) -> Any:
+    where = f"axes.{key}[{index}]"
+    if key in LABEL_AXES:
+        if not isinstance(value, str) or not value:
+            raise InputError(source, where, f"must be a preset name or a file path, got {value!r}",
+                             "e.g. llama3-8b, h100x64 or a .yaml path")
+        return value
+    if key in _INT_AXES:
+        return _number(value, source, where, integer=True)
+    if key == "train_tokens":
+        return _number(value, source, where, integer=False)
+    if key == "objective":
+        _check_objective(value, source, where)
+    if key == "precision" and value not in ("bf16", "fp16", "fp8"):
+        raise InputError(source, where, f"unknown precision {value!r}", "use bf16, fp16 or fp8")
+    return value
+
+
+def _check_objective(value: Any, source: str, where: str) -> None:
+    if value not in OBJECTIVES:
+        raise InputError(source, where, f"unknown objective {value!r}{did_you_mean(str(value), OBJECTIVES)}",
+                         f"use one of: {', '.join(OBJECTIVES)}")
+
+
+def _search_options(raw: Any, source: str, top_k: int, objective: str) -> SearchOptions:
+    if not isinstance(raw, dict):
+        raise InputError(source, "search", "must be a mapping of search options", "e.g. search: {zero_stages: [1, 2]}")
+    changes = {}
+    for key, value in raw.items():
+        if key not in SEARCH_KEYS:
+            raise InputError(source, f"search.{key}", f"unknown search option{did_you_mean(str(key), SEARCH_KEYS)}",
+                             f"known options: {', '.join(SEARCH_KEYS)}")
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return SearchOptions(top_k=top_k, objective=objective, **changes)
+    except (TypeError, ValueError) as exc:
+        raise InputError(source, "search", str(exc), "fix the search option") from None
+
+
+def _training_section(raw: Any, source: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InputError(source, "training", "must be a mapping of training settings",
+                         "e.g. training: {tp_comm_overlap: true}")
+    allowed = set(TRAINING_FIELDS) | {"global_batch_tokens"}
+    for key in raw:
+        if key not in allowed:
+            raise InputError(source, f"training.{key}", f"unknown training setting{did_you_mean(str(key), allowed)}",
+                             f"known settings: {', '.join(sorted(allowed))}")
+    return dict(raw)
+
+
+def _override_axes(raw: Any, source: str) -> dict[str, tuple[Any, ...]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(source, "axes.overrides", "must be a mapping of dotted cluster fields to value lists",
+                         "e.g. overrides: {topology.nic_gbps: [200, 400]}")
+    return {str(k): tuple(_values(v, source, f"axes.overrides.{k}")) for k, v in raw.items()}
+
+
+def _resolve_path(label: str, base_dir: Path) -> Path | None:
+    """A label that names a file (relative to the sweep file first, then to the working directory)."""
+    if not label.lower().endswith((".yaml", ".yml", ".json")) and "/" not in label:
+        return None
+    candidate = base_dir / label
+    return candidate if candidate.exists() else Path(label)
+
+
+def _load_model(label: str, base_dir: Path, source: str, index: int) -> ModelInput:
+    path = _resolve_path(label, base_dir)
+    try:
+        return load_model(path if path is not None else label)
+    except InputError as exc:
+        raise InputError(source, f"axes.model[{index}]", f"{exc}", "fix the model name or file") from None
+
+
+def _load_cluster(label: str, base_dir: Path, source: str, index: int) -> ClusterSpec:
+    path = _resolve_path(label, base_dir)
+    try:
+        return load_cluster(path if path is not None else label)
+    except InputError as exc:
+        raise InputError(source, f"axes.cluster[{index}]", f"{exc}", "fix the cluster name or file") from None
+
+
+def expand(sweep: SweepSpec) -> list[ScenarioTask]:
+    """Every combination of the axes, in the fixed order of the module docstring."""
+    axis_names = list(sweep.axes)
+    override_keys = list(sweep.overrides)
+    order = ["model", "cluster"] + [f"override:{k}" for k in override_keys] + [a for a in axis_names if a not in LABEL_AXES]
+    value_lists = {**{a: sweep.axes[a] for a in axis_names}, **{f"override:{k}": sweep.overrides[k] for k in override_keys}}
+    tasks = []
+    for index, combo in enumerate(itertools.product(*(value_lists[name] for name in order))):
+        chosen = dict(zip(order, combo))
+        overrides = {k: chosen[f"override:{k}"] for k in override_keys}
+        settings = {a: chosen[a] for a in axis_names if a not in LABEL_AXES}
+        tasks.append(_task(sweep, index, chosen["model"], chosen["cluster"], overrides, settings))
+    return tasks
+
+
+def _task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, overrides: dict[str, Any],
+          settings: dict[str, Any]) -> ScenarioTask:
+    objective = settings.get("objective", sweep.options.objective)
+    training_values = {k: v for k, v in settings.items() if k in TRAINING_AXES}
+    identity = {"model": model_label, "cluster": cluster_label, "overrides": overrides, "training": sweep.training,
+                "settings": training_values, "objective": objective, "search": sweep.options.with_changes(top_k=1)}
+    params: dict[str, Any] = {"sweep": sweep.name, "scenario_index": index, "scenario_id": stable_hash(identity),
+                              "inputs_hash": None, "tool_version": tool_version(), "model": model_label,
+                              "cluster": cluster_label, **overrides}
+    model_input = sweep.models[model_label]
+    scenario, error = None, None
+    try:
+        cluster = sweep.clusters[cluster_label]
+        if overrides:
+            cluster = cluster.with_overrides(overrides, source=f"{sweep.source}: axes.overrides")
+        merged = {**model_input.training_overrides, **sweep.training}
+        if "global_batch_size" in training_values:
+            merged.pop("global_batch_tokens", None)
+        if "global_batch_tokens" in training_values:
+            merged.pop("global_batch_size", None)
+        merged.update(training_values)
+        training = build_training(merged, source=f"{sweep.source}: {model_label}")
+        options = sweep.options.with_changes(objective=objective)
+        scenario = Scenario(model=model_input.spec, training=training, cluster=cluster, options=options)
+    except (InputError, ValueError) as exc:
+        error = str(exc)
+    params.update(resolved_columns(scenario, model_input, settings, objective))
+    params["inputs_hash"] = stable_hash({"scenario": scenario, "error": error, "explain": sweep.explain,
+                                         "version": tool_version()} if scenario is not None else
+                                        {"identity": identity, "error": error, "version": tool_version()})
+    return ScenarioTask(index=index, params=params, scenario=scenario, error=error, explain=sweep.explain)
+
+
+def resolved_columns(scenario: Scenario | None, model_input: ModelInput, settings: dict[str, Any],
+                     objective: str) -> dict[str, Any]:
+    """The figures the search actually used (the axis values where the scenario could not be built)."""
+    if scenario is None:
+        return {"model_name": model_input.spec.name, "gpu": None, "num_nodes": None, "num_gpus": None,
+                "gpu_memory_gib": None, "nic_gbps": None, "price_per_gpu_hour_usd": None,
+                "seq_length": settings.get("seq_length"), "global_batch_size": settings.get("global_batch_size"),
+                "global_batch_tokens": settings.get("global_batch_tokens"),
+                "train_tokens": settings.get("train_tokens"), "precision": settings.get("precision"),
+                "objective": objective}
+    cl, tr = scenario.cluster, scenario.training
+    return {"model_name": scenario.model.name, "gpu": cl.gpu.name, "num_nodes": cl.topology.num_nodes,
+            "num_gpus": cl.num_gpus, "gpu_memory_gib": cl.gpu.memory_gib, "nic_gbps": cl.topology.nic_GBps * 8,
+            "price_per_gpu_hour_usd": cl.economics.price_per_gpu_hour_usd, "seq_length": tr.seq_length,
+            "global_batch_size": tr.global_batch_size, "global_batch_tokens": tr.global_batch_tokens,
+            "train_tokens": tr.train_tokens, "precision": tr.precision, "objective": objective}
