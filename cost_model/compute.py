@@ -61,7 +61,11 @@ class LayerTimes:
 class _Pricer:
     def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions):
         fp8 = training.precision == "fp8" and gpu.peak_tflops_fp8
-        self.gemm_flops_per_s = (gpu.peak_tflops_fp8 if fp8 else gpu.peak_tflops_bf16) * 1e12 * gpu.gemm_efficiency
+        if fp8:
+            efficiency = gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
+            self.gemm_flops_per_s = gpu.peak_tflops_fp8 * 1e12 * efficiency
+        else:
+            self.gemm_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.gemm_efficiency
         self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
         self.in_bytes = 1 if fp8 else 2

@@ -47,6 +47,9 @@ class GPUSpec(_Frozen):
     gemm_efficiency: float = Field(default=0.8, **_FRACTION, description=(
         "Achievable fraction of peak_tflops_bf16 on large BF16 GEMMs (about 0.8 on H100 SXM: ~790 of "
         "989 TFLOP/s in public cuBLAS measurements)."))
+    gemm_efficiency_fp8: float | None = Field(default=None, **_FRACTION, description=(
+        "Achievable fraction of peak_tflops_fp8 for FP8 GEMMs as training runs them (Transformer Engine, "
+        "scaling and casts included); None = gemm_efficiency. Calibrated from published runs where set."))
     attention_efficiency: float = Field(default=0.5, **_FRACTION, description=(
         "Achievable fraction of peak for flash-attention kernels, forward+backward average "
         "(FlashAttention-2, Dao 2023; FlashAttention-3, Shah et al. 2024)."))

@@ -75,12 +75,14 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
     where = f"{source}: {row.get('id', '?')}"
     model = model_input_from_mapping(dict(row["model"]), source=where, default_name=row.get("id", "model")).spec
     training = build_training(dict(row.get("training") or {}), source=where)
+    plan_fields = row.get("plan") or {}
     cluster_info = row.get("cluster") or {}
     num_gpus = int(cluster_info["num_gpus"])
     cluster = load_cluster(cluster_info["gpu"])
     per_node = cluster.topology.gpus_per_node
     plan, assumptions = _row_plan(row, where)
     overrides: dict[str, Any] = {"topology.num_nodes": -(-num_gpus // per_node)}
+    overrides.update(cluster_info.get("gpu_overrides") or {})  # e.g. a calibration trial's efficiency
     domain = cluster.topology.scaleup_domain_gpus
     if num_gpus > domain and num_gpus % domain:
         # e.g. 256 GB200 GPUs in NVL72 racks: take the largest whole-node domain that tiles the job.
