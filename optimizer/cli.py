@@ -330,6 +330,10 @@ def models_command() -> None:
                    f"{spec.num_layers:3d} layers  h={spec.hidden_size:<6d} {kind}")
 
 
+from scenarios.cli import register as _register_scenarios  # noqa: E402  (sweep, compare, whatif)
+_register_scenarios(app)
+
+
 def main() -> None:
     """Entry point: run the app; input errors become one line and exit status 2."""
     with warnings.catch_warnings(record=True) as caught:

@@ -1,0 +1,62 @@
+"""Sweep throughput: 1,000 generated scenarios through `run_sweep` on the local process pool.
+
+Run:  python benchmarks/sweep_speed.py [--workers N] [--keep DIR]
+
+The sweep (AXES): Llama 3 8B, Qwen2.5 7B, Mixtral 8x7B and Llama 3 70B on 8, 16, 32 and 64 H100s and
+16 B200s, sequence lengths 2K-32K, 2M- and 4M-token batches, NICs of 50-800 Gb/s: 4 x 5 x 5 x 2 x 5
+= 1,000 scenarios. Every scenario runs the full default search (top 3 plans) and, where nothing fits,
+the explanation (several what-if searches). Parts are written to a fresh
+temporary directory (so nothing is resumed) and combined into results.parquet, all inside the timing.
+
+Prints total seconds, scenarios per second and the status counts. Target: < 60 s on a 2-core machine.
+Unlike the other benchmarks this one is not pinned to one core: it measures the pool on every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from scenarios.runner import run_sweep  # noqa: E402
+from scenarios.sweep_file import sweep_from_mapping  # noqa: E402
+
+# 4 models x 5 clusters (8-64 GPUs) x 5 sequence lengths x 2 batches x 5 NIC speeds = 1,000 scenarios
+AXES = {
+    "model": ["llama3-8b", "qwen2.5-7b", "mixtral-8x7b", "llama3-70b"],
+    "cluster": ["h100x8", "h100x16", "h100x32", "h100x64", "b200x16"],
+    "seq_length": [2048, 4096, 8192, 16384, 32768],
+    "global_batch_tokens": [2097152, 4194304],
+    "train_tokens": [1e12],
+    "overrides": {"topology.nic_gbps": [50, 100, 200, 400, 800], "economics.price_per_gpu_hour_usd": [2.5]},
+}
+TARGET_S = 60.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU)")
+    parser.add_argument("--keep", type=Path, default=None, help="write into this directory instead of a temporary one")
+    args = parser.parse_args()
+    sweep = sweep_from_mapping({"name": "speed", "top_k": 3, "axes": AXES}, source="benchmarks/sweep_speed.py")
+    assert sweep.num_scenarios == 1000, sweep.num_scenarios
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.keep or Path(scratch)
+        start = time.perf_counter()
+        run = run_sweep(sweep, out, workers=args.workers, progress=False)
+        seconds = time.perf_counter() - start
+    best = run.frame[(run.frame["status"] != "ok") | (run.frame["rank"] == 1)]
+    counts = best["status"].value_counts().to_dict()
+    print(f"{run.scenarios} scenarios on {run.backend} (os.cpu_count() = {os.cpu_count()}): {seconds:.1f} s, "
+          f"{run.scenarios / seconds:.1f} scenarios/s; {len(run.frame)} rows; "
+          + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "no_fit", "error")))
+    print(f"target < {TARGET_S:.0f} s: {'met' if seconds < TARGET_S else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The ``sweep``, ``compare`` and ``whatif`` commands of ``plan-search``.
+
+``register(app)`` adds them to the main typer app (``optimizer/cli.py``). Bad input raises
+:class:`InputError`, which the main entry point prints as one line with exit status 2; otherwise the
+exit status is 0, or 1 when ``compare`` finds changes past its threshold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .compare import DEFAULT_THRESHOLD, compare_tables
+from .store import read_results
+
+
+def sweep_command(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML (axes over models, clusters and training settings)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: sweep-<name>)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default: one per CPU; 1 = in this process)."),
+    dask_scheduler: Optional[str] = typer.Option(None, "--dask-scheduler", help="Run on an existing dask.distributed scheduler, e.g. tcp://host:8786."),
+    csv: bool = typer.Option(False, "--csv", help="Also write results.csv."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+) -> None:
+    """Run every scenario of a sweep file into OUT/results.parquet; a rerun resumes where it stopped."""
+    from .runner import run_sweep
+    from .sweep_file import load_sweep
+
+    sweep = load_sweep(sweep_file)
+    out_dir = out or Path(f"sweep-{sweep.name}")
+    run = run_sweep(sweep, out_dir, workers=workers, dask_scheduler=dask_scheduler, csv=csv, progress=progress)
+    best = run.frame[(run.frame["status"] != "ok") | (run.frame["rank"] == 1)]
+    counts = best["status"].value_counts().to_dict()
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "no_fit", "error"))
+    typer.echo(f"{run.scenarios} scenarios ({summary}): {run.computed} searched on {run.backend}, "
+               f"{run.reused} reused from an earlier run; {run.seconds:.1f} s"
+               + (f", {run.scenarios_per_s:.1f} scenarios/s" if run.computed else ""))
+    for path in run.paths:
+        typer.echo(f"wrote {path}")
+
+
+def compare_command(
+    old: Path = typer.Argument(..., help="Earlier results (results.parquet/.csv or a sweep output directory)."),
+    new: Path = typer.Argument(..., help="Later results."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Relative change that counts (0.05 = 5%)."),
+) -> None:
+    """List scenarios whose best plan changed or whose throughput, memory or cost moved past the threshold;
+    exit 1 when there are any (a nightly gate)."""
+    comparison = compare_tables(read_results(old, "OLD"), read_results(new, "NEW"), threshold,
+                                old_source=str(old), new_source=str(new))
+    typer.echo(comparison.text())
+    raise typer.Exit(1 if comparison.failed else 0)
+
+
+def whatif_command(
+    study_file: Path = typer.Argument(..., help="Procurement study YAML (model, token budget, cluster options)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: whatif-<name>)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default 1: in this process)."),
+) -> None:
+    """Compare cluster options for one model and token budget: summary.md, tables and figures."""
+    from .procurement import load_study, run_study, write_report
+
+    study = load_study(study_file)
+    out_dir = out or Path(f"whatif-{study.name}")
+    result = run_study(study, workers=workers)
+    for path in write_report(result, out_dir):
+        typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the main ``plan-search`` app."""
+    app.command("sweep")(sweep_command)
+    app.command("compare")(compare_command)
+    app.command("whatif")(whatif_command)
