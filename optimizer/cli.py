@@ -20,6 +20,7 @@ from cost_model.model_loader import build_training, list_model_presets, load_mod
 from cost_model.plan import RECOMPUTE_CODE, PlanArrays
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB
+from cost_model.options import CostOptions
 from hardware.cli import app as hardware_app
 from hardware.errors import InputError
 from hardware.loader import load_cluster
@@ -60,6 +61,11 @@ class Emitter(str, Enum):
     nemo = "nemo"
 
 
+class CPComm(str, Enum):
+    p2p = "p2p"
+    a2a = "a2a"
+
+
 class Recompute(str, Enum):
     none = "none"
     selective = "selective"
@@ -89,22 +95,15 @@ def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-def _training(model_input, seq_len, global_batch, global_batch_tokens, train_tokens, precision, tp_comm_overlap):
+def _training(model_input, **settings):
+    """The model file's training section, with the command-line settings that were given on top."""
     overrides = dict(model_input.training_overrides)
-    if seq_len is not None:
-        overrides["seq_length"] = seq_len
-    if global_batch is not None:
-        overrides["global_batch_size"] = global_batch
+    given = {key: value for key, value in settings.items() if value is not None}
+    if "global_batch_size" in given:
         overrides.pop("global_batch_tokens", None)
-    if global_batch_tokens is not None:
-        overrides["global_batch_tokens"] = global_batch_tokens
+    if "global_batch_tokens" in given:
         overrides.pop("global_batch_size", None)
-    if train_tokens is not None:
-        overrides["train_tokens"] = train_tokens
-    if precision is not None:
-        overrides["precision"] = precision
-    if tp_comm_overlap is not None:
-        overrides["tp_comm_overlap"] = tp_comm_overlap
+    overrides.update(given)
     return build_training(overrides, source=model_input.source or "training")
 
 
@@ -141,6 +140,11 @@ def search_command(
     price: Optional[float] = typer.Option(None, "--price", help="Price per GPU-hour in USD."),
     tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                                    help="Overlap TP communication with GEMMs."),
+    grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 (Megatron main grads) or bf16."),
+    dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout", help="Hidden and attention dropout."),
+    flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention",
+                                                   help="Fused attention (no s x s scores in memory)."),
+    cp_comm: CPComm = typer.Option(CPComm.p2p, "--cp-comm", help="Context parallelism: p2p ring or a2a (Ulysses)."),
     allow_offload: bool = typer.Option(False, "--allow-offload", help="Also try optimizer offload to the CPU."),
     recompute: Optional[list[Recompute]] = typer.Option(None, "--recompute", help="Limit recompute modes (repeatable)."),
     zero: Optional[list[int]] = typer.Option(None, "--zero", help="Limit ZeRO stages (repeatable)."),
@@ -149,13 +153,16 @@ def search_command(
     """Search and rank every feasible plan (this is what ``plan-search CLUSTER MODEL`` runs)."""
     cluster_spec = _cluster(cluster, price)
     model_input = load_model(model)
-    training = _training(model_input, seq_len, global_batch, global_batch_tokens, train_tokens, precision,
-                         tp_comm_overlap)
+    training = _training(model_input, seq_length=seq_len, global_batch_size=global_batch,
+                         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
+                         tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout,
+                         flash_attention=flash_attention)
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
                        zero_stages=tuple(sorted(set(zero))) if zero else None)
-    scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options)
+    scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
+                        cost_options=CostOptions(cp_comm_type=cp_comm.value))
     result = search(scenario, keep_timed=pareto)
     explanation = None if result.found else explain_no_fit(result)
     ranked = result.ranked
@@ -220,6 +227,10 @@ def evaluate_command(
     train_tokens: Optional[float] = typer.Option(None, "--train-tokens"),
     precision: Optional[str] = typer.Option(None, "--precision"),
     tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap"),
+    grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 or bf16."),
+    dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout"),
+    flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention"),
+    cp_comm: CPComm = typer.Option(CPComm.p2p, "--cp-comm", help="p2p ring or a2a (Ulysses)."),
     headroom: float = typer.Option(0.05, "--headroom"),
     price: Optional[float] = typer.Option(None, "--price"),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format"),
@@ -228,8 +239,10 @@ def evaluate_command(
     """Price one given plan: memory and time breakdown, whether it fits and why not."""
     cluster_spec = _cluster(cluster, price)
     model_input = load_model(model)
-    training = _training(model_input, seq_len, global_batch, global_batch_tokens, train_tokens, precision,
-                         tp_comm_overlap)
+    training = _training(model_input, seq_length=seq_len, global_batch_size=global_batch,
+                         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
+                         tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout,
+                         flash_attention=flash_attention)
     for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
                         ("micro-batch", micro_batch)):
         if value < 1:
@@ -245,7 +258,8 @@ def evaluate_command(
         raise InputError("command line", "--dp", f"tp x pp x cp x dp = {tp * pp * cp * max(dp, 0)} does not fit "
                          f"the cluster's {cluster_spec.num_gpus} GPUs", "lower a degree or use a larger cluster")
     options = _options(memory_headroom=headroom, gpu_counts=(tp * pp * cp * dp,))
-    scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options)
+    scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
+                        cost_options=CostOptions(cp_comm_type=cp_comm.value))
     plan = PlanArrays.from_columns(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch=micro_batch,
                                         recompute=RECOMPUTE_CODE[recompute.value],
                                         recompute_num_layers=recompute_num_layers,
@@ -316,6 +330,25 @@ def validate_command(
                        f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}; "
                        f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
     typer.echo("TFLOP/s per GPU in each source's convention (model FLOPs, or with recompute where the source counts it).")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: tests/data/published_runs.yaml)."),
+    write: bool = typer.Option(False, "--write", help="Store the fitted values in the GPU presets."),
+) -> None:
+    """Fit each GPU's FP8 GEMM efficiency on its calibration rows and report the held-out rows."""
+    from .calibrate import DEFAULT_DATASET, calibrate, write_presets
+    results = calibrate(dataset or DEFAULT_DATASET)
+    for result in results:
+        typer.echo(f"{result.gpu}: gemm_efficiency_fp8 = {result.gemm_efficiency_fp8}")
+        for label, rows in (("calibration", result.calibration), ("held out", result.held_out)):
+            for row in rows:
+                typer.echo(f"  {label:11s} {row.id:48s} measured {row.measured_tflops:7.0f}  predicted "
+                           f"{row.predicted_tflops:7.0f}  {row.tflops_error:+.1%}")
+    if write:
+        for path in write_presets(results):
+            typer.echo(f"wrote {path}")
 
 
 @app.command("models")

@@ -219,3 +219,24 @@ def test_hardware_subcommand_is_mounted(capsys):
     code, out, _ = run(capsys, "hardware", "show", "h100x16")
     assert code == 0
     assert "GiB" in out and "GB/s" in out
+
+
+def test_training_settings_from_the_command_line(capsys):
+    base = json.loads(run(capsys, "evaluate", "h100x8", "llama3-8b", "--tp", "8", "--format", "json")[1])["plan"]
+    unfused = json.loads(run(capsys, "evaluate", "h100x8", "llama3-8b", "--tp", "8", "--format", "json",
+                             "--no-flash-attention", "--dropout")[1])["plan"]
+    assert unfused["memory_breakdown_gib"]["activations"] > base["memory_breakdown_gib"]["activations"]
+    bf16 = json.loads(run(capsys, "evaluate", "h100x8", "llama3-8b", "--tp", "8", "--format", "json",
+                          "--grad-dtype", "bf16")[1])["plan"]
+    assert bf16["memory_breakdown_gib"]["gradients"] == pytest.approx(base["memory_breakdown_gib"]["gradients"] / 2)
+    ring = json.loads(run(capsys, "evaluate", "h100x16", "llama3-8b", "--tp", "8", "--cp", "2", "--format", "json")[1])
+    ulysses = json.loads(run(capsys, "evaluate", "h100x16", "llama3-8b", "--tp", "8", "--cp", "2", "--format", "json",
+                             "--cp-comm", "a2a")[1])
+    assert ring["plan"]["comm_gb_per_step"]["cp"] != ulysses["plan"]["comm_gb_per_step"]["cp"]
+
+
+def test_calibrate_command_reports_held_out_rows(capsys):
+    code, out, _ = run(capsys, "calibrate")
+    assert code == 0
+    assert "h100-sxm: gemm_efficiency_fp8 = 0.433" in out
+    assert "held out" in out and "megatron-bridge-25.11-h100-llama3-70b-fp8" in out
