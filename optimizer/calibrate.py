@@ -53,7 +53,7 @@ def _rows_with(row: dict[str, Any], efficiency: float) -> dict[str, Any]:
 
 
 def _signed_log_error(rows: list[dict[str, Any]], efficiency: float, source: str) -> float:
-    errors = [math.log(r.predicted_tflops / r.measured_tflops)
+    errors = [math.log(1 + r.tflops_error)
               for r in (validate_row(_rows_with(row, efficiency), source) for row in rows)]
     return float(np.median(errors))
 
@@ -76,7 +76,8 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
         efficiency = round((low + high) / 2, 3)
         held = [row for row in runs if row["cluster"]["gpu"] == gpu and row["id"] not in ids
                 and (row.get("training") or {}).get("precision") == "fp8"
-                and (row.get("measured") or {}).get("tflops_per_gpu")]
+                and ((row.get("measured") or {}).get("tflops_per_gpu")
+                     or (row.get("measured") or {}).get("tokens_per_s_per_gpu"))]
         results.append(CalibratedGPU(
             gpu=gpu, gemm_efficiency_fp8=efficiency,
             calibration=[validate_row(_rows_with(r, efficiency), str(dataset)) for r in rows],

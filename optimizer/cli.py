@@ -321,6 +321,8 @@ def validate_command(
     for r in rows:
         error = "-" if r.tflops_error is None else f"{r.tflops_error:+.0%}"
         measured = "-" if r.measured_tflops is None else f"{r.measured_tflops:.0f}"
+        if r.measured_tflops is None and r.measured_tokens_per_gpu:
+            measured = f"{r.predicted_tflops / (1 + r.tflops_error):.0f}*"  # TFLOP/s implied by tokens/s
         typer.echo(f"{r.id[:44]:44s} {r.num_gpus:6d} {r.layout[:24]:24s} {measured:>7s} {r.predicted_tflops:7.0f} "
                    f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  "
                    f"{'yes' if r.verified else 'no'}")
@@ -329,7 +331,8 @@ def validate_command(
             typer.echo(f"{label}: {s['throughput_rows']} rows with throughput, median |error| "
                        f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}; "
                        f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
-    typer.echo("TFLOP/s per GPU in each source's convention (model FLOPs, or with recompute where the source counts it).")
+    typer.echo("TFLOP/s per GPU in each source's convention (model FLOPs, or with recompute where the source counts "
+               "it); * = the source publishes tokens/s per GPU, compared as such.")
 
 
 @app.command("calibrate")
@@ -344,8 +347,8 @@ def calibrate_command(
         typer.echo(f"{result.gpu}: gemm_efficiency_fp8 = {result.gemm_efficiency_fp8}")
         for label, rows in (("calibration", result.calibration), ("held out", result.held_out)):
             for row in rows:
-                typer.echo(f"  {label:11s} {row.id:48s} measured {row.measured_tflops:7.0f}  predicted "
-                           f"{row.predicted_tflops:7.0f}  {row.tflops_error:+.1%}")
+                typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "
+                           f"({row.tflops_error:+.1%})")
     if write:
         for path in write_presets(results):
             typer.echo(f"wrote {path}")

@@ -34,6 +34,8 @@ class ValidationRow:
     layout: str
     measured_tflops: float | None
     predicted_tflops: float
+    measured_tokens_per_gpu: float | None
+    predicted_tokens_per_gpu: float
     measured_memory_gib: float | None
     predicted_memory_gib: float
     usable_memory_gib: float
@@ -41,10 +43,13 @@ class ValidationRow:
 
     @property
     def tflops_error(self) -> float | None:
-        """Relative error of the prediction: (predicted - measured) / measured."""
-        if not self.measured_tflops:
-            return None
-        return (self.predicted_tflops - self.measured_tflops) / self.measured_tflops
+        """Relative throughput error, (predicted - measured) / measured: in TFLOP/s per GPU where the
+        source publishes them, else in tokens/s per GPU."""
+        if self.measured_tflops:
+            return (self.predicted_tflops - self.measured_tflops) / self.measured_tflops
+        if self.measured_tokens_per_gpu:
+            return (self.predicted_tokens_per_gpu - self.measured_tokens_per_gpu) / self.measured_tokens_per_gpu
+        return None
 
     @property
     def memory_error(self) -> float | None:
@@ -102,6 +107,8 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
               + (f" EP{plan['ep']}" if plan["ep"] > 1 else "") + (f" VP{plan['vpp']}" if plan["vpp"] > 1 else ""))
     return ValidationRow(id=row.get("id", "?"), verified=bool(row.get("verified")), num_gpus=num_gpus, layout=layout,
                          measured_tflops=measured.get("tflops_per_gpu"), predicted_tflops=float(predicted),
+                         measured_tokens_per_gpu=measured.get("tokens_per_s_per_gpu"),
+                         predicted_tokens_per_gpu=float(metrics.tokens_per_s[0] / num_gpus),
                          measured_memory_gib=measured.get("memory_gib"),
                          predicted_memory_gib=float(metrics.memory_bytes[0] / GIB),
                          usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions)
