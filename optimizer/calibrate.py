@@ -1,4 +1,4 @@
-"""Calibration of the FP8 GEMM efficiency against published runs, with held-out rows.
+"""Calibration of GEMM efficiencies against published runs, with held-out rows.
 
 Why only this constant: on the verified runs of the dataset, BF16 predictions on A100 are within about
 10% with the microbenchmark GEMM efficiency, while every FP8 run (Megatron-Bridge 25.11, H100, B200,
@@ -29,32 +29,42 @@ from hardware.errors import read_yaml_mapping
 from .validate import DEFAULT_DATASET, ValidationRow, validate_row
 
 CALIBRATION_ROWS = {
-    "h100-sxm": ["megatron-bridge-25.11-h100-llama3.1-405b-fp8"],
-    "b200": ["megatron-bridge-25.11-b200-llama3.1-405b-fp8"],
-    "gb200-nvl72": ["megatron-bridge-25.11-gb200-llama3.1-405b-fp8"],
+    ("h100-sxm", "fp8"): ["megatron-bridge-25.11-h100-llama3.1-405b-fp8"],
+    ("b200", "fp8"): ["megatron-bridge-25.11-b200-llama3.1-405b-fp8"],
+    ("gb200-nvl72", "fp8"): ["megatron-bridge-25.11-gb200-llama3.1-405b-fp8"],
 }
-"""Rows that fix each GPU's FP8 GEMM efficiency; all other FP8 rows of the GPU are held out."""
+"""Rows that fix each (GPU, precision)'s GEMM efficiency; all other rows of that GPU and precision are
+held out. FP8 fits ``gemm_efficiency_fp8``; BF16 (and FP16) fits ``gemm_efficiency``."""
+
+PARAMETER = {"fp8": "gemm_efficiency_fp8", "bf16": "gemm_efficiency"}
+
+
+def _precision_class(row: dict[str, Any]) -> str:
+    precision = (row.get("training") or {}).get("precision", "bf16")
+    return "fp8" if precision == "fp8" else "bf16"
 
 
 @dataclass
 class CalibratedGPU:
     gpu: str
-    gemm_efficiency_fp8: float
+    precision: str
+    parameter: str
+    value: float
     calibration: list[ValidationRow]
     held_out: list[ValidationRow]
 
 
-def _rows_with(row: dict[str, Any], efficiency: float) -> dict[str, Any]:
+def _rows_with(row: dict[str, Any], parameter: str, value: float) -> dict[str, Any]:
     changed = dict(row)
     cluster = dict(row["cluster"])
-    cluster["gpu_overrides"] = {"gpu.gemm_efficiency_fp8": efficiency}
+    cluster["gpu_overrides"] = {f"gpu.{parameter}": value}
     changed["cluster"] = cluster
     return changed
 
 
-def _signed_log_error(rows: list[dict[str, Any]], efficiency: float, source: str) -> float:
+def _signed_log_error(rows: list[dict[str, Any]], parameter: str, value: float, source: str) -> float:
     errors = [math.log(1 + r.tflops_error)
-              for r in (validate_row(_rows_with(row, efficiency), source) for row in rows)]
+              for r in (validate_row(_rows_with(row, parameter, value), source) for row in rows)]
     return float(np.median(errors))
 
 
@@ -62,26 +72,27 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
     runs = read_yaml_mapping(dataset)["runs"]
     by_id = {row["id"]: row for row in runs}
     results = []
-    for gpu, ids in CALIBRATION_ROWS.items():
+    for (gpu, precision), ids in CALIBRATION_ROWS.items():
         rows = [by_id[i] for i in ids if i in by_id]
         if not rows:
             continue
+        parameter = PARAMETER[precision]
         low, high = 0.05, 1.0
         while high - low > tolerance:  # predicted throughput rises with the efficiency
             middle = (low + high) / 2
-            if _signed_log_error(rows, middle, str(dataset)) > 0:
+            if _signed_log_error(rows, parameter, middle, str(dataset)) > 0:
                 high = middle
             else:
                 low = middle
-        efficiency = round((low + high) / 2, 3)
+        value = round((low + high) / 2, 3)
         held = [row for row in runs if row["cluster"]["gpu"] == gpu and row["id"] not in ids
-                and (row.get("training") or {}).get("precision") == "fp8"
+                and _precision_class(row) == precision
                 and ((row.get("measured") or {}).get("tflops_per_gpu")
                      or (row.get("measured") or {}).get("tokens_per_s_per_gpu"))]
         results.append(CalibratedGPU(
-            gpu=gpu, gemm_efficiency_fp8=efficiency,
-            calibration=[validate_row(_rows_with(r, efficiency), str(dataset)) for r in rows],
-            held_out=[validate_row(_rows_with(r, efficiency), str(dataset)) for r in held]))
+            gpu=gpu, precision=precision, parameter=parameter, value=value,
+            calibration=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in rows],
+            held_out=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in held]))
     return results
 
 
@@ -92,10 +103,11 @@ def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None)
     for result in results:
         path = presets_dir / f"{result.gpu}.yaml"
         text = path.read_text(encoding="utf-8")
-        line = (f"  gemm_efficiency_fp8: {result.gemm_efficiency_fp8:<8}# calibrated by `plan-search calibrate` on "
+        key = result.parameter
+        line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
                 f"{', '.join(r.id for r in result.calibration)} (tests/data/published_runs.yaml)")
-        if re.search(r"^  gemm_efficiency_fp8:.*$", text, flags=re.M):
-            text = re.sub(r"^  gemm_efficiency_fp8:.*$", line, text, count=1, flags=re.M)
+        if re.search(rf"^  {key}:.*$", text, flags=re.M):
+            text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
         else:
             text = re.sub(r"^(  gemm_efficiency:.*)$", lambda m: m.group(1) + "\n" + line, text, count=1, flags=re.M)
         path.write_text(text, encoding="utf-8")

@@ -340,11 +340,11 @@ def calibrate_command(
     dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: tests/data/published_runs.yaml)."),
     write: bool = typer.Option(False, "--write", help="Store the fitted values in the GPU presets."),
 ) -> None:
-    """Fit each GPU's FP8 GEMM efficiency on its calibration rows and report the held-out rows."""
+    """Fit each GPU's GEMM efficiency per precision on its calibration rows; report the held-out rows."""
     from .calibrate import DEFAULT_DATASET, calibrate, write_presets
     results = calibrate(dataset or DEFAULT_DATASET)
     for result in results:
-        typer.echo(f"{result.gpu}: gemm_efficiency_fp8 = {result.gemm_efficiency_fp8}")
+        typer.echo(f"{result.gpu} {result.precision}: {result.parameter} = {result.value}")
         for label, rows in (("calibration", result.calibration), ("held out", result.held_out)):
             for row in rows:
                 typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "

@@ -15,15 +15,16 @@ def results():
 
 
 def test_presets_hold_the_calibrated_values(results):
-    assert {r.gpu for r in results} == set(CALIBRATION_ROWS)
+    assert {(r.gpu, r.precision) for r in results} == set(CALIBRATION_ROWS)
     for result in results:
-        assert load_cluster(result.gpu).gpu.gemm_efficiency_fp8 == pytest.approx(result.gemm_efficiency_fp8, abs=1e-3)
+        preset = load_cluster(result.gpu).gpu
+        assert getattr(preset, result.parameter) == pytest.approx(result.value, abs=1e-3)
         for row in result.calibration:
             assert abs(row.tflops_error) < 0.01
 
 
 def test_held_out_dense_fp8_runs_are_predicted_within_20_percent(results):
-    held = [row for result in results for row in result.held_out if "llama" in row.id]
+    held = [row for result in results if result.precision == "fp8" for row in result.held_out if "llama" in row.id]
     assert len(held) >= 5
     for row in held:
         assert abs(row.tflops_error) < 0.20, row.id
