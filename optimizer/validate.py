@@ -80,7 +80,6 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
     where = f"{source}: {row.get('id', '?')}"
     model = model_input_from_mapping(dict(row["model"]), source=where, default_name=row.get("id", "model")).spec
     training = build_training(dict(row.get("training") or {}), source=where)
-    plan_fields = row.get("plan") or {}
     cluster_info = row.get("cluster") or {}
     num_gpus = int(cluster_info["num_gpus"])
     cluster = load_cluster(cluster_info["gpu"])
