@@ -107,6 +107,12 @@ def _training(model_input, **settings):
     return build_training(overrides, source=model_input.source or "training")
 
 
+def _inputs(cluster: str, model: str, price: float | None, **training_settings):
+    """The cluster (with a price override), the model and its training setup with command-line settings."""
+    model_input = load_model(model)
+    return _cluster(cluster, price), model_input, _training(model_input, **training_settings)
+
+
 def _cluster(name: str, price: float | None):
     cluster = load_cluster(name)
     if price is not None:
@@ -151,12 +157,10 @@ def search_command(
     rank_order: str = typer.Option("tp-cp-ep-dp-pp", "--rank-order", help="Rank order, innermost first."),
 ) -> None:
     """Search and rank every feasible plan (this is what ``plan-search CLUSTER MODEL`` runs)."""
-    cluster_spec = _cluster(cluster, price)
-    model_input = load_model(model)
-    training = _training(model_input, seq_length=seq_len, global_batch_size=global_batch,
-                         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
-                         tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout,
-                         flash_attention=flash_attention)
+    cluster_spec, model_input, training = _inputs(
+        cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
+        global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
+        tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
@@ -237,12 +241,10 @@ def evaluate_command(
     emitter: Optional[Emitter] = typer.Option(None, "--emit"),
 ) -> None:
     """Price one given plan: memory and time breakdown, whether it fits and why not."""
-    cluster_spec = _cluster(cluster, price)
-    model_input = load_model(model)
-    training = _training(model_input, seq_length=seq_len, global_batch_size=global_batch,
-                         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
-                         tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout,
-                         flash_attention=flash_attention)
+    cluster_spec, model_input, training = _inputs(
+        cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
+        global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
+        tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
                         ("micro-batch", micro_batch)):
         if value < 1:

@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cost_model.model_loader import ModelInput, build_training, load_model
-from cost_model.training_spec import TRAINING_FIELDS
+from cost_model.model_loader import ModelInput, build_training, load_model, training_overrides
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.loader import load_cluster
 from hardware.schema import ClusterSpec, _set_dotted
@@ -240,12 +239,7 @@ def _training_section(raw: Any, source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(source, "training", "must be a mapping of training settings",
                          "e.g. training: {tp_comm_overlap: true}")
-    allowed = set(TRAINING_FIELDS) | {"global_batch_tokens"}
-    for key in raw:
-        if key not in allowed:
-            raise InputError(source, f"training.{key}", f"unknown training setting{did_you_mean(str(key), allowed)}",
-                             f"known settings: {', '.join(sorted(allowed))}")
-    return dict(raw)
+    return training_overrides(raw, source)
 
 
 def _override_axes(raw: Any, source: str) -> dict[str, tuple[Any, ...]]:
