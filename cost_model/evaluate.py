@@ -23,8 +23,8 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * ZeRO-2 reduce-scatters every micro-batch during its backward; ZeRO-3 (FSDP) prefetches each layer's
   weights during the previous layer's compute: exposed is what exceeds the compute, plus the first
   layer's all-gather.
-* Optimizer step: memory bound, Adam reads and writes fp32 master, m, v and the gradient and writes bf16
-  weights: 30 bytes per parameter of the local shard (22 for SGD). Offloaded: the gradient goes to the
+* Optimizer step: memory bound, Adam reads and writes fp32 master, m, v, reads the gradient and writes
+  bf16 weights: 30 bytes per parameter of the local shard (22 for SGD, 22 for Adam with bf16 moments). Offloaded: the gradient goes to the
   host and the bf16 weight comes back over PCIe, and the host CPUs run Adam.
 """
 
@@ -275,7 +275,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
                               dp.param_gather_s)
     shard = np.where(zero >= 1, params.dense / (plans.dp * plans.cp)[:, None]
                      + params.expert / plans.expert_data_parallel[:, None], local_params)
-    optimizer_bytes_per_param = 30.0 if training.optimizer in ("adam", "adamw") else 22.0
+    # read and write every state, read the gradient, write the bf16 weight: 30 bytes for fp32 Adam
+    optimizer_bytes_per_param = 2.0 * training.optimizer_state_bytes + training.grad_bytes + 2.0
     on_gpu = shard * optimizer_bytes_per_param / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     offloaded = (shard * (training.grad_bytes + 2) / (options.pcie_GBps * 1e9)
                  + shard / options.cpu_adam_params_per_s)

@@ -59,6 +59,8 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
     if plan.get("optimizer_offload"):
         args.append("--optimizer-cpu-offload")
+    if training.optimizer_moments_dtype == "bf16":
+        args += ["--use-precision-aware-optimizer", "--exp-avg-dtype bf16", "--exp-avg-sq-dtype bf16"]
     if training.overlap_grad_reduce:
         args.append("--overlap-grad-reduce")
     if training.overlap_param_gather and zero >= 1:

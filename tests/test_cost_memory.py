@@ -292,3 +292,11 @@ def test_expert_parallel_splits_experts_and_zero_shards_over_expert_data_paralle
                                                     12 * (dense / 16 + local_experts / 2),
                                                     12 * (dense / 16 + local_experts / 2)], rtol=1e-12)
     assert parts["weights"][2] == pytest.approx(2 * (dense / 16 + local_experts / 2), rel=1e-12)
+
+
+def test_bf16_adam_moments_take_8_optimizer_bytes_per_parameter():
+    # fp32 master (4) + bf16 m (2) + bf16 v (2): Megatron's precision-aware optimizer.
+    from cost_model.training_spec import TrainingSpec
+    assert TrainingSpec(optimizer_moments_dtype="bf16").optimizer_state_bytes == 8
+    assert TrainingSpec().optimizer_state_bytes == 12
+    assert TrainingSpec(optimizer="sgd", optimizer_moments_dtype="bf16").optimizer_state_bytes == 6
