@@ -45,8 +45,9 @@ class GPUSpec(_Frozen):
     peak_tflops_fp8: float | None = Field(default=None, gt=0, description=(
         "Peak DENSE FP8 tensor throughput in TFLOP/s; None where the GPU has no FP8 tensor cores."))
     gemm_efficiency: float = Field(default=0.8, **_FRACTION, description=(
-        "Achievable fraction of peak_tflops_bf16 on large BF16 GEMMs (about 0.8 on H100 SXM: ~790 of "
-        "989 TFLOP/s in public cuBLAS measurements)."))
+        "Achievable fraction of peak_tflops_bf16 for BF16 GEMMs as training runs them. Large-GEMM "
+        "microbenchmarks reach about 0.8 on H100 SXM (~790 of 989 TFLOP/s); calibrated on published "
+        "training runs it is lower (0.64 on H100: `plan-search calibrate`)."))
     gemm_efficiency_fp8: float | None = Field(default=None, **_FRACTION, description=(
         "Achievable fraction of peak_tflops_fp8 for FP8 GEMMs as training runs them (Transformer Engine, "
         "scaling and casts included); None = gemm_efficiency. Calibrated from published runs where set."))

@@ -32,11 +32,16 @@ CALIBRATION_ROWS = {
     ("h100-sxm", "fp8"): ["megatron-bridge-25.11-h100-llama3.1-405b-fp8"],
     ("b200", "fp8"): ["megatron-bridge-25.11-b200-llama3.1-405b-fp8"],
     ("gb200-nvl72", "fp8"): ["megatron-bridge-25.11-gb200-llama3.1-405b-fp8"],
+    ("h100-sxm", "bf16"): ["dgxc-nemo-24.09-h100-llama3.1-405b-bf16-576gpu"],
 }
 """Rows that fix each (GPU, precision)'s GEMM efficiency; all other rows of that GPU and precision are
 held out. FP8 fits ``gemm_efficiency_fp8``; BF16 (and FP16) fits ``gemm_efficiency``."""
 
 PARAMETER = {"fp8": "gemm_efficiency_fp8", "bf16": "gemm_efficiency"}
+
+SAME_SILICON = {"h100-sxm": ("h800-sxm", "h200-sxm")}
+"""Presets that receive a GPU's calibrated values: H800 and H200 are the same GH100 die at the same
+clocks (H800 differs in NVLink, H200 in HBM), so their GEMMs run at the same fraction of peak."""
 
 
 def _precision_class(row: dict[str, Any]) -> str:
@@ -100,12 +105,14 @@ def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None)
     """Store each fitted value in its GPU preset, citing the calibration rows."""
     presets_dir = presets_dir or Path(str(resources.files("hardware").joinpath("presets")))
     written = []
-    for result in results:
-        path = presets_dir / f"{result.gpu}.yaml"
+    targets = [(result, gpu) for result in results for gpu in (result.gpu, *SAME_SILICON.get(result.gpu, ()))]
+    for result, gpu in targets:
+        path = presets_dir / f"{gpu}.yaml"
         text = path.read_text(encoding="utf-8")
         key = result.parameter
+        via = "" if gpu == result.gpu else f" ({result.gpu}, same die)"
         line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
-                f"{', '.join(r.id for r in result.calibration)} (tests/data/published_runs.yaml)")
+                f"{', '.join(r.id for r in result.calibration)}{via} (tests/data/published_runs.yaml)")
         if re.search(rf"^  {key}:.*$", text, flags=re.M):
             text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
         else:

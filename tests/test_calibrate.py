@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hardware.loader import load_cluster
-from optimizer.calibrate import CALIBRATION_ROWS, calibrate
+from optimizer.calibrate import CALIBRATION_ROWS, SAME_SILICON, calibrate
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,9 @@ def results():
 def test_presets_hold_the_calibrated_values(results):
     assert {(r.gpu, r.precision) for r in results} == set(CALIBRATION_ROWS)
     for result in results:
-        preset = load_cluster(result.gpu).gpu
-        assert getattr(preset, result.parameter) == pytest.approx(result.value, abs=1e-3)
+        for gpu in (result.gpu, *SAME_SILICON.get(result.gpu, ())):
+            preset = load_cluster(gpu).gpu
+            assert getattr(preset, result.parameter) == pytest.approx(result.value, abs=1e-3), gpu
         for row in result.calibration:
             assert abs(row.tflops_error) < 0.01
 
@@ -30,3 +31,11 @@ def test_held_out_dense_fp8_runs_are_predicted_within_20_percent(results):
         assert abs(row.tflops_error) < 0.20, row.id
     errors = sorted(abs(row.tflops_error) for row in held)
     assert errors[len(errors) // 2] < 0.10  # median
+
+
+def test_held_out_verified_bf16_h100_runs_are_predicted_within_10_percent(results):
+    bf16 = next(r for r in results if (r.gpu, r.precision) == ("h100-sxm", "bf16"))
+    verified = [row for row in bf16.held_out if row.verified]
+    assert len(verified) >= 7
+    for row in verified:
+        assert abs(row.tflops_error) < 0.10, row.id

@@ -27,11 +27,11 @@ def test_wave_quantization_by_hand():
 
 
 def test_large_gemm_time_by_hand():
-    # 8192 x 16384 x 16384 GEMM: 2*M*N*K FLOPs at 989e12 * 0.8 * wave efficiency, plus 4 us overhead.
+    # 8192 x 16384 x 16384 GEMM: 2*M*N*K FLOPs at 989e12 * gemm_efficiency * wave efficiency, plus 4 us.
     m, n, k = 8192, 16384, 16384
     tiles = 64 * 64
     wave = tiles / (np.ceil(tiles / 132) * 132)
-    expected = 2 * m * n * k / (989e12 * 0.8 * wave) + 4e-6
+    expected = 2 * m * n * k / (989e12 * H100.gemm_efficiency * wave) + 4e-6
     seconds, flops = pricer().gemm(m, n, k)
     assert flops == 2 * m * n * k
     assert seconds == pytest.approx(expected, rel=1e-12)
