@@ -23,6 +23,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * ZeRO-2 reduce-scatters every micro-batch during its backward; ZeRO-3 (FSDP) prefetches each layer's
   weights during the previous layer's compute: exposed is what exceeds the compute, plus the first
   layer's all-gather.
+* Overlapped communication still costs: NCCL kernels occupy a share of the SMs while they run
+  (``overlap_sm_fraction``), so every second of hidden communication slows the compute beside it by
+  that share.
 * Optimizer step: memory bound, Adam reads and writes fp32 master, m, v, reads the gradient and writes
   bf16 weights: 30 bytes per parameter of the local shard (22 for SGD, 22 for Adam with bf16 moments). Offloaded: the gradient goes to the
   host and the bf16 weight comes back over PCIe, and the host CPUs run Adam.
@@ -50,7 +53,7 @@ from .training_spec import TrainingSpec
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
 TIME_PARTS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
-              "optimizer")
+              "overlap_contention", "optimizer")
 COMM_DIMS = ("tp", "cp", "ep", "pp", "dp")
 
 
@@ -233,6 +236,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         tp_exposed = np.maximum(0.0, tp_total - gemm)
     else:
         tp_exposed = tp_total
+    tp_hidden = tp_total - tp_exposed
+    cp_total = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
     if options.cp_comm_type == "p2p":
         cp_layer_f = np.maximum(0.0, dense_c.cp_fwd_s - dense_t.attention_forward)
         cp_layer_b = np.maximum(0.0, dense_c.cp_bwd_s - dense_t.attention_backward)
@@ -240,7 +245,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         cp_moe_b = np.maximum(0.0, moe_c.cp_bwd_s - moe_t.attention_backward)
         cp_exposed = per_stage(cp_layer_f, cp_moe_f) * repeat + per_stage(cp_layer_b, cp_moe_b)
     else:
-        cp_exposed = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
+        cp_exposed = cp_total
+    cp_hidden = cp_total - cp_exposed
     ep_exposed = Lm * (moe_c.ep_fwd_s[:, None] * repeat + moe_c.ep_bwd_s[:, None])
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
@@ -250,8 +256,11 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     layers = np.maximum(stages.layers, 1.0)
     zero_exposed = (np.maximum(0.0, dp.per_microbatch_fwd_s - compute_fwd) + dp.per_microbatch_fwd_s / layers
                     + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
+    zero_hidden = (np.minimum(dp.per_microbatch_fwd_s, compute_fwd) + np.minimum(dp.per_microbatch_bwd_s, compute_bwd))
+    # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
+    contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden)
 
-    t_mb = forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed
+    t_mb = forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + contention
     t_mb = np.where(stages.exists, t_mb, -np.inf)
     bottleneck = np.argmax(t_mb, axis=1)
     T = _pick(t_mb, bottleneck)
@@ -281,13 +290,15 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     offloaded = (shard * (training.grad_bytes + 2) / (options.pcie_GBps * 1e9)
                  + shard / options.cpu_adam_params_per_s)
     optimizer_s = np.where(plans.optimizer_offload[:, None], offloaded, on_gpu)
-    tail = np.where(stages.exists, grad_exposed + gather_exposed + optimizer_s, -np.inf)
+    step_contention = options.overlap_sm_fraction * ((dp.grad_sync_s - grad_exposed) + (dp.param_gather_s - gather_exposed))
+    tail = np.where(stages.exists, grad_exposed + gather_exposed + step_contention + optimizer_s, -np.inf)
     tail_stage = np.argmax(tail, axis=1)
     dp_exposed = _pick(grad_exposed + gather_exposed, tail_stage)
     optimizer_step = _pick(optimizer_s, tail_stage)
+    step_contention = _pick(step_contention, tail_stage)
 
     pipeline = (mf + bubble_factor) * T
-    step = pipeline + pp_comm + dp_exposed + optimizer_step
+    step = pipeline + pp_comm + dp_exposed + step_contention + optimizer_step
 
     def at_bottleneck(values):
         return _pick(values, bottleneck)
@@ -301,6 +312,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         "pp_bubble": bubble_factor * T,
         "pp_comm": pp_comm,
         "dp_comm": dp_exposed + mf * at_bottleneck(zero_exposed),  # ZeRO-2/3 traffic is data-parallel
+        "overlap_contention": mf * at_bottleneck(contention) + step_contention,
         "optimizer": optimizer_step,
     }
 

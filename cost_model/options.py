@@ -42,6 +42,11 @@ class CostOptions:
     grad_bucket_elements: float = 40e6
     """Megatron DDP bucket size; the last bucket's reduction cannot overlap the backward pass."""
 
+    overlap_sm_fraction: float = 0.15
+    """Share of the GPU's SMs that NCCL kernels occupy while a collective overlaps compute: NCCL runs one
+    thread block per channel, and uses 16-32 channels on Hopper/Blackwell nodes (NCCL_MIN/MAX_NCHANNELS
+    defaults), i.e. about 20 of 132 SMs. Assumption, absorbed in the calibration of the GEMM efficiency."""
+
     pcie_GBps: float = 50.0
     """Host link per GPU (PCIe Gen5 x16 achieves about 50 GB/s per direction) for optimizer offload."""
 
