@@ -264,6 +264,8 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     m = num_microbatches[:, None].astype(float)
     per_layer = np.maximum(layers, 1.0)
     for group, params in groups:
+        if not params.any():  # no routed experts in a dense model: nothing to reduce over that group
+            continue
         buckets = np.maximum(1.0, np.ceil(params / bucket_elements))
         chunks = np.where(zero >= 3, per_layer, buckets)
 
