@@ -64,7 +64,7 @@ class PlanArrays:
         n = None
         for f in fields(self):
             value = np.asarray(getattr(self, f.name))
-            value = value.astype(bool) if f.name in BOOL_COLUMNS else value.astype(np.int64)
+            value = value.astype(bool, copy=False) if f.name in BOOL_COLUMNS else value.astype(np.int64, copy=False)
             value = np.atleast_1d(value)
             setattr(self, f.name, value)
             n = len(value) if n is None else n

