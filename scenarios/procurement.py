@@ -138,14 +138,19 @@ def load_study(path: str | Path) -> Study:
                  options_spec=search_options, options=options, sensitivities=sensitivities)
 
 
+def _check_entry(raw: Any, where: str, known: tuple[str, ...] | list[str], example: str, source: str) -> None:
+    """An entry of a list in the study file: a mapping whose keys are all known."""
+    if not isinstance(raw, dict):
+        raise InputError(source, where, "must be a mapping", f"e.g. {example}")
+    for key in raw:
+        if key not in known:
+            raise InputError(source, f"{where}.{key}", f"unknown key{did_you_mean(str(key), known)}",
+                             f"known keys: {', '.join(known)}")
+
+
 def _option(raw: Any, index: int, base: Path, source: str) -> ClusterOption:
     where = f"options[{index}]"
-    if not isinstance(raw, dict):
-        raise InputError(source, where, "must be a mapping", "e.g. {name: H100 x 1024, cluster: h100x1024}")
-    for key in raw:
-        if key not in OPTION_KEYS:
-            raise InputError(source, f"{where}.{key}", f"unknown key{did_you_mean(str(key), OPTION_KEYS)}",
-                             f"known keys: {', '.join(OPTION_KEYS)}")
+    _check_entry(raw, where, OPTION_KEYS, "{name: H100 x 1024, cluster: h100x1024}", source)
     if not raw.get("name") or not isinstance(raw.get("cluster"), str):
         raise InputError(source, where, "needs a name and a cluster", "e.g. {name: H100 x 1024, cluster: h100x1024}")
     overrides = dict(raw.get("overrides") or {})
@@ -165,12 +170,8 @@ def _option(raw: Any, index: int, base: Path, source: str) -> ClusterOption:
 def _sensitivity(raw: Any, index: int, names: list[str], options: tuple[ClusterOption, ...],
                  source: str) -> Sensitivity:
     where = f"sensitivity[{index}]"
-    if not isinstance(raw, dict):
-        raise InputError(source, where, "must be a mapping", "e.g. {option: H100 x 1024, parameter: topology.nic_gbps, values: [200, 400]}")
-    for key in raw:
-        if key not in SENSITIVITY_KEYS:
-            raise InputError(source, f"{where}.{key}", f"unknown key{did_you_mean(str(key), SENSITIVITY_KEYS)}",
-                             f"known keys: {', '.join(SENSITIVITY_KEYS)}")
+    _check_entry(raw, where, SENSITIVITY_KEYS,
+                 "{option: H100 x 1024, parameter: topology.nic_gbps, values: [200, 400]}", source)
     option = raw.get("option")
     if option not in names:
         raise InputError(source, f"{where}.option", f"unknown option {option!r}{did_you_mean(str(option), names)}",

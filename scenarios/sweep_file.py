@@ -259,20 +259,21 @@ def _resolve_path(label: str, base_dir: Path) -> Path | None:
     return candidate if candidate.exists() else Path(label)
 
 
-def _load_model(label: str, base_dir: Path, source: str, index: int) -> ModelInput:
+def _load(axis: str, loader, label: str, base_dir: Path, source: str, index: int):
+    """A preset name or a file (relative to the sweep file); errors name the axis entry."""
     path = _resolve_path(label, base_dir)
     try:
-        return load_model(path if path is not None else label)
+        return loader(path if path is not None else label)
     except InputError as exc:
-        raise InputError(source, f"axes.model[{index}]", f"{exc}", "fix the model name or file") from None
+        raise InputError(source, f"axes.{axis}[{index}]", f"{exc}", f"fix the {axis} name or file") from None
+
+
+def _load_model(label: str, base_dir: Path, source: str, index: int) -> ModelInput:
+    return _load("model", load_model, label, base_dir, source, index)
 
 
 def _load_cluster(label: str, base_dir: Path, source: str, index: int) -> ClusterSpec:
-    path = _resolve_path(label, base_dir)
-    try:
-        return load_cluster(path if path is not None else label)
-    except InputError as exc:
-        raise InputError(source, f"axes.cluster[{index}]", f"{exc}", "fix the cluster name or file") from None
+    return _load("cluster", load_cluster, label, base_dir, source, index)
 
 
 def expand(sweep: SweepSpec) -> list[ScenarioTask]:

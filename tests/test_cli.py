@@ -16,7 +16,7 @@ EXAMPLES = ROOT / "examples"
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     argv = sys.argv
-    sys.argv = ["plan-search", *args]
+    sys.argv = ["plan-search", *map(str, args)]
     try:
         with pytest.raises(SystemExit) as exit_info:
             main()

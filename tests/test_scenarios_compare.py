@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import pandas as pd
 import pytest
 
-from optimizer.cli import main
+from tests.test_cli import run as cli
 from scenarios.compare import compare_tables
 from scenarios.runner import run_sweep
 from scenarios.sweep_file import sweep_from_mapping
@@ -24,16 +23,6 @@ def results(tmp_path_factory):
     return out / "results.parquet"
 
 
-def cli(capsys, *args):
-    argv = sys.argv
-    sys.argv = ["plan-search", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def doctored(path, tmp_path, name, edit):
