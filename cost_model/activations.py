@@ -45,6 +45,20 @@ The same inventory adapts to modern layers:
 
 Full recompute keeps only each layer's input (2sbh, split by SP) — Korthikanti's 2sbh/t with SP.
 Norm statistics (8 bytes per token) and RNG state are ignored, as the paper does.
+
+Selective recompute drops the tensors of the submodules it names (Megatron ``--recompute-modules``):
+
+=================  ==========================================================================
+module             tensors no longer saved
+=================  ==========================================================================
+core_attn          the s x s scores, probabilities and masks (flash attention saves none)
+layernorm          both norm outputs (the QKV / MLA down-projection input and the MLP input)
+mla_up_proj        MLA's per-head Q, K and V (rebuilt from the saved latents)
+mlp                the dense MLP's fc1 output and fc2 input (its bf16 input is kept)
+moe_act            every routed expert's fc2 input (the activation output)
+moe                router probabilities, routed experts' and shared experts' tensors (input kept)
+shared_experts     the shared experts' fc1 output and fc2 input
+=================  ==========================================================================
 """
 
 from __future__ import annotations
@@ -54,7 +68,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model_spec import ModelSpec
-from .plan import PlanArrays, SELECTIVE
+from .plan import MODULE_BIT, PlanArrays, SELECTIVE
 from .training_spec import TrainingSpec
 
 ACT_BYTES = 2  # bf16 activations between layers
@@ -102,9 +116,15 @@ def _shapes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> _Sha
     )
 
 
+def recomputes(plans: PlanArrays, module: str) -> np.ndarray:
+    """Plans whose selective recompute includes ``module`` (booleans over plans)."""
+    return (plans.recompute == SELECTIVE) & ((plans.recompute_modules & MODULE_BIT[module]) != 0)
+
+
 def attention_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
-                          selective: np.ndarray | None = None) -> np.ndarray:
-    """Saved bytes of the attention half of a layer (norm 1 through the residual), per rank."""
+                          selective: bool = True) -> np.ndarray:
+    """Saved bytes of the attention half of a layer (norm 1 through the residual), per rank;
+    ``selective=False`` ignores the plan's recompute modules."""
     sh = _shapes(model, training, plans)
     h = model.hidden_size
     e, g = ACT_BYTES, sh.gemm_in_bytes
@@ -120,11 +140,16 @@ def attention_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanA
         if model.q_lora_rank:
             replicated += e * model.q_lora_rank + g * model.q_lora_rank
         replicated += e * (model.kv_lora_rank + model.qk_rope_head_dim) + g * model.kv_lora_rank
-    split = (e * sh.q_heads * model.q_head_dim          # Q
-             + e * sh.kv_heads * model.q_head_dim        # K
-             + e * sh.kv_heads * model.v_dim             # V
-             + g * sh.q_heads * model.v_dim)             # output-projection input (= attention output)
-    per_token = replicated / sh.sp_div + split
+    qkv = (e * sh.q_heads * model.q_head_dim            # Q
+           + e * sh.kv_heads * model.q_head_dim          # K
+           + e * sh.kv_heads * model.v_dim)              # V
+    out_proj_input = g * sh.q_heads * model.v_dim        # = attention output
+    norm_output = g * h                                  # QKV / down-projection GEMM input
+    if selective:
+        if model.is_mla:
+            qkv = np.where(recomputes(plans, "mla_up_proj"), 0.0, qkv)
+        replicated = replicated - np.where(recomputes(plans, "layernorm"), norm_output, 0.0)
+    per_token = replicated / sh.sp_div + qkv + out_proj_input
 
     scores = np.zeros_like(tok)
     if training.flash_attention:
@@ -133,8 +158,8 @@ def attention_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanA
         # s x s tensors per head: softmax output (2 bytes) + with dropout a 1-byte mask and a 2-byte output.
         score_bytes = (2 + 1 + 2) if dropout else 2
         scores = score_bytes * sh.q_heads * tok * sh.s_kv
-        if selective is not None:
-            scores = np.where(selective, 0.0, scores)
+        if selective:
+            scores = np.where(recomputes(plans, "core_attn"), 0.0, scores)
     return per_token * tok + scores
 
 
@@ -146,13 +171,27 @@ def _mlp_saved_per_token(model: ModelSpec, training: TrainingSpec, width_per_ran
     return fc1_out + g * width_per_rank
 
 
-def dense_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+def _mlp_input_bytes(plans: PlanArrays, h: int, gemm_in_bytes: int, checkpointed: np.ndarray) -> np.ndarray:
+    """Per token before the SP split: the norm-2 output the MLP (or MoE) block keeps as its input.
+
+    Saved by fc1 (1 byte under FP8), or at 2 bytes as a checkpointed block's input; discarded by
+    ``layernorm`` recompute."""
+    kept = np.where(checkpointed, ACT_BYTES * h, gemm_in_bytes * h)
+    return np.where(recomputes(plans, "layernorm"), 0.0, kept)
+
+
+def dense_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
+                          selective: bool = True) -> np.ndarray:
     sh = _shapes(model, training, plans)
     h = model.hidden_size
-    replicated = ACT_BYTES * h + sh.gemm_in_bytes * h  # norm-2 input, fc1 input
-    if training.dropout:
-        replicated += 1 * h
+    replicated = ACT_BYTES * h + (1 * h if training.dropout else 0)  # norm-2 input (+ dropout mask)
     split = _mlp_saved_per_token(model, training, model.ffn_hidden_size / sh.t)
+    if selective:
+        checkpointed = recomputes(plans, "mlp")
+        replicated = replicated + _mlp_input_bytes(plans, h, sh.gemm_in_bytes, checkpointed)
+        split = np.where(checkpointed, 0.0, split)
+    else:
+        replicated = replicated + sh.gemm_in_bytes * h
     return (replicated / sh.sp_div + split) * sh.tokens
 
 
@@ -167,20 +206,32 @@ def routed_pairs_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanA
     return tokens * model.experts_per_token * training.moe_capacity_factor * plans.etp / plans.tp
 
 
-def moe_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+def moe_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
+                        selective: bool = True) -> np.ndarray:
     sh = _shapes(model, training, plans)
     h = model.hidden_size
     e, g = ACT_BYTES, sh.gemm_in_bytes
-    replicated = e * h + g * h + 4 * model.num_experts  # norm-2 input, router/expert input, fp32 router probs
-    if training.dropout:
-        replicated += 1 * h
-    per_token = replicated / sh.sp_div
+    n = len(plans)
+    checkpointed = recomputes(plans, "moe") if selective else np.zeros(n, dtype=bool)
+    block_input = _mlp_input_bytes(plans, h, g, checkpointed) if selective else np.full(n, float(g * h))
+    norm_input = e * h + (1 * h if training.dropout else 0)
+    router_probs = np.where(checkpointed, 0.0, 4.0 * model.num_experts)  # fp32, E per token
+    per_token = (norm_input + block_input + router_probs) / sh.sp_div
     if model.shared_expert_ffn_hidden_size:
-        per_token = per_token + _mlp_saved_per_token(model, training, model.shared_expert_ffn_hidden_size / sh.t)
+        shared = _mlp_saved_per_token(model, training, model.shared_expert_ffn_hidden_size / sh.t)
+        if selective:
+            shared = np.where(checkpointed | recomputes(plans, "shared_experts"), 0.0, shared)
+        per_token = per_token + shared
     pairs = routed_pairs_per_rank(model, training, plans)
+    width = model.moe_ffn_hidden_size / plans.etp
+    fc2_input = g * width
+    if selective:
+        fc2_input = np.where(recomputes(plans, "moe_act"), 0.0, fc2_input)
     per_pair = (g * h                                              # expert fc1 input (permuted tokens)
-                + _mlp_saved_per_token(model, training, model.moe_ffn_hidden_size / plans.etp)
+                + e * width * (2 if model.gated_mlp else 1)       # expert fc1 output
+                + fc2_input                                        # expert fc2 input (activation output)
                 + e * h)                                           # expert output, for the weighted combine
+    per_pair = np.where(checkpointed, 0.0, per_pair)
     return per_token * sh.tokens + per_pair * pairs
 
 
@@ -191,17 +242,20 @@ def layer_input_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArray
 
 
 def layer_activations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> LayerActivations:
-    selective = plans.recompute == SELECTIVE
-    attention = attention_block_bytes(model, training, plans, selective=selective)
-    attention_all = attention_block_bytes(model, training, plans)
-    dense_mlp = dense_mlp_block_bytes(model, training, plans) if model.num_dense_layers else 0.0 * attention
-    moe_mlp = moe_mlp_block_bytes(model, training, plans) if model.is_moe else 0.0 * attention
+    attention = attention_block_bytes(model, training, plans)
+    attention_all = attention_block_bytes(model, training, plans, selective=False)
+    zero = 0.0 * attention
+    has_dense, is_moe = model.num_dense_layers > 0, model.is_moe
+    dense_mlp = dense_mlp_block_bytes(model, training, plans) if has_dense else zero
+    dense_mlp_all = dense_mlp_block_bytes(model, training, plans, selective=False) if has_dense else zero
+    moe_mlp = moe_mlp_block_bytes(model, training, plans) if is_moe else zero
+    moe_mlp_all = moe_mlp_block_bytes(model, training, plans, selective=False) if is_moe else zero
     return LayerActivations(
         dense_full=attention + dense_mlp,
         moe_full=attention + moe_mlp,
         layer_input=layer_input_bytes(model, training, plans),
-        dense_no_recompute=attention_all + dense_mlp,
-        moe_no_recompute=attention_all + moe_mlp,
+        dense_no_recompute=attention_all + dense_mlp_all,
+        moe_no_recompute=attention_all + moe_mlp_all,
     )
 
 

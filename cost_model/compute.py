@@ -19,8 +19,9 @@ L / (L + 512) of the GPU's attention efficiency, L the tokens one kernel call se
 Priced at the GPU's attention efficiency.
 
 Element-wise kernels (norms, residual adds, rotary embedding, SwiGLU/GeLU, dropout, unfused softmax,
-MoE permutation) are memory bound: bytes read + written / achievable HBM bandwidth. Their backward
-moves about twice the forward's bytes.
+MoE token reordering, FP8 casts of GEMM inputs) are memory bound: bytes read + written / achievable
+HBM bandwidth. Their backward moves about twice the forward's bytes (for the FP8 casts: the output
+gradients, cast in both layouts like the forward inputs).
 
 Backward GEMMs: one data-gradient and one weight-gradient GEMM per forward GEMM, same FLOPs each.
 """
@@ -33,7 +34,7 @@ import numpy as np
 
 from hardware.schema import GPUSpec
 
-from .activations import ACT_BYTES, routed_pairs_per_rank
+from .activations import ACT_BYTES, recomputes, routed_pairs_per_rank
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -53,6 +54,8 @@ class LayerTimes:
     attention_backward: np.ndarray
     gemm_forward: np.ndarray
     """GEMM part of the forward (what TP communication overlap can hide behind)."""
+    selective_recompute: np.ndarray
+    """What the plan's selective recompute modules rerun in backward (zero for other modes)."""
     forward_flops: np.ndarray
     """FLOPs executed forward (model FLOPs; recompute adds more)."""
     attention_forward_flops: np.ndarray
@@ -100,6 +103,14 @@ class _Pricer:
     def streaming(self, bytes_moved):
         return np.asarray(bytes_moved, dtype=float) / self.hbm_bytes_per_s
 
+    def quantize(self, m, k, count=1.0):
+        """Seconds to cast a GEMM's (m x k) bf16 input to FP8 in both the row- and the column-wise
+        layout that forward and weight-gradient GEMMs read: 2 bytes read, 2 written per element
+        (Transformer Engine); zero without FP8. Weights are cast once per step and left out."""
+        if self.in_bytes != 1:
+            return 0.0
+        return count * self.streaming(4.0 * np.asarray(m, dtype=float) * np.asarray(k, dtype=float))
+
 
 def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
                options: CostOptions):
@@ -113,23 +124,30 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
 
     gemm_s = np.zeros(len(plans))
     gemm_flops = np.zeros(len(plans))
+    quantize_s = np.zeros(len(plans))
 
-    def add(seconds_flops):
-        nonlocal gemm_s, gemm_flops
+    def add(seconds_flops, k):
+        nonlocal gemm_s, gemm_flops, quantize_s
         gemm_s = gemm_s + seconds_flops[0]
         gemm_flops = gemm_flops + seconds_flops[1]
+        quantize_s = quantize_s + pricer.quantize(tokens, k)
 
+    up_proj_s = np.zeros(len(plans))
     if model.is_mla:
         if model.q_lora_rank:
-            add(pricer.gemm(tokens, model.q_lora_rank, h))                       # q_a (replicated)
-            add(pricer.gemm(tokens, q_heads * model.q_head_dim, model.q_lora_rank))  # q_b
+            add(pricer.gemm(tokens, model.q_lora_rank, h), h)                    # q_a (replicated)
+            q_b = pricer.gemm(tokens, q_heads * model.q_head_dim, model.q_lora_rank)
+            add(q_b, model.q_lora_rank)
+            up_proj_s = up_proj_s + q_b[0]
         else:
-            add(pricer.gemm(tokens, q_heads * model.q_head_dim, h))
-        add(pricer.gemm(tokens, model.kv_lora_rank + model.qk_rope_head_dim, h))  # kv_a (replicated)
-        add(pricer.gemm(tokens, q_heads * (model.qk_nope_head_dim + model.v_head_dim), model.kv_lora_rank))
+            add(pricer.gemm(tokens, q_heads * model.q_head_dim, h), h)
+        add(pricer.gemm(tokens, model.kv_lora_rank + model.qk_rope_head_dim, h), h)  # kv_a (replicated)
+        kv_b = pricer.gemm(tokens, q_heads * (model.qk_nope_head_dim + model.v_head_dim), model.kv_lora_rank)
+        add(kv_b, model.kv_lora_rank)
+        up_proj_s = up_proj_s + kv_b[0]
     else:
-        add(pricer.gemm(tokens, (q_heads + 2 * kv_heads) * model.head_dim, h))   # fused QKV
-    add(pricer.gemm(tokens, q_heads * model.v_dim, h))                              # output projection
+        add(pricer.gemm(tokens, (q_heads + 2 * kv_heads) * model.head_dim, h), h)  # fused QKV
+    add(pricer.gemm(tokens, q_heads * model.v_dim, h), q_heads * model.v_dim)     # output projection
 
     s_kv = float(training.seq_length)
     causal_skip = 0.5 if (training.causal and training.flash_attention) else 1.0
@@ -145,7 +163,8 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
     backward_factor = 2.5 if training.flash_attention else 2.0
 
     e = ACT_BYTES
-    per_token = (4 * e * h + 6 * e * h) / sp_div                  # norm (read+write), 2 residual adds
+    norms_s = pricer.streaming(4 * e * h / sp_div * tokens)      # two norms, each reads and writes h
+    per_token = (4 * e * h + 6 * e * h) / sp_div                  # the norms, 2 residual adds
     per_token = per_token + 2 * e * (q_heads + kv_heads) * model.q_head_dim  # rotary embedding on q, k
     if training.dropout:
         per_token = per_token + (2 * e + 1) * h / sp_div
@@ -153,8 +172,12 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
     if not training.flash_attention:
         score_passes = 4 if training.dropout else 2                 # softmax read/write (+ dropout)
         elementwise = elementwise + score_passes * e * q_heads * tokens * s_kv
-    elementwise_s = pricer.streaming(elementwise)
-    return gemm_s, gemm_flops, core_fwd_s, core_flops, backward_factor, elementwise_s
+    elementwise_s = pricer.streaming(elementwise) + quantize_s
+    # What selective recompute reruns in this half: core attention, the norms, MLA's up-projections.
+    rerun = (np.where(recomputes(plans, "core_attn"), core_fwd_s, 0.0)
+             + np.where(recomputes(plans, "layernorm"), norms_s, 0.0)
+             + np.where(recomputes(plans, "mla_up_proj"), up_proj_s, 0.0))
+    return gemm_s, gemm_flops, core_fwd_s, core_flops, backward_factor, elementwise_s, rerun
 
 
 def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer, width_per_rank,
@@ -165,7 +188,8 @@ def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _P
     s1, f1 = pricer.gemm(tokens, fc1_width, h)
     s2, f2 = pricer.gemm(tokens, h, width_per_rank)
     act_bytes = ACT_BYTES * width_per_rank * (3 if model.gated_mlp else 2) * tokens
-    return s1 + s2, f1 + f2, pricer.streaming(act_bytes)
+    quantize_s = pricer.quantize(tokens, h) + pricer.quantize(tokens, width_per_rank)
+    return s1 + s2, f1 + f2, pricer.streaming(act_bytes) + quantize_s
 
 
 def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu: GPUSpec,
@@ -174,21 +198,24 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     pricer = _Pricer(gpu, training, options)
     t = plans.tp.astype(float)
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s = _attention(model, training, plans, pricer, options)
+    att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s, att_rerun = _attention(
+        model, training, plans, pricer, options)
 
-    def assemble(gemm_s, gemm_flops, elem_s):
+    def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun):
         forward = gemm_s + core_s + elem_s
         backward = 2 * gemm_s + bwd_factor * core_s + 2 * elem_s
         return LayerTimes(forward=forward, backward=backward, attention_forward=core_s,
                           attention_backward=bwd_factor * core_s, gemm_forward=gemm_s,
+                          selective_recompute=att_rerun + mlp_rerun,
                           forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops)
 
     zero = np.zeros(len(plans))
     if model.num_dense_layers:
         mlp_s, mlp_flops, mlp_elem = _mlp(model, training, plans, pricer, model.ffn_hidden_size / t, tokens)
-        dense = assemble(att_gemm_s + mlp_s, att_flops + mlp_flops, att_elem_s + mlp_elem)
+        dense = assemble(att_gemm_s + mlp_s, att_flops + mlp_flops, att_elem_s + mlp_elem,
+                         np.where(recomputes(plans, "mlp"), mlp_s + mlp_elem, 0.0))
     else:
-        dense = LayerTimes(zero, zero, zero, zero, zero, zero, zero)
+        dense = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero)
 
     if model.is_moe:
         sp_div = np.where(plans.sequence_parallel, t, 1.0)
@@ -199,16 +226,31 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         fc1 = width * (2 if model.gated_mlp else 1)
         e1_s, e1_f = pricer.gemm(pairs / local_experts, fc1, model.hidden_size, count=local_experts)
         e2_s, e2_f = pricer.gemm(pairs / local_experts, model.hidden_size, width, count=local_experts)
-        expert_elem = ACT_BYTES * pairs * (width * (3 if model.gated_mlp else 2) + 4 * model.hidden_size)
+        activation_s = pricer.streaming(ACT_BYTES * pairs * width * (3 if model.gated_mlp else 2))
+        # Token reordering, each a read and a write of h per pair: permute before dispatch and unpermute
+        # after combine; with several local experts Megatron's all-to-all dispatcher also sorts the
+        # received tokens by expert and back (megatron/core/transformer/moe/token_dispatcher.py,
+        # sort_chunks_by_idxs).
+        reorders = np.where(local_experts > 1, 4.0, 2.0)
+        reorder_s = pricer.streaming(ACT_BYTES * pairs * 2 * reorders * model.hidden_size)
+        quantize_s = pricer.quantize(pairs, model.hidden_size) + pricer.quantize(pairs, width)
+        expert_elem_s = activation_s + reorder_s + quantize_s
+        experts_s = router_s + e1_s + e2_s + expert_elem_s
+        shared_s = zero
         gemm_s = att_gemm_s + router_s + e1_s + e2_s
         flops = att_flops + router_flops + e1_f + e2_f
-        elem_s = att_elem_s + pricer.streaming(expert_elem)
+        elem_s = att_elem_s + expert_elem_s
         if model.shared_expert_ffn_hidden_size:
             sh_s, sh_f, sh_elem = _mlp(model, training, plans, pricer, model.shared_expert_ffn_hidden_size / t, tokens)
             gemm_s, flops, elem_s = gemm_s + sh_s, flops + sh_f, elem_s + sh_elem
-        moe = assemble(gemm_s, flops, elem_s)
+            shared_s = sh_s + sh_elem
+        whole = recomputes(plans, "moe")
+        rerun = np.where(whole, experts_s + shared_s,
+                         np.where(recomputes(plans, "moe_act"), activation_s, 0.0)
+                         + np.where(recomputes(plans, "shared_experts"), shared_s, 0.0))
+        moe = assemble(gemm_s, flops, elem_s, rerun)
     else:
-        moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero)
+        moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero)
     return dense, moe
 
 

@@ -47,7 +47,8 @@ from .memory import GIB, MemoryBreakdown, StageParameters, memory_breakdown, pad
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
-from .plan import FULL, SELECTIVE, PlanArrays
+from .activations import recomputes
+from .plan import PlanArrays
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .training_spec import TrainingSpec
 
@@ -198,6 +199,16 @@ def peak_memory_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArray
                            for i in range(0, len(plans), BLOCK_PLANS)])
 
 
+def _selective_collectives(plans: PlanArrays) -> dict[str, np.ndarray]:
+    """Share of a layer's forward collectives that the selective recompute modules send again."""
+    return {
+        "dense_tp": np.where(recomputes(plans, "mlp"), 0.5, 0.0),  # the MLP's all-gather + reduce-scatter
+        "moe_tp": np.where(recomputes(plans, "moe"), 0.5, 0.0),
+        "ep": np.where(recomputes(plans, "moe"), 1.0, 0.0),         # dispatch and combine
+        "cp": np.where(recomputes(plans, "core_attn"), 1.0, 0.0),   # the K/V ring (or all-to-all)
+    }
+
+
 def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, plans: PlanArrays,
               options: CostOptions | None = None) -> PlanMetrics:
     options = options or CostOptions()
@@ -221,33 +232,38 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     backward = per_stage(dense_t.backward, moe_t.backward) + np.where(head, head_bwd[:, None], 0.0)
     share = recomputed_layer_share(plans, stages)
     layers_forward = per_stage(dense_t.forward, moe_t.forward)
-    recompute = np.where(plans.recompute[:, None] == FULL, share * layers_forward,
-                         np.where(plans.recompute[:, None] == SELECTIVE,
-                                  per_stage(dense_t.attention_forward, moe_t.attention_forward), 0.0))
+    recompute = share * layers_forward + per_stage(dense_t.selective_recompute, moe_t.selective_recompute)
 
     # ---- communication per micro-batch per stage ----
     placements = place(cluster, plans, options)
     pricer = CommPricer(cluster, placements)
     dense_c, moe_c = layer_communication(model, training, plans, pricer, options)
-    repeat = 1.0 + share  # recomputed layers repeat their forward collectives
-    tp_total = (per_stage(dense_c.tp_fwd_s, moe_c.tp_fwd_s) * repeat + per_stage(dense_c.tp_bwd_s, moe_c.tp_bwd_s))
+    # Recomputed forwards send their collectives again: whole layers under full recompute; the MLP's
+    # half of the TP traffic ('mlp', 'moe'), the dispatch and combine ('moe') and the CP exchange
+    # ('core_attn') under selective recompute.
+    again = _selective_collectives(plans)
+    repeat = 1.0 + share
+    tp_fwd = (per_stage(dense_c.tp_fwd_s * (1 + again["dense_tp"]), moe_c.tp_fwd_s * (1 + again["moe_tp"]))
+              * repeat)
+    tp_total = tp_fwd + per_stage(dense_c.tp_bwd_s, moe_c.tp_bwd_s)
     if training.tp_comm_overlap:
         gemm = per_stage(dense_t.gemm_forward, moe_t.gemm_forward) * (3.0 + share)
         tp_exposed = np.maximum(0.0, tp_total - gemm)
     else:
         tp_exposed = tp_total
     tp_hidden = tp_total - tp_exposed
-    cp_total = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
+    cp_repeat = (1.0 + again["cp"])[:, None] * repeat
+    cp_total = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * cp_repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
     if options.cp_comm_type == "p2p":
         cp_layer_f = np.maximum(0.0, dense_c.cp_fwd_s - dense_t.attention_forward)
         cp_layer_b = np.maximum(0.0, dense_c.cp_bwd_s - dense_t.attention_backward)
         cp_moe_f = np.maximum(0.0, moe_c.cp_fwd_s - moe_t.attention_forward)
         cp_moe_b = np.maximum(0.0, moe_c.cp_bwd_s - moe_t.attention_backward)
-        cp_exposed = per_stage(cp_layer_f, cp_moe_f) * repeat + per_stage(cp_layer_b, cp_moe_b)
+        cp_exposed = per_stage(cp_layer_f, cp_moe_f) * cp_repeat + per_stage(cp_layer_b, cp_moe_b)
     else:
         cp_exposed = cp_total
     cp_hidden = cp_total - cp_exposed
-    ep_exposed = Lm * (moe_c.ep_fwd_s[:, None] * repeat + moe_c.ep_bwd_s[:, None])
+    ep_exposed = Lm * (moe_c.ep_fwd_s[:, None] * (1.0 + again["ep"])[:, None] * repeat + moe_c.ep_bwd_s[:, None])
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
                                      options.grad_bucket_elements)
@@ -328,14 +344,18 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     mfu = model_flops / (step * num_gpus * peak)
     hfu = hardware_flops / (step * num_gpus * peak)
 
-    def sent_per_step(total, forward):
+    def sent_per_step(total, forward, again_dense, again_moe):
         """Bytes per step: every layer's forward and backward, plus the recomputed forwards."""
-        return mf * at_bottleneck(per_stage(*total) + share * per_stage(*forward))
+        resent = per_stage(forward[0] * again_dense, forward[1] * again_moe)
+        return mf * at_bottleneck(per_stage(*total) + share * per_stage(*forward) + resent)
 
+    no_dense = np.zeros(len(plans))
     comm = {
-        "tp": sent_per_step((dense_c.tp_bytes, moe_c.tp_bytes), (dense_c.tp_fwd_bytes, moe_c.tp_fwd_bytes)),
-        "cp": sent_per_step((dense_c.cp_bytes, moe_c.cp_bytes), (dense_c.cp_fwd_bytes, moe_c.cp_fwd_bytes)),
-        "ep": sent_per_step((0 * dense_c.ep_bytes, moe_c.ep_bytes), (0 * dense_c.ep_bytes, moe_c.ep_fwd_bytes)),
+        "tp": sent_per_step((dense_c.tp_bytes, moe_c.tp_bytes), (dense_c.tp_fwd_bytes, moe_c.tp_fwd_bytes),
+                            again["dense_tp"], again["moe_tp"]),
+        "cp": sent_per_step((dense_c.cp_bytes, moe_c.cp_bytes), (dense_c.cp_fwd_bytes, moe_c.cp_fwd_bytes),
+                            again["cp"], again["cp"]),
+        "ep": sent_per_step((no_dense, moe_c.ep_bytes), (no_dense, moe_c.ep_fwd_bytes), no_dense, again["ep"]),
         "pp": 2 * mf * v * p2p_bytes,
         "dp": at_bottleneck(dp.bytes_per_step),
     }

@@ -30,7 +30,8 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .params import ParameterCounts
-from .plan import FULL, SELECTIVE, PlanArrays
+from .activations import recomputes
+from .plan import FULL, PlanArrays
 from .training_spec import TrainingSpec
 
 
@@ -71,12 +72,41 @@ def recompute_flops_per_step(model: ModelSpec, training: TrainingSpec, plans: Pl
                              recomputed_layer_share: np.ndarray, causal: bool = False) -> np.ndarray:
     """Extra forward FLOPs that recomputation executes per step (hardware minus model FLOPs).
 
-    Full: the recomputed share of the layers' forward. Selective: the attention core forward
-    (Korthikanti et al. 2022's 'selective activation recomputation').
+    Full: the recomputed share of the layers' forward. Selective: the forward GEMMs of the modules it
+    names — core attention (Korthikanti et al. 2022's 'selective activation recomputation'), MLA's
+    up-projections, the dense MLP, the MoE block (router, active and shared experts) or its shared
+    experts; ``layernorm`` and ``moe_act`` rerun element-wise kernels only (no FLOPs counted).
     """
     parts = forward_flops_per_sequence(model, training.seq_length, causal)
     layers = parts["projections"] + parts["attention"]
     batch = training.global_batch_size
     full = np.where(plans.recompute == FULL, recomputed_layer_share * layers * batch, 0.0)
-    selective = np.where(plans.recompute == SELECTIVE, parts["attention"] * batch, 0.0)
+    module_flops = selective_module_flops_per_sequence(model, training.seq_length, causal)
+    selective = np.zeros(len(plans))
+    for name, flops in module_flops.items():
+        on = recomputes(plans, name)
+        if name == "shared_experts":
+            on &= ~recomputes(plans, "moe")  # 'moe' already reruns them
+        selective = selective + np.where(on, flops * batch, 0.0)
     return full + selective
+
+
+def selective_module_flops_per_sequence(model: ModelSpec, seq_length: int, causal: bool = False) -> dict[str, float]:
+    """Forward FLOPs of one sequence in each recompute module, over all layers of the model."""
+    h, s = model.hidden_size, float(seq_length)
+    matrices = 3 if model.gated_mlp else 2
+    up_proj = 0.0
+    if model.is_mla:
+        heads = model.num_attention_heads
+        q_in = model.q_lora_rank or h
+        up_proj = 2.0 * s * (q_in * heads * model.q_head_dim
+                             + model.kv_lora_rank * heads * (model.qk_nope_head_dim + model.v_head_dim))
+    shared = 2.0 * s * matrices * h * model.shared_expert_ffn_hidden_size
+    routed = 2.0 * s * (matrices * h * model.experts_per_token * model.moe_ffn_hidden_size + h * model.num_experts)
+    return {
+        "core_attn": model.num_layers * attention_flops_per_sequence(model, seq_length, causal),
+        "mla_up_proj": model.num_layers * up_proj,
+        "mlp": model.num_dense_layers * 2.0 * s * matrices * h * model.ffn_hidden_size,
+        "moe": model.num_moe_layers * (routed + shared),
+        "shared_experts": model.num_moe_layers * shared,
+    }

@@ -17,13 +17,37 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 RECOMPUTE_CODE = {name: code for code, name in enumerate(RECOMPUTE_MODES)}
 NONE, SELECTIVE, FULL = 0, 1, 2
 
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
+"""Megatron-LM's ``--recompute-modules`` (with ``--recompute-granularity selective``), one bit each in
+``PlanArrays.recompute_modules``. ``core_attn``, ``mlp``, ``moe`` and ``shared_experts`` checkpoint the
+submodule (keep its input, rerun it in backward); ``layernorm``, ``moe_act`` and ``mla_up_proj`` discard
+their output after the next op consumed it and recompute it before backward (Megatron-LM
+``TransformerConfig.recompute_modules``)."""
+MODULE_BIT = {name: 1 << i for i, name in enumerate(RECOMPUTE_MODULES)}
+CORE_ATTN = MODULE_BIT["core_attn"]
+
+
+def module_mask(names: Iterable[str]) -> int:
+    """Bitmask of recompute module names (unknown names raise ValueError naming the choices)."""
+    mask = 0
+    for name in names:
+        if name not in MODULE_BIT:
+            raise ValueError(f"unknown recompute module {name!r}; choose from {', '.join(RECOMPUTE_MODULES)}")
+        mask |= MODULE_BIT[name]
+    return mask
+
+
+def module_names(mask: int) -> list[str]:
+    """Module names of a bitmask, in Megatron's order."""
+    return [name for name in RECOMPUTE_MODULES if int(mask) & MODULE_BIT[name]]
+
 PLAN_DEFAULTS = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
-                 "recompute_num_layers": -1, "sequence_parallel": False, "zero_stage": 0,
+                 "recompute_num_layers": -1, "recompute_modules": CORE_ATTN, "sequence_parallel": False, "zero_stage": 0,
                  "optimizer_offload": False, "pp": 1, "dp": 1}
 """Neutral value of every knob a plan record or column mapping leaves out (tp is required)."""
 
 INT_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute", "recompute_num_layers",
-               "zero_stage")
+               "recompute_modules", "zero_stage")
 BOOL_COLUMNS = ("sequence_parallel", "optimizer_offload")
 
 
@@ -48,10 +72,13 @@ class PlanArrays:
     micro_batch: np.ndarray
     """Sequences per micro-batch (``--micro-batch-size``)."""
     recompute: np.ndarray
-    """0 none, 1 selective (core attention, Korthikanti et al. 2022), 2 full (whole layers)."""
+    """0 none, 1 selective (the submodules in ``recompute_modules``), 2 full (whole layers)."""
     recompute_num_layers: np.ndarray
     """With full recompute: layers recomputed per virtual stage chunk (Megatron ``block`` method);
     -1 = every layer of the chunk."""
+    recompute_modules: np.ndarray
+    """With selective recompute: bitmask of :data:`RECOMPUTE_MODULES` (Megatron ``--recompute-modules``);
+    Megatron's default is core attention alone (Korthikanti et al. 2022). Ignored by other modes."""
     sequence_parallel: np.ndarray
     """Megatron sequence parallelism: norms and dropout split along the sequence across TP ranks."""
     zero_stage: np.ndarray

@@ -7,9 +7,10 @@ Engine lose more to scaling, casts and transposes than BF16 GEMMs do. One number
 ``gemm_efficiency_fp8``, is fitted; nothing is fitted per row.
 
 Method: for each GPU, the rows in :data:`CALIBRATION_ROWS` (the largest dense model of each GPU,
-Llama 3.1 405B) fix ``gemm_efficiency_fp8`` so that the median signed log error of those rows is zero
-(bisection: predicted throughput rises monotonically with the efficiency). Every other FP8 row of that
-GPU is held out and reported separately. ``plan-search calibrate`` prints both; ``--write`` stores the
+Llama 3.1 405B) fix ``gemm_efficiency_fp8`` (or ``gemm_efficiency`` for BF16) so that the median signed
+log error of those rows is zero (bisection: predicted throughput rises monotonically with the
+efficiency). Every other row of that GPU and precision is held out and reported separately. GPUs
+without a BF16 row take a BF16 value derived from their FP8 one (:data:`DERIVED_BF16`). ``plan-search calibrate`` prints both; ``--write`` stores the
 values in the GPU presets with the rows they came from.
 """
 
@@ -39,6 +40,12 @@ held out. FP8 fits ``gemm_efficiency_fp8``; BF16 (and FP16) fits ``gemm_efficien
 
 PARAMETER = {"fp8": "gemm_efficiency_fp8", "bf16": "gemm_efficiency"}
 
+DERIVED_BF16 = {"b200": "h100-sxm", "gb200-nvl72": "h100-sxm"}
+"""GPUs with an FP8 calibration row but no BF16 one: their BF16 efficiency is derived so that their
+BF16 to FP8 achieved-rate ratio equals the reference GPU's calibrated ratio (on H100 the calibrated
+BF16 rate is about 0.65 of the FP8 rate). Cross-check: BF16 GEMM microbenchmarks on B200 reach
+1.42-1.51 PFLOP/s, 0.63-0.67 of the dense peak (pytorch/ao pull request 2427)."""
+
 SAME_SILICON = {"h100-sxm": ("h800-sxm", "h200-sxm")}
 """Presets that receive a GPU's calibrated values: H800 and H200 are the same GH100 die at the same
 clocks (H800 differs in NVLink, H200 in HBM), so their GEMMs run at the same fraction of peak."""
@@ -57,6 +64,8 @@ class CalibratedGPU:
     value: float
     calibration: list[ValidationRow]
     held_out: list[ValidationRow]
+    derived_from: str | None = None
+    """For a derived value: the reference GPU whose BF16/FP8 ratio it takes."""
 
 
 def _rows_with(row: dict[str, Any], parameter: str, value: float) -> dict[str, Any]:
@@ -90,15 +99,40 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
             else:
                 low = middle
         value = round((low + high) / 2, 3)
-        held = [row for row in runs if row["cluster"]["gpu"] == gpu and row["id"] not in ids
-                and _precision_class(row) == precision
-                and ((row.get("measured") or {}).get("tflops_per_gpu")
-                     or (row.get("measured") or {}).get("tokens_per_s_per_gpu"))]
+        held = _held_out_rows(runs, gpu, precision, ids)
         results.append(CalibratedGPU(
             gpu=gpu, precision=precision, parameter=parameter, value=value,
             calibration=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in rows],
             held_out=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in held]))
+    results.extend(_derived_bf16(results, runs, str(dataset)))
     return results
+
+
+def _held_out_rows(runs: list[dict[str, Any]], gpu: str, precision: str, ids: list[str]) -> list[dict[str, Any]]:
+    return [row for row in runs if row["cluster"]["gpu"] == gpu and row["id"] not in ids
+            and _precision_class(row) == precision
+            and ((row.get("measured") or {}).get("tflops_per_gpu")
+                 or (row.get("measured") or {}).get("tokens_per_s_per_gpu"))]
+
+
+def _derived_bf16(results: list[CalibratedGPU], runs: list[dict[str, Any]], source: str) -> list[CalibratedGPU]:
+    """BF16 efficiencies of :data:`DERIVED_BF16` from their FP8 value and the reference's ratio."""
+    from hardware.loader import load_cluster
+
+    fitted = {(r.gpu, r.precision): r.value for r in results}
+    derived = []
+    for gpu, reference in DERIVED_BF16.items():
+        if (gpu, "fp8") not in fitted or (reference, "fp8") not in fitted or (reference, "bf16") not in fitted:
+            continue
+        ref, own = load_cluster(reference).gpu, load_cluster(gpu).gpu
+        ratio = (fitted[(reference, "bf16")] * ref.peak_tflops_bf16) / (fitted[(reference, "fp8")] * ref.peak_tflops_fp8)
+        value = round(fitted[(gpu, "fp8")] * own.peak_tflops_fp8 * ratio / own.peak_tflops_bf16, 3)
+        held = _held_out_rows(runs, gpu, "bf16", [])
+        derived.append(CalibratedGPU(
+            gpu=gpu, precision="bf16", parameter=PARAMETER["bf16"], value=value, calibration=[],
+            held_out=[validate_row(_rows_with(r, PARAMETER["bf16"], value), source) for r in held],
+            derived_from=reference))
+    return derived
 
 
 def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None) -> list[Path]:
@@ -111,8 +145,12 @@ def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None)
         text = path.read_text(encoding="utf-8")
         key = result.parameter
         via = "" if gpu == result.gpu else f" ({result.gpu}, same die)"
-        line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
-                f"{', '.join(r.id for r in result.calibration)}{via} (tests/data/published_runs.yaml)")
+        if result.derived_from:
+            line = (f"  {key}: {result.value:<8}# derived by `plan-search calibrate`: this GPU's calibrated FP8 "
+                    f"rate x {result.derived_from}'s calibrated BF16/FP8 rate ratio")
+        else:
+            line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
+                    f"{', '.join(r.id for r in result.calibration)}{via} (tests/data/published_runs.yaml)")
         if re.search(rf"^  {key}:.*$", text, flags=re.M):
             text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
         else:

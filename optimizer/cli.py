@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from cost_model.model_loader import build_training, list_model_presets, load_model
-from cost_model.plan import RECOMPUTE_CODE, PlanArrays
+from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanArrays, module_mask
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB
 from cost_model.options import CostOptions
@@ -222,6 +222,10 @@ def evaluate_command(
     vpp: int = typer.Option(1, "--vpp"), micro_batch: int = typer.Option(1, "--micro-batch"),
     recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
     recompute_num_layers: int = typer.Option(-1, "--recompute-num-layers", help="-1 = all layers of each chunk."),
+    recompute_modules: Optional[list[str]] = typer.Option(
+        None, "--recompute-modules",
+        help="With --recompute selective: Megatron modules to recompute (repeatable): "
+             + ", ".join(RECOMPUTE_MODULES) + ". Default core_attn."),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel"),
     zero_stage: int = typer.Option(0, "--zero-stage"),
     optimizer_offload: bool = typer.Option(False, "--optimizer-offload"),
@@ -254,6 +258,15 @@ def evaluate_command(
     if pp > model_input.spec.num_layers:
         raise InputError("command line", "--pp", f"{pp} pipeline stages for {model_input.spec.num_layers} layers",
                          "use at most one stage per layer")
+    modules = CORE_ATTN
+    if recompute_modules:
+        if recompute is not Recompute.selective:
+            raise InputError("command line", "--recompute-modules", "applies only to selective recompute",
+                             "add --recompute selective or drop --recompute-modules")
+        try:
+            modules = module_mask(name.strip() for item in recompute_modules for name in item.split(","))
+        except ValueError as error:
+            raise InputError("command line", "--recompute-modules", str(error), "fix the module name") from None
     if dp is None:
         dp = cluster_spec.num_gpus // (tp * pp * cp)
     if dp < 1 or tp * pp * cp * dp > cluster_spec.num_gpus:
@@ -264,7 +277,7 @@ def evaluate_command(
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
     plan = PlanArrays.from_columns(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch=micro_batch,
                                         recompute=RECOMPUTE_CODE[recompute.value],
-                                        recompute_num_layers=recompute_num_layers,
+                                        recompute_num_layers=recompute_num_layers, recompute_modules=modules,
                                         sequence_parallel=sequence_parallel, zero_stage=zero_stage,
                                         optimizer_offload=optimizer_offload))
     metrics = evaluate_plans(scenario.model, training, cluster_spec, plan, scenario.costs)
@@ -323,7 +336,7 @@ def validate_command(
     for r in rows:
         error = "-" if r.tflops_error is None else f"{r.tflops_error:+.0%}"
         measured = "-" if r.measured_tflops is None else f"{r.measured_tflops:.0f}"
-        if r.measured_tflops is None and r.measured_tokens_per_gpu:
+        if r.measured_tokens_per_gpu:
             measured = f"{r.predicted_tflops / (1 + r.tflops_error):.0f}*"  # TFLOP/s implied by tokens/s
         typer.echo(f"{r.id[:44]:44s} {r.num_gpus:6d} {r.layout[:24]:24s} {measured:>7s} {r.predicted_tflops:7.0f} "
                    f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  "
@@ -333,8 +346,8 @@ def validate_command(
             typer.echo(f"{label}: {s['throughput_rows']} rows with throughput, median |error| "
                        f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}; "
                        f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
-    typer.echo("TFLOP/s per GPU in each source's convention (model FLOPs, or with recompute where the source counts "
-               "it); * = the source publishes tokens/s per GPU, compared as such.")
+    typer.echo("TFLOP/s per GPU in this model's FLOP count (or with recompute where the source counts it); * = the "
+               "source publishes tokens/s per GPU, compared as such (meas = the TFLOP/s those tokens/s imply).")
 
 
 @app.command("calibrate")
@@ -346,7 +359,8 @@ def calibrate_command(
     from .calibrate import DEFAULT_DATASET, calibrate, write_presets
     results = calibrate(dataset or DEFAULT_DATASET)
     for result in results:
-        typer.echo(f"{result.gpu} {result.precision}: {result.parameter} = {result.value}")
+        via = f" (derived: FP8 value x {result.derived_from}'s BF16/FP8 ratio)" if result.derived_from else ""
+        typer.echo(f"{result.gpu} {result.precision}: {result.parameter} = {result.value}{via}")
         for label, rows in (("calibration", result.calibration), ("held out", result.held_out)):
             for row in rows:
                 typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, SELECTIVE
+from cost_model.plan import CORE_ATTN, FULL, SELECTIVE, module_names
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
@@ -43,7 +43,8 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
     args += [f"--micro-batch-size {plan['micro_batch']}", f"--global-batch-size {training.global_batch_size}",
              f"--seq-length {training.seq_length}"]
     if plan["recompute"] == SELECTIVE:
-        args.append("--recompute-granularity selective")
+        args += ["--recompute-granularity selective",
+                 "--recompute-modules " + " ".join(module_names(plan.get("recompute_modules", CORE_ATTN)))]
     elif plan["recompute"] == FULL:
         layers = plan["recompute_num_layers"]
         if layers < 0:
@@ -96,7 +97,12 @@ def torchtitan_toml(plan: dict[str, Any], model: ModelSpec, training: TrainingSp
         lines.append('fsdp_reshard_after_forward = "never"  # ZeRO-2-like: weights stay gathered between fwd and bwd')
     elif zero == 3:
         lines.append('fsdp_reshard_after_forward = "always"')
-    lines += ["", "[activation_checkpoint]", f'mode = "{mode}"', "", "[training]",
+    lines += ["", "[activation_checkpoint]", f'mode = "{mode}"']
+    if plan["recompute"] == SELECTIVE:
+        modules = ", ".join(module_names(plan.get("recompute_modules", CORE_ATTN)))
+        lines.append(f'selective_ac_option = "op"  # priced as Megatron\'s recompute modules [{modules}]; '
+                     "torchtitan's op policy differs (it also recomputes every other matmul)")
+    lines += ["", "[training]",
               f"seq_len = {training.seq_length}",
               f"global_batch_size = {training.global_batch_size}",
               f"local_batch_size = {training.global_batch_size // max(dp, 1)}"]
@@ -117,7 +123,9 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         strategy += [f"expert_model_parallel_size={plan['ep']}", f"expert_tensor_parallel_size={plan['etp']}"]
     recompute = ""
     if plan["recompute"] == SELECTIVE:
-        recompute = 'recipe.model.config.recompute_granularity = "selective"\n'
+        modules = module_names(plan.get("recompute_modules", CORE_ATTN))
+        recompute = ('recipe.model.config.recompute_granularity = "selective"\n'
+                     f"recipe.model.config.recompute_modules = {modules!r}\n")
     elif plan["recompute"] == FULL:
         layers = plan["recompute_num_layers"]
         recompute = ('recipe.model.config.recompute_granularity = "full"\n'

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, PlanArrays
+from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage, uneven_split_is_valid
 from cost_model.training_spec import TrainingSpec
 
@@ -26,6 +26,8 @@ PLAN_RULES: dict[str, str] = {
     "sequence_divisible_by_cp_tp": "with sequence parallelism, the sequence per CP rank is divisible by tp",
     "zero_needs_data_parallel": "ZeRO sharding needs dp x cp > 1",
     "recompute_layers_within_chunk": "recomputed layers do not exceed the layers of a virtual chunk",
+    "recompute_modules_exist": "selective recompute names only modules the model has (mla_up_proj: MLA; "
+                               "mlp: dense layers; moe, moe_act: MoE layers; shared_experts: shared experts)",
     "expert_degrees_valid": "ep divides the experts and etp x ep divides tp x cp x dp",
 }
 
@@ -61,9 +63,19 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allo
                                                                  | (local_seq % plans.tp != 0)),
         "zero_needs_data_parallel": (plans.zero_stage > 0) & (plans.dp * plans.cp < 2),
         "recompute_layers_within_chunk": (plans.recompute == FULL) & (plans.recompute_num_layers > chunk),
+        "recompute_modules_exist": (plans.recompute == SELECTIVE)
+                                   & ((plans.recompute_modules & ~available_modules(model)) != 0),
         "expert_degrees_valid": (experts % plans.ep != 0)
                                 | ((plans.tp * plans.cp * plans.dp) % (plans.etp * plans.ep) != 0),
     }
+
+
+def available_modules(model: ModelSpec) -> int:
+    """Bitmask of the recompute modules that exist in the model."""
+    present = {"core_attn": True, "layernorm": True, "mla_up_proj": model.is_mla,
+               "mlp": model.num_dense_layers > 0, "moe_act": model.is_moe, "moe": model.is_moe,
+               "shared_experts": model.is_moe and model.shared_expert_ffn_hidden_size > 0}
+    return sum(MODULE_BIT[name] for name, yes in present.items() if yes)
 
 
 SCHEDULE_RULES = ("layers_split_over_stages_and_chunks", "global_batch_divisible_by_dp_micro_batch",

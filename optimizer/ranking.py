@@ -22,7 +22,7 @@ from hardware.schema import ClusterSpec
 # Among equally good plans, prefer the simpler one: fewer context, pipeline, virtual and tensor ranks,
 # a lower ZeRO stage, less recompute.
 TIE_BREAK_COLUMNS = ("cp", "pp", "vpp", "tp", "ep", "etp", "zero_stage", "recompute", "recompute_num_layers",
-                     "sequence_parallel", "optimizer_offload", "micro_batch", "dp")
+                     "recompute_modules", "sequence_parallel", "optimizer_offload", "micro_batch", "dp")
 
 
 def gpu_seconds_per_token(metrics: PlanMetrics) -> np.ndarray:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, COMM_DIMS, PlanMetrics
 from cost_model.memory import GIB
-from cost_model.plan import RECOMPUTE_MODES
+from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
 from cost_model.stages import STAGES
 
 from .search import Scenario
@@ -42,6 +42,8 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float) -> list[dict[str, Any
             "micro_batch": cols["micro_batch"][i], "num_microbatches": metrics.num_microbatches[i],
             "recompute": RECOMPUTE_MODES[cols["recompute"][i]],
             "recompute_num_layers": cols["recompute_num_layers"][i] if cols["recompute_num_layers"][i] >= 0 else None,
+            "recompute_modules": (module_names(cols["recompute_modules"][i])
+                                  if cols["recompute"][i] == SELECTIVE else []),
             "sequence_parallel": cols["sequence_parallel"][i], "zero_stage": cols["zero_stage"][i],
             "optimizer_offload": cols["optimizer_offload"][i], "num_gpus": metrics.plans.num_gpus[i],
             "memory_gib": metrics.memory_bytes[i] / GIB,
@@ -90,8 +92,15 @@ def scenario_header(scenario: Scenario) -> str:
             f"{tr.global_batch_size} ({tokens:.1f}M tokens), {tr.precision} | objective {scenario.options.objective}")
 
 
-def _recompute_label(mode: int, layers: int) -> str:
+MODULE_ABBREVIATIONS = {"core_attn": "attn", "layernorm": "norm", "mla_up_proj": "mla", "mlp": "mlp",
+                        "moe_act": "act", "moe": "moe", "shared_experts": "shared"}
+
+
+def _recompute_label(mode: int, layers: int, modules: int) -> str:
+    """'none', 'full', 'full:3' (layers per chunk), 'sel:norm+mlp' (selective modules)."""
     name = RECOMPUTE_MODES[mode]
+    if mode == SELECTIVE:
+        return "sel:" + "+".join(MODULE_ABBREVIATIONS[m] for m in module_names(modules))
     return f"full:{layers}" if name == "full" and layers >= 0 else name
 
 
@@ -108,7 +117,8 @@ def render_table(metrics: PlanMetrics, title: str, width: int = 200) -> str:
         table.add_row(
             str(i + 1), str(cols["tp"][i]), str(cols["pp"][i]), str(cols["dp"][i]), str(cols["cp"][i]),
             f"{cols['ep'][i]}" + (f"/{cols['etp'][i]}" if cols["etp"][i] > 1 else ""), str(cols["vpp"][i]),
-            str(cols["micro_batch"][i]), _recompute_label(cols["recompute"][i], cols["recompute_num_layers"][i]),
+            str(cols["micro_batch"][i]), _recompute_label(cols["recompute"][i], cols["recompute_num_layers"][i],
+                                                              cols["recompute_modules"][i]),
             "y" if cols["sequence_parallel"][i] else "n",
             str(cols["zero_stage"][i]) + ("+off" if cols["optimizer_offload"][i] else ""),
             f"{metrics.memory_bytes[i] / GIB:.1f}", f"{metrics.step_time_s[i]:.3f}",

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from cost_model.evaluate import PlanMetrics, evaluate, peak_memory_bytes
+from cost_model.flops import forward_flops_per_sequence, selective_module_flops_per_sequence
 from cost_model.memory import GIB
 from cost_model.model_spec import ModelSpec
 from cost_model.options import CostOptions
-from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays
+from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 from hardware.schema import ClusterSpec
@@ -102,21 +103,65 @@ def _filter(columns: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.nd
     return {k: v[mask] for k, v in columns.items()}
 
 
-def recompute_options(scenario: Scenario) -> list[tuple[int, float]]:
-    """(mode, fraction of chunk layers) in order of increasing recompute work; fraction 1 = all."""
+ELEMENTWISE_RERUN_SHARE = 0.01
+"""Ordering weight of the modules that rerun only element-wise kernels (layernorm, moe_act): they
+cost a little, less than any GEMM module."""
+
+
+def selective_ladder(model: ModelSpec, flash_attention: bool) -> list[int]:
+    """Selective-recompute module sets tried, each adding the next-cheapest module to the previous:
+    core attention (only without fused attention: flash attention saves no s x s tensor), the norms,
+    the MoE activation, MLA's up-projections, the dense MLP, the whole MoE block."""
+    steps = [] if flash_attention else ["core_attn"]
+    steps.append("layernorm")
+    if model.is_moe:
+        steps.append("moe_act")
+    if model.is_mla:
+        steps.append("mla_up_proj")
+    if model.num_dense_layers:
+        steps.append("mlp")
+    if model.is_moe:
+        steps.append("moe")
+    ladder, mask = [], 0
+    for name in steps:
+        mask |= MODULE_BIT[name]
+        ladder.append(mask)
+    return ladder
+
+
+def module_rerun_share(model: ModelSpec, training: TrainingSpec, modules: int) -> float:
+    """Forward work a module set reruns, as a share of the layers' forward FLOPs (for ordering)."""
+    seq = training.seq_length
+    parts = forward_flops_per_sequence(model, seq, causal=training.causal)
+    layers = parts["projections"] + parts["attention"]
+    flops = selective_module_flops_per_sequence(model, seq, causal=training.causal)
+    share = sum(f for name, f in flops.items() if modules & MODULE_BIT[name])
+    if modules & MODULE_BIT["moe"]:
+        share -= flops["shared_experts"] * bool(modules & MODULE_BIT["shared_experts"])
+    elementwise = sum(ELEMENTWISE_RERUN_SHARE for name in ("layernorm", "moe_act") if modules & MODULE_BIT[name])
+    return share / layers + elementwise
+
+
+def recompute_options(scenario: Scenario) -> list[tuple[int, float, int]]:
+    """(mode, fraction of chunk layers, selective modules), in order of increasing recompute work.
+
+    Full recompute of a fraction f of the layers reruns f of the forward; a selective module set
+    reruns its modules' share of it. Sorting both on that share lets the search keep the first option
+    that fits as the fastest one (exact when the shares order the plans' times the same way, which
+    holds up to the small element-wise and collective terms).
+    """
     modes = scenario.options.recompute_modes
-    options = []
+    options: list[tuple[float, int, float, int]] = []
     if "none" in modes:
-        options.append((NONE, 0.0))
-    # With fused attention there is no s x s tensor to drop, so selective recompute saves nothing
-    # but still costs time: it can never be chosen over 'none' and is left out.
-    if "selective" in modes and not (scenario.training.flash_attention and "none" in modes):
-        options.append((SELECTIVE, 0.0))
+        options.append((0.0, NONE, 0.0, 0))
+    if "selective" in modes:
+        for mask in selective_ladder(scenario.model, scenario.training.flash_attention):
+            options.append((module_rerun_share(scenario.model, scenario.training, mask), SELECTIVE, 0.0, mask))
     if "full" in modes:
-        if scenario.options.partial_recompute:
-            options.extend((FULL, f) for f in PARTIAL_RECOMPUTE_FRACTIONS)
-        options.append((FULL, 1.0))
-    return options
+        fractions = (*PARTIAL_RECOMPUTE_FRACTIONS, 1.0) if scenario.options.partial_recompute else (1.0,)
+        options.extend((f, FULL, f, 0) for f in fractions)
+    options.sort(key=lambda option: option[0])  # stable: ties keep the order above
+    return [(mode, fraction, mask) for _, mode, fraction, mask in options]
 
 
 def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,8 +188,9 @@ def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple
     options = recompute_options(scenario)
     n, r = len(groups["tp"]), len(options)
     cols = {k: np.repeat(v, r) for k, v in groups.items() if k != "num_gpus"}
-    modes = np.tile(np.array([mode for mode, _ in options]), n)
-    fractions = np.tile(np.array([f for _, f in options]), n)
+    modes = np.tile(np.array([mode for mode, _, _ in options]), n)
+    fractions = np.tile(np.array([f for _, f, _ in options]), n)
+    masks = np.tile(np.array([mask for _, _, mask in options]), n)
     _, k, _ = layers_per_stage(scenario.model.num_layers, cols["pp"])
     chunk = -(-k // cols["vpp"])
     layers = np.ceil(fractions * chunk).astype(np.int64)
@@ -157,7 +203,50 @@ def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple
     valid &= ~(partial & same_group_previous & (previous == layers))
     cols["recompute"] = modes
     cols["recompute_num_layers"] = np.where(partial, layers, -1)
+    cols["recompute_modules"] = masks
     return PlanArrays.from_columns(cols), valid.reshape(n, r)
+
+
+def screen_memory(scenario: Scenario, plans: PlanArrays, option_valid: np.ndarray,
+                  options: list[tuple[int, float, int]]) -> tuple[np.ndarray, float]:
+    """Which (group, recompute option) plans fit in memory, and the least memory any plan needs.
+
+    Recompute never adds memory: 'none' needs the most and full recompute of every layer the least
+    (it keeps only each layer's input; every option shares the same one-layer backward working set).
+    So a group whose 'none' plan fits fits with every option, and a group whose full-recompute plan
+    does not fit fits with none; only the groups in between are priced option by option.
+    """
+    n_groups, n_options = option_valid.shape
+    limit = scenario.memory_limit_bytes
+    peak = np.full((n_groups, n_options), np.nan)
+
+    def price(groups: np.ndarray, option: int) -> None:
+        if len(groups):
+            rows = plans.take(groups * n_options + option)
+            peak[groups, option] = peak_memory_bytes(scenario.model, scenario.training, rows, scenario.costs)
+
+    everything = np.arange(n_groups)
+    most = options.index((NONE, 0.0, 0)) if (NONE, 0.0, 0) in options else None
+    least = options.index((FULL, 1.0, 0)) if (FULL, 1.0, 0) in options else None
+    undecided = everything
+    all_fit = np.zeros(n_groups, dtype=bool)
+    none_fit = np.zeros(n_groups, dtype=bool)
+    if most is not None:
+        price(undecided, most)
+        all_fit = peak[:, most] <= limit
+        undecided = np.flatnonzero(~all_fit)
+    if least is not None:
+        price(undecided, least)
+        none_fit[undecided] = ~(peak[undecided, least] <= limit)
+        undecided = undecided[~none_fit[undecided]]
+    for option in range(n_options):
+        if option not in (most, least):
+            price(undecided, option)
+    fits = option_valid & ((peak <= limit) | all_fit[:, None])
+    fits[none_fit] = False
+    priced = option_valid & ~np.isnan(peak)
+    min_memory = float(np.min(np.where(priced, peak, np.inf))) if priced.any() else float("nan")
+    return fits, min_memory
 
 
 def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = False) -> SearchResult:
@@ -173,10 +262,8 @@ def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = F
     n_groups, n_options = option_valid.shape
     clock["expand"] = time.perf_counter()
 
-    peak = peak_memory_bytes(scenario.model, scenario.training, plans, scenario.costs).reshape(n_groups, n_options)
-    fits = option_valid & (peak <= scenario.memory_limit_bytes)
+    fits, min_memory = screen_memory(scenario, plans, option_valid, recompute_options(scenario))
     candidates = option_valid.sum()
-    min_memory = float(np.min(np.where(option_valid, peak, np.inf))) if candidates else float("nan")
     clock["memory"] = time.perf_counter()
 
     any_fit = fits.any(axis=1)

@@ -3,9 +3,11 @@
 Each row of the dataset (``tests/data/published_runs.yaml``; its README ``published_runs.md`` gives
 every source) names a model, a training setup, a GPU and GPU count, the layout that was run and what
 was measured. The row's layout is priced with the cost model as it is, and compared with the measured
-TFLOP/s per GPU in the row's own FLOP convention (``flops_counted: model`` = no recompute FLOPs,
-``hardware`` = recompute counted, as Narayanan et al. 2021 and BLOOM report), and with the measured
-memory where one is published. Nothing is fitted per row.
+throughput: tokens/s per GPU where the source publishes them (they need no FLOP convention:
+Megatron-Bridge, for one, counts causal attention at half and adds the MTP layer, which this model's
+FLOP count does not), else TFLOP/s per GPU in the row's own FLOP convention (``flops_counted: model``
+= no recompute FLOPs, ``hardware`` = recompute counted, as Narayanan et al. 2021 and BLOOM report);
+and with the measured memory where one is published. Nothing is fitted per row.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from cost_model.evaluate import evaluate
 from cost_model.memory import GIB
 from cost_model.model_loader import build_training, model_input_from_mapping
-from cost_model.plan import PlanArrays
+from cost_model.plan import PlanArrays, module_mask
 from hardware.errors import InputError, read_yaml_mapping
 from hardware.loader import load_cluster
 
@@ -43,12 +45,12 @@ class ValidationRow:
 
     @property
     def tflops_error(self) -> float | None:
-        """Relative throughput error, (predicted - measured) / measured: in TFLOP/s per GPU where the
-        source publishes them, else in tokens/s per GPU."""
-        if self.measured_tflops:
-            return (self.predicted_tflops - self.measured_tflops) / self.measured_tflops
+        """Relative throughput error, (predicted - measured) / measured: in tokens/s per GPU where the
+        source publishes them, else in TFLOP/s per GPU."""
         if self.measured_tokens_per_gpu:
             return (self.predicted_tokens_per_gpu - self.measured_tokens_per_gpu) / self.measured_tokens_per_gpu
+        if self.measured_tflops:
+            return (self.predicted_tflops - self.measured_tflops) / self.measured_tflops
         return None
 
     @property
@@ -94,8 +96,16 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
         overrides["topology.scaleup_domain_gpus"] = domain
         assumptions.append(f"scale-up domain {domain} GPUs (the job does not fill whole racks)")
     cluster = cluster.with_overrides(overrides, source=where)
-    arrays = PlanArrays.from_records([{k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch",
-                                                           "recompute", "sequence_parallel", "zero_stage")}])
+    record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "recompute",
+                                   "sequence_parallel", "zero_stage")}
+    if plan.get("recompute_num_layers") is not None:
+        record["recompute_num_layers"] = plan["recompute_num_layers"]
+    if plan.get("recompute_modules"):
+        try:
+            record["recompute_modules"] = module_mask(plan["recompute_modules"])
+        except ValueError as error:
+            raise InputError(where, "plan.recompute_modules", str(error), "use Megatron's module names") from None
+    arrays = PlanArrays.from_records([record])
     metrics = evaluate(model, training, cluster, arrays)
     measured = row.get("measured") or {}
     if measured.get("flops_counted", "model") == "hardware":

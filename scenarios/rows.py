@@ -6,8 +6,9 @@ A row holds the scenario's columns (from :class:`scenarios.sweep_file.ScenarioTa
   say why) or ``error`` (the scenario could not be built or the search failed; ``reason`` holds the
   one-line message);
 * ``rank`` (1 = best) and the plan: ``plan`` (a compact label, equal labels = equal plans), ``tp pp dp
-  cp ep etp vpp micro_batch num_microbatches recompute recompute_num_layers sequence_parallel
-  zero_stage optimizer_offload plan_num_gpus``;
+  cp ep etp vpp micro_batch num_microbatches recompute recompute_num_layers recompute_modules
+  sequence_parallel zero_stage optimizer_offload plan_num_gpus`` (``recompute_modules``: Megatron's
+  selective modules joined by ``+``);
 * its metrics, units in the names: ``memory_gib``, ``step_time_s``, ``tokens_per_s``,
   ``tokens_per_s_per_gpu``, ``tflops_per_gpu``, ``mfu``, ``time_to_train_days``, ``gpu_hours``,
   ``cost_usd``, ``energy_mwh``, ``peak_stage``, and the breakdowns flattened with a dot
@@ -35,8 +36,8 @@ STATUS_COLUMNS = ("status", "binding_constraint", "reason", "num_layouts", "num_
 PLAN_INT_COLUMNS = ("rank", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "num_microbatches",
                     "recompute_num_layers", "zero_stage", "plan_num_gpus")
 PLAN_COLUMNS = ("rank", "plan", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "num_microbatches",
-                "recompute", "recompute_num_layers", "sequence_parallel", "zero_stage", "optimizer_offload",
-                "plan_num_gpus", "peak_stage")
+                "recompute", "recompute_num_layers", "recompute_modules", "sequence_parallel", "zero_stage",
+                "optimizer_offload", "plan_num_gpus", "peak_stage")
 METRIC_COLUMNS = ("memory_gib", "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu",
                   "hfu", "time_to_train_days", "gpu_hours", "cost_usd", "energy_mwh")
 BREAKDOWN_COLUMNS = (tuple(f"memory_breakdown_gib.{p}" for p in MEMORY_PARTS)
@@ -56,6 +57,8 @@ def plan_label(record: dict[str, Any]) -> str:
     recompute = record["recompute"]
     if recompute == "full" and record.get("recompute_num_layers") is not None:
         recompute = f"full:{record['recompute_num_layers']}"
+    if recompute == "selective" and record.get("recompute_modules"):
+        recompute = "selective:" + "+".join(record["recompute_modules"])
     ep = f"ep{record['ep']}" + (f"/{record['etp']}" if record["etp"] > 1 else "")
     return (f"tp{record['tp']} pp{record['pp']} dp{record['dp']} cp{record['cp']} {ep} vpp{record['vpp']} "
             f"mbs{record['micro_batch']} {recompute} {'sp' if record['sequence_parallel'] else 'nosp'} "
@@ -87,6 +90,7 @@ def result_rows(result: SearchResult, explain: bool) -> list[dict[str, Any]]:
         for name in PLAN_COLUMNS + METRIC_COLUMNS:
             if name in record:
                 row[name] = record[name]
+        row["recompute_modules"] = "+".join(record["recompute_modules"]) or None
         for group in ("memory_breakdown_gib", "step_time_breakdown_s", "comm_gb_per_step"):
             for part, value in record[group].items():
                 row[f"{group}.{part}"] = value

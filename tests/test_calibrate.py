@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hardware.loader import load_cluster
-from optimizer.calibrate import CALIBRATION_ROWS, SAME_SILICON, calibrate
+from optimizer.calibrate import CALIBRATION_ROWS, DERIVED_BF16, SAME_SILICON, calibrate
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,8 @@ def results():
 
 
 def test_presets_hold_the_calibrated_values(results):
-    assert {(r.gpu, r.precision) for r in results} == set(CALIBRATION_ROWS)
+    derived = {(gpu, "bf16") for gpu in DERIVED_BF16}
+    assert {(r.gpu, r.precision) for r in results} == set(CALIBRATION_ROWS) | derived
     for result in results:
         for gpu in (result.gpu, *SAME_SILICON.get(result.gpu, ())):
             preset = load_cluster(gpu).gpu

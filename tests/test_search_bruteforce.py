@@ -15,7 +15,7 @@ import pytest
 
 from cost_model.evaluate import evaluate, predict_memory
 from cost_model.model_loader import build_training, model_input_from_mapping
-from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays
+from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays, module_mask
 from cost_model.memory import GIB
 from hardware.loader import load_cluster
 from optimizer.search import PARTIAL_RECOMPUTE_FRACTIONS, Scenario, search
@@ -44,6 +44,12 @@ def brute_force(spec, training, cluster, options):
     N = cluster.num_gpus
     domain = cluster.topology.scaleup_domain_gpus
     gb, seq = training.global_batch_size, training.seq_length
+    # Selective recompute: Megatron's modules that exist in the model, added one at a time from the
+    # cheapest (core attention only matters without flash attention).
+    present = ([] if training.flash_attention else ["core_attn"]) + ["layernorm"]
+    present += (["moe_act"] if spec.is_moe else []) + (["mla_up_proj"] if spec.is_mla else [])
+    present += (["mlp"] if spec.num_dense_layers else []) + (["moe"] if spec.is_moe else [])
+    module_sets = [module_mask(present[:i + 1]) for i in range(len(present))]
     rows = []
     for tp in divisors(N):
         if tp > options.max_tp or domain % tp or a % tp or (kv % tp and tp % kv):
@@ -89,20 +95,20 @@ def brute_force(spec, training, cluster, options):
                                             continue
                                         chunk = math.ceil(k / vpp)
                                         counts_seen = []
-                                        recompute = [(NONE, -1)]
-                                        if not training.flash_attention:
-                                            recompute.append((SELECTIVE, -1))
+                                        recompute = [(NONE, -1, 0)]
+                                        recompute += [(SELECTIVE, -1, mask) for mask in module_sets]
                                         for f in PARTIAL_RECOMPUTE_FRACTIONS:
                                             layers = math.ceil(f * chunk)
                                             if 1 <= layers < chunk and layers not in counts_seen:
-                                                recompute.append((FULL, layers))
+                                                recompute.append((FULL, layers, 0))
                                             counts_seen.append(layers)
-                                        recompute.append((FULL, -1))
-                                        for mode, layers in recompute:
+                                        recompute.append((FULL, -1, 0))
+                                        for mode, layers, mask in recompute:
                                             rows.append(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp,
                                                              micro_batch=mbs, recompute=mode,
-                                                             recompute_num_layers=layers, sequence_parallel=sp,
-                                                             zero_stage=zero, optimizer_offload=False))
+                                                             recompute_num_layers=layers, recompute_modules=mask,
+                                                             sequence_parallel=sp, zero_stage=zero,
+                                                             optimizer_offload=False))
     plans = PlanArrays.from_records(rows)
     memory = predict_memory(spec, training, plans).peak_bytes
     fits = memory <= cluster.gpu.memory_gib * GIB * (1 - options.memory_headroom)
