@@ -252,7 +252,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     else:
         tp_exposed = tp_total
     tp_hidden = tp_total - tp_exposed
-    cp_repeat = (1.0 + again["cp"])[:, None] * repeat
+    cp_repeat = (1.0 + again["cp"])[:, None] * repeat if again["cp"].any() else repeat
     cp_total = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * cp_repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
     if options.cp_comm_type == "p2p":
         cp_layer_f = np.maximum(0.0, dense_c.cp_fwd_s - dense_t.attention_forward)
@@ -263,7 +263,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     else:
         cp_exposed = cp_total
     cp_hidden = cp_total - cp_exposed
-    ep_exposed = Lm * (moe_c.ep_fwd_s[:, None] * (1.0 + again["ep"])[:, None] * repeat + moe_c.ep_bwd_s[:, None])
+    ep_fwd = moe_c.ep_fwd_s * (1.0 + again["ep"])
+    ep_exposed = Lm * (ep_fwd[:, None] * repeat + moe_c.ep_bwd_s[:, None])
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
                                      options.grad_bucket_elements)
@@ -346,8 +347,10 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
 
     def sent_per_step(total, forward, again_dense, again_moe):
         """Bytes per step: every layer's forward and backward, plus the recomputed forwards."""
-        resent = per_stage(forward[0] * again_dense, forward[1] * again_moe)
-        return mf * at_bottleneck(per_stage(*total) + share * per_stage(*forward) + resent)
+        sent = per_stage(*total) + share * per_stage(*forward)
+        if again_dense.any() or again_moe.any():
+            sent = sent + per_stage(forward[0] * again_dense, forward[1] * again_moe)
+        return mf * at_bottleneck(sent)
 
     no_dense = np.zeros(len(plans))
     comm = {
