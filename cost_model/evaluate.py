@@ -26,6 +26,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * Overlapped communication still costs: NCCL kernels occupy a share of the SMs while they run
   (``overlap_sm_fraction``), so every second of hidden communication slows the compute beside it by
   that share.
+* Activation offload (Megatron ``--cpu-offloading``): each offloaded layer's activations go to the host
+  during forward and come back during backward over the GPU's host link (PCIe, or NVLink-C2C on Grace
+  systems), on copy engines beside the compute; exposed is what the copies take beyond it.
 * Optimizer step: memory bound, Adam reads and writes fp32 master, m, v, reads the gradient and writes
   bf16 weights: 30 bytes per parameter of the local shard (22 for SGD, 22 for Adam with bf16 moments). Offloaded: the gradient goes to the
   host and the bf16 weight comes back over PCIe, and the host CPUs run Adam.
@@ -54,7 +57,7 @@ from .training_spec import TrainingSpec
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
 TIME_PARTS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
-              "overlap_contention", "optimizer")
+              "offload", "overlap_contention", "optimizer")
 COMM_DIMS = ("tp", "cp", "ep", "pp", "dp")
 
 
@@ -277,7 +280,14 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
     contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden)
 
-    t_mb = forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + contention
+    # Activation offload copies each offloaded layer out during forward and back during backward, on
+    # copy engines beside the compute: exposed is what the copies take beyond the compute.
+    host_bytes_per_s = (gpu.host_link_GBps or options.pcie_GBps) * 1e9
+    copy_s = memory.offloaded_bytes / host_bytes_per_s
+    offload_exposed = np.maximum(0.0, copy_s - forward) + np.maximum(0.0, copy_s - (backward + recompute))
+
+    t_mb = (forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + offload_exposed
+            + contention)
     t_mb = np.where(stages.exists, t_mb, -np.inf)
     bottleneck = np.argmax(t_mb, axis=1)
     T = _pick(t_mb, bottleneck)
@@ -304,7 +314,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     # read and write every state, read the gradient, write the bf16 weight: 30 bytes for fp32 Adam
     optimizer_bytes_per_param = 2.0 * training.optimizer_state_bytes + training.grad_bytes + 2.0
     on_gpu = shard * optimizer_bytes_per_param / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
-    offloaded = (shard * (training.grad_bytes + 2) / (options.pcie_GBps * 1e9)
+    offloaded = (shard * (training.grad_bytes + 2) / host_bytes_per_s
                  + shard / options.cpu_adam_params_per_s)
     optimizer_s = np.where(plans.optimizer_offload[:, None], offloaded, on_gpu)
     step_contention = options.overlap_sm_fraction * ((dp.grad_sync_s - grad_exposed) + (dp.param_gather_s - gather_exposed))
@@ -329,6 +339,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         "pp_bubble": bubble_factor * T,
         "pp_comm": pp_comm,
         "dp_comm": dp_exposed + mf * at_bottleneck(zero_exposed),  # ZeRO-2/3 traffic is data-parallel
+        "offload": mf * at_bottleneck(offload_exposed),
         "overlap_contention": mf * at_bottleneck(contention) + step_contention,
         "optimizer": optimizer_step,
     }

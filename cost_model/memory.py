@@ -22,7 +22,8 @@ holds the embedding, the last the LM head (a copy of the embedding when tied and
 Megatron's embedding group).
 
 Activations come from :mod:`cost_model.activations` times the layer-micro-batches in flight from
-:mod:`cost_model.stages`. "Other" is the transient working set of one layer's backward (its full
+:mod:`cost_model.stages`. Activation offload (Megatron ``--cpu-offloading-num-layers N``, pp = 1) keeps
+the other layers' activations plus the one whose copy to or from the host is under way. "Other" is the transient working set of one layer's backward (its full
 activations, as if nothing were saved), the bf16 logits beside their fp32 copy on the last stage,
 ZeRO-3's gathered layers, allocator fragmentation and a fixed framework reserve.
 """
@@ -103,6 +104,8 @@ class MemoryBreakdown:
     optimizer: np.ndarray
     activations: np.ndarray
     other: np.ndarray
+    offloaded_bytes: np.ndarray
+    """Activation bytes per micro-batch that go to host memory and come back (activation offload)."""
 
     @property
     def total(self) -> np.ndarray:
@@ -137,7 +140,12 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     # Full recompute keeps only the input of the recomputed layers of each chunk (Megatron 'block').
     recomputed_share = recomputed_layer_share(plans, stages)
     per_layer = recomputed_share * layer.layer_input[:, None] + (1 - recomputed_share) * kept
-    activations = stages.in_flight_layers * per_layer
+    # Activation offload (pp = 1: one micro-batch in flight) keeps the layers it does not offload
+    # plus the one whose copy is under way.
+    offloaded = np.minimum(plans.activation_offload_layers[:, None].astype(float), stages.layers)
+    resident = np.where(offloaded > 0, np.maximum(stages.layers - offloaded + 1, 1.0), stages.layers)
+    resident_share = np.divide(resident, stages.layers, out=np.ones_like(resident), where=stages.layers > 0)
+    activations = stages.in_flight_layers * per_layer * np.minimum(resident_share, 1.0)
 
     vocab = padded_vocab(model, plans, options).astype(float)
     activations = activations + np.where(
@@ -150,4 +158,4 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     other = (transient + fsdp_buffers + options.allocator_fragmentation * (activations + transient)
              + options.framework_reserved_gib * GIB)
     return MemoryBreakdown(weights=weights, gradients=gradients, optimizer=optimizer,
-                           activations=activations, other=other)
+                           activations=activations, other=other, offloaded_bytes=offloaded * per_layer)

@@ -43,11 +43,11 @@ def module_names(mask: int) -> list[str]:
 
 PLAN_DEFAULTS = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
                  "recompute_num_layers": -1, "recompute_modules": CORE_ATTN, "sequence_parallel": False, "zero_stage": 0,
-                 "optimizer_offload": False, "pp": 1, "dp": 1}
+                 "optimizer_offload": False, "activation_offload_layers": 0, "pp": 1, "dp": 1}
 """Neutral value of every knob a plan record or column mapping leaves out (tp is required)."""
 
 INT_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute", "recompute_num_layers",
-               "recompute_modules", "zero_stage")
+               "recompute_modules", "zero_stage", "activation_offload_layers")
 BOOL_COLUMNS = ("sequence_parallel", "optimizer_offload")
 
 
@@ -86,6 +86,10 @@ class PlanArrays:
     3 + parameters (FSDP). Sharded over the dp x cp ranks (experts: expert-data-parallel ranks)."""
     optimizer_offload: np.ndarray
     """Optimizer states and step on the CPU."""
+    activation_offload_layers: np.ndarray
+    """Layers whose activations go to host memory during forward and come back for backward
+    (Megatron ``--cpu-offloading --cpu-offloading-num-layers``); 0 = none. Megatron allows it only
+    without pipeline parallelism and without recompute."""
 
     def __post_init__(self) -> None:
         n = None

@@ -57,6 +57,10 @@ class GPUSpec(_Frozen):
     hbm_efficiency: float = Field(default=0.85, **_FRACTION, description=(
         "Achievable fraction of hbm_GBps for streaming element-wise kernels (typically 0.8-0.9)."))
     tdp_w: float | None = Field(default=None, gt=0, description="Board power limit (TDP) in watts.")
+    host_link_GBps: float | None = Field(default=None, gt=0, description=(
+        "Achievable copy bandwidth between this GPU and host memory, per direction, in GB/s (1e9 bytes/s): "
+        "what activation and optimizer offload move data at. None = a PCIe Gen5 x16 link "
+        "(CostOptions.pcie_GBps)."))
     num_sms: int | None = Field(default=None, gt=0, description=(
         "Streaming multiprocessors (compute units on AMD): GEMM output tiles are scheduled in waves of "
         "this many, so a GEMM with few tiles leaves SMs idle (wave quantization). None = ignore."))

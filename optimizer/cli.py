@@ -229,6 +229,9 @@ def evaluate_command(
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel"),
     zero_stage: int = typer.Option(0, "--zero-stage"),
     optimizer_offload: bool = typer.Option(False, "--optimizer-offload"),
+    activation_offload_layers: int = typer.Option(
+        0, "--activation-offload-layers",
+        help="Layers whose activations go to host memory (Megatron --cpu-offloading-num-layers)."),
     global_batch: Optional[int] = typer.Option(None, "--global-batch"),
     global_batch_tokens: Optional[int] = typer.Option(None, "--global-batch-tokens"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
@@ -279,7 +282,8 @@ def evaluate_command(
                                         recompute=RECOMPUTE_CODE[recompute.value],
                                         recompute_num_layers=recompute_num_layers, recompute_modules=modules,
                                         sequence_parallel=sequence_parallel, zero_stage=zero_stage,
-                                        optimizer_offload=optimizer_offload))
+                                        optimizer_offload=optimizer_offload,
+                                        activation_offload_layers=activation_offload_layers))
     metrics = evaluate_plans(scenario.model, training, cluster_spec, plan, scenario.costs)
     layout = dict(num_gpus=tp * pp * cp * dp, tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, etp=etp)
     broken = LayoutModel(scenario.model, training, cluster_spec, options, (layout["num_gpus"],)).broken_rules(layout)

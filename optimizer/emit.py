@@ -60,6 +60,10 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
     if plan.get("optimizer_offload"):
         args.append("--optimizer-cpu-offload")
+    if plan.get("activation_offload_layers", 0) > 0:
+        # Megatron's TransformerConfig also offloads weights unless cpu_offloading_weights=False (the
+        # plan is priced with activations only, as NVIDIA's recipes set it).
+        args += ["--cpu-offloading", f"--cpu-offloading-num-layers {plan['activation_offload_layers']}"]
     if training.optimizer_moments_dtype == "bf16":
         args += ["--use-precision-aware-optimizer", "--exp-avg-dtype bf16", "--exp-avg-sq-dtype bf16"]
     if training.overlap_grad_reduce:
@@ -102,6 +106,9 @@ def torchtitan_toml(plan: dict[str, Any], model: ModelSpec, training: TrainingSp
         modules = ", ".join(module_names(plan.get("recompute_modules", CORE_ATTN)))
         lines.append(f'selective_ac_option = "op"  # priced as Megatron\'s recompute modules [{modules}]; '
                      "torchtitan's op policy differs (it also recomputes every other matmul)")
+    if plan.get("activation_offload_layers", 0) > 0:
+        lines.append(f"# activations of {plan['activation_offload_layers']} layers offloaded to the host in the plan: "
+                     "torchtitan has no per-layer activation offload option")
     lines += ["", "[training]",
               f"seq_len = {training.seq_length}",
               f"global_batch_size = {training.global_batch_size}",
@@ -131,6 +138,10 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute = ('recipe.model.config.recompute_granularity = "full"\n'
                      'recipe.model.config.recompute_method = "block"\n'
                      f"recipe.model.config.recompute_num_layers = {layers if layers > 0 else 'None  # all layers'}\n")
+    if plan.get("activation_offload_layers", 0) > 0:
+        recompute += ("recipe.model.config.cpu_offloading = True\n"
+                      f"recipe.model.config.cpu_offloading_num_layers = {plan['activation_offload_layers']}\n"
+                      "recipe.model.config.cpu_offloading_weights = False\n")
     strategy_text = ",\n    ".join(strategy)
     return (
         "from nemo import lightning as nl\n\n"

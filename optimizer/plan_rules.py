@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
+from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage, uneven_split_is_valid
 from cost_model.training_spec import TrainingSpec
 
@@ -29,6 +29,8 @@ PLAN_RULES: dict[str, str] = {
     "recompute_modules_exist": "selective recompute names only modules the model has (mla_up_proj: MLA; "
                                "mlp: dense layers; moe, moe_act: MoE layers; shared_experts: shared experts)",
     "expert_degrees_valid": "ep divides the experts and etp x ep divides tp x cp x dp",
+    "activation_offload_valid": "activation offload needs pp = 1, no recompute and fewer offloaded layers than "
+                                "the model has (Megatron-LM TransformerConfig)",
 }
 
 
@@ -67,6 +69,10 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allo
                                    & ((plans.recompute_modules & ~available_modules(model)) != 0),
         "expert_degrees_valid": (experts % plans.ep != 0)
                                 | ((plans.tp * plans.cp * plans.dp) % (plans.etp * plans.ep) != 0),
+        "activation_offload_valid": (plans.activation_offload_layers != 0)
+                                    & ((plans.pp > 1) | (plans.recompute != NONE)
+                                       | (plans.activation_offload_layers < 0)
+                                       | (plans.activation_offload_layers >= model.num_layers)),
     }
 
 

@@ -45,7 +45,8 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float) -> list[dict[str, Any
             "recompute_modules": (module_names(cols["recompute_modules"][i])
                                   if cols["recompute"][i] == SELECTIVE else []),
             "sequence_parallel": cols["sequence_parallel"][i], "zero_stage": cols["zero_stage"][i],
-            "optimizer_offload": cols["optimizer_offload"][i], "num_gpus": metrics.plans.num_gpus[i],
+            "optimizer_offload": cols["optimizer_offload"][i],
+            "activation_offload_layers": cols["activation_offload_layers"][i], "num_gpus": metrics.plans.num_gpus[i],
             "memory_gib": metrics.memory_bytes[i] / GIB,
             "memory_breakdown_gib": {p: metrics.memory_parts_bytes[p][i] / GIB for p in MEMORY_PARTS},
             "peak_stage": STAGES[metrics.peak_stage[i]],
@@ -96,12 +97,15 @@ MODULE_ABBREVIATIONS = {"core_attn": "attn", "layernorm": "norm", "mla_up_proj":
                         "moe_act": "act", "moe": "moe", "shared_experts": "shared"}
 
 
-def _recompute_label(mode: int, layers: int, modules: int) -> str:
-    """'none', 'full', 'full:3' (layers per chunk), 'sel:norm+mlp' (selective modules)."""
+def _recompute_label(mode: int, layers: int, modules: int, offloaded: int = 0) -> str:
+    """'none', 'full', 'full:3' (layers per chunk), 'sel:norm+mlp' (selective modules); 'none+off40'
+    when the activations of 40 layers are offloaded to the host."""
     name = RECOMPUTE_MODES[mode]
     if mode == SELECTIVE:
-        return "sel:" + "+".join(MODULE_ABBREVIATIONS[m] for m in module_names(modules))
-    return f"full:{layers}" if name == "full" and layers >= 0 else name
+        label = "sel:" + "+".join(MODULE_ABBREVIATIONS[m] for m in module_names(modules))
+    else:
+        label = f"full:{layers}" if name == "full" and layers >= 0 else name
+    return label + (f"+off{offloaded}" if offloaded > 0 else "")
 
 
 def render_table(metrics: PlanMetrics, title: str, width: int = 200) -> str:
@@ -118,7 +122,8 @@ def render_table(metrics: PlanMetrics, title: str, width: int = 200) -> str:
             str(i + 1), str(cols["tp"][i]), str(cols["pp"][i]), str(cols["dp"][i]), str(cols["cp"][i]),
             f"{cols['ep'][i]}" + (f"/{cols['etp'][i]}" if cols["etp"][i] > 1 else ""), str(cols["vpp"][i]),
             str(cols["micro_batch"][i]), _recompute_label(cols["recompute"][i], cols["recompute_num_layers"][i],
-                                                              cols["recompute_modules"][i]),
+                                                              cols["recompute_modules"][i],
+                                                              cols["activation_offload_layers"][i]),
             "y" if cols["sequence_parallel"][i] else "n",
             str(cols["zero_stage"][i]) + ("+off" if cols["optimizer_offload"][i] else ""),
             f"{metrics.memory_bytes[i] / GIB:.1f}", f"{metrics.step_time_s[i]:.3f}",

@@ -174,6 +174,10 @@ def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.nd
     cols = _cross(cols, "sequence_parallel", np.array(sorted(set(o.sequence_parallel))))
     cols = _cross(cols, "zero_stage", np.array(sorted(set(o.zero_stages))))
     cols = _cross(cols, "optimizer_offload", np.array([False, True] if o.allow_offload else [False]))
+    layers = scenario.model.num_layers
+    offload = sorted({0, layers // 2, layers - 1}) if o.allow_offload and layers > 1 else [0]
+    cols = _cross(cols, "activation_offload_layers", np.array(offload))
+    cols = _filter(cols, (cols["activation_offload_layers"] == 0) | (cols["pp"] == 1))
     return _filter(cols, _rule_mask(scenario, cols))
 
 
@@ -197,6 +201,7 @@ def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple
     whole = (modes == FULL) & (fractions >= 1.0)
     partial = (modes == FULL) & ~whole
     valid = np.where(partial, (layers >= 1) & (layers < chunk), True)
+    valid &= (cols["activation_offload_layers"] == 0) | (modes == NONE)  # Megatron: offload or recompute
     # drop partial options that round to the same layer count as the previous one
     previous = np.concatenate([[-1], layers[:-1]])
     same_group_previous = np.concatenate([[False], (np.arange(1, n * r) % r) != 0])

@@ -41,7 +41,8 @@ class SearchOptions:
     """ZeRO stages tried (only with dp x cp > 1)."""
 
     allow_offload: bool = False
-    """Also try optimizer states on the CPU."""
+    """Also try optimizer states on the CPU, and (without pipeline parallelism) activations of half or of
+    all but one of the layers on the CPU."""
 
     expert_tp: Literal["1", "tp", "both"] = "both"
     """Expert tensor parallelism tried for MoE models: 1, equal to tp, or both."""

@@ -98,8 +98,9 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
     cluster = cluster.with_overrides(overrides, source=where)
     record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "recompute",
                                    "sequence_parallel", "zero_stage")}
-    if plan.get("recompute_num_layers") is not None:
-        record["recompute_num_layers"] = plan["recompute_num_layers"]
+    for key in ("recompute_num_layers", "activation_offload_layers"):
+        if plan.get(key) is not None:
+            record[key] = plan[key]
     if plan.get("recompute_modules"):
         try:
             record["recompute_modules"] = module_mask(plan["recompute_modules"])

@@ -7,8 +7,8 @@ A row holds the scenario's columns (from :class:`scenarios.sweep_file.ScenarioTa
   one-line message);
 * ``rank`` (1 = best) and the plan: ``plan`` (a compact label, equal labels = equal plans), ``tp pp dp
   cp ep etp vpp micro_batch num_microbatches recompute recompute_num_layers recompute_modules
-  sequence_parallel zero_stage optimizer_offload plan_num_gpus`` (``recompute_modules``: Megatron's
-  selective modules joined by ``+``);
+  sequence_parallel zero_stage optimizer_offload activation_offload_layers plan_num_gpus``
+  (``recompute_modules``: Megatron's selective modules joined by ``+``);
 * its metrics, units in the names: ``memory_gib``, ``step_time_s``, ``tokens_per_s``,
   ``tokens_per_s_per_gpu``, ``tflops_per_gpu``, ``mfu``, ``time_to_train_days``, ``gpu_hours``,
   ``cost_usd``, ``energy_mwh``, ``peak_stage``, and the breakdowns flattened with a dot
@@ -34,10 +34,10 @@ from optimizer.search import SearchResult
 
 STATUS_COLUMNS = ("status", "binding_constraint", "reason", "num_layouts", "num_candidates", "num_feasible")
 PLAN_INT_COLUMNS = ("rank", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "num_microbatches",
-                    "recompute_num_layers", "zero_stage", "plan_num_gpus")
+                    "recompute_num_layers", "zero_stage", "activation_offload_layers", "plan_num_gpus")
 PLAN_COLUMNS = ("rank", "plan", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "num_microbatches",
                 "recompute", "recompute_num_layers", "recompute_modules", "sequence_parallel", "zero_stage",
-                "optimizer_offload", "plan_num_gpus", "peak_stage")
+                "optimizer_offload", "activation_offload_layers", "plan_num_gpus", "peak_stage")
 METRIC_COLUMNS = ("memory_gib", "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu",
                   "hfu", "time_to_train_days", "gpu_hours", "cost_usd", "energy_mwh")
 BREAKDOWN_COLUMNS = (tuple(f"memory_breakdown_gib.{p}" for p in MEMORY_PARTS)
@@ -62,7 +62,8 @@ def plan_label(record: dict[str, Any]) -> str:
     ep = f"ep{record['ep']}" + (f"/{record['etp']}" if record["etp"] > 1 else "")
     return (f"tp{record['tp']} pp{record['pp']} dp{record['dp']} cp{record['cp']} {ep} vpp{record['vpp']} "
             f"mbs{record['micro_batch']} {recompute} {'sp' if record['sequence_parallel'] else 'nosp'} "
-            f"zero{record['zero_stage']}{'+off' if record['optimizer_offload'] else ''}")
+            f"zero{record['zero_stage']}{'+off' if record['optimizer_offload'] else ''}"
+            + (f" actoff{record['activation_offload_layers']}" if record.get("activation_offload_layers") else ""))
 
 
 def empty_result(status: str, reason: str | None, binding: str | None = None,

@@ -48,4 +48,5 @@ def test_mismatched_columns_are_rejected():
     with pytest.raises(ValueError):
         PlanArrays(tp=[1, 2], pp=[1], dp=[1, 1], cp=[1, 1], ep=[1, 1], etp=[1, 1], vpp=[1, 1],
                    micro_batch=[1, 1], recompute=[0, 0], recompute_num_layers=[-1, -1], recompute_modules=[1, 1],
-                   sequence_parallel=[False, False], zero_stage=[0, 0], optimizer_offload=[False, False])
+                   sequence_parallel=[False, False], zero_stage=[0, 0], optimizer_offload=[False, False],
+                   activation_offload_layers=[0, 0])
