@@ -8,6 +8,7 @@ given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import warnings
 from enum import Enum
@@ -392,6 +393,10 @@ _register_scenarios(app)
 
 def main() -> None:
     """Entry point: run the app; input errors become one line and exit status 2."""
+    if hasattr(signal, "SIGPIPE"):
+        # `plan-search ... | head`: end quietly on the closed pipe, as Unix tools do (status 141 in the
+        # shell), instead of exit status 1, which means "nothing fits".
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -241,3 +241,20 @@ def test_calibrate_command_reports_held_out_rows(capsys):
     from hardware.loader import load_cluster
     assert f"h100-sxm fp8: gemm_efficiency_fp8 = {load_cluster('h100-sxm').gpu.gemm_efficiency_fp8}" in out
     assert "held out" in out and "megatron-bridge-25.11-h100-llama3-70b-fp8" in out
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGPIPE"), reason="POSIX pipes")
+def test_closed_pipe_ends_like_a_unix_tool():
+    """`plan-search ... | head -1` must not exit 1, which means 'nothing fits'. (3,000 rows are more than
+    a pipe buffer holds, so the writer meets the closed pipe whatever the timing.)"""
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "from optimizer.cli import main; main()", "h100x64",
+                                "llama3-70b", "--top", "3000", "--format", "csv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"tp,pp,")
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGPIPE, (process.returncode, err)
+    assert err == b""
