@@ -88,7 +88,8 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
     per_node = cluster.topology.gpus_per_node
     plan, assumptions = _row_plan(row, where)
     overrides: dict[str, Any] = {"topology.num_nodes": -(-num_gpus // per_node)}
-    overrides.update(cluster_info.get("gpu_overrides") or {})  # e.g. a calibration trial's efficiency
+    overrides.update(cluster_info.get("overrides") or {})      # what the run's cluster changes, e.g. its network
+    overrides.update(cluster_info.get("gpu_overrides") or {})  # a calibration trial's efficiency
     domain = cluster.topology.scaleup_domain_gpus
     if num_gpus > domain and num_gpus % domain:
         # e.g. 256 GB200 GPUs in NVL72 racks: take the largest whole-node domain that tiles the job.
