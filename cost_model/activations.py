@@ -277,6 +277,14 @@ def lm_head_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, p
 
 
 def logits_transient_bytes(training: TrainingSpec, plans: PlanArrays, padded_vocab: np.ndarray) -> np.ndarray:
-    """The bf16 logits that exist next to their fp32 copy while the loss is computed."""
+    """Logit-sized buffers beside the saved fp32 logits (4 bytes per vocabulary entry, counted by
+    :func:`lm_head_bytes`) at the loss's memory peak, per vocabulary entry and token:
+
+    * fused (Megatron): the bf16 logits next to their fp32 copy: 2 bytes;
+    * unfused (PyTorch ``log_softmax`` + ``nll_loss``): in backward, the gradient of the fp32
+      log-probabilities and the fp32 input gradient next to the saved log-probabilities: 8 bytes
+      (the forward's peak, bf16 logits + fp32 copy + output, is 6).
+    """
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    return ACT_BYTES * tokens * padded_vocab / plans.tp
+    per_entry = ACT_BYTES if training.fused_cross_entropy else 8.0
+    return per_entry * tokens * padded_vocab / plans.tp

@@ -55,6 +55,12 @@ class TrainingSpec:
     causal: bool = True
     """Causal attention: fused kernels skip the masked half of the score matrix."""
 
+    fused_cross_entropy: bool = True
+    """Megatron's vocab-parallel cross entropy: it upcasts the logits to fp32 once and computes the
+    softmax and its gradient in place. False = PyTorch's ``log_softmax`` + ``nll_loss`` on an fp32
+    copy (torchtitan), whose backward holds the saved log-probabilities, their gradient and the
+    input gradient at once: about twice the logits memory at its peak."""
+
     train_tokens: float | None = None
     """Total training tokens, for time-to-train, GPU-hours and cost. None = not asked."""
 

@@ -351,6 +351,9 @@ def validate_command(
             typer.echo(f"{label}: {s['throughput_rows']} rows with throughput, median |error| "
                        f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}; "
                        f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
+        if s["memory_rows"]:
+            typer.echo(f"{label}: {s['memory_rows']} rows with measured memory per GPU, median |error| "
+                       f"{s['median_abs_memory_error']:.1%}, worst {s['worst_abs_memory_error']:.1%}")
     typer.echo("TFLOP/s per GPU in this model's FLOP count (or with recompute where the source counts it); * = the "
                "source publishes tokens/s per GPU, compared as such (meas = the TFLOP/s those tokens/s imply).")
 

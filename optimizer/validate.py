@@ -146,6 +146,7 @@ def summary(rows: list[ValidationRow]) -> dict[str, dict[str, float | int | None
             "worst_abs_throughput_error": float(np.max(tflops)) if len(tflops) else None,
             "memory_rows": int(len(memory)),
             "median_abs_memory_error": float(np.median(memory)) if len(memory) else None,
+            "worst_abs_memory_error": float(np.max(memory)) if len(memory) else None,
             "rows_predicted_to_fit": sum(r.fits for r in subset),
         }
     return result

@@ -179,3 +179,15 @@ def test_vectorised_over_plans():
     got = layer_activations(GPT3, KORTHIKANTI, many).dense_full
     expected = np.array([SBH * 34 + SCORES, SBH * (10 + 24 / T) + SCORES / T, SBH * 34 / T + SCORES / T])
     np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_unfused_cross_entropy_holds_more_logit_buffers():
+    """Fused (Megatron): bf16 logits beside the fp32 copy, 2 B per entry; PyTorch's log_softmax +
+    nll_loss backward: the fp32 gradient of the log-probabilities and the fp32 input gradient, 8 B."""
+    from cost_model.activations import logits_transient_bytes
+    p = plans(tp=4, micro_batch=2)
+    vocab = np.array([128256.0])
+    fused = logits_transient_bytes(MODERN, p, vocab)[0]
+    unfused = logits_transient_bytes(dataclasses.replace(MODERN, fused_cross_entropy=False), p, vocab)[0]
+    assert fused == 2 * 2 * 8192 * 128256 / 4
+    assert unfused == 8 * 2 * 8192 * 128256 / 4
