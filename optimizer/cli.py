@@ -152,7 +152,9 @@ def search_command(
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention",
                                                    help="Fused attention (no s x s scores in memory)."),
     cp_comm: CPComm = typer.Option(CPComm.p2p, "--cp-comm", help="Context parallelism: p2p ring or a2a (Ulysses)."),
-    allow_offload: bool = typer.Option(False, "--allow-offload", help="Also try optimizer offload to the CPU."),
+    allow_offload: bool = typer.Option(False, "--allow-offload",
+                                       help="Also try optimizer and (without PP) activation offload to the host."),
+    per_layout: bool = typer.Option(False, "--per-layout", help="Show the best plan of each layout only."),
     recompute: Optional[list[Recompute]] = typer.Option(None, "--recompute", help="Limit recompute modes (repeatable)."),
     zero: Optional[list[int]] = typer.Option(None, "--zero", help="Limit ZeRO stages (repeatable)."),
     rank_order: str = typer.Option("tp-cp-ep-dp-pp", "--rank-order", help="Rank order, innermost first."),
@@ -164,6 +166,7 @@ def search_command(
         tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
+                       best_per_layout=per_layout,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
                        zero_stages=tuple(sorted(set(zero))) if zero else None)
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,

@@ -59,6 +59,18 @@ def rank_order(metrics: PlanMetrics, cluster: ClusterSpec, objective: str) -> np
     return np.lexsort(keys)
 
 
+LAYOUT_KEY = ("tp", "pp", "dp", "cp", "ep", "etp")
+
+
+def best_per_layout(order: np.ndarray, metrics: PlanMetrics) -> np.ndarray:
+    """``order`` keeping only the best-ranked plan of each layout (GPUs, tp, pp, dp, cp, ep, etp), so
+    a top-K list shows K different layouts instead of K variants of one."""
+    columns = metrics.plans.to_columns()
+    keys = np.stack([metrics.plans.num_gpus] + [columns[name] for name in LAYOUT_KEY], axis=1)[order]
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return order[np.sort(first)]
+
+
 def pareto_front(time_s: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Indices of the plans no other plan beats on both time and cost, fastest first."""
     order = np.lexsort((cost, time_s))

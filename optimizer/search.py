@@ -33,7 +33,7 @@ from hardware.schema import ClusterSpec
 
 from .layout_model import LAYOUT_COLUMNS, LayoutModel
 from .plan_rules import SCHEDULE_RULES, valid_mask
-from .ranking import rank_order
+from .ranking import best_per_layout, rank_order
 from .search_options import SearchOptions
 
 PARTIAL_RECOMPUTE_FRACTIONS = (0.25, 0.5, 0.75)
@@ -284,6 +284,8 @@ def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = F
     ranked = None
     if metrics is not None:
         order = rank_order(metrics, scenario.cluster, scenario.options.objective)
+        if scenario.options.best_per_layout:
+            order = best_per_layout(order, metrics)
         ranked_plans = timed.take(order[: scenario.options.top_k])
         ranked = evaluate(scenario.model, scenario.training, scenario.cluster, ranked_plans, scenario.costs)
     clock["rank"] = time.perf_counter()

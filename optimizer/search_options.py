@@ -71,6 +71,9 @@ class SearchOptions:
     top_k: int = 10
     """Plans returned."""
 
+    best_per_layout: bool = False
+    """Return only the best plan of each layout (tp, pp, dp, cp, ep, etp and GPUs): a top-K of layouts."""
+
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")

@@ -258,3 +258,19 @@ def test_closed_pipe_ends_like_a_unix_tool():
     _, err = process.communicate(timeout=120)
     assert process.returncode == -signal.SIGPIPE, (process.returncode, err)
     assert err == b""
+
+
+def test_per_layout_lists_distinct_layouts_in_rank_order(capsys):
+    args = ("h100x64", "llama3-70b", "--seq-len", "8192", "--global-batch", "128", "--format", "json")
+    _, out, _ = run(capsys, *args, "--top", "100000")
+    every = json.loads(out)["plans"]
+    code, out, _ = run(capsys, *args, "--top", "10", "--per-layout")
+    assert code == 0
+    layouts = json.loads(out)["plans"]
+    key = lambda p: (p["tp"], p["pp"], p["dp"], p["cp"], p["ep"], p["etp"], p["num_gpus"])
+    assert len(layouts) == 10 and len({key(p) for p in layouts}) == 10
+    # each is the best plan of its layout, and they come in the order of the full ranking
+    first_of_layout = {}
+    for p in every:
+        first_of_layout.setdefault(key(p), p)
+    assert layouts == [first_of_layout[k] for k in list(first_of_layout)[:10]]
