@@ -25,6 +25,14 @@ def _uneven_split(model: ModelSpec, pp: int) -> tuple[int, int] | None:
     return None
 
 
+def _recompute_modules(plan: dict[str, Any]) -> list[str]:
+    return module_names(plan.get("recompute_modules", CORE_ATTN))
+
+
+def _offloaded_layers(plan: dict[str, Any]) -> int:
+    return plan.get("activation_offload_layers", 0)
+
+
 def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> list[str]:
     args = [
         f"--tensor-model-parallel-size {plan['tp']}",
@@ -44,7 +52,7 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
              f"--seq-length {training.seq_length}"]
     if plan["recompute"] == SELECTIVE:
         args += ["--recompute-granularity selective",
-                 "--recompute-modules " + " ".join(module_names(plan.get("recompute_modules", CORE_ATTN)))]
+                 "--recompute-modules " + " ".join(_recompute_modules(plan))]
     elif plan["recompute"] == FULL:
         layers = plan["recompute_num_layers"]
         if layers < 0:
@@ -60,10 +68,10 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
     if plan.get("optimizer_offload"):
         args.append("--optimizer-cpu-offload")
-    if plan.get("activation_offload_layers", 0) > 0:
+    if _offloaded_layers(plan) > 0:
         # Megatron's TransformerConfig also offloads weights unless cpu_offloading_weights=False (the
         # plan is priced with activations only, as NVIDIA's recipes set it).
-        args += ["--cpu-offloading", f"--cpu-offloading-num-layers {plan['activation_offload_layers']}"]
+        args += ["--cpu-offloading", f"--cpu-offloading-num-layers {_offloaded_layers(plan)}"]
     if training.optimizer_moments_dtype == "bf16":
         args += ["--use-precision-aware-optimizer", "--exp-avg-dtype bf16", "--exp-avg-sq-dtype bf16"]
     if training.overlap_grad_reduce:
@@ -103,11 +111,11 @@ def torchtitan_toml(plan: dict[str, Any], model: ModelSpec, training: TrainingSp
         lines.append('fsdp_reshard_after_forward = "always"')
     lines += ["", "[activation_checkpoint]", f'mode = "{mode}"']
     if plan["recompute"] == SELECTIVE:
-        modules = ", ".join(module_names(plan.get("recompute_modules", CORE_ATTN)))
+        modules = ", ".join(_recompute_modules(plan))
         lines.append(f'selective_ac_option = "op"  # priced as Megatron\'s recompute modules [{modules}]; '
                      "torchtitan's op policy differs (it also recomputes every other matmul)")
-    if plan.get("activation_offload_layers", 0) > 0:
-        lines.append(f"# activations of {plan['activation_offload_layers']} layers offloaded to the host in the plan: "
+    if _offloaded_layers(plan) > 0:
+        lines.append(f"# activations of {_offloaded_layers(plan)} layers offloaded to the host in the plan: "
                      "torchtitan has no per-layer activation offload option")
     lines += ["", "[training]",
               f"seq_len = {training.seq_length}",
@@ -130,7 +138,7 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         strategy += [f"expert_model_parallel_size={plan['ep']}", f"expert_tensor_parallel_size={plan['etp']}"]
     recompute = ""
     if plan["recompute"] == SELECTIVE:
-        modules = module_names(plan.get("recompute_modules", CORE_ATTN))
+        modules = _recompute_modules(plan)
         recompute = ('recipe.model.config.recompute_granularity = "selective"\n'
                      f"recipe.model.config.recompute_modules = {modules!r}\n")
     elif plan["recompute"] == FULL:
@@ -138,9 +146,9 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute = ('recipe.model.config.recompute_granularity = "full"\n'
                      'recipe.model.config.recompute_method = "block"\n'
                      f"recipe.model.config.recompute_num_layers = {layers if layers > 0 else 'None  # all layers'}\n")
-    if plan.get("activation_offload_layers", 0) > 0:
+    if _offloaded_layers(plan) > 0:
         recompute += ("recipe.model.config.cpu_offloading = True\n"
-                      f"recipe.model.config.cpu_offloading_num_layers = {plan['activation_offload_layers']}\n"
+                      f"recipe.model.config.cpu_offloading_num_layers = {_offloaded_layers(plan)}\n"
                       "recipe.model.config.cpu_offloading_weights = False\n")
     strategy_text = ",\n    ".join(strategy)
     return (

@@ -177,8 +177,7 @@ def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.nd
     layers = scenario.model.num_layers
     offload = sorted({0, layers // 2, layers - 1}) if o.allow_offload and layers > 1 else [0]
     cols = _cross(cols, "activation_offload_layers", np.array(offload))
-    cols = _filter(cols, (cols["activation_offload_layers"] == 0) | (cols["pp"] == 1))
-    return _filter(cols, _rule_mask(scenario, cols))
+    return _filter(cols, _rule_mask(scenario, cols))  # activation_offload_valid drops offload with pp > 1
 
 
 def _rule_mask(scenario: Scenario, cols: dict[str, np.ndarray], rules: tuple[str, ...] | None = None) -> np.ndarray:
@@ -201,7 +200,8 @@ def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple
     whole = (modes == FULL) & (fractions >= 1.0)
     partial = (modes == FULL) & ~whole
     valid = np.where(partial, (layers >= 1) & (layers < chunk), True)
-    valid &= (cols["activation_offload_layers"] == 0) | (modes == NONE)  # Megatron: offload or recompute
+    # activation_offload_valid, on the recompute column this function adds: offload or recompute
+    valid &= (cols["activation_offload_layers"] == 0) | (modes == NONE)
     # drop partial options that round to the same layer count as the previous one
     previous = np.concatenate([[-1], layers[:-1]])
     same_group_previous = np.concatenate([[False], (np.arange(1, n * r) % r) != 0])
@@ -230,10 +230,9 @@ def screen_memory(scenario: Scenario, plans: PlanArrays, option_valid: np.ndarra
             rows = plans.take(groups * n_options + option)
             peak[groups, option] = peak_memory_bytes(scenario.model, scenario.training, rows, scenario.costs)
 
-    everything = np.arange(n_groups)
     most = options.index((NONE, 0.0, 0)) if (NONE, 0.0, 0) in options else None
     least = options.index((FULL, 1.0, 0)) if (FULL, 1.0, 0) in options else None
-    undecided = everything
+    undecided = np.arange(n_groups)
     all_fit = np.zeros(n_groups, dtype=bool)
     none_fit = np.zeros(n_groups, dtype=bool)
     if most is not None:
