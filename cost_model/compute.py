@@ -151,8 +151,11 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
 
     s_kv = float(training.seq_length)
     causal_skip = 0.5 if (training.causal and training.flash_attention) else 1.0
+    # Fused kernels skip the blocks a causal mask or a sliding window hides; unfused attention
+    # computes the whole s x s score matrix and masks it.
+    window_share = (model.attended_share(training.seq_length, training.causal) if training.flash_attention else 1.0)
     core_flops = 2.0 * plans.micro_batch * q_heads * (training.seq_length / plans.cp) * s_kv \
-        * (model.q_head_dim + model.v_dim) * causal_skip
+        * (model.q_head_dim + model.v_dim) * causal_skip * window_share
     # Fused attention kernels fill the GPU only with long sequences: FlashAttention-2 (Dao 2023, fig. 4-5)
     # roughly halves its throughput from 16K to 512 tokens. Model the kernel's efficiency as
     # L / (L + attention_half_length) of the GPU's figure, L the sequence each kernel sees: the whole

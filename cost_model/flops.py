@@ -47,9 +47,10 @@ def layer_matmul_weights(model: ModelSpec, counts: ParameterCounts) -> tuple[int
 
 
 def attention_flops_per_sequence(model: ModelSpec, seq_length: int, causal: bool) -> float:
-    """QK^T and AV of one layer for one sequence, forward."""
+    """QK^T and AV of one layer for one sequence, forward (averaged over layers where some use a
+    sliding window, see :meth:`ModelSpec.attended_share`)."""
     full = 2.0 * seq_length * seq_length * model.num_attention_heads * (model.q_head_dim + model.v_dim)
-    return full / 2 if causal else full
+    return (full / 2 if causal else full) * model.attended_share(seq_length, causal)
 
 
 def forward_flops_per_sequence(model: ModelSpec, seq_length: int, causal: bool = False) -> dict[str, float]:

@@ -40,7 +40,12 @@ _GATED_MODEL_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen
 _PLAIN_MODEL_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "megatron-gpt"}
 _LEARNED_POSITION_TYPES = {"gpt2", "opt", "gpt_bigcode"}
 _QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}
-_BIAS_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "gpt_bigcode"}
+# GPT-OSS puts a bias on o_proj and on every expert's gate_up and down projections (modeling_gpt_oss.py).
+_BIAS_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "gpt_bigcode", "gpt_oss"}
+# q_norm/k_norm over head_dim (modeling_qwen3.py, modeling_qwen3_moe.py, modeling_gemma3.py).
+_QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text"}
+# Every layer uses the configured sliding_window (modeling_mistral.py, modeling_mixtral.py).
+_ALL_LAYERS_SLIDING_TYPES = {"mistral", "mixtral"}
 
 # GPT-2 style names -> Llama style names.
 _ALIASES = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
@@ -49,7 +54,7 @@ _ALIASES = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "
             "ffn_hidden_size": "intermediate_size"}
 
 _EXTENSION_FIELDS = {"name", "preset", "training", "norm_type", "position_embedding_type", "gated_mlp",
-                     "add_bias_linear", "add_qkv_bias", "moe_capacity_factor"}
+                     "add_bias_linear", "add_qkv_bias", "moe_capacity_factor", "qk_norm", "attention_sinks"}
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,10 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
         mlp_only = set(cfg.get("mlp_only_layers") or [])
         moe_layers = tuple(i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in mlp_only
                            for i in range(layers))
-        if model_type == "mixtral":
+        if model_type in ("mixtral", "gpt_oss"):  # their intermediate_size is the expert's
             intermediate = 0 if all(moe_layers) else intermediate
+        if model_type == "gpt_oss":
+            router_extra = experts  # the router's bias (nn.Linear with bias)
         # DeepSeek-V3's e_score_correction_bias is a registered buffer in transformers, not a
         # parameter, so it is not counted (the published 671,026,404,352 excludes it).
         if model_type == "qwen2_moe" and shared_ffn:
@@ -258,6 +265,8 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
     if experts and not top_k:
         raise InputError(source, "num_experts_per_tok", "is missing for a mixture-of-experts model",
                          "add 'num_experts_per_tok: <top-k>'")
+
+    window, sliding_layers = _sliding_window(cfg, model_type, layers, source)
 
     extra = {k: v for k, v in cfg.items() if k not in _EXTENSION_FIELDS}
     if router_extra:
@@ -268,6 +277,9 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
             num_kv_heads=kv_heads, head_dim=head_dim, ffn_hidden_size=intermediate or 0, vocab_size=vocab,
             tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), gated_mlp=gated, norm_type=norm,
             qkv_bias=qkv_bias, linear_bias=linear_bias, position_embedding_type=position,
+            qk_norm=bool(cfg.get("qk_norm", model_type in _QK_NORM_TYPES)),
+            attention_sinks=bool(cfg.get("attention_sinks", model_type == "gpt_oss")),
+            sliding_window=window, sliding_window_layers=sliding_layers,
             max_position_embeddings=_as_int(cfg, "max_position_embeddings", source),
             num_experts=experts, experts_per_token=top_k if experts else 0, moe_ffn_hidden_size=moe_ffn if experts else 0,
             shared_expert_ffn_hidden_size=shared_ffn if experts else 0, moe_layers=moe_layers,
@@ -279,3 +291,29 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
         )
     except ValueError as exc:
         raise InputError(source, _field_of(str(exc), ""), str(exc), "fix the model fields") from None
+
+
+def _sliding_window(cfg: dict[str, Any], model_type: str, layers: int, source: str) -> tuple[int, tuple[bool, ...]]:
+    """The sliding window and the layers that use it, as Hugging Face configs spell them.
+
+    ``layer_types`` (GPT-OSS, Gemma 2/3, newer Qwen2) names each layer; Mistral and Mixtral apply
+    ``sliding_window`` to every layer; Qwen2 applies it from layer ``max_window_layers`` on when
+    ``use_sliding_window`` is true.
+    """
+    window = _as_int(cfg, "sliding_window", source, default=None) or 0
+    if not window:
+        return 0, ()
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            raise InputError(source, "layer_types", f"must list one attention type per layer ({layers})",
+                             "copy layer_types from the model's config.json")
+        sliding = tuple(str(kind) == "sliding_attention" for kind in types)
+    elif model_type in _ALL_LAYERS_SLIDING_TYPES:
+        sliding = (True,) * layers
+    elif cfg.get("use_sliding_window"):
+        first = _as_int(cfg, "max_window_layers", source, default=0) or 0
+        sliding = tuple(i >= first for i in range(layers))
+    else:
+        return 0, ()
+    return (window, sliding) if any(sliding) else (0, ())

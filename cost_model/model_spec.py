@@ -57,6 +57,19 @@ class ModelSpec:
     linear_bias: bool = False
     """Bias on every other linear layer, as GPT-2/3 and Megatron's ``--add-bias-linear``."""
 
+    qk_norm: bool = False
+    """RMSNorm over each query and key head before RoPE (Qwen3, Gemma 3: HF ``q_norm``/``k_norm`` of head_dim)."""
+
+    attention_sinks: bool = False
+    """One learned softmax sink logit per query head and layer (GPT-OSS ``sinks``)."""
+
+    sliding_window: int = 0
+    """Keys a query sees in a sliding-window layer (HF ``sliding_window``); 0 = no sliding-window layers."""
+
+    sliding_window_layers: tuple[bool, ...] = ()
+    """For each layer, whether it uses the sliding window (HF ``layer_types`` entries
+    ``sliding_attention``; every layer for Mistral/Mixtral). Empty = none."""
+
     position_embedding_type: Literal["rope", "learned", "alibi"] = "rope"
     """Rotary or ALiBi (no parameters), or a learned absolute position table (GPT)."""
 
@@ -119,6 +132,10 @@ class ModelSpec:
             raise ValueError("intermediate_size must be positive for a model with dense MLP layers")
         if self.moe_layers and len(self.moe_layers) != self.num_layers:
             raise ValueError("moe_layers must have one entry per layer")
+        if self.sliding_window_layers and len(self.sliding_window_layers) != self.num_layers:
+            raise ValueError("layer_types must have one entry per layer")
+        if self.sliding_window < 0 or (any(self.sliding_window_layers) and self.sliding_window == 0):
+            raise ValueError(f"sliding_window must be a positive number of tokens, got {self.sliding_window!r}")
         if any(self.moe_layers):
             if self.num_experts <= 0 or self.moe_ffn_hidden_size <= 0:
                 raise ValueError("a MoE model needs num_experts and moe_intermediate_size > 0")
@@ -146,6 +163,26 @@ class ModelSpec:
     @cached_property
     def num_dense_layers(self) -> int:
         return self.num_layers - self.num_moe_layers
+
+    @cached_property
+    def num_sliding_window_layers(self) -> int:
+        return sum(self.sliding_window_layers) if self.sliding_window else 0
+
+    def attended_share(self, seq_length: int, causal: bool) -> float:
+        """Query-key pairs the model's layers score, as a share of what full-sequence attention scores.
+
+        A full layer scores s^2 pairs (s^2/2 causal); a sliding-window layer of width w = min(w, s)
+        scores s*w (each query sees w keys), or s*w - w^2/2 causal (the first w queries see fewer;
+        the continuous form, which gives s^2/2 at w = s like the full count). Averaged over layers,
+        since the cost model prices one attention core per layer kind.
+        """
+        sliding = self.num_sliding_window_layers
+        if not sliding:
+            return 1.0
+        s = float(seq_length)
+        w = min(float(self.sliding_window), s)
+        share = (s * w - w * w / 2) / (s * s / 2) if causal else w / s
+        return (self.num_layers - sliding + sliding * share) / self.num_layers
 
     @property
     def q_head_dim(self) -> int:

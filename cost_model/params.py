@@ -49,7 +49,14 @@ class ParameterCounts:
         kv_width = m.num_kv_heads * m.head_dim
         weights = h * (q_width + 2 * kv_width) + q_width * h
         bias = (q_width + 2 * kv_width if m.qkv_bias else 0) + (h if m.linear_bias else 0)
-        return weights + bias
+        return weights + bias + self._attention_extras
+
+    @cached_property
+    def _attention_extras(self) -> int:
+        """Qwen3's q_norm and k_norm (one head_dim vector each, modeling_qwen3_moe.py) and GPT-OSS's
+        per-head sink logits (modeling_gpt_oss.py ``sinks``)."""
+        m = self.spec
+        return (2 * m.head_dim if m.qk_norm else 0) + (m.num_attention_heads if m.attention_sinks else 0)
 
     @cached_property
     def attention_tp_replicated(self) -> int:
@@ -65,7 +72,7 @@ class ParameterCounts:
             if m.q_lora_rank:
                 replicated += h * m.q_lora_rank + m.q_lora_rank
             replicated += h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
-        return replicated
+        return replicated + (2 * m.head_dim if m.qk_norm else 0)
 
     # --- MLPs ----------------------------------------------------------------------------------
     def _mlp(self, intermediate: int) -> int:
@@ -179,7 +186,7 @@ class ParameterCounts:
             vectors += (m.q_lora_rank if m.q_lora_rank else 0) + m.kv_lora_rank
         elif m.qkv_bias:
             vectors += (m.num_attention_heads + 2 * m.num_kv_heads) * m.head_dim
-        return vectors
+        return vectors + self._attention_extras
 
 
 def count_parameters(spec: ModelSpec) -> ParameterCounts:

@@ -91,6 +91,20 @@ def test_mla_attention_flops_use_the_mla_head_widths():
     assert attention_flops_per_sequence(model, 4096, causal=False) == 2 * 4096**2 * 128 * (192 + 128)
 
 
+def test_sliding_window_layers_score_only_their_band():
+    model = load_model("gpt-oss-120b").spec
+    s, w = 4096, 128
+    # Half of GPT-OSS's 36 layers see 128 keys: s*w pairs each (no causal discount), s*w - w^2/2 causal.
+    expected_full_count = (18 * s * s + 18 * s * w) / 36
+    expected_causal = (18 * s * s / 2 + 18 * (s * w - w * w / 2)) / 36
+    per_pair = 2 * 64 * (64 + 64)
+    assert attention_flops_per_sequence(model, s, causal=False) == pytest.approx(expected_full_count * per_pair)
+    assert attention_flops_per_sequence(model, s, causal=True) == pytest.approx(expected_causal * per_pair)
+    assert model.attended_share(s, causal=True) == pytest.approx(0.5307617, abs=1e-7)
+    # A window wider than the sequence changes nothing.
+    assert model.attended_share(w, causal=True) == 1.0 and model.attended_share(w, causal=False) == 1.0
+
+
 def test_selective_recompute_repeats_the_attention_core():
     model = gpt(24, 2304, 24)
     training = TrainingSpec(seq_length=2048, global_batch_size=512)

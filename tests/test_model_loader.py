@@ -90,6 +90,23 @@ def test_qwen_moe_decoder_sparse_step_and_mlp_only_layers():
     assert c.router == 128 * 4 + 128
 
 
+def test_sliding_window_layers_from_hf_conventions():
+    base = {"num_hidden_layers": 4, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4,
+            "vocab_size": 100, "sliding_window": 64}
+    listed = model_from_hf({**base, "model_type": "gpt_oss",
+                            "layer_types": ["sliding_attention", "full_attention"] * 2,
+                            "num_local_experts": 4, "num_experts_per_tok": 2})
+    assert (listed.sliding_window, listed.sliding_window_layers) == (64, (True, False, True, False))
+    assert listed.attention_sinks and listed.linear_bias and listed.qkv_bias
+    assert model_from_hf({**base, "model_type": "mistral"}).sliding_window_layers == (True,) * 4
+    qwen2 = {**base, "model_type": "qwen2", "max_window_layers": 3}
+    assert model_from_hf(qwen2).sliding_window == 0                     # use_sliding_window defaults off
+    assert model_from_hf({**qwen2, "use_sliding_window": True}).sliding_window_layers == (False,) * 3 + (True,)
+    assert model_from_hf({**base, "model_type": "mixtral", "sliding_window": None}).sliding_window == 0
+    with pytest.raises(InputError, match="layer_types"):
+        model_from_hf({**base, "model_type": "gpt_oss", "layer_types": ["full_attention"]})
+
+
 def test_config_json_file_round_trip(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**LLAMA_LIKE, "num_key_value_heads": 4, "tie_word_embeddings": False}))

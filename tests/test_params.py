@@ -46,6 +46,35 @@ def test_llama3_8b_by_hand():
     assert c.final_norm == h
 
 
+def test_qwen3_moe_published_totals_and_qk_norm():
+    # Qwen3 model cards: 30.5B total / 3.3B activated; 235B total / 22B activated.
+    small, large = counts("qwen3-30b-a3b"), counts("qwen3-235b-a22b")
+    assert round(small.total / 1e9, 1) == 30.5 and int(small.active / 1e8) == 33  # 3.35B, the card truncates
+    assert round(large.total / 1e9) == 235 and round(large.active / 1e9) == 22
+    # By hand, one Qwen3-30B-A3B layer: q 2048x4096, k and v 2048x512, o 4096x2048, q_norm and k_norm
+    # of head_dim 128, two RMSNorms, router 2048x128, 128 experts of 3 x 2048 x 768.
+    h = 2048
+    attention = h * 4096 + 2 * h * 512 + 4096 * h + 2 * 128
+    assert small.attention == attention
+    assert small.moe_layer == attention + 2 * h + h * 128 + 128 * 3 * h * 768
+    assert small.total == 48 * small.moe_layer + 2 * 151936 * h + h
+
+
+def test_gpt_oss_120b_matches_openai_model_card():
+    # OpenAI gpt-oss model card (arXiv 2508.10925), table 1: 116.83B total, 5.13B active per token
+    # (their active count leaves out the input embedding; the unembedding is in).
+    c = counts("gpt-oss-120b")
+    assert round(c.total / 1e9, 2) == 116.83
+    assert round((c.active - c.embedding) / 1e9, 2) == 5.13
+    # One layer by hand: q/k/v/o with biases and 64 sink logits; 128 experts of gate_up 2880x5760 and
+    # down 2880x2880 with their biases; the router with its bias.
+    h, q_w, kv_w, e = 2880, 64 * 64, 8 * 64, 128
+    attention = h * (q_w + 2 * kv_w) + q_w * h + (q_w + 2 * kv_w) + h + 64
+    expert = 3 * h * 2880 + 2 * 2880 + h
+    assert c.attention == attention
+    assert c.moe_layer == attention + 2 * h + (h * e + e) + e * expert
+
+
 def test_mixtral_active_parameters():
     c = counts("mixtral-8x7b")
     # Mistral's announcement: 46.7B total, 12.9B used per token (2 of 8 experts).
