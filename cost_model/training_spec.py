@@ -80,7 +80,20 @@ class TrainingSpec:
     moe_dispatch_fp8: bool = False
     """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes."""
 
+    cuda_graph_scope: tuple[str, ...] = ()
+    """Parts of each layer replayed from CUDA graphs (Megatron ``--cuda-graph-scope``: ``attn``, ``mlp``,
+    ``moe``, ``moe_router``, ``moe_preprocess``, ``full_iteration``); empty = no CUDA graphs, Megatron's
+    default. Captured parts cost no host issue time (:mod:`cost_model.host`)."""
+
     def __post_init__(self) -> None:
+        from .host import CUDA_GRAPH_SCOPES  # host imports this module
+
+        scope = self.cuda_graph_scope
+        if isinstance(scope, str):
+            scope = (scope,) if scope else ()
+        if not isinstance(scope, (tuple, list)) or any(part not in CUDA_GRAPH_SCOPES for part in scope):
+            raise ValueError(f"cuda_graph_scope must list parts from {', '.join(CUDA_GRAPH_SCOPES)}, got {scope!r}")
+        object.__setattr__(self, "cuda_graph_scope", tuple(sorted(set(scope))))
         for name in ("seq_length", "global_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

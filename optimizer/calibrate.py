@@ -12,6 +12,12 @@ log error of those rows is zero (bisection: predicted throughput rises monotonic
 efficiency). Every other row of that GPU and precision is held out and reported separately. GPUs
 without a BF16 row take a BF16 value derived from their FP8 one (:data:`DERIVED_BF16`). ``plan-search calibrate`` prints both; ``--write`` stores the
 values in the GPU presets with the rows they came from.
+
+A second constant, the host's time to issue one kernel (:mod:`cost_model.host`,
+``CostOptions.host_kernel_issue_us``), is fitted the same way on :data:`HOST_CALIBRATION_ROWS`: the
+most host-bound run of the dataset, where the GEMM efficiency barely matters. Every other
+mixture-of-experts row is held out. The GEMM efficiencies come from dense rows the host term does
+not touch, so the two fits do not interact.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from cost_model.options import CostOptions
 from hardware.errors import read_yaml_mapping
 
 from .validate import DEFAULT_DATASET, ValidationRow, validate_row
@@ -39,6 +46,11 @@ CALIBRATION_ROWS = {
 held out. FP8 fits ``gemm_efficiency_fp8``; BF16 (and FP16) fits ``gemm_efficiency``."""
 
 PARAMETER = {"fp8": "gemm_efficiency_fp8", "bf16": "gemm_efficiency"}
+
+HOST_CALIBRATION_ROWS = ["megatron-bridge-25.11-b200-qwen3-235b-a22b-fp8mx"]
+"""Rows that fix ``host_kernel_issue_us``: Qwen3-30B-A3B on 8 B200 at one 4096-token sequence per
+micro-batch, 16 experts of width 768 per GPU and no CUDA graphs; its GPU work alone would run about
+2.6x faster than measured."""
 
 DERIVED_BF16 = {"b200": "h100-sxm", "gb200-nvl72": "h100-sxm"}
 """GPUs with an FP8 calibration row but no BF16 one: their BF16 efficiency is derived so that their
@@ -111,8 +123,7 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
 def _held_out_rows(runs: list[dict[str, Any]], gpu: str, precision: str, ids: list[str]) -> list[dict[str, Any]]:
     return [row for row in runs if row["cluster"]["gpu"] == gpu and row["id"] not in ids
             and _precision_class(row) == precision
-            and ((row.get("measured") or {}).get("tflops_per_gpu")
-                 or (row.get("measured") or {}).get("tokens_per_s_per_gpu"))]
+            and _has_throughput(row)]
 
 
 def _derived_bf16(results: list[CalibratedGPU], runs: list[dict[str, Any]], source: str) -> list[CalibratedGPU]:
@@ -158,3 +169,45 @@ def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None)
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
+
+
+@dataclass
+class CalibratedHost:
+    value_us: float
+    calibration: list[ValidationRow]
+    held_out: list[ValidationRow]
+
+
+def calibrate_host(dataset: str | Path = DEFAULT_DATASET, tolerance_us: float = 0.01) -> CalibratedHost | None:
+    """Fit ``host_kernel_issue_us`` on :data:`HOST_CALIBRATION_ROWS` (median signed log error zero)."""
+    from cost_model.model_loader import model_input_from_mapping
+
+    runs = read_yaml_mapping(dataset)["runs"]
+    rows = [row for row in runs if row["id"] in HOST_CALIBRATION_ROWS]
+    if not rows:
+        return None
+    source = str(dataset)
+
+    def error(value_us: float) -> float:
+        options = CostOptions(host_kernel_issue_us=value_us)
+        return float(np.median([math.log(1 + validate_row(row, source, options).tflops_error) for row in rows]))
+
+    low, high = 0.0, 200.0
+    while high - low > tolerance_us:  # predicted throughput falls as issuing gets slower
+        middle = (low + high) / 2
+        if error(middle) > 0:
+            low = middle
+        else:
+            high = middle
+    value = round((low + high) / 2, 1)
+    options = CostOptions(host_kernel_issue_us=value)
+    moe = [row for row in runs if row["id"] not in HOST_CALIBRATION_ROWS and _has_throughput(row)
+           and model_input_from_mapping(dict(row["model"]), source=source).spec.is_moe]
+    return CalibratedHost(value_us=value,
+                          calibration=[validate_row(row, source, options) for row in rows],
+                          held_out=[validate_row(row, source, options) for row in moe])
+
+
+def _has_throughput(row: dict[str, Any]) -> bool:
+    measured = row.get("measured") or {}
+    return bool(measured.get("tflops_per_gpu") or measured.get("tokens_per_s_per_gpu"))

@@ -366,13 +366,22 @@ def calibrate_command(
     dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: tests/data/published_runs.yaml)."),
     write: bool = typer.Option(False, "--write", help="Store the fitted values in the GPU presets."),
 ) -> None:
-    """Fit each GPU's GEMM efficiency per precision on its calibration rows; report the held-out rows."""
-    from .calibrate import DEFAULT_DATASET, calibrate, write_presets
+    """Fit each GPU's GEMM efficiency per precision, and the host's kernel issue time, on their calibration
+    rows; report the held-out rows."""
+    from .calibrate import DEFAULT_DATASET, calibrate, calibrate_host, write_presets
     results = calibrate(dataset or DEFAULT_DATASET)
     for result in results:
         via = f" (derived: FP8 value x {result.derived_from}'s BF16/FP8 ratio)" if result.derived_from else ""
         typer.echo(f"{result.gpu} {result.precision}: {result.parameter} = {result.value}{via}")
         for label, rows in (("calibration", result.calibration), ("held out", result.held_out)):
+            for row in rows:
+                typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "
+                           f"({row.tflops_error:+.1%})")
+    host = calibrate_host(dataset or DEFAULT_DATASET)
+    if host is not None:
+        typer.echo(f"host kernel issue time: host_kernel_issue_us = {host.value_us} "
+                   f"(CostOptions default {CostOptions().host_kernel_issue_us})")
+        for label, rows in (("calibration", host.calibration), ("held out", host.held_out)):
             for row in rows:
                 typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "
                            f"({row.tflops_error:+.1%})")

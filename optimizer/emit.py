@@ -80,10 +80,19 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
         args.append("--overlap-param-gather")
     if training.tp_comm_overlap and plan["tp"] > 1:
         args.append("--tp-comm-overlap")
+    if training.cuda_graph_scope:
+        args += [f"--cuda-graph-impl {_cuda_graph_impl(training)}",
+                 f"--cuda-graph-scope {' '.join(training.cuda_graph_scope)}"]
     args.append("--fp16" if training.precision == "fp16" else "--bf16")
     if training.precision == "fp8":
         args.append("--fp8-format hybrid")
     return args
+
+
+def _cuda_graph_impl(training: TrainingSpec) -> str:
+    """Megatron captures a whole iteration with its own graphs; per-layer scopes go through Transformer
+    Engine's ``make_graphed_callables`` (``--cuda-graph-impl local`` / ``transformer_engine``)."""
+    return "local" if "full_iteration" in training.cuda_graph_scope else "transformer_engine"
 
 
 def torchtitan_toml(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> str:
@@ -150,6 +159,9 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute += ("recipe.model.config.cpu_offloading = True\n"
                       f"recipe.model.config.cpu_offloading_num_layers = {_offloaded_layers(plan)}\n"
                       "recipe.model.config.cpu_offloading_weights = False\n")
+    if training.cuda_graph_scope:
+        recompute += (f'recipe.model.config.cuda_graph_impl = "{_cuda_graph_impl(training)}"\n'
+                      f"recipe.model.config.cuda_graph_scope = {list(training.cuda_graph_scope)!r}\n")
     strategy_text = ",\n    ".join(strategy)
     return (
         "from nemo import lightning as nl\n\n"

@@ -21,6 +21,7 @@ import numpy as np
 from cost_model.evaluate import evaluate
 from cost_model.memory import GIB
 from cost_model.model_loader import build_training, model_input_from_mapping
+from cost_model.options import CostOptions
 from cost_model.plan import PlanArrays, module_mask
 from hardware.errors import InputError, read_yaml_mapping
 from hardware.loader import load_cluster
@@ -78,7 +79,7 @@ def _row_plan(row: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str
     return plan, assumptions
 
 
-def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
+def validate_row(row: dict[str, Any], source: str, options: CostOptions | None = None) -> ValidationRow:
     where = f"{source}: {row.get('id', '?')}"
     model = model_input_from_mapping(dict(row["model"]), source=where, default_name=row.get("id", "model")).spec
     training = build_training(dict(row.get("training") or {}), source=where)
@@ -108,7 +109,7 @@ def validate_row(row: dict[str, Any], source: str) -> ValidationRow:
         except ValueError as error:
             raise InputError(where, "plan.recompute_modules", str(error), "use Megatron's module names") from None
     arrays = PlanArrays.from_records([record])
-    metrics = evaluate(model, training, cluster, arrays)
+    metrics = evaluate(model, training, cluster, arrays, options)
     measured = row.get("measured") or {}
     if measured.get("flops_counted", "model") == "hardware":
         predicted = metrics.hardware_flops_per_step[0] / (metrics.step_time_s[0] * num_gpus) / 1e12
