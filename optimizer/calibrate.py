@@ -15,7 +15,7 @@ values in the GPU presets with the rows they came from.
 
 A second constant, the host's time to issue one kernel (:mod:`cost_model.host`,
 ``CostOptions.host_kernel_issue_us``), is fitted the same way on :data:`HOST_CALIBRATION_ROWS`: the
-most host-bound run of the dataset, where the GEMM efficiency barely matters. Every other
+most host-bound run whose recipe certainly ran without CUDA graphs. Every other
 mixture-of-experts row is held out. The GEMM efficiencies come from dense rows the host term does
 not touch, so the two fits do not interact.
 """
@@ -48,9 +48,9 @@ held out. FP8 fits ``gemm_efficiency_fp8``; BF16 (and FP16) fits ``gemm_efficien
 PARAMETER = {"fp8": "gemm_efficiency_fp8", "bf16": "gemm_efficiency"}
 
 HOST_CALIBRATION_ROWS = ["megatron-bridge-25.11-b200-qwen3-235b-a22b-fp8mx"]
-"""Rows that fix ``host_kernel_issue_us``: Qwen3-30B-A3B on 8 B200 at one 4096-token sequence per
-micro-batch, 16 experts of width 768 per GPU and no CUDA graphs; its GPU work alone would run about
-2.6x faster than measured."""
+"""Rows that fix ``host_kernel_issue_us``: Qwen3-235B-A22B on 64 B200 at one 4096-token sequence per
+micro-batch with 16 experts per GPU. Both recipe versions with its layout run it without CUDA graphs
+and with the all-to-all dispatcher; its GPU work alone would run about 1.6x faster than measured."""
 
 DERIVED_BF16 = {"b200": "h100-sxm", "gb200-nvl72": "h100-sxm"}
 """GPUs with an FP8 calibration row but no BF16 one: their BF16 efficiency is derived so that their
