@@ -56,8 +56,6 @@ MOE_ROUTER_AND_PREPROCESS_KERNELS = 8
 """The part of the MoE fixed kernels that the ``moe_router`` and ``moe_preprocess`` graphs capture."""
 EXPERT_KERNELS = {"bf16": 2, "fp8": 4}
 
-CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
-
 
 @dataclass
 class LayerKernels:

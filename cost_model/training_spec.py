@@ -17,6 +17,7 @@ from typing import Any, Literal
 PRECISIONS = ("bf16", "fp16", "fp8")
 GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,6 @@ class TrainingSpec:
     default. Captured parts cost no host issue time (:mod:`cost_model.host`)."""
 
     def __post_init__(self) -> None:
-        from .host import CUDA_GRAPH_SCOPES  # host imports this module
-
         scope = self.cuda_graph_scope
         if isinstance(scope, str):
             scope = (scope,) if scope else ()

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -103,14 +103,9 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
         if not rows:
             continue
         parameter = PARAMETER[precision]
-        low, high = 0.05, 1.0
-        while high - low > tolerance:  # predicted throughput rises with the efficiency
-            middle = (low + high) / 2
-            if _signed_log_error(rows, parameter, middle, str(dataset)) > 0:
-                high = middle
-            else:
-                low = middle
-        value = round((low + high) / 2, 3)
+        # Predicted throughput rises with the efficiency.
+        value = round(_zero_of(lambda v: _signed_log_error(rows, parameter, v, str(dataset)), 0.05, 1.0,
+                               tolerance, rising=True), 3)
         held = _held_out_rows(runs, gpu, precision, ids)
         results.append(CalibratedGPU(
             gpu=gpu, precision=precision, parameter=parameter, value=value,
@@ -118,6 +113,17 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
             held_out=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in held]))
     results.extend(_derived_bf16(results, runs, str(dataset)))
     return results
+
+
+def _zero_of(error: Callable[[float], float], low: float, high: float, tolerance: float, rising: bool) -> float:
+    """Where a monotonic ``error`` crosses zero between ``low`` and ``high`` (bisection)."""
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        if (error(middle) > 0) == rising:
+            high = middle
+        else:
+            low = middle
+    return (low + high) / 2
 
 
 def _held_out_rows(runs: list[dict[str, Any]], gpu: str, precision: str, ids: list[str]) -> list[dict[str, Any]]:
@@ -192,14 +198,8 @@ def calibrate_host(dataset: str | Path = DEFAULT_DATASET, tolerance_us: float = 
         options = CostOptions(host_kernel_issue_us=value_us)
         return float(np.median([math.log(1 + validate_row(row, source, options).tflops_error) for row in rows]))
 
-    low, high = 0.0, 200.0
-    while high - low > tolerance_us:  # predicted throughput falls as issuing gets slower
-        middle = (low + high) / 2
-        if error(middle) > 0:
-            low = middle
-        else:
-            high = middle
-    value = round((low + high) / 2, 1)
+    # Predicted throughput falls as issuing gets slower.
+    value = round(_zero_of(error, 0.0, 200.0, tolerance_us, rising=False), 1)
     options = CostOptions(host_kernel_issue_us=value)
     moe = [row for row in runs if row["id"] not in HOST_CALIBRATION_ROWS and _has_throughput(row)
            and model_input_from_mapping(dict(row["model"]), source=source).spec.is_moe]
