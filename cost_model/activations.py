@@ -268,11 +268,12 @@ def embedding_dropout_bytes(model: ModelSpec, training: TrainingSpec, plans: Pla
 
 
 def lm_head_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, padded_vocab: np.ndarray) -> np.ndarray:
-    """Last stage, one micro-batch: final-norm input, LM-head GEMM input and the fp32 logits that
-    Megatron's vocab-parallel cross-entropy keeps for backward (softmax computed in place in fp32)."""
+    """Last stage, one micro-batch: final-norm input, LM-head GEMM input (bf16: the head stays out of
+    FP8, see :func:`cost_model.compute.lm_head_times`) and the fp32 logits that Megatron's
+    vocab-parallel cross-entropy keeps for backward (softmax computed in place in fp32)."""
     sh = _shapes(model, training, plans)
     h = model.hidden_size
-    per_token = (ACT_BYTES * h + sh.gemm_in_bytes * h) / sh.sp_div + 4.0 * padded_vocab / sh.t
+    per_token = 2 * ACT_BYTES * h / sh.sp_div + 4.0 * padded_vocab / sh.t
     return per_token * sh.tokens
 
 
@@ -280,11 +281,22 @@ def logits_transient_bytes(training: TrainingSpec, plans: PlanArrays, padded_voc
     """Logit-sized buffers beside the saved fp32 logits (4 bytes per vocabulary entry, counted by
     :func:`lm_head_bytes`) at the loss's memory peak, per vocabulary entry and token:
 
-    * fused (Megatron): the bf16 logits next to their fp32 copy: 2 bytes;
-    * unfused (PyTorch ``log_softmax`` + ``nll_loss``): in backward, the gradient of the fp32
-      log-probabilities and the fp32 input gradient next to the saved log-probabilities: 8 bytes
-      (the forward's peak, bf16 logits + fp32 copy + output, is 6).
+    * fused (Megatron's vocab-parallel cross entropy, or Transformer Engine's): the bf16 logits next
+      to their fp32 copy, whose softmax and gradient are computed in place: 2 bytes;
+    * unfused, tp = 1 (PyTorch ``log_softmax`` + ``nll_loss``, as ``F.cross_entropy`` runs them): in
+      backward, ``nll_loss_backward``'s fp32 gradient of the log-probabilities and
+      ``_log_softmax_backward_data``'s fp32 input gradient next to the saved log-probabilities:
+      8 bytes (the forward's peak, bf16 logits + fp32 copy + output, is 6);
+    * unfused, tp > 1 (PyTorch's loss parallel on vocabulary-sharded DTensor logits, torchtitan's
+      TP loss): ``torch.distributed.tensor.parallel.loss._nll_loss_and_log_softmax_backward``
+      evaluates ``(grad_input + torch.exp(x)) * grad_output`` with ``grad_input = zeros_like(x)``, so
+      the zeros, ``exp(x)`` and their sum (then the sum and the product) are alive at once beside
+      the saved log-probabilities ``x``: 12 bytes (the forward's ``_log_softmax`` decomposition peaks
+      at 10: the fp32 input, ``shifted`` and ``exp(shifted)`` beside the bf16 logits).
     """
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    per_entry = ACT_BYTES if training.fused_cross_entropy else 8.0
+    if training.fused_cross_entropy:
+        per_entry = np.full(len(plans), float(ACT_BYTES))
+    else:
+        per_entry = np.where(plans.tp > 1, 12.0, 8.0)
     return per_entry * tokens * padded_vocab / plans.tp

@@ -63,8 +63,9 @@ class LayerTimes:
 
 
 class _Pricer:
-    def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions):
-        fp8 = training.precision == "fp8" and gpu.peak_tflops_fp8
+    def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions, gemm_precision: str | None = None):
+        """``gemm_precision`` overrides the run's precision for GEMMs kept out of FP8 (the LM head)."""
+        fp8 = (gemm_precision or training.precision) == "fp8" and gpu.peak_tflops_fp8
         if fp8:
             efficiency = gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
             self.gemm_flops_per_s = gpu.peak_tflops_fp8 * 1e12 * efficiency
@@ -278,8 +279,13 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
 
 def lm_head_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu: GPUSpec,
                   options: CostOptions, padded_vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Forward seconds, backward seconds and forward FLOPs of the final norm, LM head and loss."""
-    pricer = _Pricer(gpu, training, options)
+    """Forward seconds, backward seconds and forward FLOPs of the final norm, LM head and loss.
+
+    The LM head runs in bf16 even in FP8 runs: Megatron's output layer is a plain
+    ``tensor_parallel.ColumnParallelLinear`` outside Transformer Engine's FP8 layers, torchtitan's
+    Float8 conversion skips the module named ``output``, and DeepSeek-V3 keeps its output head in
+    BF16 (DeepSeek-V3 report, section 3.3, mixed-precision framework)."""
+    pricer = _Pricer(gpu, training, options, gemm_precision="bf16")
     tokens = plans.micro_batch * training.seq_length / plans.cp
     vocab_per_rank = padded_vocab / plans.tp
     gemm_s, flops = pricer.gemm(tokens, vocab_per_rank, model.hidden_size)

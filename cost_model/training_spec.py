@@ -60,7 +60,8 @@ class TrainingSpec:
     """Megatron's vocab-parallel cross entropy: it upcasts the logits to fp32 once and computes the
     softmax and its gradient in place. False = PyTorch's ``log_softmax`` + ``nll_loss`` on an fp32
     copy (torchtitan), whose backward holds the saved log-probabilities, their gradient and the
-    input gradient at once: about twice the logits memory at its peak."""
+    input gradient at once (12 bytes per logit); with tp > 1 that is PyTorch's loss parallel on
+    vocabulary-sharded logits, whose decomposed backward holds 16."""
 
     train_tokens: float | None = None
     """Total training tokens, for time-to-train, GPU-hours and cost. None = not asked."""

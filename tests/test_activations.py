@@ -182,12 +182,14 @@ def test_vectorised_over_plans():
 
 
 def test_unfused_cross_entropy_holds_more_logit_buffers():
-    """Fused (Megatron): bf16 logits beside the fp32 copy, 2 B per entry; PyTorch's log_softmax +
-    nll_loss backward: the fp32 gradient of the log-probabilities and the fp32 input gradient, 8 B."""
+    """Fused (Megatron): bf16 logits beside the fp32 copy, 2 B per entry. PyTorch's log_softmax +
+    nll_loss backward at tp = 1: the fp32 gradient of the log-probabilities and the fp32 input
+    gradient, 8 B. PyTorch's loss parallel at tp > 1: zeros_like(x), exp(x) and their sum, 12 B."""
     from cost_model.activations import logits_transient_bytes
-    p = plans(tp=4, micro_batch=2)
-    vocab = np.array([128256.0])
-    fused = logits_transient_bytes(MODERN, p, vocab)[0]
-    unfused = logits_transient_bytes(dataclasses.replace(MODERN, fused_cross_entropy=False), p, vocab)[0]
-    assert fused == 2 * 2 * 8192 * 128256 / 4
-    assert unfused == 8 * 2 * 8192 * 128256 / 4
+    p = PlanArrays.from_records([dict(tp=1, micro_batch=2), dict(tp=4, micro_batch=2)])
+    vocab = np.array([128256.0, 128256.0])
+    fused = logits_transient_bytes(MODERN, p, vocab)
+    unfused = logits_transient_bytes(dataclasses.replace(MODERN, fused_cross_entropy=False), p, vocab)
+    entries = 2 * 8192 * 128256
+    np.testing.assert_array_equal(fused, [2 * entries, 2 * entries / 4])
+    np.testing.assert_array_equal(unfused, [8 * entries, 12 * entries / 4])

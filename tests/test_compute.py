@@ -65,3 +65,22 @@ def test_attention_kernel_efficiency_falls_with_context_parallel_chunks():
     # efficiency L / (L + 512) drops from 8192/8704 to 1024/1536.
     expected_ratio = (1 / 8) * (8192 / 8704) / (1024 / 1536)
     assert dense.attention_forward[1] / dense.attention_forward[0] == pytest.approx(expected_ratio, rel=1e-12)
+
+
+def test_lm_head_stays_in_bf16_in_fp8_runs():
+    """Megatron's output layer is a plain ColumnParallelLinear and torchtitan's Float8 skips 'output':
+    an FP8 run prices its LM head at the BF16 rate, which is slower per FLOP on H100."""
+    from cost_model.compute import lm_head_times
+    from cost_model.plan import PlanArrays
+    from cost_model.model_loader import load_model
+    model = load_model("llama3-8b").spec
+    plans = PlanArrays.from_records([dict(tp=1)])
+    vocab = np.array([128256.0])
+    bf16 = lm_head_times(model, TrainingSpec(precision="bf16"), plans, H100, CostOptions(), vocab)
+    fp8 = lm_head_times(model, TrainingSpec(precision="fp8"), plans, H100, CostOptions(), vocab)
+    for got, expected in zip(fp8, bf16):
+        np.testing.assert_array_equal(got, expected)
+    # ...which differs from pricing it at the FP8 rate.
+    fp8_rate = _Pricer(H100, TrainingSpec(precision="fp8"), CostOptions()).gemm(4096, 128256, 4096)[0]
+    bf16_rate = pricer().gemm(4096, 128256, 4096)[0]
+    assert fp8_rate < 0.8 * bf16_rate

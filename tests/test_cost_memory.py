@@ -141,6 +141,8 @@ def test_lm_head_saved_bytes_by_hand():
     tokens = 2 * 4096
     # final-norm input 2h + LM-head GEMM input 2h (split by SP) + fp32 logits 4V/t per token
     assert got == pytest.approx(tokens * (4 * 4096 / 2 + 4 * 32000 / 2), rel=1e-12)
+    # FP8 runs keep the LM head in bf16, so its saved input stays 2 bytes.
+    assert lm_head_bytes(LLAMA2_7B, dataclasses.replace(MODERN, precision="fp8"), plan, np.array([32000]))[0] == got
 
 
 @pytest.mark.parametrize("p, v", [(2, 2), (4, 2), (4, 4), (8, 2)])
