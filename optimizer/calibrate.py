@@ -2,7 +2,7 @@
 
 Why only this constant: on the verified runs of the dataset, BF16 predictions on A100 are within about
 10% with the microbenchmark GEMM efficiency, while every FP8 run (Megatron-Bridge 25.11, H100, B200,
-GB200) is over-predicted by 50-65% with the FP8 peak at the same fraction: FP8 GEMMs in Transformer
+GB200, GB300) is over-predicted by 50-65% with the FP8 peak at the same fraction: FP8 GEMMs in Transformer
 Engine lose more to scaling, casts and transposes than BF16 GEMMs do. One number per GPU,
 ``gemm_efficiency_fp8``, is fitted; nothing is fitted per row.
 
@@ -40,6 +40,7 @@ CALIBRATION_ROWS = {
     ("h100-sxm", "fp8"): ["megatron-bridge-25.11-h100-llama3.1-405b-fp8"],
     ("b200", "fp8"): ["megatron-bridge-25.11-b200-llama3.1-405b-fp8"],
     ("gb200-nvl72", "fp8"): ["megatron-bridge-25.11-gb200-llama3.1-405b-fp8"],
+    ("gb300-nvl72", "fp8"): ["megatron-bridge-25.11-gb300-llama3.1-405b-fp8"],
     ("h100-sxm", "bf16"): ["dgxc-nemo-24.09-h100-llama3.1-405b-bf16-576gpu"],
 }
 """Rows that fix each (GPU, precision)'s GEMM efficiency; all other rows of that GPU and precision are
@@ -52,7 +53,7 @@ HOST_CALIBRATION_ROWS = ["megatron-bridge-25.11-b200-qwen3-235b-a22b-fp8mx"]
 micro-batch with 16 experts per GPU. Both recipe versions with its layout run it without CUDA graphs
 and with the all-to-all dispatcher; its GPU work alone would run about 1.6x faster than measured."""
 
-DERIVED_BF16 = {"b200": "h100-sxm", "gb200-nvl72": "h100-sxm"}
+DERIVED_BF16 = {"b200": "h100-sxm", "gb200-nvl72": "h100-sxm", "gb300-nvl72": "h100-sxm"}
 """GPUs with an FP8 calibration row but no BF16 one: their BF16 efficiency is derived so that their
 BF16 to FP8 achieved-rate ratio equals the reference GPU's calibrated ratio (on H100 the calibrated
 BF16 rate is about 0.65 of the FP8 rate). Cross-check: BF16 GEMM microbenchmarks on B200 reach
@@ -80,22 +81,48 @@ class CalibratedGPU:
     """For a derived value: the reference GPU whose BF16/FP8 ratio it takes."""
 
 
-def _rows_with(row: dict[str, Any], parameter: str, value: float) -> dict[str, Any]:
+def _rows_with(row: dict[str, Any], overrides: dict[str, float]) -> dict[str, Any]:
+    """``row`` with its GPU's efficiency parameters replaced by ``overrides`` (parameter -> value)."""
     changed = dict(row)
     cluster = dict(row["cluster"])
-    cluster["gpu_overrides"] = {f"gpu.{parameter}": value}
+    cluster["gpu_overrides"] = {f"gpu.{parameter}": value for parameter, value in overrides.items()}
     changed["cluster"] = cluster
     return changed
 
 
-def _signed_log_error(rows: list[dict[str, Any]], parameter: str, value: float, source: str) -> float:
+def _signed_log_error(rows: list[dict[str, Any]], overrides: dict[str, float], source: str) -> float:
     errors = [math.log(1 + r.tflops_error)
-              for r in (validate_row(_rows_with(row, parameter, value), source) for row in rows)]
+              for r in (validate_row(_rows_with(row, overrides), source) for row in rows)]
     return float(np.median(errors))
 
 
+MAX_ROUNDS = 10
+
+
 def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) -> list[CalibratedGPU]:
+    """Fit every (GPU, precision) of :data:`CALIBRATION_ROWS` and derive :data:`DERIVED_BF16`.
+
+    An FP8 run's LM head runs at the BF16 rate, so an FP8 fit depends a little on the GPU's BF16 value,
+    which for the derived GPUs depends on the FP8 fit in turn: the fits are repeated, each round pricing
+    the other parameter at the previous round's value, until no value changes (3 decimals; two or three
+    rounds). The result does not depend on the values the presets held before.
+    """
     runs = read_yaml_mapping(dataset)["runs"]
+    fitted: dict[str, dict[str, float]] = {}
+    results: list[CalibratedGPU] = []
+    for _ in range(MAX_ROUNDS):
+        results = _calibration_round(runs, str(dataset), tolerance, fitted)
+        values: dict[str, dict[str, float]] = {}
+        for result in results:
+            values.setdefault(result.gpu, {})[result.parameter] = result.value
+        if values == fitted:
+            break
+        fitted = values
+    return results
+
+
+def _calibration_round(runs: list[dict[str, Any]], source: str, tolerance: float,
+                       fitted: dict[str, dict[str, float]]) -> list[CalibratedGPU]:
     by_id = {row["id"]: row for row in runs}
     results = []
     for (gpu, precision), ids in CALIBRATION_ROWS.items():
@@ -103,15 +130,20 @@ def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) ->
         if not rows:
             continue
         parameter = PARAMETER[precision]
+        others = {k: v for k, v in fitted.get(gpu, {}).items() if k != parameter}
+
+        def error(v: float) -> float:
+            return _signed_log_error(rows, {**others, parameter: v}, source)
+
         # Predicted throughput rises with the efficiency.
-        value = round(_zero_of(lambda v: _signed_log_error(rows, parameter, v, str(dataset)), 0.05, 1.0,
-                               tolerance, rising=True), 3)
+        value = round(_zero_of(error, 0.05, 1.0, tolerance, rising=True), 3)
+        overrides = {**others, parameter: value}
         held = _held_out_rows(runs, gpu, precision, ids)
         results.append(CalibratedGPU(
             gpu=gpu, precision=precision, parameter=parameter, value=value,
-            calibration=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in rows],
-            held_out=[validate_row(_rows_with(r, parameter, value), str(dataset)) for r in held]))
-    results.extend(_derived_bf16(results, runs, str(dataset)))
+            calibration=[validate_row(_rows_with(r, overrides), source) for r in rows],
+            held_out=[validate_row(_rows_with(r, overrides), source) for r in held]))
+    results.extend(_derived_bf16(results, runs, source))
     return results
 
 
@@ -147,7 +179,8 @@ def _derived_bf16(results: list[CalibratedGPU], runs: list[dict[str, Any]], sour
         held = _held_out_rows(runs, gpu, "bf16", [])
         derived.append(CalibratedGPU(
             gpu=gpu, precision="bf16", parameter=PARAMETER["bf16"], value=value, calibration=[],
-            held_out=[validate_row(_rows_with(r, PARAMETER["bf16"], value), source) for r in held],
+            held_out=[validate_row(_rows_with(r, {PARAMETER["fp8"]: fitted[(gpu, "fp8")], PARAMETER["bf16"]: value}), source)
+                      for r in held],
             derived_from=reference))
     return derived
 

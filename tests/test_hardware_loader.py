@@ -49,7 +49,7 @@ def test_preset_values_are_dense_datasheet_figures():
 
 def test_list_presets():
     names = list_presets()
-    assert set(gpu_preset_names()) == {"a100-sxm-80gb", "h100-sxm", "h800-sxm", "h200-sxm", "b200", "gb200-nvl72", "mi300x"}
+    assert set(gpu_preset_names()) == {"a100-sxm-80gb", "h100-sxm", "h800-sxm", "h200-sxm", "b200", "gb200-nvl72", "gb300-nvl72", "mi300x"}
     assert "h100x1024" in names and "gb200x72" in names and "mi300xx64" in names
     for name in names:
         assert isinstance(load_cluster(name), ClusterSpec)
@@ -156,3 +156,12 @@ def test_gbps_typed_into_GBps_warns(tmp_path):
 def test_both_nic_units_rejected(tmp_path):
     message = one_line_error(write(tmp_path, "gpu: h100-sxm\ntopology: {num_nodes: 2, nic_GBps: 50, nic_gbps: 400}\n"))
     assert "cluster.yaml: topology:" in message and "not both" in message
+
+
+def test_gb300_is_a_gb200_rack_with_more_memory_and_faster_nics():
+    """Blackwell Ultra keeps GB200's dense FP8/BF16 peaks and NVL72 fabric, with 288 GB HBM and 800G NICs."""
+    gb200, gb300 = load_cluster("gb200x144"), load_cluster("gb300x144")
+    assert (gb300.gpu.peak_tflops_fp8, gb300.gpu.peak_tflops_bf16) == (gb200.gpu.peak_tflops_fp8, gb200.gpu.peak_tflops_bf16)
+    assert gb300.topology.scaleup_domain_gpus == 72 and gb300.topology.num_nodes == 36
+    assert gb300.gpu.memory_gib > 1.5 * gb200.gpu.memory_gib
+    assert gb300.topology.nic_GBps == 2 * gb200.topology.nic_GBps == 100.0
