@@ -2,7 +2,7 @@
 
 Why only this constant: on the verified runs of the dataset, BF16 predictions on A100 are within about
 10% with the microbenchmark GEMM efficiency, while every FP8 run (Megatron-Bridge 25.11, H100, B200,
-GB200, GB300) is over-predicted by 50-65% with the FP8 peak at the same fraction: FP8 GEMMs in Transformer
+GB200) is over-predicted by 50-65% with the FP8 peak at the same fraction: FP8 GEMMs in Transformer
 Engine lose more to scaling, casts and transposes than BF16 GEMMs do. One number per GPU,
 ``gemm_efficiency_fp8``, is fitted; nothing is fitted per row.
 
