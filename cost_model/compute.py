@@ -35,7 +35,7 @@ import numpy as np
 from hardware.schema import GPUSpec
 
 from .activations import ACT_BYTES, recomputes, routed_pairs_per_rank
-from .host import exposed_issue_time, forward_kernels
+from .host import exposed_issue_time, forward_kernels, host_syncs_per_layer
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -258,13 +258,14 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero)
     # The CPU must issue every kernel: each part of a layer takes at least its host issue time.
     kernels = forward_kernels(model, training, plans)
+    synced = host_syncs_per_layer(model, training)
     attention_fwd = att_gemm_s + core_s + att_elem_s
     attention_bwd = 2 * att_gemm_s + bwd_factor * core_s + 2 * att_elem_s
     if model.num_dense_layers:
         mlp_fwd = mlp_s + mlp_elem
         extra_fwd, extra_bwd = exposed_issue_time(
             {"attention": attention_fwd, "dense_mlp": mlp_fwd}, {"attention": attention_bwd, "dense_mlp": 2 * mlp_fwd},
-            kernels, options.host_kernel_issue_us)
+            kernels, options.host_kernel_issue_us, synced)
         dense.forward, dense.backward = dense.forward + extra_fwd, dense.backward + extra_bwd
     if model.is_moe:
         fixed_fwd = router_s + activation_s + reorder_s + shared_s
@@ -272,7 +273,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         extra_fwd, extra_bwd = exposed_issue_time(
             {"attention": attention_fwd, "moe_fixed": fixed_fwd, "experts": experts_fwd},
             {"attention": attention_bwd, "moe_fixed": 2 * fixed_fwd, "experts": 2 * experts_fwd},
-            kernels, options.host_kernel_issue_us)
+            kernels, options.host_kernel_issue_us, synced)
         moe.forward, moe.backward = moe.forward + extra_fwd, moe.backward + extra_bwd
     return dense, moe
 

@@ -46,6 +46,7 @@ from hardware.schema import ClusterSpec
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import layer_times, lm_head_times
 from .flops import model_flops_per_step, recompute_flops_per_step
+from .host import graph_scope_conflict
 from .memory import GIB, MemoryBreakdown, StageParameters, memory_breakdown, padded_vocab, stage_parameters
 from .model_spec import ModelSpec
 from .options import CostOptions
@@ -187,6 +188,9 @@ range; one pass over 10^6 plans spends a fifth of its time faulting in fresh pag
 def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, plans: PlanArrays,
              options: CostOptions | None = None) -> PlanMetrics:
     """Predict memory and time of every plan (see the module docstring for the time model)."""
+    conflict = graph_scope_conflict(model, training)
+    if conflict:
+        raise ValueError(conflict)
     if len(plans) > BLOCK_PLANS:
         blocks = [plans.take(slice(i, i + BLOCK_PLANS)) for i in range(0, len(plans), BLOCK_PLANS)]
         return PlanMetrics.concatenate([_evaluate(model, training, cluster, b, options) for b in blocks])

@@ -32,7 +32,18 @@ gradients of every GEMM, the backward of every element-wise kernel):
 CUDA graphs (Megatron ``--cuda-graph-scope``) replay captured parts with one launch: those parts
 issue nothing. ``attn`` captures the attention block, ``mlp`` a dense MLP, ``moe_router`` the router
 and ``moe_preprocess`` the dispatcher's preprocessing (together about half of the MoE fixed part),
-``moe`` the whole MoE block (only possible when token counts are static), ``full_iteration`` all.
+``moe`` the whole MoE block, ``full_iteration`` all.
+
+A graph replays fixed shapes and cannot contain a device-to-host sync, so ``moe`` and
+``full_iteration`` need static token counts: each expert's input padded to its capacity
+(``moe_pad_to_capacity``). Megatron's MoE guide says MoE layers are uncapturable without
+``--moe-expert-capacity-factor`` and ``--moe-pad-expert-input-to-capacity``, and its DeepSeek-V3 GB200
+notes (``docs/discussions/deepseek-v3-gb200-optimization``) call the ``local`` full-iteration graphs
+"not feasible for MoE models due to the dynamic shape issue"; a token-dropless MoE layer graphs
+``moe_router`` and ``moe_preprocess`` at most. :func:`graph_scope_conflict` rejects the rest.
+Padded, the dispatcher skips its device-to-host sync (``MoEAlltoAllTokenDispatcher`` with
+``drop_and_pad``), so the host runs ahead across the parts of a layer and only the layer's whole
+issue time against its whole GPU time matters.
 """
 
 from __future__ import annotations
@@ -69,6 +80,24 @@ class LayerKernels:
     """The per-local-expert GEMMs (and their FP8 input casts)."""
 
 
+GRAPH_SCOPES_CAPTURING_EXPERTS = ("moe", "full_iteration")
+"""Graph scopes that capture the expert dispatch and GEMMs: they need static token counts."""
+
+
+def graph_scope_conflict(model: ModelSpec, training: TrainingSpec) -> str | None:
+    """Why the run's CUDA graph scope cannot be captured for this model, or None if it can."""
+    capturing = [part for part in training.cuda_graph_scope if part in GRAPH_SCOPES_CAPTURING_EXPERTS]
+    if not model.is_moe or training.moe_pad_to_capacity or not capturing:
+        return None
+    return (f"cuda_graph_scope {capturing[0]} cannot capture a token-dropless MoE layer: its dispatcher "
+            "reads the per-expert token counts back to the host every layer")
+
+
+def host_syncs_per_layer(model: ModelSpec, training: TrainingSpec) -> bool:
+    """Whether the MoE dispatcher syncs device to host in every MoE layer (dropless MoE)."""
+    return model.is_moe and not training.moe_pad_to_capacity
+
+
 def forward_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> LayerKernels:
     """Kernels the host issues in the forward of each layer part for one micro-batch."""
     precision = "fp8" if training.precision == "fp8" else "bf16"
@@ -87,17 +116,24 @@ def forward_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays)
 
 
 def exposed_issue_time(gpu_forward_s: dict[str, np.ndarray], gpu_backward_s: dict[str, np.ndarray],
-                       kernels: LayerKernels, kernel_issue_us: float) -> tuple[np.ndarray, np.ndarray]:
+                       kernels: LayerKernels, kernel_issue_us: float,
+                       synced: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Seconds by which issuing a layer's kernels outlasts running them, forward and backward.
 
-    Part by part (attention, dense MLP, MoE fixed part, experts): the dispatcher's host sync sits
-    between them, so the host cannot issue one part while the GPU still runs another; within a part
-    the GPU runs each kernel as soon as it is issued. Each part takes max(GPU time, issue time).
+    ``synced`` (a dropless MoE model): part by part (attention, dense MLP, MoE fixed part, experts),
+    as the dispatcher's host sync sits between them, so the host cannot issue one part while the GPU
+    still runs another; within a part the GPU runs each kernel as soon as it is issued. Each part
+    takes max(GPU time, issue time). Without a sync the host runs ahead across parts, and the layer
+    takes max(its GPU time, its issue time).
     """
     per_kernel_s = kernel_issue_us * 1e-6
+    issue = {part: getattr(kernels, part) * per_kernel_s for part in gpu_forward_s}
+    if not synced:
+        forward_gap = sum(issue.values()) - sum(gpu_forward_s.values())
+        backward_gap = BACKWARD_KERNEL_RATIO * sum(issue.values()) - sum(gpu_backward_s.values())
+        return np.maximum(forward_gap, 0.0), np.maximum(backward_gap, 0.0)
     forward = backward = 0.0
     for part, gpu_forward in gpu_forward_s.items():
-        issue = getattr(kernels, part) * per_kernel_s
-        forward = forward + np.maximum(issue - gpu_forward, 0.0)
-        backward = backward + np.maximum(BACKWARD_KERNEL_RATIO * issue - gpu_backward_s[part], 0.0)
+        forward = forward + np.maximum(issue[part] - gpu_forward, 0.0)
+        backward = backward + np.maximum(BACKWARD_KERNEL_RATIO * issue[part] - gpu_backward_s[part], 0.0)
     return forward, backward

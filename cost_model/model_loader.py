@@ -31,6 +31,7 @@ import yaml
 
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 
+from .host import graph_scope_conflict
 from .model_spec import ModelSpec
 from .training_spec import TRAINING_FIELDS, TrainingSpec
 
@@ -125,8 +126,9 @@ def training_overrides(training: dict[str, Any], source: str) -> dict[str, Any]:
     return dict(training)
 
 
-def build_training(overrides: dict[str, Any], source: str = "training") -> TrainingSpec:
-    """Make a :class:`TrainingSpec` from defaults plus overrides, resolving ``global_batch_tokens``."""
+def build_training(overrides: dict[str, Any], source: str = "training", model: ModelSpec | None = None) -> TrainingSpec:
+    """Make a :class:`TrainingSpec` from defaults plus overrides, resolving ``global_batch_tokens``;
+    given the ``model``, also check the settings that depend on it (CUDA graphs of MoE layers)."""
     values = {key: _coerce_number(key, value, source) for key, value in overrides.items()}
     tokens = values.pop("global_batch_tokens", None)
     try:
@@ -140,6 +142,10 @@ def build_training(overrides: dict[str, Any], source: str = "training") -> Train
                              f"{tokens} is not a positive multiple of seq_length {base.seq_length}",
                              "give a token count that is a whole number of sequences, or global_batch_size")
         base = base.with_changes(global_batch_size=int(tokens) // base.seq_length)
+    conflict = graph_scope_conflict(model, base) if model is not None else None
+    if conflict:
+        raise InputError(source, "training.cuda_graph_scope", conflict,
+                         "set training.moe_pad_to_capacity: true, or capture at most [attn, moe_router, moe_preprocess]")
     return base
 
 

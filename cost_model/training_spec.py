@@ -79,6 +79,13 @@ class TrainingSpec:
     """Tokens an expert processes relative to a perfectly even split: 1.0 for a balanced dropless run,
     more to account for load imbalance or a capacity factor."""
 
+    moe_pad_to_capacity: bool = False
+    """Pad every expert's input to its capacity, ``moe_capacity_factor`` x an even split, dropping the
+    tokens beyond it (Megatron ``--moe-expert-capacity-factor`` with ``--moe-pad-expert-input-to-capacity``).
+    Shapes are then static: the all-to-all dispatcher needs no device-to-host sync and CUDA graphs may
+    capture the whole MoE block (``moe``, ``full_iteration``). False = token-dropless, Megatron's default,
+    which syncs per MoE layer and cannot be captured past ``moe_router`` and ``moe_preprocess``."""
+
     moe_dispatch_fp8: bool = False
     """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes."""
 

@@ -105,7 +105,7 @@ def _training(model_input, **settings):
     if "global_batch_tokens" in given:
         overrides.pop("global_batch_size", None)
     overrides.update(given)
-    return build_training(overrides, source=model_input.source or "training")
+    return build_training(overrides, source=model_input.source or "training", model=model_input.spec)
 
 
 def _inputs(cluster: str, model: str, price: float | None, **training_settings):

@@ -41,6 +41,9 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
     ]
     if model.is_moe:
         args += [f"--expert-model-parallel-size {plan['ep']}", f"--expert-tensor-parallel-size {plan['etp']}"]
+        if training.moe_pad_to_capacity:
+            args += [f"--moe-expert-capacity-factor {training.moe_capacity_factor:g}",
+                     "--moe-pad-expert-input-to-capacity"]
     if plan["vpp"] > 1:
         args.append(f"--virtual-pipeline-model-parallel-size {plan['vpp']}")
     split = _uneven_split(model, plan["pp"])
@@ -159,6 +162,9 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute += ("recipe.model.config.cpu_offloading = True\n"
                       f"recipe.model.config.cpu_offloading_num_layers = {_offloaded_layers(plan)}\n"
                       "recipe.model.config.cpu_offloading_weights = False\n")
+    if model.is_moe and training.moe_pad_to_capacity:
+        recompute += (f"recipe.model.config.moe_expert_capacity_factor = {training.moe_capacity_factor:g}\n"
+                      "recipe.model.config.moe_pad_expert_input_to_capacity = True\n")
     if training.cuda_graph_scope:
         recompute += (f'recipe.model.config.cuda_graph_impl = "{_cuda_graph_impl(training)}"\n'
                       f"recipe.model.config.cuda_graph_scope = {list(training.cuda_graph_scope)!r}\n")

@@ -82,7 +82,7 @@ def _row_plan(row: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str
 def validate_row(row: dict[str, Any], source: str, options: CostOptions | None = None) -> ValidationRow:
     where = f"{source}: {row.get('id', '?')}"
     model = model_input_from_mapping(dict(row["model"]), source=where, default_name=row.get("id", "model")).spec
-    training = build_training(dict(row.get("training") or {}), source=where)
+    training = build_training(dict(row.get("training") or {}), source=where, model=model)
     cluster_info = row.get("cluster") or {}
     num_gpus = int(cluster_info["num_gpus"])
     cluster = load_cluster(cluster_info["gpu"])

@@ -118,7 +118,7 @@ def load_study(path: str | Path) -> Study:
     search_options = _search_options(data.get("search") or {}, source, top_k, objective)
     training = {**model.training_overrides, **_training_section(data.get("training") or {}, source)}
     try:
-        trial = build_training(training, source=f"{source}: training")
+        trial = build_training(training, source=f"{source}: training", model=model.spec)
     except InputError as exc:
         raise InputError(source, "training", exc.problem, exc.fix) from None
     if trial.train_tokens is None:

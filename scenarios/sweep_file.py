@@ -312,7 +312,7 @@ def _task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, ov
         if "global_batch_tokens" in training_values:
             merged.pop("global_batch_size", None)
         merged.update(training_values)
-        training = build_training(merged, source=f"{sweep.source}: {model_label}")
+        training = build_training(merged, source=f"{sweep.source}: {model_label}", model=model_input.spec)
         options = sweep.options.with_changes(objective=objective)
         scenario = Scenario(model=model_input.spec, training=training, cluster=cluster, options=options)
     except (InputError, ValueError) as exc:

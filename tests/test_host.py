@@ -7,10 +7,11 @@ import pytest
 
 from cost_model.compute import layer_times
 from cost_model.evaluate import evaluate
-from cost_model.host import exposed_issue_time, forward_kernels
+from cost_model.host import exposed_issue_time, forward_kernels, graph_scope_conflict
 from cost_model.model_loader import build_training, load_model
 from cost_model.options import CostOptions
 from cost_model.plan import PlanArrays
+from hardware.errors import InputError
 from hardware.loader import load_cluster
 from optimizer.emit import emit
 
@@ -61,8 +62,8 @@ def test_host_floor_binds_only_where_the_gpu_work_is_small():
     t = build_training({"seq_length": 8192, "global_batch_size": 8})
     h100 = load_cluster("h100x8")
     assert evaluate(llama, t, h100, dense, host).step_time_s[0] == evaluate(llama, t, h100, dense, free).step_time_s[0]
-    # Full-iteration CUDA graphs remove the floor.
-    graphed = training.with_changes(cuda_graph_scope=("full_iteration",))
+    # Full-iteration CUDA graphs (possible once expert inputs are padded to capacity) remove the floor.
+    graphed = training.with_changes(cuda_graph_scope=("full_iteration",), moe_pad_to_capacity=True)
     assert evaluate(QWEN, graphed, cluster, small, host).step_time_s[0] == evaluate(QWEN, graphed, cluster, small, free).step_time_s[0]
 
 
@@ -85,6 +86,59 @@ def test_cuda_graph_scope_is_checked_and_emitted():
                 optimizer_offload=False)
     megatron = emit("megatron", plan, QWEN, training)
     assert "--cuda-graph-impl transformer_engine" in megatron and "--cuda-graph-scope attn moe_router" in megatron
-    whole = training.with_changes(cuda_graph_scope=("full_iteration",))
+    assert "--moe-pad-expert-input-to-capacity" not in megatron  # dropless, Megatron's default
+    whole = training.with_changes(cuda_graph_scope=("full_iteration",), moe_pad_to_capacity=True)
     assert "--cuda-graph-impl local" in emit("megatron", plan, QWEN, whole)
-    assert "cuda_graph_scope = ['full_iteration']" in emit("nemo", plan, QWEN, whole)
+    padded_args = emit("megatron", plan, QWEN, whole)
+    assert "--moe-expert-capacity-factor 1 \\\n  --moe-pad-expert-input-to-capacity" in padded_args
+    nemo = emit("nemo", plan, QWEN, whole)
+    assert "cuda_graph_scope = ['full_iteration']" in nemo and "moe_pad_expert_input_to_capacity = True" in nemo
+
+
+@pytest.mark.parametrize("scope", [("full_iteration",), ("moe",), ("attn", "moe")])
+def test_a_dropless_moe_layer_cannot_be_captured_whole(scope):
+    """Megatron's MoE guide: without capacity padding the token counts are dynamic and MoE layers are
+    uncapturable; the dispatcher syncs them to the host every layer."""
+    dropless = build_training({"seq_length": 4096, "global_batch_size": 512, "cuda_graph_scope": list(scope)})
+    assert "token-dropless" in graph_scope_conflict(QWEN, dropless)
+    with pytest.raises(ValueError, match="token-dropless"):
+        evaluate(QWEN, dropless, load_cluster("b200x8"), plans())
+    with pytest.raises(InputError, match="training.cuda_graph_scope.*moe_pad_to_capacity: true"):
+        build_training({"seq_length": 4096, "global_batch_size": 512, "cuda_graph_scope": list(scope)},
+                       source="qwen.yaml", model=QWEN)
+    # Padded to capacity, or a dense model, or only the router and preprocessing: all capturable.
+    assert graph_scope_conflict(QWEN, dropless.with_changes(moe_pad_to_capacity=True)) is None
+    assert graph_scope_conflict(load_model("llama3-8b").spec, dropless) is None
+    partial = dropless.with_changes(cuda_graph_scope=("attn", "moe_router", "moe_preprocess"))
+    assert graph_scope_conflict(QWEN, partial) is None
+
+
+def test_without_a_host_sync_the_cpu_runs_ahead_across_parts():
+    k = forward_kernels(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), plans())
+    # bf16 kernels: attention 8, MoE fixed part 16, experts 16 x 2 = 32; at 10 us: 80, 160, 320 us of issue.
+    gpu_fwd = {"attention": np.array([500e-6]), "moe_fixed": np.array([100e-6]), "experts": np.array([100e-6])}
+    gpu_bwd = {part: 2 * seconds for part, seconds in gpu_fwd.items()}
+    synced_fwd, synced_bwd = exposed_issue_time(gpu_fwd, gpu_bwd, k, kernel_issue_us=10.0, synced=True)
+    # Part by part: attention hides (80 < 500); MoE fixed 160 - 100; experts 320 - 100.
+    assert synced_fwd[0] == pytest.approx(60e-6 + 220e-6)
+    # Backward: 2x issue (160, 320, 640 us) against 1000, 200, 200 us of GPU work.
+    assert synced_bwd[0] == pytest.approx(120e-6 + 440e-6)
+    free_fwd, free_bwd = exposed_issue_time(gpu_fwd, gpu_bwd, k, kernel_issue_us=10.0, synced=False)
+    assert free_fwd[0] == 0.0  # 560 us of issue < 700 us of GPU work
+    assert free_bwd[0] == pytest.approx(0.0)  # 1120 us of issue < 1400 us of GPU work
+
+
+def test_padding_to_capacity_lifts_the_sync_floor():
+    """Same kernels, but without the per-layer sync the host's issue time hides behind the attention."""
+    cluster = load_cluster("b200x8")
+    dropless = build_training({"seq_length": 4096, "global_batch_size": 512, "precision": "fp8"})
+    padded = dropless.with_changes(moe_pad_to_capacity=True)
+    options = CostOptions(host_kernel_issue_us=36.1)
+    # Micro-batch 4: the experts issue more than they run, the attention runs more than it issues.
+    slow = evaluate(QWEN, dropless, cluster, plans(micro_batch=4), options).step_time_s[0]
+    fast = evaluate(QWEN, padded, cluster, plans(micro_batch=4), options).step_time_s[0]
+    free = evaluate(QWEN, dropless, cluster, plans(micro_batch=4), CostOptions(host_kernel_issue_us=0.0)).step_time_s[0]
+    assert free < fast < 0.9 * slow
+    # Micro-batch 1: every part is host-bound, so there is nothing to run ahead into.
+    one = [evaluate(QWEN, t, cluster, plans(), options).step_time_s[0] for t in (dropless, padded)]
+    assert one[0] == pytest.approx(one[1])
