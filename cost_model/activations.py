@@ -206,6 +206,19 @@ def routed_pairs_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanA
     return tokens * model.experts_per_token * training.moe_capacity_factor * plans.etp / plans.tp
 
 
+def expert_saved_pairs_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+    """Token-expert pairs whose expert activations one rank keeps for backward.
+
+    The routed pairs, except with Megatron's sync-free rank capacity, whose buffers are sized before
+    routing at ``moe_rank_capacity_factor`` x a balanced share (Megatron-LM
+    ``docs/user-guide/features/paged_stash.md``: "multipliers on buffer size relative to the perfectly
+    balanced case"), or, with the paged stash, at ``moe_paged_stash_factor`` x that share.
+    """
+    pairs = routed_pairs_per_rank(model, training, plans)
+    factor = training.moe_paged_stash_factor or training.moe_rank_capacity_factor
+    return pairs if factor is None else pairs * (factor / training.moe_capacity_factor)
+
+
 def moe_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
                         selective: bool = True) -> np.ndarray:
     sh = _shapes(model, training, plans)
@@ -222,7 +235,7 @@ def moe_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArr
         if selective:
             shared = np.where(checkpointed | recomputes(plans, "shared_experts"), 0.0, shared)
         per_token = per_token + shared
-    pairs = routed_pairs_per_rank(model, training, plans)
+    pairs = expert_saved_pairs_per_rank(model, training, plans)
     width = model.moe_ffn_hidden_size / plans.etp
     fc2_input = g * width
     if selective:

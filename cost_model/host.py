@@ -35,15 +35,20 @@ and ``moe_preprocess`` the dispatcher's preprocessing (together about half of th
 ``moe`` the whole MoE block, ``full_iteration`` all.
 
 A graph replays fixed shapes and cannot contain a device-to-host sync, so ``moe`` and
-``full_iteration`` need static token counts: each expert's input padded to its capacity
-(``moe_pad_to_capacity``). Megatron's MoE guide says MoE layers are uncapturable without
-``--moe-expert-capacity-factor`` and ``--moe-pad-expert-input-to-capacity``, and its DeepSeek-V3 GB200
-notes (``docs/discussions/deepseek-v3-gb200-optimization``) call the ``local`` full-iteration graphs
-"not feasible for MoE models due to the dynamic shape issue"; a token-dropless MoE layer graphs
-``moe_router`` and ``moe_preprocess`` at most. :func:`graph_scope_conflict` rejects the rest.
-Padded, the dispatcher skips its device-to-host sync (``MoEAlltoAllTokenDispatcher`` with
-``drop_and_pad``), so the host runs ahead across the parts of a layer and only the layer's whole
-issue time against its whole GPU time matters.
+``full_iteration`` need an MoE layer whose buffers are sized up front. Two ways exist:
+
+- drop and pad (``moe_pad_to_capacity``; Megatron ``--moe-expert-capacity-factor`` with
+  ``--moe-pad-expert-input-to-capacity``): ``MoEAlltoAllTokenDispatcher`` with ``drop_and_pad`` skips
+  its device-to-host copy. Megatron's MoE guide: without these flags "the resulting dynamic shapes make
+  MoE layers uncapturable"; its DeepSeek-V3 GB200 notes (``docs/discussions/deepseek-v3-gb200-optimization``)
+  call ``local`` full-iteration graphs "not feasible for MoE models due to the dynamic shape issue".
+- sync-free dropless HybridEP (``moe_rank_capacity_factor``, Megatron 2026): dispatch and fused grouped
+  expert buffers pre-sized from a rank capacity, no device query; graph capture of the MoE block also
+  needs the paged stash (``moe_paged_stash_factor``; Megatron-LM ``docs/user-guide/features/paged_stash.md``).
+
+Otherwise a token-dropless MoE layer graphs ``moe_router`` and ``moe_preprocess`` at most, and
+:func:`graph_scope_conflict` rejects the rest. Without the sync the host runs ahead across the parts
+of a layer, and only the layer's whole issue time against its whole GPU time matters.
 """
 
 from __future__ import annotations
@@ -87,15 +92,21 @@ GRAPH_SCOPES_CAPTURING_EXPERTS = ("moe", "full_iteration")
 def graph_scope_conflict(model: ModelSpec, training: TrainingSpec) -> str | None:
     """Why the run's CUDA graph scope cannot be captured for this model, or None if it can."""
     capturing = [part for part in training.cuda_graph_scope if part in GRAPH_SCOPES_CAPTURING_EXPERTS]
-    if not model.is_moe or training.moe_pad_to_capacity or not capturing:
+    if not model.is_moe or not capturing or training.moe_pad_to_capacity:
         return None
-    return (f"cuda_graph_scope {capturing[0]} cannot capture a token-dropless MoE layer: its dispatcher "
-            "reads the per-expert token counts back to the host every layer")
+    if training.moe_rank_capacity_factor is None:
+        return (f"cuda_graph_scope {capturing[0]} cannot capture a token-dropless MoE layer: its dispatcher "
+                "reads the per-expert token counts back to the host every layer")
+    if training.moe_paged_stash_factor is None:
+        return (f"cuda_graph_scope {capturing[0]} captures a sync-free MoE layer only with the paged stash "
+                "(Megatron's --moe-paged-stash)")
+    return None
 
 
 def host_syncs_per_layer(model: ModelSpec, training: TrainingSpec) -> bool:
-    """Whether the MoE dispatcher syncs device to host in every MoE layer (dropless MoE)."""
-    return model.is_moe and not training.moe_pad_to_capacity
+    """Whether the MoE dispatcher syncs device to host in every MoE layer: dropless MoE without the
+    sync-free rank-capacity buffers."""
+    return model.is_moe and not training.moe_pad_to_capacity and training.moe_rank_capacity_factor is None
 
 
 def forward_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> LayerKernels:

@@ -145,12 +145,13 @@ def build_training(overrides: dict[str, Any], source: str = "training", model: M
     conflict = graph_scope_conflict(model, base) if model is not None else None
     if conflict:
         raise InputError(source, "training.cuda_graph_scope", conflict,
-                         "set training.moe_pad_to_capacity: true, or capture at most [attn, moe_router, moe_preprocess]")
+                         "set training.moe_pad_to_capacity: true (drop and pad) or moe_rank_capacity_factor with "
+                         "moe_paged_stash_factor (sync-free HybridEP), or capture at most [attn, moe_router, moe_preprocess]")
     return base
 
 
 _INT_SETTINGS = {"seq_length", "global_batch_size", "global_batch_tokens"}
-_FLOAT_SETTINGS = {"train_tokens", "moe_capacity_factor"}
+_FLOAT_SETTINGS = {"train_tokens", "moe_capacity_factor", "moe_rank_capacity_factor", "moe_paged_stash_factor"}
 
 
 def _coerce_number(key: str, value: Any, source: str) -> Any:

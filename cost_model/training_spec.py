@@ -86,6 +86,22 @@ class TrainingSpec:
     capture the whole MoE block (``moe``, ``full_iteration``). False = token-dropless, Megatron's default,
     which syncs per MoE layer and cannot be captured past ``moe_router`` and ``moe_preprocess``."""
 
+    moe_rank_capacity_factor: float | None = None
+    """Sync-free dropless MoE (Megatron ``--moe-expert-rank-capacity-factor``, which needs the flex
+    dispatcher's HybridEP backend and Transformer Engine's fused grouped MLP,
+    ``--use-transformer-engine-op-fuser``): each rank receives its tokens into a buffer of this many
+    times a perfectly balanced share, sized up front, so the dispatch needs no device-to-host sync; a
+    step that overflows it reruns eagerly (not priced: the factor is chosen so that this is rare).
+    Expert activations saved for backward live in those buffers unless ``moe_paged_stash_factor`` is
+    set. None = no rank capacity (Megatron's default)."""
+
+    moe_paged_stash_factor: float | None = None
+    """Megatron's paged stash (``--moe-paged-stash`` with ``--moe-paged-stash-buffer-size-factor-cuda``,
+    Megatron's default 1.10): the routed experts' activations for backward are packed into paged GPU
+    buffers of this many times a balanced share instead of the rank-capacity buffers. Needs
+    ``moe_rank_capacity_factor``; it is also what lets CUDA graphs capture a sync-free MoE layer.
+    None = no paged stash."""
+
     moe_dispatch_fp8: bool = False
     """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes."""
 
@@ -118,6 +134,17 @@ class TrainingSpec:
             raise ValueError(f"train_tokens must be positive, got {self.train_tokens!r}")
         if not self.moe_capacity_factor >= 1.0:
             raise ValueError(f"moe_capacity_factor must be at least 1.0, got {self.moe_capacity_factor!r}")
+        for name in ("moe_rank_capacity_factor", "moe_paged_stash_factor"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value >= self.moe_capacity_factor):
+                raise ValueError(f"{name} must be at least moe_capacity_factor ({self.moe_capacity_factor:g}): a "
+                                 f"smaller buffer overflows and reruns the step every time, got {value!r}")
+        if self.moe_paged_stash_factor is not None and self.moe_rank_capacity_factor is None:
+            raise ValueError("moe_paged_stash_factor needs moe_rank_capacity_factor (Megatron's paged stash "
+                             "stashes the sync-free dispatcher's buffers)")
+        if self.moe_pad_to_capacity and self.moe_rank_capacity_factor is not None:
+            raise ValueError("moe_pad_to_capacity and moe_rank_capacity_factor are two ways to make MoE shapes "
+                             "static (drop and pad, or sync-free HybridEP): choose one")
 
     @property
     def global_batch_tokens(self) -> int:

@@ -41,9 +41,7 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
     ]
     if model.is_moe:
         args += [f"--expert-model-parallel-size {plan['ep']}", f"--expert-tensor-parallel-size {plan['etp']}"]
-        if training.moe_pad_to_capacity:
-            args += [f"--moe-expert-capacity-factor {training.moe_capacity_factor:g}",
-                     "--moe-pad-expert-input-to-capacity"]
+        args += [flag if value is True else f"{flag} {value}" for flag, _, value in _moe_buffer_settings(training)]
     if plan["vpp"] > 1:
         args.append(f"--virtual-pipeline-model-parallel-size {plan['vpp']}")
     split = _uneven_split(model, plan["pp"])
@@ -90,6 +88,26 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
     if training.precision == "fp8":
         args.append("--fp8-format hybrid")
     return args
+
+
+def _moe_buffer_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
+    """Megatron flag, Megatron-Core config field and value of each MoE setting that sizes the expert
+    buffers up front (what lets CUDA graphs capture an MoE layer): drop and pad, or sync-free HybridEP
+    with rank capacity and, optionally, the paged stash."""
+    if training.moe_pad_to_capacity:
+        return [("--moe-expert-capacity-factor", "moe_expert_capacity_factor", training.moe_capacity_factor),
+                ("--moe-pad-expert-input-to-capacity", "moe_pad_expert_input_to_capacity", True)]
+    if training.moe_rank_capacity_factor is None:
+        return []
+    settings = [("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "flex"),
+                ("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", "hybridep"),
+                ("--use-transformer-engine-op-fuser", "use_transformer_engine_op_fuser", True),
+                ("--moe-expert-rank-capacity-factor", "moe_expert_rank_capacity_factor", training.moe_rank_capacity_factor)]
+    if training.moe_paged_stash_factor is not None:
+        settings += [("--moe-paged-stash", "moe_paged_stash", True),
+                     ("--moe-paged-stash-buffer-size-factor-cuda", "moe_paged_stash_buffer_size_factor_cuda",
+                      training.moe_paged_stash_factor)]
+    return settings
 
 
 def _cuda_graph_impl(training: TrainingSpec) -> str:
@@ -162,9 +180,8 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute += ("recipe.model.config.cpu_offloading = True\n"
                       f"recipe.model.config.cpu_offloading_num_layers = {_offloaded_layers(plan)}\n"
                       "recipe.model.config.cpu_offloading_weights = False\n")
-    if model.is_moe and training.moe_pad_to_capacity:
-        recompute += (f"recipe.model.config.moe_expert_capacity_factor = {training.moe_capacity_factor:g}\n"
-                      "recipe.model.config.moe_pad_expert_input_to_capacity = True\n")
+    if model.is_moe:
+        recompute += "".join(f"recipe.model.config.{field} = {value!r}\n" for _, field, value in _moe_buffer_settings(training))
     if training.cuda_graph_scope:
         recompute += (f'recipe.model.config.cuda_graph_impl = "{_cuda_graph_impl(training)}"\n'
                       f"recipe.model.config.cuda_graph_scope = {list(training.cuda_graph_scope)!r}\n")

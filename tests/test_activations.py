@@ -193,3 +193,21 @@ def test_unfused_cross_entropy_holds_more_logit_buffers():
     entries = 2 * 8192 * 128256
     np.testing.assert_array_equal(fused, [2 * entries, 2 * entries / 4])
     np.testing.assert_array_equal(unfused, [8 * entries, 12 * entries / 4])
+
+
+def test_sync_free_rank_capacity_buffers_hold_the_expert_activations():
+    """Qwen3-30B-A3B, one 4096-token sequence, TP 1: 4096 x top-8 = 32,768 routed pairs, each saving the
+    permuted fc1 input (2 x 2048 B), the gated fc1 output (2 x 2 x 768), the activation output (2 x 768)
+    and the expert output (2 x 2048): 12,800 bytes. Rank-capacity buffers hold 1.5x a balanced share,
+    the paged stash 1.1x (Megatron-LM docs/user-guide/features/paged_stash.md)."""
+    from cost_model.activations import moe_mlp_block_bytes
+    from cost_model.model_loader import load_model
+    qwen = load_model("qwen3-30b-a3b").spec
+    plan = plans(tp=1, pp=1, dp=8, cp=1, ep=8, micro_batch=1, recompute="none", sequence_parallel=False)
+    base = TrainingSpec(seq_length=4096, global_batch_size=8)
+    routed = moe_mlp_block_bytes(qwen, base, plan)[0]
+    rank = moe_mlp_block_bytes(qwen, dataclasses.replace(base, moe_rank_capacity_factor=1.5), plan)[0]
+    stash = moe_mlp_block_bytes(qwen, dataclasses.replace(base, moe_rank_capacity_factor=1.5,
+                                                          moe_paged_stash_factor=1.1), plan)[0]
+    assert rank - routed == pytest.approx(0.5 * 32768 * 12800)
+    assert stash - routed == pytest.approx(0.1 * 32768 * 12800)

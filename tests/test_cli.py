@@ -206,6 +206,11 @@ def test_bad_model_file_exits_2(capsys, tmp_path):
     training.write_text("preset: llama3-8b\ntraining:\n  seq_lenght: 4096\n")
     code, _, err = run(capsys, "h100x16", str(training))
     assert code == 2 and "training.seq_lenght" in err and "did you mean 'seq_length'" in err
+    graphed = tmp_path / "graphed-moe.yaml"
+    graphed.write_text("preset: qwen3-30b-a3b\ntraining:\n  cuda_graph_scope: [full_iteration]\n")
+    code, _, err = run(capsys, "b200x8", str(graphed))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(graphed) in err and "training.cuda_graph_scope" in err and "token-dropless" in err
 
 
 def test_models_lists_presets_with_counts(capsys):

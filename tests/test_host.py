@@ -90,7 +90,7 @@ def test_cuda_graph_scope_is_checked_and_emitted():
     whole = training.with_changes(cuda_graph_scope=("full_iteration",), moe_pad_to_capacity=True)
     assert "--cuda-graph-impl local" in emit("megatron", plan, QWEN, whole)
     padded_args = emit("megatron", plan, QWEN, whole)
-    assert "--moe-expert-capacity-factor 1 \\\n  --moe-pad-expert-input-to-capacity" in padded_args
+    assert "--moe-expert-capacity-factor 1.0 \\\n  --moe-pad-expert-input-to-capacity" in padded_args
     nemo = emit("nemo", plan, QWEN, whole)
     assert "cuda_graph_scope = ['full_iteration']" in nemo and "moe_pad_expert_input_to_capacity = True" in nemo
 
@@ -142,3 +142,40 @@ def test_padding_to_capacity_lifts_the_sync_floor():
     # Micro-batch 1: every part is host-bound, so there is nothing to run ahead into.
     one = [evaluate(QWEN, t, cluster, plans(), options).step_time_s[0] for t in (dropless, padded)]
     assert one[0] == pytest.approx(one[1])
+
+
+def test_sync_free_hybridep_is_capturable_with_the_paged_stash():
+    """Megatron-LM docs/user-guide/features/paged_stash.md: rank-capacity buffers make dropless MoE
+    sync-free; capturing the MoE block also needs the paged stash."""
+    base = {"seq_length": 4096, "global_batch_size": 512, "cuda_graph_scope": ["full_iteration"]}
+    no_stash = build_training({**base, "moe_rank_capacity_factor": 1.5})
+    assert "paged stash" in graph_scope_conflict(QWEN, no_stash)
+    stashed = build_training({**base, "moe_rank_capacity_factor": 1.5, "moe_paged_stash_factor": 1.2},
+                             source="qwen.yaml", model=QWEN)
+    assert graph_scope_conflict(QWEN, stashed) is None
+    # Without graphs, the rank capacity alone already removes the per-layer sync.
+    eager = build_training({"seq_length": 4096, "global_batch_size": 512, "moe_rank_capacity_factor": 1.5})
+    options = CostOptions(host_kernel_issue_us=36.1)
+    synced = evaluate(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), load_cluster("b200x8"),
+                      plans(micro_batch=4), options).step_time_s[0]
+    assert evaluate(QWEN, eager, load_cluster("b200x8"), plans(micro_batch=4), options).step_time_s[0] < synced
+    plan = dict(tp=1, pp=1, dp=8, cp=1, ep=8, etp=1, vpp=1, micro_batch=1, recompute=0, recompute_num_layers=0,
+                recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
+                optimizer_offload=False)
+    args = emit("megatron", plan, QWEN, stashed)
+    for flag in ("--moe-token-dispatcher-type flex", "--moe-flex-dispatcher-backend hybridep",
+                 "--use-transformer-engine-op-fuser", "--moe-expert-rank-capacity-factor 1.5",
+                 "--moe-paged-stash", "--moe-paged-stash-buffer-size-factor-cuda 1.2"):
+        assert flag in args
+    assert "recipe.model.config.moe_expert_rank_capacity_factor = 1.5" in emit("nemo", plan, QWEN, stashed)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"moe_rank_capacity_factor": 0.9}, "at least moe_capacity_factor"),
+    ({"moe_capacity_factor": 1.3, "moe_rank_capacity_factor": 1.2}, "at least moe_capacity_factor"),
+    ({"moe_paged_stash_factor": 1.1}, "needs moe_rank_capacity_factor"),
+    ({"moe_pad_to_capacity": True, "moe_rank_capacity_factor": 1.5}, "choose one"),
+])
+def test_buffer_settings_are_checked(settings, message):
+    with pytest.raises(InputError, match=message):
+        build_training({"seq_length": 4096, "global_batch_size": 512, **settings})
