@@ -93,7 +93,8 @@ class TrainingSpec:
     times a perfectly balanced share, sized up front, so the dispatch needs no device-to-host sync; a
     step that overflows it reruns eagerly (not priced: the factor is chosen so that this is rare).
     Expert activations saved for backward live in those buffers unless ``moe_paged_stash_factor`` is
-    set. None = no rank capacity (Megatron's default)."""
+    set; the expert GEMMs still run on the routed tokens only (the fused grouped MLP reads the counts on
+    the device). None = no rank capacity (Megatron's default)."""
 
     moe_paged_stash_factor: float | None = None
     """Megatron's paged stash (``--moe-paged-stash`` with ``--moe-paged-stash-buffer-size-factor-cuda``,
