@@ -35,7 +35,7 @@ import numpy as np
 from hardware.schema import GPUSpec
 
 from .activations import ACT_BYTES, recomputes, routed_pairs_per_rank
-from .host import exposed_issue_time, forward_kernels, host_syncs_per_layer
+from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -74,6 +74,8 @@ class _Pricer:
         self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
         self.in_bytes = 1 if fp8 else 2
+        # Current scaling reads each input once more for its amax before the cast.
+        self.quantize_bytes_per_element = 6.0 if training.fp8_recipe == "tensorwise" else 4.0
         self.overhead_s = options.kernel_overhead_us * 1e-6
         self.num_sms = gpu.num_sms
         self.tile_m, self.tile_n = options.gemm_tile
@@ -108,10 +110,12 @@ class _Pricer:
     def quantize(self, m, k, count=1.0):
         """Seconds to cast a GEMM's (m x k) bf16 input to FP8 in both the row- and the column-wise
         layout that forward and weight-gradient GEMMs read: 2 bytes read, 2 written per element
-        (Transformer Engine); zero without FP8. Weights are cast once per step and left out."""
+        (Transformer Engine), and with ``tensorwise`` current scaling 2 more read by the amax pass;
+        zero without FP8. Weights are cast once per step and left out."""
         if self.in_bytes != 1:
             return 0.0
-        return count * self.streaming(4.0 * np.asarray(m, dtype=float) * np.asarray(k, dtype=float))
+        bytes_moved = self.quantize_bytes_per_element * np.asarray(m, dtype=float) * np.asarray(k, dtype=float)
+        return count * self.streaming(bytes_moved)
 
 
 def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
@@ -257,7 +261,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     else:
         moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero)
     # The CPU must issue every kernel: each part of a layer takes at least its host issue time.
-    kernels = forward_kernels(model, training, plans)
+    kernels = layer_kernels(model, training, plans)
     synced = host_syncs_per_layer(model, training)
     attention_fwd = att_gemm_s + core_s + att_elem_s
     attention_bwd = 2 * att_gemm_s + bwd_factor * core_s + 2 * att_elem_s

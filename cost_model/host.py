@@ -4,30 +4,40 @@ An eager PyTorch framework issues every kernel from the CPU. When the GPU finish
 faster than the CPU can issue them, the GPU waits: the layer takes max(GPU time, host issue time).
 For large dense GEMMs the GPU side dominates and the floor never binds. It binds for mixture-of-
 experts layers with many small experts per GPU: Transformer Engine's grouped linear issues one GEMM
-(and, in FP8, one input cast) per local expert, and Megatron's all-to-all dispatcher reads the
+(and, in FP8, its input's quantization) per local expert, and Megatron's all-to-all dispatcher reads the
 per-expert token counts back to the host before its all-to-all (a device-to-host sync in
 ``MoEAlltoAllTokenDispatcher``), so the CPU cannot run ahead of the GPU across layers to hide its
 issue time. NVIDIA's DeepSeek-V3 GB200 optimisation notes (Megatron-LM
 ``docs/discussions/deepseek-v3-gb200-optimization``) describe such runs as bound by CPU-side kernel
 launch, and CUDA graphs as the cure.
 
-Model: issue time = kernels issued x ``host_kernel_issue_us`` (one calibrated constant,
-:mod:`optimizer.calibrate`), with a kernel inventory per layer part read off the module structure of
+Model: issue time = host calls x ``host_kernel_issue_us`` (one calibrated constant,
+:mod:`optimizer.calibrate`), with an inventory per layer part read off the module structure of
 Megatron-Core with Transformer Engine layers. The counts are approximate (fusion flags move them by a
-few); what the calibration pins is their product with the per-kernel time, and what the held-out rows
+few); what the calibration pins is their product with the per-call time, and what the held-out rows
 test is the structure: a fixed part per layer plus a part per local expert.
 
-Forward kernels, per layer and micro-batch (backward issues about twice as many: data and weight
-gradients of every GEMM, the backward of every element-wise kernel):
+Each part has G GEMMs and O other kernels in its forward. In BF16 the forward issues G + O and the
+backward 2G + 2O (data- and weight-gradient GEMMs; the backward of each element-wise kernel). In FP8
+each GEMM input is quantized forward and each output gradient backward, q host calls per tensor, and
+MXFP8 swizzles both operands' scale factors before every GEMM (2 calls):
 
-- attention block: norm, (FP8 cast), QKV GEMM, rotary embedding on q and k, the attention kernel,
-  (FP8 cast), output GEMM, bias-dropout-add: 8 (10 in FP8); MLA adds the q_a/q_b/kv_a/kv_b
-  GEMMs, their two norms and the nope/rope split and concat: 16 (22 in FP8).
-- dense MLP: norm, (cast), fc1, activation, (cast), fc2: 4 (6 in FP8).
-- MoE block, fixed part: norm, router GEMM, score and top-k, load-balancing statistics, permute,
-  split sizes and their device-to-host copy, all-to-all, sort by local expert, activation, unsort,
-  all-to-all back, unpermute, residual: 16; shared experts add a dense MLP's 4 (6).
-- MoE block, per local expert: fc1 and fc2 GEMMs: 2 (4 in FP8, with the per-expert input casts).
+    forward  G + O + G (q + s)        backward  2G + 2O + G (q + 2 s)
+
+q by ``fp8_recipe`` (Transformer Engine 2.x, ``transformer_engine/pytorch/csrc`` quantizers): 4 for
+``tensorwise`` current scaling (a memset, the amax reduction, the scale computation, the cast), 1 for
+``delayed``, ``mxfp8`` and ``blockwise`` (one cast kernel); s = 2 for ``mxfp8``, else 0.
+
+- attention block: norm, QKV GEMM, rotary embedding on q and k, the attention kernel, output GEMM,
+  bias-dropout-add: G 2, O 6; MLA (q_a/q_b/kv_a/kv_b projections, their norms, the nope/rope split
+  and concat): G 6, O 10.
+- dense MLP (and shared experts): norm, fc1, activation, fc2: G 2, O 2.
+- MoE block, fixed part: norm, router GEMM (kept in BF16), score and top-k, load-balancing
+  statistics, permute, split sizes and their device-to-host copy, all-to-all, sort by local expert,
+  activation, unsort, all-to-all back, unpermute, residual: O 16.
+- MoE block, per local expert: fc1 and fc2, G 2. ``GroupedLinear`` quantizes each expert's input
+  separately and calls one cuBLAS GEMM per expert (``multi_stream_cublas_gemm``); MXFP8's swizzles run
+  once per grouped GEMM over all experts (2 calls for each of the 2 forward and 4 backward grouped GEMMs).
 
 CUDA graphs (Megatron ``--cuda-graph-scope``) replay captured parts with one launch: those parts
 issue nothing. ``attn`` captures the attention block, ``mlp`` a dense MLP, ``moe_router`` the router
@@ -61,28 +71,41 @@ from .model_spec import ModelSpec
 from .plan import PlanArrays
 from .training_spec import TrainingSpec
 
-BACKWARD_KERNEL_RATIO = 2.0
-"""Backward kernels per forward kernel: a data- and a weight-gradient GEMM per GEMM."""
+@dataclass(frozen=True)
+class PartShape:
+    """GEMMs (with FP8 inputs) and other kernels in the forward of one part of a layer."""
 
-ATTENTION_KERNELS = {"bf16": 8, "fp8": 10}
-MLA_ATTENTION_KERNELS = {"bf16": 16, "fp8": 22}
-MLP_KERNELS = {"bf16": 4, "fp8": 6}
-MOE_FIXED_KERNELS = 16
+    gemms: float
+    other: float
+
+
+ATTENTION = PartShape(gemms=2, other=6)
+MLA_ATTENTION = PartShape(gemms=6, other=10)
+MLP = PartShape(gemms=2, other=2)
+MOE_FIXED = PartShape(gemms=0, other=16)
 MOE_ROUTER_AND_PREPROCESS_KERNELS = 8
 """The part of the MoE fixed kernels that the ``moe_router`` and ``moe_preprocess`` graphs capture."""
-EXPERT_KERNELS = {"bf16": 2, "fp8": 4}
+EXPERT = PartShape(gemms=2, other=0)
+"""Per local expert."""
+EXPERT_GROUPED_GEMMS = (2, 4)
+"""Grouped GEMMs of the experts, forward and backward (MXFP8 swizzles run once for each)."""
+
+QUANTIZE_CALLS = {"tensorwise": 4, "delayed": 1, "mxfp8": 1, "blockwise": 1}
+"""Host calls to quantize one tensor to FP8 under each recipe."""
+SWIZZLE_CALLS = {"mxfp8": 2}
+"""Host calls to swizzle both operands' scale factors before one GEMM."""
 
 
 @dataclass
 class LayerKernels:
-    """Kernels the host issues in one forward of each part of a layer, after CUDA graphs (over plans)."""
+    """Host calls in one forward or one backward of each part of a layer, after CUDA graphs (over plans)."""
 
     attention: np.ndarray
     dense_mlp: np.ndarray
     moe_fixed: np.ndarray
     """Router, dispatcher, activation, shared experts: everything in a MoE block but the expert GEMMs."""
     experts: np.ndarray
-    """The per-local-expert GEMMs (and their FP8 input casts)."""
+    """The per-local-expert GEMMs (and their FP8 quantization)."""
 
 
 GRAPH_SCOPES_CAPTURING_EXPERTS = ("moe", "full_iteration")
@@ -109,42 +132,62 @@ def host_syncs_per_layer(model: ModelSpec, training: TrainingSpec) -> bool:
     return model.is_moe and not training.moe_pad_to_capacity and training.moe_rank_capacity_factor is None
 
 
-def forward_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> LayerKernels:
-    """Kernels the host issues in the forward of each layer part for one micro-batch."""
-    precision = "fp8" if training.precision == "fp8" else "bf16"
+def _calls(part: PartShape, training: TrainingSpec, swizzle_per_gemm: bool = True) -> tuple[float, float]:
+    """Forward and backward host calls of one part (see the module docstring)."""
+    forward, backward = part.gemms + part.other, 2 * (part.gemms + part.other)
+    if training.precision == "fp8":
+        q = QUANTIZE_CALLS[training.fp8_recipe]
+        s = SWIZZLE_CALLS.get(training.fp8_recipe, 0) if swizzle_per_gemm else 0
+        forward, backward = forward + part.gemms * (q + s), backward + part.gemms * (q + 2 * s)
+    return forward, backward
+
+
+def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> tuple[LayerKernels, LayerKernels]:
+    """Host calls of each layer part for one micro-batch, forward and backward."""
     scope = set(training.cuda_graph_scope)
     zero = np.zeros(len(plans))
     if "full_iteration" in scope:
-        return LayerKernels(zero, zero, zero, zero)
-    attention = 0 if "attn" in scope else (MLA_ATTENTION_KERNELS if model.is_mla else ATTENTION_KERNELS)[precision]
-    mlp = 0 if "mlp" in scope else MLP_KERNELS[precision]
+        return LayerKernels(zero, zero, zero, zero), LayerKernels(zero, zero, zero, zero)
+    attention = (0.0, 0.0) if "attn" in scope else _calls(MLA_ATTENTION if model.is_mla else ATTENTION, training)
+    mlp = (0.0, 0.0) if "mlp" in scope else _calls(MLP, training)
     if not model.is_moe or "moe" in scope:
-        return LayerKernels(zero + attention, zero + mlp, zero, zero)
-    captured = MOE_ROUTER_AND_PREPROCESS_KERNELS / 2 * (("moe_router" in scope) + ("moe_preprocess" in scope))
-    fixed = MOE_FIXED_KERNELS - captured + (MLP_KERNELS[precision] if model.shared_expert_ffn_hidden_size else 0)
-    local_experts = model.num_experts / plans.ep.astype(float)
-    return LayerKernels(zero + attention, zero + mlp, zero + fixed, EXPERT_KERNELS[precision] * local_experts)
+        fixed, experts = (0.0, 0.0), (zero, zero)
+    else:
+        captured = MOE_ROUTER_AND_PREPROCESS_KERNELS / 2 * (("moe_router" in scope) + ("moe_preprocess" in scope))
+        base = _calls(PartShape(gemms=0, other=MOE_FIXED.other - captured), training)
+        shared = _calls(MLP, training) if model.shared_expert_ffn_hidden_size else (0.0, 0.0)
+        fixed = (base[0] + shared[0], base[1] + shared[1])
+        local_experts = model.num_experts / plans.ep.astype(float)
+        per_expert = _calls(EXPERT, training, swizzle_per_gemm=False)
+        swizzle = SWIZZLE_CALLS.get(training.fp8_recipe, 0) if training.precision == "fp8" else 0
+        experts = (per_expert[0] * local_experts + swizzle * EXPERT_GROUPED_GEMMS[0],
+                   per_expert[1] * local_experts + swizzle * EXPERT_GROUPED_GEMMS[1])
+    return tuple(LayerKernels(zero + attention[i], zero + mlp[i], zero + fixed[i], zero + experts[i])
+                 for i in (0, 1))
 
 
 def exposed_issue_time(gpu_forward_s: dict[str, np.ndarray], gpu_backward_s: dict[str, np.ndarray],
-                       kernels: LayerKernels, kernel_issue_us: float,
+                       kernels: tuple[LayerKernels, LayerKernels], kernel_issue_us: float,
                        synced: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Seconds by which issuing a layer's kernels outlasts running them, forward and backward.
 
-    ``synced`` (a dropless MoE model): part by part (attention, dense MLP, MoE fixed part, experts),
-    as the dispatcher's host sync sits between them, so the host cannot issue one part while the GPU
-    still runs another; within a part the GPU runs each kernel as soon as it is issued. Each part
-    takes max(GPU time, issue time). Without a sync the host runs ahead across parts, and the layer
-    takes max(its GPU time, its issue time).
+    ``kernels``: the forward and backward host calls (:func:`layer_kernels`). ``synced`` (a dropless
+    MoE model): part by part (attention, dense MLP, MoE fixed part, experts), as the dispatcher's host
+    sync sits between them, so the host cannot issue one part while the GPU still runs another; within
+    a part the GPU runs each kernel as soon as it is issued. Each part takes max(GPU time, issue time).
+    Without a sync the host runs ahead across parts, and the layer takes max(its GPU time, its issue
+    time).
     """
-    per_kernel_s = kernel_issue_us * 1e-6
-    issue = {part: getattr(kernels, part) * per_kernel_s for part in gpu_forward_s}
+    per_call_s = kernel_issue_us * 1e-6
+    forward_calls, backward_calls = kernels
+    issue_fwd = {part: getattr(forward_calls, part) * per_call_s for part in gpu_forward_s}
+    issue_bwd = {part: getattr(backward_calls, part) * per_call_s for part in gpu_forward_s}
     if not synced:
-        forward_gap = sum(issue.values()) - sum(gpu_forward_s.values())
-        backward_gap = BACKWARD_KERNEL_RATIO * sum(issue.values()) - sum(gpu_backward_s.values())
+        forward_gap = sum(issue_fwd.values()) - sum(gpu_forward_s.values())
+        backward_gap = sum(issue_bwd.values()) - sum(gpu_backward_s.values())
         return np.maximum(forward_gap, 0.0), np.maximum(backward_gap, 0.0)
     forward = backward = 0.0
     for part, gpu_forward in gpu_forward_s.items():
-        forward = forward + np.maximum(issue[part] - gpu_forward, 0.0)
-        backward = backward + np.maximum(BACKWARD_KERNEL_RATIO * issue[part] - gpu_backward_s[part], 0.0)
+        forward = forward + np.maximum(issue_fwd[part] - gpu_forward, 0.0)
+        backward = backward + np.maximum(issue_bwd[part] - gpu_backward_s[part], 0.0)
     return forward, backward

@@ -28,7 +28,7 @@ class CostOptions:
     kernel_overhead_us: float = 4.0
     """Fixed cost of one GEMM kernel (launch, tail effects), making small GEMMs less efficient."""
 
-    host_kernel_issue_us: float = 36.1
+    host_kernel_issue_us: float = 39.3
     """Host (CPU) time to issue one kernel of the cost model's kernel inventory from eager Megatron-Core
     (:mod:`cost_model.host`): a layer part takes at least its kernels x this. Fitted by
     ``plan-search calibrate`` on Qwen3-235B-A22B on 64 B200 (Megatron-Bridge 25.11, no CUDA graphs);

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 PRECISIONS = ("bf16", "fp16", "fp8")
+FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
 GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
@@ -32,6 +33,13 @@ class TrainingSpec:
     """Matrix-multiply precision. ``fp16`` (loss-scaled mixed precision, as in GPT-3-era runs) costs the
     same bytes and peak as ``bf16``. ``fp8`` runs GEMMs in FP8 (Transformer Engine) with bf16 weights,
     bf16 activations between layers and FP8 copies of GEMM inputs saved for backward."""
+
+    fp8_recipe: Literal["tensorwise", "delayed", "mxfp8", "blockwise"] = "delayed"
+    """How FP8 GEMM inputs are scaled (Megatron ``--fp8-recipe``, whose default is ``delayed``):
+    ``tensorwise`` is per-tensor current scaling (Megatron-Bridge's FP8-CS), ``mxfp8`` Blackwell's
+    1x32 block scaling (FP8-MX), ``blockwise`` DeepSeek-V3's 1x128 / 128x128 blocks. It sets the
+    host's kernel count per quantized tensor (:mod:`cost_model.host`) and, for ``tensorwise``, the extra
+    read of each input for its amax. Ignored unless ``precision`` is ``fp8``."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     """Adam/AdamW keep an fp32 master copy and the moments m and v (12 bytes per parameter);
@@ -124,6 +132,8 @@ class TrainingSpec:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.fp8_recipe not in FP8_RECIPES:
+            raise ValueError(f"fp8_recipe must be one of {', '.join(FP8_RECIPES)}, got {self.fp8_recipe!r}")
         if self.grad_dtype not in GRAD_DTYPES:
             raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
         if self.optimizer_moments_dtype not in GRAD_DTYPES:

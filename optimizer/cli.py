@@ -139,6 +139,8 @@ def search_command(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length."),
     train_tokens: Optional[float] = typer.Option(None, "--train-tokens", help="Training tokens, for time and cost."),
     precision: Optional[str] = typer.Option(None, "--precision", help="bf16 or fp8."),
+    fp8_recipe: Optional[str] = typer.Option(None, "--fp8-recipe",
+                                             help="tensorwise, delayed (default), mxfp8 or blockwise."),
     objective: str = typer.Option("throughput", "--objective", help=f"One of: {', '.join(OBJECTIVES)}."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or csv."),
     emitter: Optional[Emitter] = typer.Option(None, "--emit", help="Print the best plan's launcher arguments."),
@@ -163,7 +165,7 @@ def search_command(
     cluster_spec, model_input, training = _inputs(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
-        tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+        fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
                        best_per_layout=per_layout,
@@ -241,6 +243,7 @@ def evaluate_command(
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
     train_tokens: Optional[float] = typer.Option(None, "--train-tokens"),
     precision: Optional[str] = typer.Option(None, "--precision"),
+    fp8_recipe: Optional[str] = typer.Option(None, "--fp8-recipe", help="tensorwise, delayed, mxfp8 or blockwise."),
     tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap"),
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout"),
@@ -255,7 +258,7 @@ def evaluate_command(
     cluster_spec, model_input, training = _inputs(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
-        tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+        fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
                         ("micro-batch", micro_batch)):
         if value < 1:

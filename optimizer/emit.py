@@ -86,7 +86,7 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
                  f"--cuda-graph-scope {' '.join(training.cuda_graph_scope)}"]
     args.append("--fp16" if training.precision == "fp16" else "--bf16")
     if training.precision == "fp8":
-        args.append("--fp8-format hybrid")
+        args += ["--fp8-format hybrid", f"--fp8-recipe {training.fp8_recipe}"]
     return args
 
 
@@ -180,6 +180,8 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute += ("recipe.model.config.cpu_offloading = True\n"
                       f"recipe.model.config.cpu_offloading_num_layers = {_offloaded_layers(plan)}\n"
                       "recipe.model.config.cpu_offloading_weights = False\n")
+    if training.precision == "fp8":
+        recompute += f'recipe.model.config.fp8 = "hybrid"\nrecipe.model.config.fp8_recipe = "{training.fp8_recipe}"\n'
     if model.is_moe:
         recompute += "".join(f"recipe.model.config.{field} = {value!r}\n" for _, field, value in _moe_buffer_settings(training))
     if training.cuda_graph_scope:

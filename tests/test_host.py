@@ -7,7 +7,7 @@ import pytest
 
 from cost_model.compute import layer_times
 from cost_model.evaluate import evaluate
-from cost_model.host import exposed_issue_time, forward_kernels, graph_scope_conflict
+from cost_model.host import exposed_issue_time, graph_scope_conflict, layer_kernels
 from cost_model.model_loader import build_training, load_model
 from cost_model.options import CostOptions
 from cost_model.plan import PlanArrays
@@ -26,19 +26,46 @@ def plans(**changes):
 
 def test_kernel_inventory_by_hand():
     fp8 = build_training({"seq_length": 4096, "global_batch_size": 512, "precision": "fp8"})
-    k = forward_kernels(QWEN, fp8, plans())
-    # FP8 attention block 10; MoE fixed part 16; 128 experts / EP 8 = 16 local experts x 4 kernels.
-    assert (k.attention[0], k.moe_fixed[0], k.experts[0]) == (10, 16, 64)
-    graphed = forward_kernels(QWEN, fp8.with_changes(cuda_graph_scope=("attn", "moe_router", "moe_preprocess")), plans())
+    forward, backward = layer_kernels(QWEN, fp8, plans())
+    # Delayed scaling (Megatron's default), one cast per quantized tensor. Attention: 2 GEMMs + 6 other
+    # + 2 input casts = 10 forward; backward 2 x 8 + 2 output-gradient casts = 18. MoE fixed part 16
+    # (32 backward). 128 experts / EP 8 = 16 local experts x (2 GEMMs + 2 casts) = 64 forward,
+    # 16 x (4 GEMMs + 2 casts) = 96 backward.
+    assert (forward.attention[0], forward.moe_fixed[0], forward.experts[0]) == (10, 16, 64)
+    assert (backward.attention[0], backward.moe_fixed[0], backward.experts[0]) == (18, 32, 96)
+    graphed, _ = layer_kernels(QWEN, fp8.with_changes(cuda_graph_scope=("attn", "moe_router", "moe_preprocess")), plans())
     assert (graphed.attention[0], graphed.moe_fixed[0], graphed.experts[0]) == (0, 8, 64)
-    whole = forward_kernels(QWEN, fp8.with_changes(cuda_graph_scope=("full_iteration",)), plans())
-    assert whole.attention[0] == whole.moe_fixed[0] == whole.experts[0] == 0
+    padded = fp8.with_changes(cuda_graph_scope=("full_iteration",), moe_pad_to_capacity=True)
+    for whole in layer_kernels(QWEN, padded, plans()):
+        assert whole.attention[0] == whole.moe_fixed[0] == whole.experts[0] == 0
     # Fewer GPUs per expert group -> more local experts -> more kernels.
-    assert forward_kernels(QWEN, fp8, plans(ep=4, dp=8)).experts[0] == 128
+    assert layer_kernels(QWEN, fp8, plans(ep=4, dp=8))[0].experts[0] == 128
+
+
+@pytest.mark.parametrize("recipe, attention, experts", [
+    # Current scaling: a memset, the amax, the scale and the cast per tensor (4 calls).
+    ("tensorwise", (2 + 6 + 2 * 4, 16 + 2 * 4), (16 * (2 + 2 * 4), 16 * (4 + 2 * 4))),
+    # MXFP8: one cast per tensor, and 2 scale-factor swizzles before every GEMM; the experts' swizzles
+    # run once per grouped GEMM (2 forward, 4 backward).
+    ("mxfp8", (2 + 6 + 2 * (1 + 2), 16 + 2 * (1 + 4)), (16 * 4 + 2 * 2, 16 * 6 + 4 * 2)),
+    ("blockwise", (10, 18), (64, 96)),
+])
+def test_kernel_inventory_by_fp8_recipe(recipe, attention, experts):
+    training = build_training({"seq_length": 4096, "global_batch_size": 512, "precision": "fp8", "fp8_recipe": recipe})
+    forward, backward = layer_kernels(QWEN, training, plans())
+    assert (forward.attention[0], backward.attention[0]) == attention
+    assert (forward.experts[0], backward.experts[0]) == experts
+    bf16 = layer_kernels(QWEN, training.with_changes(precision="bf16"), plans())
+    assert (bf16[0].experts[0], bf16[1].experts[0]) == (32, 64)  # the recipe is ignored in BF16
+    plan = dict(tp=1, pp=1, dp=8, cp=1, ep=8, etp=1, vpp=1, micro_batch=1, recompute=0, recompute_num_layers=0,
+                recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
+                optimizer_offload=False)
+    assert f"--fp8-recipe {recipe}" in emit("megatron", plan, QWEN, training)
+    assert f'recipe.model.config.fp8_recipe = "{recipe}"' in emit("nemo", plan, QWEN, training)
 
 
 def test_exposed_time_is_what_issuing_outlasts_running():
-    k = forward_kernels(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), plans())
+    k = layer_kernels(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), plans())
     # bf16: experts issue 2 kernels each, 16 local experts -> 32 kernels x 10 us = 320 us.
     gpu_fwd = {"experts": np.array([100e-6])}
     gpu_bwd = {"experts": np.array([1000e-6])}
@@ -71,9 +98,9 @@ def test_layer_times_never_fall_below_their_issue_time():
     training = build_training({"seq_length": 4096, "global_batch_size": 512, "precision": "fp8"})
     gpu = load_cluster("b200x8").gpu
     dense, moe = layer_times(QWEN, training, plans(), gpu, CostOptions(host_kernel_issue_us=36.7))
-    k = forward_kernels(QWEN, training, plans())
-    issue = (k.attention + k.moe_fixed + k.experts) * 36.7e-6
-    assert moe.forward[0] >= issue[0] and moe.backward[0] >= 2 * issue[0]
+    forward, backward = layer_kernels(QWEN, training, plans())
+    issue = [(k.attention + k.moe_fixed + k.experts)[0] * 36.7e-6 for k in (forward, backward)]
+    assert moe.forward[0] >= issue[0] and moe.backward[0] >= issue[1]
     assert dense.forward[0] == 0  # Qwen3-30B-A3B has no dense layer
 
 
@@ -114,7 +141,7 @@ def test_a_dropless_moe_layer_cannot_be_captured_whole(scope):
 
 
 def test_without_a_host_sync_the_cpu_runs_ahead_across_parts():
-    k = forward_kernels(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), plans())
+    k = layer_kernels(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), plans())
     # bf16 kernels: attention 8, MoE fixed part 16, experts 16 x 2 = 32; at 10 us: 80, 160, 320 us of issue.
     gpu_fwd = {"attention": np.array([500e-6]), "moe_fixed": np.array([100e-6]), "experts": np.array([100e-6])}
     gpu_bwd = {part: 2 * seconds for part, seconds in gpu_fwd.items()}
