@@ -40,8 +40,11 @@ The same inventory adapts to modern layers:
 * FP8 GEMMs (Transformer Engine) save FP8 copies of GEMM inputs: 1 byte instead of 2;
 * context parallelism: every tensor covers s/cp tokens; a materialised score matrix is (s/cp) x s;
 * MoE (Megatron token dispatcher): per rank, b*(s/cp)*k*capacity*etp/tp token-expert pairs; each saves
-  the expert's fc1 input (h), fc1 output and fc2 input (split by expert-TP), and the expert output for
-  the weighted combine; the router saves fp32 probabilities (E per token).
+  the expert's fc1 input (h), fc1 output and fc2 input (split by expert-TP) and its fp32 routing
+  probability; the router saves fp32 probabilities (E per token). Megatron-Core multiplies the
+  probabilities in the experts' activation (``activation_func_with_probs`` in
+  ``megatron/core/transformer/moe/experts.py``, MCore 0.13 "memory efficient token permutation"), so
+  unpermute saves no expert output for the weighted combine.
 
 Full recompute keeps only each layer's input (2sbh, split by SP) — Korthikanti's 2sbh/t with SP.
 Norm statistics (8 bytes per token) and RNG state are ignored, as the paper does.
@@ -243,7 +246,7 @@ def moe_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArr
     per_pair = (g * h                                              # expert fc1 input (permuted tokens)
                 + e * width * (2 if model.gated_mlp else 1)       # expert fc1 output
                 + fc2_input                                        # expert fc2 input (activation output)
-                + e * h)                                           # expert output, for the weighted combine
+                + 4.0)                                             # fp32 routing probability, for the activation
     per_pair = np.where(checkpointed, 0.0, per_pair)
     return per_token * sh.tokens + per_pair * pairs
 

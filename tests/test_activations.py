@@ -198,7 +198,7 @@ def test_unfused_cross_entropy_holds_more_logit_buffers():
 def test_sync_free_rank_capacity_buffers_hold_the_expert_activations():
     """Qwen3-30B-A3B, one 4096-token sequence, TP 1: 4096 x top-8 = 32,768 routed pairs, each saving the
     permuted fc1 input (2 x 2048 B), the gated fc1 output (2 x 2 x 768), the activation output (2 x 768)
-    and the expert output (2 x 2048): 12,800 bytes. Rank-capacity buffers hold 1.5x a balanced share,
+    and its fp32 routing probability (4): 8,708 bytes. Rank-capacity buffers hold 1.5x a balanced share,
     the paged stash 1.1x (Megatron-LM docs/user-guide/features/paged_stash.md)."""
     from cost_model.activations import moe_mlp_block_bytes
     from cost_model.model_loader import load_model
@@ -209,5 +209,5 @@ def test_sync_free_rank_capacity_buffers_hold_the_expert_activations():
     rank = moe_mlp_block_bytes(qwen, dataclasses.replace(base, moe_rank_capacity_factor=1.5), plan)[0]
     stash = moe_mlp_block_bytes(qwen, dataclasses.replace(base, moe_rank_capacity_factor=1.5,
                                                           moe_paged_stash_factor=1.1), plan)[0]
-    assert rank - routed == pytest.approx(0.5 * 32768 * 12800)
-    assert stash - routed == pytest.approx(0.1 * 32768 * 12800)
+    assert rank - routed == pytest.approx(0.5 * 32768 * 8708)
+    assert stash - routed == pytest.approx(0.1 * 32768 * 8708)

@@ -75,7 +75,7 @@ def test_moe_act_and_moe_on_routed_pairs():
     assert pairs == s * 8  # top-8 routing, capacity factor 1
     assert acts.moe_full[0] - acts.moe_full[1] == pytest.approx(2 * 2048 * pairs, rel=1e-12)  # fc2 inputs
     h, f, shared, experts = 7168, 2048, 2048, 256
-    per_pair = 2 * h + 2 * 2 * f + 2 * f + 2 * h       # fc1 input, fc1 output, fc2 input, expert output
+    per_pair = 2 * h + 2 * 2 * f + 2 * f + 4           # fc1 input, fc1 output, fc2 input, fp32 probability
     per_token = 4 * experts + (2 * 2 * shared + 2 * shared) + (2 * h - 2 * h)  # probs, shared; input kept at 2 B
     assert acts.moe_full[0] - acts.moe_full[2] == pytest.approx(per_pair * pairs + per_token * s, rel=1e-12)
 
