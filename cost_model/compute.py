@@ -60,6 +60,9 @@ class LayerTimes:
     forward_flops: np.ndarray
     """FLOPs executed forward (model FLOPs; recompute adds more)."""
     attention_forward_flops: np.ndarray
+    host_exposed: np.ndarray | float = 0.0
+    """Seconds of ``forward + backward`` the GPU waits for the host to issue kernels
+    (:func:`cost_model.host.exposed_issue_time`)."""
 
 
 class _Pricer:
@@ -271,6 +274,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
             {"attention": attention_fwd, "dense_mlp": mlp_fwd}, {"attention": attention_bwd, "dense_mlp": 2 * mlp_fwd},
             kernels, options.host_kernel_issue_us, synced)
         dense.forward, dense.backward = dense.forward + extra_fwd, dense.backward + extra_bwd
+        dense.host_exposed = extra_fwd + extra_bwd
     if model.is_moe:
         fixed_fwd = router_s + activation_s + reorder_s + shared_s
         experts_fwd = e1_s + e2_s + quantize_s
@@ -279,6 +283,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
             {"attention": attention_bwd, "moe_fixed": 2 * fixed_fwd, "experts": 2 * experts_fwd},
             kernels, options.host_kernel_issue_us, synced)
         moe.forward, moe.backward = moe.forward + extra_fwd, moe.backward + extra_bwd
+        moe.host_exposed = extra_fwd + extra_bwd
     return dense, moe
 
 

@@ -7,6 +7,9 @@ Step time (all per rank of the bottleneck stage; "exposed" = not hidden behind c
                                                    (Narayanan et al. 2021, section 2.2)
     step    = T_pipe + exposed pipeline send/recv + exposed data-parallel sync + optimizer step
 
+The breakdown reports forward + backward as ``compute`` and ``host_issue``: the seconds the GPU waits
+for the CPU to issue kernels (:mod:`cost_model.host`), which CUDA graphs or bigger micro-batches remove.
+
 Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 
 * TP: exposed, unless ``tp_comm_overlap`` (Megatron ``--tp-comm-overlap``), which hides it behind the
@@ -57,7 +60,7 @@ from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .training_spec import TrainingSpec
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
-TIME_PARTS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
+TIME_PARTS = ("compute", "host_issue", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
               "offload", "overlap_contention", "optimizer")
 COMM_DIMS = ("tp", "cp", "ep", "pp", "dp")
 
@@ -239,6 +242,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     backward = per_stage(dense_t.backward, moe_t.backward) + np.where(head, head_bwd[:, None], 0.0)
     share = recomputed_layer_share(plans, stages)
     layers_forward = per_stage(dense_t.forward, moe_t.forward)
+    host_waits = per_stage(np.broadcast_to(dense_t.host_exposed, len(plans)), np.broadcast_to(moe_t.host_exposed, len(plans)))
     recompute = share * layers_forward + per_stage(dense_t.selective_recompute, moe_t.selective_recompute)
 
     # ---- communication per micro-batch per stage ----
@@ -335,7 +339,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         return _pick(values, bottleneck)
 
     parts = {
-        "compute": mf * at_bottleneck(forward + backward),
+        "compute": mf * at_bottleneck(forward + backward - host_waits),
+        "host_issue": mf * at_bottleneck(host_waits),
         "recompute": mf * at_bottleneck(recompute),
         "tp_comm": mf * at_bottleneck(tp_exposed),
         "cp_comm": mf * at_bottleneck(cp_exposed),

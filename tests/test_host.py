@@ -206,3 +206,20 @@ def test_sync_free_hybridep_is_capturable_with_the_paged_stash():
 def test_buffer_settings_are_checked(settings, message):
     with pytest.raises(InputError, match=message):
         build_training({"seq_length": 4096, "global_batch_size": 512, **settings})
+
+
+def test_step_time_breakdown_shows_the_host_wait():
+    """The time the GPU waits for the CPU is its own step-time part: compute stays what the same plan
+    costs with a free host, the step grows by host_issue, and graphs leave it at zero."""
+    cluster = load_cluster("b200x8")
+    training = build_training({"seq_length": 4096, "global_batch_size": 512, "precision": "fp8", "fp8_recipe": "mxfp8"})
+    host, free = CostOptions(host_kernel_issue_us=39.3), CostOptions(host_kernel_issue_us=0.0)
+    slow_metrics = evaluate(QWEN, training, cluster, plans(), host)
+    ideal_metrics = evaluate(QWEN, training, cluster, plans(), free)
+    slow, ideal = slow_metrics.step_time_parts_s, ideal_metrics.step_time_parts_s
+    assert slow["host_issue"][0] > slow["compute"][0] > 0  # 16 experts per GPU at micro-batch 1
+    assert slow["compute"][0] == pytest.approx(ideal["compute"][0])
+    assert slow_metrics.step_time_s[0] - ideal_metrics.step_time_s[0] == pytest.approx(slow["host_issue"][0])
+    assert ideal["host_issue"][0] == 0.0
+    graphed = training.with_changes(cuda_graph_scope=("full_iteration",), moe_pad_to_capacity=True)
+    assert evaluate(QWEN, graphed, cluster, plans(), host).step_time_parts_s["host_issue"][0] == 0.0
