@@ -126,6 +126,9 @@ class TrainingSpec:
         if not isinstance(scope, (tuple, list)) or any(part not in CUDA_GRAPH_SCOPES for part in scope):
             raise ValueError(f"cuda_graph_scope must list parts from {', '.join(CUDA_GRAPH_SCOPES)}, got {scope!r}")
         object.__setattr__(self, "cuda_graph_scope", tuple(sorted(set(scope))))
+        for field in fields(self):
+            if field.type in ("bool", bool) and not isinstance(getattr(self, field.name), bool):
+                raise ValueError(f"{field.name} must be true or false, got {getattr(self, field.name)!r}")
         for name in ("seq_length", "global_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

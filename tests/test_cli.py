@@ -211,6 +211,10 @@ def test_bad_model_file_exits_2(capsys, tmp_path):
     code, _, err = run(capsys, "b200x8", str(graphed))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert str(graphed) in err and "training.cuda_graph_scope" in err and "token-dropless" in err
+    not_a_flag = tmp_path / "not-a-flag.yaml"
+    not_a_flag.write_text("preset: qwen3-30b-a3b\ntraining:\n  moe_pad_to_capacity: yes-please\n")
+    code, _, err = run(capsys, "b200x8", str(not_a_flag))
+    assert code == 2 and "training.moe_pad_to_capacity" in err and "must be true or false" in err
 
 
 def test_models_lists_presets_with_counts(capsys):
