@@ -60,7 +60,7 @@ class LayerTimes:
     forward_flops: np.ndarray
     """FLOPs executed forward (model FLOPs; recompute adds more)."""
     attention_forward_flops: np.ndarray
-    host_exposed: np.ndarray | float = 0.0
+    host_exposed: np.ndarray
     """Seconds of ``forward + backward`` the GPU waits for the host to issue kernels
     (:func:`cost_model.host.exposed_issue_time`)."""
 
@@ -219,7 +219,8 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         return LayerTimes(forward=forward, backward=backward, attention_forward=core_s,
                           attention_backward=bwd_factor * core_s, gemm_forward=gemm_s,
                           selective_recompute=att_rerun + mlp_rerun,
-                          forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops)
+                          forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops,
+                          host_exposed=np.zeros(len(plans)))
 
     zero = np.zeros(len(plans))
     if model.num_dense_layers:
@@ -227,7 +228,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         dense = assemble(att_gemm_s + mlp_s, att_flops + mlp_flops, att_elem_s + mlp_elem,
                          np.where(recomputes(plans, "mlp"), mlp_s + mlp_elem, 0.0))
     else:
-        dense = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero)
+        dense = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero, zero)
 
     if model.is_moe:
         sp_div = np.where(plans.sequence_parallel, t, 1.0)
@@ -262,7 +263,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
                          + np.where(recomputes(plans, "shared_experts"), shared_s, 0.0))
         moe = assemble(gemm_s, flops, elem_s, rerun)
     else:
-        moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero)
+        moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero, zero)
     # The CPU must issue every kernel: each part of a layer takes at least its host issue time.
     kernels = layer_kernels(model, training, plans)
     synced = host_syncs_per_layer(model, training)

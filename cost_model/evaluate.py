@@ -242,7 +242,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     backward = per_stage(dense_t.backward, moe_t.backward) + np.where(head, head_bwd[:, None], 0.0)
     share = recomputed_layer_share(plans, stages)
     layers_forward = per_stage(dense_t.forward, moe_t.forward)
-    host_waits = per_stage(np.broadcast_to(dense_t.host_exposed, len(plans)), np.broadcast_to(moe_t.host_exposed, len(plans)))
+    host_waits = per_stage(dense_t.host_exposed, moe_t.host_exposed)
     recompute = share * layers_forward + per_stage(dense_t.selective_recompute, moe_t.selective_recompute)
 
     # ---- communication per micro-batch per stage ----

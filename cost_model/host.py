@@ -132,14 +132,19 @@ def host_syncs_per_layer(model: ModelSpec, training: TrainingSpec) -> bool:
     return model.is_moe and not training.moe_pad_to_capacity and training.moe_rank_capacity_factor is None
 
 
+def _fp8_calls(training: TrainingSpec) -> tuple[int, int]:
+    """Host calls to quantize one tensor and to swizzle one GEMM's scale factors (zero without FP8)."""
+    if training.precision != "fp8":
+        return 0, 0
+    return QUANTIZE_CALLS[training.fp8_recipe], SWIZZLE_CALLS.get(training.fp8_recipe, 0)
+
+
 def _calls(part: PartShape, training: TrainingSpec, swizzle_per_gemm: bool = True) -> tuple[float, float]:
     """Forward and backward host calls of one part (see the module docstring)."""
-    forward, backward = part.gemms + part.other, 2 * (part.gemms + part.other)
-    if training.precision == "fp8":
-        q = QUANTIZE_CALLS[training.fp8_recipe]
-        s = SWIZZLE_CALLS.get(training.fp8_recipe, 0) if swizzle_per_gemm else 0
-        forward, backward = forward + part.gemms * (q + s), backward + part.gemms * (q + 2 * s)
-    return forward, backward
+    q, s = _fp8_calls(training)
+    s = s if swizzle_per_gemm else 0
+    return (part.gemms + part.other + part.gemms * (q + s),
+            2 * (part.gemms + part.other) + part.gemms * (q + 2 * s))
 
 
 def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> tuple[LayerKernels, LayerKernels]:
@@ -159,7 +164,7 @@ def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -
         fixed = (base[0] + shared[0], base[1] + shared[1])
         local_experts = model.num_experts / plans.ep.astype(float)
         per_expert = _calls(EXPERT, training, swizzle_per_gemm=False)
-        swizzle = SWIZZLE_CALLS.get(training.fp8_recipe, 0) if training.precision == "fp8" else 0
+        _, swizzle = _fp8_calls(training)
         experts = (per_expert[0] * local_experts + swizzle * EXPERT_GROUPED_GEMMS[0],
                    per_expert[1] * local_experts + swizzle * EXPERT_GROUPED_GEMMS[1])
     return tuple(LayerKernels(zero + attention[i], zero + mlp[i], zero + fixed[i], zero + experts[i])
