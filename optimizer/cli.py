@@ -96,8 +96,14 @@ def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
+TRAINING_FLAGS = {"seq_length": "--seq-len", "global_batch_size": "--global-batch"}
+"""Command-line flags whose name is not the training setting's with dashes."""
+
+
 def _training(model_input, **settings):
-    """The model file's training section, with the command-line settings that were given on top."""
+    """The model file's training section, with the command-line settings that were given on top.
+
+    A bad value is reported against the flag that gave it, not against the model file."""
     overrides = dict(model_input.training_overrides)
     given = {key: value for key, value in settings.items() if value is not None}
     if "global_batch_size" in given:
@@ -105,7 +111,14 @@ def _training(model_input, **settings):
     if "global_batch_tokens" in given:
         overrides.pop("global_batch_size", None)
     overrides.update(given)
-    return build_training(overrides, source=model_input.source or "training", model=model_input.spec)
+    try:
+        return build_training(overrides, source=model_input.source or "training", model=model_input.spec)
+    except InputError as error:
+        key = error.field.removeprefix("training.")
+        if key not in given:
+            raise
+        flag = TRAINING_FLAGS.get(key, "--" + key.replace("_", "-"))
+        raise InputError("command line", flag, error.problem, "fix the option's value") from None
 
 
 def _inputs(cluster: str, model: str, price: float | None, **training_settings):

@@ -294,3 +294,20 @@ def test_fp8_recipe_from_the_command_line(capsys):
     assert step["tensorwise"] > 1.2 * step["delayed"]
     code, _, err = run(capsys, *args, "--fp8-recipe", "mx")
     assert code == 2 and "fp8_recipe must be one of tensorwise, delayed, mxfp8, blockwise" in err
+
+
+def test_bad_command_line_training_value_names_the_flag_not_the_model(capsys, tmp_path):
+    """A value given on the command line is reported against its flag; one from the model file against the file."""
+    code, _, err = run(capsys, "evaluate", "h100x8", "llama3-8b", "--seq-len", "0")
+    assert code == 2
+    assert err.strip() == ("plan-search: error: command line: --seq-len: seq_length must be a positive integer, "
+                           "got 0; fix the option's value")
+    code, _, err = run(capsys, "evaluate", "h100x8", "llama3-8b", "--fp8-recipe", "mx")
+    assert code == 2 and "command line: --fp8-recipe: fp8_recipe must be one of" in err
+    model = tmp_path / "model.yaml"
+    model.write_text("preset: llama3-8b\ntraining: {fp8_recipe: mx}\n")
+    code, _, err = run(capsys, "evaluate", "h100x8", str(model))
+    assert code == 2 and f"{model}: training.fp8_recipe: fp8_recipe must be one of" in err
+    # the file's bad value is the file's fault even when the command line sets something else
+    code, _, err = run(capsys, "evaluate", "h100x8", str(model), "--seq-len", "4096")
+    assert code == 2 and f"{model}: training.fp8_recipe" in err
