@@ -158,6 +158,7 @@ class LayerComm:
     ep_fwd_s: np.ndarray
     ep_bwd_s: np.ndarray
     ep_bytes: np.ndarray
+    ep_dispatch_fwd_s: np.ndarray  # the forward dispatch's part of ep_fwd_s (the rest is the combine)
     tp_fwd_bytes: np.ndarray      # the forward part, which recomputed layers send again
     cp_fwd_bytes: np.ndarray
     ep_fwd_bytes: np.ndarray
@@ -204,7 +205,7 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
     zero = np.zeros(len(plans))
     dense = LayerComm(tp_fwd_s=2 * pair_s, tp_bwd_s=2 * pair_s, tp_bytes=4 * pair_b, cp_fwd_s=cp_fwd,
                       cp_bwd_s=cp_bwd, cp_bytes=cp_bytes, ep_fwd_s=zero, ep_bwd_s=zero, ep_bytes=zero,
-                      tp_fwd_bytes=2 * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=zero)
+                      ep_dispatch_fwd_s=zero, tp_fwd_bytes=2 * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=zero)
     if not model.is_moe:
         return dense, dense
 
@@ -213,13 +214,14 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
     dispatch_bytes = (1 if training.moe_dispatch_fp8 else ACT_BYTES) * pairs * model.hidden_size
     combine_bytes = ACT_BYTES * pairs * model.hidden_size
     ep_group = pricer.placements.ep
-    ep_fwd = pricer.time(A2A, ep_group, dispatch_bytes) + pricer.time(A2A, ep_group, combine_bytes)
+    dispatch_fwd = pricer.time(A2A, ep_group, dispatch_bytes)
+    ep_fwd = dispatch_fwd + pricer.time(A2A, ep_group, combine_bytes)
     ep_bwd = 2 * pricer.time(A2A, ep_group, combine_bytes)
     ep_fwd_bytes = pricer.sent(A2A, ep_group, dispatch_bytes) + pricer.sent(A2A, ep_group, combine_bytes)
     ep_bytes = ep_fwd_bytes + 2 * pricer.sent(A2A, ep_group, combine_bytes)
     moe = LayerComm(tp_fwd_s=(1 + mlp_pairs) * pair_s, tp_bwd_s=(1 + mlp_pairs) * pair_s,
                     tp_bytes=2 * (1 + mlp_pairs) * pair_b, cp_fwd_s=cp_fwd, cp_bwd_s=cp_bwd, cp_bytes=cp_bytes,
-                    ep_fwd_s=ep_fwd, ep_bwd_s=ep_bwd, ep_bytes=ep_bytes,
+                    ep_fwd_s=ep_fwd, ep_bwd_s=ep_bwd, ep_bytes=ep_bytes, ep_dispatch_fwd_s=dispatch_fwd,
                     tp_fwd_bytes=(1 + mlp_pairs) * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=ep_fwd_bytes)
     return dense, moe
 

@@ -60,6 +60,10 @@ class LayerTimes:
     forward_flops: np.ndarray
     """FLOPs executed forward (model FLOPs; recompute adds more)."""
     attention_forward_flops: np.ndarray
+    attention_block_forward: np.ndarray
+    """The attention half of the layer forward: projections, core, norms and element-wise work (what
+    the EP all-to-all overlap pairs with a combine, :mod:`cost_model.ep_overlap`)."""
+    attention_block_backward: np.ndarray
     host_exposed: np.ndarray
     """Seconds of ``forward + backward`` the GPU waits for the host to issue kernels
     (:func:`cost_model.host.exposed_issue_time`)."""
@@ -213,6 +217,9 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s, att_rerun = _attention(
         model, training, plans, pricer, options)
 
+    attention_fwd = att_gemm_s + core_s + att_elem_s
+    attention_bwd = 2 * att_gemm_s + bwd_factor * core_s + 2 * att_elem_s
+
     def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun):
         forward = gemm_s + core_s + elem_s
         backward = 2 * gemm_s + bwd_factor * core_s + 2 * elem_s
@@ -220,6 +227,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
                           attention_backward=bwd_factor * core_s, gemm_forward=gemm_s,
                           selective_recompute=att_rerun + mlp_rerun,
                           forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops,
+                          attention_block_forward=attention_fwd, attention_block_backward=attention_bwd,
                           host_exposed=np.zeros(len(plans)))
 
     zero = np.zeros(len(plans))
@@ -228,7 +236,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         dense = assemble(att_gemm_s + mlp_s, att_flops + mlp_flops, att_elem_s + mlp_elem,
                          np.where(recomputes(plans, "mlp"), mlp_s + mlp_elem, 0.0))
     else:
-        dense = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero, zero)
+        dense = LayerTimes(*[zero] * 11)
 
     if model.is_moe:
         sp_div = np.where(plans.sequence_parallel, t, 1.0)
@@ -263,12 +271,10 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
                          + np.where(recomputes(plans, "shared_experts"), shared_s, 0.0))
         moe = assemble(gemm_s, flops, elem_s, rerun)
     else:
-        moe = LayerTimes(zero, zero, zero, zero, zero, zero, zero, zero, zero)
+        moe = LayerTimes(*[zero] * 11)
     # The CPU must issue every kernel: each part of a layer takes at least its host issue time.
     kernels = layer_kernels(model, training, plans)
     synced = host_syncs_per_layer(model, training)
-    attention_fwd = att_gemm_s + core_s + att_elem_s
-    attention_bwd = 2 * att_gemm_s + bwd_factor * core_s + 2 * att_elem_s
     if model.num_dense_layers:
         mlp_fwd = mlp_s + mlp_elem
         extra_fwd, extra_bwd = exposed_issue_time(

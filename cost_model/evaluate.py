@@ -16,7 +16,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   layer's GEMMs up to their duration.
 * CP ring (p2p): each K/V exchange overlaps the attention kernel of the previous chunk; exposed is
   what exceeds the attention time, forward and backward. CP all-to-all is exposed.
-* EP all-to-all: exposed (no DualPipe-style overlap).
+* EP all-to-all: exposed, unless ``overlap_moe_expert_parallel_comm`` (Megatron's merged 1F1B), which
+  hides each all-to-all of the steady-state steps behind a compute block of the other micro-batch
+  (:mod:`cost_model.ep_overlap`).
 * Pipeline send/recv: 1F1B sends on the critical path, 2 transfers per micro-batch plus fill and drain:
   2*(m + p - 1) transfers; the interleaved schedule overlaps them (``--overlap-p2p-communication``)
   except during fill and drain: 2*(p - 1).
@@ -49,6 +51,7 @@ from hardware.schema import ClusterSpec
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import layer_times, lm_head_times
 from .flops import model_flops_per_step, recompute_flops_per_step
+from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .host import graph_scope_conflict
 from .memory import GIB, MemoryBreakdown, StageParameters, memory_breakdown, padded_vocab, stage_parameters
 from .model_spec import ModelSpec
@@ -173,7 +176,7 @@ def predict_memory(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
     """
     options = options or CostOptions()
     m = np.maximum(plans.num_microbatches(training.global_batch_size), 1)
-    stages = stage_layout(model, plans, m)
+    stages = stage_layout(model, plans, m, extra_warmup=ep_overlap_active(model, training, plans))
     params = stage_parameters(model, ParameterCounts(model), plans, stages, options)
     memory = memory_breakdown(model, training, plans, stages, params, options)
     totals = np.where(stages.exists, memory.total, -np.inf)
@@ -275,7 +278,17 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         cp_exposed = cp_total
     cp_hidden = cp_total - cp_exposed
     ep_fwd = moe_c.ep_fwd_s * (1.0 + again["ep"])
-    ep_exposed = Lm * (ep_fwd[:, None] * repeat + moe_c.ep_bwd_s[:, None])
+    ep_total = Lm * (ep_fwd[:, None] * repeat + moe_c.ep_bwd_s[:, None])
+    # EP all-to-all overlap: in merged steps each all-to-all runs beside a block of the other
+    # micro-batch; what the recomputed forward sends again stays exposed.
+    merged = np.where(ep_overlap_active(model, training, plans)[:, None],
+                      merged_share(plans, m, stages.pipeline_rank), 0.0)
+    paired = exposed_in_merged_step(
+        moe_c.ep_dispatch_fwd_s, moe_c.ep_fwd_s - moe_c.ep_dispatch_fwd_s, moe_c.ep_bwd_s,
+        moe_t.attention_block_forward, moe_t.attention_block_backward,
+        moe_t.forward - moe_t.attention_block_forward, moe_t.backward - moe_t.attention_block_backward)
+    ep_hidden = merged * Lm * (moe_c.ep_fwd_s + moe_c.ep_bwd_s - paired)[:, None]
+    ep_exposed = ep_total - ep_hidden
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
                                      options.grad_bucket_elements)
@@ -286,7 +299,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
                     + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
     zero_hidden = (np.minimum(dp.per_microbatch_fwd_s, compute_fwd) + np.minimum(dp.per_microbatch_bwd_s, compute_bwd))
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
-    contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden)
+    contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden + ep_hidden)
 
     # Activation offload copies each offloaded layer out during forward and back during backward, on
     # copy engines beside the compute: exposed is what the copies take beyond the compute.

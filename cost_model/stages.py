@@ -98,7 +98,10 @@ def uneven_split_is_valid(num_layers: int, pp: np.ndarray, vpp: np.ndarray) -> n
     return (first >= vpp) & (last >= vpp) & middle_ok & (pp <= num_layers)
 
 
-def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarray) -> StageLayout:
+def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarray,
+                 extra_warmup: np.ndarray | None = None) -> StageLayout:
+    """``extra_warmup``: plans whose schedule runs one more warm-up micro-batch chunk (Megatron's EP
+    all-to-all overlap, :mod:`cost_model.ep_overlap`), which stays in flight."""
     L = model.num_layers
     pp = plans.pp
     v = plans.vpp
@@ -125,8 +128,10 @@ def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarr
     moe_layers = np.where((v > 1)[:, None], layers * moe_fraction, moe_layers)
 
     pp2, v2, m2, r = pp[:, None], v[:, None], m[:, None], ranks
-    one_f_one_b = np.minimum(pp2 - r, m2) * layers
-    chunks = np.minimum((v2 - 1) * pp2 + 2 * (pp2 - r - 1) + 1, m2 * v2)
+    extra = (np.zeros(len(plans), dtype=np.int64) if extra_warmup is None
+             else np.asarray(extra_warmup, dtype=np.int64))[:, None]
+    one_f_one_b = np.minimum(pp2 - r + extra, m2) * layers
+    chunks = np.minimum((v2 - 1) * pp2 + 2 * (pp2 - r - 1) + 1 + extra, m2 * v2)
     interleaved = chunks * layers / v2
     in_flight = np.where(v2 > 1, interleaved, one_f_one_b)
 

@@ -6,7 +6,7 @@ again into this *training setup* — sequence length, batch, precision, optimize
 and the *plan* (:mod:`cost_model.plan`) — the parallel layout and knobs that the optimizer searches.
 
 Field names follow Megatron-LM's arguments where one exists (``seq_length``, ``global_batch_size``,
-``tp_comm_overlap``, ``overlap_grad_reduce``, ``overlap_param_gather``).
+``tp_comm_overlap``, ``overlap_grad_reduce``, ``overlap_param_gather``, ``overlap_moe_expert_parallel_comm``).
 """
 
 from __future__ import annotations
@@ -110,6 +110,12 @@ class TrainingSpec:
     buffers of this many times a balanced share instead of the rank-capacity buffers. Needs
     ``moe_rank_capacity_factor``; it is also what lets CUDA graphs capture a sync-free MoE layer.
     None = no paged stash."""
+
+    overlap_moe_expert_parallel_comm: bool = False
+    """Hide the MoE all-to-alls of one micro-batch behind the compute of another (Megatron
+    ``--overlap-moe-expert-parallel-comm``, the merged 1F1B schedule; :mod:`cost_model.ep_overlap`).
+    Applies where Megatron allows it: expert parallelism, no full recompute, pp = 1 or a virtual
+    pipeline; it keeps one more micro-batch chunk of activations in flight."""
 
     moe_dispatch_fp8: bool = False
     """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes."""

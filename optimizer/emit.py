@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import CORE_ATTN, FULL, SELECTIVE, module_names
 from cost_model.stages import layers_per_stage
@@ -81,6 +82,8 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
         args.append("--overlap-param-gather")
     if training.tp_comm_overlap and plan["tp"] > 1:
         args.append("--tp-comm-overlap")
+    if _ep_overlap(plan, model, training):
+        args.append("--overlap-moe-expert-parallel-comm")
     if training.cuda_graph_scope:
         args += [f"--cuda-graph-impl {_cuda_graph_impl(training)}",
                  f"--cuda-graph-scope {' '.join(training.cuda_graph_scope)}"]
@@ -108,6 +111,13 @@ def _moe_buffer_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
                      ("--moe-paged-stash-buffer-size-factor-cuda", "moe_paged_stash_buffer_size_factor_cuda",
                       training.moe_paged_stash_factor)]
     return settings
+
+
+def _ep_overlap(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) -> bool:
+    """The EP all-to-all overlap, where asked for and Megatron accepts it for this plan (elsewhere the
+    plan was priced without it, and the flag would stop Megatron at start-up)."""
+    return bool(model.is_moe and training.overlap_moe_expert_parallel_comm
+                and megatron_accepts_overlap(plan["ep"], plan["recompute"], plan["pp"], plan["vpp"]))
 
 
 def _cuda_graph_impl(training: TrainingSpec) -> str:
@@ -184,6 +194,8 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
         recompute += f'recipe.model.config.fp8 = "hybrid"\nrecipe.model.config.fp8_recipe = "{training.fp8_recipe}"\n'
     if model.is_moe:
         recompute += "".join(f"recipe.model.config.{field} = {value!r}\n" for _, field, value in _moe_buffer_settings(training))
+    if _ep_overlap(plan, model, training):
+        recompute += "recipe.model.config.overlap_moe_expert_parallel_comm = True\n"
     if training.cuda_graph_scope:
         recompute += (f'recipe.model.config.cuda_graph_impl = "{_cuda_graph_impl(training)}"\n'
                       f"recipe.model.config.cuda_graph_scope = {list(training.cuda_graph_scope)!r}\n")
