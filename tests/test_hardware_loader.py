@@ -49,7 +49,8 @@ def test_preset_values_are_dense_datasheet_figures():
 
 def test_list_presets():
     names = list_presets()
-    assert set(gpu_preset_names()) == {"a100-sxm-80gb", "h100-sxm", "h800-sxm", "h200-sxm", "b200", "gb200-nvl72", "gb300-nvl72", "mi300x"}
+    assert set(gpu_preset_names()) == {"a100-sxm-80gb", "h100-sxm", "h800-sxm", "h200-sxm", "b200", "b300", "gb200-nvl72", "gb300-nvl72",
+                                        "mi300x"}
     assert "h100x1024" in names and "gb200x72" in names and "mi300xx64" in names
     for name in names:
         assert isinstance(load_cluster(name), ClusterSpec)
@@ -165,3 +166,13 @@ def test_gb300_is_a_gb200_rack_with_more_memory_and_faster_nics():
     assert gb300.topology.scaleup_domain_gpus == 72 and gb300.topology.num_nodes == 36
     assert gb300.gpu.memory_gib > 1.5 * gb200.gpu.memory_gib
     assert gb300.topology.nic_GBps == 2 * gb200.topology.nic_GBps == 100.0
+
+
+def test_b300_is_an_hgx_node_with_b200_peaks_and_800g_nics():
+    """HGX B300: the same dense BF16/FP8 peaks per GPU as HGX B200 (36 / 72 PFLOPS sparse per 8 GPUs),
+    8 GPUs per NVLink domain, one 800 Gb/s ConnectX-8 per GPU, about 1.5x B200's memory."""
+    b200, b300 = load_cluster("b200x64"), load_cluster("b300x64")
+    assert (b300.gpu.peak_tflops_bf16, b300.gpu.peak_tflops_fp8) == (2250, 4500)
+    assert (b300.gpu.peak_tflops_bf16, b300.gpu.peak_tflops_fp8) == (b200.gpu.peak_tflops_bf16, b200.gpu.peak_tflops_fp8)
+    assert b300.topology.scaleup_domain_gpus == 8 and b300.topology.nic_GBps == 2 * b200.topology.nic_GBps == 100.0
+    assert b300.gpu.memory_gib == pytest.approx(275040 / 1024 - 0.5, abs=0.06)
