@@ -66,6 +66,8 @@ shared_experts     the shared experts' fc1 output and fc2 input
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,6 +209,39 @@ def routed_pairs_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanA
     """
     tokens = plans.micro_batch * training.seq_length / plans.cp
     return tokens * model.experts_per_token * training.moe_capacity_factor * plans.etp / plans.tp
+
+
+def distinct_destination_ranks(num_experts: int, experts_per_token: int, ep: np.ndarray) -> np.ndarray:
+    """Expected number of EP ranks a token's k experts live on, for uniform routing over E experts held
+    E/ep per rank: ep * (1 - C(E - E/ep, k) / C(E, k)), the chance that a given rank holds none of the
+    k chosen experts being C(E - E/ep, k) / C(E, k). One rank (ep = 1) gives 1; k = 1 gives 1."""
+    ep = np.asarray(ep)
+    result = np.ones(ep.shape, dtype=float)
+    for size in np.unique(ep):
+        if size <= 1:
+            continue
+        elsewhere = num_experts - num_experts // int(size)
+        missed = math.comb(elsewhere, experts_per_token) / math.comb(num_experts, experts_per_token)
+        result[ep == size] = size * (1.0 - missed)
+    return result
+
+
+def dispatched_rows_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+    """Token rows one rank sends in the MoE dispatch all-to-all per micro-batch (and receives back in the
+    combine).
+
+    Megatron's ``alltoall`` dispatcher permutes one row per token-expert pair before the all-to-all
+    (:func:`routed_pairs_per_rank`). The flex dispatcher's DeepEP and HybridEP kernels send a token once
+    to each rank holding any of its experts and expand it to pairs there (Megatron-LM
+    ``megatron/core/transformer/moe/fused_a2a.py``; DeepEP README, "normal kernels"): rows =
+    tokens x :func:`distinct_destination_ranks` instead of tokens x k, assuming uniform routing (the
+    forced balance of the benchmark recipes; group-limited routing such as DeepSeek-V3's sends fewer).
+    """
+    pairs = routed_pairs_per_rank(model, training, plans)
+    if training.moe_token_dispatcher == "alltoall":
+        return pairs
+    ranks = distinct_destination_ranks(model.num_experts, model.experts_per_token, plans.ep)
+    return pairs * ranks / model.experts_per_token
 
 
 def expert_saved_pairs_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:

@@ -14,7 +14,9 @@ Per dimension (Megatron-LM, Narayanan et al. 2021 and Korthikanti et al. 2022):
   shared experts (TP-split like a dense MLP). Recomputed layers repeat their forward collectives.
 * CP: ring attention (``p2p``) sends the local K and V chunk cp-1 times forward; backward sends K, V and
   dK, dV (twice forward). ``a2a`` (Ulysses) does 4 all-to-alls of the q/k/v/output activations each way.
-* EP: a dispatch and a combine all-to-all per MoE layer forward, two more backward.
+* EP: a dispatch and a combine all-to-all per MoE layer forward, two more backward, of one row per
+  token-expert pair (Megatron's ``alltoall`` dispatcher) or per token and destination rank (the flex
+  dispatcher, :func:`cost_model.activations.dispatched_rows_per_rank`).
 * PP: the b*s*h activation (split by SP) to the next stage forward, its gradient back, per micro-batch
   per virtual chunk.
 * DP: ZeRO-0 all-reduces the gradients once per step; ZeRO-1 (Megatron distributed optimizer)
@@ -34,7 +36,7 @@ from hardware.collectives import Collective, CollectiveCost
 from hardware.placement import GroupPlacement, dense_placement, expert_placement
 from hardware.schema import ClusterSpec
 
-from .activations import ACT_BYTES, routed_pairs_per_rank
+from .activations import ACT_BYTES, dispatched_rows_per_rank
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -210,9 +212,9 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
         return dense, dense
 
     mlp_pairs = np.where((plans.etp > 1) | bool(model.shared_expert_ffn_hidden_size), 1.0, 0.0)
-    pairs = routed_pairs_per_rank(model, training, plans) / plans.etp  # tokens a rank sends out
-    dispatch_bytes = (1 if training.moe_dispatch_fp8 else ACT_BYTES) * pairs * model.hidden_size
-    combine_bytes = ACT_BYTES * pairs * model.hidden_size
+    rows = dispatched_rows_per_rank(model, training, plans) / plans.etp  # token rows a rank sends out
+    dispatch_bytes = (1 if training.moe_dispatch_fp8 else ACT_BYTES) * rows * model.hidden_size
+    combine_bytes = ACT_BYTES * rows * model.hidden_size
     ep_group = pricer.placements.ep
     dispatch_fwd = pricer.time(A2A, ep_group, dispatch_bytes)
     ep_fwd = dispatch_fwd + pricer.time(A2A, ep_group, combine_bytes)

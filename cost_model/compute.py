@@ -251,8 +251,12 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         # Token reordering, each a read and a write of h per pair: permute before dispatch and unpermute
         # after combine; with several local experts Megatron's all-to-all dispatcher also sorts the
         # received tokens by expert and back (megatron/core/transformer/moe/token_dispatcher.py,
-        # sort_chunks_by_idxs).
-        reorders = np.where(local_experts > 1, 4.0, 2.0)
+        # sort_chunks_by_idxs). The flex dispatcher's kernels do the global permute; the received tokens
+        # are expanded to pairs by expert once and gathered back once (MoEFlexTokenDispatcher).
+        if training.moe_token_dispatcher == "alltoall":
+            reorders = np.where(local_experts > 1, 4.0, 2.0)
+        else:
+            reorders = np.full(len(plans), 2.0)
         reorder_s = pricer.streaming(ACT_BYTES * pairs * 2 * reorders * model.hidden_size)
         quantize_s = pricer.quantize(pairs, model.hidden_size) + pricer.quantize(pairs, width)
         expert_elem_s = activation_s + reorder_s + quantize_s

@@ -19,6 +19,7 @@ FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
 GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
+MOE_TOKEN_DISPATCHERS = ("alltoall", "deepep", "hybridep")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,15 @@ class TrainingSpec:
     capture the whole MoE block (``moe``, ``full_iteration``). False = token-dropless, Megatron's default,
     which syncs per MoE layer and cannot be captured past ``moe_router`` and ``moe_preprocess``."""
 
+    moe_token_dispatcher: Literal["alltoall", "deepep", "hybridep"] = "alltoall"
+    """How MoE tokens reach their experts' ranks. ``alltoall`` (Megatron's default
+    ``--moe-token-dispatcher-type alltoall``) permutes a row per token-expert pair and sends them with NCCL
+    all-to-all. ``deepep`` and ``hybridep`` are Megatron's flex dispatcher (``--moe-token-dispatcher-type
+    flex --moe-flex-dispatcher-backend deepep|hybridep``): its kernels send each token once per destination
+    rank, however many of that rank's experts it chose, and fuse the global permute
+    (:func:`cost_model.activations.dispatched_rows_per_rank`). Dropless runs sync to the host every
+    layer with all three, except HybridEP with ``moe_rank_capacity_factor``."""
+
     moe_rank_capacity_factor: float | None = None
     """Sync-free dropless MoE (Megatron ``--moe-expert-rank-capacity-factor``, which needs the flex
     dispatcher's HybridEP backend and Transformer Engine's fused grouped MLP,
@@ -148,6 +158,15 @@ class TrainingSpec:
         if self.optimizer_moments_dtype not in GRAD_DTYPES:
             raise ValueError(f"optimizer_moments_dtype must be one of {', '.join(GRAD_DTYPES)}, "
                              f"got {self.optimizer_moments_dtype!r}")
+        if self.moe_token_dispatcher not in MOE_TOKEN_DISPATCHERS:
+            raise ValueError(f"moe_token_dispatcher must be one of {', '.join(MOE_TOKEN_DISPATCHERS)}, "
+                             f"got {self.moe_token_dispatcher!r}")
+        if self.moe_rank_capacity_factor is not None and self.moe_token_dispatcher != "hybridep":
+            raise ValueError("moe_rank_capacity_factor needs moe_token_dispatcher: hybridep (Megatron's sync-free "
+                             "dropless dispatch is HybridEP's)")
+        if self.moe_dispatch_fp8 and self.moe_token_dispatcher != "alltoall":
+            raise ValueError("moe_dispatch_fp8 works with moe_token_dispatcher: alltoall only (Megatron's flex "
+                             "dispatcher sends BF16)")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.train_tokens is not None and not self.train_tokens > 0:

@@ -165,6 +165,8 @@ def search_command(
     ep_overlap: Optional[bool] = typer.Option(
         None, "--overlap-moe-expert-parallel-comm/--no-overlap-moe-expert-parallel-comm",
         help="Hide MoE all-to-alls behind another micro-batch (Megatron's merged 1F1B)."),
+    dispatcher: Optional[str] = typer.Option(None, "--moe-token-dispatcher",
+                                             help="alltoall, deepep or hybridep (Megatron's flex dispatcher)."),
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 (Megatron main grads) or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout", help="Hidden and attention dropout."),
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention",
@@ -182,7 +184,7 @@ def search_command(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
-        grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+        moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
                        best_per_layout=per_layout,
@@ -265,6 +267,8 @@ def evaluate_command(
     ep_overlap: Optional[bool] = typer.Option(
         None, "--overlap-moe-expert-parallel-comm/--no-overlap-moe-expert-parallel-comm",
         help="Hide MoE all-to-alls behind another micro-batch (Megatron's merged 1F1B)."),
+    dispatcher: Optional[str] = typer.Option(None, "--moe-token-dispatcher",
+                                             help="alltoall, deepep or hybridep (Megatron's flex dispatcher)."),
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout"),
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention"),
@@ -279,7 +283,7 @@ def evaluate_command(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
-        grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+        moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
                         ("micro-batch", micro_batch)):
         if value < 1:

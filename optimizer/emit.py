@@ -42,7 +42,7 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
     ]
     if model.is_moe:
         args += [f"--expert-model-parallel-size {plan['ep']}", f"--expert-tensor-parallel-size {plan['etp']}"]
-        args += [flag if value is True else f"{flag} {value}" for flag, _, value in _moe_buffer_settings(training)]
+        args += [flag if value is True else f"{flag} {value}" for flag, _, value in _moe_settings(training)]
     if plan["vpp"] > 1:
         args.append(f"--virtual-pipeline-model-parallel-size {plan['vpp']}")
     split = _uneven_split(model, plan["pp"])
@@ -93,19 +93,21 @@ def megatron_args(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec
     return args
 
 
-def _moe_buffer_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
-    """Megatron flag, Megatron-Core config field and value of each MoE setting that sizes the expert
-    buffers up front (what lets CUDA graphs capture an MoE layer): drop and pad, or sync-free HybridEP
-    with rank capacity and, optionally, the paged stash."""
+def _moe_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
+    """Megatron flag, Megatron-Core config field and value of each MoE setting: the flex dispatcher and its
+    backend, then what sizes the expert buffers up front (what lets CUDA graphs capture an MoE layer):
+    drop and pad, or sync-free HybridEP with rank capacity and, optionally, the paged stash."""
+    settings = []
+    if training.moe_token_dispatcher != "alltoall":
+        settings += [("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "flex"),
+                     ("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", training.moe_token_dispatcher)]
     if training.moe_pad_to_capacity:
-        return [("--moe-expert-capacity-factor", "moe_expert_capacity_factor", training.moe_capacity_factor),
-                ("--moe-pad-expert-input-to-capacity", "moe_pad_expert_input_to_capacity", True)]
+        return settings + [("--moe-expert-capacity-factor", "moe_expert_capacity_factor", training.moe_capacity_factor),
+                           ("--moe-pad-expert-input-to-capacity", "moe_pad_expert_input_to_capacity", True)]
     if training.moe_rank_capacity_factor is None:
-        return []
-    settings = [("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "flex"),
-                ("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", "hybridep"),
-                ("--use-transformer-engine-op-fuser", "use_transformer_engine_op_fuser", True),
-                ("--moe-expert-rank-capacity-factor", "moe_expert_rank_capacity_factor", training.moe_rank_capacity_factor)]
+        return settings
+    settings += [("--use-transformer-engine-op-fuser", "use_transformer_engine_op_fuser", True),
+                 ("--moe-expert-rank-capacity-factor", "moe_expert_rank_capacity_factor", training.moe_rank_capacity_factor)]
     if training.moe_paged_stash_factor is not None:
         settings += [("--moe-paged-stash", "moe_paged_stash", True),
                      ("--moe-paged-stash-buffer-size-factor-cuda", "moe_paged_stash_buffer_size_factor_cuda",
@@ -193,7 +195,7 @@ def nemo_code(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec) ->
     if training.precision == "fp8":
         recompute += f'recipe.model.config.fp8 = "hybrid"\nrecipe.model.config.fp8_recipe = "{training.fp8_recipe}"\n'
     if model.is_moe:
-        recompute += "".join(f"recipe.model.config.{field} = {value!r}\n" for _, field, value in _moe_buffer_settings(training))
+        recompute += "".join(f"recipe.model.config.{field} = {value!r}\n" for _, field, value in _moe_settings(training))
     if _ep_overlap(plan, model, training):
         recompute += "recipe.model.config.overlap_moe_expert_parallel_comm = True\n"
     if training.cuda_graph_scope:

@@ -206,8 +206,10 @@ def test_sync_free_rank_capacity_buffers_hold_the_expert_activations():
     plan = plans(tp=1, pp=1, dp=8, cp=1, ep=8, micro_batch=1, recompute="none", sequence_parallel=False)
     base = TrainingSpec(seq_length=4096, global_batch_size=8)
     routed = moe_mlp_block_bytes(qwen, base, plan)[0]
-    rank = moe_mlp_block_bytes(qwen, dataclasses.replace(base, moe_rank_capacity_factor=1.5), plan)[0]
-    stash = moe_mlp_block_bytes(qwen, dataclasses.replace(base, moe_rank_capacity_factor=1.5,
+    hybridep = dataclasses.replace(base, moe_token_dispatcher="hybridep")
+    assert moe_mlp_block_bytes(qwen, hybridep, plan)[0] == routed  # the dispatcher alone keeps the same pairs
+    rank = moe_mlp_block_bytes(qwen, dataclasses.replace(hybridep, moe_rank_capacity_factor=1.5), plan)[0]
+    stash = moe_mlp_block_bytes(qwen, dataclasses.replace(hybridep, moe_rank_capacity_factor=1.5,
                                                           moe_paged_stash_factor=1.1), plan)[0]
     assert rank - routed == pytest.approx(0.5 * 32768 * 8708)
     assert stash - routed == pytest.approx(0.1 * 32768 * 8708)

@@ -174,17 +174,18 @@ def test_padding_to_capacity_lifts_the_sync_floor():
 def test_sync_free_hybridep_is_capturable_with_the_paged_stash():
     """Megatron-LM docs/user-guide/features/paged_stash.md: rank-capacity buffers make dropless MoE
     sync-free; capturing the MoE block also needs the paged stash."""
-    base = {"seq_length": 4096, "global_batch_size": 512, "cuda_graph_scope": ["full_iteration"]}
+    base = {"seq_length": 4096, "global_batch_size": 512, "cuda_graph_scope": ["full_iteration"],
+            "moe_token_dispatcher": "hybridep"}
     no_stash = build_training({**base, "moe_rank_capacity_factor": 1.5})
     assert "paged stash" in graph_scope_conflict(QWEN, no_stash)
     stashed = build_training({**base, "moe_rank_capacity_factor": 1.5, "moe_paged_stash_factor": 1.2},
                              source="qwen.yaml", model=QWEN)
     assert graph_scope_conflict(QWEN, stashed) is None
     # Without graphs, the rank capacity alone already removes the per-layer sync.
-    eager = build_training({"seq_length": 4096, "global_batch_size": 512, "moe_rank_capacity_factor": 1.5})
+    hybridep = {"seq_length": 4096, "global_batch_size": 512, "moe_token_dispatcher": "hybridep"}
+    eager = build_training({**hybridep, "moe_rank_capacity_factor": 1.5})
     options = CostOptions(host_kernel_issue_us=36.1)
-    synced = evaluate(QWEN, build_training({"seq_length": 4096, "global_batch_size": 512}), load_cluster("b200x8"),
-                      plans(micro_batch=4), options).step_time_s[0]
+    synced = evaluate(QWEN, build_training(hybridep), load_cluster("b200x8"), plans(micro_batch=4), options).step_time_s[0]
     assert evaluate(QWEN, eager, load_cluster("b200x8"), plans(micro_batch=4), options).step_time_s[0] < synced
     plan = dict(tp=1, pp=1, dp=8, cp=1, ep=8, etp=1, vpp=1, micro_batch=1, recompute=0, recompute_num_layers=0,
                 recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
@@ -198,10 +199,15 @@ def test_sync_free_hybridep_is_capturable_with_the_paged_stash():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"moe_rank_capacity_factor": 0.9}, "at least moe_capacity_factor"),
-    ({"moe_capacity_factor": 1.3, "moe_rank_capacity_factor": 1.2}, "at least moe_capacity_factor"),
+    ({"moe_token_dispatcher": "hybridep", "moe_rank_capacity_factor": 0.9}, "at least moe_capacity_factor"),
+    ({"moe_token_dispatcher": "hybridep", "moe_capacity_factor": 1.3, "moe_rank_capacity_factor": 1.2},
+     "at least moe_capacity_factor"),
     ({"moe_paged_stash_factor": 1.1}, "needs moe_rank_capacity_factor"),
-    ({"moe_pad_to_capacity": True, "moe_rank_capacity_factor": 1.5}, "choose one"),
+    ({"moe_token_dispatcher": "hybridep", "moe_pad_to_capacity": True, "moe_rank_capacity_factor": 1.5}, "choose one"),
+    ({"moe_rank_capacity_factor": 1.5}, "needs moe_token_dispatcher: hybridep"),
+    ({"moe_token_dispatcher": "deepep", "moe_rank_capacity_factor": 1.5}, "needs moe_token_dispatcher: hybridep"),
+    ({"moe_token_dispatcher": "hybridep", "moe_dispatch_fp8": True}, "alltoall only"),
+    ({"moe_token_dispatcher": "flex"}, "moe_token_dispatcher must be one of alltoall, deepep, hybridep"),
 ])
 def test_buffer_settings_are_checked(settings, message):
     with pytest.raises(InputError, match=message):
