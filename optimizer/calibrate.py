@@ -64,6 +64,11 @@ SAME_SILICON = {"h100-sxm": ("h800-sxm", "h200-sxm")}
 clocks (H800 differs in NVLink, H200 in HBM), so their GEMMs run at the same fraction of peak."""
 
 
+def calibration_row_ids() -> frozenset[str]:
+    """Every row that fixes a calibrated constant (GEMM efficiencies and the host's kernel issue time)."""
+    return frozenset(i for ids in CALIBRATION_ROWS.values() for i in ids) | frozenset(HOST_CALIBRATION_ROWS)
+
+
 def _precision_class(row: dict[str, Any]) -> str:
     precision = (row.get("training") or {}).get("precision", "bf16")
     return "fp8" if precision == "fp8" else "bf16"

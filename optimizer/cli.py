@@ -360,9 +360,11 @@ def validate_command(
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
 ) -> None:
     """Price every published layout and compare with what was measured."""
+    from .calibrate import calibration_row_ids
     from .validate import DEFAULT_DATASET, summary, validate
     rows = validate(dataset or DEFAULT_DATASET)
-    stats = summary(rows)
+    calibration = calibration_row_ids()
+    stats = summary(rows, calibration)
     if output is OutputFormat.json:
         typer.echo(json.dumps({"rows": [{**r.__dict__, "tflops_error": r.tflops_error, "memory_error": r.memory_error,
                                          "fits": r.fits} for r in rows], "summary": stats}, indent=2))
@@ -376,11 +378,13 @@ def validate_command(
             measured = f"{r.predicted_tflops / (1 + r.tflops_error):.0f}*"  # TFLOP/s implied by tokens/s
         typer.echo(f"{r.id[:44]:44s} {r.num_gpus:6d} {r.layout[:24]:24s} {measured:>7s} {r.predicted_tflops:7.0f} "
                    f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  "
-                   f"{'yes' if r.verified else 'no'}")
+                   f"{'yes' if r.verified else 'no'}{' (calibration)' if r.id in calibration else ''}")
     for label, s in stats.items():
+        label = label.replace("_", " ")
         if s["throughput_rows"]:
             typer.echo(f"{label}: {s['throughput_rows']} rows with throughput, median |error| "
-                       f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}; "
+                       f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}, "
+                       f"{s['throughput_rows_within_10pct']} within 10%, {s['throughput_rows_beyond_25pct']} beyond 25%; "
                        f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
         if s["memory_rows"]:
             typer.echo(f"{label}: {s['memory_rows']} rows with measured memory per GPU, median |error| "

@@ -134,10 +134,18 @@ def validate(dataset: str | Path = DEFAULT_DATASET) -> list[ValidationRow]:
     return [validate_row(row, str(dataset)) for row in runs]
 
 
-def summary(rows: list[ValidationRow]) -> dict[str, dict[str, float | int | None]]:
-    """Median and worst absolute throughput and memory error, for verified rows and for all rows."""
+def summary(rows: list[ValidationRow], calibration_ids: frozenset[str] = frozenset()
+            ) -> dict[str, dict[str, float | int | None]]:
+    """Median and worst absolute throughput and memory error, and how many throughput errors are within
+    10% and beyond 25%: for the rows that fixed a calibrated constant (``calibration_ids``), for the
+    verified rows held out from it, for all verified rows and for all rows."""
     result = {}
-    for label, subset in (("verified", [r for r in rows if r.verified]), ("all", rows)):
+    groups = (("calibration", [r for r in rows if r.id in calibration_ids]),
+              ("held_out", [r for r in rows if r.verified and r.id not in calibration_ids]),
+              ("verified", [r for r in rows if r.verified]), ("all", rows))
+    for label, subset in groups:
+        if label == "calibration" and not calibration_ids:
+            continue
         tflops = np.array([abs(r.tflops_error) for r in subset if r.tflops_error is not None])
         memory = np.array([abs(r.memory_error) for r in subset if r.memory_error is not None])
         result[label] = {
@@ -145,6 +153,8 @@ def summary(rows: list[ValidationRow]) -> dict[str, dict[str, float | int | None
             "throughput_rows": int(len(tflops)),
             "median_abs_throughput_error": float(np.median(tflops)) if len(tflops) else None,
             "worst_abs_throughput_error": float(np.max(tflops)) if len(tflops) else None,
+            "throughput_rows_within_10pct": int((tflops <= 0.10).sum()),
+            "throughput_rows_beyond_25pct": int((tflops > 0.25).sum()),
             "memory_rows": int(len(memory)),
             "median_abs_memory_error": float(np.median(memory)) if len(memory) else None,
             "worst_abs_memory_error": float(np.max(memory)) if len(memory) else None,

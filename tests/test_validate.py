@@ -87,3 +87,20 @@ def test_row_cluster_overrides_apply():
     row["cluster"] = {k: v for k, v in row["cluster"].items() if k != "overrides"}
     faster_network = validate_row(row, "test")
     assert faster_network.predicted_tflops > bloom.predicted_tflops  # 8 HDR NICs beat 4 Omni-Path links
+
+
+def test_summary_reports_calibration_and_held_out_rows_apart():
+    """The rows that fixed a calibrated constant are reported on their own; the held-out group is every
+    other verified row, and its counts within 10% and beyond 25% are those of its errors."""
+    from optimizer.calibrate import calibration_row_ids
+    rows = validate(DEFAULT_DATASET)
+    calibration = calibration_row_ids()
+    stats = summary(rows, calibration)
+    assert stats["calibration"]["rows"] == len(calibration) == 6
+    held = [r for r in rows if r.verified and r.id not in calibration]
+    assert stats["held_out"]["rows"] == len(held) == stats["verified"]["rows"] - 6
+    errors = [abs(r.tflops_error) for r in held if r.tflops_error is not None]
+    assert stats["held_out"]["throughput_rows_beyond_25pct"] == sum(e > 0.25 for e in errors)
+    assert stats["held_out"]["throughput_rows_within_10pct"] == sum(e <= 0.10 for e in errors)
+    assert stats["calibration"]["worst_abs_throughput_error"] < 0.01  # each constant was fitted on its rows
+    assert "calibration" not in summary(rows)
