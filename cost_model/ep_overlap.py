@@ -19,6 +19,10 @@ adds one warm-up micro-batch so that the merged forward and backward are indepen
 w = min(2 (p - r - 1) + (v - 1) p + 1, m v). That extra warm-up chunk stays in flight: the memory model
 holds one more chunk's activations (one more micro-batch with one stage).
 
+Not modelled: a merged step's other costs. One CPU thread issues both micro-batches' kernels, and the
+dropless dispatchers' device-to-host sync can hold it while the other micro-batch's work drains; only
+the SMs the hidden all-to-all occupies are charged (``CostOptions.overlap_sm_fraction``).
+
 Megatron accepts the flag only with expert parallelism, the ``alltoall`` or ``flex`` dispatcher, no
 full recompute, and a virtual pipeline when pp > 1 (``TransformerConfig.__post_init__``). Plans outside
 those conditions are priced without the overlap, and the emitters leave the flag out for them.

@@ -128,7 +128,8 @@ class TrainingSpec:
     pipeline; it keeps one more micro-batch chunk of activations in flight."""
 
     moe_dispatch_fp8: bool = False
-    """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes."""
+    """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes. With the ``alltoall``
+    dispatcher only: Megatron's flex dispatcher sends BF16."""
 
     cuda_graph_scope: tuple[str, ...] = ()
     """Parts of each layer replayed from CUDA graphs (Megatron ``--cuda-graph-scope``: ``attn``, ``mlp``,
