@@ -12,6 +12,8 @@ and with the measured memory where one is published. Nothing is fitted per row.
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,11 +67,16 @@ class ValidationRow:
         return self.predicted_memory_gib <= self.usable_memory_gib
 
 
+UNPUBLISHED_MEMORY_CHOICES = {"recompute": ("none", "selective", "full"), "zero_stage": (0, 1, 2, 3)}
+"""When a source does not publish these memory settings, the row is priced with each combination and keeps
+the fastest one predicted to fit (the least memory when none fits): the question is whether the layout
+fits under some setting, as a user of the search would pick it."""
+
+
 def _row_plan(row: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
     plan = dict(row.get("plan") or {})
     assumptions = []
-    for key, default in (("micro_batch", 1), ("vpp", 1), ("cp", 1), ("ep", 1), ("zero_stage", 0),
-                         ("recompute", "none"), ("sequence_parallel", False)):
+    for key, default in (("micro_batch", 1), ("vpp", 1), ("cp", 1), ("ep", 1), ("sequence_parallel", False)):
         if plan.get(key) is None:
             plan[key] = default
             assumptions.append(f"{key}={default} (not published)")
@@ -98,8 +105,7 @@ def validate_row(row: dict[str, Any], source: str, options: CostOptions | None =
         overrides["topology.scaleup_domain_gpus"] = domain
         assumptions.append(f"scale-up domain {domain} GPUs (the job does not fill whole racks)")
     cluster = cluster.with_overrides(overrides, source=where)
-    record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "recompute",
-                                   "sequence_parallel", "zero_stage")}
+    record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "sequence_parallel")}
     for key in ("recompute_num_layers", "activation_offload_layers"):
         if plan.get(key) is not None:
             record[key] = plan[key]
@@ -108,21 +114,31 @@ def validate_row(row: dict[str, Any], source: str, options: CostOptions | None =
             record["recompute_modules"] = module_mask(plan["recompute_modules"])
         except ValueError as error:
             raise InputError(where, "plan.recompute_modules", str(error), "use Megatron's module names") from None
-    arrays = PlanArrays.from_records([record])
-    metrics = evaluate(model, training, cluster, arrays, options)
+    unknown = [key for key in UNPUBLISHED_MEMORY_CHOICES if plan.get(key) is None]
+    choices = [dict(zip(unknown, values)) for values in itertools.product(*(UNPUBLISHED_MEMORY_CHOICES[k] for k in unknown))]
+    records = [{**record, **{k: plan[k] for k in UNPUBLISHED_MEMORY_CHOICES if k not in unknown}, **choice}
+               for choice in choices]
+    metrics = evaluate(model, training, cluster, PlanArrays.from_records(records), options)
+    fitting = metrics.memory_bytes / GIB <= cluster.gpu.memory_gib
+    pick = (int(np.argmax(np.where(fitting, metrics.tokens_per_s, -np.inf))) if fitting.any()
+            else int(np.argmin(metrics.memory_bytes)))
+    if unknown:
+        chosen = ", ".join(f"{k}={records[pick][k]}" for k in unknown)
+        how = "the fastest setting predicted to fit" if fitting.any() else "the least memory; none fits"
+        assumptions.append(f"{chosen} (not published; {how})")
     measured = row.get("measured") or {}
     if measured.get("flops_counted", "model") == "hardware":
-        predicted = metrics.hardware_flops_per_step[0] / (metrics.step_time_s[0] * num_gpus) / 1e12
+        predicted = metrics.hardware_flops_per_step[pick] / (metrics.step_time_s[pick] * num_gpus) / 1e12
     else:
-        predicted = metrics.tflops_per_gpu[0]
+        predicted = metrics.tflops_per_gpu[pick]
     layout = (f"TP{plan['tp']} PP{plan['pp']} DP{plan['dp']}" + (f" CP{plan['cp']}" if plan["cp"] > 1 else "")
               + (f" EP{plan['ep']}" if plan["ep"] > 1 else "") + (f" VP{plan['vpp']}" if plan["vpp"] > 1 else ""))
     return ValidationRow(id=row.get("id", "?"), verified=bool(row.get("verified")), num_gpus=num_gpus, layout=layout,
                          measured_tflops=measured.get("tflops_per_gpu"), predicted_tflops=float(predicted),
                          measured_tokens_per_gpu=measured.get("tokens_per_s_per_gpu"),
-                         predicted_tokens_per_gpu=float(metrics.tokens_per_s[0] / num_gpus),
+                         predicted_tokens_per_gpu=float(metrics.tokens_per_s[pick] / num_gpus),
                          measured_memory_gib=measured.get("memory_gib"),
-                         predicted_memory_gib=float(metrics.memory_bytes[0] / GIB),
+                         predicted_memory_gib=float(metrics.memory_bytes[pick] / GIB),
                          usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions)
 
 

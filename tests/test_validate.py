@@ -104,3 +104,25 @@ def test_summary_reports_calibration_and_held_out_rows_apart():
     assert stats["held_out"]["throughput_rows_within_10pct"] == sum(e <= 0.10 for e in errors)
     assert stats["calibration"]["worst_abs_throughput_error"] < 0.01  # each constant was fitted on its rows
     assert "calibration" not in summary(rows)
+
+
+def test_unpublished_memory_settings_take_the_fastest_that_fits():
+    """A source that does not publish recompute or ZeRO: the row is priced with each combination and keeps
+    the fastest predicted to fit, and says so in its assumptions."""
+    import itertools
+    from optimizer.validate import UNPUBLISHED_MEMORY_CHOICES
+    row = {"id": "t", "verified": False, "model": {"preset": "llama3-70b"},
+           "training": {"seq_length": 8192, "global_batch_size": 256},
+           "cluster": {"gpu": "h100-sxm", "num_gpus": 64},
+           "plan": {"tp": 8, "pp": 2, "dp": 4, "micro_batch": 1, "sequence_parallel": True},
+           "measured": {"tflops_per_gpu": 400, "flops_counted": "model"}}
+    result = validate_row(row, "test")
+    explicit = {}
+    for recompute, zero in itertools.product(UNPUBLISHED_MEMORY_CHOICES["recompute"], UNPUBLISHED_MEMORY_CHOICES["zero_stage"]):
+        priced = validate_row({**row, "plan": {**row["plan"], "recompute": recompute, "zero_stage": zero}}, "test")
+        explicit[(recompute, zero)] = priced
+    fitting = {k: v for k, v in explicit.items() if v.fits}
+    assert fitting and not all(v.fits for v in explicit.values())  # the choice matters for this layout
+    best = max(fitting, key=lambda k: fitting[k].predicted_tflops)
+    assert result.predicted_tflops == pytest.approx(fitting[best].predicted_tflops, rel=1e-12)
+    assert result.fits and f"recompute={best[0]}, zero_stage={best[1]}" in " ".join(result.assumptions)
