@@ -59,9 +59,12 @@ BF16 to FP8 achieved-rate ratio equals the reference GPU's calibrated ratio (on 
 BF16 rate is about 0.65 of the FP8 rate). Cross-check: BF16 GEMM microbenchmarks on B200 reach
 1.42-1.51 PFLOP/s, 0.63-0.67 of the dense peak (pytorch/ao pull request 2427)."""
 
-SAME_SILICON = {"h100-sxm": ("h800-sxm", "h200-sxm")}
-"""Presets that receive a GPU's calibrated values: H800 and H200 are the same GH100 die at the same
-clocks (H800 differs in NVLink, H200 in HBM), so their GEMMs run at the same fraction of peak."""
+PROXY_PRESETS = {"h100-sxm": (("h800-sxm", "same die"), ("h200-sxm", "same die")),
+                 "b200": (("b300", "same HGX dense peaks, no B300 row"),)}
+"""Presets that receive another GPU's calibrated values, and why: H800 and H200 are the same GH100 die at
+the same clocks (H800 differs in NVLink, H200 in HBM), so their GEMMs run at the same fraction of peak.
+HGX B300 has no calibration row; it takes HGX B200's values, whose dense BF16/FP8 peaks it shares (its
+GB300 sibling runs at 1,400 W, not 1,100 W)."""
 
 
 def calibration_row_ids() -> frozenset[str]:
@@ -194,15 +197,16 @@ def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None)
     """Store each fitted value in its GPU preset, citing the calibration rows."""
     presets_dir = presets_dir or Path(str(resources.files("hardware").joinpath("presets")))
     written = []
-    targets = [(result, gpu) for result in results for gpu in (result.gpu, *SAME_SILICON.get(result.gpu, ()))]
-    for result, gpu in targets:
+    targets = [(result, gpu, why) for result in results
+               for gpu, why in ((result.gpu, ""), *PROXY_PRESETS.get(result.gpu, ()))]
+    for result, gpu, why in targets:
         path = presets_dir / f"{gpu}.yaml"
         text = path.read_text(encoding="utf-8")
         key = result.parameter
-        via = "" if gpu == result.gpu else f" ({result.gpu}, same die)"
+        via = f" ({result.gpu}'s: {why})" if why else ""
         if result.derived_from:
-            line = (f"  {key}: {result.value:<8}# derived by `plan-search calibrate`: this GPU's calibrated FP8 "
-                    f"rate x {result.derived_from}'s calibrated BF16/FP8 rate ratio")
+            line = (f"  {key}: {result.value:<8}# derived by `plan-search calibrate`: {result.gpu}'s calibrated FP8 "
+                    f"rate x {result.derived_from}'s calibrated BF16/FP8 rate ratio{via}")
         else:
             line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
                     f"{', '.join(r.id for r in result.calibration)}{via} (tests/data/published_runs.yaml)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hardware.loader import load_cluster
-from optimizer.calibrate import CALIBRATION_ROWS, DERIVED_BF16, SAME_SILICON, calibrate
+from optimizer.calibrate import CALIBRATION_ROWS, DERIVED_BF16, PROXY_PRESETS, calibrate
 
 
 MOE_MODELS = ("deepseek", "qwen3", "gpt-oss")
@@ -21,7 +21,7 @@ def test_presets_hold_the_calibrated_values(results):
     derived = {(gpu, "bf16") for gpu in DERIVED_BF16}
     assert {(r.gpu, r.precision) for r in results} == set(CALIBRATION_ROWS) | derived
     for result in results:
-        for gpu in (result.gpu, *SAME_SILICON.get(result.gpu, ())):
+        for gpu in (result.gpu, *(proxy for proxy, _ in PROXY_PRESETS.get(result.gpu, ()))):
             preset = load_cluster(gpu).gpu
             assert getattr(preset, result.parameter) == pytest.approx(result.value, abs=1e-3), gpu
         for row in result.calibration:
