@@ -96,6 +96,13 @@ def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
+EP_OVERLAP_OPTION = typer.Option(
+    None, "--overlap-moe-expert-parallel-comm/--no-overlap-moe-expert-parallel-comm",
+    help="Hide MoE all-to-alls behind another micro-batch (Megatron's merged 1F1B).")
+DISPATCHER_OPTION = typer.Option(None, "--moe-token-dispatcher",
+                                 help="alltoall, deepep or hybridep (Megatron's flex dispatcher).")
+"""MoE training options that ``search`` and ``evaluate`` both take."""
+
 TRAINING_FLAGS = {"seq_length": "--seq-len", "global_batch_size": "--global-batch"}
 """Command-line flags whose name is not the training setting's with dashes."""
 
@@ -162,11 +169,8 @@ def search_command(
     price: Optional[float] = typer.Option(None, "--price", help="Price per GPU-hour in USD."),
     tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                                    help="Overlap TP communication with GEMMs."),
-    ep_overlap: Optional[bool] = typer.Option(
-        None, "--overlap-moe-expert-parallel-comm/--no-overlap-moe-expert-parallel-comm",
-        help="Hide MoE all-to-alls behind another micro-batch (Megatron's merged 1F1B)."),
-    dispatcher: Optional[str] = typer.Option(None, "--moe-token-dispatcher",
-                                             help="alltoall, deepep or hybridep (Megatron's flex dispatcher)."),
+    ep_overlap: Optional[bool] = EP_OVERLAP_OPTION,
+    dispatcher: Optional[str] = DISPATCHER_OPTION,
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 (Megatron main grads) or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout", help="Hidden and attention dropout."),
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention",
@@ -264,11 +268,8 @@ def evaluate_command(
     precision: Optional[str] = typer.Option(None, "--precision"),
     fp8_recipe: Optional[str] = typer.Option(None, "--fp8-recipe", help="tensorwise, delayed, mxfp8 or blockwise."),
     tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap"),
-    ep_overlap: Optional[bool] = typer.Option(
-        None, "--overlap-moe-expert-parallel-comm/--no-overlap-moe-expert-parallel-comm",
-        help="Hide MoE all-to-alls behind another micro-batch (Megatron's merged 1F1B)."),
-    dispatcher: Optional[str] = typer.Option(None, "--moe-token-dispatcher",
-                                             help="alltoall, deepep or hybridep (Megatron's flex dispatcher)."),
+    ep_overlap: Optional[bool] = EP_OVERLAP_OPTION,
+    dispatcher: Optional[str] = DISPATCHER_OPTION,
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout"),
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention"),
