@@ -323,7 +323,7 @@ def evaluate_command(
     broken += [name for name, mask in violations(scenario.model, training, plan, options.uneven_pipeline).items()
                if mask[0]]
     over = metrics.memory_bytes[0] - scenario.memory_limit_bytes
-    reasons = [f"{name}: {_describe(name)}" for name in broken]
+    reasons = [_reason(name) for name in broken]
     if over > 0:
         reasons.append(f"memory_per_gpu: needs {metrics.memory_bytes[0] / GIB:.1f} GiB, limit "
                        f"{scenario.memory_limit_bytes / GIB:.1f} GiB ({over / GIB:.1f} GiB over)")
@@ -351,8 +351,10 @@ def evaluate_command(
     raise typer.Exit(0 if fits else 1)
 
 
-def _describe(rule: str) -> str:
-    return RULES.get(rule) or PLAN_RULES.get(rule) or rule
+def _reason(rule: str) -> str:
+    """'name: what it requires' for a named rule; a broken degree arrives as its own sentence."""
+    description = RULES.get(rule) or PLAN_RULES.get(rule)
+    return f"{rule}: {description}" if description else rule
 
 
 @app.command("validate")

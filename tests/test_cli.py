@@ -150,6 +150,10 @@ def test_evaluate_reports_broken_rules_and_memory(capsys):
     plan = json.loads(out)["plan"]
     assert code == 1 and plan["fits"] is False
     assert any(r.startswith("memory_per_gpu: needs") for r in plan["why_not"])
+    code, out, _ = run(capsys, "evaluate", "h100x8", "qwen3-30b-a3b", "--ep", "3", "--format", "json")
+    reasons = json.loads(out)["plan"]["why_not"]
+    assert code == 1 and "ep=3 is not a divisor of the GPU count or is beyond the search bounds" in reasons  # said once
+    assert "expert_degrees_valid: ep divides the experts and etp x ep divides tp x cp x dp" in reasons
 
 
 def test_gpu_range_considers_fewer_nodes(capsys):
