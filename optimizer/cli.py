@@ -2,7 +2,8 @@
 
 ``plan-search CLUSTER MODEL`` searches (the ``search`` sub-command is implied); ``evaluate`` prices one
 given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model presets. Exit codes:
-0 plans found, 1 nothing fits (with the explanation), 2 bad input (one line, never a traceback).
+0 plans found, 1 nothing fits (with the explanation), 2 bad input (one line, never a traceback), 3 the layout
+solver stopped before proving its answer (no result is printed), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hardware.loader import load_cluster
 
 from .emit import emit
 from .explain import explain_no_fit
-from .layout_model import RULES, LayoutModel
+from .layout_model import RULES, LayoutModel, SearchIncomplete
 from .plan_rules import PLAN_RULES, violations
 from .ranking import gpu_seconds_per_token, pareto_front
 from .report import breakdown_text, plan_records, render_table, scenario_header, scenario_record, to_csv
@@ -454,9 +455,14 @@ def main() -> None:
         except InputError as exc:
             typer.echo(f"plan-search: error: {exc}", err=True)
             code = 2
-        except typer.Abort:
+        except (typer.Abort, KeyboardInterrupt):
+            # Ctrl-C: whatever was being computed is dropped (finished sweep parts stay on disk); never
+            # printed or stored as if complete.
             typer.echo("plan-search: aborted", err=True)
             code = 130
+        except SearchIncomplete as exc:
+            typer.echo(f"plan-search: error: {exc}", err=True)
+            code = 3
         except Exception as exc:
             # Usage errors of the command-line parser (click's, or the copy newer typer versions ship):
             # recognised by their interface rather than their class.

@@ -81,6 +81,21 @@ class _Degree:
     exps: dict[int, cp_model.IntVar]
 
 
+class SearchIncomplete(RuntimeError):
+    """CP-SAT stopped before it had proved its answer (a time limit, a stop request): what it found is a
+    part of the layouts, and a part must never be taken for the whole."""
+
+
+_PROVED = (cp_model.OPTIMAL, cp_model.INFEASIBLE)
+"""Solve statuses that are proofs: with enumerate_all_solutions, OPTIMAL means every layout was found."""
+
+
+def _require_proof(solver: cp_model.CpSolver, status, what: str) -> None:
+    if status not in _PROVED:
+        raise SearchIncomplete(f"the layout solver stopped before finishing {what} "
+                               f"(status {solver.StatusName(status)}); no result was kept")
+
+
 class LayoutModel:
     """Builds the CP-SAT model for one scenario (model, training setup, cluster, search options)."""
 
@@ -239,7 +254,20 @@ class LayoutModel:
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = 1
         solver.parameters.random_seed = 0
+        # CP-SAT's own SIGINT handler turns Ctrl-C into a quiet early stop (a partial enumeration that looks
+        # complete) and leaves SIGINT at the kernel default after the solve. Without it, Ctrl-C raises
+        # KeyboardInterrupt out of Solve (from the solution callback) and the caller's handler stays.
+        solver.parameters.catch_sigint_signal = False
         return solver
+
+    def _prove(self, what: str) -> tuple[int, cp_model.CpSolver]:
+        """Solve to a proven status (a solution, or infeasible) and return it with its solver; anything
+        less (stopped, unknown) raises SearchIncomplete."""
+        solver = self._solver()
+        status = solver.Solve(self.model)
+        if status != cp_model.FEASIBLE:  # a solution is itself a proof that one exists
+            _require_proof(solver, status, what)
+        return status, solver
 
     def enumerate_layouts(self, active_rules: set[str] | None = None) -> np.ndarray:
         """All layouts satisfying the rules (all of them by default): an int array (n, len(LAYOUT_COLUMNS)),
@@ -254,7 +282,8 @@ class LayoutModel:
         solver.parameters.linearization_level = 0
         variables = [self.deg[c].value for c in LAYOUT_COLUMNS]
         collector = _Collector(variables)
-        solver.Solve(self.model, collector)
+        status = solver.Solve(self.model, collector)
+        _require_proof(solver, status, "enumerating the layouts")
         rows = np.array(collector.rows, dtype=np.int64).reshape(-1, len(LAYOUT_COLUMNS))
         order = np.lexsort(rows.T[::-1]) if len(rows) else np.array([], dtype=np.int64)
         return rows[order]
@@ -269,8 +298,8 @@ class LayoutModel:
             self.model.Add(self.deg[name].value == int(value))
         self.model.ClearAssumptions()
         self.model.AddAssumptions(list(self.literals.values()))
-        solver = self._solver()
-        if solver.Solve(self.model) != cp_model.INFEASIBLE:
+        status, solver = self._prove("explaining why no layout exists")
+        if status != cp_model.INFEASIBLE:
             return []
         core_indices = set(solver.SufficientAssumptionsForInfeasibility())
         core = [name for name, literal in self.literals.items() if literal.Index() in core_indices]
@@ -281,7 +310,7 @@ class LayoutModel:
                 probe.model.Add(probe.deg[name].value == int(value))
             for name, literal in probe.literals.items():
                 probe.model.Add(literal == int(name in trial))
-            if probe._solver().Solve(probe.model) == cp_model.INFEASIBLE:
+            if probe._prove("minimising the conflicting rules")[0] == cp_model.INFEASIBLE:
                 core = trial
         return core
 
@@ -298,7 +327,7 @@ class LayoutModel:
                     probe.model.Add(probe.deg[name].value == int(value))
             for other, literal in probe.literals.items():
                 probe.model.Add(literal == int(other == rule))
-            if probe._solver().Solve(probe.model) == cp_model.INFEASIBLE:
+            if probe._prove("checking the plan's rules")[0] == cp_model.INFEASIBLE:
                 broken.append(rule)
         return broken
 
