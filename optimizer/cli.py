@@ -452,6 +452,8 @@ def main() -> None:
         warnings.simplefilter("always")
         try:
             code = app(standalone_mode=False) or 0
+            if code == 130:  # typer turns KeyboardInterrupt into Exit(130) before it reaches us
+                raise KeyboardInterrupt
         except InputError as exc:
             typer.echo(f"plan-search: error: {exc}", err=True)
             code = 2
