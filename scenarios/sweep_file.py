@@ -38,6 +38,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,7 @@ def sweep_from_mapping(data: dict[str, Any], source: str = "sweep", base_dir: Pa
 
     models = {label: _load_model(label, base_dir, source, i) for i, label in enumerate(axes["model"])}
     clusters = {label: _load_cluster(label, base_dir, source, i) for i, label in enumerate(axes["cluster"])}
+    _check_fixed_training(training, models, axes, source)
     scratch = next(iter(clusters.values())).model_dump()
     for key in overrides:  # names only; values are checked per scenario, where a bad one becomes a row
         try:
@@ -228,11 +231,83 @@ def _search_options(raw: Any, source: str, top_k: int, objective: str) -> Search
         if key not in SEARCH_KEYS:
             raise InputError(source, f"search.{key}", f"unknown search option{did_you_mean(str(key), SEARCH_KEYS)}",
                              f"known options: {', '.join(SEARCH_KEYS)}")
-        changes[key] = tuple(value) if isinstance(value, list) else value
+        changes[key] = _search_value(key, value, source)
     try:
         return SearchOptions(top_k=top_k, objective=objective, **changes)
     except (TypeError, ValueError) as exc:
-        raise InputError(source, "search", str(exc), "fix the search option") from None
+        message = str(exc)
+        named = next((k for k in sorted(changes, key=len, reverse=True) if message.startswith(k)), None)
+        raise InputError(source, f"search.{named}" if named else "search", message,
+                         "fix the search option" + (f" (default {_option_default(named)})" if named else "")) from None
+
+
+_SEARCH_TYPES = typing.get_type_hints(SearchOptions)
+_ELEMENT_WORDS = {int: "whole numbers", str: "names", bool: "true/false values", float: "numbers"}
+_SCALAR_WORDS = {int: "a whole number", str: "a name", bool: "true or false", float: "a number"}
+
+
+def _option_default(name: str) -> str:
+    default = next(f.default for f in dataclasses.fields(SearchOptions) if f.name == name)
+    return _yaml_text(default)
+
+
+def _yaml_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _search_value(key: str, value: Any, source: str) -> Any:
+    """Check one ``search:`` value against the type of its SearchOptions field, so that a scalar where a
+    list belongs (``micro_batch_sizes: 4``) or a list of mixed types is one line naming the field and a
+    fix, not ``'int' object is not iterable`` from deep inside the search."""
+    where = f"search.{key}"
+    kind = _SEARCH_TYPES[key]
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    example = f"e.g. {key}: {_option_default(key)} (the default)"
+    if origin is tuple:
+        element = args[0]
+        words = _ELEMENT_WORDS.get(element, "values")
+        if not isinstance(value, (list, tuple)):
+            raise InputError(source, where, f"must be a list of {words}, got {_cut(value)}",
+                             f"write a list, e.g. {key}: [{_yaml_text(value)}]")
+        if not value:
+            raise InputError(source, where, "is empty: nothing would be searched", example)
+        for item in value:
+            if not _is(item, element):
+                raise InputError(source, where, f"must be a list of {words}, got {_cut(item)} in {_cut(list(value))}",
+                                 example)
+        return tuple(value)
+    if origin is typing.Literal:
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in args:
+            value = str(value)  # expert_tp: 1 (YAML reads a number)
+        if value not in args:
+            raise InputError(source, where, f"must be one of {', '.join(map(str, args))}, got {_cut(value)}", example)
+        return value
+    if not _is(value, kind):
+        raise InputError(source, where, f"must be {_SCALAR_WORDS.get(kind, 'a single value')}, got {_cut(value)}",
+                         example)
+    if kind is float and not math.isfinite(value):
+        raise InputError(source, where, f"must be a finite number, got {value!r}", example)
+    return value
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """Strict YAML types: true/false is not a number, and a number is not true/false."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _cut(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _training_section(raw: Any, source: str) -> dict[str, Any]:
@@ -240,6 +315,34 @@ def _training_section(raw: Any, source: str) -> dict[str, Any]:
         raise InputError(source, "training", "must be a mapping of training settings",
                          "e.g. training: {tp_comm_overlap: true}")
     return training_overrides(raw, source)
+
+
+def _check_fixed_training(training: dict[str, Any], models: dict[str, ModelInput], axes: dict[str, tuple[Any, ...]],
+                          source: str) -> None:
+    """A fixed ``training:`` value that no scenario can accept (``precision: fp7``, a dispatcher option
+    without its dispatcher, a CUDA-graph scope a model cannot capture) is a file-level error before any
+    search, not one error row per scenario. Checked with each model's own training settings; the
+    settings an axis sets are left out (an axis value may be what makes a combination fail, and that
+    is the combination's error row)."""
+    if not training:
+        return
+    varying = set(axes) & set(TRAINING_AXES)
+    if varying & {"seq_length", "global_batch_tokens", "global_batch_size"}:
+        varying |= {"global_batch_tokens", "global_batch_size"}  # divisibility depends on the axis values
+    for label, model_input in models.items():
+        merged = {**model_input.training_overrides, **training}
+        if "global_batch_size" in training:
+            merged.pop("global_batch_tokens", None)
+        if "global_batch_tokens" in training:
+            merged.pop("global_batch_size", None)
+        for key in varying:
+            merged.pop(key, None)
+        try:
+            build_training(merged, source=source, model=model_input.spec)
+        except InputError as exc:
+            where = exc.field if exc.field.startswith("training") else "training"
+            raise InputError(source, where, exc.problem + (f" (with model {label})" if len(models) > 1 else ""),
+                             exc.fix) from None
 
 
 def _override_axes(raw: Any, source: str) -> dict[str, tuple[Any, ...]]:

@@ -87,7 +87,7 @@ def test_rerun_skips_finished_scenarios_and_recomputes_a_missing_part(sweep, ser
     store.path(victim.inputs_hash).unlink()
     calls = []
     real = runner.run_task
-    monkeypatch.setattr(runner, "run_task", lambda task: calls.append(task.index) or real(task))
+    monkeypatch.setattr(runner, "run_task", lambda task, *limit: calls.append(task.index) or real(task, *limit))
     second = run_sweep(sweep, tmp_path, workers=1, progress=False)
     assert calls == [5]
     assert (second.computed, second.reused) == (1, 7)
