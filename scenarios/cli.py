@@ -16,6 +16,25 @@ from .compare import DEFAULT_THRESHOLD, compare_tables
 from .store import read_results
 
 
+ERRORS_SHOWN = 3
+"""Failed scenarios quoted in the summary line of a sweep with errors (the table holds them all)."""
+
+
+def _error_summary(run, out_dir: Path) -> str:
+    """One line: how many scenarios failed, and the first few reasons."""
+    errors = run.errors()
+    quoted = "; ".join(f"#{row.scenario_index} {row.model} on {row.cluster}: {_cut(str(row.reason), 160)}"
+                       for row in errors.head(ERRORS_SHOWN).itertuples())
+    more = f"; and {len(errors) - ERRORS_SHOWN} more" if len(errors) > ERRORS_SHOWN else ""
+    return (f"plan-search: error: {len(errors)} of {run.scenarios} scenarios failed ({quoted}{more}); their rows "
+            f"in {out_dir} have status 'error' and a rerun searches them again; --allow-errors exits 0 anyway")
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def sweep_command(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML (axes over models, clusters and training settings)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: sweep-<name>)."),
@@ -23,14 +42,36 @@ def sweep_command(
     dask_scheduler: Optional[str] = typer.Option(None, "--dask-scheduler", help="Run on an existing dask.distributed scheduler, e.g. tcp://host:8786."),
     csv: bool = typer.Option(False, "--csv", help="Also write results.csv."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    max_scenarios: int = typer.Option(100_000, "--max-scenarios", help="Refuse a sweep of more scenarios than this (counted before any is built)."),
+    scenario_timeout_s: float = typer.Option(300.0, "--scenario-timeout-s", help="Wall-clock limit per scenario in seconds; a scenario past it is an error row, searched again on a rerun (0 = no limit)."),
+    allow_errors: bool = typer.Option(False, "--allow-errors", help="Exit 0 even when some scenarios fail (their rows say why)."),
 ) -> None:
-    """Run every scenario of a sweep file into OUT/results.parquet; a rerun resumes where it stopped."""
-    from .runner import run_sweep
+    """Run every scenario of a sweep file into OUT/results.parquet; a rerun resumes where it stopped.
+
+    Exit status: 0 every scenario has a result (plans, or no_fit with the reason); 1 some scenarios
+    failed (the table is written with their error rows; --allow-errors makes this 0) or the backend
+    failed mid-sweep (a pool worker killed, the Dask scheduler lost); 2 bad input, a missing optional
+    package or more scenarios than --max-scenarios, all found before any search; 130 Ctrl-C; 143
+    SIGTERM. Interrupted or failed, the scenarios already finished stay in OUT/parts for the rerun."""
+    from .runner import SweepFault, SweepTerminated, run_sweep
     from .sweep_file import load_sweep
 
     sweep = load_sweep(sweep_file)
     out_dir = out or Path(f"sweep-{sweep.name}")
-    run = run_sweep(sweep, out_dir, workers=workers, dask_scheduler=dask_scheduler, csv=csv, progress=progress)
+    resume = f"finished scenarios are kept in {out_dir / 'parts'}; rerun the same command to resume"
+    try:
+        run = run_sweep(sweep, out_dir, workers=workers, dask_scheduler=dask_scheduler, csv=csv, progress=progress,
+                        max_scenarios=max_scenarios, scenario_timeout_s=scenario_timeout_s,
+                        announce=lambda line: typer.echo(line, err=True))
+    except SweepTerminated:
+        typer.echo(f"plan-search: terminated (SIGTERM); {resume}", err=True)
+        raise typer.Exit(143) from None
+    except KeyboardInterrupt:
+        typer.echo(f"plan-search: sweep interrupted; {resume}", err=True)
+        raise  # 'plan-search: aborted', status 130
+    except SweepFault as exc:
+        typer.echo(f"plan-search: error: {exc}", err=True)
+        raise typer.Exit(1) from None
     best = run.frame[(run.frame["status"] != "ok") | (run.frame["rank"] == 1)]
     counts = best["status"].value_counts().to_dict()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "no_fit", "error"))
@@ -39,6 +80,9 @@ def sweep_command(
                + (f", {run.scenarios_per_s:.1f} scenarios/s" if run.computed else ""))
     for path in run.paths:
         typer.echo(f"wrote {path}")
+    if len(run.errors()) and not allow_errors:
+        typer.echo(_error_summary(run, out_dir), err=True)
+        raise typer.Exit(1)
 
 
 def compare_command(
