@@ -27,9 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
+from hardware.yaml_input import checked_path, load_yaml_text, names_existing_file
 
 from .host import graph_scope_conflict
 from .model_spec import ModelSpec
@@ -70,7 +69,7 @@ class ModelInput:
 @lru_cache(maxsize=1)
 def _preset_table() -> dict[str, dict[str, Any]]:
     text = resources.files("cost_model").joinpath("presets/models.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return load_yaml_text(text, "cost_model/presets/models.yaml")
 
 
 def list_model_presets() -> list[str]:

@@ -19,9 +19,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from .errors import InputError, did_you_mean
+from .yaml_input import load_yaml_text
 
 EXAMPLE_CLUSTER_SIZES = {"h100": (1024, 8192), "gb200": (72,), "mi300x": (64,)}
 
@@ -32,7 +31,8 @@ def _raw_presets() -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for entry in sorted((resources.files("hardware") / "presets").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            found[entry.name.removesuffix(".yaml")] = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            found[entry.name.removesuffix(".yaml")] = load_yaml_text(entry.read_text(encoding="utf-8"),
+                                                                     f"hardware/presets/{entry.name}")
     return found
 
 

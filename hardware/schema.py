@@ -5,35 +5,75 @@ Units are in every field name: ``_gib`` = 2**30 bytes, ``_GBps`` = 1e9 bytes/s, 
 "bidirectional" headline that datasheets print for NVLink and xGMI).
 
 All models are frozen pydantic v2 models that refuse unknown fields, so a typo in a cluster file is an
-error and not a silently ignored line. :func:`input_error_from_validation` turns pydantic's multi-line
-``ValidationError`` into the one-line :class:`~hardware.errors.InputError` the command line prints.
+error and not a silently ignored line. Numbers must be finite, must be numbers (``num_nodes: true`` is
+refused, not read as one node) and must lie within the physical bounds of :mod:`hardware.bounds`;
+switches must be ``true`` or ``false`` (not the string ``"false"``, which pydantic's lax mode would
+read). :func:`input_error_from_validation` turns pydantic's multi-line ``ValidationError`` into the
+one-line :class:`~hardware.errors.InputError` the command line prints; :func:`warn_implausible` warns
+about values no real part has (a Gb/s figure in a GB/s field).
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import types
+import typing
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .bounds import MAX_GPUS, OutOfBounds, check_bound, fmt, plausibility_warning, shown
 from .errors import InputError, did_you_mean
 
 # Fraction-of-peak fields: a kernel cannot beat its hardware peak, and 0 would mean "never finishes".
 _FRACTION = dict(gt=0.0, le=1.0)
 
-# The fastest NIC port shipping at the time of writing is 800 Gb/s (ConnectX-8 / Quantum-X800),
-# i.e. 100 GB/s. A per-NIC figure above that is far more likely a Gb/s line rate (100, 200, 400, 800)
-# typed into the GB/s field than a real NIC, which would make the network 8x too fast.
-MAX_PLAUSIBLE_NIC_GBps = 100.0
+
+def _scalar_kind(annotation: Any) -> type | None:
+    """bool, int or float for a field of that type (optional or not); None for anything else."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    kinds = [option for option in options if option in (bool, int, float)]
+    return kinds[0] if len(kinds) == 1 else None
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every section: unknown fields refused, values frozen, scalars strict and bounded.
+
+    ``section`` is the section's name in a cluster file; its fields' bounds are ``section.field`` in
+    :data:`hardware.bounds.BOUNDS`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    section: ClassVar[str] = ""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        """Switches only from true/false, numbers never from true/false, and never NaN or infinity."""
+        kind = _scalar_kind(cls.model_fields[info.field_name].annotation)
+        if kind is bool and not isinstance(value, bool):
+            raise OutOfBounds(info.field_name, f"must be true or false, got {shown(value)}",
+                              f"write {info.field_name}: true or {info.field_name}: false, without quotes")
+        if kind in (int, float) and isinstance(value, bool):
+            raise OutOfBounds(info.field_name, f"must be a number, got {shown(value)}", "write a number, not true/false")
+        if kind in (int, float) and isinstance(value, float) and not math.isfinite(value):
+            raise OutOfBounds(info.field_name, f"must be a finite number, got {value!r}", "give a finite value")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_bounds(cls, value: Any, info: ValidationInfo) -> Any:
+        if cls.section and isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_bound(f"{cls.section}.{info.field_name}", value, name=info.field_name)
+        return value
 
 
 class GPUSpec(_Frozen):
     """One accelerator: memory, peak compute and the fractions of peak that real kernels reach."""
+
+    section: ClassVar[str] = "gpu"
 
     name: str = Field(description="Human-readable GPU name, e.g. 'H100 SXM5 80GB'.")
     memory_gib: float = Field(gt=0, description=(
@@ -91,6 +131,8 @@ class TopologySpec(_Frozen):
     every domain has the same size, which is what the placement arithmetic needs.
     """
 
+    section: ClassVar[str] = "topology"
+
     gpus_per_node: int = Field(gt=0, description="GPUs per node (per server, or per compute tray on NVL72).")
     num_nodes: int = Field(gt=0, description="Number of nodes; a whole number.")
     scaleup_domain_gpus: int = Field(gt=0, description=(
@@ -124,7 +166,7 @@ class TopologySpec(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _nic_units(cls, data: Any) -> Any:
-        """Accept nic_gbps (gigabits/s) as input, store nic_GBps (gigabytes/s); warn on 8x slips."""
+        """Accept nic_gbps (gigabits/s) as input, store nic_GBps (gigabytes/s)."""
         if not isinstance(data, dict):
             return data
         has_bytes, has_bits = "nic_GBps" in data, "nic_gbps" in data
@@ -134,20 +176,22 @@ class TopologySpec(_Frozen):
             data = dict(data)
             bits = data.pop("nic_gbps")
             try:
-                data["nic_GBps"] = float(bits) / 8.0
+                number = float(bits) if not isinstance(bits, bool) else math.nan
             except (TypeError, ValueError):
-                raise ValueError(f"nic_gbps must be a number of gigabits/s, got {bits!r}") from None
-        elif has_bytes:
-            value = data["nic_GBps"]
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_PLAUSIBLE_NIC_GBps:
-                warnings.warn(
-                    f"topology.nic_GBps = {value} GB/s per NIC is faster than any NIC shipping "
-                    f"(800 Gb/s = {MAX_PLAUSIBLE_NIC_GBps:g} GB/s); if {value} is the Gb/s line rate, "
-                    f"write nic_gbps: {value} (= {value / 8:g} GB/s)", UserWarning, stacklevel=2)
+                number = math.nan
+            if not math.isfinite(number):
+                raise OutOfBounds("nic_gbps", f"must be a finite number of gigabits/s, got {bits!r}",
+                                  "write the line rate, e.g. nic_gbps: 400")
+            check_bound("topology.nic_gbps", number, name="nic_gbps")
+            data["nic_GBps"] = number / 8.0
         return data
 
     @model_validator(mode="after")
     def _consistent_domain(self) -> "TopologySpec":
+        if self.num_gpus > MAX_GPUS:
+            raise OutOfBounds("num_nodes", f"gives {fmt(self.num_gpus)} GPUs ({self.gpus_per_node} per node x "
+                              f"{fmt(self.num_nodes)} nodes), past the bound of {fmt(MAX_GPUS)} GPUs that plan-search "
+                              "accepts (the largest clusters have about 10^5)", "use fewer nodes")
         domain, node = self.scaleup_domain_gpus, self.gpus_per_node
         if domain % node and node % domain:
             raise ValueError(
@@ -181,6 +225,8 @@ class TopologySpec(_Frozen):
 class EconomicsSpec(_Frozen):
     """What a GPU-hour costs in money and energy (optional; cost outputs are skipped when absent)."""
 
+    section: ClassVar[str] = "economics"
+
     price_per_gpu_hour_usd: float | None = Field(default=None, gt=0, description=(
         "Price of one GPU for one hour, US dollars (rental or amortised ownership)."))
     power_per_gpu_w: float | None = Field(default=None, gt=0, description=(
@@ -212,7 +258,7 @@ class ClusterSpec(_Frozen):
         data = self.model_dump()
         for key, value in overrides.items():
             _set_dotted(data, key, value, ClusterSpec, source)
-        return validate_cluster(data, source)
+        return validate_cluster(data, source, warn_fields=overrides)
 
 
 # Input-only names accepted by the models beyond their fields (converted by validators).
@@ -254,29 +300,52 @@ def input_error_from_validation(exc: ValidationError, source: str, prefix: str =
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(str(p) for p in first.get("loc", ()))
-    field = ".".join(([prefix] if prefix else []) + list(loc))
     kind = first.get("type", "")
-    message = str(first.get("msg", "invalid value"))
-    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    message = message.replace("Input should be", "must be")
-    fix: str | None
-    if kind == "missing":
-        message, fix = "is required but missing", "add it"
-    elif kind == "extra_forbidden":
-        parent_names = _known_names(loc[:-1])
-        message = f"unknown field{did_you_mean(loc[-1], parent_names)}" if loc else "unknown field"
-        fix = "remove it or correct the spelling"
-    elif kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
-        fix = "bandwidths, latencies, memory and counts must be positive; efficiencies lie in (0, 1]"
-    elif kind.startswith("int_"):
-        fix = "give a whole number"
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, OutOfBounds):
+        # Our own validators say what is wrong and what to do; a model-level one names its field itself.
+        if not loc or loc[-1] != cause.field:
+            loc += (cause.field,)
+        message, fix = cause.problem, cause.fix
     else:
-        fix = None
-    if "input" in first and kind not in ("missing", "extra_forbidden") and not isinstance(first["input"], dict):
-        message += f" (got {first['input']!r})"
+        message, fix = _pydantic_message(first, kind, loc)
+    field = ".".join(([prefix] if prefix else []) + list(loc))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return InputError(source, field, message, fix)
+
+
+_FIXES = {
+    "greater_than": "bandwidths, latencies, memory and counts must be positive; efficiencies lie in (0, 1]",
+    "finite_number": "give a finite value",
+    "literal_error": "use one of the values listed",
+    "string_type": "give a name in quotes",
+}
+
+
+def _pydantic_message(error: dict[str, Any], kind: str, loc: tuple[str, ...]) -> tuple[str, str]:
+    """(problem, fix) for one of pydantic's own errors, in this tool's words."""
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = message.replace("Input should be", "must be")
+    if kind == "missing":
+        return "is required but missing", "add it"
+    if kind == "extra_forbidden":
+        message = f"unknown field{did_you_mean(loc[-1], _known_names(loc[:-1]))}" if loc else "unknown field"
+        return message, "remove it or correct the spelling"
+    if kind.startswith(("greater_than", "less_than")):
+        fix = _FIXES["greater_than"]
+    elif kind.startswith("int_"):
+        fix = "give a whole number"
+    elif kind.startswith("float_"):
+        fix = "give a number"
+    elif kind.startswith("model_"):
+        fix = "write 'field: value' lines under it"
+    else:
+        fix = _FIXES.get(kind, "fix the value")
+    if "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return message, fix
 
 
 def _known_names(loc: tuple[str, ...]) -> list[str]:
@@ -291,9 +360,30 @@ def _known_names(loc: tuple[str, ...]) -> list[str]:
     return list(model.model_fields) + list(_INPUT_ALIASES.get(model, {}))
 
 
-def validate_cluster(data: dict[str, Any], source: str) -> ClusterSpec:
-    """Build a ClusterSpec, turning any validation failure into one InputError line naming ``source``."""
+def validate_cluster(data: dict[str, Any], source: str, *, warn_fields: Iterable[str] | None = None) -> ClusterSpec:
+    """Build a ClusterSpec, turning any validation failure into one InputError line naming ``source``.
+
+    Then warn about implausible values (:func:`warn_implausible`): of every field, or only of
+    ``warn_fields`` (the fields just overridden, so a sweep does not repeat a file's warnings)."""
     try:
-        return ClusterSpec.model_validate(data)
+        spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:
         raise input_error_from_validation(exc, source) from None
+    warn_implausible(spec, source, warn_fields)
+    return spec
+
+
+def warn_implausible(spec: ClusterSpec, source: str, fields: Iterable[str] | None = None) -> None:
+    """A warning for each value past what any real part has (:func:`hardware.bounds.plausibility_warning`):
+    accepted, because a future part may have it, but named with the unit slip it more likely is."""
+    wanted = None if fields is None else {_INPUT_ALIASES[TopologySpec].get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1])
+                                          for key in fields}
+    for section in ("gpu", "topology", "economics"):
+        part = getattr(spec, section)
+        for name in type(part).model_fields:
+            value = getattr(part, name)
+            if (wanted is not None and name not in wanted) or not isinstance(value, (int, float)):
+                continue
+            message = plausibility_warning(f"{section}.{name}", value)
+            if message:
+                warnings.warn(f"{source}: {message}", UserWarning, stacklevel=3)
