@@ -4,6 +4,9 @@ A study file names the model, the training run and the cluster options, each at 
 
     name: llama3-405b-15t
     model: llama3-405b                 # preset or file (relative to this file)
+    model_name: Llama 3.1 405B         # optional: how the report and figures name the model
+    price_source: list prices, 2026-11 # optional: where the prices come from; without it they are
+                                       # reported as illustrative
     training: {seq_length: 8192, global_batch_tokens: 16777216, train_tokens: 15.0e+12}
     objective: throughput              # how the best plan of each option is chosen
     options:
@@ -20,7 +23,11 @@ faster and cheaper), and reruns the search for each sensitivity value. :func:`wr
 ``pareto.png/.svg`` and ``sensitivity.png/.svg``.
 
 Every option and sensitivity point is a scenario run by :func:`scenarios.runner.run_task`, so an
-option that fits nowhere is a ``no_fit`` row with its reason, never a failed study.
+option that fits nowhere is a ``no_fit`` row with its reason (the search's explanation), never a failed
+study. Everything that can be checked without searching is checked by :func:`load_study` and reported
+as one :class:`InputError` line naming the study file's own field (``options[2].cluster``,
+``sensitivity[0].values[1]``): the study then stops before any search. A scenario whose search itself
+fails is an ``error`` row; :attr:`StudyResult.errors` lists them so the command can fail the study.
 """
 
 from __future__ import annotations
@@ -36,19 +43,20 @@ import pandas as pd
 from cost_model.model_loader import ModelInput, build_training
 from cost_model.params import ParameterCounts
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
+from hardware.loader import load_cluster
 from hardware.schema import ClusterSpec
 from optimizer.ranking import pareto_front
 from optimizer.search import Scenario
 from optimizer.search_options import SearchOptions
 
 from .identity import stable_hash, tool_version
-from .plots import pareto_plot, sensitivity_plot
 from .rows import typed_frame
 from .runner import run_tasks
 from .sweep_file import (ScenarioTask, _check_objective, _load_cluster, _load_model, _search_options,
                          _training_section, resolved_columns)
 
-STUDY_KEYS = ("name", "description", "model", "training", "objective", "top_k", "search", "options", "sensitivity")
+STUDY_KEYS = ("name", "description", "model", "model_name", "price_source", "training", "objective", "top_k",
+              "search", "options", "sensitivity")
 OPTION_KEYS = ("name", "cluster", "price_per_gpu_hour_usd", "overrides")
 SENSITIVITY_KEYS = ("option", "parameter", "values")
 PRICE_FIELD = "economics.price_per_gpu_hour_usd"
@@ -74,6 +82,68 @@ class Sensitivity:
         return f"{self.parameter} on {self.option}"
 
 
+PARAMETER_NAMES = {
+    "gpu.memory_gib": "GPU memory (GiB usable per GPU)",
+    "gpu.hbm_GBps": "HBM bandwidth (GB/s per GPU)",
+    "gpu.peak_tflops_bf16": "peak dense BF16 compute (TFLOP/s per GPU)",
+    "gpu.peak_tflops_fp8": "peak dense FP8 compute (TFLOP/s per GPU)",
+    "gpu.gemm_efficiency": "BF16 GEMM efficiency (fraction of peak)",
+    "gpu.gemm_efficiency_fp8": "FP8 GEMM efficiency (fraction of peak)",
+    "gpu.attention_efficiency": "attention kernel efficiency (fraction of peak)",
+    "gpu.tdp_w": "GPU board power (W)",
+    "topology.scaleup_GBps": "NVLink / scale-up bandwidth (GB/s per GPU per direction)",
+    "topology.scaleup_domain_gpus": "scale-up (NVLink) domain (GPUs)",
+    "topology.scaleout_oversubscription": "network oversubscription (x; 1 = non-blocking)",
+    "topology.nics_per_node": "NICs per node",
+    "topology.gpus_per_node": "GPUs per node",
+    "economics.price_per_gpu_hour_usd": "price per GPU-hour (US$)",
+    "economics.power_per_gpu_w": "power per GPU, host share included (W)",
+    "economics.pue": "data-centre PUE",
+}
+"""Plain-language names, with units, of the cluster fields a sensitivity study is likely to vary; any
+other field is named by :func:`parameter_axis` from its own name and unit suffix."""
+
+_UNIT_SUFFIXES = (("_gib", "GiB"), ("_GBps", "GB/s"), ("_gbps", "Gb/s"), ("_us", "µs"), ("_w", "W"), ("_usd", "US$"))
+
+
+def parameter_axis(parameter: str, cluster: ClusterSpec) -> tuple[str, str, float | None, float]:
+    """How a sensitivity parameter reads on a slide: (short name, axis label with unit, the option's own
+    value in the file's unit, factor from the file's unit to the axis's). Node counts are drawn as GPU
+    counts, since a cluster is bought by the GPU; NIC speeds say how many NICs serve how many GPUs."""
+    topology = cluster.topology
+    current = _current_value(parameter, cluster)
+    if parameter == "topology.num_nodes":
+        return ("cluster size", f"cluster size (GPUs; {topology.gpus_per_node} per node)", current,
+                float(topology.gpus_per_node))
+    if parameter in ("topology.nic_gbps", "topology.nic_GBps"):
+        unit = "Gb/s" if parameter.endswith("gbps") else "GB/s"
+        share = ("one NIC per GPU" if topology.nics_per_node == topology.gpus_per_node else
+                 f"{topology.nics_per_node} NICs per {topology.gpus_per_node}-GPU node")
+        return "NIC bandwidth", f"NIC bandwidth ({unit} per NIC; {share})", current, 1.0
+    if parameter in PARAMETER_NAMES:
+        label = PARAMETER_NAMES[parameter]
+        return label.split(" (")[0], label, current, 1.0
+    leaf = parameter.split(".")[-1]
+    for suffix, unit in _UNIT_SUFFIXES:
+        if leaf.endswith(suffix):
+            name = leaf[: -len(suffix)].replace("_", " ")
+            return name, f"{name} ({unit})", current, 1.0
+    name = leaf.replace("_", " ")
+    return name, name, current, 1.0
+
+
+def _current_value(parameter: str, cluster: ClusterSpec) -> float | None:
+    """The option's own value of a dotted cluster field (nic_gbps from the stored nic_GBps)."""
+    if parameter == "topology.nic_gbps":
+        return cluster.topology.nic_GBps * 8
+    node: Any = cluster.model_dump()
+    for part in parameter.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
 @dataclass(frozen=True)
 class Study:
     name: str
@@ -81,6 +151,10 @@ class Study:
     source: str
     model_label: str
     model: ModelInput
+    model_name: str
+    """How reports name the model (the study's ``model_name``, else the model's own name)."""
+    price_source: str | None
+    """Where the prices come from; None = not said, so reports call them illustrative."""
     training: dict[str, Any]
     options_spec: SearchOptions
     options: tuple[ClusterOption, ...]
@@ -97,9 +171,26 @@ class StudyResult:
     plans: pd.DataFrame
     """Every returned plan of every scenario of the study (the tidy table of a sweep)."""
 
+    @property
+    def errors(self) -> list[str]:
+        """One line per option or sensitivity point whose search failed (status ``error``): what the
+        command reports before failing the study. ``no_fit`` is an answer, not an error."""
+        lines = []
+        for part, frame in (("option", self.options), ("sensitivity", self.sensitivity)):
+            for _, row in frame[frame["status"] == "error"].iterrows():
+                where = (row["option"] if part == "option"
+                         else f"{row['sensitivity']} = {_n(row['value'])}")
+                lines.append(f"{where}: {row['reason']}")
+        return lines
+
 
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study file; one-line InputError naming the file and field on bad input."""
+    """Read and validate a study file; one-line InputError naming the file and the study's own field.
+
+    Everything a search does not need to find out is checked here, so a bad study stops before the
+    first search (exit status 2) instead of after minutes of searching: names and types of every field,
+    the model and each option's cluster, every override, and every sensitivity value applied to its
+    option's cluster."""
     path = Path(path)
     data = read_yaml_mapping(path)
     source, base = str(path), path.parent
@@ -107,41 +198,60 @@ def load_study(path: str | Path) -> Study:
         if key not in STUDY_KEYS:
             raise InputError(source, str(key), f"unknown key{did_you_mean(str(key), STUDY_KEYS)}",
                              f"known keys: {', '.join(STUDY_KEYS)}")
-    if not isinstance(data.get("model"), str):
+    for key in ("name", "description", "model_name", "price_source"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InputError(source, key, f"must be text, got {_short_repr(data[key])}", f"e.g. {key}: ...")
+    if not isinstance(data.get("model"), str) or not data["model"]:
         raise InputError(source, "model", "is missing or not a name", "e.g. model: llama3-405b")
-    model = _load_model(data["model"], base, source, 0)
+    try:
+        model = _load_model(data["model"], base, source, 0)
+    except InputError as exc:
+        raise InputError(source, "model", exc.problem, "use a model preset name or a model file path") from None
     objective = data.get("objective", "throughput")
     _check_objective(objective, source, "objective")
     top_k = data.get("top_k", 5)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise InputError(source, "top_k", f"must be a positive whole number, got {top_k!r}", "e.g. top_k: 5")
+        raise InputError(source, "top_k", f"must be a positive whole number, got {_short_repr(top_k)}", "e.g. top_k: 5")
     search_options = _search_options(data.get("search") or {}, source, top_k, objective)
     training = {**model.training_overrides, **_training_section(data.get("training") or {}, source)}
     try:
         trial = build_training(training, source=f"{source}: training", model=model.spec)
     except InputError as exc:
-        raise InputError(source, "training", exc.problem, exc.fix) from None
+        field = exc.field if exc.field.startswith("training") else f"training.{exc.field}".rstrip(".")
+        raise InputError(source, field, exc.problem, exc.fix) from None
     if trial.train_tokens is None:
         raise InputError(source, "training.train_tokens", "is missing: time-to-train and cost need a token budget",
                          "add e.g. train_tokens: 15.0e+12")
     raw_options = data.get("options")
     if not isinstance(raw_options, list) or not raw_options:
-        raise InputError(source, "options", "is missing or empty", "list the cluster options to compare")
+        raise InputError(source, "options", "is missing or empty, or not a list",
+                         "list the cluster options to compare, e.g. options: [{name: H100 x 1024, "
+                         "cluster: h100x1024, price_per_gpu_hour_usd: 2.5}]")
     options = tuple(_option(raw, i, base, source) for i, raw in enumerate(raw_options))
     names = [o.name for o in options]
     if len(set(names)) != len(names):
         raise InputError(source, "options", f"option names repeat ({names})", "give each option its own name")
-    sensitivities = tuple(_sensitivity(raw, i, names, options, source)
-                          for i, raw in enumerate(data.get("sensitivity") or []))
+    raw_sensitivity = data.get("sensitivity") or []
+    if not isinstance(raw_sensitivity, list):
+        raise InputError(source, "sensitivity", "must be a list of studies",
+                         "e.g. sensitivity: [{option: H100 x 1024, parameter: topology.nic_gbps, values: [200, 400]}]")
+    sensitivities = tuple(_sensitivity(raw, i, names, options, source) for i, raw in enumerate(raw_sensitivity))
     return Study(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
-                 source=source, model_label=data["model"], model=model, training=training,
-                 options_spec=search_options, options=options, sensitivities=sensitivities)
+                 source=source, model_label=data["model"], model=model,
+                 model_name=str(data.get("model_name") or model.spec.name), price_source=data.get("price_source"),
+                 training=training, options_spec=search_options, options=options, sensitivities=sensitivities)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    """A value as the error line echoes it, cut so that one line stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_entry(raw: Any, where: str, known: tuple[str, ...] | list[str], example: str, source: str) -> None:
     """An entry of a list in the study file: a mapping whose keys are all known."""
     if not isinstance(raw, dict):
-        raise InputError(source, where, "must be a mapping", f"e.g. {example}")
+        raise InputError(source, where, f"must be a mapping, got {_short_repr(raw)}", f"e.g. {example}")
     for key in raw:
         if key not in known:
             raise InputError(source, f"{where}.{key}", f"unknown key{did_you_mean(str(key), known)}",
@@ -150,21 +260,42 @@ def _check_entry(raw: Any, where: str, known: tuple[str, ...] | list[str], examp
 
 def _option(raw: Any, index: int, base: Path, source: str) -> ClusterOption:
     where = f"options[{index}]"
-    _check_entry(raw, where, OPTION_KEYS, "{name: H100 x 1024, cluster: h100x1024}", source)
-    if not raw.get("name") or not isinstance(raw.get("cluster"), str):
-        raise InputError(source, where, "needs a name and a cluster", "e.g. {name: H100 x 1024, cluster: h100x1024}")
-    overrides = dict(raw.get("overrides") or {})
+    example = "{name: H100 x 1024, cluster: h100x1024, price_per_gpu_hour_usd: 2.5}"
+    _check_entry(raw, where, OPTION_KEYS, example, source)
+    for key in ("name", "cluster"):
+        if key not in raw:
+            raise InputError(source, f"{where}.{key}", "is missing", f"e.g. {example}")
+        if not isinstance(raw[key], (str, int, float)) or isinstance(raw[key], bool) or not str(raw[key]).strip():
+            raise InputError(source, f"{where}.{key}", f"must be a name, got {_short_repr(raw[key])}",
+                             f"e.g. {example}")
+    raw_overrides = raw.get("overrides") or {}
+    if not isinstance(raw_overrides, dict) or not all(isinstance(k, str) for k in raw_overrides):
+        raise InputError(source, f"{where}.overrides",
+                         f"must be a mapping of dotted cluster fields to values, got {_short_repr(raw_overrides)}",
+                         "e.g. overrides: {topology.nic_gbps: 800}")
+    overrides = dict(raw_overrides)
     if "price_per_gpu_hour_usd" in raw:
-        overrides[PRICE_FIELD] = raw["price_per_gpu_hour_usd"]
-    cluster = _load_cluster(raw["cluster"], base, source, index)
+        price = raw["price_per_gpu_hour_usd"]
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not (0 < price < math.inf):
+            raise InputError(source, f"{where}.price_per_gpu_hour_usd",
+                             f"must be a positive number of US dollars, got {_short_repr(price)}",
+                             "e.g. price_per_gpu_hour_usd: 2.5")
+        overrides[PRICE_FIELD] = price
+    try:
+        cluster = _load_cluster(str(raw["cluster"]), base, source, index)
+    except InputError as exc:
+        raise InputError(source, f"{where}.cluster", exc.problem, "use a cluster preset such as h100x1024 or a "
+                         "cluster file path") from None
     try:
         cluster = cluster.with_overrides(overrides, source=source)
     except InputError as exc:
-        raise InputError(source, f"{where}.overrides.{exc.field}", exc.problem, exc.fix) from None
+        field = "price_per_gpu_hour_usd" if exc.field == PRICE_FIELD else f"overrides.{exc.field}"
+        raise InputError(source, f"{where}.{field}", exc.problem, exc.fix) from None
     if cluster.economics.price_per_gpu_hour_usd is None:
         raise InputError(source, f"{where}.price_per_gpu_hour_usd", "is missing: the study compares dollars",
                          "add e.g. price_per_gpu_hour_usd: 2.5")
-    return ClusterOption(name=str(raw["name"]), cluster_label=raw["cluster"], cluster=cluster, overrides=overrides)
+    return ClusterOption(name=str(raw["name"]), cluster_label=str(raw["cluster"]), cluster=cluster,
+                         overrides=overrides)
 
 
 def _sensitivity(raw: Any, index: int, names: list[str], options: tuple[ClusterOption, ...],
@@ -174,20 +305,29 @@ def _sensitivity(raw: Any, index: int, names: list[str], options: tuple[ClusterO
                  "{option: H100 x 1024, parameter: topology.nic_gbps, values: [200, 400]}", source)
     option = raw.get("option")
     if option not in names:
-        raise InputError(source, f"{where}.option", f"unknown option {option!r}{did_you_mean(str(option), names)}",
-                         f"use one of: {', '.join(names)}")
+        raise InputError(source, f"{where}.option", f"unknown option {_short_repr(option)}"
+                         f"{did_you_mean(str(option), names)}", f"use one of: {', '.join(names)}")
+    parameter = raw.get("parameter")
+    if not isinstance(parameter, str) or not parameter:
+        raise InputError(source, f"{where}.parameter", f"must be a dotted cluster field, got {_short_repr(parameter)}",
+                         "e.g. parameter: topology.nic_gbps")
     values = raw.get("values")
     if not isinstance(values, list) or not values:
-        raise InputError(source, f"{where}.values", "is missing or empty", "list the values to try")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        raise InputError(source, f"{where}.values", f"must be numbers, got {values}", "e.g. values: [200, 400, 800]")
-    parameter = str(raw.get("parameter"))
+        raise InputError(source, f"{where}.values", "is missing, empty or not a list", "list the values to try")
     base = options[names.index(option)].cluster
-    try:  # check the name (and the first value) now; a value that fails on its own becomes a no-fit row
-        base.with_overrides({parameter: values[0]}, source=source)
-    except InputError as exc:
-        if exc.field == parameter and exc.problem.startswith("unknown field"):
-            raise InputError(source, f"{where}.parameter", exc.problem, exc.fix) from None
+    for j, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(source, f"{where}.values[{j}]", f"must be a finite number, got {_short_repr(value)}",
+                             "e.g. values: [200, 400, 800]")
+        try:  # every value now: a bad one is the file's error, found before any search runs
+            base.with_overrides({parameter: value}, source=source)
+        except InputError as exc:
+            if exc.problem.startswith("unknown field"):
+                raise InputError(source, f"{where}.parameter", exc.problem, exc.fix) from None
+            raise InputError(source, f"{where}.values[{j}]", f"{parameter} = {_short_repr(value)}: {exc.problem}",
+                             exc.fix) from None
+    if len(set(values)) != len(values):
+        raise InputError(source, f"{where}.values", f"repeats a value ({_short_repr(values)})", "list each value once")
     return Sensitivity(option=option, parameter=parameter, values=tuple(values))
 
 
@@ -257,6 +397,8 @@ SENSITIVITY_TABLE = ("sensitivity", "option", "value", "status", "plan", "plan_c
 
 def write_report(result: StudyResult, out_dir: str | Path) -> list[Path]:
     """summary.md, options.csv, sensitivity.csv, plans.parquet and the figures, into ``out_dir``."""
+    from .plots import SensitivityAxis, pareto_plot, sensitivity_plot  # matplotlib: only when writing figures
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "", "is a file, not a directory", "pass a directory for --out")
@@ -267,15 +409,37 @@ def write_report(result: StudyResult, out_dir: str | Path) -> list[Path]:
     paths.append(out / "options.csv")
     result.plans.to_parquet(out / "plans.parquet", index=False)
     paths.append(out / "plans.parquet")
-    model = f"{study.model.spec.name}"
-    paths += pareto_plot(result.options, out / "pareto", f"{model}: cost vs time to train per cluster option")
+    paths += pareto_plot(result.options, out / "pareto", f"{study.model_name}: cost vs time to train per cluster option",
+                         subtitle=run_description(study) + "; best plan of each option")
     if len(result.sensitivity):
         result.sensitivity[list(SENSITIVITY_TABLE)].to_csv(out / "sensitivity.csv", index=False)
         paths.append(out / "sensitivity.csv")
-        paths += sensitivity_plot(result.sensitivity, out / "sensitivity", f"{model}: sensitivity of the best plan")
+        by_name = {o.name: o for o in study.options}
+        axes = []
+        for sens in study.sensitivities:
+            name, label, current, scale = parameter_axis(sens.parameter, by_name[sens.option].cluster)
+            axes.append(SensitivityAxis(study=sens.label, title=f"{name} on {sens.option}", label=label,
+                                        current=current, scale=scale))
+        paths += sensitivity_plot(result.sensitivity, axes, out / "sensitivity",
+                                  f"{study.model_name}, {run_description(study)}: what one change to a cluster does")
     (out / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
     paths.append(out / "summary.md")
     return paths
+
+
+def run_description(study: Study) -> str:
+    """The run in a few words, for figure titles: '15T tokens, 8K context, 16.8M-token batches'."""
+    tr = build_training(study.training, source=study.source)
+    context = f"{tr.seq_length // 1024}K" if tr.seq_length % 1024 == 0 else f"{tr.seq_length:,}"
+    return (f"{_tokens(tr.train_tokens)} tokens, {context} context, "
+            f"{tr.global_batch_tokens / 1e6:,.1f}M-token batches, {tr.precision}")
+
+
+def _tokens(count: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
+        if count >= scale:
+            return f"{count / scale:,.3g}{suffix}"
+    return f"{count:,.0f}"
 
 
 def summary_markdown(result: StudyResult) -> str:
@@ -287,7 +451,7 @@ def summary_markdown(result: StudyResult) -> str:
     if study.description:
         lines += [study.description.strip(), ""]
     lines += [
-        f"**Model** {study.model.spec.name} ({counts.total / 1e9:,.1f}B parameters, "
+        f"**Model** {study.model_name} ({counts.total / 1e9:,.1f}B parameters, "
         + ("dense" if counts.active == counts.total else f"{counts.active / 1e9:,.1f}B active per token")
         + f"). **Run** {tr.train_tokens / 1e12:,.3g}T tokens at sequence length {tr.seq_length:,}, "
         f"global batch {tr.global_batch_size:,} sequences ({tr.global_batch_tokens / 1e6:,.1f}M tokens), {tr.precision}. "
@@ -295,10 +459,12 @@ def summary_markdown(result: StudyResult) -> str:
         f"micro-batch, virtual pipeline, recompute, SP and ZeRO setting that fits in "
         f"{1 - study.options_spec.memory_headroom:.0%} of GPU memory.",
         "",
-        f"Generated by plan-search {tool_version()} from `{Path(study.source).name}`. Prices are the study "
-        "file's; time and throughput are model predictions (upper bounds until the efficiency constants are "
-        "calibrated, see the README), cost = GPU-hours x price, energy = GPU-hours x power per GPU "
-        "(host share included) x PUE.",
+        f"Generated by plan-search {tool_version()} from `{Path(study.source).name}`. "
+        "Cost = GPU-hours x price; energy = GPU-hours x power per GPU (host share included) x PUE.",
+        "",
+        *_price_lines(study),
+        "",
+        *accuracy_lines(study),
         "",
         "## Cluster options",
         "",
@@ -308,7 +474,7 @@ def summary_markdown(result: StudyResult) -> str:
     for _, row in options.iterrows():
         if row["status"] != "ok":
             lines.append(f"| {row['option']} | {_n(row['num_gpus'])} | {_money(row['price_per_gpu_hour_usd'])} | "
-                         f"**{row['status']}** | | | | | | | | |")
+                         f"{_status_cell(row)} | | | | | | | | |")
             continue
         lines.append(
             f"| {row['option']} | {_n(row['num_gpus'])} | {_money(row['price_per_gpu_hour_usd'])} | `{row['plan']}` | "
@@ -329,18 +495,109 @@ def summary_markdown(result: StudyResult) -> str:
                       "|---:|---|:---:|---:|---:|---:|---:|---:|"]
             for _, row in rows.iterrows():
                 if row["status"] != "ok":
-                    lines.append(f"| {_n(row['value'])} | **{row['status']}** | | | | | | |")
+                    lines.append(f"| {_n(row['value'])} | {_status_cell(row)} | | | | | | |")
                     continue
                 lines.append(f"| {_n(row['value'])} | `{row['plan']}` | {'yes' if row['plan_changed'] else 'no'} | "
                              f"{row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | {row['memory_gib']:.1f} | "
                              f"{row['time_to_train_days']:.1f} | {row['cost_usd'] / 1e6:.2f} |")
             lines += ["", *_sensitivity_sentence(rows), "", *_no_fit_lines(rows, "value")]
         lines += ["![sensitivity](sensitivity.png)", ""]
+    sensitivity = len(result.sensitivity) > 0
     lines += ["## Files", "",
-              "`options.csv` and `sensitivity.csv` hold these tables; `plans.parquet` every returned plan with "
-              "its memory, time and communication breakdowns; `pareto.svg` and `sensitivity.svg` are the "
-              "figures as vector graphics.", ""]
+              ("`options.csv` and `sensitivity.csv` hold these tables" if sensitivity else "`options.csv` holds the "
+               "table") + "; `plans.parquet` every returned plan with its memory, time and communication "
+              "breakdowns; " + ("`pareto.svg` and `sensitivity.svg` are the figures" if sensitivity else
+                                "`pareto.svg` is the figure") + " as vector graphics.", ""]
     return "\n".join(lines)
+
+
+def _status_cell(row: pd.Series) -> str:
+    """A row without a plan says why in the table itself (the whole explanation follows the table)."""
+    reason = str(row["reason"]) if isinstance(row["reason"], str) else "no reason recorded"
+    if row["status"] == "no_fit":
+        return f"**no plan fits**: {reason.split('; what would fit')[0]}"
+    return f"**search failed**: {reason}"
+
+
+def _price_lines(study: Study) -> list[str]:
+    """Where the prices come from, said every time: the ranking of the options depends on them."""
+    if study.price_source:
+        return [f"**Prices** per GPU-hour: {study.price_source.strip()} (as the study file states). The ranking "
+                "of the options depends on them."]
+    return ["**Prices are illustrative**: the study file does not say where its per-GPU-hour prices come from "
+            "(add `price_source:` when they are real offers). Replace them with your own; the ranking of the "
+            "options depends on them."]
+
+
+def accuracy_lines(study: Study) -> list[str]:
+    """How far to trust the times, per GPU of the study, from the tool's own calibration and validation:
+    a GPU whose GEMM efficiencies are the calibrated preset values gets the error band of the held-out
+    published runs of that GPU (same kind of model, dense or MoE, and the study's precision where such
+    runs exist), as ``plan-search validate`` computes it; any other GPU is flagged as uncalibrated."""
+    moe = ParameterCounts(study.model.spec).active != ParameterCounts(study.model.spec).total
+    precision = "fp8" if build_training(study.training, source=study.source).precision == "fp8" else "bf16"
+    seen: dict[str, str] = {}
+    for option in study.options:
+        gpu = option.cluster.gpu
+        if gpu.name not in seen:
+            seen[gpu.name] = _gpu_accuracy(gpu, moe, precision)
+    return ["**How far to trust the times.** Time and throughput are model predictions, not measurements; "
+            "the error band is (predicted − measured) / measured throughput on published runs that were not "
+            "used to calibrate (`plan-search validate`).", "", *seen.values()]
+
+
+def _gpu_accuracy(gpu: Any, moe: bool, precision: str) -> str:
+    from optimizer.calibrate import CALIBRATION_ROWS, PROXY_PRESETS, calibration_row_ids
+    from optimizer.validate import DEFAULT_DATASET, validate_row
+
+    sources = {key: key for key, _ in CALIBRATION_ROWS}
+    sources.update({proxy: key for key, proxies in PROXY_PRESETS.items() for proxy, _ in proxies})
+    preset = None
+    for key in sorted(sources):
+        try:
+            reference = load_cluster(key).gpu
+        except InputError:
+            continue
+        if (reference.name, reference.gemm_efficiency, reference.gemm_efficiency_fp8) == (
+                gpu.name, gpu.gemm_efficiency, gpu.gemm_efficiency_fp8):
+            preset = key
+            break
+    if preset is None:
+        return (f"* **{gpu.name}**: **not calibrated** (its GEMM efficiency is not a value fitted on published "
+                "runs): treat its times as rough estimates.")
+    source = sources[preset]
+    head = f"* **{gpu.name}**: calibrated" + ("" if source == preset else f" (takes the {source} preset's values)")
+    kind = "MoE" if moe else "dense"
+    try:
+        runs = read_yaml_mapping(DEFAULT_DATASET).get("runs") or []
+        held_out = [r for r in runs if r.get("verified") and r.get("id") not in calibration_row_ids()
+                    and (r.get("cluster") or {}).get("gpu") in (preset, source) and _is_moe(r) == moe]
+        same_precision = [r for r in held_out if _precision_class(r) == precision]
+        chosen = same_precision or held_out
+        errors = [e for e in (validate_row(r, str(DEFAULT_DATASET)).tflops_error for r in chosen) if e is not None]
+    except (InputError, OSError, KeyError, ValueError, TypeError):
+        chosen, errors = [], []
+    if not errors:
+        return f"{head}; no held-out published {kind} run of it gives an error band."
+    precisions = sorted({_precision_class(r).upper() for r in chosen})
+    which = "/".join(precisions) + ("" if same_precision else f" only, none in {precision.upper()} is published")
+    gpus = " and ".join(dict.fromkeys((preset, source)))
+    band = f"{errors[0]:+.0%}" if len(errors) == 1 else f"{min(errors):+.0%} to {max(errors):+.0%}"
+    return (f"{head}; {len(errors)} held-out published {kind} run{'s' if len(errors) > 1 else ''} on {gpus} "
+            f"({which}): {band}.")
+
+
+def _is_moe(row: dict[str, Any]) -> bool:
+    """Whether a published run's model routes tokens to experts (its model section, preset or fields)."""
+    from cost_model.model_loader import model_input_from_mapping
+
+    spec = model_input_from_mapping(dict(row["model"]), source="dataset", default_name=str(row.get("id"))).spec
+    counts = ParameterCounts(spec)
+    return counts.active != counts.total
+
+
+def _precision_class(row: dict[str, Any]) -> str:
+    return "fp8" if (row.get("training") or {}).get("precision") == "fp8" else "bf16"
 
 
 def _frontier_lines(options: pd.DataFrame) -> list[str]:
@@ -377,8 +634,11 @@ def _sensitivity_sentence(rows: pd.DataFrame) -> list[str]:
 
 
 def _no_fit_lines(rows: pd.DataFrame, key: str) -> list[str]:
-    lines = [f"* {_n(row[key])}: {row['reason']}" for _, row in rows.iterrows() if row["status"] != "ok"]
-    return (["Where nothing fits:", "", *lines, ""] if lines else [])
+    """The whole explanation of each row without a plan: what binds and what would fit (no_fit), or the
+    error of a failed search."""
+    lines = [f"* {_n(row[key])}: " + ("nothing fits: " if row["status"] == "no_fit" else "the search failed: ")
+             + str(row["reason"]) for _, row in rows.iterrows() if row["status"] != "ok"]
+    return (["Where no plan was found:", "", *lines, ""] if lines else [])
 
 
 def _n(value: Any) -> str:
@@ -387,7 +647,9 @@ def _n(value: Any) -> str:
     value = value.item() if hasattr(value, "item") else value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _money(value: Any) -> str:

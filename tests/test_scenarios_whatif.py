@@ -9,7 +9,8 @@ import pytest
 
 from hardware.errors import InputError
 from optimizer.cli import main
-from scenarios.procurement import load_study
+from scenarios.procurement import load_study, parameter_axis
+from tests.test_cli import run as cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "scenarios" / "examples" / "procurement_405b.yaml"
 
@@ -45,6 +46,64 @@ def test_report_files_are_written(report):
         assert (report / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         svg = (report / f"{stem}.svg").read_text()
         assert "<svg" in svg and "time to train (days)" in svg and "<dc:date>" not in svg
+
+
+def test_figures_speak_plain_language(report):
+    """What a slide needs: the model's name and token budget, each option's GPU count and price, axis
+    names with units instead of dotted keys, a legend, and the current value marked."""
+    import pandas as pd
+
+    options = pd.read_csv(report / "options.csv")
+    pareto = (report / "pareto.svg").read_text()
+    assert "Llama 3.1 405B" in pareto and "15T tokens" in pareto and "llama3-405b" not in pareto
+    for _, row in options.iterrows():
+        assert f"{row['num_gpus']:,} GPUs at ${row['price_per_gpu_hour_usd']:.2f}/GPU-h" in pareto
+    assert "Pareto frontier" in pareto
+    sensitivity = (report / "sensitivity.svg").read_text()
+    for label in ("NIC bandwidth (Gb/s per NIC; one NIC per GPU)", "GPU memory (GiB usable per GPU)",
+                  "cluster size (GPUs; 8 per node)", "cost (US$ millions)", "the option's current value",
+                  "(current)", "best plan differs from the option's own"):
+        assert label in sensitivity, label
+    assert "topology.nic_gbps" not in sensitivity
+
+
+def test_sensitivity_axes_name_the_parameter_its_unit_and_the_current_value():
+    study = load_study(EXAMPLE)
+    h100 = study.options[0].cluster
+    assert parameter_axis("topology.nic_gbps", h100) == (
+        "NIC bandwidth", "NIC bandwidth (Gb/s per NIC; one NIC per GPU)", 400.0, 1.0)
+    assert parameter_axis("gpu.memory_gib", h100)[1:3] == ("GPU memory (GiB usable per GPU)", h100.gpu.memory_gib)
+    name, label, current, scale = parameter_axis("topology.num_nodes", h100)
+    assert (current, scale) == (h100.topology.num_nodes, h100.topology.gpus_per_node)
+    # a field without a plain-language name is still named by its unit suffix, never as a dotted key
+    assert parameter_axis("topology.scaleup_latency_us", h100)[1] == "scaleup latency (µs)"
+
+
+def test_summary_states_calibration_and_prices_truthfully(report):
+    text = (report / "summary.md").read_text()
+    assert "upper bounds" not in text
+    assert "**Prices are illustrative**" in text  # the example does not say where its prices come from
+    trust = text.split("**How far to trust the times.**")[1].split("## Cluster options")[0]
+    for gpu in ("H100 SXM5 80GB", "H200 SXM 141GB", "B200 (HGX, 1000 W)", "B200 in GB200 NVL72 (1200 W)"):
+        line = next(line for line in trust.splitlines() if line.startswith(f"* **{gpu}**"))
+        assert "calibrated" in line and "not calibrated" not in line and "held-out published dense run" in line
+
+
+def test_uncalibrated_gpus_are_flagged_and_stated_prices_are_not_called_illustrative(tmp_path):
+    from scenarios.procurement import accuracy_lines, summary_markdown, run_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text("model: llama3-8b\nprice_source: our reserved-capacity quote of 2026-11-20\n"
+                    "training: {seq_length: 4096, global_batch_tokens: 1048576, train_tokens: 1.0e+11}\n"
+                    "options:\n  - {name: A100 x 64, cluster: a100x64, price_per_gpu_hour_usd: 1.2}\n"
+                    "  - {name: H100 x 64, cluster: h100x64, price_per_gpu_hour_usd: 2.5}\n")
+    study = load_study(path)
+    lines = accuracy_lines(study)
+    assert any(line.startswith("* **A100") and "**not calibrated**" in line for line in lines)
+    assert any(line.startswith("* **H100") and "calibrated;" in line for line in lines)
+    text = summary_markdown(run_study(study))
+    assert "Prices are illustrative" not in text
+    assert "our reserved-capacity quote of 2026-11-20" in text
 
 
 def test_summary_has_the_options_frontier_and_sensitivity(report):
@@ -104,3 +163,121 @@ def test_bad_study_files_are_one_line_errors(tmp_path):
     path.write_text("model: llama3-405b\noptions:\n  - {name: a, cluster: h100x1024, price_per_gpu_hour_usd: 2}\n")
     with pytest.raises(InputError, match="training.train_tokens: is missing"):
         load_study(path)
+
+
+NO_FIT_STUDY = ("model: llama3-405b\ntraining: {seq_length: 8192, global_batch_size: 64, train_tokens: 1.0e+12}\n"
+                "options:\n  - {name: one node, cluster: h100x8, price_per_gpu_hour_usd: 2.5}\n")
+
+
+def test_an_option_that_fits_nowhere_is_a_row_saying_why(tmp_path, capsys):
+    import pandas as pd
+
+    path = tmp_path / "study.yaml"
+    path.write_text(NO_FIT_STUDY)
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "Traceback" not in err
+    options = pd.read_csv(tmp_path / "out" / "options.csv")
+    assert list(options["status"]) == ["no_fit"]
+    reason = options["reason"][0]
+    assert "GiB per GPU" in reason and "what would fit" in reason
+    text = (tmp_path / "out" / "summary.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| one node |"))
+    assert "**no plan fits**" in row and reason.split("; what would fit")[0] in row
+    assert f"* one node: nothing fits: {reason}" in text
+    assert "No option has a plan that fits." in text
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+HEAD = "model: llama3-8b\ntraining: {seq_length: 4096, global_batch_tokens: 1048576, train_tokens: 1.0e+11}\n"
+
+
+@pytest.mark.parametrize("body, field", [
+    ("options: [{overrides: [1]}]\n", "options[0].name"),
+    ("options: [{name: a, cluster: h100x8, overrides: [1]}]\n", "options[0].overrides"),
+    ("options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: cheap}]\n", "options[0].price_per_gpu_hour_usd"),
+    ("options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2, overrides: {topology.nic_gbsp: 1}}]\n",
+     "options[0].overrides.topology.nic_gbsp"),
+    ("options: [{name: a, cluster: h100x9x, price_per_gpu_hour_usd: 2}]\n", "options[0].cluster"),
+    ("options: [1]\n", "options[0]"),
+    ("options: {name: a}\n", "options"),
+    ("options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2}]\nsensitivity: {option: a}\n", "sensitivity"),
+    ("options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2}]\n"
+     "sensitivity: [{option: a, parameter: gpu.memory_gib, values: [64, -5]}]\n", "sensitivity[0].values[1]"),
+    ("options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2}]\n"
+     "sensitivity: [{option: a, parameter: gpu.memory_gib, values: [64, .inf]}]\n", "sensitivity[0].values[1]"),
+    ("options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2}]\n"
+     "sensitivity: [{option: a, parameter: [1], values: [64]}]\n", "sensitivity[0].parameter"),
+])
+def test_study_file_errors_name_the_study_field_before_any_search(tmp_path, capsys, monkeypatch, body, field):
+    import scenarios.procurement as procurement
+
+    monkeypatch.setattr(procurement, "run_study", lambda *a, **k: pytest.fail("searched a bad study"))
+    path = _write(tmp_path, HEAD + body)
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out")
+    assert code == 2 and out == ""
+    assert err.startswith(f"plan-search: error: {path}: {field}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_and_cluster_errors_use_the_study_names_not_sweep_axes(tmp_path):
+    path = _write(tmp_path, "model: llama3-8x\ntraining: {train_tokens: 1.0e+12}\n"
+                            "options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2}]\n")
+    with pytest.raises(InputError) as info:
+        load_study(path)
+    assert info.value.field == "model" and "axes" not in str(info.value) and "llama3-8b" in str(info.value)
+    path = _write(tmp_path, HEAD + "options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2},\n"
+                                   "          {name: b, cluster: h10x8, price_per_gpu_hour_usd: 2}]\n")
+    with pytest.raises(InputError) as info:
+        load_study(path)
+    assert info.value.field == "options[1].cluster" and "axes" not in str(info.value)
+
+
+@pytest.mark.parametrize("package", ["matplotlib", "pyarrow"])
+def test_missing_optional_packages_are_reported_before_any_search(tmp_path, capsys, monkeypatch, package):
+    import scenarios.procurement as procurement
+
+    monkeypatch.setattr(procurement, "run_study", lambda *a, **k: pytest.fail("searched without the extras"))
+    monkeypatch.setitem(sys.modules, package, None)  # import now raises ImportError
+    path = _write(tmp_path, HEAD + "options: [{name: a, cluster: h100x8, price_per_gpu_hour_usd: 2}]\n")
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out")
+    assert code == 2 and out == ""
+    assert err.strip() == (f"plan-search: error: whatif: needs {package} for its figures and plans.parquet, but it "
+                           "is not installed; pip install 'plan-search[sweep]'")
+
+
+def test_failed_searches_fail_the_study_unless_allowed(tmp_path, capsys, monkeypatch):
+    """A search that raises is an error row; the report is written, the failures listed, exit 1 (0 with
+    --allow-errors). No-fit rows are answers and do not count."""
+    import scenarios.runner as runner
+
+    real = runner.search
+
+    def flaky(scenario):
+        if scenario.cluster.num_gpus == 16:
+            raise RuntimeError("solver exploded")
+        return real(scenario)
+
+    monkeypatch.setattr(runner, "search", flaky)
+    path = _write(tmp_path, HEAD + "options:\n  - {name: one node, cluster: h100x8, price_per_gpu_hour_usd: 2}\n"
+                                   "  - {name: two nodes, cluster: h100x16, price_per_gpu_hour_usd: 2}\n"
+                                   "sensitivity: [{option: one node, parameter: topology.num_nodes, values: [1, 2]}]\n")
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out")
+    assert code == 1
+    assert "2 of 4 searches of the study failed" in err
+    assert "  two nodes: RuntimeError: solver exploded" in err
+    assert "  topology.num_nodes on one node = 2: RuntimeError: solver exploded" in err
+    assert "--allow-errors" in err
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "**search failed**: RuntimeError: solver exploded" in text
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out2", "--allow-errors")
+    assert code == 0 and "2 of 4 searches of the study failed" in err
+    monkeypatch.setattr(runner, "search", real)
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out3")
+    assert code == 0 and err == ""
