@@ -90,8 +90,12 @@ def compare_command(
     new: Path = typer.Argument(..., help="Later results."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Relative change that counts (0.05 = 5%)."),
 ) -> None:
-    """List scenarios whose best plan changed or whose throughput, memory or cost moved past the threshold;
-    exit 1 when there are any (a nightly gate)."""
+    """List scenarios whose best plan changed or whose throughput, memory or cost moved past the threshold,
+    with the inputs that differ between OLD and NEW for each; exit 1 when there are any (a nightly gate)."""
+    from .extras import require_parquet_reader
+
+    for path in (old, new):
+        require_parquet_reader(path)
     comparison = compare_tables(read_results(old, "OLD"), read_results(new, "NEW"), threshold,
                                 old_source=str(old), new_source=str(new))
     typer.echo(comparison.text())
@@ -102,15 +106,38 @@ def whatif_command(
     study_file: Path = typer.Argument(..., help="Procurement study YAML (model, token budget, cluster options)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: whatif-<name>)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default 1: in this process)."),
+    allow_errors: bool = typer.Option(False, "--allow-errors", help="Exit 0 even when some searches fail (their rows say why)."),
 ) -> None:
-    """Compare cluster options for one model and token budget: summary.md, tables and figures."""
+    """Compare cluster options for one model and token budget: summary.md, tables and figures.
+
+    Exit status: 0 the study ran (an option where nothing fits is an answer: a row saying why); 1 some
+    search failed (the report is still written, the failures are listed; --allow-errors makes this 0);
+    2 bad input or a missing optional package, found before any search."""
+    from .extras import require
+
+    require(("matplotlib", "pyarrow"), "whatif", "its figures and plans.parquet")
     from .procurement import load_study, run_study, write_report
 
     study = load_study(study_file)
+    if workers is not None and workers < 1:
+        from hardware.errors import InputError
+
+        raise InputError("command line", "--workers", f"must be at least 1, got {workers}", "e.g. --workers 2")
     out_dir = out or Path(f"whatif-{study.name}")
     result = run_study(study, workers=workers)
     for path in write_report(result, out_dir):
         typer.echo(f"wrote {path}")
+    errors = result.errors
+    if errors:
+        total = len(result.options) + len(result.sensitivity)
+        typer.echo(f"plan-search: {len(errors)} of {total} searches of the study failed "
+                   f"(rows with status 'error' in the report):", err=True)
+        for line in errors:
+            typer.echo(f"  {line}", err=True)
+        if not allow_errors:
+            typer.echo("plan-search: exit status 1; pass --allow-errors to accept a study with failed searches",
+                       err=True)
+            raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
