@@ -11,6 +11,14 @@ NEW are compared. A scenario is listed when:
 
 Scenarios in only one of the tables are listed as added or removed but do not fail the gate: a sweep
 that grew is not a regression. :attr:`Comparison.failed` is what the command turns into exit status 1.
+
+Each listed scenario also says which of its inputs differ between OLD and NEW: every column that is
+neither a result nor an identity column (the axis values, the resolved cluster and training figures,
+``tool_version``), e.g. ``inputs: price_per_gpu_hour_usd 2.5 -> 3``. When none differs the line says
+so, and whether ``inputs_hash`` (the hash of the whole resolved model, cluster and options) moved: the
+same hash means the inputs were identical, so the code or its cost model changed; a different hash
+with equal columns means a model or cluster field the table does not show changed. That is the first
+thing a person on call needs to know: did someone change the sweep, or did the tool change?
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ import pandas as pd
 
 from hardware.errors import InputError
 
-from .rows import BREAKDOWN_COLUMNS
+from .rows import BREAKDOWN_COLUMNS, RESULT_COLUMNS
 
 COMPARED_METRICS = ("tokens_per_s", "memory_gib", "cost_usd")
 REQUIRED_COLUMNS = ("scenario_id", "scenario_index", "status", "rank", "plan", "model", "cluster") + COMPARED_METRICS
 DEFAULT_THRESHOLD = 0.05
+IDENTITY_COLUMNS = ("sweep", "study", "scenario_index", "scenario_id", "inputs_hash")
+"""Columns that identify a scenario or hash its inputs rather than being an input themselves."""
 
 
 @dataclass
@@ -88,6 +98,7 @@ def compare_tables(old: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFA
                          "e.g. --threshold 0.05 for 5%")
     old_best, new_best = best_plans(old, old_source), best_plans(new, new_source)
     common = [sid for sid in new_best.sort_values("scenario_index").index if sid in old_best.index]
+    inputs = input_columns(old, new)
     result = Comparison(threshold=threshold, compared=len(common))
     result.added = [_label(new_best.loc[s]) for s in new_best.index if s not in old_best.index]
     result.removed = [_label(old_best.loc[s]) for s in old_best.index if s not in new_best.index]
@@ -103,8 +114,46 @@ def compare_tables(old: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFA
             if moved:
                 what.append(f"{metric} {moved}")
         if what:
+            what.append(_input_changes(before, after, inputs))
             result.changes.append(Change(scenario_id=sid, label=_label(after), what=what))
     return result
+
+
+def input_columns(old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    """The columns that record a scenario's inputs, in NEW's order (then OLD's): everything that is not a
+    result column of the search and not an identity column."""
+    excluded = set(RESULT_COLUMNS) | set(IDENTITY_COLUMNS)
+    return [c for c in dict.fromkeys(list(new.columns) + list(old.columns)) if c not in excluded]
+
+
+def _input_changes(before: pd.Series, after: pd.Series, columns: list[str]) -> str:
+    """'inputs: a 1 -> 2; b x -> y', or why no input column differs."""
+    changed = []
+    for column in columns:
+        old = before[column] if column in before.index else None
+        new = after[column] if column in after.index else None
+        if column not in before.index or column not in after.index:
+            changed.append(f"{column} {'(absent)' if column not in before.index else _fmt(old)} -> "
+                           f"{'(absent)' if column not in after.index else _fmt(new)}")
+        elif not _same(old, new):
+            changed.append(f"{column} {_fmt(old)} -> {_fmt(new)}")
+    if changed:
+        return "inputs: " + "; ".join(changed)
+    same_hash = ("inputs_hash" in before.index and "inputs_hash" in after.index
+                 and _text(before["inputs_hash"]) == _text(after["inputs_hash"]))
+    if same_hash:
+        return "inputs: none changed (same inputs_hash): the code or its cost model changed"
+    return ("inputs: no recorded input column changed, but inputs_hash did: a model or cluster field the table "
+            "does not show changed")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _is_missing(a) or _is_missing(b):
+        return _is_missing(a) and _is_missing(b)
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def _moved(old: float, new: float, threshold: float) -> str | None:

@@ -90,3 +90,62 @@ def test_bad_input_exits_2(results, tmp_path, capsys):
     assert code == 2 and "file not found" in err
     code, _, err = cli(capsys, "compare", results, results, "--threshold", "-0.1")
     assert code == 2 and "--threshold: must be a non-negative fraction" in err
+
+
+def test_a_moved_metric_with_identical_inputs_blames_the_code(results, tmp_path, capsys):
+    def slower(frame):
+        frame.loc[frame.index[(frame["scenario_index"] == 1) & (frame["rank"] == 1)][0], "tokens_per_s"] *= 0.9
+
+    new = doctored(results, tmp_path, "slower.parquet", slower)
+    code, out, _ = cli(capsys, "compare", results, new)
+    assert code == 1
+    lines = out.splitlines()
+    moved = next(i for i, line in enumerate(lines) if "tokens_per_s -10.0%" in line)
+    assert lines[moved + 1].strip() == "inputs: none changed (same inputs_hash): the code or its cost model changed"
+
+
+def test_changed_inputs_are_named_with_old_and_new_values(tmp_path, capsys):
+    """End to end: the same sweep file, its cluster file's price and NIC speed edited between two nights.
+    The scenario keeps its identity (the file name did not change), its cost moves, and compare names the
+    resolved inputs that moved, with their values."""
+    cluster = tmp_path / "cluster.yaml"
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("name: gate\ntop_k: 1\naxes:\n  model: [llama3-8b]\n  cluster: [cluster.yaml]\n"
+                          "  seq_length: [4096]\n  global_batch_tokens: [1048576]\n  train_tokens: [1.0e+11]\n")
+    nights = []
+    for night, (price, nic) in enumerate(((2.0, 400), (3.0, 200))):
+        cluster.write_text(f"gpu: h100-sxm\ntopology: {{num_nodes: 2, nic_gbps: {nic}}}\n"
+                           f"economics: {{price_per_gpu_hour_usd: {price}}}\n")
+        out = tmp_path / f"night{night}"
+        code, _, err = cli(capsys, "sweep", sweep_file, "--out", out, "--workers", "1", "--no-progress")
+        assert code == 0, err
+        nights.append(out)
+    code, out, _ = cli(capsys, "compare", *nights)
+    assert code == 1
+    inputs = next(line for line in out.splitlines() if "inputs:" in line).split("inputs: ")[1]
+    assert inputs.split("; ") == ["nic_gbps 400 -> 200", "price_per_gpu_hour_usd 2 -> 3"]
+    assert "cost_usd +" in out
+
+
+def test_inputs_that_differ_only_outside_the_table_are_told_apart(results):
+    old = pd.read_parquet(results)
+    new = old.copy()
+    new.loc[new["scenario_index"] == 0, "inputs_hash"] = "0" * 16
+    new.loc[new.index[(new["scenario_index"] == 0) & (new["rank"] == 1)][0], "memory_gib"] *= 1.5
+    change = compare_tables(old, new).changes[0]
+    assert change.what[-1] == ("inputs: no recorded input column changed, but inputs_hash did: a model or "
+                               "cluster field the table does not show changed")
+
+
+def test_parquet_without_pyarrow_says_so(results, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    code, out, err = cli(capsys, "compare", results, results)
+    assert code == 2 and out == ""
+    assert err.strip() == (f"plan-search: error: {results}: is Parquet, and reading Parquet needs pyarrow, which is "
+                           "not installed; pip install 'plan-search[sweep]', or compare the results.csv files "
+                           "(sweep --csv)")
+    # a sweep directory holding results.parquet is Parquet too
+    code, _, err = cli(capsys, "compare", results.parent, results.parent)
+    assert code == 2 and "reading Parquet needs pyarrow" in err
