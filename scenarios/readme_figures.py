@@ -1,0 +1,178 @@
+"""Regenerate the figures the README quotes from the commands that produce them, and check they match.
+
+A number copied into a document by hand goes stale the day the cost model changes (the README once
+said B200 x 4096 trains Llama 3 405B in 81.6 days for $40.1M while the tool said 96.9 days and
+$47.64M). So each quoted output lives between two markers in README.md::
+
+    <!-- figures:procurement -->
+    ...generated text...
+    <!-- /figures:procurement -->
+
+and this module reruns the command behind each block and rewrites (``--write``) or checks (the default;
+exit status 1 naming the stale blocks) what sits between the markers. ``tests/test_readme_figures.py``
+runs the check, so a change that moves a quoted figure fails the tests until the README is regenerated::
+
+    python -m scenarios.readme_figures --write
+
+Blocks:
+
+* ``search``: ``plan-search examples/cluster.yaml examples/model.yaml --top 5``, as printed;
+* ``no-fit``: ``plan-search h100x8 llama3-405b --seq-len 8192 --global-batch 64`` (nothing fits);
+* ``procurement``: the bundled what-if study (``scenarios/examples/procurement_405b.yaml``): every
+  option's best-plan time and cost and the cost-vs-time frontier, as the study's ``summary.md`` has them.
+
+Wall-clock figures ("searched in 0.11 s") differ from run to run; the check compares them as ``<t>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+STUDY = ROOT / "scenarios" / "examples" / "procurement_405b.yaml"
+WALL_CLOCK = re.compile(r"(searched in )[0-9.]+( s)")
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    generate: Callable[[], str]
+    """The block's text (Markdown), without the markers."""
+
+
+def command_output(args: list[str], expected_status: int) -> str:
+    """What ``plan-search ARGS`` prints (stdout, then stderr), run from the repository root as a user
+    would run it, with trailing blanks cut. The README states the exit status beside each example, so
+    any other status is an error (ValueError), never a block quietly holding a failure."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    done = subprocess.run([sys.executable, "-c", "from optimizer.entry import main; main()", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    text = done.stdout + done.stderr
+    if done.returncode != expected_status:
+        raise ValueError(f"plan-search {' '.join(args)} exited {done.returncode}, not {expected_status}: "
+                         + " ".join(text.split())[-300:])
+    return "\n".join(line.rstrip() for line in text.rstrip().splitlines())
+
+
+def _console(args: list[str], expected_status: int) -> str:
+    return "```\n$ plan-search " + " ".join(args) + "\n" + command_output(args, expected_status) + "\n```"
+
+
+def search_block() -> str:
+    return _console(["examples/cluster.yaml", "examples/model.yaml", "--top", "5"], 0)
+
+
+def no_fit_block() -> str:
+    return _console(["h100x8", "llama3-405b", "--seq-len", "8192", "--global-batch", "64"], 1)
+
+
+def procurement_block() -> str:
+    """The bundled study's options, frontier and the options it beats, from a fresh run of the study."""
+    from .procurement import load_study, run_study
+
+    result = run_study(load_study(STUDY), workers=1)
+    options = result.options
+    lines = [f"Result of `plan-search whatif {STUDY.relative_to(ROOT).as_posix()}` with the file's illustrative "
+             "prices:", "",
+             "| option | GPUs | $/GPU-h | best plan | days | cost $M | frontier |",
+             "|---|---:|---:|---|---:|---:|:---:|"]
+    for _, row in options.iterrows():
+        if row["status"] != "ok":
+            lines.append(f"| {row['option']} | {int(row['num_gpus']):,} | {row['price_per_gpu_hour_usd']:.2f} | "
+                         f"{row['status']} | | | |")
+            continue
+        lines.append(f"| {row['option']} | {int(row['num_gpus']):,} | {row['price_per_gpu_hour_usd']:.2f} | "
+                     f"`{' '.join(str(row['plan']).split()[:4])}` | {row['time_to_train_days']:.1f} | "
+                     f"{row['cost_usd'] / 1e6:.2f} | {'yes' if row['pareto'] else ''} |")
+    ok = options[options["status"] == "ok"]
+    front = ok[ok["pareto"]].sort_values("time_to_train_days")
+    lines += ["", f"On the frontier (no other option is both faster and cheaper), fastest first:", ""]
+    lines += [f"* {row['option']}: {row['time_to_train_days']:.1f} days for ${row['cost_usd'] / 1e6:.2f}M;"
+              for _, row in front.iterrows()]
+    if lines[-1].endswith(";"):
+        lines[-1] = lines[-1][:-1] + "."
+    others = [str(o) for o in ok.loc[~ok["pareto"], "option"]]
+    if others:
+        lines += ["", f"The other options ({', '.join(others)}) are each beaten on both time and cost."]
+    return "\n".join(lines)
+
+
+BLOCKS = (Block("search", search_block), Block("no-fit", no_fit_block), Block("procurement", procurement_block))
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- figures:{name} -->", f"<!-- /figures:{name} -->"
+
+
+def current_block(text: str, name: str) -> str:
+    """What README text holds between a block's markers (ValueError when they are missing or repeated)."""
+    start, end = _markers(name)
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"README.md must hold exactly one {start} ... {end} pair")
+    return text[text.index(start) + len(start): text.index(end)].strip("\n")
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """README text with a block's contents replaced by ``body``."""
+    current_block(text, name)  # checks the markers
+    start, end = _markers(name)
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def comparable(text: str) -> str:
+    """Text with the wall-clock figures masked, for comparison."""
+    return WALL_CLOCK.sub(r"\1<t>\2", text)
+
+
+def stale_blocks(text: str, generated: dict[str, str]) -> list[str]:
+    """The names of the blocks whose README text differs from the generated text (wall clock aside)."""
+    return [name for name, body in generated.items() if comparable(current_block(text, name)) != comparable(body)]
+
+
+def generate(names: list[str] | None = None) -> dict[str, str]:
+    return {block.name: block.generate() for block in BLOCKS if names is None or block.name in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scenarios.readme_figures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the blocks of README.md")
+    parser.add_argument("--readme", type=Path, default=README, help="the Markdown file (default: README.md)")
+    parser.add_argument("blocks", nargs="*", help=f"blocks to regenerate (default: all of {[b.name for b in BLOCKS]})")
+    args = parser.parse_args(argv)
+    known = [b.name for b in BLOCKS]
+    for name in args.blocks:
+        if name not in known:
+            parser.error(f"unknown block {name!r}; known blocks: {', '.join(known)}")
+    text = args.readme.read_text(encoding="utf-8")
+    try:
+        generated = generate(args.blocks or None)
+        stale = stale_blocks(text, generated)
+    except ValueError as exc:
+        print(f"{args.readme}: {exc}", file=sys.stderr)
+        return 2
+    if args.write:
+        for name in stale:
+            text = replace_block(text, name, generated[name])
+        args.readme.write_text(text, encoding="utf-8")
+        print(f"{args.readme}: rewrote {', '.join(stale) if stale else 'nothing (every block is current)'}")
+        return 0
+    if stale:
+        print(f"{args.readme}: stale blocks: {', '.join(stale)}; run python -m scenarios.readme_figures --write",
+              file=sys.stderr)
+        return 1
+    print(f"{args.readme}: {len(generated)} blocks match the commands")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
