@@ -125,11 +125,12 @@ def sensitivity_plot(sensitivity: pd.DataFrame, axes_spec: list[SensitivityAxis]
             axis.scatter(x[changed], y[changed], s=45, facecolors="white", edgecolors=color, linewidths=1.6,
                          zorder=3)
             base = float(current[column].iloc[0]) * factor if len(current) else None
-            for xi, yi in zip(x, y):
-                text = f"{yi:,.1f} {unit}" if unit == "d" else f"${yi:,.1f}M"
-                if base:
-                    change = yi / base - 1
-                    text += "\n(current)" if abs(change) < 5e-4 else f"\n{change:+.1%}"
+            for value, xi, yi in zip(ok["value"].astype(float), x, y):
+                text = f"{yi:,.1f} {unit}" if unit == "d" else f"${_significant(yi)}M"
+                if value == spec.current:
+                    text += "\n(current)"
+                elif base:
+                    text += f"\n{yi / base - 1:+.1%}"
                 axis.annotate(text, (xi, yi), textcoords="offset points", xytext=(0, 7), ha="center",
                               fontsize=7, linespacing=1.0)
             if spec.current is not None:
@@ -199,6 +200,11 @@ def _area(a, b) -> float:
     width = min(a.x1, b.x1) - max(a.x0, b.x0)
     height = min(a.y1, b.y1) - max(a.y0, b.y0)
     return width * height if width > 0 and height > 0 else 0.0
+
+
+def _significant(value: float) -> str:
+    """Three significant figures, so $1.25M and $47.6M both show what separates neighbouring points."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:#.3g}"
 
 
 def _thousands(value: float, _position) -> str:

@@ -547,13 +547,14 @@ def accuracy_lines(study: Study) -> list[str]:
 
 
 def _gpu_accuracy(gpu: Any, moe: bool, precision: str) -> str:
+    from hardware.preset_catalog import gpu_preset_names
     from optimizer.calibrate import CALIBRATION_ROWS, PROXY_PRESETS, calibration_row_ids
     from optimizer.validate import DEFAULT_DATASET, validate_row
 
     sources = {key: key for key, _ in CALIBRATION_ROWS}
     sources.update({proxy: key for key, proxies in PROXY_PRESETS.items() for proxy, _ in proxies})
     preset = None
-    for key in sorted(sources):
+    for key in gpu_preset_names():
         try:
             reference = load_cluster(key).gpu
         except InputError:
@@ -563,28 +564,32 @@ def _gpu_accuracy(gpu: Any, moe: bool, precision: str) -> str:
             preset = key
             break
     if preset is None:
-        return (f"* **{gpu.name}**: **not calibrated** (its GEMM efficiency is not a value fitted on published "
-                "runs): treat its times as rough estimates.")
-    source = sources[preset]
-    head = f"* **{gpu.name}**: calibrated" + ("" if source == preset else f" (takes the {source} preset's values)")
+        return (f"* **{gpu.name}**: **not calibrated**, and not a preset GPU with published runs (its GEMM "
+                "efficiency is the study's own): treat its times as rough estimates.")
+    source = sources.get(preset)
+    if source is None:
+        head = (f"* **{gpu.name}**: **not calibrated** (its GEMM efficiency is a microbenchmark figure, not fitted "
+                "on published runs)")
+    else:
+        head = f"* **{gpu.name}**: calibrated" + ("" if source == preset else f" (takes the {source} preset's values)")
+    presets = tuple(dict.fromkeys((preset, source or preset)))
     kind = "MoE" if moe else "dense"
     try:
         runs = read_yaml_mapping(DEFAULT_DATASET).get("runs") or []
         held_out = [r for r in runs if r.get("verified") and r.get("id") not in calibration_row_ids()
-                    and (r.get("cluster") or {}).get("gpu") in (preset, source) and _is_moe(r) == moe]
+                    and (r.get("cluster") or {}).get("gpu") in presets and _is_moe(r) == moe]
         same_precision = [r for r in held_out if _precision_class(r) == precision]
         chosen = same_precision or held_out
         errors = [e for e in (validate_row(r, str(DEFAULT_DATASET)).tflops_error for r in chosen) if e is not None]
     except (InputError, OSError, KeyError, ValueError, TypeError):
         chosen, errors = [], []
     if not errors:
-        return f"{head}; no held-out published {kind} run of it gives an error band."
+        return f"{head}; no published {kind} run of it outside the calibration gives an error band."
     precisions = sorted({_precision_class(r).upper() for r in chosen})
     which = "/".join(precisions) + ("" if same_precision else f" only, none in {precision.upper()} is published")
-    gpus = " and ".join(dict.fromkeys((preset, source)))
     band = f"{errors[0]:+.0%}" if len(errors) == 1 else f"{min(errors):+.0%} to {max(errors):+.0%}"
-    return (f"{head}; {len(errors)} held-out published {kind} run{'s' if len(errors) > 1 else ''} on {gpus} "
-            f"({which}): {band}.")
+    return (f"{head}; {len(errors)} {'held-out ' if source else ''}published {kind} "
+            f"run{'s' if len(errors) > 1 else ''} on {' and '.join(presets)} ({which}): {band}.")
 
 
 def _is_moe(row: dict[str, Any]) -> bool:
