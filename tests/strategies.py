@@ -25,7 +25,7 @@ from optimizer.search import selective_ladder
 
 # ---- models ------------------------------------------------------------------------------------
 
-HEADS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+HEADS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 64, 128)
 HEAD_DIMS = (32, 64, 96, 128)
 
 
@@ -111,7 +111,6 @@ def moe_configs(draw, max_layers: int = 16, mla: bool = False) -> dict:
                    n_shared_experts=draw(st.integers(0, 2)),
                    first_k_dense_replace=draw(st.integers(0, min(3, layers - 1))))
         if mla:
-            cfg.pop("head_dim", None)
             cfg.update(mla_fields(draw, cfg["num_attention_heads"]))
     else:
         pattern = draw(st.lists(st.booleans(), min_size=layers, max_size=layers))
@@ -138,7 +137,7 @@ def dense_mla_configs(draw, max_layers: int = 24) -> dict:
     cfg = draw(dense_configs(max_layers))
     cfg["model_type"] = "deepseek_v3"
     cfg["tie_word_embeddings"] = False
-    for key in ("layer_types", "sliding_window", "max_position_embeddings", "activation_function", "head_dim"):
+    for key in ("layer_types", "sliding_window", "max_position_embeddings", "activation_function"):
         cfg.pop(key, None)
     cfg["hidden_act"] = "silu"
     cfg.update(mla_fields(draw, cfg["num_attention_heads"]))
@@ -168,14 +167,14 @@ models = model_configs().map(to_model)
 
 # ---- training setups ---------------------------------------------------------------------------
 
-GLOBAL_BATCHES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+GLOBAL_BATCHES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 1024, 2048)
 
 
 @st.composite
 def training_overrides(draw, model: ModelSpec | None = None) -> dict:
     precision = draw(st.sampled_from(["bf16", "bf16", "fp8", "fp16"]))
     out = {
-        "seq_length": draw(st.sampled_from([256, 512, 1024, 2048, 4096, 8192])),
+        "seq_length": draw(st.sampled_from([256, 512, 1024, 2048, 4096, 8192, 32768, 131072])),
         "global_batch_size": draw(st.sampled_from(GLOBAL_BATCHES)),
         "precision": precision,
         "optimizer": draw(st.sampled_from(["adam", "adamw", "sgd"])),
@@ -218,10 +217,11 @@ def to_training(overrides: dict, model: ModelSpec) -> TrainingSpec:
 
 # ---- clusters ----------------------------------------------------------------------------------
 
-CLUSTERS = ("h100x8", "h100x16", "h100x32", "h100x64", "h100x24", "a100x8", "a100x16", "h200x16", "h800x16",
-            "b200x16", "b300x8", "mi300xx16", "gb200x4", "gb200x8", "gb200x72", "gb300x72")
+CLUSTERS = ("h100x8", "h100x16", "h100x32", "h100x64", "h100x24", "h100x1024", "a100x8", "a100x16", "h200x16",
+            "h800x16", "b200x16", "b200x256", "b300x8", "mi300xx16", "gb200x4", "gb200x8", "gb200x72", "gb200x144",
+            "gb300x72")
 """Presets of every GPU family at a few node counts: scale-up domains of 8 and 72, node sizes of 4
-and 8, GPU counts with factors 3 (24, 72) as well as powers of two."""
+and 8, GPU counts with factors 3 (24, 72, 144) as well as powers of two up to 1024."""
 
 _CLUSTER_CACHE: dict[str, ClusterSpec] = {}
 
