@@ -23,7 +23,7 @@ ERRORS_SHOWN = 3
 def _error_summary(run, out_dir: Path) -> str:
     """One line: how many scenarios failed, and the first few reasons."""
     errors = run.errors()
-    quoted = "; ".join(f"#{row.scenario_index} {row.model} on {row.cluster}: {_cut(str(row.reason), 160)}"
+    quoted = "; ".join(f"#{row.scenario_index} {row.model} on {row.cluster}: {_cut(str(row.reason), 240)}"
                        for row in errors.head(ERRORS_SHOWN).itertuples())
     more = f"; and {len(errors) - ERRORS_SHOWN} more" if len(errors) > ERRORS_SHOWN else ""
     return (f"plan-search: error: {len(errors)} of {run.scenarios} scenarios failed ({quoted}{more}); their rows "

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
+
+from hardware.errors import InputError
 
 import scenarios.runner as runner
 from scenarios.runner import run_sweep
@@ -133,3 +139,181 @@ def test_process_pool_and_dask_give_the_same_table(sweep, serial_run, tmp_path):
     assert on_dask.backend.startswith("dask ") and on_dask.computed == 8
     pd.testing.assert_frame_equal(on_dask.frame, serial_run.frame)
     assert (tmp_path / "dask" / "results.parquet").read_bytes() == (tmp_path / "pool" / "results.parquet").read_bytes()
+
+
+# --- faults and limits --------------------------------------------------------------------------------
+
+TINY = {"name": "tiny", "axes": {"model": ["llama3-8b"], "cluster": ["h100x8"], "seq_length": [4096, 8192],
+                                 "global_batch_tokens": [1048576]}}
+
+
+def test_error_rows_are_stored_but_searched_again_on_resume(tmp_path, monkeypatch):
+    sweep = sweep_from_mapping(TINY)
+    real = runner.search
+    monkeypatch.setattr(runner, "search", lambda scenario: (_ for _ in ()).throw(RuntimeError("machine fault")))
+    failed = run_sweep(sweep, tmp_path, workers=1, progress=False)
+    assert list(failed.frame["status"]) == ["error", "error"] and len(failed.errors()) == 2
+    assert len(list(PartStore(tmp_path).parts_dir.glob("*.json"))) == 2  # listed in the table...
+    assert PartStore(tmp_path).finished() == set()  # ...but not a finished result
+    monkeypatch.setattr(runner, "search", real)
+    retried = run_sweep(sweep, tmp_path, workers=1, progress=False)
+    assert (retried.computed, retried.reused) == (2, 0)
+    assert set(retried.frame["status"]) == {"ok"} and retried.errors().empty
+
+
+def test_an_unproved_solve_is_an_error_row_never_data(tmp_path, monkeypatch):
+    from optimizer.layout_model import SearchIncomplete
+
+    def stopped(scenario):
+        raise SearchIncomplete("the layout solver stopped before finishing enumerating the layouts")
+
+    monkeypatch.setattr(runner, "search", stopped)
+    frame = run_sweep(sweep_from_mapping(TINY), tmp_path, workers=1, progress=False).frame
+    assert set(frame["status"]) == {"error"} and frame["reason"][0].startswith("SearchIncomplete: ")
+    assert PartStore(tmp_path).finished() == set()
+
+
+def test_ctrl_c_inside_a_search_stores_nothing_for_that_scenario(sweep, serial_run, tmp_path, monkeypatch):
+    real = runner.search
+    seen = []
+
+    def interrupted_third(scenario):
+        seen.append(scenario)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(scenario)
+
+    monkeypatch.setattr(runner, "search", interrupted_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, tmp_path, workers=1, progress=False)
+    tasks = expand(sweep)
+    store = PartStore(tmp_path)
+    assert store.finished() == {tasks[0].inputs_hash, tasks[1].inputs_hash}
+    assert not store.path(tasks[2].inputs_hash).exists() and not list(store.parts_dir.glob(".*"))
+    monkeypatch.setattr(runner, "search", real)
+    pd.testing.assert_frame_equal(run_sweep(sweep, tmp_path, workers=1, progress=False).frame, serial_run.frame)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_scenario_past_its_time_limit_is_an_error_row(tmp_path, monkeypatch, workers):
+    def stuck(scenario):  # a pure-Python loop, like _divisors(n, n) on an absurd size
+        while True:
+            pass
+
+    monkeypatch.setattr(runner, "search", stuck)  # the pool's workers are forked after this
+    run = run_sweep(sweep_from_mapping(TINY), tmp_path, workers=workers, progress=False, scenario_timeout_s=0.3)
+    assert list(run.frame["status"]) == ["error", "error"]
+    assert set(run.frame["reason"]) == {"timed out after 0.3 s (--scenario-timeout-s)"}
+    assert PartStore(tmp_path).finished() == set()  # retried on resume, like any error
+
+
+def test_the_time_limit_is_withdrawn_when_the_search_ends(monkeypatch):
+    import time
+
+    with runner._time_limit(0.05):
+        pass
+    time.sleep(0.15)  # a timer that was not cancelled would raise ScenarioTimeout here
+    with pytest.raises(runner.ScenarioTimeout):
+        with runner._time_limit(0.05):
+            while True:
+                pass
+
+
+@pytest.mark.parametrize("damage", ["", '{"params": {}, "rows": [{"status": "ok"', '{"rows": []}', "[1, 2]",
+                                    '{"params": {}, "rows": [{"tp": 1}]}'])
+def test_a_damaged_part_is_recomputed_with_a_warning(sweep, serial_run, tmp_path, damage):
+    shutil.copytree(serial_run.paths[0].parent / "parts", tmp_path / "parts")
+    victim = expand(sweep)[3]
+    PartStore(tmp_path).path(victim.inputs_hash).write_text(damage)
+    with pytest.warns(UserWarning, match=f"{victim.inputs_hash}.json: .*searched again"):
+        resumed = run_sweep(sweep, tmp_path, workers=1, progress=False)
+    assert (resumed.computed, resumed.reused) == (1, 7)
+    pd.testing.assert_frame_equal(resumed.frame, serial_run.frame)
+
+
+def test_stale_temporary_files_are_removed_when_a_run_starts(tmp_path):
+    store = PartStore(tmp_path)
+    dead_pid = 2**22 + 7  # above Linux's largest pid_max: no such process
+    stale = [store.parts_dir / f".{'0' * 16}.{dead_pid}.1a2b.tmp", store.parts_dir / f".{'1' * 16}.x8_kq2ab.tmp",
+             tmp_path / f".results.parquet.{dead_pid}.tmp", tmp_path / f".results.csv.{dead_pid}.tmp"]
+    for path in stale:
+        path.write_text("half a file")
+    run_sweep(sweep_from_mapping(TINY), tmp_path, workers=1, progress=False)
+    assert not [p for p in stale if p.exists()] and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_parts_and_tables_are_fsynced_before_and_after_the_rename(sweep, tmp_path, monkeypatch):
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", Path(b).name)) or real_replace(a, b))
+    run_sweep(sweep_from_mapping(TINY), tmp_path, workers=1, progress=False)
+    renames = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert [events[i][1] for i in renames][-1] == "results.parquet" and len(renames) == 3
+    for i in renames:  # the file's data before its name, the directory's entry after it
+        assert events[i - 1] == ("fsync", False) and events[i + 1] == ("fsync", True)
+
+
+def test_too_many_scenarios_are_refused_before_any_is_built(tmp_path, monkeypatch):
+    huge = sweep_from_mapping({"name": "huge", "axes": {
+        "model": ["llama3-8b"], "cluster": ["h100x8"], "seq_length": list(range(1024, 1024 + 1000)),
+        "train_tokens": [float(10**i) for i in range(9, 14)],
+        "overrides": {"topology.nic_gbps": list(range(100, 140)), "economics.price_per_gpu_hour_usd": [1.0, 2.0]}}},
+        source="huge.yaml")
+    monkeypatch.setattr(runner, "expand", lambda sweep: pytest.fail("expanded before counting"))
+    with pytest.raises(InputError) as info:
+        run_sweep(huge, tmp_path, workers=1, progress=False)
+    assert str(info.value) == ("huge.yaml: axes: expands to 400,000 scenarios (1 x 1 x 1000 x 5 x 40 x 2), more than "
+                               "the limit of 100,000; drop axis values, or allow them with --max-scenarios 400000")
+    with pytest.raises(InputError, match="--max-scenarios: must be a positive whole number"):
+        run_sweep(huge, tmp_path, max_scenarios=0, progress=False)
+
+
+def test_optional_packages_are_checked_before_any_search(sweep, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_task", lambda *args: pytest.fail("searched before checking pyarrow"))
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    with pytest.raises(InputError) as info:
+        run_sweep(sweep, tmp_path, workers=1, progress=False)
+    assert str(info.value) == ("command line: sweep: needs pyarrow for writing results.parquet, but it is not "
+                               "installed; pip install 'plan-search[sweep]'")
+    monkeypatch.delitem(sys.modules, "pyarrow")
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(InputError, match="--dask-scheduler: needs distributed .* pip install 'plan-search"):
+        run_sweep(sweep, tmp_path, dask_scheduler="tcp://127.0.0.1:1", progress=False)
+
+
+def test_each_process_tunes_its_allocator_once_dask_workers_included(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "_keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(runner, "_TUNED_PID", None)
+    task = expand(sweep_from_mapping({"axes": {"model": ["llama3-8b"], "cluster": ["h100x8"], "seq_length": [3000],
+                                               "global_batch_tokens": [1048576]}}))[0]  # an error task: no search
+    runner.run_task(task)
+    runner.run_task(task)
+    assert calls == [1]
+
+
+def test_a_dask_scheduler_lost_mid_sweep_is_one_line_and_keeps_finished_parts(sweep, tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    real = runner._record
+    recorded = []
+
+    def record_then_lose_the_scheduler(store, task, rows):
+        real(store, task, rows)
+        recorded.append(task.inputs_hash)
+        if len(recorded) == 2:
+            cluster.close()
+
+    monkeypatch.setattr(runner, "_record", record_then_lose_the_scheduler)
+    try:
+        with pytest.raises(runner.SweepFault) as info:
+            run_sweep(sweep, tmp_path, dask_scheduler=cluster.scheduler_address, progress=False)
+    finally:
+        cluster.close()
+    assert str(info.value).startswith(f"the Dask scheduler at {cluster.scheduler_address} failed mid-sweep (")
+    assert "\n" not in str(info.value) and "rerun to resume" in str(info.value)
+    assert set(recorded) <= PartStore(tmp_path).finished() and len(recorded) >= 2

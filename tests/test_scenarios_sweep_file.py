@@ -120,3 +120,115 @@ def test_bundled_examples_load():
     nightly = load_sweep(EXAMPLES / "nightly.yaml")
     assert nightly.num_scenarios == 5 * 3 * 2 * 2 == 60
     assert len({t.scenario_id for t in expand(nightly)}) == 60
+
+
+AXES = {"model": ["llama3-8b", "mixtral-8x7b"], "cluster": ["h100x8"]}
+
+
+@pytest.mark.parametrize("search, field, message", [
+    ({"micro_batch_sizes": 4}, "search.micro_batch_sizes",
+     "must be a list of whole numbers, got 4; write a list, e.g. micro_batch_sizes: [4]"),
+    ({"micro_batch_sizes": [1, "2"]}, "search.micro_batch_sizes",
+     "must be a list of whole numbers, got '2' in [1, '2']; e.g. micro_batch_sizes: [1, 2, 4, 8] (the default)"),
+    ({"zero_stages": [1, True]}, "search.zero_stages", "must be a list of whole numbers, got True in [1, True]"),
+    ({"recompute_modes": []}, "search.recompute_modes", "is empty: nothing would be searched"),
+    ({"recompute_modes": ["none", "half"]}, "search.recompute_modes", "must be drawn from none, selective, full"),
+    ({"sequence_parallel": "yes"}, "search.sequence_parallel", "must be a list of true/false values, got 'yes'"),
+    ({"memory_headroom": "5%"}, "search.memory_headroom", "must be a number, got '5%'"),
+    ({"memory_headroom": 1.5}, "search.memory_headroom", "memory_headroom must be in [0, 1), got 1.5"),
+    ({"allow_offload": "no"}, "search.allow_offload", "must be true or false, got 'no'"),
+    ({"max_tp": 2.5}, "search.max_tp", "must be a whole number, got 2.5"),
+    ({"expert_tp": "all"}, "search.expert_tp", "must be one of 1, tp, both, got 'all'"),
+])
+def test_malformed_search_options_name_the_field_and_the_fix(search, field, message):
+    with pytest.raises(InputError) as info:
+        sweep_from_mapping({"search": search, "axes": AXES}, source="s.yaml")
+    assert info.value.field == field and message in str(info.value) and "\n" not in str(info.value)
+    assert "not iterable" not in str(info.value) and "not supported" not in str(info.value)
+
+
+def test_search_options_of_the_right_types_are_taken():
+    sweep = sweep_from_mapping({"search": {"micro_batch_sizes": [1, 2], "expert_tp": 1, "memory_headroom": 0,
+                                           "sequence_parallel": [True]}, "axes": AXES})
+    assert sweep.options.micro_batch_sizes == (1, 2) and sweep.options.expert_tp == "1"
+    assert sweep.options.memory_headroom == 0 and sweep.options.sequence_parallel == (True,)
+
+
+@pytest.mark.parametrize("training, field, words", [
+    ({"precision": "fp7"}, "training.precision", "precision must be one of"),
+    ({"dropout": "yes"}, "training.dropout", "dropout must be true or false"),
+    ({"moe_rank_capacity_factor": 2.0}, "training.moe_rank_capacity_factor", "needs moe_token_dispatcher: hybridep"),
+    ({"cuda_graph_scope": ["moe"]}, "training.cuda_graph_scope", "(with model mixtral-8x7b)"),
+    ({"global_batch_tokens": 1000}, "training.global_batch_tokens", "is not a positive multiple of seq_length"),
+])
+def test_a_fixed_training_section_no_scenario_can_take_is_a_file_error(training, field, words):
+    with pytest.raises(InputError) as info:
+        sweep_from_mapping({"training": training, "axes": AXES}, source="s.yaml")
+    assert info.value.field == field and words in str(info.value)
+    assert str(info.value).startswith(f"s.yaml: {field}: ")
+
+
+def test_a_fixed_setting_that_only_some_axis_values_reject_stays_a_row():
+    # 3,000,000 tokens are whole sequences of 3000 but not of 4096: the 4096 combination is an error row
+    sweep = sweep_from_mapping({"training": {"global_batch_tokens": 3_000_000},
+                                "axes": {"model": ["llama3-8b"], "cluster": ["h100x8"], "seq_length": [3000, 4096]}})
+    good, bad = expand(sweep)
+    assert good.error is None and bad.scenario is None and "not a positive multiple of seq_length 4096" in bad.error
+
+
+def _cli(argv, capsys):
+    saved = sys.argv
+    sys.argv = ["plan-search", *argv]
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+def test_cli_refuses_a_bad_fixed_training_section_before_any_search(tmp_path, capsys, monkeypatch):
+    import scenarios.runner as runner
+
+    monkeypatch.setattr(runner, "run_task", lambda *args: pytest.fail("searched"))
+    path = tmp_path / "bad.yaml"
+    path.write_text("training: {precision: fp7}\naxes: {model: [llama3-8b], cluster: [h100x8]}\n")
+    code, out, err = _cli(["sweep", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == (f"plan-search: error: {path}: training.precision: precision must be one of bf16, fp16, "
+                           "fp8, got 'fp7'; fix the training setting")
+
+
+def test_cli_refuses_more_scenarios_than_the_limit_naming_the_flag(tmp_path, capsys):
+    path = tmp_path / "big.yaml"
+    path.write_text("axes: {model: [llama3-8b], cluster: [h100x8], seq_length: [1024, 2048, 4096]}\n")
+    code, _, err = _cli(["sweep", str(path), "--out", str(tmp_path / "out"), "--max-scenarios", "2"], capsys)
+    assert code == 2 and err.strip() == (f"plan-search: error: {path}: axes: expands to 3 scenarios (1 x 1 x 3), "
+                                         "more than the limit of 2; drop axis values, or allow them with "
+                                         "--max-scenarios 3")
+
+
+def test_cli_exits_1_with_a_summary_when_scenarios_fail_unless_allowed(tmp_path, capsys):
+    path = tmp_path / "errors.yaml"
+    path.write_text("axes: {model: [llama3-8b], cluster: [h100x8], seq_length: [3000, 4096], "
+                    "global_batch_tokens: [1048576]}\n")
+    out_dir = tmp_path / "out"
+    code, out, err = _cli(["sweep", str(path), "--out", str(out_dir), "--workers", "1", "--no-progress"], capsys)
+    assert code == 1 and "2 scenarios (1 ok, 0 no_fit, 1 error)" in out and (out_dir / "results.parquet").exists()
+    assert err.splitlines()[0].startswith("sweep errors: 2 scenarios, 2 to search on serial; expected about")
+    assert err.splitlines()[-1].startswith(
+        "plan-search: error: 1 of 2 scenarios failed (#0 llama3-8b on h100x8: ") and "seq_length 3000" in err
+    assert "--allow-errors exits 0 anyway" in err
+    code, out, err = _cli(["sweep", str(path), "--out", str(out_dir), "--workers", "1", "--no-progress",
+                           "--allow-errors"], capsys)
+    assert code == 0 and "1 searched on serial, 1 reused" in out  # the error row was searched again
+
+
+def test_cli_bad_timeout_and_workers_are_one_line_errors(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("axes: {model: [llama3-8b], cluster: [h100x8]}\n")
+    code, _, err = _cli(["sweep", str(path), "--out", str(tmp_path / "o"), "--scenario-timeout-s", "-1"], capsys)
+    assert code == 2 and err.startswith("plan-search: error: command line: --scenario-timeout-s: must be a number")
+    code, _, err = _cli(["sweep", str(path), "--out", str(tmp_path / "o"), "--workers", "0"], capsys)
+    assert code == 2 and err.startswith("plan-search: error: command line: --workers: must be at least 1")
