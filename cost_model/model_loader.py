@@ -16,22 +16,31 @@ an optional ``training:`` section::
 
 A ``config.json`` straight from a checkpoint is read the same way (it has no ``training:`` section).
 HF semantics are kept: a missing ``num_key_value_heads`` means one KV head per query head, a missing
-``tie_word_embeddings`` means tied (``PretrainedConfig``'s default).
+``tie_word_embeddings`` means tied (``PretrainedConfig``'s default). A field that is given is held to
+what it says: ``num_key_value_heads: 0`` or ``head_dim: 0`` is an error, not "absent"; switches such as
+``tie_word_embeddings`` must be ``true`` or ``false`` (the string ``"false"`` is refused, not read as
+true); every count and width is a whole number within the bounds of :mod:`hardware.bounds`; and the
+shape obeys the architecture's divisibility rules (Megatron-LM's ``validate_args``): without
+``head_dim``, ``hidden_size`` must divide evenly into ``num_attention_heads`` heads, and the query
+heads into ``num_key_value_heads`` groups.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hardware.bounds import BOUNDS, MAX_MODEL_PARAMETERS, OutOfBounds, check_number, fmt, shown
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
-from hardware.yaml_input import checked_path, load_yaml_text, names_existing_file
+from hardware.yaml_input import load_yaml_text, names_existing_file
 
 from .host import graph_scope_conflict
 from .model_spec import ModelSpec
+from .params import ParameterCounts
 from .training_spec import TRAINING_FIELDS, TrainingSpec
 
 # model_type values whose MLP is gated (three matrices) whatever hidden_act says (Gemma's GeGLU).
@@ -79,18 +88,28 @@ def list_model_presets() -> list[str]:
 def model_preset_config(name: str) -> dict[str, Any]:
     table = _preset_table()
     if name not in table:
-        raise InputError("model", "preset", f"unknown model preset '{name}'{did_you_mean(name, table)}",
+        raise InputError("model", "preset", f"unknown model preset {name!r}{did_you_mean(name, table)}",
                          f"use one of: {', '.join(sorted(table))}, or a model.yaml/config.json path")
     return dict(table[name])
 
 
+_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def load_model(source: str | Path) -> ModelInput:
-    """Load a model from a file path or a preset name."""
-    path = Path(source)
-    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
-        config = read_yaml_mapping(path)  # JSON is YAML
-        return model_input_from_mapping(config, source=str(path), default_name=path.stem)
-    return model_input_from_mapping({"preset": str(source)}, source="model", default_name=str(source))
+    """Load a model from a file path or a preset name.
+
+    A name with a file suffix, or naming an existing file, is read as a file; anything else is a preset
+    name. An empty name is refused here, since ``Path('')`` is the current directory."""
+    text = str(source)
+    if not isinstance(source, Path) and not text.strip():
+        raise InputError("model", "", "the model name is empty",
+                         "give a preset name (plan-search models lists them) or a model.yaml / config.json path")
+    if isinstance(source, Path) or text.lower().endswith(_FILE_SUFFIXES) or names_existing_file(text):
+        path = Path(source)
+        config = read_yaml_mapping(path)
+        return model_input_from_mapping(config, source=text, default_name=path.stem)
+    return model_input_from_mapping({"preset": text}, source="model", default_name=text)
 
 
 def model_input_from_mapping(config: dict[str, Any], source: str = "model",
@@ -116,31 +135,45 @@ def model_input_from_mapping(config: dict[str, Any], source: str = "model",
 
 
 def training_overrides(training: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check the names in a ``training:`` section; turn ``global_batch_tokens`` into sequences later."""
+    """Check the names in a ``training:`` section; turn ``global_batch_tokens`` into sequences later.
+
+    ``global_batch_size`` and ``global_batch_tokens`` say the same thing two ways: a section giving both
+    is refused rather than one silently winning."""
     allowed = set(TRAINING_FIELDS) | {"global_batch_tokens"}
     for key in training:
         if key not in allowed:
-            raise InputError(source, f"training.{key}", f"unknown training setting{did_you_mean(key, allowed)}",
+            raise InputError(source, f"training.{key}", f"unknown training setting{did_you_mean(str(key), allowed)}",
                              f"known settings: {', '.join(sorted(allowed))}")
+    if "global_batch_size" in training and "global_batch_tokens" in training:
+        raise InputError(source, "training.global_batch_tokens", "is given together with global_batch_size, and "
+                         "both set the batch", "keep one: global_batch_size (sequences) or global_batch_tokens (tokens)")
     return dict(training)
 
 
 def build_training(overrides: dict[str, Any], source: str = "training", model: ModelSpec | None = None) -> TrainingSpec:
     """Make a :class:`TrainingSpec` from defaults plus overrides, resolving ``global_batch_tokens``;
-    given the ``model``, also check the settings that depend on it (CUDA graphs of MoE layers)."""
+    given the ``model``, also check the settings that depend on it (CUDA graphs of MoE layers).
+
+    When a merge of several layers (model file, sweep, command line) leaves both batch settings, the
+    sequences win; a single section giving both is refused earlier, by :func:`training_overrides`."""
     values = {key: _coerce_number(key, value, source) for key, value in overrides.items()}
     tokens = values.pop("global_batch_tokens", None)
     try:
         base = TrainingSpec(**{k: v for k, v in values.items() if k != "global_batch_size"},
                             global_batch_size=values.get("global_batch_size", TrainingSpec.global_batch_size))
+        if tokens is not None and "global_batch_size" not in values:
+            tokens = check_number("global_batch_tokens", tokens, integer=True, minimum=1)
+            if tokens % base.seq_length:
+                raise InputError(source, "training.global_batch_tokens",
+                                 f"{fmt(tokens)} is not a positive multiple of seq_length {base.seq_length}",
+                                 "give a token count that is a whole number of sequences, or global_batch_size")
+            base = base.with_changes(global_batch_size=tokens // base.seq_length)
+    except OutOfBounds as exc:
+        raise InputError(source, f"training.{exc.field}", str(exc), exc.fix) from None
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(source, _field_of(str(exc), "training"), str(exc), "fix the training setting") from None
-    if tokens is not None and "global_batch_size" not in values:
-        if not isinstance(tokens, (int, float)) or tokens <= 0 or tokens % base.seq_length:
-            raise InputError(source, "training.global_batch_tokens",
-                             f"{tokens} is not a positive multiple of seq_length {base.seq_length}",
-                             "give a token count that is a whole number of sequences, or global_batch_size")
-        base = base.with_changes(global_batch_size=int(tokens) // base.seq_length)
     conflict = graph_scope_conflict(model, base) if model is not None else None
     if conflict:
         raise InputError(source, "training.cuda_graph_scope", conflict,
@@ -154,18 +187,20 @@ _FLOAT_SETTINGS = {"train_tokens", "moe_capacity_factor", "moe_rank_capacity_fac
 
 
 def _coerce_number(key: str, value: Any, source: str) -> Any:
-    """YAML 1.1 reads ``1.0e12`` (no sign in the exponent) as a string: accept it as the number it is."""
-    if key not in _INT_SETTINGS | _FLOAT_SETTINGS or not isinstance(value, str):
+    """YAML 1.1 reads ``1.0e12`` (no sign in the exponent) as a string: accept it as the number it is.
+    A whole float (``4.194304e+6``) is the whole number it spells for the settings that count things.
+    Everything else is left for :class:`TrainingSpec` to check (booleans, infinities, bounds)."""
+    if key not in _INT_SETTINGS | _FLOAT_SETTINGS:
         return value
-    try:
-        number = float(value.replace("_", ""))
-    except ValueError:
-        raise InputError(source, f"training.{key}", f"must be a number, got {value!r}", "write e.g. 15.0e+12") from None
-    if key in _INT_SETTINGS:
-        if number != int(number):
-            raise InputError(source, f"training.{key}", f"must be a whole number, got {value!r}", "fix the value")
-        return int(number)
-    return number
+    if isinstance(value, str):
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            raise InputError(source, f"training.{key}", f"must be a number, got {value!r}",
+                             "write e.g. 15.0e+12") from None
+    if key in _INT_SETTINGS and isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value
 
 
 def _field_of(message: str, prefix: str) -> str:
@@ -179,19 +214,80 @@ def _field_of(message: str, prefix: str) -> str:
     return prefix
 
 
-def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
-    return config.get(key, default)
+def _whole(config: dict[str, Any], key: str, source: str, *, minimum: int = 0, required: bool = False) -> int | None:
+    """The whole number ``config[key]``, at least ``minimum`` and within its bound; None when absent.
 
-
-def _as_int(config: dict[str, Any], key: str, source: str, default: Any = None, required: bool = False) -> int:
-    value = config.get(key, default)
+    Absent means not in the file or ``null`` (Hugging Face writes ``"q_lora_rank": null``). A value
+    that is given is held to what it says: ``0`` where at least 1 is needed is an error, never "absent".
+    """
+    value = config.get(key)
     if value is None:
         if required:
             raise InputError(source, key, "is missing", f"add '{key}: <integer>' (Hugging Face config.json name)")
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise InputError(source, key, f"must be a whole number, got {value!r}", "fix the value")
-    return int(value)
+        return None
+    try:
+        return int(check_number(key, value, integer=True, minimum=minimum))
+    except OutOfBounds as exc:
+        fix = exc.fix if exc.fix != "fix the value" else (
+            f"give at least {minimum}, or leave {key} out" if not required else f"give at least {minimum}")
+        raise InputError(source, key, exc.problem, fix) from None
+
+
+def _flag(config: dict[str, Any], key: str, default: bool, source: str) -> bool:
+    """A switch: YAML/JSON true or false only (``bool("false")`` is True, so strings are refused);
+    absent or null takes the default."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InputError(source, key, f"must be true or false, got {shown(value)}",
+                         f"write {key}: true or {key}: false, without quotes")
+    return value
+
+
+def _layer_indices(config: dict[str, Any], key: str, layers: int, source: str) -> set[int]:
+    """A list of layer indices (``mlp_only_layers``), each in 0..layers-1."""
+    value = config.get(key)
+    if value is None:
+        return set()
+    if not isinstance(value, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in value):
+        raise InputError(source, key, f"must be a list of layer indices, got {shown(value)}",
+                         f"write e.g. {key}: [0, 1] (layers count from 0)")
+    outside = sorted(i for i in value if not 0 <= i < layers)
+    if outside:
+        raise InputError(source, key, f"names layer {outside[0]}, but the model's layers are 0..{layers - 1}",
+                         "list only layers that exist (they count from 0)")
+    return set(value)
+
+
+def _head_dim(cfg: dict[str, Any], hidden: int, heads: int, source: str) -> int:
+    """``head_dim`` as given, or hidden_size / num_attention_heads when it divides evenly.
+
+    Megatron-LM derives kv_channels the same way and refuses a hidden size that the heads do not
+    divide (``validate_args``: hidden_size % num_attention_heads == 0 unless kv_channels is given);
+    rounding down would price a narrower attention than the file describes."""
+    given = _whole(cfg, "head_dim", source, minimum=1)
+    if given is not None:
+        return given
+    if hidden % heads:
+        raise InputError(source, "num_attention_heads",
+                         f"{heads} heads do not divide hidden_size {hidden} (head_dim would be {hidden / heads:.2f}) "
+                         "and the file gives no head_dim",
+                         f"set head_dim explicitly, or use a head count that divides {hidden}")
+    return hidden // heads
+
+
+def _kv_heads(cfg: dict[str, Any], heads: int, source: str) -> int:
+    """``num_key_value_heads`` (absent: one per query head, HF's default), dividing the query heads:
+    grouped-query attention shares each KV head among an equal group of query heads."""
+    kv_heads = _whole(cfg, "num_key_value_heads", source, minimum=1)
+    if kv_heads is None:
+        return heads
+    if heads % kv_heads:
+        raise InputError(source, "num_key_value_heads",
+                         f"{kv_heads} KV heads do not divide num_attention_heads {heads} into equal groups",
+                         f"use a divisor of {heads} (1 = multi-query, {heads} = multi-head)")
+    return kv_heads
 
 
 def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "model") -> ModelSpec:
@@ -202,26 +298,22 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
             cfg[new] = cfg.pop(old)
     model_type = str(cfg.get("model_type", "")).lower()
 
-    layers = _as_int(cfg, "num_hidden_layers", source, required=True)
-    hidden = _as_int(cfg, "hidden_size", source, required=True)
-    heads = _as_int(cfg, "num_attention_heads", source, required=True)
-    if heads <= 0 or hidden <= 0 or layers <= 0:
-        raise InputError(source, "num_hidden_layers/hidden_size/num_attention_heads", "must be positive",
-                         "fix the value")
-    kv_heads = _as_int(cfg, "num_key_value_heads", source, default=None) or heads
-    head_dim = _as_int(cfg, "head_dim", source, default=None) or hidden // heads
-    vocab = _as_int(cfg, "vocab_size", source, required=True)
+    layers = _whole(cfg, "num_hidden_layers", source, minimum=1, required=True)
+    hidden = _whole(cfg, "hidden_size", source, minimum=1, required=True)
+    heads = _whole(cfg, "num_attention_heads", source, minimum=1, required=True)
+    kv_heads = _kv_heads(cfg, heads, source)
+    head_dim = _head_dim(cfg, hidden, heads, source)
+    vocab = _whole(cfg, "vocab_size", source, minimum=1, required=True)
 
     hidden_act = str(cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))).lower()
-    if "gated_mlp" in cfg:
-        gated = bool(cfg["gated_mlp"])
-    elif model_type in _GATED_MODEL_TYPES:
-        gated = True
+    if model_type in _GATED_MODEL_TYPES:
+        gated_default = True
     elif model_type in _PLAIN_MODEL_TYPES:
-        gated = False
+        gated_default = False
     else:
-        gated = hidden_act in ("silu", "swiglu", "swish", "geglu")
-    intermediate = _as_int(cfg, "intermediate_size", source, default=None)
+        gated_default = hidden_act in ("silu", "swiglu", "swish", "geglu")
+    gated = _flag(cfg, "gated_mlp", gated_default, source)
+    intermediate = _whole(cfg, "intermediate_size", source) or 0
     if not intermediate and model_type in _PLAIN_MODEL_TYPES:
         intermediate = 4 * hidden  # GPT-2's n_inner default
 
@@ -240,24 +332,25 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
     if position not in ("rope", "learned", "alibi"):
         raise InputError(source, "position_embedding_type", f"must be rope, learned or alibi, got {position!r}",
                          "fix the value")
-    linear_bias = bool(cfg.get("add_bias_linear", model_type in _BIAS_TYPES))
-    qkv_bias = bool(cfg.get("add_qkv_bias", cfg.get("attention_bias", linear_bias or model_type in _QKV_BIAS_TYPES)))
+    linear_bias = _flag(cfg, "add_bias_linear", model_type in _BIAS_TYPES, source)
+    qkv_default = _flag(cfg, "attention_bias", linear_bias or model_type in _QKV_BIAS_TYPES, source)
+    qkv_bias = _flag(cfg, "add_qkv_bias", qkv_default, source)
 
     # --- mixture of experts ---
-    experts = (_as_int(cfg, "num_local_experts", source) or _as_int(cfg, "n_routed_experts", source)
-               or _as_int(cfg, "num_experts", source))
-    top_k = _as_int(cfg, "num_experts_per_tok", source)
-    moe_ffn = _as_int(cfg, "moe_intermediate_size", source) or (intermediate if experts else 0)
-    shared_ffn = _as_int(cfg, "shared_expert_intermediate_size", source)
-    if not shared_ffn and cfg.get("n_shared_experts"):
-        shared_ffn = _as_int(cfg, "n_shared_experts", source) * moe_ffn
+    experts = (_whole(cfg, "num_local_experts", source) or _whole(cfg, "n_routed_experts", source)
+               or _whole(cfg, "num_experts", source) or 0)
+    top_k = _whole(cfg, "num_experts_per_tok", source) or 0
+    moe_ffn = _whole(cfg, "moe_intermediate_size", source) or (intermediate if experts else 0)
+    shared_ffn = _whole(cfg, "shared_expert_intermediate_size", source) or 0
+    if not shared_ffn:
+        shared_ffn = (_whole(cfg, "n_shared_experts", source) or 0) * moe_ffn
     moe_layers: tuple[bool, ...] = ()
     router_extra = 0
     if experts:
-        first_dense = _as_int(cfg, "first_k_dense_replace", source)
-        freq = _as_int(cfg, "moe_layer_freq", source, default=1) or 1
-        step = _as_int(cfg, "decoder_sparse_step", source, default=1) or 1
-        mlp_only = set(cfg.get("mlp_only_layers") or [])
+        first_dense = _whole(cfg, "first_k_dense_replace", source) or 0
+        freq = _whole(cfg, "moe_layer_freq", source, minimum=1) or 1
+        step = _whole(cfg, "decoder_sparse_step", source, minimum=1) or 1
+        mlp_only = _layer_indices(cfg, "mlp_only_layers", layers, source)
         moe_layers = tuple(i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in mlp_only
                            for i in range(layers))
         if model_type in ("mixtral", "gpt_oss"):  # their intermediate_size is the expert's
@@ -269,34 +362,61 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
         if model_type == "qwen2_moe" and shared_ffn:
             router_extra = hidden  # shared_expert_gate: h -> 1
     if experts and not top_k:
-        raise InputError(source, "num_experts_per_tok", "is missing for a mixture-of-experts model",
-                         "add 'num_experts_per_tok: <top-k>'")
+        raise InputError(source, "num_experts_per_tok", "is missing (or 0) for a mixture-of-experts model",
+                         "add 'num_experts_per_tok: <top-k>', at least 1")
 
     window, sliding_layers = _sliding_window(cfg, model_type, layers, source)
+    max_positions = _whole(cfg, "max_position_embeddings", source) if position == "learned" else (
+        _whole_unbounded(cfg, "max_position_embeddings", source))
 
     extra = {k: v for k, v in cfg.items() if k not in _EXTENSION_FIELDS}
     if router_extra:
         extra["router_extra_params"] = router_extra
     try:
-        return ModelSpec(
+        spec = ModelSpec(
             name=str(name), num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
             num_kv_heads=kv_heads, head_dim=head_dim, ffn_hidden_size=intermediate or 0, vocab_size=vocab,
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), gated_mlp=gated, norm_type=norm,
+            tie_embeddings=_flag(cfg, "tie_word_embeddings", True, source), gated_mlp=gated, norm_type=norm,
             qkv_bias=qkv_bias, linear_bias=linear_bias, position_embedding_type=position,
-            qk_norm=bool(cfg.get("qk_norm", model_type in _QK_NORM_TYPES)),
-            attention_sinks=bool(cfg.get("attention_sinks", model_type == "gpt_oss")),
+            qk_norm=_flag(cfg, "qk_norm", model_type in _QK_NORM_TYPES, source),
+            attention_sinks=_flag(cfg, "attention_sinks", model_type == "gpt_oss", source),
             sliding_window=window, sliding_window_layers=sliding_layers,
-            max_position_embeddings=_as_int(cfg, "max_position_embeddings", source),
+            max_position_embeddings=max_positions or 0,
             num_experts=experts, experts_per_token=top_k if experts else 0, moe_ffn_hidden_size=moe_ffn if experts else 0,
             shared_expert_ffn_hidden_size=shared_ffn if experts else 0, moe_layers=moe_layers,
-            q_lora_rank=_as_int(cfg, "q_lora_rank", source), kv_lora_rank=_as_int(cfg, "kv_lora_rank", source),
-            qk_nope_head_dim=_as_int(cfg, "qk_nope_head_dim", source),
-            qk_rope_head_dim=_as_int(cfg, "qk_rope_head_dim", source),
-            v_head_dim=_as_int(cfg, "v_head_dim", source),
-            mtp_layers=_as_int(cfg, "num_nextn_predict_layers", source), extra=extra,
+            q_lora_rank=_whole(cfg, "q_lora_rank", source) or 0, kv_lora_rank=_whole(cfg, "kv_lora_rank", source) or 0,
+            qk_nope_head_dim=_whole(cfg, "qk_nope_head_dim", source) or 0,
+            qk_rope_head_dim=_whole(cfg, "qk_rope_head_dim", source) or 0,
+            v_head_dim=_whole(cfg, "v_head_dim", source) or 0,
+            mtp_layers=_whole(cfg, "num_nextn_predict_layers", source) or 0, extra=extra,
         )
+    except OutOfBounds as exc:
+        raise InputError(source, exc.field, exc.problem, exc.fix) from None
     except ValueError as exc:
         raise InputError(source, _field_of(str(exc), ""), str(exc), "fix the model fields") from None
+    _check_size(spec, source)
+    return spec
+
+
+def _whole_unbounded(cfg: dict[str, Any], key: str, source: str) -> int | None:
+    """A whole number that the model does not use (max_position_embeddings under RoPE): checked to be
+    a finite whole number, not bounded (some configs write 2^31-1 to mean "no limit")."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise InputError(source, key, f"must be a whole number, got {shown(value)}", "fix the value or leave it out")
+    return int(value)
+
+
+def _check_size(spec: ModelSpec, source: str) -> None:
+    """Refuse a model past MAX_MODEL_PARAMETERS: each width may be within its bound while their product
+    is not, and memory in bytes must stay inside 64-bit integers."""
+    total = ParameterCounts(spec).total
+    if total > MAX_MODEL_PARAMETERS:
+        raise InputError(source, "", f"describes {total:.3g} parameters, past the bound of {MAX_MODEL_PARAMETERS:.0e} "
+                         "that plan-search accepts (the largest models have ~2x10^12)",
+                         "check num_hidden_layers, hidden_size, intermediate_size and the expert counts")
 
 
 def _sliding_window(cfg: dict[str, Any], model_type: str, layers: int, source: str) -> tuple[int, tuple[bool, ...]]:
@@ -306,7 +426,7 @@ def _sliding_window(cfg: dict[str, Any], model_type: str, layers: int, source: s
     ``sliding_window`` to every layer; Qwen2 applies it from layer ``max_window_layers`` on when
     ``use_sliding_window`` is true.
     """
-    window = _as_int(cfg, "sliding_window", source, default=None) or 0
+    window = _whole(cfg, "sliding_window", source) or 0
     if not window:
         return 0, ()
     types = cfg.get("layer_types")
@@ -317,8 +437,8 @@ def _sliding_window(cfg: dict[str, Any], model_type: str, layers: int, source: s
         sliding = tuple(str(kind) == "sliding_attention" for kind in types)
     elif model_type in _ALL_LAYERS_SLIDING_TYPES:
         sliding = (True,) * layers
-    elif cfg.get("use_sliding_window"):
-        first = _as_int(cfg, "max_window_layers", source, default=0) or 0
+    elif _flag(cfg, "use_sliding_window", False, source):
+        first = _whole(cfg, "max_window_layers", source) or 0
         sliding = tuple(i >= first for i in range(layers))
     else:
         return 0, ()

@@ -6,7 +6,8 @@ or plain MLP, LayerNorm or RMSNorm, tied or untied embeddings, learned or rotary
 
 It is built from a Hugging Face ``config.json`` as is (see :func:`cost_model.model_loader.model_from_hf`),
 so a user can point the tool at the file that ships with the checkpoint. The dataclass style follows
-torchtitan's job config: one documented field each, and ``__post_init__`` raises a clear ValueError.
+torchtitan's job config: one documented field each, and ``__post_init__`` raises a clear ValueError
+(:class:`hardware.bounds.OutOfBounds` for a size past the bounds that keep the search sane).
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
+
+from hardware.bounds import check_bound
+
+# Hugging Face config.json name of each bounded field (hardware.bounds keys them by the name users write).
+_BOUNDED_FIELDS = {
+    "num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_attention_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "ffn_hidden_size": "intermediate_size",
+    "vocab_size": "vocab_size", "num_experts": "num_experts", "moe_ffn_hidden_size": "moe_intermediate_size",
+    "shared_expert_ffn_hidden_size": "shared_expert_intermediate_size", "q_lora_rank": "q_lora_rank",
+    "kv_lora_rank": "kv_lora_rank", "qk_nope_head_dim": "qk_nope_head_dim", "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim", "mtp_layers": "num_nextn_predict_layers", "sliding_window": "sliding_window",
+}
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,11 @@ class ModelSpec:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, hf_name in _BOUNDED_FIELDS.items():
+            # The bounds of hardware.bounds: far past any real model, they keep sizes and byte counts sane.
+            check_bound(hf_name, getattr(self, name))
+        if self.position_embedding_type == "learned":
+            check_bound("max_position_embeddings", self.max_position_embeddings)
         if self.num_attention_heads % self.num_kv_heads:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                              f"num_key_value_heads ({self.num_kv_heads})")

@@ -7,12 +7,18 @@ and the *plan* (:mod:`cost_model.plan`) — the parallel layout and knobs that t
 
 Field names follow Megatron-LM's arguments where one exists (``seq_length``, ``global_batch_size``,
 ``tp_comm_overlap``, ``overlap_grad_reduce``, ``overlap_param_gather``, ``overlap_moe_expert_parallel_comm``).
+
+Every setting is checked when the spec is built: switches are ``true``/``false`` only, numbers are
+finite and within the bounds of :mod:`hardware.bounds` (a 10^23-token sequence or an infinite token
+budget is refused, not priced).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
+
+from hardware.bounds import MAX_GLOBAL_BATCH_TOKENS, OutOfBounds, check_bound, check_number, fmt
 
 PRECISIONS = ("bf16", "fp16", "fp8")
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
@@ -150,6 +156,11 @@ class TrainingSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_bound(name, value)
+        if self.global_batch_tokens > MAX_GLOBAL_BATCH_TOKENS:
+            raise OutOfBounds("global_batch_size", f"x seq_length = {fmt(self.global_batch_tokens)} tokens per step is "
+                              f"past the bound of {fmt(MAX_GLOBAL_BATCH_TOKENS)} that plan-search accepts (the largest "
+                              "runs take ~6x10^7 tokens per step)", "use a smaller batch or shorter sequences")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.fp8_recipe not in FP8_RECIPES:
@@ -170,13 +181,14 @@ class TrainingSpec:
                              "dispatcher sends BF16)")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.train_tokens is not None and not self.train_tokens > 0:
-            raise ValueError(f"train_tokens must be positive, got {self.train_tokens!r}")
-        if not self.moe_capacity_factor >= 1.0:
-            raise ValueError(f"moe_capacity_factor must be at least 1.0, got {self.moe_capacity_factor!r}")
+        if self.train_tokens is not None:
+            check_number("train_tokens", self.train_tokens, minimum=0, above_minimum=True)
+        check_number("moe_capacity_factor", self.moe_capacity_factor, minimum=1.0)
         for name in ("moe_rank_capacity_factor", "moe_paged_stash_factor"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value >= self.moe_capacity_factor):
+            if value is not None:
+                check_number(name, value)
+            if value is not None and not value >= self.moe_capacity_factor:
                 raise ValueError(f"{name} must be at least moe_capacity_factor ({self.moe_capacity_factor:g}): a "
                                  f"smaller buffer overflows and reruns the step every time, got {value!r}")
         if self.moe_paged_stash_factor is not None and self.moe_rank_capacity_factor is None:

@@ -123,6 +123,8 @@ BOUNDS: dict[str, Bound] = {
     "shared_expert_intermediate_size": Bound(MAX_FFN_WIDTH, "", "the widest MLPs are ~100,000"),
     "vocab_size": Bound(MAX_VOCAB, "tokens", "the largest vocabularies are ~262,000 tokens (Gemma 3)"),
     "num_experts": Bound(MAX_EXPERTS, "experts", "MoE LLMs have up to 384 experts (Kimi K2); PEER ~10^6"),
+    "num_local_experts": Bound(MAX_EXPERTS, "experts", "MoE LLMs have up to 384 experts (Kimi K2); PEER ~10^6"),
+    "n_routed_experts": Bound(MAX_EXPERTS, "experts", "MoE LLMs have up to 384 experts (Kimi K2); PEER ~10^6"),
     "max_position_embeddings": Bound(1e9, "positions", "contexts reach ~10^7 tokens"),
     "kv_lora_rank": Bound(MAX_WIDTH, "", "MLA ranks are 512-1,536 (DeepSeek-V3)"),
     "q_lora_rank": Bound(MAX_WIDTH, "", "MLA ranks are 512-1,536 (DeepSeek-V3)"),
@@ -209,7 +211,7 @@ def plausibility_warning(key: str, value: float) -> str | None:
         return None
     unit = f" {bound.unit}" if bound.unit else ""
     hint = _slip_hint(bound, value, key)
-    return (f"{key} = {fmt(value)}{unit} is more than any real part has ({bound.why})"
+    return (f"{key} = {fmt(value)}{unit} is past anything real ({bound.why})"
             + (f"; {hint}" if hint else "; check the value and its unit"))
 
 

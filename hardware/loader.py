@@ -34,20 +34,26 @@ from typing import Any
 from .errors import InputError, read_yaml_mapping
 from .preset_catalog import preset_cluster_data
 from .schema import ClusterSpec, _set_dotted, validate_cluster
+from .yaml_input import names_existing_file
 
 _FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def load_cluster(source: str | Path) -> ClusterSpec:
     """A validated ClusterSpec from a YAML/JSON file path or a preset name ('h100x1024', 'h100-sxm')."""
-    if isinstance(source, Path) or _looks_like_path(str(source)):
-        return _load_file(Path(source))
     name = str(source)
+    if not isinstance(source, Path) and not name.strip():
+        raise InputError("cluster", "", "the cluster name is empty",
+                         "give a preset such as h100x64 (plan-search hardware list) or a cluster YAML path")
+    if isinstance(source, Path) or _looks_like_path(name):
+        return _load_file(Path(source))
     return validate_cluster(preset_cluster_data(name, source="preset"), f"preset {name}")
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.lower().endswith(_FILE_SUFFIXES) or "/" in text or "\\" in text or Path(text).is_file()
+    """A file suffix or a directory separator, or the name of an existing file (never raises: a name no
+    file system accepts is then looked up as a preset and reported as unknown)."""
+    return text.lower().endswith(_FILE_SUFFIXES) or "/" in text or "\\" in text or names_existing_file(text)
 
 
 def _load_file(path: Path) -> ClusterSpec:
@@ -71,7 +77,7 @@ def _load_file(path: Path) -> ClusterSpec:
             for key, leaf in _flatten(value, section):
                 _set_dotted(base, key, leaf, ClusterSpec, where)
         elif section in ("gpu", "topology", "economics"):
-            raise InputError(where, section, f"must be a mapping of fields, got {type(value).__name__}",
+            raise InputError(where, str(section), f"must be a mapping of fields, got {type(value).__name__}",
                              "indent 'field: value' lines under it" + (" or give a GPU preset name" if section == "gpu" else ""))
         else:
             _set_dotted(base, section, value, ClusterSpec, where)

@@ -75,20 +75,28 @@ class Recompute(str, Enum):
 
 
 def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
-    """``N``, ``A,B,C`` or ``A-B`` (whole nodes: power-of-two node counts between A and B, and both ends)."""
-    if not text:
+    """``N``, ``A,B,C`` or ``A-B`` (whole nodes: power-of-two node counts between A and B, and both ends).
+
+    A range runs upward (``64-8`` is refused, not read as 8-64); every count must be whole nodes of the
+    cluster, which also bounds it by the cluster's size."""
+    if text is None:
         return ()
+    example = "write e.g. --gpus 512, --gpus 256,512 or --gpus 256-1024"
     per_node = cluster.topology.gpus_per_node
     try:
         if "-" in text:
             low, high = (int(x) for x in text.split("-", 1))
+            if low > high:
+                raise InputError("command line", "--gpus", f"the range {low}-{high} runs downward",
+                                 f"write the smaller count first: --gpus {high}-{low}")
             nodes = {n for n in (2 ** k for k in range(0, 40)) if low <= n * per_node <= high}
             counts = {n * per_node for n in nodes} | {v for v in (low, high) if v % per_node == 0}
         else:
             counts = {int(x) for x in text.split(",")}
-    except ValueError:
-        raise InputError("command line", "--gpus", f"'{text}' is not a GPU count, list or range",
-                         "write e.g. --gpus 512, --gpus 256,512 or --gpus 256-1024") from None
+    except ValueError as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError("command line", "--gpus", f"{text!r} is not a GPU count, list or range", example) from None
     bad = sorted(c for c in counts if c <= 0 or c % per_node or c > cluster.num_gpus)
     if bad or not counts:
         raise InputError("command line", "--gpus", f"{bad or text} is not a positive multiple of the "
@@ -111,9 +119,14 @@ TRAINING_FLAGS = {"seq_length": "--seq-len", "global_batch_size": "--global-batc
 def _training(model_input, **settings):
     """The model file's training section, with the command-line settings that were given on top.
 
-    A bad value is reported against the flag that gave it, not against the model file."""
+    A flag overrides the file, including the file's other way of giving the batch (``--global-batch``
+    replaces the file's ``global_batch_tokens``); both batch flags at once are refused. A bad value is
+    reported against the flag that gave it, not against the model file."""
     overrides = dict(model_input.training_overrides)
     given = {key: value for key, value in settings.items() if value is not None}
+    if "global_batch_size" in given and "global_batch_tokens" in given:
+        raise InputError("command line", "--global-batch-tokens", "is given together with --global-batch, and both "
+                         "set the batch", "keep one: --global-batch (sequences) or --global-batch-tokens (tokens)")
     if "global_batch_size" in given:
         overrides.pop("global_batch_tokens", None)
     if "global_batch_tokens" in given:
@@ -126,7 +139,8 @@ def _training(model_input, **settings):
         if key not in given:
             raise
         flag = TRAINING_FLAGS.get(key, "--" + key.replace("_", "-"))
-        raise InputError("command line", flag, error.problem, "fix the option's value") from None
+        fix = error.fix if error.fix and error.fix != "fix the training setting" else "fix the option's value"
+        raise InputError("command line", flag, error.problem, fix) from None
 
 
 def _inputs(cluster: str, model: str, price: float | None, **training_settings):
@@ -136,17 +150,60 @@ def _inputs(cluster: str, model: str, price: float | None, **training_settings):
 
 
 def _cluster(name: str, price: float | None):
+    """The cluster, with ``--price`` (reported against the flag when it is not a sane price)."""
     cluster = load_cluster(name)
     if price is not None:
-        cluster = cluster.with_overrides({"economics.price_per_gpu_hour_usd": price}, source="command line")
+        try:
+            cluster = cluster.with_overrides({"economics.price_per_gpu_hour_usd": price}, source="command line")
+        except InputError as error:
+            raise InputError("command line", "--price", error.problem, error.fix) from None
     return cluster
+
+
+_OPTION_FLAGS = {"memory_headroom": "--headroom", "top_k": "--top", "objective": "--objective",
+                 "zero_stages": "--zero", "recompute_modes": "--recompute", "rank_order": "--rank-order",
+                 "gpu_counts": "--gpus"}
+"""The flag that sets each search option, for errors (SearchOptions names the option first)."""
 
 
 def _options(**values: Any) -> SearchOptions:
     try:
         return SearchOptions(**{k: v for k, v in values.items() if v is not None})
     except ValueError as exc:
-        raise InputError("command line", "options", str(exc), "fix the option") from None
+        message = str(exc)
+        flag = _OPTION_FLAGS.get(message.split(" ", 1)[0], "options")
+        raise InputError("command line", flag, message, "fix the option's value") from None
+
+
+def _check_plan_flags(cluster_spec, model_spec, training, *, degrees: dict[str, int | None], vpp: int,
+                      micro_batch: int, recompute_num_layers: int, activation_offload_layers: int) -> None:
+    """Each of evaluate's plan flags within what the cluster and the model allow, the wrong flag named.
+
+    A degree above the cluster's GPU count cannot be a layout (and a huge one would overflow the plan's
+    64-bit columns); -1 or 1..layers is what Megatron's ``--recompute-num-layers`` accepts; a micro-batch
+    cannot hold more sequences than the global batch."""
+    gpus, layers = cluster_spec.num_gpus, model_spec.num_layers
+    for name, value in degrees.items():
+        if value is None:
+            continue
+        if value < 1:
+            raise InputError("command line", f"--{name}", f"must be at least 1, got {value}", "fix the value")
+        if value > gpus:
+            raise InputError("command line", f"--{name}", f"{value:,} is more than the cluster's {gpus:,} GPUs",
+                             f"use at most {gpus:,} or a larger cluster")
+    for flag, value, most, what in (("--vpp", vpp, layers, f"the model's {layers} layers"),
+                                    ("--micro-batch", micro_batch, training.global_batch_size,
+                                     f"the global batch of {training.global_batch_size:,} sequences")):
+        if value < 1:
+            raise InputError("command line", flag, f"must be at least 1, got {value}", "fix the value")
+        if value > most:
+            raise InputError("command line", flag, f"{value:,} is more than {what}", f"use at most {most:,}")
+    if recompute_num_layers != -1 and not 1 <= recompute_num_layers <= layers:
+        raise InputError("command line", "--recompute-num-layers", f"must be -1 (all layers of each chunk) or "
+                         f"1..{layers} (the model's layers), got {recompute_num_layers}", "fix the value")
+    if not 0 <= activation_offload_layers <= layers:
+        raise InputError("command line", "--activation-offload-layers", f"must be 0..{layers} (the model's layers), "
+                         f"got {activation_offload_layers}", "fix the value")
 
 
 @app.command("search")
@@ -286,10 +343,10 @@ def evaluate_command(
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
         moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
-    for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("ep", ep), ("etp", etp), ("vpp", vpp),
-                        ("micro-batch", micro_batch)):
-        if value < 1:
-            raise InputError("command line", f"--{name}", f"must be at least 1, got {value}", "fix the value")
+    _check_plan_flags(cluster_spec, model_input.spec, training,
+                      degrees={"tp": tp, "pp": pp, "cp": cp, "dp": dp, "ep": ep, "etp": etp}, vpp=vpp,
+                      micro_batch=micro_batch, recompute_num_layers=recompute_num_layers,
+                      activation_offload_layers=activation_offload_layers)
     if zero_stage not in (0, 1, 2, 3):
         raise InputError("command line", "--zero-stage", f"must be 0, 1, 2 or 3, got {zero_stage}", "fix the value")
     if pp > model_input.spec.num_layers:
@@ -304,11 +361,15 @@ def evaluate_command(
             modules = module_mask(name.strip() for item in recompute_modules for name in item.split(","))
         except ValueError as error:
             raise InputError("command line", "--recompute-modules", str(error), "fix the module name") from None
+    model_parallel = tp * pp * cp
+    if model_parallel > cluster_spec.num_gpus:
+        raise InputError("command line", "--tp x --pp x --cp", f"{tp} x {pp} x {cp} = {model_parallel:,} GPUs is more "
+                         f"than the cluster's {cluster_spec.num_gpus:,}", "lower a degree or use a larger cluster")
     if dp is None:
-        dp = cluster_spec.num_gpus // (tp * pp * cp)
-    if dp < 1 or tp * pp * cp * dp > cluster_spec.num_gpus:
-        raise InputError("command line", "--dp", f"tp x pp x cp x dp = {tp * pp * cp * max(dp, 0)} does not fit "
-                         f"the cluster's {cluster_spec.num_gpus} GPUs", "lower a degree or use a larger cluster")
+        dp = cluster_spec.num_gpus // model_parallel
+    if model_parallel * dp > cluster_spec.num_gpus:
+        raise InputError("command line", "--dp", f"tp x pp x cp x dp = {model_parallel * dp:,} does not fit "
+                         f"the cluster's {cluster_spec.num_gpus:,} GPUs", "lower a degree or use a larger cluster")
     options = _options(memory_headroom=headroom, gpu_counts=(tp * pp * cp * dp,))
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
