@@ -281,3 +281,17 @@ def test_failed_searches_fail_the_study_unless_allowed(tmp_path, capsys, monkeyp
     monkeypatch.setattr(runner, "search", real)
     code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out3")
     assert code == 0 and err == ""
+
+
+def test_rewritten_figures_are_byte_identical(tmp_path):
+    """Label placement and the zero-anchored axes must not make reruns differ (figures live in git)."""
+    from scenarios.procurement import run_study, write_report
+
+    path = _write(tmp_path, HEAD + "options:\n  - {name: one node, cluster: h100x8, price_per_gpu_hour_usd: 2}\n"
+                                   "  - {name: two nodes, cluster: h100x16, price_per_gpu_hour_usd: 2}\n"
+                                   "sensitivity: [{option: one node, parameter: topology.nic_gbps, values: [200, 400]}]\n")
+    result = run_study(load_study(path))
+    first, second = write_report(result, tmp_path / "a"), write_report(result, tmp_path / "b")
+    for a, b in zip(first, second):
+        if a.suffix in (".png", ".svg", ".md", ".csv"):
+            assert a.read_bytes() == b.read_bytes(), a.name
