@@ -31,22 +31,39 @@ def tool_version() -> str:
         return "unknown"
 
 
-def canonical(value: Any) -> Any:
-    """A JSON-ready copy: dataclasses and pydantic models as sorted mappings, tuples as lists."""
+def canonical(value: Any, memo: dict[int, tuple[Any, Any]] | None = None) -> Any:
+    """A JSON-ready copy: dataclasses and pydantic models as sorted mappings, tuples as lists.
+
+    ``memo`` (id -> (object, copy)) reuses the copy of a dataclass or model seen before: a sweep's
+    scenarios share their model, cluster and option objects, and converting them once instead of once
+    per scenario makes expansion several times faster. The memo holds the object itself, so its id
+    cannot be reused while the memo lives; use one only while the objects do not change."""
+    if memo is not None and (dataclasses.is_dataclass(value) or hasattr(value, "model_dump")):
+        hit = memo.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        result = _canonical(value, memo)
+        memo[id(value)] = (value, result)
+        return result
+    return _canonical(value, memo)
+
+
+def _canonical(value: Any, memo: dict[int, tuple[Any, Any]] | None) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: canonical(getattr(value, f.name), memo) for f in dataclasses.fields(value)}
     if hasattr(value, "model_dump"):
-        return canonical(value.model_dump())
+        return canonical(value.model_dump(), memo)
     if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): canonical(v, memo) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
+        return [canonical(v, memo) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)  # 4096 and 4096.0 are the same input
     return value
 
 
-def stable_hash(value: Any) -> str:
-    """Hex SHA-256 prefix of the canonical JSON of ``value`` (key order and int/float spelling do not matter)."""
-    text = json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), default=str)
+def stable_hash(value: Any, memo: dict[int, tuple[Any, Any]] | None = None) -> str:
+    """Hex SHA-256 prefix of the canonical JSON of ``value`` (key order and int/float spelling do not matter);
+    ``memo`` as in :func:`canonical`."""
+    text = json.dumps(canonical(value, memo), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_HEX_CHARS]

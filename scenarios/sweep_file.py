@@ -380,50 +380,110 @@ def _load_cluster(label: str, base_dir: Path, source: str, index: int) -> Cluste
 
 
 def expand(sweep: SweepSpec) -> list[ScenarioTask]:
-    """Every combination of the axes, in the fixed order of the module docstring."""
+    """Every combination of the axes, in the fixed order of the module docstring.
+
+    Combinations share what they have in common: one cluster object per cluster and override values,
+    one training setup per model and training values, one options object per objective, and each of
+    these is converted for hashing once (see :func:`scenarios.identity.canonical`). The tasks are the
+    same as built one by one, at a fraction of the time and memory (10^5 scenarios are a few seconds)."""
     axis_names = list(sweep.axes)
     override_keys = list(sweep.overrides)
     order = ["model", "cluster"] + [f"override:{k}" for k in override_keys] + [a for a in axis_names if a not in LABEL_AXES]
     value_lists = {**{a: sweep.axes[a] for a in axis_names}, **{f"override:{k}": sweep.overrides[k] for k in override_keys}}
+    shared = _Shared(sweep)
     tasks = []
     for index, combo in enumerate(itertools.product(*(value_lists[name] for name in order))):
         chosen = dict(zip(order, combo))
         overrides = {k: chosen[f"override:{k}"] for k in override_keys}
         settings = {a: chosen[a] for a in axis_names if a not in LABEL_AXES}
-        tasks.append(_task(sweep, index, chosen["model"], chosen["cluster"], overrides, settings))
+        tasks.append(_task(sweep, index, chosen["model"], chosen["cluster"], overrides, settings, shared))
     return tasks
 
 
-def _task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, overrides: dict[str, Any],
-          settings: dict[str, Any]) -> ScenarioTask:
-    objective = settings.get("objective", sweep.options.objective)
-    training_values = {k: v for k, v in settings.items() if k in TRAINING_AXES}
-    identity = {"model": model_label, "cluster": cluster_label, "overrides": overrides, "training": sweep.training,
-                "settings": training_values, "objective": objective, "search": sweep.options.with_changes(top_k=1)}
-    params: dict[str, Any] = {"sweep": sweep.name, "scenario_index": index, "scenario_id": stable_hash(identity),
-                              "inputs_hash": None, "tool_version": tool_version(), "model": model_label,
-                              "cluster": cluster_label, **overrides}
-    model_input = sweep.models[model_label]
-    scenario, error = None, None
-    try:
-        cluster = sweep.clusters[cluster_label]
-        if overrides:
-            cluster = cluster.with_overrides(overrides, source=f"{sweep.source}: axes.overrides")
-        merged = {**model_input.training_overrides, **sweep.training}
+class _Shared:
+    """What the scenarios of one expansion share, built once: each entry is the object, or the message
+    of the InputError/ValueError that building it raised (a combination's error row)."""
+
+    def __init__(self, sweep: SweepSpec):
+        self.sweep = sweep
+        self.memo: dict[int, tuple[Any, Any]] = {}
+        self._clusters: dict[tuple[str, str], Any] = {}
+        self._trainings: dict[tuple[str, str], Any] = {}
+        self._options: dict[tuple[str, int | None], SearchOptions] = {}
+
+    def cluster(self, label: str, overrides: dict[str, Any]) -> ClusterSpec:
+        key = (label, repr(list(overrides.items())))
+        if key not in self._clusters:
+            self._clusters[key] = _built(lambda: self.sweep.clusters[label].with_overrides(
+                overrides, source=f"{self.sweep.source}: axes.overrides") if overrides else self.sweep.clusters[label])
+        return _unwrap(self._clusters[key])
+
+    def training(self, model_label: str, training_values: dict[str, Any]):
+        key = (model_label, repr(list(training_values.items())))
+        if key not in self._trainings:
+            self._trainings[key] = _built(lambda: self._build_training(model_label, training_values))
+        return _unwrap(self._trainings[key])
+
+    def _build_training(self, model_label: str, training_values: dict[str, Any]):
+        model_input = self.sweep.models[model_label]
+        merged = {**model_input.training_overrides, **self.sweep.training}
         if "global_batch_size" in training_values:
             merged.pop("global_batch_tokens", None)
         if "global_batch_tokens" in training_values:
             merged.pop("global_batch_size", None)
         merged.update(training_values)
-        training = build_training(merged, source=f"{sweep.source}: {model_label}", model=model_input.spec)
-        options = sweep.options.with_changes(objective=objective)
-        scenario = Scenario(model=model_input.spec, training=training, cluster=cluster, options=options)
+        return build_training(merged, source=f"{self.sweep.source}: {model_label}", model=model_input.spec)
+
+    def options(self, objective: str, top_k: int | None = None) -> SearchOptions:
+        key = (objective, top_k)
+        if key not in self._options:
+            changes = {"objective": objective} if top_k is None else {"top_k": top_k}
+            self._options[key] = self.sweep.options.with_changes(**changes)
+        return self._options[key]
+
+
+class _BuildError:
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _built(build) -> Any:
+    try:
+        return build()
+    except (InputError, ValueError) as exc:
+        return _BuildError(str(exc))
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, _BuildError):
+        raise ValueError(value.message)
+    return value
+
+
+def _task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, overrides: dict[str, Any],
+          settings: dict[str, Any], shared: _Shared | None = None) -> ScenarioTask:
+    shared = shared or _Shared(sweep)
+    objective = settings.get("objective", sweep.options.objective)
+    training_values = {k: v for k, v in settings.items() if k in TRAINING_AXES}
+    identity = {"model": model_label, "cluster": cluster_label, "overrides": overrides, "training": sweep.training,
+                "settings": training_values, "objective": objective, "search": shared.options(sweep.options.objective, 1)}
+    params: dict[str, Any] = {"sweep": sweep.name, "scenario_index": index,
+                              "scenario_id": stable_hash(identity, shared.memo),
+                              "inputs_hash": None, "tool_version": tool_version(), "model": model_label,
+                              "cluster": cluster_label, **overrides}
+    model_input = sweep.models[model_label]
+    scenario, error = None, None
+    try:
+        cluster = shared.cluster(cluster_label, overrides)
+        training = shared.training(model_label, training_values)
+        scenario = Scenario(model=model_input.spec, training=training, cluster=cluster,
+                            options=shared.options(objective))
     except (InputError, ValueError) as exc:
         error = str(exc)
     params.update(resolved_columns(scenario, model_input, settings, objective))
     params["inputs_hash"] = stable_hash({"scenario": scenario, "error": error, "explain": sweep.explain,
                                          "version": tool_version()} if scenario is not None else
-                                        {"identity": identity, "error": error, "version": tool_version()})
+                                        {"identity": identity, "error": error, "version": tool_version()}, shared.memo)
     return ScenarioTask(index=index, params=params, scenario=scenario, error=error, explain=sweep.explain)
 
 
