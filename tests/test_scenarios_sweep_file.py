@@ -232,3 +232,22 @@ def test_cli_bad_timeout_and_workers_are_one_line_errors(tmp_path, capsys):
     assert code == 2 and err.startswith("plan-search: error: command line: --scenario-timeout-s: must be a number")
     code, _, err = _cli(["sweep", str(path), "--out", str(tmp_path / "o"), "--workers", "0"], capsys)
     assert code == 2 and err.startswith("plan-search: error: command line: --workers: must be at least 1")
+
+
+def test_shared_expansion_builds_the_same_tasks_as_one_by_one():
+    from scenarios import sweep_file
+
+    sweep = sweep_from_mapping({**SMALL, "axes": {**SMALL["axes"], "seq_length": [3000, 4096],
+                                                  "objective": ["throughput", "mfu"]}})
+    tasks = expand(sweep)
+    alone = []
+    for task in tasks:  # each rebuilt with nothing shared
+        p = task.params
+        overrides = {k: p[k] for k in sweep.overrides}
+        settings = {a: p[a] for a in sweep.axes if a not in ("model", "cluster")}
+        settings["global_batch_tokens"] = SMALL["axes"]["global_batch_tokens"][0]
+        settings["train_tokens"] = 1e12
+        alone.append(sweep_file._task(sweep, task.index, p["model"], p["cluster"], overrides, settings))
+    assert [t.params for t in tasks] == [t.params for t in alone]
+    assert [t.error for t in tasks] == [t.error for t in alone] and sum(t.error is not None for t in tasks) == 16
+    assert [t.scenario for t in tasks] == [t.scenario for t in alone]
