@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hardware.bounds import BOUNDS, MAX_MODEL_PARAMETERS, OutOfBounds, check_number, fmt, shown
+from hardware.bounds import MAX_MODEL_PARAMETERS, OutOfBounds, check_number, fmt, shown
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.yaml_input import load_yaml_text, names_existing_file
 
@@ -99,13 +99,15 @@ _FILE_SUFFIXES = (".yaml", ".yml", ".json")
 def load_model(source: str | Path) -> ModelInput:
     """Load a model from a file path or a preset name.
 
-    A name with a file suffix, or naming an existing file, is read as a file; anything else is a preset
+    A name with a file suffix or a directory separator, or naming an existing file, is read as a file
+    (as cluster names are, :func:`hardware.loader.load_cluster`); anything else is a preset
     name. An empty name is refused here, since ``Path('')`` is the current directory."""
     text = str(source)
     if not isinstance(source, Path) and not text.strip():
         raise InputError("model", "", "the model name is empty",
                          "give a preset name (plan-search models lists them) or a model.yaml / config.json path")
-    if isinstance(source, Path) or text.lower().endswith(_FILE_SUFFIXES) or names_existing_file(text):
+    if (isinstance(source, Path) or text.lower().endswith(_FILE_SUFFIXES) or "/" in text or "\\" in text
+            or names_existing_file(text)):
         path = Path(source)
         config = read_yaml_mapping(path)
         return model_input_from_mapping(config, source=text, default_name=path.stem)

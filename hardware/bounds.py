@@ -163,10 +163,10 @@ def shown(value: Any) -> str:
 
 
 def fmt(value: float) -> str:
-    """A number as a person writes it: 1,024 / 2.5 / 1e+12."""
-    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e15):
+    """A number as a person writes it: 1,024 / 2.5 / 79.65, and 1e+23 past 15 digits."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return f"{int(value):,}"
-    return f"{value:.4g}"
+    return f"{float(value):.4g}"
 
 
 def check_number(key: str, value: Any, *, integer: bool = False, minimum: float | None = None,
