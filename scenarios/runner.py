@@ -52,7 +52,7 @@ from hardware.errors import InputError
 from optimizer.search import search
 
 from .rows import empty_result, result_rows, typed_frame
-from .store import PartStore, write_results
+from .store import DamagedPartError, PartStore, write_results
 from .sweep_file import ScenarioTask, SweepSpec, expand
 
 Rows = list[dict[str, Any]]
@@ -67,10 +67,10 @@ DEFAULT_SCENARIO_TIMEOUT_S = 300.0
 GPUs with a GPU-count range) takes seconds; a scenario still running after five minutes is stuck (an
 absurd size that slipped through validation) and would otherwise stall its worker for good."""
 
-SECONDS_PER_SCENARIO = 0.2
+SECONDS_PER_SCENARIO = 0.1
 """Rough search time of one scenario on one core (benchmarks/sweep_speed.py: 1,000 scenarios of 7-70B
-dense and MoE models on 8-64 GPUs at about 25 scenarios/s on 2 cores, including explanations). Only
-for the up-front estimate; the progress bar measures the real rate."""
+dense and MoE models on 8-64 GPUs, explanations included, take 65 ms of CPU each). Only for the
+up-front estimate; larger clusters and models take longer, and the progress bar measures the real rate."""
 
 
 class ScenarioTimeout(BaseException):
@@ -208,10 +208,13 @@ def run_sweep(sweep: SweepSpec, out_dir: str | Path, workers: int | None = None,
                 for task, rows in results:
                     _record(store, task, rows)
                     advance()
-    rows = []
-    for task in tasks:
-        rows.extend({**task.params, **row} for row in store.read_rows(task.inputs_hash))
-    paths = write_results(typed_frame(rows, list(tasks[0].params)), out_dir, csv=csv)
+        rows = []
+        for task in tasks:
+            try:
+                rows.extend({**task.params, **row} for row in store.read_rows(task.inputs_hash))
+            except DamagedPartError as exc:  # changed on disk while this run was combining the table
+                raise SweepFault(f"{exc}; rerun to search that scenario again") from None
+        paths = write_results(typed_frame(rows, list(tasks[0].params)), out_dir, csv=csv)
     frame = pd.read_parquet(paths[0])  # exactly what is on disk (text columns come back as pandas' str type)
     return SweepRun(frame=frame, scenarios=len(tasks), computed=len(todo), reused=reused,
                     seconds=time.perf_counter() - start, backend=backend, paths=paths)
@@ -223,7 +226,7 @@ def _announcement(name: str, total: int, todo: int, reused: int, backend: str, w
         line += f", {reused:,} finished in an earlier run"
     if todo and workers:
         line += (f"; expected about {_duration(expected_seconds(todo, workers))} "
-                 f"(at ~{SECONDS_PER_SCENARIO:g} s per scenario per worker; the progress bar measures the real rate)")
+                 f"(at ~{SECONDS_PER_SCENARIO:g} s per scenario and worker; the progress bar measures the real rate)")
     return line
 
 
