@@ -171,10 +171,10 @@ GLOBAL_BATCHES = (8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 1024, 2048)
 
 
 @st.composite
-def training_overrides(draw, model: ModelSpec | None = None) -> dict:
+def training_overrides(draw, model: ModelSpec | None = None, max_seq: int = 131072) -> dict:
     precision = draw(st.sampled_from(["bf16", "bf16", "fp8", "fp16"]))
     out = {
-        "seq_length": draw(st.sampled_from([256, 512, 1024, 2048, 4096, 8192, 32768, 131072])),
+        "seq_length": draw(st.sampled_from([s for s in (256, 512, 1024, 2048, 4096, 8192, 32768, 131072) if s <= max_seq])),
         "global_batch_size": draw(st.sampled_from(GLOBAL_BATCHES)),
         "precision": precision,
         "optimizer": draw(st.sampled_from(["adam", "adamw", "sgd"])),
@@ -292,10 +292,10 @@ class Drawn:
 
 
 @st.composite
-def scenarios(draw, model_strategy=None, cluster_strategy=None) -> Drawn:
+def scenarios(draw, model_strategy=None, cluster_strategy=None, max_seq: int = 131072) -> Drawn:
     config = draw(model_strategy if model_strategy is not None else model_configs())
     model = to_model(config)
-    training = to_training(draw(training_overrides(model)), model)
+    training = to_training(draw(training_overrides(model, max_seq)), model)
     cluster = draw(cluster_strategy if cluster_strategy is not None else clusters)
     return Drawn(config, model, training, cluster)
 
