@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import importlib
 import math
+import multiprocessing
 import os
 import signal
 import threading
@@ -289,7 +290,7 @@ def _keep_freed_memory() -> None:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(parent_pid: int) -> None:
+def _init_worker(parent_pid: int | None) -> None:
     """A local pool worker: dies with the main process, leaves Ctrl-C and SIGTERM handling to it.
 
     * ``PR_SET_PDEATHSIG``: Linux sends the worker SIGKILL when the main process dies, however it dies
@@ -306,8 +307,8 @@ def _init_worker(parent_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the main process still kills its workers on Ctrl-C, SIGTERM and errors
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the main process died before PR_SET_PDEATHSIG took effect
     _tune_process()
 
 
@@ -363,7 +364,11 @@ def _process_pool(tasks: list[ScenarioTask], workers: int,
     """Submit every task now (the workers are forked here, before any progress-bar thread starts) and
     return an iterator over the results as they finish. Closing the iterator early, or an exception
     while it waits (Ctrl-C, SIGTERM), kills the workers: running scenarios are dropped, not awaited."""
-    executor = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(os.getpid(),))
+    # fork explicitly (Python 3.14 makes forkserver the default): the workers start from this process's
+    # imported modules, and their parent is this process, which _init_worker checks
+    forking = "fork" in multiprocessing.get_all_start_methods()
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork") if forking else None,
+                                   initializer=_init_worker, initargs=(os.getpid() if forking else None,))
     try:
         futures: dict[Future, ScenarioTask] = {executor.submit(run_task, t, time_limit_s): t for t in tasks}
     except BaseException:

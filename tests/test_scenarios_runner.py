@@ -317,3 +317,30 @@ def test_a_dask_scheduler_lost_mid_sweep_is_one_line_and_keeps_finished_parts(sw
     assert str(info.value).startswith(f"the Dask scheduler at {cluster.scheduler_address} failed mid-sweep (")
     assert "\n" not in str(info.value) and "rerun to resume" in str(info.value)
     assert set(recorded) <= PartStore(tmp_path).finished() and len(recorded) >= 2
+
+
+def _worker_probe(parent_pid, queue):
+    import ctypes
+
+    runner._init_worker(parent_pid)
+    signal_number = ctypes.c_int()
+    ctypes.CDLL("libc.so.6").prctl(2, ctypes.byref(signal_number), 0, 0, 0)  # PR_GET_PDEATHSIG
+    queue.put(signal_number.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_pool_worker_asks_to_die_with_its_parent_and_exits_if_it_already_has():
+    import multiprocessing
+    import os
+    import signal
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=_worker_probe, args=(os.getpid(), queue))
+    worker.start()
+    worker.join(30)
+    assert worker.exitcode == 0 and queue.get(timeout=5) == signal.SIGKILL
+    orphan = context.Process(target=_worker_probe, args=(2**22 + 3, queue))  # "forked by" a process now gone
+    orphan.start()
+    orphan.join(30)
+    assert orphan.exitcode == 1 and queue.empty()
