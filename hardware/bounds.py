@@ -105,7 +105,7 @@ BOUNDS: dict[str, Bound] = {
                                          slips=(_NS,)),
     "topology.scaleout_latency_us": Bound(1e6, "us", "collective steps take about 2-30 us", plausible=1_000,
                                           slips=(_NS,)),
-    "topology.scaleout_oversubscription": Bound(1e3, "x", "fat trees are built 1:1 to about 4:1"),
+    "topology.scaleout_oversubscription": Bound(1e3, "", "fat trees are built 1:1 to about 4:1"),
     # economics
     "economics.price_per_gpu_hour_usd": Bound(1e6, "USD per GPU-hour", "cloud list prices are $1-$15 per GPU-hour",
                                               plausible=200, slips=(("USD per GPU-month", 1 / 730),)),
@@ -140,9 +140,9 @@ BOUNDS: dict[str, Bound] = {
     "global_batch_tokens": Bound(MAX_GLOBAL_BATCH_TOKENS, "tokens",
                                  "the largest runs take ~6x10^7 tokens per step (DeepSeek-V3)"),
     "train_tokens": Bound(MAX_TRAIN_TOKENS, "tokens", "the largest runs train on ~4x10^13 tokens (Qwen3)"),
-    "moe_capacity_factor": Bound(MAX_CAPACITY_FACTOR, "x", "runs use 1.0-2.0"),
-    "moe_rank_capacity_factor": Bound(MAX_CAPACITY_FACTOR, "x", "runs use 1.0-2.0"),
-    "moe_paged_stash_factor": Bound(MAX_CAPACITY_FACTOR, "x", "Megatron's default is 1.10"),
+    "moe_capacity_factor": Bound(MAX_CAPACITY_FACTOR, "", "runs use 1.0-2.0"),
+    "moe_rank_capacity_factor": Bound(MAX_CAPACITY_FACTOR, "", "runs use 1.0-2.0"),
+    "moe_paged_stash_factor": Bound(MAX_CAPACITY_FACTOR, "", "Megatron's default is 1.10"),
 }
 """Every bounded quantity, by its dotted field name (cluster) or its file name (model, training)."""
 

@@ -80,7 +80,7 @@ def _load_file(path: Path) -> ClusterSpec:
             raise InputError(where, str(section), f"must be a mapping of fields, got {type(value).__name__}",
                              "indent 'field: value' lines under it" + (" or give a GPU preset name" if section == "gpu" else ""))
         else:
-            _set_dotted(base, section, value, ClusterSpec, where)
+            _set_dotted(base, str(section), value, ClusterSpec, where)
     return validate_cluster(base, where)
 
 
