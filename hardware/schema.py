@@ -180,7 +180,7 @@ class TopologySpec(_Frozen):
             except (TypeError, ValueError):
                 number = math.nan
             if not math.isfinite(number):
-                raise OutOfBounds("nic_gbps", f"must be a finite number of gigabits/s, got {bits!r}",
+                raise OutOfBounds("nic_gbps", f"must be a finite number of gigabits/s, got {shown(bits)}",
                                   "write the line rate, e.g. nic_gbps: 400")
             check_bound("topology.nic_gbps", number, name="nic_gbps")
             data["nic_GBps"] = number / 8.0

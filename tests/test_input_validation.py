@@ -493,3 +493,15 @@ def test_every_input_error_says_how_to_fix_it(module):
                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "InputError"
                and len(node.args) < 4 and not any(k.arg == "fix" for k in node.keywords)]
     assert not missing, f"{module}: InputError without a fix at lines {missing}"
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("topology.num_nodes", True, "topology.num_nodes: must be a number, got true"),
+    ("topology.nic_gbps", float("inf"), "topology.nic_gbps: must be a finite number of gigabits/s"),
+    ("topology.nic_gbps", True, "topology.nic_gbps: must be a finite number of gigabits/s, got true"),
+    ("gpu.memory_gib", float("nan"), "gpu.memory_gib: must be a finite number"),
+    ("topology.nvls", 1, "topology.nvls: must be true or false, got 1"),
+])
+def test_overrides_are_held_to_the_same_rules(key, value, needle):
+    """Sweep and study overrides go through ClusterSpec.with_overrides: the same checks as a file."""
+    assert needle in error_of(load_cluster("h100x64").with_overrides, {key: value}, source="sweep.yaml")
