@@ -101,11 +101,11 @@ def checked_path(path: str | Path, what: str = "file") -> Path:
     if "\0" in text:
         raise InputError(text.replace("\0", "\\0"), "", "the path contains a NUL byte",
                          "check how the path was written (a NUL cannot be part of a file name)")
-    encoded = os.fsencode(text) if isinstance(path, Path) else text.encode("utf-8", "surrogateescape")
+    encoded = os.fsencode(text)  # the limits are in bytes, as the file system counts them
     if len(encoded) > MAX_PATH_BYTES:
         raise InputError(text, "", f"the path is {len(encoded):,} bytes long, more than the {MAX_PATH_BYTES:,} "
                          "a path may have", "give a shorter path")
-    longest = max(encoded.replace(b"\\", b"/").split(b"/"), key=len)
+    longest = max(encoded.replace(b"\\", b"/").split(b"/"), key=len)  # either separator, as on Windows
     if len(longest) > MAX_NAME_BYTES:
         raise InputError(text, "", f"a name in the path is {len(longest):,} bytes long, more than the "
                          f"{MAX_NAME_BYTES} a file name may have", "give the right file name or preset name")
