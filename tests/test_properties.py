@@ -9,7 +9,7 @@ search enforces (:mod:`tests.strategies`).
 
 Properties (issue #20, item 8):
 
-* values finite and positive, MFU <= HFU < 1, and the breakdowns add up (memory parts to the peak, time
+* values finite and positive, MFU <= HFU, the FLOPs the kernels run at most the peak, the breakdowns add up (memory parts to the peak, time
   parts to the step; in PlanMetrics, the frame and the JSON records); evaluate's memory is the screen's;
 * memory never rises with the ZeRO stage 0 -> 1 -> 2; ZeRO-3 (FSDP) shards the weights too but holds two
   gathered layers, so its model states never exceed ZeRO-2's and its total by at most those layers;
@@ -45,8 +45,10 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, evaluate, peak_memory_bytes, predict_memory
+from cost_model.flops import model_flops_per_step, recompute_flops_per_step
 from cost_model.memory import GIB, WEIGHT_BYTES
 from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
+from cost_model.stages import recomputed_layer_share
 from optimizer.layout_model import LayoutModel
 from optimizer.plan_rules import available_modules, valid_mask
 from optimizer.report import plan_records as report_records
@@ -70,6 +72,29 @@ def props(examples: int):
     return settings(max_examples=max(1, round(examples * SCALE)), deadline=None, derandomize=not EXPLORE,
                     database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                           HealthCheck.filter_too_much])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _examples_independent_of_loaded_modules():
+    """Hypothesis (6.1xx) also draws values among the literals of the project modules loaded at the
+    time (``hypothesis.internal.conjecture.providers._get_local_constants``), so the derandomized
+    examples of a test would change with the tests that ran before it in the same process, and with any
+    edit of any project module: a failure seen in the full suite would not come back when this file
+    runs alone. Without those literals the examples depend on this file and tests/strategies.py only.
+    (Internal API: where it is missing, Hypothesis runs as it is.)"""
+    try:
+        from hypothesis.internal.conjecture import providers
+        original, empty, cache = providers._get_local_constants, providers.Constants(), providers.CONSTANTS_CACHE
+        cache.cache.clear()
+    except (ImportError, AttributeError):  # pragma: no cover - another Hypothesis
+        yield
+        return
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        cache.cache.clear()
 
 
 def _close(a, b, rel=1e-9):
@@ -117,10 +142,18 @@ def test_values_finite_and_positive_and_breakdowns_add_up(case):
     assert m.step_time_parts_s["compute"].min() > 0
     assert _close(sum(m.step_time_parts_s[p] for p in TIME_PARTS), m.step_time_s)
 
-    # throughput and efficiency: positive, MFU at most HFU at most 1
+    # throughput and efficiency: positive, MFU at most HFU. Both count the attention scores in full
+    # (s x s, Narayanan et al. 2021 and PaLM, so that MFU compares with published figures) while fused
+    # causal kernels run half of them, so where attention dominates (s >> 6h) they pass 100% (e.g. a
+    # 1-layer h = 128 model at 128K tokens: 100.3%). Counting the FLOPs the kernels run, the GPU is
+    # never busier than its peak.
     assert np.all(np.isfinite(m.tokens_per_s)) and np.all(m.tokens_per_s > 0)
-    assert np.all(m.mfu > 0) and np.all(m.mfu <= m.hfu * (1 + 1e-12)) and np.all(m.hfu < 1)
+    assert np.all(m.mfu > 0) and np.all(m.mfu <= m.hfu * (1 + 1e-12))
     assert np.all(m.tflops_per_gpu > 0)
+    share = recomputed_layer_share(plans, m.extras["stages"])[np.arange(len(plans)), m.bottleneck_stage]
+    executed = (model_flops_per_step(d.model, d.training, causal=True)
+                + recompute_flops_per_step(d.model, d.training, plans, share, causal=True))
+    assert np.all(m.hfu * executed / m.hardware_flops_per_step < 1)
     for dim, sent in m.comm_bytes_per_step.items():
         assert np.all(np.isfinite(sent)) and np.all(sent >= 0), dim
     if d.training.train_tokens:
