@@ -32,6 +32,8 @@ fails is an ``error`` row; :attr:`StudyResult.errors` lists them so the command 
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,7 +369,9 @@ def _tasks(study: Study) -> list[ScenarioTask]:
 def run_study(study: Study, workers: int | None = None) -> StudyResult:
     """Search every option and sensitivity point; build the option, sensitivity and plan tables."""
     tasks = _tasks(study)
-    results = {task.index: rows for task, rows in run_tasks(tasks, workers)}
+    # closing: a Ctrl-C or an error while results arrive kills the pool's workers at once
+    with contextlib.closing(run_tasks(tasks, workers)) as finished:
+        results = {task.index: rows for task, rows in finished}
     rows = [{**task.params, **row} for task in tasks for row in results[task.index]]
     plans = typed_frame(rows, list(tasks[0].params))
     best = plans[plans["rank"].isna() | (plans["rank"] == 1)]
