@@ -8,8 +8,9 @@ Objectives (best first):
 * ``mfu``: highest model FLOPs utilisation;
 * ``memory_headroom``: least peak memory per GPU.
 
-Ties (within 1e-9 relative) fall to less memory, then fewer GPUs, then the simpler plan (smaller cp,
-pp, vpp, tp, ... in that order), so the same inputs always give the same list.
+Ties (keys equal after rounding to 9 decimal digits of the key's largest magnitude among the plans) fall
+to less memory, then fewer GPUs, then the simpler plan (smaller cp, pp, vpp, tp, ... in that order), so
+the same inputs always give the same list.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from cost_model.evaluate import PlanMetrics
+from cost_model.plan import PlanArrays
 from hardware.schema import ClusterSpec
 
 # Among equally good plans, prefer the simpler one: fewer context, pipeline, virtual and tensor ranks,
@@ -42,20 +44,43 @@ def objective_key(metrics: PlanMetrics, objective: str) -> np.ndarray:
     raise ValueError(f"unknown objective {objective!r}")
 
 
-def _rounded(values: np.ndarray) -> np.ndarray:
-    """Round to 9 significant digits so that equal predictions reached by different arithmetic tie."""
+def largest_magnitude(values: np.ndarray) -> float:
+    """The largest finite magnitude among the values (0 when there is none). The maximum over chunks of
+    plans is the value for all of them together, which lets a search that sees its plans a chunk at a
+    time round against the scale of all of them."""
     values = np.asarray(values, dtype=float)
-    scale = np.max(np.abs(values[np.isfinite(values)])) if np.any(np.isfinite(values)) else 1.0
-    scale = scale or 1.0
-    return np.round(values / scale, 9)
+    finite = values[np.isfinite(values)]
+    return float(np.max(np.abs(finite))) if len(finite) else 0.0
 
 
-def rank_order(metrics: PlanMetrics, cluster: ClusterSpec, objective: str) -> np.ndarray:
-    """Indices of the plans, best first."""
-    columns = metrics.plans.to_columns()
+def value_scale(values: np.ndarray) -> float:
+    """The scale ranking rounds a key against: its largest finite magnitude, or 1 when that is 0."""
+    return largest_magnitude(values) or 1.0
+
+
+def _rounded(values: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Round to 9 significant digits of the scale (by default the largest finite magnitude among the
+    values) so that equal predictions reached by different arithmetic tie."""
+    values = np.asarray(values, dtype=float)
+    return np.round(values / (value_scale(values) if scale is None else scale), 9)
+
+
+def rank_order(metrics: PlanMetrics, cluster: ClusterSpec, objective: str,
+               scales: tuple[float, float] | None = None) -> np.ndarray:
+    """Indices of the plans, best first.
+
+    ``scales`` (objective, memory) replaces the scales the keys are rounded against: a search that keeps
+    only some of its plans passes the scales of all of them, so the kept plans fall in the same order."""
+    return order_plans(metrics.plans, objective_key(metrics, objective), metrics.memory_bytes, scales)
+
+
+def order_plans(plans: PlanArrays, key: np.ndarray, memory_bytes: np.ndarray,
+                scales: tuple[float, float] | None = None) -> np.ndarray:
+    """:func:`rank_order` on the plans' columns, objective key (smaller is better) and peak memory."""
+    key_scale, memory_scale = scales if scales is not None else (None, None)
+    columns = plans.to_columns()
     keys = [columns[name].astype(float) for name in reversed(TIE_BREAK_COLUMNS)]
-    keys += [metrics.plans.num_gpus.astype(float), _rounded(metrics.memory_bytes),
-             _rounded(objective_key(metrics, objective))]
+    keys += [plans.num_gpus.astype(float), _rounded(memory_bytes, memory_scale), _rounded(key, key_scale)]
     return np.lexsort(keys)
 
 
@@ -65,8 +90,18 @@ LAYOUT_KEY = ("tp", "pp", "dp", "cp", "ep", "etp")
 def best_per_layout(order: np.ndarray, metrics: PlanMetrics) -> np.ndarray:
     """``order`` keeping only the best-ranked plan of each layout (GPUs, tp, pp, dp, cp, ep, etp), so
     a top-K list shows K different layouts instead of K variants of one."""
-    columns = metrics.plans.to_columns()
-    keys = np.stack([metrics.plans.num_gpus] + [columns[name] for name in LAYOUT_KEY], axis=1)[order]
+    return first_per_layout(order, metrics.plans)
+
+
+def layout_keys(plans: PlanArrays) -> np.ndarray:
+    """One row per plan: its layout (GPUs, tp, pp, dp, cp, ep, etp)."""
+    columns = plans.to_columns()
+    return np.stack([plans.num_gpus] + [columns[name] for name in LAYOUT_KEY], axis=1)
+
+
+def first_per_layout(order: np.ndarray, plans: PlanArrays) -> np.ndarray:
+    """:func:`best_per_layout` on plan columns."""
+    keys = layout_keys(plans)[order]
     _, first = np.unique(keys, axis=0, return_index=True)
     return order[np.sort(first)]
 

@@ -6,8 +6,9 @@ import io
 import math
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich import box
 from rich.table import Table
@@ -18,6 +19,9 @@ from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
 from cost_model.stages import STAGES
 
 from .search import Scenario
+
+if TYPE_CHECKING:  # pandas is imported by whoever builds the frame
+    import pandas as pd
 
 
 def _number(value: Any) -> Any:

@@ -15,11 +15,12 @@ the cost model prices them, and the feasible plans are ranked.
 
 from __future__ import annotations
 
+import gc
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from cost_model.evaluate import PlanMetrics, evaluate, peak_memory_bytes
 from cost_model.flops import forward_flops_per_sequence, selective_module_flops_per_sequence
@@ -33,7 +34,8 @@ from hardware.schema import ClusterSpec
 
 from .layout_model import LAYOUT_COLUMNS, LayoutModel
 from .plan_rules import SCHEDULE_RULES, valid_mask
-from .ranking import best_per_layout, rank_order
+from .ranking import (first_per_layout, gpu_seconds_per_token, layout_keys, objective_key, order_plans,
+                      pareto_front, largest_magnitude)
 from .search_options import SearchOptions
 
 PARTIAL_RECOMPUTE_FRACTIONS = (0.25, 0.5, 0.75)
@@ -81,12 +83,17 @@ class SearchResult:
     """Every feasible plan, when the search was asked to keep them."""
     timed: PlanMetrics | None = None
     """Metrics of every timed plan (one per group), when the search was asked to keep them."""
+    pareto: PlanMetrics | None = None
+    """With ``pareto``: the cost-versus-time Pareto plans among the timed ones, fastest first, at most
+    top K (cost = GPU-seconds per token x the price per GPU-hour, or 1 without a price)."""
 
     @property
     def found(self) -> bool:
         return self.ranked is not None and len(self.ranked) > 0
 
-    def frame(self) -> pd.DataFrame:
+    def frame(self) -> "pd.DataFrame":
+        import pandas as pd  # not at import time: pandas takes a quarter of a second to import
+
         return self.ranked.to_frame() if self.found else pd.DataFrame()
 
 
@@ -164,20 +171,80 @@ def recompute_options(scenario: Scenario) -> list[tuple[int, float, int]]:
     return [(mode, fraction, mask) for _, mode, fraction, mask in options]
 
 
-def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarray]:
-    """Layouts x schedules x knobs other than recompute, filtered by the plan rules."""
+def schedule_rows(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarray]:
+    """Layouts x virtual stages x micro-batch sizes, filtered by the schedule rules."""
     o = scenario.options
     cols = {name: layouts[:, i] for i, name in enumerate(LAYOUT_COLUMNS)}
     cols = _cross(cols, "vpp", np.arange(1, o.max_vpp + 1))
     cols = _cross(cols, "micro_batch", np.array(sorted(set(o.micro_batch_sizes))))
-    cols = _filter(cols, _rule_mask(scenario, cols, SCHEDULE_RULES))
-    cols = _cross(cols, "sequence_parallel", np.array(sorted(set(o.sequence_parallel))))
-    cols = _cross(cols, "zero_stage", np.array(sorted(set(o.zero_stages))))
-    cols = _cross(cols, "optimizer_offload", np.array([False, True] if o.allow_offload else [False]))
+    return _filter(cols, _rule_mask(scenario, cols, SCHEDULE_RULES))
+
+
+def _knob_values(scenario: Scenario) -> list[tuple[str, np.ndarray]]:
+    """The knobs crossed with every schedule, in the order they are crossed (the last varies fastest)."""
+    o = scenario.options
     layers = scenario.model.num_layers
     offload = sorted({0, layers // 2, layers - 1}) if o.allow_offload and layers > 1 else [0]
-    cols = _cross(cols, "activation_offload_layers", np.array(offload))
+    return [("sequence_parallel", np.array(sorted(set(o.sequence_parallel)))),
+            ("zero_stage", np.array(sorted(set(o.zero_stages)))),
+            ("optimizer_offload", np.array([False, True] if o.allow_offload else [False])),
+            ("activation_offload_layers", np.array(offload))]
+
+
+def knob_rows(scenario: Scenario, schedules: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Schedules x knobs other than recompute, filtered by every plan rule."""
+    cols = schedules
+    for name, values in _knob_values(scenario):
+        cols = _cross(cols, name, values)
     return _filter(cols, _rule_mask(scenario, cols))  # activation_offload_valid drops offload with pp > 1
+
+
+def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarray]:
+    """Layouts x schedules x knobs other than recompute, filtered by the plan rules."""
+    return knob_rows(scenario, schedule_rows(scenario, layouts))
+
+
+def group_chunks(scenario: Scenario, layouts: np.ndarray, max_groups: int | None):
+    """:func:`candidate_groups` in consecutive pieces of at most ``max_groups`` rows (one piece when
+    None): concatenated, the pieces are exactly ``candidate_groups(scenario, layouts)``, in its order.
+
+    Every rule is a per-row predicate and every cross product keeps the row-major order, so cutting the
+    layouts, and then the schedules, into blocks and crossing each block separately changes nothing but
+    the size of the arrays alive at once: blocks of layouts whose schedule grid is at most ``max_groups``
+    rows, then blocks of schedules whose knob grid is at most that.
+    """
+    if max_groups is None:
+        groups = candidate_groups(scenario, layouts)
+        if len(groups["tp"]):
+            yield groups
+        return
+    o = scenario.options
+    per_layout = o.max_vpp * len(set(o.micro_batch_sizes))
+    per_schedule = math.prod(len(values) for _, values in _knob_values(scenario))
+    layout_block = max(1, max_groups // per_layout)
+    schedule_block = max(1, max_groups // per_schedule)
+    buffer: list[dict[str, np.ndarray]] = []
+    size = 0
+    for start in range(0, len(layouts), layout_block):
+        schedules = schedule_rows(scenario, layouts[start:start + layout_block])
+        for first in range(0, len(schedules["tp"]), schedule_block):
+            piece = knob_rows(scenario, {k: v[first:first + schedule_block] for k, v in schedules.items()})
+            rows = len(piece["tp"])
+            if not rows:
+                continue
+            if buffer and size + rows > max_groups:
+                yield _join(buffer)
+                buffer, size = [], 0
+            buffer.append(piece)
+            size += rows
+    if buffer:
+        yield _join(buffer)
+
+
+def _join(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(pieces) == 1:
+        return pieces[0]
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
 
 def _rule_mask(scenario: Scenario, cols: dict[str, np.ndarray], rules: tuple[str, ...] | None = None) -> np.ndarray:
@@ -253,52 +320,234 @@ def screen_memory(scenario: Scenario, plans: PlanArrays, option_valid: np.ndarra
     return fits, min_memory
 
 
-def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = False) -> SearchResult:
-    """Run the whole search; see the module docstring."""
-    clock = {"start": time.perf_counter()}
+CHUNK_PLANS = 1 << 18
+"""Plans (candidate groups x recompute options) expanded, screened and timed per chunk. The search's
+memory is this chunk's arrays plus the running top plans, whatever the number of GPU counts or layouts;
+at this size a chunk's arrays take some tens of MB and the per-chunk Python overhead is small."""
+
+TIE_MARGIN = 4e-9
+"""Two objective values further apart than this share of the rounding scale never tie in the ranking
+(it rounds to 1e-9 of the scale: 3e-9 is enough, with room for the division's rounding error)."""
+
+SCALE_GROWTH = 1e4
+"""How far the rounding scale may still grow after a plan was dropped for the dropping to stay exact.
+The scale is the largest magnitude of the objective among all timed plans (the fastest throughput, the
+dearest cost per token), known only at the end; it grows with the GPU count, about 500x over a
+2,048-1,048,576 range. Plans within TIE_MARGIN x SCALE_GROWTH of it are kept (a relative 4e-5 of
+the K-th best throughput), and a search whose scale outgrew the margin is repeated with the scale known."""
+
+
+class _TopPlans:
+    """The running top K of the timed plans, for a search that sees them a chunk at a time.
+
+    The ranking (:func:`optimizer.ranking.order_plans`) sorts on the objective rounded against the
+    largest magnitude over *all* plans, then memory, GPUs and the plan's columns, then the order the
+    plans were generated in. Rounding is monotone, so a plan whose objective is worse than K others by
+    more than the rounding step comes after all K under any scale at least as fine as the one assumed:
+    it can never be in the top K, and is dropped. With ``per_layout`` the list holds the best plan of
+    each layout, so a plan is dropped when its own layout or K other layouts have a plan that beats it
+    by that margin. The kept plans stay in generation order, so the final ranking of the kept plans with
+    the scales of all plans is exactly the ranking of all plans, cut to K.
+    """
+
+    def __init__(self, objective: str, top_k: int, per_layout: bool, known_scale: float | None = None):
+        self.objective, self.top_k, self.per_layout = objective, top_k, per_layout
+        self.known_scale = known_scale
+        self.plans: PlanArrays | None = None
+        self.key = np.zeros(0)
+        self.memory = np.zeros(0)
+        self.key_scale = 0.0
+        self.memory_scale = 0.0
+        self.assumed_scale = np.inf
+        """The least scale a dropping assumed: exact when the final scale is at most 4/3 of it."""
+
+    def add(self, metrics: PlanMetrics) -> None:
+        key = objective_key(metrics, self.objective)
+        self.key_scale = max(self.key_scale, largest_magnitude(key))
+        self.memory_scale = max(self.memory_scale, largest_magnitude(metrics.memory_bytes))
+        if self.plans is None:
+            self.plans, self.key, self.memory = metrics.plans, key, metrics.memory_bytes
+        else:
+            self.plans = PlanArrays.concatenate([self.plans, metrics.plans])
+            self.key = np.concatenate([self.key, key])
+            self.memory = np.concatenate([self.memory, metrics.memory_bytes])
+        if len(self.key) > 2 * self.top_k:
+            self._drop()
+
+    def _drop(self) -> None:
+        scale = self.known_scale if self.known_scale is not None else SCALE_GROWTH * self.key_scale
+        margin = TIE_MARGIN * scale
+        key, k = self.key, self.top_k
+        if self.per_layout:
+            _, layout = np.unique(layout_keys(self.plans), axis=0, return_inverse=True)
+            layout = layout.ravel()
+            best = np.full(layout.max() + 1, np.inf)
+            np.fmin.at(best, layout, key)  # NaN keys are ignored; a layout of only NaN keys stays +inf
+            keep = ~(key > best[layout] + margin)  # NaN keys are kept here, dropped below if K layouts beat them
+            cutoff = np.partition(best, k - 1)[k - 1] if len(best) >= k else np.inf
+        else:
+            keep = np.ones(len(key), dtype=bool)
+            cutoff = np.partition(key, k - 1)[k - 1]  # NaN sorts last
+        if np.isfinite(cutoff):
+            keep &= key <= cutoff + margin
+        if keep.all():
+            return
+        self.assumed_scale = min(self.assumed_scale, scale)
+        index = np.flatnonzero(keep)
+        self.plans, self.key, self.memory = self.plans.take(index), key[index], self.memory[index]
+
+    @property
+    def exact(self) -> bool:
+        """Whether every plan dropped was dropped under a scale the final one does not outgrow."""
+        return self.key_scale <= self.assumed_scale * (TIE_MARGIN / 3e-9)
+
+    def best(self) -> PlanArrays | None:
+        if self.plans is None:
+            return None
+        order = order_plans(self.plans, self.key, self.memory, (self.key_scale or 1.0, self.memory_scale or 1.0))
+        if self.per_layout:
+            order = first_per_layout(order, self.plans)
+        return self.plans.take(order[: self.top_k])
+
+
+class _ParetoPlans:
+    """The running cost-versus-time Pareto set of the timed plans (:func:`optimizer.ranking.pareto_front`).
+
+    A plan off the front of some plans is off the front of any set containing them (a plan at least as
+    fast and as cheap, and earlier in the order, stays in the set or is itself beaten by a kept one), so
+    the front of (the front so far + the next chunk) is the front of all plans so far. The kept plans
+    stay in generation order, which decides exact ties as in one call over every plan."""
+
+    def __init__(self, price: float):
+        self.price = price
+        self.plans: PlanArrays | None = None
+        self.time = np.zeros(0)
+        self.cost = np.zeros(0)
+
+    def add(self, metrics: PlanMetrics) -> None:
+        time_s = 1.0 / metrics.tokens_per_s
+        cost = gpu_seconds_per_token(metrics) * self.price
+        if self.plans is None:
+            plans = metrics.plans
+        else:
+            plans = PlanArrays.concatenate([self.plans, metrics.plans])
+            time_s, cost = np.concatenate([self.time, time_s]), np.concatenate([self.cost, cost])
+        keep = np.sort(pareto_front(time_s, cost))
+        self.plans, self.time, self.cost = plans.take(keep), time_s[keep], cost[keep]
+
+    def front(self, top_k: int) -> PlanArrays | None:
+        if self.plans is None:
+            return None
+        return self.plans.take(pareto_front(self.time, self.cost)[:top_k])
+
+
+def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = False, pareto: bool = False,
+           chunk_plans: int | None = CHUNK_PLANS) -> SearchResult:
+    """Run the whole search; see the module docstring.
+
+    The candidates are generated, screened and timed ``chunk_plans`` plans at a time (None: all at once),
+    keeping only the running top K (and, with ``pareto``, the running cost-time front), so the memory
+    does not grow with the search space. The answer and every count are the same for any chunk size.
+    ``keep_feasible`` and ``keep_timed`` ask for every feasible plan, or the metrics of every timed plan,
+    which do grow with it. The garbage collector is paused meanwhile: the search allocates large numpy
+    arrays, not reference cycles, and the collections that the many small objects of the cost model
+    would trigger cost time and free nothing.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result, scale = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, known_scale=None)
+        if result is None:  # the rounding scale outgrew the margin the dropped plans assumed: repeat
+            result, _ = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, known_scale=scale)
+        return result
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _search(scenario: Scenario, keep_feasible: bool, keep_timed: bool, pareto: bool, chunk_plans: int | None,
+            known_scale: float | None) -> tuple[SearchResult | None, float]:
+    """One pass of :func:`search`; None (and the final scale) when plans were dropped under a rounding
+    scale that the final one outgrew, so that the pass must be repeated with the scale known."""
+    phases = dict.fromkeys(("layouts", "expand", "memory", "time", "rank"), 0.0)
+    start = time.perf_counter()
     layout_model = LayoutModel(scenario.model, scenario.training, scenario.cluster, scenario.options,
                                scenario.gpu_counts)
     layouts = layout_model.enumerate_layouts()
-    clock["layouts"] = time.perf_counter()
+    clock = time.perf_counter()
+    phases["layouts"] = clock - start
 
-    groups = candidate_groups(scenario, layouts)
-    plans, option_valid = expand_recompute(scenario, groups)
-    n_groups, n_options = option_valid.shape
-    clock["expand"] = time.perf_counter()
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] += now - clock
+        clock = now
 
-    fits, min_memory = screen_memory(scenario, plans, option_valid, recompute_options(scenario))
-    candidates = option_valid.sum()
-    clock["memory"] = time.perf_counter()
+    o = scenario.options
+    options = recompute_options(scenario)
+    n_options = len(options)
+    top = _TopPlans(o.objective, o.top_k, o.best_per_layout, known_scale)
+    front = _ParetoPlans(scenario.cluster.economics.price_per_gpu_hour_usd or 1.0) if pareto else None
+    candidates = feasible = timed_count = 0
+    least_memory: list[float] = []
+    feasible_parts: list[PlanArrays] = []
+    timed_parts: list[PlanMetrics] = []
+    max_groups = None if chunk_plans is None else max(1, chunk_plans // n_options)
+    for groups in group_chunks(scenario, layouts, max_groups):
+        plans, option_valid = expand_recompute(scenario, groups)
+        n_groups = len(option_valid)
+        lap("expand")
 
-    any_fit = fits.any(axis=1)
-    if scenario.options.objective == "memory_headroom":
-        chosen = n_options - 1 - np.argmax(fits[:, ::-1], axis=1)
-    else:
-        chosen = np.argmax(fits, axis=1)  # least recompute that fits
-    index = (np.arange(n_groups) * n_options + chosen)[any_fit]
-    timed = plans.take(index)
-    metrics = evaluate(scenario.model, scenario.training, scenario.cluster, timed, scenario.costs) if len(index) else None
-    clock["time"] = time.perf_counter()
+        fits, chunk_min = screen_memory(scenario, plans, option_valid, options)
+        candidates += int(option_valid.sum())
+        feasible += int(fits.sum())
+        if not np.isnan(chunk_min):  # NaN: no plan of the chunk was priced
+            least_memory.append(chunk_min)
+        if keep_feasible:
+            feasible_parts.append(plans.take(np.flatnonzero(fits.ravel())))
+        lap("memory")
 
-    ranked = None
-    if metrics is not None:
-        order = rank_order(metrics, scenario.cluster, scenario.options.objective)
-        if scenario.options.best_per_layout:
-            order = best_per_layout(order, metrics)
-        ranked_plans = timed.take(order[: scenario.options.top_k])
-        ranked = evaluate(scenario.model, scenario.training, scenario.cluster, ranked_plans, scenario.costs)
-    clock["rank"] = time.perf_counter()
+        any_fit = fits.any(axis=1)
+        if o.objective == "memory_headroom":
+            chosen = n_options - 1 - np.argmax(fits[:, ::-1], axis=1)
+        else:
+            chosen = np.argmax(fits, axis=1)  # least recompute that fits
+        index = (np.arange(n_groups) * n_options + chosen)[any_fit]
+        if len(index):
+            metrics = evaluate(scenario.model, scenario.training, scenario.cluster, plans.take(index),
+                               scenario.costs)
+            timed_count += len(index)
+            lap("time")
+            top.add(metrics)
+            if front is not None:
+                front.add(metrics)
+            if keep_timed:
+                timed_parts.append(metrics)
+            lap("rank")
+        del plans, option_valid, fits
 
-    names = ["layouts", "expand", "memory", "time", "rank"]
-    seconds = {}
-    previous = clock["start"]
-    for name in names:
-        seconds[name] = clock[name] - previous
-        previous = clock[name]
-    seconds["total"] = clock["rank"] - clock["start"]
+    if not top.exact:
+        return None, top.key_scale
+    ranked = pareto_ranked = None
+    best = top.best()
+    if best is not None:
+        ranked = evaluate(scenario.model, scenario.training, scenario.cluster, best, scenario.costs)
+        if front is not None:
+            pareto_ranked = evaluate(scenario.model, scenario.training, scenario.cluster, front.front(o.top_k),
+                                     scenario.costs)
+    lap("rank")
+
+    seconds = dict(phases, total=clock - start)
     return SearchResult(
-        scenario=scenario, ranked=ranked, num_layouts=len(layouts), num_candidates=int(candidates),
-        num_feasible=int(fits.sum()), num_timed=len(index), min_memory_bytes=min_memory, seconds=seconds,
-        feasible_plans=plans.take(np.flatnonzero(fits.ravel())) if keep_feasible else None,
-        timed=metrics if keep_timed else None,
-    )
+        scenario=scenario, ranked=ranked, num_layouts=len(layouts), num_candidates=candidates,
+        num_feasible=feasible, num_timed=timed_count,
+        min_memory_bytes=min(least_memory) if least_memory else float("nan"), seconds=seconds,
+        feasible_plans=_joined_plans(feasible_parts) if keep_feasible else None,
+        timed=(PlanMetrics.concatenate(timed_parts) if timed_parts else None) if keep_timed else None,
+        pareto=pareto_ranked,
+    ), top.key_scale
+
+
+def _joined_plans(parts: list[PlanArrays]) -> PlanArrays:
+    parts = [p for p in parts if len(p)] or parts
+    return PlanArrays.concatenate(parts) if parts else PlanArrays.from_columns({"tp": np.zeros(0, dtype=np.int64)})
