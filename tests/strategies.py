@@ -66,7 +66,7 @@ def dense_configs(draw, max_layers: int = 24) -> dict:
         cfg.update(model_type="qwen3", hidden_act="silu", rms_norm_eps=1e-6)
     elif kind == "gpt2":
         # learned positions, plain GeLU MLP, LayerNorm, biases everywhere
-        cfg.update(model_type="gpt2", activation_function="gelu_new", max_position_embeddings=16384)
+        cfg.update(model_type="gpt2", activation_function="gelu_new", max_position_embeddings=131072)
     elif kind == "sliding":
         layers = cfg["num_hidden_layers"]
         pattern = draw(st.lists(st.booleans(), min_size=layers, max_size=layers))
