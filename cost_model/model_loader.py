@@ -152,6 +152,24 @@ def training_overrides(training: dict[str, Any], source: str) -> dict[str, Any]:
     return dict(training)
 
 
+BATCH_FIELDS = ("global_batch_size", "global_batch_tokens")
+"""The two ways to give the global batch (sequences or tokens): each layer of settings gives at most one."""
+
+
+def layered_training(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Training settings from several layers (model file, then sweep or study, then axis values or flags),
+    later layers winning. A layer that gives one batch field replaces the other one of the layers below
+    it, so the batch a user wrote last is the one priced; never both, where one would silently win."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        given = [key for key in BATCH_FIELDS if key in layer]
+        if given:
+            for key in BATCH_FIELDS:
+                merged.pop(key, None)
+        merged.update(layer)
+    return merged
+
+
 def build_training(overrides: dict[str, Any], source: str = "training", model: ModelSpec | None = None) -> TrainingSpec:
     """Make a :class:`TrainingSpec` from defaults plus overrides, resolving ``global_batch_tokens``;
     given the ``model``, also check the settings that depend on it (CUDA graphs of MoE layers).

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from cost_model.model_loader import build_training, list_model_presets, load_model
+from cost_model.model_loader import build_training, layered_training, list_model_presets, load_model
 from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanArrays, module_mask
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB
@@ -122,16 +122,11 @@ def _training(model_input, **settings):
     A flag overrides the file, including the file's other way of giving the batch (``--global-batch``
     replaces the file's ``global_batch_tokens``); both batch flags at once are refused. A bad value is
     reported against the flag that gave it, not against the model file."""
-    overrides = dict(model_input.training_overrides)
     given = {key: value for key, value in settings.items() if value is not None}
     if "global_batch_size" in given and "global_batch_tokens" in given:
         raise InputError("command line", "--global-batch-tokens", "is given together with --global-batch, and both "
                          "set the batch", "keep one: --global-batch (sequences) or --global-batch-tokens (tokens)")
-    if "global_batch_size" in given:
-        overrides.pop("global_batch_tokens", None)
-    if "global_batch_tokens" in given:
-        overrides.pop("global_batch_size", None)
-    overrides.update(given)
+    overrides = layered_training(model_input.training_overrides, given)
     try:
         return build_training(overrides, source=model_input.source or "training", model=model_input.spec)
     except InputError as error:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cost_model.model_loader import ModelInput, build_training
+from cost_model.model_loader import ModelInput, build_training, layered_training
 from cost_model.params import ParameterCounts
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.loader import load_cluster
@@ -215,7 +215,7 @@ def load_study(path: str | Path) -> Study:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InputError(source, "top_k", f"must be a positive whole number, got {_short_repr(top_k)}", "e.g. top_k: 5")
     search_options = _search_options(data.get("search") or {}, source, top_k, objective)
-    training = {**model.training_overrides, **_training_section(data.get("training") or {}, source)}
+    training = layered_training(model.training_overrides, _training_section(data.get("training") or {}, source))
     try:
         trial = build_training(training, source=f"{source}: training", model=model.spec)
     except InputError as exc:

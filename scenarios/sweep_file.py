@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cost_model.model_loader import ModelInput, build_training, load_model, training_overrides
+from hardware.yaml_input import names_existing_file
+from cost_model.model_loader import ModelInput, build_training, layered_training, load_model, training_overrides
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.loader import load_cluster
 from hardware.schema import ClusterSpec, _set_dotted
@@ -330,11 +331,7 @@ def _check_fixed_training(training: dict[str, Any], models: dict[str, ModelInput
     if varying & {"seq_length", "global_batch_tokens", "global_batch_size"}:
         varying |= {"global_batch_tokens", "global_batch_size"}  # divisibility depends on the axis values
     for label, model_input in models.items():
-        merged = {**model_input.training_overrides, **training}
-        if "global_batch_size" in training:
-            merged.pop("global_batch_tokens", None)
-        if "global_batch_tokens" in training:
-            merged.pop("global_batch_size", None)
+        merged = layered_training(model_input.training_overrides, training)
         for key in varying:
             merged.pop(key, None)
         try:
@@ -359,7 +356,8 @@ def _resolve_path(label: str, base_dir: Path) -> Path | None:
     if not label.lower().endswith((".yaml", ".yml", ".json")) and "/" not in label:
         return None
     candidate = base_dir / label
-    return candidate if candidate.exists() else Path(label)
+    # names_existing_file never raises (a 300-character label is reported by the loader, not by the OS)
+    return candidate if names_existing_file(candidate) else Path(label)
 
 
 def _load(axis: str, loader, label: str, base_dir: Path, source: str, index: int):
@@ -426,12 +424,7 @@ class _Shared:
 
     def _build_training(self, model_label: str, training_values: dict[str, Any]):
         model_input = self.sweep.models[model_label]
-        merged = {**model_input.training_overrides, **self.sweep.training}
-        if "global_batch_size" in training_values:
-            merged.pop("global_batch_tokens", None)
-        if "global_batch_tokens" in training_values:
-            merged.pop("global_batch_size", None)
-        merged.update(training_values)
+        merged = layered_training(model_input.training_overrides, self.sweep.training, training_values)
         return build_training(merged, source=f"{self.sweep.source}: {model_label}", model=model_input.spec)
 
     def options(self, objective: str, top_k: int | None = None) -> SearchOptions:

@@ -251,3 +251,33 @@ def test_shared_expansion_builds_the_same_tasks_as_one_by_one():
     assert [t.params for t in tasks] == [t.params for t in alone]
     assert [t.error for t in tasks] == [t.error for t in alone] and sum(t.error is not None for t in tasks) == 16
     assert [t.scenario for t in tasks] == [t.scenario for t in alone]
+
+
+def test_layered_training_keeps_only_the_batch_the_latest_layer_gave():
+    from cost_model.model_loader import layered_training
+
+    model_file = {"seq_length": 8192, "global_batch_tokens": 4194304}
+    assert layered_training(model_file, {"global_batch_size": 64}) == {"seq_length": 8192, "global_batch_size": 64}
+    assert layered_training(model_file, {"seq_length": 4096}, {}) == {"seq_length": 4096,
+                                                                      "global_batch_tokens": 4194304}
+    assert layered_training({"global_batch_size": 64}, {"global_batch_tokens": 1048576}, {"train_tokens": 1e12}) == {
+        "global_batch_tokens": 1048576, "train_tokens": 1e12}
+
+
+def test_a_sweep_training_batch_replaces_the_model_files_other_batch_field(tmp_path):
+    (tmp_path / "model.yaml").write_text("preset: llama3-8b\ntraining:\n  seq_length: 4096\n"
+                                         "  global_batch_tokens: 4194304\n")
+    sweep = sweep_from_mapping({"name": "layers", "training": {"global_batch_size": 64},
+                                "axes": {"model": ["model.yaml"], "cluster": ["h100x8"]}},
+                               source=str(tmp_path / "s.yaml"), base_dir=tmp_path)
+    (task,) = expand(sweep)
+    # the sweep's 64 sequences, not the model file's 1,024 (4,194,304 tokens / 4,096): never both, one winning
+    assert task.error is None and task.scenario.training.global_batch_size == 64
+
+
+def test_a_model_label_too_long_for_a_file_name_is_an_input_error(tmp_path):
+    label = "m" * 300 + ".yaml"
+    with pytest.raises(InputError) as caught:
+        sweep_from_mapping({"name": "long", "axes": {"model": [label], "cluster": ["h100x8"]}},
+                           source="s.yaml", base_dir=tmp_path)
+    assert "axes.model[0]" in str(caught.value) and len(str(caught.value)) < 1000
