@@ -16,8 +16,11 @@ breaks (:meth:`LayoutModel.broken_rules`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import sys
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,6 +179,40 @@ class SearchIncomplete(RuntimeError):
     part of the layouts, and a part must never be taken for the whole."""
 
 
+class _DeferredPandas(types.ModuleType):
+    """Stands in for pandas while OR-Tools' ``cp_model`` is imported. That module imports pandas (a
+    quarter of a second) only for its pandas-indexed helpers (``new_int_var_series`` and the like), which
+    this tool never calls; at import time it reads ``pd.Index`` and ``pd.Series`` only to build type hints.
+    While the import runs, any attribute is a placeholder class (those hints are never checked); after it,
+    any attribute imports the real pandas and is taken from it, so the helpers keep working if called."""
+
+    importing = True
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if _DeferredPandas.importing:
+            return type(name, (), {"__module__": "pandas"})
+        import pandas
+
+        return getattr(pandas, name)
+
+
+@contextlib.contextmanager
+def _pandas_deferred():
+    """Import with ``pandas`` replaced by a :class:`_DeferredPandas` (unless pandas is already loaded)."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    sys.modules["pandas"] = _DeferredPandas("pandas")
+    try:
+        yield
+    finally:
+        _DeferredPandas.importing = False
+        if isinstance(sys.modules.get("pandas"), _DeferredPandas):
+            del sys.modules["pandas"]  # the next `import pandas` loads the real one
+
+
 def _load_solver() -> None:
     """Import OR-Tools on first use. Its module imports pandas and takes about half a second, which the
     commands that never solve (``--help``, ``hardware``, ``models``, ``compare``) should not pay; the
@@ -184,7 +221,8 @@ def _load_solver() -> None:
     layout was found) and ``_Collector``."""
     if "cp_model" in globals():
         return
-    from ortools.sat.python import cp_model as solver_module
+    with _pandas_deferred():
+        from ortools.sat.python import cp_model as solver_module
 
     class _Collector(solver_module.CpSolverSolutionCallback):
         def __init__(self, variables):

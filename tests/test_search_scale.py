@@ -300,3 +300,21 @@ def test_gpu_range_equals_the_best_of_each_gpu_count():
             int(whole.ranked.plans.num_gpus[i])) for i in range(len(whole.ranked))]
     assert got == merged[: len(got)]
     assert len({g for _, _, g in got}) >= 1
+
+
+def test_the_solver_loads_without_pandas_and_pandas_still_works_after():
+    """OR-Tools' cp_model imports pandas (a quarter of a second) for helpers this tool never calls; the
+    layout model imports it with pandas deferred. In a fresh interpreter: no pandas after loading the
+    solver, a real pandas when asked for later, and OR-Tools' own ``pd`` then resolves to it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from optimizer import layout_model\n"
+            "assert 'ortools' not in sys.modules\n"
+            "layout_model._load_solver()\n"
+            "assert 'ortools' in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)\n"
+            "import pandas\n"
+            "assert pandas.DataFrame({'a': [1]}).shape == (1, 1)\n"
+            "assert layout_model.cp_model.pd.Series is pandas.Series\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
