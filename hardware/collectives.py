@@ -159,19 +159,23 @@ class CollectiveCost:
         return np.where(active & (m > 0), time, 0.0)
 
 
+_CALLER_BUG = "a plan-search bug in the code that priced the collective: please report it with the command line"
+
+
 def _check(topology: TopologySpec, kind: Collective, n: np.ndarray, m: np.ndarray, g: np.ndarray) -> None:
     """Reject impossible inputs loudly: they are programming errors upstream, not slow collectives."""
     if np.any(n < 1) or np.any(n != np.round(n)):
-        raise InputError("collective_time_s", "group_size", "must be a whole number >= 1")
+        raise InputError("collective_time_s", "group_size", "must be a whole number >= 1", _CALLER_BUG)
     if np.any(g < 1) or np.any(g > n) or np.any(g != np.round(g)):
-        raise InputError("collective_time_s", "ranks_per_domain", "must be a whole number in [1, group_size]")
+        raise InputError("collective_time_s", "ranks_per_domain", "must be a whole number in [1, group_size]",
+                         _CALLER_BUG)
     if np.any(g > topology.scaleup_domain_gpus):
         raise InputError("collective_time_s", "ranks_per_domain",
-                         f"exceeds the {topology.scaleup_domain_gpus}-GPU scale-up domain")
+                         f"exceeds the {topology.scaleup_domain_gpus}-GPU scale-up domain", _CALLER_BUG)
     if np.any(m < 0):
-        raise InputError("collective_time_s", "message_bytes", "must be >= 0")
+        raise InputError("collective_time_s", "message_bytes", "must be >= 0", _CALLER_BUG)
     if kind is Collective.SEND_RECV and np.any(n > 2):
-        raise InputError("collective_time_s", "group_size", "send_recv is between 2 ranks: pass group_size=2")
+        raise InputError("collective_time_s", "group_size", "send_recv is between 2 ranks: pass group_size=2", _CALLER_BUG)
 
 
 # nccl-tests bus-bandwidth factors (doc/PERFORMANCE.md): busbw = algbw * factor(n).

@@ -48,7 +48,8 @@ class GroupPlacement:
 def parse_rank_order(order: str) -> tuple[str, ...]:
     """'tp-cp-ep-dp-pp' -> ('tp', 'cp', 'ep', 'dp', 'pp'); anything but a permutation of the five -> InputError."""
     if not isinstance(order, str):
-        raise InputError("rank order", "order", f"must be a string like '{DEFAULT_RANK_ORDER}', got {order!r}")
+        raise InputError("rank order", "order", f"must be a string like '{DEFAULT_RANK_ORDER}', got {order!r}",
+                         f"list each of the five once, innermost first, e.g. '{DEFAULT_RANK_ORDER}'")
     parts = tuple(p.strip().lower() for p in order.replace("_", "-").split("-"))
     unknown = [p for p in parts if p not in _DIMENSIONS]
     repeated = sorted({p for p in parts if parts.count(p) > 1})
@@ -66,14 +67,15 @@ def _as_int_arrays(**sizes) -> dict[str, np.ndarray]:
     arrays = dict(zip(sizes, np.broadcast_arrays(*(np.asarray(v, dtype=np.int64) for v in sizes.values()))))
     for name, value in arrays.items():
         if np.any(value < 1):
-            raise InputError("placement", name, "parallel sizes must be whole numbers >= 1")
+            raise InputError("placement", name, "parallel sizes must be whole numbers >= 1",
+                             "give every parallel degree as a whole number of at least 1")
     return arrays
 
 
 def _place(sizes: dict[str, np.ndarray], order: str, domain_gpus: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per dimension: (stride, ranks of one group sharing a domain), by the rule in the module docstring."""
     if int(domain_gpus) < 1:
-        raise InputError("placement", "domain_gpus", "must be >= 1")
+        raise InputError("placement", "domain_gpus", "must be >= 1", "the scale-up domain holds at least one GPU")
     domain = np.int64(domain_gpus)
     world = np.ones_like(next(iter(sizes.values())))
     for size in sizes.values():

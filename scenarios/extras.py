@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from hardware.yaml_input import checked_path
 from hardware.errors import InputError
 
 INSTALL = "pip install 'plan-search[sweep]'"
@@ -38,7 +39,7 @@ def require(modules: tuple[str, ...], command: str, purpose: str) -> None:
 def require_parquet_reader(path: str | Path) -> None:
     """A results path that will be read as Parquet (a ``.parquet`` file, or a sweep directory holding
     one) needs pyarrow; say so against that path, not 'cannot be read', which blames the file."""
-    path = Path(path)
+    path = checked_path(path, "results")  # an impossible path is an input error, not OSError
     parquet = path.suffix.lower() == ".parquet" or (path.is_dir() and (path / "results.parquet").exists())
     if parquet and missing(("pyarrow",)):
         raise InputError(path, "", "is Parquet, and reading Parquet needs pyarrow, which is not installed",

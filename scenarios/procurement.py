@@ -44,6 +44,7 @@ import pandas as pd
 
 from cost_model.model_loader import ModelInput, build_training, layered_training
 from cost_model.params import ParameterCounts
+from hardware.yaml_input import checked_path
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.loader import load_cluster
 from hardware.schema import ClusterSpec
@@ -403,7 +404,7 @@ def write_report(result: StudyResult, out_dir: str | Path) -> list[Path]:
     """summary.md, options.csv, sensitivity.csv, plans.parquet and the figures, into ``out_dir``."""
     from .plots import SensitivityAxis, pareto_plot, sensitivity_plot  # matplotlib: only when writing figures
 
-    out = Path(out_dir)
+    out = checked_path(out_dir, "--out")
     if out.exists() and not out.is_dir():
         raise InputError(out, "", "is a file, not a directory", "pass a directory for --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from hardware.yaml_input import checked_path
 from hardware.errors import InputError
 
 from .rows import json_safe
@@ -60,7 +61,7 @@ class PartStore:
     """The per-scenario part files of one output directory."""
 
     def __init__(self, out_dir: str | Path):
-        self.out_dir = Path(out_dir)
+        self.out_dir = checked_path(out_dir, "--out")
         self.parts_dir = self.out_dir / PARTS_DIR
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(self.out_dir, "", "is a file, not a directory", "pass a directory for --out")
@@ -200,7 +201,7 @@ def _alive(pid: int) -> bool:
 
 def read_results(path: str | Path, role: str = "results") -> pd.DataFrame:
     """A results table from ``results.parquet``, ``results.csv`` or a sweep output directory."""
-    path = Path(path)
+    path = checked_path(path, role)
     if path.is_dir():
         for name in (RESULTS_PARQUET, RESULTS_CSV):
             if (path / name).exists():

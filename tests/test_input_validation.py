@@ -482,11 +482,11 @@ def test_a_long_path_keeps_its_file_name():
     assert "cluster.yaml" in cut and len(cut) < 400
 
 
-OWN_MODULES = ["hardware/errors.py", "hardware/schema.py", "hardware/loader.py", "hardware/preset_catalog.py",
-               "hardware/yaml_input.py", "cost_model/model_loader.py", "optimizer/cli.py"]
+PACKAGE_MODULES = sorted(str(p.relative_to(ROOT)) for package in ("hardware", "cost_model", "optimizer", "scenarios")
+                         for p in (ROOT / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("module", OWN_MODULES)
+@pytest.mark.parametrize("module", PACKAGE_MODULES)
 def test_every_input_error_says_how_to_fix_it(module):
     tree = ast.parse((ROOT / module).read_text())
     missing = [node.lineno for node in ast.walk(tree)
