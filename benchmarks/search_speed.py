@@ -16,6 +16,11 @@ For each scenario (full default knob grid, default SearchOptions):
 
 Targets: under 1 s per scenario on one core; at least 20x faster than the naive loop.
 
+``--gpu-range`` runs instead the scale scenario of issue 20: DeepSeek-V3 on h100x1048576 (seq 4096, global
+batch 8192) over the GPU counts of ``--gpus 2048-1048576`` (every power of two from 2,048 to 1,048,576),
+once with the Pareto front kept, and prints seconds, the counts and the process's peak RSS
+(``resource.getrusage``). Targets: under 10 s and under 1 GiB.
+
 The process is pinned to one core (where the OS allows) and BLAS/OpenMP thread pools are set to one
 thread before numpy is imported. Interpreter start and imports are not timed.
 """
@@ -32,6 +37,7 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -133,13 +139,39 @@ def bench(label: str, model_name: str, cluster_name: str, seq: int, batch: int, 
                 phase=phase, naive_sample=naive_s, sample=k, naive_full=naive_full, speedup=speedup)
 
 
+def bench_gpu_range() -> None:
+    """The streaming search on a GPU range far larger than one chunk: time, counts and peak RSS."""
+    from optimizer.search_options import SearchOptions
+
+    scenario = make_scenario("deepseek-v3", "h100x1048576", 4096, 8192)
+    counts = tuple(2048 * 2**k for k in range(10))
+    scenario.options = SearchOptions(gpu_counts=counts)
+    print(f"\n== DeepSeek-V3 on h100x1048576, seq 4096, global batch 8192, GPUs {counts[0]:,}-{counts[-1]:,} "
+          f"({len(counts)} counts), with the Pareto front", flush=True)
+    start = time.perf_counter()
+    result = search(scenario, pareto=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"layouts {result.num_layouts:,} | candidate plans {result.num_candidates:,} | feasible "
+          f"{result.num_feasible:,} | timed {result.num_timed:,}")
+    print("  phases (s): " + "  ".join(f"{p} {result.seconds[p]:.3f}" for p in PHASES))
+    print(f"search {seconds:.2f} s (target < 10 s: {'MET' if seconds < 10 else 'MISSED'}), peak RSS of the "
+          f"process {peak:,.0f} MiB (target < 1,024 MiB: {'MET' if peak < 1024 else 'MISSED'})")
+    print(f"best: {result.ranked.tokens_per_s[0]:,.0f} tokens/s on {result.ranked.plans.num_gpus[0]:,} GPUs; "
+          f"Pareto plans: {len(result.pareto)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed search runs after the warm-up (median)")
     parser.add_argument("--sample", type=int, default=2000, help="plans in the naive loop's sample (0 = all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=None, help="run only scenarios whose label or model contains this")
+    parser.add_argument("--gpu-range", action="store_true", help="run the 2,048-1,048,576 GPU range scenario only")
     args = parser.parse_args()
+    if args.gpu_range:
+        bench_gpu_range()
+        return
 
     print(f"plan-search search benchmark  {datetime.date.today().isoformat()}  python {platform.python_version()}"
           f"  numpy {np.__version__}  {os.cpu_count()} CPUs, {PINNED}")
