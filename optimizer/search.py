@@ -11,6 +11,11 @@ the cost model prices them, and the feasible plans are ranked.
    time-based objectives only the least recompute that fits can win within a group of otherwise equal
    plans; for ``memory_headroom``, the most. One plan per group is timed.
 6. Ranking: the objective, then deterministic tie-breaks (memory, GPUs, the plan's columns).
+
+Steps 2-6 stream: the layouts' candidates are generated, screened and timed ``CHUNK_PLANS`` plans at a
+time (:func:`group_chunks`), and only the running top K (:class:`_TopPlans`) and, when asked, the running
+cost-time Pareto front (:class:`_ParetoPlans`) are kept, so a search over a GPU range of millions of
+candidates needs the memory of one chunk. Counts and the answer are those of one pass over everything.
 """
 
 from __future__ import annotations

@@ -149,6 +149,11 @@ def test_search_equals_brute_force(label, config, cluster_name, training):
     best = int(np.argmax(metrics.tokens_per_s))
     assert result.ranked.tokens_per_s[0] == pytest.approx(metrics.tokens_per_s[best], rel=1e-9)
 
+    # Streamed in chunks of a few plan groups: the same feasible set and the same best plan.
+    streamed = search(Scenario(spec, tr, cluster, options), keep_feasible=True, chunk_plans=100)
+    assert as_set(streamed.feasible_plans) == as_set(expected)
+    assert streamed.ranked.tokens_per_s[0] == pytest.approx(metrics.tokens_per_s[best], rel=1e-9)
+
 
 def test_memory_binding_case_really_excludes_plans():
     """The small-memory case above only tests something if memory removes plans."""
