@@ -403,7 +403,14 @@ def _pool_result(future: Future, task: ScenarioTask) -> Rows:
 
 
 def _kill_pool(executor: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel what has not started, SIGKILL the workers, reap them."""
+    """Stop a pool now: cancel what has not started, SIGKILL the workers, reap them.
+
+    SIGPIPE is ignored from here on: the pool's feeder thread may still be writing a task into the pipe
+    of a worker just killed, and with the default action (which ``main()`` sets so that ``| head`` ends
+    quietly) that write would kill this process by SIGPIPE instead of letting it exit 130 or 143."""
+    if hasattr(signal, "SIGPIPE"):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to change there
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     processes = list((getattr(executor, "_processes", None) or {}).values())
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
