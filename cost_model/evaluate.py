@@ -42,9 +42,12 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from hardware.schema import ClusterSpec
 
@@ -125,8 +128,10 @@ class PlanMetrics:
         return cls(plans=PlanArrays.concatenate([p.plans for p in parts]),
                    model_flops_per_step=parts[0].model_flops_per_step, **arrays)
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> "pd.DataFrame":
         """One row per plan: the plan columns, then metrics (memory in GiB, times in seconds)."""
+        import pandas as pd  # here, not at module level: a search that prints a table never needs pandas
+
         columns = {name: value for name, value in self.plans.to_columns().items()}
         columns["num_gpus"] = self.plans.num_gpus
         columns["num_microbatches"] = self.num_microbatches

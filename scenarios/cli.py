@@ -12,8 +12,6 @@ from typing import Optional
 
 import typer
 
-from .compare import DEFAULT_THRESHOLD, compare_tables
-from .store import read_results
 
 
 ERRORS_SHOWN = 3
@@ -88,12 +86,18 @@ def sweep_command(
 def compare_command(
     old: Path = typer.Argument(..., help="Earlier results (results.parquet/.csv or a sweep output directory)."),
     new: Path = typer.Argument(..., help="Later results."),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Relative change that counts (0.05 = 5%)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold",
+                                              help="Relative change that counts (0.05 = 5%, the default)."),
 ) -> None:
     """List scenarios whose best plan changed or whose throughput, memory or cost moved past the threshold,
     with the inputs that differ between OLD and NEW for each; exit 1 when there are any (a nightly gate)."""
+    # pandas and the comparison load here, not when the CLI starts (every other command's start-up)
+    from .compare import DEFAULT_THRESHOLD, compare_tables
     from .extras import require_parquet_reader
+    from .store import read_results
 
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLD
     for path in (old, new):
         require_parquet_reader(path)
     comparison = compare_tables(read_results(old, "OLD"), read_results(new, "NEW"), threshold,
