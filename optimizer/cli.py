@@ -3,7 +3,8 @@
 ``plan-search CLUSTER MODEL`` searches (the ``search`` sub-command is implied); ``evaluate`` prices one
 given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model presets. Exit codes:
 0 plans found, 1 nothing fits (with the explanation), 2 bad input (one line, never a traceback), 3 the layout
-solver stopped before proving its answer (no result is printed), 130 interrupted (Ctrl-C).
+solver stopped before proving its answer (no result is printed), 70 a defect of plan-search itself (one
+line; ``PLAN_SEARCH_DEBUG=1`` shows the traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -520,12 +521,19 @@ def main() -> None:
         except Exception as exc:
             # Usage errors of the command-line parser (click's, or the copy newer typer versions ship):
             # recognised by their interface rather than their class.
-            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                typer.echo(f"plan-search: error: {exc.format_message()}", err=True)
+                code = 2
+            elif os.environ.get("PLAN_SEARCH_DEBUG"):
                 raise
-            typer.echo(f"plan-search: error: {exc.format_message()}", err=True)
-            code = 2
-        for warning in caught:
-            typer.echo(f"plan-search: warning: {warning.message}", err=True)
+            else:
+                code = _internal_error(exc)
+        seen: set[str] = set()
+        for warning in caught:  # a sweep can raise the same warning once per scenario: say it once
+            text = str(warning.message)
+            if text not in seen:
+                seen.add(text)
+                typer.echo(f"plan-search: warning: {text}", err=True)
     if _is_console_script():
         # Everything is printed: flush and leave without the interpreter's teardown (freeing every
         # module's objects, OR-Tools' and pandas' included, takes tens of milliseconds and changes
@@ -534,6 +542,25 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+INTERNAL_ERROR = 70
+"""Exit status of a defect in plan-search itself (BSD sysexits' EX_SOFTWARE), apart from bad input (2)."""
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A defect of plan-search, not of the input: one line that says so, where it happened and how to get
+    the whole traceback for a report; never a wall of traceback in front of a user."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(message) > 300:
+        message = message[:300] + "…"
+    typer.echo(f"plan-search: internal error{where}: {message}; this is a plan-search bug: please report it "
+               "with the command line (PLAN_SEARCH_DEBUG=1 prints the traceback)", err=True)
+    return INTERNAL_ERROR
 
 
 def _is_console_script() -> bool:

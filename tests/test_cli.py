@@ -315,3 +315,39 @@ def test_bad_command_line_training_value_names_the_flag_not_the_model(capsys, tm
     # the file's bad value is the file's fault even when the command line sets something else
     code, _, err = run(capsys, "evaluate", "h100x8", str(model), "--seq-len", "4096")
     assert code == 2 and f"{model}: training.fp8_recipe" in err
+
+
+def test_a_defect_of_the_tool_is_one_line_and_status_70_not_a_traceback(capsys, monkeypatch):
+    import optimizer.cli as cli
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero\nin a multi-line message")
+
+    monkeypatch.setattr(cli, "search", broken)
+    monkeypatch.delenv("PLAN_SEARCH_DEBUG", raising=False)
+    code, out, err = run(capsys, "h100x64", "llama3-8b")
+    assert code == cli.INTERNAL_ERROR == 70
+    (line,) = err.strip().splitlines()
+    assert line.startswith("plan-search: internal error at test_cli.py:")
+    assert "ZeroDivisionError: division by zero in a multi-line message" in line and "PLAN_SEARCH_DEBUG=1" in line
+    monkeypatch.setenv("PLAN_SEARCH_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        run(capsys, "h100x64", "llama3-8b")
+
+
+def test_a_warning_repeated_by_many_scenarios_is_printed_once(capsys, monkeypatch):
+    import warnings
+
+    import optimizer.cli as cli
+
+    real = cli.search
+
+    def noisy(*args, **kwargs):
+        for _ in range(3):
+            warnings.warn("h100x64: gpu.memory_gib = 1e4 looks like MiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "search", noisy)
+    code, _, err = run(capsys, "h100x64", "llama3-8b", "--top", "1")
+    assert code == 0
+    assert err.count("plan-search: warning: h100x64: gpu.memory_gib = 1e4 looks like MiB") == 1
