@@ -122,6 +122,13 @@ def model_input_from_mapping(config: dict[str, Any], source: str = "model",
     if not isinstance(training, dict):
         raise InputError(source, "training", "must be a mapping of training settings",
                          "write e.g. 'training: {seq_length: 8192, global_batch_size: 1024}'")
+    if "moe_capacity_factor" in config:
+        # A training setting that older model files gave at the top level: honoured (and checked) as the
+        # training section's, never dropped in silence; both places at once would leave one unused.
+        if "moe_capacity_factor" in training:
+            raise InputError(source, "moe_capacity_factor", "is given both at the top level and under training:",
+                             "keep the one under training:")
+        training = {**training, "moe_capacity_factor": config.pop("moe_capacity_factor")}
     preset = config.pop("preset", None)
     name = config.pop("name", None)
     if preset is not None:

@@ -505,3 +505,16 @@ def test_every_input_error_says_how_to_fix_it(module):
 def test_overrides_are_held_to_the_same_rules(key, value, needle):
     """Sweep and study overrides go through ClusterSpec.with_overrides: the same checks as a file."""
     assert needle in error_of(load_cluster("h100x64").with_overrides, {key: value}, source="sweep.yaml")
+
+
+def test_a_top_level_moe_capacity_factor_is_a_checked_training_setting_not_dropped():
+    from cost_model.model_loader import model_input_from_mapping
+
+    model = model_input_from_mapping({"preset": "mixtral-8x7b", "moe_capacity_factor": 1.25}, source="m.yaml")
+    assert model.training_overrides["moe_capacity_factor"] == 1.25
+    with pytest.raises(InputError, match="moe_capacity_factor must be a finite number"):
+        build_training(model_input_from_mapping({"preset": "mixtral-8x7b", "moe_capacity_factor": float("inf")},
+                                                source="m.yaml").training_overrides, source="m.yaml")
+    with pytest.raises(InputError, match="both at the top level and under training"):
+        model_input_from_mapping({"preset": "mixtral-8x7b", "moe_capacity_factor": 1.25,
+                                  "training": {"moe_capacity_factor": 1.5}}, source="m.yaml")
