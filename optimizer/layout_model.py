@@ -221,7 +221,11 @@ def _load_solver() -> None:
     layout was found) and ``_Collector``."""
     if "cp_model" in globals():
         return
-    with _pandas_deferred():
+    try:
+        with _pandas_deferred():
+            from ortools.sat.python import cp_model as solver_module
+    except Exception:  # an OR-Tools release that uses pandas while importing: pay for the real one
+        sys.modules.pop("ortools.sat.python.cp_model", None)
         from ortools.sat.python import cp_model as solver_module
 
     class _Collector(solver_module.CpSolverSolutionCallback):

@@ -318,3 +318,20 @@ def test_the_solver_loads_without_pandas_and_pandas_still_works_after():
             "assert pandas.DataFrame({'a': [1]}).shape == (1, 1)\n"
             "assert layout_model.cp_model.pd.Series is pandas.Series\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_or_tools_that_needs_pandas_while_importing_gets_the_real_one():
+    """If a later OR-Tools release touches pandas at import in a way the stand-in cannot answer, the
+    solver is imported again with the real pandas rather than failing."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from optimizer import layout_model\n"
+            "def refuse(self, name):\n"
+            "    raise RuntimeError('this OR-Tools reads pandas at import')\n"
+            "layout_model._DeferredPandas.__getattr__ = refuse\n"
+            "layout_model._load_solver()\n"
+            "assert 'pandas' in sys.modules and not isinstance(sys.modules['pandas'], layout_model._DeferredPandas)\n"
+            "assert layout_model.cp_model.CpSolver() is not None\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
