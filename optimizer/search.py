@@ -82,7 +82,9 @@ class SearchResult:
     """Of those, plans that fit in memory."""
     num_timed: int
     min_memory_bytes: float
-    """Least peak memory of any candidate (what the best plan needs when nothing fits)."""
+    """Least peak memory of the candidates the memory screen priced. Exact when nothing fits (every group's
+    least-memory option is then priced: what the best plan needs); when some plans fit, the screen skips
+    pricing the lighter options of groups that already fit, so it is only an upper bound."""
     seconds: dict[str, float]
     feasible_plans: PlanArrays | None = None
     """Every feasible plan, when the search was asked to keep them."""
