@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 import textwrap
 import time
 import warnings
@@ -25,24 +24,12 @@ from cost_model.training_spec import TrainingSpec
 from hardware import bounds, yaml_input
 from hardware.errors import InputError, read_yaml_mapping
 from hardware.loader import load_cluster
-from optimizer.cli import main
+from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 LLAMA_LIKE = {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8,
               "intermediate_size": 1024, "vocab_size": 1000, "hidden_act": "silu", "rms_norm_eps": 1e-5}
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["plan-search", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def refused(capsys, *args: str) -> str:

@@ -11,6 +11,7 @@ import yaml
 from hardware.errors import InputError
 from optimizer.cli import main
 from scenarios.identity import stable_hash
+from tests.test_cli import run as run_cli
 from scenarios.sweep_file import expand, load_sweep, sweep_from_mapping
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "scenarios" / "examples"
@@ -177,15 +178,7 @@ def test_a_fixed_setting_that_only_some_axis_values_reject_stays_a_row():
 
 
 def _cli(argv, capsys):
-    saved = sys.argv
-    sys.argv = ["plan-search", *argv]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+    return run_cli(capsys, *argv)
 
 
 def test_cli_refuses_a_bad_fixed_training_section_before_any_search(tmp_path, capsys, monkeypatch):
