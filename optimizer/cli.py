@@ -297,7 +297,9 @@ def evaluate_command(
     cluster: str = typer.Argument(..., help="Cluster YAML file or preset name."),
     model: str = typer.Argument(..., help="model.yaml, config.json or preset name."),
     tp: int = typer.Option(1, "--tp"), pp: int = typer.Option(1, "--pp"), dp: Optional[int] = typer.Option(None, "--dp", help="Default: the rest of the cluster."),
-    cp: int = typer.Option(1, "--cp"), ep: int = typer.Option(1, "--ep"), etp: int = typer.Option(1, "--etp"),
+    cp: int = typer.Option(1, "--cp"), ep: int = typer.Option(1, "--ep"), etp: Optional[int] = typer.Option(
+        None, "--etp", help="Expert tensor parallelism (default: --tp for an MoE model, as Megatron's "
+                            "--expert-tensor-parallel-size; 1 for a dense model)."),
     vpp: int = typer.Option(1, "--vpp"), micro_batch: int = typer.Option(1, "--micro-batch"),
     recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
     recompute_num_layers: int = typer.Option(-1, "--recompute-num-layers", help="-1 = all layers of each chunk."),
@@ -335,6 +337,8 @@ def evaluate_command(
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
         moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+    if etp is None:  # Megatron's validate_args sets expert_tensor_parallel_size to the TP size when not given
+        etp = tp if model_input.spec.is_moe else 1
     _check_plan_flags(cluster_spec, model_input.spec, training,
                       degrees={"tp": tp, "pp": pp, "cp": cp, "dp": dp, "ep": ep, "etp": etp}, vpp=vpp,
                       micro_batch=micro_batch, recompute_num_layers=recompute_num_layers,

@@ -351,3 +351,14 @@ def test_a_warning_repeated_by_many_scenarios_is_printed_once(capsys, monkeypatc
     code, _, err = run(capsys, "h100x64", "llama3-8b", "--top", "1")
     assert code == 0
     assert err.count("plan-search: warning: h100x64: gpu.memory_gib = 1e4 looks like MiB") == 1
+
+
+def test_evaluate_defaults_expert_tp_to_tp_for_moe_as_megatron(capsys):
+    """Megatron's --expert-tensor-parallel-size defaults to the TP size; a dense model has no experts (1)."""
+    args = ("evaluate", "h100x64", "mixtral-8x7b", "--tp", "8", "--ep", "1", "--format", "json")
+    default = json.loads(run(capsys, *args)[1])["plan"]
+    explicit = json.loads(run(capsys, *args, "--etp", "8")[1])["plan"]
+    assert default["etp"] == 8 and default == explicit
+    assert json.loads(run(capsys, *args, "--etp", "1")[1])["plan"]["memory_gib"] > 5 * default["memory_gib"]
+    dense = json.loads(run(capsys, "evaluate", "h100x64", "llama3-8b", "--tp", "8", "--format", "json")[1])["plan"]
+    assert dense["etp"] == 1
