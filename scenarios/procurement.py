@@ -57,6 +57,7 @@ from .rows import typed_frame
 from .runner import run_tasks
 from .sweep_file import (ScenarioTask, _check_objective, _load_cluster, _load_model, _search_options,
                          _training_section, resolved_columns)
+from .sweep_file import _cut as _short_repr  # one way to echo a value in an error line, sweep and study alike
 
 STUDY_KEYS = ("name", "description", "model", "model_name", "price_source", "training", "objective", "top_k",
               "search", "options", "sensitivity")
@@ -243,12 +244,6 @@ def load_study(path: str | Path) -> Study:
                  source=source, model_label=data["model"], model=model,
                  model_name=str(data.get("model_name") or model.spec.name), price_source=data.get("price_source"),
                  training=training, options_spec=search_options, options=options, sensitivities=sensitivities)
-
-
-def _short_repr(value: Any, limit: int = 60) -> str:
-    """A value as the error line echoes it, cut so that one line stays one line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_entry(raw: Any, where: str, known: tuple[str, ...] | list[str], example: str, source: str) -> None:

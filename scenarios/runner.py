@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import math
 import multiprocessing
 import os
@@ -52,6 +51,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hardware.errors import InputError
 from optimizer.search import search
 
+from .extras import INSTALL, missing
 from .rows import empty_result, result_rows, typed_frame
 from .store import DamagedPartError, PartStore, write_results
 from .sweep_file import ScenarioTask, SweepSpec, expand
@@ -152,11 +152,8 @@ def check_extras(dask_scheduler: str | None = None) -> None:
     if dask_scheduler:
         needed.append(("distributed", "--dask-scheduler", "running on a Dask cluster"))
     for module, flag, purpose in needed:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise InputError("command line", flag, f"needs {module} for {purpose}, but it is not installed",
-                             "pip install 'plan-search[sweep]'") from None
+        if missing((module,)):
+            raise InputError("command line", flag, f"needs {module} for {purpose}, but it is not installed", INSTALL)
 
 
 def expected_seconds(scenarios: int, workers: int) -> float:
