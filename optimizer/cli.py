@@ -26,7 +26,7 @@ from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB
 from cost_model.options import CostOptions
 from hardware.cli import app as hardware_app
-from hardware.errors import InputError
+from hardware.errors import InputError, shorten
 from hardware.loader import load_cluster
 
 from .emit import emit
@@ -499,8 +499,10 @@ from scenarios.cli import register as _register_scenarios  # noqa: E402  (sweep,
 _register_scenarios(app)
 
 
-def main() -> None:
-    """Entry point: run the app; input errors become one line and exit status 2."""
+def main(fast_exit: bool = False) -> None:
+    """Entry point: run the app; input errors become one line and exit status 2. ``fast_exit`` (the
+    ``plan-search`` program, :mod:`optimizer.entry`) leaves without the interpreter's teardown; callers
+    in a process that goes on, such as tests, keep the default."""
     if hasattr(signal, "SIGPIPE"):
         # `plan-search ... | head`: end quietly on the closed pipe, as Unix tools do (status 141 in the
         # shell), instead of exit status 1, which means "nothing fits".
@@ -538,10 +540,10 @@ def main() -> None:
             if text not in seen:
                 seen.add(text)
                 typer.echo(f"plan-search: warning: {text}", err=True)
-    if _is_console_script():
+    if fast_exit:
         # Everything is printed: flush and leave without the interpreter's teardown (freeing every
         # module's objects, OR-Tools' and pandas' included, takes tens of milliseconds and changes
-        # nothing). Only as the ``plan-search`` program itself; tests call main() in their own process.
+        # nothing).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -559,15 +561,8 @@ def _internal_error(exc: BaseException) -> int:
 
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
-    message = " ".join(f"{type(exc).__name__}: {exc}".split())
-    if len(message) > 300:
-        message = message[:300] + "…"
+    message = shorten(" ".join(f"{type(exc).__name__}: {exc}".split()), 300)
     typer.echo(f"plan-search: internal error{where}: {message}; this is a plan-search bug: please report it "
                "with the command line (PLAN_SEARCH_DEBUG=1 prints the traceback)", err=True)
     return INTERNAL_ERROR
 
-
-def _is_console_script() -> bool:
-    """Whether this process is the installed ``plan-search`` command (its ``__main__`` is the script)."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
-    return os.path.basename(main_file) in ("plan-search", "plan-search.exe", "plan-search-script.py")

@@ -31,4 +31,4 @@ def main() -> None:
         signal.signal(signal.SIGINT, previous)
     if interrupted:
         _aborted()
-    run()
+    run(fast_exit=True)  # the program itself: no interpreter teardown after the output is flushed
