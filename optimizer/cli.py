@@ -60,8 +60,8 @@ class OutputFormat(str, Enum):
 
 class Emitter(str, Enum):
     megatron = "megatron"
+    megatron_bridge = "megatron-bridge"
     torchtitan = "torchtitan"
-    nemo = "nemo"
 
 
 class CPComm(str, Enum):
@@ -265,7 +265,7 @@ def search_command(
             "explanation": explanation.to_dict() if explanation else None,
         }
         if emitter and ranked is not None:
-            document["emit"] = {emitter.value: emit(emitter.value, _raw(ranked, 0), scenario.model, training)}
+            document["emit"] = {emitter.value: emit(emitter.value, _raw(ranked, 0), scenario.model, training).text}
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
         typer.echo(to_csv(ranked.to_frame()) if ranked is not None else "", nl=False)
@@ -282,7 +282,7 @@ def search_command(
             typer.echo("No plan fits: " + explanation.text())
     if emitter and ranked is not None and output is OutputFormat.table:
         typer.echo(f"\n{emitter.value} arguments of the best plan:")
-        typer.echo(emit(emitter.value, _raw(ranked, 0), scenario.model, training))
+        typer.echo(emit(emitter.value, _raw(ranked, 0), scenario.model, training).text)
     raise typer.Exit(0 if result.found else 1)
 
 
@@ -392,7 +392,7 @@ def evaluate_command(
         record["why_not"] = reasons
         document = {"scenario": scenario_record(scenario), "plan": record}
         if emitter:
-            document["emit"] = {emitter.value: emit(emitter.value, _raw(metrics, 0), scenario.model, training)}
+            document["emit"] = {emitter.value: emit(emitter.value, _raw(metrics, 0), scenario.model, training).text}
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
         frame = metrics.to_frame()
@@ -405,7 +405,7 @@ def evaluate_command(
         typer.echo("fits: yes" if fits else "fits: no\n  " + "\n  ".join(reasons))
         if emitter:
             typer.echo(f"\n{emitter.value} arguments:")
-            typer.echo(emit(emitter.value, _raw(metrics, 0), scenario.model, training))
+            typer.echo(emit(emitter.value, _raw(metrics, 0), scenario.model, training).text)
     raise typer.Exit(0 if fits else 1)
 
 

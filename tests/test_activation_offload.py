@@ -17,7 +17,7 @@ from cost_model.model_loader import load_model
 from cost_model.plan import PlanArrays
 from cost_model.training_spec import TrainingSpec
 from hardware.loader import load_cluster
-from optimizer.emit import megatron_args, nemo_code
+from optimizer.emit import emit
 from optimizer.plan_rules import violations
 from optimizer.validate import validate
 from tests.test_cli import run as run_cli
@@ -74,9 +74,8 @@ def test_emitters():
     plan = dict(tp=1, pp=1, dp=64, cp=1, ep=1, etp=1, vpp=1, micro_batch=2, recompute=0, recompute_num_layers=-1,
                 recompute_modules=1, sequence_parallel=False, zero_stage=3, optimizer_offload=False,
                 activation_offload_layers=40)
-    args = megatron_args(plan, LLAMA70, TRAIN)
-    assert "--cpu-offloading" in args and "--cpu-offloading-num-layers 40" in args
-    assert "recipe.model.config.cpu_offloading_num_layers = 40" in nemo_code(plan, LLAMA70, TRAIN)
+    assert "--cpu-offloading-num-layers 40" in emit("megatron", plan, LLAMA70, TRAIN).text
+    assert "model.cpu_offloading_num_layers=40" in emit("megatron-bridge", plan, LLAMA70, TRAIN).text
 
 
 def test_published_gb200_70b_run_fits_with_its_offload():

@@ -87,7 +87,7 @@ def test_csv_output_has_one_row_per_plan(capsys):
     ("megatron", ["--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--micro-batch-size",
                   "--global-batch-size 256", "--seq-length 8192"]),
     ("torchtitan", ["[parallelism]", "tensor_parallel_degree", "data_parallel_shard_degree", "[activation_checkpoint]"]),
-    ("nemo", ["nl.MegatronStrategy(", "tensor_model_parallel_size=", "recipe.data.global_batch_size = 256"]),
+    ("megatron-bridge", ["model.tensor_model_parallel_size=", "train.global_batch_size=256"]),
 ])
 def test_emit_prints_launcher_arguments(capsys, emitter, expected):
     code, out, _ = run(capsys, "h100x32", "llama3-70b", "--seq-len", "8192", "--global-batch", "256",

@@ -85,10 +85,9 @@ def test_emitters_name_the_flex_backend():
                 optimizer_offload=False)
     assert "--moe-token-dispatcher-type" not in emit("megatron", plan, QWEN3_30B, TRAIN)
     deepep = emit("megatron", plan, QWEN3_30B, TRAIN.with_changes(moe_token_dispatcher="deepep"))
-    assert "--moe-token-dispatcher-type flex \\\n  --moe-flex-dispatcher-backend deepep" in deepep
-    nemo = emit("nemo", plan, QWEN3_30B, TRAIN.with_changes(moe_token_dispatcher="hybridep"))
-    assert ("recipe.model.config.moe_token_dispatcher_type = 'flex'\n"
-            "recipe.model.config.moe_flex_dispatcher_backend = 'hybridep'\n") in nemo
+    assert "--moe-token-dispatcher-type flex \\\n  --moe-flex-dispatcher-backend deepep" in deepep.text
+    bridge = emit("megatron-bridge", plan, QWEN3_30B, TRAIN.with_changes(moe_token_dispatcher="hybridep")).argv
+    assert "model.moe_token_dispatcher_type='flex'" in bridge and "model.moe_flex_dispatcher_backend='hybridep'" in bridge
     sync_free = emit("megatron", plan, QWEN3_30B, TRAIN.with_changes(moe_token_dispatcher="hybridep",
                                                                       moe_rank_capacity_factor=1.5))
-    assert sync_free.count("--moe-token-dispatcher-type flex") == 1 and "--moe-expert-rank-capacity-factor 1.5" in sync_free
+    assert sync_free.text.count("--moe-token-dispatcher-type flex") == 1 and "--moe-expert-rank-capacity-factor 1.5" in sync_free

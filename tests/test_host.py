@@ -61,7 +61,7 @@ def test_kernel_inventory_by_fp8_recipe(recipe, attention, experts):
                 recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
                 optimizer_offload=False)
     assert f"--fp8-recipe {recipe}" in emit("megatron", plan, QWEN, training)
-    assert f'recipe.model.config.fp8_recipe = "{recipe}"' in emit("nemo", plan, QWEN, training)
+    assert f"model.fp8_recipe={recipe}" in emit("megatron-bridge", plan, QWEN, training)
 
 
 def test_exposed_time_is_what_issuing_outlasts_running():
@@ -118,8 +118,8 @@ def test_cuda_graph_scope_is_checked_and_emitted():
     assert "--cuda-graph-impl local" in emit("megatron", plan, QWEN, whole)
     padded_args = emit("megatron", plan, QWEN, whole)
     assert "--moe-expert-capacity-factor 1.0 \\\n  --moe-pad-expert-input-to-capacity" in padded_args
-    nemo = emit("nemo", plan, QWEN, whole)
-    assert "cuda_graph_scope = ['full_iteration']" in nemo and "moe_pad_expert_input_to_capacity = True" in nemo
+    bridge = emit("megatron-bridge", plan, QWEN, whole)
+    assert "model.cuda_graph_scope=['full_iteration']" in bridge and "model.moe_pad_expert_input_to_capacity=True" in bridge
 
 
 @pytest.mark.parametrize("scope", [("full_iteration",), ("moe",), ("attn", "moe")])
@@ -195,7 +195,7 @@ def test_sync_free_hybridep_is_capturable_with_the_paged_stash():
                  "--use-transformer-engine-op-fuser", "--moe-expert-rank-capacity-factor 1.5",
                  "--moe-paged-stash", "--moe-paged-stash-buffer-size-factor-cuda 1.2"):
         assert flag in args
-    assert "recipe.model.config.moe_expert_rank_capacity_factor = 1.5" in emit("nemo", plan, QWEN, stashed)
+    assert "model.moe_expert_rank_capacity_factor=1.5" in emit("megatron-bridge", plan, QWEN, stashed)
 
 
 @pytest.mark.parametrize("settings, message", [

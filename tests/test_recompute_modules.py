@@ -17,7 +17,7 @@ from cost_model.model_loader import load_model, model_from_hf
 from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays, module_mask, module_names
 from cost_model.training_spec import TrainingSpec
 from hardware.loader import load_cluster
-from optimizer.emit import megatron_args, nemo_code
+from optimizer.emit import emit
 from optimizer.plan_rules import violations
 from tests.test_cli import run as run_cli
 
@@ -142,9 +142,9 @@ def test_emitters_name_the_modules():
                 recompute_num_layers=-1, recompute_modules=module_mask(["mla_up_proj", "moe_act"]),
                 sequence_parallel=False, zero_stage=1, optimizer_offload=False)
     training = TrainingSpec(seq_length=4096, global_batch_size=2048)
-    args = megatron_args(plan, DEEPSEEK, training)
+    args = emit("megatron", plan, DEEPSEEK, training).text
     assert "--recompute-granularity selective" in args and "--recompute-modules mla_up_proj moe_act" in args
-    assert "recompute_modules = ['mla_up_proj', 'moe_act']" in nemo_code(plan, DEEPSEEK, training)
+    assert "model.recompute_modules=['mla_up_proj', 'moe_act']" in emit("megatron-bridge", plan, DEEPSEEK, training).text
 
 
 def test_cli_evaluate_with_modules(capsys):

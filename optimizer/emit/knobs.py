@@ -1,0 +1,117 @@
+"""One plan, resolved into the knobs every launcher needs: the shared plan -> knobs translation.
+
+The cost model prices a plan as columns (:mod:`cost_model.plan`) plus the training setup
+(:mod:`cost_model.training_spec`) and the cost options (CP communication, rank order). A launcher needs
+the same facts resolved: how many layers each pipeline stage holds, how many layers full recompute
+reruns per virtual chunk, how many micro-batches one step runs, which MoE dispatcher and graphs the
+plan was priced with. :func:`build_knobs` resolves them once, so the three emitters
+(:mod:`.megatron_lm`, :mod:`.megatron_bridge`, :mod:`.torchtitan`) translate the same numbers into
+their own words and never re-derive them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cost_model.ep_overlap import megatron_accepts_overlap
+from cost_model.model_spec import ModelSpec
+from cost_model.plan import CORE_ATTN, FULL, PLAN_DEFAULTS, RECOMPUTE_MODES, SELECTIVE, module_names
+from cost_model.stages import layers_per_stage
+from cost_model.training_spec import TrainingSpec
+from hardware.placement import DEFAULT_RANK_ORDER
+
+
+@dataclass(frozen=True)
+class LaunchKnobs:
+    """Every knob of a priced plan, resolved to the values a launcher writes."""
+
+    model: ModelSpec
+    """The model the plan was priced for (the launchers also need its dimensions)."""
+    training: TrainingSpec
+    """The training setup the plan was priced with (batch, precision, MoE dispatcher, graphs, overlaps)."""
+    tp: int
+    """Tensor-parallel degree."""
+    pp: int
+    """Pipeline stages."""
+    dp: int
+    """Data-parallel replicas (the ZeRO/FSDP sharding group is dp x cp)."""
+    cp: int
+    """Context-parallel degree."""
+    ep: int
+    """Expert-parallel degree (1 for dense models)."""
+    etp: int
+    """Expert tensor-parallel degree."""
+    vpp: int
+    """Virtual pipeline stages (model chunks) per pipeline rank; 1 = no interleaving."""
+    micro_batch: int
+    """Sequences per micro-batch."""
+    num_microbatches: int
+    """Micro-batches per step on each data-parallel replica: global batch / (dp x micro-batch)."""
+    sequence_parallel: bool
+    """Megatron sequence parallelism (activations outside TP regions split over tp)."""
+    recompute: str
+    """``none``, ``selective`` or ``full``."""
+    recompute_modules: tuple[str, ...]
+    """With selective recompute: Megatron's ``--recompute-modules`` names."""
+    recompute_layers_per_chunk: int
+    """With full recompute: layers rerun in each virtual chunk (Megatron's ``block`` method); 0 otherwise."""
+    stage_layers: tuple[int, ...]
+    """Transformer layers on each pipeline stage, first to last (the priced split: an uneven split puts
+    the remainder on the first and last stages, :func:`cost_model.stages.layers_per_stage`)."""
+    zero_stage: int
+    """0 = replicated (DDP), 1 = optimizer state sharded, 2 = + gradients, 3 = + weights (FSDP)."""
+    optimizer_offload: bool
+    """Optimizer state and step on the host."""
+    activation_offload_layers: int
+    """Layers whose activations go to the host (0 = none)."""
+    ep_overlap: bool
+    """The EP all-to-all overlap runs (asked for, and Megatron accepts it for this layout)."""
+    cp_comm_type: str
+    """Context-parallel communication priced: ``p2p`` ring or ``a2a`` (Ulysses)."""
+    rank_order: str
+    """Order of the parallel dimensions, innermost first (``tp-cp-ep-dp-pp`` is Megatron's default)."""
+
+    @property
+    def world_size(self) -> int:
+        """GPUs the plan runs on."""
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def uneven_pipeline(self) -> bool:
+        """Whether the stages hold different numbers of layers."""
+        return len(set(self.stage_layers)) > 1
+
+    @property
+    def recompute_num_layers(self) -> int:
+        """Alias of :attr:`recompute_layers_per_chunk` in Megatron's own name."""
+        return self.recompute_layers_per_chunk
+
+
+def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, *, cp_comm_type: str = "p2p",
+                rank_order: str = DEFAULT_RANK_ORDER) -> LaunchKnobs:
+    """Resolve one plan (a mapping of :class:`cost_model.plan.PlanArrays` column names to numbers, as the
+    CLI's and the tests' plan records are) into :class:`LaunchKnobs`."""
+    values = {**PLAN_DEFAULTS, "recompute_modules": CORE_ATTN, **plan}
+    pp, vpp, dp, mbs = (int(values[k]) for k in ("pp", "vpp", "dp", "micro_batch"))
+    recompute = values["recompute"]
+    recompute = RECOMPUTE_MODES[int(recompute)] if not isinstance(recompute, str) else recompute
+    first, k, last = (int(x) for x in layers_per_stage(model.num_layers, pp))
+    stages = (model.num_layers,) if pp == 1 else (first, *([k] * (pp - 2)), last)
+    chunk = -(-k // vpp)
+    asked = int(values["recompute_num_layers"])
+    layers = (chunk if asked < 0 else min(asked, chunk)) if recompute == RECOMPUTE_MODES[FULL] else 0
+    modules = tuple(module_names(int(values["recompute_modules"]))) if recompute == RECOMPUTE_MODES[SELECTIVE] else ()
+    ep = int(values["ep"])
+    recompute_code = RECOMPUTE_MODES.index(recompute)
+    overlap = bool(model.is_moe and training.overlap_moe_expert_parallel_comm
+                   and megatron_accepts_overlap(ep, recompute_code, pp, vpp))
+    return LaunchKnobs(
+        model=model, training=training, tp=int(values["tp"]), pp=pp, dp=dp, cp=int(values["cp"]), ep=ep,
+        etp=int(values["etp"]), vpp=vpp, micro_batch=mbs,
+        num_microbatches=max(training.global_batch_size // max(dp * mbs, 1), 1),
+        sequence_parallel=bool(values["sequence_parallel"]), recompute=recompute, recompute_modules=modules,
+        recompute_layers_per_chunk=layers, stage_layers=stages, zero_stage=int(values["zero_stage"]),
+        optimizer_offload=bool(values["optimizer_offload"]),
+        activation_offload_layers=int(values["activation_offload_layers"]), ep_overlap=overlap,
+        cp_comm_type=cp_comm_type, rank_order=rank_order)
