@@ -32,7 +32,7 @@ from hardware.loader import load_cluster
 from .emit import emit
 from .explain import explain_no_fit
 from .layout_model import RULES, LayoutModel, SearchIncomplete
-from .plan_rules import PLAN_RULES, violations
+from .plan_rules import rule_sentence, violations
 from .report import breakdown_text, plan_records, render_table, scenario_header, scenario_record, to_csv
 from .search import Scenario, search
 from .search_options import OBJECTIVES, SearchOptions
@@ -162,6 +162,16 @@ _OPTION_FLAGS = {"memory_headroom": "--headroom", "top_k": "--top", "objective":
 """The flag that sets each search option, for errors (SearchOptions names the option first)."""
 
 
+def _framework(framework: Emitter | None, emitter: Emitter | None) -> str:
+    """The launcher the plans are searched for: ``--framework``, else ``--emit``'s, else Megatron-LM. The
+    emitted plan must be one its framework accepts, so the two cannot differ."""
+    if framework and emitter and framework is not emitter:
+        raise InputError("command line", "--framework", f"{framework.value} differs from --emit {emitter.value}: "
+                         "the emitted plan would be one searched for another launcher",
+                         "drop --framework or give both the same launcher")
+    return (framework or emitter or Emitter.megatron).value
+
+
 def _options(**values: Any) -> SearchOptions:
     try:
         return SearchOptions(**{k: v for k, v in values.items() if v is not None})
@@ -218,6 +228,8 @@ def search_command(
     objective: str = typer.Option("throughput", "--objective", help=f"One of: {', '.join(OBJECTIVES)}."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or csv."),
     emitter: Optional[Emitter] = typer.Option(None, "--emit", help="Print the best plan's launcher arguments."),
+    framework: Optional[Emitter] = typer.Option(None, "--framework",
+                                                help="Launcher the plans must run on (default: --emit's, else megatron)."),
     pareto: bool = typer.Option(False, "--pareto", help="Show the cost-versus-time Pareto plans instead."),
     headroom: float = typer.Option(0.05, "--headroom", help="Fraction of GPU memory kept free."),
     price: Optional[float] = typer.Option(None, "--price", help="Price per GPU-hour in USD."),
@@ -245,6 +257,7 @@ def search_command(
         moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
+                       framework=_framework(framework, emitter),
                        best_per_layout=per_layout,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
                        zero_stages=tuple(sorted(set(zero))) if zero else None)
@@ -265,7 +278,7 @@ def search_command(
             "explanation": explanation.to_dict() if explanation else None,
         }
         if emitter and ranked is not None:
-            document["emit"] = {emitter.value: emit(emitter.value, _raw(ranked, 0), scenario.model, training).text}
+            document["emit"] = {emitter.value: _emission(emitter, ranked, 0, scenario).text}
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
         typer.echo(to_csv(ranked.to_frame()) if ranked is not None else "", nl=False)
@@ -282,8 +295,15 @@ def search_command(
             typer.echo("No plan fits: " + explanation.text())
     if emitter and ranked is not None and output is OutputFormat.table:
         typer.echo(f"\n{emitter.value} arguments of the best plan:")
-        typer.echo(emit(emitter.value, _raw(ranked, 0), scenario.model, training).text)
+        typer.echo(_emission(emitter, ranked, 0, scenario).text)
     raise typer.Exit(0 if result.found else 1)
+
+
+def _emission(emitter: Emitter, metrics, index: int, scenario: Scenario):
+    """The launch of plan ``index`` of ``metrics``, with the CP communication and rank order it was priced with."""
+    costs = scenario.costs
+    return emit(emitter.value, _raw(metrics, index), scenario.model, scenario.training,
+                cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order)
 
 
 def _raw(metrics, index: int) -> dict[str, Any]:
@@ -330,6 +350,8 @@ def evaluate_command(
     price: Optional[float] = typer.Option(None, "--price"),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format"),
     emitter: Optional[Emitter] = typer.Option(None, "--emit"),
+    framework: Optional[Emitter] = typer.Option(None, "--framework",
+                                                help="Launcher whose start-up rules the plan must pass."),
 ) -> None:
     """Price one given plan: memory and time breakdown, whether it fits and why not."""
     cluster_spec, model_input, training = _inputs(
@@ -366,7 +388,8 @@ def evaluate_command(
     if model_parallel * dp > cluster_spec.num_gpus:
         raise InputError("command line", "--dp", f"tp x pp x cp x dp = {model_parallel * dp:,} does not fit "
                          f"the cluster's {cluster_spec.num_gpus:,} GPUs", "lower a degree or use a larger cluster")
-    options = _options(memory_headroom=headroom, gpu_counts=(tp * pp * cp * dp,))
+    options = _options(memory_headroom=headroom, gpu_counts=(tp * pp * cp * dp,),
+                       framework=_framework(framework, emitter))
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
     plan = PlanArrays.from_columns(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch=micro_batch,
@@ -378,8 +401,10 @@ def evaluate_command(
     metrics = evaluate_plans(scenario.model, training, cluster_spec, plan, scenario.costs)
     layout = dict(num_gpus=tp * pp * cp * dp, tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, etp=etp)
     broken = LayoutModel(scenario.model, training, cluster_spec, options, (layout["num_gpus"],)).broken_rules(layout)
-    broken += [name for name, mask in violations(scenario.model, training, plan, options.uneven_pipeline).items()
-               if mask[0]]
+    costs = scenario.costs
+    broken += [name for name, mask in violations(scenario.model, training, plan, options.uneven_pipeline,
+                                                 options.framework, cp_comm_type=costs.cp_comm_type,
+                                                 rank_order=costs.rank_order).items() if mask[0]]
     over = metrics.memory_bytes[0] - scenario.memory_limit_bytes
     reasons = [_reason(name) for name in broken]
     if over > 0:
@@ -392,7 +417,7 @@ def evaluate_command(
         record["why_not"] = reasons
         document = {"scenario": scenario_record(scenario), "plan": record}
         if emitter:
-            document["emit"] = {emitter.value: emit(emitter.value, _raw(metrics, 0), scenario.model, training).text}
+            document["emit"] = {emitter.value: _emission(emitter, metrics, 0, scenario).text}
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
         frame = metrics.to_frame()
@@ -405,13 +430,13 @@ def evaluate_command(
         typer.echo("fits: yes" if fits else "fits: no\n  " + "\n  ".join(reasons))
         if emitter:
             typer.echo(f"\n{emitter.value} arguments:")
-            typer.echo(emit(emitter.value, _raw(metrics, 0), scenario.model, training).text)
+            typer.echo(_emission(emitter, metrics, 0, scenario).text)
     raise typer.Exit(0 if fits else 1)
 
 
 def _reason(rule: str) -> str:
     """'name: what it requires' for a named rule; a broken degree arrives as its own sentence."""
-    description = RULES.get(rule) or PLAN_RULES.get(rule)
+    description = RULES.get(rule) or rule_sentence(rule)
     return f"{rule}: {description}" if description else rule
 
 

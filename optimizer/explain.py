@@ -21,7 +21,8 @@ from cost_model.memory import GIB
 from cost_model.plan import PlanArrays
 
 from .layout_model import LAYOUT_COLUMNS, RULES, LayoutModel
-from .plan_rules import PLAN_RULES, violations
+from .emit import framework_rules
+from .plan_rules import rule_sentence, violations
 from .search import Scenario, SearchResult, search
 
 
@@ -69,10 +70,16 @@ def _schedule_explanation(sc: Scenario) -> Explanation:
     grid = {k: np.repeat(v, len(vpp) * len(mbs)) for k, v in cols.items()}
     grid["vpp"] = np.tile(np.repeat(vpp, len(mbs)), n)
     grid["micro_batch"] = np.tile(mbs, n * len(vpp))
-    broken = violations(sc.model, sc.training, PlanArrays.from_columns(grid), sc.options.uneven_pipeline)
+    costs = sc.costs
+    broken = violations(sc.model, sc.training, PlanArrays.from_columns(grid), sc.options.uneven_pipeline,
+                        sc.options.framework, cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order)
     worst = max(broken, key=lambda name: int(broken[name].sum()))
+    if not broken[worst].any():  # only recompute options break rules: the framework's, on them
+        rules = "; ".join(f"{name} ({sentence})" for name, sentence in framework_rules(sc.options.framework).items())
+        return Explanation(binding="framework_rules", message=(
+            f"{sc.options.framework} refuses every remaining plan at start-up: {rules}"))
     return Explanation(binding=worst, message=(
-        f"every layout breaks a schedule rule; the most common is {worst}: {PLAN_RULES[worst]} "
+        f"every layout breaks a schedule rule; the most common is {worst}: {rule_sentence(worst)} "
         f"(global batch {sc.training.global_batch_size} sequences, micro-batch sizes {list(mbs)})"))
 
 

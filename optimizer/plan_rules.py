@@ -15,6 +15,9 @@ from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage, uneven_split_is_valid
 from cost_model.training_spec import TrainingSpec
+from hardware.placement import DEFAULT_RANK_ORDER
+
+from .emit import FRAMEWORKS, framework_rules, framework_violations
 
 PLAN_RULES: dict[str, str] = {
     "layers_split_over_stages_and_chunks": "layers divisible by pp x vpp (or an uneven first/last-stage split)",
@@ -43,8 +46,31 @@ def split_ok(num_layers: int, pp: np.ndarray, vpp: np.ndarray, allow_uneven: boo
     return even | ((pp >= 2) & uneven_split_is_valid(num_layers, pp, vpp))
 
 
-def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool) -> dict[str, np.ndarray]:
-    """For each rule, a boolean array: True where the plan breaks it."""
+def rule_sentence(name: str) -> str | None:
+    """What the plan rule or framework rule ``name`` requires (None for a name no table knows)."""
+    if name in PLAN_RULES:
+        return PLAN_RULES[name]
+    for framework in FRAMEWORKS:
+        sentence = framework_rules(framework).get(name)
+        if sentence:
+            return sentence
+    return None
+
+
+def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool,
+               framework: str | None = None, *, cp_comm_type: str = "p2p",
+               rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
+    """For each rule, a boolean array: True where the plan breaks it. With ``framework``, also that
+    launcher's start-up rules (:func:`optimizer.emit.framework_violations`)."""
+    broken = _plan_violations(model, training, plans, allow_uneven)
+    if framework is not None:
+        broken.update(framework_violations(framework, model, training, plans, cp_comm_type=cp_comm_type,
+                                           rank_order=rank_order))
+    return broken
+
+
+def _plan_violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
+                     allow_uneven: bool) -> dict[str, np.ndarray]:
     gb = training.global_batch_size
     batch_per_step = plans.dp * plans.micro_batch
     batch_ok = gb % batch_per_step == 0
@@ -90,9 +116,11 @@ SCHEDULE_RULES = ("layers_split_over_stages_and_chunks", "global_batch_divisible
 
 
 def valid_mask(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, allow_uneven: bool,
-               rules: tuple[str, ...] | None = None) -> np.ndarray:
-    """True where the plan obeys every rule (or every rule named in ``rules``)."""
-    broken = violations(model, training, plans, allow_uneven)
+               rules: tuple[str, ...] | None = None, framework: str | None = None, *, cp_comm_type: str = "p2p",
+               rank_order: str = DEFAULT_RANK_ORDER) -> np.ndarray:
+    """True where the plan obeys every rule (or every rule named in ``rules``), the framework's included."""
+    broken = violations(model, training, plans, allow_uneven, None if rules is not None else framework,
+                        cp_comm_type=cp_comm_type, rank_order=rank_order)
     ok = np.ones(len(plans), dtype=bool)
     for name, mask in broken.items():
         if rules is None or name in rules:

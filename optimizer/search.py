@@ -37,6 +37,7 @@ from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 from hardware.schema import ClusterSpec
 
+from .emit import framework_violations
 from .layout_model import LAYOUT_COLUMNS, LayoutModel
 from .plan_rules import SCHEDULE_RULES, valid_mask
 from .ranking import (first_per_layout, gpu_seconds_per_token, layout_keys, objective_key, order_plans,
@@ -283,7 +284,13 @@ def expand_recompute(scenario: Scenario, groups: dict[str, np.ndarray]) -> tuple
     cols["recompute"] = modes
     cols["recompute_num_layers"] = np.where(partial, layers, -1)
     cols["recompute_modules"] = masks
-    return PlanArrays.from_columns(cols), valid.reshape(n, r)
+    plans = PlanArrays.from_columns(cols)
+    # The launcher's own start-up rules, on the whole plan: several involve the recompute option.
+    costs = scenario.costs
+    for broken in framework_violations(scenario.options.framework, scenario.model, scenario.training, plans,
+                                       cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order).values():
+        valid &= ~broken
+    return plans, valid.reshape(n, r)
 
 
 def screen_memory(scenario: Scenario, plans: PlanArrays, option_valid: np.ndarray,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from .emit import FRAMEWORKS
+
 OBJECTIVES = ("throughput", "cost_per_token", "time_to_train", "mfu", "memory_headroom")
 
 
@@ -74,6 +76,10 @@ class SearchOptions:
     best_per_layout: bool = False
     """Return only the best plan of each layout (tp, pp, dp, cp, ep, etp and GPUs): a top-K of layouts."""
 
+    framework: str = "megatron"
+    """The launcher the plans are for (``megatron``, ``megatron-bridge`` or ``torchtitan``): the search
+    ranks only plans that framework accepts at start-up and can express (:mod:`optimizer.emit`)."""
+
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
@@ -91,6 +97,8 @@ class SearchOptions:
             raise ValueError(f"recompute_modes must be drawn from none, selective, full; got {sorted(bad)}")
         if not self.zero_stages or set(self.zero_stages) - {0, 1, 2, 3}:
             raise ValueError("zero_stages must be drawn from 0, 1, 2, 3")
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {self.framework!r}")
 
     def with_changes(self, **changes: Any) -> "SearchOptions":
         return replace(self, **changes)
