@@ -103,7 +103,7 @@ def _distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndar
 
 
 def place(cluster: ClusterSpec, plans: PlanArrays, options: CostOptions) -> Placements:
-    domain = cluster.topology.scaleup_domain_gpus
+    domain = cluster.topology.domain_gpus
     distinct, index = _distinct_rows([plans.tp, plans.cp, plans.dp, plans.pp, plans.etp, plans.ep])
     tp, cp, dp, pp, etp, ep = distinct
     dense = dense_placement(tp, cp, dp, pp, domain_gpus=domain, order=options.rank_order)

@@ -200,10 +200,6 @@ class TopologySpec(_Frozen):
         if self.scaleup_kind == "mesh" and domain > node:
             raise ValueError("a 'mesh' scale-up fabric (xGMI) cannot span nodes: scaleup_domain_gpus must "
                              "be at most gpus_per_node")
-        if self.num_gpus > domain and self.num_gpus % domain:
-            raise ValueError(
-                f"{self.num_gpus} GPUs do not fill whole {domain}-GPU scale-up domains; use a multiple of "
-                f"{domain // node if domain >= node else 1} nodes")
         return self
 
     @property
@@ -213,13 +209,31 @@ class TopologySpec(_Frozen):
 
     @property
     def domain_gpus(self) -> int:
-        """GPUs per scale-up domain actually populated (a cluster smaller than one NVL72 rack fills one partial domain)."""
-        return min(self.scaleup_domain_gpus, self.num_gpus)
+        """GPUs per scale-up domain the job's groups are placed in (:func:`tiling_domain_gpus`): the physical
+        domain, or a whole-node slice of it when the job does not fill whole domains."""
+        return tiling_domain_gpus(self.num_gpus, self.scaleup_domain_gpus, self.gpus_per_node)
 
     @property
     def scaleout_GBps_per_gpu(self) -> float:
         """Network bandwidth per GPU per direction, GB/s: nics_per_node x nic_GBps / gpus_per_node / oversubscription."""
         return self.nics_per_node * self.nic_GBps / self.gpus_per_node / self.scaleout_oversubscription
+
+
+def tiling_domain_gpus(num_gpus: int, domain_gpus: int, gpus_per_node: int) -> int:
+    """GPUs per scale-up group a job of ``num_gpus`` is laid out in: every GPU in exactly one group of
+    equal size, inside one physical domain, which the placement arithmetic needs.
+
+    A job inside one domain is one group (a 64-GPU job in an NVL72 rack); a job of whole domains uses
+    them whole. A job of 256 GB200 GPUs fills no whole number of 72-GPU racks: a scheduler gives it 16
+    compute trays (64 GPUs) in each of 4 racks, so its groups are 64-GPU slices, the largest whole-node
+    size up to the physical domain that divides the job. Nodes smaller than the domain only (a domain
+    inside a node, like PCIe pairs) keep the physical domain.
+    """
+    if num_gpus <= domain_gpus:
+        return num_gpus
+    if num_gpus % domain_gpus == 0 or domain_gpus < gpus_per_node:
+        return domain_gpus
+    return max(size for size in range(gpus_per_node, domain_gpus + 1, gpus_per_node) if num_gpus % size == 0)
 
 
 class EconomicsSpec(_Frozen):
@@ -370,7 +384,17 @@ def validate_cluster(data: dict[str, Any], source: str, *, warn_fields: Iterable
     except ValidationError as exc:
         raise input_error_from_validation(exc, source) from None
     warn_implausible(spec, source, warn_fields)
+    _warn_partial_domains(spec.topology, source)
     return spec
+
+
+def _warn_partial_domains(topology: TopologySpec, source: str) -> None:
+    """Say when the job does not fill whole scale-up domains, and the slices its groups are kept in."""
+    physical, used = topology.scaleup_domain_gpus, topology.domain_gpus
+    if topology.num_gpus > physical and used != physical:
+        warnings.warn(f"{source}: {topology.num_gpus:,} GPUs do not fill whole {physical}-GPU scale-up domains; "
+                      f"TP, CP and EP groups are kept inside {used}-GPU slices ({used // topology.gpus_per_node} "
+                      f"nodes of each domain), as a scheduler places such a job", UserWarning, stacklevel=3)
 
 
 def warn_implausible(spec: ClusterSpec, source: str, fields: Iterable[str] | None = None) -> None:

@@ -262,7 +262,7 @@ class LayoutModel:
                  gpu_counts: tuple[int, ...]):
         self.spec, self.training, self.cluster, self.options = model, training, cluster, options
         self.gpu_counts = tuple(sorted(set(gpu_counts)))
-        self.domain = cluster.topology.scaleup_domain_gpus
+        self.domain = cluster.topology.domain_gpus
         self.order = parse_rank_order(options.rank_order)
         _load_solver()
         self._build()

@@ -13,6 +13,7 @@ and with the measured memory where one is published. Nothing is fitted per row.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +99,13 @@ def validate_row(row: dict[str, Any], source: str, options: CostOptions | None =
     overrides: dict[str, Any] = {"topology.num_nodes": -(-num_gpus // per_node)}
     overrides.update(cluster_info.get("overrides") or {})      # what the run's cluster changes, e.g. its network
     overrides.update(cluster_info.get("gpu_overrides") or {})  # a calibration trial's efficiency
-    domain = cluster.topology.scaleup_domain_gpus
-    if num_gpus > domain and num_gpus % domain:
-        # e.g. 256 GB200 GPUs in NVL72 racks: take the largest whole-node domain that tiles the job.
-        domain = max(d for d in range(per_node, domain + 1, per_node) if num_gpus % d == 0)
-        overrides["topology.scaleup_domain_gpus"] = domain
-        assumptions.append(f"scale-up domain {domain} GPUs (the job does not fill whole racks)")
-    cluster = cluster.with_overrides(overrides, source=where)
+    with warnings.catch_warnings():  # the row states it once, as an assumption
+        warnings.filterwarnings("ignore", message=".*do not fill whole", category=UserWarning)
+        cluster = cluster.with_overrides(overrides, source=where)
+    topology = cluster.topology
+    if topology.domain_gpus not in (topology.scaleup_domain_gpus, num_gpus):
+        assumptions.append(f"groups inside {topology.domain_gpus}-GPU slices of the {topology.scaleup_domain_gpus}"
+                           "-GPU scale-up domains (the job does not fill whole racks)")
     record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "sequence_parallel")}
     for key in ("recompute_num_layers", "activation_offload_layers"):
         if plan.get(key) is not None:

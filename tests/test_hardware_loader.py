@@ -7,6 +7,7 @@ import pytest
 
 from hardware import ClusterSpec, InputError, list_presets, load_cluster
 from hardware.preset_catalog import gpu_preset_names
+from hardware.schema import tiling_domain_gpus
 
 
 def write(tmp_path, text, name="cluster.yaml"):
@@ -141,7 +142,19 @@ def test_yaml_not_a_mapping_and_missing_file(tmp_path):
 def test_domain_must_tile_nodes(tmp_path):
     message = one_line_error(write(tmp_path, "gpu: h100-sxm\ntopology: {num_nodes: 2, scaleup_domain_gpus: 12}\n"))
     assert "cluster.yaml: topology:" in message and "multiple of gpus_per_node" in message
-    assert "scale-up domains" in one_line_error("gb200x100")  # 25 trays do not fill whole NVL72 racks
+
+
+def test_partial_racks_are_laid_out_in_whole_node_slices():
+    # 256 GB200 GPUs (NVIDIA's DGX Cloud runs) fill no whole number of 72-GPU racks: 16 trays in each of
+    # 4 racks; 100 GPUs (25 trays): 5 trays (20 GPUs) in each of 5 racks; whole racks stay whole.
+    with pytest.warns(UserWarning, match="256 GPUs do not fill whole 72-GPU scale-up domains.*64-GPU slices"):
+        assert load_cluster("gb200x256").topology.domain_gpus == 64
+    with pytest.warns(UserWarning, match="20-GPU slices"):
+        assert load_cluster("gb200x100").topology.domain_gpus == 20
+    assert load_cluster("gb200x144").topology.domain_gpus == 72
+    assert load_cluster("gb200x8").topology.domain_gpus == 8
+    assert tiling_domain_gpus(16, 2, 8) == 2  # PCIe pairs inside a node keep their domain
+    assert tiling_domain_gpus(24, 8, 8) == 8 and tiling_domain_gpus(4, 8, 8) == 4
 
 
 def test_gbps_typed_into_GBps_warns(tmp_path):
