@@ -1,65 +1,320 @@
-"""Megatron-Bridge's recipe overrides for a priced plan (NeMo's LLM stack moved to Megatron-Bridge).
+"""Megatron-Bridge's launch of a priced plan: a recipe and ``section.field=value`` overrides.
 
-Field names: Megatron-Bridge ``megatron/bridge/training/config.py`` (``ConfigContainer``: ``model``,
-``train``, ``ddp``, ``optimizer``) over Megatron-Core's ``TransformerConfig``.
+NeMo 2.0's LLM stack moved to Megatron-Bridge (megatron-bridge 0.3.1 over megatron-core 0.16.1). Its
+generic runner, ``scripts/training/run_recipe.py`` of the Megatron-Bridge repository at tag v0.3.1 (not in
+the wheel), builds a recipe's ``ConfigContainer`` (``megatron/bridge/training/config.py``), applies the
+command's remaining words as Hydra overrides (``process_config_with_overrides`` of
+``megatron/bridge/training/utils/omegaconf_utils.py``: ``section.field=value``, ``~key`` deletes,
+``+key=`` adds, a ``{_target_: ...}`` value is instantiated) and calls ``pretrain``. What this module
+writes:
+
+* the recipe: the model's own recipe where Bridge 0.3.1 ships one (:data:`RECIPES`), else the recipe of
+  the closest architecture with every model dimension overridden (``model.num_layers``, ``hidden_size``,
+  ... of the ``GPTModelProvider`` / Megatron-Core ``TransformerConfig``); the dimensions are written in
+  both cases, so the launch holds the priced model even if a recipe changes;
+* ``model.*``: the parallel degrees, the pipeline split (an uneven split is Megatron-Core's
+  ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``, with the recipe's
+  ``pipeline_model_parallel_layout`` and embedding/loss accounting cleared, because
+  ``TransformerConfig.__post_init__`` refuses them together), recompute, activation offload, MoE
+  dispatcher and grouped GEMM, CUDA graphs, dropout;
+* ``mixed_precision``: Bridge's ``runtime_config_update`` copies every field of the container's
+  ``MixedPrecisionConfig`` over ``model``, ``optimizer`` and ``ddp`` after the overrides, so precision
+  set on ``model.*`` would be overwritten (what broke NeMo's FP8). The named recipes
+  (``mixed_precision.py``: ``bf16_with_fp8_current_scaling_mixed`` keeps the first and last layer in
+  BF16, the FP8 ones gather FP8 parameters) are not the priced plan, so the whole config is replaced by
+  one built from the priced precision (``~mixed_precision`` then ``+mixed_precision={_target_: ...}``);
+* ``ddp.*`` / ``optimizer.*``: ZeRO-1 is the distributed optimizer, ZeRO-2/3 Megatron-FSDP
+  (``data_parallel_sharding_strategy`` ``optim_grads`` / ``optim_grads_params``, checkpoints in
+  ``fsdp_dtensor``, the only format Bridge's ``validate`` accepts for Megatron-FSDP), the optimizer
+  offload, BF16 moments (precision-aware optimizer), grad-reduce dtype and the overlaps;
+* ``train.*`` / ``dataset.seq_length``: micro-batch, global batch, sequence.
+
+:data:`RULES` are the start-up checks of Bridge 0.3.1 and Megatron-Core 0.16.1 (``ConfigContainer.validate``,
+``TransformerConfig.__post_init__``, ``OptimizerConfig.__post_init__``, the micro-batch calculator) that a
+plan the generic rules accept can still break, and the knobs Bridge 0.3.1 cannot express.
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import numpy as np
 
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import PlanArrays
+from cost_model.plan import FULL, PlanArrays
+from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_lm import cuda_graph_impl, moe_settings
+from .megatron_lm import cuda_graph_impl
 
 TESTED_VERSION = "megatron-bridge 0.3.1 (megatron-core 0.16.1)"
 
-RULES: dict[str, str] = {}
+RUNNER = "scripts/training/run_recipe.py"
+"""Bridge's generic recipe runner (Megatron-Bridge repository, tag v0.3.1; not shipped in the wheel)."""
+
+GPUS_PER_NODE = 8
+"""torchrun processes per node when the plan's GPU count is a multiple of it (one process per GPU)."""
+
+RECIPES: dict[str, str] = {
+    "llama3-8b": "llama3_8b_pretrain_config",
+    "llama3-70b": "llama3_70b_pretrain_config",
+    "llama3-405b": "llama31_405b_pretrain_config",
+    "qwen2.5-7b": "qwen25_7b_pretrain_config",
+    "qwen3-30b-a3b": "qwen3_30b_a3b_pretrain_config",
+    "qwen3-235b-a22b": "qwen3_235b_a22b_pretrain_config",
+    "deepseek-v3": "deepseek_v3_pretrain_config",
+    "gpt-oss-120b": "gpt_oss_120b_pretrain_config",
+    "gpt3-175b": "gpt3_175b_pretrain_config",
+}
+"""plan-search model preset -> ``megatron.bridge.recipes`` function (0.3.1) building the same model."""
+
+FAMILY_RECIPES = {"mla": "deepseek_v3_pretrain_config", "moe": "qwen3_30b_a3b_pretrain_config",
+                  "dense": "llama3_8b_pretrain_config"}
+"""Recipe whose model code a model without its own recipe borrows (its dimensions are overridden)."""
+
+FP8_FORMATS = {"tensorwise": "hybrid", "delayed": "hybrid", "blockwise": "hybrid", "mxfp8": "e4m3"}
+"""Transformer Engine FP8 format of each recipe, as Bridge's named mixed-precision recipes set it
+(``mixed_precision.py``: MXFP8 is E4M3 only; the others are hybrid E4M3 forward / E5M2 backward)."""
+
+FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+"""Megatron-FSDP ``data_parallel_sharding_strategy`` of each ZeRO stage it runs."""
+
+DROPOUT = 0.1
+"""Hidden and attention dropout when the training setup asks for dropout (GPT-3-era value)."""
+
+RULES: dict[str, str] = {
+    "bridge_uneven_stages_divisible_by_vpp": (
+        "with an uneven pipeline split and virtual stages, the first and last stages' layers are multiples of "
+        "vpp (Megatron-Core TransformerConfig num_layers_in_first/last_pipeline_stage)"),
+    "bridge_cp_sequence_divisible": (
+        "with context parallelism the sequence is a multiple of 2 x cp (Megatron-Bridge ConfigContainer.validate)"),
+    "bridge_precision_aware_optimizer_needs_distributed": (
+        "BF16 optimizer moments (precision-aware optimizer) need the distributed optimizer, ZeRO >= 1 "
+        "(Megatron-Core OptimizerConfig)"),
+    "bridge_no_rank_capacity_dispatch": (
+        "megatron-core 0.16.1 has no sync-free HybridEP dispatch (moe_expert_rank_capacity_factor, paged stash)"),
+    "bridge_cuda_graphs_no_activation_offload": (
+        "CUDA graphs cannot run with activation offload (Megatron-Core TransformerConfig)"),
+    "bridge_cuda_graphs_full_recompute_needs_full_iteration": (
+        "full recompute runs with CUDA graphs only when the whole iteration is captured (Megatron-Core "
+        "TransformerConfig)"),
+}
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence)."""
 
 
 def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_: Any) -> dict[str, np.ndarray]:
     """For each of :data:`RULES`, True where Megatron-Bridge refuses the plan."""
-    return {}
+    n = len(plans)
+    first, k, last = layers_per_stage(model.num_layers, plans.pp)
+    uneven = (plans.pp > 1) & ((first != k) | (last != k))
+    interleaved = plans.vpp > 1
+    graphs = bool(training.cuda_graph_scope)
+    whole_iteration = "full_iteration" in training.cuda_graph_scope
+    return {
+        "bridge_uneven_stages_divisible_by_vpp": uneven & interleaved & ((first % plans.vpp != 0)
+                                                                        | (last % plans.vpp != 0)),
+        "bridge_cp_sequence_divisible": (plans.cp > 1) & (training.seq_length % (2 * plans.cp) != 0),
+        "bridge_precision_aware_optimizer_needs_distributed": np.full(
+            n, training.optimizer_moments_dtype == "bf16") & (plans.zero_stage == 0),
+        "bridge_no_rank_capacity_dispatch": np.full(n, model.is_moe and training.moe_rank_capacity_factor is not None),
+        "bridge_cuda_graphs_no_activation_offload": np.full(n, graphs) & (plans.activation_offload_layers > 0),
+        "bridge_cuda_graphs_full_recompute_needs_full_iteration": np.full(n, graphs and not whole_iteration)
+                                                                   & (plans.recompute == FULL),
+    }
+
+
+def recipe(model: ModelSpec) -> str:
+    """The Bridge recipe the launch starts from (its model code; every plan knob is overridden)."""
+    if model.name in RECIPES:
+        return RECIPES[model.name]
+    return FAMILY_RECIPES["mla" if model.is_mla else "moe" if model.is_moe else "dense"]
+
+
+def _value(value: Any) -> str:
+    """A Python value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def model_dimensions(model: ModelSpec) -> dict[str, Any]:
+    """``GPTModelProvider`` / ``TransformerConfig`` shape fields of the priced model."""
+    dims: dict[str, Any] = {"num_layers": model.num_layers, "hidden_size": model.hidden_size,
+                            "num_attention_heads": model.num_attention_heads, "vocab_size": model.vocab_size}
+    if model.ffn_hidden_size > 0:
+        dims["ffn_hidden_size"] = model.ffn_hidden_size
+    if not model.is_mla:
+        dims |= {"num_query_groups": model.num_kv_heads, "kv_channels": model.head_dim}
+    if model.is_moe:
+        dims |= {"num_moe_experts": model.num_experts, "moe_router_topk": model.experts_per_token,
+                 "moe_ffn_hidden_size": model.moe_ffn_hidden_size}
+    return dims
+
+
+def parallel_settings(knobs: LaunchKnobs) -> dict[str, Any]:
+    """Degrees and the pipeline split (``model.*``)."""
+    uneven = knobs.uneven_pipeline
+    out: dict[str, Any] = {
+        "tensor_model_parallel_size": knobs.tp, "pipeline_model_parallel_size": knobs.pp,
+        "virtual_pipeline_model_parallel_size": knobs.vpp if knobs.vpp > 1 else None,
+        "context_parallel_size": knobs.cp, "sequence_parallel": knobs.sequence_parallel and knobs.tp > 1,
+        # One way to say the split: the recipe's layout and embedding/loss accounting are cleared.
+        "pipeline_model_parallel_layout": None,
+        "account_for_embedding_in_pipeline_split": False, "account_for_loss_in_pipeline_split": False,
+        "num_layers_in_first_pipeline_stage": knobs.stage_layers[0] if uneven else None,
+        "num_layers_in_last_pipeline_stage": knobs.stage_layers[-1] if uneven else None,
+    }
+    if knobs.cp > 1:
+        out["cp_comm_type"] = knobs.cp_comm_type
+    if knobs.model.is_moe:
+        out |= {"expert_model_parallel_size": knobs.ep, "expert_tensor_parallel_size": knobs.etp}
+    return out
+
+
+def memory_settings(knobs: LaunchKnobs) -> dict[str, Any]:
+    """Recompute and activation offload (``model.*``)."""
+    out: dict[str, Any]
+    if knobs.recompute == "selective":
+        out = {"recompute_granularity": "selective", "recompute_method": None, "recompute_num_layers": None,
+               "recompute_modules": list(knobs.recompute_modules)}
+    elif knobs.recompute == "full":
+        out = {"recompute_granularity": "full", "recompute_method": "block",
+               "recompute_num_layers": knobs.recompute_layers_per_chunk}
+    else:
+        out = {"recompute_granularity": None, "recompute_method": None, "recompute_num_layers": None}
+    offload = knobs.activation_offload_layers > 0
+    out |= {"cpu_offloading": offload, "cpu_offloading_num_layers": knobs.activation_offload_layers,
+            "cpu_offloading_activations": True, "cpu_offloading_weights": False,
+            "fine_grained_activation_offloading": False}
+    return out
+
+
+def moe_settings(knobs: LaunchKnobs) -> dict[str, Any]:
+    """Dispatcher, grouped GEMM, capacity and the EP overlap (``model.*``), as priced."""
+    training = knobs.training
+    flex = training.moe_token_dispatcher != "alltoall"
+    out: dict[str, Any] = {"moe_grouped_gemm": True, "moe_token_dispatcher_type": "flex" if flex else "alltoall",
+                           "moe_flex_dispatcher_backend": training.moe_token_dispatcher if flex else None}
+    if training.moe_pad_to_capacity:
+        out |= {"moe_expert_capacity_factor": training.moe_capacity_factor, "moe_pad_expert_input_to_capacity": True}
+    else:
+        out |= {"moe_expert_capacity_factor": None, "moe_pad_expert_input_to_capacity": False}
+    out["overlap_moe_expert_parallel_comm"] = knobs.ep_overlap
+    return out
+
+
+def graph_settings(knobs: LaunchKnobs) -> dict[str, Any]:
+    """CUDA graphs (``model.*``): off, Transformer Engine per-layer scopes, or the local whole iteration."""
+    scope = knobs.training.cuda_graph_scope
+    if not scope:
+        return {"cuda_graph_impl": "none", "cuda_graph_scope": []}
+    return {"cuda_graph_impl": cuda_graph_impl(knobs.training), "cuda_graph_scope": list(scope)}
+
+
+def mixed_precision(knobs: LaunchKnobs) -> dict[str, Any]:
+    """The ``MixedPrecisionConfig`` of the priced precision, as a Hydra ``_target_`` node: FP8 GEMMs in every
+    layer with BF16 parameters (no FP8 parameter gather), grads reduced in the priced dtype."""
+    training = knobs.training
+    half = "float16" if training.precision == "fp16" else "bfloat16"
+    dtype = {"_target_": f"torch.{half}", "_call_": False}
+    out: dict[str, Any] = {"_target_": "megatron.bridge.training.mixed_precision.MixedPrecisionConfig",
+                           "bf16": half == "bfloat16", "fp16": half == "float16", "params_dtype": dtype,
+                           "pipeline_dtype": dtype, "autocast_enabled": False,
+                           "grad_reduce_in_fp32": training.grad_dtype == "fp32"}
+    if training.precision == "fp8":
+        out |= {"fp8": FP8_FORMATS[training.fp8_recipe], "fp8_recipe": training.fp8_recipe,
+                "fp8_param_gather": False, "first_last_layers_bf16": False}
+        if training.fp8_recipe == "delayed":
+            # Bridge's delayed-scaling recipe: amax over a 1024-step history.
+            out |= {"fp8_amax_history_len": 1024, "fp8_amax_compute_algo": "max"}
+    return out
+
+
+def optimizer_settings(knobs: LaunchKnobs) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``ddp.*``, ``optimizer.*`` and ``checkpoint.*`` of the ZeRO stage, offload and moments."""
+    training = knobs.training
+    fsdp = knobs.zero_stage in FSDP_STRATEGY
+    distributed = knobs.zero_stage >= 1
+    ddp: dict[str, Any] = {"use_distributed_optimizer": distributed, "use_megatron_fsdp": fsdp,
+                           "data_parallel_sharding_strategy": FSDP_STRATEGY.get(knobs.zero_stage, "no_shard"),
+                           "overlap_grad_reduce": training.overlap_grad_reduce,
+                           "overlap_param_gather": training.overlap_param_gather and distributed}
+    bf16_moments = training.optimizer_moments_dtype == "bf16"
+    moments = "bfloat16" if bf16_moments else "float32"
+    optimizer: dict[str, Any] = {"use_distributed_optimizer": distributed,
+                                 "optimizer_cpu_offload": knobs.optimizer_offload,
+                                 "optimizer_offload_fraction": 1.0 if knobs.optimizer_offload else 0.0,
+                                 "use_precision_aware_optimizer": bf16_moments,
+                                 "exp_avg_dtype": moments, "exp_avg_sq_dtype": moments}
+    checkpoint = {"ckpt_format": "fsdp_dtensor" if fsdp else "torch_dist"}
+    return ddp, optimizer, checkpoint
+
+
+def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
+    """Every override, ``section.field`` -> value (``mixed_precision`` is written separately)."""
+    training = knobs.training
+    model: dict[str, Any] = {**model_dimensions(knobs.model), **parallel_settings(knobs),
+                             "seq_length": training.seq_length, **memory_settings(knobs)}
+    if knobs.model.is_moe:
+        model |= moe_settings(knobs)
+    model |= graph_settings(knobs)
+    model |= {"tp_comm_overlap": training.tp_comm_overlap and knobs.tp > 1,
+              "hidden_dropout": DROPOUT if training.dropout else 0.0,
+              "attention_dropout": DROPOUT if training.dropout else 0.0}
+    ddp, optimizer, checkpoint = optimizer_settings(knobs)
+    out = {f"model.{k}": v for k, v in model.items()}
+    out |= {"train.micro_batch_size": knobs.micro_batch, "train.global_batch_size": training.global_batch_size,
+            "dataset.seq_length": training.seq_length}
+    out |= {f"ddp.{k}": v for k, v in ddp.items()}
+    out |= {f"optimizer.{k}": v for k, v in optimizer.items()}
+    out |= {f"checkpoint.{k}": v for k, v in checkpoint.items()}
+    if "full_iteration" in training.cuda_graph_scope:
+        # ConfigContainer.validate: the NaN check reads the loss on the host, which a captured step cannot.
+        out["rerun_state_machine.check_for_nan_in_loss"] = False
+    return out
 
 
 def overrides(knobs: LaunchKnobs) -> list[str]:
-    """``section.field=value`` overrides of the recipe's ``ConfigContainer``."""
-    training = knobs.training
-    out = [f"model.tensor_model_parallel_size={knobs.tp}", f"model.pipeline_model_parallel_size={knobs.pp}",
-           f"model.virtual_pipeline_model_parallel_size={knobs.vpp if knobs.vpp > 1 else None}",
-           f"model.context_parallel_size={knobs.cp}", f"model.sequence_parallel={knobs.sequence_parallel}"]
-    if knobs.model.is_moe:
-        out += [f"model.expert_model_parallel_size={knobs.ep}", f"model.expert_tensor_parallel_size={knobs.etp}"]
-        out += [f"model.{name}={value!r}" for _, name, value in moe_settings(training)]
-    out += [f"train.micro_batch_size={knobs.micro_batch}", f"train.global_batch_size={training.global_batch_size}",
-            f"model.seq_length={training.seq_length}"]
-    if knobs.recompute == "selective":
-        out += ["model.recompute_granularity=selective", f"model.recompute_modules={list(knobs.recompute_modules)!r}"]
-    elif knobs.recompute == "full":
-        out += ["model.recompute_granularity=full", "model.recompute_method=block",
-                f"model.recompute_num_layers={knobs.recompute_layers_per_chunk}"]
-    if knobs.activation_offload_layers > 0:
-        out += ["model.cpu_offloading=True", f"model.cpu_offloading_num_layers={knobs.activation_offload_layers}",
-                "model.cpu_offloading_weights=False"]
-    if training.precision == "fp8":
-        out += ["model.fp8=hybrid", f"model.fp8_recipe={training.fp8_recipe}"]
-    if knobs.ep_overlap:
-        out.append("model.overlap_moe_expert_parallel_comm=True")
-    if training.cuda_graph_scope:
-        out += [f"model.cuda_graph_impl={cuda_graph_impl(training)}",
-                f"model.cuda_graph_scope={list(training.cuda_graph_scope)!r}"]
-    out.append(f"ddp.use_distributed_optimizer={knobs.zero_stage >= 1}")
-    return out
+    """The Hydra overrides ``run_recipe.py`` passes to ``process_config_with_overrides``, in order."""
+    items = [f"{key}={_value(value)}" for key, value in override_map(knobs).items()]
+    return items + ["~mixed_precision", f"+mixed_precision={_value(mixed_precision(knobs))}"]
+
+
+def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
+    """What the launch runs differently from the priced plan."""
+    out = []
+    if knobs.model.name not in RECIPES:
+        out.append(f"no Megatron-Bridge 0.3.1 recipe for {knobs.model.name}: the launch starts from "
+                   f"{recipe(knobs.model)} with the dimensions overridden; its activation, norm and attention "
+                   "variants are that recipe's")
+    if knobs.model.is_moe and knobs.training.moe_dispatch_fp8:
+        out.append("FP8 MoE dispatch is not a Megatron-Bridge 0.3.1 setting: the all-to-all sends BF16")
+    return tuple(out)
+
+
+def launcher(knobs: LaunchKnobs) -> list[str]:
+    """torchrun with one process per GPU, :data:`GPUS_PER_NODE` per node when the GPU count allows."""
+    world = knobs.world_size
+    per_node = GPUS_PER_NODE if world % GPUS_PER_NODE == 0 else world
+    return ["torchrun", "--nnodes", str(world // per_node), "--nproc-per-node", str(per_node)]
 
 
 def emit(knobs: LaunchKnobs) -> Emission:
     items = overrides(knobs)
-    return Emission(framework="megatron-bridge", tested_version=TESTED_VERSION, argv=tuple(items),
-                    text=" \\\n  ".join(items))
+    head = launcher(knobs) + [RUNNER, "--recipe", recipe(knobs.model)]
+    argv = tuple(head + items)
+    lines = [f"# {TESTED_VERSION}: Megatron-Bridge's {RUNNER} (repository tag v0.3.1); on several nodes add "
+             "torchrun's --node-rank and --rdzv-endpoint",
+             " ".join(shlex.quote(part) for part in head) + " \\"]
+    lines += [f"  {shlex.quote(item)} \\" for item in items[:-1]] + [f"  {shlex.quote(items[-1])}"]
+    return Emission(framework="megatron-bridge", tested_version=TESTED_VERSION, argv=argv,
+                    differences=differences(knobs), text="\n".join(lines))
