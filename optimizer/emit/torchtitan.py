@@ -95,6 +95,9 @@ class ConfigFunction:
     """The model's :data:`DIM_FIELDS`, as :class:`cost_model.model_spec.ModelSpec` names them."""
     compiles_model: bool = False
     """The config function turns on ``torch.compile`` of the model (its converter needs it)."""
+    context_parallel: bool = True
+    """Its attention takes context parallelism: FlexAttention does; gpt-oss's varlen attention does not
+    (``distributed/full_dtensor.py`` ``validate_config``, ``context_parallel/api.py``)."""
 
 
 DIM_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
@@ -108,7 +111,8 @@ CONFIG_FUNCTIONS: tuple[ConfigFunction, ...] = (
     ConfigFunction("llama3", "llama3_70b", "bf16", (80, 8192, 64, 8, 28672, 128256, 0, 0, 0)),
     ConfigFunction("qwen3", "qwen3_30b_a3b", "bf16", (48, 2048, 32, 4, 6144, 151936, 128, 768, 0)),
     ConfigFunction("deepseek_v3", "deepseek_v3_671b", "bf16", (61, 7168, 128, 128, 18432, 129280, 256, 2048, 0)),
-    ConfigFunction("gpt_oss", "gpt_oss_120b", "bf16", (36, 2880, 64, 8, 0, 201088, 128, 2880, 0)),
+    ConfigFunction("gpt_oss", "gpt_oss_120b", "bf16", (36, 2880, 64, 8, 0, 201088, 128, 2880, 0),
+                   context_parallel=False),
 )
 """torchtitan 0.3.0's config functions a priced plan can launch with (``torchtitan/models/*/config_registry.py``).
 Left out: ``llama3_405b`` (it always converts to float8 rowwise, which the cost model does not price),
@@ -141,6 +145,8 @@ RULES: dict[str, str] = {
     "torchtitan_pipeline_microbatches": "torch's pipeline schedules need at least pp micro-batches (1F1B) and, "
                                         "interleaved, micro-batches divisible by their rounds (max(1, m // pp))",
     "torchtitan_cp_a2a": "torchtitan has no all-to-all (Ulysses) context parallelism",
+    "torchtitan_cp_attention": "torchtitan's context parallelism needs FlexAttention; gpt-oss's config runs varlen "
+                               "attention, which it refuses with cp > 1",
     "torchtitan_sequence_divisible": "torchtitan needs the sequence divisible by tp (with sequence parallelism) times "
                                      "2 x cp (with context parallelism)",
     "torchtitan_global_batch": "torchtitan needs the global batch divisible by dp x micro-batch",
@@ -199,8 +205,9 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
     rounds = np.maximum(1, m // pp)
     scope = training.cuda_graph_scope
     moe = model.is_moe
+    chosen = config_function(model, training)
     return {
-        "torchtitan_model_config": every if config_function(model, training) is None else none,
+        "torchtitan_model_config": every if chosen is None else none,
         "torchtitan_zero1": zero == 1,
         "torchtitan_zero2_microbatches": (zero == 2) & (m > 1),
         "torchtitan_fsdp_with_pipeline": (zero >= 2) & (pp > 1),
@@ -214,6 +221,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
                                                              | (last_less > k // vpp)),
         "torchtitan_pipeline_microbatches": (pp > 1) & np.where(vpp > 1, m % rounds != 0, m < pp),
         "torchtitan_cp_a2a": (cp > 1) & (cp_comm_type == "a2a"),
+        "torchtitan_cp_attention": (cp > 1) & (chosen is not None and not chosen.context_parallel),
         "torchtitan_sequence_divisible": training.seq_length % (sp_div * cp_div) != 0,
         "torchtitan_global_batch": gbs % (dp * mbs) != 0,
         "torchtitan_activation_offload": plans.activation_offload_layers > 0,

@@ -1,0 +1,270 @@
+"""torchtitan 0.3.0 loads every emitted launch of the plan grid and runs the plan that was priced.
+
+Each case's ``argv`` goes through torchtitan's own ``ConfigManager.parse_args`` (``--module``/``--config``
+and tyro overrides; ``Trainer.Config.__post_init__`` checks the pipeline micro-batch and CUDA graphs),
+then the start-up checks of ``Trainer.__init__`` that need no GPU: ``ParallelDims`` for the world size,
+the sequence divisor, the batch arithmetic, the pipeline split (``_get_pipeline_metadata`` and
+``_generate_llm_fqn_per_model_part``), the pipeline schedule class and its micro-batch rules, and
+``full_dtensor.validate_config`` on the model built on the meta device. The loaded config is then
+compared with the priced plan.
+
+Run: ``/tmp/confvenv/bin/python -m pytest tests/conformance/test_torchtitan.py``.
+Refresh the checked-in key list (``tests/conformance/data/torchtitan_0.3.0_keys.json``, used by the CI
+test without torchtitan): ``/tmp/confvenv/bin/python -m tests.conformance.test_torchtitan --refresh``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from cost_model.model_loader import build_training, load_model
+from cost_model.plan import PlanArrays
+from optimizer.emit import build_knobs, emit
+from optimizer.emit import torchtitan as tt_emit
+from tests.conformance.plan_grid import ConformanceCase, conformance_cases
+
+KEYS_FILE = Path(__file__).parent / "data" / "torchtitan_0.3.0_keys.json"
+TRAINER_SKIP = 5
+"""``torchrun --nproc-per-node N -m torchtitan.train``: the words before torchtitan's own arguments."""
+
+
+def _sections() -> dict[str, list[str]]:
+    """``section.field`` names torchtitan's command line takes, from ``Trainer.Config``'s dataclasses."""
+    from torchtitan.trainer import Trainer
+
+    config = Trainer.Config()
+    keys: dict[str, list[str]] = {}
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value) and section.name != "activation_checkpoint":
+            keys[section.name] = sorted(f.name for f in dataclasses.fields(value))
+    return keys
+
+
+def _subcommands() -> list[str]:
+    from torchtitan.distributed.activation_checkpoint import ActivationCheckpointingConfig
+
+    names = []
+    for option in typing.get_args(ActivationCheckpointingConfig):
+        for meta in getattr(option, "__metadata__", ()):
+            if getattr(meta, "name", None):
+                names.append(f"activation_checkpoint:{meta.name}")
+    return sorted(names)
+
+
+def _config_functions() -> dict[str, list[str]]:
+    import importlib
+
+    modules = sorted({c.module for c in tt_emit.CONFIG_FUNCTIONS})
+    return {m: sorted(name for name, fn in vars(importlib.import_module(f"torchtitan.models.{m}.config_registry")).items()
+                      if callable(fn) and not name.startswith("_") and name[0].islower()
+                      and getattr(fn, "__module__", "").endswith("config_registry"))
+            for m in modules}
+
+
+def refresh() -> None:
+    """Regenerate the key list from the installed torchtitan."""
+    import torchtitan
+
+    data = {"version": getattr(torchtitan, "__version__", "0.3.0"), "sections": _sections(),
+            "activation_checkpoint": _subcommands(), "config_functions": _config_functions()}
+    KEYS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    KEYS_FILE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _own_cases() -> list[ConformanceCase]:
+    """torchtitan knobs the shared grid may not reach: MXFP8, ZeRO-2 with one micro-batch, an uneven
+    interleaved pipeline, CP, expert parallelism over tp x cp x dp_shard. Each must pass the rules."""
+    def case(name, model_name, settings, plan):
+        model = load_model(model_name).spec
+        return ConformanceCase(name=f"torchtitan: {name}", plan=plan, model=model,
+                               training=build_training(dict(settings), model=model))
+
+    base = dict(tp=1, pp=1, dp=8, cp=1, ep=1, etp=1, vpp=1, micro_batch=1, recompute=0, recompute_num_layers=-1,
+                recompute_modules=1, sequence_parallel=False, zero_stage=3, optimizer_offload=False,
+                activation_offload_layers=0)
+    cases = [
+        case("MXFP8 Llama 3 8B", "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "precision": "fp8",
+                                                "fp8_recipe": "mxfp8"}, dict(base, tp=2, dp=4, sequence_parallel=True)),
+        case("ZeRO-2, one micro-batch", "llama3-8b", {"seq_length": 4096, "global_batch_size": 16},
+             dict(base, dp=8, micro_batch=2, zero_stage=2)),
+        case("uneven interleaved pipeline (80 layers on 6 stages)", "llama3-70b",
+             {"seq_length": 4096, "global_batch_size": 96},
+             dict(base, tp=8, pp=6, dp=2, vpp=2, zero_stage=0, sequence_parallel=True, recompute=2)),
+        case("CP 4 with FSDP", "llama3-8b", {"seq_length": 32768, "global_batch_size": 16},
+             dict(base, cp=4, dp=2, tp=1, recompute=2)),
+        case("MoE ep 8 over tp x dp_shard", "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 64},
+             dict(base, tp=2, dp=4, ep=8, sequence_parallel=True)),
+    ]
+    for c in cases:
+        plans = PlanArrays.from_columns({k: [v] for k, v in c.plan.items()})
+        refused = [n for n, mask in tt_emit.violations(c.model, c.training, plans).items() if mask[0]]
+        assert not refused, (c.name, refused)
+    return cases
+
+
+def _cases():
+    return list(conformance_cases("torchtitan")) + _own_cases()
+
+
+@pytest.fixture(scope="module")
+def titan():
+    pytest.importorskip("torchtitan.trainer")
+    import torchtitan.config.manager  # noqa: F401
+
+    return pytest
+
+
+@pytest.fixture(autouse=True)
+def blackwell(monkeypatch):
+    """MXFP8's converter checks for an SM100 GPU when the config function runs: the only device check patched."""
+    try:
+        import torchtitan.components.quantization.mx as mx
+    except ImportError:
+        return
+    monkeypatch.setattr(mx, "has_cuda_capability", lambda major, minor: True)
+
+
+def _parse(argv: tuple[str, ...]):
+    from torchtitan.config import ConfigManager
+
+    return ConfigManager().parse_args(list(argv[TRAINER_SKIP:]))
+
+
+def _stage_layers_per_rank(config, pp: int) -> list[int]:
+    """Layers on each pipeline rank as torchtitan splits them (virtual stage i on rank i mod pp)."""
+    from torchtitan.distributed import ParallelDims
+    from torchtitan.distributed.pipeline_parallel import _generate_llm_fqn_per_model_part, _get_pipeline_metadata
+
+    dims = ParallelDims.from_config(config.parallelism, world_size=_world(config))
+    stages, layers, first, last = _get_pipeline_metadata(dims, config.parallelism, config.model_spec.model)
+    parts = _generate_llm_fqn_per_model_part(stages, layers, first, last)
+    per_rank = [0] * pp
+    for i, part in enumerate(parts):
+        per_rank[i % pp] += sum(1 for name in part if name.startswith("layers."))
+    assert stages == pp * (stages // pp)
+    return per_rank
+
+
+def _world(config) -> int:
+    p = config.parallelism
+    return (p.data_parallel_replicate_degree * max(p.data_parallel_shard_degree, 1) * p.context_parallel_degree
+            * p.tensor_parallel_degree * p.pipeline_parallel_degree)
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c.name)
+def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
+    import torch
+    from torch.distributed.pipelining.schedules import PipelineScheduleMulti, get_schedule_class
+    from torchtitan.components.quantization.utils import has_quantization
+    from torchtitan.distributed import ParallelDims
+    from torchtitan.distributed.activation_checkpoint import FullAC
+    from torchtitan.distributed.fsdp import get_fsdp_reshard_after_forward_policy
+
+    emission = emit("torchtitan", case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
+                    rank_order=case.rank_order)
+    knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
+                        rank_order=case.rank_order)
+    config = _parse(emission.argv)
+    p, t = config.parallelism, config.training
+
+    dims = ParallelDims.from_config(p, world_size=knobs.world_size)
+    assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (knobs.tp, knobs.pp, knobs.cp, knobs.dp)
+    if case.model.is_moe:
+        assert dims.ep == knobs.ep and (dims.dp_shard * dims.cp * dims.tp) % dims.ep == 0
+    # Trainer.__init__: sequence divisor, batch arithmetic.
+    divisor = (dims.tp if p.enable_sequence_parallel else 1) * (2 * dims.cp if dims.cp > 1 else 1)
+    assert t.seq_len == case.training.seq_length and t.seq_len % divisor == 0
+    batch_degree = dims.dp_replicate * dims.dp_shard
+    assert t.global_batch_size == case.training.global_batch_size
+    assert t.global_batch_size % (t.local_batch_size * batch_degree) == 0
+    accumulation = t.global_batch_size // (t.local_batch_size * batch_degree)
+    if dims.pp > 1:
+        micro_batches = t.local_batch_size // p.pipeline_parallel_microbatch_size
+        assert t.local_batch_size % p.pipeline_parallel_microbatch_size == 0
+        assert (p.pipeline_parallel_microbatch_size, micro_batches * accumulation) == (knobs.micro_batch,
+                                                                                      knobs.num_microbatches)
+        schedule = get_schedule_class(p.pipeline_parallel_schedule)
+        per_rank = _stage_layers_per_rank(config, dims.pp)
+        assert per_rank[0] == knobs.stage_layers[0] and per_rank[-1] == knobs.stage_layers[-1]
+        assert per_rank[1:-1] == list(knobs.stage_layers[1:-1])
+        stages_per_rank = len(_parts(config, dims)) // dims.pp
+        assert stages_per_rank == knobs.vpp
+        assert issubclass(schedule, PipelineScheduleMulti) == (knobs.vpp > 1)
+        if knobs.vpp > 1:
+            rounds = max(1, micro_batches // dims.pp)
+            assert micro_batches % rounds == 0
+        else:
+            assert micro_batches >= dims.pp
+    else:
+        assert (t.local_batch_size, accumulation) == (knobs.micro_batch, knobs.num_microbatches)
+    # Recompute, FSDP, precision, graphs.
+    ac = config.activation_checkpoint
+    assert (isinstance(ac, FullAC.Config) if knobs.recompute == "full" else ac is None), ac
+    if knobs.zero_stage >= 2:
+        assert dims.dp_shard == knobs.dp
+        assert get_fsdp_reshard_after_forward_policy(p.fsdp_reshard_after_forward, dims.pp > 1) == (knobs.zero_stage == 3)
+    else:
+        assert dims.dp_shard == 1 and dims.cp == 1
+    assert has_quantization(config.model_spec.model) == (case.training.precision == "fp8")
+    assert t.mixed_precision_param == "bfloat16" and t.mixed_precision_reduce == "float32" and t.dtype == "float32"
+    assert t.disable_cuda_graphs == ("full_iteration" not in case.training.cuda_graph_scope)
+    assert p.enable_sequence_parallel == (knobs.sequence_parallel and knobs.tp > 1)
+    # The model torchtitan builds is the priced one.
+    model_cfg = config.model_spec.model
+    assert (len(model_cfg.layers), model_cfg.dim, model_cfg.vocab_size) == (
+        case.model.num_layers, case.model.hidden_size, case.model.vocab_size)
+    if dims.cp > 1:
+        from torchtitan.distributed.full_dtensor import validate_config
+
+        with torch.device("meta"):
+            model = model_cfg.build()
+        validate_config(dims, model)
+
+
+def _parts(config, dims):
+    from torchtitan.distributed.pipeline_parallel import _generate_llm_fqn_per_model_part, _get_pipeline_metadata
+
+    stages, layers, first, last = _get_pipeline_metadata(dims, config.parallelism, config.model_spec.model)
+    return _generate_llm_fqn_per_model_part(stages, layers, first, last)
+
+
+@pytest.mark.parametrize("chosen", tt_emit.CONFIG_FUNCTIONS, ids=lambda c: c.config)
+def test_config_functions_build_the_listed_dimensions(titan, chosen):
+    """The dimensions a plan's model is matched on are the ones the config function builds."""
+    import importlib
+
+    if chosen.precision == "mxfp8":
+        pytest.importorskip("torchao")
+    config = getattr(importlib.import_module(f"torchtitan.models.{chosen.module}.config_registry"), chosen.config)()
+    model = config.model_spec.model
+    dims = dict(zip(tt_emit.DIM_FIELDS, chosen.dims))
+    assert (len(model.layers), model.dim, model.vocab_size) == (dims["num_layers"], dims["hidden_size"],
+                                                                dims["vocab_size"])
+    block = model.layers[-1]
+    attention = block.attention
+    assert attention.n_heads == dims["num_attention_heads"]
+    moe = getattr(block, "moe", None)
+    assert (moe is not None) == (dims["num_experts"] > 0)
+    if moe is not None:
+        assert moe.num_experts == dims["num_experts"]
+
+
+def test_key_list_is_current(titan):
+    """The checked-in key list is what the installed torchtitan generates."""
+    data = json.loads(KEYS_FILE.read_text())
+    assert data["sections"] == _sections()
+    assert data["activation_checkpoint"] == _subcommands()
+    assert data["config_functions"] == _config_functions()
+
+
+if __name__ == "__main__":
+    if "--refresh" in sys.argv:
+        refresh()
+        print(f"wrote {KEYS_FILE}")
