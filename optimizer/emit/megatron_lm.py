@@ -1,117 +1,514 @@
-"""Megatron-LM's ``pretrain_gpt.py`` command line for a priced plan.
+"""Megatron-LM's ``pretrain_gpt.py`` command line for a priced plan (Megatron-LM core_v0.16.1).
 
-Flag names: Megatron-LM ``megatron/training/arguments.py`` (Megatron-FSDP's
-``--data-parallel-sharding-strategy`` values ``optim_grads`` = ZeRO-2 and ``optim_grads_params`` = ZeRO-3).
+Every flag is an option of Megatron-LM's parser at tag core_v0.16.1 (``megatron/training/arguments.py``,
+``add_megatron_arguments``; the checked-in list ``tests/conformance/data/megatron_lm_flags.txt`` is
+generated from it). The command is the priced plan: ``parse_args`` + ``validate_args`` +
+``core_transformer_config_from_args`` (Megatron-Core 0.16.1 ``TransformerConfig.__post_init__``) accept
+it and read back the priced degrees, split, schedule, recompute, precision, ZeRO/FSDP and offloads
+(``tests/conformance/test_megatron_lm.py``). What the command holds:
+
+* the launcher: ``torchrun`` with one process per GPU (:data:`GPUS_PER_NODE` per node); the user sets
+  ``NODE_RANK`` and ``MASTER_ADDR`` on every node of a multi-node job, and runs it from a Megatron-LM
+  checkout at core_v0.16.1;
+* the model (:func:`model_arguments`): Megatron's defaults are GPT-2's (LayerNorm, learned positions, GeLU,
+  biases on, tied embeddings, 4h MLP, multi-head attention), so every dimension and choice of the priced
+  model is written; dense/MoE layer pattern (``--moe-layer-freq``), MLA, MTP, sliding windows and
+  attention sinks included;
+* data and schedule placeholders, the minimal set a run needs: ``--mock-data`` with Megatron's
+  ``NullTokenizer`` of the model's vocabulary (``--vocab-size`` is V - 1: the tokenizer adds the end of
+  document token, ``megatron/training/tokenizer/tokenizer.py`` ``_NullTokenizer``), ``--train-iters``
+  (from ``training.train_tokens``, else :data:`DEFAULT_TRAIN_ITERS`) and ``--lr`` (:data:`DEFAULT_LR`).
+  The user replaces them with ``--data-path``/``--tokenizer-type``/``--tokenizer-model`` and the schedule;
+* the plan (:func:`plan_arguments`): degrees, the stage split (plain for an even split whose stages divide
+  into the virtual chunks, else ``--pipeline-model-parallel-layout`` spelling the priced split chunk by
+  chunk, :func:`pipeline_layout`), micro and global batch, recompute, ZeRO-1 = distributed optimizer,
+  ZeRO-2/3 = Megatron-FSDP (``optim_grads`` / ``optim_grads_params`` with the flags its user guide calls
+  required, ``docs/discussions/megatron-fsdp-user-guide``), offloads, the MoE dispatcher (always written:
+  Megatron's default is ``allgather``) with grouped GEMM (what the cost model assumes; off by default),
+  CUDA graphs, EP overlap, FP8 recipe, gradient dtype, dropout (Megatron's default is 0.1).
+
+``CUDA_DEVICE_MAX_CONNECTIONS=1`` goes in :attr:`Emission.env` where ``validate_args`` demands it (tp or
+cp > 1 before Blackwell, except Megatron-FSDP, which demands it unset, and the EP overlap, which wants more
+connections); on Blackwell it is harmless.
+
+:data:`RULES` are Megatron-LM / Megatron-Core 0.16.1 / Transformer Engine start-up checks the generic plan
+rules (:mod:`optimizer.plan_rules`) do not hold, plus the priced knobs Megatron-LM core_v0.16.1 cannot
+express; each sentence names its source. :func:`violations` checks them for many plans at once.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
+from itertools import groupby
 from typing import Any
 
 import numpy as np
 
+from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import PlanArrays
+from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays, module_mask
 from cost_model.training_spec import TrainingSpec
+from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
 
 from .emission import Emission
 from .knobs import LaunchKnobs
 
 TESTED_VERSION = "megatron-core 0.16.1 (Megatron-LM core_v0.16.1)"
 
-RULES: dict[str, str] = {}
+SCRIPT = "pretrain_gpt.py"
+"""Megatron-LM's GPT pre-training entry point (repository root at core_v0.16.1)."""
+
+GPUS_PER_NODE = 8
+"""torchrun processes per node (one per GPU); a plan on fewer GPUs runs on one node."""
+
+DEFAULT_TRAIN_ITERS = 100
+"""Iterations written when the training setup names no token budget (a placeholder the user replaces)."""
+
+DEFAULT_LR = 3.0e-4
+"""Learning rate placeholder: Megatron has no default (``--lr`` None) and the plan does not price it."""
+
+RANK_ORDERS: dict[str, tuple[str, ...]] = {
+    "tp-cp-ep-dp-pp": (),
+    "tp-cp-ep-pp-dp": ("--use-tp-pp-dp-mapping",),
+}
+"""The rank orders Megatron-LM builds (``megatron/training/initialize.py`` ``_initialize_distributed``:
+``'tp-cp-ep-dp-pp' if not args.use_tp_pp_dp_mapping else 'tp-cp-ep-pp-dp'``) and the flags selecting them."""
+
+FP8_FORMATS = {"tensorwise": "hybrid", "delayed": "hybrid", "blockwise": "hybrid", "mxfp8": "e4m3"}
+"""``--fp8-format`` of each recipe: E4M3 forward / E5M2 backward (hybrid), except MXFP8, which Transformer
+Engine's ``MXFP8BlockScaling`` runs in E4M3 (as Megatron-LM's and Megatron-Bridge's MXFP8 recipes set it)."""
+
+RULES: dict[str, str] = {
+    "megatron_rank_order": "Megatron-LM orders ranks tp-cp-ep-dp-pp, or tp-cp-ep-pp-dp with --use-tp-pp-dp-mapping, "
+                           "and no other way (megatron/training/initialize.py)",
+    "megatron_tp_pp_dp_mapping_expert_dp": "with the tp-cp-ep-pp-dp order and pp > 1, the expert layers' data-parallel "
+                                           "size equals the dense layers' (etp x ep = tp x cp; Megatron-Core "
+                                           "parallel_state.initialize_model_parallel)",
+    "megatron_cp_a2a_heads_divisible": "Ulysses context parallelism (--cp-comm-type a2a) splits heads: query and KV "
+                                       "heads per TP rank divisible by cp (Transformer Engine AttnFuncWithCPAndQKVOA2A)",
+    "megatron_seq_divisible_by_2cp": "with cp > 1 the sequence length is a multiple of 2 x cp (Megatron-LM validate_args)",
+    "megatron_fp8_delayed_no_norm_recompute": "FP8 delayed scaling cannot recompute layernorm or moe_act "
+                                              "(Megatron-Core TransformerConfig)",
+    "megatron_cuda_graphs_full_recompute": "full recompute runs only with the full_iteration CUDA graph, not per-layer "
+                                           "graphs (Megatron-Core TransformerConfig)",
+    "megatron_cuda_graphs_moe_recompute_router": "moe recompute cannot run with a moe_router CUDA graph "
+                                                 "(--cuda-graph-impl transformer_engine; Megatron-Core TransformerConfig)",
+    "megatron_cuda_graphs_activation_offload": "CUDA graphs cannot run with activation offload "
+                                               "(Megatron-Core TransformerConfig)",
+    "megatron_cuda_graphs_dropout_recompute": "with dropout, a part captured in a CUDA graph cannot also be recomputed "
+                                              "(Megatron-Core TransformerConfig)",
+    "megatron_cuda_graph_scopes": "CUDA graph scopes Megatron accepts: not moe with moe_router, moe_preprocess only with "
+                                  "moe_router, moe/moe_router only in MoE models, mlp only where dense layers exist "
+                                  "(Megatron-Core TransformerConfig)",
+    "megatron_ep_overlap_moe_recompute": "the EP overlap runs the MoE block piecewise, so moe recompute does not run "
+                                         "with it (core_v0.16.1 skips it silently; core_v0.17 refuses it)",
+    "megatron_ep_overlap_cuda_graphs": "the EP overlap takes only per-layer Transformer Engine CUDA graphs that leave "
+                                       "moe and mlp uncaptured (Megatron-Core TransformerConfig)",
+    "megatron_ep_overlap_mtp": "the EP overlap takes at most one MTP layer, and then pp > 1 (Megatron-Core TransformerConfig)",
+    "megatron_precision_aware_optimizer": "optimizer offload and BF16 Adam moments are the precision-aware optimizer: "
+                                          "Adam and the distributed optimizer (ZeRO >= 1) only (Megatron-Core OptimizerConfig)",
+    "megatron_tp_comm_overlap_needs_sequence_parallel": "TP communication overlap needs sequence parallelism "
+                                                        "(Megatron-LM validate_args)",
+    "megatron_param_gather_overlap_needs_grad_overlap": "overlapping the parameter all-gather needs the gradient "
+                                                        "reduce overlapped too (Megatron-LM validate_args)",
+    "megatron_flex_dispatcher_needs_tp_ep": "the flex dispatcher (DeepEP, HybridEP) needs etp x ep > 1 "
+                                            "(Megatron-Core MoEFlexTokenDispatcher)",
+    "megatron_deepep_no_pad_to_capacity": "DeepEP cannot pad experts to capacity (Megatron-Core TransformerConfig)",
+    "megatron_no_rank_capacity": "Megatron-LM core_v0.16.1 has no sync-free HybridEP rank capacity or paged stash "
+                                 "(--moe-expert-rank-capacity-factor, --moe-paged-stash come after core_v0.17.1)",
+    "megatron_no_fp8_dispatch": "Megatron-LM core_v0.16.1 has no FP8 all-to-all for the MoE dispatch",
+    "megatron_moe_bias_needs_etp1": "MoE layers with biased linear layers need etp = 1 (Megatron-Core TransformerConfig)",
+    "megatron_no_alibi": "Megatron-LM has no ALiBi position embedding (--position-embedding-type)",
+    "megatron_learned_positions_cover_sequence": "a learned position table covers the sequence "
+                                                 "(max_position_embeddings >= seq_length; Megatron-LM validate_args)",
+}
 """Megatron-LM's start-up rules the search enforces (name -> sentence)."""
 
 
-def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_: Any) -> dict[str, np.ndarray]:
-    """For each of :data:`RULES`, True where Megatron-LM refuses the plan."""
-    return {}
+# --- rules ------------------------------------------------------------------------------------------
+
+def _canonical_order(rank_order: str) -> str:
+    return "-".join(parse_rank_order(rank_order))
 
 
-def moe_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
-    """Megatron flag, Megatron-Core config field and value of each MoE setting: the flex dispatcher and its
-    backend, then what sizes the expert buffers up front (what lets CUDA graphs capture an MoE layer):
-    drop and pad, or sync-free HybridEP with rank capacity and, optionally, the paged stash."""
-    settings = []
-    if training.moe_token_dispatcher != "alltoall":
-        settings += [("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "flex"),
-                     ("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", training.moe_token_dispatcher)]
-    if training.moe_pad_to_capacity:
-        return settings + [("--moe-expert-capacity-factor", "moe_expert_capacity_factor", training.moe_capacity_factor),
-                           ("--moe-pad-expert-input-to-capacity", "moe_pad_expert_input_to_capacity", True)]
-    if training.moe_rank_capacity_factor is None:
-        return settings
-    settings += [("--use-transformer-engine-op-fuser", "use_transformer_engine_op_fuser", True),
-                 ("--moe-expert-rank-capacity-factor", "moe_expert_rank_capacity_factor", training.moe_rank_capacity_factor)]
-    if training.moe_paged_stash_factor is not None:
-        settings += [("--moe-paged-stash", "moe_paged_stash", True),
-                     ("--moe-paged-stash-buffer-size-factor-cuda", "moe_paged_stash_buffer_size_factor_cuda",
-                      training.moe_paged_stash_factor)]
-    return settings
+def _graph_scope_refused(model: ModelSpec, training: TrainingSpec) -> bool:
+    """Whether TransformerConfig refuses the graph scope itself, whatever the plan."""
+    scope = set(training.cuda_graph_scope)
+    return bool(("moe" in scope and "moe_router" in scope)
+                or ("moe_preprocess" in scope and "moe_router" not in scope)
+                or (not model.is_moe and scope & {"moe", "moe_router", "moe_preprocess"})
+                or (model.is_moe and model.num_dense_layers == 0 and "mlp" in scope))
 
+
+def _graphed_recompute_with_dropout(training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+    """Selective recompute of a captured part with dropout on (the graph cannot replay the dropout masks)."""
+    if not training.dropout or not training.cuda_graph_scope:
+        return np.zeros(len(plans), dtype=bool)
+    scope = set(training.cuda_graph_scope)
+    whole = "full_iteration" in scope
+
+    def recomputed(name: str) -> np.ndarray:
+        return (plans.recompute == SELECTIVE) & ((plans.recompute_modules & MODULE_BIT[name]) != 0)
+
+    return ((whole or "attn" in scope) & recomputed("core_attn")) | ((whole or "mlp" in scope) & recomputed("mlp")) \
+        | ((whole or "moe" in scope) & recomputed("moe"))
+
+
+def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, cp_comm_type: str = "p2p",
+               rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
+    """For each of :data:`RULES`, True where Megatron-LM refuses the plan (or cannot run it as priced)."""
+    n = len(plans)
+
+    def every(flag: bool) -> np.ndarray:
+        return np.full(n, bool(flag))
+
+    order = _canonical_order(rank_order)
+    moe = model.is_moe
+    # Dense models never set the expert degrees: Megatron takes etp = tp, ep = 1.
+    etp = plans.etp if moe else plans.tp
+    ep = plans.ep if moe else np.ones_like(plans.tp)
+    kv_heads = model.num_attention_heads if model.is_mla else model.num_kv_heads
+    q_per_rank = model.num_attention_heads // plans.tp
+    kv_per_rank = np.maximum(kv_heads // plans.tp, 1)  # tp > KV heads: one replicated head per rank
+    selective = plans.recompute == SELECTIVE
+    scope = set(training.cuda_graph_scope)
+    graphs = bool(scope)
+    ep_overlap = (moe and training.overlap_moe_expert_parallel_comm) & megatron_accepts_overlap(
+        plans.ep, plans.recompute, plans.pp, plans.vpp)
+    norm_or_act = module_mask(["layernorm", "moe_act"])
+    precision_aware = plans.optimizer_offload | (training.optimizer_moments_dtype == "bf16")
+    return {
+        "megatron_rank_order": every(order not in RANK_ORDERS),
+        "megatron_tp_pp_dp_mapping_expert_dp": (order == "tp-cp-ep-pp-dp") & (plans.pp > 1)
+                                               & (etp * ep != plans.tp * plans.cp),
+        "megatron_cp_a2a_heads_divisible": (cp_comm_type == "a2a") & (plans.cp > 1)
+                                           & ((q_per_rank % plans.cp != 0) | (kv_per_rank % plans.cp != 0)),
+        "megatron_seq_divisible_by_2cp": (plans.cp > 1) & (training.seq_length % (2 * plans.cp) != 0),
+        "megatron_fp8_delayed_no_norm_recompute": (training.precision == "fp8") & (training.fp8_recipe == "delayed")
+                                                  & selective & ((plans.recompute_modules & norm_or_act) != 0),
+        "megatron_cuda_graphs_full_recompute": (graphs and scope != {"full_iteration"}) & (plans.recompute == FULL),
+        "megatron_cuda_graphs_moe_recompute_router": ("moe_router" in scope and cuda_graph_impl(training) ==
+                                                      "transformer_engine")
+                                                     & selective & ((plans.recompute_modules & MODULE_BIT["moe"]) != 0),
+        "megatron_cuda_graphs_activation_offload": graphs & (plans.activation_offload_layers > 0),
+        "megatron_cuda_graphs_dropout_recompute": _graphed_recompute_with_dropout(training, plans),
+        "megatron_cuda_graph_scopes": every(_graph_scope_refused(model, training)),
+        "megatron_ep_overlap_moe_recompute": ep_overlap & selective & ((plans.recompute_modules & MODULE_BIT["moe"]) != 0),
+        "megatron_ep_overlap_cuda_graphs": ep_overlap & bool(scope & {"full_iteration", "moe", "mlp"}),
+        "megatron_ep_overlap_mtp": ep_overlap & ((model.mtp_layers > 1) | ((model.mtp_layers == 1) & (plans.pp == 1))),
+        "megatron_precision_aware_optimizer": precision_aware & ((plans.zero_stage == 0)
+                                                                 | (training.optimizer == "sgd")),
+        "megatron_tp_comm_overlap_needs_sequence_parallel": training.tp_comm_overlap & (plans.tp > 1)
+                                                            & ~plans.sequence_parallel,
+        "megatron_param_gather_overlap_needs_grad_overlap": (training.overlap_param_gather
+                                                             and not training.overlap_grad_reduce)
+                                                            & (plans.zero_stage >= 1),
+        "megatron_flex_dispatcher_needs_tp_ep": (moe and training.moe_token_dispatcher != "alltoall")
+                                                & (plans.etp * plans.ep == 1),
+        "megatron_deepep_no_pad_to_capacity": every(moe and training.moe_token_dispatcher == "deepep"
+                                                    and training.moe_pad_to_capacity),
+        "megatron_no_rank_capacity": every(moe and training.moe_rank_capacity_factor is not None),
+        "megatron_no_fp8_dispatch": every(moe and training.moe_dispatch_fp8),
+        "megatron_moe_bias_needs_etp1": (moe and model.linear_bias) & (plans.etp != 1),
+        "megatron_no_alibi": every(model.position_embedding_type == "alibi"),
+        "megatron_learned_positions_cover_sequence": every(model.position_embedding_type == "learned"
+                                                           and model.max_position_embeddings < training.seq_length),
+    }
+
+
+def refused_rules(knobs: LaunchKnobs) -> list[str]:
+    """The :data:`RULES` one resolved plan breaks (empty for every plan the search ranks)."""
+    plans = PlanArrays.from_columns({
+        "tp": knobs.tp, "pp": knobs.pp, "dp": knobs.dp, "cp": knobs.cp, "ep": knobs.ep, "etp": knobs.etp,
+        "vpp": knobs.vpp, "micro_batch": knobs.micro_batch,
+        "recompute": {"none": NONE, "selective": SELECTIVE, "full": FULL}[knobs.recompute],
+        "recompute_num_layers": knobs.recompute_layers_per_chunk or -1,
+        "recompute_modules": module_mask(knobs.recompute_modules), "sequence_parallel": knobs.sequence_parallel,
+        "zero_stage": knobs.zero_stage, "optimizer_offload": knobs.optimizer_offload,
+        "activation_offload_layers": knobs.activation_offload_layers})
+    broken = violations(knobs.model, knobs.training, plans, cp_comm_type=knobs.cp_comm_type,
+                        rank_order=knobs.rank_order)
+    return [name for name, mask in broken.items() if mask[0]]
+
+
+# --- flags ------------------------------------------------------------------------------------------
 
 def cuda_graph_impl(training: TrainingSpec) -> str:
     """Megatron captures a whole iteration with its own graphs; per-layer scopes go through Transformer
-    Engine's ``make_graphed_callables`` (``--cuda-graph-impl local`` / ``transformer_engine``)."""
+    Engine's ``make_graphed_callables`` (``--cuda-graph-impl local`` / ``transformer_engine``; the help of
+    ``--cuda-graph-scope``: full_iteration only with local, the other scopes only with transformer_engine)."""
     return "local" if "full_iteration" in training.cuda_graph_scope else "transformer_engine"
 
 
-def arguments(knobs: LaunchKnobs) -> list[str]:
-    """The flags, one ``--flag value`` string each."""
-    model, training = knobs.model, knobs.training
-    args = [
-        f"--tensor-model-parallel-size {knobs.tp}",
-        f"--pipeline-model-parallel-size {knobs.pp}",
-        f"--context-parallel-size {knobs.cp}",
-    ]
+def moe_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
+    """Megatron flag, Megatron-Core config field and value of each MoE setting: grouped GEMM (the cost
+    model prices the experts as grouped GEMMs; Megatron's default is one GEMM per expert), the dispatcher
+    (always: Megatron's default is ``allgather``, not the priced ``alltoall``) and its flex backend, then
+    drop-and-pad. HybridEP's rank capacity does not exist in core_v0.16.1 (``megatron_no_rank_capacity``)."""
+    settings: list[tuple[str, str, Any]] = [("--moe-grouped-gemm", "moe_grouped_gemm", True)]
+    if training.moe_token_dispatcher == "alltoall":
+        settings.append(("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "alltoall"))
+    else:
+        settings += [("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "flex"),
+                     ("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", training.moe_token_dispatcher)]
+    if training.moe_pad_to_capacity:
+        settings += [("--moe-expert-capacity-factor", "moe_expert_capacity_factor", training.moe_capacity_factor),
+                     ("--moe-pad-expert-input-to-capacity", "moe_pad_expert_input_to_capacity", True)]
+    return settings
+
+
+def layer_pattern(flags: tuple[bool, ...]) -> str:
+    """A per-layer 0/1 pattern as the Python list expression Megatron's ``moe_freq_type`` evaluates
+    (run-length coded: ``([0]*3+[1]*58)``)."""
+    runs = [f"[{int(value)}]*{len(list(group))}" for value, group in groupby(flags)]
+    return "(" + "+".join(runs) + ")"
+
+
+def model_arguments(model: ModelSpec, training: TrainingSpec) -> list[str]:
+    """The model's dimensions and choices in Megatron's flags (each ``--flag value`` one string)."""
+    args = [f"--num-layers {model.num_layers}", f"--hidden-size {model.hidden_size}",
+            f"--num-attention-heads {model.num_attention_heads}"]
+    if model.ffn_hidden_size > 0:
+        args.append(f"--ffn-hidden-size {model.ffn_hidden_size}")
+    if model.is_mla:
+        args += ["--multi-latent-attention", f"--kv-lora-rank {model.kv_lora_rank}",
+                 f"--qk-head-dim {model.qk_nope_head_dim}", f"--qk-pos-emb-head-dim {model.qk_rope_head_dim}",
+                 f"--v-head-dim {model.v_head_dim}"]
+        if model.q_lora_rank:
+            args.append(f"--q-lora-rank {model.q_lora_rank}")
+    else:
+        if model.num_kv_heads != model.num_attention_heads:
+            args += ["--group-query-attention", f"--num-query-groups {model.num_kv_heads}"]
+        if model.head_dim * model.num_attention_heads != model.hidden_size:
+            args.append(f"--kv-channels {model.head_dim}")
+    if model.position_embedding_type == "learned":
+        args.append(f"--max-position-embeddings {model.max_position_embeddings}")
+    else:
+        # RoPE needs no table; validate_args still wants max_position_embeddings >= seq_length.
+        args += ["--position-embedding-type rope",
+                 f"--max-position-embeddings {max(model.max_position_embeddings, training.seq_length)}"]
+    if model.gated_mlp:
+        args.append("--swiglu")
+    if model.norm_type == "rmsnorm":
+        args.append("--normalization RMSNorm")
+    if not model.tie_embeddings:
+        args.append("--untie-embeddings-and-output-weights")
+    if not model.linear_bias:
+        args.append("--disable-bias-linear")
+        if model.qkv_bias:
+            args.append("--add-qkv-bias")
+    if model.qk_norm:
+        args.append("--qk-layernorm")
+    if model.attention_sinks:
+        args.append("--softmax-type learnable")
+    if model.num_sliding_window_layers:
+        # Transformer Engine's window (left, right): a query sees `left` earlier keys and itself.
+        args.append(f"--window-size {model.sliding_window - 1},0")
+        if model.num_sliding_window_layers < model.num_layers:
+            args.append(f"--window-attn-skip-freq {layer_pattern(model.sliding_window_layers)}")
     if model.is_moe:
-        args += [f"--expert-model-parallel-size {knobs.ep}", f"--expert-tensor-parallel-size {knobs.etp}"]
-        args += [flag if value is True else f"{flag} {value}" for flag, _, value in moe_settings(training)]
-    if knobs.vpp > 1:
-        args.append(f"--virtual-pipeline-model-parallel-size {knobs.vpp}")
-    if knobs.uneven_pipeline:
-        args += [f"--decoder-first-pipeline-num-layers {knobs.stage_layers[0]}",
-                 f"--decoder-last-pipeline-num-layers {knobs.stage_layers[-1]}"]
-    if knobs.sequence_parallel:
-        args.append("--sequence-parallel")
-    args += [f"--micro-batch-size {knobs.micro_batch}", f"--global-batch-size {training.global_batch_size}",
-             f"--seq-length {training.seq_length}"]
+        args += [f"--num-experts {model.num_experts}", f"--moe-router-topk {model.experts_per_token}",
+                 f"--moe-ffn-hidden-size {model.moe_ffn_hidden_size}"]
+        if model.experts_per_token == 1:
+            # TransformerConfig: a softmax over one chosen expert has zero gradient.
+            args.append("--moe-router-pre-softmax")
+        if model.shared_expert_ffn_hidden_size:
+            args.append(f"--moe-shared-expert-intermediate-size {model.shared_expert_ffn_hidden_size}")
+        if model.num_dense_layers:
+            args.append(f"--moe-layer-freq {layer_pattern(model.moe_layers)}")
+    if model.mtp_layers:
+        args.append(f"--mtp-num-layers {model.mtp_layers}")
+    return args
+
+
+def data_arguments(model: ModelSpec, training: TrainingSpec) -> list[str]:
+    """Mock data, tokenizer and schedule: placeholders the user replaces (see the module docstring)."""
+    if training.train_tokens:
+        iters = max(math.ceil(training.train_tokens / training.global_batch_tokens), 1)
+    else:
+        iters = DEFAULT_TRAIN_ITERS
+    return ["--mock-data", "--tokenizer-type NullTokenizer", f"--vocab-size {model.vocab_size - 1}",
+            f"--train-iters {iters}", f"--lr {DEFAULT_LR:g}"]
+
+
+def chunk_sizes(layers: int, vpp: int) -> list[int]:
+    """One stage's layers over its virtual chunks, as evenly as possible (the larger chunks first)."""
+    return [layers // vpp + (1 if i < layers % vpp else 0) for i in range(vpp)]
+
+
+def plain_split(knobs: LaunchKnobs) -> bool:
+    """Whether Megatron's default split (L / pp layers per stage, / vpp per chunk) is the priced one."""
+    return not knobs.uneven_pipeline and knobs.stage_layers[0] % knobs.vpp == 0
+
+
+def pipeline_layout(knobs: LaunchKnobs) -> str:
+    """``--pipeline-model-parallel-layout`` of the priced split (Megatron-Core
+    ``PipelineParallelLayerLayout``: one ``|``-separated entry per virtual stage, virtual-stage major,
+    ``E`` embedding, ``t`` a decoder layer, ``m`` an MTP layer, ``L`` the loss; ``x*n`` repeats)."""
+    pp, vpp = knobs.pp, knobs.vpp
+    chunks = [chunk_sizes(layers, vpp) for layers in knobs.stage_layers]
+    stages = []
+    for v in range(vpp):
+        for rank in range(pp):
+            first, last = (rank, v) == (0, 0), (rank, v) == (pp - 1, vpp - 1)
+            size = chunks[rank][v]
+            body = ("E" if first else "") + (f"t*{size}" if size > 1 else "t" * size)
+            if last:
+                body += (f"m*{knobs.model.mtp_layers}" if knobs.model.mtp_layers > 1 else "m" * knobs.model.mtp_layers)
+                body += "L"
+            stages.append(body)
+    return "|".join(stages)
+
+
+def pipeline_arguments(knobs: LaunchKnobs) -> list[str]:
+    """Pipeline degree, virtual stages and the stage split."""
+    args = [f"--pipeline-model-parallel-size {knobs.pp}"]
+    if knobs.pp == 1:
+        return args
+    if plain_split(knobs):
+        return args + ([f"--num-virtual-stages-per-pipeline-rank {knobs.vpp}"] if knobs.vpp > 1 else [])
+    return args + [f"--pipeline-model-parallel-layout {pipeline_layout(knobs)}"]
+
+
+def recompute_arguments(knobs: LaunchKnobs) -> list[str]:
     if knobs.recompute == "selective":
-        args += ["--recompute-granularity selective", "--recompute-modules " + " ".join(knobs.recompute_modules)]
-    elif knobs.recompute == "full":
-        args += ["--recompute-granularity full", "--recompute-method block",
-                 f"--recompute-num-layers {knobs.recompute_layers_per_chunk}"]
+        return ["--recompute-granularity selective", "--recompute-modules " + " ".join(knobs.recompute_modules)]
+    if knobs.recompute == "full":
+        return ["--recompute-granularity full", "--recompute-method block",
+                f"--recompute-num-layers {knobs.recompute_layers_per_chunk}"]
+    return []
+
+
+def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
+    """ZeRO stage, optimizer, offload, moment and gradient dtypes, data-parallel overlaps."""
+    training = knobs.training
+    args = []
+    if training.optimizer == "sgd":
+        args.append("--optimizer sgd")
     if knobs.zero_stage == 1:
         args.append("--use-distributed-optimizer")
     elif knobs.zero_stage in (2, 3):
         strategy = "optim_grads" if knobs.zero_stage == 2 else "optim_grads_params"
         args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {strategy}",
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
+    if knobs.optimizer_offload or training.optimizer_moments_dtype == "bf16":
+        args.append("--use-precision-aware-optimizer")
     if knobs.optimizer_offload:
         args.append("--optimizer-cpu-offload")
-    if knobs.activation_offload_layers > 0:
-        args += ["--cpu-offloading", f"--cpu-offloading-num-layers {knobs.activation_offload_layers}"]
     if training.optimizer_moments_dtype == "bf16":
-        args += ["--use-precision-aware-optimizer", "--exp-avg-dtype bf16", "--exp-avg-sq-dtype bf16"]
+        args += ["--exp-avg-dtype bf16", "--exp-avg-sq-dtype bf16"]
+    # The priced gradient buffer, written either way (Megatron-FSDP's guide recommends bf16).
+    if training.grad_dtype == "bf16":
+        args.append("--grad-reduce-in-bf16")
+    else:
+        args.append("--accumulate-allreduce-grads-in-fp32")
     if training.overlap_grad_reduce:
         args.append("--overlap-grad-reduce")
     if training.overlap_param_gather and knobs.zero_stage >= 1:
         args.append("--overlap-param-gather")
+    return args
+
+
+def precision_arguments(training: TrainingSpec) -> list[str]:
+    args = ["--fp16" if training.precision == "fp16" else "--bf16"]
+    if training.precision == "fp8":
+        args += [f"--fp8-format {FP8_FORMATS[training.fp8_recipe]}", f"--fp8-recipe {training.fp8_recipe}"]
+    return args
+
+
+def plan_arguments(knobs: LaunchKnobs) -> list[str]:
+    """The priced plan's flags, one ``--flag value`` string each."""
+    model, training = knobs.model, knobs.training
+    args = [f"--tensor-model-parallel-size {knobs.tp}", *pipeline_arguments(knobs),
+            f"--context-parallel-size {knobs.cp}"]
+    if knobs.cp > 1 and knobs.cp_comm_type != "p2p":
+        args.append(f"--cp-comm-type {knobs.cp_comm_type}")
+    args += list(RANK_ORDERS.get(_canonical_order(knobs.rank_order), ()))
+    if model.is_moe:
+        args += [f"--expert-model-parallel-size {knobs.ep}", f"--expert-tensor-parallel-size {knobs.etp}"]
+        args += [flag if value is True else f"{flag} {value}" for flag, _, value in moe_settings(training)]
+    if knobs.sequence_parallel:
+        args.append("--sequence-parallel")
+    args += [f"--micro-batch-size {knobs.micro_batch}", f"--global-batch-size {training.global_batch_size}",
+             f"--seq-length {training.seq_length}"]
+    if not training.dropout:
+        args += ["--attention-dropout 0.0", "--hidden-dropout 0.0"]
+    args += recompute_arguments(knobs)
+    args += optimizer_arguments(knobs)
+    if knobs.activation_offload_layers > 0:
+        args.append(f"--cpu-offloading-num-layers {knobs.activation_offload_layers}")
     if training.tp_comm_overlap and knobs.tp > 1:
         args.append("--tp-comm-overlap")
     if knobs.ep_overlap:
         args.append("--overlap-moe-expert-parallel-comm")
-    if training.cuda_graph_scope:
-        args += [f"--cuda-graph-impl {cuda_graph_impl(training)}",
-                 f"--cuda-graph-scope {' '.join(training.cuda_graph_scope)}"]
-    args.append("--fp16" if training.precision == "fp16" else "--bf16")
-    if training.precision == "fp8":
-        args += ["--fp8-format hybrid", f"--fp8-recipe {training.fp8_recipe}"]
+    args += graph_arguments(knobs)
+    args += precision_arguments(training)
     return args
+
+
+def graph_arguments(knobs: LaunchKnobs) -> list[str]:
+    training = knobs.training
+    if not training.cuda_graph_scope:
+        return []
+    impl = cuda_graph_impl(training)
+    args = [f"--cuda-graph-impl {impl}", f"--cuda-graph-scope {' '.join(training.cuda_graph_scope)}"]
+    if impl == "local":
+        # validate_args: a whole-iteration graph cannot read the loss back to check it for NaN.
+        args.append("--no-check-for-nan-in-loss-and-grad")
+        if knobs.model.is_moe and knobs.ep > 1:
+            # validate_args asks for it with local graphs and EP; it pads only inference batches.
+            args.append("--moe-pad-experts-for-cuda-graph-inference")
+    return args
+
+
+def arguments(knobs: LaunchKnobs) -> list[str]:
+    """Every ``pretrain_gpt.py`` flag, one ``--flag value`` string each: model, data, plan."""
+    return model_arguments(knobs.model, knobs.training) + data_arguments(knobs.model, knobs.training) \
+        + plan_arguments(knobs)
+
+
+def environment(knobs: LaunchKnobs) -> tuple[tuple[str, str], ...]:
+    """``CUDA_DEVICE_MAX_CONNECTIONS=1`` where validate_args demands it (see the module docstring)."""
+    needs_one = (knobs.tp > 1 or knobs.cp > 1) and knobs.zero_stage < 2 and not knobs.ep_overlap
+    return (("CUDA_DEVICE_MAX_CONNECTIONS", "1"),) if needs_one else ()
+
+
+def launcher(knobs: LaunchKnobs) -> list[str]:
+    """``torchrun`` with one process per GPU; several nodes rendezvous at ``$MASTER_ADDR``."""
+    per_node = min(GPUS_PER_NODE, knobs.world_size)
+    nodes = -(-knobs.world_size // per_node)
+    args = ["torchrun", "--nproc-per-node", str(per_node), "--nnodes", str(nodes)]
+    if nodes > 1:
+        args += ["--node-rank", "$NODE_RANK", "--master-addr", "$MASTER_ADDR", "--master-port", "6000"]
+    return args
+
+
+def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
+    """What the launch runs differently from the priced plan (nothing, for a plan the search ranks with
+    Megatron's rules, except a model part the cost model does not price)."""
+    out = [f"Megatron-LM refuses or cannot run this plan: {RULES[name]}" for name in refused_rules(knobs)]
+    if knobs.model.mtp_layers:
+        out.append(f"the launch runs the model's {knobs.model.mtp_layers} multi-token-prediction layer(s), "
+                   "which the cost model does not price")
+    return tuple(out)
+
+
+def _quote(word: str) -> str:
+    return f'"{word}"' if word.startswith("$") else shlex.quote(word)
 
 
 def emit(knobs: LaunchKnobs) -> Emission:
     flags = arguments(knobs)
-    argv = tuple(part for flag in flags for part in shlex.split(flag))
-    return Emission(framework="megatron", tested_version=TESTED_VERSION, argv=argv, text=" \\\n  ".join(flags))
+    head = launcher(knobs) + [SCRIPT]
+    argv = tuple(head) + tuple(part for flag in flags for part in shlex.split(flag))
+    env = environment(knobs)
+    lines = [f"# {TESTED_VERSION}: run from a Megatron-LM checkout at core_v0.16.1 on each of the "
+             f"{-(-knobs.world_size // min(GPUS_PER_NODE, knobs.world_size))} node(s) (NODE_RANK, MASTER_ADDR set); "
+             "replace --mock-data, the tokenizer, --train-iters and --lr with your data and schedule"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in env]
+    body = [" ".join(_quote(word) for word in head)]
+    body += ["  " + " ".join(_quote(word) for word in shlex.split(flag)) for flag in flags]
+    text = "\n".join(lines) + "\n" + " \\\n".join(body)
+    return Emission(framework="megatron", tested_version=TESTED_VERSION, argv=argv, env=env,
+                    differences=differences(knobs), text=text)
