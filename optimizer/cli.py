@@ -9,8 +9,10 @@ line; ``PLAN_SEARCH_DEBUG=1`` shows the traceback), 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import warnings
@@ -33,7 +35,8 @@ from .emit import emit
 from .explain import explain_no_fit
 from .layout_model import RULES, LayoutModel, SearchIncomplete
 from .plan_rules import rule_sentence, violations
-from .report import breakdown_text, plan_records, render_table, scenario_header, scenario_record, to_csv
+from .report import (breakdown_text, fit_text, plan_records, render_table, scenario_header, scenario_record,
+                     to_csv)
 from .search import Scenario, search
 from .search_options import OBJECTIVES, SearchOptions
 
@@ -47,9 +50,41 @@ class _DefaultSearchGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_DefaultSearchGroup, add_completion=False, no_args_is_help=True,
+# Plain click help (rich_markup_mode=None): rich's help panels cut long option names ("--global-batch-t…")
+# to fit 80 columns, because the longest name (--[no-]overlap-moe-expert-parallel-comm) sets the column.
+app = typer.Typer(cls=_DefaultSearchGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search every TP x PP x DP x CP x EP layout of a training run and rank the plans that fit.")
 app.add_typer(hardware_app, name="hardware", help="List and show GPU and cluster presets.")
+
+
+def version_text() -> str:
+    """plan-search's installed version and the framework releases its launch commands are tested against
+    (each emitter's ``TESTED_VERSION``, :data:`optimizer.emit.FRAMEWORK_MODULES`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .emit import FRAMEWORK_MODULES
+
+    try:
+        own = version("plan-search")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        own = "unknown (not installed)"
+    lines = [f"plan-search {own}", "launch commands tested against:"]
+    lines += [f"  {name}: {module.TESTED_VERSION}" for name, module in FRAMEWORK_MODULES.items()]
+    return "\n".join(lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and the framework releases emitted for, and exit."),
+) -> None:
+    """Search every TP x PP x DP x CP x EP layout of a training run and rank the plans that fit."""
 
 
 class OutputFormat(str, Enum):
@@ -104,6 +139,36 @@ def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
                          f"{per_node} GPUs per node up to the cluster's {cluster.num_gpus}",
                          "use whole nodes of the cluster")
     return tuple(sorted(counts))
+
+
+def _parse_values(flag: str, text: str | None, most: int, what: str) -> tuple[int, ...]:
+    """A pinned value: ``N``, ``A,B,C``, ``A-B`` (every integer from A to B) or a mix (``1,4-8``).
+
+    Each value from 1 to ``most`` (``what`` says what bounds it); a range runs upward. Returns () when
+    the flag is not given (the value is free)."""
+    if text is None:
+        return ()
+    values: set[int] = set()
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*([+-]?\d{1,18})\s*(?:-\s*([+-]?\d{1,18})\s*)?", item)
+        if not match:
+            raise InputError("command line", flag, f"{shorten(text, 40)!r} is not a number, list or range",
+                             f"write e.g. {flag} 8, {flag} 8,16 or {flag} 4-8")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) is not None else low
+        if low > high:
+            raise InputError("command line", flag, f"the range {low}-{high} runs downward",
+                             f"write the smaller value first: {flag} {high}-{low}")
+        if low < 1:
+            raise InputError("command line", flag, f"must be at least 1, got {low}", "fix the value")
+        if high > most:
+            raise InputError("command line", flag, f"{high:,} is more than {what}", f"use at most {most:,}")
+        values.update(range(low, high + 1))
+    return tuple(sorted(values))
+
+
+PIN_HELP = "Pin the {}: N, A,B or A-B."
+"""Help of the search's pin flags (one short line: rich cuts long help columns at 80 columns)."""
 
 
 EP_OVERLAP_OPTION = typer.Option(
@@ -248,25 +313,51 @@ def search_command(
     recompute: Optional[list[Recompute]] = typer.Option(None, "--recompute", help="Limit recompute modes (repeatable)."),
     zero: Optional[list[int]] = typer.Option(None, "--zero", help="Limit ZeRO stages (repeatable)."),
     rank_order: str = typer.Option("tp-cp-ep-dp-pp", "--rank-order", help="Rank order, innermost first."),
+    tp: Optional[str] = typer.Option(None, "--tp", help=PIN_HELP.format("tensor-parallel size")),
+    pp: Optional[str] = typer.Option(None, "--pp", help=PIN_HELP.format("pipeline-parallel size")),
+    dp: Optional[str] = typer.Option(None, "--dp", help=PIN_HELP.format("data-parallel size")),
+    cp: Optional[str] = typer.Option(None, "--cp", help=PIN_HELP.format("context-parallel size")),
+    ep: Optional[str] = typer.Option(None, "--ep", help=PIN_HELP.format("expert-parallel size")),
+    etp: Optional[str] = typer.Option(None, "--etp", help=PIN_HELP.format("expert tensor-parallel size")),
+    vpp: Optional[str] = typer.Option(None, "--vpp", help=PIN_HELP.format("virtual pipeline stages")),
+    micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help=PIN_HELP.format("micro-batch size")),
+    wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
+    emit_plan: str = typer.Option("1", "--emit-plan", help="With --emit: the plan's rank in the table, or all."),
 ) -> None:
-    """Search and rank every feasible plan (this is what ``plan-search CLUSTER MODEL`` runs)."""
+    """Search and rank every feasible plan (this is what ``plan-search CLUSTER MODEL`` runs).
+
+    --tp, --pp, --dp, --cp, --ep, --etp, --vpp and --micro-batch pin part of the layout: the search
+    keeps only plans with those values (a value, a list 8,16 or a range 4-8)."""
     cluster_spec, model_input, training = _inputs(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
         moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+    if emitter and output is OutputFormat.csv:
+        raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
+                         "use --format json (each emission an object) or table, or drop --emit")
+    emit_ranks = _parse_emit_plan(emit_plan, top)
+    gpus_total, layers = cluster_spec.num_gpus, model_input.spec.num_layers
+    pins = {f"{name}_values": _parse_values(f"--{name}", text, gpus_total, f"the cluster's {gpus_total:,} GPUs")
+            for name, text in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp), ("ep", ep), ("etp", etp))}
+    pins["vpp_values"] = _parse_values("--vpp", vpp, layers, f"the model's {layers} layers")
+    pins["micro_batch_sizes"] = _parse_values("--micro-batch", micro_batch, training.global_batch_size,
+                                              f"the global batch of {training.global_batch_size:,} sequences")
     options = _options(gpu_counts=_parse_gpus(gpus, cluster_spec), top_k=top, objective=objective,
                        memory_headroom=headroom, allow_offload=allow_offload, rank_order=rank_order,
                        framework=_framework(framework, emitter),
                        best_per_layout=per_layout,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
-                       zero_stages=tuple(sorted(set(zero))) if zero else None)
+                       zero_stages=tuple(sorted(set(zero))) if zero else None,
+                       **{key: values for key, values in pins.items() if values})
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
     # The search keeps the running cost-time front itself (bounded memory, whatever the GPU range).
-    result = search(scenario, pareto=pareto)
+    with _progress_bar(enabled=output is OutputFormat.table) as progress:
+        result = search(scenario, pareto=pareto, progress=progress)
     explanation = None if result.found else explain_no_fit(result)
     ranked = result.pareto if pareto and result.found else result.ranked
+    emissions = _emissions(emitter, ranked, emit_ranks, scenario) if emitter and ranked is not None else []
 
     if output is OutputFormat.json:
         document = {
@@ -277,26 +368,108 @@ def search_command(
             "plans": plan_records(ranked, scenario.memory_limit_bytes) if ranked is not None else [],
             "explanation": explanation.to_dict() if explanation else None,
         }
-        if emitter and ranked is not None:
-            document["emit"] = {emitter.value: _emission(emitter, ranked, 0, scenario).text}
+        if emitter:
+            document["emit"] = [_emission_record(rank, emission) for rank, emission in emissions]
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
-        typer.echo(to_csv(ranked.to_frame()) if ranked is not None else "", nl=False)
+        typer.echo(to_csv(ranked, scenario.memory_limit_bytes) if ranked is not None else "", nl=False)
     else:
-        typer.echo(scenario_header(scenario))
-        typer.echo(f"{result.num_layouts:,} layouts, {result.num_candidates:,} plans, {result.num_feasible:,} fit "
-                   f"in memory; searched in {result.seconds['total']:.2f} s")
+        typer.echo(fit_text(scenario_header(scenario)))
+        typer.echo(fit_text(f"{result.num_layouts:,} layouts, {result.num_candidates:,} plans, "
+                            f"{result.num_feasible:,} fit in memory; searched in {result.seconds['total']:.2f} s"))
         if ranked is not None:
             title = "Pareto plans (time vs cost)" if pareto else f"Top {len(ranked)} plans by {objective}"
-            typer.echo(render_table(ranked, title))
+            typer.echo(render_table(ranked, title, wide=wide))
             typer.echo("Best plan:")
-            typer.echo(breakdown_text(ranked, 0))
+            typer.echo(fit_text(breakdown_text(ranked, 0)))
         if explanation:
-            typer.echo("No plan fits: " + explanation.text())
-    if emitter and ranked is not None and output is OutputFormat.table:
-        typer.echo(f"\n{emitter.value} arguments of the best plan:")
-        typer.echo(_emission(emitter, ranked, 0, scenario).text)
+            typer.echo(fit_text("No plan fits: " + explanation.text()))
+        for rank, emission in emissions:
+            typer.echo(_emission_text(rank, emission))
     raise typer.Exit(0 if result.found else 1)
+
+
+def _parse_emit_plan(text: str, top: int) -> tuple[int, ...] | None:
+    """``--emit-plan``: a 1-based rank in the shown table (up to ``--top``), or ``all`` (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        rank = int(text)
+    except ValueError:
+        raise InputError("command line", "--emit-plan", f"{shorten(text, 40)!r} is not a plan rank",
+                         "write a rank from the table (1 is the best plan) or all") from None
+    if not 1 <= rank <= top:
+        raise InputError("command line", "--emit-plan", f"must be a rank from 1 to --top {top}, got {rank}",
+                         "write a rank from the table (1 is the best plan) or all")
+    return (rank,)
+
+
+def _emissions(emitter: Emitter, ranked, ranks: tuple[int, ...] | None, scenario: Scenario) -> list:
+    """(rank, Emission) for the asked ranks of the shown plans (every one for ``all``)."""
+    ranks = tuple(range(1, len(ranked) + 1)) if ranks is None else ranks
+    if max(ranks) > len(ranked):
+        raise InputError("command line", "--emit-plan", f"plan {max(ranks)} is not shown: the table has "
+                         f"{len(ranked)} plan{'s' * (len(ranked) != 1)}", "write a rank from the table or all")
+    return [(rank, _emission(emitter, ranked, rank - 1, scenario)) for rank in ranks]
+
+
+def _emission_record(rank: int, emission) -> dict[str, Any]:
+    """One emission in JSON output (the README's output schema): the plan's rank in ``plans``, the framework
+    and the release it is tested against, the command as an argument list, the environment, what the
+    framework runs differently from the priced plan, and the text a user pastes."""
+    return {"plan": rank, "framework": emission.framework, "tested_version": emission.tested_version,
+            "argv": list(emission.argv), "env": dict(emission.env), "differences": list(emission.differences),
+            "text": emission.text}
+
+
+def _emission_text(rank: int, emission) -> str:
+    """One emission in table output: a header naming the plan's rank and the tested release, the text,
+    then what differs from the priced plan (never wrapped: it is pasted as it is)."""
+    lines = [f"\n{emission.framework} launch of plan {rank} (tested with {emission.tested_version}):",
+             emission.text]
+    if emission.differences:
+        lines.append("differs from the priced plan:")
+        lines.extend(f"  - {difference}" for difference in emission.differences)
+    return "\n".join(lines)
+
+
+PROGRESS_AFTER_S = 1.0
+"""A search shows its progress bar once it has run this long (a quick search never flashes one)."""
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool):
+    """A ``progress(done, total)`` callback for :func:`optimizer.search.search` that draws a rich progress
+    bar of the layouts crossed, on stderr, once the search has run :data:`PROGRESS_AFTER_S`; None (no
+    bar) unless ``enabled`` (table output) and stderr is a terminal, so JSON, CSV, pipes and tests'
+    captured output never see one. The bar is erased when the search ends or is interrupted, so a Ctrl-C
+    leaves only ``plan-search: aborted``."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    import time
+
+    started = time.perf_counter()
+    bar: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if "progress" not in bar:
+            if time.perf_counter() - started < PROGRESS_AFTER_S:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar["progress"] = Progress(TextColumn("searching layouts"), BarColumn(), MofNCompleteColumn(),
+                                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            bar["progress"].start()
+            bar["task"] = bar["progress"].add_task("search", total=total)
+        bar["progress"].update(bar["task"], completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if "progress" in bar:
+            bar["progress"].stop()
 
 
 def _emission(emitter: Emitter, metrics, index: int, scenario: Scenario):
@@ -352,8 +525,12 @@ def evaluate_command(
     emitter: Optional[Emitter] = typer.Option(None, "--emit"),
     framework: Optional[Emitter] = typer.Option(None, "--framework",
                                                 help="Launcher whose start-up rules the plan must pass."),
+    wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
 ) -> None:
     """Price one given plan: memory and time breakdown, whether it fits and why not."""
+    if emitter and output is OutputFormat.csv:
+        raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
+                         "use --format json (each emission an object) or table, or drop --emit")
     cluster_spec, model_input, training = _inputs(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
@@ -417,20 +594,17 @@ def evaluate_command(
         record["why_not"] = reasons
         document = {"scenario": scenario_record(scenario), "plan": record}
         if emitter:
-            document["emit"] = {emitter.value: _emission(emitter, metrics, 0, scenario).text}
+            document["emit"] = [_emission_record(1, _emission(emitter, metrics, 0, scenario))]
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
-        frame = metrics.to_frame()
-        frame["fits"] = fits
-        typer.echo(to_csv(frame), nl=False)
+        typer.echo(to_csv(metrics, scenario.memory_limit_bytes, fits=fits), nl=False)
     else:
-        typer.echo(scenario_header(scenario))
-        typer.echo(render_table(metrics, "Plan"))
-        typer.echo(breakdown_text(metrics, 0))
-        typer.echo("fits: yes" if fits else "fits: no\n  " + "\n  ".join(reasons))
+        typer.echo(fit_text(scenario_header(scenario)))
+        typer.echo(render_table(metrics, "Plan", wide=wide))
+        typer.echo(fit_text(breakdown_text(metrics, 0)))
+        typer.echo(fit_text("fits: yes" if fits else "fits: no\n  " + "\n  ".join(reasons)))
         if emitter:
-            typer.echo(f"\n{emitter.value} arguments:")
-            typer.echo(_emission(emitter, metrics, 0, scenario).text)
+            typer.echo(_emission_text(1, _emission(emitter, metrics, 0, scenario)))
     raise typer.Exit(0 if fits else 1)
 
 

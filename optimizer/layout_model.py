@@ -31,7 +31,7 @@ from cost_model.training_spec import TrainingSpec
 from hardware.placement import parse_rank_order
 from hardware.schema import ClusterSpec
 
-from .search_options import SearchOptions
+from .search_options import PINNABLE_DEGREES, SearchOptions
 
 LAYOUT_COLUMNS = ("num_gpus", "tp", "cp", "pp", "dp", "ep", "etp")
 
@@ -50,7 +50,11 @@ RULES: dict[str, str] = {
     "expert_mesh_folds": "etp x ep divides tp x cp x dp (Megatron MoE parallel folding)",
     "expert_tp_choice": "expert-TP is 1 or equal to tp",
     "dense_model_has_no_ep": "ep and expert-TP are 1 for a dense model",
+    **{f"{degree}_pinned": f"{degree} is one of the values pinned with --{degree}" for degree in PINNABLE_DEGREES},
 }
+"""The ``<degree>_pinned`` rules hold only when the search pins that degree (``SearchOptions.<degree>_values``):
+a pin is a constraint like the others, so the enumeration never yields another value and a pin that
+leaves no layout is named in the explanation."""
 
 
 _SMALL_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
@@ -273,14 +277,19 @@ class LayoutModel:
         all_divisors = sorted({d for n in self.gpu_counts for d in _divisors(n, n)})
         o, m = self.options, self.spec
         experts = m.num_experts if m.is_moe else 1
+
+        def bounded(name: str, limit: int) -> list[int]:  # a pinned value beyond the search bound is tried
+            pinned = set(o.pinned(name))
+            return [d for d in all_divisors if d <= limit or d in pinned]
+
         return {
             "num_gpus": list(self.gpu_counts),
-            "tp": [d for d in all_divisors if d <= o.max_tp],
-            "cp": [d for d in all_divisors if d <= o.max_cp],
-            "pp": [d for d in all_divisors if d <= min(o.max_pp, m.num_layers)],
+            "tp": bounded("tp", o.max_tp),
+            "cp": bounded("cp", o.max_cp),
+            "pp": [d for d in bounded("pp", o.max_pp) if d <= m.num_layers],
             "dp": all_divisors,
             "ep": _divisors(experts, n_max),
-            "etp": [d for d in all_divisors if d <= o.max_tp],
+            "etp": bounded("etp", o.max_tp),
         }
 
     def _build(self) -> None:
@@ -380,6 +389,13 @@ class LayoutModel:
         if not tr.flash_attention:
             M.Add(self.deg["cp"].value == 1).OnlyEnforceIf(L["cp_needs_flash_attention"])
 
+        for degree in PINNABLE_DEGREES:
+            pinned = set(o.pinned(degree))
+            if pinned:  # only the candidate values among the pins: a range can be wide
+                allowed = [(v,) for v in (self.candidates[degree] or [1]) if v in pinned]
+                M.AddAllowedAssignments([self.deg[degree].value], allowed or [(0,)]  # (0,): no value, infeasible
+                                        ).OnlyEnforceIf(L[f"{degree}_pinned"])
+
         if spec.is_moe:
             self._divides("experts_divisible_by_ep", ("ep",), spec.num_experts)
             for q in self.primes:
@@ -474,10 +490,15 @@ class LayoutModel:
                 core = trial
         return core
 
+    def active_rules(self) -> list[str]:
+        """The rules of :data:`RULES` this search applies (a pin rule only where its degree is pinned)."""
+        return [rule for rule in RULES if not rule.endswith("_pinned")
+                or self.options.pinned(rule.removesuffix("_pinned"))]
+
     def broken_rules(self, layout: dict[str, int]) -> list[str]:
         """The rules a given layout breaks (each checked alone with the degrees fixed)."""
         broken = []
-        for rule in RULES:
+        for rule in self.active_rules():
             probe = LayoutModel(self.spec, self.training, self.cluster, self.options,
                                 (int(layout["num_gpus"]),))
             for name, value in layout.items():

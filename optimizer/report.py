@@ -1,12 +1,18 @@
-"""Plans as JSON documents, CSV and terminal tables (the output schema is documented in the README)."""
+"""Plans as JSON documents, CSV and terminal tables (the output schema is documented in the README).
+
+The table fits the terminal: :func:`render_table` leaves out the least useful columns (:data:`DROP_ORDER`)
+until it fits the width (``shutil.get_terminal_size``: the ``COLUMNS`` variable, else the terminal, else
+80 columns), and :func:`fit_text` wraps the prose around it; ``--wide`` keeps every column.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+import re
+import shutil
+import textwrap
 from typing import Any
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -14,14 +20,11 @@ from rich import box
 from rich.table import Table
 
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, COMM_DIMS, PlanMetrics
-from cost_model.memory import GIB
+from cost_model.memory import GIB, MemoryBreakdown
 from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
 from cost_model.stages import STAGES
 
 from .search import Scenario
-
-if TYPE_CHECKING:  # pandas is imported by whoever builds the frame
-    import pandas as pd
 
 
 def _number(value: Any) -> Any:
@@ -63,9 +66,33 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float) -> list[dict[str, Any
             "time_to_train_days": metrics.time_to_train_s[i] / 86400, "gpu_hours": metrics.gpu_hours[i],
             "cost_usd": metrics.cost_usd[i], "energy_mwh": metrics.energy_kwh[i] / 1000,
             "fits": metrics.memory_bytes[i] <= limit_bytes,
+            "stages": stage_records(metrics, i),
         }
         records.append(_clean(record))
     return records
+
+
+def stage_records(metrics: PlanMetrics, index: int) -> list[dict[str, Any]]:
+    """Memory per GPU of each pipeline stage kind of plan ``index`` that exists (first, middle, last; one
+    entry without PP), as the cost model priced it: ``predict_memory``'s per-stage breakdown, which
+    :func:`cost_model.evaluate.evaluate` keeps in ``extras`` (empty for metrics joined from blocks,
+    which drop it). ``layers`` counts the transformer layers one rank of the stage holds, all its
+    virtual chunks together."""
+    memory: MemoryBreakdown | None = metrics.extras.get("memory_by_stage")
+    layout = metrics.extras.get("stages")
+    if memory is None or layout is None:
+        return []
+    stages = []
+    for column, name in enumerate(STAGES):
+        if not layout.exists[index, column]:
+            continue
+        parts = {f"{part}_gib": getattr(memory, part)[index, column] / GIB for part in MEMORY_PARTS}
+        stages.append({"stage": name, "pipeline_rank": layout.pipeline_rank[index, column],
+                       "layers": layout.layers[index, column], "moe_layers": layout.moe_layers[index, column],
+                       "embedding": layout.has_embedding[index, column],
+                       "lm_head": layout.has_lm_head[index, column], **parts,
+                       "total_gib": memory.total[index, column] / GIB})
+    return stages
 
 
 def _clean(value: Any) -> Any:
@@ -112,17 +139,30 @@ def _recompute_label(mode: int, layers: int, modules: int, offloaded: int = 0) -
     return label + (f"+off{offloaded}" if offloaded > 0 else "")
 
 
-def render_table(metrics: PlanMetrics, title: str, width: int = 200) -> str:
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False, box=box.SIMPLE_HEAD)
+DROP_ORDER = ("TFLOP/s/GPU", "compact", "step s", "days", "cost $M", "MFU", "SP", "VPP", "CP", "EP", "MBS")
+"""How a narrow terminal's table is made to fit, step by step until it does: first TFLOP/s/GPU (it says
+what tok/s/GPU says in other units), then one space between the columns instead of three ("compact"),
+then step time, the training totals and MFU, then knob columns (SP, VPP, CP, EP, MBS). ``#``, TP, PP,
+DP, recompute, ZeRO, memory and tok/s/GPU always stay."""
+
+
+def terminal_width() -> int:
+    """Columns of the output: ``COLUMNS``, else the terminal's, else 80 (a pipe, a test's captured output)."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wide: bool = False) -> str:
+    """The plans as a table no wider than ``width`` (default: :func:`terminal_width`): columns of
+    :data:`DROP_ORDER` are left out, in that order, until it fits, and the days and cost columns when no
+    plan has them (no ``--train-tokens`` or no price). ``wide`` keeps every column."""
     headers = ["#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "mem GiB",
                "step s", "tok/s/GPU", "TFLOP/s/GPU", "MFU", "days", "cost $M"]
-    for h in headers:
-        table.add_column(h, justify="right" if h not in ("recompute",) else "left")
     cols = metrics.plans.to_columns()
+    rows = []
     for i in range(len(metrics)):
         days = metrics.time_to_train_s[i] / 86400
         cost = metrics.cost_usd[i] / 1e6
-        table.add_row(
+        rows.append([
             str(i + 1), str(cols["tp"][i]), str(cols["pp"][i]), str(cols["dp"][i]), str(cols["cp"][i]),
             f"{cols['ep'][i]}" + (f"/{cols['etp'][i]}" if cols["etp"][i] > 1 else ""), str(cols["vpp"][i]),
             str(cols["micro_batch"][i]), _recompute_label(cols["recompute"][i], cols["recompute_num_layers"][i],
@@ -134,10 +174,70 @@ def render_table(metrics: PlanMetrics, title: str, width: int = 200) -> str:
             f"{metrics.tokens_per_s[i] / metrics.plans.num_gpus[i]:,.0f}", f"{metrics.tflops_per_gpu[i]:.0f}",
             f"{metrics.mfu[i]:.1%}", "-" if math.isnan(days) else f"{days:.1f}",
             "-" if math.isnan(cost) else f"{cost:.2f}",
-        )
+        ])
+    shown = list(headers)
+    if not wide:
+        for empty in ("days", "cost $M"):
+            if rows and all(row[headers.index(empty)] == "-" for row in rows):
+                shown.remove(empty)
+    limit = width or terminal_width()
+    compact = False
+    text = _table_text(title, headers, rows, shown, compact)
+    for step in () if wide else DROP_ORDER:
+        if max(len(line) for line in text.splitlines()) <= limit:
+            break
+        if step == "compact":
+            compact = True
+        elif step in shown:
+            shown.remove(step)
+        text = _table_text(title, headers, rows, shown, compact)
+    return text
+
+
+def _table_text(title: str, headers: list[str], rows: list[list[str]], shown: list[str], compact: bool) -> str:
+    """The table with the ``shown`` columns, at its natural width (never wrapped: the caller drops columns);
+    ``compact``: one space between columns instead of three."""
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False, box=box.SIMPLE_HEAD,
+                  padding=(0, 0, 0, 0) if compact else (0, 1))
+    index = [headers.index(h) for h in shown]
+    for h in shown:
+        table.add_column(h, justify="left" if h == "recompute" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[i] for i in index))
     buffer = io.StringIO()
-    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(table)
-    return buffer.getvalue()
+    Console(file=buffer, width=1000, force_terminal=False, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def fit_text(text: str, width: int | None = None) -> str:
+    """``text`` with each line longer than ``width`` (default: :func:`terminal_width`) wrapped, the
+    continuation indented two spaces past the line's own indent. Lines break after a list separator
+    (", ", "; ", ": ") where they can, so a "name value" pair of a breakdown stays on one line."""
+    limit = width or terminal_width()
+    lines: list[str] = []
+    for line in text.splitlines():
+        if len(line) <= limit:
+            lines.append(line)
+            continue
+        indent = line[:len(line) - len(line.lstrip())] + "  "
+        current = ""
+        for piece in re.split(r"(?<=, )|(?<=; )|(?<=: )|(?<= \| )", line):
+            if current.strip() and len(current) + len(piece.rstrip()) > limit:
+                lines.append(current.rstrip())
+                current = indent
+            current += piece
+        if current.strip():
+            lines.append(current.rstrip())
+    # a piece longer than the line by itself: ordinary word wrapping
+    wrapped: list[str] = []
+    for line in lines:
+        if len(line) <= limit:
+            wrapped.append(line)
+        else:
+            indent = line[:len(line) - len(line.lstrip())]
+            wrapped.extend(textwrap.wrap(line, width=limit, subsequent_indent=indent + "  ",
+                                         break_on_hyphens=False) or [line])
+    return "\n".join(wrapped)
 
 
 def breakdown_text(metrics: PlanMetrics, index: int = 0) -> str:
@@ -153,5 +253,15 @@ def breakdown_text(metrics: PlanMetrics, index: int = 0) -> str:
     return "\n".join(parts)
 
 
-def to_csv(frame: pd.DataFrame) -> str:
+def to_csv(metrics: PlanMetrics, limit_bytes: float, fits: bool | None = None) -> str:
+    """One CSV row per plan: :meth:`PlanMetrics.to_frame`'s columns with the recompute mode as its name
+    (``none``, ``selective``, ``full``), the selective modules as Megatron's names joined by ``+``
+    (``core_attn+mlp``; empty unless selective) and a ``fits`` column: the plan's memory within
+    ``limit_bytes``, or ``fits`` when the caller decided it (``evaluate`` also checks the rules)."""
+    frame = metrics.to_frame()
+    modes, masks = frame["recompute"].to_numpy(), frame["recompute_modules"].to_numpy()
+    frame["recompute"] = [RECOMPUTE_MODES[mode] for mode in modes]
+    frame["recompute_modules"] = ["+".join(module_names(mask)) if mode == SELECTIVE else ""
+                                  for mode, mask in zip(modes, masks)]
+    frame["fits"] = metrics.memory_bytes <= limit_bytes if fits is None else fits
     return frame.to_csv(index=False)

@@ -3,7 +3,8 @@ the cost model prices them, and the feasible plans are ranked.
 
 1. Layouts: :class:`optimizer.layout_model.LayoutModel` enumerates (GPUs, tp, cp, pp, dp, ep, etp)
    under the named hardware and framework rules.
-2. Schedules: every layout x virtual stages x micro-batch, filtered by :mod:`optimizer.plan_rules`.
+2. Schedules: every layout x virtual stages x micro-batch (the pinned ones, when pinned), filtered by
+   :mod:`optimizer.plan_rules`.
 3. Knobs: x sequence parallel x ZeRO stage (x offload) x recompute option, filtered likewise.
 4. Memory: :func:`cost_model.evaluate.predict_memory` for every expanded plan; a plan fits when its
    peak is within (1 - headroom) of the GPU's usable memory. This is the feasible set.
@@ -24,6 +25,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -183,7 +185,7 @@ def schedule_rows(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarr
     """Layouts x virtual stages x micro-batch sizes, filtered by the schedule rules."""
     o = scenario.options
     cols = {name: layouts[:, i] for i, name in enumerate(LAYOUT_COLUMNS)}
-    cols = _cross(cols, "vpp", np.arange(1, o.max_vpp + 1))
+    cols = _cross(cols, "vpp", np.array(o.vpp_choices))
     cols = _cross(cols, "micro_batch", np.array(sorted(set(o.micro_batch_sizes))))
     return _filter(cols, _rule_mask(scenario, cols, SCHEDULE_RULES))
 
@@ -212,22 +214,26 @@ def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.nd
     return knob_rows(scenario, schedule_rows(scenario, layouts))
 
 
-def group_chunks(scenario: Scenario, layouts: np.ndarray, max_groups: int | None):
+def group_chunks(scenario: Scenario, layouts: np.ndarray, max_groups: int | None,
+                 on_layouts: Callable[[int], None] | None = None):
     """:func:`candidate_groups` in consecutive pieces of at most ``max_groups`` rows (one piece when
     None): concatenated, the pieces are exactly ``candidate_groups(scenario, layouts)``, in its order.
 
     Every rule is a per-row predicate and every cross product keeps the row-major order, so cutting the
     layouts, and then the schedules, into blocks and crossing each block separately changes nothing but
     the size of the arrays alive at once: blocks of layouts whose schedule grid is at most ``max_groups``
-    rows, then blocks of schedules whose knob grid is at most that.
+    rows, then blocks of schedules whose knob grid is at most that. ``on_layouts`` is told how many
+    layouts have been crossed so far, after each block (for a progress display).
     """
     if max_groups is None:
         groups = candidate_groups(scenario, layouts)
+        if on_layouts is not None:
+            on_layouts(len(layouts))
         if len(groups["tp"]):
             yield groups
         return
     o = scenario.options
-    per_layout = o.max_vpp * len(set(o.micro_batch_sizes))
+    per_layout = len(o.vpp_choices) * len(set(o.micro_batch_sizes))
     per_schedule = math.prod(len(values) for _, values in _knob_values(scenario))
     layout_block = max(1, max_groups // per_layout)
     schedule_block = max(1, max_groups // per_schedule)
@@ -245,6 +251,8 @@ def group_chunks(scenario: Scenario, layouts: np.ndarray, max_groups: int | None
                 buffer, size = [], 0
             buffer.append(piece)
             size += rows
+        if on_layouts is not None:
+            on_layouts(min(start + layout_block, len(layouts)))
     if buffer:
         yield _join(buffer)
 
@@ -456,23 +464,25 @@ class _ParetoPlans:
 
 
 def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = False, pareto: bool = False,
-           chunk_plans: int | None = CHUNK_PLANS) -> SearchResult:
+           chunk_plans: int | None = CHUNK_PLANS, progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Run the whole search; see the module docstring.
 
     The candidates are generated, screened and timed ``chunk_plans`` plans at a time (None: all at once),
     keeping only the running top K (and, with ``pareto``, the running cost-time front), so the memory
     does not grow with the search space. The answer and every count are the same for any chunk size.
     ``keep_feasible`` and ``keep_timed`` ask for every feasible plan, or the metrics of every timed plan,
-    which do grow with it. The garbage collector is paused meanwhile: the search allocates large numpy
+    which do grow with it. ``progress(done, total)`` is called with the layouts crossed so far, once per
+    block of layouts (a pass repeated for the rounding scale starts again from 0). The garbage collector
+    is paused meanwhile: the search allocates large numpy
     arrays, not reference cycles, and the collections that the many small objects of the cost model
     would trigger cost time and free nothing.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        result, scale = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, known_scale=None)
+        result, scale = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, None, progress)
         if result is None:  # the rounding scale outgrew the margin the dropped plans assumed: repeat
-            result, _ = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, known_scale=scale)
+            result, _ = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, scale, progress)
         return result
     finally:
         if gc_was_enabled:
@@ -480,7 +490,8 @@ def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = F
 
 
 def _search(scenario: Scenario, keep_feasible: bool, keep_timed: bool, pareto: bool, chunk_plans: int | None,
-            known_scale: float | None) -> tuple[SearchResult | None, float]:
+            known_scale: float | None, progress: Callable[[int, int], None] | None = None
+            ) -> tuple[SearchResult | None, float]:
     """One pass of :func:`search`; None (and the final scale) when plans were dropped under a rounding
     scale that the final one outgrew, so that the pass must be repeated with the scale known."""
     phases = dict.fromkeys(("layouts", "expand", "memory", "time", "rank"), 0.0)
@@ -507,7 +518,8 @@ def _search(scenario: Scenario, keep_feasible: bool, keep_timed: bool, pareto: b
     feasible_parts: list[PlanArrays] = []
     timed_parts: list[PlanMetrics] = []
     max_groups = None if chunk_plans is None else max(1, chunk_plans // n_options)
-    for groups in group_chunks(scenario, layouts, max_groups):
+    on_layouts = None if progress is None else (lambda done: progress(done, len(layouts)))
+    for groups in group_chunks(scenario, layouts, max_groups, on_layouts):
         plans, option_valid = expand_recompute(scenario, groups)
         n_groups = len(option_valid)
         lap("expand")

@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from .emit import FRAMEWORKS
 
+PINNABLE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")
+"""Layout degrees a search can pin to given values (``SearchOptions.<degree>_values``)."""
+
 OBJECTIVES = ("throughput", "cost_per_token", "time_to_train", "mfu", "memory_headroom")
 
 
@@ -25,10 +28,32 @@ class SearchOptions:
     """Largest pipeline depth tried (never more than the layers)."""
 
     max_vpp: int = 8
-    """Largest number of virtual pipeline stages (interleaving) tried."""
+    """Largest number of virtual pipeline stages (interleaving) tried (unless ``vpp_values`` is given)."""
+
+    tp_values: tuple[int, ...] = ()
+    """Pinned tensor-parallel degrees (``--tp``): the layout model allows only these (rule ``tp_pinned``);
+    empty = any. A pinned value above ``max_tp`` is tried too. Likewise the next five."""
+
+    pp_values: tuple[int, ...] = ()
+    """Pinned pipeline depths (``--pp``, rule ``pp_pinned``); empty = any."""
+
+    dp_values: tuple[int, ...] = ()
+    """Pinned data-parallel degrees (``--dp``, rule ``dp_pinned``); empty = any."""
+
+    cp_values: tuple[int, ...] = ()
+    """Pinned context-parallel degrees (``--cp``, rule ``cp_pinned``); empty = any."""
+
+    ep_values: tuple[int, ...] = ()
+    """Pinned expert-parallel degrees (``--ep``, rule ``ep_pinned``); empty = any."""
+
+    etp_values: tuple[int, ...] = ()
+    """Pinned expert-tensor-parallel degrees (``--etp``, rule ``etp_pinned``); empty = any."""
+
+    vpp_values: tuple[int, ...] = ()
+    """Pinned virtual pipeline stages (``--vpp``): the schedule grid uses these instead of 1..max_vpp."""
 
     micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
-    """Micro-batch sizes tried."""
+    """Micro-batch sizes tried (``--micro-batch`` replaces them)."""
 
     recompute_modes: tuple[str, ...] = ("none", "selective", "full")
     """Activation recompute modes tried."""
@@ -90,6 +115,9 @@ class SearchOptions:
         for name in ("max_tp", "max_cp", "max_pp", "max_vpp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in (*(f"{degree}_values" for degree in PINNABLE_DEGREES), "vpp_values"):
+            if any(int(value) < 1 for value in getattr(self, name)):
+                raise ValueError(f"{name} must be positive integers, got {getattr(self, name)}")
         if not self.micro_batch_sizes or min(self.micro_batch_sizes) < 1:
             raise ValueError("micro_batch_sizes must be positive integers")
         bad = set(self.recompute_modes) - {"none", "selective", "full"}
@@ -99,6 +127,15 @@ class SearchOptions:
             raise ValueError("zero_stages must be drawn from 0, 1, 2, 3")
         if self.framework not in FRAMEWORKS:
             raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {self.framework!r}")
+
+    def pinned(self, degree: str) -> tuple[int, ...]:
+        """The values ``degree`` (tp, pp, dp, cp, ep or etp) is pinned to; empty when it is free."""
+        return getattr(self, f"{degree}_values")
+
+    @property
+    def vpp_choices(self) -> tuple[int, ...]:
+        """Virtual pipeline stage counts of the schedule grid: the pinned ones, else 1..max_vpp."""
+        return tuple(sorted(set(self.vpp_values))) or tuple(range(1, self.max_vpp + 1))
 
     def with_changes(self, **changes: Any) -> "SearchOptions":
         return replace(self, **changes)
