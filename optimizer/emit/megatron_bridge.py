@@ -27,7 +27,7 @@ writes:
   (``data_parallel_sharding_strategy`` ``optim_grads`` / ``optim_grads_params``, checkpoints in
   ``fsdp_dtensor``, the only format Bridge's ``validate`` accepts for Megatron-FSDP), the optimizer
   offload, BF16 moments (precision-aware optimizer), grad-reduce dtype and the overlaps;
-* ``train.*`` / ``dataset.seq_length``: micro-batch, global batch, sequence.
+* ``train.*`` / ``dataset.sequence_length`` (the field behind Bridge's ``seq_length`` alias): micro-batch, global batch, sequence.
 
 :data:`RULES` are the start-up checks of Bridge 0.3.1 and Megatron-Core 0.16.1 (``ConfigContainer.validate``,
 ``TransformerConfig.__post_init__``, ``OptimizerConfig.__post_init__``, the micro-batch calculator) that a
@@ -67,9 +67,11 @@ RECIPES: dict[str, str] = {
     "qwen3-235b-a22b": "qwen3_235b_a22b_pretrain_config",
     "deepseek-v3": "deepseek_v3_pretrain_config",
     "gpt-oss-120b": "gpt_oss_120b_pretrain_config",
-    "gpt3-175b": "gpt3_175b_pretrain_config",
 }
-"""plan-search model preset -> ``megatron.bridge.recipes`` function (0.3.1) building the same model."""
+"""plan-search model preset -> ``megatron.bridge.recipes`` function (0.3.1) building the same model. Only
+recipes ``megatron.bridge.recipes`` exports are reachable by ``run_recipe.py`` (``getattr(recipes, name)``):
+0.3.1's ``gpt3_175b_pretrain_config`` is not exported (``recipes/gpt/__init__.py`` is empty), so GPT-3
+takes the family route."""
 
 FAMILY_RECIPES = {"mla": "deepseek_v3_pretrain_config", "moe": "qwen3_30b_a3b_pretrain_config",
                   "dense": "llama3_8b_pretrain_config"}
@@ -144,6 +146,20 @@ def _value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+POSITION_EMBEDDINGS = {"rope": "rope", "learned": "learned_absolute"}
+"""plan-search position embedding -> ``GPTModelProvider.position_embedding_type``."""
+
+
+def architecture(model: ModelSpec) -> dict[str, Any]:
+    """For a model without its own recipe: the provider's architecture switches that the borrowed recipe
+    may set differently (the activation function is a callable, which overrides cannot replace)."""
+    return {"normalization": "LayerNorm" if model.norm_type == "layernorm" else "RMSNorm",
+            "gated_linear_unit": model.gated_mlp, "add_bias_linear": model.linear_bias,
+            "add_qkv_bias": model.qkv_bias or model.linear_bias, "qk_layernorm": model.qk_norm,
+            "share_embeddings_and_output_weights": model.tie_embeddings,
+            "position_embedding_type": POSITION_EMBEDDINGS.get(model.position_embedding_type, "rope")}
 
 
 def model_dimensions(model: ModelSpec) -> dict[str, Any]:
@@ -250,11 +266,14 @@ def optimizer_settings(knobs: LaunchKnobs) -> tuple[dict[str, Any], dict[str, An
                            "overlap_param_gather": training.overlap_param_gather and distributed}
     bf16_moments = training.optimizer_moments_dtype == "bf16"
     moments = "bfloat16" if bf16_moments else "float32"
+    # OptimizerConfig: dtypes other than fp32 need the precision-aware optimizer; without it the BF16 grad
+    # buffer is the DDP's (grad_reduce_in_fp32=False) and the optimizer upcasts to fp32 main grads.
+    main_grads = "bfloat16" if bf16_moments and training.grad_dtype == "bf16" else "float32"
     optimizer: dict[str, Any] = {"use_distributed_optimizer": distributed,
                                  "optimizer_cpu_offload": knobs.optimizer_offload,
                                  "optimizer_offload_fraction": 1.0 if knobs.optimizer_offload else 0.0,
-                                 "use_precision_aware_optimizer": bf16_moments,
-                                 "exp_avg_dtype": moments, "exp_avg_sq_dtype": moments}
+                                 "use_precision_aware_optimizer": bf16_moments, "main_params_dtype": "float32",
+                                 "main_grads_dtype": main_grads, "exp_avg_dtype": moments, "exp_avg_sq_dtype": moments}
     checkpoint = {"ckpt_format": "fsdp_dtensor" if fsdp else "torch_dist"}
     return ddp, optimizer, checkpoint
 
@@ -262,7 +281,9 @@ def optimizer_settings(knobs: LaunchKnobs) -> tuple[dict[str, Any], dict[str, An
 def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     """Every override, ``section.field`` -> value (``mixed_precision`` is written separately)."""
     training = knobs.training
-    model: dict[str, Any] = {**model_dimensions(knobs.model), **parallel_settings(knobs),
+    own_recipe = knobs.model.name in RECIPES
+    model: dict[str, Any] = {**model_dimensions(knobs.model), **({} if own_recipe else architecture(knobs.model)),
+                             **parallel_settings(knobs),
                              "seq_length": training.seq_length, **memory_settings(knobs)}
     if knobs.model.is_moe:
         model |= moe_settings(knobs)
@@ -273,7 +294,7 @@ def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     ddp, optimizer, checkpoint = optimizer_settings(knobs)
     out = {f"model.{k}": v for k, v in model.items()}
     out |= {"train.micro_batch_size": knobs.micro_batch, "train.global_batch_size": training.global_batch_size,
-            "dataset.seq_length": training.seq_length}
+            "dataset.sequence_length": training.seq_length}
     out |= {f"ddp.{k}": v for k, v in ddp.items()}
     out |= {f"optimizer.{k}": v for k, v in optimizer.items()}
     out |= {f"checkpoint.{k}": v for k, v in checkpoint.items()}
@@ -294,8 +315,11 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
     out = []
     if knobs.model.name not in RECIPES:
         out.append(f"no Megatron-Bridge 0.3.1 recipe for {knobs.model.name}: the launch starts from "
-                   f"{recipe(knobs.model)} with the dimensions overridden; its activation, norm and attention "
-                   "variants are that recipe's")
+                   f"{recipe(knobs.model)} with the dimensions and architecture switches overridden; the "
+                   "activation function stays that recipe's")
+    if knobs.model.position_embedding_type not in POSITION_EMBEDDINGS:
+        out.append(f"{knobs.model.position_embedding_type} positions are not a Megatron-Core 0.16.1 option: "
+                   "the launch uses RoPE")
     if knobs.model.is_moe and knobs.training.moe_dispatch_fp8:
         out.append("FP8 MoE dispatch is not a Megatron-Bridge 0.3.1 setting: the all-to-all sends BF16")
     return tuple(out)

@@ -48,6 +48,16 @@ HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "q
                     "deepseek_v3": "DeepseekV3ForCausalLM", "gpt_oss": "GptOssForCausalLM",
                     "mixtral": "MixtralForCausalLM"}
 """Hugging Face ``architectures`` entry of each ``model_type`` (what Bridge's AutoBridge dispatches on)."""
+PUBLISHED_FIELDS = {
+    # https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json: the router and RoPE fields the
+    # presets leave out (plan-search does not price them) and Bridge's conversion reads.
+    "deepseek-v3": {"scoring_func": "sigmoid", "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5,
+                    "norm_topk_prob": True, "rope_theta": 10000,
+                    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                                     "type": "yarn"}},
+}
+"""Fields of a published config.json that the preset does not copy but Bridge's conversion needs."""
 
 
 class _AnyAttribute(type):
@@ -110,8 +120,9 @@ def _stub_cuda_packages() -> None:
 
 
 def _import_bridge():
-    pytest.importorskip("megatron.core")
-    _stub_cuda_packages()
+    if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.bridge") is None:
+        pytest.skip("megatron-bridge is not installed")
+    _stub_cuda_packages()  # before the first megatron import: Megatron-Core caches what TE offers
     return pytest.importorskip("megatron.bridge.recipes")
 
 
@@ -124,7 +135,7 @@ def _hf_config(preset: str) -> dict[str, Any]:
 
     entry = dict(yaml.safe_load(PRESETS.read_text())[preset])
     entry["architectures"] = [HF_ARCHITECTURES[entry["model_type"]]]
-    return entry
+    return entry | PUBLISHED_FIELDS.get(preset, {})
 
 
 def _serve_hub_from_presets(monkeypatch, tmp_path: Path, recipe: str) -> None:
@@ -133,12 +144,12 @@ def _serve_hub_from_presets(monkeypatch, tmp_path: Path, recipe: str) -> None:
     from optimizer.emit.megatron_bridge import RECIPES
 
     preset = next(name for name, name_recipe in RECIPES.items() if name_recipe == recipe)
-    folder = tmp_path / preset
-    folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(_hf_config(preset)))
     original = AutoBridge.from_hf_pretrained.__func__
 
     def from_local(cls, path, *args, **kwargs):
+        folder = tmp_path / preset
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(_hf_config(preset)))
         return original(cls, str(folder), *args, **kwargs)
 
     monkeypatch.setattr(AutoBridge, "from_hf_pretrained", classmethod(from_local))
