@@ -218,8 +218,8 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
     assert p.enable_sequence_parallel == (knobs.sequence_parallel and knobs.tp > 1)
     # The model torchtitan builds is the priced one.
     model_cfg = config.model_spec.model
-    assert (len(model_cfg.layers), model_cfg.dim, model_cfg.vocab_size) == (
-        case.model.num_layers, case.model.hidden_size, case.model.vocab_size)
+    built = built_dims(model_cfg)
+    assert built == {name: int(getattr(case.model, name)) for name in built}
     if dims.cp > 1:
         from torchtitan.distributed.full_dtensor import validate_config
 
@@ -235,25 +235,44 @@ def _parts(config, dims):
     return _generate_llm_fqn_per_model_part(stages, layers, first, last)
 
 
+def built_dims(model) -> dict[str, int]:
+    """:data:`optimizer.emit.torchtitan.DIM_FIELDS` of a torchtitan model config, where it has them."""
+    layers = model.layers
+    attention = layers[-1].attention
+    kv = getattr(attention, "n_kv_heads", None) or getattr(getattr(attention, "qkv_linear", None), "n_kv_heads", None)
+    dims = {"num_layers": len(layers), "hidden_size": model.dim, "vocab_size": model.vocab_size,
+            "num_attention_heads": attention.n_heads, "mtp_layers": len(getattr(model, "mtp_layers", None) or [])}
+    dims["num_kv_heads"] = kv if kv is not None else attention.n_heads  # MLA: one latent K/V per head
+    dense = [layer for layer in layers if getattr(layer, "moe", None) is None]
+    if dense:
+        dims["ffn_hidden_size"] = dense[0].feed_forward.w1.out_features
+    moe = next((layer.moe for layer in layers if getattr(layer, "moe", None) is not None), None)
+    dims["num_experts"] = moe.num_experts if moe is not None else 0
+    if moe is not None:
+        dims["moe_ffn_hidden_size"] = moe.routed_experts.inner_experts.hidden_dim
+    return dims
+
+
 @pytest.mark.parametrize("chosen", tt_emit.CONFIG_FUNCTIONS, ids=lambda c: c.config)
 def test_config_functions_build_the_listed_dimensions(titan, chosen):
-    """The dimensions a plan's model is matched on are the ones the config function builds."""
+    """The dimensions a plan's model is matched on are the ones the config function builds, its MoE
+    dispatcher is the all-to-all, and its converters run the listed precision."""
     import importlib
+
+    from torchtitan.components.quantization.utils import has_quantization
 
     if chosen.precision == "mxfp8":
         pytest.importorskip("torchao")
     config = getattr(importlib.import_module(f"torchtitan.models.{chosen.module}.config_registry"), chosen.config)()
     model = config.model_spec.model
-    dims = dict(zip(tt_emit.DIM_FIELDS, chosen.dims))
-    assert (len(model.layers), model.dim, model.vocab_size) == (dims["num_layers"], dims["hidden_size"],
-                                                                dims["vocab_size"])
-    block = model.layers[-1]
-    attention = block.attention
-    assert attention.n_heads == dims["num_attention_heads"]
-    moe = getattr(block, "moe", None)
-    assert (moe is not None) == (dims["num_experts"] > 0)
-    if moe is not None:
-        assert moe.num_experts == dims["num_experts"]
+    listed = dict(zip(tt_emit.DIM_FIELDS, chosen.dims))
+    built = built_dims(model)
+    assert built == {name: listed[name] for name in built}
+    assert has_quantization(model) == (chosen.precision != "bf16")
+    assert (config.compile.enable and "model" in config.compile.components) == chosen.compiles_model
+    for layer in model.layers:
+        if getattr(layer, "moe", None) is not None:
+            assert type(layer.moe.routed_experts.token_dispatcher).__qualname__ == "AllToAllTokenDispatcher.Config"
 
 
 def test_key_list_is_current(titan):
