@@ -32,7 +32,7 @@ def test_search_on_bundled_example_prints_ranked_table(capsys):
     assert out.startswith("llama3-8b on h100-128: 128 x H100 SXM5 80GB")
     assert "seq 8192, global batch 512 (4.2M tokens)" in out
     assert "Top 3 plans by throughput" in out
-    assert "mem GiB" in out and "TFLOP/s/GPU" in out
+    assert "mem GiB" in out and "tok/s/GPU" in out
     assert "Best plan:" in out and "memory per GPU" in out
 
 
@@ -86,7 +86,8 @@ def test_csv_output_has_one_row_per_plan(capsys):
 @pytest.mark.parametrize("emitter,expected", [
     ("megatron", ["--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--micro-batch-size",
                   "--global-batch-size 256", "--seq-length 8192"]),
-    ("torchtitan", ["[parallelism]", "tensor_parallel_degree", "data_parallel_shard_degree", "[activation_checkpoint]"]),
+    ("torchtitan", ["--module llama3 --config llama3_70b", "--parallelism.tensor_parallel_degree",
+                    "--parallelism.data_parallel_shard_degree", "activation_checkpoint:"]),
     ("megatron-bridge", ["model.tensor_model_parallel_size=", "train.global_batch_size=256"]),
 ])
 def test_emit_prints_launcher_arguments(capsys, emitter, expected):
@@ -102,7 +103,9 @@ def test_emit_megatron_matches_best_plan(capsys):
                        "--top", "1", "--format", "json", "--emit", "megatron")
     document = json.loads(out)
     best = document["plans"][0]
-    flags = document["emit"]["megatron"]
+    [emission] = document["emit"]
+    assert emission["plan"] == 1 and emission["framework"] == "megatron"
+    flags = emission["text"]
     assert f"--tensor-model-parallel-size {best['tp']}" in flags
     assert f"--pipeline-model-parallel-size {best['pp']}" in flags
     assert f"--context-parallel-size {best['cp']}" in flags
