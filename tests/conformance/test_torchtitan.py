@@ -101,6 +101,11 @@ def _own_cases() -> list[ConformanceCase]:
              dict(base, cp=4, dp=2, tp=1, recompute=2)),
         case("MoE ep 8 over tp x dp_shard", "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 64},
              dict(base, tp=2, dp=4, ep=8, sequence_parallel=True)),
+        case("TP overlap as async TP", "llama3-70b", {"seq_length": 8192, "global_batch_size": 32,
+                                                      "tp_comm_overlap": True},
+             dict(base, tp=8, dp=4, sequence_parallel=True, recompute=2)),
+        case("TP without sequence parallelism, DDP", "llama3-8b", {"seq_length": 4096, "global_batch_size": 32},
+             dict(base, tp=4, dp=2, zero_stage=0)),
     ]
     for c in cases:
         plans = PlanArrays.from_columns({k: [v] for k, v in c.plan.items()})
@@ -216,6 +221,7 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
     assert t.mixed_precision_param == "bfloat16" and t.mixed_precision_reduce == "float32" and t.dtype == "float32"
     assert t.disable_cuda_graphs == ("full_iteration" not in case.training.cuda_graph_scope)
     assert p.enable_sequence_parallel == (knobs.sequence_parallel and knobs.tp > 1)
+    assert config.compile.enable_async_tensor_parallel == (case.training.tp_comm_overlap and knobs.tp > 1)
     # The model torchtitan builds is the priced one.
     model_cfg = config.model_spec.model
     built = built_dims(model_cfg)
