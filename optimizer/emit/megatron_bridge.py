@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, PlanArrays
+from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
@@ -103,6 +103,18 @@ RULES: dict[str, str] = {
     "bridge_cuda_graphs_full_recompute_needs_full_iteration": (
         "full recompute runs with CUDA graphs only when the whole iteration is captured (Megatron-Core "
         "TransformerConfig)"),
+    "bridge_cuda_graph_scope_valid": (
+        "the CUDA graph scopes are ones Megatron-Core captures for this model: moe and moe_router not together, "
+        "moe_preprocess only with moe_router, MoE scopes only on MoE models and moe only with padded "
+        "(drop-and-pad) experts, mlp only where dense layers exist (TransformerConfig)"),
+    "bridge_cuda_graph_moe_recompute_with_router_graph": (
+        "Transformer Engine CUDA graphs of the MoE router cannot run with the moe module recomputed "
+        "(TransformerConfig)"),
+    "bridge_cuda_graph_dropout_recompute": (
+        "with dropout, a graphed module is not recomputed: core_attn with attn or whole-iteration graphs, "
+        "mlp/moe with whole-iteration graphs (TransformerConfig)"),
+    "bridge_fp8_delayed_no_norm_or_moe_act_recompute": (
+        "FP8 delayed scaling cannot recompute the layernorm or moe_act modules (TransformerConfig)"),
 }
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence)."""
 
@@ -114,7 +126,16 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_:
     uneven = (plans.pp > 1) & ((first != k) | (last != k))
     interleaved = plans.vpp > 1
     graphs = bool(training.cuda_graph_scope)
-    whole_iteration = "full_iteration" in training.cuda_graph_scope
+    scope = set(training.cuda_graph_scope)
+    whole_iteration = "full_iteration" in scope
+    modules = np.where(plans.recompute == SELECTIVE, plans.recompute_modules, 0)
+
+    def recomputes(*names: str) -> np.ndarray:
+        return (modules & sum(MODULE_BIT[name] for name in names)) != 0
+
+    te_graphs = graphs and not whole_iteration
+    fp8_delayed = training.precision == "fp8" and training.fp8_recipe == "delayed"
+    dropout_graphs = graphs and training.dropout
     return {
         "bridge_uneven_stages_divisible_by_vpp": uneven & interleaved & ((first % plans.vpp != 0)
                                                                         | (last % plans.vpp != 0)),
@@ -125,7 +146,31 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_:
         "bridge_cuda_graphs_no_activation_offload": np.full(n, graphs) & (plans.activation_offload_layers > 0),
         "bridge_cuda_graphs_full_recompute_needs_full_iteration": np.full(n, graphs and not whole_iteration)
                                                                    & (plans.recompute == FULL),
+        "bridge_cuda_graph_scope_valid": np.full(n, not graph_scope_valid(model, training)),
+        "bridge_cuda_graph_moe_recompute_with_router_graph": np.full(n, te_graphs and "moe_router" in scope)
+                                                              & recomputes("moe"),
+        "bridge_cuda_graph_dropout_recompute": np.full(n, dropout_graphs and (whole_iteration or "attn" in scope))
+                                               & recomputes("core_attn")
+                                               | np.full(n, dropout_graphs and whole_iteration) & recomputes("mlp", "moe"),
+        "bridge_fp8_delayed_no_norm_or_moe_act_recompute": np.full(n, fp8_delayed) & recomputes("layernorm", "moe_act"),
     }
+
+
+def graph_scope_valid(model: ModelSpec, training: TrainingSpec) -> bool:
+    """Whether Megatron-Core 0.16.1's ``TransformerConfig`` accepts the CUDA graph scopes for this model."""
+    scope = set(training.cuda_graph_scope)
+    if not scope:
+        return True
+    local = "full_iteration" in scope  # cuda_graph_impl local adds moe_router/moe_preprocess to each other
+    moe_scopes = {"moe", "moe_router", "moe_preprocess"} & scope
+    padded = training.moe_pad_to_capacity
+    return not (
+        {"moe", "moe_router"} <= scope
+        or ("moe_preprocess" in scope and "moe_router" not in scope and not local)
+        or (moe_scopes and not model.is_moe)
+        or ("moe" in scope and not padded)
+        or ("mlp" in scope and model.is_moe and model.num_dense_layers == 0)
+    )
 
 
 def recipe(model: ModelSpec) -> str:
@@ -202,6 +247,9 @@ def memory_settings(knobs: LaunchKnobs) -> dict[str, Any]:
     if knobs.recompute == "selective":
         out = {"recompute_granularity": "selective", "recompute_method": None, "recompute_num_layers": None,
                "recompute_modules": list(knobs.recompute_modules)}
+        if "shared_experts" in knobs.recompute_modules:
+            # TransformerConfig: recomputed shared experts cannot also overlap (DeepSeek's recipe overlaps them).
+            out["moe_shared_expert_overlap"] = False
     elif knobs.recompute == "full":
         out = {"recompute_granularity": "full", "recompute_method": "block",
                "recompute_num_layers": knobs.recompute_layers_per_chunk}
