@@ -39,7 +39,10 @@ How the priced plan is expressed, and where torchtitan decides it:
   forward to backward (the same peak), shards gradients and optimizer state and reduce-scatters every
   micro-batch, but reshards after backward and gathers again at the next micro-batch's forward: the
   same traffic only with one micro-batch per step, so ZeRO-2 is accepted only then. ZeRO-1 (optimizer
-  state alone sharded) has no torchtitan form. With PP, torch's pipeline stage turns gradient sync and
+  state alone sharded) has no torchtitan form. Without PP, torchtitan's accumulation loop
+  (``trainer.py`` ``Trainer.train_step``) never turns gradient sync off, so ZeRO-0 all-reduces after every
+  micro-batch where the cost model prices one all-reduce per step: accepted with one micro-batch per step
+  (or with PP, below). With PP, torch's pipeline stage turns gradient sync and
   resharding off until the last micro-batch (``torch/distributed/pipelining/stage.py``), so FSDP
   accumulates unsharded gradients the cost model does not price: ZeRO-2/3 are refused with PP.
 * Recompute: torchtitan 0.3.0 has ``full`` (``FullAC``: every transformer block), ``selective``
@@ -130,6 +133,9 @@ RULES: dict[str, str] = {
     "torchtitan_fsdp_with_pipeline": "with pipeline parallelism torch's pipeline stage accumulates unsharded gradients "
                                      "until the last micro-batch, so ZeRO-2/3 (FSDP2) with pp > 1 holds memory the plan "
                                      "was not priced with",
+    "torchtitan_ddp_microbatches": "torchtitan all-reduces the gradients after every micro-batch without pipeline "
+                                   "parallelism (no gradient-sync skip while accumulating): ZeRO-0 matches the "
+                                   "priced once-per-step all-reduce only with one micro-batch per step or with pp > 1",
     "torchtitan_ddp_with_cp": "torchtitan always fully shards weights over the context-parallel ranks, so ZeRO-0 (DDP) "
                               "needs cp = 1",
     "torchtitan_selective_recompute": "torchtitan's selective activation checkpointing is per-op (every second matmul), "
@@ -211,6 +217,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "torchtitan_zero1": zero == 1,
         "torchtitan_zero2_microbatches": (zero == 2) & (m > 1),
         "torchtitan_fsdp_with_pipeline": (zero >= 2) & (pp > 1),
+        "torchtitan_ddp_microbatches": (zero == 0) & (pp == 1) & (m > 1),
         "torchtitan_ddp_with_cp": (zero == 0) & (cp > 1),
         "torchtitan_selective_recompute": plans.recompute == SELECTIVE,
         "torchtitan_partial_full_recompute": ((plans.recompute == FULL) & (plans.recompute_num_layers >= 0)

@@ -104,8 +104,8 @@ def _own_cases() -> list[ConformanceCase]:
         case("TP overlap as async TP", "llama3-70b", {"seq_length": 8192, "global_batch_size": 32,
                                                       "tp_comm_overlap": True},
              dict(base, tp=8, dp=4, sequence_parallel=True, recompute=2)),
-        case("TP without sequence parallelism, DDP", "llama3-8b", {"seq_length": 4096, "global_batch_size": 32},
-             dict(base, tp=4, dp=2, zero_stage=0)),
+        case("TP without sequence parallelism, DDP with one micro-batch", "llama3-8b",
+             {"seq_length": 4096, "global_batch_size": 32}, dict(base, tp=4, dp=2, micro_batch=16, zero_stage=0)),
     ]
     for c in cases:
         plans = PlanArrays.from_columns({k: [v] for k, v in c.plan.items()})
@@ -218,6 +218,7 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
     else:
         assert dims.dp_shard == 1 and dims.cp == 1
     assert has_quantization(config.model_spec.model) == (case.training.precision == "fp8")
+    assert type(config.loss).__qualname__ == "ChunkedLossWrapper.Config"  # the difference the launch reports
     assert t.mixed_precision_param == "bfloat16" and t.mixed_precision_reduce == "float32" and t.dtype == "float32"
     assert t.disable_cuda_graphs == ("full_iteration" not in case.training.cuda_graph_scope)
     assert p.enable_sequence_parallel == (knobs.sequence_parallel and knobs.tp > 1)
