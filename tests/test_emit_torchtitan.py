@@ -90,7 +90,9 @@ def test_the_launch_runs_the_priced_plan(grid):
     """Micro-batch, micro-batches per step, schedule and split, recompute, FSDP, precision, read back."""
     for case in grid:
         knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type)
-        _, config, v, subcommand = parse(case_emission(case).argv)
+        emission = case_emission(case)
+        assert not any(d.startswith("cannot run") for d in emission.differences), case.name
+        _, config, v, subcommand = parse(emission.argv)
         replicate = int(v["parallelism.data_parallel_replicate_degree"])
         shard = int(v["parallelism.data_parallel_shard_degree"])
         dp = replicate * shard
@@ -204,6 +206,18 @@ def test_each_rule_refuses_what_torchtitan_cannot_run(rule, model_name, settings
 def test_every_rule_has_an_example_and_a_sentence():
     assert {r[0] for r in RULE_EXAMPLES} == set(tt.RULES)
     assert all(name.startswith("torchtitan_") and sentence for name, sentence in tt.RULES.items())
+
+
+def test_a_refused_plan_says_so_in_its_differences():
+    """An evaluated plan is not filtered by the search: the launch names the rules it breaks."""
+    model = load_model("llama3-8b").spec
+    training = build_training({"seq_length": 4096, "global_batch_size": 64}, model=model)
+    emission = emit("torchtitan", dict(BASE, zero_stage=1, recompute=SELECTIVE), model, training)
+    stated = [d for d in emission.differences if d.startswith("cannot run as priced: ")]
+    assert sorted(stated) == sorted(f"cannot run as priced: {tt.RULES[name]}"
+                                    for name in ("torchtitan_zero1", "torchtitan_selective_recompute"))
+    clean = emit("torchtitan", BASE, model, training)
+    assert not any(d.startswith("cannot run") for d in clean.differences)
 
 
 def test_a_plain_plan_passes_every_rule():

@@ -74,7 +74,7 @@ import numpy as np
 
 from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, SELECTIVE, PlanArrays
+from cost_model.plan import FULL, RECOMPUTE_MODES, SELECTIVE, PlanArrays, module_mask
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
@@ -299,10 +299,25 @@ def activation_checkpoint(knobs: LaunchKnobs) -> str:
     return "activation_checkpoint:full" if knobs.recompute == "full" else "activation_checkpoint:none"
 
 
+def refused(knobs: LaunchKnobs) -> list[str]:
+    """The sentences of the rules this one plan breaks (an evaluated plan is not filtered by the search)."""
+    plan = PlanArrays.from_columns({
+        "tp": knobs.tp, "pp": knobs.pp, "dp": knobs.dp, "cp": knobs.cp, "ep": knobs.ep, "etp": knobs.etp,
+        "vpp": knobs.vpp, "micro_batch": knobs.micro_batch, "recompute": RECOMPUTE_MODES.index(knobs.recompute),
+        "recompute_num_layers": knobs.recompute_layers_per_chunk if knobs.recompute == "full" else -1,
+        "recompute_modules": module_mask(knobs.recompute_modules), "sequence_parallel": knobs.sequence_parallel,
+        "zero_stage": knobs.zero_stage, "optimizer_offload": knobs.optimizer_offload,
+        "activation_offload_layers": knobs.activation_offload_layers})
+    found = violations(knobs.model, knobs.training, plan, cp_comm_type=knobs.cp_comm_type)
+    return [RULES[name] for name, mask in found.items() if mask[0]]
+
+
 def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
-    """What torchtitan runs differently from the priced plan, where the rules let it through."""
+    """What torchtitan runs differently from the priced plan: first what it cannot run at all (rules this
+    plan breaks), then what it runs otherwise where the rules let it through."""
     training = knobs.training
-    notes = ["torchtitan's loss is chunked cross entropy (ChunkedLossWrapper): the logits are never whole, so the "
+    notes = [f"cannot run as priced: {sentence}" for sentence in refused(knobs)]
+    notes += ["torchtitan's loss is chunked cross entropy (ChunkedLossWrapper): the logits are never whole, so the "
              "last stage needs less memory than priced"]
     if knobs.cp > 1:
         notes.append("FlexAttention context parallelism all-gathers K and V: the priced ring's bytes, not overlapped "
