@@ -5,6 +5,13 @@ given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model
 0 plans found, 1 nothing fits (with the explanation), 2 bad input (one line, never a traceback), 3 the layout
 solver stopped before proving its answer (no result is printed), 70 a defect of plan-search itself (one
 line; ``PLAN_SEARCH_DEBUG=1`` shows the traceback), 130 interrupted (Ctrl-C).
+
+``search`` pins part of the layout with ``--tp/--pp/--dp/--cp/--ep/--etp`` (rules ``<degree>_pinned`` of
+:mod:`optimizer.layout_model`) and ``--vpp/--micro-batch`` (the schedule grid); ``--emit`` prints the
+launch of plan ``--emit-plan N`` (or ``all``), each under a header naming the plan's rank and the framework
+release it is tested against (``TESTED_VERSION`` of the framework's module in :mod:`optimizer.emit`);
+``--version`` lists those releases. Tables and prose fit the terminal's width (``--wide``: every column);
+help is click's plain help, which wraps instead of cutting option names at 80 columns.
 """
 
 from __future__ import annotations
@@ -322,7 +329,8 @@ def search_command(
     vpp: Optional[str] = typer.Option(None, "--vpp", help=PIN_HELP.format("virtual pipeline stages")),
     micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help=PIN_HELP.format("micro-batch size")),
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
-    emit_plan: str = typer.Option("1", "--emit-plan", help="With --emit: the plan's rank in the table, or all."),
+    emit_plan: Optional[str] = typer.Option(None, "--emit-plan",
+                                            help="With --emit: the plan's rank in the table (default 1), or all."),
 ) -> None:
     """Search and rank every feasible plan (this is what ``plan-search CLUSTER MODEL`` runs).
 
@@ -336,7 +344,10 @@ def search_command(
     if emitter and output is OutputFormat.csv:
         raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
                          "use --format json (each emission an object) or table, or drop --emit")
-    emit_ranks = _parse_emit_plan(emit_plan, top)
+    if emit_plan is not None and not emitter:
+        raise InputError("command line", "--emit-plan", "says which plan to emit, but --emit is not given",
+                         "add --emit megatron|megatron-bridge|torchtitan or drop --emit-plan")
+    emit_ranks = _parse_emit_plan(emit_plan or "1", top)
     gpus_total, layers = cluster_spec.num_gpus, model_input.spec.num_layers
     pins = {f"{name}_values": _parse_values(f"--{name}", text, gpus_total, f"the cluster's {gpus_total:,} GPUs")
             for name, text in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp), ("ep", ep), ("etp", etp))}

@@ -167,6 +167,11 @@ def test_bad_emit_plan_is_one_line(capsys, value, needle):
     assert needle in err and "--emit-plan" in err and err.count("\n") == 1
 
 
+def test_emit_plan_without_emit_is_one_line(capsys):
+    code, out, err = run(capsys, "h100x16", "llama3-8b", "--emit-plan", "2")
+    assert code == 2 and out == "" and "--emit is not given" in err and err.count("\n") == 1
+
+
 def test_json_plans_carry_per_stage_memory(capsys):
     code, out, _ = run(capsys, "h100x64", "llama3-70b", "--pp", "4", "--top", "3", "--format", "json")
     assert code == 0
