@@ -326,6 +326,9 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
     if chosen is not None and chosen.compiles_model or training.tp_comm_overlap and knobs.tp > 1:
         notes.append("the model runs under torch.compile (needed by MXFP8 or async TP): fused kernels the cost model "
                      "does not price")
+    if chosen is not None and chosen.precision == "mxfp8":
+        notes.append("llama3_8b_mxfp8 converts every Linear to MXFP8, the output layer (lm_head) too, which the cost "
+                     "model prices in BF16")
     if not training.overlap_grad_reduce or not training.overlap_param_gather:
         notes.append("FSDP2 always overlaps the gradient reduce and weight gather, priced here as not overlapped")
     if "full_iteration" in training.cuda_graph_scope:

@@ -218,6 +218,8 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
     else:
         assert dims.dp_shard == 1 and dims.cp == 1
     assert has_quantization(config.model_spec.model) == (case.training.precision == "fp8")
+    lm_head_mxfp8 = type(config.model_spec.model.lm_head).__qualname__.startswith("MXFP8")
+    assert lm_head_mxfp8 == any("lm_head" in d for d in emission.differences)
     assert type(config.loss).__qualname__ == "ChunkedLossWrapper.Config"  # the difference the launch reports
     assert t.mixed_precision_param == "bfloat16" and t.mixed_precision_reduce == "float32" and t.dtype == "float32"
     assert t.disable_cuda_graphs == ("full_iteration" not in case.training.cuda_graph_scope)
