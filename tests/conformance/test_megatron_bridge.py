@@ -287,6 +287,49 @@ def test_bridge_accepts_the_priced_plan(case, monkeypatch, tmp_path):
     assert_priced_plan(cfg, num_microbatches, knobs)
 
 
+def _rule_names():
+    from optimizer.emit.megatron_bridge import RULES
+
+    return sorted(RULES)
+
+
+RANK_CAPACITY_FIELDS = ("moe_expert_rank_capacity_factor", "moe_paged_stash")
+REFUSALS = {
+    "bridge_cp_sequence_divisible": "divisible by 2 \\* context parallel size",
+    "bridge_cuda_graph_dropout_recompute": "dropout is not supported with graphed",
+    "bridge_cuda_graph_moe_recompute_with_router_graph": "moe recompute is not supported with moe_router",
+    "bridge_cuda_graph_scope_valid": "cuda graph is only supported",
+    "bridge_cuda_graphs_full_recompute_needs_full_iteration": "full recompute is only supported with full iteration",
+    "bridge_cuda_graphs_no_activation_offload": "CUDA graphs not supported with CPU offloading",
+    "bridge_fp8_delayed_no_norm_or_moe_act_recompute": "Delayed scaling does not support moe_act and layernorm",
+    "bridge_precision_aware_optimizer_needs_distributed": "only supported with distributed optimizer",
+    "bridge_uneven_stages_divisible_by_vpp": "must be divisible by virtual pipeline",
+}
+"""What Bridge / Megatron-Core says when it refuses each rule's example (a fragment of its message)."""
+
+
+@pytest.mark.parametrize("rule", _rule_names())
+def test_bridge_refuses_what_the_rule_refuses(rule, monkeypatch, tmp_path):
+    """Each rule's refused example (tests/test_emit_megatron_bridge.py) fails Bridge's own start-up; its
+    accepted neighbour runs. A knob Bridge cannot express is checked as the absent field."""
+    from optimizer.emit import emit
+    from tests.test_emit_megatron_bridge import RULE_EXAMPLES, rule_example
+
+    if rule == "bridge_no_rank_capacity_dispatch":
+        _import_bridge()
+        from megatron.bridge.models.gpt_provider import GPTModelProvider
+
+        names = {f.name for f in dataclasses.fields(GPTModelProvider)}
+        assert not names & set(RANK_CAPACITY_FIELDS)
+        return
+    model, training, plan = rule_example(rule, 2)
+    with pytest.raises((AssertionError, ValueError), match=REFUSALS[rule]):
+        run_emitted(emit("megatron-bridge", plan, model, training), monkeypatch, tmp_path)
+    if RULE_EXAMPLES[rule][3] is not None:
+        model, training, plan = rule_example(rule, 3)
+        run_emitted(emit("megatron-bridge", plan, model, training), monkeypatch, tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Field lists for the CI tests (tests/test_emit_megatron_bridge.py)
 
