@@ -347,7 +347,6 @@ def search_command(
     if emit_plan is not None and not emitter:
         raise InputError("command line", "--emit-plan", "says which plan to emit, but --emit is not given",
                          "add --emit megatron|megatron-bridge|torchtitan or drop --emit-plan")
-    emit_ranks = _parse_emit_plan(emit_plan or "1", top)
     gpus_total, layers = cluster_spec.num_gpus, model_input.spec.num_layers
     pins = {f"{name}_values": _parse_values(f"--{name}", text, gpus_total, f"the cluster's {gpus_total:,} GPUs")
             for name, text in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp), ("ep", ep), ("etp", etp))}
@@ -361,6 +360,7 @@ def search_command(
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
                        zero_stages=tuple(sorted(set(zero))) if zero else None,
                        **{key: values for key, values in pins.items() if values})
+    emit_ranks = _parse_emit_plan(emit_plan or "1", top)
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
     # The search keeps the running cost-time front itself (bounded memory, whatever the GPU range).
