@@ -295,6 +295,9 @@ HAND_BUILT = [
     ("qwen3-30b-a3b", dict(SHORT, precision="fp8", fp8_recipe="mxfp8", moe_token_dispatcher="hybridep",
                            grad_dtype="bf16", optimizer_moments_dtype="bf16"), dict(MOE, zero_stage=3)),
     ("gpt3-175b", {"seq_length": 2048, "global_batch_size": 1536}, dict(DENSE, tp=8, pp=8, dp=2, vpp=3)),
+    ("llama3-70b", dict(SHORT, global_batch_size=512), dict(DENSE, tp=8, pp=2, dp=2, vpp=3)),  # 40 = 14 + 13 + 13
+    ("llama3-8b", dict(SHORT, global_batch_size=64, overlap_moe_expert_parallel_comm=False),
+     dict(DENSE, tp=2, pp=2, dp=2, cp=2, vpp=4, recompute=FULL, recompute_num_layers=2)),
     ("gpt-oss-120b", SHORT, dict(MOE, dp=8, ep=8)),
     ("llama3-8b", dict(SHORT, dropout=True, precision="fp16"), dict(DENSE, activation_offload_layers=16)),
     ("llama3-8b", dict(SHORT, cuda_graph_scope=("full_iteration",)), dict(DENSE, recompute=FULL)),

@@ -193,12 +193,29 @@ def cases():
 
 @pytest.mark.parametrize("name", _case_ids())
 def test_megatron_accepts_and_runs_the_priced_plan(framework, monkeypatch, cases, name):
+    check_runs_as_priced(framework, monkeypatch, cases[name])
+
+
+@pytest.mark.parametrize("index", range(len(__import__("tests.test_emit_megatron_lm", fromlist=["HAND_BUILT"]).HAND_BUILT)))
+def test_hand_built_plans_run_as_priced(framework, monkeypatch, index):
+    """The CI test's hand-built plans: uneven and non-divisible interleaved splits, learned positions,
+    sliding windows and sinks, Megatron-FSDP with MXFP8 and BF16 moments, FP16 with dropout, a whole-iteration graph."""
+    from cost_model.model_loader import build_training, load_model
+    from tests.conformance.plan_grid import ConformanceCase
+    from tests.test_emit_megatron_lm import HAND_BUILT
+
+    name, settings, plan = HAND_BUILT[index]
+    model = load_model(name).spec
+    check_runs_as_priced(framework, monkeypatch, ConformanceCase(name=name, plan=plan, model=model,
+                                                                 training=build_training(dict(settings), model=model)))
+
+
+def check_runs_as_priced(framework, monkeypatch, case) -> None:
     from cost_model.memory import padded_vocab
     from cost_model.options import CostOptions
     from cost_model.plan import PlanArrays
     from optimizer.emit import build_knobs, emit
 
-    case = cases[name]
     knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
                         rank_order=case.rank_order)
     emission = emit("megatron", case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
@@ -279,17 +296,49 @@ RUNTIME_ONLY = {
 """Rules Megatron enforces past start-up; each has its own proof below."""
 
 
-@pytest.mark.parametrize("rule", sorted(set(__import__("optimizer.emit.megatron_lm", fromlist=["RULES"]).RULES)
-                                        - set(CANNOT_EXPRESS) - set(RUNTIME_ONLY)))
+REFUSALS = {
+    "megatron_seq_divisible_by_2cp": "seq-length should be a multiple of 2 \\* context-parallel-size",
+    "megatron_fp8_delayed_no_norm_recompute": "Delayed scaling does not support moe_act and layernorm recompute",
+    "megatron_cuda_graphs_full_recompute": "full recompute is only supported with full iteration CUDA graph",
+    "megatron_cuda_graphs_moe_recompute_router": "moe recompute is not supported with moe_router CUDA graph",
+    "megatron_cuda_graphs_activation_offload": "CUDA graphs not supported with CPU offloading",
+    "megatron_cuda_graphs_dropout_recompute": "attention dropout is not supported with graphed attention recomputation",
+    "megatron_cuda_graph_scopes": "moe cuda graph is only supported for MoE",
+    "megatron_ep_overlap_cuda_graphs": "CUDA graph scope on moe and mlp is not supported with overlap",
+    "megatron_ep_overlap_mtp": "Pipeline model parallel size must be larger than 1 when enabling "
+                               "overlap_moe_expert_parallel_comm with MTP",
+    "megatron_precision_aware_optimizer": "--use-precision-aware-optimizer only supported with distributed optimizer",
+    "megatron_tp_comm_overlap_needs_sequence_parallel": "overlap can happen only when sequence parallelism is enabled",
+    "megatron_param_gather_overlap_needs_grad_overlap": "Must use --overlap-param-gather with --overlap-grad-reduce",
+    "megatron_deepep_no_pad_to_capacity": "deepep backend does not support moe_pad_expert_input_to_capacity",
+    "megatron_moe_bias_needs_etp1": "Bias in Moe is only supported when ETP==1",
+    "megatron_learned_positions_cover_sequence": "must be greater than or equal to seq_length",
+}
+"""Rules Megatron checks at start-up, with the words of its refusal."""
+
+
+def test_every_rule_is_proven():
+    from optimizer.emit.megatron_lm import RULES
+    assert set(RULES) == set(REFUSALS) | set(CANNOT_EXPRESS) | set(RUNTIME_ONLY)
+
+
+@pytest.mark.parametrize("rule", sorted(REFUSALS))
 def test_megatron_refuses_what_the_rule_refuses(framework, monkeypatch, rule):
+    """The rule's breaker is refused by Megatron with the rule's reason; the mended plan is accepted."""
+    from tests.test_emit_megatron_lm import MENDED
     from optimizer.emit import build_knobs
     from optimizer.emit.megatron_lm import emit as emit_megatron
 
     name, model, training, plan, options = _refusal_cases()[rule]
     knobs = build_knobs(plan, model, training, **options)
     emission = emit_megatron(knobs)
-    with pytest.raises((AssertionError, ValueError, RuntimeError, KeyError)):
+    with pytest.raises((AssertionError, ValueError), match=REFUSALS[rule]):
         run_megatron(framework, monkeypatch, emission.argv, emission.env, knobs.world_size)
+    training_changes, plan_changes, option_changes = MENDED[rule]
+    knobs = build_knobs(dict(plan, **plan_changes), model, training.with_changes(**training_changes),
+                        **dict(options, **option_changes))
+    emission = emit_megatron(knobs)
+    run_megatron(framework, monkeypatch, emission.argv, emission.env, knobs.world_size)
 
 
 @pytest.mark.parametrize("rule", sorted(CANNOT_EXPRESS))
@@ -310,11 +359,11 @@ def test_tp_pp_dp_mapping_needs_equal_expert_data_parallel(framework):
         with pytest.raises(AssertionError, match="data parallel size of the attention and moe layers"):
             parallel_state.initialize_model_parallel(tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
                                                      expert_model_parallel_size=4, expert_tensor_parallel_size=1,
-                                                     order="tp-cp-ep-pp-dp")
+                                                     order="tp-cp-ep-pp-dp", create_gloo_process_groups=False)
         parallel_state.destroy_model_parallel()
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
                                                  expert_model_parallel_size=2, expert_tensor_parallel_size=1,
-                                                 order="tp-cp-ep-pp-dp")
+                                                 order="tp-cp-ep-pp-dp", create_gloo_process_groups=False)
     finally:
         parallel_state.destroy_model_parallel()
         dist.destroy_process_group()
