@@ -480,9 +480,11 @@ def search(scenario: Scenario, keep_feasible: bool = False, keep_timed: bool = F
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        result, scale = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, None, progress)
+        result, scale = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, known_scale=None,
+                                progress=progress)
         if result is None:  # the rounding scale outgrew the margin the dropped plans assumed: repeat
-            result, _ = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, scale, progress)
+            result, _ = _search(scenario, keep_feasible, keep_timed, pareto, chunk_plans, known_scale=scale,
+                                progress=progress)
         return result
     finally:
         if gc_was_enabled:
