@@ -3,7 +3,8 @@
 Each case's ``argv`` goes through torchtitan's own ``ConfigManager.parse_args`` (``--module``/``--config``
 and tyro overrides; ``Trainer.Config.__post_init__`` checks the pipeline micro-batch and CUDA graphs),
 then the start-up checks of ``Trainer.__init__`` that need no GPU: ``ParallelDims`` for the world size,
-the sequence divisor, the batch arithmetic, the pipeline split (``_get_pipeline_metadata`` and
+the model config's ``update_from_config`` (TP divides the heads and KV heads, RoPE length, EP
+dispatcher), the sequence divisor, the batch arithmetic, the pipeline split (``_get_pipeline_metadata`` and
 ``_generate_llm_fqn_per_model_part``), the pipeline schedule class and its micro-batch rules, and
 ``full_dtensor.validate_config`` on the model built on the meta device. The loaded config is then
 compared with the priced plan.
@@ -178,6 +179,9 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
                         rank_order=case.rank_order)
     config = _parse(emission.argv)
     p, t = config.parallelism, config.training
+    # Trainer.__init__ before the model is built: TP divides the heads and KV heads, the sequence fits the
+    # RoPE cache, weight tying without PP, the EP dispatcher's token shards.
+    config.model_spec.model.update_from_config(config=config)
 
     dims = ParallelDims.from_config(p, world_size=knobs.world_size)
     assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (knobs.tp, knobs.pp, knobs.cp, knobs.dp)
