@@ -15,6 +15,21 @@ an optional ``training:`` section::
       train_tokens: 15.0e12
 
 A ``config.json`` straight from a checkpoint is read the same way (it has no ``training:`` section).
+A multimodal checkpoint (Gemma 3, Llama 4) nests its language model under ``text_config``: that part is
+read (with the outer ``tie_word_embeddings``) and the vision tower is left out, with a warning saying
+so. Fields a shipped file leaves to its transformers config class are filled with that class's
+defaults (Gemma 3's ``text_config`` gives no ``vocab_size``: 262,208). Model-type conventions:
+
+* Gemma (``hidden_activation``, GeGLU: a gated MLP); Gemma 2/3 have four norms per layer, Gemma 3 also
+  q/k norms; Gemma 2 alternates sliding-window and global layers (even layers slide), Gemma 3 slides on
+  all but every ``sliding_window_pattern``-th layer (default 6) unless ``layer_types`` lists them.
+* Llama 4: ``interleave_moe_layer_step`` (MoE where (i + 1) % step == 0) or the index list
+  ``moe_layers``; ``intermediate_size_mlp`` is the dense MLP, ``intermediate_size`` the routed expert and
+  the one shared expert of each MoE layer; its q/k norm has no weights.
+
+Fields that change the real model but not what plan-search prices (``rope_scaling``,
+``attention_chunk_size``, logit soft-capping, ...) draw one warning naming the file and the fields;
+metadata (``architectures``, ``torch_dtype``, token ids, ...) is read silently.
 HF semantics are kept: a missing ``num_key_value_heads`` means one KV head per query head, a missing
 ``tie_word_embeddings`` means tied (``PretrainedConfig``'s default). A field that is given is held to
 what it says: ``num_key_value_heads: 0`` or ``head_dim: 0`` is an error, not "absent"; switches such as
@@ -28,6 +43,7 @@ heads into ``num_key_value_heads`` groups.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -45,7 +61,37 @@ from .training_spec import TRAINING_FIELDS, TrainingSpec
 
 # model_type values whose MLP is gated (three matrices) whatever hidden_act says (Gemma's GeGLU).
 _GATED_MODEL_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-                      "deepseek_v2", "deepseek_v3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "olmo2"}
+                      "deepseek_v2", "deepseek_v3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo",
+                      "olmo2", "llama4", "llama4_text"}
+# Gemma 2/3 decoder layers: input, post-attention, pre-feedforward and post-feedforward RMSNorms.
+_FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
+_LLAMA4_TYPES = {"llama4", "llama4_text"}
+# The language model's model_type inside a multimodal config whose text_config does not say it.
+_TEXT_MODEL_TYPES = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
+# Parts of a multimodal checkpoint that are not the language model: named in a warning, not priced.
+_TOWER_FIELDS = ("vision_config", "audio_config")
+
+# Defaults of the transformers config classes (configuration_gemma2.py, configuration_gemma3.py,
+# configuration_llama4.py) for the fields the shipped config.json files leave out: gemma-3-27b-it's
+# text_config gives neither vocab_size nor sliding_window_pattern.
+_MODEL_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {"head_dim": 256, "sliding_window": 4096, "hidden_activation": "gelu_pytorch_tanh"},
+    "gemma3_text": {"vocab_size": 262_208, "head_dim": 256, "sliding_window": 4096, "sliding_window_pattern": 6,
+                    "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6},
+    "llama4_text": {"tie_word_embeddings": False, "interleave_moe_layer_step": 1, "rms_norm_eps": 1e-5},
+}
+_MODEL_TYPE_DEFAULTS["gemma3"] = _MODEL_TYPE_DEFAULTS["gemma3_text"]
+_MODEL_TYPE_DEFAULTS["llama4"] = _MODEL_TYPE_DEFAULTS["llama4_text"]
+
+# Fields that change the real model but not its parameters or anything plan-search prices: read, and
+# named in one warning when they say something (not null, false or empty).
+_UNPRICED_FIELDS = {
+    "rope_scaling", "rope_parameters", "attention_chunk_size", "no_rope_layers", "no_rope_layer_interval",
+    "final_logit_softcapping", "attn_logit_softcapping", "query_pre_attn_scalar", "use_qk_norm",
+    "attn_temperature_tuning", "floor_scale", "attn_scale", "rope_local_base_freq", "quantization_config",
+    "partial_rotary_factor", "router_jitter_noise", "logits_scaling", "embedding_multiplier",
+}
+# use_qk_norm: Llama 4's q/k norm is an L2 norm without weights; the rest change numerics or positions.
 _PLAIN_MODEL_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "megatron-gpt"}
 _LEARNED_POSITION_TYPES = {"gpt2", "opt", "gpt_bigcode"}
 _QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}
@@ -319,11 +365,15 @@ def _kv_heads(cfg: dict[str, Any], heads: int, source: str) -> int:
 
 def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "model") -> ModelSpec:
     """Map Hugging Face ``config.json`` fields (plus plan-search extensions) onto a :class:`ModelSpec`."""
-    cfg = dict(config)
+    cfg = _language_model_config(dict(config), source)
     for old, new in _ALIASES.items():
         if old in cfg and new not in cfg:
             cfg[new] = cfg.pop(old)
     model_type = str(cfg.get("model_type", "")).lower()
+    for key, value in _MODEL_TYPE_DEFAULTS.get(model_type, {}).items():
+        if cfg.get(key) is None:
+            cfg[key] = value
+    _warn_unpriced(cfg, source)
 
     layers = _whole(cfg, "num_hidden_layers", source, minimum=1, required=True)
     hidden = _whole(cfg, "hidden_size", source, minimum=1, required=True)
@@ -332,17 +382,20 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
     head_dim = _head_dim(cfg, hidden, heads, source)
     vocab = _whole(cfg, "vocab_size", source, minimum=1, required=True)
 
-    hidden_act = str(cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))).lower()
+    hidden_act = str(cfg.get("hidden_act") or cfg.get("hidden_activation") or "silu").lower()
     if model_type in _GATED_MODEL_TYPES:
         gated_default = True
     elif model_type in _PLAIN_MODEL_TYPES:
         gated_default = False
     else:
-        gated_default = hidden_act in ("silu", "swiglu", "swish", "geglu")
+        # hidden_activation is Gemma's name, and every Gemma MLP is gated (GeGLU, modeling_gemma.py).
+        gated_default = hidden_act in ("silu", "swiglu", "swish", "geglu") or cfg.get("hidden_activation") is not None
     gated = _flag(cfg, "gated_mlp", gated_default, source)
     intermediate = _whole(cfg, "intermediate_size", source) or 0
     if not intermediate and model_type in _PLAIN_MODEL_TYPES:
         intermediate = 4 * hidden  # GPT-2's n_inner default
+    # Llama 4: intermediate_size_mlp is the dense layers' MLP, intermediate_size the expert's.
+    dense_mlp = _whole(cfg, "intermediate_size_mlp", source, minimum=1)
 
     if "norm_type" in cfg:
         norm = str(cfg["norm_type"]).lower()
@@ -371,15 +424,12 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
     shared_ffn = _whole(cfg, "shared_expert_intermediate_size", source) or 0
     if not shared_ffn:
         shared_ffn = (_whole(cfg, "n_shared_experts", source) or 0) * moe_ffn
+    if not shared_ffn and model_type in _LLAMA4_TYPES:
+        shared_ffn = moe_ffn  # one shared expert as wide as a routed one (Llama4TextMoe.shared_expert)
     moe_layers: tuple[bool, ...] = ()
     router_extra = 0
     if experts:
-        first_dense = _whole(cfg, "first_k_dense_replace", source) or 0
-        freq = _whole(cfg, "moe_layer_freq", source, minimum=1) or 1
-        step = _whole(cfg, "decoder_sparse_step", source, minimum=1) or 1
-        mlp_only = _layer_indices(cfg, "mlp_only_layers", layers, source)
-        moe_layers = tuple(i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in mlp_only
-                           for i in range(layers))
+        moe_layers = _moe_layer_pattern(cfg, layers, source)
         if model_type in ("mixtral", "gpt_oss"):  # their intermediate_size is the expert's
             intermediate = 0 if all(moe_layers) else intermediate
         if model_type == "gpt_oss":
@@ -392,6 +442,8 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
         raise InputError(source, "num_experts_per_tok", "is missing (or 0) for a mixture-of-experts model",
                          "add 'num_experts_per_tok: <top-k>', at least 1")
 
+    if dense_mlp is not None:
+        intermediate = dense_mlp
     window, sliding_layers = _sliding_window(cfg, model_type, layers, source)
     max_positions = _whole(cfg, "max_position_embeddings", source) if position == "learned" else (
         _whole_unbounded(cfg, "max_position_embeddings", source))
@@ -404,6 +456,7 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
             name=str(name), num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
             num_kv_heads=kv_heads, head_dim=head_dim, ffn_hidden_size=intermediate or 0, vocab_size=vocab,
             tie_embeddings=_flag(cfg, "tie_word_embeddings", True, source), gated_mlp=gated, norm_type=norm,
+            norms_per_layer=4 if model_type in _FOUR_NORM_TYPES else 2,
             qkv_bias=qkv_bias, linear_bias=linear_bias, position_embedding_type=position,
             qk_norm=_flag(cfg, "qk_norm", model_type in _QK_NORM_TYPES, source),
             attention_sinks=_flag(cfg, "attention_sinks", model_type == "gpt_oss", source),
@@ -451,7 +504,9 @@ def _sliding_window(cfg: dict[str, Any], model_type: str, layers: int, source: s
 
     ``layer_types`` (GPT-OSS, Gemma 2/3, newer Qwen2) names each layer; Mistral and Mixtral apply
     ``sliding_window`` to every layer; Qwen2 applies it from layer ``max_window_layers`` on when
-    ``use_sliding_window`` is true.
+    ``use_sliding_window`` is true. Without ``layer_types``, Gemma 2 slides on the even layers
+    (``is_sliding = not layer_idx % 2``) and Gemma 3 (or any file giving ``sliding_window_pattern`` P)
+    on every layer but each P-th (``(layer_idx + 1) % P != 0``: P = 6 is five local, one global).
     """
     window = _whole(cfg, "sliding_window", source) or 0
     if not window:
@@ -464,9 +519,70 @@ def _sliding_window(cfg: dict[str, Any], model_type: str, layers: int, source: s
         sliding = tuple(str(kind) == "sliding_attention" for kind in types)
     elif model_type in _ALL_LAYERS_SLIDING_TYPES:
         sliding = (True,) * layers
+    elif cfg.get("sliding_window_pattern") is not None:
+        pattern = _whole(cfg, "sliding_window_pattern", source, minimum=1)
+        sliding = tuple((i + 1) % pattern != 0 for i in range(layers))
+    elif model_type == "gemma2":
+        sliding = tuple(i % 2 == 0 for i in range(layers))
     elif _flag(cfg, "use_sliding_window", False, source):
         first = _whole(cfg, "max_window_layers", source) or 0
         sliding = tuple(i >= first for i in range(layers))
     else:
         return 0, ()
     return (window, sliding) if any(sliding) else (0, ())
+
+
+def _language_model_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """The language model's fields: ``text_config`` of a multimodal config.json, else the file itself.
+
+    Gemma 3 and Llama 4 checkpoints nest the language model under ``text_config`` and keep
+    ``tie_word_embeddings`` (and the ``model_type`` of the whole, ``gemma3``/``llama4``) outside it;
+    plan-search extension fields given beside ``text_config`` apply to it too. A vision or audio tower
+    is not priced, and a warning says so."""
+    text = cfg.get("text_config")
+    if text is None:
+        return cfg
+    if not isinstance(text, dict):
+        raise InputError(source, "text_config", f"must be a mapping of the language model's fields, got {shown(text)}",
+                         "copy text_config from the model's config.json")
+    towers = [key for key in _TOWER_FIELDS if cfg.get(key)]
+    if towers:
+        warnings.warn(f"{source}: {' and '.join(towers)} not priced: only the language model (text_config) is "
+                      "counted", UserWarning, stacklevel=4)
+    merged = dict(text)
+    for key in ("tie_word_embeddings", *_EXTENSION_FIELDS):
+        if key in cfg and key not in merged:
+            merged[key] = cfg[key]
+    outer_type = str(cfg.get("model_type") or "").lower()
+    if merged.get("model_type") is None and outer_type:
+        merged["model_type"] = _TEXT_MODEL_TYPES.get(outer_type, outer_type)
+    return merged
+
+
+def _moe_layer_pattern(cfg: dict[str, Any], layers: int, source: str) -> tuple[bool, ...]:
+    """Which layers are MoE blocks, from whichever convention the file uses.
+
+    Llama 4 lists them (``moe_layers``, indices) or interleaves them (``interleave_moe_layer_step`` s:
+    layers s-1, 2s-1, ..., as ``range(s - 1, layers, s)`` in configuration_llama4.py); DeepSeek keeps
+    the first ``first_k_dense_replace`` dense and then every ``moe_layer_freq``-th; Qwen-MoE every
+    ``decoder_sparse_step``-th (counting from 1) except ``mlp_only_layers``."""
+    listed = cfg.get("moe_layers")
+    if listed is not None:
+        indices = _layer_indices(cfg, "moe_layers", layers, source)
+        return tuple(i in indices for i in range(layers))
+    first_dense = _whole(cfg, "first_k_dense_replace", source) or 0
+    freq = _whole(cfg, "moe_layer_freq", source, minimum=1) or 1
+    step = _whole(cfg, "decoder_sparse_step", source, minimum=1) or 1
+    interleave = _whole(cfg, "interleave_moe_layer_step", source, minimum=1) or 1
+    mlp_only = _layer_indices(cfg, "mlp_only_layers", layers, source)
+    return tuple(i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and (i + 1) % interleave == 0
+                 and i not in mlp_only for i in range(layers))
+
+
+def _warn_unpriced(cfg: dict[str, Any], source: str) -> None:
+    """One warning naming the fields that are read but change nothing plan-search prices (a null,
+    false or empty value says nothing and draws no warning)."""
+    given = sorted(key for key in _UNPRICED_FIELDS if cfg.get(key) not in (None, False, [], {}, 0))
+    if given:
+        warnings.warn(f"{source}: read but not priced (no effect on parameters, memory or time in plan-search): "
+                      f"{', '.join(given)}", UserWarning, stacklevel=4)

@@ -50,7 +50,8 @@ class ModelSpec:
     """Width of one attention head (HF ``head_dim``; hidden_size / heads when absent)."""
 
     ffn_hidden_size: int
-    """Intermediate width of a dense MLP (HF ``intermediate_size``)."""
+    """Intermediate width of a dense MLP (HF ``intermediate_size``; Llama 4: ``intermediate_size_mlp``,
+    whose ``intermediate_size`` is the expert's)."""
 
     vocab_size: int
     """Vocabulary size V before padding (HF ``vocab_size``)."""
@@ -63,6 +64,11 @@ class ModelSpec:
 
     norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     """RMSNorm has one weight vector; LayerNorm a weight and a bias."""
+
+    norms_per_layer: int = 2
+    """Norms over the hidden size in each decoder layer: 2 (before attention and before the MLP, Llama
+    style); 4 for Gemma 2/3, which add ``post_attention_layernorm`` and ``post_feedforward_layernorm``
+    around ``input_layernorm`` and ``pre_feedforward_layernorm`` (modeling_gemma2.py, modeling_gemma3.py)."""
 
     qkv_bias: bool = False
     """Bias on the Q, K and V projections (HF ``attention_bias``; Qwen2 has it)."""
@@ -81,7 +87,8 @@ class ModelSpec:
 
     sliding_window_layers: tuple[bool, ...] = ()
     """For each layer, whether it uses the sliding window (HF ``layer_types`` entries
-    ``sliding_attention``; every layer for Mistral/Mixtral). Empty = none."""
+    ``sliding_attention``; every layer for Mistral/Mixtral; every other layer for Gemma 2; all but every
+    ``sliding_window_pattern``-th layer for Gemma 3). Empty = none."""
 
     position_embedding_type: Literal["rope", "learned", "alibi"] = "rope"
     """Rotary or ALiBi (no parameters), or a learned absolute position table (GPT)."""
@@ -101,11 +108,13 @@ class ModelSpec:
 
     shared_expert_ffn_hidden_size: int = 0
     """Total intermediate width of the shared experts of a MoE layer (DeepSeek ``n_shared_experts`` x
-    ``moe_intermediate_size``; Qwen-MoE ``shared_expert_intermediate_size``)."""
+    ``moe_intermediate_size``; Qwen-MoE ``shared_expert_intermediate_size``; Llama 4: one shared expert
+    of ``intermediate_size``)."""
 
     moe_layers: tuple[bool, ...] = ()
     """For each layer, whether its MLP is a MoE block (derived from ``first_k_dense_replace``,
-    ``moe_layer_freq``, ``decoder_sparse_step``, ``mlp_only_layers``). Empty = no MoE layers."""
+    ``moe_layer_freq``, ``decoder_sparse_step``, ``mlp_only_layers``; Llama 4's
+    ``interleave_moe_layer_step`` or its list of indices ``moe_layers``). Empty = no MoE layers."""
 
     # --- multi-head latent attention (DeepSeek-V2/V3) -----------------------------------------
     q_lora_rank: int = 0
@@ -146,6 +155,9 @@ class ModelSpec:
         if self.num_attention_heads % self.num_kv_heads:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                              f"num_key_value_heads ({self.num_kv_heads})")
+        if not isinstance(self.norms_per_layer, int) or isinstance(self.norms_per_layer, bool) or \
+                not 0 <= self.norms_per_layer <= 8:
+            raise ValueError(f"norms_per_layer must be a whole number in 0..8, got {self.norms_per_layer!r}")
         if self.ffn_hidden_size <= 0 and not all(self.moe_layers or [False]):
             raise ValueError("intermediate_size must be positive for a model with dense MLP layers")
         if self.moe_layers and len(self.moe_layers) != self.num_layers:

@@ -1,10 +1,17 @@
 """Parameter counts of a :class:`ModelSpec`, by component.
 
 Counted matrix by matrix from the Hugging Face implementations (``modeling_llama.py``,
-``modeling_mixtral.py``, ``modeling_qwen2.py``, ``modeling_deepseek_v3.py``, GPT-2 style for learned
-positions and biases), so that the totals equal what ``sum(p.numel() for p in model.parameters())``
-prints. Tests check the published totals of Llama 3 8B/70B/405B, Mixtral 8x7B, Qwen2.5-7B and
-DeepSeek-V3 (REFERENCE.md gives the exact figures).
+``modeling_mixtral.py``, ``modeling_qwen2.py``, ``modeling_deepseek_v3.py``, ``modeling_gemma2.py``,
+``modeling_gemma3.py``, ``modeling_llama4.py``, GPT-2 style for learned positions and biases), so that
+the totals equal what ``sum(p.numel() for p in model.parameters())`` prints for the language model.
+Tests check the published totals of Llama 3 8B/70B/405B, Mixtral 8x7B, Qwen2.5-7B and DeepSeek-V3
+(REFERENCE.md gives the exact figures), and of Gemma 2, Gemma 3 and Llama 4 Scout/Maverick from their
+shipped config.json files (tests/test_hf_configs.py).
+
+Per layer, with h the hidden size, F a dense MLP width, f an expert width, E experts, N norms:
+attention h*(a + 2*kv)*d + a*d*h (+ biases, + 2d for q/k RMSNorms); gated MLP 3*h*F (plain 2*h*F);
+MoE layer attention + E*3*h*f + shared 3*h*f_s + router h*E; norms N*h (RMSNorm) or 2*N*h (LayerNorm).
+Llama 4's q/k norm is a weightless L2 norm, so it adds nothing; vision towers are not counted.
 
 Per-component counts matter beyond the total: tensor parallelism splits the projections but
 replicates norms, expert parallelism splits only the experts, and pipeline stages hold whole layers
@@ -109,8 +116,9 @@ class ParameterCounts:
 
     @cached_property
     def layer_norms(self) -> int:
-        """The two norms of a decoder layer (before attention and before the MLP)."""
-        return 2 * self.spec.norm_params
+        """The norms of a decoder layer: two (before attention and before the MLP), four in Gemma 2/3
+        (``ModelSpec.norms_per_layer``)."""
+        return self.spec.norms_per_layer * self.spec.norm_params
 
     # --- per layer ---------------------------------------------------------------------------
     @cached_property

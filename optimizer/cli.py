@@ -41,6 +41,7 @@ from hardware.loader import load_cluster
 from .emit import emit
 from .explain import explain_no_fit
 from .layout_model import RULES, LayoutModel, SearchIncomplete
+from .models_command import models_app
 from .plan_rules import rule_sentence, violations
 from .report import (breakdown_text, fit_text, plan_records, render_table, scenario_header, scenario_record,
                      to_csv)
@@ -62,6 +63,7 @@ class _DefaultSearchGroup(TyperGroup):
 app = typer.Typer(cls=_DefaultSearchGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search every TP x PP x DP x CP x EP layout of a training run and rank the plans that fit.")
 app.add_typer(hardware_app, name="hardware", help="List and show GPU and cluster presets.")
+app.add_typer(models_app, name="models")
 
 
 def version_text() -> str:
