@@ -25,6 +25,7 @@ from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
 from cost_model.stages import STAGES
 
 from .search import Scenario
+from .search_options import PINNABLE_DEGREES, SearchOptions
 
 
 def _number(value: Any) -> Any:
@@ -111,8 +112,19 @@ def scenario_record(scenario: Scenario) -> dict[str, Any]:
         "memory_limit_gib": scenario.memory_limit_bytes / GIB, "seq_length": tr.seq_length,
         "global_batch_size": tr.global_batch_size, "global_batch_tokens": tr.global_batch_tokens,
         "precision": tr.precision, "train_tokens": tr.train_tokens, "objective": scenario.options.objective,
-        "price_per_gpu_hour_usd": cl.economics.price_per_gpu_hour_usd,
+        "price_per_gpu_hour_usd": cl.economics.price_per_gpu_hour_usd, "pinned": pinned_values(scenario),
     })
+
+
+def pinned_values(scenario: Scenario) -> dict[str, list[int]]:
+    """The values the search was pinned to (``--tp 4-8`` ...), by plan column; empty when nothing is."""
+    o = scenario.options
+    pins = {degree: list(o.pinned(degree)) for degree in PINNABLE_DEGREES if o.pinned(degree)}
+    if o.vpp_values:
+        pins["vpp"] = sorted(set(o.vpp_values))
+    if set(o.micro_batch_sizes) != set(SearchOptions().micro_batch_sizes):
+        pins["micro_batch"] = sorted(set(o.micro_batch_sizes))
+    return pins
 
 
 def scenario_header(scenario: Scenario) -> str:
@@ -121,7 +133,19 @@ def scenario_header(scenario: Scenario) -> str:
     tokens = tr.global_batch_tokens / 1e6
     return (f"{scenario.model.name} on {cl.name}: {gpus} x {cl.gpu.name} ({cl.gpu.memory_gib:.1f} GiB usable, "
             f"{scenario.memory_limit_bytes / GIB:.1f} GiB limit) | seq {tr.seq_length}, global batch "
-            f"{tr.global_batch_size} ({tokens:.1f}M tokens), {tr.precision} | objective {scenario.options.objective}")
+            f"{tr.global_batch_size} ({tokens:.1f}M tokens), {tr.precision} | objective {scenario.options.objective}"
+            + "".join(f" | {name} {_value_list(values)}" for name, values in pinned_values(scenario).items()))
+
+
+def _value_list(values: list[int]) -> str:
+    """8 | 8,16 | 4-8 (a run of consecutive values as a range, as the flag takes it)."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in runs)
 
 
 MODULE_ABBREVIATIONS = {"core_attn": "attn", "layernorm": "norm", "mla_up_proj": "mla", "mlp": "mlp",

@@ -200,8 +200,10 @@ def test_pinned_flags_keep_only_those_values(capsys):
     code, out, _ = run(capsys, "h100x64", "llama3-70b", "--tp", "4-8", "--pp", "2,4", "--micro-batch", "1",
                        "--vpp", "1-2", "--top", "20", "--format", "json")
     assert code == 0
-    plans = json.loads(out)["plans"]
+    document = json.loads(out)
+    plans = document["plans"]
     assert plans
+    assert document["scenario"]["pinned"] == {"tp": [4, 5, 6, 7, 8], "pp": [2, 4], "vpp": [1, 2], "micro_batch": [1]}
     assert {p["tp"] for p in plans} <= {4, 8} and {p["pp"] for p in plans} <= {2, 4}
     assert {p["micro_batch"] for p in plans} == {1} and {p["vpp"] for p in plans} <= {1, 2}
 
