@@ -57,6 +57,8 @@ How the priced plan is expressed, and where torchtitan decides it:
 * MoE (``config/configs.py`` ``expert_parallel_degree``): experts are split over ep ranks borrowed from
   ``dp_shard x cp x tp`` (no expert tensor parallelism: etp = 1) and FSDP-sharded over the rest; the
   shipped MoE configs dispatch with all-to-all, dropless, with grouped GEMMs.
+* Sequence parallelism is a switch of torchtitan's TP (``parallelism.enable_sequence_parallel``, on by
+  default): the launch sets it to the plan's, so TP with and without SP both run as priced.
 * CUDA graphs: 0.3.0 captures each forward+backward step by default (``training.disable_cuda_graphs``);
   the launch turns it off unless the plan was priced with ``full_iteration`` graphs.
 * Context parallelism: the shipped configs use FlexAttention, whose CP all-gathers K and V
