@@ -167,6 +167,10 @@ def test_overrides_hold_the_priced_plan(case):
         assert o["model.moe_token_dispatcher_type"] == ("alltoall" if dispatcher == "alltoall" else "flex")
         assert o["model.moe_grouped_gemm"] is True
     assert (o["model.cuda_graph_impl"] != "none") == bool(training.cuda_graph_scope)
+    assert o["comm_overlap"] is None  # a recipe's CommOverlapConfig would rewrite the overlaps below
+    assert o["model.tp_comm_overlap"] == (training.tp_comm_overlap and case.plan["tp"] > 1)
+    assert o["ddp.overlap_grad_reduce"] == training.overlap_grad_reduce
+    assert o["model.overlap_moe_expert_parallel_comm"] == knobs.ep_overlap
 
 
 def test_text_is_the_command():
@@ -222,6 +226,14 @@ RULE_EXAMPLES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, An
         "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "precision": "fp8", "fp8_recipe": "delayed"},
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["layernorm"])),
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["core_attn"]))),
+    "bridge_ep_overlap_mtp": (
+        "deepseek-v3", {"seq_length": 4096, "global_batch_size": 256, "overlap_moe_expert_parallel_comm": True},
+        _plan(tp=1, pp=1, dp=64, ep=64, sequence_parallel=False),
+        _plan(tp=1, pp=2, dp=32, ep=32, vpp=1, sequence_parallel=False)),
+    "bridge_ep_overlap_graph_scope": (
+        "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256, "overlap_moe_expert_parallel_comm": True,
+                          "cuda_graph_scope": ("full_iteration",), "moe_pad_to_capacity": True},
+        _plan(**MOE), None),
 }
 
 

@@ -23,6 +23,11 @@ writes:
   (``mixed_precision.py``: ``bf16_with_fp8_current_scaling_mixed`` keeps the first and last layer in
   BF16, the FP8 ones gather FP8 parameters) are not the priced plan, so the whole config is replaced by
   one built from the priced precision (``~mixed_precision`` then ``+mixed_precision={_target_: ...}``);
+* ``comm_overlap=null``: a recipe's ``CommOverlapConfig`` (``comm_overlap.py``) is applied by
+  ``runtime_config_update`` after the overrides and rewrites ``tp_comm_overlap``,
+  ``overlap_moe_expert_parallel_comm`` and the DDP overlaps with its own choices (Llama 3 70B turns the TP
+  overlap on; DeepSeek-V3 turns the EP overlap off), so it is removed and the priced overlaps are set on
+  ``model``/``ddp`` directly (TP overlap then uses Transformer Engine's default userbuffer settings);
 * ``ddp.*`` / ``optimizer.*``: ZeRO-1 is the distributed optimizer, ZeRO-2/3 Megatron-FSDP
   (``data_parallel_sharding_strategy`` ``optim_grads`` / ``optim_grads_params``, checkpoints in
   ``fsdp_dtensor``, the only format Bridge's ``validate`` accepts for Megatron-FSDP), the optimizer
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from cost_model.ep_overlap import ep_overlap_active
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
@@ -115,6 +121,12 @@ RULES: dict[str, str] = {
         "mlp/moe with whole-iteration graphs (TransformerConfig)"),
     "bridge_fp8_delayed_no_norm_or_moe_act_recompute": (
         "FP8 delayed scaling cannot recompute the layernorm or moe_act modules (TransformerConfig)"),
+    "bridge_ep_overlap_mtp": (
+        "the EP all-to-all overlap runs with at most one multi-token-prediction layer, and with one only on a "
+        "pipeline (pp > 1) (TransformerConfig)"),
+    "bridge_ep_overlap_graph_scope": (
+        "the EP all-to-all overlap runs with CUDA graphs only per layer (Transformer Engine, not the whole "
+        "iteration) and without the moe and mlp scopes (TransformerConfig)"),
 }
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence)."""
 
@@ -136,6 +148,8 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_:
     te_graphs = graphs and not whole_iteration
     fp8_delayed = training.precision == "fp8" and training.fp8_recipe == "delayed"
     dropout_graphs = graphs and training.dropout
+    overlap = ep_overlap_active(model, training, plans)
+    overlap_graphs_ok = not graphs or not (whole_iteration or {"moe", "mlp"} & scope)
     return {
         "bridge_uneven_stages_divisible_by_vpp": uneven & interleaved & ((first % plans.vpp != 0)
                                                                         | (last % plans.vpp != 0)),
@@ -153,6 +167,8 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_:
                                                & recomputes("core_attn")
                                                | np.full(n, dropout_graphs and whole_iteration) & recomputes("mlp", "moe"),
         "bridge_fp8_delayed_no_norm_or_moe_act_recompute": np.full(n, fp8_delayed) & recomputes("layernorm", "moe_act"),
+        "bridge_ep_overlap_mtp": overlap & ((model.mtp_layers > 1) | ((model.mtp_layers == 1) & (plans.pp == 1))),
+        "bridge_ep_overlap_graph_scope": overlap & (not overlap_graphs_ok),
     }
 
 
@@ -273,6 +289,9 @@ def moe_settings(knobs: LaunchKnobs) -> dict[str, Any]:
     else:
         out |= {"moe_expert_capacity_factor": None, "moe_pad_expert_input_to_capacity": False}
     out["overlap_moe_expert_parallel_comm"] = knobs.ep_overlap
+    if knobs.ep_overlap:
+        # TransformerConfig: the shared-expert overlap (DeepSeek's recipe turns it on) excludes the EP overlap.
+        out["moe_shared_expert_overlap"] = False
     return out
 
 
@@ -336,7 +355,10 @@ def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     if knobs.model.is_moe:
         model |= moe_settings(knobs)
     model |= graph_settings(knobs)
+    interleaved = knobs.pp > 1 and knobs.vpp > 1
     model |= {"tp_comm_overlap": training.tp_comm_overlap and knobs.tp > 1,
+              # Megatron-LM's defaults (--overlap-p2p-communication with interleaving, batched p2p without).
+              "overlap_p2p_comm": interleaved, "batch_p2p_comm": not interleaved,
               "hidden_dropout": DROPOUT if training.dropout else 0.0,
               "attention_dropout": DROPOUT if training.dropout else 0.0}
     ddp, optimizer, checkpoint = optimizer_settings(knobs)
@@ -346,6 +368,9 @@ def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     out |= {f"ddp.{k}": v for k, v in ddp.items()}
     out |= {f"optimizer.{k}": v for k, v in optimizer.items()}
     out |= {f"checkpoint.{k}": v for k, v in checkpoint.items()}
+    # A recipe's CommOverlapConfig (Llama 3 70B/405B, DeepSeek-V3) rewrites the TP, EP and DP overlaps on
+    # model, ddp and optimizer in runtime_config_update, after the overrides: the priced ones are set above.
+    out["comm_overlap"] = None
     if "full_iteration" in training.cuda_graph_scope:
         # ConfigContainer.validate: the NaN check reads the loss on the host, which a captured step cannot.
         out["rerun_state_machine.check_for_nan_in_loss"] = False

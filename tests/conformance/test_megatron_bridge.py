@@ -256,6 +256,11 @@ def assert_priced_plan(cfg, num_microbatches: int, knobs) -> None:
     assert cfg.optimizer.optimizer_cpu_offload == knobs.optimizer_offload
     moments = torch.bfloat16 if training.optimizer_moments_dtype == "bf16" else torch.float32
     assert (cfg.optimizer.exp_avg_dtype, cfg.optimizer.exp_avg_sq_dtype) == (moments, moments)
+    # Overlaps (what a recipe's CommOverlapConfig would rewrite).
+    assert model.tp_comm_overlap == (training.tp_comm_overlap and knobs.tp > 1)
+    assert cfg.ddp.overlap_grad_reduce == training.overlap_grad_reduce
+    assert cfg.ddp.overlap_param_gather == (training.overlap_param_gather and knobs.zero_stage >= 1)
+    assert model.overlap_moe_expert_parallel_comm == knobs.ep_overlap
     # CUDA graphs.
     scopes = sorted(scope.name for scope in model.cuda_graph_scope)
     if training.cuda_graph_scope:
@@ -304,6 +309,8 @@ REFUSALS = {
     "bridge_fp8_delayed_no_norm_or_moe_act_recompute": "Delayed scaling does not support moe_act and layernorm",
     "bridge_precision_aware_optimizer_needs_distributed": "only supported with distributed optimizer",
     "bridge_uneven_stages_divisible_by_vpp": "must be divisible by virtual pipeline",
+    "bridge_ep_overlap_mtp": "larger than 1 when enabling overlap_moe_expert_parallel_comm with MTP",
+    "bridge_ep_overlap_graph_scope": "not supported with overlap_moe_expert_parallel_comm",
 }
 """What Bridge / Megatron-Core says when it refuses each rule's example (a fragment of its message)."""
 
