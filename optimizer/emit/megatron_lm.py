@@ -7,7 +7,8 @@ generated from it). The command is the priced plan: ``parse_args`` + ``validate_
 it and read back the priced degrees, split, schedule, recompute, precision, ZeRO/FSDP and offloads
 (``tests/conformance/test_megatron_lm.py``). What the command holds:
 
-* the launcher: ``torchrun`` with one process per GPU (:data:`GPUS_PER_NODE` per node); the user sets
+* the launcher: ``torchrun`` with one process per GPU (:data:`GPUS_PER_NODE` per node: the plan does not
+  name the cluster's node size; edit ``--nproc-per-node``/``--nnodes`` for another); the user sets
   ``NODE_RANK`` and ``MASTER_ADDR`` on every node of a multi-node job, and runs it from a Megatron-LM
   checkout at core_v0.16.1;
 * the model (:func:`model_arguments`): Megatron's defaults are GPT-2's (LayerNorm, learned positions, GeLU,
@@ -474,12 +475,18 @@ def environment(knobs: LaunchKnobs) -> tuple[tuple[str, str], ...]:
     return (("CUDA_DEVICE_MAX_CONNECTIONS", "1"),) if needs_one else ()
 
 
+def nodes(knobs: LaunchKnobs) -> tuple[int, int]:
+    """(processes per node, nodes): :data:`GPUS_PER_NODE` per node, or as many as divide the GPU count."""
+    world = knobs.world_size
+    per_node = world if world <= GPUS_PER_NODE else math.gcd(world, GPUS_PER_NODE)
+    return per_node, world // per_node
+
+
 def launcher(knobs: LaunchKnobs) -> list[str]:
     """``torchrun`` with one process per GPU; several nodes rendezvous at ``$MASTER_ADDR``."""
-    per_node = min(GPUS_PER_NODE, knobs.world_size)
-    nodes = -(-knobs.world_size // per_node)
-    args = ["torchrun", "--nproc-per-node", str(per_node), "--nnodes", str(nodes)]
-    if nodes > 1:
+    per_node, nodes_ = nodes(knobs)
+    args = ["torchrun", "--nproc-per-node", str(per_node), "--nnodes", str(nodes_)]
+    if nodes_ > 1:
         args += ["--node-rank", "$NODE_RANK", "--master-addr", "$MASTER_ADDR", "--master-port", "6000"]
     return args
 
@@ -504,7 +511,7 @@ def emit(knobs: LaunchKnobs) -> Emission:
     argv = tuple(head) + tuple(part for flag in flags for part in shlex.split(flag))
     env = environment(knobs)
     lines = [f"# {TESTED_VERSION}: run from a Megatron-LM checkout at core_v0.16.1 on each of the "
-             f"{-(-knobs.world_size // min(GPUS_PER_NODE, knobs.world_size))} node(s) (NODE_RANK, MASTER_ADDR set); "
+             f"{nodes(knobs)[1]} node(s) (NODE_RANK, MASTER_ADDR set); "
              "replace --mock-data, the tokenizer, --train-iters and --lr with your data and schedule"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in env]
     body = [" ".join(_quote(word) for word in head)]
