@@ -29,7 +29,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from cost_model.model_loader import build_training, layered_training, list_model_presets, load_model
+from cost_model.model_loader import build_training, layered_training, load_model
 from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanArrays, module_mask
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB
@@ -693,18 +693,6 @@ def calibrate_command(
     if write:
         for path in write_presets(results):
             typer.echo(f"wrote {path}")
-
-
-@app.command("models")
-def models_command() -> None:
-    """List the bundled model presets with their parameter counts."""
-    from cost_model.params import ParameterCounts
-    for name in list_model_presets():
-        spec = load_model(name).spec
-        counts = ParameterCounts(spec)
-        kind = f"MoE {spec.num_experts}x top-{spec.experts_per_token}" if spec.is_moe else "dense"
-        typer.echo(f"{name:16s} {counts.total / 1e9:8.2f}B total  {counts.active / 1e9:7.2f}B active  "
-                   f"{spec.num_layers:3d} layers  h={spec.hidden_size:<6d} {kind}")
 
 
 from scenarios.cli import register as _register_scenarios  # noqa: E402  (sweep, compare, whatif)

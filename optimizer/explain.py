@@ -65,7 +65,7 @@ def _schedule_explanation(sc: Scenario) -> Explanation:
     layouts = model.enumerate_layouts()
     cols = {name: layouts[:, i] for i, name in enumerate(LAYOUT_COLUMNS) if name != "num_gpus"}
     n = len(layouts)
-    vpp = np.arange(1, sc.options.max_vpp + 1)
+    vpp = np.array(sc.options.vpp_choices)
     mbs = np.array(sorted(sc.options.micro_batch_sizes))
     grid = {k: np.repeat(v, len(vpp) * len(mbs)) for k, v in cols.items()}
     grid["vpp"] = np.tile(np.repeat(vpp, len(mbs)), n)
