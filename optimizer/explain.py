@@ -80,7 +80,7 @@ def _schedule_explanation(sc: Scenario) -> Explanation:
             f"{sc.options.framework} refuses every remaining plan at start-up: {rules}"))
     return Explanation(binding=worst, message=(
         f"every layout breaks a schedule rule; the most common is {worst}: {rule_sentence(worst)} "
-        f"(global batch {sc.training.global_batch_size} sequences, micro-batch sizes {list(mbs)})"))
+        f"(global batch {sc.training.global_batch_size} sequences, micro-batch sizes {[int(size) for size in mbs]})"))
 
 
 def _memory_explanation(result: SearchResult) -> Explanation:
