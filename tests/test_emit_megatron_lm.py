@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from cost_model.model_loader import build_training, load_model
@@ -173,7 +172,8 @@ RULE_BREAKERS: dict[str, tuple] = {
                                                             recompute_modules=module_mask(["layernorm"]))),
     "megatron_cuda_graphs_full_recompute": _breaker("llama3-8b", dict(SHORT, cuda_graph_scope=("attn",)),
                                                     dict(DENSE, recompute=FULL)),
-    "megatron_cuda_graphs_moe_recompute_router": _breaker("qwen3-30b-a3b", dict(SHORT, cuda_graph_scope=("attn", "moe_router")),
+    "megatron_cuda_graphs_moe_recompute_router": _breaker("qwen3-30b-a3b",
+                                                          dict(SHORT, cuda_graph_scope=("attn", "moe_router")),
                                                           dict(MOE, recompute=SELECTIVE,
                                                                recompute_modules=module_mask(["moe"]))),
     "megatron_cuda_graphs_activation_offload": _breaker("llama3-8b", dict(SHORT, cuda_graph_scope=("attn",)),

@@ -29,8 +29,11 @@ it and read back the priced degrees, split, schedule, recompute, precision, ZeRO
   CUDA graphs, EP overlap, FP8 recipe, gradient dtype, dropout (Megatron's default is 0.1).
 
 ``CUDA_DEVICE_MAX_CONNECTIONS=1`` goes in :attr:`Emission.env` where ``validate_args`` demands it (tp or
-cp > 1 before Blackwell, except Megatron-FSDP, which demands it unset, and the EP overlap, which wants more
-connections); on Blackwell it is harmless.
+cp > 1 before Blackwell, except Megatron-FSDP, which refuses it at 1, and the EP overlap, which wants more
+connections); on Blackwell it is harmless. A whole-iteration CUDA graph is ``--cuda-graph-impl local
+--cuda-graph-scope full_iteration`` at core_v0.16.1 (the help of ``--cuda-graph-scope``), with
+``--no-check-for-nan-in-loss-and-grad`` and, with EP, ``--moe-pad-experts-for-cuda-graph-inference`` (which
+``validate_args`` asks for; it pads inference batches only), both demanded by ``validate_args``.
 
 :data:`RULES` are Megatron-LM / Megatron-Core 0.16.1 / Transformer Engine start-up checks the generic plan
 rules (:mod:`optimizer.plan_rules`) do not hold, plus the priced knobs Megatron-LM core_v0.16.1 cannot
@@ -106,9 +109,11 @@ RULES: dict[str, str] = {
                                          "with it (core_v0.16.1 skips it silently; core_v0.17 refuses it)",
     "megatron_ep_overlap_cuda_graphs": "the EP overlap takes only per-layer Transformer Engine CUDA graphs that leave "
                                        "moe and mlp uncaptured (Megatron-Core TransformerConfig)",
-    "megatron_ep_overlap_mtp": "the EP overlap takes at most one MTP layer, and then pp > 1 (Megatron-Core TransformerConfig)",
+    "megatron_ep_overlap_mtp": "the EP overlap takes at most one MTP layer, and then pp > 1 "
+                               "(Megatron-Core TransformerConfig)",
     "megatron_precision_aware_optimizer": "optimizer offload and BF16 Adam moments are the precision-aware optimizer: "
-                                          "Adam and the distributed optimizer (ZeRO >= 1) only (Megatron-Core OptimizerConfig)",
+                                          "Adam and the distributed optimizer (ZeRO >= 1) only "
+                                          "(Megatron-Core OptimizerConfig)",
     "megatron_tp_comm_overlap_needs_sequence_parallel": "TP communication overlap needs sequence parallelism "
                                                         "(Megatron-LM validate_args)",
     "megatron_param_gather_overlap_needs_grad_overlap": "overlapping the parameter all-gather needs the gradient "

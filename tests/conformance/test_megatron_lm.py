@@ -34,7 +34,6 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 
