@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -190,64 +191,88 @@ def _plan(**changes) -> dict[str, Any]:
 
 
 MOE = dict(tp=1, dp=8, ep=8, sequence_parallel=False)
-RULE_EXAMPLES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
-    # rule: (model, training, refused plan, accepted neighbour)
+QWEN_MOE = "qwen3-30b-a3b"
+MOE_SETUP = {"seq_length": 4096, "global_batch_size": 256}
+DENSE_SETUP = {"seq_length": 4096, "global_batch_size": 64}
+ALIBI = ("llama3-8b", {"position_embedding_type": "alibi"})
+RULE_EXAMPLES: dict[str, tuple] = {
+    # rule: (model, training, refused plan, accepted neighbour or None, cost options)
+    "bridge_rank_order": ("llama3-8b", DENSE_SETUP, _plan(), None, {"rank_order": "tp-dp-cp-ep-pp"}),
+    "bridge_tp_pp_dp_mapping_expert_dp": (
+        QWEN_MOE, MOE_SETUP, _plan(**MOE, pp=2), _plan(**MOE), {"rank_order": "tp-cp-ep-pp-dp"}),
+    "bridge_fsdp_default_rank_order": (
+        "llama3-8b", DENSE_SETUP, _plan(tp=1, dp=8, zero_stage=2, sequence_parallel=False),
+        _plan(tp=1, dp=8, zero_stage=1, sequence_parallel=False), {"rank_order": "tp-cp-ep-pp-dp"}),
+    "bridge_cp_a2a_heads_divisible": (
+        "llama3-8b", {"seq_length": 32768, "global_batch_size": 64}, _plan(cp=8, dp=1), _plan(cp=4, dp=2),
+        {"cp_comm_type": "a2a"}),
     "bridge_uneven_stages_divisible_by_vpp": (
         "llama3-405b", {"seq_length": 8192, "global_batch_size": 512},
         _plan(tp=8, pp=16, dp=4, vpp=2), _plan(tp=8, pp=16, dp=4, vpp=1)),
     "bridge_cp_sequence_divisible": (
         "llama3-8b", {"seq_length": 4098, "global_batch_size": 64},
         _plan(tp=1, cp=2, dp=4, sequence_parallel=False), _plan(tp=1, cp=1, dp=8, sequence_parallel=False)),
-    "bridge_precision_aware_optimizer_needs_distributed": (
-        "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "optimizer_moments_dtype": "bf16"},
-        _plan(zero_stage=0), _plan(zero_stage=1)),
+    "bridge_precision_aware_optimizer": (
+        "llama3-8b", DENSE_SETUP | {"optimizer_moments_dtype": "bf16"}, _plan(zero_stage=0), _plan(zero_stage=1)),
     "bridge_no_rank_capacity_dispatch": (
-        "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256, "moe_token_dispatcher": "hybridep",
-                          "moe_rank_capacity_factor": 1.5},
+        QWEN_MOE, MOE_SETUP | {"moe_token_dispatcher": "hybridep", "moe_rank_capacity_factor": 1.5},
         _plan(**MOE), None),
     "bridge_cuda_graphs_no_activation_offload": (
-        "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "cuda_graph_scope": ("attn",)},
-        _plan(activation_offload_layers=4), _plan()),
+        "llama3-8b", DENSE_SETUP | {"cuda_graph_scope": ("attn",)}, _plan(activation_offload_layers=4), _plan()),
     "bridge_cuda_graphs_full_recompute_needs_full_iteration": (
-        "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "cuda_graph_scope": ("attn",)},
-        _plan(recompute=FULL), _plan(recompute=SELECTIVE)),
-    "bridge_cuda_graph_scope_valid": (
-        "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256, "cuda_graph_scope": ("mlp",)},
-        _plan(**MOE), None),
+        "llama3-8b", DENSE_SETUP | {"cuda_graph_scope": ("attn",)}, _plan(recompute=FULL), _plan(recompute=SELECTIVE)),
+    "bridge_cuda_graph_scope_valid": (QWEN_MOE, MOE_SETUP | {"cuda_graph_scope": ("mlp",)}, _plan(**MOE), None),
     "bridge_cuda_graph_moe_recompute_with_router_graph": (
-        "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256, "cuda_graph_scope": ("attn", "moe_router")},
+        QWEN_MOE, MOE_SETUP | {"cuda_graph_scope": ("attn", "moe_router")},
         _plan(**MOE, recompute=SELECTIVE, recompute_modules=module_mask(["moe"])),
         _plan(**MOE, recompute=SELECTIVE, recompute_modules=module_mask(["moe_act"]))),
     "bridge_cuda_graph_dropout_recompute": (
-        "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "cuda_graph_scope": ("attn",), "dropout": True},
+        "llama3-8b", DENSE_SETUP | {"cuda_graph_scope": ("attn",), "dropout": True},
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["core_attn"])),
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["mlp"]))),
     "bridge_fp8_delayed_no_norm_or_moe_act_recompute": (
-        "llama3-8b", {"seq_length": 4096, "global_batch_size": 64, "precision": "fp8", "fp8_recipe": "delayed"},
+        "llama3-8b", DENSE_SETUP | {"precision": "fp8", "fp8_recipe": "delayed"},
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["layernorm"])),
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["core_attn"]))),
     "bridge_ep_overlap_mtp": (
-        "deepseek-v3", {"seq_length": 4096, "global_batch_size": 256, "overlap_moe_expert_parallel_comm": True},
+        "deepseek-v3", MOE_SETUP | {"overlap_moe_expert_parallel_comm": True},
         _plan(tp=1, pp=1, dp=64, ep=64, sequence_parallel=False),
         _plan(tp=1, pp=2, dp=32, ep=32, vpp=1, sequence_parallel=False)),
     "bridge_ep_overlap_graph_scope": (
-        "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256, "overlap_moe_expert_parallel_comm": True,
-                          "cuda_graph_scope": ("full_iteration",), "moe_pad_to_capacity": True},
+        QWEN_MOE, MOE_SETUP | {"overlap_moe_expert_parallel_comm": True, "cuda_graph_scope": ("full_iteration",),
+                               "moe_pad_to_capacity": True},
         _plan(**MOE), None),
+    "bridge_ep_overlap_moe_recompute": (
+        QWEN_MOE, MOE_SETUP | {"overlap_moe_expert_parallel_comm": True},
+        _plan(**MOE, recompute=SELECTIVE, recompute_modules=module_mask(["moe"])),
+        _plan(**MOE, recompute=SELECTIVE, recompute_modules=module_mask(["moe_act"]))),
+    "bridge_flex_dispatcher_needs_tp_ep": (
+        QWEN_MOE, MOE_SETUP | {"moe_token_dispatcher": "deepep"}, _plan(**MOE | {"ep": 1}), _plan(**MOE)),
+    "bridge_deepep_no_pad_to_capacity": (
+        QWEN_MOE, MOE_SETUP | {"moe_token_dispatcher": "deepep", "moe_pad_to_capacity": True}, _plan(**MOE), None),
+    "bridge_moe_bias_needs_etp1": (
+        "gpt-oss-120b", MOE_SETUP, _plan(tp=2, dp=4, ep=4, etp=2, sequence_parallel=True),
+        _plan(tp=2, dp=4, ep=4, etp=1, sequence_parallel=True)),
+    "bridge_tp_comm_overlap_needs_sequence_parallel": (
+        "llama3-8b", DENSE_SETUP | {"tp_comm_overlap": True}, _plan(sequence_parallel=False), _plan()),
+    "bridge_no_fp8_dispatch": (QWEN_MOE, MOE_SETUP | {"moe_dispatch_fp8": True}, _plan(**MOE), None),
+    "bridge_no_alibi": (ALIBI, DENSE_SETUP, _plan(), None),
 }
 
 
 def rule_example(rule: str, which: int):
-    """(model, training, plan) of a rule's refused (which=2) or accepted (which=3) example."""
+    """(model, training, plan, cost options) of a rule's refused (which=2) or accepted (which=3) example."""
     example = RULE_EXAMPLES[rule]
-    model = load_model(example[0]).spec
-    return model, build_training(dict(example[1]), model=model), example[which]
+    name, changes = example[0] if isinstance(example[0], tuple) else (example[0], {})
+    model = dataclasses.replace(load_model(name).spec, **changes)
+    options = example[4] if len(example) > 4 else {}
+    return model, build_training(dict(example[1]), model=model), example[which], options
 
 
-def _broken(model, training, plan) -> dict[str, bool]:
+def _broken(model, training, plan, options) -> dict[str, bool]:
     plans = PlanArrays.from_columns({k: [v] for k, v in plan.items()})
     return {name: bool(mask[0]) for name, mask in framework_violations("megatron-bridge", model, training,
-                                                                         plans).items()}
+                                                                         plans, **options).items()}
 
 
 def test_every_rule_has_an_example():
@@ -256,20 +281,20 @@ def test_every_rule_has_an_example():
 
 @pytest.mark.parametrize("rule", sorted(RULE_EXAMPLES))
 def test_rule_refuses_its_example(rule):
-    model, training, plan = rule_example(rule, 2)
+    model, training, plan, options = rule_example(rule, 2)
     generic = plan_violations(model, training, PlanArrays.from_columns({k: [v] for k, v in plan.items()}),
                               allow_uneven=True)
     assert not any(mask[0] for mask in generic.values()), "the example must break the Bridge rule only"
-    broken = _broken(model, training, plan)
+    broken = _broken(model, training, plan, options)
     assert broken[rule]
     if RULE_EXAMPLES[rule][3] is not None:
-        model, training, neighbour = rule_example(rule, 3)
-        assert not any(_broken(model, training, neighbour).values())
+        model, training, neighbour, options = rule_example(rule, 3)
+        assert not any(_broken(model, training, neighbour, options).values())
 
 
 def test_rules_are_vectorised():
-    model, training, refused = rule_example("bridge_fp8_delayed_no_norm_or_moe_act_recompute", 2)
-    _, _, accepted = rule_example("bridge_fp8_delayed_no_norm_or_moe_act_recompute", 3)
+    model, training, refused, _ = rule_example("bridge_fp8_delayed_no_norm_or_moe_act_recompute", 2)
+    _, _, accepted, _ = rule_example("bridge_fp8_delayed_no_norm_or_moe_act_recompute", 3)
     plans = PlanArrays.from_columns({k: [refused[k], accepted[k], refused[k]] for k in refused})
     mask = framework_violations("megatron-bridge", model, training, plans)["bridge_fp8_delayed_no_norm_or_moe_act_recompute"]
     assert isinstance(mask, np.ndarray) and mask.tolist() == [True, False, True]

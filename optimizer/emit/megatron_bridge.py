@@ -51,6 +51,7 @@ from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
+from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
 
 from .emission import Emission
 from .knobs import LaunchKnobs
@@ -93,15 +94,31 @@ FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 DROPOUT = 0.1
 """Hidden and attention dropout when the training setup asks for dropout (GPT-3-era value)."""
 
+RANK_ORDERS = {"tp-cp-ep-dp-pp": False, "tp-cp-ep-pp-dp": True}
+"""Rank orders Bridge builds -> ``dist.use_tp_pp_dp_mapping`` (``training/initialize.py``: the order passed to
+``initialize_model_parallel``)."""
+
 RULES: dict[str, str] = {
+    "bridge_rank_order": (
+        "Megatron-Bridge orders ranks tp-cp-ep-dp-pp, or tp-cp-ep-pp-dp with dist.use_tp_pp_dp_mapping "
+        "(training/initialize.py)"),
+    "bridge_tp_pp_dp_mapping_expert_dp": (
+        "with the tp-cp-ep-pp-dp order and pp > 1, the expert layers' data-parallel size equals the dense layers' "
+        "(etp x ep = tp x cp; Megatron-Core parallel_state.initialize_model_parallel)"),
+    "bridge_fsdp_default_rank_order": (
+        "Megatron-FSDP (ZeRO-2/3) runs only with the default rank order (ConfigContainer.validate refuses "
+        "use_tp_pp_dp_mapping)"),
+    "bridge_cp_a2a_heads_divisible": (
+        "Ulysses context parallelism (cp_comm_type a2a) splits heads: query and KV heads per TP rank divisible "
+        "by cp (Transformer Engine AttnFuncWithCPAndQKVOA2A)"),
     "bridge_uneven_stages_divisible_by_vpp": (
         "with an uneven pipeline split and virtual stages, the first and last stages' layers are multiples of "
         "vpp (Megatron-Core TransformerConfig num_layers_in_first/last_pipeline_stage)"),
     "bridge_cp_sequence_divisible": (
         "with context parallelism the sequence is a multiple of 2 x cp (Megatron-Bridge ConfigContainer.validate)"),
-    "bridge_precision_aware_optimizer_needs_distributed": (
-        "BF16 optimizer moments (precision-aware optimizer) need the distributed optimizer, ZeRO >= 1 "
-        "(Megatron-Core OptimizerConfig)"),
+    "bridge_precision_aware_optimizer": (
+        "optimizer offload and BF16 Adam moments are the precision-aware optimizer: Adam and the distributed "
+        "optimizer (ZeRO >= 1) only (Megatron-Core OptimizerConfig; the hybrid CPU optimizer takes its code path)"),
     "bridge_no_rank_capacity_dispatch": (
         "megatron-core 0.16.1 has no sync-free HybridEP dispatch (moe_expert_rank_capacity_factor, paged stash)"),
     "bridge_cuda_graphs_no_activation_offload": (
@@ -124,6 +141,18 @@ RULES: dict[str, str] = {
     "bridge_ep_overlap_mtp": (
         "the EP all-to-all overlap runs with at most one multi-token-prediction layer, and with one only on a "
         "pipeline (pp > 1) (TransformerConfig)"),
+    "bridge_ep_overlap_moe_recompute": (
+        "the EP overlap runs the MoE block piecewise, so moe recompute does not run with it (megatron-core 0.16.1 "
+        "skips it silently)"),
+    "bridge_flex_dispatcher_needs_tp_ep": (
+        "the flex dispatcher (DeepEP, HybridEP) needs etp x ep > 1 (Megatron-Core MoEFlexTokenDispatcher)"),
+    "bridge_deepep_no_pad_to_capacity": "DeepEP cannot pad experts to capacity (Megatron-Core TransformerConfig)",
+    "bridge_moe_bias_needs_etp1": "MoE layers with biased linear layers need etp = 1 (Megatron-Core TransformerConfig)",
+    "bridge_tp_comm_overlap_needs_sequence_parallel": (
+        "TP communication overlap needs sequence parallelism (Transformer Engine userbuffers; Bridge's "
+        "CommOverlapConfig turns it off without)"),
+    "bridge_no_fp8_dispatch": "megatron-core 0.16.1 has no FP8 all-to-all for the MoE dispatch",
+    "bridge_no_alibi": "Megatron-Core has no ALiBi position embedding (GPTModelProvider.position_embedding_type)",
     "bridge_ep_overlap_graph_scope": (
         "the EP all-to-all overlap runs with CUDA graphs only per layer (Transformer Engine, not the whole "
         "iteration) and without the moe and mlp scopes (TransformerConfig)"),
@@ -131,9 +160,16 @@ RULES: dict[str, str] = {
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence)."""
 
 
-def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_: Any) -> dict[str, np.ndarray]:
+def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, cp_comm_type: str = "p2p",
+               rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
     """For each of :data:`RULES`, True where Megatron-Bridge refuses the plan."""
     n = len(plans)
+
+    def every(flag: bool) -> np.ndarray:
+        return np.full(n, bool(flag))
+
+    order = "-".join(parse_rank_order(rank_order))
+    moe = model.is_moe
     first, k, last = layers_per_stage(model.num_layers, plans.pp)
     uneven = (plans.pp > 1) & ((first != k) | (last != k))
     interleaved = plans.vpp > 1
@@ -150,12 +186,26 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_:
     dropout_graphs = graphs and training.dropout
     overlap = ep_overlap_active(model, training, plans)
     overlap_graphs_ok = not graphs or not (whole_iteration or {"moe", "mlp"} & scope)
+    # Dense models never set the expert degrees: Megatron-Core takes etp = tp, ep = 1.
+    etp = plans.etp if moe else plans.tp
+    ep = plans.ep if moe else np.ones_like(plans.tp)
+    kv_heads = model.num_attention_heads if model.is_mla else model.num_kv_heads
+    q_per_rank = model.num_attention_heads // plans.tp
+    kv_per_rank = np.maximum(kv_heads // plans.tp, 1)  # tp > KV heads: one replicated head per rank
+    precision_aware = plans.optimizer_offload | (training.optimizer_moments_dtype == "bf16")
+    flex = moe and training.moe_token_dispatcher != "alltoall"
     return {
+        "bridge_rank_order": every(order not in RANK_ORDERS),
+        "bridge_tp_pp_dp_mapping_expert_dp": every(order == "tp-cp-ep-pp-dp") & (plans.pp > 1)
+                                             & (etp * ep != plans.tp * plans.cp),
+        "bridge_fsdp_default_rank_order": every(RANK_ORDERS.get(order, False)) & (plans.zero_stage >= 2),
+        "bridge_cp_a2a_heads_divisible": every(cp_comm_type == "a2a") & (plans.cp > 1)
+                                         & ((q_per_rank % plans.cp != 0) | (kv_per_rank % plans.cp != 0)),
         "bridge_uneven_stages_divisible_by_vpp": uneven & interleaved & ((first % plans.vpp != 0)
                                                                         | (last % plans.vpp != 0)),
         "bridge_cp_sequence_divisible": (plans.cp > 1) & (training.seq_length % (2 * plans.cp) != 0),
-        "bridge_precision_aware_optimizer_needs_distributed": np.full(
-            n, training.optimizer_moments_dtype == "bf16") & (plans.zero_stage == 0),
+        "bridge_precision_aware_optimizer": precision_aware & ((plans.zero_stage == 0)
+                                                               | (training.optimizer == "sgd")),
         "bridge_no_rank_capacity_dispatch": np.full(n, model.is_moe and training.moe_rank_capacity_factor is not None),
         "bridge_cuda_graphs_no_activation_offload": np.full(n, graphs) & (plans.activation_offload_layers > 0),
         "bridge_cuda_graphs_full_recompute_needs_full_iteration": np.full(n, graphs and not whole_iteration)
@@ -169,6 +219,15 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, **_:
         "bridge_fp8_delayed_no_norm_or_moe_act_recompute": np.full(n, fp8_delayed) & recomputes("layernorm", "moe_act"),
         "bridge_ep_overlap_mtp": overlap & ((model.mtp_layers > 1) | ((model.mtp_layers == 1) & (plans.pp == 1))),
         "bridge_ep_overlap_graph_scope": overlap & (not overlap_graphs_ok),
+        "bridge_ep_overlap_moe_recompute": overlap & recomputes("moe"),
+        "bridge_flex_dispatcher_needs_tp_ep": every(flex) & (plans.etp * plans.ep == 1),
+        "bridge_deepep_no_pad_to_capacity": every(moe and training.moe_token_dispatcher == "deepep"
+                                                  and training.moe_pad_to_capacity),
+        "bridge_moe_bias_needs_etp1": every(moe and model.linear_bias) & (plans.etp != 1),
+        "bridge_tp_comm_overlap_needs_sequence_parallel": every(training.tp_comm_overlap) & (plans.tp > 1)
+                                                          & ~plans.sequence_parallel,
+        "bridge_no_fp8_dispatch": every(moe and training.moe_dispatch_fp8),
+        "bridge_no_alibi": every(model.position_embedding_type == "alibi"),
     }
 
 
@@ -336,10 +395,13 @@ def optimizer_settings(knobs: LaunchKnobs) -> tuple[dict[str, Any], dict[str, An
     # OptimizerConfig: dtypes other than fp32 need the precision-aware optimizer; without it the BF16 grad
     # buffer is the DDP's (grad_reduce_in_fp32=False) and the optimizer upcasts to fp32 main grads.
     main_grads = "bfloat16" if bf16_moments and training.grad_dtype == "bf16" else "float32"
-    optimizer: dict[str, Any] = {"use_distributed_optimizer": distributed,
+    optimizer: dict[str, Any] = {"optimizer": "sgd" if training.optimizer == "sgd" else "adam",
+                                 "use_distributed_optimizer": distributed,
                                  "optimizer_cpu_offload": knobs.optimizer_offload,
                                  "optimizer_offload_fraction": 1.0 if knobs.optimizer_offload else 0.0,
-                                 "use_precision_aware_optimizer": bf16_moments, "main_params_dtype": "float32",
+                                 # The hybrid CPU optimizer takes the precision-aware optimizer's code path.
+                                 "use_precision_aware_optimizer": bf16_moments or knobs.optimizer_offload,
+                                 "main_params_dtype": "float32",
                                  "main_grads_dtype": main_grads, "exp_avg_dtype": moments, "exp_avg_sq_dtype": moments}
     checkpoint = {"ckpt_format": "fsdp_dtensor" if fsdp else "torch_dist"}
     return ddp, optimizer, checkpoint
@@ -368,6 +430,7 @@ def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     out |= {f"ddp.{k}": v for k, v in ddp.items()}
     out |= {f"optimizer.{k}": v for k, v in optimizer.items()}
     out |= {f"checkpoint.{k}": v for k, v in checkpoint.items()}
+    out["dist.use_tp_pp_dp_mapping"] = RANK_ORDERS.get("-".join(parse_rank_order(knobs.rank_order)), False)
     # A recipe's CommOverlapConfig (Llama 3 70B/405B, DeepSeek-V3) rewrites the TP, EP and DP overlaps on
     # model, ddp and optimizer in runtime_config_update, after the overrides: the priced ones are set above.
     out["comm_overlap"] = None
@@ -390,11 +453,6 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
         out.append(f"no Megatron-Bridge 0.3.1 recipe for {knobs.model.name}: the launch starts from "
                    f"{recipe(knobs.model)} with the dimensions and architecture switches overridden; the "
                    "activation function stays that recipe's")
-    if knobs.model.position_embedding_type not in POSITION_EMBEDDINGS:
-        out.append(f"{knobs.model.position_embedding_type} positions are not a Megatron-Core 0.16.1 option: "
-                   "the launch uses RoPE")
-    if knobs.model.is_moe and knobs.training.moe_dispatch_fp8:
-        out.append("FP8 MoE dispatch is not a Megatron-Bridge 0.3.1 setting: the all-to-all sends BF16")
     return tuple(out)
 
 
