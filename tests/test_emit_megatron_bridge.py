@@ -174,11 +174,14 @@ def test_overrides_hold_the_priced_plan(case):
     assert o.get("model.overlap_moe_expert_parallel_comm", False) == knobs.ep_overlap
 
 
-def test_text_is_the_command():
-    emission = bridge.emit(_knobs(CASES[0]))
+@pytest.mark.parametrize("case", CASES[:3], ids=[c.name for c in CASES[:3]])
+def test_text_is_the_command(case):
+    emission = bridge.emit(_knobs(case))
     first, *rest = emission.text.splitlines()
     assert first.startswith("# ") and bridge.TESTED_VERSION in first
-    assert tuple(shlex.split(" ".join(line.rstrip("\\") for line in rest))) == emission.argv
+    words = shlex.split(" ".join(line.rstrip("\\") for line in rest))
+    env = tuple(f"{k}={v}" for k, v in emission.env)
+    assert tuple(words[:len(env)]) == env and tuple(words[len(env):]) == emission.argv
 
 
 # --- (c) rules -----------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ writes:
   (``data_parallel_sharding_strategy`` ``optim_grads`` / ``optim_grads_params``, checkpoints in
   ``fsdp_dtensor``, the only format Bridge's ``validate`` accepts for Megatron-FSDP), the optimizer
   offload, BF16 moments (precision-aware optimizer), grad-reduce dtype and the overlaps;
+* the launcher and its environment are Megatron-LM's (:func:`.megatron_lm.launcher`, :func:`.megatron_lm.environment`:
+  ``CUDA_DEVICE_MAX_CONNECTIONS=1`` where Megatron-Core's TP/CP overlaps rely on it; Bridge does not check
+  it, its performance scripts set it the same way);
 * ``train.*`` / ``dataset.sequence_length`` (the field behind Bridge's ``seq_length`` alias): micro-batch, global batch, sequence.
 
 :data:`RULES` are the start-up checks of Bridge 0.3.1 and Megatron-Core 0.16.1 (``ConfigContainer.validate``,
@@ -55,15 +58,12 @@ from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
 
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_lm import cuda_graph_impl
+from .megatron_lm import _graphed_recompute_with_dropout, cuda_graph_impl, environment, launcher
 
 TESTED_VERSION = "megatron-bridge 0.3.1 (megatron-core 0.16.1)"
 
 RUNNER = "scripts/training/run_recipe.py"
 """Bridge's generic recipe runner (Megatron-Bridge repository, tag v0.3.1; not shipped in the wheel)."""
-
-GPUS_PER_NODE = 8
-"""torchrun processes per node when the plan's GPU count is a multiple of it (one process per GPU)."""
 
 RECIPES: dict[str, str] = {
     "llama3-8b": "llama3_8b_pretrain_config",
@@ -134,8 +134,8 @@ RULES: dict[str, str] = {
         "Transformer Engine CUDA graphs of the MoE router cannot run with the moe module recomputed "
         "(TransformerConfig)"),
     "bridge_cuda_graph_dropout_recompute": (
-        "with dropout, a graphed module is not recomputed: core_attn with attn or whole-iteration graphs, "
-        "mlp/moe with whole-iteration graphs (TransformerConfig)"),
+        "with dropout, a part captured in a CUDA graph (attn, mlp, moe, or the whole iteration) cannot also be "
+        "recomputed (TransformerConfig)"),
     "bridge_fp8_delayed_no_norm_or_moe_act_recompute": (
         "FP8 delayed scaling cannot recompute the layernorm or moe_act modules (TransformerConfig)"),
     "bridge_ep_overlap_mtp": (
@@ -183,7 +183,6 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
 
     te_graphs = graphs and not whole_iteration
     fp8_delayed = training.precision == "fp8" and training.fp8_recipe == "delayed"
-    dropout_graphs = graphs and training.dropout
     overlap = ep_overlap_active(model, training, plans)
     overlap_graphs_ok = not graphs or not (whole_iteration or {"moe", "mlp"} & scope)
     # Dense models never set the expert degrees: Megatron-Core takes etp = tp, ep = 1.
@@ -213,9 +212,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "bridge_cuda_graph_scope_valid": np.full(n, not graph_scope_valid(model, training)),
         "bridge_cuda_graph_moe_recompute_with_router_graph": np.full(n, te_graphs and "moe_router" in scope)
                                                               & recomputes("moe"),
-        "bridge_cuda_graph_dropout_recompute": np.full(n, dropout_graphs and (whole_iteration or "attn" in scope))
-                                               & recomputes("core_attn")
-                                               | np.full(n, dropout_graphs and whole_iteration) & recomputes("mlp", "moe"),
+        "bridge_cuda_graph_dropout_recompute": _graphed_recompute_with_dropout(training, plans),
         "bridge_fp8_delayed_no_norm_or_moe_act_recompute": np.full(n, fp8_delayed) & recomputes("layernorm", "moe_act"),
         "bridge_ep_overlap_mtp": overlap & ((model.mtp_layers > 1) | ((model.mtp_layers == 1) & (plans.pp == 1))),
         "bridge_ep_overlap_graph_scope": overlap & (not overlap_graphs_ok),
@@ -456,20 +453,15 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
     return tuple(out)
 
 
-def launcher(knobs: LaunchKnobs) -> list[str]:
-    """torchrun with one process per GPU, :data:`GPUS_PER_NODE` per node when the GPU count allows."""
-    world = knobs.world_size
-    per_node = GPUS_PER_NODE if world % GPUS_PER_NODE == 0 else world
-    return ["torchrun", "--nnodes", str(world // per_node), "--nproc-per-node", str(per_node)]
-
-
 def emit(knobs: LaunchKnobs) -> Emission:
     items = overrides(knobs)
     head = launcher(knobs) + [RUNNER, "--recipe", recipe(knobs.model)]
     argv = tuple(head + items)
-    lines = [f"# {TESTED_VERSION}: Megatron-Bridge's {RUNNER} (repository tag v0.3.1); on several nodes add "
-             "torchrun's --node-rank and --rdzv-endpoint",
-             " ".join(shlex.quote(part) for part in head) + " \\"]
+    env = environment(knobs)
+    # $NODE_RANK / $MASTER_ADDR are the launcher's placeholders: left for the shell to expand.
+    words = [f"{k}={v}" for k, v in env] + [w if w.startswith("$") else shlex.quote(w) for w in head]
+    lines = [f"# {TESTED_VERSION}: Megatron-Bridge's {RUNNER} (repository tag v0.3.1), from the repository root",
+             " ".join(words) + " \\"]
     lines += [f"  {shlex.quote(item)} \\" for item in items[:-1]] + [f"  {shlex.quote(items[-1])}"]
-    return Emission(framework="megatron-bridge", tested_version=TESTED_VERSION, argv=argv,
+    return Emission(framework="megatron-bridge", tested_version=TESTED_VERSION, argv=argv, env=env,
                     differences=differences(knobs), text="\n".join(lines))
