@@ -276,13 +276,17 @@ def architecture(model: ModelSpec) -> dict[str, Any]:
             "gated_linear_unit": model.gated_mlp, "add_bias_linear": model.linear_bias,
             "add_qkv_bias": model.qkv_bias or model.linear_bias, "qk_layernorm": model.qk_norm,
             "share_embeddings_and_output_weights": model.tie_embeddings,
-            "position_embedding_type": POSITION_EMBEDDINGS.get(model.position_embedding_type, "rope")}
+            "position_embedding_type": POSITION_EMBEDDINGS.get(model.position_embedding_type, "rope"),
+            **({"moe_layer_freq": [int(moe) for moe in model.moe_layers],
+                "moe_shared_expert_intermediate_size": model.shared_expert_ffn_hidden_size or None}
+               if model.is_moe else {})}
 
 
 def model_dimensions(model: ModelSpec) -> dict[str, Any]:
     """``GPTModelProvider`` / ``TransformerConfig`` shape fields of the priced model."""
     dims: dict[str, Any] = {"num_layers": model.num_layers, "hidden_size": model.hidden_size,
-                            "num_attention_heads": model.num_attention_heads, "vocab_size": model.vocab_size}
+                            "num_attention_heads": model.num_attention_heads, "vocab_size": model.vocab_size,
+                            "mtp_num_layers": model.mtp_layers or None}
     if model.ffn_hidden_size > 0:
         dims["ffn_hidden_size"] = model.ffn_hidden_size
     if not model.is_mla:

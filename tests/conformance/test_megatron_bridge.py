@@ -213,9 +213,15 @@ def assert_priced_plan(cfg, num_microbatches: int, knobs) -> None:
         assert bool(model.moe_pad_expert_input_to_capacity) == training.moe_pad_to_capacity
     assert (model.num_layers, model.hidden_size, model.num_attention_heads) == (
         knobs.model.num_layers, knobs.model.hidden_size, knobs.model.num_attention_heads)
+    assert (model.mtp_num_layers or 0) == knobs.model.mtp_layers
     if knobs.model.is_moe:
         assert (model.num_moe_experts, model.moe_router_topk) == (knobs.model.num_experts,
                                                                   knobs.model.experts_per_token)
+    from optimizer.emit.megatron_bridge import RECIPES
+
+    if knobs.model.name not in RECIPES:  # the borrowed recipe's architecture switches, overridden
+        assert model.normalization == ("LayerNorm" if knobs.model.norm_type == "layernorm" else "RMSNorm")
+        assert (model.gated_linear_unit, model.qk_layernorm) == (knobs.model.gated_mlp, knobs.model.qk_norm)
     # The pipeline split and schedule.
     if knobs.uneven_pipeline:
         assert (model.num_layers_in_first_pipeline_stage, model.num_layers_in_last_pipeline_stage) == (
