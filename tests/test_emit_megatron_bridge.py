@@ -299,5 +299,6 @@ def test_rules_are_vectorised():
     model, training, refused, _ = rule_example("bridge_fp8_delayed_no_norm_or_moe_act_recompute", 2)
     _, _, accepted, _ = rule_example("bridge_fp8_delayed_no_norm_or_moe_act_recompute", 3)
     plans = PlanArrays.from_columns({k: [refused[k], accepted[k], refused[k]] for k in refused})
-    mask = framework_violations("megatron-bridge", model, training, plans)["bridge_fp8_delayed_no_norm_or_moe_act_recompute"]
+    rule = "bridge_fp8_delayed_no_norm_or_moe_act_recompute"
+    mask = framework_violations("megatron-bridge", model, training, plans)[rule]
     assert isinstance(mask, np.ndarray) and mask.tolist() == [True, False, True]

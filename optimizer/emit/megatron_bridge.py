@@ -32,14 +32,19 @@ writes:
   (``data_parallel_sharding_strategy`` ``optim_grads`` / ``optim_grads_params``, checkpoints in
   ``fsdp_dtensor``, the only format Bridge's ``validate`` accepts for Megatron-FSDP), the optimizer
   offload, BF16 moments (precision-aware optimizer), grad-reduce dtype and the overlaps;
-* the launcher and its environment are Megatron-LM's (:func:`.megatron_lm.launcher`, :func:`.megatron_lm.environment`:
-  ``CUDA_DEVICE_MAX_CONNECTIONS=1`` where Megatron-Core's TP/CP overlaps rely on it; Bridge does not check
+* the launcher and its environment are Megatron-LM's (:func:`.megatron_lm.launcher`,
+  :func:`.megatron_lm.environment`: ``CUDA_DEVICE_MAX_CONNECTIONS=1`` where Megatron-Core's TP/CP overlaps rely on it; Bridge does not check
   it, its performance scripts set it the same way);
-* ``train.*`` / ``dataset.sequence_length`` (the field behind Bridge's ``seq_length`` alias): micro-batch, global batch, sequence.
+* ``train.*`` / ``dataset.sequence_length`` (the field behind Bridge's ``seq_length`` alias): micro-batch,
+  global batch, sequence.
 
 :data:`RULES` are the start-up checks of Bridge 0.3.1 and Megatron-Core 0.16.1 (``ConfigContainer.validate``,
 ``TransformerConfig.__post_init__``, ``OptimizerConfig.__post_init__``, the micro-batch calculator) that a
-plan the generic rules accept can still break, and the knobs Bridge 0.3.1 cannot express.
+plan the generic rules accept can still break; the checks Megatron-Core and Transformer Engine make later, on
+the GPU (Ulysses heads, flex dispatcher degrees, TP overlap without sequence parallelism, the tp-pp-dp
+mapping's expert groups); and the knobs Bridge 0.3.1 cannot express (other rank orders, FP8 dispatch, ALiBi,
+sync-free HybridEP, moe recompute under the EP overlap, which 0.16.1 skips silently). Where the rule is the
+same check as Megatron-LM's, the predicate is :mod:`.megatron_lm`'s.
 """
 
 from __future__ import annotations
