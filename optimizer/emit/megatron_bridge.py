@@ -33,8 +33,8 @@ writes:
   ``fsdp_dtensor``, the only format Bridge's ``validate`` accepts for Megatron-FSDP), the optimizer
   offload, BF16 moments (precision-aware optimizer), grad-reduce dtype and the overlaps;
 * the launcher and its environment are Megatron-LM's (:func:`.megatron_lm.launcher`,
-  :func:`.megatron_lm.environment`: ``CUDA_DEVICE_MAX_CONNECTIONS=1`` where Megatron-Core's TP/CP overlaps rely on it; Bridge does not check
-  it, its performance scripts set it the same way);
+  :func:`.megatron_lm.environment`: ``CUDA_DEVICE_MAX_CONNECTIONS=1`` where Megatron-Core's TP/CP
+  overlaps rely on it; Bridge does not check it, its performance scripts set it the same way);
 * ``train.*`` / ``dataset.sequence_length`` (the field behind Bridge's ``seq_length`` alias): micro-batch,
   global batch, sequence.
 
