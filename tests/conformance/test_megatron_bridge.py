@@ -246,8 +246,13 @@ def assert_priced_plan(cfg, num_microbatches: int, knobs) -> None:
     # Precision: what mixed-precision setup left on the model, optimizer and DDP configs.
     half = torch.float16 if training.precision == "fp16" else torch.bfloat16
     assert (model.bf16, model.fp16, model.params_dtype) == (half == torch.bfloat16, half == torch.float16, half)
+    if knobs.cp > 1:
+        assert model.cp_comm_type == knobs.cp_comm_type
+    assert cfg.dist.use_tp_pp_dp_mapping == (knobs.rank_order.replace("_", "-") == "tp-cp-ep-pp-dp")
     if training.precision == "fp8":
-        assert model.fp8 is not None and model.fp8_recipe == training.fp8_recipe
+        # Transformer Engine's formats as Bridge's own FP8 recipes set them: E4M3 for MXFP8, hybrid otherwise.
+        assert model.fp8 == ("e4m3" if training.fp8_recipe == "mxfp8" else "hybrid")
+        assert model.fp8_recipe == training.fp8_recipe
         assert not model.first_last_layers_bf16 and not model.fp8_param
     else:
         assert model.fp8 is None
