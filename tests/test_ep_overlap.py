@@ -105,9 +105,9 @@ def test_emitters_write_the_flag_only_where_megatron_accepts_it():
                 recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
                 optimizer_offload=False)
     assert "--overlap-moe-expert-parallel-comm" in emit("megatron", plan, QWEN3_30B, OVERLAP)
-    assert "model.overlap_moe_expert_parallel_comm=True" in emit("megatron-bridge", plan, QWEN3_30B, OVERLAP)
+    assert "model.overlap_moe_expert_parallel_comm=true" in emit("megatron-bridge", plan, QWEN3_30B, OVERLAP)
     assert "overlap-moe" not in emit("megatron", plan, QWEN3_30B, TRAIN)
     for refused in (dict(plan, pp=2), dict(plan, recompute=2), dict(plan, ep=1)):
         assert "overlap-moe" not in emit("megatron", refused, QWEN3_30B, OVERLAP)
-        assert "overlap_moe" not in emit("megatron-bridge", refused, QWEN3_30B, OVERLAP)
+        assert "overlap_moe_expert_parallel_comm=true" not in emit("megatron-bridge", refused, QWEN3_30B, OVERLAP)
     assert "overlap-moe" in emit("megatron", dict(plan, pp=2, vpp=2), QWEN3_30B, OVERLAP)

@@ -61,7 +61,7 @@ def test_kernel_inventory_by_fp8_recipe(recipe, attention, experts):
                 recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
                 optimizer_offload=False)
     assert f"--fp8-recipe {recipe}" in emit("megatron", plan, QWEN, training)
-    assert f"model.fp8_recipe={recipe}" in emit("megatron-bridge", plan, QWEN, training)
+    assert f"fp8_recipe:{recipe}" in emit("megatron-bridge", plan, QWEN, training)
 
 
 def test_exposed_time_is_what_issuing_outlasts_running():
@@ -119,7 +119,7 @@ def test_cuda_graph_scope_is_checked_and_emitted():
     padded_args = emit("megatron", plan, QWEN, whole)
     assert "--moe-expert-capacity-factor 1.0 \\\n  --moe-pad-expert-input-to-capacity" in padded_args
     bridge = emit("megatron-bridge", plan, QWEN, whole)
-    assert "model.cuda_graph_scope=['full_iteration']" in bridge and "model.moe_pad_expert_input_to_capacity=True" in bridge
+    assert "model.cuda_graph_scope=[full_iteration]" in bridge and "model.moe_pad_expert_input_to_capacity=true" in bridge
 
 
 @pytest.mark.parametrize("scope", [("full_iteration",), ("moe",), ("attn", "moe")])
@@ -191,11 +191,11 @@ def test_sync_free_hybridep_is_capturable_with_the_paged_stash():
                 recompute_modules=0, activation_offload_layers=0, sequence_parallel=False, zero_stage=1,
                 optimizer_offload=False)
     args = emit("megatron", plan, QWEN, stashed)
-    for flag in ("--moe-token-dispatcher-type flex", "--moe-flex-dispatcher-backend hybridep",
-                 "--use-transformer-engine-op-fuser", "--moe-expert-rank-capacity-factor 1.5",
-                 "--moe-paged-stash", "--moe-paged-stash-buffer-size-factor-cuda 1.2"):
+    for flag in ("--moe-token-dispatcher-type flex", "--moe-flex-dispatcher-backend hybridep"):
         assert flag in args
-    assert "model.moe_expert_rank_capacity_factor=1.5" in emit("megatron-bridge", plan, QWEN, stashed)
+    # Megatron-LM core_v0.16.1 has no rank capacity or paged stash: refused by its rules, said in differences.
+    assert "--moe-paged-stash" not in args and any("rank capacity" in d for d in args.differences)
+    assert "rank_capacity" not in emit("megatron-bridge", plan, QWEN, stashed)
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -144,7 +144,7 @@ def test_emitters_name_the_modules():
     training = TrainingSpec(seq_length=4096, global_batch_size=2048)
     args = emit("megatron", plan, DEEPSEEK, training).text
     assert "--recompute-granularity selective" in args and "--recompute-modules mla_up_proj moe_act" in args
-    assert "model.recompute_modules=['mla_up_proj', 'moe_act']" in emit("megatron-bridge", plan, DEEPSEEK, training).text
+    assert "model.recompute_modules=[mla_up_proj,moe_act]" in emit("megatron-bridge", plan, DEEPSEEK, training).text
 
 
 def test_cli_evaluate_with_modules(capsys):
