@@ -109,11 +109,13 @@ def evaluate_plan(scenario: "Scenario", **plan: Any) -> "PlanMetrics":
 def emit_launch(scenario: "Scenario", metrics: "PlanMetrics", index: int = 0,
                 framework: str | None = None) -> "Emission":
     """The launch of plan ``index`` (0 = the best) of ``metrics`` for ``framework`` (default: the one
-    ``scenario`` was searched for), with the CP communication and rank order it was priced with."""
+    ``scenario`` was searched for), with the CP communication and rank order it was priced with, on the
+    cluster's nodes."""
     from .emit import emit
 
     cols = metrics.plans.to_columns()
     plan = {k: (bool(v[index]) if v.dtype == bool else int(v[index])) for k, v in cols.items()}
     costs = scenario.costs
     return emit(framework or scenario.options.framework, plan, scenario.model, scenario.training,
-                cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order)
+                cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order,
+                gpus_per_node=scenario.cluster.topology.gpus_per_node)

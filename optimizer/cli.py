@@ -38,7 +38,6 @@ from hardware.cli import app as hardware_app
 from hardware.errors import InputError, shorten
 from hardware.loader import load_cluster
 
-from .emit import emit
 from .explain import explain_no_fit
 from .layout_model import RULES, LayoutModel, SearchIncomplete
 from .models_command import models_app
@@ -486,16 +485,10 @@ def _progress_bar(enabled: bool):
 
 
 def _emission(emitter: Emitter, metrics, index: int, scenario: Scenario):
-    """The launch of plan ``index`` of ``metrics``, with the CP communication and rank order it was priced with."""
-    costs = scenario.costs
-    return emit(emitter.value, _raw(metrics, index), scenario.model, scenario.training,
-                cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order)
+    """The launch of plan ``index`` of ``metrics`` (the Python API's :func:`optimizer.emit_launch`)."""
+    from . import emit_launch
 
-
-def _raw(metrics, index: int) -> dict[str, Any]:
-    """The plan's columns with native ints (recompute as its code) for the emitters."""
-    cols = metrics.plans.to_columns()
-    return {k: (bool(v[index]) if v.dtype == bool else int(v[index])) for k, v in cols.items()}
+    return emit_launch(scenario, metrics, index, emitter.value)
 
 
 @app.command("evaluate")

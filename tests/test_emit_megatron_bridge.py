@@ -83,8 +83,7 @@ def parsed(emission) -> tuple[str, dict[str, Any]]:
 
 
 def _knobs(case):
-    return build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                       rank_order=case.rank_order)
+    return case.knobs()
 
 
 CASES = conformance_cases("megatron-bridge")

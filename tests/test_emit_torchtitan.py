@@ -28,8 +28,9 @@ BASE = dict(tp=1, pp=1, dp=8, cp=1, ep=1, etp=1, vpp=1, micro_batch=1, recompute
 
 def parse(argv: tuple[str, ...]) -> tuple[str, str, dict[str, str | bool], str]:
     """(module, config, {section.field: value}, activation subcommand) of an emitted command."""
-    assert list(argv[:2]) == ["torchrun", "--nproc-per-node"] and list(argv[3:5]) == ["-m", "torchtitan.train"]
-    words = list(argv[5:])
+    start = argv.index("torchtitan.train")
+    assert list(argv[:2]) == ["torchrun", "--nproc-per-node"] and argv[start - 1] == "-m"
+    words = list(argv[start + 1:])
     assert words[0] == "--module" and words[2] == "--config"
     module, config, rest = words[1], words[3], words[4:]
     subcommand = rest.pop()
@@ -51,8 +52,7 @@ def parse(argv: tuple[str, ...]) -> tuple[str, str, dict[str, str | bool], str]:
 
 
 def case_emission(case):
-    return emit("torchtitan", case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                rank_order=case.rank_order)
+    return case.emission("torchtitan")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def torchtitan_split(num_layers: int, pp: int, layers_per_stage: int, first_less
 def test_the_launch_runs_the_priced_plan(grid):
     """Micro-batch, micro-batches per step, schedule and split, recompute, FSDP, precision, read back."""
     for case in grid:
-        knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type)
+        knobs = case.knobs()
         emission = case_emission(case)
         assert not any(d.startswith("cannot run") for d in emission.differences), case.name
         _, config, v, subcommand = parse(emission.argv)

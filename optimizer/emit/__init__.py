@@ -40,9 +40,11 @@ def _module(framework: str) -> ModuleType:
 
 
 def emit(framework: str, plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, *,
-         cp_comm_type: str = "p2p", rank_order: str = DEFAULT_RANK_ORDER) -> Emission:
-    """The launch of one priced plan (a mapping of plan column names to numbers) for ``framework``."""
-    knobs = build_knobs(plan, model, training, cp_comm_type=cp_comm_type, rank_order=rank_order)
+         cp_comm_type: str = "p2p", rank_order: str = DEFAULT_RANK_ORDER, gpus_per_node: int = 8) -> Emission:
+    """The launch of one priced plan (a mapping of plan column names to numbers) for ``framework``, on
+    nodes of ``gpus_per_node`` GPUs."""
+    knobs = build_knobs(plan, model, training, cp_comm_type=cp_comm_type, rank_order=rank_order,
+                        gpus_per_node=gpus_per_node)
     return _module(framework).emit(knobs)
 
 

@@ -71,6 +71,9 @@ class LaunchKnobs:
     """Context-parallel communication priced: ``p2p`` ring or ``a2a`` (Ulysses)."""
     rank_order: str
     """Order of the parallel dimensions, innermost first (``tp-cp-ep-dp-pp`` is Megatron's default)."""
+    gpus_per_node: int = 8
+    """GPUs per node of the cluster the plan was priced on: torchrun's processes per node (4 on a GB200
+    compute tray, 8 on HGX)."""
 
     @property
     def world_size(self) -> int:
@@ -89,7 +92,7 @@ class LaunchKnobs:
 
 
 def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, *, cp_comm_type: str = "p2p",
-                rank_order: str = DEFAULT_RANK_ORDER) -> LaunchKnobs:
+                rank_order: str = DEFAULT_RANK_ORDER, gpus_per_node: int = 8) -> LaunchKnobs:
     """Resolve one plan (a mapping of :class:`cost_model.plan.PlanArrays` column names to numbers, as the
     CLI's and the tests' plan records are) into :class:`LaunchKnobs`."""
     values = {**PLAN_DEFAULTS, "recompute_modules": CORE_ATTN, **plan}
@@ -114,4 +117,4 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
         recompute_layers_per_chunk=layers, stage_layers=stages, zero_stage=int(values["zero_stage"]),
         optimizer_offload=bool(values["optimizer_offload"]),
         activation_offload_layers=int(values["activation_offload_layers"]), ep_overlap=overlap,
-        cp_comm_type=cp_comm_type, rank_order=rank_order)
+        cp_comm_type=cp_comm_type, rank_order=rank_order, gpus_per_node=gpus_per_node)

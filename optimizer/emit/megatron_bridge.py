@@ -63,7 +63,8 @@ from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
 
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_lm import _graphed_recompute_with_dropout, cuda_graph_impl, environment, launcher
+from .megatron_lm import _graphed_recompute_with_dropout, cuda_graph_impl, environment
+from .torchrun import launcher
 
 TESTED_VERSION = "megatron-bridge 0.3.1 (megatron-core 0.16.1)"
 

@@ -7,8 +7,8 @@ generated from it). The command is the priced plan: ``parse_args`` + ``validate_
 it and read back the priced degrees, split, schedule, recompute, precision, ZeRO/FSDP and offloads
 (``tests/conformance/test_megatron_lm.py``). What the command holds:
 
-* the launcher: ``torchrun`` with one process per GPU (:data:`GPUS_PER_NODE` per node: the plan does not
-  name the cluster's node size; edit ``--nproc-per-node``/``--nnodes`` for another); the user sets
+* the launcher: ``torchrun`` with one process per GPU, the cluster's GPUs per node
+  (:func:`.torchrun.launcher`); the user sets
   ``NODE_RANK`` and ``MASTER_ADDR`` on every node of a multi-node job, and runs it from a Megatron-LM
   checkout at core_v0.16.1;
 * the model (:func:`model_arguments`): Megatron's defaults are GPT-2's (LayerNorm, learned positions, GeLU,
@@ -57,14 +57,12 @@ from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
 
 from .emission import Emission
 from .knobs import LaunchKnobs
+from .torchrun import launcher, nodes
 
 TESTED_VERSION = "megatron-core 0.16.1 (Megatron-LM core_v0.16.1)"
 
 SCRIPT = "pretrain_gpt.py"
 """Megatron-LM's GPT pre-training entry point (repository root at core_v0.16.1)."""
-
-GPUS_PER_NODE = 8
-"""torchrun processes per node (one per GPU); a plan on fewer GPUs runs on one node."""
 
 DEFAULT_TRAIN_ITERS = 100
 """Iterations written when the training setup names no token budget (a placeholder the user replaces)."""
@@ -478,22 +476,6 @@ def environment(knobs: LaunchKnobs) -> tuple[tuple[str, str], ...]:
     """``CUDA_DEVICE_MAX_CONNECTIONS=1`` where validate_args demands it (see the module docstring)."""
     needs_one = (knobs.tp > 1 or knobs.cp > 1) and knobs.zero_stage < 2 and not knobs.ep_overlap
     return (("CUDA_DEVICE_MAX_CONNECTIONS", "1"),) if needs_one else ()
-
-
-def nodes(knobs: LaunchKnobs) -> tuple[int, int]:
-    """(processes per node, nodes): :data:`GPUS_PER_NODE` per node, or as many as divide the GPU count."""
-    world = knobs.world_size
-    per_node = world if world <= GPUS_PER_NODE else math.gcd(world, GPUS_PER_NODE)
-    return per_node, world // per_node
-
-
-def launcher(knobs: LaunchKnobs) -> list[str]:
-    """``torchrun`` with one process per GPU; several nodes rendezvous at ``$MASTER_ADDR``."""
-    per_node, nodes_ = nodes(knobs)
-    args = ["torchrun", "--nproc-per-node", str(per_node), "--nnodes", str(nodes_)]
-    if nodes_ > 1:
-        args += ["--node-rank", "$NODE_RANK", "--master-addr", "$MASTER_ADDR", "--master-port", "6000"]
-    return args
 
 
 def differences(knobs: LaunchKnobs) -> tuple[str, ...]:

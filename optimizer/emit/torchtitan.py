@@ -82,6 +82,7 @@ from cost_model.training_spec import TrainingSpec
 
 from .emission import Emission
 from .knobs import LaunchKnobs
+from .torchrun import launcher, nodes
 
 TESTED_VERSION = "torchtitan 0.3.0"
 
@@ -342,9 +343,13 @@ def _lines(knobs: LaunchKnobs) -> list[list[str]]:
     """The command in lines: torchrun with the trainer and its config, one line per override, the recompute policy."""
     chosen = config_function(knobs.model, knobs.training)
     module, config = (chosen.module, chosen.config) if chosen else ("<no torchtitan model>", "<no config>")
-    head = ["torchrun", "--nproc-per-node", str(min(knobs.world_size, 8)), "-m", "torchtitan.train",
-            "--module", module, "--config", config]
+    head = launcher(knobs) + ["-m", "torchtitan.train", "--module", module, "--config", config]
     return [head] + [_flag(name, value) for name, value in overrides(knobs)] + [[activation_checkpoint(knobs)]]
+
+
+def _quote(word: str) -> str:
+    """Shell quoting that leaves the launcher's ``$NODE_RANK``/``$MASTER_ADDR`` for the shell to expand."""
+    return f'"{word}"' if word.startswith("$") else shlex.quote(word)
 
 
 def argv(knobs: LaunchKnobs) -> list[str]:
@@ -353,11 +358,10 @@ def argv(knobs: LaunchKnobs) -> list[str]:
 
 
 def emit(knobs: LaunchKnobs) -> Emission:
-    nodes = -(-knobs.world_size // 8)
-    header = f"# {TESTED_VERSION}: {knobs.world_size} GPUs"
-    if nodes > 1:
-        header += (f"; on {nodes} nodes of 8 add --nnodes {nodes} --rdzv-backend c10d --rdzv-endpoint HOST:PORT "
-                   "(--nproc-per-node = GPUs per node)")
-    body = " \\\n  ".join(shlex.join(line) for line in _lines(knobs))
+    per_node, count = nodes(knobs)
+    header = f"# {TESTED_VERSION}: {knobs.world_size} GPUs, {count} node(s) of {per_node}"
+    if count > 1:
+        header += " (set NODE_RANK and MASTER_ADDR on each)"
+    body = " \\\n  ".join(" ".join(_quote(word) for word in line) for line in _lines(knobs))
     return Emission(framework="torchtitan", tested_version=TESTED_VERSION, argv=tuple(argv(knobs)),
                     differences=differences(knobs), text=header + "\n" + body)

@@ -25,7 +25,7 @@ from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays, module_mask
 from cost_model.training_spec import TrainingSpec
 from hardware.loader import load_cluster
 from hardware.placement import DEFAULT_RANK_ORDER
-from optimizer.emit import framework_violations
+from optimizer.emit import Emission, LaunchKnobs, build_knobs, emit, framework_violations
 from optimizer.plan_rules import violations
 from optimizer.search import Scenario, search
 from optimizer.search_options import SearchOptions
@@ -45,6 +45,18 @@ class ConformanceCase:
     rank_order: str = DEFAULT_RANK_ORDER
     num_gpus: int = field(default=0)
     """GPUs of the plan (tp x pp x dp x cp)."""
+    gpus_per_node: int = 8
+    """GPUs per node of the cluster it was priced on (torchrun's processes per node)."""
+
+    def knobs(self) -> LaunchKnobs:
+        """The case resolved as the emitters see it."""
+        return build_knobs(self.plan, self.model, self.training, cp_comm_type=self.cp_comm_type,
+                           rank_order=self.rank_order, gpus_per_node=self.gpus_per_node)
+
+    def emission(self, framework: str) -> Emission:
+        """The case's launch for ``framework``."""
+        return emit(framework, self.plan, self.model, self.training, cp_comm_type=self.cp_comm_type,
+                    rank_order=self.rank_order, gpus_per_node=self.gpus_per_node)
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,8 @@ def conformance_cases(framework: str = "megatron") -> tuple[ConformanceCase, ...
             cases.append(ConformanceCase(
                 name=f"{case.cluster} {case.model} {_describe(case)} #{rank}", plan=plan, model=model,
                 training=training, cp_comm_type=case.cp_comm_type, rank_order=options.rank_order,
-                num_gpus=plan["tp"] * plan["pp"] * plan["dp"] * plan["cp"]))
+                num_gpus=plan["tp"] * plan["pp"] * plan["dp"] * plan["cp"],
+                gpus_per_node=scenario.cluster.topology.gpus_per_node))
     for name, model_name, settings, plan in _hand_built():
         model = load_model(model_name).spec
         training = build_training(dict(settings), model=model)

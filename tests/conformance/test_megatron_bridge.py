@@ -297,8 +297,7 @@ def test_bridge_accepts_the_priced_plan(case, monkeypatch, tmp_path):
     from optimizer.emit import build_knobs
     from optimizer.emit.megatron_bridge import emit
 
-    knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                        rank_order=case.rank_order)
+    knobs = case.knobs()
     cfg, num_microbatches = run_emitted(emit(knobs), monkeypatch, tmp_path)
     assert_priced_plan(cfg, num_microbatches, knobs)
 

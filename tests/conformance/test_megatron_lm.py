@@ -215,10 +215,8 @@ def check_runs_as_priced(framework, monkeypatch, case) -> None:
     from cost_model.plan import PlanArrays
     from optimizer.emit import build_knobs, emit
 
-    knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                        rank_order=case.rank_order)
-    emission = emit("megatron", case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                    rank_order=case.rank_order)
+    knobs = case.knobs()
+    emission = case.emission("megatron")
     assert not [d for d in emission.differences if "refuses" in d]
     args, config = run_megatron(framework, monkeypatch, emission.argv, emission.env, knobs.world_size)
 

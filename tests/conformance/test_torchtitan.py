@@ -31,8 +31,6 @@ from optimizer.emit import torchtitan as tt_emit
 from tests.conformance.plan_grid import ConformanceCase, conformance_cases
 
 KEYS_FILE = Path(__file__).parent / "data" / "torchtitan_0.3.0_keys.json"
-TRAINER_SKIP = 5
-"""``torchrun --nproc-per-node N -m torchtitan.train``: the words before torchtitan's own arguments."""
 
 
 def _sections() -> dict[str, list[str]]:
@@ -140,7 +138,8 @@ def blackwell(monkeypatch):
 def _parse(argv: tuple[str, ...]):
     from torchtitan.config import ConfigManager
 
-    return ConfigManager().parse_args(list(argv[TRAINER_SKIP:]))
+    # torchtitan's own arguments follow ``torchrun ... -m torchtitan.train``
+    return ConfigManager().parse_args(list(argv[argv.index("torchtitan.train") + 1:]))
 
 
 def _stage_layers_per_rank(config, pp: int) -> list[int]:
@@ -173,10 +172,8 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
     from torchtitan.distributed.activation_checkpoint import FullAC
     from torchtitan.distributed.fsdp import get_fsdp_reshard_after_forward_policy
 
-    emission = emit("torchtitan", case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                    rank_order=case.rank_order)
-    knobs = build_knobs(case.plan, case.model, case.training, cp_comm_type=case.cp_comm_type,
-                        rank_order=case.rank_order)
+    emission = case.emission("torchtitan")
+    knobs = case.knobs()
     config = _parse(emission.argv)
     p, t = config.parallelism, config.training
     # Trainer.__init__ before the model is built: TP divides the heads and KV heads, the sequence fits the
