@@ -174,6 +174,10 @@ RULE_EXAMPLES = [
     ("torchtitan_pipeline_microbatches", "llama3-8b", {"global_batch_size": 2}, dict(BASE, pp=4, dp=2, zero_stage=0),
      dict(BASE, pp=2, dp=1, zero_stage=0)),
     ("torchtitan_cp_a2a", "llama3-8b", {}, dict(BASE, cp=2, dp=4), None),
+    # Qwen3-30B-A3B has 4 KV heads: Megatron replicates them over tp = 8, torchtitan refuses (conformance found it)
+    ("torchtitan_tp_divides_heads", "qwen3-30b-a3b", {}, dict(BASE, tp=8, dp=1), dict(BASE, tp=4, dp=2)),
+    ("torchtitan_tied_embeddings_pipeline", "gemma2-9b", {}, dict(BASE, pp=2, dp=4, zero_stage=0),
+     dict(BASE, zero_stage=0)),
     ("torchtitan_cp_attention", "gpt-oss-120b", {}, dict(BASE, cp=2, dp=4), dict(BASE, dp=8)),
     ("torchtitan_sequence_divisible", "llama3-8b", {"seq_length": 4098}, dict(BASE, cp=2, dp=4),
      dict(BASE, dp=8)),

@@ -154,6 +154,10 @@ RULES: dict[str, str] = {
     "torchtitan_pipeline_microbatches": "torch's pipeline schedules need at least pp micro-batches (1F1B) and, "
                                         "interleaved, micro-batches divisible by their rounds (max(1, m // pp))",
     "torchtitan_cp_a2a": "torchtitan has no all-to-all (Ulysses) context parallelism",
+    "torchtitan_tp_divides_heads": "tp divides the query and the KV heads: torchtitan shards heads without "
+                                   "replicating KV heads (Decoder.update_from_config)",
+    "torchtitan_tied_embeddings_pipeline": "torchtitan cannot tie the embedding and output weights across pipeline "
+                                           "stages (Decoder.update_from_config)",
     "torchtitan_cp_attention": "torchtitan's context parallelism needs FlexAttention; gpt-oss's config runs varlen "
                                "attention, which it refuses with cp > 1",
     "torchtitan_sequence_divisible": "torchtitan needs the sequence divisible by tp (with sequence parallelism) times "
@@ -231,6 +235,9 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
                                                              | (last_less > k // vpp)),
         "torchtitan_pipeline_microbatches": (pp > 1) & np.where(vpp > 1, m % rounds != 0, m < pp),
         "torchtitan_cp_a2a": (cp > 1) & (cp_comm_type == "a2a"),
+        "torchtitan_tp_divides_heads": (model.num_attention_heads % plans.tp != 0)
+                                       | (model.num_kv_heads % plans.tp != 0),
+        "torchtitan_tied_embeddings_pipeline": (pp > 1) & model.tie_embeddings,
         "torchtitan_cp_attention": (cp > 1) & (chosen is not None and not chosen.context_parallel),
         "torchtitan_sequence_divisible": training.seq_length % (sp_div * cp_div) != 0,
         "torchtitan_global_batch": gbs % (dp * mbs) != 0,

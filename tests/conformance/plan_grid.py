@@ -1,8 +1,9 @@
 """The plans the emitters are checked on: what users take from ``--emit``, and every knob at least once.
 
-Two sources, as the launch issue measured them: the top 10 plans of 25 searches (dense, MoE and MLA
+Two sources, as the launch issue measured them: the top 10 plans of 37 searches (dense, MoE and MLA
 models; BF16 and every FP8 recipe; CP, EP, interleaved and uneven pipelines; each recompute mode;
-ZeRO 0-3; offload; flex dispatchers; CUDA graphs; the EP overlap; Ulysses CP), each searched with the
+ZeRO 0-3; offload; flex dispatchers; CUDA graphs; the EP overlap; Ulysses CP; the models torchtitan
+ships a config for), each searched with the
 framework's own rules active (what ``plan-search --emit FRAMEWORK`` shows), and hand-built plans that
 reach the knobs a top 10 rarely shows. A hand-built plan the framework refuses is dropped by the same
 rules, so every case is one the search could rank.
@@ -108,6 +109,20 @@ _SEARCHES: tuple[_SearchCase, ...] = (
                                           "optimizer_moments_dtype": "bf16", "dropout": True}),
     _SearchCase("h100x128", "llama3-70b", {"seq_length": 8192, "global_batch_size": 256},
                 {"recompute_modes": ("full",)}),
+    # The models torchtitan 0.3.0 ships a config for, at the sizes people run them.
+    _SearchCase("h100x8", "llama3-8b", {"seq_length": 8192, "global_batch_size": 32}),
+    _SearchCase("h100x16", "llama3-8b", {"seq_length": 4096, "global_batch_size": 512}),
+    _SearchCase("h100x128", "llama3-8b", {"seq_length": 8192, "global_batch_size": 1024}),
+    _SearchCase("h100x64", "llama3-8b", {"seq_length": 16384, "global_batch_size": 64}),
+    _SearchCase("a100x64", "llama3-8b", {"seq_length": 4096, "global_batch_size": 256}),
+    _SearchCase("gb200x72", "llama3-8b", {"seq_length": 8192, "global_batch_size": 512}, {"gpu_counts": (64,)}),
+    _SearchCase("b200x64", "llama3-8b", {"seq_length": 8192, "global_batch_size": 256, "precision": "fp8",
+                                         "fp8_recipe": "mxfp8"}),
+    _SearchCase("h200x64", "llama3-70b", {"seq_length": 8192, "global_batch_size": 256}),
+    _SearchCase("h100x256", "llama3-70b", {"seq_length": 4096, "global_batch_size": 1024}),
+    _SearchCase("h100x32", "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256}),
+    _SearchCase("h100x64", "qwen3-30b-a3b", {"seq_length": 8192, "global_batch_size": 128}),
+    _SearchCase("h100x128", "gpt-oss-120b", {"seq_length": 4096, "global_batch_size": 1024}),
 )
 
 _TOP = 10
@@ -140,6 +155,9 @@ def _hand_built() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
         ("MoE selective moe_act (grouped GEMM)", "qwen3-30b-a3b", dense,
          dict(moe, recompute=SELECTIVE, recompute_modules=module_mask(["moe_act"]))),
         ("MoE selective moe", "qwen3-30b-a3b", dense, dict(moe, recompute=SELECTIVE, recompute_modules=module_mask(["moe"]))),
+        ("EP all-to-all overlap", "qwen3-30b-a3b", {**dense, "overlap_moe_expert_parallel_comm": True}, moe),
+        ("EP all-to-all overlap, interleaved", "qwen3-30b-a3b", {**dense, "overlap_moe_expert_parallel_comm": True},
+         dict(moe, pp=2, dp=4, ep=4, vpp=2)),
         ("MLA selective mla_up_proj", "deepseek-v3", {"seq_length": 4096, "global_batch_size": 1024},
          dict(moe, tp=2, pp=8, dp=16, ep=32, etp=1, sequence_parallel=True, recompute=SELECTIVE,
               recompute_modules=module_mask(["mla_up_proj", "moe_act"]))),
