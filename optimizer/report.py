@@ -89,7 +89,7 @@ def stage_records(metrics: PlanMetrics, index: int) -> list[dict[str, Any]]:
             continue
         parts = {f"{part}_gib": getattr(memory, part)[index, column] / GIB for part in MEMORY_PARTS}
         stages.append({"stage": name, "pipeline_rank": layout.pipeline_rank[index, column],
-                       "layers": layout.layers[index, column], "moe_layers": layout.moe_layers[index, column],
+                       "layers": int(layout.layers[index, column]), "moe_layers": layout.moe_layers[index, column],
                        "embedding": layout.has_embedding[index, column],
                        "lm_head": layout.has_lm_head[index, column], **parts,
                        "total_gib": memory.total[index, column] / GIB})
