@@ -211,12 +211,12 @@ RULE_EXAMPLES: dict[str, tuple] = {
     "bridge_uneven_stages_divisible_by_vpp": (
         "llama3-405b", {"seq_length": 8192, "global_batch_size": 512},
         _plan(tp=8, pp=16, dp=4, vpp=2), _plan(tp=8, pp=16, dp=4, vpp=1)),
-    "bridge_cp_sequence_divisible": (
+    "bridge_seq_divisible_by_2cp": (
         "llama3-8b", {"seq_length": 4098, "global_batch_size": 64},
         _plan(tp=1, cp=2, dp=4, sequence_parallel=False), _plan(tp=1, cp=1, dp=8, sequence_parallel=False)),
     "bridge_precision_aware_optimizer": (
         "llama3-8b", DENSE_SETUP | {"optimizer_moments_dtype": "bf16"}, _plan(zero_stage=0), _plan(zero_stage=1)),
-    "bridge_no_rank_capacity_dispatch": (
+    "bridge_no_rank_capacity": (
         QWEN_MOE, MOE_SETUP | {"moe_token_dispatcher": "hybridep", "moe_rank_capacity_factor": 1.5},
         _plan(**MOE), None),
     "bridge_cuda_graphs_no_activation_offload": (
@@ -224,11 +224,11 @@ RULE_EXAMPLES: dict[str, tuple] = {
     "bridge_cuda_graphs_full_recompute_needs_full_iteration": (
         "llama3-8b", DENSE_SETUP | {"cuda_graph_scope": ("attn",)}, _plan(recompute=FULL), _plan(recompute=SELECTIVE)),
     "bridge_cuda_graph_scope_valid": (QWEN_MOE, MOE_SETUP | {"cuda_graph_scope": ("mlp",)}, _plan(**MOE), None),
-    "bridge_cuda_graph_moe_recompute_with_router_graph": (
+    "bridge_cuda_graphs_moe_recompute_router": (
         QWEN_MOE, MOE_SETUP | {"cuda_graph_scope": ("attn", "moe_router")},
         _plan(**MOE, recompute=SELECTIVE, recompute_modules=module_mask(["moe"])),
         _plan(**MOE, recompute=SELECTIVE, recompute_modules=module_mask(["moe_act"]))),
-    "bridge_cuda_graph_dropout_recompute": (
+    "bridge_cuda_graphs_dropout_recompute": (
         "llama3-8b", DENSE_SETUP | {"cuda_graph_scope": ("attn",), "dropout": True},
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["core_attn"])),
         _plan(recompute=SELECTIVE, recompute_modules=module_mask(["mlp"]))),
@@ -240,7 +240,7 @@ RULE_EXAMPLES: dict[str, tuple] = {
         "deepseek-v3", MOE_SETUP | {"overlap_moe_expert_parallel_comm": True},
         _plan(tp=1, pp=1, dp=64, ep=64, sequence_parallel=False),
         _plan(tp=1, pp=2, dp=32, ep=32, vpp=1, sequence_parallel=False)),
-    "bridge_ep_overlap_graph_scope": (
+    "bridge_ep_overlap_cuda_graphs": (
         QWEN_MOE, MOE_SETUP | {"overlap_moe_expert_parallel_comm": True, "cuda_graph_scope": ("full_iteration",),
                                "moe_pad_to_capacity": True},
         _plan(**MOE), None),

@@ -43,8 +43,9 @@ writes:
 plan the generic rules accept can still break; the checks Megatron-Core and Transformer Engine make later, on
 the GPU (Ulysses heads, flex dispatcher degrees, TP overlap without sequence parallelism, the tp-pp-dp
 mapping's expert groups); and the knobs Bridge 0.3.1 cannot express (other rank orders, FP8 dispatch, ALiBi,
-sync-free HybridEP, moe recompute under the EP overlap, which 0.16.1 skips silently). Where the rule is the
-same check as Megatron-LM's, the predicate is :mod:`.megatron_lm`'s.
+sync-free HybridEP, moe recompute under the EP overlap, which 0.16.1 skips silently). The checks Megatron-LM
+makes the same way through megatron-core, and the MoE, recompute, FP8-format, rank-order and graph
+translations, are :mod:`.megatron_core`'s; :data:`OWN_RULES` are Bridge's alone.
 """
 
 from __future__ import annotations
@@ -54,16 +55,17 @@ from typing import Any
 
 import numpy as np
 
-from cost_model.ep_overlap import ep_overlap_active
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
+from cost_model.plan import PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
-from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
+from hardware.placement import DEFAULT_RANK_ORDER
 
+from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_lm import _graphed_recompute_with_dropout, cuda_graph_impl, environment
+from .megatron_core import FP8_FORMATS, cuda_graph_impl, prefixed, recompute_settings, uses_tp_pp_dp_mapping
+from .megatron_lm import environment
 from .torchrun import launcher
 
 TESTED_VERSION = "megatron-bridge 0.3.1 (megatron-core 0.16.1)"
@@ -90,165 +92,41 @@ FAMILY_RECIPES = {"mla": "deepseek_v3_pretrain_config", "moe": "qwen3_30b_a3b_pr
                   "dense": "llama3_8b_pretrain_config"}
 """Recipe whose model code a model without its own recipe borrows (its dimensions are overridden)."""
 
-FP8_FORMATS = {"tensorwise": "hybrid", "delayed": "hybrid", "blockwise": "hybrid", "mxfp8": "e4m3"}
-"""Transformer Engine FP8 format of each recipe, as Bridge's named mixed-precision recipes set it
-(``mixed_precision.py``: MXFP8 is E4M3 only; the others are hybrid E4M3 forward / E5M2 backward)."""
-
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 """Megatron-FSDP ``data_parallel_sharding_strategy`` of each ZeRO stage it runs."""
 
 DROPOUT = 0.1
 """Hidden and attention dropout when the training setup asks for dropout (GPT-3-era value)."""
 
-RANK_ORDERS = {"tp-cp-ep-dp-pp": False, "tp-cp-ep-pp-dp": True}
-"""Rank orders Bridge builds -> ``dist.use_tp_pp_dp_mapping`` (``training/initialize.py``: the order passed to
-``initialize_model_parallel``)."""
-
-RULES: dict[str, str] = {
-    "bridge_rank_order": (
-        "Megatron-Bridge orders ranks tp-cp-ep-dp-pp, or tp-cp-ep-pp-dp with dist.use_tp_pp_dp_mapping "
-        "(training/initialize.py)"),
-    "bridge_tp_pp_dp_mapping_expert_dp": (
-        "with the tp-cp-ep-pp-dp order and pp > 1, the expert layers' data-parallel size equals the dense layers' "
-        "(etp x ep = tp x cp; Megatron-Core parallel_state.initialize_model_parallel)"),
+OWN_RULES: dict[str, str] = {
     "bridge_fsdp_default_rank_order": (
         "Megatron-FSDP (ZeRO-2/3) runs only with the default rank order (ConfigContainer.validate refuses "
         "use_tp_pp_dp_mapping)"),
-    "bridge_cp_a2a_heads_divisible": (
-        "Ulysses context parallelism (cp_comm_type a2a) splits heads: query and KV heads per TP rank divisible "
-        "by cp (Transformer Engine AttnFuncWithCPAndQKVOA2A)"),
     "bridge_uneven_stages_divisible_by_vpp": (
         "with an uneven pipeline split and virtual stages, the first and last stages' layers are multiples of "
         "vpp (Megatron-Core TransformerConfig num_layers_in_first/last_pipeline_stage)"),
-    "bridge_cp_sequence_divisible": (
-        "with context parallelism the sequence is a multiple of 2 x cp (Megatron-Bridge ConfigContainer.validate)"),
-    "bridge_precision_aware_optimizer": (
-        "optimizer offload and BF16 Adam moments are the precision-aware optimizer: Adam and the distributed "
-        "optimizer (ZeRO >= 1) only (Megatron-Core OptimizerConfig; the hybrid CPU optimizer takes its code path)"),
-    "bridge_no_rank_capacity_dispatch": (
-        "megatron-core 0.16.1 has no sync-free HybridEP dispatch (moe_expert_rank_capacity_factor, paged stash)"),
-    "bridge_cuda_graphs_no_activation_offload": (
-        "CUDA graphs cannot run with activation offload (Megatron-Core TransformerConfig)"),
-    "bridge_cuda_graphs_full_recompute_needs_full_iteration": (
-        "full recompute runs with CUDA graphs only when the whole iteration is captured (Megatron-Core "
-        "TransformerConfig)"),
-    "bridge_cuda_graph_scope_valid": (
-        "the CUDA graph scopes are ones Megatron-Core captures for this model: moe and moe_router not together, "
-        "moe_preprocess only with moe_router, MoE scopes only on MoE models and moe only with padded "
-        "(drop-and-pad) experts, mlp only where dense layers exist (TransformerConfig)"),
-    "bridge_cuda_graph_moe_recompute_with_router_graph": (
-        "Transformer Engine CUDA graphs of the MoE router cannot run with the moe module recomputed "
-        "(TransformerConfig)"),
-    "bridge_cuda_graph_dropout_recompute": (
-        "with dropout, a part captured in a CUDA graph (attn, mlp, moe, or the whole iteration) cannot also be "
-        "recomputed (TransformerConfig)"),
-    "bridge_fp8_delayed_no_norm_or_moe_act_recompute": (
-        "FP8 delayed scaling cannot recompute the layernorm or moe_act modules (TransformerConfig)"),
-    "bridge_ep_overlap_mtp": (
-        "the EP all-to-all overlap runs with at most one multi-token-prediction layer, and with one only on a "
-        "pipeline (pp > 1) (TransformerConfig)"),
-    "bridge_ep_overlap_moe_recompute": (
-        "the EP overlap runs the MoE block piecewise, so moe recompute does not run with it (megatron-core 0.16.1 "
-        "skips it silently)"),
-    "bridge_flex_dispatcher_needs_tp_ep": (
-        "the flex dispatcher (DeepEP, HybridEP) needs etp x ep > 1 (Megatron-Core MoEFlexTokenDispatcher)"),
-    "bridge_deepep_no_pad_to_capacity": "DeepEP cannot pad experts to capacity (Megatron-Core TransformerConfig)",
-    "bridge_moe_bias_needs_etp1": "MoE layers with biased linear layers need etp = 1 (Megatron-Core TransformerConfig)",
-    "bridge_tp_comm_overlap_needs_sequence_parallel": (
-        "TP communication overlap needs sequence parallelism (Transformer Engine userbuffers; Bridge's "
-        "CommOverlapConfig turns it off without)"),
-    "bridge_no_fp8_dispatch": "megatron-core 0.16.1 has no FP8 all-to-all for the MoE dispatch",
-    "bridge_no_alibi": "Megatron-Core has no ALiBi position embedding (GPTModelProvider.position_embedding_type)",
-    "bridge_ep_overlap_graph_scope": (
-        "the EP all-to-all overlap runs with CUDA graphs only per layer (Transformer Engine, not the whole "
-        "iteration) and without the moe and mlp scopes (TransformerConfig)"),
 }
-"""Megatron-Bridge's start-up rules the search enforces (name -> sentence)."""
+"""Bridge's own rules: ``ConfigContainer.validate``'s, and the uneven split it can only say as first/last
+stage sizes (Megatron-LM spells the priced split as a pipeline layout instead)."""
+
+RULES: dict[str, str] = {**prefixed("bridge_", core.RULES), **OWN_RULES}
+"""Megatron-Bridge's start-up rules the search enforces (name -> sentence): the shared Megatron-Core checks
+(:data:`.megatron_core.RULES`, prefixed ``bridge_``), then Bridge's own."""
 
 
 def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, cp_comm_type: str = "p2p",
                rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
     """For each of :data:`RULES`, True where Megatron-Bridge refuses the plan."""
-    n = len(plans)
-
-    def every(flag: bool) -> np.ndarray:
-        return np.full(n, bool(flag))
-
-    order = "-".join(parse_rank_order(rank_order))
-    moe = model.is_moe
+    shared = core.violations(model, training, plans, cp_comm_type=cp_comm_type, rank_order=rank_order)
     first, k, last = layers_per_stage(model.num_layers, plans.pp)
     uneven = (plans.pp > 1) & ((first != k) | (last != k))
-    interleaved = plans.vpp > 1
-    graphs = bool(training.cuda_graph_scope)
-    scope = set(training.cuda_graph_scope)
-    whole_iteration = "full_iteration" in scope
-    modules = np.where(plans.recompute == SELECTIVE, plans.recompute_modules, 0)
-
-    def recomputes(*names: str) -> np.ndarray:
-        return (modules & sum(MODULE_BIT[name] for name in names)) != 0
-
-    te_graphs = graphs and not whole_iteration
-    fp8_delayed = training.precision == "fp8" and training.fp8_recipe == "delayed"
-    overlap = ep_overlap_active(model, training, plans)
-    overlap_graphs_ok = not graphs or not (whole_iteration or {"moe", "mlp"} & scope)
-    # Dense models never set the expert degrees: Megatron-Core takes etp = tp, ep = 1.
-    etp = plans.etp if moe else plans.tp
-    ep = plans.ep if moe else np.ones_like(plans.tp)
-    kv_heads = model.num_attention_heads if model.is_mla else model.num_kv_heads
-    q_per_rank = model.num_attention_heads // plans.tp
-    kv_per_rank = np.maximum(kv_heads // plans.tp, 1)  # tp > KV heads: one replicated head per rank
-    precision_aware = plans.optimizer_offload | (training.optimizer_moments_dtype == "bf16")
-    flex = moe and training.moe_token_dispatcher != "alltoall"
     return {
-        "bridge_rank_order": every(order not in RANK_ORDERS),
-        "bridge_tp_pp_dp_mapping_expert_dp": every(order == "tp-cp-ep-pp-dp") & (plans.pp > 1)
-                                             & (etp * ep != plans.tp * plans.cp),
-        "bridge_fsdp_default_rank_order": every(RANK_ORDERS.get(order, False)) & (plans.zero_stage >= 2),
-        "bridge_cp_a2a_heads_divisible": every(cp_comm_type == "a2a") & (plans.cp > 1)
-                                         & ((q_per_rank % plans.cp != 0) | (kv_per_rank % plans.cp != 0)),
-        "bridge_uneven_stages_divisible_by_vpp": uneven & interleaved & ((first % plans.vpp != 0)
-                                                                        | (last % plans.vpp != 0)),
-        "bridge_cp_sequence_divisible": (plans.cp > 1) & (training.seq_length % (2 * plans.cp) != 0),
-        "bridge_precision_aware_optimizer": precision_aware & ((plans.zero_stage == 0)
-                                                               | (training.optimizer == "sgd")),
-        "bridge_no_rank_capacity_dispatch": np.full(n, model.is_moe and training.moe_rank_capacity_factor is not None),
-        "bridge_cuda_graphs_no_activation_offload": np.full(n, graphs) & (plans.activation_offload_layers > 0),
-        "bridge_cuda_graphs_full_recompute_needs_full_iteration": np.full(n, graphs and not whole_iteration)
-                                                                   & (plans.recompute == FULL),
-        "bridge_cuda_graph_scope_valid": np.full(n, not graph_scope_valid(model, training)),
-        "bridge_cuda_graph_moe_recompute_with_router_graph": np.full(n, te_graphs and "moe_router" in scope)
-                                                              & recomputes("moe"),
-        "bridge_cuda_graph_dropout_recompute": _graphed_recompute_with_dropout(training, plans),
-        "bridge_fp8_delayed_no_norm_or_moe_act_recompute": np.full(n, fp8_delayed) & recomputes("layernorm", "moe_act"),
-        "bridge_ep_overlap_mtp": overlap & ((model.mtp_layers > 1) | ((model.mtp_layers == 1) & (plans.pp == 1))),
-        "bridge_ep_overlap_graph_scope": overlap & (not overlap_graphs_ok),
-        "bridge_ep_overlap_moe_recompute": overlap & recomputes("moe"),
-        "bridge_flex_dispatcher_needs_tp_ep": every(flex) & (plans.etp * plans.ep == 1),
-        "bridge_deepep_no_pad_to_capacity": every(moe and training.moe_token_dispatcher == "deepep"
-                                                  and training.moe_pad_to_capacity),
-        "bridge_moe_bias_needs_etp1": every(moe and model.linear_bias) & (plans.etp != 1),
-        "bridge_tp_comm_overlap_needs_sequence_parallel": every(training.tp_comm_overlap) & (plans.tp > 1)
-                                                          & ~plans.sequence_parallel,
-        "bridge_no_fp8_dispatch": every(moe and training.moe_dispatch_fp8),
-        "bridge_no_alibi": every(model.position_embedding_type == "alibi"),
+        **prefixed("bridge_", shared),
+        "bridge_fsdp_default_rank_order": np.full(len(plans), uses_tp_pp_dp_mapping(rank_order))
+                                          & (plans.zero_stage >= 2),
+        "bridge_uneven_stages_divisible_by_vpp": uneven & (plans.vpp > 1)
+                                                 & ((first % plans.vpp != 0) | (last % plans.vpp != 0)),
     }
-
-
-def graph_scope_valid(model: ModelSpec, training: TrainingSpec) -> bool:
-    """Whether Megatron-Core 0.16.1's ``TransformerConfig`` accepts the CUDA graph scopes for this model."""
-    scope = set(training.cuda_graph_scope)
-    if not scope:
-        return True
-    local = "full_iteration" in scope  # cuda_graph_impl local adds moe_router/moe_preprocess to each other
-    moe_scopes = {"moe", "moe_router", "moe_preprocess"} & scope
-    padded = training.moe_pad_to_capacity
-    return not (
-        {"moe", "moe_router"} <= scope
-        or ("moe_preprocess" in scope and "moe_router" not in scope and not local)
-        or (moe_scopes and not model.is_moe)
-        or ("moe" in scope and not padded)
-        or ("mlp" in scope and model.is_moe and model.num_dense_layers == 0)
-    )
 
 
 def recipe(model: ModelSpec) -> str:
@@ -325,18 +203,10 @@ def parallel_settings(knobs: LaunchKnobs) -> dict[str, Any]:
 
 def memory_settings(knobs: LaunchKnobs) -> dict[str, Any]:
     """Recompute and activation offload (``model.*``)."""
-    out: dict[str, Any]
-    if knobs.recompute == "selective":
-        out = {"recompute_granularity": "selective", "recompute_method": None, "recompute_num_layers": None,
-               "recompute_modules": list(knobs.recompute_modules)}
-        if "shared_experts" in knobs.recompute_modules:
-            # TransformerConfig: recomputed shared experts cannot also overlap (DeepSeek's recipe overlaps them).
-            out["moe_shared_expert_overlap"] = False
-    elif knobs.recompute == "full":
-        out = {"recompute_granularity": "full", "recompute_method": "block",
-               "recompute_num_layers": knobs.recompute_layers_per_chunk}
-    else:
-        out = {"recompute_granularity": None, "recompute_method": None, "recompute_num_layers": None}
+    out = recompute_settings(knobs)
+    if "shared_experts" in knobs.recompute_modules:
+        # TransformerConfig: recomputed shared experts cannot also overlap (DeepSeek's recipe overlaps them).
+        out["moe_shared_expert_overlap"] = False
     offload = knobs.activation_offload_layers > 0
     out |= {"cpu_offloading": offload, "cpu_offloading_num_layers": knobs.activation_offload_layers,
             "cpu_offloading_activations": True, "cpu_offloading_weights": False,
@@ -345,15 +215,9 @@ def memory_settings(knobs: LaunchKnobs) -> dict[str, Any]:
 
 
 def moe_settings(knobs: LaunchKnobs) -> dict[str, Any]:
-    """Dispatcher, grouped GEMM, capacity and the EP overlap (``model.*``), as priced."""
-    training = knobs.training
-    flex = training.moe_token_dispatcher != "alltoall"
-    out: dict[str, Any] = {"moe_grouped_gemm": True, "moe_token_dispatcher_type": "flex" if flex else "alltoall",
-                           "moe_flex_dispatcher_backend": training.moe_token_dispatcher if flex else None}
-    if training.moe_pad_to_capacity:
-        out |= {"moe_expert_capacity_factor": training.moe_capacity_factor, "moe_pad_expert_input_to_capacity": True}
-    else:
-        out |= {"moe_expert_capacity_factor": None, "moe_pad_expert_input_to_capacity": False}
+    """Dispatcher, grouped GEMM, capacity (:func:`.megatron_core.moe_settings`; the recipe's values are
+    overwritten, None included) and the EP overlap (``model.*``), as priced."""
+    out = core.moe_settings(knobs.training)
     out["overlap_moe_expert_parallel_comm"] = knobs.ep_overlap
     if knobs.ep_overlap:
         # TransformerConfig: the shared-expert overlap (DeepSeek's recipe turns it on) excludes the EP overlap.
@@ -363,10 +227,8 @@ def moe_settings(knobs: LaunchKnobs) -> dict[str, Any]:
 
 def graph_settings(knobs: LaunchKnobs) -> dict[str, Any]:
     """CUDA graphs (``model.*``): off, Transformer Engine per-layer scopes, or the local whole iteration."""
-    scope = knobs.training.cuda_graph_scope
-    if not scope:
-        return {"cuda_graph_impl": "none", "cuda_graph_scope": []}
-    return {"cuda_graph_impl": cuda_graph_impl(knobs.training), "cuda_graph_scope": list(scope)}
+    training = knobs.training
+    return {"cuda_graph_impl": cuda_graph_impl(training), "cuda_graph_scope": list(training.cuda_graph_scope)}
 
 
 def mixed_precision(knobs: LaunchKnobs) -> dict[str, Any]:
@@ -437,7 +299,7 @@ def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     out |= {f"ddp.{k}": v for k, v in ddp.items()}
     out |= {f"optimizer.{k}": v for k, v in optimizer.items()}
     out |= {f"checkpoint.{k}": v for k, v in checkpoint.items()}
-    out["dist.use_tp_pp_dp_mapping"] = RANK_ORDERS.get("-".join(parse_rank_order(knobs.rank_order)), False)
+    out["dist.use_tp_pp_dp_mapping"] = uses_tp_pp_dp_mapping(knobs.rank_order)
     # A recipe's CommOverlapConfig (Llama 3 70B/405B, DeepSeek-V3) rewrites the TP, EP and DP overlaps on
     # model, ddp and optimizer in runtime_config_update, after the overrides: the priced ones are set above.
     out["comm_overlap"] = None

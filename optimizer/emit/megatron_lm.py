@@ -37,7 +37,9 @@ connections); on Blackwell it is harmless. A whole-iteration CUDA graph is ``--c
 
 :data:`RULES` are Megatron-LM / Megatron-Core 0.16.1 / Transformer Engine start-up checks the generic plan
 rules (:mod:`optimizer.plan_rules`) do not hold, plus the priced knobs Megatron-LM core_v0.16.1 cannot
-express; each sentence names its source. :func:`violations` checks them for many plans at once.
+express; each sentence names its source. The Megatron-Core checks Megatron-Bridge shares, and the MoE,
+recompute, FP8-format, rank-order and graph translations, are :mod:`.megatron_core`'s; :data:`OWN_RULES` are
+``validate_args``'s alone. :func:`violations` checks them for many plans at once.
 """
 
 from __future__ import annotations
@@ -45,18 +47,19 @@ from __future__ import annotations
 import math
 import shlex
 from itertools import groupby
-from typing import Any
 
 import numpy as np
 
-from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays, module_mask
+from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays, module_mask
 from cost_model.training_spec import TrainingSpec
-from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
+from hardware.placement import DEFAULT_RANK_ORDER
 
+from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
+from .megatron_core import FP8_FORMATS, cuda_graph_impl, moe_settings, prefixed, recompute_settings, \
+    uses_tp_pp_dp_mapping
 from .torchrun import launcher, nodes
 
 TESTED_VERSION = "megatron-core 0.16.1 (Megatron-LM core_v0.16.1)"
@@ -70,154 +73,35 @@ DEFAULT_TRAIN_ITERS = 100
 DEFAULT_LR = 3.0e-4
 """Learning rate placeholder: Megatron has no default (``--lr`` None) and the plan does not price it."""
 
-RANK_ORDERS: dict[str, tuple[str, ...]] = {
-    "tp-cp-ep-dp-pp": (),
-    "tp-cp-ep-pp-dp": ("--use-tp-pp-dp-mapping",),
-}
-"""The rank orders Megatron-LM builds (``megatron/training/initialize.py`` ``_initialize_distributed``:
-``'tp-cp-ep-dp-pp' if not args.use_tp_pp_dp_mapping else 'tp-cp-ep-pp-dp'``) and the flags selecting them."""
-
-FP8_FORMATS = {"tensorwise": "hybrid", "delayed": "hybrid", "blockwise": "hybrid", "mxfp8": "e4m3"}
-"""``--fp8-format`` of each recipe: E4M3 forward / E5M2 backward (hybrid), except MXFP8, which Transformer
-Engine's ``MXFP8BlockScaling`` runs in E4M3 (as Megatron-LM's and Megatron-Bridge's MXFP8 recipes set it)."""
-
-RULES: dict[str, str] = {
-    "megatron_rank_order": "Megatron-LM orders ranks tp-cp-ep-dp-pp, or tp-cp-ep-pp-dp with --use-tp-pp-dp-mapping, "
-                           "and no other way (megatron/training/initialize.py)",
-    "megatron_tp_pp_dp_mapping_expert_dp": "with the tp-cp-ep-pp-dp order and pp > 1, the expert layers' data-parallel "
-                                           "size equals the dense layers' (etp x ep = tp x cp; Megatron-Core "
-                                           "parallel_state.initialize_model_parallel)",
-    "megatron_cp_a2a_heads_divisible": "Ulysses context parallelism (--cp-comm-type a2a) splits heads: query and KV "
-                                       "heads per TP rank divisible by cp (Transformer Engine AttnFuncWithCPAndQKVOA2A)",
-    "megatron_seq_divisible_by_2cp": "with cp > 1 the sequence length is a multiple of 2 x cp (Megatron-LM validate_args)",
-    "megatron_fp8_delayed_no_norm_recompute": "FP8 delayed scaling cannot recompute layernorm or moe_act "
-                                              "(Megatron-Core TransformerConfig)",
-    "megatron_cuda_graphs_full_recompute": "full recompute runs only with the full_iteration CUDA graph, not per-layer "
-                                           "graphs (Megatron-Core TransformerConfig)",
-    "megatron_cuda_graphs_moe_recompute_router": "moe recompute cannot run with a moe_router CUDA graph "
-                                                 "(--cuda-graph-impl transformer_engine; Megatron-Core TransformerConfig)",
-    "megatron_cuda_graphs_activation_offload": "CUDA graphs cannot run with activation offload "
-                                               "(Megatron-Core TransformerConfig)",
-    "megatron_cuda_graphs_dropout_recompute": "with dropout, a part captured in a CUDA graph cannot also be recomputed "
-                                              "(Megatron-Core TransformerConfig)",
-    "megatron_cuda_graph_scopes": "CUDA graph scopes Megatron accepts: not moe with moe_router, moe_preprocess only with "
-                                  "moe_router, moe/moe_router only in MoE models, mlp only where dense layers exist "
-                                  "(Megatron-Core TransformerConfig)",
-    "megatron_ep_overlap_moe_recompute": "the EP overlap runs the MoE block piecewise, so moe recompute does not run "
-                                         "with it (core_v0.16.1 skips it silently; core_v0.17 refuses it)",
-    "megatron_ep_overlap_cuda_graphs": "the EP overlap takes only per-layer Transformer Engine CUDA graphs that leave "
-                                       "moe and mlp uncaptured (Megatron-Core TransformerConfig)",
-    "megatron_ep_overlap_mtp": "the EP overlap takes at most one MTP layer, and then pp > 1 "
-                               "(Megatron-Core TransformerConfig)",
-    "megatron_precision_aware_optimizer": "optimizer offload and BF16 Adam moments are the precision-aware optimizer: "
-                                          "Adam and the distributed optimizer (ZeRO >= 1) only "
-                                          "(Megatron-Core OptimizerConfig)",
-    "megatron_tp_comm_overlap_needs_sequence_parallel": "TP communication overlap needs sequence parallelism "
-                                                        "(Megatron-LM validate_args)",
+OWN_RULES: dict[str, str] = {
     "megatron_param_gather_overlap_needs_grad_overlap": "overlapping the parameter all-gather needs the gradient "
                                                         "reduce overlapped too (Megatron-LM validate_args)",
-    "megatron_flex_dispatcher_needs_tp_ep": "the flex dispatcher (DeepEP, HybridEP) needs etp x ep > 1 "
-                                            "(Megatron-Core MoEFlexTokenDispatcher)",
-    "megatron_deepep_no_pad_to_capacity": "DeepEP cannot pad experts to capacity (Megatron-Core TransformerConfig)",
-    "megatron_no_rank_capacity": "Megatron-LM core_v0.16.1 has no sync-free HybridEP rank capacity or paged stash "
-                                 "(--moe-expert-rank-capacity-factor, --moe-paged-stash come after core_v0.17.1)",
-    "megatron_no_fp8_dispatch": "Megatron-LM core_v0.16.1 has no FP8 all-to-all for the MoE dispatch",
-    "megatron_moe_bias_needs_etp1": "MoE layers with biased linear layers need etp = 1 (Megatron-Core TransformerConfig)",
-    "megatron_no_alibi": "Megatron-LM has no ALiBi position embedding (--position-embedding-type)",
     "megatron_learned_positions_cover_sequence": "a learned position table covers the sequence "
                                                  "(max_position_embeddings >= seq_length; Megatron-LM validate_args)",
 }
-"""Megatron-LM's start-up rules the search enforces (name -> sentence)."""
+"""Megatron-LM's own ``validate_args`` checks (Megatron-Bridge sizes the learned table by the sequence and
+does not tie the two DDP overlaps)."""
+
+RULES: dict[str, str] = {**prefixed("megatron_", core.RULES), **OWN_RULES}
+"""Megatron-LM's start-up rules the search enforces (name -> sentence): the shared Megatron-Core checks
+(:data:`.megatron_core.RULES`, prefixed ``megatron_``), then Megatron-LM's own."""
 
 
 # --- rules ------------------------------------------------------------------------------------------
 
-def _canonical_order(rank_order: str) -> str:
-    return "-".join(parse_rank_order(rank_order))
-
-
-def _graph_scope_refused(model: ModelSpec, training: TrainingSpec) -> bool:
-    """Whether TransformerConfig refuses the graph scope itself, whatever the plan."""
-    scope = set(training.cuda_graph_scope)
-    return bool(("moe" in scope and "moe_router" in scope)
-                or ("moe_preprocess" in scope and "moe_router" not in scope)
-                or (not model.is_moe and scope & {"moe", "moe_router", "moe_preprocess"})
-                or (model.is_moe and model.num_dense_layers == 0 and "mlp" in scope))
-
-
-def _graphed_recompute_with_dropout(training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
-    """Selective recompute of a captured part with dropout on (the graph cannot replay the dropout masks)."""
-    if not training.dropout or not training.cuda_graph_scope:
-        return np.zeros(len(plans), dtype=bool)
-    scope = set(training.cuda_graph_scope)
-    whole = "full_iteration" in scope
-
-    def recomputed(name: str) -> np.ndarray:
-        return (plans.recompute == SELECTIVE) & ((plans.recompute_modules & MODULE_BIT[name]) != 0)
-
-    return ((whole or "attn" in scope) & recomputed("core_attn")) | ((whole or "mlp" in scope) & recomputed("mlp")) \
-        | ((whole or "moe" in scope) & recomputed("moe"))
-
-
 def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, cp_comm_type: str = "p2p",
                rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
     """For each of :data:`RULES`, True where Megatron-LM refuses the plan (or cannot run it as priced)."""
+    shared = core.violations(model, training, plans, cp_comm_type=cp_comm_type, rank_order=rank_order)
     n = len(plans)
-
-    def every(flag: bool) -> np.ndarray:
-        return np.full(n, bool(flag))
-
-    order = _canonical_order(rank_order)
-    moe = model.is_moe
-    # Dense models never set the expert degrees: Megatron takes etp = tp, ep = 1.
-    etp = plans.etp if moe else plans.tp
-    ep = plans.ep if moe else np.ones_like(plans.tp)
-    kv_heads = model.num_attention_heads if model.is_mla else model.num_kv_heads
-    q_per_rank = model.num_attention_heads // plans.tp
-    kv_per_rank = np.maximum(kv_heads // plans.tp, 1)  # tp > KV heads: one replicated head per rank
-    selective = plans.recompute == SELECTIVE
-    scope = set(training.cuda_graph_scope)
-    graphs = bool(scope)
-    ep_overlap = (moe and training.overlap_moe_expert_parallel_comm) & megatron_accepts_overlap(
-        plans.ep, plans.recompute, plans.pp, plans.vpp)
-    norm_or_act = module_mask(["layernorm", "moe_act"])
-    precision_aware = plans.optimizer_offload | (training.optimizer_moments_dtype == "bf16")
     return {
-        "megatron_rank_order": every(order not in RANK_ORDERS),
-        "megatron_tp_pp_dp_mapping_expert_dp": (order == "tp-cp-ep-pp-dp") & (plans.pp > 1)
-                                               & (etp * ep != plans.tp * plans.cp),
-        "megatron_cp_a2a_heads_divisible": (cp_comm_type == "a2a") & (plans.cp > 1)
-                                           & ((q_per_rank % plans.cp != 0) | (kv_per_rank % plans.cp != 0)),
-        "megatron_seq_divisible_by_2cp": (plans.cp > 1) & (training.seq_length % (2 * plans.cp) != 0),
-        "megatron_fp8_delayed_no_norm_recompute": (training.precision == "fp8") & (training.fp8_recipe == "delayed")
-                                                  & selective & ((plans.recompute_modules & norm_or_act) != 0),
-        "megatron_cuda_graphs_full_recompute": (graphs and scope != {"full_iteration"}) & (plans.recompute == FULL),
-        "megatron_cuda_graphs_moe_recompute_router": ("moe_router" in scope and cuda_graph_impl(training) ==
-                                                      "transformer_engine")
-                                                     & selective & ((plans.recompute_modules & MODULE_BIT["moe"]) != 0),
-        "megatron_cuda_graphs_activation_offload": graphs & (plans.activation_offload_layers > 0),
-        "megatron_cuda_graphs_dropout_recompute": _graphed_recompute_with_dropout(training, plans),
-        "megatron_cuda_graph_scopes": every(_graph_scope_refused(model, training)),
-        "megatron_ep_overlap_moe_recompute": ep_overlap & selective & ((plans.recompute_modules & MODULE_BIT["moe"]) != 0),
-        "megatron_ep_overlap_cuda_graphs": ep_overlap & bool(scope & {"full_iteration", "moe", "mlp"}),
-        "megatron_ep_overlap_mtp": ep_overlap & ((model.mtp_layers > 1) | ((model.mtp_layers == 1) & (plans.pp == 1))),
-        "megatron_precision_aware_optimizer": precision_aware & ((plans.zero_stage == 0)
-                                                                 | (training.optimizer == "sgd")),
-        "megatron_tp_comm_overlap_needs_sequence_parallel": training.tp_comm_overlap & (plans.tp > 1)
-                                                            & ~plans.sequence_parallel,
-        "megatron_param_gather_overlap_needs_grad_overlap": (training.overlap_param_gather
-                                                             and not training.overlap_grad_reduce)
+        **prefixed("megatron_", shared),
+        "megatron_param_gather_overlap_needs_grad_overlap": np.full(n, training.overlap_param_gather
+                                                                    and not training.overlap_grad_reduce)
                                                             & (plans.zero_stage >= 1),
-        "megatron_flex_dispatcher_needs_tp_ep": (moe and training.moe_token_dispatcher != "alltoall")
-                                                & (plans.etp * plans.ep == 1),
-        "megatron_deepep_no_pad_to_capacity": every(moe and training.moe_token_dispatcher == "deepep"
-                                                    and training.moe_pad_to_capacity),
-        "megatron_no_rank_capacity": every(moe and training.moe_rank_capacity_factor is not None),
-        "megatron_no_fp8_dispatch": every(moe and training.moe_dispatch_fp8),
-        "megatron_moe_bias_needs_etp1": (moe and model.linear_bias) & (plans.etp != 1),
-        "megatron_no_alibi": every(model.position_embedding_type == "alibi"),
-        "megatron_learned_positions_cover_sequence": every(model.position_embedding_type == "learned"
-                                                           and model.max_position_embeddings < training.seq_length),
+        "megatron_learned_positions_cover_sequence": np.full(n, model.position_embedding_type == "learned"
+                                                             and model.max_position_embeddings
+                                                             < training.seq_length),
     }
 
 
@@ -238,28 +122,18 @@ def refused_rules(knobs: LaunchKnobs) -> list[str]:
 
 # --- flags ------------------------------------------------------------------------------------------
 
-def cuda_graph_impl(training: TrainingSpec) -> str:
-    """Megatron captures a whole iteration with its own graphs; per-layer scopes go through Transformer
-    Engine's ``make_graphed_callables`` (``--cuda-graph-impl local`` / ``transformer_engine``; the help of
-    ``--cuda-graph-scope``: full_iteration only with local, the other scopes only with transformer_engine)."""
-    return "local" if "full_iteration" in training.cuda_graph_scope else "transformer_engine"
-
-
-def moe_settings(training: TrainingSpec) -> list[tuple[str, str, Any]]:
-    """Megatron flag, Megatron-Core config field and value of each MoE setting: grouped GEMM (the cost
-    model prices the experts as grouped GEMMs; Megatron's default is one GEMM per expert), the dispatcher
-    (always: Megatron's default is ``allgather``, not the priced ``alltoall``) and its flex backend, then
-    drop-and-pad. HybridEP's rank capacity does not exist in core_v0.16.1 (``megatron_no_rank_capacity``)."""
-    settings: list[tuple[str, str, Any]] = [("--moe-grouped-gemm", "moe_grouped_gemm", True)]
-    if training.moe_token_dispatcher == "alltoall":
-        settings.append(("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "alltoall"))
-    else:
-        settings += [("--moe-token-dispatcher-type", "moe_token_dispatcher_type", "flex"),
-                     ("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", training.moe_token_dispatcher)]
-    if training.moe_pad_to_capacity:
-        settings += [("--moe-expert-capacity-factor", "moe_expert_capacity_factor", training.moe_capacity_factor),
-                     ("--moe-pad-expert-input-to-capacity", "moe_pad_expert_input_to_capacity", True)]
-    return settings
+def moe_arguments(training: TrainingSpec) -> list[str]:
+    """The MoE settings of :func:`.megatron_core.moe_settings` as Megatron flags (each field's flag is its name
+    dashed); the dispatcher is always written (Megatron's default is ``allgather``, not the priced
+    ``alltoall``), unset fields are left out. HybridEP's rank capacity does not exist in core_v0.16.1."""
+    args = []
+    for field, value in moe_settings(training).items():
+        flag = "--" + field.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value not in (None, False):
+            args.append(f"{flag} {value}")
+    return args
 
 
 def layer_pattern(flags: tuple[bool, ...]) -> str:
@@ -376,12 +250,13 @@ def pipeline_arguments(knobs: LaunchKnobs) -> list[str]:
 
 
 def recompute_arguments(knobs: LaunchKnobs) -> list[str]:
-    if knobs.recompute == "selective":
-        return ["--recompute-granularity selective", "--recompute-modules " + " ".join(knobs.recompute_modules)]
-    if knobs.recompute == "full":
-        return ["--recompute-granularity full", "--recompute-method block",
-                f"--recompute-num-layers {knobs.recompute_layers_per_chunk}"]
-    return []
+    """:func:`.megatron_core.recompute_settings` as Megatron flags (each field's flag is its name dashed)."""
+    args = []
+    for field, value in recompute_settings(knobs).items():
+        if value is not None:
+            words = " ".join(value) if isinstance(value, list) else value
+            args.append(f"--{field.replace('_', '-')} {words}")
+    return args
 
 
 def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
@@ -428,10 +303,11 @@ def plan_arguments(knobs: LaunchKnobs) -> list[str]:
             f"--context-parallel-size {knobs.cp}"]
     if knobs.cp > 1 and knobs.cp_comm_type != "p2p":
         args.append(f"--cp-comm-type {knobs.cp_comm_type}")
-    args += list(RANK_ORDERS.get(_canonical_order(knobs.rank_order), ()))
+    if uses_tp_pp_dp_mapping(knobs.rank_order):
+        args.append("--use-tp-pp-dp-mapping")
     if model.is_moe:
         args += [f"--expert-model-parallel-size {knobs.ep}", f"--expert-tensor-parallel-size {knobs.etp}"]
-        args += [flag if value is True else f"{flag} {value}" for flag, _, value in moe_settings(training)]
+        args += moe_arguments(training)
     if knobs.sequence_parallel:
         args.append("--sequence-parallel")
     args += [f"--micro-batch-size {knobs.micro_batch}", f"--global-batch-size {training.global_batch_size}",

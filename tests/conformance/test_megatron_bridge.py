@@ -309,9 +309,9 @@ def _rule_names():
 
 
 REFUSALS = {
-    "bridge_cp_sequence_divisible": "divisible by 2 \\* context parallel size",
-    "bridge_cuda_graph_dropout_recompute": "dropout is not supported with graphed",
-    "bridge_cuda_graph_moe_recompute_with_router_graph": "moe recompute is not supported with moe_router",
+    "bridge_seq_divisible_by_2cp": "divisible by 2 \\* context parallel size",
+    "bridge_cuda_graphs_dropout_recompute": "dropout is not supported with graphed",
+    "bridge_cuda_graphs_moe_recompute_router": "moe recompute is not supported with moe_router",
     "bridge_cuda_graph_scope_valid": "cuda graph is only supported",
     "bridge_cuda_graphs_full_recompute_needs_full_iteration": "full recompute is only supported with full iteration",
     "bridge_cuda_graphs_no_activation_offload": "CUDA graphs not supported with CPU offloading",
@@ -319,7 +319,7 @@ REFUSALS = {
     "bridge_precision_aware_optimizer": "only supported with distributed optimizer",
     "bridge_uneven_stages_divisible_by_vpp": "must be divisible by virtual pipeline",
     "bridge_ep_overlap_mtp": "larger than 1 when enabling overlap_moe_expert_parallel_comm with MTP",
-    "bridge_ep_overlap_graph_scope": "not supported with overlap_moe_expert_parallel_comm",
+    "bridge_ep_overlap_cuda_graphs": "not supported with overlap_moe_expert_parallel_comm",
     "bridge_fsdp_default_rank_order": "use_tp_pp_dp_mapping is not supported with Megatron FSDP",
     "bridge_deepep_no_pad_to_capacity": "deepep backend does not support moe_pad_expert_input_to_capacity",
     "bridge_moe_bias_needs_etp1": "Bias in Moe is only supported when ETP==1",
@@ -335,12 +335,12 @@ NOT_CHECKED_AT_START_UP = {
     "bridge_tp_comm_overlap_needs_sequence_parallel": "Transformer Engine userbuffers, on the GPU",
     "bridge_no_fp8_dispatch": "no setting exists",
     "bridge_no_alibi": "no setting exists",
-    "bridge_no_rank_capacity_dispatch": "no setting exists",
+    "bridge_no_rank_capacity": "no setting exists",
 }
 """Rules whose refusal happens past the CPU start-up (or is a knob with no setting): the example's accepted
 neighbour still runs through Bridge, and a missing setting is checked as an absent field."""
 
-MISSING_FIELDS = {"bridge_no_rank_capacity_dispatch": ("moe_expert_rank_capacity_factor", "moe_paged_stash"),
+MISSING_FIELDS = {"bridge_no_rank_capacity": ("moe_expert_rank_capacity_factor", "moe_paged_stash"),
                   "bridge_no_fp8_dispatch": ("moe_dispatch_fp8",)}
 
 

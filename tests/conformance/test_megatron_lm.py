@@ -295,12 +295,12 @@ RUNTIME_ONLY = {
 
 REFUSALS = {
     "megatron_seq_divisible_by_2cp": "seq-length should be a multiple of 2 \\* context-parallel-size",
-    "megatron_fp8_delayed_no_norm_recompute": "Delayed scaling does not support moe_act and layernorm recompute",
-    "megatron_cuda_graphs_full_recompute": "full recompute is only supported with full iteration CUDA graph",
+    "megatron_fp8_delayed_no_norm_or_moe_act_recompute": "Delayed scaling does not support moe_act and layernorm recompute",
+    "megatron_cuda_graphs_full_recompute_needs_full_iteration": "full recompute is only supported with full iteration CUDA graph",
     "megatron_cuda_graphs_moe_recompute_router": "moe recompute is not supported with moe_router CUDA graph",
-    "megatron_cuda_graphs_activation_offload": "CUDA graphs not supported with CPU offloading",
+    "megatron_cuda_graphs_no_activation_offload": "CUDA graphs not supported with CPU offloading",
     "megatron_cuda_graphs_dropout_recompute": "attention dropout is not supported with graphed attention recomputation",
-    "megatron_cuda_graph_scopes": "moe cuda graph is only supported for MoE",
+    "megatron_cuda_graph_scope_valid": "moe cuda graph is only supported for MoE",
     "megatron_ep_overlap_cuda_graphs": "CUDA graph scope on moe and mlp is not supported with overlap",
     "megatron_ep_overlap_mtp": "Pipeline model parallel size must be larger than 1 when enabling "
                                "overlap_moe_expert_parallel_comm with MTP",
