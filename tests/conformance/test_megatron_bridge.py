@@ -370,6 +370,29 @@ def test_bridge_refuses_what_the_rule_refuses(rule, monkeypatch, tmp_path):
         run_emitted(emit("megatron-bridge", plan, model, training, **options), monkeypatch, tmp_path)
 
 
+def _source_case_names():
+    from tests.test_emit_megatron_core import SOURCE_CASES
+    return sorted(SOURCE_CASES)
+
+
+@pytest.mark.parametrize("name", _source_case_names())
+def test_core_source_cases(name, monkeypatch, tmp_path):
+    """Where Megatron-LM's and Megatron-Bridge's predicates used to differ, Bridge decides as the shared rule
+    does: it refuses with TransformerConfig's words exactly the plans the rule refuses."""
+    from optimizer.emit import build_knobs
+    from optimizer.emit.megatron_bridge import emit
+    from tests.test_emit_megatron_core import SOURCE_CASES, source_case
+
+    model, training, plan = source_case(name)
+    emission = emit(build_knobs(plan, model, training))
+    words = SOURCE_CASES[name][4]
+    if words:
+        with pytest.raises((AssertionError, ValueError), match=words):
+            run_emitted(emission, monkeypatch, tmp_path)
+    else:
+        run_emitted(emission, monkeypatch, tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Field lists for the CI tests (tests/test_emit_megatron_bridge.py)
 

@@ -338,6 +338,30 @@ def test_megatron_refuses_what_the_rule_refuses(framework, monkeypatch, rule):
     run_megatron(framework, monkeypatch, emission.argv, emission.env, knobs.world_size)
 
 
+def _source_case_names():
+    from tests.test_emit_megatron_core import SOURCE_CASES
+    return sorted(SOURCE_CASES)
+
+
+@pytest.mark.parametrize("name", _source_case_names())
+def test_core_source_cases(framework, monkeypatch, name):
+    """Where Megatron-LM's and Megatron-Bridge's predicates used to differ, Megatron decides as the shared
+    rule does: it refuses with TransformerConfig's words exactly the plans the rule refuses."""
+    from optimizer.emit import build_knobs
+    from optimizer.emit.megatron_lm import emit as emit_megatron
+    from tests.test_emit_megatron_core import SOURCE_CASES, source_case
+
+    model, training, plan = source_case(name)
+    knobs = build_knobs(plan, model, training)
+    emission = emit_megatron(knobs)
+    words = SOURCE_CASES[name][4]
+    if words:
+        with pytest.raises((AssertionError, ValueError), match=words):
+            run_megatron(framework, monkeypatch, emission.argv, emission.env, knobs.world_size)
+    else:
+        run_megatron(framework, monkeypatch, emission.argv, emission.env, knobs.world_size)
+
+
 @pytest.mark.parametrize("rule", sorted(CANNOT_EXPRESS))
 def test_megatron_has_no_flag_for(framework, monkeypatch, rule):
     monkeypatch.setattr(sys, "argv", ["pretrain_gpt.py", "--num-layers", "2", *CANNOT_EXPRESS[rule]])
