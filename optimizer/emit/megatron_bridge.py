@@ -64,7 +64,8 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_core import FP8_FORMATS, cuda_graph_impl, prefixed, recompute_settings, uses_tp_pp_dp_mapping
+from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, precision_aware_optimizer, prefixed, \
+    recompute_settings, uses_tp_pp_dp_mapping
 from .megatron_lm import environment
 from .torchrun import launcher
 
@@ -91,9 +92,6 @@ takes the family route."""
 FAMILY_RECIPES = {"mla": "deepseek_v3_pretrain_config", "moe": "qwen3_30b_a3b_pretrain_config",
                   "dense": "llama3_8b_pretrain_config"}
 """Recipe whose model code a model without its own recipe borrows (its dimensions are overridden)."""
-
-FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
-"""Megatron-FSDP ``data_parallel_sharding_strategy`` of each ZeRO stage it runs."""
 
 DROPOUT = 0.1
 """Hidden and attention dropout when the training setup asks for dropout (GPT-3-era value)."""
@@ -269,7 +267,8 @@ def optimizer_settings(knobs: LaunchKnobs) -> tuple[dict[str, Any], dict[str, An
                                  "optimizer_cpu_offload": knobs.optimizer_offload,
                                  "optimizer_offload_fraction": 1.0 if knobs.optimizer_offload else 0.0,
                                  # The hybrid CPU optimizer takes the precision-aware optimizer's code path.
-                                 "use_precision_aware_optimizer": bf16_moments or knobs.optimizer_offload,
+                                 "use_precision_aware_optimizer": precision_aware_optimizer(training,
+                                                                                           knobs.optimizer_offload),
                                  "main_params_dtype": "float32",
                                  "main_grads_dtype": main_grads, "exp_avg_dtype": moments, "exp_avg_sq_dtype": moments}
     checkpoint = {"ckpt_format": "fsdp_dtensor" if fsdp else "torch_dist"}

@@ -23,8 +23,10 @@ Where the two emitters had differed, the source decides:
 
 The translations both launches write in their own words live here too: the rank orders
 (:data:`RANK_ORDERS`), the graph implementation (:func:`cuda_graph_impl`), the FP8 format of each recipe
-(:data:`FP8_FORMATS`), the MoE dispatcher fields (:func:`moe_settings`) and the recompute fields
-(:func:`recompute_settings`), each as ``TransformerConfig`` field -> value.
+(:data:`FP8_FORMATS`), the Megatron-FSDP strategy of each ZeRO stage (:data:`FSDP_STRATEGY`), the
+precision-aware optimizer (:func:`precision_aware_optimizer`), the MoE dispatcher fields
+(:func:`moe_settings`) and the recompute fields (:func:`recompute_settings`), each as Megatron-Core field
+-> value.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ pass ``'tp-cp-ep-pp-dp' if use_tp_pp_dp_mapping else 'tp-cp-ep-dp-pp'`` to
 FP8_FORMATS = {"tensorwise": "hybrid", "delayed": "hybrid", "blockwise": "hybrid", "mxfp8": "e4m3"}
 """Transformer Engine FP8 format of each recipe: E4M3 forward / E5M2 backward (hybrid), except MXFP8, which
 ``MXFP8BlockScaling`` runs in E4M3 (as Megatron-LM's and Megatron-Bridge's MXFP8 recipes set it)."""
+
+FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+"""Megatron-FSDP ``data_parallel_sharding_strategy`` of each ZeRO stage it runs (``DistributedDataParallelConfig``;
+ZeRO-1 is the distributed optimizer without Megatron-FSDP)."""
 
 MOE_SCOPES = frozenset({"moe", "moe_router", "moe_preprocess"})
 """CUDA graph scopes that capture part of a MoE layer."""
@@ -168,6 +174,13 @@ def graphed_recompute_with_dropout(training: TrainingSpec, plans: PlanArrays) ->
             | ((whole or "moe" in scope) & recomputed(plans, "moe")))
 
 
+def precision_aware_optimizer(training: TrainingSpec, optimizer_offload):
+    """Whether the plan runs the precision-aware optimizer: BF16 Adam moments need it (``OptimizerConfig``:
+    other moment dtypes only with it), and the hybrid CPU optimizer of the offload takes its code path
+    (element-wise on arrays or plain booleans)."""
+    return optimizer_offload | (training.optimizer_moments_dtype == "bf16")
+
+
 def moe_settings(training: TrainingSpec) -> dict[str, Any]:
     """``TransformerConfig`` MoE fields of the priced plan: grouped GEMM (the cost model prices the experts
     as grouped GEMMs; both frameworks default to one GEMM per expert), the dispatcher (``alltoall``, or
@@ -214,7 +227,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
     graphs = bool(scope)
     impl = cuda_graph_impl(training)
     overlap = ep_overlap_active(model, training, plans)
-    precision_aware = plans.optimizer_offload | (training.optimizer_moments_dtype == "bf16")
+    precision_aware = precision_aware_optimizer(training, plans.optimizer_offload)
     return {
         "rank_order": every(order not in RANK_ORDERS),
         "tp_pp_dp_mapping_expert_dp": every(order == "tp-cp-ep-pp-dp") & (plans.pp > 1)

@@ -58,8 +58,8 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_core import FP8_FORMATS, cuda_graph_impl, moe_settings, prefixed, recompute_settings, \
-    uses_tp_pp_dp_mapping
+from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, moe_settings, precision_aware_optimizer, \
+    prefixed, recompute_settings, uses_tp_pp_dp_mapping
 from .torchrun import launcher, nodes
 
 TESTED_VERSION = "megatron-core 0.16.1 (Megatron-LM core_v0.16.1)"
@@ -268,10 +268,9 @@ def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
     if knobs.zero_stage == 1:
         args.append("--use-distributed-optimizer")
     elif knobs.zero_stage in (2, 3):
-        strategy = "optim_grads" if knobs.zero_stage == 2 else "optim_grads_params"
-        args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {strategy}",
+        args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {FSDP_STRATEGY[knobs.zero_stage]}",
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
-    if knobs.optimizer_offload or training.optimizer_moments_dtype == "bf16":
+    if precision_aware_optimizer(training, knobs.optimizer_offload):
         args.append("--use-precision-aware-optimizer")
     if knobs.optimizer_offload:
         args.append("--optimizer-cpu-offload")

@@ -116,6 +116,10 @@ def _stub_cuda_packages() -> None:
     """Stand-ins for the CUDA-only packages Bridge imports, where they are not installed."""
     missing = tuple(name for name in ("transformer_engine", "triton") if importlib.util.find_spec(name) is None)
     if missing and not any(isinstance(f, _StubFinder) for f in sys.meta_path):
+        # Megatron-Core imported earlier in this session without them (Megatron-LM's conformance tests run
+        # first) cached "no Transformer Engine": import it afresh under the stand-ins.
+        for name in [n for n in sys.modules if n.split(".")[0] in ("megatron", *missing)]:
+            del sys.modules[name]
         sys.meta_path.insert(0, _StubFinder(missing))
 
 
