@@ -22,6 +22,7 @@ import pytest
 
 from cost_model.model_loader import build_training, load_model
 from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays, module_mask
+from cost_model.training_spec import TrainingSpec
 from optimizer.emit import build_knobs, emit
 from optimizer.emit import megatron_lm
 from optimizer.emit.megatron_lm import RULES, violations
@@ -363,3 +364,15 @@ def test_grid_commands_are_the_priced_plan():
     assert len(cases) >= 200
     for case in cases:
         check_is_priced_plan(case.plan, case.model, case.training, case.cp_comm_type, case.rank_order)
+
+
+def test_gemma_architecture_the_gpt_layer_lacks_is_said():
+    # Gemma 2: four norms per layer and a GeLU gate (hidden_activation gelu_pytorch_tanh); Megatron-Core's
+    # GPT layer has two norms and --swiglu gates with SiLU. Llama 3 has neither difference.
+    plan = dict(tp=1, pp=1, dp=8, micro_batch=1, zero_stage=1)
+    training = TrainingSpec(seq_length=4096, global_batch_size=64)
+    gemma = emit("megatron", plan, load_model("gemma2-9b").spec, training).differences
+    assert len(gemma) == 2 and "4 norms per layer" in gemma[0] and "gelu_pytorch_tanh" in gemma[1]
+    assert emit("megatron", plan, load_model("llama3-8b").spec, training).differences == ()
+    bridge = emit("megatron-bridge", plan, load_model("gemma2-9b").spec, training).differences
+    assert any("4 norms per layer" in line for line in bridge)

@@ -261,3 +261,31 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "moe_bias_needs_etp1": every(moe and model.linear_bias) & (plans.etp != 1),
         "no_alibi": every(model.position_embedding_type == "alibi"),
     }
+
+
+GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate")
+"""Hugging Face ``hidden_act`` / ``hidden_activation`` names of the GeLU family (Gemma's GeGLU is gated GeLU)."""
+
+
+# Megatron-Core's GPT layer (``get_gpt_layer_with_transformer_engine_spec``) builds one norm before
+# attention and one before the MLP, and a SiLU-gated MLP under ``--swiglu``. A model with more norms or
+# another gate trains as a slightly different model of the same size: the priced time and memory still
+# hold (norms and activations are priced by their tensor sizes, not their function), so the launch says
+# so rather than being refused.
+
+
+def missing_norms(model: ModelSpec) -> list[str]:
+    """The difference a model with post-sublayer norms (Gemma 2/3: four per layer) runs at."""
+    if model.norms_per_layer <= 2:
+        return []
+    return [f"the model has {model.norms_per_layer} norms per layer (pre- and post-sublayer, as Gemma); "
+            "Megatron-Core's GPT layer builds 2, so the launch trains without the post-sublayer norms"]
+
+
+def gelu_gate(model: ModelSpec) -> list[str]:
+    """The difference a GeLU-gated MLP (Gemma's GeGLU) runs at under Megatron's SiLU gate."""
+    activation = str(model.extra.get("hidden_activation") or model.extra.get("hidden_act") or "silu")
+    if not (model.gated_mlp and activation in GELU_ACTIVATIONS):
+        return []
+    return [f"the model's MLP is GeLU-gated ({activation}); Megatron's gated MLP flag runs SiLU (SwiGLU), "
+            "the same size and cost"]

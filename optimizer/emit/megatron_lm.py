@@ -58,8 +58,8 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, moe_settings, precision_aware_optimizer, \
-    prefixed, recompute_settings, uses_tp_pp_dp_mapping
+from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, gelu_gate, missing_norms, moe_settings, \
+    precision_aware_optimizer, prefixed, recompute_settings, uses_tp_pp_dp_mapping
 from .torchrun import launcher, nodes
 
 TESTED_VERSION = "megatron-core 0.16.1 (Megatron-LM core_v0.16.1)"
@@ -360,7 +360,7 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
     if knobs.model.mtp_layers:
         out.append(f"the launch runs the model's {knobs.model.mtp_layers} multi-token-prediction layer(s), "
                    "which the cost model does not price")
-    return tuple(out)
+    return tuple(out + missing_norms(knobs.model) + gelu_gate(knobs.model))
 
 
 def _quote(word: str) -> str:
