@@ -12,7 +12,6 @@ prices the language model only.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from cost_model.model_loader import load_model, model_from_hf
 from cost_model.params import ParameterCounts
 from hardware.errors import InputError
-from optimizer.cli import main
+from tests.test_cli import run
 
 CONFIGS = Path(__file__).resolve().parent / "data" / "hf_configs"
 TOLERANCE = 0.005  # the brief: within 0.5% of the published totals (the counts below are in fact exact)
@@ -269,18 +268,6 @@ def test_presets_match_the_shipped_files():
 
 
 # --- plan-search models show ---------------------------------------------------------------------------
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["plan-search", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
 
 def test_models_show_prints_every_dimension_and_counts(capsys):
     path = CONFIGS / "llama-4-maverick-17b-128e-instruct.json"
