@@ -78,6 +78,9 @@ def _schedule_explanation(sc: Scenario) -> Explanation:
         rules = "; ".join(f"{name} ({sentence})" for name, sentence in framework_rules(sc.options.framework).items())
         return Explanation(binding="framework_rules", message=(
             f"{sc.options.framework} refuses every remaining plan at start-up: {rules}"))
+    if worst in framework_rules(sc.options.framework):
+        return Explanation(binding=worst, message=(
+            f"{sc.options.framework} refuses every plan; the most common reason is {worst}: {rule_sentence(worst)}"))
     return Explanation(binding=worst, message=(
         f"every layout breaks a schedule rule; the most common is {worst}: {rule_sentence(worst)} "
         f"(global batch {sc.training.global_batch_size} sequences, micro-batch sizes {[int(size) for size in mbs]})"))
