@@ -124,6 +124,12 @@ class PlanArrays:
     def to_columns(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def record(self, index: int) -> dict[str, int | bool]:
+        """Plan ``index`` as a mapping of knob to native int or bool (recompute as its code): the form the
+        emitters and plan records take."""
+        return {f.name: (bool(value[index]) if value.dtype == bool else int(value[index]))
+                for f in fields(self) for value in (getattr(self, f.name),)}
+
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> "PlanArrays":
         """Build from a mapping of columns; missing knobs take their neutral default."""

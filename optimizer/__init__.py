@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cost_model.evaluate import PlanMetrics
     from .emit import Emission
-    from .search import Scenario, SearchResult
+    from .search import Scenario
     from .search_options import SearchOptions
 
 _LAZY = {
@@ -89,11 +89,9 @@ def evaluate_plan(scenario: "Scenario", **plan: Any) -> "PlanMetrics":
     evaluate``. Prices the plan whether or not it fits or breaks a rule: compare ``memory_bytes`` with
     ``scenario.memory_limit_bytes``."""
     from cost_model.evaluate import evaluate
-    from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, PlanArrays, module_mask
+    from cost_model.plan import PLAN_DEFAULTS, RECOMPUTE_CODE, PlanArrays, module_mask
 
-    columns = dict(tp=1, pp=1, cp=1, ep=1, vpp=1, micro_batch=1, recompute=0, recompute_num_layers=-1,
-                   recompute_modules=CORE_ATTN, sequence_parallel=False, zero_stage=0, optimizer_offload=False,
-                   activation_offload_layers=0)
+    columns = {**PLAN_DEFAULTS, "tp": 1}
     columns["etp"] = plan.get("tp", 1) if scenario.model.is_moe else 1  # Megatron's default: expert TP = TP
     columns.update(plan)
     if isinstance(columns["recompute"], str):
@@ -113,9 +111,8 @@ def emit_launch(scenario: "Scenario", metrics: "PlanMetrics", index: int = 0,
     cluster's nodes."""
     from .emit import emit
 
-    cols = metrics.plans.to_columns()
-    plan = {k: (bool(v[index]) if v.dtype == bool else int(v[index])) for k, v in cols.items()}
     costs = scenario.costs
-    return emit(framework or scenario.options.framework, plan, scenario.model, scenario.training,
+    return emit(framework or scenario.options.framework, metrics.plans.record(index), scenario.model,
+                scenario.training,
                 cp_comm_type=costs.cp_comm_type, rank_order=costs.rank_order,
                 gpus_per_node=scenario.cluster.topology.gpus_per_node)

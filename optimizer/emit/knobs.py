@@ -16,7 +16,7 @@ from typing import Any
 
 from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import CORE_ATTN, FULL, PLAN_DEFAULTS, RECOMPUTE_MODES, SELECTIVE, module_names
+from cost_model.plan import FULL, PLAN_DEFAULTS, RECOMPUTE_MODES, SELECTIVE, PlanArrays, module_mask, module_names
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER
@@ -85,6 +85,16 @@ class LaunchKnobs:
         """Whether the stages hold different numbers of layers."""
         return len(set(self.stage_layers)) > 1
 
+    def plan_arrays(self) -> PlanArrays:
+        """The resolved plan as a one-plan :class:`cost_model.plan.PlanArrays`, for the framework rules."""
+        return PlanArrays.from_columns({
+            "tp": self.tp, "pp": self.pp, "dp": self.dp, "cp": self.cp, "ep": self.ep, "etp": self.etp,
+            "vpp": self.vpp, "micro_batch": self.micro_batch, "recompute": RECOMPUTE_MODES.index(self.recompute),
+            "recompute_num_layers": self.recompute_layers_per_chunk if self.recompute == "full" else -1,
+            "recompute_modules": module_mask(self.recompute_modules), "sequence_parallel": self.sequence_parallel,
+            "zero_stage": self.zero_stage, "optimizer_offload": self.optimizer_offload,
+            "activation_offload_layers": self.activation_offload_layers})
+
     @property
     def recompute_num_layers(self) -> int:
         """Alias of :attr:`recompute_layers_per_chunk` in Megatron's own name."""
@@ -95,7 +105,7 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
                 rank_order: str = DEFAULT_RANK_ORDER, gpus_per_node: int = 8) -> LaunchKnobs:
     """Resolve one plan (a mapping of :class:`cost_model.plan.PlanArrays` column names to numbers, as the
     CLI's and the tests' plan records are) into :class:`LaunchKnobs`."""
-    values = {**PLAN_DEFAULTS, "recompute_modules": CORE_ATTN, **plan}
+    values = {**PLAN_DEFAULTS, **plan}
     pp, vpp, dp, mbs = (int(values[k]) for k in ("pp", "vpp", "dp", "micro_batch"))
     recompute = values["recompute"]
     recompute = RECOMPUTE_MODES[int(recompute)] if not isinstance(recompute, str) else recompute

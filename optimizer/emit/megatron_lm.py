@@ -51,7 +51,7 @@ from itertools import groupby
 import numpy as np
 
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays, module_mask
+from cost_model.plan import PlanArrays
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER
 
@@ -107,15 +107,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
 
 def refused_rules(knobs: LaunchKnobs) -> list[str]:
     """The :data:`RULES` one resolved plan breaks (empty for every plan the search ranks)."""
-    plans = PlanArrays.from_columns({
-        "tp": knobs.tp, "pp": knobs.pp, "dp": knobs.dp, "cp": knobs.cp, "ep": knobs.ep, "etp": knobs.etp,
-        "vpp": knobs.vpp, "micro_batch": knobs.micro_batch,
-        "recompute": {"none": NONE, "selective": SELECTIVE, "full": FULL}[knobs.recompute],
-        "recompute_num_layers": knobs.recompute_layers_per_chunk or -1,
-        "recompute_modules": module_mask(knobs.recompute_modules), "sequence_parallel": knobs.sequence_parallel,
-        "zero_stage": knobs.zero_stage, "optimizer_offload": knobs.optimizer_offload,
-        "activation_offload_layers": knobs.activation_offload_layers})
-    broken = violations(knobs.model, knobs.training, plans, cp_comm_type=knobs.cp_comm_type,
+    broken = violations(knobs.model, knobs.training, knobs.plan_arrays(), cp_comm_type=knobs.cp_comm_type,
                         rank_order=knobs.rank_order)
     return [name for name, mask in broken.items() if mask[0]]
 

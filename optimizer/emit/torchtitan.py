@@ -76,7 +76,7 @@ import numpy as np
 
 from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, RECOMPUTE_MODES, SELECTIVE, PlanArrays, module_mask
+from cost_model.plan import FULL, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
@@ -311,14 +311,7 @@ def activation_checkpoint(knobs: LaunchKnobs) -> str:
 
 def refused(knobs: LaunchKnobs) -> list[str]:
     """The sentences of the rules this one plan breaks (an evaluated plan is not filtered by the search)."""
-    plan = PlanArrays.from_columns({
-        "tp": knobs.tp, "pp": knobs.pp, "dp": knobs.dp, "cp": knobs.cp, "ep": knobs.ep, "etp": knobs.etp,
-        "vpp": knobs.vpp, "micro_batch": knobs.micro_batch, "recompute": RECOMPUTE_MODES.index(knobs.recompute),
-        "recompute_num_layers": knobs.recompute_layers_per_chunk if knobs.recompute == "full" else -1,
-        "recompute_modules": module_mask(knobs.recompute_modules), "sequence_parallel": knobs.sequence_parallel,
-        "zero_stage": knobs.zero_stage, "optimizer_offload": knobs.optimizer_offload,
-        "activation_offload_layers": knobs.activation_offload_layers})
-    found = violations(knobs.model, knobs.training, plan, cp_comm_type=knobs.cp_comm_type)
+    found = violations(knobs.model, knobs.training, knobs.plan_arrays(), cp_comm_type=knobs.cp_comm_type)
     return [RULES[name] for name, mask in found.items() if mask[0]]
 
 

@@ -165,11 +165,6 @@ def _hand_built() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
     ]
 
 
-def _records(plans: PlanArrays) -> list[dict[str, Any]]:
-    cols = plans.to_columns()
-    return [{k: (bool(v[i]) if v.dtype == bool else int(v[i])) for k, v in cols.items()} for i in range(len(plans))]
-
-
 @lru_cache(maxsize=None)
 def conformance_cases(framework: str = "megatron") -> tuple[ConformanceCase, ...]:
     """Every case for ``framework``: the searches' top plans, then the hand-built plans it accepts."""
@@ -184,7 +179,7 @@ def conformance_cases(framework: str = "megatron") -> tuple[ConformanceCase, ...
         result = search(scenario)
         if result.ranked is None:
             continue
-        for rank, plan in enumerate(_records(result.ranked.plans), start=1):
+        for rank, plan in enumerate((result.ranked.plans.record(i) for i in range(len(result.ranked))), start=1):
             key = (case.model, tuple(sorted(case.training.items())), case.cp_comm_type, tuple(sorted(plan.items())))
             if key in seen:
                 continue
