@@ -1,6 +1,6 @@
 """Predictions against published measurements: ``plan-search validate``.
 
-Each row of the dataset (``tests/data/published_runs.yaml``; its README ``published_runs.md`` gives
+Each row of the dataset (``cost_model/calibration/data/published_runs.yaml``; its README ``published_runs.md`` gives
 every source) names a model, a training setup, a GPU and GPU count, the layout that was run and what
 was measured. The row's layout is priced with the cost model as it is, and compared with the measured
 throughput: tokens/s per GPU where the source publishes them (they need no FLOP convention:
@@ -29,7 +29,7 @@ from cost_model.plan import PlanArrays, module_mask
 from hardware.errors import InputError, read_yaml_mapping
 from hardware.loader import load_cluster
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[1] / "tests" / "data" / "published_runs.yaml"
+DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "published_runs.yaml"
 
 
 @dataclass
@@ -147,7 +147,7 @@ def validate(dataset: str | Path = DEFAULT_DATASET) -> list[ValidationRow]:
     data = read_yaml_mapping(dataset)
     runs = data.get("runs")
     if not isinstance(runs, list) or not runs:
-        raise InputError(dataset, "runs", "must be a non-empty list of published runs", "see tests/data/published_runs.yaml")
+        raise InputError(dataset, "runs", "must be a non-empty list of published runs", "see cost_model/calibration/data/published_runs.yaml")
     return [validate_row(row, str(dataset)) for row in runs]
 
 

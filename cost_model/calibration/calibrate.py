@@ -209,7 +209,7 @@ def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None)
                     f"rate x {result.derived_from}'s calibrated BF16/FP8 rate ratio{via}")
         else:
             line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
-                    f"{', '.join(r.id for r in result.calibration)}{via} (tests/data/published_runs.yaml)")
+                    f"{', '.join(r.id for r in result.calibration)}{via} (cost_model/calibration/data/published_runs.yaml)")
         if re.search(rf"^  {key}:.*$", text, flags=re.M):
             text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
         else:
