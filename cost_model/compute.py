@@ -39,6 +39,7 @@ from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
+from .stacks import stack_spec
 from .training_spec import TrainingSpec
 
 
@@ -73,12 +74,15 @@ class _Pricer:
     def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions, gemm_precision: str | None = None):
         """``gemm_precision`` overrides the run's precision for GEMMs kept out of FP8 (the LM head)."""
         fp8 = (gemm_precision or training.precision) == "fp8" and gpu.peak_tflops_fp8
+        # The GPU presets' efficiencies are the reference stack's (Megatron-Core + Transformer Engine);
+        # another stack reaches its fitted share of them (cost_model.stacks).
+        stack = stack_spec(training.stack).kernel_efficiency
         if fp8:
             efficiency = gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
-            self.gemm_flops_per_s = gpu.peak_tflops_fp8 * 1e12 * efficiency
+            self.gemm_flops_per_s = gpu.peak_tflops_fp8 * 1e12 * efficiency * stack
         else:
-            self.gemm_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.gemm_efficiency
-        self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency
+            self.gemm_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.gemm_efficiency * stack
+        self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency * stack
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
         self.in_bytes = 1 if fp8 else 2
         # Current scaling reads each input once more for its amax before the cast.

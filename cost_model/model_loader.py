@@ -57,6 +57,7 @@ from hardware.yaml_input import load_yaml_text, names_existing_file
 from .host import graph_scope_conflict
 from .model_spec import ModelSpec
 from .params import ParameterCounts
+from .stacks import DEFAULT_STACK, stack_spec
 from .training_spec import TRAINING_FIELDS, TrainingSpec
 
 # model_type values whose MLP is gated (three matrices) whatever hidden_act says (Gemma's GeGLU).
@@ -231,6 +232,7 @@ def build_training(overrides: dict[str, Any], source: str = "training", model: M
     sequences win; a single section giving both is refused earlier, by :func:`training_overrides`."""
     values = {key: _coerce_number(key, value, source) for key, value in overrides.items()}
     tokens = values.pop("global_batch_tokens", None)
+    values = {**_stack_defaults(values.get("stack", DEFAULT_STACK), source), **values}
     try:
         base = TrainingSpec(**{k: v for k, v in values.items() if k != "global_batch_size"},
                             global_batch_size=values.get("global_batch_size", TrainingSpec.global_batch_size))
@@ -253,6 +255,19 @@ def build_training(overrides: dict[str, Any], source: str = "training", model: M
                          "set training.moe_pad_to_capacity: true (drop and pad) or moe_rank_capacity_factor with "
                          "moe_paged_stash_factor (sync-free HybridEP), or capture at most [attn, moe_router, moe_preprocess]")
     return base
+
+
+STACK_DEFAULTED = ("flash_attention", "fused_cross_entropy", "overlap_grad_reduce")
+"""Training settings whose default is the stack's (:class:`cost_model.stacks.StackSpec`)."""
+
+
+def _stack_defaults(name: Any, source: str) -> dict[str, Any]:
+    """The settings of :data:`STACK_DEFAULTED` as the stack ``name`` runs them."""
+    try:
+        spec = stack_spec(name)
+    except (TypeError, ValueError) as exc:
+        raise InputError(source, "training.stack", str(exc), "name one of the stacks plan-search prices") from None
+    return {setting: getattr(spec, setting) for setting in STACK_DEFAULTED}
 
 
 _INT_SETTINGS = {"seq_length", "global_batch_size", "global_batch_tokens"}

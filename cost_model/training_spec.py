@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from hardware.bounds import MAX_GLOBAL_BATCH_TOKENS, OutOfBounds, check_bound, check_number, fmt
 
+from .stacks import stack_spec
+
 PRECISIONS = ("bf16", "fp16", "fp8")
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
 GRAD_DTYPES = ("fp32", "bf16")
@@ -137,6 +139,13 @@ class TrainingSpec:
     """Send MoE dispatch all-to-all in FP8 (DeepSeek-V3 does), halving its bytes. With the ``alltoall``
     dispatcher only: Megatron's flex dispatcher sends BF16."""
 
+    stack: str = "megatron-core"
+    """Software stack the run uses (:mod:`cost_model.stacks`): ``megatron-core`` (default, Megatron-Core
+    with Transformer Engine), ``megatron-lm-2021``, ``megatron-deepspeed``, ``deepspeed-zero3``,
+    ``torchtitan`` or ``composer-fsdp``. It sets which kernels are fused, which overlaps exist and the
+    stack's fitted kernel efficiency; settings the input leaves out (flash attention, fused cross
+    entropy, overlapped gradient reduction) take the stack's."""
+
     cuda_graph_scope: tuple[str, ...] = ()
     """Parts of each layer replayed from CUDA graphs (Megatron ``--cuda-graph-scope``: ``attn``, ``mlp``,
     ``moe``, ``moe_router``, ``moe_preprocess``, ``full_iteration``); empty = no CUDA graphs, Megatron's
@@ -179,6 +188,13 @@ class TrainingSpec:
         if self.moe_dispatch_fp8 and self.moe_token_dispatcher != "alltoall":
             raise ValueError("moe_dispatch_fp8 works with moe_token_dispatcher: alltoall only (Megatron's flex "
                              "dispatcher sends BF16)")
+        spec = stack_spec(self.stack)  # a ValueError names the known stacks
+        if self.tp_comm_overlap and not spec.tp_comm_overlap:
+            raise ValueError(f"tp_comm_overlap needs a stack that overlaps it: the {self.stack} stack cannot overlap tensor-parallel communication; "
+                             "set it false or use a stack that does (megatron-core, torchtitan)")
+        if self.overlap_grad_reduce and not spec.overlap_grad_reduce:
+            raise ValueError(f"overlap_grad_reduce needs a stack that overlaps it: the {self.stack} stack reduces gradients after the backward pass; "
+                             "set it false or use a stack that overlaps it")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.train_tokens is not None:

@@ -1,0 +1,118 @@
+"""Software stacks: what the framework a run uses changes about its kernels, overlaps and efficiency.
+
+The same layout of the same model on the same GPUs runs at different speeds under different software:
+Megatron-Core with Transformer Engine fuses the norms into the GEMMs and runs cuDNN flash attention;
+Megatron-LM of 2021 materialises the s x s score matrix; PyTorch FSDP1 (llm-foundry) gathers each
+layer's weights on the critical path of a rate-limited prefetch. A stack is therefore an input of the
+training setup (``training.stack``), and it sets
+
+* which kernels are fused: the default of ``training.flash_attention`` (a run that states it wins), and
+  whether element-wise work next to the GEMMs (norm, bias, activation, casts) is fused into them;
+* which overlaps exist: tensor-parallel communication overlap, ZeRO-3/FSDP weight prefetch behind the
+  previous layer's compute, data-parallel gradient reduction behind the backward pass;
+* how close its kernels come to the reference stack's: ``kernel_efficiency``, the share of
+  Megatron-Core + Transformer Engine's GEMM and attention throughput the stack reaches on the same
+  shapes (1.0 for the reference). It is the only fitted number of a stack: ``plan-search calibrate``
+  fits it on every run of that stack and stores it in ``cost_model/presets/stacks.yaml``, where each
+  stack's description, sources and fitted value live.
+
+The stack names are those of the ecosystem: ``megatron-core`` (default), ``megatron-lm-2021``,
+``megatron-deepspeed``, ``deepspeed-zero3``, ``torchtitan``, ``composer-fsdp``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+DEFAULT_STACK = "megatron-core"
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One software stack, as read from ``cost_model/presets/stacks.yaml``."""
+
+    name: str
+    """Ecosystem name, e.g. ``megatron-core``."""
+
+    description: str
+    """What the stack is, with the versions the entry describes."""
+
+    flash_attention: bool
+    """Whether its attention is a fused (flash) kernel that never materialises the s x s scores; the
+    default of ``training.flash_attention`` for runs that do not state it."""
+
+    fused_elementwise: bool
+    """Whether norms, bias, activation and FP8 casts next to the GEMMs are fused into them or into one
+    kernel each (Transformer Engine's LayerNormLinear, torch.compile); False = one PyTorch kernel per
+    operation, each a read and write of the activation."""
+
+    fused_cross_entropy: bool
+    """Megatron's vocab-parallel fused cross entropy; False = PyTorch's log_softmax + nll_loss."""
+
+    tp_comm_overlap: bool
+    """Whether the stack can overlap tensor-parallel communication with GEMMs (Megatron
+    ``--tp-comm-overlap``, torchtitan async TP)."""
+
+    fsdp_prefetch: bool
+    """Whether ZeRO-3/FSDP prefetches the next layer's weights behind the current layer's compute."""
+
+    overlap_grad_reduce: bool
+    """Whether the data-parallel gradient reduction runs behind the backward pass (bucketed)."""
+
+    kernel_efficiency: float
+    """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
+    by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
+
+    sources: tuple[str, ...] = ()
+    """Where the switches above come from."""
+
+
+def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:
+    from hardware.errors import InputError
+
+    fields = {f for f in StackSpec.__dataclass_fields__ if f != "name"}
+    unknown = set(entry) - fields
+    missing = {f for f in fields if f != "sources"} - set(entry)
+    if unknown or missing:
+        problem = f"unknown fields {sorted(unknown)}" if unknown else f"missing fields {sorted(missing)}"
+        raise InputError(where, f"stacks.{name}", problem, f"give exactly {', '.join(sorted(fields))}")
+    efficiency = entry["kernel_efficiency"]
+    if not isinstance(efficiency, (int, float)) or isinstance(efficiency, bool) or not 0.2 <= efficiency <= 1.5:
+        raise InputError(where, f"stacks.{name}.kernel_efficiency", f"{efficiency!r} is not a share in [0.2, 1.5]",
+                         "give the share of Megatron-Core's kernel throughput the stack reaches")
+    for switch in ("flash_attention", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
+                   "fsdp_prefetch", "overlap_grad_reduce"):
+        if not isinstance(entry[switch], bool):
+            raise InputError(where, f"stacks.{name}.{switch}", f"{entry[switch]!r} is not true or false", "write true or false")
+    return StackSpec(name=name, **{**entry, "kernel_efficiency": float(efficiency),
+                                    "sources": tuple(entry.get("sources") or ())})
+
+
+STACKS_FILE = "stacks.yaml"
+
+
+@lru_cache(maxsize=None)
+def stacks() -> dict[str, StackSpec]:
+    """Every stack of ``cost_model/presets/stacks.yaml`` by name."""
+    path = resources.files("cost_model").joinpath("presets", STACKS_FILE)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = data.get("stacks") or {}
+    return {name: _stack_from_mapping(name, entry, str(path)) for name, entry in entries.items()}
+
+
+STACK_NAMES = ("megatron-core", "megatron-lm-2021", "megatron-deepspeed", "deepspeed-zero3", "torchtitan",
+               "composer-fsdp")
+"""The stacks plan-search prices (the keys of ``stacks.yaml``)."""
+
+
+def stack_spec(name: str) -> StackSpec:
+    """The stack called ``name``; a ValueError names the known ones."""
+    known = stacks()
+    if name not in known:
+        raise ValueError(f"stack must be one of {', '.join(known)}, got {name!r}")
+    return known[name]
