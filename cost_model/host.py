@@ -12,7 +12,7 @@ issue time. NVIDIA's DeepSeek-V3 GB200 optimisation notes (Megatron-LM
 launch, and CUDA graphs as the cure.
 
 Model: issue time = host calls x ``host_kernel_issue_us`` (one calibrated constant,
-:mod:`optimizer.calibrate`), with an inventory per layer part read off the module structure of
+:mod:`cost_model.calibration.calibrate`), with an inventory per layer part read off the module structure of
 Megatron-Core with Transformer Engine layers. The counts are approximate (fusion flags move them by a
 few); what the calibration pins is their product with the per-call time, and what the held-out rows
 test is the structure: a fixed part per layer plus a part per local expert.

@@ -32,7 +32,7 @@ import yaml
 from .errors import InputError
 
 MAX_FILE_BYTES = 16 * 2**20
-"""Largest input file read. The largest file the tool ships (tests/data/published_runs.yaml) is about
+"""Largest input file read. The largest file the tool ships (cost_model/calibration/data/published_runs.yaml) is about
 0.6 MB and a Hugging Face config.json a few KB; 16 MiB is far past any hand-written input and small
 enough to parse in well under a second."""
 

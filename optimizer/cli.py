@@ -622,12 +622,12 @@ def _reason(rule: str) -> str:
 
 @app.command("validate")
 def validate_command(
-    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: tests/data/published_runs.yaml)."),
+    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: cost_model/calibration/data/published_runs.yaml)."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
 ) -> None:
     """Price every published layout and compare with what was measured."""
-    from .calibrate import calibration_row_ids
-    from .validate import DEFAULT_DATASET, summary, validate
+    from cost_model.calibration.calibrate import calibration_row_ids
+    from cost_model.calibration.validate import DEFAULT_DATASET, summary, validate
     rows = validate(dataset or DEFAULT_DATASET)
     calibration = calibration_row_ids()
     stats = summary(rows, calibration)
@@ -661,12 +661,12 @@ def validate_command(
 
 @app.command("calibrate")
 def calibrate_command(
-    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: tests/data/published_runs.yaml)."),
+    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: cost_model/calibration/data/published_runs.yaml)."),
     write: bool = typer.Option(False, "--write", help="Store the fitted values in the GPU presets."),
 ) -> None:
     """Fit each GPU's GEMM efficiency per precision, and the host's kernel issue time, on their calibration
     rows; report the held-out rows."""
-    from .calibrate import DEFAULT_DATASET, calibrate, calibrate_host, write_presets
+    from cost_model.calibration.calibrate import DEFAULT_DATASET, calibrate, calibrate_host, write_presets
     results = calibrate(dataset or DEFAULT_DATASET)
     for result in results:
         via = f" (derived: FP8 value x {result.derived_from}'s BF16/FP8 ratio)" if result.derived_from else ""

@@ -548,8 +548,8 @@ def accuracy_lines(study: Study) -> list[str]:
 
 def _gpu_accuracy(gpu: Any, moe: bool, precision: str) -> str:
     from hardware.preset_catalog import gpu_preset_names
-    from optimizer.calibrate import CALIBRATION_ROWS, PROXY_PRESETS, calibration_row_ids
-    from optimizer.validate import DEFAULT_DATASET, validate_row
+    from cost_model.calibration.calibrate import CALIBRATION_ROWS, PROXY_PRESETS, calibration_row_ids
+    from cost_model.calibration.validate import DEFAULT_DATASET, validate_row
 
     sources = {key: key for key, _ in CALIBRATION_ROWS}
     sources.update({proxy: key for key, proxies in PROXY_PRESETS.items() for proxy, _ in proxies})

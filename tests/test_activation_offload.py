@@ -19,7 +19,7 @@ from cost_model.training_spec import TrainingSpec
 from hardware.loader import load_cluster
 from optimizer.emit import emit
 from optimizer.plan_rules import violations
-from optimizer.validate import validate
+from cost_model.calibration.validate import validate
 from tests.test_cli import run as run_cli
 
 LLAMA70 = load_model("llama3-70b").spec

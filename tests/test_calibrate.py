@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hardware.loader import load_cluster
-from optimizer.calibrate import CALIBRATION_ROWS, DERIVED_BF16, PROXY_PRESETS, calibrate
+from cost_model.calibration.calibrate import CALIBRATION_ROWS, DERIVED_BF16, PROXY_PRESETS, calibrate
 
 
 MOE_MODELS = ("deepseek", "qwen3", "gpt-oss")
@@ -50,7 +50,7 @@ def test_host_issue_time_is_the_documented_fit_and_predicts_held_out_moe_runs():
     """The host kernel issue time is fitted on one B200 MoE run without CUDA graphs; the DeepSeek-V3 B200
     run (32 local experts, no CUDA graphs), 48% over-predicted without it, is held out."""
     from cost_model.options import CostOptions
-    from optimizer.calibrate import HOST_CALIBRATION_ROWS, calibrate_host
+    from cost_model.calibration.calibrate import HOST_CALIBRATION_ROWS, calibrate_host
 
     host = calibrate_host()
     assert host.value_us == pytest.approx(CostOptions().host_kernel_issue_us, abs=0.05)

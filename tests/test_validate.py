@@ -10,7 +10,7 @@ from cost_model.evaluate import evaluate
 from cost_model.model_loader import build_training, load_model
 from cost_model.plan import PlanArrays
 from hardware.loader import load_cluster
-from optimizer.validate import DEFAULT_DATASET, summary, validate, validate_row
+from cost_model.calibration.validate import DEFAULT_DATASET, summary, validate, validate_row
 
 
 def test_every_bundled_row_is_priced():
@@ -92,7 +92,7 @@ def test_row_cluster_overrides_apply():
 def test_summary_reports_calibration_and_held_out_rows_apart():
     """The rows that fixed a calibrated constant are reported on their own; the held-out group is every
     other verified row, and its counts within 10% and beyond 25% are those of its errors."""
-    from optimizer.calibrate import calibration_row_ids
+    from cost_model.calibration.calibrate import calibration_row_ids
     rows = validate(DEFAULT_DATASET)
     calibration = calibration_row_ids()
     stats = summary(rows, calibration)
@@ -110,7 +110,7 @@ def test_unpublished_memory_settings_take_the_fastest_that_fits():
     """A source that does not publish recompute or ZeRO: the row is priced with each combination and keeps
     the fastest predicted to fit, and says so in its assumptions."""
     import itertools
-    from optimizer.validate import UNPUBLISHED_MEMORY_CHOICES
+    from cost_model.calibration.validate import UNPUBLISHED_MEMORY_CHOICES
     row = {"id": "t", "verified": False, "model": {"preset": "llama3-70b"},
            "training": {"seq_length": 8192, "global_batch_size": 256},
            "cluster": {"gpu": "h100-sxm", "num_gpus": 64},
