@@ -42,8 +42,9 @@ from .explain import explain_no_fit
 from .layout_model import RULES, LayoutModel, SearchIncomplete
 from .models_command import models_app
 from .plan_rules import rule_sentence, violations
-from .report import (breakdown_text, fit_text, plan_records, render_table, scenario_header, scenario_record,
-                     to_csv)
+from .ranking import objective_goodness, tied_with_leader
+from .report import (band_note, band_range_text, breakdown_text, fit_text, plan_records, render_table,
+                     scenario_header, scenario_record, to_csv, uncertainty_record)
 from .search import Scenario, search
 from .search_options import OBJECTIVES, SearchOptions
 
@@ -370,6 +371,8 @@ def search_command(
     explanation = None if result.found else explain_no_fit(result)
     ranked = result.pareto if pareto and result.found else result.ranked
     emissions = _emissions(emitter, ranked, emit_ranks, scenario) if emitter and ranked is not None else []
+    band = _band(scenario)
+    tied = _tied_plans(ranked, objective, band) if ranked is not None and not pareto else None
 
     if output is OutputFormat.json:
         document = {
@@ -377,21 +380,25 @@ def search_command(
             "search": {"layouts": result.num_layouts, "candidates": result.num_candidates,
                        "feasible": result.num_feasible, "timed": result.num_timed,
                        "seconds": round(result.seconds["total"], 4)},
-            "plans": plan_records(ranked, scenario.memory_limit_bytes) if ranked is not None else [],
+            "plans": plan_records(ranked, scenario.memory_limit_bytes, band) if ranked is not None else [],
             "explanation": explanation.to_dict() if explanation else None,
         }
+        if band is not None:
+            document["uncertainty"] = uncertainty_record(band, tied)
         if emitter:
             document["emit"] = [_emission_record(rank, emission) for rank, emission in emissions]
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
-        typer.echo(to_csv(ranked, scenario.memory_limit_bytes) if ranked is not None else "", nl=False)
+        typer.echo(to_csv(ranked, scenario.memory_limit_bytes, band=band) if ranked is not None else "", nl=False)
     else:
         typer.echo(fit_text(scenario_header(scenario)))
         typer.echo(fit_text(f"{result.num_layouts:,} layouts, {result.num_candidates:,} plans, "
                             f"{result.num_feasible:,} fit in memory; searched in {result.seconds['total']:.2f} s"))
         if ranked is not None:
             title = "Pareto plans (time vs cost)" if pareto else f"Top {len(ranked)} plans by {objective}"
-            typer.echo(render_table(ranked, title, wide=wide))
+            typer.echo(render_table(ranked, title, wide=wide, band=band))
+            if band is not None:
+                typer.echo(fit_text(band_note(band, tied or 0, len(ranked))))
             typer.echo("Best plan:")
             typer.echo(fit_text(breakdown_text(ranked, 0)))
         if explanation:
@@ -399,6 +406,21 @@ def search_command(
         for rank, emission in emissions:
             typer.echo(_emission_text(rank, emission))
     raise typer.Exit(0 if result.found else 1)
+
+
+def _band(scenario: Scenario):
+    """The uncertainty band of the scenario's throughput predictions (:mod:`cost_model.calibration.bands`:
+    the run's stack, GPU family and model class); None before a calibration has written one."""
+    from cost_model.calibration.bands import band_for_run
+
+    return band_for_run(scenario.model, scenario.training, scenario.cluster.gpu)
+
+
+def _tied_plans(ranked, objective: str, band) -> int | None:
+    """How many leading plans the band leaves tied with plan 1 (:func:`optimizer.ranking.tied_with_leader`);
+    None without a band or for an objective the throughput band does not apply to."""
+    goodness = objective_goodness(ranked, objective) if band is not None else None
+    return None if goodness is None else tied_with_leader(goodness, band.plus_minus)
 
 
 def _parse_emit_plan(text: str, top: int) -> tuple[int, ...] | None:
@@ -594,19 +616,25 @@ def evaluate_command(
         reasons.append(f"memory_per_gpu: needs {metrics.memory_bytes[0] / GIB:.1f} GiB, limit "
                        f"{scenario.memory_limit_bytes / GIB:.1f} GiB ({over / GIB:.1f} GiB over)")
     fits = not reasons
+    band = _band(scenario)
     if output is OutputFormat.json:
-        record = plan_records(metrics, scenario.memory_limit_bytes)[0]
+        record = plan_records(metrics, scenario.memory_limit_bytes, band)[0]
         record["fits"] = fits
         record["why_not"] = reasons
         document = {"scenario": scenario_record(scenario), "plan": record}
+        if band is not None:
+            document["uncertainty"] = uncertainty_record(band)
         if emitter:
             document["emit"] = [_emission_record(1, _emission(emitter, metrics, 0, scenario))]
         typer.echo(json.dumps(document, indent=2))
     elif output is OutputFormat.csv:
-        typer.echo(to_csv(metrics, scenario.memory_limit_bytes, fits=fits), nl=False)
+        typer.echo(to_csv(metrics, scenario.memory_limit_bytes, fits=fits, band=band), nl=False)
     else:
         typer.echo(fit_text(scenario_header(scenario)))
-        typer.echo(render_table(metrics, "Plan", wide=wide))
+        typer.echo(render_table(metrics, "Plan", wide=wide, band=band))
+        if band is not None:
+            typer.echo(fit_text(band_note(band)))
+            typer.echo(fit_text(band_range_text(metrics, band)))
         typer.echo(fit_text(breakdown_text(metrics, 0)))
         typer.echo(fit_text("fits: yes" if fits else "fits: no\n  " + "\n  ".join(reasons)))
         if emitter:

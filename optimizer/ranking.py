@@ -11,6 +11,10 @@ Objectives (best first):
 Ties (keys equal after rounding to 9 decimal digits of the key's largest magnitude among the plans) fall
 to less memory, then fewer GPUs, then the simpler plan (smaller cp, pp, vpp, tp, ... in that order), so
 the same inputs always give the same list.
+
+Ties within model error (:func:`tied_with_leader`): with an uncertainty band
+(:mod:`cost_model.calibration.bands`), the leading plans whose throughput-like objective lies within the
+band's ±figure of the leader's are reported as tied: the model cannot tell their order apart.
 """
 
 from __future__ import annotations
@@ -112,3 +116,39 @@ def pareto_front(time_s: np.ndarray, cost: np.ndarray) -> np.ndarray:
     sorted_cost = np.asarray(cost, dtype=float)[order]
     cheapest_faster = np.concatenate([[np.inf], np.minimum.accumulate(sorted_cost)[:-1]])
     return order[sorted_cost < cheapest_faster]  # cheaper than every faster plan
+
+
+THROUGHPUT_LIKE = ("throughput", "time_to_train", "cost_per_token", "mfu")
+"""Objectives whose value scales with the predicted throughput (tokens/s, GPU-seconds per token and MFU
+are all set by the step time), so that the throughput band is their band too. ``memory_headroom`` is a
+memory figure: the band says nothing about its ties."""
+
+
+def objective_goodness(metrics: PlanMetrics, objective: str) -> np.ndarray | None:
+    """The objective as a bigger-is-better quantity proportional to throughput (tokens/s, tokens/s per
+    GPU, MFU); None for an objective the throughput band does not apply to."""
+    if objective in ("throughput", "time_to_train"):
+        return np.asarray(metrics.tokens_per_s, dtype=float)
+    if objective == "cost_per_token":
+        return 1 / gpu_seconds_per_token(metrics)
+    if objective == "mfu":
+        return np.asarray(metrics.mfu, dtype=float)
+    return None
+
+
+def tied_with_leader(goodness: np.ndarray, plus_minus: float) -> int:
+    """How many leading plans (best first, as ranked) are tied with the first within model error: the
+    longest run of plans 1..k whose value is at least ``(1 - plus_minus)`` times plan 1's, i.e. each lies
+    inside plan 1's ± band. 1 when only the leader does (or there is no plan: 0).
+
+    Why inside one band, not two bands overlapping (runner-up's high >= leader's low): the band is the
+    error of one prediction, and most of it is shared by the plans of one model on one cluster and stack
+    (a leave-one-source-out residual is mostly its source's offset, which moves every plan of the source
+    together). Overlapping bands would count the two plans erring in opposite directions at once, about
+    twice the band: with a ±11% band every plan within 24% of the leader would be "tied". A runner-up
+    inside the leader's band is one whose gap is smaller than the error of a single prediction."""
+    goodness = np.asarray(goodness, dtype=float)
+    if len(goodness) == 0:
+        return 0
+    inside = goodness >= goodness[0] * (1 - plus_minus)
+    return int(np.argmin(inside)) if not inside.all() else len(goodness)

@@ -3,6 +3,11 @@
 The table fits the terminal: :func:`render_table` leaves out the least useful columns (:data:`DROP_ORDER`)
 until it fits the width (``shutil.get_terminal_size``: the ``COLUMNS`` variable, else the terminal, else
 80 columns), and :func:`fit_text` wraps the prose around it; ``--wide`` keeps every column.
+
+With an uncertainty band (:mod:`cost_model.calibration.bands`; None before the first calibration, and
+then every output is as without bands) the table's tok/s/GPU cells carry the band's ± figure, JSON and
+CSV the band's ends (:func:`band_columns`), and :func:`band_note` says what the band is and which leading
+plans it leaves tied.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from rich.console import Console
 from rich import box
 from rich.table import Table
 
+from cost_model.calibration.bands import Band
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, COMM_DIMS, PlanMetrics
 from cost_model.memory import GIB, MemoryBreakdown
 from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
@@ -39,9 +45,32 @@ def _number(value: Any) -> Any:
     return value
 
 
-def plan_records(metrics: PlanMetrics, limit_bytes: float) -> list[dict[str, Any]]:
-    """One JSON object per plan (fields listed in the README's output schema)."""
+BAND_FIELDS = {"tokens_per_s_per_gpu": "throughput", "time_to_train_days": "duration",
+               "gpu_hours": "duration", "cost_usd": "duration"}
+"""Outputs that get ``_low`` / ``_high`` ends from the band: throughput scales by the band's factors, the
+totals proportional to the step time (days, GPU-hours, cost) by their inverses (a slower run costs more)."""
+
+
+def band_columns(metrics: PlanMetrics, band: Band | None) -> dict[str, np.ndarray]:
+    """``<field>_low`` and ``<field>_high`` of each of :data:`BAND_FIELDS`, one value per plan; empty
+    without a band. Days, GPU-hours and cost are NaN where unknown (no token budget, no price)."""
+    if band is None:
+        return {}
+    values = {"tokens_per_s_per_gpu": metrics.tokens_per_s / metrics.plans.num_gpus,
+              "time_to_train_days": metrics.time_to_train_s / 86400, "gpu_hours": metrics.gpu_hours,
+              "cost_usd": metrics.cost_usd}
+    columns = {}
+    for name, kind in BAND_FIELDS.items():
+        low, high = (band.throughput_range if kind == "throughput" else band.duration_range)(values[name])
+        columns[f"{name}_low"], columns[f"{name}_high"] = low, high
+    return columns
+
+
+def plan_records(metrics: PlanMetrics, limit_bytes: float, band: Band | None = None) -> list[dict[str, Any]]:
+    """One JSON object per plan (fields listed in the README's output schema), with the band's ends of
+    throughput, days, GPU-hours and cost (:func:`band_columns`) when there is a band."""
     cols = metrics.plans.to_columns()
+    ends = band_columns(metrics, band)
     records = []
     for i in range(len(metrics)):
         record = {
@@ -69,6 +98,7 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float) -> list[dict[str, Any
             "fits": metrics.memory_bytes[i] <= limit_bytes,
             "stages": stage_records(metrics, i),
         }
+        record.update({name: values[i] for name, values in ends.items()})
         records.append(_clean(record))
     return records
 
@@ -175,10 +205,13 @@ def terminal_width() -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
-def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wide: bool = False) -> str:
+def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wide: bool = False,
+                 band: Band | None = None) -> str:
     """The plans as a table no wider than ``width`` (default: :func:`terminal_width`): columns of
     :data:`DROP_ORDER` are left out, in that order, until it fits, and the days and cost columns when no
-    plan has them (no ``--train-tokens`` or no price). ``wide`` keeps every column."""
+    plan has them (no ``--train-tokens`` or no price). ``wide`` keeps every column. With a ``band``, each
+    tok/s/GPU cell carries its ± figure (``10,583 ±9%``)."""
+    spread = f" {band.percent_text}" if band is not None else ""
     headers = ["#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "mem GiB",
                "step s", "tok/s/GPU", "TFLOP/s/GPU", "MFU", "days", "cost $M"]
     cols = metrics.plans.to_columns()
@@ -195,7 +228,7 @@ def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wid
             "y" if cols["sequence_parallel"][i] else "n",
             str(cols["zero_stage"][i]) + ("+off" if cols["optimizer_offload"][i] else ""),
             f"{metrics.memory_bytes[i] / GIB:.1f}", f"{metrics.step_time_s[i]:.3f}",
-            f"{metrics.tokens_per_s[i] / metrics.plans.num_gpus[i]:,.0f}", f"{metrics.tflops_per_gpu[i]:.0f}",
+            f"{metrics.tokens_per_s[i] / metrics.plans.num_gpus[i]:,.0f}{spread}", f"{metrics.tflops_per_gpu[i]:.0f}",
             f"{metrics.mfu[i]:.1%}", "-" if math.isnan(days) else f"{days:.1f}",
             "-" if math.isnan(cost) else f"{cost:.2f}",
         ])
@@ -277,15 +310,60 @@ def breakdown_text(metrics: PlanMetrics, index: int = 0) -> str:
     return "\n".join(parts)
 
 
-def to_csv(metrics: PlanMetrics, limit_bytes: float, fits: bool | None = None) -> str:
+def to_csv(metrics: PlanMetrics, limit_bytes: float, fits: bool | None = None, band: Band | None = None) -> str:
     """One CSV row per plan: :meth:`PlanMetrics.to_frame`'s columns with the recompute mode as its name
     (``none``, ``selective``, ``full``), the selective modules as Megatron's names joined by ``+``
     (``core_attn+mlp``; empty unless selective) and a ``fits`` column: the plan's memory within
-    ``limit_bytes``, or ``fits`` when the caller decided it (``evaluate`` also checks the rules)."""
+    ``limit_bytes``, or ``fits`` when the caller decided it (``evaluate`` also checks the rules). With a
+    ``band``, the band's ends of throughput, days, GPU-hours and cost follow (:func:`band_columns`)."""
     frame = metrics.to_frame()
+    for name, values in band_columns(metrics, band).items():
+        frame[name] = values
     modes, masks = frame["recompute"].to_numpy(), frame["recompute_modules"].to_numpy()
     frame["recompute"] = [RECOMPUTE_MODES[mode] for mode in modes]
     frame["recompute_modules"] = ["+".join(module_names(mask)) if mode == SELECTIVE else ""
                                   for mode, mask in zip(modes, masks)]
     frame["fits"] = metrics.memory_bytes <= limit_bytes if fits is None else fits
     return frame.to_csv(index=False)
+
+
+def uncertainty_record(band: Band | None, tied_plans: int | None = None) -> dict[str, Any] | None:
+    """The band once per result in JSON output (``uncertainty``): its group, rows, residual percentiles
+    and multipliers, and how many leading plans it leaves tied (:func:`optimizer.ranking.tied_with_leader`;
+    absent where the objective is not throughput-like). None without a band."""
+    if band is None:
+        return None
+    record = band.record()
+    if tied_plans is not None:
+        record["tied_plans"] = tied_plans
+        record["tie_rule"] = ("a plan is tied with plan 1 when its objective is within plus_minus of plan 1's, "
+                              "as are all plans ranked between them")
+    return record
+
+
+def band_note(band: Band, tied_plans: int = 0, shown: int = 0, width: int | None = None) -> str:
+    """What the ± means, under the table, and the leading plans the band leaves tied (when 2 or more):
+    'Plans 1-3 are tied within the model's ±9% error band (leave-one-source-out, 41 comparable runs)'.
+    Each sentence is wrapped to ``width`` (default: :func:`terminal_width`)."""
+    sentences = [f"{band.percent_text} on tok/s/GPU: 80% of {band.rows} comparable published runs "
+                 f"({band.label}) measured within this band of the prediction, leave-one-source-out."]
+    if tied_plans >= 2:
+        every = " (every plan shown)" if tied_plans == shown else ""
+        plans = "Plans 1 and 2 are" if tied_plans == 2 else f"Plans 1-{tied_plans}{every} are"
+        sentences.append(f"{plans} tied within the model's {band.percent_text} error band (leave-one-source-out, "
+                         f"{band.rows} comparable runs): the model cannot resolve their order.")
+    limit = width or terminal_width()
+    return "\n".join(textwrap.fill(sentence, width=limit, subsequent_indent="  ", break_on_hyphens=False)
+                     for sentence in sentences)
+
+
+def band_range_text(metrics: PlanMetrics, band: Band, index: int = 0) -> str:
+    """The band's ends of one plan's throughput, and of its days and cost where known:
+    '  80% band: 851-1,093 tok/s/GPU, 10.2-13.1 days, $0.52-0.67M'."""
+    ends = {name: float(values[index]) for name, values in band_columns(metrics, band).items()}
+    parts = [f"{ends['tokens_per_s_per_gpu_low']:,.0f}-{ends['tokens_per_s_per_gpu_high']:,.0f} tok/s/GPU"]
+    if math.isfinite(ends["time_to_train_days_low"]):
+        parts.append(f"{ends['time_to_train_days_low']:.1f}-{ends['time_to_train_days_high']:.1f} days")
+    if math.isfinite(ends["cost_usd_low"]):
+        parts.append(f"${ends['cost_usd_low'] / 1e6:.2f}-{ends['cost_usd_high'] / 1e6:.2f}M")
+    return "  80% band: " + ", ".join(parts)
