@@ -29,10 +29,19 @@ Hierarchical data volumes per rank (g ranks per domain, d domains, n = g d)
     (``src/graph/tuning.cc``: ring bandwidth = min(intra, inter) bandwidth). Latencies do add.
 
 Algorithms (NCCL picks the fastest; we take the minimum of the ones that apply)
-    * ring: ``2(g-1)`` scale-up steps + ``2(d-1)`` scale-out steps for all-reduce (half for AG/RS).
-    * tree (all-reduce only): ``2 log2(g)`` + ``2 log2(d)`` steps of latency, but it moves the whole
-      buffer up and down, ``n/(n-1)`` times the ring's bytes (Sanders et al., "Two-tree algorithms for
-      full bandwidth broadcast, reduction and scan", 2009; NCCL 2.4 double binary trees).
+    * ring: one flat ring through all ``n`` ranks, so ``n - 1`` steps for all-gather / reduce-scatter
+      (``2(n - 1)`` for all-reduce), of which ``d - 1`` (``2(d - 1)``) cross the network and the other
+      ``n - d`` hop over NVLink: the latency grows with the number of *ranks*, not only of nodes, as in
+      NCCL's tuning model (``src/graph/tuning.cc``, ``ncclTopoTuneModel``: ring latency
+      ``(nsteps - nInterSteps) * intraLat + nInterSteps * interLat`` with ``nsteps = 2(nRanks - 1)``
+      and ``nInterSteps = 2(nNodes - 1)`` for all-reduce, ``nRanks - 1`` and ``nNodes - 1`` for
+      all-gather / reduce-scatter). A 1,536-rank all-gather on 8-GPU nodes thus pays 1,344 NVLink
+      steps and 191 network steps of latency, not 7 and 191.
+    * tree (all-reduce only): a chain through the ``g`` ranks of each domain and a binary tree across
+      the ``d`` domains, up and down: ``2((g - 1) * intraLat + log2(d) * interLat)`` (same file, tree
+      latency), but it moves the whole buffer up and down, ``n/(n-1)`` times the ring's bytes (Sanders
+      et al., "Two-tree algorithms for full bandwidth broadcast, reduction and scan", 2009; NCCL 2.4
+      double binary trees).
     * NVLS (all-reduce in one switch domain with ``nvls`` set): the NVSwitch reduces in-network;
       bus bandwidth is ``nvls_efficiency * 2 * scaleup_GBps`` (H100: 480 GB/s, NVIDIA/nccl-tests#212),
       i.e. ``time = (g-1)/g * M / (nvls_efficiency * scaleup_GBps)``, plus two latency steps.
@@ -126,9 +135,9 @@ class CollectiveCost:
                 intra = passes * (g - 1.0) / g / bw_up
                 inter = passes * (d - 1.0) / d / g / bw_out
                 beta = np.maximum(intra, inter)
-                self.terms.append((passes * ((g - 1.0) * a_up + (d - 1.0) * a_out), beta))  # ring
+                self.terms.append((passes * ((n - d) * a_up + (d - 1.0) * a_out), beta))  # flat ring
                 if kind is Collective.ALL_REDUCE:
-                    tree_latency = 2.0 * (np.log2(np.maximum(g, 1.0)) * a_up + np.log2(np.maximum(d, 1.0)) * a_out)
+                    tree_latency = 2.0 * ((g - 1.0) * a_up + np.log2(np.maximum(d, 1.0)) * a_out)
                     self.terms.append((tree_latency, beta * n / np.maximum(n - 1.0, 1.0)))  # double binary tree
                     if topology.nvls and topology.scaleup_kind == "switch":
                         nvls_bw = topology.scaleup_GBps * _GB * topology.nvls_efficiency

@@ -78,9 +78,10 @@ def test_nvl72_keeps_16_way_group_on_nvlink():
     crossing = collective_time_s(hgx.topology, "all_gather", 16, GiB, hgx_tp.ranks_per_domain)
     # By hand: NVL72 = 15 steps x 2.5 us + 15/16 GiB at 900 GB/s x 0.82.
     assert float(on_nvlink) == pytest.approx(15 * 2.5e-6 + 15 / 16 * GiB / (900e9 * 0.82), rel=1e-12)
-    # HGX by hand (hierarchical): 7 NVLink + 1 network steps; the network stage carries (d-1)/d * M/g
-    # = M/16 per rank at 50 GB/s x 0.94 and is the slower of the two pipelined stages.
-    by_hand = 7 * 2e-6 + 1 * 5e-6 + max(7 / 8 * GiB / (900e9 * 0.82), GiB / 16 / (50e9 * 0.94))
+    # HGX by hand: one flat ring of 16 ranks, 15 steps: 14 over NVLink and 1 over the network (NCCL
+    # tuning.cc); the network stage carries (d-1)/d * M/g = M/16 per rank at 50 GB/s x 0.94 and is the
+    # slower of the two pipelined stages.
+    by_hand = 14 * 2e-6 + 1 * 5e-6 + max(7 / 8 * GiB / (900e9 * 0.82), GiB / 16 / (50e9 * 0.94))
     assert float(crossing) == pytest.approx(by_hand, rel=1e-12)
     assert float(crossing) > float(on_nvlink)
 
@@ -161,3 +162,24 @@ def test_bad_inputs_raise(h100):
         collective_time_s(h100, "all_reduce", 8, 1, 16)
     with pytest.raises(InputError, match="scale-up domain"):
         collective_time_s(h100, "all_reduce", 32, 1, 16)
+
+
+def test_ring_latency_grows_with_ranks_as_nccl_tuning(h100):
+    # NCCL src/graph/tuning.cc: a ring all-gather over nRanks on nNodes pays (nRanks - nNodes) intra-node
+    # steps and (nNodes - 1) network steps of latency. 1,536 ranks on 192 8-GPU nodes: 1,344 NVLink steps
+    # of 2 us and 191 network steps of 5 us = 3.643 ms, for an 8-byte message (latency only).
+    t = float(collective_time_s(h100, "all_gather", 1536, 8, 8))
+    assert t == pytest.approx(1344 * 2e-6 + 191 * 5e-6, rel=1e-6)
+    assert t == pytest.approx(3.643e-3, rel=1e-3)
+    # Doubling the ranks at the same ranks per node doubles the latency (to within the one step less).
+    t2 = float(collective_time_s(h100, "all_gather", 3072, 8, 8))
+    assert t2 / t == pytest.approx(2.0, rel=2e-3)
+
+
+def test_tree_all_reduce_latency_chains_inside_the_node():
+    # NCCL tree latency 2 * ((ppn - 1) * intraLat + log2(nNodes) * interLat): 64 nodes x 8 ranks,
+    # 8 bytes: 2 * (7 * 2 + 6 * 5) us = 88 us, below the ring's 2 * (448 * 2 + 63 * 5) us.
+    topo = load_cluster("h100x512").with_overrides({"topology.nvls": False}).topology
+    t = float(collective_time_s(topo, "all_reduce", 512, 8, 8))
+    assert t == pytest.approx(2 * (7 * 2e-6 + 6 * 5e-6), rel=1e-6)
+    assert t < 2 * (448 * 2e-6 + 63 * 5e-6)
