@@ -1,0 +1,697 @@
+"""The public table ``data/training_runs.csv`` as rows :func:`validate.validate_row` prices.
+
+``training_runs.csv`` (556 rows, README ``data/training_runs.md``) was collected by others from papers
+and framework repositories; its columns are free text where the sources are ("FULL_SHARD (mixed
+precision mode DEFAULT)", "8192 (torchtitan train_configs/... default)"). This module turns each row
+into the schema of ``published_runs.yaml`` (model, training, cluster, plan, measured, notes) plus
+``source_group`` and ``training.stack``, through explicit tables below, one entry per distinct text,
+each saying why. What a source does not publish stays ``None`` (the validator then prices every
+unpublished memory choice, :data:`validate.UNPUBLISHED_MEMORY_CHOICES`); what cannot be priced
+honestly (NVFP4, an unknown architecture, a layout whose degrees do not multiply to the GPU count) is
+returned as a :class:`SkippedRow` with its reason, never guessed.
+
+:func:`load_all_rows` joins these rows to the curated ``published_runs.yaml`` and drops the CSV rows
+that measure the same run as a curated row.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hardware.errors import InputError, read_yaml_mapping
+
+from .validate import DEFAULT_DATASET
+
+DEFAULT_CSV = Path(__file__).resolve().parent / "data" / "training_runs.csv"
+CSV_SOURCE = "training_runs.csv"
+
+GIB_BYTES = 2**30
+"""Bytes per GiB: memory columns in GB (10^9 bytes) are converted to the GiB the validator compares."""
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A CSV row that is not priced, and why (one line, naming the column)."""
+
+    id: str
+    source_group: str
+    reason: str
+
+
+class _Skip(Exception):
+    """Raised inside the conversion of one row: the row is returned as a SkippedRow."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Mapping tables. Keys are the CSV's exact texts; a text not in a table stops that row with a reason
+# (a new source must be read and added, not defaulted).
+# --------------------------------------------------------------------------------------------------
+
+GPU_TYPES: dict[str, tuple[str, dict[str, float], str]] = {
+    # text: (hardware preset, cluster overrides, why)
+    "A100-SXM4-80GB (DGX A100, Selene)": (
+        "a100-sxm-80gb", {}, "Selene DGX A100 80GB; 8x HDR 200 Gb/s per node is the preset's network"),
+    "A100 80GB": (
+        "a100-sxm-80gb", {}, "llm-foundry's A100 80GB nodes; 1600 Gbps per node (RoCE) = the preset's 8 x 200 Gb/s"),
+    "A100 40GB": (
+        "a100-sxm-80gb", {"gpu.memory_gib": 39.5, "gpu.hbm_GBps": 1555},
+        "A100 SXM4 40GB: same SMs, clocks, 312 TFLOP/s BF16 and 400 W as the 80GB part, with 40 GB HBM2 at "
+        "1,555 GB/s (NVIDIA A100 datasheet); memory 40,960 MiB (nvidia-smi 'A100-SXM4-40GB') = 40.0 GiB minus "
+        "the presets' 0.5 GiB context = 39.5 GiB; network 1600 Gbps per node = the preset's 8 x 200 Gb/s"),
+    "H100 80GB": (
+        "h100-sxm", {}, "llm-foundry's H100 80GB; its network is not stated, the DGX H100 preset's is assumed"),
+    "H100-SXM 80GB (DGX-H100)": ("h100-sxm", {}, "DGX H100"),
+    "H100": ("h100-sxm", {}, "Megatron-LM README: NVIDIA's H100 (Eos, DGX H100) cluster"),
+    "H100 (96GB HBM2e, 500W power limit, Grand Teton)": (
+        "h100-sxm", {"gpu.memory_gib": 95.1, "gpu.hbm_GBps": 2400, "gpu.tdp_w": 500},
+        "Meta Grand Teton H100 96GB HBM2e at 500 W: the overrides of the curated torchtitan-2412 rows "
+        "(published_runs.md section 11; memory 95.1 GiB is that section's assumption). Its dense peak is between "
+        "SXM and NVL (torchtitan footnote 2), so throughput errors carry that uncertainty"),
+    "H200": ("h200-sxm", {}, "Trainy/WhiteFiber H200 nodes, 400 Gb/s CX-7 per GPU = the preset's network"),
+    "B200 (DGX-B200)": ("b200", {}, "DGX B200"),
+    "B300 (DGX-B300)": ("b300", {}, "DGX B300 (HGX B300 preset, published_runs.md section 14)"),
+    "GB200 (DGX-GB200)": ("gb200-nvl72", {}, "GB200 NVL72 racks"),
+    "GB300 (DGX-GB300)": ("gb300-nvl72", {}, "GB300 NVL72 racks"),
+}
+
+PRECISIONS: dict[str, tuple[str, str | None, str]] = {
+    # lower-cased text: (precision, fp8_recipe, why). Megatron-Bridge's "FP8" (26.02 and later tables)
+    # is FP8-CS: the curated 26.02 rows read the same cells against the FP8_CS recipe configs.
+    "bf16": ("bf16", None, "BF16"),
+    "amp_bf16": ("bf16", None, "Composer amp_bf16: BF16 autocast"),
+    "fp16 (mixed)": ("fp16", None, "fp16 mixed precision with loss scaling (2021)"),
+    "fp8": ("fp8", "tensorwise", "Megatron-Bridge 26.x 'FP8' = FP8-CS, per-tensor current scaling (as the curated 26.02 rows)"),
+    "fp8-cs": ("fp8", "tensorwise", "FP8 current scaling = Megatron --fp8-recipe tensorwise"),
+    "fp8-mx": ("fp8", "mxfp8", "FP8-MX = MXFP8 1x32 block scaling"),
+    "mxfp8": ("fp8", "mxfp8", "MXFP8 1x32 block scaling"),
+    "amp_fp8": ("fp8", "delayed", "Composer amp_fp8: Transformer Engine fp8_autocast with its default DelayedScaling"),
+    "bf16 + float8 (nn.linear, torchao)": ("fp8", "tensorwise", "torchao Float8 linear, default dynamic tensorwise scaling"),
+    "bf16 + float8 tensorwise": ("fp8", "tensorwise", "torchao Float8 tensorwise"),
+    "bf16 + float8 linear (fsdp float8 all-gather)": ("fp8", "tensorwise", "torchao Float8 linear (tensorwise) with float8 all-gathers"),
+}
+NEMO_FP8_RECIPE = ("fp8", "delayed", "NeMo 24.03 FP8: Transformer Engine DelayedScaling, the only FP8 recipe of that "
+                   "container (current scaling arrived with TE 2.x in 2025)")
+MLM_README_PRECISION = ("bf16", None, "not printed, read from the README's own arithmetic: TFLOP/s / MFU = 989-998 on "
+                        "every row, the H100 dense BF16 peak (989), so MFU is BF16 utilisation (an FP8 run would be "
+                        "quoted against 1979)")
+UNPRICED_PRECISIONS = {
+    "nvfp4": "precision NVFP4: FP4 GEMMs are not modelled (issue 18)",
+    "bf16 + float8 rowwise": "precision float8 rowwise: row-wise FP8 scaling is none of the modelled recipes "
+                             "(tensorwise, delayed, mxfp8, blockwise) and runs 26-34% slower than tensorwise here",
+    "": "precision not published (the 25.09 Megatron-Bridge table has no precision column); BF16 and FP8 "
+        "differ by up to 2x and the FP8 recipe is unknown",
+}
+
+RECOMPUTE: dict[str, str | None] = {
+    # text: recompute mode; None = not published (the validator prices none, selective and full)
+    "": None,
+    "none": "none",
+    "full": "full",
+    "full (activation_checkpointing=true)": "full",            # Composer: checkpoint every block (keys lower-cased)
+    "full (assumed, as in sc21 scripts)": "full",              # SC21 run scripts: --activations-checkpoint-method uniform
+    "selective (llama3_8b.toml default; not stated)": None,    # the source does not state it
+}
+UNPRICED_RECOMPUTE = {
+    "selective (per-op sac)": "recompute: torchtitan's per-op selective checkpointing (saves every other matmul) "
+                              "is not Megatron's selective recompute and has no mode here",
+}
+
+FSDP_ZERO_STAGE: dict[str, int | None] = {
+    # text (up to its first space or parenthesis): ZeRO stage of the equivalent sharding
+    "": None,                  # not published
+    "0": 1,                    # Megatron-Bridge 'FSDP 0' = Megatron DDP with the recipes' distributed optimizer (ZeRO-1)
+    "8": 3,                    # Megatron FSDP: parameters, gradients and optimizer sharded
+    "64": 3,
+    "FULL_SHARD": 3,           # PyTorch FSDP FULL_SHARD = ZeRO-3
+    "SHARD_GRAD_OP": 2,        # PyTorch FSDP SHARD_GRAD_OP = ZeRO-2
+    "FSDP2": 3,                # torchtitan fully_shard = ZeRO-3 (PP rows: see _torchtitan)
+}
+
+STACKS: tuple[tuple[str, str, str], ...] = (
+    # (framework text starts with, stack, why)
+    ("Megatron-Bridge / NeMo", "megatron-core", "Megatron-Bridge on Megatron-Core + Transformer Engine"),
+    ("NeMo (NeMo2", "megatron-core", "NeMo 24.x/25.x on Megatron-Core + Transformer Engine"),
+    ("Megatron-Core", "megatron-core", "Megatron-Core r0.8 + Transformer Engine"),
+    ("Megatron-LM PTD-P", "megatron-lm-2021", "Narayanan et al. 2021's Megatron-LM"),
+    ("DeepSpeed ZeRO-3", "deepspeed-zero3", "DeepSpeed ZeRO-3 without model parallelism (SC21 Table 2)"),
+    ("torchtitan", "torchtitan", "torchtitan (FSDP2, torch.compile, SDPA)"),
+    ("MosaicML Composer", "composer-fsdp", "Composer + llm-foundry, PyTorch FSDP1, flash-attn"),
+)
+
+MODEL_PRESETS: dict[str, str] = {
+    # model name without its '(...)' variant: preset in cost_model/presets/models.yaml (config.json values;
+    # the CSV's Llama 3 vocab 128000 is the paper's rounded size, config.json's is 128,256)
+    "LLAMA3_8B": "llama3-8b", "LLAMA3-8B": "llama3-8b", "Llama 3.1 8B": "llama3-8b",
+    "LLAMA3_70B": "llama3-70b", "Llama 3.1 70B": "llama3-70b",
+    "LLAMA3.1_405B": "llama3-405b", "Llama 3.1 405B": "llama3-405b",
+    "DeepSeekV3": "deepseek-v3",
+    "GPT OSS 120B": "gpt-oss-120b",
+    "Qwen3_30B_a3B": "qwen3-30b-a3b",
+    "Qwen3_235B_a22B": "qwen3-235b-a22b",
+}
+LLAMA2_7B = {
+    # https://huggingface.co/meta-llama/Llama-2-7b-hf/blob/main/config.json (the CSV leaves vocab blank)
+    "model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "hidden_act": "silu",
+    "rms_norm_eps": 1.0e-5, "tie_word_embeddings": False, "max_position_embeddings": 4096,
+}
+UNKNOWN_ARCHITECTURES = ("Kimi_K2", "Nemotron_3", "DeepSeekV4")
+"""Models whose architecture the table leaves blank and no preset has (Nemotron 3 is a Mamba hybrid)."""
+
+CSV_ARCHITECTURE = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+                    "kv_heads": "num_key_value_heads", "num_experts": "num_experts", "moe_topk": "num_experts_per_tok",
+                    "moe_ffn_hidden": "moe_intermediate_size"}
+"""CSV architecture columns checked against a preset (names of the resolved HF config)."""
+
+H100_DENSE_BF16_TFLOPS = 989
+"""H100 SXM dense BF16 peak (NVIDIA datasheet), the peak of the Megatron-LM README's MFU (408.8 TFLOP/s
+at 41% is 997, 465.9 at 47% is 991): MFU x 989 gives the TFLOP/s of its two strong-scaling endpoints."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing helpers
+# --------------------------------------------------------------------------------------------------
+
+def _int(text: str, column: str) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    value = float(text)
+    if value != int(value):
+        raise _Skip(f"{column} {text!r} is not a whole number")
+    return int(value)
+
+
+def _float(text: str) -> float | None:
+    text = text.strip()
+    return float(text) if text else None
+
+
+def parse_seq_len(text: str) -> int:
+    """The leading integer of the seq_len column ('8192 (torchtitan ... default)' -> 8192)."""
+    match = re.match(r"\s*(\d+)", text)
+    if not match:
+        raise _Skip(f"seq_len {text!r} has no number")
+    return int(match.group(1))
+
+
+def memory_gib(value: str, kind: str) -> float | None:
+    """memory_gb_per_gpu in GiB. The column's name says GB, but memory_kind says the unit: every row
+    that has one says 'GiB ...' (torchtitan logs GiB); a 'GB' kind is converted (10^9 / 2^30)."""
+    amount = _float(value)
+    if amount is None:
+        return None
+    unit = kind.strip().split(" ", 1)[0].rstrip(",")
+    if unit == "GiB":
+        return amount
+    if unit == "GB":
+        return amount * 1e9 / GIB_BYTES
+    raise _Skip(f"memory_kind {kind!r} names no unit (GiB or GB)")
+
+
+def _model_name(text: str) -> tuple[str, str]:
+    """'Qwen3_30B_a3B (tokendrop)' -> ('Qwen3_30B_a3B', 'tokendrop')."""
+    match = re.match(r"\s*(.*?)\s*(?:\((.*)\))?\s*$", text)
+    return match.group(1), (match.group(2) or "").strip()
+
+
+def _stack(framework: str) -> tuple[str, str]:
+    for prefix, stack, why in STACKS:
+        if framework.startswith(prefix):
+            return stack, why
+    raise _Skip(f"framework {framework!r} is in no stack table entry")
+
+
+def _fsdp_stage(text: str) -> int | None:
+    key = re.split(r"[ (]", text.strip(), maxsplit=1)[0]
+    if key not in FSDP_ZERO_STAGE:
+        raise _Skip(f"fsdp {text!r} is in no sharding table entry")
+    return FSDP_ZERO_STAGE[key]
+
+
+def _precision(row: dict[str, str]) -> tuple[str, str | None, str]:
+    text = row["precision"].strip().lower()
+    if row["source_group"] == "mlm_h100" and not text:
+        return MLM_README_PRECISION
+    if text in UNPRICED_PRECISIONS:
+        raise _Skip(UNPRICED_PRECISIONS[text])
+    if row["source_group"] == "nemo_longseq" and text == "fp8":
+        return NEMO_FP8_RECIPE
+    if text not in PRECISIONS:
+        raise _Skip(f"precision {row['precision']!r} is in no precision table entry")
+    return PRECISIONS[text]
+
+
+def _recompute(text: str) -> str | None:
+    key = text.strip().lower()
+    if key in UNPRICED_RECOMPUTE:
+        raise _Skip(UNPRICED_RECOMPUTE[key])
+    if key not in RECOMPUTE:
+        raise _Skip(f"recompute {text!r} is in no recompute table entry")
+    return RECOMPUTE[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+def _gpt_model(row: dict[str, str], name: str, seq_length: int) -> dict[str, Any]:
+    """A GPT-2-style model from the CSV's columns (SC21, Megatron-LM README, MPT): GeLU 4h MLP,
+    LayerNorm, learned positions, tied embeddings, biases, as the curated SC21 rows. MPT's
+    ``MPTConfig`` defaults are the same (learned_pos_emb, no_bias False, no ALiBi in the benchmark
+    yamls); Megatron-LM's defaults are too (--position-embedding-type learned_absolute)."""
+    hidden = _int(row["hidden"], "hidden")
+    ffn = _int(row["ffn_hidden"], "ffn_hidden") or 4 * hidden
+    return {"name": name, "num_hidden_layers": _int(row["layers"], "layers"), "hidden_size": hidden,
+            "num_attention_heads": _int(row["heads"], "heads"), "intermediate_size": ffn,
+            "vocab_size": _int(row["vocab"], "vocab"), "hidden_act": "gelu", "norm_type": "layernorm",
+            "position_embedding_type": "learned", "max_position_embeddings": seq_length,
+            "tie_word_embeddings": True, "add_bias_linear": True}
+
+
+def _check_against_preset(row: dict[str, str], preset: str) -> list[str]:
+    from cost_model.model_loader import model_preset_config
+
+    config = model_preset_config(preset)
+    aliases = {"num_experts": ("num_experts", "n_routed_experts", "num_local_experts"),
+               "moe_intermediate_size": ("moe_intermediate_size", "intermediate_size")}
+    notes = []
+    for column, field in CSV_ARCHITECTURE.items():
+        given = _int(row[column], column)
+        if given is None:
+            continue
+        values = [config.get(key) for key in aliases.get(field, (field,)) if config.get(key) is not None]
+        if field == "num_key_value_heads" and not values:
+            values = [config.get("num_attention_heads")]
+        if given not in values:
+            raise _Skip(f"{column} {given} disagrees with preset {preset} ({values}): architecture unclear")
+    vocab = _int(row["vocab"], "vocab")
+    if vocab and vocab != config.get("vocab_size"):
+        notes.append(f"vocab {config.get('vocab_size')} from the {preset} preset's config.json (the table says {vocab})")
+    return notes
+
+
+def _model(row: dict[str, str], seq_length: int) -> tuple[dict[str, Any], str, list[str]]:
+    """(model mapping, variant text, notes)."""
+    name, variant = _model_name(row["model"])
+    if any(name.startswith(prefix) for prefix in UNKNOWN_ARCHITECTURES):
+        raise _Skip(f"model {name}: architecture not in the table and no preset (missing architecture)")
+    if name in MODEL_PRESETS:
+        preset = MODEL_PRESETS[name]
+        return {"preset": preset}, variant, _check_against_preset(row, preset)
+    if name == "LLAMA2-7B":
+        return {"name": "llama2-7b", **LLAMA2_7B}, variant, ["architecture: Llama-2-7b-hf config.json"]
+    if row["source_group"] in ("sc21_t2", "mlm_h100", "llmfoundry"):
+        if not (row["layers"] and row["hidden"] and row["heads"] and row["vocab"]):
+            raise _Skip(f"model {name}: layers/hidden/heads/vocab incomplete (missing architecture)")
+        return _gpt_model(row, re.sub(r"\W+", "-", name.lower()).strip("-"), seq_length), variant, []
+    raise _Skip(f"model {row['model']!r} is in no model table entry (missing architecture)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-source knobs: what each source's recipes set that the table does not show, with citations.
+# Each returns (training additions, plan additions, notes).
+# --------------------------------------------------------------------------------------------------
+
+def _megatron_bridge(row, model, plan, training, variant):
+    notes = ["recipe knobs as the curated Megatron-Bridge rows (published_runs.md sections 4, 12-14): "
+             "grad_dtype bf16 (grad_reduce_in_fp32 False), no dropout, sequence parallel when TP > 1; "
+             "recompute, CUDA graphs, token dispatcher and offloading are in per-container recipes not read here"]
+    extra_training: dict[str, Any] = {"grad_dtype": "bf16", "dropout": False}
+    extra_plan: dict[str, Any] = {"sequence_parallel": plan["tp"] > 1}
+    preset = model.get("preset")
+    if preset == "deepseek-v3":
+        # Every DeepSeek-V3 perf config uses selective recompute of mla_up_proj and Megatron's
+        # precision-aware optimizer with bf16 moments (curated DeepSeek-V3 rows, section 4).
+        extra_training["optimizer_moments_dtype"] = "bf16"
+        extra_plan.update(recompute="selective", recompute_modules=["mla_up_proj"])
+        notes.append("DeepSeek-V3 recipes: recompute_modules [mla_up_proj], bf16 Adam moments; MTP layer not modelled"
+                     + (f" (table: {variant})" if "MTP" in variant else ""))
+    if preset in ("llama3-8b", "llama3-70b", "llama3-405b") and plan["tp"] > 1:
+        extra_training["tp_comm_overlap"] = True  # the dense Llama recipes' userbuffers TP overlap when TP > 1
+        notes.append("tp_comm_overlap on (dense Llama recipes, TP > 1)")
+    if variant == "tokendrop":
+        # Megatron-Bridge 'tokendrop': capacity factor 1.0 with inputs padded to capacity
+        extra_training.update(moe_capacity_factor=1.0, moe_pad_to_capacity=True)
+        notes.append("token drop: capacity factor 1.0, padded to capacity")
+    return extra_training, extra_plan, notes
+
+
+def _nemo_longseq(row, model, plan, training, variant):
+    # NeMo's Llama configs: hidden/attention dropout 0, sequence parallel with TP (NeMo llama recipes).
+    return ({"dropout": False}, {"sequence_parallel": plan["tp"] > 1},
+            ["NeMo Llama recipes: no dropout, sequence parallel when TP > 1; recompute and ZeRO stage not published"])
+
+
+def _mlm_h100(row, model, plan, training, variant):
+    flags = row["other_metrics"]
+    overlap = "--tp-comm-overlap" in flags
+    notes = ["GPT with Megatron-LM defaults: dropout 0.1 (--hidden-dropout/--attention-dropout), learned positions, "
+             "tied embeddings; recompute and micro-batch not published"]
+    extra_plan: dict[str, Any] = {}
+    if "--overlap-param-gather" in flags:
+        # Megatron-LM arguments.py: --overlap-param-gather requires --use-distributed-optimizer (ZeRO-1)
+        extra_plan["zero_stage"] = 1
+        notes.append("zero_stage 1: --overlap-param-gather needs the distributed optimizer")
+    if overlap:
+        # --tp-comm-overlap requires --sequence-parallel (Megatron-LM arguments.py)
+        extra_plan["sequence_parallel"] = plan["tp"] > 1
+    else:
+        extra_plan["sequence_parallel"] = plan["tp"] > 1
+        notes.append("sequence parallel assumed when TP > 1 (flags not listed for this row)")
+    return {"dropout": True, "tp_comm_overlap": overlap and plan["tp"] > 1}, extra_plan, notes
+
+
+def _sc21(row, model, plan, training, variant):
+    # GPT-3-era runs: dropout 0.1, no flash attention (the stacks' default), no sequence parallelism.
+    return {"dropout": True}, {"sequence_parallel": False}, ["SC21: fp16, dropout 0.1, no sequence parallelism"]
+
+
+def _llmfoundry(row, model, plan, training, variant):
+    fsdp = row["fsdp"]
+    grad = "bf16" if "PURE" in fsdp else "fp32"
+    # Composer FSDP mixed_precision: DEFAULT reduces gradients in fp32, PURE in bf16 (composer/distributed)
+    return ({"grad_dtype": grad, "dropout": False, "flash_attention": True, "optimizer": "adamw"},
+            {"sequence_parallel": False},
+            [f"Composer FSDP mixed precision {'PURE' if grad == 'bf16' else 'DEFAULT'}: gradients reduced in {grad}; "
+             "MPTConfig pdrop 0 (no dropout); decoupled AdamW"])
+
+
+def _torchtitan(row, model, plan, training, variant):
+    # AsyncTP is named in the caption ('+ AsyncTP') or the variant ('async TP'); 'async-TP speedup=' is a
+    # column of both variants of the async-TP table and says nothing about the row.
+    text = re.sub(r"async-tp speedup=[\d.]+", "", row["other_metrics"].lower())
+    async_tp = "async" in text and "vanilla" not in text
+    extra_plan: dict[str, Any] = {"sequence_parallel": plan["tp"] > 1}
+    notes = ["torchtitan knobs as the curated torchtitan-2412 rows (published_runs.md section 11): fp32 gradient "
+             "reduce, AdamW, no dropout, PyTorch cross entropy (stack default)"]
+    if plan["pp"] > 1 and plan.get("zero_stage") == 3:
+        # With PP torchtitan keeps reshard_after_forward off and defers the reduce-scatter to the last
+        # micro-batch: ZeRO-1's memory (section 11).
+        extra_plan["zero_stage"] = 1
+        notes.append("zero_stage 1: FSDP2 under PP holds gathered weights and full gradients for the step")
+    return ({"grad_dtype": "fp32", "dropout": False, "optimizer": "adamw", "tp_comm_overlap": async_tp and plan["tp"] > 1},
+            extra_plan, notes)
+
+
+SOURCE_KNOBS = {"mbridge": _megatron_bridge, "nemo_longseq": _nemo_longseq, "mlm_h100": _mlm_h100,
+                "sc21_t2": _sc21, "llmfoundry": _llmfoundry, "torchtitan": _torchtitan,
+                "torchtitan_asynctp": _torchtitan, "torchtitan_h200": _torchtitan}
+
+
+def _local_batch(row: dict[str, str]) -> int | None:
+    match = re.search(r"local_batch_size=(\d+)", row["other_metrics"])
+    return int(match.group(1)) if match else None
+
+
+def _torchtitan_batches(row: dict[str, str], plan: dict[str, Any], notes: list[str]) -> tuple[int | None, int | None]:
+    """(micro-batch, global batch) of a torchtitan row from its local batch size: global = local x FSDP
+    degree; without PP there is no accumulation (micro = local); with PP torchtitan splits the local batch
+    into pp x stages-per-rank micro-batches (2 stages per rank interleaved), as section 11 reads it."""
+    local = _local_batch(row)
+    if local is None:
+        return None, None
+    micro = local
+    if plan["pp"] > 1:
+        stages = 2 if "interleaved" in row["other_metrics"].lower() else 1
+        plan["vpp"] = stages
+        micro = local // (plan["pp"] * stages)
+        notes.append(f"PP: local batch {local} in {plan['pp'] * stages} micro-batches of {micro}")
+    return max(micro, 1), local * plan["dp"]
+
+
+# --------------------------------------------------------------------------------------------------
+# One row
+# --------------------------------------------------------------------------------------------------
+
+def _layout(row: dict[str, str], num_gpus: int, notes: list[str]) -> dict[str, Any]:
+    plan = {key: _int(row[key], key) for key in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch")}
+    for key in ("tp", "pp", "cp", "ep"):
+        if plan[key] is None:
+            plan[key] = 1  # a degree the table leaves blank is not used by that run (captions: '1D FSDP', 'FSDP + CP')
+    model_parallel = plan["tp"] * plan["pp"] * plan["cp"]
+    if plan["dp"] is None:
+        if num_gpus % model_parallel:
+            raise _Skip(f"layout: {num_gpus} GPUs is not a multiple of tp*pp*cp = {model_parallel}")
+        plan["dp"] = num_gpus // model_parallel
+        notes.append(f"dp = GPUs/(tp*pp*cp) = {plan['dp']}")
+    if model_parallel * plan["dp"] != num_gpus:
+        raise _Skip(f"layout inconsistent: tp*pp*dp*cp = {model_parallel * plan['dp']} != num_gpus {num_gpus}")
+    return plan
+
+
+def _check_experts(row: dict[str, str], plan: dict[str, Any]) -> None:
+    """Megatron's expert parallelism folds the tp x cp x dp ranks of a stage into ep x expert-dp (ETP 1):
+    ep must divide tp*cp*dp and the number of experts."""
+    experts = _int(row["num_experts"], "num_experts")
+    if plan["ep"] > 1:
+        if not experts:
+            raise _Skip(f"layout: ep {plan['ep']} on a model without experts")
+        if experts % plan["ep"] or (plan["tp"] * plan["cp"] * plan["dp"]) % plan["ep"]:
+            raise _Skip(f"layout: ep {plan['ep']} does not divide both the {experts} experts and tp*cp*dp")
+
+
+def _grad_accum_note(row: dict[str, str], plan: dict[str, Any], global_batch: int, notes: list[str]) -> None:
+    ga = _int(row["grad_accum"], "grad_accum")
+    micro = plan.get("micro_batch")
+    if ga is not None and micro:
+        expected = global_batch / (micro * plan["dp"])
+        if expected != ga:
+            notes.append(f"SUSPECT: published GA {ga} but GBS/(MBS*DP) = {global_batch}/({micro}*{plan['dp']}) = {expected:g}; "
+                         "layout kept as published")
+
+
+def _measured(row: dict[str, str], notes: list[str]) -> dict[str, Any]:
+    group = row["source_group"]
+    measured: dict[str, Any] = {
+        "tokens_per_s_per_gpu": _float(row["tokens_per_s_per_gpu"]),
+        "tflops_per_gpu": _float(row["tflops_per_gpu"]),
+        # SC21's TFLOP/s count the recompute forward (96*B*s*l*h^2*(...)); every other source's are model FLOPs
+        "flops_counted": "hardware" if group == "sc21_t2" else "model",
+        "mfu": _float(row["mfu_pct"]) / 100 if row["mfu_pct"].strip() else None,
+        "step_time_s": _float(row["iteration_time_s"]),
+        "memory_gib": memory_gib(row["memory_gb_per_gpu"], row["memory_kind"]),
+    }
+    if measured["tflops_per_gpu"] is None and measured["tokens_per_s_per_gpu"] is None and measured["mfu"] is not None \
+            and group == "mlm_h100":
+        measured["tflops_per_gpu"] = round(measured["mfu"] * H100_DENSE_BF16_TFLOPS, 1)
+        notes.append(f"tflops_per_gpu derived: MFU {row['mfu_pct']}% x {H100_DENSE_BF16_TFLOPS} (README's peak)")
+    if measured["memory_gib"] is not None:
+        notes.append(f"memory: {row['memory_kind']}")
+    if not (measured["tokens_per_s_per_gpu"] or measured["tflops_per_gpu"] or measured["memory_gib"]):
+        raise _Skip("no throughput or memory measured")
+    return measured
+
+
+def convert_row(row: dict[str, str]) -> dict[str, Any]:
+    """One CSV row as a validator row; raises _Skip with the reason when it cannot be priced."""
+    notes: list[str] = []
+    group = row["source_group"]
+    num_gpus = _int(row["num_gpus"], "num_gpus")
+    if row["gpu_type"] not in GPU_TYPES:
+        raise _Skip(f"gpu_type {row['gpu_type']!r} is in no GPU table entry")
+    preset, overrides, gpu_why = GPU_TYPES[row["gpu_type"]]
+    precision, fp8_recipe, precision_why = _precision(row)
+    stack, stack_why = _stack(row["framework"])
+    recompute = _recompute(row["recompute"])
+    seq_length = parse_seq_len(row["seq_len"])
+    model, variant, model_notes = _model(row, seq_length)
+    notes += model_notes
+    plan = _layout(row, num_gpus, notes)
+    _check_experts(row, plan)
+    zero_stage = _fsdp_stage(row["fsdp"])
+    if zero_stage is None and row["zero_stage"].strip():
+        zero_stage = _int(row["zero_stage"], "zero_stage")
+    plan.update(recompute=recompute, zero_stage=zero_stage)
+
+    global_batch = _int(row["global_batch"], "global_batch")
+    if group.startswith("torchtitan"):
+        micro, local_global = _torchtitan_batches(row, plan, notes)
+        plan["micro_batch"] = plan["micro_batch"] or micro
+        if global_batch is None:
+            global_batch = local_global
+            notes.append(f"global batch = local batch x FSDP degree = {global_batch}")
+    if global_batch is None:
+        raise _Skip("global_batch not published")
+    _grad_accum_note(row, plan, global_batch, notes)
+
+    training: dict[str, Any] = {"seq_length": seq_length, "global_batch_size": global_batch, "precision": precision,
+                                "stack": stack}
+    if fp8_recipe:
+        training["fp8_recipe"] = fp8_recipe
+    extra_training, extra_plan, knob_notes = SOURCE_KNOBS[group](row, model, plan, training, variant)
+    training.update(extra_training)
+    plan.update(extra_plan)
+    notes += knob_notes
+    measured = _measured(row, notes)
+    notes = [f"GPU: {gpu_why}", f"precision {row['precision']!r}: {precision_why}", f"stack: {stack_why}"] + notes
+    if row["notes"].strip():
+        notes.append(f"CSV notes: {row['notes'].strip()}")
+    return {
+        "id": row["run_id"], "source_group": group, "source": row["source"], "source_url": row["source_locator"],
+        "verified": row["verbatim"].strip() == "yes",
+        "model": model, "training": training,
+        "cluster": {"gpu": preset, "num_gpus": num_gpus, **({"overrides": dict(overrides)} if overrides else {})},
+        "plan": plan, "measured": measured, "notes": "; ".join(notes),
+    }
+
+
+def load_training_runs(path: str | Path = DEFAULT_CSV) -> tuple[list[dict[str, Any]], list[SkippedRow]]:
+    """Every row of ``training_runs.csv`` as a validator row, or as a SkippedRow saying why not."""
+    rows, skipped = [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                rows.append(convert_row(row))
+            except _Skip as reason:
+                skipped.append(SkippedRow(row["run_id"], row["source_group"], str(reason)))
+            except (ValueError, KeyError) as error:
+                raise InputError(path, f"{row.get('run_id', '?')}", f"cannot be read: {error}",
+                                 "fix the row or add its text to a table in cost_model/calibration/training_runs.py") from None
+    return rows, skipped
+
+
+# --------------------------------------------------------------------------------------------------
+# Joining with the curated rows
+# --------------------------------------------------------------------------------------------------
+
+LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "ep", "vpp")
+DUPLICATE_TOLERANCE = 0.01
+"""Relative difference under which two measurements of one configuration are the same number (table
+cells are rounded to 3-4 digits; different runs of one layout differ by more)."""
+
+
+def _configuration(row: dict[str, Any]) -> tuple:
+    plan, training = row.get("plan") or {}, row.get("training") or {}
+    precision = training.get("precision", "bf16")
+    recipe = training.get("fp8_recipe") if precision == "fp8" else None
+    return ((row.get("cluster") or {}).get("gpu"), int((row.get("cluster") or {}).get("num_gpus", 0)), precision, recipe,
+            *(int(plan.get(key) or 1) for key in LAYOUT_KEYS))
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return bool(a) and bool(b) and abs(a - b) <= DUPLICATE_TOLERANCE * max(abs(a), abs(b))
+
+
+@dataclass
+class JoinReport:
+    """How the CSV rows met the curated ones."""
+
+    duplicates_dropped: list[tuple[str, str]]
+    """(CSV id, YAML id) of CSV rows dropped: the curated row measures the same run."""
+
+    memory_merged: list[tuple[str, str]]
+    """(CSV id, YAML id) of CSV rows kept for their throughput, which the curated row lacks, with their
+    memory removed because the curated row compares the same memory."""
+
+
+def join_rows(yaml_rows: list[dict[str, Any]], csv_rows: list[dict[str, Any]]
+              ) -> tuple[list[dict[str, Any]], JoinReport]:
+    """The curated rows, then the CSV rows that measure something the curated rows do not. A CSV row
+    is the same run as a curated row when GPU preset, GPU count, precision (with FP8 recipe) and
+    layout agree and the tokens/s per GPU agree within 1%; where the curated row publishes no
+    tokens/s but the same memory (torchtitan-2412), the CSV row keeps its throughput only."""
+    by_configuration: dict[tuple, list[dict[str, Any]]] = {}
+    for row in yaml_rows:
+        by_configuration.setdefault(_configuration(row), []).append(row)
+    kept, report = [], JoinReport([], [])
+    for row in csv_rows:
+        measured = row["measured"]
+        twin = None
+        for curated in by_configuration.get(_configuration(row), []):
+            theirs = curated.get("measured") or {}
+            if _same(measured.get("tokens_per_s_per_gpu"), theirs.get("tokens_per_s_per_gpu")):
+                twin = ("drop", curated)
+                break
+            if not theirs.get("tokens_per_s_per_gpu") and _same(measured.get("memory_gib"), theirs.get("memory_gib")):
+                twin = ("merge", curated)
+        if twin and twin[0] == "drop":
+            report.duplicates_dropped.append((row["id"], twin[1]["id"]))
+            continue
+        if twin:
+            row = {**row, "measured": {**measured, "memory_gib": None},
+                   "notes": row["notes"] + f"; memory compared in curated row {twin[1]['id']}"}
+            report.memory_merged.append((row["id"], twin[1]["id"]))
+        kept.append(row)
+    return list(yaml_rows) + kept, report
+
+
+def load_all_rows(include_csv: bool = True, dataset: str | Path = DEFAULT_DATASET, csv_path: str | Path = DEFAULT_CSV,
+                  ) -> tuple[list[dict[str, Any]], list[SkippedRow]]:
+    """Curated rows of ``published_runs.yaml`` plus, with ``include_csv``, the CSV rows that are not
+    the same run as a curated one (:func:`join_rows`; its report is :func:`load_all_rows_report`)."""
+    rows, skipped, _ = load_all_rows_report(include_csv, dataset, csv_path)
+    return rows, skipped
+
+
+def load_all_rows_report(include_csv: bool = True, dataset: str | Path = DEFAULT_DATASET,
+                         csv_path: str | Path = DEFAULT_CSV) -> tuple[list[dict[str, Any]], list[SkippedRow], JoinReport]:
+    runs = read_yaml_mapping(dataset).get("runs") or []
+    if not include_csv:
+        return list(runs), [], JoinReport([], [])
+    csv_rows, skipped = load_training_runs(csv_path)
+    rows, report = join_rows(runs, csv_rows)
+    return rows, skipped, report
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary per source group
+# --------------------------------------------------------------------------------------------------
+
+def source_group_table(rows: list[dict[str, Any]], skipped: list[SkippedRow], results: dict[str, Any]) -> str:
+    """Rows converted and skipped (by reason) and the median signed and |error| of throughput per
+    source_group; ``results`` maps row id to its :class:`validate.ValidationRow`."""
+    import statistics
+    from collections import Counter, defaultdict
+
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row.get("source_group", "?")].append(row)
+    skips: dict[str, Counter] = defaultdict(Counter)
+    for skip in skipped:
+        skips[skip.source_group][_reason_kind(skip.reason)] += 1
+    lines = ["| source_group | rows | skipped | throughput rows | median signed | median abs | memory rows | median mem signed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for group in sorted(set(groups) | set(skips)):
+        errors = [results[r["id"]].tflops_error for r in groups[group] if r["id"] in results
+                  and results[r["id"]].tflops_error is not None]
+        memory = [results[r["id"]].memory_error for r in groups[group] if r["id"] in results
+                  and results[r["id"]].memory_error is not None]
+        skip_text = ", ".join(f"{n} {kind}" for kind, n in skips[group].most_common()) or "0"
+        fmt = lambda xs, f: f"{f(xs):+.1%}" if xs else "-"
+        lines.append(f"| {group} | {len(groups[group])} | {skip_text} | {len(errors)} | "
+                     f"{fmt(errors, statistics.median)} | {fmt([abs(e) for e in errors], statistics.median).lstrip('+')} | "
+                     f"{len(memory)} | {fmt(memory, statistics.median)} |")
+    return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    for key in ("NVFP4", "rowwise", "precision not published", "per-op", "missing architecture", "layout"):
+        if key in reason:
+            return key
+    return reason[:40]
+
+
+def main() -> None:
+    import time
+
+    from .validate import validate_row
+
+    rows, skipped, report = load_all_rows_report()
+    csv_ids = {row["id"] for row in load_training_runs()[0]}
+    start = time.perf_counter()
+    results = {row["id"]: validate_row(row, CSV_SOURCE if row["id"] in csv_ids else "published_runs.yaml") for row in rows}
+    elapsed = time.perf_counter() - start
+    print(source_group_table(rows, skipped, results))
+    print(f"\n{len(rows)} rows validated in {elapsed:.1f} s ({elapsed / max(len(rows), 1) * 1000:.0f} ms a row); "
+          f"{len(skipped)} CSV rows skipped; {len(report.duplicates_dropped)} CSV rows dropped as duplicates of curated "
+          f"rows; {len(report.memory_merged)} kept for throughput with memory compared in the curated row")
+
+
+if __name__ == "__main__":
+    main()
