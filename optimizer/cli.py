@@ -12,6 +12,11 @@ launch of plan ``--emit-plan N`` (or ``all``), each under a header naming the pl
 release it is tested against (``TESTED_VERSION`` of the framework's module in :mod:`optimizer.emit`);
 ``--version`` lists those releases. Tables and prose fit the terminal's width (``--wide``: every column);
 help is click's plain help, which wraps instead of cutting option names at 80 columns.
+
+Once a calibration has written uncertainty bands (``cost_model/calibration/fitted.yaml``, or the file the
+``PLAN_SEARCH_FITTED`` environment variable names; set it empty for none), ``search`` and ``evaluate`` show
+each throughput with its band (:mod:`cost_model.calibration.bands`) and ``search`` says which leading plans
+the band leaves tied; without bands their output is as before.
 """
 
 from __future__ import annotations

@@ -346,7 +346,8 @@ def band_note(band: Band, tied_plans: int = 0, shown: int = 0, width: int | None
     'Plans 1-3 are tied within the model's ±9% error band (leave-one-source-out, 41 comparable runs)'.
     Each sentence is wrapped to ``width`` (default: :func:`terminal_width`)."""
     sentences = [f"{band.percent_text} on tok/s/GPU: 80% of {band.rows} comparable published runs "
-                 f"({band.label}) measured within this band of the prediction, leave-one-source-out."]
+                 f"({band.label}) measured {band.low_factor:.2f}x to {band.high_factor:.2f}x the prediction, "
+                 "leave-one-source-out."]
     if tied_plans >= 2:
         every = " (every plan shown)" if tied_plans == shown else ""
         plans = "Plans 1 and 2 are" if tied_plans == 2 else f"Plans 1-{tied_plans}{every} are"
