@@ -46,6 +46,28 @@ from .training_spec import TrainingSpec
 GIB = float(2**30)
 WEIGHT_BYTES = 2
 
+MEMORY_HEADROOM = 0.0
+"""Share of the GPU's usable memory a plan must leave free to fit: none. The prediction is the peak
+device memory the job holds (:func:`memory_breakdown`: tensors, the caching allocator's reserve,
+workspaces and NCCL buffers), i.e. what nvidia-smi shows less the CUDA context, which the presets'
+``memory_gib`` already subtracts. A headroom on top would refuse layouts that run: NVIDIA's GB200
+recipes (Megatron-Bridge 25.11 / 26.02, Llama 3 70B and 405B) run at 97-99% of usable memory under this
+model. The one rule for search, evaluate, explain and validate is :func:`fits_in_memory`; a user who
+wants a margin passes ``--headroom``."""
+
+
+def memory_limit_bytes(gpu_memory_gib: float, headroom: float = MEMORY_HEADROOM) -> float:
+    """Most memory a plan may need on a GPU with ``gpu_memory_gib`` usable (GiB, CUDA context already
+    out) and the given headroom (a share in [0, 1))."""
+    return float(gpu_memory_gib) * GIB * (1.0 - headroom)
+
+
+def fits_in_memory(memory_bytes: np.ndarray | float, gpu_memory_gib: float,
+                   headroom: float = MEMORY_HEADROOM) -> np.ndarray:
+    """Whether plans of predicted peak ``memory_bytes`` (per GPU, :class:`MemoryBreakdown` ``total``)
+    fit: memory <= (1 - headroom) x usable. The one fit rule of search, evaluate, explain and validate."""
+    return np.asarray(memory_bytes) <= memory_limit_bytes(gpu_memory_gib, headroom)
+
 
 def padded_vocab(model: ModelSpec, plans: PlanArrays, options: CostOptions) -> np.ndarray:
     """Megatron pads V to a multiple of make_vocab_size_divisible_by x tp."""

@@ -37,7 +37,7 @@ from typer.core import TyperGroup
 from cost_model.model_loader import build_training, layered_training, load_model
 from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanArrays, module_mask
 from cost_model.evaluate import evaluate as evaluate_plans
-from cost_model.memory import GIB
+from cost_model.memory import GIB, MEMORY_HEADROOM, fits_in_memory
 from cost_model.options import CostOptions
 from hardware.cli import app as hardware_app
 from hardware.errors import InputError, shorten
@@ -310,7 +310,8 @@ def search_command(
     framework: Optional[Emitter] = typer.Option(None, "--framework",
                                                 help="Launcher the plans must run on (default: --emit's, else megatron)."),
     pareto: bool = typer.Option(False, "--pareto", help="Show the cost-versus-time Pareto plans instead."),
-    headroom: float = typer.Option(0.05, "--headroom", help="Fraction of GPU memory kept free."),
+    headroom: float = typer.Option(MEMORY_HEADROOM, "--headroom",
+                                  help="Fraction of usable GPU memory kept free (default none)."),
     price: Optional[float] = typer.Option(None, "--price", help="Price per GPU-hour in USD."),
     tp_comm_overlap: Optional[bool] = typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                                    help="Overlap TP communication with GEMMs."),
@@ -552,7 +553,7 @@ def evaluate_command(
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout"),
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention"),
     cp_comm: CPComm = typer.Option(CPComm.p2p, "--cp-comm", help="p2p ring or a2a (Ulysses)."),
-    headroom: float = typer.Option(0.05, "--headroom"),
+    headroom: float = typer.Option(MEMORY_HEADROOM, "--headroom", help="Fraction of usable GPU memory kept free."),
     price: Optional[float] = typer.Option(None, "--price"),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format"),
     emitter: Optional[Emitter] = typer.Option(None, "--emit"),
@@ -617,7 +618,7 @@ def evaluate_command(
                                                  rank_order=costs.rank_order).items() if mask[0]]
     over = metrics.memory_bytes[0] - scenario.memory_limit_bytes
     reasons = [_reason(name) for name in broken]
-    if over > 0:
+    if not fits_in_memory(metrics.memory_bytes[0], cluster_spec.gpu.memory_gib, options.memory_headroom):
         reasons.append(f"memory_per_gpu: needs {metrics.memory_bytes[0] / GIB:.1f} GiB, limit "
                        f"{scenario.memory_limit_bytes / GIB:.1f} GiB ({over / GIB:.1f} GiB over)")
     fits = not reasons

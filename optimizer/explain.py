@@ -91,9 +91,10 @@ def _memory_explanation(result: SearchResult) -> Explanation:
     gpu = sc.cluster.gpu
     needed = result.min_memory_bytes / GIB
     limit = sc.memory_limit_bytes / GIB
-    message = (f"the plan that needs the least memory needs {needed:.1f} GiB per GPU; the {gpu.name} has "
-               f"{gpu.memory_gib:.1f} GiB usable, {limit:.1f} GiB after the {sc.options.memory_headroom:.0%} "
-               f"headroom ({needed - limit:.1f} GiB short)")
+    headroom = sc.options.memory_headroom
+    after = f", {limit:.1f} GiB after the {headroom:.0%} headroom" if headroom else ""
+    message = (f"the plan that needs the least memory needs {needed:.1f} GiB per GPU (predicted peak reserved); "
+               f"the {gpu.name} has {gpu.memory_gib:.1f} GiB usable{after} ({needed - limit:.1f} GiB short)")
     suggestions = []
     options = sc.options
     variants = []
@@ -121,7 +122,7 @@ def _memory_explanation(result: SearchResult) -> Explanation:
                                f"{best.tokens_per_s[0] / best.plans.num_gpus[0]:.0f} tokens/s per GPU")
             if len(suggestions) >= 3:
                 break
-    required = needed / (1 - options.memory_headroom)
+    required = needed / (1 - options.memory_headroom)  # usable GiB that fits_in_memory admits
     suggestions.append(f"a GPU with at least {required:.0f} GiB usable memory")
     return Explanation(binding="memory_per_gpu", message=message, suggestions=suggestions,
                        needed_gib=needed, available_gib=limit)

@@ -7,7 +7,8 @@ the cost model prices them, and the feasible plans are ranked.
    :mod:`optimizer.plan_rules`.
 3. Knobs: x sequence parallel x ZeRO stage (x offload) x recompute option, filtered likewise.
 4. Memory: :func:`cost_model.evaluate.predict_memory` for every expanded plan; a plan fits when its
-   peak is within (1 - headroom) of the GPU's usable memory. This is the feasible set.
+   peak is within (1 - headroom) of the GPU's usable memory (:func:`cost_model.memory.fits_in_memory`,
+   the rule evaluate and validate use too; no headroom by default). This is the feasible set.
 5. Recompute pruning: recompute only adds work (time never falls with more recompute), so for the
    time-based objectives only the least recompute that fits can win within a group of otherwise equal
    plans; for ``memory_headroom``, the most. One plan per group is timed.
@@ -31,7 +32,7 @@ import numpy as np
 
 from cost_model.evaluate import PlanMetrics, evaluate, peak_memory_bytes
 from cost_model.flops import forward_flops_per_sequence, selective_module_flops_per_sequence
-from cost_model.memory import GIB
+from cost_model.memory import fits_in_memory, memory_limit_bytes
 from cost_model.model_spec import ModelSpec
 from cost_model.options import CostOptions
 from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
@@ -70,7 +71,7 @@ class Scenario:
 
     @property
     def memory_limit_bytes(self) -> float:
-        return self.cluster.gpu.memory_gib * GIB * (1 - self.options.memory_headroom)
+        return memory_limit_bytes(self.cluster.gpu.memory_gib, self.options.memory_headroom)
 
 
 @dataclass
@@ -311,7 +312,7 @@ def screen_memory(scenario: Scenario, plans: PlanArrays, option_valid: np.ndarra
     does not fit fits with none; only the groups in between are priced option by option.
     """
     n_groups, n_options = option_valid.shape
-    limit = scenario.memory_limit_bytes
+    gpu_gib, headroom = scenario.cluster.gpu.memory_gib, scenario.options.memory_headroom
     peak = np.full((n_groups, n_options), np.nan)
 
     def price(groups: np.ndarray, option: int) -> None:
@@ -326,16 +327,16 @@ def screen_memory(scenario: Scenario, plans: PlanArrays, option_valid: np.ndarra
     none_fit = np.zeros(n_groups, dtype=bool)
     if most is not None:
         price(undecided, most)
-        all_fit = peak[:, most] <= limit
+        all_fit = fits_in_memory(peak[:, most], gpu_gib, headroom)
         undecided = np.flatnonzero(~all_fit)
     if least is not None:
         price(undecided, least)
-        none_fit[undecided] = ~(peak[undecided, least] <= limit)
+        none_fit[undecided] = ~fits_in_memory(peak[undecided, least], gpu_gib, headroom)
         undecided = undecided[~none_fit[undecided]]
     for option in range(n_options):
         if option not in (most, least):
             price(undecided, option)
-    fits = option_valid & ((peak <= limit) | all_fit[:, None])
+    fits = option_valid & (fits_in_memory(peak, gpu_gib, headroom) | all_fit[:, None])
     fits[none_fit] = False
     priced = option_valid & ~np.isnan(peak)
     min_memory = float(np.min(np.where(priced, peak, np.inf))) if priced.any() else float("nan")

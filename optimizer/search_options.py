@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from cost_model.memory import MEMORY_HEADROOM
+
 from .emit import FRAMEWORKS
 
 PINNABLE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")
@@ -89,8 +91,9 @@ class SearchOptions:
     rank_order: str = "tp-cp-ep-dp-pp"
     """Megatron ``--rank-order``-style placement of the parallel dimensions, innermost first."""
 
-    memory_headroom: float = 0.05
-    """Fraction of usable GPU memory kept free: a plan fits when memory <= (1 - headroom) x usable."""
+    memory_headroom: float = MEMORY_HEADROOM
+    """Fraction of usable GPU memory kept free: a plan fits when memory <= (1 - headroom) x usable
+    (:func:`cost_model.memory.fits_in_memory`; default none, see ``MEMORY_HEADROOM``)."""
 
     objective: str = "throughput"
     """Ranking objective: throughput, cost_per_token, time_to_train, mfu or memory_headroom."""
