@@ -279,3 +279,28 @@ def test_a_search_reports_its_tied_plans(capsys, fitted):
     rates = np.array([plan["tokens_per_s"] for plan in document["plans"]])
     expected = int(np.sum(np.cumprod(rates >= rates[0] * (1 - document["uncertainty"]["plus_minus"]))))
     assert document["uncertainty"]["tied_plans"] == expected >= 1
+
+
+def test_the_calibration_writes_a_section_the_loader_reads(tmp_path):
+    import yaml
+
+    from cost_model.calibration.bands import bands_section
+
+    # five megatron-core hopper dense rows with residuals -0.2..0.2: the 10th percentile sits 0.4 of the
+    # way from the 1st to the 2nd value (-0.16), the 90th 0.6 of the way from the 4th to the 5th (0.16)
+    stacks = ["megatron-core"] * 5 + ["torchtitan"] * 2
+    families = ["hopper"] * 5 + ["ampere"] * 2
+    section = bands_section(stacks, families, ["dense"] * 7, [-0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 0.6])
+    path = tmp_path / "fitted.yaml"
+    path.write_text(yaml.safe_dump({"bands": section}))
+    table = load_bands(path)
+    assert set(table) == {("megatron-core", "hopper", "dense"), ("megatron-core", "hopper", "*"),
+                          ("megatron-core", "*", "*"), ("torchtitan", "ampere", "dense"),
+                          ("torchtitan", "ampere", "*"), ("torchtitan", "*", "*"), ("*", "*", "*")}
+    exact = table[("megatron-core", "hopper", "dense")]
+    assert (exact.rows, exact.low, exact.high) == (5, pytest.approx(-0.16), pytest.approx(0.16))
+    assert table[("*", "*", "*")].rows == 7
+    # torchtitan's 2 rows are written but give no band: its prediction takes the all-rows band
+    assert band_for(table, "torchtitan", "ampere", "dense").group == ("*", "*", "*")
+    with pytest.raises(ValueError, match="above -1"):
+        bands_section(["megatron-core"], ["hopper"], ["dense"], [-1.0])

@@ -264,3 +264,32 @@ def band_for_run(model: Any, training: Any, gpu: Any, table: BandTable | None = 
     table = load_bands() if table is None else table
     stack = getattr(training, "stack", "megatron-core")
     return band_for(table, stack, gpu_family(gpu), model_class(model))
+
+
+def bands_section(stacks: Any, families: Any, classes: Any, residuals: Any) -> list[dict[str, Any]]:
+    """The ``bands`` section for the fitted file, from one leave-one-source-out residual per row
+    (``predicted / measured - 1``, each row predicted by the fit made without its source group) and the
+    row's stack, GPU family and model class: one entry per group that has rows, at every level of the
+    fallback (exact, (stack, family, *), (stack, *, *), (*, *, *)), with its row count and the 10th and
+    90th percentiles of its residuals (numpy's linear interpolation between order statistics). Groups of
+    fewer than :data:`MIN_BAND_ROWS` rows are written too (the file says how few rows there are) and
+    :func:`band_for` passes over them. Sorted by group, ``*`` last."""
+    stacks, families, classes = (np.asarray(values, dtype=object) for values in (stacks, families, classes))
+    residuals = np.asarray(residuals, dtype=float)
+    if not (len(stacks) == len(families) == len(classes) == len(residuals)):
+        raise ValueError("bands_section needs one stack, GPU family, model class and residual per row")
+    if not np.isfinite(residuals).all() or (residuals <= -1).any():
+        raise ValueError("bands_section: every residual must be a finite predicted/measured - 1 above -1")
+    levels = ((stacks, families, classes), (stacks, families, None), (stacks, None, None), (None, None, None))
+    groups: dict[tuple[str, str, str], np.ndarray] = {}
+    for level in levels:
+        keys = [tuple(ANY if column is None else str(column[i]) for column in level) for i in range(len(residuals))]
+        for key in set(keys):
+            groups[key] = residuals[[k == key for k in keys]]
+    section = []
+    for key in sorted(groups, key=lambda k: tuple((part == ANY, part) for part in k)):
+        values = groups[key]
+        low, high = np.percentile(values, [10, 90])
+        section.append({"stack": key[0], "gpu_family": key[1], "model_class": key[2], "rows": int(len(values)),
+                        "low": round(float(low), 4), "high": round(float(high), 4)})
+    return section
