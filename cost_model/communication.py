@@ -24,6 +24,13 @@ Per dimension (Megatron-LM, Narayanan et al. 2021 and Korthikanti et al. 2022):
   micro-batch (the gradient buffer holds only the shard) and all-gathers weights once; ZeRO-3 (FSDP)
   all-gathers weights forward and again backward and reduce-scatters gradients, every micro-batch.
   Dense parameters reduce over dp x cp, experts over the expert-data-parallel ranks.
+
+How a stack issues the ZeRO-3 collectives matters at scale, where each collective pays the ring's latency
+over all its ranks (:mod:`hardware.collectives`): FSDP and Megatron-FSDP gather a layer's weights as one
+flat buffer (one all-gather, one reduce-scatter per layer); DeepSpeed ZeRO-3 of 2021 gathers every
+parameter tensor on its own through torch.distributed's list collectives
+(:data:`PER_TENSOR_LIST_COLLECTIVE_STACKS`), 12 collectives per GPT layer and direction, each followed
+(preceded, for the reduce-scatter) by one copy kernel per rank.
 """
 
 from __future__ import annotations
@@ -59,6 +66,26 @@ def sent_bytes(kind: Collective, n, message_bytes) -> np.ndarray:
 
 
 GROUPS = ("tp", "cp", "pp", "dp_cp", "ep", "edp")
+
+PER_TENSOR_LIST_COLLECTIVE_STACKS = frozenset({"deepspeed-zero3"})
+"""Stacks whose ZeRO-3 gathers and reduce-scatters one parameter tensor at a time, with one tensor per
+rank on the list side. DeepSpeed 0.3.x (April 2021, the ZeRO-3 of Narayanan et al. 2021 Table 2):
+``deepspeed/runtime/zero/partition_parameters.py`` ``_allgather_param`` builds ``world_size`` ``narrow``
+views of a flat buffer and calls ``torch.distributed.all_gather(partitions, ...)`` for one parameter;
+``_reduce_scatter_gradient`` calls ``torch.distributed.reduce_scatter(input_list[rank], input_list)``
+for one gradient (microsoft/DeepSpeed tag v0.3.16). PyTorch's ``ProcessGroupNCCL::allgather`` copies
+each rank's piece out of the flat NCCL buffer, ``outputTensors[i][j].copy_(outputFlattened[i][j])``
+for every rank j (``reduce_scatter`` flattens its inputs the same way): one copy kernel per rank and
+collective."""
+
+
+def parameter_tensors_per_layer(model: ModelSpec) -> int:
+    """Parameter tensors of one transformer layer, each its own collective under a per-tensor stack:
+    two norms (weight, plus bias for LayerNorm), the fused QKV, output, first (fused gate/up) and second
+    MLP projections, and their biases (``qkv_bias``, ``linear_bias``). A GPT-3 layer has 12."""
+    norms = 2 * (2 if model.norm_type == "layernorm" else 1)
+    biases = int(model.qkv_bias or model.linear_bias) + 3 * int(model.linear_bias)
+    return norms + 4 + biases
 
 
 @dataclass
@@ -254,9 +281,14 @@ class DataParallelComm:
 
 def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
                                 dense_params: np.ndarray, expert_params: np.ndarray, layers: np.ndarray,
-                                num_microbatches: np.ndarray, bucket_elements: float) -> DataParallelComm:
+                                num_microbatches: np.ndarray, bucket_elements: float,
+                                model: ModelSpec | None = None, copy_kernel_s: float = 0.0) -> DataParallelComm:
     """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
-    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency."""
+    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency.
+
+    Under a per-tensor stack (:data:`PER_TENSOR_LIST_COLLECTIVE_STACKS`) ZeRO-3 runs
+    :func:`parameter_tensors_per_layer` collectives per layer, and each also runs one copy kernel per rank
+    of the group, ``copy_kernel_s`` each (the fixed cost of a small kernel: the pieces are M/n bytes)."""
     zero = plans.zero_stage[:, None]
     groups = ((pricer.placements.dp_cp, dense_params), (pricer.placements.edp, expert_params))
     shape = dense_params.shape
@@ -266,12 +298,15 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     bwd = np.zeros(shape)
     sent = np.zeros(shape)
     m = num_microbatches[:, None].astype(float)
-    per_layer = np.maximum(layers, 1.0)
+    per_tensor = training.stack in PER_TENSOR_LIST_COLLECTIVE_STACKS and model is not None
+    per_layer = np.maximum(layers, 1.0) * (parameter_tensors_per_layer(model) if per_tensor else 1)
     for group, params in groups:
         if not params.any():  # no routed experts in a dense model: nothing to reduce over that group
             continue
         buckets = np.maximum(1.0, np.ceil(params / bucket_elements))
         chunks = np.where(zero >= 3, per_layer, buckets)
+        ranks = group.size[pricer.placements.layout_index][:, None].astype(float)
+        copies = np.where((zero >= 3) & (ranks > 1), chunks * ranks * copy_kernel_s, 0.0) if per_tensor else 0.0
 
         def priced(kind, bytes_per_param):
             message = params * bytes_per_param
@@ -280,6 +315,8 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
         ar_s, ar_b = priced(AR, training.grad_bytes)
         rs_s, rs_b = priced(RS, training.grad_bytes)
         ag_s, ag_b = priced(AG, 2.0)
+        if per_tensor:  # the list collectives' per-rank copies (ZeRO-3 only, see above)
+            rs_s, ag_s = rs_s + copies, ag_s + copies
         grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s], 0.0)
         gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
         fwd += np.where(zero == 3, ag_s, 0.0)

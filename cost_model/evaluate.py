@@ -14,8 +14,13 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 
 * TP: exposed, unless ``tp_comm_overlap`` (Megatron ``--tp-comm-overlap``), which hides it behind the
   layer's GEMMs up to their duration.
-* CP ring (p2p): each K/V exchange overlaps the attention kernel of the previous chunk; exposed is
-  what exceeds the attention time, forward and backward. CP all-to-all is exposed.
+* CP ring (p2p): a rank computes cp attention blocks and receives cp - 1 K/V chunks (backward: K/V and
+  dK/dV), each transfer beside one block: the first block (the local chunk) runs while the first chunk
+  arrives, and the last block has no transfer beside it. With the causal load balancing of Megatron /
+  Transformer Engine (each rank holds chunks i and 2cp-1-i) every block is the same work, 1/cp of the
+  layer's attention, so exposed = (cp - 1) * max(0, transfer - attention / cp) per layer, forward and
+  backward (Liu et al. 2023, Ring Attention, section 3; TE ``AttnFuncWithCPAndKVP2P``). CP all-to-all
+  is exposed.
 * EP all-to-all: exposed, unless ``overlap_moe_expert_parallel_comm`` (Megatron's merged 1F1B), which
   hides each all-to-all of the steady-state steps behind a compute block of the other micro-batch
   (:mod:`cost_model.ep_overlap`).
@@ -27,7 +32,11 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
 * ZeRO-2 reduce-scatters every micro-batch during its backward; ZeRO-3 (FSDP) prefetches each layer's
   weights during the previous layer's compute: exposed is what exceeds the compute, plus the first
-  layer's all-gather.
+  layer's all-gather. A stack without prefetch (``fsdp_prefetch: false`` in
+  :mod:`cost_model.stacks`) runs every gather and reduce-scatter on the critical path: DeepSpeed 0.3.x
+  ZeRO-3 calls ``torch.cuda.synchronize()`` before each parameter's all-gather
+  (``partition_parameters.py`` ``_allgather_param``) and again after each module's fetch
+  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives.
 * Overlapped communication still costs: NCCL kernels occupy a share of the SMs while they run
   (``overlap_sm_fraction``), so every second of hidden communication slows the compute beside it by
   that share.
@@ -63,6 +72,7 @@ from .params import ParameterCounts
 from .activations import recomputes
 from .plan import PlanArrays
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
+from .stacks import stack_spec
 from .training_spec import TrainingSpec
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
@@ -274,10 +284,12 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     cp_repeat = (1.0 + again["cp"])[:, None] * repeat if again["cp"].any() else repeat
     cp_total = per_stage(dense_c.cp_fwd_s, moe_c.cp_fwd_s) * cp_repeat + per_stage(dense_c.cp_bwd_s, moe_c.cp_bwd_s)
     if options.cp_comm_type == "p2p":
-        cp_layer_f = np.maximum(0.0, dense_c.cp_fwd_s - dense_t.attention_forward)
-        cp_layer_b = np.maximum(0.0, dense_c.cp_bwd_s - dense_t.attention_backward)
-        cp_moe_f = np.maximum(0.0, moe_c.cp_fwd_s - moe_t.attention_forward)
-        cp_moe_b = np.maximum(0.0, moe_c.cp_bwd_s - moe_t.attention_backward)
+        # cp - 1 transfers, each beside one of the cp equal attention blocks (module docstring)
+        beside = (plans.cp - 1) / plans.cp
+        cp_layer_f = np.maximum(0.0, dense_c.cp_fwd_s - beside * dense_t.attention_forward)
+        cp_layer_b = np.maximum(0.0, dense_c.cp_bwd_s - beside * dense_t.attention_backward)
+        cp_moe_f = np.maximum(0.0, moe_c.cp_fwd_s - beside * moe_t.attention_forward)
+        cp_moe_b = np.maximum(0.0, moe_c.cp_bwd_s - beside * moe_t.attention_backward)
         cp_exposed = per_stage(cp_layer_f, cp_moe_f) * cp_repeat + per_stage(cp_layer_b, cp_moe_b)
     else:
         cp_exposed = cp_total
@@ -296,13 +308,17 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     ep_exposed = ep_total - ep_hidden
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
-                                     options.grad_bucket_elements)
+                                     options.grad_bucket_elements, model=model,
+                                     copy_kernel_s=options.kernel_overhead_us * 1e-6)
     compute_fwd = forward
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)
-    zero_exposed = (np.maximum(0.0, dp.per_microbatch_fwd_s - compute_fwd) + dp.per_microbatch_fwd_s / layers
-                    + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
-    zero_hidden = (np.minimum(dp.per_microbatch_fwd_s, compute_fwd) + np.minimum(dp.per_microbatch_bwd_s, compute_bwd))
+    if stack_spec(training.stack).fsdp_prefetch:
+        zero_exposed = (np.maximum(0.0, dp.per_microbatch_fwd_s - compute_fwd) + dp.per_microbatch_fwd_s / layers
+                        + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
+    else:  # no prefetch: every ZeRO-3 gather and reduce-scatter waits for, and holds up, the compute
+        zero_exposed = dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s
+    zero_hidden = np.maximum(0.0, dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s - zero_exposed)
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
     contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden + ep_hidden)
 
