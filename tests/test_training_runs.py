@@ -1,0 +1,181 @@
+"""training_runs.csv read as validator rows (cost_model/calibration/training_runs.py): each mapping table
+gives the published settings, what cannot be priced is skipped with its reason, every converted row is
+priced, and CSV rows that repeat a curated row are dropped."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from cost_model.calibration.training_runs import (DEFAULT_CSV, GIB_BYTES, SkippedRow, join_rows, load_all_rows,
+                                                  load_all_rows_report, load_training_runs, memory_gib, parse_seq_len)
+from cost_model.calibration.validate import DEFAULT_DATASET, validate_row
+from cost_model.stacks import STACK_NAMES
+
+
+@pytest.fixture(scope="module")
+def converted():
+    rows, skipped = load_training_runs()
+    return {row["id"]: row for row in rows}, {skip.id: skip for skip in skipped}
+
+
+@pytest.fixture(scope="module")
+def table():
+    with open(DEFAULT_CSV, newline="", encoding="utf-8") as handle:
+        return {row["run_id"]: row for row in csv.DictReader(handle)}
+
+
+def test_every_csv_row_is_converted_or_skipped_once(converted, table):
+    rows, skipped = converted
+    assert len(table) == 556
+    assert set(rows) | set(skipped) == set(table) and not set(rows) & set(skipped)
+    assert all(isinstance(skip, SkippedRow) and skip.reason and skip.source_group for skip in skipped.values())
+    assert all(row["source_group"] == table[key]["source_group"] for key, row in rows.items())
+
+
+def test_megatron_bridge_row_takes_the_published_layout_precision_and_recipe(converted):
+    # mbridge-096: 26.04.01 container, DGX-H100, Qwen3-235B-A22B FP8, 256 GPUs, TP2 PP8 CP1 VP4 EP32, MBS 1,
+    # GBS 8192, FSDP 0, 1,712 tokens/s/GPU, 253 TFLOP/s/GPU.
+    row = converted[0]["mbridge-096"]
+    assert row["cluster"] == {"gpu": "h100-sxm", "num_gpus": 256}
+    assert row["model"] == {"preset": "qwen3-235b-a22b"}
+    assert {k: row["plan"][k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch")} == \
+        {"tp": 2, "pp": 8, "dp": 16, "cp": 1, "ep": 32, "vpp": 4, "micro_batch": 1}
+    assert (row["plan"]["zero_stage"], row["plan"]["sequence_parallel"], row["plan"]["recompute"]) == (1, True, None)
+    training = row["training"]
+    assert (training["precision"], training["fp8_recipe"], training["stack"]) == ("fp8", "tensorwise", "megatron-core")
+    assert (training["seq_length"], training["global_batch_size"], training["grad_dtype"]) == (4096, 8192, "bf16")
+    assert row["measured"]["tokens_per_s_per_gpu"] == 1712 and row["measured"]["tflops_per_gpu"] == 253
+
+
+def test_megatron_bridge_deepseek_row_takes_mxfp8_and_the_recipes_recompute(converted):
+    row = converted[0]["mbridge-001"]  # 26.08, GB300, DeepSeek-V3 MXFP8, TP1 PP2 VP8 EP32, FSDP not in the table
+    assert row["cluster"]["gpu"] == "gb300-nvl72" and row["training"]["fp8_recipe"] == "mxfp8"
+    assert (row["plan"]["recompute"], row["plan"]["recompute_modules"]) == ("selective", ["mla_up_proj"])
+    assert row["plan"]["zero_stage"] is None  # not published: the validator tries every stage
+    assert row["training"]["optimizer_moments_dtype"] == "bf16"
+
+
+def test_llmfoundry_rows_take_micro_batch_sharding_and_gradient_dtype(converted, table):
+    rows = converted[0]
+    big = rows["llmfoundry-001"]  # MPT-70b, 512 H100, MBS 8, GA 1, FULL_SHARD DEFAULT, activation checkpointing
+    assert (big["plan"]["micro_batch"], big["plan"]["dp"], big["training"]["global_batch_size"]) == (8, 512, 4096)
+    assert (big["plan"]["zero_stage"], big["plan"]["recompute"], big["training"]["grad_dtype"]) == (3, "full", "fp32")
+    assert big["training"]["stack"] == "composer-fsdp" and big["model"]["num_hidden_layers"] == 80
+    grad_op = [key for key, row in table.items() if row["fsdp"].startswith("SHARD_GRAD_OP")]
+    pure = [key for key, row in table.items() if "PURE" in row["fsdp"]]
+    assert len(grad_op) == 6 and all(rows[key]["plan"]["zero_stage"] == 2 for key in grad_op)
+    assert len(pure) == 80 and all(rows[key]["training"]["grad_dtype"] == "bf16" for key in pure)
+    small = [key for key, row in table.items() if row["gpu_type"] == "A100 40GB"]
+    assert all(rows[key]["cluster"]["overrides"] == {"gpu.memory_gib": 39.5, "gpu.hbm_GBps": 1555} for key in small)
+
+
+def test_llmfoundry_recompute_agrees_with_the_published_hfu(converted, table):
+    """HFU counts the recomputed forward: HFU/MFU = 4/3 exactly where the mapping says full recompute."""
+    for key, row in converted[0].items():
+        if row["source_group"] != "llmfoundry":
+            continue
+        ratio = float(table[key]["hfu_pct"]) / float(table[key]["mfu_pct"])
+        assert ratio == pytest.approx(4 / 3 if row["plan"]["recompute"] == "full" else 1.0, abs=0.01), key
+
+
+def test_sc21_zero3_row_is_zero_stage_3_in_hardware_flops(converted):
+    row = converted[0]["sc21_t2-001"]  # 174.6B, 384 A100, DeepSpeed ZeRO-3, MBS 4, 144 TFLOP/s
+    assert (row["plan"]["tp"], row["plan"]["pp"], row["plan"]["dp"], row["plan"]["micro_batch"]) == (1, 1, 384, 4)
+    assert row["plan"]["zero_stage"] == 3 and row["plan"]["recompute"] is None
+    assert (row["measured"]["flops_counted"], row["measured"]["tflops_per_gpu"]) == ("hardware", 144)
+    assert row["training"]["stack"] == "deepspeed-zero3" and row["training"]["precision"] == "fp16"
+    ptdp = converted[0]["sc21_t2-010"]  # 529.6B PTD-P TP8 PP35 on 560 GPUs
+    assert (ptdp["plan"]["recompute"], ptdp["training"]["stack"]) == ("full", "megatron-lm-2021")
+
+
+def test_unpriceable_rows_are_skipped_with_their_reason(converted, table):
+    rows, skipped = converted
+    nvfp4 = [key for key, row in table.items() if row["precision"] == "NVFP4"]
+    assert len(nvfp4) == 33 and all("NVFP4" in skipped[key].reason for key in nvfp4)
+    b200_long = [key for key, row in table.items() if row["source_group"] == "nemo_longseq" and "B200" in row["gpu_type"]]
+    assert len(b200_long) == 8 and all("layout inconsistent" in skipped[key].reason for key in b200_long)
+    assert "missing architecture" in skipped["mbridge-053"].reason  # Kimi K2: no architecture columns, no preset
+    for key, row in rows.items():
+        plan = row["plan"]
+        assert plan["tp"] * plan["pp"] * plan["dp"] * plan["cp"] == row["cluster"]["num_gpus"], key
+
+
+def test_torchtitan_rows_read_the_curated_pipeline_batches(converted):
+    rows = converted[0]
+    one_f_one_b, interleaved = rows["torchtitan-013"], rows["torchtitan-014"]  # local batch 32 on PP 8
+    assert (one_f_one_b["plan"]["micro_batch"], one_f_one_b["plan"]["vpp"], one_f_one_b["plan"]["zero_stage"]) == (4, 1, 1)
+    assert (interleaved["plan"]["micro_batch"], interleaved["plan"]["vpp"]) == (2, 2)
+    assert one_f_one_b["training"]["tp_comm_overlap"] is True  # '+ AsyncTP' in the caption
+    vanilla, async_tp = rows["torchtitan_asynctp-001"], rows["torchtitan_asynctp-002"]
+    assert (vanilla["training"]["tp_comm_overlap"], async_tp["training"]["tp_comm_overlap"]) == (False, True)
+    assert vanilla["plan"]["zero_stage"] == 3 and vanilla["training"]["global_batch_size"] == 16 * 32
+
+
+def test_csv_rows_of_curated_runs_convert_to_the_curated_settings():
+    """The twelve torchtitan rows the curated file also holds: the CSV reading gives the same layout,
+    batch, precision and overlap as the hand-read curated rows."""
+    rows, _, report = load_all_rows_report()
+    curated = {row["id"]: row for row in rows}
+    converted = {row["id"]: row for row in load_training_runs()[0]}
+    assert len(report.memory_merged) == 12
+    for csv_id, yaml_id in report.memory_merged:
+        ours, theirs = converted[csv_id], curated[yaml_id]
+        for key in ("tp", "pp", "dp", "cp", "vpp", "micro_batch", "recompute", "zero_stage", "sequence_parallel"):
+            assert ours["plan"][key] == theirs["plan"][key], (csv_id, key)
+        for key in ("seq_length", "global_batch_size", "precision", "fp8_recipe", "tp_comm_overlap", "stack"):
+            assert ours["training"][key] == theirs["training"][key], (csv_id, key)
+
+
+def test_every_converted_row_is_priced(converted):
+    for key, row in converted[0].items():
+        result = validate_row(row, "training_runs.csv")
+        assert result.predicted_tokens_per_gpu > 0 and result.tflops_error is not None, key
+
+
+def test_every_curated_row_names_its_source_group_and_stack():
+    runs = yaml.safe_load(DEFAULT_DATASET.read_text())["runs"]
+    assert all(run.get("source_group") for run in runs)
+    assert all(run["training"].get("stack") in STACK_NAMES for run in runs)
+    groups = {run["source_group"] for run in runs}
+    assert {"mbridge", "torchtitan", "sc21_t1", "korthikanti2022"} <= groups
+
+
+def _row(key, tokens, layout=(1, 1, 8), memory=None):
+    tp, pp, dp = layout
+    return {"id": key, "cluster": {"gpu": "h100-sxm", "num_gpus": tp * pp * dp},
+            "training": {"precision": "fp8", "fp8_recipe": "tensorwise"},
+            "plan": {"tp": tp, "pp": pp, "dp": dp, "cp": 1, "ep": 1, "vpp": 1},
+            "measured": {"tokens_per_s_per_gpu": tokens, "memory_gib": memory}, "notes": ""}
+
+
+def test_duplicates_within_one_percent_are_dropped_and_others_kept():
+    curated = [_row("yaml-a", 10000.0), _row("yaml-b", None, layout=(2, 1, 4), memory=70.0)]
+    csv_rows = [_row("same", 10090.0),                            # 0.9% apart: the same run
+                _row("apart", 10150.0),                           # 1.5% apart: another measurement
+                _row("layout", 10000.0, layout=(2, 1, 4)),        # another layout
+                _row("merge", 5000.0, layout=(2, 1, 4), memory=70.3)]  # curated row has memory only
+    rows, report = join_rows(curated, csv_rows)
+    assert [row["id"] for row in rows] == ["yaml-a", "yaml-b", "apart", "layout", "merge"]
+    assert report.duplicates_dropped == [("same", "yaml-a")] and report.memory_merged == [("merge", "yaml-b")]
+    assert rows[-1]["measured"]["memory_gib"] is None and rows[-1]["measured"]["tokens_per_s_per_gpu"] == 5000.0
+
+
+def test_load_all_rows_drops_the_csv_copies_of_curated_rows():
+    with_csv, skipped = load_all_rows()
+    curated, _ = load_all_rows(include_csv=False)
+    ids = {row["id"] for row in with_csv}
+    assert {row["id"] for row in curated} <= ids
+    assert "mbridge-224" not in ids  # 25.11 GB300 Llama 3 8B: megatron-bridge-25.11-gb300-llama3-8b-fp8
+    assert "mbridge-218" in ids      # 26.02 H100 Qwen3-30B: 5,113 here against 2,557 curated, not the same cell
+    assert len(with_csv) == len(curated) + 440 - 69 and len(skipped) == 116
+
+
+def test_text_columns_parse():
+    assert parse_seq_len("8192 (torchtitan train_configs/llama3_*.toml default at benchmark commit 9dec370)") == 8192
+    assert parse_seq_len("1048576") == 1048576
+    assert memory_gib("47.96", "GiB sampled at iteration 100") == 47.96
+    assert memory_gib("80", "GB per GPU") == pytest.approx(80e9 / GIB_BYTES) == pytest.approx(74.506, abs=1e-3)
+    assert memory_gib("", "") is None
