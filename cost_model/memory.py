@@ -3,6 +3,7 @@
 Model states (bytes per parameter held by the rank):
 
 * weights: 2 (bf16), plus 1 for Transformer Engine's cached FP8 weight copy when GEMMs run in FP8;
+  except where the weights themselves are FP8 (:func:`fp8_primary_weights`): 1, or 2 for MXFP8;
 * gradients: 4 for fp32 main grads (Megatron with ``--bf16``) or 2 for bf16;
 * optimizer: 12 for Adam (fp32 master, m, v), 8 for SGD with momentum.
 
@@ -23,9 +24,24 @@ Megatron's embedding group).
 
 Activations come from :mod:`cost_model.activations` times the layer-micro-batches in flight from
 :mod:`cost_model.stages`. Activation offload (Megatron ``--cpu-offloading-num-layers N``, pp = 1) keeps
-the other layers' activations plus the one whose copy to or from the host is under way. "Other" is the transient working set of one layer's backward (its full
-activations, as if nothing were saved), the bf16 logits beside their fp32 copy on the last stage,
-ZeRO-3's gathered layers, allocator fragmentation and a fixed framework reserve.
+the other layers' activations plus the one whose copy to or from the host is under way.
+
+What is predicted: peak RESERVED device memory, what nvidia-smi shows for the process less the CUDA
+context (which the presets' ``memory_gib`` already leaves out). Tensors alive at the peak are what
+``torch.cuda.max_memory_allocated`` counts; the process holds more (:func:`reserve_bytes`):
+
+* ``transient``: the working set of one layer's backward (its full activations, as if nothing were
+  saved: the recomputed layer, or the gradients of the widest ops), the logit-sized buffers of the loss
+  on the last stage, ZeRO-3's gathered layers (allocated);
+* ``allocator_cache``: the caching allocator's reserved-but-free blocks, ``allocator_fragmentation`` x
+  the dynamic memory (activations + transient); ``torch.cuda.max_memory_reserved`` = allocated +
+  this + the workspaces;
+* ``workspaces``: ``workspace_reserve_gib``, cuBLAS/cuDNN/Transformer Engine workspaces, whatever the plan;
+* ``communicator_buffers``: NCCL's buffers, ``nccl_buffer_mib_per_communicator`` x the communicators the
+  plan's rank uses (:func:`nccl_communicators`), allocated by NCCL outside PyTorch's allocator.
+
+``other`` is their sum. The one fit rule is :func:`fits_in_memory` (no headroom: the prediction already
+is what the GPU must hold).
 """
 
 from __future__ import annotations
@@ -67,6 +83,36 @@ def fits_in_memory(memory_bytes: np.ndarray | float, gpu_memory_gib: float,
     """Whether plans of predicted peak ``memory_bytes`` (per GPU, :class:`MemoryBreakdown` ``total``)
     fit: memory <= (1 - headroom) x usable. The one fit rule of search, evaluate, explain and validate."""
     return np.asarray(memory_bytes) <= memory_limit_bytes(gpu_memory_gib, headroom)
+
+
+def fp8_primary_weights(training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+    """Plans whose weights are kept in FP8 only, with no bf16 copy (booleans over plans).
+
+    Megatron-Core's ``--fp8-param-gather`` (Transformer Engine ``fp8_model_init``: "keep the compute
+    param in fp8, do not use any other intermediate dtype") is what the NeMo and Megatron-Bridge FP8
+    recipes run: ``bf16_with_fp8_mixed``, ``bf16_with_fp8_current_scaling_mixed`` and
+    ``bf16_with_mxfp8_mixed`` all set ``fp8_param_gather = True`` (NeMo
+    ``nemo/collections/llm/recipes/precision/mixed_precision.py``, Megatron-Bridge
+    ``src/megatron/bridge/training/mixed_precision.py``). The fp32 master copy lives in the distributed
+    optimizer or Megatron-FSDP, which the option needs: ZeRO >= 1. Other stacks (torchtitan's Float8,
+    Megatron-LM 2021, DeepSpeed) keep bf16 weights and cast them per GEMM.
+    """
+    return (training.precision == "fp8") & (training.stack == "megatron-core") & (plans.zero_stage >= 1)
+
+
+def weight_bytes_per_param(training: TrainingSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes of the weights as sharded by ZeRO-3, bytes of an unsharded FP8 cache) per parameter, per plan.
+
+    bf16 weights: 2, and with FP8 GEMMs Transformer Engine's cached FP8 copy, 1 (ZeRO-3 gathers layer by
+    layer and keeps no cache). FP8 primary weights (:func:`fp8_primary_weights`): 1 for per-tensor
+    scaling (the transpose Hopper's FP8 GEMMs need is made in backward and freed,
+    ``keep_fp8_transpose_cache`` False), 2 for MXFP8, whose 1x32 blocks cannot be transposed, so
+    Transformer Engine keeps a row-wise and a column-wise copy (``MXFP8Tensor``)."""
+    primary = fp8_primary_weights(training, plans)
+    fp8_weight = 2.0 if training.fp8_recipe == "mxfp8" else 1.0
+    sharded = np.where(primary, fp8_weight, float(WEIGHT_BYTES))
+    cache = np.where(primary | (training.precision != "fp8"), 0.0, 1.0)
+    return sharded, cache
 
 
 def padded_vocab(model: ModelSpec, plans: PlanArrays, options: CostOptions) -> np.ndarray:
@@ -117,6 +163,18 @@ def stage_parameters(model: ModelSpec, counts: ParameterCounts, plans: PlanArray
     return StageParameters(dense=dense, expert=expert, largest_layer=largest)
 
 
+def nccl_communicators(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
+    """NCCL communicators one rank moves data on (each holds its own buffers, allocated at the first
+    collective since NCCL 2.22's lazy connection, ``NCCL_RUNTIME_CONNECT``): tensor, context, data
+    (dp x cp, Megatron's gradient group) and pipeline (send/recv) parallel groups of more than one rank,
+    and for MoE models the expert, expert-tensor and expert-data-parallel groups. Megatron creates more
+    groups (model-parallel, embedding, position-embedding) that carry no traffic in a training step."""
+    count = ((plans.tp > 1).astype(float) + (plans.cp > 1) + (plans.dp * plans.cp > 1) + (plans.pp > 1))
+    if model.is_moe:
+        count = count + (plans.ep > 1) + (plans.etp > 1) + (plans.expert_data_parallel > 1)
+    return count
+
+
 @dataclass
 class MemoryBreakdown:
     """Bytes per rank, (plans, 3 stages)."""
@@ -125,13 +183,39 @@ class MemoryBreakdown:
     gradients: np.ndarray
     optimizer: np.ndarray
     activations: np.ndarray
-    other: np.ndarray
+    transient: np.ndarray
+    """Allocated at the peak beside the saved activations: one layer's backward working set, the loss's
+    logit buffers, ZeRO-3's gathered layers."""
+    allocator_cache: np.ndarray
+    """Reserved by PyTorch's caching allocator but not allocated at the peak (fragmentation)."""
+    workspaces: np.ndarray
+    """cuBLAS/cuDNN/Transformer Engine workspaces (in PyTorch's allocator)."""
+    communicator_buffers: np.ndarray
+    """NCCL buffers (outside PyTorch's allocator)."""
     offloaded_bytes: np.ndarray
     """Activation bytes per micro-batch that go to host memory and come back (activation offload)."""
 
     @property
+    def other(self) -> np.ndarray:
+        """Everything beside model states and saved activations."""
+        return self.transient + self.allocator_cache + self.workspaces + self.communicator_buffers
+
+    @property
+    def allocated(self) -> np.ndarray:
+        """Peak allocated memory: ``torch.cuda.max_memory_allocated``."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.transient
+
+    @property
+    def allocator_reserved(self) -> np.ndarray:
+        """Peak reserved by PyTorch's allocator: ``torch.cuda.max_memory_reserved`` (torchtitan's logged
+        ``memory``): allocated + allocator cache + workspaces, without NCCL's buffers."""
+        return self.allocated + self.allocator_cache + self.workspaces
+
+    @property
     def total(self) -> np.ndarray:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.other
+        """Peak reserved device memory, what nvidia-smi shows less the CUDA context: the predicted
+        memory of a plan, and what :func:`fits_in_memory` compares with the usable memory."""
+        return self.allocator_reserved + self.communicator_buffers
 
 
 def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, stages: StageLayout,
@@ -146,8 +230,8 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
         return (np.where(on, params.dense / dense_group, params.dense)
                 + np.where(on, params.expert / expert_group, params.expert))
 
-    fp8_cache = 1.0 if training.precision == "fp8" else 0.0
-    weights = WEIGHT_BYTES * sharded(3) + fp8_cache * np.where(zero >= 3, 0.0, params.total)
+    weight_bytes, fp8_cache = (b[:, None] for b in weight_bytes_per_param(training, plans))
+    weights = weight_bytes * sharded(3) + fp8_cache * np.where(zero >= 3, 0.0, params.total)
     gradients = training.grad_bytes * sharded(2)
     optimizer = training.optimizer_state_bytes * sharded(1)
     optimizer = np.where(plans.optimizer_offload[:, None], 0.0, optimizer)
@@ -176,8 +260,11 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     activations = activations + np.where(stages.has_lm_head, head, 0.0)
 
     transient = working + np.where(stages.has_lm_head, logits_transient_bytes(training, plans, vocab)[:, None], 0.0)
-    fsdp_buffers = np.where(zero >= 3, 2 * WEIGHT_BYTES * params.largest_layer, 0.0)
-    other = (transient + fsdp_buffers + options.allocator_fragmentation * (activations + transient)
-             + options.framework_reserved_gib * GIB)
-    return MemoryBreakdown(weights=weights, gradients=gradients, optimizer=optimizer,
-                           activations=activations, other=other, offloaded_bytes=offloaded * per_layer)
+    fsdp_buffers = np.where(zero >= 3, 2 * weight_bytes * params.largest_layer, 0.0)
+    cache = options.allocator_fragmentation * (activations + transient)
+    workspaces = np.full_like(activations, options.workspace_reserve_gib * GIB)
+    nccl = (options.nccl_buffer_mib_per_communicator * 2**20 * nccl_communicators(model, plans))[:, None]
+    return MemoryBreakdown(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
+                           transient=transient + fsdp_buffers, allocator_cache=cache, workspaces=workspaces,
+                           communicator_buffers=np.broadcast_to(nccl, activations.shape).copy(),
+                           offloaded_bytes=offloaded * per_layer)

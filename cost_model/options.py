@@ -12,18 +12,41 @@ from typing import Any, Literal
 from hardware.placement import DEFAULT_RANK_ORDER
 
 
+ATTENTION_OPTION_BOUNDS = {
+    "attention_half_length": (0.0, 16384.0),
+    "attention_head_dim_half": (0.0, 256.0),
+    "attention_block_tokens": (16.0, 256.0),
+    "attention_backward_share": (0.4, 1.0),
+    "flash_attention_2_share": (0.2, 1.0),
+}
+"""Physical bounds of the attention kernel options (documented on each field)."""
+
+
 @dataclass(frozen=True)
 class CostOptions:
     rank_order: str = DEFAULT_RANK_ORDER
     """Megatron-LM's ``--rank-order`` style order of the parallel dimensions, innermost first."""
 
-    framework_reserved_gib: float = 1.5
-    """Memory taken outside the model's tensors: NCCL communicator buffers, cuBLAS/cuDNN workspaces and
-    the PyTorch allocator's minimum pools (GiB per GPU). CUDA context is outside usable memory already."""
+    workspace_reserve_gib: float = 0.5
+    """Device memory a training process holds whatever the plan, beside the model's tensors (GiB per GPU;
+    the CUDA context is outside usable memory already): cuBLAS/cuBLASLt workspaces (PyTorch allocates
+    4 MiB x 8 per handle and stream on Hopper, ``CUBLAS_WORKSPACE_CONFIG`` ``:4096:8``; Transformer
+    Engine 32 MiB per stream on Hopper and newer, ``get_cublas_workspace_size_bytes``), cuDNN attention
+    workspaces and the allocator's first segments. Bounds [0, 4]. See :mod:`cost_model.memory`."""
 
     allocator_fragmentation: float = 0.05
-    """Extra fraction of the dynamic (activation and transient) memory lost to caching-allocator
-    fragmentation."""
+    """PyTorch caching allocator's peak reserved minus peak allocated memory, as a fraction of the dynamic
+    memory (activations and per-layer transients, allocated and freed every micro-batch in blocks of many
+    sizes that the allocator caches and splits: PyTorch docs, "CUDA semantics: memory management").
+    Model states are allocated once at start-up and do not fragment. Bounds [0, 0.5]."""
+
+    nccl_buffer_mib_per_communicator: float = 294.0
+    """NCCL's device buffers per communicator a rank uses (MiB), outside PyTorch's allocator (nvidia-smi
+    shows them, ``torch.cuda.max_memory_reserved`` does not): one ring connection per channel, each with
+    the Simple (``NCCL_BUFFSIZE`` 4 MiB), LL128 (4.69 MiB: 120 elements x 640 threads x 8 steps x 8 B)
+    and LL (0.5 MiB: 8 lines x 512 threads x 8 steps x 16 B) protocol buffers (NCCL ``src/init.cc``
+    ``DEFAULT_BUFFSIZE``, ``DEFAULT_LL128_BUFFSIZE``, ``DEFAULT_LL_BUFFSIZE``), times 32 channels
+    (``NCCL_MAX_NCHANNELS`` on Hopper/Blackwell NVLink): 32 x 9.19 = 294 MiB. Bounds [0, 2048]."""
 
     kernel_overhead_us: float = 4.0
     """Fixed cost of one GEMM kernel (launch, tail effects), making small GEMMs less efficient."""
@@ -40,7 +63,32 @@ class CostOptions:
 
     attention_half_length: float = 512.0
     """Sequence length at which a fused attention kernel reaches half of the GPU's attention efficiency
-    (FlashAttention-2, Dao 2023, figures 4-5: throughput at 512 tokens is about half of that at 16K)."""
+    (FlashAttention-2, Dao 2023, figures 4-5: throughput at 512 tokens is about half of that at 16K).
+    Bounds [0, 16384]."""
+
+    attention_head_dim_half: float = 48.0
+    """Head dim at which a flash kernel's efficiency would be half its limit: efficiency d / (d + this),
+    relative to head dim 128 (:func:`cost_model.compute.flash_attention_rates`). 48 puts head dim 64 at
+    0.79 of head dim 128 (FlashAttention-3 paper figure 5: ~0.7 forward on H100; FlashAttention-2 paper
+    figure 4: ~0.85 forward + backward on A100). Bounds [0, 256]."""
+
+    attention_block_tokens: float = 128.0
+    """Query and key tile of a flash kernel (FlashAttention-2 and -3 use 128 x 128 tiles at head dims
+    64-128): with a causal mask the tiles on the diagonal are computed in full and half masked. Bounds
+    [16, 256]."""
+
+    attention_backward_share: float = 0.8
+    """Rate of a flash kernel's backward relative to its forward, on the FLOPs the papers count (2.5x the
+    forward): FlashAttention-2 reaches up to 73% of A100's peak forward and 63% backward (Dao 2023,
+    section 4.1: 0.86); FlashAttention-3's backward is further below its forward on H100 (Shah et al.
+    2024, figures 5-6). Bounds [0.4, 1]."""
+
+    flash_attention_2_share: float = 0.5
+    """Rate of FlashAttention-2 on Hopper and Blackwell relative to the native kernels (cuDNN,
+    FlashAttention-3) the GPU presets describe: PyTorch SDPA's FA2 backend reaches 287-304 TFLOP/s
+    forward at head dim 128 on H100 (pytorch/benchmark PR #2296), FA3 430-621 (PR #2391); the FA3 paper
+    (Shah et al. 2024, section 1) puts FA2 at 35% of H100's peak against FA3's 75%. Applies to stacks with
+    ``flash_attention_2`` (:mod:`cost_model.stacks`). Bounds [0.2, 1]."""
 
     make_vocab_size_divisible_by: int = 128
     """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""
@@ -60,13 +108,22 @@ class CostOptions:
     """Parameters per second one GPU's share of the host CPUs updates with a vectorised CPU Adam
     (DeepSpeed CPU-Adam scale)."""
 
-    mfu_attention_causal: bool = False
-    """Count attention FLOPs of the model with the causal half only. False follows Narayanan et al. 2021
-    and PaLM (full s x s), so MFU is comparable with published figures."""
+    mfu_attention_causal: bool = True
+    """Count a causal model's attention FLOPs with the causal half only (QK^T and AV over the unmasked
+    half of the s x s scores), as Megatron-Core >= 0.14 and Megatron-Bridge count them: model FLOPs are
+    then never more than the FLOPs a flash kernel executes, so MFU never exceeds the kernels' efficiency
+    (:mod:`cost_model.flops`). False counts the full s x s (Narayanan et al. 2021, PaLM, llm-foundry),
+    which puts a long-context MFU above what the GPU executes."""
 
     cp_comm_type: Literal["p2p", "a2a"] = "p2p"
     """Context parallelism: ring exchange of K/V (Megatron ``--cp-comm-type p2p``, overlapped with the
     attention kernels) or all-to-all (Ulysses, ``a2a``)."""
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in ATTENTION_OPTION_BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must lie in [{low:g}, {high:g}] (see CostOptions.{name}), got {value!r}")
 
     def with_changes(self, **changes: Any) -> "CostOptions":
         return replace(self, **changes)

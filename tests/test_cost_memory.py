@@ -263,10 +263,10 @@ def test_memory_parts_add_up_and_frame_in_gib():
     assert len(frame) == 12
 
 
-def test_framework_reserve_is_added_once():
+def test_workspace_reserve_is_added_once():
     training = TrainingSpec(seq_length=4096, global_batch_size=8)
-    a = run(LLAMA2_7B, training, [dict(tp=1)], framework_reserved_gib=0.0)
-    b = run(LLAMA2_7B, training, [dict(tp=1)], framework_reserved_gib=2.0)
+    a = run(LLAMA2_7B, training, [dict(tp=1)], workspace_reserve_gib=0.0)
+    b = run(LLAMA2_7B, training, [dict(tp=1)], workspace_reserve_gib=2.0)
     assert b.memory_bytes[0] - a.memory_bytes[0] == pytest.approx(2 * 2**30)
 
 
