@@ -113,18 +113,21 @@ def test_all_to_all_split_between_nvlink_and_network_by_hand(h100):
     # 64 ranks, 8 per node: 7/64 of the buffer over NVLink, 56/64 over the NIC share; the slower wins.
     m = GiB
     intra = 7 / 64 * m / (450e9 * 0.6)
-    inter = 56 / 64 * m / (50e9 * 0.5)
+    inter = 56 / 64 * m / (50e9 * 0.9)
     assert inter > intra
     assert float(collective_time_s(h100, "all_to_all", 64, m, 8)) == pytest.approx(5e-6 + inter, rel=1e-12)
     inside = float(collective_time_s(h100, "all_to_all", 8, m, 8))
     assert inside == pytest.approx(2e-6 + 7 / 8 * m / (450e9 * 0.6), rel=1e-12)
 
 
-def test_all_to_all_far_below_all_reduce_across_nodes(h100):
+def test_all_to_all_across_nodes_runs_at_one_nic_per_gpu(h100):
+    # nccl-tests#130 (NCCL maintainer): across N nodes the all-to-all busBw is N/(N-1) x the network
+    # bandwidth per GPU, tending to one NIC (nccl-tests#267); an NDR NIC gives 46-48 GB/s (#290).
     m = GiB
-    a2a = bus_bandwidth_GBps("all_to_all", 64, m, collective_time_s(h100, "all_to_all", 64, m, 1))
-    ar = bus_bandwidth_GBps("all_reduce", 64, m, collective_time_s(h100, "all_reduce", 64, m, 1))
-    assert float(a2a) < 0.6 * float(ar)
+    one_per_node = bus_bandwidth_GBps("all_to_all", 64, m, collective_time_s(h100, "all_to_all", 64, m, 1))
+    assert float(one_per_node) == pytest.approx(47, rel=0.1)
+    eight_nodes = bus_bandwidth_GBps("all_to_all", 64, m, collective_time_s(h100, "all_to_all", 64, m, 8))
+    assert float(eight_nodes) == pytest.approx(8 / 7 * 47, rel=0.1)
 
 
 def test_small_messages_use_tree_latency(h100):
