@@ -1,0 +1,115 @@
+"""Exposed communication at scale: ZeRO-3 collectives per stack and the context-parallel ring per step.
+
+Hand-derived from the collective model (hardware.collectives: NCCL's flat-ring latency over all ranks)
+and the stacks' sources (DeepSpeed 0.3.16 per-parameter list collectives with a device synchronisation
+before each gather; FSDP-style prefetch for the others).
+"""
+
+import numpy as np
+import pytest
+
+from cost_model.communication import (CommPricer, data_parallel_communication, layer_communication,
+                                      parameter_tensors_per_layer, place)
+from cost_model.compute import layer_times
+from cost_model.evaluate import evaluate
+from cost_model.model_loader import load_model, model_from_hf
+from cost_model.options import CostOptions
+from cost_model.plan import PlanArrays
+from cost_model.training_spec import TrainingSpec
+from hardware.collectives import collective_time_s
+from hardware.loader import load_cluster
+
+GPT3 = model_from_hf({"num_hidden_layers": 96, "hidden_size": 12288, "num_attention_heads": 96,
+                      "intermediate_size": 4 * 12288, "vocab_size": 51200, "hidden_act": "gelu",
+                      "norm_type": "layernorm", "position_embedding_type": "learned",
+                      "max_position_embeddings": 2048, "tie_word_embeddings": True, "add_bias_linear": True},
+                     name="gpt3-175b")
+
+
+def test_parameter_tensors_per_layer():
+    # GPT-3 (Megatron GPT under DeepSpeed): 2 LayerNorms x (weight, bias) + QKV, proj, fc1, fc2 x (weight, bias)
+    assert parameter_tensors_per_layer(GPT3) == 12
+    # Llama: 2 RMSNorm weights + 4 projection weights, no biases
+    assert parameter_tensors_per_layer(load_model("llama3-8b").spec) == 6
+
+
+def _zero3_forward_gather_s(stack: str, num_gpus: int, layers: int, params: float) -> float:
+    cluster = load_cluster(f"a100x{num_gpus}")
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=num_gpus, zero_stage=3)])
+    options = CostOptions()
+    pricer = CommPricer(cluster, place(cluster, plans, options))
+    dp = data_parallel_communication(
+        TrainingSpec(seq_length=2048, global_batch_size=num_gpus, stack=stack, grad_dtype="bf16"), plans, pricer,
+        np.array([[params, 0.0, 0.0]]), np.zeros((1, 3)), np.array([[float(layers), 0.0, 0.0]]), np.array([1]),
+        options.grad_bucket_elements, model=GPT3, copy_kernel_s=options.kernel_overhead_us * 1e-6)
+    return float(dp.per_microbatch_fwd_s[0, 0])
+
+
+def test_deepspeed_zero3_gathers_each_tensor_with_per_rank_copies_by_hand():
+    # 96 GPT-3 layers of 12 h^2 parameters on 1,536 A100 (192 DGX nodes), bf16 weights.
+    layers, params = 96, 96 * 12 * 12288**2
+    topo = load_cluster("a100x1536").topology
+    # FSDP-style: one all-gather of a layer's 12 h^2 x 2 bytes per layer.
+    per_layer = float(collective_time_s(topo, "all_gather", 1536, 2 * params / layers, 8))
+    assert _zero3_forward_gather_s("torchtitan", 1536, layers, params) == pytest.approx(layers * per_layer, rel=1e-9)
+    # DeepSpeed 0.3.x: 12 all-gathers per layer (one per tensor), each paying the ring's latency over
+    # 1,536 ranks (1,344 NVLink steps of 2 us + 191 network steps of 5 us = 3.643 ms) and 1,536 copy
+    # kernels of 4 us; bandwidth is the same bytes.
+    latency = 1344 * 2e-6 + 191 * 5e-6
+    bandwidth = per_layer - latency
+    by_hand = layers * (12 * latency + bandwidth + 12 * 1536 * 4e-6)
+    got = _zero3_forward_gather_s("deepspeed-zero3", 1536, layers, params)
+    assert got == pytest.approx(by_hand, rel=1e-9)
+    assert got == pytest.approx(13.20, rel=0.01)  # 4.20 s latency + 1.92 s bandwidth + 7.08 s copies
+
+
+def test_deepspeed_zero3_gather_time_grows_with_ranks_at_fixed_bytes():
+    # Bandwidth per rank is the same at any scale; latency and per-rank copies grow with the ranks.
+    times = [_zero3_forward_gather_s("deepspeed-zero3", n, 96, 96 * 12 * 12288**2) for n in (384, 768, 1536)]
+    assert times[0] < times[1] < times[2]
+    assert times[2] - times[1] == pytest.approx(2 * (times[1] - times[0]), rel=0.02)  # linear in ranks
+
+
+def _gpt3_step(stack: str, num_gpus: int, micro_batch: int):
+    training = TrainingSpec(seq_length=2048, global_batch_size=1536, precision="fp16", stack=stack,
+                            grad_dtype="bf16", flash_attention=False)
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=num_gpus, micro_batch=micro_batch, zero_stage=3,
+                                          recompute="full")])
+    return evaluate(GPT3, training, load_cluster(f"a100x{num_gpus}"), plans)
+
+
+def test_zero3_without_prefetch_is_exposed_and_grows_as_tokens_per_gpu_shrink():
+    # SC21 Table 2: a fixed batch of 1,536 sequences on 384 / 768 / 1,536 GPUs (micro-batch 4 / 2 / 1).
+    # With prefetch (torchtitan, FSDP2) the per-layer gathers hide behind each layer's compute; DeepSpeed
+    # 0.3.x synchronises the device before each gather, so they add up, and their share of the step grows
+    # as the compute per GPU shrinks.
+    shares = []
+    for n, mb in ((384, 4), (768, 2), (1536, 1)):
+        hidden = _gpt3_step("torchtitan", n, mb)
+        exposed = _gpt3_step("deepspeed-zero3", n, mb)
+        assert float(hidden.step_time_parts_s["dp_comm"][0]) < 0.01 * float(hidden.step_time_s[0])
+        shares.append(float(exposed.step_time_parts_s["dp_comm"][0] / exposed.step_time_s[0]))
+    assert shares[0] < shares[1] < shares[2]
+    assert shares[2] > 0.6  # at micro-batch 1 most of the step is ZeRO-3 communication
+
+
+def test_cp_ring_exposes_what_each_transfer_takes_beyond_one_block():
+    # A slow scale-up network forces exposure: cp - 1 transfers, each beside one of cp equal blocks.
+    model = load_model("llama3-8b").spec
+    cluster = load_cluster("h100x8").with_overrides({"topology.scaleup_GBps": 5.0, "topology.nvls": False})
+    training = TrainingSpec(seq_length=65536, global_batch_size=1)
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=1, cp=8)])
+    options = CostOptions()
+    dense_t, _ = layer_times(model, training, plans, cluster.gpu, options)
+    dense_c, _ = layer_communication(model, training, plans, CommPricer(cluster, place(cluster, plans, options)), options)
+    cp = 8
+    step_f, step_b = dense_c.cp_fwd_s[0] / (cp - 1), dense_c.cp_bwd_s[0] / (cp - 1)
+    block_f, block_b = dense_t.attention_forward[0] / cp, dense_t.attention_backward[0] / cp
+    assert step_f > block_f  # the case is communication-bound
+    per_layer = (cp - 1) * (max(0.0, step_f - block_f) + max(0.0, step_b - block_b))
+    m = evaluate(model, training, cluster, plans, options)
+    assert float(m.step_time_parts_s["cp_comm"][0]) == pytest.approx(model.num_layers * per_layer, rel=1e-9)
+    # and more than the old aggregate rule max(0, all transfers - all attention)
+    aggregate = max(0.0, dense_c.cp_fwd_s[0] - dense_t.attention_forward[0]) + max(
+        0.0, dense_c.cp_bwd_s[0] - dense_t.attention_backward[0])
+    assert per_layer > aggregate
