@@ -34,8 +34,8 @@ context (which the presets' ``memory_gib`` already leaves out). Tensors alive at
   saved: the recomputed layer, or the gradients of the widest ops), the logit-sized buffers of the loss
   on the last stage, ZeRO-3's gathered layers (allocated);
 * ``allocator_cache``: the caching allocator's reserved-but-free blocks, ``allocator_fragmentation`` x
-  the dynamic memory (activations + transient); ``torch.cuda.max_memory_reserved`` = allocated +
-  this + the workspaces;
+  the transient memory (ZeRO-3's gathered layers, of one size, excepted);
+  ``torch.cuda.max_memory_reserved`` = allocated + this + the workspaces;
 * ``workspaces``: ``workspace_reserve_gib``, cuBLAS/cuDNN/Transformer Engine workspaces, whatever the plan;
 * ``communicator_buffers``: NCCL's buffers, ``nccl_buffer_mib_per_communicator`` x the communicators the
   plan's rank uses (:func:`nccl_communicators`), allocated by NCCL outside PyTorch's allocator.
@@ -261,7 +261,7 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
 
     transient = working + np.where(stages.has_lm_head, logits_transient_bytes(training, plans, vocab)[:, None], 0.0)
     fsdp_buffers = np.where(zero >= 3, 2 * weight_bytes * params.largest_layer, 0.0)
-    cache = options.allocator_fragmentation * (activations + transient)
+    cache = options.allocator_fragmentation * transient
     workspaces = np.full_like(activations, options.workspace_reserve_gib * GIB)
     nccl = (options.nccl_buffer_mib_per_communicator * 2**20 * nccl_communicators(model, plans))[:, None]
     return MemoryBreakdown(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
