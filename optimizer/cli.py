@@ -40,7 +40,7 @@ from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB, MEMORY_HEADROOM, fits_in_memory
 from cost_model.options import CostOptions
 from hardware.cli import app as hardware_app
-from hardware.errors import InputError, shorten
+from hardware.errors import InputError, did_you_mean, shorten
 from hardware.loader import load_cluster
 
 from .explain import explain_no_fit
@@ -656,69 +656,131 @@ def _reason(rule: str) -> str:
 
 @app.command("validate")
 def validate_command(
-    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: cost_model/calibration/data/published_runs.yaml)."),
+    dataset: Optional[str] = typer.Argument(None, help="A published-runs YAML of your own (default: the packaged "
+                                            "published_runs.yaml and training_runs.csv)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Only the rows of this source_group."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
 ) -> None:
-    """Price every published layout and compare with what was measured."""
-    from cost_model.calibration.calibrate import calibration_row_ids
-    from cost_model.calibration.validate import DEFAULT_DATASET, summary, validate
-    rows = validate(dataset or DEFAULT_DATASET)
-    calibration = calibration_row_ids()
-    stats = summary(rows, calibration)
+    """Price every published layout and compare with what was measured; show the cross-validated error."""
+    from cost_model.calibration.validate import summary, validate
+    rows = validate(dataset)
+    if source:
+        groups = sorted({r.source_group for r in rows})
+        if source not in groups:
+            raise InputError("--source", "", f"{source!r} is not a source group of the dataset{did_you_mean(source, groups)}",
+                             f"use one of {', '.join(groups)}")
+        rows = [r for r in rows if r.source_group == source]
+    stats = summary(rows)
+    cross = _stored_cross_validation() if dataset is None else None
     if output is OutputFormat.json:
         typer.echo(json.dumps({"rows": [{**r.__dict__, "tflops_error": r.tflops_error, "memory_error": r.memory_error,
-                                         "fits": r.fits} for r in rows], "summary": stats}, indent=2))
+                                         "fits": r.fits} for r in rows], "summary": stats,
+                               "cross_validation": cross}, indent=2))
         return
     typer.echo(f"{'run':44s} {'GPUs':>6s} {'layout':24s} {'meas':>7s} {'pred':>7s} {'error':>7s} "
-               f"{'mem GiB':>8s} {'fits':>4s}  verified")
+               f"{'mem GiB':>8s} {'fits':>4s}  source")
     for r in rows:
         error = "-" if r.tflops_error is None else f"{r.tflops_error:+.0%}"
         measured = "-" if r.measured_tflops is None else f"{r.measured_tflops:.0f}"
         if r.measured_tokens_per_gpu:
             measured = f"{r.predicted_tflops / (1 + r.tflops_error):.0f}*"  # TFLOP/s implied by tokens/s
         typer.echo(f"{r.id[:44]:44s} {r.num_gpus:6d} {r.layout[:24]:24s} {measured:>7s} {r.predicted_tflops:7.0f} "
-                   f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  "
-                   f"{'yes' if r.verified else 'no'}{' (calibration)' if r.id in calibration else ''}")
-    for label, s in stats.items():
-        label = label.replace("_", " ")
+                   f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  {r.source_group}"
+                   f"{'' if r.verified else ' (unverified)'}")
+    typer.echo("TFLOP/s per GPU in this model's FLOP count (or with recompute where the source counts it); * = the "
+               "source publishes tokens/s per GPU, compared as such (meas = the TFLOP/s those tokens/s imply).")
+    typer.echo("")
+    typer.echo(_source_table(stats, cross))
+    for label in ("verified", "all"):
+        s = stats[label]
         if s["throughput_rows"]:
             typer.echo(f"{label}: {s['throughput_rows']} rows with throughput, median |error| "
-                       f"{s['median_abs_throughput_error']:.1%}, worst {s['worst_abs_throughput_error']:.1%}, "
+                       f"{s['median_abs_throughput_error']:.1%} (signed {s['median_signed_throughput_error']:+.1%}), "
                        f"{s['throughput_rows_within_10pct']} within 10%, {s['throughput_rows_beyond_25pct']} beyond 25%; "
                        f"{s['rows_predicted_to_fit']} of {s['rows']} predicted to fit in memory")
         if s["memory_rows"]:
             typer.echo(f"{label}: {s['memory_rows']} rows with measured memory per GPU, median |error| "
                        f"{s['median_abs_memory_error']:.1%}, worst {s['worst_abs_memory_error']:.1%}")
-    typer.echo("TFLOP/s per GPU in this model's FLOP count (or with recompute where the source counts it); * = the "
-               "source publishes tokens/s per GPU, compared as such (meas = the TFLOP/s those tokens/s imply).")
+    if cross:
+        o = cross["overall"]
+        typer.echo(f"leave-one-source-out (plan-search calibrate, each source priced by a fit without it): median "
+                   f"|error| {o['held_out_median_abs_error']:.1%}, signed {o['held_out_median_signed_error']:+.1%}, worst "
+                   f"source {o['worst_source_median_abs_error']:.1%}; layout ranking: median Kendall tau "
+                   f"{o['median_kendall_tau']:.2f} over {o['ranking_groups']} groups, measured best in the predicted "
+                   f"top 3 in {o['groups_with_best_in_top3']}")
+
+
+def _stored_cross_validation() -> dict | None:
+    """The leave-one-source-out report the last ``calibrate --write`` stored, if any."""
+    from cost_model.calibration.bands import FITTED_FILE
+    from hardware.errors import read_yaml_mapping
+    if not FITTED_FILE.exists():
+        return None
+    return read_yaml_mapping(FITTED_FILE).get("cross_validation")
+
+
+def _source_table(stats: dict, cross: dict | None) -> str:
+    held = {s["source_group"]: s for s in (cross or {}).get("sources", [])}
+    lines = [f"{'source':20s} {'rows':>5s} {'median |err|':>12s} {'signed':>8s} {'>25%':>5s}"
+             + (f" {'held out |err|':>14s} {'signed':>8s}" if held else "")]
+    for group, s in stats["sources"].items():
+        if not s["throughput_rows"]:
+            continue
+        line = (f"{group[:20]:20s} {s['throughput_rows']:5d} {s['median_abs_throughput_error']:12.1%} "
+                f"{s['median_signed_throughput_error']:+8.1%} {s['throughput_rows_beyond_25pct']:5d}")
+        if group in held:
+            line += f" {held[group]['held_out_median_abs_error']:14.1%} {held[group]['held_out_median_signed_error']:+8.1%}"
+        lines.append(line)
+    if held:
+        lines.append("held out = priced by the fit made without that source (plan-search calibrate)")
+    return "\n".join(lines)
 
 
 @app.command("calibrate")
 def calibrate_command(
-    dataset: Optional[str] = typer.Argument(None, help="Published-runs YAML (default: cost_model/calibration/data/published_runs.yaml)."),
-    write: bool = typer.Option(False, "--write", help="Store the fitted values in the GPU presets."),
+    dataset: Optional[str] = typer.Argument(None, help="A published-runs YAML of your own (default: the packaged "
+                                            "published_runs.yaml and training_runs.csv)."),
+    write: bool = typer.Option(False, "--write", help="Store the fitted values: GPU presets, stacks.yaml and "
+                               "cost_model/calibration/fitted.yaml (parameters, cross-validation, bands)."),
 ) -> None:
-    """Fit each GPU's GEMM efficiency per precision, and the host's kernel issue time, on their calibration
-    rows; report the held-out rows."""
-    from cost_model.calibration.calibrate import DEFAULT_DATASET, calibrate, calibrate_host, write_presets
-    results = calibrate(dataset or DEFAULT_DATASET)
-    for result in results:
-        via = f" (derived: FP8 value x {result.derived_from}'s BF16/FP8 ratio)" if result.derived_from else ""
-        typer.echo(f"{result.gpu} {result.precision}: {result.parameter} = {result.value}{via}")
-        for label, rows in (("calibration", result.calibration), ("held out", result.held_out)):
-            for row in rows:
-                typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "
-                           f"({row.tflops_error:+.1%})")
-    host = calibrate_host(dataset or DEFAULT_DATASET)
-    if host is not None:
-        typer.echo(f"host kernel issue time: host_kernel_issue_us = {host.value_us} "
-                   f"(CostOptions default {CostOptions().host_kernel_issue_us})")
-        for label, rows in (("calibration", host.calibration), ("held out", host.held_out)):
-            for row in rows:
-                typer.echo(f"  {label:11s} {row.id:48s} predicted/measured throughput {1 + row.tflops_error:.3f} "
-                           f"({row.tflops_error:+.1%})")
+    """Fit the global parameters on every measured run, cross-validate them leaving out one source at a
+    time, and derive the uncertainty bands."""
+    from cost_model.calibration.calibrate import calibrate, dataset_rows, measured_rows, write as write_calibration
+    from cost_model.calibration.fit import PARAMETERS
+    from hardware.errors import read_yaml_mapping
+    if dataset is None:
+        rows, skipped = dataset_rows()
+        typer.echo(f"{len(rows)} measured runs from {len({r.source_group for r in rows})} sources ({len(skipped)} rows "
+                   "of training_runs.csv cannot be priced: python -m cost_model.calibration.training_runs lists why)",
+                   err=True)
+    else:
+        runs = read_yaml_mapping(dataset).get("runs")
+        if not isinstance(runs, list) or not runs:
+            raise InputError(dataset, "runs", "must be a non-empty list of published runs",
+                             "see cost_model/calibration/data/published_runs.yaml")
+        rows = measured_rows(runs, str(dataset))
+        if write:
+            raise InputError("--write", "", "stores the packaged calibration; a dataset of your own is reported only",
+                             "drop --write, or calibrate without a dataset")
+    result = calibrate(rows, progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"{'parameter':28s} {'prior':>7s} {'fitted':>7s} {'rows':>5s}  meaning")
+    for p in PARAMETERS:
+        typer.echo(f"{p.name:28s} {p.prior:7.3g} {result.fit.values[p.name]:7.3g} "
+                   f"{result.fit.touched.get(p.name, 0):5d}  {p.meaning}")
+    typer.echo("")
+    typer.echo(f"{'source':20s} {'rows':>5s} {'fitted |err|':>12s} {'held out |err|':>14s} {'signed':>8s} {'worst':>7s}")
+    for s in result.sources:
+        typer.echo(f"{s.source_group[:20]:20s} {s.rows:5d} {s.fitted_median_abs:12.1%} {s.held_out_median_abs:14.1%} "
+                   f"{s.held_out_median_signed:+8.1%} {s.held_out_worst_abs:7.0%}")
+    o = result.overall()
+    typer.echo(f"all {o['rows']} rows: fitted median |error| {o['fitted_median_abs_error']:.1%}; leave-one-source-out "
+               f"median |error| {o['held_out_median_abs_error']:.1%}, signed {o['held_out_median_signed_error']:+.1%}, "
+               f"{o['held_out_rows_beyond_25pct']} beyond 25%, worst source {o['worst_source_median_abs_error']:.1%}")
+    typer.echo(f"layout ranking within {o['ranking_groups']} groups of >= 4 layouts (one model, one cluster): median "
+               f"Kendall tau {o['median_kendall_tau']:.2f}; measured best in the predicted top 3 in "
+               f"{o['groups_with_best_in_top3']}")
     if write:
-        for path in write_presets(results):
+        for path in write_calibration(result):
             typer.echo(f"wrote {path}")
 
 

@@ -251,12 +251,21 @@ def test_training_settings_from_the_command_line(capsys):
     assert ring["plan"]["comm_gb_per_step"]["cp"] != ulysses["plan"]["comm_gb_per_step"]["cp"]
 
 
-def test_calibrate_command_reports_held_out_rows(capsys):
-    code, out, _ = run(capsys, "calibrate")
+def test_calibrate_command_cross_validates_a_dataset(capsys, tmp_path):
+    """``calibrate RUNS.yaml``: the parameter table, each source's fitted and held-out error, and the
+    overall leave-one-source-out line, on three sources of the packaged runs."""
+    import yaml
+    from cost_model.calibration.validate import DEFAULT_DATASET
+    runs = yaml.safe_load(DEFAULT_DATASET.read_text())["runs"]
+    chosen = [r for r in runs if r["source_group"] in ("sc21_t1", "korthikanti2022", "dgxc_nemo")]
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump({"runs": chosen}))
+    code, out, _ = run(capsys, "calibrate", str(path))
     assert code == 0
-    from hardware.loader import load_cluster
-    assert f"h100-sxm fp8: gemm_efficiency_fp8 = {load_cluster('h100-sxm').gpu.gemm_efficiency_fp8}" in out
-    assert "held out" in out and "megatron-bridge-25.11-h100-llama3-70b-fp8" in out
+    assert "gemm.bf16" in out and "stack.megatron-lm-2021" in out
+    for group in ("sc21_t1", "korthikanti2022", "dgxc_nemo"):
+        assert next(line for line in out.splitlines() if line.startswith(group))
+    assert f"all {len(chosen)} rows: fitted median |error|" in out and "leave-one-source-out" in out
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGPIPE"), reason="POSIX pipes")

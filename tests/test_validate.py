@@ -59,6 +59,7 @@ def test_validate_command_prints_summary(capsys):
     code, out, _ = run(capsys, "validate")
     assert code == 0
     assert "median |error|" in out and "narayanan2021-t1-gpt-1008b" in out
+    assert "llmfoundry" in out and "source " in out  # the per-source table
 
 
 def test_tokens_per_second_are_compared_where_published():
@@ -70,7 +71,7 @@ def test_tokens_per_second_are_compared_where_published():
 
 def test_measured_memory_rows():
     """torchtitan's published peak memory (reserved, max over GPUs) on H100 96GB, full recompute."""
-    rows = [r for r in validate() if r.measured_memory_gib]
+    rows = [r for r in validate(DEFAULT_DATASET) if r.measured_memory_gib]
     assert len(rows) >= 12
     stats = summary(rows)["all"]
     assert stats["memory_rows"] == len(rows)
@@ -89,21 +90,26 @@ def test_row_cluster_overrides_apply():
     assert faster_network.predicted_tflops > bloom.predicted_tflops  # 8 HDR NICs beat 4 Omni-Path links
 
 
-def test_summary_reports_calibration_and_held_out_rows_apart():
-    """The rows that fixed a calibrated constant are reported on their own; the held-out group is every
-    other verified row, and its counts within 10% and beyond 25% are those of its errors."""
-    from cost_model.calibration.calibrate import calibration_row_ids
+def test_summary_reports_each_source_apart():
+    """Per source group: its rows, and counts within 10% and beyond 25% that are those of its errors."""
     rows = validate(DEFAULT_DATASET)
-    calibration = calibration_row_ids()
-    stats = summary(rows, calibration)
-    assert stats["calibration"]["rows"] == len(calibration) == 6
-    held = [r for r in rows if r.verified and r.id not in calibration]
-    assert stats["held_out"]["rows"] == len(held) == stats["verified"]["rows"] - 6
-    errors = [abs(r.tflops_error) for r in held if r.tflops_error is not None]
-    assert stats["held_out"]["throughput_rows_beyond_25pct"] == sum(e > 0.25 for e in errors)
-    assert stats["held_out"]["throughput_rows_within_10pct"] == sum(e <= 0.10 for e in errors)
-    assert stats["calibration"]["worst_abs_throughput_error"] < 0.01  # each constant was fitted on its rows
-    assert "calibration" not in summary(rows)
+    stats = summary(rows)
+    assert set(stats["sources"]) == {r.source_group for r in rows}
+    assert sum(s["rows"] for s in stats["sources"].values()) == stats["all"]["rows"] == len(rows)
+    sc21 = [r for r in rows if r.source_group == "sc21_t1"]
+    errors = [r.tflops_error for r in sc21]
+    assert stats["sources"]["sc21_t1"]["throughput_rows_beyond_25pct"] == sum(abs(e) > 0.25 for e in errors)
+    assert stats["sources"]["sc21_t1"]["throughput_rows_within_10pct"] == sum(abs(e) <= 0.10 for e in errors)
+    assert stats["sources"]["sc21_t1"]["median_signed_throughput_error"] == pytest.approx(sorted(errors)[4:6][0] / 2
+                                                                                          + sorted(errors)[4:6][1] / 2)
+
+
+def test_both_packaged_datasets_are_validated_by_default():
+    from cost_model.calibration.training_runs import load_all_rows
+    rows = validate()
+    expected, _ = load_all_rows()
+    assert len(rows) == len(expected) > 400
+    assert {"llmfoundry", "mbridge", "sc21_t2", "torchtitan", "sc21_t1"} <= {r.source_group for r in rows}
 
 
 def test_unpublished_memory_settings_take_the_fastest_that_fits():

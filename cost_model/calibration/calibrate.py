@@ -1,23 +1,16 @@
-"""Calibration of GEMM efficiencies against published runs, with held-out rows.
+"""``plan-search calibrate``: fit the global parameters on every measured run, cross-validate them by
+leaving out one source at a time, derive the uncertainty bands, and (``--write``) store the result.
 
-Why only this constant: on the verified runs of the dataset, BF16 predictions on A100 are within about
-10% with the microbenchmark GEMM efficiency, while every FP8 run (Megatron-Bridge 25.11, H100, B200,
-GB200) is over-predicted by 50-65% with the FP8 peak at the same fraction: FP8 GEMMs in Transformer
-Engine lose more to scaling, casts and transposes than BF16 GEMMs do. One number per GPU,
-``gemm_efficiency_fp8``, is fitted; nothing is fitted per row.
+What is fitted and how: :mod:`cost_model.calibration.fit`. Where the values go with ``--write``:
 
-Method: for each GPU, the rows in :data:`CALIBRATION_ROWS` (the largest dense model of each GPU,
-Llama 3.1 405B) fix ``gemm_efficiency_fp8`` (or ``gemm_efficiency`` for BF16) so that the median signed
-log error of those rows is zero (bisection: predicted throughput rises monotonically with the
-efficiency). Every other row of that GPU and precision is held out and reported separately. GPUs
-without a BF16 row take a BF16 value derived from their FP8 one (:data:`DERIVED_BF16`). ``plan-search calibrate`` prints both; ``--write`` stores the
-values in the GPU presets with the rows they came from.
+* each GPU preset's ``gemm_efficiency`` and ``gemm_efficiency_fp8`` (``hardware/presets/*.yaml``),
+  for every preset of a fitted family (:func:`cost_model.calibration.fit.efficiencies`);
+* each stack's ``kernel_efficiency`` (``cost_model/presets/stacks.yaml``);
+* ``cost_model/calibration/fitted.yaml``: every parameter with its prior, the host's kernel issue time
+  (which :class:`cost_model.options.CostOptions` reads as its default), the leave-one-source-out report
+  and the bands (:mod:`cost_model.calibration.bands`).
 
-A second constant, the host's time to issue one kernel (:mod:`cost_model.host`,
-``CostOptions.host_kernel_issue_us``), is fitted the same way on :data:`HOST_CALIBRATION_ROWS`: the
-most host-bound run whose recipe certainly ran without CUDA graphs. Every other
-mixture-of-experts row is held out. The GEMM efficiencies come from dense rows the host term does
-not touch, so the two fits do not interact.
+The fit starts from the priors, never from the stored values, so writing and refitting is a fixed point.
 """
 
 from __future__ import annotations
@@ -30,226 +23,252 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-from cost_model.options import CostOptions
-from hardware.errors import read_yaml_mapping
-
-from .validate import DEFAULT_DATASET, ValidationRow, validate_row
-
-CALIBRATION_ROWS = {
-    ("h100-sxm", "fp8"): ["megatron-bridge-25.11-h100-llama3.1-405b-fp8"],
-    ("b200", "fp8"): ["megatron-bridge-25.11-b200-llama3.1-405b-fp8"],
-    ("gb200-nvl72", "fp8"): ["megatron-bridge-25.11-gb200-llama3.1-405b-fp8"],
-    ("gb300-nvl72", "fp8"): ["megatron-bridge-25.11-gb300-llama3.1-405b-fp8"],
-    ("h100-sxm", "bf16"): ["dgxc-nemo-24.09-h100-llama3.1-405b-bf16-576gpu"],
-}
-"""Rows that fix each (GPU, precision)'s GEMM efficiency; all other rows of that GPU and precision are
-held out. FP8 fits ``gemm_efficiency_fp8``; BF16 (and FP16) fits ``gemm_efficiency``."""
-
-PARAMETER = {"fp8": "gemm_efficiency_fp8", "bf16": "gemm_efficiency"}
-
-HOST_CALIBRATION_ROWS = ["megatron-bridge-25.11-b200-qwen3-235b-a22b-fp8mx"]
-"""Rows that fix ``host_kernel_issue_us``: Qwen3-235B-A22B on 64 B200 at one 4096-token sequence per
-micro-batch with 16 experts per GPU. Both recipe versions with its layout run it without CUDA graphs
-and with the all-to-all dispatcher; its GPU work alone would run about 1.6x faster than measured."""
-
-DERIVED_BF16 = {"b200": "h100-sxm", "gb200-nvl72": "h100-sxm", "gb300-nvl72": "h100-sxm"}
-"""GPUs with an FP8 calibration row but no BF16 one: their BF16 efficiency is derived so that their
-BF16 to FP8 achieved-rate ratio equals the reference GPU's calibrated ratio (on H100 the calibrated
-BF16 rate is about 0.65 of the FP8 rate). Cross-check: BF16 GEMM microbenchmarks on B200 reach
-1.42-1.51 PFLOP/s, 0.63-0.67 of the dense peak (pytorch/ao pull request 2427)."""
-
-PROXY_PRESETS = {"h100-sxm": (("h800-sxm", "same die"), ("h200-sxm", "same die")),
-                 "b200": (("b300", "same HGX dense peaks, no B300 row"),)}
-"""Presets that receive another GPU's calibrated values, and why: H800 and H200 are the same GH100 die at
-the same clocks (H800 differs in NVLink, H200 in HBM), so their GEMMs run at the same fraction of peak.
-HGX B300 has no calibration row; it takes HGX B200's values, whose dense BF16/FP8 peaks it shares (its
-GB300 sibling runs at 1,400 W, not 1,100 W)."""
+import yaml
 
 
-def calibration_row_ids() -> frozenset[str]:
-    """Every row that fixes a calibrated constant (GEMM efficiencies and the host's kernel issue time)."""
-    return frozenset(i for ids in CALIBRATION_ROWS.values() for i in ids) | frozenset(HOST_CALIBRATION_ROWS)
+from .bands import FITTED_FILE, bands_section, gpu_family, model_class
+from .fit import PARAMETERS, efficiencies, Fit, Fold, fit, kendall_tau, leave_one_source_out, price
+from .validate import PreparedRow, ValidationRow, prepare_row
+
+def measured_rows(rows: list[dict[str, Any]], source: str) -> list[PreparedRow]:
+    """The rows that publish a throughput, read once."""
+    prepared = [prepare_row(row, source) for row in rows]
+    return [row for row in prepared if row.price().tflops_error is not None]
 
 
-def _precision_class(row: dict[str, Any]) -> str:
-    precision = (row.get("training") or {}).get("precision", "bf16")
-    return "fp8" if precision == "fp8" else "bf16"
+def dataset_rows(include_csv: bool = True) -> tuple[list[PreparedRow], list[Any]]:
+    """Every measured row of both datasets (published_runs.yaml and training_runs.csv), and the CSV rows
+    that could not be priced honestly, with why."""
+    from .training_runs import load_all_rows
+
+    rows, skipped = load_all_rows(include_csv=include_csv)
+    return measured_rows(rows, "datasets"), skipped
 
 
 @dataclass
-class CalibratedGPU:
-    gpu: str
-    precision: str
-    parameter: str
-    value: float
-    calibration: list[ValidationRow]
-    held_out: list[ValidationRow]
-    derived_from: str | None = None
-    """For a derived value: the reference GPU whose BF16/FP8 ratio it takes."""
+class SourceReport:
+    source_group: str
+    rows: int
+    fitted_median_abs: float
+    """Median |error| with every source in the fit."""
+    held_out_median_abs: float
+    """Median |error| with this source left out of the fit."""
+    held_out_median_signed: float
+    held_out_worst_abs: float
 
 
-def _rows_with(row: dict[str, Any], overrides: dict[str, float]) -> dict[str, Any]:
-    """``row`` with its GPU's efficiency parameters replaced by ``overrides`` (parameter -> value)."""
-    changed = dict(row)
-    cluster = dict(row["cluster"])
-    cluster["gpu_overrides"] = {f"gpu.{parameter}": value for parameter, value in overrides.items()}
-    changed["cluster"] = cluster
-    return changed
+@dataclass
+class RankingGroup:
+    """Layouts of one model on one cluster (same source, GPU, GPU count, sequence length, precision)."""
+
+    key: str
+    rows: int
+    kendall_tau: float
+    best_in_top3: bool
 
 
-def _signed_log_error(rows: list[dict[str, Any]], overrides: dict[str, float], source: str) -> float:
-    errors = [math.log(1 + r.tflops_error)
-              for r in (validate_row(_rows_with(row, overrides), source) for row in rows)]
-    return float(np.median(errors))
+@dataclass
+class Calibration:
+    fit: Fit
+    folds: list[Fold]
+    sources: list[SourceReport]
+    held_out: list[tuple[PreparedRow, ValidationRow]]
+    """Every row, priced without its own source."""
+    rankings: list[RankingGroup]
+    bands: list[dict[str, Any]]
+
+    @property
+    def held_out_errors(self) -> np.ndarray:
+        return np.array([result.tflops_error for _, result in self.held_out])
+
+    def overall(self) -> dict[str, float]:
+        errors = self.held_out_errors
+        in_sample = np.expm1(self.fit.residuals)
+        taus = [g.kendall_tau for g in self.rankings if not math.isnan(g.kendall_tau)]
+        return {
+            "rows": int(len(errors)),
+            "fitted_median_abs_error": float(np.median(np.abs(in_sample))),
+            "held_out_median_abs_error": float(np.median(np.abs(errors))),
+            "held_out_median_signed_error": float(np.median(errors)),
+            "held_out_rows_beyond_25pct": int((np.abs(errors) > 0.25).sum()),
+            "worst_source_median_abs_error": max(s.held_out_median_abs for s in self.sources),
+            "ranking_groups": len(self.rankings),
+            "median_kendall_tau": float(np.median(taus)) if taus else float("nan"),
+            "groups_with_best_in_top3": sum(g.best_in_top3 for g in self.rankings),
+        }
 
 
-MAX_ROUNDS = 10
+def calibrate(rows: list[PreparedRow], progress: Callable[[str], None] | None = None,
+              fold_iterations: int = 4) -> Calibration:
+    """Fit on all ``rows``, cross-validate by source, and derive rankings and bands."""
+    full = fit(rows, progress=progress)
+    folds = leave_one_source_out(full, max_iterations=fold_iterations, progress=progress)
+    by_group = {fold.source_group: fold for fold in folds}
+    held: dict[int, ValidationRow] = {}
+    for fold in folds:
+        members = [i for i, row in enumerate(rows) if row.source_group == fold.source_group]
+        for i, result in zip(members, fold.held_out):
+            held[i] = result
+    held_out = [(rows[i], held[i]) for i in range(len(rows))]
+    in_sample = np.expm1(full.residuals)
+    sources = []
+    for group in sorted(by_group):
+        members = [i for i, row in enumerate(rows) if row.source_group == group]
+        errors = np.array([held[i].tflops_error for i in members])
+        sources.append(SourceReport(
+            source_group=group, rows=len(members),
+            fitted_median_abs=float(np.median(np.abs(in_sample[members]))),
+            held_out_median_abs=float(np.median(np.abs(errors))),
+            held_out_median_signed=float(np.median(errors)),
+            held_out_worst_abs=float(np.max(np.abs(errors)))))
+    return Calibration(fit=full, folds=folds, sources=sources, held_out=held_out,
+                       rankings=ranking_groups(held_out), bands=bands(held_out))
 
 
-def calibrate(dataset: str | Path = DEFAULT_DATASET, tolerance: float = 1e-4) -> list[CalibratedGPU]:
-    """Fit every (GPU, precision) of :data:`CALIBRATION_ROWS` and derive :data:`DERIVED_BF16`.
-
-    An FP8 run's LM head runs at the BF16 rate, so an FP8 fit depends a little on the GPU's BF16 value,
-    which for the derived GPUs depends on the FP8 fit in turn: the fits are repeated, each round pricing
-    the other parameter at the previous round's value, until no value changes (3 decimals; two or three
-    rounds). The result does not depend on the values the presets held before.
-    """
-    runs = read_yaml_mapping(dataset)["runs"]
-    fitted: dict[str, dict[str, float]] = {}
-    results: list[CalibratedGPU] = []
-    for _ in range(MAX_ROUNDS):
-        results = _calibration_round(runs, str(dataset), tolerance, fitted)
-        values: dict[str, dict[str, float]] = {}
-        for result in results:
-            values.setdefault(result.gpu, {})[result.parameter] = result.value
-        if values == fitted:
-            break
-        fitted = values
-    return results
+CONTAINER = re.compile(r"(\d{2}\.\d{2}(?:\.\d{2})?) NeMo Container")
 
 
-def _calibration_round(runs: list[dict[str, Any]], source: str, tolerance: float,
-                       fitted: dict[str, dict[str, float]]) -> list[CalibratedGPU]:
-    by_id = {row["id"]: row for row in runs}
-    results = []
-    for (gpu, precision), ids in CALIBRATION_ROWS.items():
-        rows = [by_id[i] for i in ids if i in by_id]
-        if not rows:
+def _layout_group(row: PreparedRow) -> str:
+    """Layouts of one model on one cluster under one software release: same source, container (a
+    Megatron-Bridge table per NeMo container), model, GPU and count, sequence length and precision
+    recipe. Rows of different containers differ by software, not by layout, so they are not ranked
+    against each other."""
+    cluster = row.row.get("cluster") or {}
+    container = CONTAINER.search(str(row.row.get("source", "")))
+    training = row.training
+    precision = training.precision + (f"-{training.fp8_recipe}" if training.precision == "fp8" else "")
+    return (f"{row.source_group}{' ' + container.group(1) if container else ''} {row.model.name} on "
+            f"{cluster.get('num_gpus')} {cluster.get('gpu')} s={training.seq_length} {precision}")
+
+
+def ranking_groups(held_out: list[tuple[PreparedRow, ValidationRow]], min_rows: int = 4) -> list[RankingGroup]:
+    """Kendall's tau between predicted and measured throughput within each group of at least
+    ``min_rows`` layouts of one model on one cluster, and whether the measured best is predicted top 3."""
+    groups: dict[str, dict[str, ValidationRow]] = {}
+    for row, result in held_out:
+        # One row per layout: the same layout measured twice says nothing about ranking.
+        groups.setdefault(_layout_group(row), {}).setdefault(result.layout, result)
+    out = []
+    for key, layouts in sorted(groups.items()):
+        results = list(layouts.values())
+        if len(results) < min_rows:
             continue
-        parameter = PARAMETER[precision]
-        others = {k: v for k, v in fitted.get(gpu, {}).items() if k != parameter}
-
-        def error(v: float) -> float:
-            return _signed_log_error(rows, {**others, parameter: v}, source)
-
-        # Predicted throughput rises with the efficiency.
-        value = round(_zero_of(error, 0.05, 1.0, tolerance, rising=True), 3)
-        overrides = {**others, parameter: value}
-        held = _held_out_rows(runs, gpu, precision, ids)
-        results.append(CalibratedGPU(
-            gpu=gpu, precision=precision, parameter=parameter, value=value,
-            calibration=[validate_row(_rows_with(r, overrides), source) for r in rows],
-            held_out=[validate_row(_rows_with(r, overrides), source) for r in held]))
-    results.extend(_derived_bf16(results, runs, source))
-    return results
+        measured = np.array([r.predicted_tokens_per_gpu / (1 + r.tflops_error) for r in results])
+        predicted = np.array([r.predicted_tokens_per_gpu for r in results])
+        if np.ptp(measured) == 0:
+            continue
+        best = int(np.argmax(measured))
+        top3 = set(np.argsort(-predicted, kind="stable")[:3].tolist())
+        out.append(RankingGroup(key=key, rows=len(results), kendall_tau=kendall_tau(predicted, measured),
+                                best_in_top3=best in top3))
+    return out
 
 
-def _zero_of(error: Callable[[float], float], low: float, high: float, tolerance: float, rising: bool) -> float:
-    """Where a monotonic ``error`` crosses zero between ``low`` and ``high`` (bisection)."""
-    while high - low > tolerance:
-        middle = (low + high) / 2
-        if (error(middle) > 0) == rising:
-            high = middle
-        else:
-            low = middle
-    return (low + high) / 2
+def bands(held_out: list[tuple[PreparedRow, ValidationRow]]) -> list[dict[str, Any]]:
+    """The bands section (:func:`cost_model.calibration.bands.bands_section`) of the held-out residuals,
+    grouped by each row's stack, GPU family and model class."""
+    return bands_section([row.training.stack for row, _ in held_out],
+                         [gpu_family(row.cluster.gpu) for row, _ in held_out],
+                         [model_class(row.model) for row, _ in held_out],
+                         [result.tflops_error for _, result in held_out])
 
 
-def _held_out_rows(runs: list[dict[str, Any]], gpu: str, precision: str, ids: list[str]) -> list[dict[str, Any]]:
-    return [row for row in runs if row["cluster"]["gpu"] == gpu and row["id"] not in ids
-            and _precision_class(row) == precision
-            and _has_throughput(row)]
+# --- writing -------------------------------------------------------------------------------------------
 
-
-def _derived_bf16(results: list[CalibratedGPU], runs: list[dict[str, Any]], source: str) -> list[CalibratedGPU]:
-    """BF16 efficiencies of :data:`DERIVED_BF16` from their FP8 value and the reference's ratio."""
+def preset_values(values: dict[str, float]) -> dict[str, dict[str, float]]:
+    """GPU preset -> the efficiencies the fitted parameters give it (presets of a fitted family only)."""
     from hardware.loader import load_cluster
+    from hardware.preset_catalog import gpu_preset_names
 
-    fitted = {(r.gpu, r.precision): r.value for r in results}
-    derived = []
-    for gpu, reference in DERIVED_BF16.items():
-        if (gpu, "fp8") not in fitted or (reference, "fp8") not in fitted or (reference, "bf16") not in fitted:
-            continue
-        ref, own = load_cluster(reference).gpu, load_cluster(gpu).gpu
-        ratio = (fitted[(reference, "bf16")] * ref.peak_tflops_bf16) / (fitted[(reference, "fp8")] * ref.peak_tflops_fp8)
-        value = round(fitted[(gpu, "fp8")] * own.peak_tflops_fp8 * ratio / own.peak_tflops_bf16, 3)
-        held = _held_out_rows(runs, gpu, "bf16", [])
-        derived.append(CalibratedGPU(
-            gpu=gpu, precision="bf16", parameter=PARAMETER["bf16"], value=value, calibration=[],
-            held_out=[validate_row(_rows_with(r, {PARAMETER["fp8"]: fitted[(gpu, "fp8")], PARAMETER["bf16"]: value}), source)
-                      for r in held],
-            derived_from=reference))
-    return derived
+    out: dict[str, dict[str, float]] = {}
+    for preset in gpu_preset_names():
+        gpu = load_cluster(preset).gpu
+        fitted = efficiencies(values, gpu_family(gpu))
+        fields = {}
+        if fitted:
+            fields["gemm_efficiency"] = round(fitted["gemm_efficiency"], 3)
+        if gpu.peak_tflops_fp8 and fitted.get("gemm_efficiency_fp8"):
+            fields["gemm_efficiency_fp8"] = round(fitted["gemm_efficiency_fp8"], 3)
+        if fields:
+            out[preset] = fields
+    return out
 
 
-def write_presets(results: list[CalibratedGPU], presets_dir: Path | None = None) -> list[Path]:
-    """Store each fitted value in its GPU preset, citing the calibration rows."""
+def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file: Path | None = None,
+          fitted_file: Path | None = None) -> list[Path]:
+    """Store the fitted values where the cost model reads them; return the files written."""
+    values = calibration.fit.values
     presets_dir = presets_dir or Path(str(resources.files("hardware").joinpath("presets")))
     written = []
-    targets = [(result, gpu, why) for result in results
-               for gpu, why in ((result.gpu, ""), *PROXY_PRESETS.get(result.gpu, ()))]
-    for result, gpu, why in targets:
-        path = presets_dir / f"{gpu}.yaml"
+    for preset, fields in preset_values(values).items():
+        path = presets_dir / f"{preset}.yaml"
         text = path.read_text(encoding="utf-8")
-        key = result.parameter
-        via = f" ({result.gpu}'s: {why})" if why else ""
-        if result.derived_from:
-            line = (f"  {key}: {result.value:<8}# derived by `plan-search calibrate`: {result.gpu}'s calibrated FP8 "
-                    f"rate x {result.derived_from}'s calibrated BF16/FP8 rate ratio{via}")
-        else:
-            line = (f"  {key}: {result.value:<8}# calibrated by `plan-search calibrate` on "
-                    f"{', '.join(r.id for r in result.calibration)}{via} (cost_model/calibration/data/published_runs.yaml)")
-        if re.search(rf"^  {key}:.*$", text, flags=re.M):
-            text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
-        else:
-            text = re.sub(r"^(  gemm_efficiency:.*)$", lambda m: m.group(1) + "\n" + line, text, count=1, flags=re.M)
+        for key, value in fields.items():
+            family = gpu_family_of_preset(preset)
+            formula = (f"gemm.bf16 x family.{family}.bf16" + (f" x gemm.fp8_vs_bf16 x family.{family}.fp8"
+                                                             if key.endswith("fp8") else ""))
+            line = (f"  {key}: {value:<8}# fitted by `plan-search calibrate`: {formula} "
+                    "(cost_model/calibration/fitted.yaml)")
+            if re.search(rf"^  {key}:.*$", text, flags=re.M):
+                text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
+            else:
+                text = re.sub(r"^(  gemm_efficiency:.*)$", lambda m: m.group(1) + "\n" + line, text, count=1, flags=re.M)
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    stacks_path = stacks_file or Path(str(resources.files("cost_model").joinpath("presets", "stacks.yaml")))
+    text = stacks_path.read_text(encoding="utf-8")
+    for parameter in PARAMETERS:
+        if not parameter.name.startswith("stack."):
+            continue
+        stack = parameter.name.split(".", 1)[1]
+        touched = calibration.fit.touched.get(parameter.name, 0)
+        comment = (f"# fitted by `plan-search calibrate` on {touched} runs" if touched
+                   else "# no measured run of this stack: the prior")
+        text = _replace_in_stack(text, stack, f"    kernel_efficiency: {round(values[parameter.name], 3):<8}{comment}")
+    stacks_path.write_text(text, encoding="utf-8")
+    written.append(stacks_path)
+    fitted_path = fitted_file or FITTED_FILE
+    fitted_path.write_text(fitted_document(calibration), encoding="utf-8")
+    written.append(fitted_path)
     return written
 
 
-@dataclass
-class CalibratedHost:
-    value_us: float
-    calibration: list[ValidationRow]
-    held_out: list[ValidationRow]
+def gpu_family_of_preset(preset: str) -> str:
+    from hardware.loader import load_cluster
+
+    return gpu_family(load_cluster(preset).gpu)
 
 
-def calibrate_host(dataset: str | Path = DEFAULT_DATASET, tolerance_us: float = 0.01) -> CalibratedHost | None:
-    """Fit ``host_kernel_issue_us`` on :data:`HOST_CALIBRATION_ROWS` (median signed log error zero)."""
-    from cost_model.model_loader import model_input_from_mapping
-
-    runs = read_yaml_mapping(dataset)["runs"]
-    rows = [row for row in runs if row["id"] in HOST_CALIBRATION_ROWS]
-    if not rows:
-        return None
-    source = str(dataset)
-
-    def error(value_us: float) -> float:
-        options = CostOptions(host_kernel_issue_us=value_us)
-        return float(np.median([math.log(1 + validate_row(row, source, options).tflops_error) for row in rows]))
-
-    # Predicted throughput falls as issuing gets slower.
-    value = round(_zero_of(error, 0.0, 200.0, tolerance_us, rising=False), 1)
-    options = CostOptions(host_kernel_issue_us=value)
-    moe = [row for row in runs if row["id"] not in HOST_CALIBRATION_ROWS and _has_throughput(row)
-           and model_input_from_mapping(dict(row["model"]), source=source).spec.is_moe]
-    return CalibratedHost(value_us=value,
-                          calibration=[validate_row(row, source, options) for row in rows],
-                          held_out=[validate_row(row, source, options) for row in moe])
+def _replace_in_stack(text: str, stack: str, line: str) -> str:
+    pattern = re.compile(rf"(^  {re.escape(stack)}:\n(?:    .*\n)*?)    kernel_efficiency:.*$", flags=re.M)
+    new, count = pattern.subn(lambda m: m.group(1) + line, text, count=1)
+    if not count:
+        raise ValueError(f"stacks.yaml has no kernel_efficiency for {stack}")
+    return new
 
 
-def _has_throughput(row: dict[str, Any]) -> bool:
-    measured = row.get("measured") or {}
-    return bool(measured.get("tflops_per_gpu") or measured.get("tokens_per_s_per_gpu"))
+def fitted_document(calibration: Calibration) -> str:
+    values = calibration.fit.values
+    overall = calibration.overall()
+    document = {
+        "parameters": {p.name: {"value": round(values[p.name], 4), "prior": p.prior, "prior_log_sd": p.prior_log_sd,
+                                "rows": calibration.fit.touched.get(p.name, 0), "meaning": p.meaning,
+                                "source": p.source} for p in PARAMETERS},
+        "cross_validation": {
+            "method": "leave-one-source-out: fit without a source_group, price its rows",
+            "overall": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in overall.items()},
+            "sources": [{"source_group": s.source_group, "rows": s.rows,
+                         "fitted_median_abs_error": round(s.fitted_median_abs, 4),
+                         "held_out_median_abs_error": round(s.held_out_median_abs, 4),
+                         "held_out_median_signed_error": round(s.held_out_median_signed, 4),
+                         "held_out_worst_abs_error": round(s.held_out_worst_abs, 4)} for s in calibration.sources],
+            "rankings": [{"group": g.key, "rows": g.rows, "kendall_tau": round(g.kendall_tau, 3),
+                          "measured_best_in_predicted_top3": g.best_in_top3} for g in calibration.rankings],
+        },
+        "bands": calibration.bands,
+    }
+    header = ("# Written by `plan-search calibrate --write` (cost_model/calibration/calibrate.py); do not edit by hand.\n"
+              "# parameters: the fitted global parameters (cost_model/calibration/fit.py) with their priors.\n"
+              "# cross_validation: errors on each source with that source left out of the fit.\n"
+              "# bands: 10th/90th percentiles of those held-out residuals, predicted/measured - 1, per comparable group.\n")
+    return header + yaml.safe_dump(document, sort_keys=False, width=120)

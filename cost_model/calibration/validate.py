@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 from cost_model.evaluate import evaluate
+from cost_model.model_spec import ModelSpec
+from cost_model.training_spec import TrainingSpec
+from hardware.schema import ClusterSpec
 from cost_model.memory import GIB
 from cost_model.model_loader import build_training, model_input_from_mapping
 from cost_model.options import CostOptions
@@ -46,6 +49,9 @@ class ValidationRow:
     predicted_memory_gib: float
     usable_memory_gib: float
     assumptions: list[str]
+    source_group: str = ""
+    """The publication (or family of pages) the row comes from; leave-one-source-out leaves it out whole."""
+    stack: str = "megatron-core"
 
     @property
     def tflops_error(self) -> float | None:
@@ -87,7 +93,42 @@ def _row_plan(row: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str
     return plan, assumptions
 
 
-def validate_row(row: dict[str, Any], source: str, options: CostOptions | None = None) -> ValidationRow:
+@dataclass
+class PreparedRow:
+    """A published run read once, to be priced many times (calibration trials change only the GPU's
+    efficiencies and a few cost options)."""
+
+    row: dict[str, Any]
+    where: str
+    model: ModelSpec
+    training: TrainingSpec
+    cluster: ClusterSpec
+    records: list[dict[str, Any]]
+    unknown: list[str]
+    assumptions: list[str]
+    plans: PlanArrays
+
+    @property
+    def id(self) -> str:
+        return self.row.get("id", "?")
+
+    @property
+    def source_group(self) -> str:
+        return self.row.get("source_group") or self.id
+
+    def price(self, gpu_overrides: dict[str, float] | None = None, options: CostOptions | None = None) -> ValidationRow:
+        """The row priced with the GPU's fields replaced by ``gpu_overrides`` (field -> value)."""
+        cluster = self.cluster
+        if gpu_overrides:
+            with warnings.catch_warnings():  # stated once, as an assumption, by prepare_row
+                warnings.filterwarnings("ignore", message=".*do not fill whole", category=UserWarning)
+                cluster = cluster.with_overrides({f"gpu.{k}": v for k, v in gpu_overrides.items()}, source=self.where)
+        return _compare(self, evaluate(self.model, self.training, cluster, self.plans, options), cluster)
+
+
+def prepare_row(row: dict[str, Any], source: str) -> PreparedRow:
+    """Read a published run: its model, training setup, cluster (with the run's own overrides) and the
+    plans to price (one per combination of the memory settings the source does not publish)."""
     where = f"{source}: {row.get('id', '?')}"
     model = model_input_from_mapping(dict(row["model"]), source=where, default_name=row.get("id", "model")).spec
     training = build_training(dict(row.get("training") or {}), source=where, model=model)
@@ -107,7 +148,7 @@ def validate_row(row: dict[str, Any], source: str, options: CostOptions | None =
         assumptions.append(f"groups inside {topology.domain_gpus}-GPU slices of the {topology.scaleup_domain_gpus}"
                            "-GPU scale-up domains (the job does not fill whole racks)")
     record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "sequence_parallel")}
-    for key in ("recompute_num_layers", "activation_offload_layers"):
+    for key in ("etp", "recompute_num_layers", "activation_offload_layers"):
         if plan.get(key) is not None:
             record[key] = plan[key]
     if plan.get("recompute_modules"):
@@ -119,7 +160,14 @@ def validate_row(row: dict[str, Any], source: str, options: CostOptions | None =
     choices = [dict(zip(unknown, values)) for values in itertools.product(*(UNPUBLISHED_MEMORY_CHOICES[k] for k in unknown))]
     records = [{**record, **{k: plan[k] for k in UNPUBLISHED_MEMORY_CHOICES if k not in unknown}, **choice}
                for choice in choices]
-    metrics = evaluate(model, training, cluster, PlanArrays.from_records(records), options)
+    return PreparedRow(row=row, where=where, model=model, training=training, cluster=cluster, records=records,
+                       unknown=unknown, assumptions=assumptions, plans=PlanArrays.from_records(records))
+
+
+def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> ValidationRow:
+    row, records, unknown = prepared.row, prepared.records, prepared.unknown
+    num_gpus = int(row["cluster"]["num_gpus"])
+    assumptions = list(prepared.assumptions)
     fitting = metrics.memory_bytes / GIB <= cluster.gpu.memory_gib
     pick = (int(np.argmax(np.where(fitting, metrics.tokens_per_s, -np.inf))) if fitting.any()
             else int(np.argmin(metrics.memory_bytes)))
@@ -132,49 +180,66 @@ def validate_row(row: dict[str, Any], source: str, options: CostOptions | None =
         predicted = metrics.hardware_flops_per_step[pick] / (metrics.step_time_s[pick] * num_gpus) / 1e12
     else:
         predicted = metrics.tflops_per_gpu[pick]
+    plan = records[pick]
     layout = (f"TP{plan['tp']} PP{plan['pp']} DP{plan['dp']}" + (f" CP{plan['cp']}" if plan["cp"] > 1 else "")
-              + (f" EP{plan['ep']}" if plan["ep"] > 1 else "") + (f" VP{plan['vpp']}" if plan["vpp"] > 1 else ""))
+              + (f" EP{plan['ep']}" if plan["ep"] > 1 else "") + (f" VP{plan['vpp']}" if plan["vpp"] > 1 else "")
+              + (f" MB{plan['micro_batch']}" if plan["micro_batch"] > 1 else ""))
     return ValidationRow(id=row.get("id", "?"), verified=bool(row.get("verified")), num_gpus=num_gpus, layout=layout,
                          measured_tflops=measured.get("tflops_per_gpu"), predicted_tflops=float(predicted),
                          measured_tokens_per_gpu=measured.get("tokens_per_s_per_gpu"),
                          predicted_tokens_per_gpu=float(metrics.tokens_per_s[pick] / num_gpus),
                          measured_memory_gib=measured.get("memory_gib"),
                          predicted_memory_gib=float(metrics.memory_bytes[pick] / GIB),
-                         usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions)
+                         usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions,
+                         source_group=prepared.source_group, stack=prepared.training.stack)
 
 
-def validate(dataset: str | Path = DEFAULT_DATASET) -> list[ValidationRow]:
+def validate_row(row: dict[str, Any], source: str, options: CostOptions | None = None) -> ValidationRow:
+    """Price one published run as it is and compare with what was measured."""
+    return prepare_row(row, source).price(options=options)
+
+
+def validate(dataset: str | Path | None = None) -> list[ValidationRow]:
+    """Every row of ``dataset`` (a published-runs YAML), or by default of both packaged datasets
+    (``published_runs.yaml`` and the priceable rows of ``training_runs.csv``), priced as they are."""
+    if dataset is None:
+        from .training_runs import load_all_rows
+
+        rows, _ = load_all_rows()
+        return [validate_row(row, "datasets") for row in rows]
     data = read_yaml_mapping(dataset)
     runs = data.get("runs")
     if not isinstance(runs, list) or not runs:
-        raise InputError(dataset, "runs", "must be a non-empty list of published runs", "see cost_model/calibration/data/published_runs.yaml")
+        raise InputError(dataset, "runs", "must be a non-empty list of published runs",
+                         "see cost_model/calibration/data/published_runs.yaml")
     return [validate_row(row, str(dataset)) for row in runs]
 
 
-def summary(rows: list[ValidationRow], calibration_ids: frozenset[str] = frozenset()
-            ) -> dict[str, dict[str, float | int | None]]:
-    """Median and worst absolute throughput and memory error, and how many throughput errors are within
-    10% and beyond 25%: for the rows that fixed a calibrated constant (``calibration_ids``), for the
-    verified rows held out from it, for all verified rows and for all rows."""
-    result = {}
-    groups = (("calibration", [r for r in rows if r.id in calibration_ids]),
-              ("held_out", [r for r in rows if r.verified and r.id not in calibration_ids]),
-              ("verified", [r for r in rows if r.verified]), ("all", rows))
-    for label, subset in groups:
-        if label == "calibration" and not calibration_ids:
-            continue
-        tflops = np.array([abs(r.tflops_error) for r in subset if r.tflops_error is not None])
-        memory = np.array([abs(r.memory_error) for r in subset if r.memory_error is not None])
-        result[label] = {
-            "rows": len(subset),
-            "throughput_rows": int(len(tflops)),
-            "median_abs_throughput_error": float(np.median(tflops)) if len(tflops) else None,
-            "worst_abs_throughput_error": float(np.max(tflops)) if len(tflops) else None,
-            "throughput_rows_within_10pct": int((tflops <= 0.10).sum()),
-            "throughput_rows_beyond_25pct": int((tflops > 0.25).sum()),
-            "memory_rows": int(len(memory)),
-            "median_abs_memory_error": float(np.median(memory)) if len(memory) else None,
-            "worst_abs_memory_error": float(np.max(memory)) if len(memory) else None,
-            "rows_predicted_to_fit": sum(r.fits for r in subset),
-        }
-    return result
+def _stats(subset: list[ValidationRow]) -> dict[str, float | int | None]:
+    errors = np.array([r.tflops_error for r in subset if r.tflops_error is not None])
+    memory = np.array([abs(r.memory_error) for r in subset if r.memory_error is not None])
+    return {
+        "rows": len(subset),
+        "throughput_rows": int(len(errors)),
+        "median_abs_throughput_error": float(np.median(np.abs(errors))) if len(errors) else None,
+        "median_signed_throughput_error": float(np.median(errors)) if len(errors) else None,
+        "worst_abs_throughput_error": float(np.max(np.abs(errors))) if len(errors) else None,
+        "throughput_rows_within_10pct": int((np.abs(errors) <= 0.10).sum()),
+        "throughput_rows_beyond_25pct": int((np.abs(errors) > 0.25).sum()),
+        "memory_rows": int(len(memory)),
+        "median_abs_memory_error": float(np.median(memory)) if len(memory) else None,
+        "worst_abs_memory_error": float(np.max(memory)) if len(memory) else None,
+        "rows_predicted_to_fit": sum(r.fits for r in subset),
+    }
+
+
+def summary(rows: list[ValidationRow]) -> dict[str, Any]:
+    """Median (absolute and signed) and worst throughput error, how many rows are within 10% and beyond
+    25%, and the memory error: for all rows, the verified rows, and each source group. These rows are
+    priced with the calibrated parameters, which were fitted on them: the errors to believe on unseen
+    runs are the leave-one-source-out ones of ``plan-search calibrate``."""
+    groups: dict[str, list[ValidationRow]] = {}
+    for row in rows:
+        groups.setdefault(row.source_group, []).append(row)
+    return {"all": _stats(rows), "verified": _stats([r for r in rows if r.verified]),
+            "sources": {group: _stats(members) for group, members in sorted(groups.items())}}

@@ -1,0 +1,305 @@
+"""Cross-validated calibration: few global parameters, fitted on every measured run, judged on sources
+the fit never saw.
+
+Parameters (:data:`PARAMETERS`), each a physical quantity with a prior from an independent source, a
+prior spread and hard bounds:
+
+* ``gemm.bf16``: the share of the dense BF16 tensor-core peak that the reference stack's
+  (Megatron-Core + Transformer Engine) GEMMs reach in a training step.
+* ``gemm.fp8_vs_bf16``: an FP8 GEMM's share of the FP8 peak relative to that BF16 share (scaling, casts
+  and transposes cost FP8 more). Tying FP8 to BF16 lets the many BF16 sources inform FP8 runs.
+* ``family.<ampere|hopper|blackwell>.<bf16|fp8>``: how far one GPU generation departs from those shares
+  (prior 1 +- 10%: every generation's cuBLAS reaches a similar fraction of its own peak, REFERENCE.md:
+  A100 86%, H100 80% on large BF16 GEMMs). A GPU's ``gemm_efficiency`` is ``gemm.bf16 x
+  family.<f>.bf16`` and its ``gemm_efficiency_fp8`` that times ``gemm.fp8_vs_bf16 x family.<f>.fp8``.
+* ``stack.<name>``: a software stack's kernel efficiency relative to the reference
+  (:mod:`cost_model.stacks`), prior 1 +- 20%.
+* ``host_kernel_issue_us``: the host's time to issue one kernel of eager Megatron-Core
+  (:mod:`cost_model.host`), prior 20 us (PyTorch eager dispatch + launch, 10-40 us per op).
+
+Estimator: maximum a-posteriori in log space. The residual of a row is
+``r = log(predicted / measured)`` throughput; the objective is
+
+    sum_rows w_row * huber(r / sigma) + sum_params ((log p - log prior) / prior_log_sd)^2
+
+with ``sigma`` = 0.1 (a typical run-to-run and page-to-page spread of published throughput is 5-10%),
+Huber's threshold at 2 sigma so that a few wrong rows cannot drag a parameter, and ``w_row`` =
+1/sqrt(rows of its source): a source with 250 rows counts more than one with 12, but not 20 times more.
+It is minimised by Gauss-Newton on the log-parameters with iteratively reweighted least squares; the
+Jacobian is taken by finite differences of the cost model itself (each parameter only re-prices the rows
+it touches). The result does not depend on the values the presets held before (the fit starts from
+the priors), so ``calibrate --write`` is a fixed point.
+
+Leave-one-source-out: for every ``source_group``, the same objective on all other sources, solved by
+the chord method from the full fit (Jacobian of the full fit, residuals of the fold recomputed exactly
+each iteration: it converges to the fold's own optimum, only the search direction is approximate),
+then the left-out rows are priced exactly with the fold's parameters. Those errors are the ones to
+believe on runs the tool never saw; the bands (:mod:`cost_model.calibration.bands`) are their
+quantiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from cost_model.options import CostOptions
+from cost_model.stacks import DEFAULT_STACK, STACK_NAMES, stack_spec
+
+from .bands import gpu_family, model_class
+from .validate import PreparedRow, ValidationRow
+
+SIGMA = 0.1
+"""Typical spread of a published throughput figure in log space (run-to-run, page-to-page)."""
+
+HUBER_SIGMAS = 2.0
+"""Rows further than this many sigmas from the model count linearly, not quadratically."""
+
+FD_STEP = 0.05
+"""Finite-difference step in log-parameter space (5%)."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    prior: float
+    prior_log_sd: float
+    low: float
+    high: float
+    meaning: str
+    source: str
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("gemm.bf16", 0.80, 0.25, 0.3, 0.95,
+              "share of the dense BF16 peak the reference stack's GEMMs reach in training",
+              "REFERENCE.md: large BF16 GEMMs reach 80% (H100 SXM) to 86% (A100 SXM) of peak"),
+    Parameter("gemm.fp8_vs_bf16", 0.82, 0.20, 0.4, 1.2,
+              "share of its dense FP8 peak an FP8 GEMM reaches, relative to a BF16 GEMM's share of the BF16 peak "
+              "(per-tensor or block scaling, casts and transposes of the inputs)",
+              "H100 microbenchmarks: FP8 GEMMs ~1,300 of 1,979 TFLOP/s (0.66) vs BF16 792 of 989 (0.80): 0.82 "
+              "(pytorch/ao float8 benchmarks; REFERENCE.md)"),
+    *(Parameter(f"family.{family}.{precision}", 1.0, 0.10, 0.6, 1.5,
+                f"{family} GPUs' departure from the shared {precision} GEMM share",
+                "every generation's cuBLAS reaches a similar share of its own peak (REFERENCE.md)")
+      for family, precision in (("ampere", "bf16"), ("hopper", "bf16"), ("hopper", "fp8"),
+                                ("blackwell", "bf16"), ("blackwell", "fp8"))),
+    *(Parameter(f"stack.{name}", 1.0, 0.20, 0.4, 1.3,
+                f"{name}'s kernel throughput relative to Megatron-Core + Transformer Engine",
+                "cost_model/presets/stacks.yaml")
+      for name in STACK_NAMES if name != DEFAULT_STACK),
+    Parameter("host_kernel_issue_us", 20.0, 0.7, 2.0, 120.0,
+              "host time to issue one kernel of eager Megatron-Core",
+              "PyTorch eager op dispatch + cudaLaunchKernel: 10-40 us per op (PyTorch profiler traces)"),
+)
+
+BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def priors() -> dict[str, float]:
+    return {p.name: p.prior for p in PARAMETERS}
+
+
+def _precision(row: PreparedRow) -> str:
+    return "fp8" if row.training.precision == "fp8" else "bf16"
+
+
+def row_parameters(row: PreparedRow) -> list[str]:
+    """The parameters that change this row's prediction."""
+    names = ["host_kernel_issue_us"]
+    family = gpu_family(row.cluster.gpu)
+    precision = _precision(row)
+    names.append("gemm.bf16")  # an FP8 run's LM head runs in BF16, and its FP8 share is relative to it
+    if f"family.{family}.bf16" in BY_NAME:
+        names.append(f"family.{family}.bf16")
+    if precision == "fp8":
+        names.append("gemm.fp8_vs_bf16")
+        if f"family.{family}.fp8" in BY_NAME:
+            names.append(f"family.{family}.fp8")
+    if row.training.stack != DEFAULT_STACK:
+        names.append(f"stack.{row.training.stack}")
+    return names
+
+
+def row_settings(row: PreparedRow, values: dict[str, float]) -> tuple[dict[str, float], CostOptions]:
+    """GPU overrides and cost options that price ``row`` at the parameter ``values``.
+
+    A stack's kernel efficiency multiplies the GPU's GEMM and attention efficiencies
+    (:class:`cost_model.compute._Pricer`), so a trial value is priced by scaling them by the trial
+    over the stack's stored value."""
+    family = gpu_family(row.cluster.gpu)
+    gpu = row.cluster.gpu
+    stack = row.training.stack
+    scale = values[f"stack.{stack}"] / stack_spec(stack).kernel_efficiency if stack != DEFAULT_STACK else 1.0
+    overrides: dict[str, float] = {"attention_efficiency": min(gpu.attention_efficiency * scale, 1.0)}
+    bf16 = efficiencies(values, family)
+    overrides["gemm_efficiency"] = min((bf16.get("gemm_efficiency") or gpu.gemm_efficiency) * scale, 1.0)
+    if gpu.peak_tflops_fp8:
+        fp8 = bf16.get("gemm_efficiency_fp8") or gpu.gemm_efficiency_fp8
+        if fp8:
+            overrides["gemm_efficiency_fp8"] = min(fp8 * scale, 1.0)
+    return overrides, CostOptions(host_kernel_issue_us=values["host_kernel_issue_us"])
+
+
+def efficiencies(values: dict[str, float], family: str) -> dict[str, float]:
+    """The GEMM efficiencies the parameters give a GPU family (empty for a family not fitted)."""
+    if f"family.{family}.bf16" not in BY_NAME:
+        return {}
+    bf16 = values["gemm.bf16"] * values[f"family.{family}.bf16"]
+    return {"gemm_efficiency": bf16,
+            "gemm_efficiency_fp8": bf16 * values["gemm.fp8_vs_bf16"] * values[f"family.{family}.fp8"]
+            if f"family.{family}.fp8" in BY_NAME else None}
+
+
+def price(row: PreparedRow, values: dict[str, float]) -> ValidationRow:
+    overrides, options = row_settings(row, values)
+    return row.price(overrides, options)
+
+
+def log_residual(result: ValidationRow) -> float:
+    return math.log1p(result.tflops_error)
+
+
+@dataclass
+class Fit:
+    values: dict[str, float]
+    """Fitted value of every parameter."""
+    rows: list[PreparedRow]
+    residuals: np.ndarray
+    """log(predicted / measured) of every row at ``values``."""
+    jacobian: np.ndarray
+    """d residual / d log parameter, rows x :data:`PARAMETERS`."""
+    iterations: int
+    touched: dict[str, int] = field(default_factory=dict)
+    """How many rows each parameter changes (a parameter no row touches stays at its prior)."""
+
+
+def _weights(rows: list[PreparedRow], residuals: np.ndarray) -> np.ndarray:
+    groups: dict[str, int] = {}
+    for row in rows:
+        groups[row.source_group] = groups.get(row.source_group, 0) + 1
+    source = np.array([1.0 / math.sqrt(groups[row.source_group]) for row in rows])
+    scaled = np.abs(residuals) / SIGMA
+    huber = np.where(scaled <= HUBER_SIGMAS, 1.0, HUBER_SIGMAS / np.maximum(scaled, 1e-12))
+    return source * huber
+
+
+def _step(values: dict[str, float], jacobian: np.ndarray, residuals: np.ndarray, rows: list[PreparedRow],
+          active: np.ndarray) -> dict[str, float]:
+    """One Gauss-Newton (IRLS) step of the MAP objective, within the bounds."""
+    logs = np.array([math.log(values[p.name]) for p in PARAMETERS])
+    prior_logs = np.array([math.log(p.prior) for p in PARAMETERS])
+    precision = np.array([(SIGMA / p.prior_log_sd) ** 2 for p in PARAMETERS])
+    w = _weights(rows, residuals)
+    # Weights are normalised so that the prior's pull does not depend on how many rows there are
+    # relative to the sum of weights: one row of weight 1 counts as one observation.
+    a = (jacobian * w[:, None]).T @ jacobian + np.diag(precision)
+    g = (jacobian * w[:, None]).T @ residuals + precision * (logs - prior_logs)
+    a_active = a[np.ix_(active, active)]
+    delta = np.zeros(len(PARAMETERS))
+    delta[active] = -np.linalg.solve(a_active, g[active])
+    delta = np.clip(delta, -0.5, 0.5)  # trust region: at most x/÷ 1.65 per step
+    new = logs + delta
+    bounds_low = np.log([p.low for p in PARAMETERS])
+    bounds_high = np.log([p.high for p in PARAMETERS])
+    new = np.clip(new, bounds_low, bounds_high)
+    return {p.name: float(math.exp(v)) for p, v in zip(PARAMETERS, new)}
+
+
+def residuals_at(rows: list[PreparedRow], values: dict[str, float]) -> np.ndarray:
+    return np.array([log_residual(price(row, values)) for row in rows])
+
+
+def jacobian_at(rows: list[PreparedRow], values: dict[str, float], base: np.ndarray) -> np.ndarray:
+    index = {p.name: k for k, p in enumerate(PARAMETERS)}
+    jac = np.zeros((len(rows), len(PARAMETERS)))
+    touching: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        for name in row_parameters(row):
+            touching.setdefault(name, []).append(i)
+    for name, members in touching.items():
+        trial = {**values, name: values[name] * math.exp(FD_STEP)}
+        for i in members:
+            jac[i, index[name]] = (log_residual(price(rows[i], trial)) - base[i]) / FD_STEP
+    return jac
+
+
+def fit(rows: list[PreparedRow], start: dict[str, float] | None = None, max_iterations: int = 8,
+        tolerance: float = 2e-3, progress: Callable[[str], None] | None = None) -> Fit:
+    """The MAP fit of :data:`PARAMETERS` on ``rows`` (Gauss-Newton, Jacobian recomputed each step)."""
+    values = dict(start or priors())
+    residuals = residuals_at(rows, values)
+    jac = np.zeros((len(rows), len(PARAMETERS)))
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        jac = jacobian_at(rows, values, residuals)
+        active = np.abs(jac).sum(axis=0) > 0
+        new = _step(values, jac, residuals, rows, active)
+        change = max(abs(math.log(new[k] / values[k])) for k in values)
+        values = new
+        residuals = residuals_at(rows, values)
+        if progress:
+            progress(f"iteration {iterations}: median |error| {np.median(np.abs(np.expm1(residuals))):.1%}, "
+                     f"largest parameter change {change:.1%}")
+        if change < tolerance:
+            break
+    touched = {p.name: int((np.abs(jac[:, k]) > 0).sum()) for k, p in enumerate(PARAMETERS)}
+    return Fit(values=values, rows=rows, residuals=residuals, jacobian=jac, iterations=iterations, touched=touched)
+
+
+@dataclass
+class Fold:
+    source_group: str
+    values: dict[str, float]
+    held_out: list[ValidationRow]
+    """The left-out source's rows, priced with the parameters fitted without them."""
+
+
+def leave_one_source_out(full: Fit, max_iterations: int = 4, tolerance: float = 2e-3,
+                         progress: Callable[[str], None] | None = None) -> list[Fold]:
+    """Refit without each source (chord method from the full fit) and price the source's rows."""
+    groups = sorted({row.source_group for row in full.rows})
+    folds = []
+    for group in groups:
+        keep = np.array([row.source_group != group for row in full.rows])
+        rows = [row for row, k in zip(full.rows, keep) if k]
+        jac = full.jacobian[keep]
+        active = np.abs(jac).sum(axis=0) > 0
+        values = dict(full.values)
+        residuals = full.residuals[keep]
+        for _ in range(max_iterations):
+            new = _step(values, jac, residuals, rows, np.ones(len(PARAMETERS), dtype=bool))
+            # A parameter none of the fold's rows touches goes back towards its prior (the step's
+            # prior term alone), which is what an independent fit would give it.
+            change = max(abs(math.log(new[k] / values[k])) for k in values)
+            values = new
+            residuals = residuals_at(rows, values)
+            if change < tolerance:
+                break
+        del active
+        held = [price(row, values) for row, k in zip(full.rows, keep) if not k]
+        folds.append(Fold(source_group=group, values=values, held_out=held))
+        if progress:
+            errors = np.array([r.tflops_error for r in held])
+            progress(f"without {group}: {len(held)} rows, median |error| {np.median(np.abs(errors)):.1%}, "
+                     f"median signed {np.median(errors):+.1%}")
+    return folds
+
+
+def kendall_tau(x: Iterable[float], y: Iterable[float]) -> float:
+    """Kendall's tau-b between two sequences (ties in either count as neither concordant nor discordant)."""
+    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    n = len(x)
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        dx = np.sign(x[i + 1:] - x[i])
+        dy = np.sign(y[i + 1:] - y[i])
+        concordant += int(((dx * dy) > 0).sum())
+        discordant += int(((dx * dy) < 0).sum())
+        ties_x += int(((dx == 0) & (dy != 0)).sum())
+        ties_y += int(((dy == 0) & (dx != 0)).sum())
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator else float("nan")
