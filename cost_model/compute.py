@@ -12,16 +12,23 @@ where bytes_moved = (M*K + K*N) * input bytes + M*N * 2. Large GEMMs are compute
 large-GEMM efficiency (REFERENCE.md: ~80% of dense peak on H100 SXM); thin, TP-sharded or small-batch
 GEMMs become bandwidth or overhead bound, which is how tensor and expert parallelism lose efficiency.
 
-Attention core (QK^T, softmax, AV): 2*b*heads*s_q*s_kv*(d_qk + d_v) FLOPs forward; fused causal kernels
-skip the masked half. Their efficiency falls for short sequences (or short context-parallel chunks):
-L / (L + 512) of the GPU's attention efficiency, L the tokens one kernel call sees. Backward of a flash kernel recomputes QK^T, so it does 2.5x the forward FLOPs
-(Dao 2023, FlashAttention-2, section 3.1: 5 matmuls backward vs 2 forward); an unfused kernel 2x.
-Priced at the GPU's attention efficiency.
+Attention core (QK^T, softmax, AV): 2*b*heads*s_q*s_kv*(d_qk + d_v) FLOPs forward.
 
-Element-wise kernels (norms, residual adds, rotary embedding, SwiGLU/GeLU, dropout, unfused softmax,
-MoE token reordering, FP8 casts of GEMM inputs) are memory bound: bytes read + written / achievable
+* A fused (flash) kernel skips the blocks a causal mask hides and runs at the GPU's attention rate
+  scaled by the kernel (FlashAttention-2 on Hopper/Blackwell runs at about half of cuDNN / FA3), the
+  head dim, the sequence length a kernel call sees and the diagonal tiles a causal mask wastes; its
+  backward recomputes QK^T (2.5x the forward FLOPs, Dao 2023, FlashAttention-2, section 3.1) at a lower
+  rate than its forward (:func:`flash_attention_rates`).
+* An unfused core (Megatron-LM before FlashAttention) materialises the s x s scores: two batched GEMMs
+  priced on the roofline above (bandwidth bound: d FLOPs per score byte), a fused softmax and a dropout
+  pass streaming the scores, and their backward; selective recompute reruns all of it.
+
+Element-wise kernels (norms, residual adds, rotary embedding, SwiGLU/GeLU, dropout, MoE token
+reordering, FP8 casts of GEMM inputs) are memory bound: bytes read + written / achievable
 HBM bandwidth. Their backward moves about twice the forward's bytes (for the FP8 casts: the output
-gradients, cast in both layouts like the forward inputs).
+gradients, cast in both layouts like the forward inputs). A stack without fused element-wise kernels
+(``StackSpec.fused_elementwise`` False: eager PyTorch) also copies q, k, v into the attention kernel's
+layout and back, runs rotary embedding and SwiGLU as several kernels each.
 
 Backward GEMMs: one data-gradient and one weight-gradient GEMM per forward GEMM, same FLOPs each.
 """
@@ -76,7 +83,9 @@ class _Pricer:
         fp8 = (gemm_precision or training.precision) == "fp8" and gpu.peak_tflops_fp8
         # The GPU presets' efficiencies are the reference stack's (Megatron-Core + Transformer Engine);
         # another stack reaches its fitted share of them (cost_model.stacks).
-        stack = stack_spec(training.stack).kernel_efficiency
+        self.gpu = gpu
+        self.stack = stack_spec(training.stack)
+        stack = self.stack.kernel_efficiency
         if fp8:
             efficiency = gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
             self.gemm_flops_per_s = gpu.peak_tflops_fp8 * 1e12 * efficiency * stack
@@ -129,6 +138,127 @@ class _Pricer:
         return count * self.streaming(bytes_moved)
 
 
+FLASH_REFERENCE_HEAD_DIM = 128
+"""Head dim at which the GPU presets' ``attention_efficiency`` is stated (FlashAttention-2/3 papers' headline)."""
+
+
+def flash2_is_native(gpu: GPUSpec) -> bool:
+    """Whether FlashAttention-2 is the GPU's own fast attention kernel: on Ampere (no FP8 tensor cores) it
+    is; on AMD Instinct, ROCm's FlashAttention-2 is Composable Kernel's native implementation. On Hopper
+    and Blackwell it is not: FA2 issues Ampere's synchronous mma instructions, without the asynchronous
+    warpgroup MMA and TMA that FlashAttention-3 and cuDNN use (Shah et al. 2024, FlashAttention-3,
+    arXiv:2407.08608, section 1: FA2 reaches 35% of H100's peak)."""
+    return gpu.peak_tflops_fp8 is None or gpu.name.startswith("Instinct")
+
+
+def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
+                          options: CostOptions) -> tuple[np.ndarray, np.ndarray]:
+    """FLOP/s of a fused (flash) attention kernel, forward and backward, over plans.
+
+    The GPU preset's ``attention_efficiency`` is the reference stack's kernel (cuDNN / FlashAttention-3
+    on Hopper and Blackwell, FlashAttention-2 on Ampere) running forward at head dim 128 on long
+    sequences. Four physical factors scale it:
+
+    * kernel: a stack whose flash kernel is FlashAttention-2 (``StackSpec.flash_attention_2``) runs on
+      Hopper and Blackwell at ``flash_attention_2_share`` of it: PyTorch SDPA's FA2 backend reaches 287-304
+      TFLOP/s forward at head dim 128 on H100 (pytorch/benchmark PR #2296) where FA3 reaches 430-621
+      (PR #2391), a share of 0.48-0.67;
+    * head dim d: each tile's softmax and rescaling work is per score, its MMA work per score and head
+      dim, so short heads spend a larger share on non-matmul work: d/(d + d_half) relative to d = 128,
+      capped at 1 (FA3 paper figure 5: head dim 64 reaches ~500 TFLOP/s forward where 128 reaches
+      ~650-740; FA2 paper figure 4 on A100: ~0.8-0.85 of head dim 128);
+    * length: L / (L + attention_half_length), L the tokens one kernel call sees (s, or s/cp with ring
+      context parallelism): short sequences give too few tiles to fill the SMs (FA2 paper figures 4-5);
+    * causal mask: the kernel computes the tiles on the diagonal in full and masks half of them, B/2
+      wasted keys per query against a useful a = attended keys (s/2 for causal), so a / (a + B/2),
+      B = ``attention_block_tokens`` (FA2 and FA3 use 128-token tiles): 0.8 at 512 tokens, 0.99 at 16K,
+      which is how causal attention loses more at short lengths (FA2 paper figure 4: causal vs not).
+
+    Backward runs at ``attention_backward_share`` of the forward rate on the FLOPs the papers count
+    (2.5x the forward: FA2 paper section 4.1 reports forward up to 73% and backward up to 63% of A100's
+    peak; FA3's backward is further below its forward).
+    """
+    rate = pricer.attention_flops_per_s
+    if pricer.stack.flash_attention_2 and not flash2_is_native(pricer.gpu):
+        rate = rate * options.flash_attention_2_share
+    d = float(model.q_head_dim)
+    d_half = options.attention_head_dim_half
+    head = min(1.0, d / (d + d_half) * (FLASH_REFERENCE_HEAD_DIM + d_half) / FLASH_REFERENCE_HEAD_DIM)
+    length = training.seq_length / plans.cp
+    fill = length / (length + options.attention_half_length)
+    if training.causal:
+        attended = 0.5 * training.seq_length * model.attended_share(training.seq_length, True)
+        diagonal = attended / (attended + options.attention_block_tokens / 2)
+    else:
+        diagonal = 1.0
+    forward = rate * head * fill * diagonal
+    return forward, forward * options.attention_backward_share
+
+
+FLASH_BACKWARD_FLOPS = 2.5
+"""Backward FLOPs of a flash kernel per forward FLOP: it recomputes QK^T, so 5 matmuls against 2
+(Dao 2023, FlashAttention-2, section 3.1)."""
+
+
+def _flash_core(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
+                options: CostOptions, q_heads):
+    """Forward and backward seconds and forward FLOPs of a fused attention kernel. Fused kernels skip
+    the blocks a causal mask or a sliding window hides."""
+    causal_skip = 0.5 if training.causal else 1.0
+    window_share = model.attended_share(training.seq_length, training.causal)
+    flops = 2.0 * plans.micro_batch * q_heads * (training.seq_length / plans.cp) * float(training.seq_length) \
+        * (model.q_head_dim + model.v_dim) * causal_skip * window_share
+    forward_rate, backward_rate = flash_attention_rates(model, training, plans, pricer, options)
+    return flops / forward_rate, FLASH_BACKWARD_FLOPS * flops / backward_rate, flops
+
+
+SOFTMAX_BYTES = (4, 6)
+"""Bytes per score of the fused scale-mask-softmax, forward (read fp16 scores, write probabilities) and
+backward (read the gradient and the probabilities, write the gradient): Megatron-LM
+``megatron/model/fused_softmax.py`` (scaled_upper_triang_masked_softmax)."""
+DROPOUT_BYTES = (5, 5)
+"""Bytes per score of attention dropout: read, write, and a 1-byte mask forward; read the gradient and
+the mask, write the gradient backward (PyTorch's fused dropout)."""
+
+
+def _unfused_core(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, options: CostOptions, q_heads,
+                  gpu: GPUSpec):
+    """Forward and backward seconds and forward FLOPs of attention without a fused kernel (Megatron-LM
+    before FlashAttention, megatron/model/transformer.py CoreAttention): a batched GEMM writes the
+    s x s scores, a fused softmax and a dropout pass read and write them, a batched GEMM reads the
+    probabilities into AV. With head dims of 64-128 the two GEMMs do d FLOPs per score byte, below the
+    GPU's FLOP-to-byte ratio (A100: 268 TFLOP/s over 1.7 TB/s = 155), so they are bandwidth bound on the
+    roofline. Backward runs both GEMMs' data and weight gradients (each moving the s x s matrix once)
+    and the two passes' backward. The whole score matrix is computed; a causal mask hides half of it."""
+    pricer = _Pricer(gpu, training, options, gemm_precision="bf16")  # batched GEMMs stay in 16 bits
+    s_q = training.seq_length / plans.cp
+    s_kv = float(training.seq_length)
+    rows = plans.micro_batch * q_heads * s_q
+    qk_s, qk_flops = pricer.gemm(rows, s_kv, model.q_head_dim)
+    av_s, av_flops = pricer.gemm(rows, model.v_dim, s_kv)
+    scores = rows * s_kv
+    forward_bytes = SOFTMAX_BYTES[0] + (DROPOUT_BYTES[0] if training.dropout else 0)
+    backward_bytes = SOFTMAX_BYTES[1] + (DROPOUT_BYTES[1] if training.dropout else 0)
+    forward = qk_s + av_s + pricer.streaming(forward_bytes * scores)
+    backward = 2 * (qk_s + av_s) + pricer.streaming(backward_bytes * scores)
+    return forward, backward, qk_flops + av_flops
+
+
+def _eager_attention_bytes(model: ModelSpec, training: TrainingSpec, q_heads, kv_heads, sp_div):
+    """Bytes per token that an eager (unfused) stack moves in the attention block beyond the fused
+    stacks' kernels: copies of q, k, v into the attention kernel's layout and of its output back
+    (llm-foundry's flash path gathers q, k, v with ``bert_padding.index_first_axis`` and scatters the
+    output with ``pad_input``, llmfoundry/models/layers/attention.py), and rotary embedding as separate
+    multiply, rotate-half (negate, concatenate) and add kernels (HF ``apply_rotary_pos_emb``): 9 reads and
+    writes of q and k where a fused kernel makes 2. Zero for stacks with fused element-wise work."""
+    if stack_spec(training.stack).fused_elementwise:
+        return 0.0
+    e = ACT_BYTES
+    layout = 2 * e * ((q_heads + 2 * kv_heads) * model.q_head_dim + q_heads * model.v_dim)
+    rotary = 7 * e * (q_heads + kv_heads) * model.q_head_dim if model.position_embedding_type == "rope" else 0.0
+    return layout + rotary
+
+
 def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
                options: CostOptions):
     """Projection GEMMs, attention core and element-wise work of the attention half of a layer."""
@@ -167,37 +297,28 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
     add(pricer.gemm(tokens, q_heads * model.v_dim, h), q_heads * model.v_dim)     # output projection
 
     s_kv = float(training.seq_length)
-    causal_skip = 0.5 if (training.causal and training.flash_attention) else 1.0
-    # Fused kernels skip the blocks a causal mask or a sliding window hides; unfused attention
-    # computes the whole s x s score matrix and masks it.
-    window_share = (model.attended_share(training.seq_length, training.causal) if training.flash_attention else 1.0)
-    core_flops = 2.0 * plans.micro_batch * q_heads * (training.seq_length / plans.cp) * s_kv \
-        * (model.q_head_dim + model.v_dim) * causal_skip * window_share
-    # Fused attention kernels fill the GPU only with long sequences: FlashAttention-2 (Dao 2023, fig. 4-5)
-    # roughly halves its throughput from 16K to 512 tokens. Model the kernel's efficiency as
-    # L / (L + attention_half_length) of the GPU's figure, L the sequence each kernel sees: the whole
-    # sequence, or with ring context parallelism the s/cp chunk one step processes.
-    kernel_length = training.seq_length / plans.cp
-    size_factor = kernel_length / (kernel_length + options.attention_half_length)
-    core_fwd_s = core_flops / (pricer.attention_flops_per_s * size_factor)
-    backward_factor = 2.5 if training.flash_attention else 2.0
+    if training.flash_attention:
+        core_fwd_s, core_bwd_s, core_flops = _flash_core(model, training, plans, pricer, options, q_heads)
+    else:
+        core_fwd_s, core_bwd_s, core_flops = _unfused_core(model, training, plans, options, q_heads, gpu=pricer.gpu)
 
     e = ACT_BYTES
     norms_s = pricer.streaming(4 * e * h / sp_div * tokens)      # two norms, each reads and writes h
     per_token = (4 * e * h + 6 * e * h) / sp_div                  # the norms, 2 residual adds
-    per_token = per_token + 2 * e * (q_heads + kv_heads) * model.q_head_dim  # rotary embedding on q, k
+    if model.position_embedding_type == "rope":                   # learned and ALiBi positions add no kernel here
+        per_token = per_token + 2 * e * (q_heads + kv_heads) * model.q_head_dim  # rotary embedding on q, k
     if training.dropout:
         per_token = per_token + (2 * e + 1) * h / sp_div
+    per_token = per_token + _eager_attention_bytes(model, training, q_heads, kv_heads, sp_div)
     elementwise = per_token * tokens
-    if not training.flash_attention:
-        score_passes = 4 if training.dropout else 2                 # softmax read/write (+ dropout)
-        elementwise = elementwise + score_passes * e * q_heads * tokens * s_kv
     elementwise_s = pricer.streaming(elementwise) + quantize_s
-    # What selective recompute reruns in this half: core attention, the norms, MLA's up-projections.
+    # What selective recompute reruns in this half: core attention (with an unfused kernel, the s x s
+    # softmax and dropout passes too: Korthikanti et al. 2022 section 4.2 recompute QK^T, softmax,
+    # dropout and AV), the norms, MLA's up-projections.
     rerun = (np.where(recomputes(plans, "core_attn"), core_fwd_s, 0.0)
              + np.where(recomputes(plans, "layernorm"), norms_s, 0.0)
              + np.where(recomputes(plans, "mla_up_proj"), up_proj_s, 0.0))
-    return gemm_s, gemm_flops, core_fwd_s, core_flops, backward_factor, elementwise_s, rerun
+    return gemm_s, gemm_flops, core_fwd_s, core_bwd_s, core_flops, elementwise_s, rerun
 
 
 def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer, width_per_rank,
@@ -208,6 +329,10 @@ def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _P
     s1, f1 = pricer.gemm(tokens, fc1_width, h)
     s2, f2 = pricer.gemm(tokens, h, width_per_rank)
     act_bytes = ACT_BYTES * width_per_rank * (3 if model.gated_mlp else 2) * tokens
+    if model.gated_mlp and not stack_spec(training.stack).fused_elementwise:
+        # Eager SwiGLU: the activation and the product are two kernels, the activation's output written
+        # and read again (a fused kernel reads both halves and writes the product once).
+        act_bytes = act_bytes + 2 * ACT_BYTES * width_per_rank * tokens
     quantize_s = pricer.quantize(tokens, h) + pricer.quantize(tokens, width_per_rank)
     return s1 + s2, f1 + f2, pricer.streaming(act_bytes) + quantize_s
 
@@ -218,17 +343,17 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     pricer = _Pricer(gpu, training, options)
     t = plans.tp.astype(float)
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    att_gemm_s, att_flops, core_s, core_flops, bwd_factor, att_elem_s, att_rerun = _attention(
+    att_gemm_s, att_flops, core_s, core_bwd_s, core_flops, att_elem_s, att_rerun = _attention(
         model, training, plans, pricer, options)
 
     attention_fwd = att_gemm_s + core_s + att_elem_s
-    attention_bwd = 2 * att_gemm_s + bwd_factor * core_s + 2 * att_elem_s
+    attention_bwd = 2 * att_gemm_s + core_bwd_s + 2 * att_elem_s
 
     def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun):
         forward = gemm_s + core_s + elem_s
-        backward = 2 * gemm_s + bwd_factor * core_s + 2 * elem_s
+        backward = 2 * gemm_s + core_bwd_s + 2 * elem_s
         return LayerTimes(forward=forward, backward=backward, attention_forward=core_s,
-                          attention_backward=bwd_factor * core_s, gemm_forward=gemm_s,
+                          attention_backward=core_bwd_s, gemm_forward=gemm_s,
                           selective_recompute=att_rerun + mlp_rerun,
                           forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops,
                           attention_block_forward=attention_fwd, attention_block_backward=attention_bwd,

@@ -391,9 +391,9 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     tokens_per_step = training.global_batch_size * training.seq_length
     tokens_per_s = tokens_per_step / step
     num_gpus = plans.num_gpus.astype(float)
-    model_flops = model_flops_per_step(model, training, causal=options.mfu_attention_causal)
+    model_flops = model_flops_per_step(model, training, causal_attention_half=options.mfu_attention_causal)
     hardware_flops = model_flops + recompute_flops_per_step(
-        model, training, plans, _pick(share, bottleneck), causal=options.mfu_attention_causal)
+        model, training, plans, _pick(share, bottleneck), causal_attention_half=options.mfu_attention_causal)
     fp8 = training.precision == "fp8" and gpu.peak_tflops_fp8
     peak = (gpu.peak_tflops_fp8 if fp8 else gpu.peak_tflops_bf16) * 1e12
     mfu = model_flops / (step * num_gpus * peak)

@@ -46,6 +46,12 @@ class StackSpec:
     """Whether its attention is a fused (flash) kernel that never materialises the s x s scores; the
     default of ``training.flash_attention`` for runs that do not state it."""
 
+    flash_attention_2: bool
+    """Whether its flash kernel is FlashAttention-2 (flash-attn 2.x, PyTorch SDPA's flash backend) rather
+    than one written for Hopper and Blackwell (cuDNN fused attention, FlashAttention-3): FA2 runs there
+    at ``CostOptions.flash_attention_2_share`` of the GPU presets' attention rate
+    (:func:`cost_model.compute.flash_attention_rates`); on Ampere it is the native kernel."""
+
     fused_elementwise: bool
     """Whether norms, bias, activation and FP8 casts next to the GEMMs are fused into them or into one
     kernel each (Transformer Engine's LayerNormLinear, torch.compile); False = one PyTorch kernel per
@@ -85,7 +91,7 @@ def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSp
     if not isinstance(efficiency, (int, float)) or isinstance(efficiency, bool) or not 0.2 <= efficiency <= 1.5:
         raise InputError(where, f"stacks.{name}.kernel_efficiency", f"{efficiency!r} is not a share in [0.2, 1.5]",
                          "give the share of Megatron-Core's kernel throughput the stack reaches")
-    for switch in ("flash_attention", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
+    for switch in ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
                    "fsdp_prefetch", "overlap_grad_reduce"):
         if not isinstance(entry[switch], bool):
             raise InputError(where, f"stacks.{name}.{switch}", f"{entry[switch]!r} is not true or false", "write true or false")

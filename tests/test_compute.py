@@ -95,3 +95,111 @@ def test_fp8_input_cast_bytes_by_recipe():
         fp8 = _Pricer(H100, TrainingSpec(precision="fp8", fp8_recipe=recipe), CostOptions())
         assert fp8.quantize(8192, 4096) == pytest.approx(bytes_per_element * elements / rate)
     assert pricer().quantize(8192, 4096) == 0.0  # BF16 casts nothing
+
+
+# ---- attention kernels (issue 14 item 1): head dim, length, causal mask, forward/backward, kernel ----
+
+A100 = load_cluster("a100x8").gpu
+
+
+def _gpt(l, h, a, seq, **extra):
+    from cost_model.model_loader import model_from_hf
+    return model_from_hf({"model_type": "gpt2", "n_layer": l, "n_embd": h, "n_head": a, "n_positions": seq,
+                          "vocab_size": 50368, **extra})
+
+
+def _rates(model, training, gpu, **plan):
+    from cost_model.compute import flash_attention_rates
+    from cost_model.plan import PlanArrays
+    plans = PlanArrays.from_records([dict(tp=1, **plan)])
+    return flash_attention_rates(model, training, plans, _Pricer(gpu, training, CostOptions()), CostOptions())
+
+
+def test_flash_rates_by_hand():
+    """Llama 3 8B (head dim 128) at 8K tokens on H100 with cuDNN attention (megatron-core): the preset's
+    forward rate x fill 8192/(8192+512) x causal diagonal 4096/(4096+64) (a query attends to 4096 keys on
+    average, the diagonal 128-token tiles waste 64); backward at 0.8 of it."""
+    from cost_model.model_loader import load_model
+    model = load_model("llama3-8b").spec
+    forward, backward = _rates(model, TrainingSpec(seq_length=8192), H100)
+    expected = 989e12 * H100.attention_efficiency * (8192 / 8704) * (4096 / 4160)
+    assert forward[0] == pytest.approx(expected, rel=1e-12)
+    assert backward[0] == pytest.approx(0.8 * expected, rel=1e-12)
+    # Without the causal mask there is no diagonal to waste.
+    forward_full, _ = _rates(model, TrainingSpec(seq_length=8192, causal=False), H100)
+    assert forward_full[0] == pytest.approx(989e12 * H100.attention_efficiency * (8192 / 8704), rel=1e-12)
+
+
+def test_causal_attention_loses_more_at_short_lengths():
+    # Diagonal share a / (a + 64): 0.8 at 512 tokens (a = 256), 0.992 at 16K.
+    model = _gpt(2, 2048, 16, 16384)
+    short = _rates(model, TrainingSpec(seq_length=512), A100)[0] / _rates(model, TrainingSpec(seq_length=512, causal=False), A100)[0]
+    long = _rates(model, TrainingSpec(seq_length=16384), A100)[0] / _rates(model, TrainingSpec(seq_length=16384, causal=False), A100)[0]
+    assert short[0] == pytest.approx(0.8)
+    assert long[0] == pytest.approx(8192 / 8256)
+
+
+def test_head_dim_64_runs_below_head_dim_128():
+    # Same width, 16 heads of 128 against 32 heads of 64: (64/112) / (128/176) = 0.786 (FA3 paper fig. 5
+    # ~0.7 forward on H100, FA2 paper fig. 4 ~0.85 on A100); head dims above 128 gain nothing.
+    training = TrainingSpec(seq_length=4096)
+    d128 = _rates(_gpt(2, 2048, 16, 4096), training, A100)[0]
+    d64 = _rates(_gpt(2, 2048, 32, 4096), training, A100)[0]
+    d256 = _rates(_gpt(2, 2048, 8, 4096), training, A100)[0]
+    assert d64[0] / d128[0] == pytest.approx((64 / 112) / (128 / 176))
+    assert d256[0] == pytest.approx(d128[0])
+
+
+def test_flash_attention_2_is_native_on_ampere_only():
+    """flash-attn 2 (composer-fsdp, torchtitan's SDPA) runs at half the rate of cuDNN / FA3 on Hopper
+    (pytorch/benchmark #2296 vs #2391); on A100 it is the kernel the preset describes."""
+    model = _gpt(2, 2048, 16, 4096)
+    fa2, native = TrainingSpec(seq_length=4096, stack="composer-fsdp"), TrainingSpec(seq_length=4096)
+    assert _rates(model, fa2, H100)[0][0] == pytest.approx(0.5 * _rates(model, native, H100)[0][0])
+    assert _rates(model, fa2, A100)[0][0] == pytest.approx(_rates(model, native, A100)[0][0])
+
+
+def test_unfused_attention_is_bandwidth_bound_by_hand():
+    """Korthikanti et al. 2022's 22B layer (h 6144, 64 heads of 96, TP 8, micro-batch 4, 2K tokens,
+    dropout): 8 heads x 4 sequences per rank. QK^T writes 4 x 8 x 2048^2 fp16 scores (268 MB) while
+    doing 96 FLOPs per score (26 GFLOP): on A100 (268 TFLOP/s GEMMs, 1.73 TB/s) the write takes longer
+    than the math; AV reads them back; softmax (4 B/score) and dropout (5 B) stream them in between."""
+    from cost_model.compute import layer_times
+    from cost_model.plan import PlanArrays
+    model = _gpt(48, 6144, 64, 2048, add_bias_linear=True)
+    training = TrainingSpec(seq_length=2048, global_batch_size=4, precision="fp16", dropout=True,
+                            flash_attention=False, overlap_grad_reduce=False, stack="megatron-lm-2021")
+    plans = PlanArrays.from_records([dict(tp=8, micro_batch=4, recompute="selective", sequence_parallel=True)])
+    dense, _ = layer_times(model, training, plans, A100, CostOptions())
+    bandwidth = 2039e9 * 0.85
+    rows, scores = 4 * 8 * 2048, 4 * 8 * 2048 * 2048
+    qk_compute = 2 * rows * 2048 * 96 / (312e12 * 0.86 * (4096 / 4104))  # 512 x 8 tiles in waves of 108
+    qk_memory = ((rows * 96 + 96 * 2048) * 2 + scores * 2) / bandwidth
+    av_memory = ((rows * 2048 + 2048 * 96) * 2 + rows * 96 * 2) / bandwidth
+    assert qk_memory > qk_compute
+    expected = qk_memory + av_memory + 2 * 4e-6 + 9 * scores / bandwidth
+    assert dense.attention_forward[0] == pytest.approx(expected, rel=1e-9)
+    # Backward: both GEMMs' two gradients, softmax (6 B) and dropout (5 B) backward.
+    assert dense.attention_backward[0] == pytest.approx(2 * (qk_memory + av_memory + 2 * 4e-6) + 11 * scores / bandwidth,
+                                                        rel=1e-9)
+    # Selective recompute reruns all of it: QK^T, softmax, dropout, AV (Korthikanti et al. 2022, section 4.2).
+    assert dense.selective_recompute[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_eager_stacks_copy_q_k_v_into_the_kernel_layout():
+    """composer-fsdp (eager PyTorch, llm-foundry's flash path gathers q, k, v and scatters the output)
+    moves 2 bytes x 2 (read, write) x (3h + h) per token more than a fused stack in the attention block;
+    MPT's learned positions add no rotary kernel. On A100 both run the same flash kernel."""
+    from cost_model.compute import layer_times
+    from cost_model.plan import PlanArrays
+    model = _gpt(24, 2048, 16, 2048)
+    plans = PlanArrays.from_records([dict(tp=1, micro_batch=8)])
+    options = CostOptions(host_kernel_issue_us=0.0)
+
+    def elementwise(stack):
+        dense, _ = layer_times(model, TrainingSpec(seq_length=2048, stack=stack), plans, A100, options)
+        return dense.forward - dense.gemm_forward - dense.attention_forward
+
+    tokens = 8 * 2048
+    extra = 2 * 2 * (3 * 2048 + 2048) * tokens / (2039e9 * 0.85)
+    assert (elementwise("composer-fsdp") - elementwise("megatron-core"))[0] == pytest.approx(extra, rel=1e-9)

@@ -32,8 +32,11 @@ def test_model_flops_equal_narayanan_72_form(billions, a, h, l):
     s, B = 2048, 1536
     model = gpt(l, h, a, s)
     training = TrainingSpec(seq_length=s, global_batch_size=B)
+    # The paper counts the s x s scores in full; plan-search's convention counts the causal half.
     expected = 72 * B * s * l * h**2 * (1 + s / (6 * h) + V / (12 * l * h))
-    assert model_flops_per_step(model, training) == pytest.approx(expected, rel=1e-12)
+    assert model_flops_per_step(model, training, causal_attention_half=False) == pytest.approx(expected, rel=1e-12)
+    causal_half = 72 * B * s * l * h**2 * (1 + s / (12 * h) + V / (12 * l * h))
+    assert model_flops_per_step(model, training) == pytest.approx(causal_half, rel=1e-12)
     # Parameters: the paper's P = 12lh^2 (1 + 13/(12h) + (V + s)/(12lh)), plus the final LayerNorm (2h)
     # that the paper leaves out; it rounds to the table's figure.
     total = ParameterCounts(model).total
@@ -47,9 +50,21 @@ def test_model_plus_full_recompute_equal_narayanan_96_form(billions, a, h, l):
     model = gpt(l, h, a, s)
     training = TrainingSpec(seq_length=s, global_batch_size=B)
     plans = PlanArrays.from_records([dict(tp=8, recompute="full")])
-    extra = recompute_flops_per_step(model, training, plans, np.array([1.0]))
+    full = dict(causal_attention_half=False)
+    extra = recompute_flops_per_step(model, training, plans, np.array([1.0]), **full)
     expected = 96 * B * s * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
-    assert model_flops_per_step(model, training) + extra[0] == pytest.approx(expected, rel=1e-12)
+    assert model_flops_per_step(model, training, **full) + extra[0] == pytest.approx(expected, rel=1e-12)
+    extra = recompute_flops_per_step(model, training, plans, np.array([1.0]))
+    causal_half = 96 * B * s * l * h**2 * (1 + s / (12 * h) + V / (16 * l * h))
+    assert model_flops_per_step(model, training) + extra[0] == pytest.approx(causal_half, rel=1e-12)
+
+
+def test_bidirectional_models_count_the_full_score_matrix():
+    model = gpt(24, 2304, 24)
+    causal = TrainingSpec(seq_length=2048, global_batch_size=8)
+    bidirectional = TrainingSpec(seq_length=2048, global_batch_size=8, causal=False)
+    assert model_flops_per_step(model, bidirectional) == model_flops_per_step(model, causal, causal_attention_half=False)
+    assert model_flops_per_step(model, bidirectional) > model_flops_per_step(model, causal)
 
 
 def test_biases_and_norms_do_not_leak_into_matmul_weights():
@@ -110,7 +125,7 @@ def test_selective_recompute_repeats_the_attention_core():
     training = TrainingSpec(seq_length=2048, global_batch_size=512)
     plans = PlanArrays.from_records([dict(tp=1, recompute=r) for r in ("none", "selective", "full")])
     extra = recompute_flops_per_step(model, training, plans, np.array([0.0, 0.0, 0.5]))
-    parts = forward_flops_per_sequence(model, 2048)
+    parts = forward_flops_per_sequence(model, 2048, causal=True)
     assert extra[0] == 0
     assert extra[1] == pytest.approx(512 * parts["attention"], rel=1e-12)
     assert extra[2] == pytest.approx(0.5 * 512 * (parts["projections"] + parts["attention"]), rel=1e-12)
@@ -138,9 +153,10 @@ def test_mfu_definition(gpt_metrics):
 
 def test_hfu_counts_recompute(gpt_metrics):
     model, training, cluster, plans, m = gpt_metrics
-    # HFU / MFU = hardware FLOPs / model FLOPs; with full recompute of every layer that is the 96/72 ratio.
+    # HFU / MFU = hardware FLOPs / model FLOPs; with full recompute of every layer that is the 96/72 ratio
+    # (with the causal half of the scores counted: s/(12h) in both).
     s, h, l, B = 2048, 12288, 80, 1536
-    ratio_full = (96 * (1 + s / (6 * h) + V / (16 * l * h))) / (72 * (1 + s / (6 * h) + V / (12 * l * h)))
+    ratio_full = (96 * (1 + s / (12 * h) + V / (16 * l * h))) / (72 * (1 + s / (12 * h) + V / (12 * l * h)))
     assert m.hfu[0] == pytest.approx(m.mfu[0], rel=1e-12)
     assert m.hfu[1] > m.mfu[1]
     assert m.hfu[2] / m.mfu[2] == pytest.approx(ratio_full, rel=1e-12)
@@ -168,3 +184,50 @@ def test_fp8_mfu_uses_the_fp8_peak():
     m = evaluate(model, fp8, cluster, plans)
     peak = cluster.gpu.peak_tflops_fp8 * 1e12
     assert m.mfu[0] == pytest.approx(m.model_flops_per_step / (m.step_time_s[0] * 64 * peak), rel=1e-12)
+
+
+def _mpt(l, h, a, seq):
+    """An MPT model of llm-foundry's benchmarks (scripts/train/yamls/pretrain/mpt-*.yaml): no biases,
+    4h GeLU MLP, vocabulary 50368."""
+    return model_from_hf({"model_type": "gpt2", "n_layer": l, "n_embd": h, "n_head": a, "n_positions": seq,
+                          "vocab_size": 50368})
+
+
+def test_long_context_mfu_stays_below_the_gemm_efficiency():
+    """Issue 14: MPT-350M on a100x8 at 64K tokens read an MFU of 0.89, above A100's GEMM efficiency
+    (0.86), because the model FLOPs counted the whole s x s score matrix while the flash kernel runs the
+    causal half. Counting the causal half, the GPU cannot look busier than its fastest kernel."""
+    model = _mpt(24, 1024, 16, 65536)
+    training = TrainingSpec(seq_length=65536, global_batch_size=16, dropout=False)
+    cluster = load_cluster("a100x8")
+    plans = PlanArrays.from_records([dict(tp=1, dp=8, micro_batch=1, zero_stage=3)])
+    m = evaluate(model, training, cluster, plans)
+    assert m.mfu[0] < cluster.gpu.gemm_efficiency
+    # The full count is twice the attention: the same run read in it exceeds what the GPU executed.
+    full = model_flops_per_step(model, training, causal_attention_half=False)
+    assert full / m.model_flops_per_step > 1.8
+
+
+@pytest.mark.parametrize("cluster_name, precision", [("a100x64", "bf16"), ("h100x64", "bf16"), ("h100x64", "fp8"),
+                                                     ("b200x64", "bf16")])
+def test_mfu_never_exceeds_the_kernel_efficiency(cluster_name, precision):
+    """Property over a grid of models (h 512-8192, head dims 64 and 128), sequence lengths 512 to 128K,
+    tensor and context parallelism and recompute modes: MFU is at most the efficiency of the fastest
+    kernel that runs (GEMMs; attention where a preset put it higher), at the peak MFU is quoted against."""
+    cluster = load_cluster(cluster_name)
+    gpu = cluster.gpu
+    gemm = (gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency) if precision == "fp8" else gpu.gemm_efficiency
+    bound = max(gemm, gpu.attention_efficiency * (gpu.peak_tflops_bf16 / gpu.peak_tflops_fp8 if precision == "fp8" else 1))
+    records = [dict(tp=tp, cp=cp, dp=64 // (tp * cp), micro_batch=1, recompute=r, sequence_parallel=tp > 1)
+               for tp in (1, 8) for cp in (1, 8) for r in ("none", "selective", "full")]
+    plans = PlanArrays.from_records(records)
+    worst = 0.0
+    for l, h, a in ((4, 512, 8), (12, 768, 12), (24, 2048, 16), (32, 4096, 32), (8, 8192, 64)):
+        for seq in (512, 2048, 8192, 32768, 131072):
+            model = _mpt(l, h, a, seq)
+            training = TrainingSpec(seq_length=seq, global_batch_size=64, precision=precision, dropout=False)
+            m = evaluate(model, training, cluster, plans)
+            assert np.all(m.mfu < bound), (l, h, seq, float(m.mfu.max()), bound)
+            worst = max(worst, float(m.mfu.max()))
+    # The grid reaches into the region where the bound matters (attention-dominated long sequences).
+    assert worst > 0.5 * bound
