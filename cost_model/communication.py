@@ -16,7 +16,10 @@ Per dimension (Megatron-LM, Narayanan et al. 2021 and Korthikanti et al. 2022):
   dK, dV (twice forward). ``a2a`` (Ulysses) does 4 all-to-alls of the q/k/v/output activations each way.
 * EP: a dispatch and a combine all-to-all per MoE layer forward, two more backward, of one row per
   token-expert pair (Megatron's ``alltoall`` dispatcher) or per token and destination rank (the flex
-  dispatcher, :func:`cost_model.activations.dispatched_rows_per_rank`).
+  dispatcher, :func:`cost_model.activations.dispatched_rows_per_rank`). Across scale-up domains the
+  flex dispatcher's DeepEP / HybridEP kernels are hierarchical: a token crosses the network once per
+  destination *domain* and is forwarded over NVLink to the ranks there (:func:`ep_network_rows_per_rank`),
+  so the network carries tokens x remote domains rows, not tokens x remote ranks.
 * PP: the b*s*h activation (split by SP) to the next stage forward, its gradient back, per micro-batch
   per virtual chunk.
 * DP: ZeRO-0 all-reduces the gradients once per step; ZeRO-1 (Megatron distributed optimizer)
@@ -39,11 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.collectives import Collective, CollectiveCost
+from hardware.collectives import Collective, CollectiveCost, two_level_exchange_time_s
 from hardware.placement import GroupPlacement, dense_placement, expert_placement
 from hardware.schema import ClusterSpec
 
-from .activations import ACT_BYTES, dispatched_rows_per_rank
+from .activations import ACT_BYTES, dispatched_rows_per_rank, distinct_destination_ranks, routed_pairs_per_rank
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -174,6 +177,27 @@ class CommPricer:
         return sent_bytes(kind, size, m)
 
 
+HIERARCHICAL_DISPATCHERS = ("deepep", "hybridep")
+"""Flex-dispatcher backends whose normal kernels forward across domains through one RDMA send per
+destination domain (DeepEP README "normal kernels"; HybridEP "Hierarchical Communication Design")."""
+
+
+def ep_network_rows_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanArrays,
+                             domains_spanned: np.ndarray) -> np.ndarray:
+    """Token rows one rank sends over the network per dispatch under a hierarchical dispatcher: each
+    token goes once to every *other* domain holding one of its k experts. With uniform routing over E
+    experts spread over the d domains of the EP group, a given domain holds none of them with
+    probability q = C(E - E/d, k) / C(E, k), so a token reaches d (1 - q) domains in expectation, its own
+    with probability 1 - q: (d - 1)(1 - q) remote domains (:func:`distinct_destination_ranks` with d
+    groups). DeepSeek-V3 on 4 nodes (E 256, k 8): 2.7 remote nodes per token instead of 6 remote
+    token-expert pairs."""
+    tokens = routed_pairs_per_rank(model, training, plans) / model.experts_per_token / plans.etp
+    d = np.asarray(domains_spanned, dtype=float)
+    reached = distinct_destination_ranks(model.num_experts, model.experts_per_token, d.astype(int))
+    own = np.where(d > 1, reached / np.maximum(d, 1.0), 1.0)  # 1 - q
+    return tokens * np.where(d > 1, reached - own, 0.0)
+
+
 @dataclass
 class LayerComm:
     """Per micro-batch, per layer of each kind: seconds and bytes sent, forward and backward."""
@@ -240,12 +264,28 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
 
     mlp_pairs = np.where((plans.etp > 1) | bool(model.shared_expert_ffn_hidden_size), 1.0, 0.0)
     rows = dispatched_rows_per_rank(model, training, plans) / plans.etp  # token rows a rank sends out
-    dispatch_bytes = (1 if training.moe_dispatch_fp8 else ACT_BYTES) * rows * model.hidden_size
-    combine_bytes = ACT_BYTES * rows * model.hidden_size
+    dispatch_row_bytes = (1 if training.moe_dispatch_fp8 else ACT_BYTES) * model.hidden_size
+    combine_row_bytes = ACT_BYTES * model.hidden_size
+    dispatch_bytes = dispatch_row_bytes * rows
+    combine_bytes = combine_row_bytes * rows
     ep_group = pricer.placements.ep
     dispatch_fwd = pricer.time(A2A, ep_group, dispatch_bytes)
-    ep_fwd = dispatch_fwd + pricer.time(A2A, ep_group, combine_bytes)
-    ep_bwd = 2 * pricer.time(A2A, ep_group, combine_bytes)
+    combine = pricer.time(A2A, ep_group, combine_bytes)
+    if training.moe_token_dispatcher in HIERARCHICAL_DISPATCHERS:
+        # Across domains: network rows once per remote domain, every token-rank row over NVLink once.
+        placed = pricer.placements.expanded("ep")
+        network_rows = ep_network_rows_per_rank(model, training, plans, placed.domains_spanned)
+        nvlink_rows = rows * (placed.size - 1) / np.maximum(placed.size, 1)
+
+        def two_level(bytes_per_row):
+            return two_level_exchange_time_s(pricer.topology, placed.ranks_per_domain, placed.domains_spanned,
+                                             nvlink_rows * bytes_per_row, network_rows * bytes_per_row)
+
+        across = placed.domains_spanned > 1
+        dispatch_fwd = np.where(across, two_level(dispatch_row_bytes), dispatch_fwd)
+        combine = np.where(across, two_level(combine_row_bytes), combine)
+    ep_fwd = dispatch_fwd + combine
+    ep_bwd = 2 * combine
     ep_fwd_bytes = pricer.sent(A2A, ep_group, dispatch_bytes) + pricer.sent(A2A, ep_group, combine_bytes)
     ep_bytes = ep_fwd_bytes + 2 * pricer.sent(A2A, ep_group, combine_bytes)
     moe = LayerComm(tp_fwd_s=(1 + mlp_pairs) * pair_s, tp_bwd_s=(1 + mlp_pairs) * pair_s,

@@ -168,6 +168,28 @@ class CollectiveCost:
         return np.where(active & (m > 0), time, 0.0)
 
 
+def two_level_exchange_time_s(topology: TopologySpec, ranks_per_domain, domains_spanned, scaleup_bytes,
+                              scaleout_bytes) -> np.ndarray:
+    """Seconds for a hierarchical exchange whose bytes per rank over NVLink and over the network are
+    known separately (arrays broadcast): DeepEP's and HybridEP's normal dispatch / combine, which send a
+    token once over RDMA to each destination node and forward it over NVLink to the ranks there
+    (DeepEP README, "normal kernels ... forwarding data from NVLink domain to RDMA domain"; HybridEP
+    design note, "Hierarchical Communication Design"). The two stages are pipelined, so the slower one
+    sets the time (as :class:`CollectiveCost`), at the all-to-all efficiencies of each level, plus one
+    network (or NVLink) latency."""
+    g, d, up, out = np.broadcast_arrays(np.asarray(ranks_per_domain, dtype=np.float64),
+                                        np.asarray(domains_spanned, dtype=np.float64),
+                                        np.asarray(scaleup_bytes, dtype=np.float64),
+                                        np.asarray(scaleout_bytes, dtype=np.float64))
+    eff_up, eff_out = _efficiencies(topology, Collective.ALL_TO_ALL)
+    links = np.maximum(g - 1.0, 1.0) if topology.scaleup_kind == "mesh" else 1.0
+    bw_up = links * topology.scaleup_GBps * _GB * eff_up
+    bw_out = topology.scaleout_GBps_per_gpu * _GB * eff_out
+    latency = np.where(d > 1, topology.scaleout_latency_us, topology.scaleup_latency_us) * _US
+    busy = up + out > 0
+    return np.where(busy, latency + np.maximum(up / bw_up, out / bw_out), 0.0)
+
+
 _CALLER_BUG = "a plan-search bug in the code that priced the collective: please report it with the command line"
 
 

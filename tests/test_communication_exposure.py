@@ -5,6 +5,8 @@ and the stacks' sources (DeepSpeed 0.3.16 per-parameter list collectives with a 
 before each gather; FSDP-style prefetch for the others).
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,49 @@ def test_cp_ring_exposes_what_each_transfer_takes_beyond_one_block():
     aggregate = max(0.0, dense_c.cp_fwd_s[0] - dense_t.attention_forward[0]) + max(
         0.0, dense_c.cp_bwd_s[0] - dense_t.attention_backward[0])
     assert per_layer > aggregate
+
+
+def test_hierarchical_dispatch_crosses_the_network_once_per_remote_node():
+    # DeepSeek-V3 (256 experts, top-8) with EP32 on four 8-GPU nodes: a token reaches a given node with
+    # probability 1 - C(192, 8) / C(256, 8) = 0.9036, so 3 x 0.9036 = 2.711 remote nodes per token,
+    # against 8 x 24/32 = 6 remote token-expert rows of the alltoall dispatcher.
+    from cost_model.communication import ep_network_rows_per_rank
+
+    dsv3 = load_model("deepseek-v3").spec
+    training = TrainingSpec(seq_length=4096, global_batch_size=4096, moe_token_dispatcher="hybridep")
+    plans = PlanArrays.from_records([dict(tp=1, pp=8, dp=32, ep=32)])
+    q = math.comb(192, 8) / math.comb(256, 8)
+    rows = ep_network_rows_per_rank(dsv3, training, plans, np.array([4]))
+    assert float(rows[0]) == pytest.approx(4096 * 3 * (1 - q), rel=1e-12)
+    assert float(rows[0]) / 4096 == pytest.approx(2.711, rel=1e-3)
+    assert float(ep_network_rows_per_rank(dsv3, training, plans, np.array([1]))[0]) == 0.0
+
+
+def test_two_level_exchange_by_hand():
+    from hardware.collectives import two_level_exchange_time_s
+
+    topo = load_cluster("b200x256").topology
+    # 100 MB over NVLink (900 GB/s x 0.75) and 50 MB over the NIC share (50 GB/s x 0.9): the network
+    # stage is slower; one network latency of 5 us.
+    t = float(two_level_exchange_time_s(topo, 8, 4, 100e6, 50e6))
+    assert t == pytest.approx(5e-6 + 50e6 / (50e9 * 0.9), rel=1e-12)
+    inside = float(two_level_exchange_time_s(topo, 8, 1, 100e6, 0.0))
+    assert inside == pytest.approx(2e-6 + 100e6 / (900e9 * 0.75), rel=1e-12)
+    assert float(two_level_exchange_time_s(topo, 8, 4, 0.0, 0.0)) == 0.0
+
+
+def test_hybridep_across_nodes_is_faster_than_alltoall_and_equal_inside_one():
+    dsv3 = load_model("deepseek-v3").spec
+    cluster = load_cluster("b200x256")
+    options = CostOptions()
+
+    def ep_forward_s(dispatcher, ep):
+        training = TrainingSpec(seq_length=4096, global_batch_size=4096, moe_token_dispatcher=dispatcher)
+        plans = PlanArrays.from_records([dict(tp=1, pp=8, dp=32, ep=ep)])
+        _, moe = layer_communication(dsv3, training, plans, CommPricer(cluster, place(cluster, plans, options)), options)
+        return float(moe.ep_fwd_s[0])
+
+    flat_flex = ep_forward_s("hybridep", 8)  # inside one node: the per-rank flex exchange as before
+    assert flat_flex < ep_forward_s("alltoall", 8)
+    across = ep_forward_s("hybridep", 32)
+    assert across < 0.6 * ep_forward_s("alltoall", 32)  # 2.7 remote nodes per token instead of 6 rows
