@@ -530,79 +530,40 @@ def _price_lines(study: Study) -> list[str]:
 
 
 def accuracy_lines(study: Study) -> list[str]:
-    """How far to trust the times, per GPU of the study, from the tool's own calibration and validation:
-    a GPU whose GEMM efficiencies are the calibrated preset values gets the error band of the held-out
-    published runs of that GPU (same kind of model, dense or MoE, and the study's precision where such
-    runs exist), as ``plan-search validate`` computes it; any other GPU is flagged as uncalibrated."""
-    moe = ParameterCounts(study.model.spec).active != ParameterCounts(study.model.spec).total
-    precision = "fp8" if build_training(study.training, source=study.source).precision == "fp8" else "bf16"
+    """How far to trust the times, per GPU of the study, from the tool's cross-validated calibration
+    (``plan-search calibrate``): a GPU whose GEMM efficiencies are the fitted values of its generation
+    gets the band of comparable published runs (same stack, GPU generation and model class), each
+    predicted by a fit that never saw its source (:mod:`cost_model.calibration.bands`); any other GPU
+    is flagged as not calibrated."""
+    training = build_training(study.training, source=study.source)
     seen: dict[str, str] = {}
     for option in study.options:
         gpu = option.cluster.gpu
         if gpu.name not in seen:
-            seen[gpu.name] = _gpu_accuracy(gpu, moe, precision)
+            seen[gpu.name] = _gpu_accuracy(gpu, study.model.spec, training)
     return ["**How far to trust the times.** Time and throughput are model predictions, not measurements; "
-            "the error band is (predicted − measured) / measured throughput on published runs that were not "
-            "used to calibrate (`plan-search validate`).", "", *seen.values()]
+            "the band is where 80% of comparable published runs fall relative to the prediction when their "
+            "source is left out of the fit (`plan-search calibrate`, `plan-search validate`).", "", *seen.values()]
 
 
-def _gpu_accuracy(gpu: Any, moe: bool, precision: str) -> str:
-    from hardware.preset_catalog import gpu_preset_names
-    from cost_model.calibration.calibrate import CALIBRATION_ROWS, PROXY_PRESETS, calibration_row_ids
-    from cost_model.calibration.validate import DEFAULT_DATASET, validate_row
+def _gpu_accuracy(gpu: Any, model: Any, training: Any) -> str:
+    from cost_model.calibration.bands import band_for_run, gpu_family
+    from cost_model.calibration.calibrate import fitted_efficiencies
 
-    sources = {key: key for key, _ in CALIBRATION_ROWS}
-    sources.update({proxy: key for key, proxies in PROXY_PRESETS.items() for proxy, _ in proxies})
-    preset = None
-    for key in gpu_preset_names():
-        try:
-            reference = load_cluster(key).gpu
-        except InputError:
-            continue
-        if (reference.name, reference.gemm_efficiency, reference.gemm_efficiency_fp8) == (
-                gpu.name, gpu.gemm_efficiency, gpu.gemm_efficiency_fp8):
-            preset = key
-            break
-    if preset is None:
-        return (f"* **{gpu.name}**: **not calibrated**, and not a preset GPU with published runs (its GEMM "
-                "efficiency is the study's own): treat its times as rough estimates.")
-    source = sources.get(preset)
-    if source is None:
-        head = (f"* **{gpu.name}**: **not calibrated** (its GEMM efficiency is a microbenchmark figure, not fitted "
-                "on published runs)")
-    else:
-        head = f"* **{gpu.name}**: calibrated" + ("" if source == preset else f" (takes the {source} preset's values)")
-    presets = tuple(dict.fromkeys((preset, source or preset)))
-    kind = "MoE" if moe else "dense"
-    try:
-        runs = read_yaml_mapping(DEFAULT_DATASET).get("runs") or []
-        held_out = [r for r in runs if r.get("verified") and r.get("id") not in calibration_row_ids()
-                    and (r.get("cluster") or {}).get("gpu") in presets and _is_moe(r) == moe]
-        same_precision = [r for r in held_out if _precision_class(r) == precision]
-        chosen = same_precision or held_out
-        errors = [e for e in (validate_row(r, str(DEFAULT_DATASET)).tflops_error for r in chosen) if e is not None]
-    except (InputError, OSError, KeyError, ValueError, TypeError):
-        chosen, errors = [], []
-    if not errors:
-        return f"{head}; no published {kind} run of it outside the calibration gives an error band."
-    precisions = sorted({_precision_class(r).upper() for r in chosen})
-    which = "/".join(precisions) + ("" if same_precision else f" only, none in {precision.upper()} is published")
-    band = f"{errors[0]:+.0%}" if len(errors) == 1 else f"{min(errors):+.0%} to {max(errors):+.0%}"
-    return (f"{head}; {len(errors)} {'held-out ' if source else ''}published {kind} "
-            f"run{'s' if len(errors) > 1 else ''} on {' and '.join(presets)} ({which}): {band}.")
-
-
-def _is_moe(row: dict[str, Any]) -> bool:
-    """Whether a published run's model routes tokens to experts (its model section, preset or fields)."""
-    from cost_model.model_loader import model_input_from_mapping
-
-    spec = model_input_from_mapping(dict(row["model"]), source="dataset", default_name=str(row.get("id"))).spec
-    counts = ParameterCounts(spec)
-    return counts.active != counts.total
-
-
-def _precision_class(row: dict[str, Any]) -> str:
-    return "fp8" if (row.get("training") or {}).get("precision") == "fp8" else "bf16"
+    family = gpu_family(gpu)
+    fitted = fitted_efficiencies(family)
+    precision_key = "gemm_efficiency_fp8" if training.precision == "fp8" else "gemm_efficiency"
+    if not fitted or fitted.get(precision_key) is None or getattr(gpu, precision_key) is None or \
+            abs(getattr(gpu, precision_key) - fitted[precision_key]) > 1.5e-3:
+        return (f"* **{gpu.name}**: **not calibrated** (its {precision_key} is not the value fitted on published "
+                f"{family} runs): treat its times as rough estimates.")
+    head = f"* **{gpu.name}**: calibrated ({precision_key} fitted on published runs of {family} GPUs)"
+    band = band_for_run(model, training, gpu)
+    if band is None:
+        return f"{head}; too few comparable published runs for an error band."
+    low, high = band.low_factor - 1, band.high_factor - 1
+    return (f"{head}; measured throughput of 80% of comparable published runs was {low:+.0%} to {high:+.0%} of the "
+            f"prediction, each predicted without its source ({band.label}, {band.rows} runs).")
 
 
 def _frontier_lines(options: pd.DataFrame) -> list[str]:

@@ -86,7 +86,8 @@ def test_summary_states_calibration_and_prices_truthfully(report):
     trust = text.split("**How far to trust the times.**")[1].split("## Cluster options")[0]
     for gpu in ("H100 SXM5 80GB", "H200 SXM 141GB", "B200 (HGX, 1000 W)", "B200 in GB200 NVL72 (1200 W)"):
         line = next(line for line in trust.splitlines() if line.startswith(f"* **{gpu}**"))
-        assert "calibrated" in line and "not calibrated" not in line and "held-out published dense run" in line
+        assert "calibrated" in line and "not calibrated" not in line
+        assert "comparable published runs" in line and "each predicted without its source" in line
 
 
 def test_uncalibrated_gpus_are_flagged_and_stated_prices_are_not_called_illustrative(tmp_path):
@@ -95,12 +96,13 @@ def test_uncalibrated_gpus_are_flagged_and_stated_prices_are_not_called_illustra
     path = tmp_path / "study.yaml"
     path.write_text("model: llama3-8b\nprice_source: our reserved-capacity quote of 2026-11-20\n"
                     "training: {seq_length: 4096, global_batch_tokens: 1048576, train_tokens: 1.0e+11}\n"
-                    "options:\n  - {name: A100 x 64, cluster: a100x64, price_per_gpu_hour_usd: 1.2}\n"
+                    "options:\n  - {name: MI300X x 64, cluster: mi300xx64, price_per_gpu_hour_usd: 1.2}\n"
                     "  - {name: H100 x 64, cluster: h100x64, price_per_gpu_hour_usd: 2.5}\n")
     study = load_study(path)
     lines = accuracy_lines(study)
-    assert any(line.startswith("* **A100") and "**not calibrated**" in line for line in lines)
-    assert any(line.startswith("* **H100") and "calibrated;" in line for line in lines)
+    # MI300X's GEMM efficiency is a microbenchmark figure: no published run of its generation was fitted.
+    assert any(line.startswith("* **Instinct MI300X") and "**not calibrated**" in line for line in lines)
+    assert any(line.startswith("* **H100") and "calibrated (" in line for line in lines)
     text = summary_markdown(run_study(study))
     assert "Prices are illustrative" not in text
     assert "our reserved-capacity quote of 2026-11-20" in text

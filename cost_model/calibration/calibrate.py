@@ -233,6 +233,19 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
     return written
 
 
+def fitted_efficiencies(family: str, fitted_file: Path | None = None) -> dict[str, float]:
+    """The GEMM efficiencies the stored calibration (fitted.yaml) gives a GPU family; empty when the
+    family is not fitted or nothing is stored."""
+    path = fitted_file or FITTED_FILE
+    if not path.exists():
+        return {}
+    stored = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("parameters") or {}
+    values = {name: entry["value"] for name, entry in stored.items() if isinstance(entry, dict) and "value" in entry}
+    if {p.name for p in PARAMETERS} - set(values):
+        return {}
+    return {k: v for k, v in efficiencies(values, family).items() if v is not None}
+
+
 def gpu_family_of_preset(preset: str) -> str:
     from hardware.loader import load_cluster
 
