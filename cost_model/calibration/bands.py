@@ -44,8 +44,7 @@ import numpy as np
 
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 
-FITTED_FILE = Path(__file__).with_name("fitted.yaml")
-"""Where ``plan-search calibrate --write`` stores the fitted parameters and bands."""
+from .stored import FITTED_FILE  # one name for the file, shared with the stored parameters
 
 FITTED_ENV = "PLAN_SEARCH_FITTED"
 """Environment variable naming another fitted file (tests, a user's own calibration); empty = no bands."""

@@ -26,7 +26,8 @@ import numpy as np
 import yaml
 
 
-from .bands import FITTED_FILE, bands_section, gpu_family, model_class
+from .bands import bands_section, gpu_family, model_class
+from .stored import FITTED_FILE, stored_parameters
 from .fit import PARAMETERS, efficiencies, Fit, Fold, fit, kendall_tau, leave_one_source_out, price
 from .validate import PreparedRow, ValidationRow, prepare_row
 
@@ -229,6 +230,7 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
     written.append(stacks_path)
     fitted_path = fitted_file or FITTED_FILE
     fitted_path.write_text(fitted_document(calibration), encoding="utf-8")
+    stored_parameters.cache_clear()
     written.append(fitted_path)
     return written
 
@@ -236,11 +238,7 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
 def fitted_efficiencies(family: str, fitted_file: Path | None = None) -> dict[str, float]:
     """The GEMM efficiencies the stored calibration (fitted.yaml) gives a GPU family; empty when the
     family is not fitted or nothing is stored."""
-    path = fitted_file or FITTED_FILE
-    if not path.exists():
-        return {}
-    stored = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("parameters") or {}
-    values = {name: entry["value"] for name, entry in stored.items() if isinstance(entry, dict) and "value" in entry}
+    values = stored_parameters(fitted_file or FITTED_FILE)
     if {p.name for p in PARAMETERS} - set(values):
         return {}
     return {k: v for k, v in efficiencies(values, family).items() if v is not None}
