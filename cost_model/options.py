@@ -72,11 +72,13 @@ class CostOptions:
     (FlashAttention-2, Dao 2023, figures 4-5: throughput at 512 tokens is about half of that at 16K).
     Bounds [0, 16384]."""
 
-    attention_head_dim_half: float = 48.0
+    attention_head_dim_half: float = 24.0
     """Head dim at which a flash kernel's efficiency would be half its limit: efficiency d / (d + this),
-    relative to head dim 128 (:func:`cost_model.compute.flash_attention_rates`). 48 puts head dim 64 at
-    0.79 of head dim 128 (FlashAttention-3 paper figure 5: ~0.7 forward on H100; FlashAttention-2 paper
-    figure 4: ~0.85 forward + backward on A100). Bounds [0, 256]."""
+    relative to head dim 128 (:func:`cost_model.compute.flash_attention_rates`). 24 puts head dim 64 at
+    0.86 of head dim 128, as FlashAttention-2 runs forward + backward on A100 (Dao 2023, figure 4:
+    ~0.85-0.9); FlashAttention-3's forward on H100 loses more (Shah et al. 2024, figure 5: ~0.7). On the
+    llm-foundry rows (MPT-125M/350M at head dim 64 against MPT-760M-3B at 128, 512 to 64K tokens, A100)
+    24 leaves no trend with sequence length between the two groups where 48 left 10%. Bounds [0, 256]."""
 
     attention_block_tokens: float = 128.0
     """Query and key tile of a flash kernel (FlashAttention-2 and -3 use 128 x 128 tiles at head dims
