@@ -39,6 +39,7 @@ from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanAr
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB, MEMORY_HEADROOM, fits_in_memory
 from cost_model.options import CostOptions
+from cost_model.stacks import STACK_NAMES
 from hardware.cli import app as hardware_app
 from hardware.errors import InputError, did_you_mean, shorten
 from hardware.loader import load_cluster
@@ -185,6 +186,10 @@ PIN_HELP = "Pin the {}: N, A,B or A-B."
 """Help of the search's pin flags (one short line: rich cuts long help columns at 80 columns)."""
 
 
+STACK_OPTION = typer.Option(None, "--stack", help="Software stack: " + ", ".join(STACK_NAMES)
+                            + " (default: the model file's training.stack, else megatron-core).")
+
+
 EP_OVERLAP_OPTION = typer.Option(
     None, "--overlap-moe-expert-parallel-comm/--no-overlap-moe-expert-parallel-comm",
     help="Hide MoE all-to-alls behind another micro-batch (Megatron's merged 1F1B).")
@@ -319,6 +324,7 @@ def search_command(
     dispatcher: Optional[str] = DISPATCHER_OPTION,
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 (Megatron main grads) or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout", help="Hidden and attention dropout."),
+    stack: Optional[str] = STACK_OPTION,
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention",
                                                    help="Fused attention (no s x s scores in memory)."),
     cp_comm: CPComm = typer.Option(CPComm.p2p, "--cp-comm", help="Context parallelism: p2p ring or a2a (Ulysses)."),
@@ -348,7 +354,8 @@ def search_command(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
-        moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+        moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention,
+        stack=stack)
     if emitter and output is OutputFormat.csv:
         raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
                          "use --format json (each emission an object) or table, or drop --emit")
@@ -551,6 +558,7 @@ def evaluate_command(
     dispatcher: Optional[str] = DISPATCHER_OPTION,
     grad_dtype: Optional[str] = typer.Option(None, "--grad-dtype", help="fp32 or bf16."),
     dropout: Optional[bool] = typer.Option(None, "--dropout/--no-dropout"),
+    stack: Optional[str] = STACK_OPTION,
     flash_attention: Optional[bool] = typer.Option(None, "--flash-attention/--no-flash-attention"),
     cp_comm: CPComm = typer.Option(CPComm.p2p, "--cp-comm", help="p2p ring or a2a (Ulysses)."),
     headroom: float = typer.Option(MEMORY_HEADROOM, "--headroom", help="Fraction of usable GPU memory kept free."),
@@ -569,7 +577,8 @@ def evaluate_command(
         cluster, model, price, seq_length=seq_len, global_batch_size=global_batch,
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
-        moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention)
+        moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention,
+        stack=stack)
     if etp is None:  # Megatron's validate_args sets expert_tensor_parallel_size to the TP size when not given
         etp = tp if model_input.spec.is_moe else 1
     _check_plan_flags(cluster_spec, model_input.spec, training,

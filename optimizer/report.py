@@ -163,7 +163,8 @@ def scenario_header(scenario: Scenario) -> str:
     tokens = tr.global_batch_tokens / 1e6
     return (f"{scenario.model.name} on {cl.name}: {gpus} x {cl.gpu.name} ({cl.gpu.memory_gib:.1f} GiB usable, "
             f"{scenario.memory_limit_bytes / GIB:.1f} GiB limit) | seq {tr.seq_length}, global batch "
-            f"{tr.global_batch_size} ({tokens:.1f}M tokens), {tr.precision} | objective {scenario.options.objective}"
+            f"{tr.global_batch_size} ({tokens:.1f}M tokens), {tr.precision}, {tr.stack} | objective "
+            f"{scenario.options.objective}"
             + "".join(f" | {name} {_value_list(values)}" for name, values in pinned_values(scenario).items()))
 
 

@@ -55,3 +55,13 @@ def test_kernel_efficiency_scales_gemm_time(monkeypatch):
     # GEMMs and attention take twice as long; memory-bound element-wise work does not change.
     assert 1.75 < ratio < 2.0
     np.testing.assert_allclose(slow.step_time_parts_s["dp_comm"], base.step_time_parts_s["dp_comm"])
+
+
+def test_stack_flag_prices_the_stack_and_the_header_names_it(capsys):
+    from tests.test_cli import run
+
+    code, out, _ = run(capsys, "evaluate", "h100x8", "llama3-8b", "--stack", "megatron-lm-2021", "--tp", "8", "--seq-len", "2048",
+                       "--global-batch", "64", "--recompute", "full")
+    assert code == 0 and "bf16, megatron-lm-2021 |" in out
+    code, _, err = run(capsys, "evaluate", "h100x8", "llama3-8b", "--stack", "titan")
+    assert code == 2 and "--stack: stack must be one of megatron-core" in err
