@@ -318,13 +318,29 @@ def embedding_dropout_bytes(model: ModelSpec, training: TrainingSpec, plans: Pla
     return 1.0 * model.hidden_size * sh.tokens / sh.sp_div
 
 
+def saved_logit_bytes(training: TrainingSpec) -> float:
+    """Bytes per logit (token x vocabulary entry) the loss keeps for backward.
+
+    * 4: Megatron's vocab-parallel cross entropy, fused or not, casts the logits to fp32 and keeps the
+      softmax computed in place (``calculate_logits_max`` in
+      ``megatron/core/tensor_parallel/cross_entropy.py``); PyTorch's ``log_softmax`` on the fp32 logits
+      (torchtitan) keeps its fp32 output;
+    * 2: flash-attn's ``CrossEntropyLoss``, the default loss of llm-foundry (composer-fsdp stack,
+      ``loss_fn: fused_crossentropy`` in ``llmfoundry/models/mpt/modeling_mpt.py``), keeps the bf16
+      logits themselves and an fp32 log-sum-exp per token (``flash_attn/losses/cross_entropy.py``).
+    """
+    if training.fused_cross_entropy and training.stack == "composer-fsdp":
+        return 2.0
+    return 4.0
+
+
 def lm_head_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, padded_vocab: np.ndarray) -> np.ndarray:
     """Last stage, one micro-batch: final-norm input, LM-head GEMM input (bf16: the head stays out of
-    FP8, see :func:`cost_model.compute.lm_head_times`) and the fp32 logits that Megatron's
-    vocab-parallel cross-entropy keeps for backward (softmax computed in place in fp32)."""
+    FP8, see :func:`cost_model.compute.lm_head_times`) and the logits the loss keeps for backward
+    (:func:`saved_logit_bytes`)."""
     sh = _shapes(model, training, plans)
     h = model.hidden_size
-    per_token = 2 * ACT_BYTES * h / sh.sp_div + 4.0 * padded_vocab / sh.t
+    per_token = 2 * ACT_BYTES * h / sh.sp_div + saved_logit_bytes(training) * padded_vocab / sh.t
     return per_token * sh.tokens
 
 
@@ -332,8 +348,9 @@ def logits_transient_bytes(training: TrainingSpec, plans: PlanArrays, padded_voc
     """Logit-sized buffers beside the saved fp32 logits (4 bytes per vocabulary entry, counted by
     :func:`lm_head_bytes`) at the loss's memory peak, per vocabulary entry and token:
 
-    * fused (Megatron's vocab-parallel cross entropy, or Transformer Engine's): the bf16 logits next
-      to their fp32 copy, whose softmax and gradient are computed in place: 2 bytes;
+    * fused (Megatron's vocab-parallel cross entropy): the bf16 logits next to their fp32 copy, whose
+      softmax and gradient are computed in place: 2 bytes; flash-attn's (composer-fsdp): the bf16
+      gradient its backward writes beside the saved bf16 logits: 2 bytes;
     * unfused, tp = 1 (PyTorch ``log_softmax`` + ``nll_loss``, as ``F.cross_entropy`` runs them): in
       backward, ``nll_loss_backward``'s fp32 gradient of the log-probabilities and
       ``_log_softmax_backward_data``'s fp32 input gradient next to the saved log-probabilities:
