@@ -88,7 +88,9 @@ class PlanMetrics:
     plans: PlanArrays
     num_microbatches: np.ndarray
     memory_bytes: np.ndarray
-    """Peak memory per GPU: the most loaded pipeline stage."""
+    """Predicted peak RESERVED memory per GPU (what nvidia-smi shows less the CUDA context:
+    ``torch.cuda.max_memory_reserved`` plus NCCL's buffers; :data:`cost_model.memory.MEMORY_KIND`), of the
+    most loaded pipeline stage; what :func:`cost_model.memory.fits_in_memory` compares with usable memory."""
     memory_parts_bytes: dict[str, np.ndarray]
     """Breakdown of that stage (weights, gradients, optimizer, activations, other)."""
     peak_stage: np.ndarray

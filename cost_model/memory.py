@@ -62,6 +62,11 @@ from .training_spec import TrainingSpec
 GIB = float(2**30)
 WEIGHT_BYTES = 2
 
+MEMORY_KIND = "peak_reserved"
+"""Which memory the predictions are (``memory_kind`` in JSON): the peak RESERVED device memory per GPU,
+what nvidia-smi shows less the CUDA context (``torch.cuda.max_memory_reserved`` plus NCCL's buffers),
+not the allocated tensors (``torch.cuda.max_memory_allocated``, :attr:`MemoryBreakdown.allocated`)."""
+
 MEMORY_HEADROOM = 0.0
 """Share of the GPU's usable memory a plan must leave free to fit: none. The prediction is the peak
 device memory the job holds (:func:`memory_breakdown`: tensors, the caching allocator's reserve,

@@ -93,7 +93,7 @@ def _memory_explanation(result: SearchResult) -> Explanation:
     limit = sc.memory_limit_bytes / GIB
     headroom = sc.options.memory_headroom
     after = f", {limit:.1f} GiB after the {headroom:.0%} headroom" if headroom else ""
-    message = (f"the plan that needs the least memory needs {needed:.1f} GiB per GPU (predicted peak reserved); "
+    message = (f"the plan that needs the least memory needs {needed:.1f} GiB per GPU; "
                f"the {gpu.name} has {gpu.memory_gib:.1f} GiB usable{after} ({needed - limit:.1f} GiB short)")
     suggestions = []
     options = sc.options

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from cost_model.calibration.bands import Band
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, COMM_DIMS, PlanMetrics
-from cost_model.memory import GIB, MemoryBreakdown
+from cost_model.memory import GIB, MEMORY_KIND, MemoryBreakdown
 from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
 from cost_model.stages import STAGES
 
@@ -84,7 +84,7 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float, band: Band | None = N
             "sequence_parallel": cols["sequence_parallel"][i], "zero_stage": cols["zero_stage"][i],
             "optimizer_offload": cols["optimizer_offload"][i],
             "activation_offload_layers": cols["activation_offload_layers"][i], "num_gpus": metrics.plans.num_gpus[i],
-            "memory_gib": metrics.memory_bytes[i] / GIB,
+            "memory_gib": metrics.memory_bytes[i] / GIB, "memory_kind": MEMORY_KIND,
             "memory_breakdown_gib": {p: metrics.memory_parts_bytes[p][i] / GIB for p in MEMORY_PARTS},
             "peak_stage": STAGES[metrics.peak_stage[i]],
             "step_time_s": metrics.step_time_s[i],
@@ -213,7 +213,7 @@ def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wid
     plan has them (no ``--train-tokens`` or no price). ``wide`` keeps every column. With a ``band``, each
     tok/s/GPU cell carries its ± figure (``10,583 ±9%``)."""
     spread = f" {band.percent_text}" if band is not None else ""
-    headers = ["#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "mem GiB",
+    headers = ["#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "reserved GiB",
                "step s", "tok/s/GPU", "TFLOP/s/GPU", "MFU", "days", "cost $M"]
     cols = metrics.plans.to_columns()
     rows = []
@@ -300,7 +300,7 @@ def fit_text(text: str, width: int | None = None) -> str:
 
 def breakdown_text(metrics: PlanMetrics, index: int = 0) -> str:
     """The full memory and time breakdown of one plan."""
-    parts = [f"  memory per GPU {metrics.memory_bytes[index] / GIB:.2f} GiB ({STAGES[metrics.peak_stage[index]]} stage): "
+    parts = [f"  peak reserved memory per GPU {metrics.memory_bytes[index] / GIB:.2f} GiB ({STAGES[metrics.peak_stage[index]]} stage): "
              + ", ".join(f"{p} {metrics.memory_parts_bytes[p][index] / GIB:.2f}" for p in MEMORY_PARTS)]
     parts.append(f"  step time {metrics.step_time_s[index]:.3f} s: "
                  + ", ".join(f"{p} {metrics.step_time_parts_s[p][index]:.3f}" for p in TIME_PARTS

@@ -32,7 +32,7 @@ def test_search_on_bundled_example_prints_ranked_table(capsys):
     assert out.startswith("llama3-8b on h100-128: 128 x H100 SXM5 80GB")
     assert "seq 8192, global batch 512 (4.2M tokens)" in out
     assert "Top 3 plans by throughput" in out
-    assert "mem GiB" in out and "tok/s/GPU" in out
+    assert "reserved GiB" in out and "tok/s/GPU" in out
     assert "Best plan:" in out and "memory per GPU" in out
 
 

@@ -19,7 +19,7 @@ from optimizer.search import Scenario, search
 from optimizer.search_options import SearchOptions
 from tests.test_cli import run
 
-ALL_COLUMNS = ("#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "mem GiB", "step s",
+ALL_COLUMNS = ("#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "reserved GiB", "step s",
                "tok/s/GPU", "TFLOP/s/GPU", "MFU", "days", "cost $M")
 
 
