@@ -442,3 +442,33 @@ def lm_head_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, g
     # Cross-entropy: upcast bf16 logits to fp32, max, exp, sum, normalise: ~4 passes over fp32 logits.
     loss_s = pricer.streaming((ACT_BYTES + 4 * 4) * tokens * vocab_per_rank)
     return gemm_s + loss_s, 2 * gemm_s + loss_s, flops
+
+
+LOSS_SCALED_PRECISIONS = ("fp16",)
+"""Precisions trained with a dynamic loss scale, whose gradients are unscaled and checked every step."""
+
+
+def optimizer_step_bytes(training: TrainingSpec, shard_params, grad_buffer_params):
+    """HBM bytes one optimizer step moves on a rank, memory bound like every element-wise kernel.
+
+    Over the ``shard_params`` the rank updates (its ZeRO shard, or all its parameters):
+
+    * the update: read and write each optimizer state (fp32 master weights and the moments), read the
+      gradient, write the 16-bit weight: 2 x state + grad + 2 bytes (30 for fp32 Adam with fp32
+      gradients; apex / Transformer Engine FusedAdam);
+    * the global gradient norm for clipping: one more read of the gradient (Megatron
+      ``clip_grad_norm_fp32``: multi_tensor_l2norm; PyTorch ``clip_grad_norm_``);
+    * with a dynamic loss scale (fp16): unscale and check for inf/NaN in place, a read and a write of the
+      gradient (Megatron ``_unscale_main_grads_and_check_for_nan``:
+      ``torch._amp_foreach_non_finite_check_and_unscale_``).
+
+    And over ``grad_buffer_params``, the gradient buffer zeroed for the next step (Megatron
+    ``zero_grad_buffer``, PyTorch ``zero_grad``): the rank's whole buffer with ZeRO-0/1 (the distributed
+    optimizer keeps full-size gradient buckets), its shard with ZeRO-2/3.
+    """
+    grad = training.grad_bytes
+    per_shard_param = 2.0 * training.optimizer_state_bytes + grad + 2.0 + grad
+    if training.precision in LOSS_SCALED_PRECISIONS:
+        per_shard_param = per_shard_param + 2.0 * grad
+    return shard_params * per_shard_param + grad_buffer_params * grad
+

@@ -43,8 +43,10 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * Activation offload (Megatron ``--cpu-offloading``): each offloaded layer's activations go to the host
   during forward and come back during backward over the GPU's host link (PCIe, or NVLink-C2C on Grace
   systems), on copy engines beside the compute; exposed is what the copies take beyond it.
-* Optimizer step: memory bound, Adam reads and writes fp32 master, m, v, reads the gradient and writes
-  bf16 weights: 30 bytes per parameter of the local shard (22 for SGD, 22 for Adam with bf16 moments). Offloaded: the gradient goes to the
+* Optimizer step: memory bound (:func:`cost_model.compute.optimizer_step_bytes`): Adam reads and
+  writes fp32 master, m, v, reads the gradient and writes bf16 weights (30 bytes per parameter of the
+  local shard; 22 for SGD, 22 for Adam with bf16 moments), reads the gradient once more for the norm
+  clipping, twice more under fp16 loss scaling, and zeroes the gradient buffer. Offloaded: the gradient goes to the
   host and the bf16 weight comes back over PCIe, and the host CPUs run Adam.
 """
 
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 from hardware.schema import ClusterSpec
 
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
-from .compute import layer_times, lm_head_times
+from .compute import layer_times, lm_head_times, optimizer_step_bytes
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .host import graph_scope_conflict
@@ -356,8 +358,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     shard = np.where(zero >= 1, params.dense / (plans.dp * plans.cp)[:, None]
                      + params.expert / plans.expert_data_parallel[:, None], local_params)
     # read and write every state, read the gradient, write the bf16 weight: 30 bytes for fp32 Adam
-    optimizer_bytes_per_param = 2.0 * training.optimizer_state_bytes + training.grad_bytes + 2.0
-    on_gpu = shard * optimizer_bytes_per_param / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+    grad_buffer = np.where(zero >= 2, shard, local_params)
+    on_gpu = optimizer_step_bytes(training, shard, grad_buffer) / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     offloaded = (shard * (training.grad_bytes + 2) / host_bytes_per_s
                  + shard / options.cpu_adam_params_per_s)
     optimizer_s = np.where(plans.optimizer_offload[:, None], offloaded, on_gpu)
