@@ -222,6 +222,19 @@ class MemoryBreakdown:
         memory of a plan, and what :func:`fits_in_memory` compares with the usable memory."""
         return self.allocator_reserved + self.communicator_buffers
 
+    def of_kind(self, kind: str) -> np.ndarray:
+        """The quantity a measurement of ``kind`` reads, to compare like with like: ``nvidia-smi`` (the
+        process's device memory less the CUDA context: :attr:`total`), ``reserved``
+        (``torch.cuda.max_memory_reserved``, torchtitan's logged memory: :attr:`allocator_reserved`) or
+        ``allocated`` (``torch.cuda.max_memory_allocated``: :attr:`allocated`)."""
+        if kind not in MEASURED_MEMORY_KINDS:
+            raise ValueError(f"memory kind must be one of {', '.join(MEASURED_MEMORY_KINDS)}, got {kind!r}")
+        return {"nvidia-smi": self.total, "reserved": self.allocator_reserved, "allocated": self.allocated}[kind]
+
+
+MEASURED_MEMORY_KINDS = ("nvidia-smi", "reserved", "allocated")
+"""What a published memory figure can be: see :meth:`MemoryBreakdown.of_kind`."""
+
 
 def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, stages: StageLayout,
                      params: StageParameters, options: CostOptions) -> MemoryBreakdown:

@@ -221,3 +221,14 @@ def test_every_public_table_layout_that_ran_fits(row_id):
         result = validate_row(CSV_ROWS[row_id], "training_runs.csv")
     assert fits_in_memory(result.predicted_memory_gib * GIB, result.usable_memory_gib), (
         f"{row_id}: {result.predicted_memory_gib:.1f} GiB predicted, {result.usable_memory_gib:.1f} usable")
+
+
+def test_measured_kinds_read_their_own_quantity():
+    training = TrainingSpec(seq_length=8192, global_batch_size=64)
+    by = _memory(LLAMA3_8B, training, [dict(tp=2, dp=4, zero_stage=1)]).by_stage
+    nccl = 2 * CostOptions().nccl_buffer_mib_per_communicator * MIB  # tp and dp groups
+    np.testing.assert_allclose(by.of_kind("nvidia-smi") - by.of_kind("reserved"), nccl)
+    np.testing.assert_allclose(by.of_kind("reserved") - by.of_kind("allocated"),
+                               CostOptions().allocator_fragmentation * by.transient + 0.5 * GIB)
+    with pytest.raises(ValueError, match="nvidia-smi, reserved, allocated"):
+        by.of_kind("peak")
