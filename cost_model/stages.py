@@ -10,10 +10,25 @@ With pp = 1 the single stage is ``first`` and carries both embedding and head; w
 middle stage. Peak memory and the bottleneck time are the maxima over the stages that exist.
 
 Layer split. Megatron splits L layers evenly (L divisible by pp x vpp), or unevenly with
-``--decoder-first-pipeline-num-layers``/``--decoder-last-pipeline-num-layers``. The uneven split used
-here gives every middle stage k = ceil(L/pp) layers and takes the deficit pp*k - L from the first and
-last stages (half each, the first stage one more when odd): Llama 3 405B's 126 layers on 16 stages are
-7 + 14 x 8 + 7 (Llama 3 paper, section 3.3.2). An even split is the special case of no deficit.
+``--decoder-first-pipeline-num-layers``/``--decoder-last-pipeline-num-layers``, with the embedding and the
+loss counted as one layer each of the split (``--account-for-embedding-in-pipeline-split`` /
+``--account-for-loss-in-pipeline-split``), or chunk by chunk with ``--pipeline-model-parallel-layout``
+(Megatron-Core 0.16.1 ``TransformerConfig.__post_init__``, ``transformer_block.get_num_layers_to_build``,
+``PipelineParallelLayerLayout``). The uneven split used here gives every middle stage k = ceil(L/pp)
+layers and takes the deficit pp*k - L from the first and last stages (half each, the first stage one more
+when odd): Llama 3 405B's 126 layers on 16 stages are 7 + 14 x 8 + 7 (Llama 3 paper, section 3.3.2). An
+even split is the special case of no deficit; a deficit of 1 (2) is Megatron's split with the embedding
+(and the loss) accounted as a layer: (L + 2) / pp layers a rank, the first rank's first chunk one layer
+short (Megatron-Bridge's Llama 3.1 405B recipe: 126 + 2 = 128 = 16 x 8, TP4 PP16 VP8 on GB200).
+
+Virtual chunks (:func:`chunk_layers`): each stage's layers go over its vpp chunks as evenly as possible,
+the shorter chunks at the outer end of the model, where the embedding (first stage, chunk 0) and the loss
+(last stage, chunk vpp-1) sit: the layout ``get_num_layers_to_build`` builds with the embedding and loss
+accounted (one layer fewer in exactly those chunks) and with first/last-stage sizes divisible by vpp
+(equal chunks). A chunk may hold no decoder layer only if it holds the embedding or the loss (Megatron
+builds such a chunk: the layout ``E|t|...`` and ``get_num_layers_to_build`` asserting >= 0); so the first
+and last stages need at least vpp - 1 layers and the middle stages' k a multiple of vpp
+(:func:`uneven_split_is_valid`).
 
 In-flight micro-batches (activations held at the memory peak), from Megatron-LM's schedules
 (``megatron/core/pipeline_parallel/schedules.py``):
@@ -21,8 +36,13 @@ In-flight micro-batches (activations held at the memory peak), from Megatron-LM'
 * 1F1B: rank r runs pp - r - 1 warm-up forwards, then one more before its first backward, so it holds
   min(pp - r, m) micro-batches of its L/pp layers: the first stage holds p (Narayanan et al. 2021).
 * Interleaved with v chunks: warm-up is (pp - r - 1) * 2 + (v - 1) * pp chunks, so rank r holds
-  min((v-1)*pp + 2*(pp-r-1) + 1, m*v) chunks of L/(pp*v) layers. For r = 0 this is
-  (L/pp) * pp * (1 + (pp-1)/(pp*v)) layer-micro-batches: Korthikanti et al. 2022's interleaving factor.
+  N = min((v-1)*pp + 2*(pp-r-1) + 1, m*v) chunk forwards. Forward i runs chunk (i mod pp*v) // pp
+  (``get_model_chunk_id``, micro-batch groups of pp), so chunk j holds F*pp + clip(R - j*pp, 0, pp) of
+  them (N = F*pp*v + R), each of that chunk's layers (:func:`in_flight_layer_sets`). With equal chunks
+  of L/(pp*v) layers and r = 0 this is (L/pp) * pp * (1 + (pp-1)/(pp*v)) layer-micro-batches: Korthikanti
+  et al. 2022's interleaving factor. A short chunk 0 on the first stage matters: it is the chunk most in
+  flight (Llama 3 405B PP16 VP8: 112 layer sets held on rank 0 with its embedding-only chunk 0, not the
+  143 x 7/8 = 125 of equal chunks).
 """
 
 from __future__ import annotations
@@ -89,13 +109,45 @@ def layers_per_stage(num_layers: int, pp: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def uneven_split_is_valid(num_layers: int, pp: np.ndarray, vpp: np.ndarray) -> np.ndarray:
-    """Whether the uneven split can run: the first and last stages need at least one layer per virtual
-    chunk, and the middle stages' k layers must divide into vpp chunks."""
+    """Whether the uneven split can run (see the module docstring): every virtual chunk holds a decoder
+    layer except that the first stage's chunk 0 may hold only the embedding and the last stage's last
+    chunk only the loss (first and last stages >= vpp - 1 layers), and the middle stages' k layers divide
+    into vpp chunks."""
     first, k, last = layers_per_stage(num_layers, pp)
     pp = np.asarray(pp)
     vpp = np.asarray(vpp)
     middle_ok = (k % vpp == 0) | (pp <= 2)
-    return (first >= vpp) & (last >= vpp) & middle_ok & (pp <= num_layers)
+    return (first >= vpp - 1) & (last >= vpp - 1) & middle_ok & (pp <= num_layers)
+
+
+def chunk_layers(stage_layers: int, vpp: int, outer_end: str) -> list[int]:
+    """Decoder layers of each of one stage's vpp virtual chunks, chunk 0 first: as even as possible, the
+    shorter chunks at the ``outer_end`` (``"first"``: chunk 0, where the embedding sits on the first
+    stage; ``"last"``: chunk vpp-1, where the loss sits on the last stage). What the emitters write."""
+    base, extra = divmod(int(stage_layers), int(vpp))
+    if outer_end == "first":
+        return [base + (j >= vpp - extra) for j in range(vpp)]
+    return [base + (j < extra) for j in range(vpp)]
+
+
+def _forwards_on_chunks(n: np.ndarray, pp: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Of the first n interleaved forwards of a rank, how many run chunks lo <= j < hi: forward i runs chunk
+    (i mod pp*v) // pp, so n = F*pp*v + R gives each chunk F*pp, and the remainder R fills chunks in order
+    pp at a time."""
+    cycles, rest = np.divmod(n, pp * v)
+    return (hi - lo) * cycles * pp + np.clip(rest - lo * pp, 0, (hi - lo) * pp)
+
+
+def in_flight_layer_sets(forwards: np.ndarray, pp: np.ndarray, v: np.ndarray, stage_layers: np.ndarray,
+                         outer_end_first: np.ndarray) -> np.ndarray:
+    """Layer x micro-batch activation sets a rank holds with ``forwards`` chunk forwards in flight, its
+    ``stage_layers`` split into v chunks as :func:`chunk_layers` does (the short chunks at chunk 0 where
+    ``outer_end_first``, else at chunk v-1): base layers on every chunk held, one more on each held forward
+    of the ``extra`` longer chunks."""
+    base, extra = np.divmod(stage_layers, v)
+    lo = np.where(outer_end_first, v - extra, 0)
+    hi = np.where(outer_end_first, v, extra)
+    return base * forwards + _forwards_on_chunks(forwards, pp, v, lo, hi)
 
 
 def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarray,
@@ -132,7 +184,9 @@ def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarr
              else np.asarray(extra_warmup, dtype=np.int64))[:, None]
     one_f_one_b = np.minimum(pp2 - r + extra, m2) * layers
     chunks = np.minimum((v2 - 1) * pp2 + 2 * (pp2 - r - 1) + 1 + extra, m2 * v2)
-    interleaved = chunks * layers / v2
+    # The first stage's short chunks sit at chunk 0 (with the embedding), the others' at chunk v-1.
+    short_first = np.stack([np.ones_like(pp, bool), np.ones_like(pp, bool), np.zeros_like(pp, bool)], axis=1)
+    interleaved = in_flight_layer_sets(chunks, pp2, v2, layers.astype(np.int64), short_first)
     in_flight = np.where(v2 > 1, interleaved, one_f_one_b)
 
     has_embedding = np.stack([np.ones_like(pp, bool), np.zeros_like(pp, bool), np.zeros_like(pp, bool)], axis=1)

@@ -42,7 +42,8 @@ RULES: dict[str, str] = {
     "ep_inside_scaleup_domain": "expert-parallel groups stay inside one scale-up domain",
     "heads_divisible_by_tp": "attention heads divisible by tp",
     "kv_heads_divisible_by_tp": "KV heads divisible by tp, or tp a multiple of them (KV heads replicated)",
-    "layers_split_over_stages": "layers divisible by pp (or an uneven first/last-stage split)",
+    "layers_split_over_stages": "layers divisible by pp, or an uneven split (the first and last stages short of "
+                                "the middle ones; an embedding-only first or loss-only last stage allowed)",
     "global_batch_divisible": "global batch divisible by dp",
     "sequence_divisible_by_2cp": "sequence length divisible by 2 x cp (load-balanced causal CP)",
     "cp_needs_flash_attention": "context parallelism needs fused (flash) attention",
@@ -376,8 +377,9 @@ class LayoutModel:
             M.Add(self._e("tp", q) <= _valuation(kv, q)).OnlyEnforceIf([L["kv_heads_divisible_by_tp"], replicate.Not()])
             M.Add(self._e("tp", q) >= _valuation(kv, q)).OnlyEnforceIf([L["kv_heads_divisible_by_tp"], replicate])
 
-        # layer split: pp values for which some virtual-stage count splits the layers
-        # (the exact (pp, vpp) rule is checked with the schedule, in optimizer.plan_rules)
+        # layer split: pp values for which some virtual-stage count splits the layers. Every split valid with
+        # vpp chunks is valid with one (L % (pp*vpp) == 0 implies L % pp == 0; first, last >= vpp - 1 >= 0),
+        # so vpp = 1 decides; the exact (pp, vpp) rule is checked with the schedule, in optimizer.plan_rules.
         allowed = [p for p in self.candidates["pp"] if self.split_ok(p, 1)]
         M.AddAllowedAssignments([self.deg["pp"].value], [(p,) for p in allowed] or [(0,)]
                                 ).OnlyEnforceIf(L["layers_split_over_stages"])

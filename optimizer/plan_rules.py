@@ -20,7 +20,10 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from .emit import FRAMEWORKS, framework_rules, framework_violations
 
 PLAN_RULES: dict[str, str] = {
-    "layers_split_over_stages_and_chunks": "layers divisible by pp x vpp (or an uneven first/last-stage split)",
+    "layers_split_over_stages_and_chunks": "layers divisible by pp x vpp, or an uneven split whose middle stages "
+                                           "divide into vpp chunks and whose first and last stages hold at least "
+                                           "vpp - 1 layers (an embedding-only first chunk, a loss-only last chunk: "
+                                           "Megatron's account-for-embedding/loss split)",
     "global_batch_divisible_by_dp_micro_batch": "global batch = dp x micro-batch x number of micro-batches",
     "interleave_needs_pipeline": "virtual pipeline stages need pp > 1",
     "interleave_microbatches_divisible_by_pp": "with interleaving, the number of micro-batches is a multiple of pp",
