@@ -105,7 +105,11 @@ class PlanMetrics:
     model_flops_per_step: float
     hardware_flops_per_step: np.ndarray
     mfu: np.ndarray
+    """Model FLOPs per second over the dense peak of the run's precision. Model FLOPs count a causal
+    model's attention at its causal half (:mod:`cost_model.flops`; ``CostOptions.mfu_attention_causal``),
+    so MFU never exceeds the efficiency of the kernels that ran."""
     hfu: np.ndarray
+    """As ``mfu``, with the FLOPs that recomputation repeats added (Korthikanti et al. 2022, section 6.3)."""
     tflops_per_gpu: np.ndarray
     """Model TFLOP/s achieved per GPU."""
     comm_bytes_per_step: dict[str, np.ndarray]
