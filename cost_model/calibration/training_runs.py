@@ -369,7 +369,12 @@ def _mlm_h100(row, model, plan, training, variant):
 
 def _sc21(row, model, plan, training, variant):
     # GPT-3-era runs: dropout 0.1, no flash attention (the stacks' default), no sequence parallelism.
-    return {"dropout": True}, {"sequence_parallel": False}, ["SC21: fp16, dropout 0.1, no sequence parallelism"]
+    # DeepSpeed's fp16 ZeRO reduces the fp16 gradients (2 bytes; deepspeed/runtime/zero/stage3.py keeps
+    # fp32 only in the optimizer's partition), where Megatron's DDP accumulates fp32 main grads.
+    extra = {"grad_dtype": "bf16"} if "ZeRO-3" in row.get("framework", "") else {}
+    return ({"dropout": True, **extra}, {"sequence_parallel": False},
+            ["SC21: fp16, dropout 0.1, no sequence parallelism"
+             + ("; 2-byte gradients (DeepSpeed fp16 ZeRO)" if extra else "")])
 
 
 def _llmfoundry(row, model, plan, training, variant):
