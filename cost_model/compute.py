@@ -227,20 +227,27 @@ def _unfused_core(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, o
     before FlashAttention, megatron/model/transformer.py CoreAttention): a batched GEMM writes the
     s x s scores, a fused softmax and a dropout pass read and write them, a batched GEMM reads the
     probabilities into AV. With head dims of 64-128 the two GEMMs do d FLOPs per score byte, below the
-    GPU's FLOP-to-byte ratio (A100: 268 TFLOP/s over 1.7 TB/s = 155), so they are bandwidth bound on the
-    roofline. Backward runs both GEMMs' data and weight gradients (each moving the s x s matrix once)
-    and the two passes' backward. The whole score matrix is computed; a causal mask hides half of it."""
+    GPU's FLOP-to-byte ratio (A100: 268 TFLOP/s over 1.7 TB/s = 155), so moving the scores dominates.
+    Backward runs dP = dO V^T (shaped as QK^T), dQ, dK and dV (shaped as AV) and the two passes'
+    backward. The whole score matrix is computed; a causal mask hides half of it."""
     pricer = _Pricer(gpu, training, options, gemm_precision="bf16")  # batched GEMMs stay in 16 bits
     s_q = training.seq_length / plans.cp
     s_kv = float(training.seq_length)
     rows = plans.micro_batch * q_heads * s_q
-    qk_s, qk_flops = pricer.gemm(rows, s_kv, model.q_head_dim)
-    av_s, av_flops = pricer.gemm(rows, model.v_dim, s_kv)
     scores = rows * s_kv
+    # QK^T (and dP = dO V^T backward) reduces over only d = 64-128: each output tile's main loop is a few
+    # steps, then its epilogue stores the tile, and with one 128 x 256 tile per SM the store does not
+    # hide behind the math, so the s x s write adds to it rather than bounding it.
+    qk_compute_s = 2.0 * scores * model.q_head_dim / (pricer.gemm_flops_per_s * pricer.wave_efficiency(rows, s_kv))
+    qk_s = qk_compute_s + pricer.streaming(scores * ACT_BYTES) + pricer.overhead_s
+    qk_flops = 2.0 * scores * model.q_head_dim
+    # AV (and dQ, dK, dV backward) reduces over the s keys: the scores stream through its main loop
+    # behind the math, a GEMM on the roofline.
+    av_s, av_flops = pricer.gemm(rows, model.v_dim, s_kv)
     forward_bytes = SOFTMAX_BYTES[0] + (DROPOUT_BYTES[0] if training.dropout else 0)
     backward_bytes = SOFTMAX_BYTES[1] + (DROPOUT_BYTES[1] if training.dropout else 0)
     forward = qk_s + av_s + pricer.streaming(forward_bytes * scores)
-    backward = 2 * (qk_s + av_s) + pricer.streaming(backward_bytes * scores)
+    backward = qk_s + 3 * av_s + pricer.streaming(backward_bytes * scores)
     return forward, backward, qk_flops + av_flops
 
 

@@ -161,9 +161,9 @@ def test_flash_attention_2_is_native_on_ampere_only():
 
 def test_unfused_attention_is_bandwidth_bound_by_hand():
     """Korthikanti et al. 2022's 22B layer (h 6144, 64 heads of 96, TP 8, micro-batch 4, 2K tokens,
-    dropout): 8 heads x 4 sequences per rank. QK^T writes 4 x 8 x 2048^2 fp16 scores (268 MB) while
-    doing 96 FLOPs per score (26 GFLOP): on A100 (268 TFLOP/s GEMMs, 1.73 TB/s) the write takes longer
-    than the math; AV reads them back; softmax (4 B/score) and dropout (5 B) stream them in between."""
+    dropout): 8 heads x 4 sequences per rank. QK^T writes 4 x 8 x 2048^2 fp16 scores (268 MB) after
+    doing 96 FLOPs per score (26 GFLOP); AV reads them back, on A100 (268 TFLOP/s GEMMs, 1.73 TB/s) for
+    longer than its math; softmax (4 B/score) and dropout (5 B) stream them in between."""
     from cost_model.compute import layer_times
     from cost_model.plan import PlanArrays
     model = _gpt(48, 6144, 64, 2048, add_bias_linear=True)
@@ -173,15 +173,16 @@ def test_unfused_attention_is_bandwidth_bound_by_hand():
     dense, _ = layer_times(model, training, plans, A100, CostOptions())
     bandwidth = 2039e9 * 0.85
     rows, scores = 4 * 8 * 2048, 4 * 8 * 2048 * 2048
-    qk_compute = 2 * rows * 2048 * 96 / (312e12 * 0.86 * (4096 / 4104))  # 512 x 8 tiles in waves of 108
-    qk_memory = ((rows * 96 + 96 * 2048) * 2 + scores * 2) / bandwidth
-    av_memory = ((rows * 2048 + 2048 * 96) * 2 + rows * 96 * 2) / bandwidth
-    assert qk_memory > qk_compute
-    expected = qk_memory + av_memory + 2 * 4e-6 + 9 * scores / bandwidth
+    # QK^T: 96-step main loops, then each tile's store: the math and the 268 MB write add up.
+    qk = 2 * rows * 2048 * 96 / (312e12 * 0.86 * (4096 / 4104)) + scores * 2 / bandwidth + 4e-6  # 512 x 8 tiles, waves of 108
+    # AV streams the scores through its 2048-step main loop: the roofline, bandwidth bound.
+    av_compute = 2 * rows * 96 * 2048 / (312e12 * 0.86)
+    av = ((rows * 2048 + 2048 * 96) * 2 + rows * 96 * 2) / bandwidth + 4e-6
+    assert av - 4e-6 > av_compute
+    expected = qk + av + 9 * scores / bandwidth
     assert dense.attention_forward[0] == pytest.approx(expected, rel=1e-9)
-    # Backward: both GEMMs' two gradients, softmax (6 B) and dropout (5 B) backward.
-    assert dense.attention_backward[0] == pytest.approx(2 * (qk_memory + av_memory + 2 * 4e-6) + 11 * scores / bandwidth,
-                                                        rel=1e-9)
+    # Backward: dP (as QK^T), dQ, dK, dV (as AV), softmax (6 B) and dropout (5 B) backward.
+    assert dense.attention_backward[0] == pytest.approx(qk + 3 * av + 11 * scores / bandwidth, rel=1e-9)
     # Selective recompute reruns all of it: QK^T, softmax, dropout, AV (Korthikanti et al. 2022, section 4.2).
     assert dense.selective_recompute[0] == pytest.approx(expected, rel=1e-9)
 
