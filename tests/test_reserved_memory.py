@@ -167,6 +167,7 @@ def _sc21_zero3_row(gpus, micro_batch):
     return {"id": f"sc21-t2-530b-{gpus}", "model": GPT_530B, "cluster": {"gpu": "a100-sxm-80gb", "num_gpus": gpus},
             "plan": {"tp": 1, "pp": 1, "dp": gpus, "micro_batch": micro_batch, "recompute": "full", "zero_stage": 3},
             "training": {"stack": "deepspeed-zero3", "dropout": True, "flash_attention": False, "precision": "fp16",
+                         "grad_dtype": "bf16",  # 2-byte gradients, as DeepSpeed reduces fp16 ones
                          "seq_length": 2048, "global_batch_size": gpus * micro_batch}}
 
 
