@@ -39,6 +39,10 @@ q by ``fp8_recipe`` (Transformer Engine 2.x, ``transformer_engine/pytorch/csrc``
   separately and calls one cuBLAS GEMM per expert (``multi_stream_cublas_gemm``); MXFP8's swizzles run
   once per grouped GEMM over all experts (2 calls for each of the 2 forward and 4 backward grouped GEMMs).
 
+An eager stack (``StackSpec.fused_elementwise`` False, e.g. llm-foundry's PyTorch) issues more: the
+layout copies around its flash kernel, rotary embedding and SwiGLU as several kernels each
+(:func:`eager_shapes`).
+
 CUDA graphs (Megatron ``--cuda-graph-scope``) replay captured parts with one launch: those parts
 issue nothing. ``attn`` captures the attention block, ``mlp`` a dense MLP, ``moe_router`` the router
 and ``moe_preprocess`` the dispatcher's preprocessing (together about half of the MoE fixed part),
@@ -69,6 +73,7 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .plan import PlanArrays
+from .stacks import stack_spec
 from .training_spec import TrainingSpec
 
 @dataclass(frozen=True)
@@ -147,14 +152,34 @@ def _calls(part: PartShape, training: TrainingSpec, swizzle_per_gemm: bool = Tru
             2 * (part.gemms + part.other) + part.gemms * (q + 2 * s))
 
 
+EAGER_LAYOUT_COPIES = 4
+"""Kernels an eager stack adds to the attention block to put q, k and v in the attention kernel's layout
+and its output back (llm-foundry's flash path: three ``index_first_axis`` gathers and a ``pad_input``
+scatter, llmfoundry/models/layers/attention.py)."""
+EAGER_ROTARY_EXTRA = 6
+"""Kernels eager rotary embedding adds over a fused one, for q and k: multiply by cos, rotate half (negate,
+concatenate), multiply by sin, add (HF ``apply_rotary_pos_emb``): 4 kernels each instead of one."""
+
+
+def eager_shapes(model: ModelSpec, attention: PartShape, mlp: PartShape) -> tuple[PartShape, PartShape]:
+    """The attention and MLP inventories of an eager stack (``StackSpec.fused_elementwise`` False): the
+    layout copies, rotary as separate kernels, SwiGLU's activation and product as two."""
+    rotary = EAGER_ROTARY_EXTRA if model.position_embedding_type == "rope" else 0
+    return (PartShape(gemms=attention.gemms, other=attention.other + EAGER_LAYOUT_COPIES + rotary),
+            PartShape(gemms=mlp.gemms, other=mlp.other + (1 if model.gated_mlp else 0)))
+
+
 def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> tuple[LayerKernels, LayerKernels]:
     """Host calls of each layer part for one micro-batch, forward and backward."""
     scope = set(training.cuda_graph_scope)
     zero = np.zeros(len(plans))
     if "full_iteration" in scope:
         return LayerKernels(zero, zero, zero, zero), LayerKernels(zero, zero, zero, zero)
-    attention = (0.0, 0.0) if "attn" in scope else _calls(MLA_ATTENTION if model.is_mla else ATTENTION, training)
-    mlp = (0.0, 0.0) if "mlp" in scope else _calls(MLP, training)
+    attention_shape, mlp_shape = MLA_ATTENTION if model.is_mla else ATTENTION, MLP
+    if not stack_spec(training.stack).fused_elementwise:
+        attention_shape, mlp_shape = eager_shapes(model, attention_shape, mlp_shape)
+    attention = (0.0, 0.0) if "attn" in scope else _calls(attention_shape, training)
+    mlp = (0.0, 0.0) if "mlp" in scope else _calls(mlp_shape, training)
     if not model.is_moe or "moe" in scope:
         fixed, experts = (0.0, 0.0), (zero, zero)
     else:

@@ -232,3 +232,15 @@ def test_step_time_breakdown_shows_the_host_wait():
     assert ideal["host_issue"][0] == 0.0
     graphed = training.with_changes(cuda_graph_scope=("full_iteration",), moe_pad_to_capacity=True)
     assert evaluate(QWEN, graphed, cluster, plans(), host).step_time_parts_s["host_issue"][0] == 0.0
+
+
+def test_eager_stacks_issue_their_unfused_kernels():
+    """llm-foundry's eager PyTorch (composer-fsdp) issues 4 layout copies around flash-attn, and rotary
+    (6 more for q and k) and SwiGLU (1 more) unfused, where Megatron-Core's fused kernels issue one."""
+    llama = load_model("llama3-8b").spec
+    fused = layer_kernels(llama, build_training({"seq_length": 4096, "global_batch_size": 64}), plans())
+    eager = layer_kernels(llama, build_training({"seq_length": 4096, "global_batch_size": 64, "stack": "composer-fsdp"}),
+                          plans())
+    assert eager[0].attention[0] - fused[0].attention[0] == 4 + 6
+    assert eager[1].attention[0] - fused[1].attention[0] == 2 * (4 + 6)
+    assert eager[0].dense_mlp[0] - fused[0].dense_mlp[0] == 1
