@@ -273,7 +273,8 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
 
     vocab = padded_vocab(model, plans, options).astype(float)
     activations = activations + np.where(
-        stages.has_embedding, stages.in_flight_microbatches * embedding_dropout_bytes(model, training, plans)[:, None], 0.0)
+        stages.has_embedding,
+        stages.in_flight_microbatches * embedding_dropout_bytes(model, training, plans)[:, None], 0.0)
     head = lm_head_bytes(model, training, plans, vocab)[:, None]
     activations = activations + np.where(stages.has_lm_head, head, 0.0)
 

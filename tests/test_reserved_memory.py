@@ -210,7 +210,7 @@ def _csv_rows():
 
 CSV_ROWS = _csv_rows()
 OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 2 GiB of model states apart; "
-                       "the model puts both at 88.8-90.8 GiB (ZeRO-3 gather and backward working set of DeepSpeed 2021)"}
+                       "the model puts them at 87.3 and 89.1 GiB (DeepSpeed 2021's gathers and backward working set)"}
 
 
 @pytest.mark.parametrize("row_id", [pytest.param(i, marks=pytest.mark.xfail(reason=OPEN[i], strict=True)) if i in OPEN
