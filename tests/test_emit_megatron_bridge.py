@@ -27,6 +27,7 @@ from optimizer.emit import build_knobs, emit, framework_rules, framework_violati
 from optimizer.emit import megatron_bridge as bridge
 from optimizer.plan_rules import violations as plan_violations
 from tests.conformance.plan_grid import conformance_cases
+from tests.test_emit_megatron_lm import accounted_split
 
 FIELDS = json.loads((Path(__file__).parent / "conformance" / "data" / "megatron_bridge_fields.json").read_text())
 
@@ -139,9 +140,13 @@ def test_overrides_hold_the_priced_plan(case):
                                                                           training.global_batch_size)
     assert o["model.seq_length"] == o["dataset.sequence_length"] == training.seq_length
     first, last = o["model.num_layers_in_first_pipeline_stage"], o["model.num_layers_in_last_pipeline_stage"]
+    embedding, loss = o["model.account_for_embedding_in_pipeline_split"], o["model.account_for_loss_in_pipeline_split"]
+    assert o["model.pipeline_model_parallel_layout"] is None
     if first is None:
-        assert case.model.num_layers % case.plan["pp"] == 0
+        split = accounted_split(case.model.num_layers, case.plan["pp"], case.plan["vpp"], embedding, loss)
+        assert split == [list(chunks) for chunks in knobs.stage_chunks]
     else:
+        assert not embedding and not loss and first % case.plan["vpp"] == last % case.plan["vpp"] == 0
         middle = (case.model.num_layers - first - last) // max(case.plan["pp"] - 2, 1)
         assert first + last + middle * (case.plan["pp"] - 2) == case.model.num_layers
         assert (first, last) == (knobs.stage_layers[0], knobs.stage_layers[-1])
@@ -208,9 +213,9 @@ RULE_EXAMPLES: dict[str, tuple] = {
     "bridge_cp_a2a_heads_divisible": (
         "llama3-8b", {"seq_length": 32768, "global_batch_size": 64}, _plan(cp=8, dp=1), _plan(cp=4, dp=2),
         {"cp_comm_type": "a2a"}),
-    "bridge_uneven_stages_divisible_by_vpp": (
-        "llama3-405b", {"seq_length": 8192, "global_batch_size": 512},
-        _plan(tp=8, pp=16, dp=4, vpp=2), _plan(tp=8, pp=16, dp=4, vpp=1)),
+    "bridge_uneven_stages_divisible_by_vpp": (  # 80 layers on 7 stages: 10 + 5 x 12 + 10, not 4 chunks each
+        "llama3-70b", {"seq_length": 4096, "global_batch_size": 448},
+        _plan(tp=8, pp=7, dp=2, vpp=4), _plan(tp=8, pp=7, dp=2, vpp=2)),
     "bridge_seq_divisible_by_2cp": (
         "llama3-8b", {"seq_length": 4098, "global_batch_size": 64},
         _plan(tp=1, cp=2, dp=4, sequence_parallel=False), _plan(tp=1, cp=1, dp=8, sequence_parallel=False)),

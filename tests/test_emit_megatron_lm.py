@@ -71,6 +71,18 @@ def layout_split(layout: str, pp: int) -> list[list[int]]:
     return [[stages[v * pp + r].count("t") for v in range(vpp)] for r in range(pp)]
 
 
+def accounted_split(num_layers: int, pp: int, vpp: int, embedding: bool, loss: bool) -> list[list[int]]:
+    """Decoder layers per (pipeline rank, virtual chunk) without a layout, written out from Megatron-Core
+    0.16.1 ``get_num_layers_to_build``: (L + embedding + loss) / pp a rank (divisible, or
+    ``validate_args`` refuses), / vpp a chunk, one fewer in the first rank's first chunk (embedding
+    accounted) and the last rank's last chunk (loss accounted)."""
+    units = num_layers + embedding + loss
+    assert units % pp == 0 and (units // pp) % vpp == 0
+    per_chunk = units // pp // vpp
+    return [[per_chunk - (embedding and (r, v) == (0, 0)) - (loss and (r, v) == (pp - 1, vpp - 1))
+             for v in range(vpp)] for r in range(pp)]
+
+
 def check_against_parser(argv: tuple[str, ...]) -> None:
     table = options()
     for flag, values in parse_flags(argv).items():
@@ -110,9 +122,10 @@ def check_is_priced_plan(case_plan: dict[str, Any], model, training, cp_comm_typ
     else:
         vpp = int(one("--num-virtual-stages-per-pipeline-rank", 1))
         assert vpp == knobs.vpp
-        per_stage = model.num_layers // knobs.pp
-        split = [[per_stage // vpp] * vpp for _ in range(knobs.pp)]
+        split = accounted_split(model.num_layers, knobs.pp, vpp, "--account-for-embedding-in-pipeline-split" in flags,
+                                "--account-for-loss-in-pipeline-split" in flags)
     assert [sum(chunks) for chunks in split] == list(knobs.stage_layers)
+    assert split == [list(chunks) for chunks in knobs.stage_chunks]
     assert sum(map(sum, split)) == model.num_layers
     assert one("--recompute-granularity", "none") == knobs.recompute
     if knobs.recompute == "selective":
@@ -302,6 +315,8 @@ HAND_BUILT = [
     ("gpt-oss-120b", SHORT, dict(MOE, dp=8, ep=8)),
     ("llama3-8b", dict(SHORT, dropout=True, precision="fp16"), dict(DENSE, activation_offload_layers=16)),
     ("llama3-8b", dict(SHORT, cuda_graph_scope=("full_iteration",)), dict(DENSE, recompute=FULL)),
+    ("llama3-405b", {"seq_length": 8192, "global_batch_size": 1536}, dict(DENSE, tp=8, pp=16, dp=8, vpp=8)),
+    ("llama3-70b", dict(SHORT, global_batch_size=384), dict(DENSE, tp=4, pp=6, dp=2, vpp=2)),  # 12+4x14+12
 ]
 
 
@@ -317,12 +332,40 @@ def test_hand_built_commands_are_the_priced_plan(index):
 
 
 def test_uneven_split_is_spelled_chunk_by_chunk():
+    """A split Megatron's switches cannot say: 80 layers on 6 stages are 12 + 4 x 14 + 12, each end stage two
+    short, one layer in each of its two chunks (the short chunks where the embedding and the loss sit)."""
     model = load_model("llama3-70b").spec
-    plan = dict(DENSE, tp=4, pp=3, dp=2, vpp=3)
-    emission = emit("megatron", plan, model, build_training(dict(SHORT), model=model))
-    layout = parse_flags(emission.argv)["--pipeline-model-parallel-layout"][0]
-    assert layout_split(layout, 3) == [[9, 9, 8], [9, 9, 9], [9, 9, 9]]
-    assert layout.startswith("E") and layout.endswith("L")
+    plan = dict(DENSE, tp=4, pp=6, dp=2, vpp=2)
+    emission = emit("megatron", plan, model, build_training(dict(SHORT, global_batch_size=384), model=model))
+    flags = parse_flags(emission.argv)
+    layout = flags["--pipeline-model-parallel-layout"][0]
+    assert layout_split(layout, 6) == [[6, 6]] + [[7, 7]] * 4 + [[6, 6]]
+    assert layout.startswith("Et*6|t*7|") and layout.endswith("|t*6L")
+    assert not any(flag.startswith("--account-for") for flag in flags)
+
+
+def test_accounted_split_says_the_embedding_and_loss_count_as_layers():
+    """Llama 3.1 405B at PP16 VP8 (Megatron-Bridge's GB200 layout): 126 + 2 = 128 = 16 x 8 chunks of one
+    layer, rank 0's first chunk the embedding alone and rank 15's last the loss alone: 7 + 14 x 8 + 7.
+    80 layers at PP3 VP3 count the embedding only: 81 = 3 x 27, chunks of 9, rank 0's first 8."""
+    model = load_model("llama3-405b").spec
+    training = build_training({"seq_length": 8192, "global_batch_size": 1536}, model=model)
+    plan = dict(DENSE, tp=8, pp=16, dp=8, vpp=8)
+    knobs = build_knobs(plan, model, training)
+    assert knobs.stage_layers == (7,) + (8,) * 14 + (7,)
+    assert knobs.stage_chunks[0] == (0,) + (1,) * 7 and knobs.stage_chunks[-1] == (1,) * 7 + (0,)
+    flags = parse_flags(emit("megatron", plan, model, training).argv)
+    assert "--pipeline-model-parallel-layout" not in flags
+    assert flags["--account-for-embedding-in-pipeline-split"] == flags["--account-for-loss-in-pipeline-split"] == []
+    assert flags["--num-virtual-stages-per-pipeline-rank"] == ["8"]
+    check_is_priced_plan(plan, model, training)
+    model70 = load_model("llama3-70b").spec
+    training70 = build_training(dict(SHORT, global_batch_size=384), model=model70)
+    plan70 = dict(DENSE, tp=4, pp=3, dp=2, vpp=3)
+    flags = parse_flags(emit("megatron", plan70, model70, training70).argv)
+    assert "--account-for-embedding-in-pipeline-split" in flags and "--account-for-loss-in-pipeline-split" not in flags
+    assert build_knobs(plan70, model70, training70).stage_chunks == ((8, 9, 9), (9, 9, 9), (9, 9, 9))
+    check_is_priced_plan(plan70, model70, training70)
 
 
 def test_environment_and_text():

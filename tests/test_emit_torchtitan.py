@@ -110,6 +110,9 @@ def test_the_launch_runs_the_priced_plan(grid):
                                      int(v["parallelism.pipeline_parallel_first_stage_less_layers"]),
                                      int(v["parallelism.pipeline_parallel_last_stage_less_layers"]))
             assert tuple(split) == knobs.stage_layers, case.name
+            chunks = torchtitan_chunks(case.model.num_layers, knobs.pp, *(int(v[f"parallelism.pipeline_parallel_{k}"]) for k in
+                                       ("layers_per_stage", "first_stage_less_layers", "last_stage_less_layers")))
+            assert [tuple(c) for c in chunks] == list(knobs.stage_chunks), case.name
         else:
             assert (local, accumulation) == (knobs.micro_batch, knobs.num_microbatches), case.name
         assert subcommand == ("activation_checkpoint:full" if knobs.recompute == "full" else "activation_checkpoint:none")
@@ -119,17 +122,49 @@ def test_the_launch_runs_the_priced_plan(grid):
         assert v["training.disable_cuda_graphs"] == ("full_iteration" not in case.training.cuda_graph_scope)
 
 
+def torchtitan_chunks(num_layers: int, pp: int, layers_per_stage: int, first_less: int, last_less: int) -> list[list[int]]:
+    """Layers per (rank, virtual stage of that rank), as :func:`torchtitan_split` makes them."""
+    effective = num_layers + first_less + last_less
+    stages = -(-effective // layers_per_stage)
+    per, extra = divmod(effective, stages)
+    sizes = [per + (i < extra) for i in range(stages)]
+    sizes[0] -= first_less
+    sizes[-1] -= last_less
+    return [sizes[r::pp] for r in range(pp)]
+
+
+def test_embedding_only_first_virtual_stage_is_the_priced_chunk_split():
+    """Llama 3.1 405B at PP16 VP8: torchtitan's one-layer virtual stages with the first and the last one layer
+    short (its default weighting of embedding and output as a layer each) are the priced chunks, 7 + 14 x 8 + 7;
+    its split rule accepts them."""
+    model = load_model("llama3-405b").spec
+    training = build_training({"seq_length": 8192, "global_batch_size": 1536}, model=model)
+    plan = dict(BASE, tp=8, pp=16, dp=8, vpp=8, zero_stage=0, sequence_parallel=True)
+    knobs = build_knobs(plan, model, training)
+    found = framework_violations("torchtitan", model, training, PlanArrays.from_columns({k: [x] for k, x in plan.items()}))
+    assert not found["torchtitan_virtual_stages"][0] and not found["torchtitan_pipeline_microbatches"][0]
+    _, _, v, _ = parse(emit("torchtitan", plan, model, training).argv)  # (torchtitan ships no 405B config)
+    lps, first_less, last_less = (int(v[f"parallelism.pipeline_parallel_{k}"]) for k in
+                                  ("layers_per_stage", "first_stage_less_layers", "last_stage_less_layers"))
+    assert (lps, first_less, last_less) == (1, 1, 1)
+    chunks = torchtitan_chunks(126, 16, lps, first_less, last_less)
+    assert chunks[0] == [0] + [1] * 7 and chunks[-1] == [1] * 7 + [0]
+    assert [tuple(c) for c in chunks] == list(knobs.stage_chunks)
+
+
 def test_pipeline_and_fp8_launch_read_back():
     """Knobs the grid may miss: the uneven interleaved split and MXFP8."""
     model = load_model("llama3-70b").spec
     training = build_training({"seq_length": 4096, "global_batch_size": 96}, model=model)
-    plan = dict(BASE, tp=8, pp=6, dp=2, vpp=2, zero_stage=0, sequence_parallel=True, recompute=FULL)
-    _, config, v, subcommand = parse(emit("torchtitan", plan, model, training).argv)
+    plan = dict(BASE, tp=8, pp=3, dp=2, vpp=3, zero_stage=0, sequence_parallel=True, recompute=FULL)
+    emission = emit("torchtitan", plan, model, training)
+    assert not any(d.startswith("cannot run") for d in emission.differences)
+    _, config, v, subcommand = parse(emission.argv)
     assert config == "llama3_70b" and subcommand == "activation_checkpoint:full"
-    assert v["parallelism.pipeline_parallel_layers_per_stage"] == "7"  # 14 layers per middle stage, 2 chunks
+    assert v["parallelism.pipeline_parallel_layers_per_stage"] == "9"  # 27 layers per middle stage, 3 chunks
     assert (v["parallelism.pipeline_parallel_first_stage_less_layers"],
-            v["parallelism.pipeline_parallel_last_stage_less_layers"]) == ("2", "2")  # 12 + 4 x 14 + 12 = 80
-    assert torchtitan_split(80, 6, 7, 2, 2) == [12, 14, 14, 14, 14, 12]
+            v["parallelism.pipeline_parallel_last_stage_less_layers"]) == ("1", "0")  # 26 + 27 + 27 = 80
+    assert torchtitan_split(80, 3, 9, 1, 0) == [26, 27, 27]
     assert (v["training.local_batch_size"], v["parallelism.pipeline_parallel_microbatch_size"]) == ("48", "1")
     model8 = load_model("llama3-8b").spec
     fp8 = build_training({"seq_length": 4096, "global_batch_size": 64, "precision": "fp8", "fp8_recipe": "mxfp8"},
@@ -169,8 +204,12 @@ RULE_EXAMPLES = [
     ("torchtitan_expert_tensor_parallel", "qwen3-30b-a3b", {}, dict(MOE, etp=2), MOE),
     ("torchtitan_expert_parallel_ranks", "qwen3-30b-a3b", {}, dict(MOE, zero_stage=0),
      dict(MOE, zero_stage=0, ep=2)),
+    # 80 layers on 6 stages: 12 + 4 x 14 + 12; 14 layers do not make 4 chunks, and with 2 chunks torchtitan
+    # would take both missing layers from the outer chunk (5 + 7), the priced split one from each (6 + 6)
     ("torchtitan_virtual_stages", "llama3-70b", {}, dict(BASE, tp=8, pp=6, dp=1, vpp=4, zero_stage=0),
-     dict(BASE, tp=8, pp=6, dp=1, vpp=2, zero_stage=0)),
+     dict(BASE, tp=8, pp=6, dp=1, vpp=1, zero_stage=0)),
+    ("torchtitan_virtual_stages", "llama3-70b", {}, dict(BASE, tp=8, pp=6, dp=1, vpp=2, zero_stage=0),
+     dict(BASE, tp=8, pp=6, dp=1, vpp=1, zero_stage=0)),
     ("torchtitan_pipeline_microbatches", "llama3-8b", {"global_batch_size": 2}, dict(BASE, pp=4, dp=2, zero_stage=0),
      dict(BASE, pp=2, dp=1, zero_stage=0)),
     ("torchtitan_cp_a2a", "llama3-8b", {}, dict(BASE, cp=2, dp=4), None),

@@ -17,7 +17,7 @@ from typing import Any
 from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, PLAN_DEFAULTS, RECOMPUTE_MODES, SELECTIVE, PlanArrays, module_mask, module_names
-from cost_model.stages import layers_per_stage
+from cost_model.stages import chunk_layers, layers_per_stage
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER
 
@@ -59,6 +59,10 @@ class LaunchKnobs:
     stage_layers: tuple[int, ...]
     """Transformer layers on each pipeline stage, first to last (the priced split: an uneven split puts
     the remainder on the first and last stages, :func:`cost_model.stages.layers_per_stage`)."""
+    stage_chunks: tuple[tuple[int, ...], ...]
+    """Decoder layers of each virtual chunk of each stage, first stage first, chunk 0 first (the priced chunk
+    split, :func:`cost_model.stages.chunk_layers`: even, the short chunks where the embedding and the loss
+    sit). One chunk per stage without interleaving."""
     zero_stage: int
     """0 = replicated (DDP), 1 = optimizer state sharded, 2 = + gradients, 3 = + weights (FSDP)."""
     optimizer_offload: bool
@@ -84,6 +88,22 @@ class LaunchKnobs:
     def uneven_pipeline(self) -> bool:
         """Whether the stages hold different numbers of layers."""
         return len(set(self.stage_layers)) > 1
+
+    @property
+    def accounted_ends(self) -> tuple[bool, bool] | None:
+        """Whether the priced split is Megatron's with the embedding (first) and the loss (second) counted as
+        one layer each of an even split (``account_for_embedding/loss_in_pipeline_split``: (L + e + l) / pp
+        layers a rank, divisible by vpp, one fewer on the first (last) rank, in its first (last) chunk),
+        and which of the two it accounts; None for an even split or one these switches cannot say."""
+        if self.pp == 1 or not self.uneven_pipeline:
+            return None
+        middle = max(self.stage_layers)
+        embedding, loss = self.stage_layers[0] == middle - 1, self.stage_layers[-1] == middle - 1
+        even_chunks = middle % self.vpp == 0 and all(
+            chunks == (middle // self.vpp,) * self.vpp for chunks in self.stage_chunks[1:-1])
+        if not even_chunks or self.stage_layers[-1] not in (middle, middle - 1) or not embedding:
+            return None
+        return embedding, loss
 
     def plan_arrays(self) -> PlanArrays:
         """The resolved plan as a one-plan :class:`cost_model.plan.PlanArrays`, for the framework rules."""
@@ -111,6 +131,8 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
     recompute = RECOMPUTE_MODES[int(recompute)] if not isinstance(recompute, str) else recompute
     first, k, last = (int(x) for x in layers_per_stage(model.num_layers, pp))
     stages = (model.num_layers,) if pp == 1 else (first, *([k] * (pp - 2)), last)
+    chunks = tuple(tuple(chunk_layers(layers, vpp, "first" if rank < len(stages) - 1 or pp == 1 else "last"))
+                   for rank, layers in enumerate(stages))
     chunk = -(-k // vpp)
     asked = int(values["recompute_num_layers"])
     layers = (chunk if asked < 0 else min(asked, chunk)) if recompute == RECOMPUTE_MODES[FULL] else 0
@@ -124,7 +146,7 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
         etp=int(values["etp"]), vpp=vpp, micro_batch=mbs,
         num_microbatches=max(training.global_batch_size // max(dp * mbs, 1), 1),
         sequence_parallel=bool(values["sequence_parallel"]), recompute=recompute, recompute_modules=modules,
-        recompute_layers_per_chunk=layers, stage_layers=stages, zero_stage=int(values["zero_stage"]),
+        recompute_layers_per_chunk=layers, stage_layers=stages, stage_chunks=chunks, zero_stage=int(values["zero_stage"]),
         optimizer_offload=bool(values["optimizer_offload"]),
         activation_offload_layers=int(values["activation_offload_layers"]), ep_overlap=overlap,
         cp_comm_type=cp_comm_type, rank_order=rank_order, gpus_per_node=gpus_per_node)

@@ -12,9 +12,11 @@ writes:
   the closest architecture with every model dimension overridden (``model.num_layers``, ``hidden_size``,
   ... of the ``GPTModelProvider`` / Megatron-Core ``TransformerConfig``); the dimensions are written in
   both cases, so the launch holds the priced model even if a recipe changes;
-* ``model.*``: the parallel degrees, the pipeline split (an uneven split is Megatron-Core's
-  ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``, with the recipe's
-  ``pipeline_model_parallel_layout`` and embedding/loss accounting cleared, because
+* ``model.*``: the parallel degrees, the pipeline split (an uneven split is Megatron-Core's embedding and
+  loss accounting, ``account_for_embedding_in_pipeline_split`` / ``account_for_loss_in_pipeline_split``,
+  where it builds the priced split, as the Llama 3.1 405B recipe sets it, else
+  ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``; the recipe's
+  ``pipeline_model_parallel_layout`` and whichever of the two is not used are cleared, because
   ``TransformerConfig.__post_init__`` refuses them together), recompute, activation offload, MoE
   dispatcher and grouped GEMM, CUDA graphs, dropout;
 * ``mixed_precision``: Bridge's ``runtime_config_update`` copies every field of the container's
@@ -101,11 +103,14 @@ OWN_RULES: dict[str, str] = {
         "Megatron-FSDP (ZeRO-2/3) runs only with the default rank order (ConfigContainer.validate refuses "
         "use_tp_pp_dp_mapping)"),
     "bridge_uneven_stages_divisible_by_vpp": (
-        "with an uneven pipeline split and virtual stages, the first and last stages' layers are multiples of "
-        "vpp (Megatron-Core TransformerConfig num_layers_in_first/last_pipeline_stage)"),
+        "with virtual stages, every stage's layers are multiples of vpp (Megatron-Core TransformerConfig "
+        "num_layers_in_first/last_pipeline_stage; get_num_layers_to_build for an even split, GPTModelProvider), "
+        "unless the split is the one with the embedding and loss counted as layers "
+        "(account_for_embedding/loss_in_pipeline_split)"),
 }
-"""Bridge's own rules: ``ConfigContainer.validate``'s, and the uneven split it can only say as first/last
-stage sizes (Megatron-LM spells the priced split as a pipeline layout instead)."""
+"""Bridge's own rules: ``ConfigContainer.validate``'s, and the uneven split it can only say as the
+embedding/loss accounting or first/last stage sizes (Megatron-LM spells any priced split as a pipeline
+layout; a layout string through Bridge's Hydra overrides is not written here)."""
 
 RULES: dict[str, str] = {**prefixed("bridge_", core.RULES), **OWN_RULES}
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence): the shared Megatron-Core checks
@@ -118,13 +123,22 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
     shared = core.violations(model, training, plans, cp_comm_type=cp_comm_type, rank_order=rank_order)
     first, k, last = layers_per_stage(model.num_layers, plans.pp)
     uneven = (plans.pp > 1) & ((first != k) | (last != k))
+    accounted = accounted_split(first, k, last, plans.vpp)
     return {
         **prefixed("bridge_", shared),
         "bridge_fsdp_default_rank_order": np.full(len(plans), uses_tp_pp_dp_mapping(rank_order))
                                           & (plans.zero_stage >= 2),
-        "bridge_uneven_stages_divisible_by_vpp": uneven & (plans.vpp > 1)
-                                                 & ((first % plans.vpp != 0) | (last % plans.vpp != 0)),
+        "bridge_uneven_stages_divisible_by_vpp": (plans.pp > 1) & (plans.vpp > 1) & ~(uneven & accounted)
+                                                 & ((first % plans.vpp != 0) | (k % plans.vpp != 0)
+                                                    | (last % plans.vpp != 0)),
     }
+
+
+def accounted_split(first: np.ndarray, k: np.ndarray, last: np.ndarray, vpp: np.ndarray) -> np.ndarray:
+    """Where the uneven split (first, k, last) is Megatron-Core's with the embedding (and the loss) counted
+    as a layer: k a rank divisible by vpp, the first stage one short, the last stage one short or whole
+    (``get_num_layers_to_build``; the same test as :attr:`.knobs.LaunchKnobs.accounted_ends`)."""
+    return (k % vpp == 0) & (first == k - 1) & ((last == k) | (last == k - 1))
 
 
 def recipe(model: ModelSpec) -> str:
@@ -182,15 +196,18 @@ def model_dimensions(model: ModelSpec) -> dict[str, Any]:
 def parallel_settings(knobs: LaunchKnobs) -> dict[str, Any]:
     """Degrees and the pipeline split (``model.*``)."""
     uneven = knobs.uneven_pipeline
+    accounted = knobs.accounted_ends
+    embedding, loss = accounted or (False, False)
+    sizes = uneven and accounted is None
     out: dict[str, Any] = {
         "tensor_model_parallel_size": knobs.tp, "pipeline_model_parallel_size": knobs.pp,
         "virtual_pipeline_model_parallel_size": knobs.vpp if knobs.vpp > 1 else None,
         "context_parallel_size": knobs.cp, "sequence_parallel": knobs.sequence_parallel and knobs.tp > 1,
-        # One way to say the split: the recipe's layout and embedding/loss accounting are cleared.
+        # One way to say the split: the recipe's layout and the switches not used are cleared.
         "pipeline_model_parallel_layout": None,
-        "account_for_embedding_in_pipeline_split": False, "account_for_loss_in_pipeline_split": False,
-        "num_layers_in_first_pipeline_stage": knobs.stage_layers[0] if uneven else None,
-        "num_layers_in_last_pipeline_stage": knobs.stage_layers[-1] if uneven else None,
+        "account_for_embedding_in_pipeline_split": embedding, "account_for_loss_in_pipeline_split": loss,
+        "num_layers_in_first_pipeline_stage": knobs.stage_layers[0] if sizes else None,
+        "num_layers_in_last_pipeline_stage": knobs.stage_layers[-1] if sizes else None,
     }
     if knobs.cp > 1:
         out["cp_comm_type"] = knobs.cp_comm_type

@@ -21,8 +21,9 @@ it and read back the priced degrees, split, schedule, recompute, precision, ZeRO
   (from ``training.train_tokens``, else :data:`DEFAULT_TRAIN_ITERS`) and ``--lr`` (:data:`DEFAULT_LR`).
   The user replaces them with ``--data-path``/``--tokenizer-type``/``--tokenizer-model`` and the schedule;
 * the plan (:func:`plan_arguments`): degrees, the stage split (plain for an even split whose stages divide
-  into the virtual chunks, else ``--pipeline-model-parallel-layout`` spelling the priced split chunk by
-  chunk, :func:`pipeline_layout`), micro and global batch, recompute, ZeRO-1 = distributed optimizer,
+  into the virtual chunks; ``--account-for-embedding/loss-in-pipeline-split`` where the embedding and loss
+  counted as layers give the priced split, :func:`accounted_split_flags`; else
+  ``--pipeline-model-parallel-layout`` spelling the priced split chunk by chunk, :func:`pipeline_layout`), micro and global batch, recompute, ZeRO-1 = distributed optimizer,
   ZeRO-2/3 = Megatron-FSDP (``optim_grads`` / ``optim_grads_params`` with the flags its user guide calls
   required, ``docs/discussions/megatron-fsdp-user-guide``), offloads, the MoE dispatcher (always written:
   Megatron's default is ``allgather``) with grouped GEMM (what the cost model assumes; off by default),
@@ -202,11 +203,6 @@ def data_arguments(model: ModelSpec, training: TrainingSpec) -> list[str]:
             f"--train-iters {iters}", f"--lr {DEFAULT_LR:g}"]
 
 
-def chunk_sizes(layers: int, vpp: int) -> list[int]:
-    """One stage's layers over its virtual chunks, as evenly as possible (the larger chunks first)."""
-    return [layers // vpp + (1 if i < layers % vpp else 0) for i in range(vpp)]
-
-
 def plain_split(knobs: LaunchKnobs) -> bool:
     """Whether Megatron's default split (L / pp layers per stage, / vpp per chunk) is the priced one."""
     return not knobs.uneven_pipeline and knobs.stage_layers[0] % knobs.vpp == 0
@@ -215,14 +211,15 @@ def plain_split(knobs: LaunchKnobs) -> bool:
 def pipeline_layout(knobs: LaunchKnobs) -> str:
     """``--pipeline-model-parallel-layout`` of the priced split (Megatron-Core
     ``PipelineParallelLayerLayout``: one ``|``-separated entry per virtual stage, virtual-stage major,
-    ``E`` embedding, ``t`` a decoder layer, ``m`` an MTP layer, ``L`` the loss; ``x*n`` repeats)."""
+    ``E`` embedding, ``t`` a decoder layer, ``m`` an MTP layer, ``L`` the loss; ``x*n`` repeats). The
+    chunks are the priced ones (:attr:`LaunchKnobs.stage_chunks`); a chunk of the first (last) stage may
+    hold only ``E`` (``L``)."""
     pp, vpp = knobs.pp, knobs.vpp
-    chunks = [chunk_sizes(layers, vpp) for layers in knobs.stage_layers]
     stages = []
     for v in range(vpp):
         for rank in range(pp):
             first, last = (rank, v) == (0, 0), (rank, v) == (pp - 1, vpp - 1)
-            size = chunks[rank][v]
+            size = knobs.stage_chunks[rank][v]
             body = ("E" if first else "") + (f"t*{size}" if size > 1 else "t" * size)
             if last:
                 body += (f"m*{knobs.model.mtp_layers}" if knobs.model.mtp_layers > 1 else "m" * knobs.model.mtp_layers)
@@ -231,13 +228,31 @@ def pipeline_layout(knobs: LaunchKnobs) -> str:
     return "|".join(stages)
 
 
+def accounted_split_flags(knobs: LaunchKnobs) -> list[str] | None:
+    """``--account-for-embedding-in-pipeline-split`` (and ``-loss-``) where they build the priced split
+    (:attr:`LaunchKnobs.accounted_ends`; ``validate_args`` and ``TransformerConfig.__post_init__`` then
+    check (L + 1 + 1) divisible by pp and the layers a rank by vpp), else None. Models with MTP layers keep
+    the layout, which places them."""
+    ends = knobs.accounted_ends
+    if ends is None or knobs.model.mtp_layers:
+        return None
+    embedding, loss = ends
+    return (["--account-for-embedding-in-pipeline-split"] if embedding else []) + (
+        ["--account-for-loss-in-pipeline-split"] if loss else [])
+
+
 def pipeline_arguments(knobs: LaunchKnobs) -> list[str]:
-    """Pipeline degree, virtual stages and the stage split."""
+    """Pipeline degree, virtual stages and the stage split: Megatron's default, its embedding/loss-accounted
+    split (what NVIDIA's Llama 3.1 405B recipes use), else the layout chunk by chunk."""
     args = [f"--pipeline-model-parallel-size {knobs.pp}"]
     if knobs.pp == 1:
         return args
+    virtual = [f"--num-virtual-stages-per-pipeline-rank {knobs.vpp}"] if knobs.vpp > 1 else []
     if plain_split(knobs):
-        return args + ([f"--num-virtual-stages-per-pipeline-rank {knobs.vpp}"] if knobs.vpp > 1 else [])
+        return args + virtual
+    accounted = accounted_split_flags(knobs)
+    if accounted is not None:
+        return args + virtual + accounted
     return args + [f"--pipeline-model-parallel-layout {pipeline_layout(knobs)}"]
 
 

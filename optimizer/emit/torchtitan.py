@@ -27,7 +27,10 @@ How the priced plan is expressed, and where torchtitan decides it:
   ``_last_stage_less_layers`` take the priced deficit off the first and last stage
   (:func:`cost_model.stages.layers_per_stage`): Llama 3 405B's 126 layers on 16 stages are 7 + 14 x 8 + 7.
   Virtual stage i runs on rank i mod pp (``Interleaved1F1B``), so every rank holds the priced layers.
-  The split is exact only when k divides into vpp chunks (rule ``torchtitan_virtual_stages``).
+  The split is exact only when k divides into vpp chunks and, interleaved, each end stage is at most one
+  layer short: torchtitan takes the whole deficit from the outermost virtual stage (405B at PP16 VP8:
+  an embedding-only first virtual stage, as Megatron's accounted split), the priced chunks spread it one
+  layer a chunk (rule ``torchtitan_virtual_stages``).
 * Data parallelism (``distributed/fsdp.py``, ``models/llama3/parallelize.py``): torchtitan always wraps
   the decoder in FSDP2 over ``dp_shard x cp`` (replicated over ``dp_replicate``). ZeRO-0 is
   ``dp_replicate = dp``, ``dp_shard = 1`` (DDP-like HSDP with shard groups of one), only without CP
@@ -149,8 +152,10 @@ RULES: dict[str, str] = {
     "torchtitan_expert_parallel_ranks": "torchtitan takes the expert-parallel ranks from dp_shard x cp x tp: ep must "
                                         "divide it (dp_shard is dp with ZeRO-2/3, 1 with ZeRO-0)",
     "torchtitan_virtual_stages": "torchtitan splits layers into pp x vpp equal virtual stages less the first and last "
-                                 "stage's deficit: the middle stages' layers must divide into vpp chunks and each "
-                                 "deficit fit in one chunk",
+                                 "stage's deficit, taken from the outermost virtual stage alone: the middle stages' "
+                                 "layers must divide into vpp chunks and, with virtual stages, each end stage be at "
+                                 "most one layer short (the priced split spreads a larger deficit one layer a chunk, "
+                                 "as Megatron does)",
     "torchtitan_pipeline_microbatches": "torch's pipeline schedules need at least pp micro-batches (1F1B) and, "
                                         "interleaved, micro-batches divisible by their rounds (max(1, m // pp))",
     "torchtitan_cp_a2a": "torchtitan has no all-to-all (Ulysses) context parallelism",
@@ -231,8 +236,8 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
                                               & (plans.recompute_num_layers < chunk)),
         "torchtitan_expert_tensor_parallel": (plans.etp != 1) if moe else none,
         "torchtitan_expert_parallel_ranks": ((shard * cp * tp) % ep != 0) if moe else none,
-        "torchtitan_virtual_stages": (pp > 1) & (vpp > 1) & ((k % vpp != 0) | (first_less > k // vpp)
-                                                             | (last_less > k // vpp)),
+        "torchtitan_virtual_stages": (pp > 1) & (vpp > 1) & ((k % vpp != 0) | (np.maximum(first_less, last_less)
+                                                                               > np.minimum(1, k // vpp))),
         "torchtitan_pipeline_microbatches": (pp > 1) & np.where(vpp > 1, m % rounds != 0, m < pp),
         "torchtitan_cp_a2a": (cp > 1) & (cp_comm_type == "a2a"),
         "torchtitan_tp_divides_heads": (model.num_attention_heads % plans.tp != 0)
