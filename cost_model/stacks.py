@@ -25,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-import yaml
+from hardware.errors import InputError, read_yaml_mapping
 
 DEFAULT_STACK = "megatron-core"
 
@@ -79,8 +80,6 @@ class StackSpec:
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:
-    from hardware.errors import InputError
-
     fields = {f for f in StackSpec.__dataclass_fields__ if f != "name"}
     unknown = set(entry) - fields
     missing = {f for f in fields if f != "sources"} - set(entry)
@@ -105,8 +104,8 @@ STACKS_FILE = "stacks.yaml"
 @lru_cache(maxsize=None)
 def stacks() -> dict[str, StackSpec]:
     """Every stack of ``cost_model/presets/stacks.yaml`` by name."""
-    path = resources.files("cost_model").joinpath("presets", STACKS_FILE)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    path = Path(str(resources.files("cost_model").joinpath("presets", STACKS_FILE)))
+    data = read_yaml_mapping(path)
     entries = data.get("stacks") or {}
     return {name: _stack_from_mapping(name, entry, str(path)) for name, entry in entries.items()}
 

@@ -170,7 +170,7 @@ def test_model_whose_widths_multiply_past_the_parameter_bound():
 def test_every_yaml_reader_is_the_strict_one():
     """No module reads YAML by itself: they all go through hardware.yaml_input."""
     packages = ("hardware", "cost_model", "optimizer", "scenarios")
-    offenders = [str(path.relative_to(ROOT)) for package in packages for path in (ROOT / package).glob("*.py")
+    offenders = [str(path.relative_to(ROOT)) for package in packages for path in (ROOT / package).rglob("*.py")
                  if path.name != "yaml_input.py"
                  and any(call in path.read_text() for call in ("yaml.safe_load(", "yaml.load(", "yaml.full_load("))]
     assert not offenders, offenders

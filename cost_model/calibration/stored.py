@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from hardware.errors import read_yaml_mapping
 
 FITTED_FILE = Path(__file__).with_name("fitted.yaml")
 """Where ``plan-search calibrate --write`` stores the fitted parameters, cross-validation and bands."""
@@ -21,7 +21,7 @@ def stored_parameters(path: Path = FITTED_FILE) -> dict[str, float]:
     """Parameter name -> fitted value; empty when nothing is stored."""
     if not path.exists():
         return {}
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    document = read_yaml_mapping(path)
     entries = document.get("parameters") or {}
     return {name: float(entry["value"]) for name, entry in entries.items()
             if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float))}
