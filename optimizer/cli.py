@@ -687,7 +687,7 @@ def validate_command(
                                "cross_validation": cross}, indent=2))
         return
     typer.echo(f"{'run':44s} {'GPUs':>6s} {'layout':24s} {'meas':>7s} {'pred':>7s} {'error':>7s} "
-               f"{'mem GiB':>8s} {'fits':>4s}  source")
+               f"{'res GiB':>8s} {'fits':>4s}  source")
     for r in rows:
         error = "-" if r.tflops_error is None else f"{r.tflops_error:+.0%}"
         measured = "-" if r.measured_tflops is None else f"{r.measured_tflops:.0f}"

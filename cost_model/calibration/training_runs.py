@@ -488,6 +488,14 @@ def _measured(row: dict[str, str], notes: list[str]) -> dict[str, Any]:
         notes.append(f"tflops_per_gpu derived: MFU {row['mfu_pct']}% x {H100_DENSE_BF16_TFLOPS} (README's peak)")
     if measured["memory_gib"] is not None:
         notes.append(f"memory: {row['memory_kind']}")
+        # torchtitan logs torch.cuda.max_memory_reserved (torchtitan/components/metrics.py, DeviceMemoryMonitor).
+        if group.startswith("torchtitan"):
+            measured["memory_kind"] = "reserved"
+        if not row["recompute"].strip() or "not stated" in row["recompute"]:
+            # The memory of an unpublished recompute setting cannot be compared: the validator would pick
+            # the fastest setting that fits, not the one that ran.
+            measured["memory_gib"] = None
+            notes.append("memory not compared: recompute not published")
     if not (measured["tokens_per_s_per_gpu"] or measured["tflops_per_gpu"] or measured["memory_gib"]):
         raise _Skip("no throughput or memory measured")
     return measured

@@ -25,7 +25,7 @@ from cost_model.evaluate import evaluate
 from cost_model.model_spec import ModelSpec
 from cost_model.training_spec import TrainingSpec
 from hardware.schema import ClusterSpec
-from cost_model.memory import GIB
+from cost_model.memory import GIB, fits_in_memory
 from cost_model.model_loader import build_training, model_input_from_mapping
 from cost_model.options import CostOptions
 from cost_model.plan import PlanArrays, module_mask
@@ -49,6 +49,11 @@ class ValidationRow:
     predicted_memory_gib: float
     usable_memory_gib: float
     assumptions: list[str]
+    predicted_measured_kind_gib: float | None = None
+    """The predicted memory in the quantity the source measured (``memory_kind``), to compare like with like."""
+    memory_kind: str = "nvidia-smi"
+    """What the source's memory figure is: ``nvidia-smi`` (device memory less the CUDA context, the
+    printed prediction), ``reserved`` (torch.cuda.max_memory_reserved) or ``allocated``."""
     source_group: str = ""
     """The publication (or family of pages) the row comes from; leave-one-source-out leaves it out whole."""
     stack: str = "megatron-core"
@@ -65,13 +70,17 @@ class ValidationRow:
 
     @property
     def memory_error(self) -> float | None:
+        """Relative memory error in the quantity the source measured (``memory_kind``)."""
         if not self.measured_memory_gib:
             return None
-        return (self.predicted_memory_gib - self.measured_memory_gib) / self.measured_memory_gib
+        predicted = self.predicted_measured_kind_gib if self.predicted_measured_kind_gib is not None \
+            else self.predicted_memory_gib
+        return (predicted - self.measured_memory_gib) / self.measured_memory_gib
 
     @property
     def fits(self) -> bool:
-        return self.predicted_memory_gib <= self.usable_memory_gib
+        """The one fit rule of search and evaluate (:func:`cost_model.memory.fits_in_memory`)."""
+        return bool(fits_in_memory(self.predicted_memory_gib * GIB, self.usable_memory_gib))
 
 
 UNPUBLISHED_MEMORY_CHOICES = {"recompute": ("none", "selective", "full"), "zero_stage": (0, 1, 2, 3)}
@@ -168,7 +177,7 @@ def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> Validation
     row, records, unknown = prepared.row, prepared.records, prepared.unknown
     num_gpus = int(row["cluster"]["num_gpus"])
     assumptions = list(prepared.assumptions)
-    fitting = metrics.memory_bytes / GIB <= cluster.gpu.memory_gib
+    fitting = fits_in_memory(metrics.memory_bytes, cluster.gpu.memory_gib)
     pick = (int(np.argmax(np.where(fitting, metrics.tokens_per_s, -np.inf))) if fitting.any()
             else int(np.argmin(metrics.memory_bytes)))
     if unknown:
@@ -176,6 +185,7 @@ def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> Validation
         how = "the fastest setting predicted to fit" if fitting.any() else "the least memory; none fits"
         assumptions.append(f"{chosen} (not published; {how})")
     measured = row.get("measured") or {}
+    memory_kind = measured.get("memory_kind", "nvidia-smi")
     if measured.get("flops_counted", "model") == "hardware":
         predicted = metrics.hardware_flops_per_step[pick] / (metrics.step_time_s[pick] * num_gpus) / 1e12
     else:
@@ -190,6 +200,9 @@ def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> Validation
                          predicted_tokens_per_gpu=float(metrics.tokens_per_s[pick] / num_gpus),
                          measured_memory_gib=measured.get("memory_gib"),
                          predicted_memory_gib=float(metrics.memory_bytes[pick] / GIB),
+                         predicted_measured_kind_gib=float(metrics.extras["memory_by_stage"].of_kind(
+                             memory_kind)[pick, metrics.peak_stage[pick]] / GIB),
+                         memory_kind=memory_kind,
                          usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions,
                          source_group=prepared.source_group, stack=prepared.training.stack)
 
