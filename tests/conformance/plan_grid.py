@@ -123,6 +123,12 @@ _SEARCHES: tuple[_SearchCase, ...] = (
     _SearchCase("h100x32", "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 256}),
     _SearchCase("h100x64", "qwen3-30b-a3b", {"seq_length": 8192, "global_batch_size": 128}),
     _SearchCase("h100x128", "gpt-oss-120b", {"seq_length": 4096, "global_batch_size": 1024}),
+    # Megatron's embedding/loss-accounted split: Llama 3.1 405B's 126 layers + 2 = 16 stages x 8 chunks, the
+    # first chunk the embedding alone, the last the loss alone (Megatron-Bridge's GB200 layout).
+    _SearchCase("h100x1024", "llama3-405b", {"seq_length": 8192, "global_batch_size": 1536},
+                {"tp_values": (8,), "pp_values": (16,), "vpp_values": (8,)}),
+    _SearchCase("gb200x256", "llama3-405b", {"seq_length": 8192, "global_batch_size": 1536, "precision": "fp8"},
+                {"tp_values": (4,), "pp_values": (16,), "vpp_values": (8,)}),
 )
 
 _TOP = 10
@@ -145,6 +151,12 @@ def _hand_built() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
         ("full recompute every layer", "llama3-8b", dense, dict(base, recompute=FULL, recompute_num_layers=-1)),
         ("uneven pipeline (126 layers on 16 stages)", "llama3-405b", {"seq_length": 8192, "global_batch_size": 512},
          dict(base, tp=8, pp=16, dp=4, vpp=1, recompute=FULL)),
+        ("embedding and loss accounted (405B: 126 + 2 layers on 16 stages x 8 chunks)", "llama3-405b",
+         {"seq_length": 8192, "global_batch_size": 1536}, dict(base, tp=8, pp=16, dp=8, vpp=8)),
+        ("embedding accounted (70B: 80 + 1 layers on 3 stages x 3 chunks)", "llama3-70b",
+         {**dense, "global_batch_size": 384}, dict(base, tp=4, pp=3, dp=2, vpp=3)),
+        ("uneven split as a layout (70B: 12 + 4 x 14 + 12, two chunks a stage)", "llama3-70b",
+         {**dense, "global_batch_size": 384}, dict(base, tp=4, pp=6, dp=2, vpp=2)),
         ("ZeRO-2 (Megatron-FSDP optim_grads)", "llama3-8b", dense, dict(base, tp=1, dp=8, zero_stage=2,
                                                                          sequence_parallel=False)),
         ("ZeRO-3 (Megatron-FSDP optim_grads_params)", "llama3-8b", dense, dict(base, tp=1, dp=8, zero_stage=3,
