@@ -74,6 +74,7 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .plan import MODULE_BIT, PlanArrays, SELECTIVE
+from .stacks import stack_spec
 from .training_spec import TrainingSpec
 
 ACT_BYTES = 2  # bf16 activations between layers
@@ -329,8 +330,8 @@ def saved_logit_bytes(training: TrainingSpec) -> float:
       ``loss_fn: fused_crossentropy`` in ``llmfoundry/models/mpt/modeling_mpt.py``), keeps the bf16
       logits themselves and an fp32 log-sum-exp per token (``flash_attn/losses/cross_entropy.py``).
     """
-    if training.fused_cross_entropy and training.stack == "composer-fsdp":
-        return 2.0
+    if training.fused_cross_entropy:
+        return float(stack_spec(training.stack).loss_logit_bytes)
     return 4.0
 
 

@@ -32,7 +32,7 @@ How a stack issues the ZeRO-3 collectives matters at scale, where each collectiv
 over all its ranks (:mod:`hardware.collectives`): FSDP and Megatron-FSDP gather a layer's weights as one
 flat buffer (one all-gather, one reduce-scatter per layer); DeepSpeed ZeRO-3 of 2021 gathers every
 parameter tensor on its own through torch.distributed's list collectives
-(:data:`PER_TENSOR_LIST_COLLECTIVE_STACKS`), 12 collectives per GPT layer and direction, each followed
+(:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`), 12 collectives per GPT layer and direction, each followed
 (preceded, for the reduce-scatter) by one copy kernel per rank.
 """
 
@@ -50,6 +50,7 @@ from .activations import ACT_BYTES, dispatched_rows_per_rank, distinct_destinati
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
+from .stacks import stack_spec
 from .training_spec import TrainingSpec
 
 AR, AG, RS, A2A, P2P = (Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.REDUCE_SCATTER,
@@ -69,18 +70,6 @@ def sent_bytes(kind: Collective, n, message_bytes) -> np.ndarray:
 
 
 GROUPS = ("tp", "cp", "pp", "dp_cp", "ep", "edp")
-
-PER_TENSOR_LIST_COLLECTIVE_STACKS = frozenset({"deepspeed-zero3"})
-"""Stacks whose ZeRO-3 gathers and reduce-scatters one parameter tensor at a time, with one tensor per
-rank on the list side. DeepSpeed 0.3.x (April 2021, the ZeRO-3 of Narayanan et al. 2021 Table 2):
-``deepspeed/runtime/zero/partition_parameters.py`` ``_allgather_param`` builds ``world_size`` ``narrow``
-views of a flat buffer and calls ``torch.distributed.all_gather(partitions, ...)`` for one parameter;
-``_reduce_scatter_gradient`` calls ``torch.distributed.reduce_scatter(input_list[rank], input_list)``
-for one gradient (microsoft/DeepSpeed tag v0.3.16). PyTorch's ``ProcessGroupNCCL::allgather`` copies
-each rank's piece out of the flat NCCL buffer, ``outputTensors[i][j].copy_(outputFlattened[i][j])``
-for every rank j (``reduce_scatter`` flattens its inputs the same way): one copy kernel per rank and
-collective."""
-
 
 def parameter_tensors_per_layer(model: ModelSpec) -> int:
     """Parameter tensors of one transformer layer, each its own collective under a per-tensor stack:
@@ -255,8 +244,15 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
         cp_fwd_bytes = sum(pricer.sent(A2A, cp_group, ACT_BYTES * tokens * w) for w in widths)
         cp_bytes = 2 * cp_fwd_bytes
 
+    # Sequence parallelism saves the sharded input of each column-parallel GEMM and all-gathers it again
+    # in backward for the weight gradient (Megatron-Core LinearWithGradAccumulationAndAsyncCommunication
+    # .backward and Transformer Engine's LayerNormLinear with sequence_parallel; Korthikanti et al. 2022
+    # section 4.2.2; Calculon's seq_par_ag_redo): one more all-gather per synchronisation pair.
+    regather_s = np.where(plans.sequence_parallel, pricer.time(AG, pricer.placements.tp, activation), 0.0)
+    regather_b = np.where(plans.sequence_parallel, pricer.sent(AG, pricer.placements.tp, activation), 0.0)
     zero = np.zeros(len(plans))
-    dense = LayerComm(tp_fwd_s=2 * pair_s, tp_bwd_s=2 * pair_s, tp_bytes=4 * pair_b, cp_fwd_s=cp_fwd,
+    dense = LayerComm(tp_fwd_s=2 * pair_s, tp_bwd_s=2 * (pair_s + regather_s), tp_bytes=4 * pair_b + 2 * regather_b,
+                      cp_fwd_s=cp_fwd,
                       cp_bwd_s=cp_bwd, cp_bytes=cp_bytes, ep_fwd_s=zero, ep_bwd_s=zero, ep_bytes=zero,
                       ep_dispatch_fwd_s=zero, tp_fwd_bytes=2 * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=zero)
     if not model.is_moe:
@@ -288,8 +284,8 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
     ep_bwd = 2 * combine
     ep_fwd_bytes = pricer.sent(A2A, ep_group, dispatch_bytes) + pricer.sent(A2A, ep_group, combine_bytes)
     ep_bytes = ep_fwd_bytes + 2 * pricer.sent(A2A, ep_group, combine_bytes)
-    moe = LayerComm(tp_fwd_s=(1 + mlp_pairs) * pair_s, tp_bwd_s=(1 + mlp_pairs) * pair_s,
-                    tp_bytes=2 * (1 + mlp_pairs) * pair_b, cp_fwd_s=cp_fwd, cp_bwd_s=cp_bwd, cp_bytes=cp_bytes,
+    moe = LayerComm(tp_fwd_s=(1 + mlp_pairs) * pair_s, tp_bwd_s=(1 + mlp_pairs) * (pair_s + regather_s),
+                    tp_bytes=(1 + mlp_pairs) * (2 * pair_b + regather_b), cp_fwd_s=cp_fwd, cp_bwd_s=cp_bwd, cp_bytes=cp_bytes,
                     ep_fwd_s=ep_fwd, ep_bwd_s=ep_bwd, ep_bytes=ep_bytes, ep_dispatch_fwd_s=dispatch_fwd,
                     tp_fwd_bytes=(1 + mlp_pairs) * pair_b, cp_fwd_bytes=cp_fwd_bytes, ep_fwd_bytes=ep_fwd_bytes)
     return dense, moe
@@ -298,7 +294,10 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
 def pipeline_p2p(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: CommPricer):
     """Seconds and bytes of one activation (or gradient) transfer between neighbouring stages."""
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    sp_div = np.where(plans.sequence_parallel, plans.tp, 1)
+    # Sequence parallelism leaves each TP rank 1/tp of the activation to send; so does Megatron-LM's
+    # scatter/gather optimisation without it (the receiver all-gathers over NVLink, not priced).
+    scattered = plans.sequence_parallel | stack_spec(training.stack).pipeline_scatter_gather
+    sp_div = np.where(scattered, plans.tp, 1)
     message = ACT_BYTES * tokens * model.hidden_size / sp_div
     message = np.where(plans.pp > 1, message, 0.0)
     return pricer.time(P2P, pricer.placements.pp, message), pricer.sent(P2P, pricer.placements.pp, message)
@@ -326,7 +325,7 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
     buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency.
 
-    Under a per-tensor stack (:data:`PER_TENSOR_LIST_COLLECTIVE_STACKS`) ZeRO-3 runs
+    Under a per-tensor stack (:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`) ZeRO-3 runs
     :func:`parameter_tensors_per_layer` collectives per layer, and each also runs one copy kernel per rank
     of the group, ``copy_kernel_s`` each (the fixed cost of a small kernel: the pieces are M/n bytes)."""
     zero = plans.zero_stage[:, None]
@@ -338,7 +337,7 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     bwd = np.zeros(shape)
     sent = np.zeros(shape)
     m = num_microbatches[:, None].astype(float)
-    per_tensor = training.stack in PER_TENSOR_LIST_COLLECTIVE_STACKS and model is not None
+    per_tensor = stack_spec(training.stack).per_tensor_collectives and model is not None
     per_layer = np.maximum(layers, 1.0) * (parameter_tensors_per_layer(model) if per_tensor else 1)
     for group, params in groups:
         if not params.any():  # no routed experts in a dense model: nothing to reduce over that group

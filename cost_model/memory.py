@@ -58,6 +58,7 @@ from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
 from .plan import PlanArrays
+from .stacks import stack_spec
 from .stages import StageLayout, recomputed_layer_share
 from .training_spec import TrainingSpec
 
@@ -101,10 +102,11 @@ def fp8_primary_weights(training: TrainingSpec, plans: PlanArrays) -> np.ndarray
     ``bf16_with_mxfp8_mixed`` all set ``fp8_param_gather = True`` (NeMo
     ``nemo/collections/llm/recipes/precision/mixed_precision.py``, Megatron-Bridge
     ``src/megatron/bridge/training/mixed_precision.py``). The fp32 master copy lives in the distributed
-    optimizer or Megatron-FSDP, which the option needs: ZeRO >= 1. Other stacks (torchtitan's Float8,
-    Megatron-LM 2021, DeepSpeed) keep bf16 weights and cast them per GEMM.
+    optimizer or Megatron-FSDP, which the option needs: ZeRO >= 1. Stacks without it
+    (:attr:`cost_model.stacks.StackSpec.fp8_param_gather`: torchtitan's Float8, Megatron-LM 2021,
+    DeepSpeed) keep bf16 weights and cast them per GEMM.
     """
-    return (training.precision == "fp8") & (training.stack == "megatron-core") & (plans.zero_stage >= 1)
+    return (training.precision == "fp8") & stack_spec(training.stack).fp8_param_gather & (plans.zero_stage >= 1)
 
 
 def weight_bytes_per_param(training: TrainingSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:

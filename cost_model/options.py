@@ -6,10 +6,12 @@ Defaults are documented with their origin; :mod:`optimizer` and the CLI pass use
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from hardware.placement import DEFAULT_RANK_ORDER
+
+from .calibration.stored import stored_parameter
 
 
 ATTENTION_OPTION_BOUNDS = {
@@ -57,11 +59,12 @@ class CostOptions:
     kernel_overhead_us: float = 4.0
     """Fixed cost of one GEMM kernel (launch, tail effects), making small GEMMs less efficient."""
 
-    host_kernel_issue_us: float = 39.3
+    host_kernel_issue_us: float = field(default_factory=lambda: stored_parameter("host_kernel_issue_us", 20.0))
     """Host (CPU) time to issue one kernel of the cost model's kernel inventory from eager Megatron-Core
     (:mod:`cost_model.host`): a layer part takes at least its kernels x this. Fitted by
-    ``plan-search calibrate`` on Qwen3-235B-A22B on 64 B200 (Megatron-Bridge 25.11, no CUDA graphs);
-    it predicts the held-out DeepSeek-V3 run on 256 B200 within 2%. 0 = ignore the host."""
+    ``plan-search calibrate`` on every measured run (its host-bound MoE runs without CUDA graphs pin it)
+    and read from ``cost_model/calibration/fitted.yaml``; 20 us (PyTorch eager dispatch and launch, the
+    prior) before any calibration. 0 = ignore the host."""
 
     gemm_tile: tuple[int, int] = (128, 256)
     """Output tile (rows, columns) one SM computes at a time, for wave quantization: CUTLASS's default
@@ -91,12 +94,13 @@ class CostOptions:
     section 4.1: 0.86); FlashAttention-3's backward is further below its forward on H100 (Shah et al.
     2024, figures 5-6). Bounds [0.4, 1]."""
 
-    flash_attention_2_share: float = 0.5
+    flash_attention_2_share: float = field(default_factory=lambda: stored_parameter("flash_attention_2_share", 0.47))
     """Rate of FlashAttention-2 on Hopper and Blackwell relative to the native kernels (cuDNN,
     FlashAttention-3) the GPU presets describe: PyTorch SDPA's FA2 backend reaches 287-304 TFLOP/s
     forward at head dim 128 on H100 (pytorch/benchmark PR #2296), FA3 430-621 (PR #2391); the FA3 paper
     (Shah et al. 2024, section 1) puts FA2 at 35% of H100's peak against FA3's 75%. Applies to stacks with
-    ``flash_attention_2`` (:mod:`cost_model.stacks`). Bounds [0.2, 1]."""
+    ``flash_attention_2`` (:mod:`cost_model.stacks`). Bounds [0.2, 1]. Fitted by ``plan-search calibrate``
+    (read from ``cost_model/calibration/fitted.yaml``); 0.47 (35/75, the prior) before any calibration."""
 
     make_vocab_size_divisible_by: int = 128
     """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""

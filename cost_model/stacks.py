@@ -71,12 +71,43 @@ class StackSpec:
     overlap_grad_reduce: bool
     """Whether the data-parallel gradient reduction runs behind the backward pass (bucketed)."""
 
+    fp8_param_gather: bool
+    """Whether FP8 runs keep the weights in FP8 only, with the fp32 master in the distributed optimizer
+    (Megatron-Core ``--fp8-param-gather``, set by every NeMo / Megatron-Bridge FP8 recipe): 1 byte per
+    parameter instead of bf16 weights plus a per-GEMM cast (:func:`cost_model.memory.fp8_primary_weights`)."""
+
+    loss_logit_bytes: int
+    """Bytes per logit the loss keeps for backward: 4 for an fp32 softmax kept in place (Megatron's
+    vocab-parallel cross entropy, PyTorch's log_softmax on fp32), 2 for flash-attn's CrossEntropyLoss,
+    which keeps the bf16 logits (:func:`cost_model.activations.saved_logit_bytes`)."""
+
+    per_tensor_collectives: bool
+    """Whether ZeRO-3 gathers and reduce-scatters each parameter tensor by itself through
+    ``torch.distributed``'s list collectives (:mod:`cost_model.communication`), instead of one flat buffer
+    per layer or bucket. DeepSpeed 0.3.x (April 2021, the ZeRO-3 of Narayanan et al. 2021 Table 2):
+    ``deepspeed/runtime/zero/partition_parameters.py`` ``_allgather_param`` builds ``world_size``
+    ``narrow`` views of a flat buffer and calls ``torch.distributed.all_gather(partitions, ...)`` for one
+    parameter; ``_reduce_scatter_gradient`` calls ``torch.distributed.reduce_scatter(input_list[rank],
+    input_list)`` for one gradient (microsoft/DeepSpeed tag v0.3.16). PyTorch's
+    ``ProcessGroupNCCL::allgather`` copies each rank's piece out of the flat NCCL buffer: one copy kernel
+    per rank and collective."""
+
+    pipeline_scatter_gather: bool
+    """Whether pipeline sends carry 1/tp of the activation from each tensor-parallel rank, all-gathered
+    over NVLink by the receiver, even without sequence parallelism (Megatron-LM's scatter/gather
+    optimisation, Narayanan et al. 2021 section 4.1; Megatron-Core sends the whole tensor)."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
 
     sources: tuple[str, ...] = ()
     """Where the switches above come from."""
+
+
+SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
+            "fsdp_prefetch", "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives",
+            "pipeline_scatter_gather")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:
@@ -90,10 +121,12 @@ def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSp
     if not isinstance(efficiency, (int, float)) or isinstance(efficiency, bool) or not 0.2 <= efficiency <= 1.5:
         raise InputError(where, f"stacks.{name}.kernel_efficiency", f"{efficiency!r} is not a share in [0.2, 1.5]",
                          "give the share of Megatron-Core's kernel throughput the stack reaches")
-    for switch in ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
-                   "fsdp_prefetch", "overlap_grad_reduce"):
+    for switch in SWITCHES:
         if not isinstance(entry[switch], bool):
             raise InputError(where, f"stacks.{name}.{switch}", f"{entry[switch]!r} is not true or false", "write true or false")
+    if entry["loss_logit_bytes"] not in (2, 4) or isinstance(entry["loss_logit_bytes"], bool):
+        raise InputError(where, f"stacks.{name}.loss_logit_bytes", f"{entry['loss_logit_bytes']!r} is not 2 or 4",
+                         "write 4 (an fp32 softmax) or 2 (bf16 logits)")
     return StackSpec(name=name, **{**entry, "kernel_efficiency": float(efficiency),
                                     "sources": tuple(entry.get("sources") or ())})
 

@@ -79,7 +79,8 @@ def test_a_faster_gpu_family_is_fitted(runs, recovered):
     megatron-lm-2021 row, so the data pin only the product of the A100 factor and that stack's
     efficiency: it rises by nearly the 10% and the A100 rows are fitted."""
     shifted = fit(_synthetic(runs, {**TRUTH, "family.ampere.bf16": 1.10}))
-    product = shifted.values["family.ampere.bf16"] * shifted.values["stack.megatron-lm-2021"]
+    product = (shifted.values["family.ampere.bf16"] * shifted.values["stack.shared"]
+               * shifted.values["stack.megatron-lm-2021"])
     assert 1.06 < product < 1.11
     a100 = [r for row, r in zip(shifted.rows, shifted.residuals) if row.cluster.gpu.name.startswith("A100")]
     assert len(a100) == 18 and np.median(np.abs(a100)) < 0.01

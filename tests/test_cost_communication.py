@@ -75,13 +75,14 @@ TRAIN = TrainingSpec(seq_length=4096, global_batch_size=64)
 @pytest.mark.parametrize("b", [1, 2])
 def test_tp_volume_per_layer_is_8bsh(t, sp, b):
     # One layer per stage (4 layers, pp = 4): tp bytes per step / (2 bytes x micro-batches) = 8bsh(t-1)/t
-    # elements, with all-reduces or (SP) all-gather + reduce-scatter alike.
+    # elements, with all-reduces or (SP) all-gather + reduce-scatter alike; SP adds the backward
+    # re-gather of the two column-parallel inputs (QKV, fc1) for their weight gradients: 2bsh(t-1)/t.
     m = run(GPT, TRAIN, [dict(tp=t, pp=4, dp=1, micro_batch=b, sequence_parallel=sp)])
     micro_batches = 64 // b
     assert m.num_microbatches[0] == micro_batches
     s, h = 4096, 4096
     elements = m.comm_bytes_per_step["tp"][0] / 2 / micro_batches
-    assert elements == pytest.approx(8 * b * s * h * (t - 1) / t, rel=1e-12)
+    assert elements == pytest.approx((10 if sp else 8) * b * s * h * (t - 1) / t, rel=1e-12)
 
 
 def test_tp_volume_scales_with_layers_per_stage():
@@ -92,7 +93,8 @@ def test_tp_volume_scales_with_layers_per_stage():
 
 
 def test_moe_layer_tp_volume_attention_only_without_expert_tp():
-    # Mixtral: no shared experts; with etp = 1 the MLP needs no TP collectives, so half of a dense layer.
+    # Mixtral: no shared experts; with etp = 1 the MLP needs no TP collectives, so half of a dense layer
+    # (with SP: two pairs and one backward re-gather of the QKV input, 10bsh(t-1)/t / 2).
     mixtral = load_model("mixtral-8x7b").spec
     training = TrainingSpec(seq_length=4096, global_batch_size=64)
     records = [dict(tp=4, pp=32, dp=8, ep=8, etp=1, sequence_parallel=True),
@@ -100,8 +102,8 @@ def test_moe_layer_tp_volume_attention_only_without_expert_tp():
     m = evaluate(mixtral, training, load_cluster("h100x1024"), PlanArrays.from_records(records))
     per_mb = m.comm_bytes_per_step["tp"] / m.num_microbatches
     s, h, t = 4096, 4096, 4
-    assert per_mb[0] == pytest.approx(2 * (8 * s * h * (t - 1) / t) / 2, rel=1e-12)
-    assert per_mb[1] == pytest.approx(2 * 8 * s * h * (t - 1) / t, rel=1e-12)
+    assert per_mb[0] == pytest.approx(2 * (10 * s * h * (t - 1) / t) / 2, rel=1e-12)
+    assert per_mb[1] == pytest.approx(2 * 10 * s * h * (t - 1) / t, rel=1e-12)
 
 
 # --- context, expert and pipeline parallelism ------------------------------------------------------

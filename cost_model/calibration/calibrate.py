@@ -3,12 +3,14 @@ leaving out one source at a time, derive the uncertainty bands, and (``--write``
 
 What is fitted and how: :mod:`cost_model.calibration.fit`. Where the values go with ``--write``:
 
-* each GPU preset's ``gemm_efficiency`` and ``gemm_efficiency_fp8`` (``hardware/presets/*.yaml``),
-  for every preset of a fitted family (:func:`cost_model.calibration.fit.efficiencies`);
+* each GPU preset's ``gemm_efficiency``, ``gemm_efficiency_fp8`` and ``attention_efficiency``
+  (``hardware/presets/*.yaml``), for every preset of a fitted family
+  (:func:`cost_model.calibration.fit.efficiencies`);
 * each stack's ``kernel_efficiency`` (``cost_model/presets/stacks.yaml``);
-* ``cost_model/calibration/fitted.yaml``: every parameter with its prior, the host's kernel issue time
-  (which :class:`cost_model.options.CostOptions` reads as its default), the leave-one-source-out report
-  and the bands (:mod:`cost_model.calibration.bands`).
+* ``cost_model/calibration/fitted.yaml``: every parameter with its prior, the cost options among them
+  (the host's kernel issue time, FlashAttention-2's share, which :class:`cost_model.options.CostOptions`
+  reads as its defaults), the leave-one-source-out report and the bands
+  (:mod:`cost_model.calibration.bands`).
 
 The fit starts from the priors, never from the stored values, so writing and refitting is a fixed point.
 """
@@ -26,9 +28,11 @@ import numpy as np
 import yaml
 
 
+from cost_model.stacks import DEFAULT_STACK, STACK_NAMES
+
 from .bands import bands_section, gpu_family, model_class
 from .stored import FITTED_FILE, stored_parameters
-from .fit import PARAMETERS, efficiencies, Fit, Fold, fit, kendall_tau, leave_one_source_out, price
+from .fit import PARAMETERS, efficiencies, stack_efficiency, Fit, Fold, fit, kendall_tau, leave_one_source_out, price
 from .validate import PreparedRow, ValidationRow, prepare_row
 
 def measured_rows(rows: list[dict[str, Any]], source: str) -> list[PreparedRow]:
@@ -130,24 +134,24 @@ CONTAINER = re.compile(r"(\d{2}\.\d{2}(?:\.\d{2})?) NeMo Container")
 
 
 def _layout_group(row: PreparedRow) -> str:
-    """Layouts of one model on one cluster under one software release: same source, container (a
-    Megatron-Bridge table per NeMo container), model, GPU and count, sequence length and precision
-    recipe. Rows of different containers differ by software, not by layout, so they are not ranked
-    against each other."""
+    """Layouts of one model on one kind of cluster under one software release: same source, container
+    (a Megatron-Bridge table per NeMo container), model, GPU, sequence length and precision recipe;
+    GPU counts and layouts vary. Rows of different containers differ by software, not by layout, so
+    they are not ranked against each other."""
     cluster = row.row.get("cluster") or {}
     container = CONTAINER.search(str(row.row.get("source", "")))
     training = row.training
     precision = training.precision + (f"-{training.fp8_recipe}" if training.precision == "fp8" else "")
     return (f"{row.source_group}{' ' + container.group(1) if container else ''} {row.model.name} on "
-            f"{cluster.get('num_gpus')} {cluster.get('gpu')} s={training.seq_length} {precision}")
+            f"{cluster.get('gpu')} s={training.seq_length} {precision}")
 
 
 def ranking_groups(held_out: list[tuple[PreparedRow, ValidationRow]], min_rows: int = 4) -> list[RankingGroup]:
-    """Kendall's tau between predicted and measured throughput within each group of at least
-    ``min_rows`` layouts of one model on one cluster, and whether the measured best is predicted top 3."""
+    """Kendall's tau between predicted and measured throughput per GPU within each group of at least
+    ``min_rows`` layouts (:func:`_layout_group`), and whether the measured best is predicted top 3."""
     groups: dict[str, dict[str, ValidationRow]] = {}
     for row, result in held_out:
-        # One row per layout: the same layout measured twice says nothing about ranking.
+        # One row per layout and GPU count: the same one measured twice says nothing about ranking.
         groups.setdefault(_layout_group(row), {}).setdefault(result.layout, result)
     out = []
     for key, layouts in sorted(groups.items()):
@@ -184,12 +188,15 @@ def preset_values(values: dict[str, float]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for preset in gpu_preset_names():
         gpu = load_cluster(preset).gpu
-        fitted = efficiencies(values, gpu_family(gpu))
+        family = gpu_family(gpu)
+        fitted = efficiencies(values, family)
         fields = {}
         if fitted:
             fields["gemm_efficiency"] = round(fitted["gemm_efficiency"], 3)
         if gpu.peak_tflops_fp8 and fitted.get("gemm_efficiency_fp8"):
             fields["gemm_efficiency_fp8"] = round(fitted["gemm_efficiency_fp8"], 3)
+        if f"attention.{family}" in values:
+            fields["attention_efficiency"] = round(values[f"attention.{family}"], 3)
         if fields:
             out[preset] = fields
     return out
@@ -206,8 +213,9 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
         text = path.read_text(encoding="utf-8")
         for key, value in fields.items():
             family = gpu_family_of_preset(preset)
-            formula = (f"gemm.bf16 x family.{family}.bf16" + (f" x gemm.fp8_vs_bf16 x family.{family}.fp8"
-                                                             if key.endswith("fp8") else ""))
+            formula = (f"attention.{family}" if key == "attention_efficiency" else
+                       f"gemm.bf16 x family.{family}.bf16" + (f" x gemm.fp8_vs_bf16 x family.{family}.fp8"
+                                                              if key.endswith("fp8") else ""))
             line = (f"  {key}: {value:<8}# fitted by `plan-search calibrate`: {formula} "
                     "(cost_model/calibration/fitted.yaml)")
             if re.search(rf"^  {key}:.*$", text, flags=re.M):
@@ -218,14 +226,14 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
         written.append(path)
     stacks_path = stacks_file or Path(str(resources.files("cost_model").joinpath("presets", "stacks.yaml")))
     text = stacks_path.read_text(encoding="utf-8")
-    for parameter in PARAMETERS:
-        if not parameter.name.startswith("stack."):
+    for stack in STACK_NAMES:
+        if stack == DEFAULT_STACK:
             continue
-        stack = parameter.name.split(".", 1)[1]
-        touched = calibration.fit.touched.get(parameter.name, 0)
-        comment = (f"# fitted by `plan-search calibrate` on {touched} runs" if touched
-                   else "# no measured run of this stack: the prior")
-        text = _replace_in_stack(text, stack, f"    kernel_efficiency: {round(values[parameter.name], 3):<8}{comment}")
+        touched = calibration.fit.touched.get(f"stack.{stack}", 0)
+        comment = (f"# fitted by `plan-search calibrate` on {touched} runs: stack.shared x stack.{stack}" if touched
+                   else "# no measured run of this stack: stack.shared")
+        value = round(stack_efficiency(values, stack), 3)
+        text = _replace_in_stack(text, stack, f"    kernel_efficiency: {value:<8}{comment}")
     stacks_path.write_text(text, encoding="utf-8")
     written.append(stacks_path)
     fitted_path = fitted_file or FITTED_FILE

@@ -12,8 +12,15 @@ prior spread and hard bounds:
   (prior 1 +- 10%: every generation's cuBLAS reaches a similar fraction of its own peak, REFERENCE.md:
   A100 86%, H100 80% on large BF16 GEMMs). A GPU's ``gemm_efficiency`` is ``gemm.bf16 x
   family.<f>.bf16`` and its ``gemm_efficiency_fp8`` that times ``gemm.fp8_vs_bf16 x family.<f>.fp8``.
-* ``stack.<name>``: a software stack's kernel efficiency relative to the reference
-  (:mod:`cost_model.stacks`), prior 1 +- 20%.
+* ``attention.<family>``: the forward rate of the reference stack's fused attention at head dim 128 on
+  long non-causal sequences, as a share of the BF16 peak (priors: the FlashAttention-2/-3 papers and
+  cuDNN's published Blackwell rate); head dim, length, causal tiles and backward scale it
+  (:func:`cost_model.compute.flash_attention_rates`). ``flash_attention_2_share``: FlashAttention-2's
+  rate on Hopper and Blackwell relative to the native kernels (stacks that run it, :mod:`cost_model.stacks`).
+* ``stack.shared`` x ``stack.<name>``: a software stack's kernel efficiency relative to the reference
+  (:mod:`cost_model.stacks`): a share common to all other stacks (prior 1 +- 20%: they call the same
+  cuBLAS GEMMs) times each stack's departure from it (prior 1 +- 10%). Pooling them lets a stack
+  measured by one source alone be predicted from the others when that source is left out.
 * ``host_kernel_issue_us``: the host's time to issue one kernel of eager Megatron-Core
   (:mod:`cost_model.host`), prior 20 us (PyTorch eager dispatch + launch, 10-40 us per op).
 
@@ -87,14 +94,32 @@ PARAMETERS: tuple[Parameter, ...] = (
                 "every generation's cuBLAS reaches a similar share of its own peak (REFERENCE.md)")
       for family, precision in (("ampere", "bf16"), ("hopper", "bf16"), ("hopper", "fp8"),
                                 ("blackwell", "bf16"), ("blackwell", "fp8"))),
-    *(Parameter(f"stack.{name}", 1.0, 0.20, 0.4, 1.3,
-                f"{name}'s kernel throughput relative to Megatron-Core + Transformer Engine",
+    *(Parameter(f"attention.{family}", prior, 0.30, 0.2, 0.95,
+                f"forward rate of the reference stack's fused attention on {family} GPUs at head dim 128, long "
+                "non-causal sequences, as a share of the dense BF16 peak (cost_model.compute.flash_attention_rates)",
+                source)
+      for family, prior, source in (
+          ("ampere", 0.70, "FlashAttention-2 on A100: up to 73% of peak forward (Dao 2023, section 4.1)"),
+          ("hopper", 0.75, "FlashAttention-3 on H100: up to 740 of 989 TFLOP/s forward (Shah et al. 2024)"),
+          ("blackwell", 0.55, "cuDNN 9.13 on B200: ~1.23 of 2.25 PFLOP/s forward (Together AI, FlashAttention-4 blog)"))),
+    Parameter("flash_attention_2_share", 0.47, 0.30, 0.2, 1.0,
+              "FlashAttention-2's rate on Hopper and Blackwell relative to the native kernels",
+              "FlashAttention-3 paper (Shah et al. 2024, section 1): FA2 at 35% of H100's peak against FA3's 75%"),
+    Parameter("stack.shared", 1.0, 0.20, 0.4, 1.3,
+              "kernel throughput of the stacks other than Megatron-Core + Transformer Engine, relative to it",
+              "prior: as fast as the reference; every stack calls the same cuBLAS GEMMs"),
+    *(Parameter(f"stack.{name}", 1.0, 0.10, 0.6, 1.5,
+                f"{name}'s departure from the shared kernel throughput of non-reference stacks",
                 "cost_model/presets/stacks.yaml")
       for name in STACK_NAMES if name != DEFAULT_STACK),
     Parameter("host_kernel_issue_us", 20.0, 0.7, 2.0, 120.0,
               "host time to issue one kernel of eager Megatron-Core",
               "PyTorch eager op dispatch + cudaLaunchKernel: 10-40 us per op (PyTorch profiler traces)"),
 )
+
+OPTION_PARAMETERS = ("host_kernel_issue_us", "flash_attention_2_share")
+"""Parameters that are cost options (:class:`cost_model.options.CostOptions` reads their stored values as
+its defaults); the others live in the GPU presets and stacks.yaml."""
 
 BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -119,9 +144,19 @@ def row_parameters(row: PreparedRow) -> list[str]:
         names.append("gemm.fp8_vs_bf16")
         if f"family.{family}.fp8" in BY_NAME:
             names.append(f"family.{family}.fp8")
+    if f"attention.{family}" in BY_NAME:
+        names.append(f"attention.{family}")
+    stack = stack_spec(row.training.stack)
+    if stack.flash_attention_2 and row.training.flash_attention and family in ("hopper", "blackwell"):
+        names.append("flash_attention_2_share")
     if row.training.stack != DEFAULT_STACK:
-        names.append(f"stack.{row.training.stack}")
+        names += ["stack.shared", f"stack.{row.training.stack}"]
     return names
+
+
+def stack_efficiency(values: dict[str, float], stack: str) -> float:
+    """A stack's kernel efficiency: 1 for the reference, else the shared share times its departure."""
+    return 1.0 if stack == DEFAULT_STACK else values["stack.shared"] * values[f"stack.{stack}"]
 
 
 def row_settings(row: PreparedRow, values: dict[str, float]) -> tuple[dict[str, float], CostOptions]:
@@ -133,15 +168,17 @@ def row_settings(row: PreparedRow, values: dict[str, float]) -> tuple[dict[str, 
     family = gpu_family(row.cluster.gpu)
     gpu = row.cluster.gpu
     stack = row.training.stack
-    scale = values[f"stack.{stack}"] / stack_spec(stack).kernel_efficiency if stack != DEFAULT_STACK else 1.0
-    overrides: dict[str, float] = {"attention_efficiency": min(gpu.attention_efficiency * scale, 1.0)}
+    scale = stack_efficiency(values, stack) / stack_spec(stack).kernel_efficiency
+    attention = values.get(f"attention.{family}", gpu.attention_efficiency)
+    overrides: dict[str, float] = {"attention_efficiency": min(attention * scale, 1.0)}
     bf16 = efficiencies(values, family)
     overrides["gemm_efficiency"] = min((bf16.get("gemm_efficiency") or gpu.gemm_efficiency) * scale, 1.0)
     if gpu.peak_tflops_fp8:
         fp8 = bf16.get("gemm_efficiency_fp8") or gpu.gemm_efficiency_fp8
         if fp8:
             overrides["gemm_efficiency_fp8"] = min(fp8 * scale, 1.0)
-    return overrides, CostOptions(host_kernel_issue_us=values["host_kernel_issue_us"])
+    options = row.options.with_changes(**{name: values[name] for name in OPTION_PARAMETERS})
+    return overrides, options
 
 
 def efficiencies(values: dict[str, float], family: str) -> dict[str, float]:

@@ -471,6 +471,9 @@ def _grad_accum_note(row: dict[str, str], plan: dict[str, Any], global_batch: in
                          "layout kept as published")
 
 
+FULL_ATTENTION_FLOP_SOURCES = ("sc21_t2", "mlm_h100", "nemo_longseq", "llmfoundry")
+
+
 def _measured(row: dict[str, str], notes: list[str]) -> dict[str, Any]:
     group = row["source_group"]
     measured: dict[str, Any] = {
@@ -478,6 +481,11 @@ def _measured(row: dict[str, str], notes: list[str]) -> dict[str, Any]:
         "tflops_per_gpu": _float(row["tflops_per_gpu"]),
         # SC21's TFLOP/s count the recompute forward (96*B*s*l*h^2*(...)); every other source's are model FLOPs
         "flops_counted": "hardware" if group == "sc21_t2" else "model",
+        # Whose TFLOP/s count the whole s x s scores of causal attention: SC21's 96*B*s*l*h^2*(1 + s/6h + ...),
+        # Megatron-LM's README and NeMo 2024 (num_floating_point_operations / flops_formulas before
+        # Megatron-Core 0.14 halved it), llm-foundry (attn_flops_per_seq = 4*l*s^2*h). Megatron-Bridge and
+        # torchtitan's tokens/s need no count.
+        "attention_flops": "full" if group in FULL_ATTENTION_FLOP_SOURCES else "causal",
         "mfu": _float(row["mfu_pct"]) / 100 if row["mfu_pct"].strip() else None,
         "step_time_s": _float(row["iteration_time_s"]),
         "memory_gib": memory_gib(row["memory_gb_per_gpu"], row["memory_kind"]),

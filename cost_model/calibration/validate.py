@@ -116,6 +116,8 @@ class PreparedRow:
     unknown: list[str]
     assumptions: list[str]
     plans: PlanArrays
+    options: CostOptions
+    """The cost options of the row's own conventions (its FLOP count), on top of the defaults."""
 
     @property
     def id(self) -> str:
@@ -132,6 +134,7 @@ class PreparedRow:
             with warnings.catch_warnings():  # stated once, as an assumption, by prepare_row
                 warnings.filterwarnings("ignore", message=".*do not fill whole", category=UserWarning)
                 cluster = cluster.with_overrides({f"gpu.{k}": v for k, v in gpu_overrides.items()}, source=self.where)
+        options = self.options if options is None else row_conventions(self.row, options)
         return _compare(self, evaluate(self.model, self.training, cluster, self.plans, options), cluster)
 
 
@@ -170,7 +173,24 @@ def prepare_row(row: dict[str, Any], source: str) -> PreparedRow:
     records = [{**record, **{k: plan[k] for k in UNPUBLISHED_MEMORY_CHOICES if k not in unknown}, **choice}
                for choice in choices]
     return PreparedRow(row=row, where=where, model=model, training=training, cluster=cluster, records=records,
-                       unknown=unknown, assumptions=assumptions, plans=PlanArrays.from_records(records))
+                       unknown=unknown, assumptions=assumptions, plans=PlanArrays.from_records(records),
+                       options=row_conventions(row, CostOptions()))
+
+
+ATTENTION_FLOP_COUNTS = ("causal", "full")
+
+
+def row_conventions(row: dict[str, Any], options: CostOptions) -> CostOptions:
+    """``options`` in the row's FLOP convention: ``measured.attention_flops: full`` for sources whose
+    TFLOP/s count the whole s x s score matrix of causal attention (Narayanan et al. 2021's
+    96*B*s*l*h^2*(1 + s/6h + ...), NeMo 2024, llm-foundry), ``causal`` (the default, plan-search's own
+    count and Megatron-Core >= 0.14's) for those that count its unmasked half. Only the FLOP count
+    changes, never the time."""
+    count = (row.get("measured") or {}).get("attention_flops", "causal")
+    if count not in ATTENTION_FLOP_COUNTS:
+        raise InputError(str(row.get("id", "?")), "measured.attention_flops", f"{count!r} is not a FLOP count",
+                         "write causal (half the s x s scores) or full")
+    return options.with_changes(mfu_attention_causal=count == "causal")
 
 
 def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> ValidationRow:
