@@ -27,7 +27,7 @@ from optimizer.emit import build_knobs, emit, framework_rules, framework_violati
 from optimizer.emit import megatron_bridge as bridge
 from optimizer.plan_rules import violations as plan_violations
 from tests.conformance.plan_grid import conformance_cases
-from tests.test_emit_megatron_lm import accounted_split
+from tests.test_emit_megatron_lm import accounted_split, layout_split
 
 FIELDS = json.loads((Path(__file__).parent / "conformance" / "data" / "megatron_bridge_fields.json").read_text())
 
@@ -141,15 +141,19 @@ def test_overrides_hold_the_priced_plan(case):
     assert o["model.seq_length"] == o["dataset.sequence_length"] == training.seq_length
     first, last = o["model.num_layers_in_first_pipeline_stage"], o["model.num_layers_in_last_pipeline_stage"]
     embedding, loss = o["model.account_for_embedding_in_pipeline_split"], o["model.account_for_loss_in_pipeline_split"]
-    assert o["model.pipeline_model_parallel_layout"] is None
-    if first is None:
+    layout = o["model.pipeline_model_parallel_layout"]
+    ways = (layout is not None) + (embedding or loss) + (first is not None or last is not None)
+    assert ways <= 1  # TransformerConfig.__post_init__ refuses two ways together
+    if layout is not None:
+        split = layout_split(str(layout), case.plan["pp"])
+    elif first is None:
         split = accounted_split(case.model.num_layers, case.plan["pp"], case.plan["vpp"], embedding, loss)
-        assert split == [list(chunks) for chunks in knobs.stage_chunks]
     else:
-        assert not embedding and not loss and first % case.plan["vpp"] == last % case.plan["vpp"] == 0
+        vpp = case.plan["vpp"]
         middle = (case.model.num_layers - first - last) // max(case.plan["pp"] - 2, 1)
-        assert first + last + middle * (case.plan["pp"] - 2) == case.model.num_layers
-        assert (first, last) == (knobs.stage_layers[0], knobs.stage_layers[-1])
+        split = [[layers // vpp] * vpp for layers in [first] + [middle] * (case.plan["pp"] - 2) + [last]]
+    assert split == [list(chunks) for chunks in knobs.stage_chunks]
+    assert sum(map(sum, split)) == case.model.num_layers
     recompute = case.plan.get("recompute", NONE)
     assert o["model.recompute_granularity"] == {NONE: None, SELECTIVE: "selective", FULL: "full"}[recompute]
     if recompute == SELECTIVE:
@@ -188,6 +192,27 @@ def test_text_is_the_command(case):
     assert tuple(words[:len(env)]) == env and tuple(words[len(env):]) == emission.argv
 
 
+def test_each_split_in_one_of_megatrons_ways():
+    """405B PP16 VP8: the embedding and loss accounted (the 405B recipe's switches); 70B PP6 VP2 (12 + 4 x 14 +
+    12): first/last stage sizes, each 2 chunks of 6; 70B PP7 VP4 (10 + 5 x 12 + 10): no switch says 10 layers
+    in 4 chunks, so the layout, as the DeepSeek-V3 recipe sets one: rank 0 runs 2 + 2 + 3 + 3."""
+    cases = [("llama3-405b", {"seq_length": 8192, "global_batch_size": 1536}, dict(tp=8, pp=16, dp=8, vpp=8)),
+             ("llama3-70b", {"seq_length": 4096, "global_batch_size": 384}, dict(tp=4, pp=6, dp=2, vpp=2)),
+             ("llama3-70b", {"seq_length": 4096, "global_batch_size": 448}, dict(tp=8, pp=7, dp=2, vpp=4))]
+    found = []
+    for name, settings, degrees in cases:
+        model = load_model(name).spec
+        plan = _plan(**degrees)
+        _, o = parsed(emit("megatron-bridge", plan, model, build_training(dict(settings), model=model)))
+        found.append((o["model.account_for_embedding_in_pipeline_split"], o["model.account_for_loss_in_pipeline_split"],
+                      o["model.num_layers_in_first_pipeline_stage"], o["model.num_layers_in_last_pipeline_stage"],
+                      o["model.pipeline_model_parallel_layout"]))
+    assert found[0] == (True, True, None, None, None)
+    assert found[1] == (False, False, 12, 12, None)
+    assert found[2][:4] == (False, False, None, None)
+    assert layout_split(str(found[2][4]), 7) == [[2, 2, 3, 3]] + [[3, 3, 3, 3]] * 5 + [[3, 3, 2, 2]]
+
+
 # --- (c) rules -----------------------------------------------------------------------------------------
 
 def _plan(**changes) -> dict[str, Any]:
@@ -213,9 +238,6 @@ RULE_EXAMPLES: dict[str, tuple] = {
     "bridge_cp_a2a_heads_divisible": (
         "llama3-8b", {"seq_length": 32768, "global_batch_size": 64}, _plan(cp=8, dp=1), _plan(cp=4, dp=2),
         {"cp_comm_type": "a2a"}),
-    "bridge_uneven_stages_divisible_by_vpp": (  # 80 layers on 7 stages: 10 + 5 x 12 + 10, not 4 chunks each
-        "llama3-70b", {"seq_length": 4096, "global_batch_size": 448},
-        _plan(tp=8, pp=7, dp=2, vpp=4), _plan(tp=8, pp=7, dp=2, vpp=2)),
     "bridge_seq_divisible_by_2cp": (
         "llama3-8b", {"seq_length": 4098, "global_batch_size": 64},
         _plan(tp=1, cp=2, dp=4, sequence_parallel=False), _plan(tp=1, cp=1, dp=8, sequence_parallel=False)),

@@ -74,7 +74,10 @@ def brute_force(spec, training, cluster, options):
                             deficit = pp * k - L
                             first, last = k - (deficit + 1) // 2, k - deficit // 2
                             even = L % (pp * vpp) == 0
-                            uneven = pp >= 2 and first >= vpp and last >= vpp and (k % vpp == 0 or pp <= 2)
+                            # every chunk holds a layer, except that the first stage's first chunk may hold
+                            # only the embedding and the last stage's last chunk only the loss (Megatron's
+                            # account_for_embedding/loss_in_pipeline_split)
+                            uneven = pp >= 2 and first >= vpp - 1 and last >= vpp - 1 and (k % vpp == 0 or pp <= 2)
                             if not (even or uneven):
                                 continue
                             if vpp > 1 and pp == 1:

@@ -12,11 +12,12 @@ writes:
   the closest architecture with every model dimension overridden (``model.num_layers``, ``hidden_size``,
   ... of the ``GPTModelProvider`` / Megatron-Core ``TransformerConfig``); the dimensions are written in
   both cases, so the launch holds the priced model even if a recipe changes;
-* ``model.*``: the parallel degrees, the pipeline split (an uneven split is Megatron-Core's embedding and
-  loss accounting, ``account_for_embedding_in_pipeline_split`` / ``account_for_loss_in_pipeline_split``,
-  where it builds the priced split, as the Llama 3.1 405B recipe sets it, else
-  ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``; the recipe's
-  ``pipeline_model_parallel_layout`` and whichever of the two is not used are cleared, because
+* ``model.*``: the parallel degrees, the pipeline split (:func:`split_settings`: an uneven split is
+  Megatron-Core's embedding and loss accounting, ``account_for_embedding_in_pipeline_split`` /
+  ``account_for_loss_in_pipeline_split``, where it builds the priced split, as the Llama 3.1 405B recipe
+  sets it; else ``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage`` where the
+  stages divide into the chunks; else ``pipeline_model_parallel_layout``, the string Megatron-LM is given,
+  as the DeepSeek-V3 recipe sets one; the ways not used are cleared, because
   ``TransformerConfig.__post_init__`` refuses them together), recompute, activation offload, MoE
   dispatcher and grouped GEMM, CUDA graphs, dropout;
 * ``mixed_precision``: Bridge's ``runtime_config_update`` copies every field of the container's
@@ -59,7 +60,6 @@ import numpy as np
 
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import PlanArrays
-from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER
 
@@ -68,7 +68,7 @@ from .emission import Emission
 from .knobs import LaunchKnobs
 from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, missing_norms, precision_aware_optimizer, \
     prefixed, recompute_settings, uses_tp_pp_dp_mapping
-from .megatron_lm import environment
+from .megatron_lm import environment, pipeline_layout, plain_split
 from .torchrun import launcher
 
 TESTED_VERSION = "megatron-bridge 0.3.1 (megatron-core 0.16.1)"
@@ -102,15 +102,8 @@ OWN_RULES: dict[str, str] = {
     "bridge_fsdp_default_rank_order": (
         "Megatron-FSDP (ZeRO-2/3) runs only with the default rank order (ConfigContainer.validate refuses "
         "use_tp_pp_dp_mapping)"),
-    "bridge_uneven_stages_divisible_by_vpp": (
-        "with virtual stages, every stage's layers are multiples of vpp (Megatron-Core TransformerConfig "
-        "num_layers_in_first/last_pipeline_stage; get_num_layers_to_build for an even split, GPTModelProvider), "
-        "unless the split is the one with the embedding and loss counted as layers "
-        "(account_for_embedding/loss_in_pipeline_split)"),
 }
-"""Bridge's own rules: ``ConfigContainer.validate``'s, and the uneven split it can only say as the
-embedding/loss accounting or first/last stage sizes (Megatron-LM spells any priced split as a pipeline
-layout; a layout string through Bridge's Hydra overrides is not written here)."""
+"""Bridge's own rules: ``ConfigContainer.validate``'s. Any stage split is said (:func:`split_settings`)."""
 
 RULES: dict[str, str] = {**prefixed("bridge_", core.RULES), **OWN_RULES}
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence): the shared Megatron-Core checks
@@ -121,24 +114,11 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
                rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
     """For each of :data:`RULES`, True where Megatron-Bridge refuses the plan."""
     shared = core.violations(model, training, plans, cp_comm_type=cp_comm_type, rank_order=rank_order)
-    first, k, last = layers_per_stage(model.num_layers, plans.pp)
-    uneven = (plans.pp > 1) & ((first != k) | (last != k))
-    accounted = accounted_split(first, k, last, plans.vpp)
     return {
         **prefixed("bridge_", shared),
         "bridge_fsdp_default_rank_order": np.full(len(plans), uses_tp_pp_dp_mapping(rank_order))
                                           & (plans.zero_stage >= 2),
-        "bridge_uneven_stages_divisible_by_vpp": (plans.pp > 1) & (plans.vpp > 1) & ~(uneven & accounted)
-                                                 & ((first % plans.vpp != 0) | (k % plans.vpp != 0)
-                                                    | (last % plans.vpp != 0)),
     }
-
-
-def accounted_split(first: np.ndarray, k: np.ndarray, last: np.ndarray, vpp: np.ndarray) -> np.ndarray:
-    """Where the uneven split (first, k, last) is Megatron-Core's with the embedding (and the loss) counted
-    as a layer: k a rank divisible by vpp, the first stage one short, the last stage one short or whole
-    (``get_num_layers_to_build``; the same test as :attr:`.knobs.LaunchKnobs.accounted_ends`)."""
-    return (k % vpp == 0) & (first == k - 1) & ((last == k) | (last == k - 1))
 
 
 def recipe(model: ModelSpec) -> str:
@@ -195,25 +175,38 @@ def model_dimensions(model: ModelSpec) -> dict[str, Any]:
 
 def parallel_settings(knobs: LaunchKnobs) -> dict[str, Any]:
     """Degrees and the pipeline split (``model.*``)."""
-    uneven = knobs.uneven_pipeline
-    accounted = knobs.accounted_ends
-    embedding, loss = accounted or (False, False)
-    sizes = uneven and accounted is None
     out: dict[str, Any] = {
         "tensor_model_parallel_size": knobs.tp, "pipeline_model_parallel_size": knobs.pp,
         "virtual_pipeline_model_parallel_size": knobs.vpp if knobs.vpp > 1 else None,
         "context_parallel_size": knobs.cp, "sequence_parallel": knobs.sequence_parallel and knobs.tp > 1,
-        # One way to say the split: the recipe's layout and the switches not used are cleared.
-        "pipeline_model_parallel_layout": None,
-        "account_for_embedding_in_pipeline_split": embedding, "account_for_loss_in_pipeline_split": loss,
-        "num_layers_in_first_pipeline_stage": knobs.stage_layers[0] if sizes else None,
-        "num_layers_in_last_pipeline_stage": knobs.stage_layers[-1] if sizes else None,
+        **split_settings(knobs),
     }
     if knobs.cp > 1:
         out["cp_comm_type"] = knobs.cp_comm_type
     if knobs.model.is_moe:
         out |= {"expert_model_parallel_size": knobs.ep, "expert_tensor_parallel_size": knobs.etp}
     return out
+
+
+def split_settings(knobs: LaunchKnobs) -> dict[str, Any]:
+    """The priced stage and chunk split in one of Megatron-Core's four ways, the other three cleared: the
+    default (even, stages divisible by vpp), the embedding/loss accounting, first/last stage sizes (each
+    stage divisible by vpp and not empty, ``TransformerConfig.__post_init__``), else the layout chunk by
+    chunk (an embedding-only first stage, DeepSeek-V3's 61 layers on 32 stages: ``E|t*2|...``; Hydra
+    reads ``Et*6|t*7|...`` as a string; ``__post_init__`` parses and validates it)."""
+    cleared: dict[str, Any] = {"pipeline_model_parallel_layout": None, "account_for_embedding_in_pipeline_split": False,
+                               "account_for_loss_in_pipeline_split": False,
+                               "num_layers_in_first_pipeline_stage": None, "num_layers_in_last_pipeline_stage": None}
+    if knobs.pp == 1 or plain_split(knobs):
+        return cleared
+    accounted = knobs.accounted_ends
+    if accounted is not None:
+        return cleared | {"account_for_embedding_in_pipeline_split": accounted[0],
+                          "account_for_loss_in_pipeline_split": accounted[1]}
+    if all(layers % knobs.vpp == 0 and layers > 0 for layers in knobs.stage_layers):  # __post_init__: > 0
+        return cleared | {"num_layers_in_first_pipeline_stage": knobs.stage_layers[0],
+                          "num_layers_in_last_pipeline_stage": knobs.stage_layers[-1]}
+    return cleared | {"pipeline_model_parallel_layout": pipeline_layout(knobs)}
 
 
 def memory_settings(knobs: LaunchKnobs) -> dict[str, Any]:

@@ -227,12 +227,17 @@ def assert_priced_plan(cfg, num_microbatches: int, knobs) -> None:
         assert model.normalization == ("LayerNorm" if knobs.model.norm_type == "layernorm" else "RMSNorm")
         assert (model.gated_linear_unit, model.qk_layernorm) == (knobs.model.gated_mlp, knobs.model.qk_norm)
     # The pipeline split and schedule.
-    if knobs.uneven_pipeline:
-        assert (model.num_layers_in_first_pipeline_stage, model.num_layers_in_last_pipeline_stage) == (
-            knobs.stage_layers[0], knobs.stage_layers[-1])
-    else:
-        assert model.num_layers_in_first_pipeline_stage is None and model.num_layers_in_last_pipeline_stage is None
-    assert model.pipeline_model_parallel_layout is None
+    from optimizer.emit.megatron_bridge import split_settings
+    from tests.conformance.test_megatron_lm import built_split
+
+    said = split_settings(knobs)  # the one way the split is said (the others cleared), as Bridge holds it
+    assert (model.account_for_embedding_in_pipeline_split, model.account_for_loss_in_pipeline_split,
+            model.num_layers_in_first_pipeline_stage, model.num_layers_in_last_pipeline_stage) == (
+        said["account_for_embedding_in_pipeline_split"], said["account_for_loss_in_pipeline_split"],
+        said["num_layers_in_first_pipeline_stage"], said["num_layers_in_last_pipeline_stage"])
+    assert (model.pipeline_model_parallel_layout is None) == (said["pipeline_model_parallel_layout"] is None)
+
+    assert built_split(model, knobs.pp, knobs.vpp) == [list(chunks) for chunks in knobs.stage_chunks]
     assert (cfg.train.micro_batch_size, cfg.train.global_batch_size) == (knobs.micro_batch,
                                                                         training.global_batch_size)
     assert num_microbatches == knobs.num_microbatches
@@ -321,7 +326,6 @@ REFUSALS = {
     "bridge_cuda_graphs_no_activation_offload": "CUDA graphs not supported with CPU offloading",
     "bridge_fp8_delayed_no_norm_or_moe_act_recompute": "Delayed scaling does not support moe_act and layernorm",
     "bridge_precision_aware_optimizer": "only supported with distributed optimizer",
-    "bridge_uneven_stages_divisible_by_vpp": "must be divisible by virtual pipeline",
     "bridge_ep_overlap_mtp": "larger than 1 when enabling overlap_moe_expert_parallel_comm with MTP",
     "bridge_ep_overlap_cuda_graphs": "not supported with overlap_moe_expert_parallel_comm",
     "bridge_fsdp_default_rank_order": "use_tp_pp_dp_mapping is not supported with Megatron FSDP",

@@ -236,6 +236,7 @@ def check_runs_as_priced(framework, monkeypatch, case) -> None:
     assert args.global_batch_size // (args.micro_batch_size * args.data_parallel_size) == knobs.num_microbatches
     split = built_split(config, knobs.pp, knobs.vpp)
     assert [sum(chunks) for chunks in split] == list(knobs.stage_layers)
+    assert split == [list(chunks) for chunks in knobs.stage_chunks]  # the priced chunks, embedding/loss ones too
     assert (config.recompute_granularity or "none") == knobs.recompute
     if knobs.recompute == "selective":
         assert list(config.recompute_modules) == list(knobs.recompute_modules)

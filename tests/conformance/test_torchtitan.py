@@ -93,9 +93,9 @@ def _own_cases() -> list[ConformanceCase]:
                                                 "fp8_recipe": "mxfp8"}, dict(base, tp=2, dp=4, sequence_parallel=True)),
         case("ZeRO-2, one micro-batch", "llama3-8b", {"seq_length": 4096, "global_batch_size": 16},
              dict(base, dp=8, micro_batch=2, zero_stage=2)),
-        case("uneven interleaved pipeline (80 layers on 6 stages)", "llama3-70b",
+        case("uneven interleaved pipeline (80 layers on 3 stages of 3 chunks, the first one short)", "llama3-70b",
              {"seq_length": 4096, "global_batch_size": 96},
-             dict(base, tp=8, pp=6, dp=2, vpp=2, zero_stage=0, sequence_parallel=True, recompute=2)),
+             dict(base, tp=8, pp=3, dp=2, vpp=3, zero_stage=0, sequence_parallel=True, recompute=2)),
         case("CP 4 with FSDP", "llama3-8b", {"seq_length": 32768, "global_batch_size": 16},
              dict(base, cp=4, dp=2, tp=1, recompute=2)),
         case("MoE ep 8 over tp x dp_shard", "qwen3-30b-a3b", {"seq_length": 4096, "global_batch_size": 64},
@@ -142,19 +142,25 @@ def _parse(argv: tuple[str, ...]):
     return ConfigManager().parse_args(list(argv[argv.index("torchtitan.train") + 1:]))
 
 
-def _stage_layers_per_rank(config, pp: int) -> list[int]:
-    """Layers on each pipeline rank as torchtitan splits them (virtual stage i on rank i mod pp)."""
+def _stage_chunks_per_rank(config, pp: int) -> list[list[int]]:
+    """Layers of each virtual stage of each pipeline rank as torchtitan splits them (virtual stage i on rank
+    i mod pp)."""
     from torchtitan.distributed import ParallelDims
     from torchtitan.distributed.pipeline_parallel import _generate_llm_fqn_per_model_part, _get_pipeline_metadata
 
     dims = ParallelDims.from_config(config.parallelism, world_size=_world(config))
     stages, layers, first, last = _get_pipeline_metadata(dims, config.parallelism, config.model_spec.model)
     parts = _generate_llm_fqn_per_model_part(stages, layers, first, last)
-    per_rank = [0] * pp
+    per_rank: list[list[int]] = [[] for _ in range(pp)]
     for i, part in enumerate(parts):
-        per_rank[i % pp] += sum(1 for name in part if name.startswith("layers."))
+        per_rank[i % pp].append(sum(1 for name in part if name.startswith("layers.")))
     assert stages == pp * (stages // pp)
     return per_rank
+
+
+def _stage_layers_per_rank(config, pp: int) -> list[int]:
+    """Layers on each pipeline rank as torchtitan splits them."""
+    return [sum(chunks) for chunks in _stage_chunks_per_rank(config, pp)]
 
 
 def _world(config) -> int:
@@ -200,6 +206,7 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
         per_rank = _stage_layers_per_rank(config, dims.pp)
         assert per_rank[0] == knobs.stage_layers[0] and per_rank[-1] == knobs.stage_layers[-1]
         assert per_rank[1:-1] == list(knobs.stage_layers[1:-1])
+        assert _stage_chunks_per_rank(config, dims.pp) == [list(chunks) for chunks in knobs.stage_chunks]
         stages_per_rank = len(_parts(config, dims)) // dims.pp
         assert stages_per_rank == knobs.vpp
         assert issubclass(schedule, PipelineScheduleMulti) == (knobs.vpp > 1)
