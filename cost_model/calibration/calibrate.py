@@ -195,8 +195,8 @@ def preset_values(values: dict[str, float]) -> dict[str, dict[str, float]]:
             fields["gemm_efficiency"] = round(fitted["gemm_efficiency"], 3)
         if gpu.peak_tflops_fp8 and fitted.get("gemm_efficiency_fp8"):
             fields["gemm_efficiency_fp8"] = round(fitted["gemm_efficiency_fp8"], 3)
-        if f"attention.{family}" in values:
-            fields["attention_efficiency"] = round(values[f"attention.{family}"], 3)
+        if fitted:
+            fields["attention_efficiency"] = round(fitted["attention_efficiency"], 3)
         if fields:
             out[preset] = fields
     return out
@@ -213,7 +213,8 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
         text = path.read_text(encoding="utf-8")
         for key, value in fields.items():
             family = gpu_family_of_preset(preset)
-            formula = (f"attention.{family}" if key == "attention_efficiency" else
+            formula = (f"gemm.bf16 x family.{family}.bf16 x attention.vs_gemm x attention.{family}"
+                       if key == "attention_efficiency" else
                        f"gemm.bf16 x family.{family}.bf16" + (f" x gemm.fp8_vs_bf16 x family.{family}.fp8"
                                                               if key.endswith("fp8") else ""))
             line = (f"  {key}: {value:<8}# fitted by `plan-search calibrate`: {formula} "
