@@ -304,7 +304,10 @@ def test_step_time_never_falls_with_more_recompute(data):
 @given(st.data())
 def test_more_data_parallel_never_raises_model_states(data):
     """More GPUs as more data-parallel replicas (tp, cp, pp, ep, etp and every knob fixed) never raise
-    the weights, gradients or optimizer states a rank holds, on any stage, nor the peak memory."""
+    the weights, gradients or optimizer states a rank holds, on any stage, nor the peak memory apart
+    from NCCL's buffers: a group that grows past one rank (the data-parallel group from one replica to
+    two, the expert-data-parallel group once tp x cp x dp exceeds etp x ep) gets a communicator, whose
+    buffers are real device memory (NCCL ``src/init.cc`` defaults, 294 MiB)."""
     d = data.draw(S.scenarios())
     gb = d.training.global_batch_size
     options = S.layouts(d.model, d.training, d.cluster)
@@ -324,7 +327,10 @@ def test_more_data_parallel_never_raises_model_states(data):
     for part in ("weights", "gradients", "optimizer"):
         values = getattr(mem.by_stage, part)[:, exists]
         assert np.all(values[1:] <= values[:-1] * tol), (part, dps, values)
-    assert np.all(mem.peak_bytes[1:] <= mem.peak_bytes[:-1] * tol), (dps, mem.peak_bytes)
+    peak = mem.peak_stage
+    buffers = np.take_along_axis(mem.by_stage.communicator_buffers, peak[:, None], axis=1)[:, 0]
+    without_buffers = mem.peak_bytes - buffers
+    assert np.all(without_buffers[1:] <= without_buffers[:-1] * tol), (dps, mem.peak_bytes, buffers)
 
 
 # ---- the search ------------------------------------------------------------------------------
