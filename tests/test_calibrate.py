@@ -12,7 +12,8 @@ import yaml
 
 from cost_model.calibration import calibrate as calibration
 from cost_model.calibration.bands import FITTED_FILE
-from cost_model.calibration.fit import BY_NAME, PARAMETERS, fit, kendall_tau, leave_one_source_out, price, priors
+from cost_model.calibration.fit import (BY_NAME, PARAMETERS, fit, kendall_tau, leave_one_source_out, price, priors,
+                                        stack_efficiency)
 from cost_model.calibration.validate import DEFAULT_DATASET, prepare_row
 from hardware.errors import read_yaml_mapping
 from hardware.loader import load_cluster
@@ -150,8 +151,7 @@ def test_presets_and_stacks_hold_what_the_calibration_wrote():
         for key, value in fields.items():
             assert getattr(gpu, key) == pytest.approx(value, abs=1.5e-3), (preset, key)
     for name, spec in stacks().items():
-        if f"stack.{name}" in values:
-            assert spec.kernel_efficiency == pytest.approx(values[f"stack.{name}"], abs=1.5e-3), name
+        assert spec.kernel_efficiency == pytest.approx(stack_efficiency(values, name), abs=1.5e-3), name
     for parameter in PARAMETERS:
         assert parameter.low <= values[parameter.name] <= parameter.high
         assert math.isfinite(values[parameter.name])

@@ -171,21 +171,24 @@ def test_flash_attention_2_is_native_on_ampere_only():
 def test_unfused_attention_is_bandwidth_bound_by_hand():
     """Korthikanti et al. 2022's 22B layer (h 6144, 64 heads of 96, TP 8, micro-batch 4, 2K tokens,
     dropout): 8 heads x 4 sequences per rank. QK^T writes 4 x 8 x 2048^2 fp16 scores (268 MB) after
-    doing 96 FLOPs per score (26 GFLOP); AV reads them back, on A100 (268 TFLOP/s GEMMs, 1.73 TB/s) for
+    doing 96 FLOPs per score (26 GFLOP); AV reads them back, on A100 (~230 TFLOP/s GEMMs, 1.73 TB/s) for
     longer than its math; softmax (4 B/score) and dropout (5 B) stream them in between."""
     from cost_model.compute import layer_times
     from cost_model.plan import PlanArrays
+    from cost_model.stacks import stack_spec
     model = _gpt(48, 6144, 64, 2048, add_bias_linear=True)
     training = TrainingSpec(seq_length=2048, global_batch_size=4, precision="fp16", dropout=True,
                             flash_attention=False, overlap_grad_reduce=False, stack="megatron-lm-2021")
     plans = PlanArrays.from_records([dict(tp=8, micro_batch=4, recompute="selective", sequence_parallel=True)])
     dense, _ = layer_times(model, training, plans, A100, CostOptions())
     bandwidth = 2039e9 * 0.85
+    # The A100 preset's fitted GEMM share times the stack's fitted kernel efficiency (both ~0.75-0.8).
+    gemm = 312e12 * A100.gemm_efficiency * stack_spec("megatron-lm-2021").kernel_efficiency
     rows, scores = 4 * 8 * 2048, 4 * 8 * 2048 * 2048
     # QK^T: 96-step main loops, then each tile's store: the math and the 268 MB write add up.
-    qk = 2 * rows * 2048 * 96 / (312e12 * 0.86 * (4096 / 4104)) + scores * 2 / bandwidth + 4e-6  # 512 x 8 tiles, waves of 108
+    qk = 2 * rows * 2048 * 96 / (gemm * (4096 / 4104)) + scores * 2 / bandwidth + 4e-6  # 512 x 8 tiles, waves of 108
     # AV streams the scores through its 2048-step main loop: the roofline, bandwidth bound.
-    av_compute = 2 * rows * 96 * 2048 / (312e12 * 0.86)
+    av_compute = 2 * rows * 96 * 2048 / gemm
     av = ((rows * 2048 + 2048 * 96) * 2 + rows * 96 * 2) / bandwidth + 4e-6
     assert av - 4e-6 > av_compute
     expected = qk + av + 9 * scores / bandwidth
