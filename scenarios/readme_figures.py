@@ -19,7 +19,9 @@ Blocks:
 * ``search``: ``plan-search examples/cluster.yaml examples/model.yaml --top 5``, as printed;
 * ``no-fit``: ``plan-search h100x8 llama3-405b --seq-len 8192 --global-batch 64`` (nothing fits);
 * ``procurement``: the bundled what-if study (``scenarios/examples/procurement_405b.yaml``): every
-  option's best-plan time and cost and the cost-vs-time frontier, as the study's ``summary.md`` has them.
+  option's best-plan time and cost and the cost-vs-time frontier, as the study's ``summary.md`` has them;
+* ``calibration``: the fitted parameters and the leave-one-source-out errors that ``plan-search
+  calibrate --write`` stored in ``cost_model/calibration/fitted.yaml``.
 
 Wall-clock figures ("searched in 0.11 s") differ from run to run; the check compares them as ``<t>``.
 """
@@ -105,7 +107,36 @@ def procurement_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = (Block("search", search_block), Block("no-fit", no_fit_block), Block("procurement", procurement_block))
+def calibration_block() -> str:
+    """The stored calibration (``cost_model/calibration/fitted.yaml``, written by ``plan-search calibrate
+    --write``): every fitted parameter against its prior, and each source's error with every source in
+    the fit and with that source left out."""
+    from cost_model.calibration.stored import FITTED_FILE
+    from hardware.errors import read_yaml_mapping
+
+    document = read_yaml_mapping(FITTED_FILE)
+    lines = ["| parameter | prior | fitted | runs | what it is |", "|---|---:|---:|---:|---|"]
+    for name, entry in document["parameters"].items():
+        lines.append(f"| `{name}` | {entry['prior']:g} | {entry['value']:.3g} | {entry['rows']} | {entry['meaning']} |")
+    cross = document["cross_validation"]
+    lines += ["", "| source | runs | fitted median \\|error\\| | held-out median \\|error\\| | held-out signed |",
+              "|---|---:|---:|---:|---:|"]
+    for source in cross["sources"]:
+        lines.append(f"| `{source['source_group']}` | {source['rows']} | {source['fitted_median_abs_error']:.1%} | "
+                     f"{source['held_out_median_abs_error']:.1%} | {source['held_out_median_signed_error']:+.1%} |")
+    overall = cross["overall"]
+    lines += ["", f"All {overall['rows']} runs: fitted median |error| {overall['fitted_median_abs_error']:.1%}; "
+              f"leave-one-source-out median |error| {overall['held_out_median_abs_error']:.1%}, signed "
+              f"{overall['held_out_median_signed_error']:+.1%}, {overall['held_out_rows_beyond_25pct']} runs beyond 25%, "
+              f"worst source {overall['worst_source_median_abs_error']:.1%}. Layout ranking within "
+              f"{overall['ranking_groups']} groups of at least 4 layouts: median Kendall tau "
+              f"{overall['median_kendall_tau']:.2f}, the measured best in the predicted top 3 in "
+              f"{overall['groups_with_best_in_top3']}."]
+    return "\n".join(lines)
+
+
+BLOCKS = (Block("search", search_block), Block("no-fit", no_fit_block), Block("procurement", procurement_block),
+          Block("calibration", calibration_block))
 
 
 def _markers(name: str) -> tuple[str, str]:
