@@ -17,7 +17,7 @@ training setup (``training.stack``), and it sets
   stack's description, sources and fitted value live.
 
 The stack names are those of the ecosystem: ``megatron-core`` (default), ``megatron-lm-2021``,
-``megatron-deepspeed``, ``deepspeed-zero3``, ``torchtitan``, ``composer-fsdp``.
+``megatron-deepspeed``, ``deepspeed-zero3``, ``torchtitan``, ``composer-fsdp``, ``fairscale-fsdp``.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def stacks() -> dict[str, StackSpec]:
 
 
 STACK_NAMES = ("megatron-core", "megatron-lm-2021", "megatron-deepspeed", "deepspeed-zero3", "torchtitan",
-               "composer-fsdp")
+               "composer-fsdp", "fairscale-fsdp")
 """The stacks plan-search prices (the keys of ``stacks.yaml``)."""
 
 

@@ -142,7 +142,7 @@ class TrainingSpec:
     stack: str = "megatron-core"
     """Software stack the run uses (:mod:`cost_model.stacks`): ``megatron-core`` (default, Megatron-Core
     with Transformer Engine), ``megatron-lm-2021``, ``megatron-deepspeed``, ``deepspeed-zero3``,
-    ``torchtitan`` or ``composer-fsdp``. It sets which kernels are fused, which overlaps exist and the
+    ``torchtitan``, ``composer-fsdp`` or ``fairscale-fsdp``. It sets which kernels are fused, which overlaps exist and the
     stack's fitted kernel efficiency; settings the input leaves out (flash attention, fused cross
     entropy, overlapped gradient reduction) take the stack's."""
 

@@ -14,8 +14,9 @@ prior spread and hard bounds:
   family.<f>.bf16`` and its ``gemm_efficiency_fp8`` that times ``gemm.fp8_vs_bf16 x family.<f>.fp8``.
 * ``attention.vs_gemm`` x ``attention.<family>``: the forward rate of the reference stack's fused
   attention at head dim 128 on long non-causal sequences, relative to the same GPU's BF16 GEMM share
-  (prior 0.9 from the FlashAttention-2/-3 papers against cuBLAS), and each generation's departure from
-  that ratio (prior 1 +- 15%); head dim, length, causal tiles and backward scale it
+  and each generation's departure from that ratio (+-15%), with priors from each generation's
+  published attention kernel against its cuBLAS GEMMs (FlashAttention-2 on A100 0.85, FlashAttention-3
+  on H100 0.93, cuDNN on B200 0.85); head dim, length, causal tiles and backward scale it
   (:func:`cost_model.compute.flash_attention_rates`). Tying attention to the GEMMs lets long-context
   rows of one source inform the others. ``flash_attention_2_share``: FlashAttention-2's rate on Hopper
   and Blackwell relative to the native kernels (stacks that run it, :mod:`cost_model.stacks`).
@@ -96,16 +97,19 @@ PARAMETERS: tuple[Parameter, ...] = (
                 "every generation's cuBLAS reaches a similar share of its own peak (REFERENCE.md)")
       for family, precision in (("ampere", "bf16"), ("hopper", "bf16"), ("hopper", "fp8"),
                                 ("blackwell", "bf16"), ("blackwell", "fp8"))),
-    Parameter("attention.vs_gemm", 0.90, 0.30, 0.3, 1.5,
+    Parameter("attention.vs_gemm", 0.876, 0.30, 0.3, 1.5,
               "forward rate of the reference stack's fused attention at head dim 128 on long non-causal sequences, "
               "relative to the BF16 GEMM share of the same GPU (cost_model.compute.flash_attention_rates)",
-              "FlashAttention-3 forward 740 TFLOP/s against cuBLAS 792 on H100 (0.93); FlashAttention-2 forward "
-              "73% of A100's peak against cuBLAS 86% (0.85) (Shah et al. 2024; Dao 2023; REFERENCE.md)"),
-    *(Parameter(f"attention.{family}", 1.0, 0.15, 0.5, 2.0,
-                f"{family} GPUs' departure from the shared attention-to-GEMM rate",
-                "each generation's flash kernel is written for it (FA2 on Ampere, FA3/cuDNN on Hopper, cuDNN on "
-                "Blackwell): a similar ratio to its own GEMMs")
-      for family in ("ampere", "hopper", "blackwell")),
+              "geometric mean of the three generations' kernel-to-cuBLAS ratios below"),
+    *(Parameter(f"attention.{family}", prior, 0.15, 0.5, 2.0,
+                f"{family} GPUs' departure from the shared attention-to-GEMM rate", source)
+      for family, prior, source in (
+          ("ampere", 0.969, "FlashAttention-2 forward 73% of A100's peak (Dao 2023, section 4.1) against cuBLAS "
+                            "86% (REFERENCE.md): 0.849 = 0.969 x 0.876"),
+          ("hopper", 1.067, "FlashAttention-3 forward 740 of 989 TFLOP/s (Shah et al. 2024) against cuBLAS 80% "
+                            "(REFERENCE.md): 0.935 = 1.067 x 0.876"),
+          ("blackwell", 0.966, "cuDNN forward ~1.23 of 2.25 PFLOP/s on B200 (Together AI, FlashAttention-4 blog) "
+                               "against cuBLAS 0.63-0.67 (pytorch/ao #2427): 0.846 = 0.966 x 0.876"))),
     Parameter("flash_attention_2_share", 0.47, 0.30, 0.2, 1.0,
               "FlashAttention-2's rate on Hopper and Blackwell relative to the native kernels",
               "FlashAttention-3 paper (Shah et al. 2024, section 1): FA2 at 35% of H100's peak against FA3's 75%"),
