@@ -97,6 +97,20 @@ class GPUSpec(_Frozen):
     hbm_efficiency: float = Field(default=0.85, **_FRACTION, description=(
         "Achievable fraction of hbm_GBps for streaming element-wise kernels (typically 0.8-0.9)."))
     tdp_w: float | None = Field(default=None, gt=0, description="Board power limit (TDP) in watts.")
+    power_compute_fraction: float = Field(default=1.0, **_FRACTION, description=(
+        "Board power while computing, as a fraction of tdp_w: GEMM-bound training kernels run at the power "
+        "cap (Patel et al. 2024, 'Characterizing Power Management Opportunities for LLMs in the Cloud': "
+        "training iterations reach or exceed TDP). What cost_model.power prices compute, recompute and "
+        "the optimizer step at."))
+    power_comm_fraction: float = Field(default=0.3, **_FRACTION, description=(
+        "Board power while the GPU only communicates (exposed TP/CP/EP/PP/DP traffic, offload copies), as a "
+        "fraction of tdp_w: near idle (Choukse et al. 2025, 'Power Stabilization for AI Training "
+        "Datacenters', arXiv 2508.14318: communication phases draw near idle power) plus the NCCL kernels' "
+        "few SMs and the HBM/link traffic; at least power_idle_fraction."))
+    power_idle_fraction: float = Field(default=0.2, **_FRACTION, description=(
+        "Board power while the GPU waits (pipeline bubbles, kernel-issue gaps), clocks up and memory "
+        "allocated, as a fraction of tdp_w (H100 SXM: 140-145 W of 700 W at 0% utilisation in P0 with 71 GiB "
+        "allocated, nvidia-smi in wilicc/gpu-burn#114); at most power_comm_fraction."))
     host_link_GBps: float | None = Field(default=None, gt=0, description=(
         "Achievable copy bandwidth between this GPU and host memory, per direction, in GB/s (1e9 bytes/s): "
         "what activation and optimizer offload move data at. None = a PCIe Gen5 x16 link "
@@ -104,6 +118,17 @@ class GPUSpec(_Frozen):
     num_sms: int | None = Field(default=None, gt=0, description=(
         "Streaming multiprocessors (compute units on AMD): GEMM output tiles are scheduled in waves of "
         "this many, so a GEMM with few tiles leaves SMs idle (wave quantization). None = ignore."))
+
+    @model_validator(mode="after")
+    def _power_states_ordered(self) -> "GPUSpec":
+        """A waiting GPU draws no more than a communicating one, and that no more than a computing one:
+        cost_model.power relies on it (more bubble time never raises the average power)."""
+        if not self.power_idle_fraction <= self.power_comm_fraction <= self.power_compute_fraction:
+            raise OutOfBounds("power_idle_fraction", (
+                f"power fractions must satisfy idle <= comm <= compute, got {self.power_idle_fraction:g}, "
+                f"{self.power_comm_fraction:g}, {self.power_compute_fraction:g}"),
+                "order power_idle_fraction, power_comm_fraction, power_compute_fraction from low to high")
+        return self
 
 
 class CollectiveEfficiency(_Frozen):
