@@ -73,6 +73,7 @@ from .options import CostOptions
 from .params import ParameterCounts
 from .activations import recomputes
 from .plan import PlanArrays
+from .power import plan_power
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
 from .training_spec import TrainingSpec
@@ -118,6 +119,14 @@ class PlanMetrics:
     gpu_hours: np.ndarray
     cost_usd: np.ndarray
     energy_kwh: np.ndarray
+    """Facility energy of the run: average power x time to train (:mod:`cost_model.power`)."""
+    gpu_power_w: np.ndarray
+    """Average board power of one GPU over a step: TDP x the power fraction of each state (computing,
+    communicating, waiting) weighted by its share of the step (:mod:`cost_model.power`)."""
+    power_mw: np.ndarray
+    """Average facility power of the job: GPUs, the rest of their nodes and the PUE, in megawatts."""
+    peak_power_mw: np.ndarray
+    """Facility power while every GPU computes at once (what a site's supply must carry), in megawatts."""
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -142,7 +151,8 @@ class PlanMetrics:
         arrays = {f: join([getattr(p, f) for p in parts]) for f in (
             "num_microbatches", "memory_bytes", "memory_parts_bytes", "peak_stage", "step_time_s",
             "step_time_parts_s", "bottleneck_stage", "tokens_per_s", "hardware_flops_per_step", "mfu", "hfu",
-            "tflops_per_gpu", "comm_bytes_per_step", "time_to_train_s", "gpu_hours", "cost_usd", "energy_kwh")}
+            "tflops_per_gpu", "comm_bytes_per_step", "time_to_train_s", "gpu_hours", "cost_usd", "energy_kwh",
+            "gpu_power_w", "power_mw", "peak_power_mw")}
         return cls(plans=PlanArrays.concatenate([p.plans for p in parts]),
                    model_flops_per_step=parts[0].model_flops_per_step, **arrays)
 
@@ -171,6 +181,9 @@ class PlanMetrics:
         columns["gpu_hours"] = self.gpu_hours
         columns["cost_usd"] = self.cost_usd
         columns["energy_mwh"] = self.energy_kwh / 1000
+        columns["gpu_power_w"] = self.gpu_power_w
+        columns["power_mw"] = self.power_mw
+        columns["peak_power_mw"] = self.peak_power_mw
         return pd.DataFrame(columns)
 
 
@@ -432,8 +445,9 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     gpu_hours = time_to_train * num_gpus / 3600
     price = cluster.economics.price_per_gpu_hour_usd
     cost = gpu_hours * price if price is not None else np.full(len(plans), np.nan)
-    power_w = cluster.economics.power_per_gpu_w or gpu.tdp_w
-    energy = (gpu_hours * power_w * cluster.economics.pue / 1000) if power_w else np.full(len(plans), np.nan)
+    # energy from the power of each state of the step (computing, communicating, waiting), not nameplate
+    power = plan_power(cluster, parts, step, num_gpus)
+    energy = power.power_mw * 1000 * time_to_train / 3600
 
     return PlanMetrics(
         plans=plans, num_microbatches=m, memory_bytes=memory_bytes, memory_parts_bytes=memory_parts,
@@ -441,5 +455,6 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         tokens_per_s=tokens_per_s, model_flops_per_step=model_flops, hardware_flops_per_step=hardware_flops,
         mfu=mfu, hfu=hfu, tflops_per_gpu=model_flops / (step * num_gpus) / 1e12, comm_bytes_per_step=comm,
         time_to_train_s=time_to_train, gpu_hours=gpu_hours, cost_usd=cost, energy_kwh=energy,
+        gpu_power_w=power.gpu_w, power_mw=power.power_mw, peak_power_mw=power.peak_power_mw,
         extras={"memory_by_stage": memory, "stages": stages, "step_time_by_stage": t_mb},
     )
