@@ -95,6 +95,8 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float, band: Band | None = N
             "comm_gb_per_step": {d: metrics.comm_bytes_per_step[d][i] / 1e9 for d in COMM_DIMS},
             "time_to_train_days": metrics.time_to_train_s[i] / 86400, "gpu_hours": metrics.gpu_hours[i],
             "cost_usd": metrics.cost_usd[i], "energy_mwh": metrics.energy_kwh[i] / 1000,
+            "gpu_power_w": metrics.gpu_power_w[i], "power_mw": metrics.power_mw[i],
+            "peak_power_mw": metrics.peak_power_mw[i],
             "fits": metrics.memory_bytes[i] <= limit_bytes,
             "stages": stage_records(metrics, i),
         }
