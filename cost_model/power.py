@@ -74,6 +74,30 @@ class PlanPower:
     """Facility power while every GPU computes at once, in megawatts."""
 
 
+def host_power_w(cluster: ClusterSpec) -> float:
+    """The rest of the node per GPU: the all-in power per GPU less the GPU's TDP (0 when either is
+    unknown: the GPU's own power is then all there is)."""
+    economics, tdp = cluster.economics, cluster.gpu.tdp_w
+    if economics.power_per_gpu_w is None or tdp is None:
+        return 0.0
+    return max(0.0, economics.power_per_gpu_w - tdp)
+
+
+def peak_power_per_gpu_w(cluster: ClusterSpec) -> float:
+    """Facility power per GPU while every GPU computes: (f_compute x TDP + host) x PUE; without a TDP
+    the flat all-in figure x PUE (NaN when neither is known)."""
+    gpu, economics = cluster.gpu, cluster.economics
+    if gpu.tdp_w is None:
+        flat = economics.power_per_gpu_w if economics.power_per_gpu_w is not None else float("nan")
+        return flat * economics.pue
+    return (gpu.tdp_w * gpu.power_compute_fraction + host_power_w(cluster)) * economics.pue
+
+
+def cluster_peak_power_mw(cluster: ClusterSpec) -> float:
+    """What the whole cluster draws while a job on all its GPUs computes: what a site must supply."""
+    return cluster.num_gpus * peak_power_per_gpu_w(cluster) / 1e6
+
+
 def state_seconds(parts_s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Seconds per step in each power state, from the step-time breakdown."""
     unknown = set(parts_s) - set(STATE_OF_PART)
@@ -101,7 +125,7 @@ def plan_power(cluster: ClusterSpec, parts_s: dict[str, np.ndarray], step_s: np.
                 "idle": gpu.power_idle_fraction}
     energy_j = sum(gpu.tdp_w * fraction[state] * seconds[state] for state in STATES)
     gpu_w = energy_j / step_s
-    host_w = max(0.0, economics.power_per_gpu_w - gpu.tdp_w) if economics.power_per_gpu_w is not None else 0.0
+    host_w = host_power_w(cluster)
     power_mw = num_gpus * (gpu_w + host_w) * economics.pue / 1e6
-    peak_mw = num_gpus * (gpu.tdp_w * gpu.power_compute_fraction + host_w) * economics.pue / 1e6
+    peak_mw = num_gpus * peak_power_per_gpu_w(cluster) / 1e6
     return PlanPower(gpu_w=gpu_w, host_w=host_w, power_mw=power_mw, peak_power_mw=peak_mw)

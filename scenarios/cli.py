@@ -114,6 +114,10 @@ def whatif_command(
 ) -> None:
     """Compare cluster options for one model and token budget: summary.md, tables and figures.
 
+    Options are ranked by effective days and cost (failures, checkpoints and restarts counted), with
+    each option's average and peak megawatts, energy and (with energy_price_usd_per_mwh) its cost; an
+    option whose peak exceeds the study's site_power_mw is dropped, and the command says so.
+
     Exit status: 0 the study ran (an option where nothing fits is an answer: a row saying why); 1 some
     search failed (the report is still written, the failures are listed; --allow-errors makes this 0);
     2 bad input or a missing optional package, found before any search."""
@@ -131,6 +135,8 @@ def whatif_command(
     result = run_study(study, workers=workers)
     for path in write_report(result, out_dir):
         typer.echo(f"wrote {path}")
+    for line in result.dropped:
+        typer.echo(f"dropped {line}")
     errors = result.errors
     if errors:
         total = len(result.options) + len(result.sensitivity)

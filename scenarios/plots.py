@@ -61,29 +61,31 @@ def _save(figure, stem: Path) -> list[Path]:
 
 
 def pareto_plot(options: pd.DataFrame, stem: Path, title: str, subtitle: str = "") -> list[Path]:
-    """Cost (US$ millions) against time-to-train (days), one point per cluster option's best plan, each
+    """Effective cost (US$ millions) against effective time-to-train (days: failures, checkpoints and
+    restarts counted), one point per cluster option's best plan, each
     labelled with its GPU count and price per GPU-hour; the options on the cost-vs-time Pareto frontier
     are joined by a line. Options without a plan are listed under the plot with their status, so an
     option that fits nowhere is never silently missing. Uses the columns ``option``, ``status``,
-    ``num_gpus``, ``price_per_gpu_hour_usd``, ``time_to_train_days``, ``cost_usd`` and ``pareto``."""
+    ``num_gpus``, ``price_per_gpu_hour_usd``, ``effective_time_to_train_days``, ``effective_cost_usd`` and
+    ``pareto``."""
     ok = options[options["status"] == "ok"]
     figure, axis = plt.subplots(figsize=(8.5, 5.4))
-    front = ok[ok["pareto"].astype(bool)].sort_values("time_to_train_days")
+    front = ok[ok["pareto"].astype(bool)].sort_values("effective_time_to_train_days")
     dominated = ok[~ok["pareto"].astype(bool)]
-    axis.scatter(dominated["time_to_train_days"], dominated["cost_usd"] / 1e6, s=55, color="0.55",
+    axis.scatter(dominated["effective_time_to_train_days"], dominated["effective_cost_usd"] / 1e6, s=55, color="0.55",
                  label="dominated: another option is faster and cheaper", zorder=3)
-    axis.scatter(front["time_to_train_days"], front["cost_usd"] / 1e6, s=75, color=TIME_COLOR,
+    axis.scatter(front["effective_time_to_train_days"], front["effective_cost_usd"] / 1e6, s=75, color=TIME_COLOR,
                  label="Pareto frontier: no option is both faster and cheaper", zorder=4)
-    axis.plot(front["time_to_train_days"], front["cost_usd"] / 1e6, color=TIME_COLOR, linewidth=1.5, zorder=2)
-    points = [((row["time_to_train_days"], row["cost_usd"] / 1e6),
+    axis.plot(front["effective_time_to_train_days"], front["effective_cost_usd"] / 1e6, color=TIME_COLOR, linewidth=1.5, zorder=2)
+    points = [((row["effective_time_to_train_days"], row["effective_cost_usd"] / 1e6),
                f"{row['option']}\n{_gpus(row['num_gpus'])} at ${row['price_per_gpu_hour_usd']:.2f}/GPU-h")
               for _, row in ok.iterrows()]
-    axis.set_xlabel("time to train (days)")
-    axis.set_ylabel("cost (US$ millions)")
+    axis.set_xlabel("effective time to train (days; failures, checkpoints and restarts counted)")
+    axis.set_ylabel("effective cost (US$ millions)")
     if len(ok):
         # zero-anchored, with room for the labels right of and above the points
-        axis.set_xlim(0, float(ok["time_to_train_days"].max()) * 1.3)
-        axis.set_ylim(0, float(ok["cost_usd"].max()) / 1e6 * 1.2)
+        axis.set_xlim(0, float(ok["effective_time_to_train_days"].max()) * 1.3)
+        axis.set_ylim(0, float(ok["effective_cost_usd"].max()) / 1e6 * 1.2)
     else:
         axis.text(0.5, 0.5, "no option has a plan that fits", transform=axis.transAxes, ha="center",
                   color=NOFIT_COLOR)
@@ -96,11 +98,85 @@ def pareto_plot(options: pd.DataFrame, stem: Path, title: str, subtitle: str = "
     missing = options[options["status"] != "ok"]
     if len(missing):
         text = "; ".join(f"{row['option']} ({_gpus(row['num_gpus'])}): "
-                         + ("no plan fits in memory" if row["status"] == "no_fit" else "search failed")
+                         + _missing_reason(row["status"])
                          for _, row in missing.iterrows())
         figure.text(0.01, -0.02, "Not shown: " + text, fontsize=8, color=NOFIT_COLOR, ha="left", va="top",
                     wrap=True)
     return _save(figure, stem)
+
+
+def _missing_reason(status: str) -> str:
+    return {"no_fit": "no plan fits in memory", "over_power_cap": "over the site's power cap"}.get(status, "search failed")
+
+
+def scaling_plot(options: pd.DataFrame, stem: Path, title: str, site_power_mw: float | None = None) -> list[Path]:
+    """Where adding GPUs stops paying, per GPU type: two panels against cluster size (GPUs, log scale):
+    ETTR (the share of wall-clock time that trains), and time to train, nominal (every step runs,
+    dashed) and effective (failures, checkpoints and restarts counted, solid). Each effective step up in
+    size is labelled with what it buys: the fraction of the ideal speed-up reached (1 = days fall in
+    proportion to GPUs; 0 = no faster; below 0 = slower). Options over the site's power cap are drawn as
+    red bands on the size axis. Uses ``gpu``, ``num_gpus``, ``status``, ``ettr``, ``time_to_train_days``
+    and ``effective_time_to_train_days``."""
+    figure, (ettr_axis, days_axis) = plt.subplots(1, 2, figsize=(12, 5.0))
+    ok = options[options["status"] == "ok"].sort_values("num_gpus", kind="stable")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (gpu, rows) in enumerate(ok.groupby("gpu", sort=False)):
+        color = colors[i % len(colors)]
+        gpus = rows["num_gpus"].astype(float).to_numpy()
+        effective = rows["effective_time_to_train_days"].astype(float).to_numpy()
+        ettr_axis.plot(gpus, rows["ettr"].astype(float), marker="o", color=color, label=gpu)
+        days_axis.plot(gpus, rows["time_to_train_days"].astype(float), marker="o", color=color, linestyle="--",
+                       linewidth=1.0, alpha=0.6)
+        days_axis.plot(gpus, effective, marker="o", color=color, label=gpu)
+        for j in range(1, len(gpus)):
+            share = scaling_efficiency(gpus[j - 1], effective[j - 1], gpus[j], effective[j])
+            days_axis.annotate(f"{share:.0%} of ideal", (gpus[j], effective[j]), textcoords="offset points",
+                               xytext=(0, 8), ha="center", fontsize=7, color=color)
+        for x, y in zip(gpus, effective):
+            days_axis.annotate(f"{y:,.1f} d", (x, y), textcoords="offset points", xytext=(0, -12), ha="center",
+                               fontsize=7, color=color)
+    capped = options[options["status"] == "over_power_cap"]
+    for axis in (ettr_axis, days_axis):
+        for _, row in capped.iterrows():
+            axis.axvline(float(row["num_gpus"]), color=NOFIT_COLOR, linewidth=6, alpha=0.25, zorder=1)
+            axis.annotate(f"{row['option']}: over the site's power cap", (float(row["num_gpus"]), 0),
+                          xycoords=("data", "axes fraction"), textcoords="offset points", xytext=(4, 6),
+                          fontsize=7, color=NOFIT_COLOR, rotation=90)
+        axis.set_xscale("log")
+        axis.set_xlabel("cluster size (GPUs, log scale)")
+        axis.xaxis.set_major_formatter(FuncFormatter(_thousands))
+        axis.xaxis.set_minor_formatter(FuncFormatter(lambda value, _p: ""))
+        axis.grid(True, alpha=0.3, which="both")
+    sizes = options["num_gpus"].dropna().astype(float)
+    if len(sizes):
+        ticks = sorted(set(sizes))
+        for axis in (ettr_axis, days_axis):
+            axis.set_xticks(ticks)
+            axis.set_xlim(min(ticks) / 1.4, max(ticks) * 1.4)
+    ettr_axis.set_ylim(0, 1.05)
+    ettr_axis.set_ylabel("ETTR (share of wall-clock time that trains)")
+    ettr_axis.set_title("effective-training-time ratio", fontsize=9)
+    top = float(ok[["time_to_train_days", "effective_time_to_train_days"]].max().max()) if len(ok) else 1.0
+    days_axis.set_ylim(0, top * 1.25 if top > 0 else 1.0)
+    days_axis.set_ylabel("time to train (days)")
+    days_axis.set_title("time to train: effective (solid) and nominal (dashed)", fontsize=9)
+    if len(ok):
+        ettr_axis.legend(fontsize=8, loc="lower left")
+        days_axis.legend(fontsize=8, loc="upper right")
+    else:
+        days_axis.text(0.5, 0.5, "no option has a plan that fits", transform=days_axis.transAxes, ha="center",
+                       color=NOFIT_COLOR)
+    cap = f"; site power cap {site_power_mw:,.0f} MW" if site_power_mw is not None else ""
+    figure.suptitle(title + cap, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, stem)
+
+
+def scaling_efficiency(gpus_before: float, days_before: float, gpus_after: float, days_after: float) -> float:
+    """The share of the ideal speed-up a bigger cluster reaches: (days saved) / (days an ideal, linearly
+    scaling cluster would save). 1 = days fall in proportion to GPUs; 0 = no faster; below 0 = slower."""
+    ideal_saved = days_before * (1 - gpus_before / gpus_after)
+    return (days_before - days_after) / ideal_saved if ideal_saved > 0 else math.nan
 
 
 def sensitivity_plot(sensitivity: pd.DataFrame, axes_spec: list[SensitivityAxis], stem: Path, title: str) -> list[Path]:

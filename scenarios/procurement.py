@@ -9,6 +9,9 @@ A study file names the model, the training run and the cluster options, each at 
                                        # reported as illustrative
     training: {seq_length: 8192, global_batch_tokens: 16777216, train_tokens: 15.0e+12}
     objective: throughput              # how the best plan of each option is chosen
+    site_power_mw: 150                 # optional: the site's supply; an option whose cluster draws more
+                                       # while every GPU computes is dropped, and the report says so
+    energy_price_usd_per_mwh: 80       # optional: what a megawatt-hour costs the operator, US$
     options:
       - {name: H100 x 4096, cluster: h100x4096, price_per_gpu_hour_usd: 2.50}
       - {name: B200 x 2048, cluster: b200x2048, price_per_gpu_hour_usd: 5.00,
@@ -17,10 +20,21 @@ A study file names the model, the training run and the cluster options, each at 
       - {option: H100 x 4096, parameter: topology.nic_gbps, values: [200, 400, 800]}
 
 For each option the plan search finds the best plan; the study reports its time-to-train, GPU-hours,
-dollars and energy, marks the options on the cost-vs-time Pareto frontier (no other option is both
-faster and cheaper), and reruns the search for each sensitivity value. :func:`write_report` writes
-``summary.md`` (readable without the tool), ``options.csv``, ``sensitivity.csv`` and the figures
-``pareto.png/.svg`` and ``sensitivity.png/.svg``.
+dollars, power and energy, nominal (every step runs) and effective (failures, checkpoints and restarts
+counted: the goodput columns), ranks the options by effective days and dollars and marks those on the
+effective cost-vs-time Pareto frontier (no other option is both faster and cheaper), and reruns the
+search for each sensitivity value. :func:`write_report` writes ``summary.md`` (readable without the
+tool), ``options.csv``, ``sensitivity.csv`` and the figures ``pareto.png/.svg``, ``scaling.png/.svg``
+(ETTR and days against cluster size, per GPU) and ``sensitivity.png/.svg``.
+
+Power (:mod:`cost_model.power`): ``power_mw`` is the job's average facility power, from the GPU's power
+while computing, communicating and waiting in the best plan's step; ``peak_power_mw`` is the power while
+every GPU computes at once, which a synchronous job reaches every step, so it is what the site must
+supply. An option whose cluster's peak exceeds ``site_power_mw`` is not searched: its row has status
+``over_power_cap`` and says how many megawatts it needs. Energy is the average power times the
+effective time to train (lost work and restarts keep the cluster powered); its cost is that times
+``energy_price_usd_per_mwh``, reported beside the GPU-hour cost, not added to it (a rental price per
+GPU-hour already includes power; add it yourself for owned clusters).
 
 Every option and sensitivity point is a scenario run by :func:`scenarios.runner.run_task`, so an
 option that fits nowhere is a ``no_fit`` row with its reason (the search's explanation), never a failed
@@ -44,6 +58,7 @@ import pandas as pd
 
 from cost_model.model_loader import ModelInput, build_training, layered_training
 from cost_model.params import ParameterCounts
+from cost_model.power import cluster_peak_power_mw, peak_power_per_gpu_w
 from hardware.yaml_input import checked_path
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.loader import load_cluster
@@ -53,14 +68,14 @@ from optimizer.search import Scenario
 from optimizer.search_options import SearchOptions
 
 from .identity import stable_hash, tool_version
-from .rows import typed_frame
+from .rows import empty_result, typed_frame
 from .runner import run_tasks
 from .sweep_file import (ScenarioTask, _check_objective, _load_cluster, _load_model, _search_options,
                          _training_section, resolved_columns)
 from .sweep_file import _cut as _short_repr  # one way to echo a value in an error line, sweep and study alike
 
 STUDY_KEYS = ("name", "description", "model", "model_name", "price_source", "training", "objective", "top_k",
-              "search", "options", "sensitivity")
+              "search", "site_power_mw", "energy_price_usd_per_mwh", "options", "sensitivity")
 OPTION_KEYS = ("name", "cluster", "price_per_gpu_hour_usd", "overrides")
 SENSITIVITY_KEYS = ("option", "parameter", "values")
 PRICE_FIELD = "economics.price_per_gpu_hour_usd"
@@ -163,6 +178,10 @@ class Study:
     options_spec: SearchOptions
     options: tuple[ClusterOption, ...]
     sensitivities: tuple[Sensitivity, ...]
+    site_power_mw: float | None = None
+    """The site's power supply, MW; options whose cluster draws more at peak are dropped. None = no cap."""
+    energy_price_usd_per_mwh: float | None = None
+    """US$ per MWh of facility energy; None = energy cost not reported."""
 
 
 @dataclass
@@ -174,6 +193,16 @@ class StudyResult:
     """One row per sensitivity point: the parameter's value and the best plan there."""
     plans: pd.DataFrame
     """Every returned plan of every scenario of the study (the tidy table of a sweep)."""
+
+    @property
+    def dropped(self) -> list[str]:
+        """One line per option or sensitivity point over the site's power cap (not searched)."""
+        lines = []
+        for part, frame in (("option", self.options), ("sensitivity", self.sensitivity)):
+            for _, row in frame[frame["status"] == OVER_POWER_CAP].iterrows():
+                where = row["option"] if part == "option" else f"{row['sensitivity']} = {_n(row['value'])}"
+                lines.append(f"{where}: {row['reason']}")
+        return lines
 
     @property
     def errors(self) -> list[str]:
@@ -240,10 +269,23 @@ def load_study(path: str | Path) -> Study:
         raise InputError(source, "sensitivity", "must be a list of studies",
                          "e.g. sensitivity: [{option: H100 x 1024, parameter: topology.nic_gbps, values: [200, 400]}]")
     sensitivities = tuple(_sensitivity(raw, i, names, options, source) for i, raw in enumerate(raw_sensitivity))
+    site_power_mw = _positive(data, "site_power_mw", source, "site_power_mw: 150   # megawatts")
+    energy_price = _positive(data, "energy_price_usd_per_mwh", source, "energy_price_usd_per_mwh: 80")
     return Study(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
                  source=source, model_label=data["model"], model=model,
                  model_name=str(data.get("model_name") or model.spec.name), price_source=data.get("price_source"),
-                 training=training, options_spec=search_options, options=options, sensitivities=sensitivities)
+                 training=training, options_spec=search_options, options=options, sensitivities=sensitivities,
+                 site_power_mw=site_power_mw, energy_price_usd_per_mwh=energy_price)
+
+
+def _positive(data: dict[str, Any], key: str, source: str, example: str) -> float | None:
+    """An optional positive, finite number of the study file (None when absent)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise InputError(source, key, f"must be a positive number, got {_short_repr(value)}", f"e.g. {example}")
+    return float(value)
 
 
 def _check_entry(raw: Any, where: str, known: tuple[str, ...] | list[str], example: str, source: str) -> None:
@@ -329,9 +371,11 @@ def _sensitivity(raw: Any, index: int, names: list[str], options: tuple[ClusterO
     return Sensitivity(option=option, parameter=parameter, values=tuple(values))
 
 
-def _tasks(study: Study) -> list[ScenarioTask]:
-    """The option scenarios first, then each sensitivity point's, in file order."""
+def _tasks(study: Study) -> tuple[list[ScenarioTask], dict[int, str]]:
+    """The option scenarios first, then each sensitivity point's, in file order; and the reason each
+    point over the site's power cap is not searched (by scenario index)."""
     tasks = []
+    over_cap: dict[int, str] = {}
     training = None
     try:
         training = build_training(study.training, source=f"{study.source}: training")
@@ -353,34 +397,65 @@ def _tasks(study: Study) -> list[ScenarioTask]:
         scenario = None
         if cluster is not None:
             scenario = Scenario(model=study.model.spec, training=training, cluster=cluster, options=study.options_spec)
+            reason = over_power_cap(cluster, study.site_power_mw)
+            if reason:
+                over_cap[index] = reason
         params = {"study": study.name, "scenario_index": index, "part": part, "option": option,
                   "sensitivity": study_label, "value": value, "tool_version": tool_version(),
                   "inputs_hash": stable_hash({"scenario": scenario, "error": error, "version": tool_version()}),
                   "model": study.model_label, "cluster": by_name[option].cluster_label}
         params.update(resolved_columns(scenario, study.model, {}, study.options_spec.objective))
         tasks.append(ScenarioTask(index=index, params=params, scenario=scenario, error=error, explain=True))
-    return tasks
+    return tasks, over_cap
+
+
+OVER_POWER_CAP = "over_power_cap"
+"""Status of an option (or sensitivity point) whose cluster draws more than the site's power cap."""
+
+
+def over_power_cap(cluster: ClusterSpec, site_power_mw: float | None) -> str | None:
+    """Why a cluster cannot run on the site, or None: every GPU of a synchronous job computes at once,
+    so the site must carry the cluster's peak (:func:`cost_model.power.cluster_peak_power_mw`)."""
+    if site_power_mw is None:
+        return None
+    peak = cluster_peak_power_mw(cluster)
+    if not peak > site_power_mw:
+        return None
+    per_gpu = peak_power_per_gpu_w(cluster)
+    return (f"needs {_mw(peak)} MW while every GPU computes ({cluster.num_gpus:,} GPUs x {per_gpu:,.0f} W with "
+            f"host share and PUE {cluster.economics.pue:g}), over the site's {_mw(site_power_mw)} MW "
+            f"(site_power_mw); not searched")
+
+
+def _mw(value: float) -> str:
+    """Megawatts to a tenth, or three significant figures for a small cluster (0.0204 MW)."""
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
 
 
 def run_study(study: Study, workers: int | None = None) -> StudyResult:
-    """Search every option and sensitivity point; build the option, sensitivity and plan tables."""
-    tasks = _tasks(study)
+    """Search every option and sensitivity point within the site's power; build the option, sensitivity
+    and plan tables."""
+    tasks, over_cap = _tasks(study)
+    searched = [task for task in tasks if task.index not in over_cap]
+    results = {index: [empty_result(OVER_POWER_CAP, reason, "site_power_mw")] for index, reason in over_cap.items()}
     # closing: a Ctrl-C or an error while results arrive kills the pool's workers at once
-    with contextlib.closing(run_tasks(tasks, workers)) as finished:
-        results = {task.index: rows for task, rows in finished}
+    with contextlib.closing(run_tasks(searched, workers)) as finished:
+        results.update({task.index: rows for task, rows in finished})
     rows = [{**task.params, **row} for task in tasks for row in results[task.index]]
     plans = typed_frame(rows, list(tasks[0].params))
     best = plans[plans["rank"].isna() | (plans["rank"] == 1)]
-    options = best[best["part"] == "option"].reset_index(drop=True).copy()
+    clusters = [task.scenario.cluster if task.scenario is not None else None for task in tasks]
+    options = _with_power(best[best["part"] == "option"], clusters, study)
     ok = (options["status"] == "ok").to_numpy()
     pareto = np.zeros(len(options), dtype=bool)
     if ok.any():
         index = np.flatnonzero(ok)
-        front = pareto_front(options.loc[ok, "time_to_train_days"].to_numpy(float),
-                             options.loc[ok, "cost_usd"].to_numpy(float))
+        front = pareto_front(options.loc[ok, "effective_time_to_train_days"].to_numpy(float),
+                             options.loc[ok, "effective_cost_usd"].to_numpy(float))
         pareto[index[front]] = True
     options["pareto"] = pareto
-    sensitivity = best[best["part"] == "sensitivity"].reset_index(drop=True).copy()
+    options["option_rank"] = _ranks(options)
+    sensitivity = _with_power(best[best["part"] == "sensitivity"], clusters, study)
     sensitivity["study"] = sensitivity["sensitivity"]
     base_plan = dict(zip(options["option"], options["plan"]))
     sensitivity["plan_changed"] = [None if status != "ok" else plan != base_plan.get(option)
@@ -389,15 +464,52 @@ def run_study(study: Study, workers: int | None = None) -> StudyResult:
     return StudyResult(study=study, options=options, sensitivity=sensitivity, plans=plans)
 
 
-OPTION_TABLE = ("option", "num_gpus", "gpu", "price_per_gpu_hour_usd", "status", "plan", "tokens_per_s", "mfu",
-                "memory_gib", "time_to_train_days", "gpu_hours", "cost_usd", "energy_mwh", "pareto", "reason")
+def _with_power(rows: pd.DataFrame, clusters: list[ClusterSpec | None], study: Study) -> pd.DataFrame:
+    """The best-plan rows with what the site sees: the cluster's peak power (also for rows that were not
+    searched), the energy over the effective time to train and its cost."""
+    rows = _goodput_fallback(rows.reset_index(drop=True).copy())
+    peak = [cluster_peak_power_mw(clusters[i]) if clusters[i] is not None else math.nan
+            for i in rows["scenario_index"]]
+    rows["peak_power_mw"] = rows["peak_power_mw"].fillna(pd.Series(peak, index=rows.index, dtype=float))
+    # lost work and restarts keep the cluster powered: energy runs for the effective time
+    rows["effective_energy_mwh"] = rows["power_mw"] * rows["effective_time_to_train_days"] * 24
+    price = study.energy_price_usd_per_mwh
+    rows["energy_cost_usd"] = rows["effective_energy_mwh"] * price if price is not None else math.nan
+    return rows
+
+
+def _goodput_fallback(rows: pd.DataFrame) -> pd.DataFrame:
+    """TEMPORARY until the goodput fields land in the plan records: effective = nominal."""
+    if rows["effective_time_to_train_days"].isna().all():
+        ok = rows["status"] == "ok"
+        rows.loc[ok, "ettr"] = 1.0
+        for nominal in ("time_to_train_days", "gpu_hours", "cost_usd"):
+            rows.loc[ok, f"effective_{nominal}"] = rows.loc[ok, nominal]
+    return rows
+
+
+def _ranks(options: pd.DataFrame) -> list[Any]:
+    """1 = the option that trains soonest, counting failures and restarts; ties go to the cheaper one.
+    Options without a plan are not ranked."""
+    ok = options[options["status"] == "ok"]
+    order = ok.sort_values(["effective_time_to_train_days", "effective_cost_usd"], kind="stable").index
+    ranks = {index: position for position, index in enumerate(order, start=1)}
+    return [ranks.get(index) for index in options.index]
+
+
+GOODPUT_TABLE = ("ettr", "effective_time_to_train_days", "effective_gpu_hours", "effective_cost_usd")
+POWER_TABLE = ("gpu_power_w", "power_mw", "peak_power_mw", "energy_mwh", "effective_energy_mwh", "energy_cost_usd")
+OPTION_TABLE = ("option_rank", "option", "num_gpus", "gpu", "price_per_gpu_hour_usd", "status", "plan",
+                "tokens_per_s", "mfu", "memory_gib", "time_to_train_days", "gpu_hours", "cost_usd", *GOODPUT_TABLE,
+                *POWER_TABLE, "pareto", "reason")
 SENSITIVITY_TABLE = ("sensitivity", "option", "value", "status", "plan", "plan_changed", "tokens_per_s", "mfu",
-                     "memory_gib", "time_to_train_days", "gpu_hours", "cost_usd", "energy_mwh", "reason")
+                     "memory_gib", "time_to_train_days", "gpu_hours", "cost_usd", *GOODPUT_TABLE, *POWER_TABLE,
+                     "reason")
 
 
 def write_report(result: StudyResult, out_dir: str | Path) -> list[Path]:
     """summary.md, options.csv, sensitivity.csv, plans.parquet and the figures, into ``out_dir``."""
-    from .plots import SensitivityAxis, pareto_plot, sensitivity_plot  # matplotlib: only when writing figures
+    from .plots import SensitivityAxis, pareto_plot, scaling_plot, sensitivity_plot  # matplotlib: only here
 
     out = checked_path(out_dir, "--out")
     if out.exists() and not out.is_dir():
@@ -411,6 +523,8 @@ def write_report(result: StudyResult, out_dir: str | Path) -> list[Path]:
     paths.append(out / "plans.parquet")
     paths += pareto_plot(result.options, out / "pareto", f"{study.model_name}: cost vs time to train per cluster option",
                          subtitle=run_description(study) + "; best plan of each option")
+    paths += scaling_plot(result.options, out / "scaling", f"{study.model_name}, {run_description(study)}: "
+                          "what more GPUs buy", site_power_mw=study.site_power_mw)
     if len(result.sensitivity):
         result.sensitivity[list(SENSITIVITY_TABLE)].to_csv(out / "sensitivity.csv", index=False)
         paths.append(out / "sensitivity.csv")
@@ -460,7 +574,11 @@ def summary_markdown(result: StudyResult) -> str:
         f"{1 - study.options_spec.memory_headroom:.0%} of GPU memory.",
         "",
         f"Generated by plan-search {tool_version()} from `{Path(study.source).name}`. "
-        "Cost = GPU-hours x price; energy = GPU-hours x power per GPU (host share included) x PUE.",
+        "Cost = GPU-hours x price. **Effective** days, GPU-hours and cost count failures, checkpoints and "
+        "restarts; ETTR = nominal / effective time (the share of wall-clock time that trains). The options are "
+        "ranked by effective days, then effective cost.",
+        "",
+        *_power_lines(study),
         "",
         *_price_lines(study),
         "",
@@ -468,22 +586,29 @@ def summary_markdown(result: StudyResult) -> str:
         "",
         "## Cluster options",
         "",
-        "| option | GPUs | $/GPU-h | best plan | tokens/s | MFU | memory GiB | days | GPU-hours (M) | cost $M | energy MWh | frontier |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| rank | option | GPUs | $/GPU-h | best plan | MFU | days | ETTR | effective days | effective cost $M "
+        "| MW | peak MW | MWh | energy $M | frontier |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
-    for _, row in options.iterrows():
+    ranked = options.assign(_order=options["option_rank"].fillna(len(options) + 1)).sort_values("_order", kind="stable")
+    for _, row in ranked.iterrows():
         if row["status"] != "ok":
-            lines.append(f"| {row['option']} | {_n(row['num_gpus'])} | {_money(row['price_per_gpu_hour_usd'])} | "
-                         f"{_status_cell(row)} | | | | | | | | |")
+            peak = _opt(row["peak_power_mw"], "{:,.1f}")
+            lines.append(f"| | {row['option']} | {_n(row['num_gpus'])} | {_money(row['price_per_gpu_hour_usd'])} | "
+                         f"{_status_cell(row)} | | | | | | | {peak} | | | |")
             continue
         lines.append(
-            f"| {row['option']} | {_n(row['num_gpus'])} | {_money(row['price_per_gpu_hour_usd'])} | `{row['plan']}` | "
-            f"{row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | {row['memory_gib']:.1f} | {row['time_to_train_days']:.1f} | "
-            f"{row['gpu_hours'] / 1e6:.2f} | {row['cost_usd'] / 1e6:.2f} | {_opt(row['energy_mwh'], '{:,.0f}')} | "
-            f"{'yes' if row['pareto'] else ''} |")
+            f"| {_n(row['option_rank'])} | {row['option']} | {_n(row['num_gpus'])} | "
+            f"{_money(row['price_per_gpu_hour_usd'])} | `{row['plan']}` | {row['mfu']:.1%} | "
+            f"{row['time_to_train_days']:.1f} | {row['ettr']:.1%} | {row['effective_time_to_train_days']:.1f} | "
+            f"{row['effective_cost_usd'] / 1e6:.2f} | {_opt(row['power_mw'], '{:,.1f}')} | "
+            f"{_opt(row['peak_power_mw'], '{:,.1f}')} | {_opt(row['effective_energy_mwh'], '{:,.0f}')} | "
+            f"{_opt(row['energy_cost_usd'] / 1e6, '{:.2f}')} | {'yes' if row['pareto'] else ''} |")
     lines += ["", *_no_fit_lines(options, "option"), "## Cost vs time", ""]
     lines += _frontier_lines(options)
-    lines += ["", "![cost vs time to train](pareto.png)", ""]
+    lines += ["", "![cost vs time to train](pareto.png)", "", "## What more GPUs buy", ""]
+    lines += _scaling_lines(options)
+    lines += ["", "![ETTR and days against cluster size](scaling.png)", ""]
     if len(result.sensitivity):
         lines += ["## Sensitivity", "",
                   "Each study reruns the search on one option with one parameter changed; `plan changed` compares "
@@ -506,8 +631,8 @@ def summary_markdown(result: StudyResult) -> str:
     lines += ["## Files", "",
               ("`options.csv` and `sensitivity.csv` hold these tables" if sensitivity else "`options.csv` holds the "
                "table") + "; `plans.parquet` every returned plan with its memory, time and communication "
-              "breakdowns; " + ("`pareto.svg` and `sensitivity.svg` are the figures" if sensitivity else
-                                "`pareto.svg` is the figure") + " as vector graphics.", ""]
+              "breakdowns; " + ("`pareto.svg`, `scaling.svg` and `sensitivity.svg` are the figures" if sensitivity
+                                else "`pareto.svg` and `scaling.svg` are the figures") + " as vector graphics.", ""]
     return "\n".join(lines)
 
 
@@ -516,7 +641,54 @@ def _status_cell(row: pd.Series) -> str:
     reason = str(row["reason"]) if isinstance(row["reason"], str) else "no reason recorded"
     if row["status"] == "no_fit":
         return f"**no plan fits**: {reason.split('; what would fit')[0]}"
+    if row["status"] == OVER_POWER_CAP:
+        return f"**dropped, over the site's power cap**: {reason}"
     return f"**search failed**: {reason}"
+
+
+def _power_lines(study: Study) -> list[str]:
+    """How power and energy are counted, the site's cap and the energy price."""
+    lines = ["**Power** (`cost_model.power`): MW is the job's average facility power, from each GPU's power while "
+             "computing (its TDP x power_compute_fraction), communicating and waiting in pipeline bubbles (lower "
+             "fractions of TDP, cited in the GPU presets) over the best plan's step, plus the rest of the node "
+             "(the all-in power per GPU less TDP) and the PUE; peak MW is every GPU computing at once, which a "
+             "synchronous job reaches every step. MWh = average MW x effective time to train."]
+    if study.site_power_mw is not None:
+        lines.append(f"**Site power cap** {_mw(study.site_power_mw)} MW (`site_power_mw`): an option whose "
+                     "peak exceeds it is dropped, not searched.")
+    if study.energy_price_usd_per_mwh is not None:
+        lines.append(f"**Energy** at ${study.energy_price_usd_per_mwh:,.2f}/MWh (`energy_price_usd_per_mwh`), shown "
+                     "beside the GPU-hour cost and not added to it: a rental price per GPU-hour already includes "
+                     "power; add it for owned clusters.")
+    return [" ".join(lines)]
+
+
+def _scaling_lines(options: pd.DataFrame) -> list[str]:
+    """Per GPU type with more than one size: what each step up in size buys, counting failures."""
+    from .plots import scaling_efficiency
+
+    ok = options[options["status"] == "ok"].sort_values("num_gpus", kind="stable")
+    lines = []
+    for gpu, rows in ok.groupby("gpu", sort=False):
+        if len(rows) < 2:
+            continue
+        steps = []
+        previous = None
+        for _, row in rows.iterrows():
+            if previous is not None:
+                share = scaling_efficiency(previous["num_gpus"], previous["effective_time_to_train_days"],
+                                           row["num_gpus"], row["effective_time_to_train_days"])
+                steps.append(f"{_n(previous['num_gpus'])} to {_n(row['num_gpus'])} GPUs: "
+                             f"{previous['effective_time_to_train_days']:.1f} to "
+                             f"{row['effective_time_to_train_days']:.1f} effective days "
+                             f"({share:.0%} of the ideal speed-up; ETTR {previous['ettr']:.1%} to {row['ettr']:.1%})")
+            previous = row
+        best = rows.loc[rows["effective_time_to_train_days"].idxmin()]
+        lines.append(f"* **{gpu}**: " + "; ".join(steps) + f". Shortest effective time at {_n(best['num_gpus'])} GPUs.")
+    capped = options[options["status"] == OVER_POWER_CAP]
+    if len(capped):
+        lines.append("* Over the site's power cap, not searched: " + ", ".join(capped["option"]) + ".")
+    return lines or ["No GPU type is offered at more than one size."]
 
 
 def _price_lines(study: Study) -> list[str]:
@@ -570,19 +742,20 @@ def _frontier_lines(options: pd.DataFrame) -> list[str]:
     ok = options[options["status"] == "ok"]
     if ok.empty:
         return ["No option has a plan that fits."]
-    front = ok[ok["pareto"]].sort_values("time_to_train_days")
-    fastest = ok.loc[ok["time_to_train_days"].idxmin()]
-    cheapest = ok.loc[ok["cost_usd"].idxmin()]
-    lines = [f"Fastest: **{fastest['option']}**, {fastest['time_to_train_days']:.1f} days for "
-             f"${fastest['cost_usd'] / 1e6:.2f}M. Cheapest: **{cheapest['option']}**, "
-             f"${cheapest['cost_usd'] / 1e6:.2f}M in {cheapest['time_to_train_days']:.1f} days.", "",
+    front = ok[ok["pareto"]].sort_values("effective_time_to_train_days")
+    fastest = ok.loc[ok["effective_time_to_train_days"].idxmin()]
+    cheapest = ok.loc[ok["effective_cost_usd"].idxmin()]
+    lines = ["Effective days and cost (failures, checkpoints and restarts counted).", "",
+             f"Fastest: **{fastest['option']}**, {fastest['effective_time_to_train_days']:.1f} days for "
+             f"${fastest['effective_cost_usd'] / 1e6:.2f}M. Cheapest: **{cheapest['option']}**, "
+             f"${cheapest['effective_cost_usd'] / 1e6:.2f}M in {cheapest['effective_time_to_train_days']:.1f} days.", "",
              "On the frontier (no other option is both faster and cheaper), fastest first: "
-             + "; ".join(f"{r['option']} ({r['time_to_train_days']:.1f} days, ${r['cost_usd'] / 1e6:.2f}M)"
+             + "; ".join(f"{r['option']} ({r['effective_time_to_train_days']:.1f} days, ${r['effective_cost_usd'] / 1e6:.2f}M)"
                          for _, r in front.iterrows()) + "."]
     dominated = ok[~ok["pareto"]]
     for _, row in dominated.iterrows():
-        better = front[(front["time_to_train_days"] <= row["time_to_train_days"])
-                       & (front["cost_usd"] <= row["cost_usd"])]
+        better = front[(front["effective_time_to_train_days"] <= row["effective_time_to_train_days"])
+                       & (front["effective_cost_usd"] <= row["effective_cost_usd"])]
         by = f" (beaten by {better.iloc[0]['option']})" if len(better) else ""
         lines.append(f"Dominated: {row['option']}{by}.")
     return lines
@@ -602,9 +775,10 @@ def _sensitivity_sentence(rows: pd.DataFrame) -> list[str]:
 def _no_fit_lines(rows: pd.DataFrame, key: str) -> list[str]:
     """The whole explanation of each row without a plan: what binds and what would fit (no_fit), or the
     error of a failed search."""
-    lines = [f"* {_n(row[key])}: " + ("nothing fits: " if row["status"] == "no_fit" else "the search failed: ")
-             + str(row["reason"]) for _, row in rows.iterrows() if row["status"] != "ok"]
-    return (["Where no plan was found:", "", *lines, ""] if lines else [])
+    said = {"no_fit": "nothing fits: ", OVER_POWER_CAP: "dropped, over the site's power cap: "}
+    lines = [f"* {_n(row[key])}: " + said.get(row["status"], "the search failed: ") + str(row["reason"])
+             for _, row in rows.iterrows() if row["status"] != "ok"]
+    return (["Where no plan was found, or an option was dropped:", "", *lines, ""] if lines else [])
 
 
 def _n(value: Any) -> str:

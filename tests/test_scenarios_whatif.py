@@ -42,10 +42,12 @@ def test_bundled_study_compares_the_four_gpu_generations():
 def test_report_files_are_written(report):
     for name in ("summary.md", "options.csv", "sensitivity.csv", "plans.parquet"):
         assert (report / name).stat().st_size > 0
-    for stem in ("pareto", "sensitivity"):
+    for stem, label in (("pareto", "effective time to train (days; failures, checkpoints and restarts counted)"),
+                        ("scaling", "ETTR (share of wall-clock time that trains)"),
+                        ("sensitivity", "time to train (days)")):
         assert (report / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         svg = (report / f"{stem}.svg").read_text()
-        assert "<svg" in svg and "time to train (days)" in svg and "<dc:date>" not in svg
+        assert "<svg" in svg and label in svg and "<dc:date>" not in svg
 
 
 def test_figures_speak_plain_language(report):
@@ -125,12 +127,18 @@ def test_summary_has_the_options_frontier_and_sensitivity(report):
     days = 15e12 / ok["tokens_per_s"] / 86400
     assert (abs(ok["time_to_train_days"] / days - 1) < 1e-6).all()
     assert (abs(ok["cost_usd"] / (ok["gpu_hours"] * ok["price_per_gpu_hour_usd"]) - 1) < 1e-6).all()
+    assert (abs(ok["effective_cost_usd"] / (ok["effective_gpu_hours"] * ok["price_per_gpu_hour_usd"]) - 1) < 1e-6).all()
     assert (ok["energy_mwh"] > 0).all()
-    # the frontier: no option on it is beaten on both time and cost; every other option is
+    # the frontier, on effective days and cost: no option on it is beaten on both; every other option is
+    t, c = ok["effective_time_to_train_days"], ok["effective_cost_usd"]
     for _, row in ok.iterrows():
-        beaten = ((ok["time_to_train_days"] <= row["time_to_train_days"]) & (ok["cost_usd"] <= row["cost_usd"])
-                  & ((ok["time_to_train_days"] < row["time_to_train_days"]) | (ok["cost_usd"] < row["cost_usd"])))
+        beaten = ((t <= row["effective_time_to_train_days"]) & (c <= row["effective_cost_usd"])
+                  & ((t < row["effective_time_to_train_days"]) | (c < row["effective_cost_usd"])))
         assert bool(row["pareto"]) == (not beaten.any())
+    # ranked by effective days: rank 1 trains soonest
+    ranked = ok.sort_values("option_rank")
+    assert list(ranked["option_rank"]) == list(range(1, len(ok) + 1))
+    assert ranked["effective_time_to_train_days"].is_monotonic_increasing
     assert ok["pareto"].sum() >= 1
     for _, row in ok[ok["pareto"]].iterrows():
         assert row["option"] in text.split("On the frontier")[1].split("\n")[0]
@@ -184,7 +192,7 @@ def test_an_option_that_fits_nowhere_is_a_row_saying_why(tmp_path, capsys):
     reason = options["reason"][0]
     assert "GiB per GPU" in reason and "what would fit" in reason
     text = (tmp_path / "out" / "summary.md").read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| one node |"))
+    row = next(line for line in text.splitlines() if line.startswith("| | one node |"))
     assert "**no plan fits**" in row and reason.split("; what would fit")[0] in row
     assert f"* one node: nothing fits: {reason}" in text
     assert "No option has a plan that fits." in text
@@ -297,3 +305,126 @@ def test_rewritten_figures_are_byte_identical(tmp_path):
     for a, b in zip(first, second):
         if a.suffix in (".png", ".svg", ".md", ".csv"):
             assert a.read_bytes() == b.read_bytes(), a.name
+
+
+# ---- power, the site's cap, goodput columns and the scaling figure (issue 17) ----
+
+TWO_SIZES = (HEAD + "energy_price_usd_per_mwh: 80\n"
+             "options:\n  - {name: one node, cluster: h100x8, price_per_gpu_hour_usd: 2}\n"
+             "  - {name: two nodes, cluster: h100x16, price_per_gpu_hour_usd: 2}\n")
+
+
+def test_site_power_cap_drops_an_option_without_searching_it(tmp_path, capsys, monkeypatch):
+    """8 H100 draw 8 x 1,275 W = 0.0102 MW while computing, 16 draw 0.0204 MW: a 0.015 MW site keeps the
+    first and drops the second before any search, and every output says so."""
+    import pandas as pd
+
+    import scenarios.runner as runner
+
+    real = runner.search
+
+    def guarded(scenario):
+        assert scenario.cluster.num_gpus != 16, "searched an option over the site's power cap"
+        return real(scenario)
+
+    monkeypatch.setattr(runner, "search", guarded)
+    path = _write(tmp_path, TWO_SIZES + "site_power_mw: 0.015\n")
+    code, out, err = cli(capsys, "whatif", path, "--out", tmp_path / "out")
+    assert code == 0, err
+    reason = ("needs 0.0204 MW while every GPU computes (16 GPUs x 1,275 W with host share and PUE 1), over the "
+              "site's 0.015 MW (site_power_mw); not searched")
+    assert f"dropped two nodes: {reason}" in out
+    options = pd.read_csv(tmp_path / "out" / "options.csv")
+    assert list(options["status"]) == ["ok", "over_power_cap"]
+    assert options["reason"][1] == reason
+    assert options["peak_power_mw"].tolist() == pytest.approx([8 * 1275 / 1e6, 16 * 1275 / 1e6])
+    assert options["option_rank"][0] == 1 and pd.isna(options["option_rank"][1])
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "**Site power cap** 0.015 MW" in text
+    assert f"**dropped, over the site's power cap**: {reason}" in text
+    assert "over the site's power cap" in (tmp_path / "out" / "scaling.svg").read_text()
+    assert "two nodes (16 GPUs): over the site's power cap" in (tmp_path / "out" / "pareto.svg").read_text()
+
+
+def test_whatif_reports_power_energy_and_goodput_per_option(tmp_path):
+    """Average MW from the plan's own step (below the all-computing peak), MWh over the effective time,
+    and its cost at the study's energy price."""
+    from scenarios.procurement import OPTION_TABLE, run_study, write_report
+
+    result = run_study(load_study(_write(tmp_path, TWO_SIZES)))
+    write_report(result, tmp_path / "out")
+    import pandas as pd
+
+    options = pd.read_csv(tmp_path / "out" / "options.csv")
+    assert list(options.columns) == list(OPTION_TABLE)
+    for column in ("ettr", "effective_time_to_train_days", "effective_gpu_hours", "effective_cost_usd",
+                   "gpu_power_w", "power_mw", "peak_power_mw", "effective_energy_mwh", "energy_cost_usd"):
+        assert options[column].notna().all(), column
+    gpus = options["num_gpus"]
+    # (records round to 6 decimals)
+    assert options["peak_power_mw"].tolist() == pytest.approx((gpus * 1275 / 1e6).tolist(), abs=1e-6)
+    assert options["power_mw"].tolist() == pytest.approx((gpus * (options["gpu_power_w"] + 575) / 1e6).tolist(),
+                                                         abs=1e-6)
+    assert ((options["gpu_power_w"] > 0.2 * 700) & (options["gpu_power_w"] < 700)).all()
+    assert (options["power_mw"] <= options["peak_power_mw"]).all()
+    energy = options["power_mw"] * options["effective_time_to_train_days"] * 24
+    assert options["effective_energy_mwh"].tolist() == pytest.approx(energy.tolist())
+    assert options["energy_cost_usd"].tolist() == pytest.approx((energy * 80).tolist())
+    assert ((options["ettr"] > 0) & (options["ettr"] <= 1)).all()
+    assert (options["effective_time_to_train_days"] >= options["time_to_train_days"]).all()
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "| rank | option | GPUs |" in text and "| MW | peak MW | MWh | energy $M |" in text
+    assert "**Energy** at $80.00/MWh" in text
+    assert "## What more GPUs buy" in text and "of the ideal speed-up" in text
+    for name in ("scaling.png", "scaling.svg"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_scaling_efficiency_is_the_share_of_the_ideal_speed_up():
+    from scenarios.plots import scaling_efficiency
+
+    assert scaling_efficiency(16384, 60.0, 32768, 30.0) == pytest.approx(1.0)   # days halve: ideal
+    assert scaling_efficiency(16384, 60.0, 32768, 45.0) == pytest.approx(0.5)   # half the ideal 30 days saved
+    assert scaling_efficiency(16384, 60.0, 32768, 60.0) == 0.0                  # no faster
+    assert scaling_efficiency(16384, 60.0, 32768, 66.0) == pytest.approx(-0.2)  # slower
+
+
+@pytest.mark.parametrize("line, field", [("site_power_mw: -5\n", "site_power_mw"),
+                                         ("site_power_mw: lots\n", "site_power_mw"),
+                                         ("energy_price_usd_per_mwh: 0\n", "energy_price_usd_per_mwh"),
+                                         ("site_power_mv: 100\n", "site_power_mv")])
+def test_power_fields_of_a_study_are_checked(tmp_path, line, field):
+    path = _write(tmp_path, TWO_SIZES + line)
+    with pytest.raises(InputError) as info:
+        load_study(path)
+    assert info.value.field == field
+    if field == "site_power_mv":
+        assert "did you mean 'site_power_mw'" in str(info.value)
+
+
+GOODPUT_EXAMPLE = EXAMPLE.parent / "goodput_405b.yaml"
+
+
+def test_goodput_example_shows_where_more_gpus_stop_paying(tmp_path):
+    """405B on 15T tokens at 16K, 32K and 96K H100 and B200 under a 200 MW site: B200 x 96K needs
+    98,304 x (1,000 + 787.5) W x PUE 1.2 = 210.9 MW and is dropped; H100 x 96K needs 150.4 MW and stays.
+    At Llama 3's fixed 16M-token batch, going from 32K to 96K H100 reaches a smaller share of the ideal
+    speed-up than 16K to 32K did."""
+    from scenarios.plots import scaling_efficiency
+    from scenarios.procurement import run_study, write_report
+
+    study = load_study(GOODPUT_EXAMPLE)
+    assert study.site_power_mw == 200 and study.energy_price_usd_per_mwh == 80
+    assert [o.cluster.num_gpus for o in study.options] == [16384, 32768, 98304] * 2
+    result = run_study(study)
+    options = result.options.set_index("option")
+    assert options.loc["B200 x 96K", "status"] == "over_power_cap"
+    assert options.loc["B200 x 96K", "peak_power_mw"] == pytest.approx(98304 * 1787.5 * 1.2 / 1e6)
+    assert (options.drop("B200 x 96K")["status"] == "ok").all()
+    assert options.loc["H100 x 96K", "peak_power_mw"] == pytest.approx(98304 * 1275 * 1.2 / 1e6)
+    h100 = options.loc[["H100 x 16K", "H100 x 32K", "H100 x 96K"]]
+    days, gpus = h100["effective_time_to_train_days"].to_numpy(), h100["num_gpus"].to_numpy()
+    assert scaling_efficiency(gpus[1], days[1], gpus[2], days[2]) < scaling_efficiency(gpus[0], days[0], gpus[1], days[1])
+    assert list(h100["ettr"]) == sorted(h100["ettr"], reverse=True)  # more GPUs, more failures: ETTR never rises
+    paths = write_report(result, tmp_path / "out")
+    assert tmp_path / "out" / "scaling.png" in paths
