@@ -95,6 +95,11 @@ def _cluster_table(spec: ClusterSpec) -> Table:
         ("economics.power_per_gpu_w", _num(econ.power_per_gpu_w), "W all-in per GPU"),
         ("economics.pue", _num(econ.pue, 2), "x"),
     ]
+    # goodput inputs (cost_model.goodput): failure rates, restart times, checkpoint storage
+    rows += [(f"reliability.{name}", f"{value:.3g}", "per GPU-hour" if "gpu_hour" in name else "per node-hour"
+              if "node_hour" in name else "h" if name.endswith("_h") else "s")
+             for name, value in spec.reliability.model_dump().items()]
+    rows += [(f"storage.{name}", _num(value), "GB/s") for name, value in spec.storage.model_dump().items()]
     for row in rows:
         table.add_row(*row)
     return table

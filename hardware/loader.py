@@ -76,7 +76,7 @@ def _load_file(path: Path) -> ClusterSpec:
                 continue
             for key, leaf in _flatten(value, section):
                 _set_dotted(base, key, leaf, ClusterSpec, where)
-        elif section in ("gpu", "topology", "economics"):
+        elif section in ("gpu", "topology", "economics", "reliability", "storage"):
             raise InputError(where, str(section), f"must be a mapping of fields, got {type(value).__name__}",
                              "indent 'field: value' lines under it" + (" or give a GPU preset name" if section == "gpu" else ""))
         else:

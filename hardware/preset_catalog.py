@@ -6,6 +6,8 @@ Each ``presets/<name>.yaml`` describes one GPU and the node it ships in::
     gpu: {...}             # GPUSpec fields
     node: {...}            # TopologySpec fields except num_nodes
     economics: {...}       # EconomicsSpec fields
+    reliability: {...}     # ReliabilitySpec fields (optional; absent = the schema's Llama 3 defaults)
+    storage: {...}         # StorageSpec fields (optional)
 
 Cluster names are parsed, not listed: ``h100x1024``, ``gb200x144``, ``mi300xx64`` work for any GPU count
 that is a whole number of nodes.
@@ -86,7 +88,11 @@ def preset_cluster_data(name: str, source: str = "preset") -> dict[str, Any]:
         raise InputError(source, name, f"{num_gpus} GPUs is not a whole number of {per_node}-GPU {preset_name} nodes",
                          f"use {lower} or {lower + per_node}" if num_gpus > per_node else f"use a multiple of {per_node}")
     topology = dict(raw["node"], num_nodes=num_gpus // per_node)
-    return {"name": key, "gpu": raw["gpu"], "topology": topology, "economics": raw.get("economics") or {}}
+    data = {"name": key, "gpu": raw["gpu"], "topology": topology, "economics": raw.get("economics") or {}}
+    for section in ("reliability", "storage"):  # optional: absent = the schema's published defaults
+        if raw.get(section):
+            data[section] = raw[section]
+    return data
 
 
 def _suggestions(key: str) -> list[str]:

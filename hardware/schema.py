@@ -274,13 +274,88 @@ class EconomicsSpec(_Frozen):
     pue: float = Field(default=1.0, ge=1.0, description="Data-centre power usage effectiveness (facility / IT power).")
 
 
+class ReliabilitySpec(_Frozen):
+    """How often a job's hardware and software interrupt it, and how long a restart takes.
+
+    Failures are independent and memoryless (exponential inter-arrival times), the model of Young
+    (1974), Daly (2006) and Kokolis et al. 2024 (arXiv:2410.21680, whose MTTF falls as 1/GPUs): a
+    job's failure rate is the sum of per-GPU rates times its GPUs and per-node rates times its nodes,
+    so its mean time between failures is 1 / that sum. The defaults are the unexpected interruptions
+    of Llama 3 405B pre-training (Dubey et al. 2024, "The Llama 3 Herd of Models", section 3.3.4,
+    Table 5: 419 in 54 days on 16,384 H100 GPUs in 2,048 nodes), split by the table's root causes;
+    a cluster file without this section gets them. Planned interruptions (47 of Llama 3's 466,
+    automated maintenance) are not failures and are not counted.
+    """
+
+    section: ClassVar[str] = "reliability"
+
+    gpu_failures_per_gpu_hour: float = Field(default=196 / (16_384 * 54 * 24), ge=0.0, le=1.0, description=(
+        "Interruptions per GPU-hour caused by the GPU other than its HBM: Llama 3 Table 5 faulty GPU 148 "
+        "(NVLink included), GPU SRAM 19, GPU system processor 17, silent data corruption 6, thermal "
+        "interface and sensor 6 = 196 in 54 days x 16,384 GPUs = 9.23e-6."))
+    hbm_failures_per_gpu_hour: float = Field(default=72 / (16_384 * 54 * 24), ge=0.0, le=1.0, description=(
+        "Interruptions per GPU-hour caused by the GPU's HBM: Llama 3 Table 5 GPU HBM3 memory 72 = 3.39e-6."))
+    network_failures_per_node_hour: float = Field(default=42 / (2_048 * 54 * 24), ge=0.0, le=1.0, description=(
+        "Interruptions per node-hour caused by the network: Llama 3 Table 5 network switch and cable 35, "
+        "NIC 7 = 42 in 54 days x 2,048 nodes = 1.58e-5."))
+    host_failures_per_node_hour: float = Field(default=109 / (2_048 * 54 * 24), ge=0.0, le=1.0, description=(
+        "Interruptions per node-hour caused by the host and software: Llama 3 Table 5 software bug 54, "
+        "host maintenance 32, NCCL watchdog timeouts 7, SSD 3, power supply 3, server chassis 2, IO "
+        "expansion board 2, dependency 2, CPU 2, system memory 2 = 109 = 4.11e-5."))
+    reschedule_s: float = Field(default=300.0, ge=0.0, le=1e6, description=(
+        "Seconds from a failure to a healthy set of nodes for the restart: detection (NCCL timeout or a "
+        "health check), draining the bad node and waiting for a replacement. A hot spare removes it "
+        "(``hot_spare_nodes_per`` in the training settings). 300 s: Kokolis et al. 2024 run health "
+        "checks every 5 minutes; not a measured restart time."))
+    restart_warmup_s: float = Field(default=300.0, ge=0.0, le=1e6, description=(
+        "Seconds from the restart's launch to full-speed steps, beside loading the checkpoint: process "
+        "start, NCCL communicator set-up, data-loader and first steps. 300 s is an assumption (Llama 3 "
+        "reports reducing job start-up time without a figure); set your own."))
+    node_repair_h: float = Field(default=24.0, gt=0.0, le=1e5, description=(
+        "Hours a failed node is out of service (diagnosis, repair or swap): with hot spares, the spares "
+        "that are not themselves waiting for repair decide whether a restart waits (Little's law, "
+        ":mod:`cost_model.goodput`). 24 h is an assumption, not a published figure."))
+
+    def job_failures_per_hour(self, num_gpus, num_nodes):
+        """Failures per hour of a job on ``num_gpus`` GPUs in ``num_nodes`` nodes (arrays or numbers)."""
+        return ((self.gpu_failures_per_gpu_hour + self.hbm_failures_per_gpu_hour) * num_gpus
+                + (self.network_failures_per_node_hour + self.host_failures_per_node_hour) * num_nodes)
+
+
+class StorageSpec(_Frozen):
+    """The file system checkpoints are written to and read from (bandwidths in GB/s = 1e9 bytes/s).
+
+    A node writes at the smaller of its own link and its share of the file system's aggregate
+    (:func:`cost_model.goodput.checkpoint_cost`). Defaults: Llama 3's Tectonic storage (Dubey et al.
+    2024, section 3.3.1: "a sustainable throughput of 2 TB/s and a peak throughput of 7 TB/s") and a
+    DGX H100 node's two storage NICs (2 x 200 Gb/s = 50 GB/s; DGX H100 user guide: ConnectX-7 ports for
+    storage beside the eight compute NICs).
+    """
+
+    section: ClassVar[str] = "storage"
+
+    node_write_GBps: float = Field(default=50.0, gt=0.0, le=1e5, description=(
+        "Checkpoint write bandwidth of one node to the file system, GB/s (its storage NICs)."))
+    node_read_GBps: float = Field(default=50.0, gt=0.0, le=1e5, description=(
+        "Checkpoint read bandwidth of one node from the file system, GB/s."))
+    aggregate_write_GBps: float = Field(default=2_000.0, gt=0.0, le=1e7, description=(
+        "Sustained write bandwidth of the whole file system, GB/s, shared by the job's nodes "
+        "(Llama 3: 2 TB/s sustained)."))
+    aggregate_read_GBps: float = Field(default=7_000.0, gt=0.0, le=1e7, description=(
+        "Read bandwidth of the whole file system, GB/s (Llama 3: 7 TB/s peak)."))
+
+
 class ClusterSpec(_Frozen):
-    """A whole cluster: one GPU type, its topology and (optionally) its economics."""
+    """A whole cluster: one GPU type, its topology and (optionally) its economics, reliability and storage."""
 
     name: str = Field(description="Cluster name, shown in reports.")
     gpu: GPUSpec = Field(description="The accelerator every node holds.")
     topology: TopologySpec = Field(description="Node count and network.")
     economics: EconomicsSpec = Field(default_factory=EconomicsSpec, description="Price and power; may be empty.")
+    reliability: ReliabilitySpec = Field(default_factory=ReliabilitySpec, description=(
+        "Failure rates and restart times (goodput); absent = Llama 3's published rates."))
+    storage: StorageSpec = Field(default_factory=StorageSpec, description=(
+        "Checkpoint file-system bandwidths (goodput); absent = Llama 3's storage."))
 
     @property
     def num_gpus(self) -> int:
