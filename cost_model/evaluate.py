@@ -66,6 +66,7 @@ from .communication import (CommPricer, data_parallel_communication, layer_commu
 from .compute import layer_times, lm_head_times, optimizer_step_bytes
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
+from .goodput import Goodput, goodput
 from .host import graph_scope_conflict
 from .memory import GIB, MemoryBreakdown, StageParameters, memory_breakdown, padded_vocab, stage_parameters
 from .model_spec import ModelSpec
@@ -82,6 +83,10 @@ MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
 TIME_PARTS = ("compute", "host_issue", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
               "offload", "overlap_contention", "optimizer")
 COMM_DIMS = ("tp", "cp", "ep", "pp", "dp")
+GOODPUT_FIELDS = ("ettr", "mtbf_s", "checkpoint_bytes_per_rank", "checkpoint_bytes_job", "checkpoint_save_s",
+                  "checkpoint_interval_s", "restart_s", "lost_work_per_failure_s", "spare_gpus",
+                  "effective_time_to_train_s", "effective_gpu_hours", "effective_cost_usd")
+"""The goodput fields of :class:`PlanMetrics` (:mod:`cost_model.goodput`), one value per plan."""
 
 
 @dataclass
@@ -127,6 +132,30 @@ class PlanMetrics:
     """Average facility power of the job: GPUs, the rest of their nodes and the PUE, in megawatts."""
     peak_power_mw: np.ndarray
     """Facility power while every GPU computes at once (what a site's supply must carry), in megawatts."""
+    # ---- goodput (:mod:`cost_model.goodput`): failures, checkpoints and restarts ----
+    ettr: np.ndarray
+    """Effective training time ratio: useful work / wall time under the cluster's failure rates."""
+    mtbf_s: np.ndarray
+    """Mean time between failures of the job (its GPUs and nodes)."""
+    checkpoint_bytes_per_rank: np.ndarray
+    """Checkpoint bytes the bottleneck rank writes (weights, optimizer states, RNG/data state)."""
+    checkpoint_bytes_job: np.ndarray
+    """Checkpoint bytes of the whole job."""
+    checkpoint_save_s: np.ndarray
+    """Seconds training stops per checkpoint (the write, or the host copy when asynchronous)."""
+    checkpoint_interval_s: np.ndarray
+    """Training seconds between checkpoints (Young/Daly optimum unless the training spec sets one)."""
+    restart_s: np.ndarray
+    """Expected seconds from a failure back to training."""
+    lost_work_per_failure_s: np.ndarray
+    """Expected work a failure throws away."""
+    spare_gpus: np.ndarray
+    """GPUs of the hot-spare nodes held (and paid for) beside the job's (``TrainingSpec.hot_spare_nodes_per``)."""
+    effective_time_to_train_s: np.ndarray
+    """time_to_train_s / ettr: the time that counts failures, checkpoints and restarts."""
+    effective_gpu_hours: np.ndarray
+    """GPU-hours over the effective time, spares included."""
+    effective_cost_usd: np.ndarray
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -153,6 +182,7 @@ class PlanMetrics:
             "step_time_parts_s", "bottleneck_stage", "tokens_per_s", "hardware_flops_per_step", "mfu", "hfu",
             "tflops_per_gpu", "comm_bytes_per_step", "time_to_train_s", "gpu_hours", "cost_usd", "energy_kwh",
             "gpu_power_w", "power_mw", "peak_power_mw")}
+        arrays.update({f: join([getattr(p, f) for p in parts]) for f in GOODPUT_FIELDS})
         return cls(plans=PlanArrays.concatenate([p.plans for p in parts]),
                    model_flops_per_step=parts[0].model_flops_per_step, **arrays)
 
@@ -184,6 +214,18 @@ class PlanMetrics:
         columns["gpu_power_w"] = self.gpu_power_w
         columns["power_mw"] = self.power_mw
         columns["peak_power_mw"] = self.peak_power_mw
+        columns["ettr"] = self.ettr
+        columns["mtbf_h"] = self.mtbf_s / 3600
+        columns["checkpoint_gib_per_rank"] = self.checkpoint_bytes_per_rank / GIB
+        columns["checkpoint_gib_job"] = self.checkpoint_bytes_job / GIB
+        columns["checkpoint_save_s"] = self.checkpoint_save_s
+        columns["checkpoint_interval_s"] = self.checkpoint_interval_s
+        columns["restart_s"] = self.restart_s
+        columns["lost_work_per_failure_s"] = self.lost_work_per_failure_s
+        columns["spare_gpus"] = self.spare_gpus
+        columns["effective_time_to_train_days"] = self.effective_time_to_train_s / 86400
+        columns["effective_gpu_hours"] = self.effective_gpu_hours
+        columns["effective_cost_usd"] = self.effective_cost_usd
         return pd.DataFrame(columns)
 
 
@@ -457,4 +499,16 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         time_to_train_s=time_to_train, gpu_hours=gpu_hours, cost_usd=cost, energy_kwh=energy,
         gpu_power_w=power.gpu_w, power_mw=power.power_mw, peak_power_mw=power.peak_power_mw,
         extras={"memory_by_stage": memory, "stages": stages, "step_time_by_stage": t_mb},
+        **_goodput_metrics(goodput(training, cluster, plans, params, stages, step, time_to_train, options)),
     )
+
+
+def _goodput_metrics(result: Goodput) -> dict[str, np.ndarray]:
+    """The PlanMetrics fields of :data:`GOODPUT_FIELDS` from a :class:`cost_model.goodput.Goodput`."""
+    checkpoint = result.checkpoint
+    return {"ettr": result.ettr, "mtbf_s": result.mtbf_s, "checkpoint_bytes_per_rank": checkpoint.bytes_per_rank,
+            "checkpoint_bytes_job": checkpoint.job_bytes, "checkpoint_save_s": checkpoint.exposed_s,
+            "checkpoint_interval_s": result.checkpoint_interval_s, "restart_s": result.restart_s,
+            "lost_work_per_failure_s": result.lost_work_per_failure_s, "spare_gpus": result.spare_gpus,
+            "effective_time_to_train_s": result.effective_time_to_train_s,
+            "effective_gpu_hours": result.effective_gpu_hours, "effective_cost_usd": result.effective_cost_usd}

@@ -28,6 +28,14 @@ GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
 MOE_TOKEN_DISPATCHERS = ("alltoall", "deepep", "hybridep")
+CHECKPOINT_MODES = ("sync", "async", "in_memory")
+CHECKPOINT_MODES_BY_STACK = {
+    "megatron-core": ("sync", "async", "in_memory"),  # --async-save; --non-persistent-ckpt-type local (nvidia-resiliency-ext)
+    "torchtitan": ("sync", "async"),                   # checkpoint.async_mode: async / async_with_pinned_mem (torch DCP)
+}
+"""Checkpoint modes each stack can run (:attr:`TrainingSpec.checkpoint_mode`); a stack not listed saves
+synchronously only (Megatron-LM 2021, Megatron-DeepSpeed, DeepSpeed ZeRO-3, Composer and FairScale FSDP
+as the runs priced with them used them)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,42 @@ class TrainingSpec:
     ``moe``, ``moe_router``, ``moe_preprocess``, ``full_iteration``); empty = no CUDA graphs, Megatron's
     default. Captured parts cost no host issue time (:mod:`cost_model.host`)."""
 
+    # ---- checkpoints and restarts (goodput, :mod:`cost_model.goodput`) ----
+    checkpoint_mode: Literal["sync", "async", "in_memory"] = "sync"
+    """How checkpoints are saved. ``sync``: training stops while every rank writes its shard to the file
+    system (Megatron's default). ``async``: training stops only for the copy of the shard to host memory;
+    background processes write it (Megatron ``--async-save``, torch DCP ``async_save`` as torchtitan's
+    ``checkpoint.async_mode``). ``in_memory``: the host copy goes to a peer node's memory and a restart
+    reads it back over the network (Megatron's local checkpoints, ``--non-persistent-ckpt-type local``
+    from nvidia-resiliency-ext; Wang et al. 2023, Gemini). :data:`CHECKPOINT_MODES_BY_STACK` lists what
+    each stack supports."""
+
+    checkpoint_interval_s: float | None = None
+    """Seconds of training between checkpoints; None = the optimum of Young (1974) and Daly (2006) for
+    the plan's save time and the job's mean time between failures."""
+
+    hot_spare_nodes_per: tuple[int, ...] = (0,)
+    """Hot spares: one idle node held for every N nodes of the job (0 = none). A restart with a spare free
+    skips the cluster's ``reliability.reschedule_s``; the spares are paid for as GPU-hours. Several
+    values (CLI ``--spares 0,64,16``): each plan gets the one with the fewest effective GPU-hours,
+    spares included (:func:`cost_model.goodput.goodput`)."""
+
     def __post_init__(self) -> None:
+        spares = self.hot_spare_nodes_per
+        spares = (spares,) if isinstance(spares, int) and not isinstance(spares, bool) else spares
+        if (not isinstance(spares, (tuple, list)) or not spares
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in spares)):
+            raise ValueError(f"hot_spare_nodes_per must list whole numbers of nodes per spare (0 = no spares), "
+                             f"got {self.hot_spare_nodes_per!r}")
+        object.__setattr__(self, "hot_spare_nodes_per", tuple(sorted(set(int(n) for n in spares))))
+        if self.checkpoint_mode not in CHECKPOINT_MODES:
+            raise ValueError(f"checkpoint_mode must be one of {', '.join(CHECKPOINT_MODES)}, got {self.checkpoint_mode!r}")
+        supported = CHECKPOINT_MODES_BY_STACK.get(self.stack, ("sync",))
+        if self.checkpoint_mode not in supported:
+            raise ValueError(f"checkpoint_mode {self.checkpoint_mode} needs a stack that supports it: the {self.stack} "
+                             f"stack saves {', '.join(supported)}; use one of those")
+        if self.checkpoint_interval_s is not None:
+            check_number("checkpoint_interval_s", self.checkpoint_interval_s, minimum=0, above_minimum=True)
         scope = self.cuda_graph_scope
         if isinstance(scope, str):
             scope = (scope,) if scope else ()

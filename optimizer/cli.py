@@ -196,8 +196,28 @@ EP_OVERLAP_OPTION = typer.Option(
 DISPATCHER_OPTION = typer.Option(None, "--moe-token-dispatcher",
                                  help="alltoall, deepep or hybridep (Megatron's flex dispatcher).")
 """MoE training options that ``search`` and ``evaluate`` both take."""
+CHECKPOINT_OPTION = typer.Option(None, "--checkpoint-mode",
+                                 help="sync (default), async (Megatron --async-save) or in_memory (peer memory).")
+SPARES_OPTION = typer.Option(None, "--spares", help=(
+    "Hot spares: one spare node per N job nodes, 0 = none; a list 0,64,16 lets each plan take the one with "
+    "the fewest effective GPU-hours."))
+"""Goodput options (:mod:`cost_model.goodput`) that ``search`` and ``evaluate`` both take."""
 
-TRAINING_FLAGS = {"seq_length": "--seq-len", "global_batch_size": "--global-batch"}
+
+def _parse_spares(text: str | None) -> tuple[int, ...] | None:
+    """``--spares 0,64,16`` as (0, 16, 64); None when not given."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0:
+        raise InputError("command line", "--spares", f"must list whole numbers of job nodes per spare, got {text!r}",
+                         "e.g. --spares 0,64,16 (0 = no spares)")
+    return values
+
+TRAINING_FLAGS = {"seq_length": "--seq-len", "global_batch_size": "--global-batch", "hot_spare_nodes_per": "--spares"}
 """Command-line flags whose name is not the training setting's with dashes."""
 
 
@@ -343,6 +363,8 @@ def search_command(
     vpp: Optional[str] = typer.Option(None, "--vpp", help=PIN_HELP.format("virtual pipeline stages")),
     micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help=PIN_HELP.format("micro-batch size")),
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
+    checkpoint_mode: Optional[str] = CHECKPOINT_OPTION,
+    spares: Optional[str] = SPARES_OPTION,
     emit_plan: Optional[str] = typer.Option(None, "--emit-plan",
                                             help="With --emit: the plan's rank in the table (default 1), or all."),
 ) -> None:
@@ -355,7 +377,7 @@ def search_command(
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
         moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention,
-        stack=stack)
+        stack=stack, checkpoint_mode=checkpoint_mode, hot_spare_nodes_per=_parse_spares(spares))
     if emitter and output is OutputFormat.csv:
         raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
                          "use --format json (each emission an object) or table, or drop --emit")
@@ -568,6 +590,8 @@ def evaluate_command(
     framework: Optional[Emitter] = typer.Option(None, "--framework",
                                                 help="Launcher whose start-up rules the plan must pass."),
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
+    checkpoint_mode: Optional[str] = CHECKPOINT_OPTION,
+    spares: Optional[str] = SPARES_OPTION,
 ) -> None:
     """Price one given plan: memory and time breakdown, whether it fits and why not."""
     if emitter and output is OutputFormat.csv:
@@ -578,7 +602,7 @@ def evaluate_command(
         global_batch_tokens=global_batch_tokens, train_tokens=train_tokens, precision=precision,
         fp8_recipe=fp8_recipe, tp_comm_overlap=tp_comm_overlap, overlap_moe_expert_parallel_comm=ep_overlap,
         moe_token_dispatcher=dispatcher, grad_dtype=grad_dtype, dropout=dropout, flash_attention=flash_attention,
-        stack=stack)
+        stack=stack, checkpoint_mode=checkpoint_mode, hot_spare_nodes_per=_parse_spares(spares))
     if etp is None:  # Megatron's validate_args sets expert_tensor_parallel_size to the TP size when not given
         etp = tp if model_input.spec.is_moe else 1
     _check_plan_flags(cluster_spec, model_input.spec, training,

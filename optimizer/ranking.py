@@ -2,9 +2,13 @@
 
 Objectives (best first):
 
-* ``throughput`` and ``time_to_train``: most tokens per second (the same order: time = tokens / rate);
-* ``cost_per_token``: fewest GPU-seconds per token (times the price per GPU-hour when known, which does
-  not change the order within one cluster);
+* ``throughput``: most tokens per second while the job runs (nominal: every step counted);
+* ``time_to_train``: most *effective* tokens per second, tokens/s x ETTR (:mod:`cost_model.goodput`:
+  failures, checkpoints and restarts), the order of the effective time-to-train, and defined without a
+  token budget;
+* ``cost_per_token``: fewest effective GPU-seconds per token, the job's GPUs and its hot spares over
+  tokens/s x ETTR (times the price per GPU-hour when known, which does not change the order within one
+  cluster);
 * ``mfu``: highest model FLOPs utilisation;
 * ``memory_headroom``: least peak memory per GPU.
 
@@ -35,12 +39,24 @@ def gpu_seconds_per_token(metrics: PlanMetrics) -> np.ndarray:
     return metrics.plans.num_gpus / metrics.tokens_per_s
 
 
+def effective_tokens_per_s(metrics: PlanMetrics) -> np.ndarray:
+    """Tokens per second of wall time once failures, checkpoints and restarts are counted: tokens/s x ETTR."""
+    return metrics.tokens_per_s * metrics.ettr
+
+
+def effective_gpu_seconds_per_token(metrics: PlanMetrics) -> np.ndarray:
+    """GPU-seconds per token of wall time, the hot spares' GPUs included: what effective cost is per token."""
+    return (metrics.plans.num_gpus + metrics.spare_gpus) / effective_tokens_per_s(metrics)
+
+
 def objective_key(metrics: PlanMetrics, objective: str) -> np.ndarray:
     """Smaller is better."""
-    if objective in ("throughput", "time_to_train"):
+    if objective == "throughput":
         return -metrics.tokens_per_s
+    if objective == "time_to_train":
+        return -effective_tokens_per_s(metrics)
     if objective == "cost_per_token":
-        return gpu_seconds_per_token(metrics)
+        return effective_gpu_seconds_per_token(metrics)
     if objective == "mfu":
         return -metrics.mfu
     if objective == "memory_headroom":
@@ -127,10 +143,12 @@ memory figure: the band says nothing about its ties."""
 def objective_goodness(metrics: PlanMetrics, objective: str) -> np.ndarray | None:
     """The objective as a bigger-is-better quantity proportional to throughput (tokens/s, tokens/s per
     GPU, MFU); None for an objective the throughput band does not apply to."""
-    if objective in ("throughput", "time_to_train"):
+    if objective == "throughput":
         return np.asarray(metrics.tokens_per_s, dtype=float)
+    if objective == "time_to_train":
+        return np.asarray(effective_tokens_per_s(metrics), dtype=float)
     if objective == "cost_per_token":
-        return 1 / gpu_seconds_per_token(metrics)
+        return 1 / effective_gpu_seconds_per_token(metrics)
     if objective == "mfu":
         return np.asarray(metrics.mfu, dtype=float)
     return None

@@ -97,12 +97,27 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float, band: Band | None = N
             "cost_usd": metrics.cost_usd[i], "energy_mwh": metrics.energy_kwh[i] / 1000,
             "gpu_power_w": metrics.gpu_power_w[i], "power_mw": metrics.power_mw[i],
             "peak_power_mw": metrics.peak_power_mw[i],
+            **goodput_record(metrics, i),
             "fits": metrics.memory_bytes[i] <= limit_bytes,
             "stages": stage_records(metrics, i),
         }
         record.update({name: values[i] for name, values in ends.items()})
         records.append(_clean(record))
     return records
+
+
+def goodput_record(metrics: PlanMetrics, i: int) -> dict[str, Any]:
+    """Goodput fields of plan ``i`` (:mod:`cost_model.goodput`), named as the CSV columns
+    (:meth:`PlanMetrics.to_frame`): the nominal ``time_to_train_days``, ``gpu_hours`` and ``cost_usd``
+    assume every step runs, the ``effective_`` ones count failures, checkpoints, restarts and spares."""
+    return {"ettr": metrics.ettr[i], "mtbf_h": metrics.mtbf_s[i] / 3600,
+            "checkpoint_gib_per_rank": metrics.checkpoint_bytes_per_rank[i] / GIB,
+            "checkpoint_gib_job": metrics.checkpoint_bytes_job[i] / GIB,
+            "checkpoint_save_s": metrics.checkpoint_save_s[i], "checkpoint_interval_s": metrics.checkpoint_interval_s[i],
+            "restart_s": metrics.restart_s[i], "lost_work_per_failure_s": metrics.lost_work_per_failure_s[i],
+            "spare_gpus": metrics.spare_gpus[i],
+            "effective_time_to_train_days": metrics.effective_time_to_train_s[i] / 86400,
+            "effective_gpu_hours": metrics.effective_gpu_hours[i], "effective_cost_usd": metrics.effective_cost_usd[i]}
 
 
 def stage_records(metrics: PlanMetrics, index: int) -> list[dict[str, Any]]:
@@ -145,6 +160,7 @@ def scenario_record(scenario: Scenario) -> dict[str, Any]:
         "global_batch_size": tr.global_batch_size, "global_batch_tokens": tr.global_batch_tokens,
         "precision": tr.precision, "train_tokens": tr.train_tokens, "objective": scenario.options.objective,
         "price_per_gpu_hour_usd": cl.economics.price_per_gpu_hour_usd, "pinned": pinned_values(scenario),
+        "checkpoint_mode": tr.checkpoint_mode, "hot_spare_nodes_per": list(tr.hot_spare_nodes_per),
     })
 
 
@@ -196,9 +212,10 @@ def _recompute_label(mode: int, layers: int, modules: int, offloaded: int = 0) -
     return label + (f"+off{offloaded}" if offloaded > 0 else "")
 
 
-DROP_ORDER = ("TFLOP/s/GPU", "compact", "step s", "days", "cost $M", "MFU", "SP", "VPP", "CP", "EP", "MBS")
-"""How a narrow terminal's table is made to fit, step by step until it does: first TFLOP/s/GPU (it says
-what tok/s/GPU says in other units), then one space between the columns instead of three ("compact"),
+DROP_ORDER = ("nominal d", "ETTR", "TFLOP/s/GPU", "compact", "step s", "days", "cost $M", "MFU", "SP", "VPP", "CP", "EP", "MBS")
+"""How a narrow terminal's table is made to fit, step by step until it does: first the nominal days
+(every step run; ``days`` and ``cost $M`` are the effective ones, failures counted) and ETTR, then
+TFLOP/s/GPU (it says what tok/s/GPU says in other units), then one space between the columns instead of three ("compact"),
 then step time, the training totals and MFU, then knob columns (SP, VPP, CP, EP, MBS). ``#``, TP, PP,
 DP, recompute, ZeRO, memory and tok/s/GPU always stay."""
 
@@ -216,12 +233,13 @@ def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wid
     tok/s/GPU cell carries its ± figure (``10,583 ±9%``)."""
     spread = f" {band.percent_text}" if band is not None else ""
     headers = ["#", "TP", "PP", "DP", "CP", "EP", "VPP", "MBS", "recompute", "SP", "ZeRO", "reserved GiB",
-               "step s", "tok/s/GPU", "TFLOP/s/GPU", "MFU", "days", "cost $M"]
+               "step s", "tok/s/GPU", "TFLOP/s/GPU", "MFU", "ETTR", "nominal d", "days", "cost $M"]
     cols = metrics.plans.to_columns()
     rows = []
     for i in range(len(metrics)):
-        days = metrics.time_to_train_s[i] / 86400
-        cost = metrics.cost_usd[i] / 1e6
+        nominal = metrics.time_to_train_s[i] / 86400
+        days = metrics.effective_time_to_train_s[i] / 86400
+        cost = metrics.effective_cost_usd[i] / 1e6
         rows.append([
             str(i + 1), str(cols["tp"][i]), str(cols["pp"][i]), str(cols["dp"][i]), str(cols["cp"][i]),
             f"{cols['ep'][i]}" + (f"/{cols['etp'][i]}" if cols["etp"][i] > 1 else ""), str(cols["vpp"][i]),
@@ -232,12 +250,13 @@ def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wid
             str(cols["zero_stage"][i]) + ("+off" if cols["optimizer_offload"][i] else ""),
             f"{metrics.memory_bytes[i] / GIB:.1f}", f"{metrics.step_time_s[i]:.3f}",
             f"{metrics.tokens_per_s[i] / metrics.plans.num_gpus[i]:,.0f}{spread}", f"{metrics.tflops_per_gpu[i]:.0f}",
-            f"{metrics.mfu[i]:.1%}", "-" if math.isnan(days) else f"{days:.1f}",
+            f"{metrics.mfu[i]:.1%}", f"{metrics.ettr[i]:.1%}", "-" if math.isnan(nominal) else f"{nominal:.1f}",
+            "-" if math.isnan(days) else f"{days:.1f}",
             "-" if math.isnan(cost) else f"{cost:.2f}",
         ])
     shown = list(headers)
     if not wide:
-        for empty in ("days", "cost $M"):
+        for empty in ("nominal d", "days", "cost $M"):
             if rows and all(row[headers.index(empty)] == "-" for row in rows):
                 shown.remove(empty)
     limit = width or terminal_width()

@@ -96,7 +96,11 @@ class SearchOptions:
     (:func:`cost_model.memory.fits_in_memory`; default none, see ``MEMORY_HEADROOM``)."""
 
     objective: str = "throughput"
-    """Ranking objective: throughput, cost_per_token, time_to_train, mfu or memory_headroom."""
+    """Ranking objective: throughput, cost_per_token, time_to_train, mfu or memory_headroom.
+    ``time_to_train`` and ``cost_per_token`` rank by effective values, failures, checkpoints, restarts
+    and hot spares counted (:mod:`cost_model.goodput`, :mod:`optimizer.ranking`); ``throughput`` by
+    the nominal tokens/s. The hot-spare choices the search picks among per plan are a training setting,
+    ``hot_spare_nodes_per`` (CLI ``--spares``), because the cost model prices them."""
 
     top_k: int = 10
     """Plans returned."""
