@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
@@ -114,8 +115,9 @@ def scaling_plot(options: pd.DataFrame, stem: Path, title: str, site_power_mw: f
     ETTR (the share of wall-clock time that trains), and time to train, nominal (every step runs,
     dashed) and effective (failures, checkpoints and restarts counted, solid). Each effective step up in
     size is labelled with what it buys: the fraction of the ideal speed-up reached (1 = days fall in
-    proportion to GPUs; 0 = no faster; below 0 = slower). Options over the site's power cap are drawn as
-    red bands on the size axis. Uses ``gpu``, ``num_gpus``, ``status``, ``ettr``, ``time_to_train_days``
+    proportion to GPUs; 0 = no faster; below 0 = slower), and the size with the shortest effective time is
+    starred: past it, more GPUs lose more to failures than they gain. Options over the site's power cap
+    are drawn as red bands on the size axis. Uses ``gpu``, ``num_gpus``, ``status``, ``ettr``, ``time_to_train_days``
     and ``effective_time_to_train_days``."""
     figure, (ettr_axis, days_axis) = plt.subplots(1, 2, figsize=(12, 5.0))
     ok = options[options["status"] == "ok"].sort_values("num_gpus", kind="stable")
@@ -133,8 +135,11 @@ def scaling_plot(options: pd.DataFrame, stem: Path, title: str, site_power_mw: f
             days_axis.annotate(f"{share:.0%} of ideal", (gpus[j], effective[j]), textcoords="offset points",
                                xytext=(0, 8), ha="center", fontsize=7, color=color)
         for x, y in zip(gpus, effective):
-            days_axis.annotate(f"{y:,.1f} d", (x, y), textcoords="offset points", xytext=(0, -12), ha="center",
-                               fontsize=7, color=color)
+            days_axis.annotate(f"{y:,.1f} d", (x, y), textcoords="offset points", xytext=(10, 0), ha="left",
+                               va="center", fontsize=7, color=color)
+        # where adding GPUs stops paying: the size with the shortest effective time
+        best = int(np.nanargmin(effective))
+        days_axis.scatter([gpus[best]], [effective[best]], s=190, marker="*", color=color, zorder=4)
     capped = options[options["status"] == "over_power_cap"]
     for axis in (ettr_axis, days_axis):
         for _, row in capped.iterrows():
@@ -159,7 +164,7 @@ def scaling_plot(options: pd.DataFrame, stem: Path, title: str, site_power_mw: f
     top = float(ok[["time_to_train_days", "effective_time_to_train_days"]].max().max()) if len(ok) else 1.0
     days_axis.set_ylim(0, top * 1.25 if top > 0 else 1.0)
     days_axis.set_ylabel("time to train (days)")
-    days_axis.set_title("time to train: effective (solid) and nominal (dashed)", fontsize=9)
+    days_axis.set_title("time to train: effective (solid; star = shortest) and nominal (dashed)", fontsize=9)
     if len(ok):
         ettr_axis.legend(fontsize=8, loc="lower left")
         days_axis.legend(fontsize=8, loc="upper right")

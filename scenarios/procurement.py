@@ -467,7 +467,7 @@ def run_study(study: Study, workers: int | None = None) -> StudyResult:
 def _with_power(rows: pd.DataFrame, clusters: list[ClusterSpec | None], study: Study) -> pd.DataFrame:
     """The best-plan rows with what the site sees: the cluster's peak power (also for rows that were not
     searched), the energy over the effective time to train and its cost."""
-    rows = _goodput_fallback(rows.reset_index(drop=True).copy())
+    rows = rows.reset_index(drop=True).copy()
     peak = [cluster_peak_power_mw(clusters[i]) if clusters[i] is not None else math.nan
             for i in rows["scenario_index"]]
     rows["peak_power_mw"] = rows["peak_power_mw"].fillna(pd.Series(peak, index=rows.index, dtype=float))
@@ -475,16 +475,6 @@ def _with_power(rows: pd.DataFrame, clusters: list[ClusterSpec | None], study: S
     rows["effective_energy_mwh"] = rows["power_mw"] * rows["effective_time_to_train_days"] * 24
     price = study.energy_price_usd_per_mwh
     rows["energy_cost_usd"] = rows["effective_energy_mwh"] * price if price is not None else math.nan
-    return rows
-
-
-def _goodput_fallback(rows: pd.DataFrame) -> pd.DataFrame:
-    """TEMPORARY until the goodput fields land in the plan records: effective = nominal."""
-    if rows["effective_time_to_train_days"].isna().all():
-        ok = rows["status"] == "ok"
-        rows.loc[ok, "ettr"] = 1.0
-        for nominal in ("time_to_train_days", "gpu_hours", "cost_usd"):
-            rows.loc[ok, f"effective_{nominal}"] = rows.loc[ok, nominal]
     return rows
 
 
@@ -616,15 +606,17 @@ def summary_markdown(result: StudyResult) -> str:
         for label in dict.fromkeys(result.sensitivity["sensitivity"]):
             rows = result.sensitivity[result.sensitivity["sensitivity"] == label]
             lines += [f"### {label}", "",
-                      "| value | best plan | plan changed | tokens/s | MFU | memory GiB | days | cost $M |",
-                      "|---:|---|:---:|---:|---:|---:|---:|---:|"]
+                      "| value | best plan | plan changed | tokens/s | MFU | memory GiB | days | cost $M | ETTR "
+                      "| effective days | effective cost $M |",
+                      "|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for _, row in rows.iterrows():
                 if row["status"] != "ok":
-                    lines.append(f"| {_n(row['value'])} | {_status_cell(row)} | | | | | | |")
+                    lines.append(f"| {_n(row['value'])} | {_status_cell(row)} | | | | | | | | | |")
                     continue
                 lines.append(f"| {_n(row['value'])} | `{row['plan']}` | {'yes' if row['plan_changed'] else 'no'} | "
                              f"{row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | {row['memory_gib']:.1f} | "
-                             f"{row['time_to_train_days']:.1f} | {row['cost_usd'] / 1e6:.2f} |")
+                             f"{row['time_to_train_days']:.1f} | {row['cost_usd'] / 1e6:.2f} | {row['ettr']:.1%} | "
+                             f"{row['effective_time_to_train_days']:.1f} | {row['effective_cost_usd'] / 1e6:.2f} |")
             lines += ["", *_sensitivity_sentence(rows), "", *_no_fit_lines(rows, "value")]
         lines += ["![sensitivity](sensitivity.png)", ""]
     sensitivity = len(result.sensitivity) > 0

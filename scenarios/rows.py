@@ -13,7 +13,9 @@ A row holds the scenario's columns (from :class:`scenarios.sweep_file.ScenarioTa
   ``tokens_per_s_per_gpu``, ``tflops_per_gpu``, ``mfu``, ``time_to_train_days``, ``gpu_hours``,
   ``cost_usd``, ``energy_mwh``, ``gpu_power_w`` (average board power per GPU), ``power_mw`` and
   ``peak_power_mw`` (the job's average and all-computing facility power, :mod:`cost_model.power`),
-  the goodput columns ``ettr`` (effective-training-time ratio), ``effective_time_to_train_days``,
+  the goodput columns (:mod:`cost_model.goodput`) ``ettr`` (effective-training-time ratio), ``mtbf_h``,
+  ``checkpoint_gib_per_rank``, ``checkpoint_gib_job``, ``checkpoint_save_s``, ``checkpoint_interval_s``,
+  ``restart_s``, ``lost_work_per_failure_s``, ``spare_gpus``, ``effective_time_to_train_days``,
   ``effective_gpu_hours`` and ``effective_cost_usd`` (failures, checkpoints and restarts counted),
   ``peak_stage``, and the breakdowns flattened with a dot
   (``memory_breakdown_gib.activations``, ``step_time_breakdown_s.pp_bubble``, ``comm_gb_per_step.dp``);
@@ -44,8 +46,9 @@ PLAN_COLUMNS = ("rank", "plan", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "mic
                 "optimizer_offload", "activation_offload_layers", "plan_num_gpus", "peak_stage")
 METRIC_COLUMNS = ("memory_gib", "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu",
                   "hfu", "time_to_train_days", "gpu_hours", "cost_usd", "energy_mwh", "gpu_power_w", "power_mw",
-                  "peak_power_mw", "ettr", "effective_time_to_train_days", "effective_gpu_hours",
-                  "effective_cost_usd")
+                  "peak_power_mw", "ettr", "mtbf_h", "checkpoint_gib_per_rank", "checkpoint_gib_job",
+                  "checkpoint_save_s", "checkpoint_interval_s", "restart_s", "lost_work_per_failure_s", "spare_gpus",
+                  "effective_time_to_train_days", "effective_gpu_hours", "effective_cost_usd")
 BREAKDOWN_COLUMNS = (tuple(f"memory_breakdown_gib.{p}" for p in MEMORY_PARTS)
                      + tuple(f"step_time_breakdown_s.{p}" for p in TIME_PARTS)
                      + tuple(f"comm_gb_per_step.{d}" for d in COMM_DIMS))

@@ -345,3 +345,25 @@ def test_a_pool_worker_asks_to_die_with_its_parent_and_exits_if_it_already_has()
     orphan.start()
     orphan.join(30)
     assert orphan.exitcode == 1 and queue.empty()
+
+
+def test_rows_carry_the_power_and_goodput_columns(serial_run):
+    """The nightly table tracks what the run draws and what it trains, not only its nominal speed: power
+    from the plan's own step (8 H100 draw 8 x 1,275 W = 0.0102 MW while computing), energy = average
+    power x time, and the effective time = nominal / ETTR."""
+    frame = serial_run.frame
+    for column in ("gpu_power_w", "power_mw", "peak_power_mw", "ettr", "mtbf_h", "checkpoint_interval_s",
+                   "spare_gpus", "effective_time_to_train_days", "effective_gpu_hours", "effective_cost_usd"):
+        assert frame[column].dtype == "float64", column
+    ok = frame[frame["status"] == "ok"]
+    for column in ("gpu_power_w", "power_mw", "ettr", "effective_time_to_train_days", "effective_cost_usd"):
+        assert ok[column].notna().all(), column
+    assert ok["peak_power_mw"].tolist() == pytest.approx((ok["num_gpus"] * 1275 / 1e6).tolist(), abs=1e-6)
+    assert (ok["power_mw"] <= ok["peak_power_mw"]).all()
+    assert ok["energy_mwh"].tolist() == pytest.approx((ok["power_mw"] * ok["time_to_train_days"] * 24).tolist(),
+                                                      rel=1e-3)
+    assert ((ok["ettr"] > 0) & (ok["ettr"] <= 1)).all()
+    assert ok["effective_time_to_train_days"].tolist() == pytest.approx(
+        (ok["time_to_train_days"] / ok["ettr"]).tolist(), rel=1e-4)
+    no_fit = frame[frame["status"] == "no_fit"]
+    assert no_fit["power_mw"].isna().all() and no_fit["ettr"].isna().all()
