@@ -409,7 +409,7 @@ def test_goodput_example_shows_where_more_gpus_stop_paying(tmp_path):
     """405B on 15T tokens at 16K, 32K and 96K H100 and B200 under a 200 MW site: B200 x 96K needs
     98,304 x (1,000 + 787.5) W x PUE 1.2 = 210.9 MW and is dropped; H100 x 96K needs 150.4 MW and stays.
     At Llama 3's fixed 16M-token batch, going from 32K to 96K H100 reaches a smaller share of the ideal
-    speed-up than 16K to 32K did."""
+    speed-up than 16K to 32K did, and with the failures of 96K GPUs it takes longer than 32K."""
     from scenarios.plots import scaling_efficiency
     from scenarios.procurement import run_study, write_report
 
@@ -426,5 +426,9 @@ def test_goodput_example_shows_where_more_gpus_stop_paying(tmp_path):
     days, gpus = h100["effective_time_to_train_days"].to_numpy(), h100["num_gpus"].to_numpy()
     assert scaling_efficiency(gpus[1], days[1], gpus[2], days[2]) < scaling_efficiency(gpus[0], days[0], gpus[1], days[1])
     assert list(h100["ettr"]) == sorted(h100["ettr"], reverse=True)  # more GPUs, more failures: ETTR never rises
+    assert h100["ettr"].iloc[2] < h100["ettr"].iloc[0]
+    # where adding GPUs stops paying: 96K trains faster nominally than 32K, but not once failures count
+    nominal = h100["time_to_train_days"].to_numpy()
+    assert nominal[2] < nominal[1] and days[2] > days[1]
     paths = write_report(result, tmp_path / "out")
     assert tmp_path / "out" / "scaling.png" in paths
