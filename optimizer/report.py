@@ -329,7 +329,17 @@ def breakdown_text(metrics: PlanMetrics, index: int = 0) -> str:
     parts.append("  traffic per GPU per step: "
                  + ", ".join(f"{d.upper()} {metrics.comm_bytes_per_step[d][index] / 1e9:.1f} GB" for d in COMM_DIMS
                              if metrics.comm_bytes_per_step[d][index] > 0))
+    parts.append(goodput_text(metrics, index))
     return "\n".join(parts)
+
+
+def goodput_text(metrics: PlanMetrics, index: int = 0) -> str:
+    """One plan's goodput in a line: failures, checkpoints, restarts and the ETTR they leave."""
+    spares = metrics.spare_gpus[index]
+    return (f"  goodput: ETTR {metrics.ettr[index]:.1%}; a failure every {metrics.mtbf_s[index] / 3600:,.1f} h; "
+            f"checkpoint {metrics.checkpoint_bytes_per_rank[index] / 1e9:.2f} GB per GPU, "
+            f"{metrics.checkpoint_save_s[index]:.1f} s stopped every {metrics.checkpoint_interval_s[index] / 60:.1f} min; "
+            f"restart {metrics.restart_s[index] / 60:.1f} min" + (f"; {spares:,.0f} spare GPUs" if spares else ""))
 
 
 def to_csv(metrics: PlanMetrics, limit_bytes: float, fits: bool | None = None, band: Band | None = None) -> str:
@@ -381,12 +391,15 @@ def band_note(band: Band, tied_plans: int = 0, shown: int = 0, width: int | None
 
 
 def band_range_text(metrics: PlanMetrics, band: Band, index: int = 0) -> str:
-    """The band's ends of one plan's throughput, and of its days and cost where known:
+    """The band's ends of one plan's throughput, and of its effective days and cost where known (as the
+    table shows them: the band scales the step time, and the effective totals with it):
     '  80% band: 851-1,093 tok/s/GPU, 10.2-13.1 days, $0.52-0.67M'."""
     ends = {name: float(values[index]) for name, values in band_columns(metrics, band).items()}
     parts = [f"{ends['tokens_per_s_per_gpu_low']:,.0f}-{ends['tokens_per_s_per_gpu_high']:,.0f} tok/s/GPU"]
-    if math.isfinite(ends["time_to_train_days_low"]):
-        parts.append(f"{ends['time_to_train_days_low']:.1f}-{ends['time_to_train_days_high']:.1f} days")
-    if math.isfinite(ends["cost_usd_low"]):
-        parts.append(f"${ends['cost_usd_low'] / 1e6:.2f}-{ends['cost_usd_high'] / 1e6:.2f}M")
+    days_low, days_high = (float(end[0]) for end in band.duration_range(metrics.effective_time_to_train_s[index:index + 1] / 86400))
+    cost_low, cost_high = (float(end[0]) for end in band.duration_range(metrics.effective_cost_usd[index:index + 1]))
+    if math.isfinite(days_low):
+        parts.append(f"{days_low:.1f}-{days_high:.1f} days")
+    if math.isfinite(cost_low):
+        parts.append(f"${cost_low / 1e6:.2f}-{cost_high / 1e6:.2f}M")
     return "  80% band: " + ", ".join(parts)
