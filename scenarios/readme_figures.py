@@ -19,7 +19,8 @@ Blocks:
 * ``search``: ``plan-search examples/cluster.yaml examples/model.yaml --top 5``, as printed;
 * ``no-fit``: ``plan-search h100x8 llama3-405b --seq-len 8192 --global-batch 64`` (nothing fits);
 * ``procurement``: the bundled what-if study (``scenarios/examples/procurement_405b.yaml``): every
-  option's best-plan time and cost and the cost-vs-time frontier, as the study's ``summary.md`` has them;
+  option's best plan, nominal days, ETTR, effective days and cost, average MW, and the frontier of
+  effective days and cost, as the study's ``summary.md`` has them;
 * ``calibration``: the fitted parameters and the leave-one-source-out errors that ``plan-search
   calibrate --write`` stored in ``cost_model/calibration/fitted.yaml``.
 
@@ -84,21 +85,23 @@ def procurement_block() -> str:
     options = result.options
     lines = [f"Result of `plan-search whatif {STUDY.relative_to(ROOT).as_posix()}` with the file's illustrative "
              "prices:", "",
-             "| option | GPUs | $/GPU-h | best plan | days | cost $M | frontier |",
-             "|---|---:|---:|---|---:|---:|:---:|"]
+             "| option | GPUs | $/GPU-h | best plan | days | ETTR | effective days | effective cost $M | MW | frontier |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|:---:|"]
     for _, row in options.iterrows():
         if row["status"] != "ok":
             lines.append(f"| {row['option']} | {int(row['num_gpus']):,} | {row['price_per_gpu_hour_usd']:.2f} | "
-                         f"{row['status']} | | | |")
+                         f"{row['status']} | | | | | | |")
             continue
         lines.append(f"| {row['option']} | {int(row['num_gpus']):,} | {row['price_per_gpu_hour_usd']:.2f} | "
                      f"`{' '.join(str(row['plan']).split()[:4])}` | {row['time_to_train_days']:.1f} | "
-                     f"{row['cost_usd'] / 1e6:.2f} | {'yes' if row['pareto'] else ''} |")
+                     f"{row['ettr']:.1%} | {row['effective_time_to_train_days']:.1f} | "
+                     f"{row['effective_cost_usd'] / 1e6:.2f} | {row['power_mw']:.1f} | {'yes' if row['pareto'] else ''} |")
     ok = options[options["status"] == "ok"]
-    front = ok[ok["pareto"]].sort_values("time_to_train_days")
-    lines += ["", f"On the frontier (no other option is both faster and cheaper), fastest first:", ""]
-    lines += [f"* {row['option']}: {row['time_to_train_days']:.1f} days for ${row['cost_usd'] / 1e6:.2f}M;"
-              for _, row in front.iterrows()]
+    front = ok[ok["pareto"]].sort_values("effective_time_to_train_days")
+    lines += ["", "On the frontier of effective days and cost (failures, checkpoints and restarts counted; no other "
+              "option is both faster and cheaper), fastest first:", ""]
+    lines += [f"* {row['option']}: {row['effective_time_to_train_days']:.1f} effective days for "
+              f"${row['effective_cost_usd'] / 1e6:.2f}M;" for _, row in front.iterrows()]
     if lines[-1].endswith(";"):
         lines[-1] = lines[-1][:-1] + "."
     others = [str(o) for o in ok.loc[~ok["pareto"], "option"]]
