@@ -236,3 +236,16 @@ def test_bad_reliability_or_storage_is_one_line_naming_the_field(tmp_path, secti
         load_cluster(path)
     message = str(error.value)
     assert "\n" not in message and field in message and str(path) in message
+
+
+def test_no_failures_leaves_only_the_checkpoint_stops(llama405b):
+    cluster = load_cluster("h100x16384").with_overrides({f"reliability.{name}": 0.0 for name in (
+        "gpu_failures_per_gpu_hour", "hbm_failures_per_gpu_hour", "network_failures_per_node_hour",
+        "host_failures_per_node_hour")})
+    never = _evaluate(llama405b, _training(llama405b), cluster, _llama3_plan())
+    assert never.ettr[0] == 1.0 and never.effective_time_to_train_s[0] == never.time_to_train_s[0]
+    # a fixed interval of 600 s (rounded up to whole steps) with no failure: ETTR = tau / (tau + delta)
+    fixed = _evaluate(llama405b, _training(llama405b, checkpoint_interval_s=600.0), cluster, _llama3_plan())
+    tau, delta = fixed.checkpoint_interval_s[0], fixed.checkpoint_save_s[0]
+    assert 600.0 <= tau < 600.0 + fixed.step_time_s[0]
+    assert fixed.ettr[0] == pytest.approx(tau / (tau + delta))
