@@ -93,6 +93,15 @@ def peak_power_per_gpu_w(cluster: ClusterSpec) -> float:
     return (gpu.tdp_w * gpu.power_compute_fraction + host_power_w(cluster)) * economics.pue
 
 
+def idle_power_per_gpu_w(cluster: ClusterSpec) -> float:
+    """Facility power of a GPU that waits (a hot spare, powered and ready): (f_idle x TDP + host) x PUE;
+    without a TDP the flat all-in figure x PUE."""
+    gpu, economics = cluster.gpu, cluster.economics
+    if gpu.tdp_w is None:
+        return peak_power_per_gpu_w(cluster)
+    return (gpu.tdp_w * gpu.power_idle_fraction + host_power_w(cluster)) * economics.pue
+
+
 def cluster_peak_power_mw(cluster: ClusterSpec) -> float:
     """What the whole cluster draws while a job on all its GPUs computes: what a site must supply."""
     return cluster.num_gpus * peak_power_per_gpu_w(cluster) / 1e6

@@ -32,7 +32,9 @@ while computing, communicating and waiting in the best plan's step; ``peak_power
 every GPU computes at once, which a synchronous job reaches every step, so it is what the site must
 supply. An option whose cluster's peak exceeds ``site_power_mw`` is not searched: its row has status
 ``over_power_cap`` and says how many megawatts it needs. Energy is the average power times the
-effective time to train (lost work and restarts keep the cluster powered); its cost is that times
+effective time to train (lost work and restarts keep the cluster powered), plus the hot spares the
+best plan holds at idle power (the cap is checked before the search chooses spares, so it counts the
+cluster's own GPUs only); its cost is that times
 ``energy_price_usd_per_mwh``, reported beside the GPU-hour cost, not added to it (a rental price per
 GPU-hour already includes power; add it yourself for owned clusters).
 
@@ -58,7 +60,7 @@ import pandas as pd
 
 from cost_model.model_loader import ModelInput, build_training, layered_training
 from cost_model.params import ParameterCounts
-from cost_model.power import cluster_peak_power_mw, peak_power_per_gpu_w
+from cost_model.power import cluster_peak_power_mw, idle_power_per_gpu_w, peak_power_per_gpu_w
 from hardware.yaml_input import checked_path
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.loader import load_cluster
@@ -471,8 +473,12 @@ def _with_power(rows: pd.DataFrame, clusters: list[ClusterSpec | None], study: S
     peak = [cluster_peak_power_mw(clusters[i]) if clusters[i] is not None else math.nan
             for i in rows["scenario_index"]]
     rows["peak_power_mw"] = rows["peak_power_mw"].fillna(pd.Series(peak, index=rows.index, dtype=float))
-    # lost work and restarts keep the cluster powered: energy runs for the effective time
-    rows["effective_energy_mwh"] = rows["power_mw"] * rows["effective_time_to_train_days"] * 24
+    # lost work and restarts keep the cluster powered: energy runs for the effective time; hot spares
+    # (goodput's spare_gpus) wait beside the job at idle power
+    idle_w = pd.Series([idle_power_per_gpu_w(clusters[i]) if clusters[i] is not None else math.nan
+                        for i in rows["scenario_index"]], index=rows.index, dtype=float)
+    spare_mw = rows["spare_gpus"].fillna(0.0) * idle_w / 1e6
+    rows["effective_energy_mwh"] = (rows["power_mw"] + spare_mw) * rows["effective_time_to_train_days"] * 24
     price = study.energy_price_usd_per_mwh
     rows["energy_cost_usd"] = rows["effective_energy_mwh"] * price if price is not None else math.nan
     return rows

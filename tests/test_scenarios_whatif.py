@@ -432,3 +432,17 @@ def test_goodput_example_shows_where_more_gpus_stop_paying(tmp_path):
     assert nominal[2] < nominal[1] and days[2] > days[1]
     paths = write_report(result, tmp_path / "out")
     assert tmp_path / "out" / "scaling.png" in paths
+
+
+def test_hot_spares_draw_idle_power_for_the_whole_effective_time(tmp_path):
+    """One spare node per node of the job (hot_spare_nodes_per: 1): 8 spare H100 wait beside 8 working
+    ones, each at (0.2 x 700 + 575) W = 715 W, so the energy is (power_mw + 8 x 715 W) x effective hours."""
+    from scenarios.procurement import run_study
+
+    text = (HEAD.replace("train_tokens: 1.0e+11}", "train_tokens: 1.0e+11, hot_spare_nodes_per: [1]}")
+            + "energy_price_usd_per_mwh: 80\noptions:\n  - {name: one node, cluster: h100x8, price_per_gpu_hour_usd: 2}\n")
+    row = run_study(load_study(_write(tmp_path, text))).options.iloc[0]
+    assert row["status"] == "ok" and row["spare_gpus"] == 8
+    expected = (row["power_mw"] + 8 * 715 / 1e6) * row["effective_time_to_train_days"] * 24
+    assert row["effective_energy_mwh"] == pytest.approx(expected)
+    assert row["energy_cost_usd"] == pytest.approx(expected * 80)
