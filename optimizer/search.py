@@ -43,8 +43,8 @@ from hardware.schema import ClusterSpec
 from .emit import framework_violations
 from .layout_model import LAYOUT_COLUMNS, LayoutModel
 from .plan_rules import SCHEDULE_RULES, valid_mask
-from .ranking import (first_per_layout, gpu_seconds_per_token, layout_keys, objective_key, order_plans,
-                      pareto_front, largest_magnitude)
+from .ranking import (effective_gpu_seconds_per_token, effective_tokens_per_s, first_per_layout, layout_keys,
+                      objective_key, order_plans, pareto_front, largest_magnitude)
 from .search_options import SearchOptions
 
 PARTIAL_RECOMPUTE_FRACTIONS = (0.25, 0.5, 0.75)
@@ -448,8 +448,8 @@ class _ParetoPlans:
         self.cost = np.zeros(0)
 
     def add(self, metrics: PlanMetrics) -> None:
-        time_s = 1.0 / metrics.tokens_per_s
-        cost = gpu_seconds_per_token(metrics) * self.price
+        time_s = 1.0 / effective_tokens_per_s(metrics)  # effective: failures, checkpoints, restarts counted
+        cost = effective_gpu_seconds_per_token(metrics) * self.price
         if self.plans is None:
             plans = metrics.plans
         else:

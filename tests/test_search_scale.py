@@ -20,7 +20,8 @@ from cost_model.model_loader import build_training, load_model, model_input_from
 from hardware.loader import load_cluster
 from optimizer import search as search_module
 from optimizer.layout_model import LayoutModel, _divisors, _factorize, _is_prime, _primes_of
-from optimizer.ranking import best_per_layout, gpu_seconds_per_token, pareto_front, rank_order
+from optimizer.ranking import (best_per_layout, effective_gpu_seconds_per_token, effective_tokens_per_s, pareto_front,
+                               rank_order)
 from optimizer.search import (Scenario, candidate_groups, expand_recompute, group_chunks, recompute_options,
                               screen_memory, search)
 from optimizer.search_options import SearchOptions
@@ -141,8 +142,8 @@ def reference_search(scenario: Scenario, pareto: bool = False):
                       timed.take(order[: scenario.options.top_k]), scenario.costs)
     front = None
     if pareto:
-        cost = gpu_seconds_per_token(metrics) * (scenario.cluster.economics.price_per_gpu_hour_usd or 1.0)
-        chosen_front = pareto_front(1.0 / metrics.tokens_per_s, cost)[: scenario.options.top_k]
+        cost = effective_gpu_seconds_per_token(metrics) * (scenario.cluster.economics.price_per_gpu_hour_usd or 1.0)
+        chosen_front = pareto_front(1.0 / effective_tokens_per_s(metrics), cost)[: scenario.options.top_k]
         front = evaluate(scenario.model, scenario.training, scenario.cluster, timed.take(chosen_front),
                          scenario.costs)
     return ranked, counts, front
