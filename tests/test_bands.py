@@ -252,11 +252,19 @@ def test_ties_are_the_leading_plans_inside_the_leaders_band():
 
 
 def test_ties_compare_the_objective_the_plans_were_ranked_by():
-    # 1,000 tok/s on 8 GPUs and 1,900 on 16: plan 2 is 95% of plan 1 per GPU (cost per token), 190% in total
+    # 1,000 tok/s on 8 GPUs and 1,900 on 16 (no failures: ETTR 1, no spares): plan 2 is 95% of plan 1 per
+    # GPU (cost per token), 190% in total
     metrics = SimpleNamespace(tokens_per_s=np.array([1000.0, 1900.0]), mfu=np.array([0.5, 0.475]),
+                              ettr=np.array([1.0, 1.0]), spare_gpus=np.array([0, 0]),
                               plans=SimpleNamespace(num_gpus=np.array([8, 16])))
     per_gpu = objective_goodness(metrics, "cost_per_token")
     assert per_gpu == pytest.approx([125.0, 118.75])
+    # Failures count: at ETTR 0.9 for plan 2 (its larger job fails more often) it falls to 106.9 tokens per
+    # GPU-second, out of plan 1's 6% band.
+    metrics.ettr = np.array([1.0, 0.9])
+    assert objective_goodness(metrics, "cost_per_token") == pytest.approx([125.0, 106.875])
+    assert tied_with_leader(objective_goodness(metrics, "cost_per_token"), 0.06) == 1
+    metrics.ettr = np.array([1.0, 1.0])
     assert tied_with_leader(per_gpu, 0.06) == 2 and tied_with_leader(per_gpu, 0.04) == 1
     assert objective_goodness(metrics, "mfu") == pytest.approx([0.5, 0.475])
     assert objective_goodness(metrics, "memory_headroom") is None  # the band is not a memory band
