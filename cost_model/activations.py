@@ -37,7 +37,8 @@ The same inventory adapts to modern layers:
 * GQA/MQA: K and V have kv heads (per TP rank max(kv/t, 1): Megatron replicates KV heads when t > kv);
 * SwiGLU: the fused bias-SwiGLU saves the fc1 output (gate and up, 2F wide) and the fc2 input (F);
 * MLA (DeepSeek-V3): the low-rank query and KV paths save their latent inputs (replicated over TP);
-* FP8 GEMMs (Transformer Engine) save FP8 copies of GEMM inputs: 1 byte instead of 2;
+* FP8 GEMMs (Transformer Engine) save FP8 copies of GEMM inputs: 1 byte instead of 2; NVFP4 GEMMs save
+  NVFP4 copies, 0.5625 bytes (:data:`GEMM_INPUT_BYTES`);
 * context parallelism: every tensor covers s/cp tokens; a materialised score matrix is (s/cp) x s;
 * MoE (Megatron token dispatcher): per rank, b*(s/cp)*k*capacity*etp/tp token-expert pairs; each saves
   the expert's fc1 input (h), fc1 output and fc2 input (split by expert-TP) and its fp32 routing
@@ -79,6 +80,15 @@ from .training_spec import TrainingSpec
 
 ACT_BYTES = 2  # bf16 activations between layers
 
+NVFP4_BYTES_PER_ELEMENT = 0.5 + 1.0 / 16
+"""NVFP4 storage: a 4-bit E2M1 value per element plus one FP8 E4M3 scale per 16-element block (the FP32
+per-tensor scale is 4 bytes per tensor, nothing per element); arXiv:2509.25149, section 2."""
+
+GEMM_INPUT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": NVFP4_BYTES_PER_ELEMENT}
+"""Bytes per element of a GEMM input as the GEMM reads it and as Transformer Engine saves it for backward,
+by precision. FP8 saves an FP8 copy; NVFP4 saves the column-wise NVFP4 copy that the weight-gradient GEMM
+reads (TE ``Linear`` keeps only the usage backward needs)."""
+
 
 @dataclass
 class LayerActivations:
@@ -105,7 +115,7 @@ class _Shapes:
     q_heads: np.ndarray       # a / t
     kv_heads: np.ndarray      # max(kv / t, 1)  (all heads for MLA, whose K/V are per head)
     s_kv: np.ndarray          # keys each query attends to (full sequence under CP)
-    gemm_in_bytes: int        # saved GEMM-input bytes: 1 with FP8, else 2
+    gemm_in_bytes: float      # saved GEMM-input bytes: GEMM_INPUT_BYTES of the precision
 
 
 def _shapes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> _Shapes:
@@ -118,7 +128,7 @@ def _shapes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> _Sha
         q_heads=model.num_attention_heads / t,
         kv_heads=np.maximum(kv / t, 1.0),
         s_kv=np.full(len(plans), float(training.seq_length)),
-        gemm_in_bytes=1 if training.precision == "fp8" else 2,
+        gemm_in_bytes=GEMM_INPUT_BYTES[training.precision],
     )
 
 
@@ -172,12 +182,12 @@ def attention_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanA
 def _mlp_saved_per_token(model: ModelSpec, training: TrainingSpec, width_per_rank: np.ndarray) -> np.ndarray:
     """fc1 output (SwiGLU: gate and up) and fc2 input for an MLP of the given per-rank width."""
     e = ACT_BYTES
-    g = 1 if training.precision == "fp8" else 2
+    g = GEMM_INPUT_BYTES[training.precision]
     fc1_out = e * width_per_rank * (2 if model.gated_mlp else 1)
     return fc1_out + g * width_per_rank
 
 
-def _mlp_input_bytes(plans: PlanArrays, h: int, gemm_in_bytes: int, checkpointed: np.ndarray) -> np.ndarray:
+def _mlp_input_bytes(plans: PlanArrays, h: int, gemm_in_bytes: float, checkpointed: np.ndarray) -> np.ndarray:
     """Per token before the SP split: the norm-2 output the MLP (or MoE) block keeps as its input.
 
     Saved by fc1 (1 byte under FP8), or at 2 bytes as a checkpointed block's input; discarded by

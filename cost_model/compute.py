@@ -41,7 +41,7 @@ import numpy as np
 
 from hardware.schema import GPUSpec
 
-from .activations import ACT_BYTES, recomputes, routed_pairs_per_rank
+from .activations import ACT_BYTES, GEMM_INPUT_BYTES, recomputes, routed_pairs_per_rank
 from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels
 from .model_spec import ModelSpec
 from .options import CostOptions
@@ -77,25 +77,59 @@ class LayerTimes:
     (:func:`cost_model.host.exposed_issue_time`)."""
 
 
+QUANTIZE_BYTES_PER_ELEMENT = {"tensorwise": 6.0, "delayed": 4.0, "mxfp8": 4.0, "blockwise": 4.0, "nvfp4": 7.125}
+"""HBM bytes per element to quantize one bf16 GEMM input into the row- and column-wise copies that the
+forward and weight-gradient GEMMs read (Transformer Engine quantizers).
+
+FP8: read 2 bytes, write 1 + 1 (``delayed``, ``mxfp8``, ``blockwise``: scales from history or per block,
+no extra pass); ``tensorwise`` current scaling reads the input once more for its amax: 6.
+
+``nvfp4`` (TE ``NVFP4Quantizer::quantize_impl``): one ``nvte_hadamard_transform_amax`` pass reads the input
+for the row-wise amax and the column-wise amax after the random Hadamard transform (2 bytes); the row-wise
+cast reads it again (2) and the column-wise RHT cast fusion (``nvte_hadamard_transform_cast_fusion_columnwise``)
+a third time (2); each writes 4-bit values plus one E4M3 scale per 16 elements, 0.5625 bytes
+(:data:`NVFP4_BYTES_PER_ELEMENT`): 6 + 2 x 0.5625 = 7.125. Stochastic rounding of gradients happens in the
+cast and moves no extra bytes."""
+
+def gemm_precision_rate(gpu: GPUSpec, precision: str) -> tuple[str, float, float]:
+    """(precision the GEMMs really run in, dense peak TFLOP/s, achievable fraction of it) on ``gpu``.
+
+    FP8 on a GPU without FP8 tensor cores runs in bf16 (Transformer Engine falls back); FP4 needs FP4 tensor
+    cores, which :func:`precision_conflict` checks before pricing. An uncalibrated FP4 efficiency
+    (``gemm_efficiency_fp4`` None) is the FP8 one: both are Transformer Engine's quantized GEMMs with
+    their casts."""
+    if precision == "fp4" and gpu.peak_tflops_fp4:
+        efficiency = gpu.gemm_efficiency_fp4 or gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
+        return "fp4", gpu.peak_tflops_fp4, efficiency
+    if precision in ("fp8", "fp4") and gpu.peak_tflops_fp8:
+        return "fp8", gpu.peak_tflops_fp8, gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
+    return "bf16", gpu.peak_tflops_bf16, gpu.gemm_efficiency
+
+
+def precision_conflict(training: TrainingSpec, gpu: GPUSpec) -> str | None:
+    """Why the run's precision cannot run on ``gpu``, or None if it can."""
+    if training.precision == "fp4" and not gpu.peak_tflops_fp4:
+        return (f"precision fp4 needs FP4 tensor cores (a Blackwell GPU): the {gpu.name} preset has no "
+                "peak_tflops_fp4; use precision fp8 or bf16, or a Blackwell GPU")
+    return None
+
+
 class _Pricer:
     def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions, gemm_precision: str | None = None):
-        """``gemm_precision`` overrides the run's precision for GEMMs kept out of FP8 (the LM head)."""
-        fp8 = (gemm_precision or training.precision) == "fp8" and gpu.peak_tflops_fp8
+        """``gemm_precision`` overrides the run's precision for GEMMs kept out of FP8/FP4 (the LM head)."""
         # The GPU presets' efficiencies are the reference stack's (Megatron-Core + Transformer Engine);
         # another stack reaches its fitted share of them (cost_model.stacks).
         self.gpu = gpu
         self.stack = stack_spec(training.stack)
         stack = self.stack.kernel_efficiency
-        if fp8:
-            efficiency = gpu.gemm_efficiency_fp8 or gpu.gemm_efficiency
-            self.gemm_flops_per_s = gpu.peak_tflops_fp8 * 1e12 * efficiency * stack
-        else:
-            self.gemm_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.gemm_efficiency * stack
+        precision, peak_tflops, efficiency = gemm_precision_rate(gpu, gemm_precision or training.precision)
+        self.gemm_flops_per_s = peak_tflops * 1e12 * efficiency * stack
         self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency * stack
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
-        self.in_bytes = 1 if fp8 else 2
-        # Current scaling reads each input once more for its amax before the cast.
-        self.quantize_bytes_per_element = 6.0 if training.fp8_recipe == "tensorwise" else 4.0
+        self.in_bytes = GEMM_INPUT_BYTES[precision]
+        self.quantized = precision in ("fp8", "fp4")
+        recipe = training.quantized_recipe if precision == training.precision else training.fp8_recipe
+        self.quantize_bytes_per_element = QUANTIZE_BYTES_PER_ELEMENT.get(recipe, 4.0)
         self.overhead_s = options.kernel_overhead_us * 1e-6
         self.num_sms = gpu.num_sms
         self.tile_m, self.tile_n = options.gemm_tile
@@ -128,11 +162,11 @@ class _Pricer:
         return np.asarray(bytes_moved, dtype=float) / self.hbm_bytes_per_s
 
     def quantize(self, m, k, count=1.0):
-        """Seconds to cast a GEMM's (m x k) bf16 input to FP8 in both the row- and the column-wise
-        layout that forward and weight-gradient GEMMs read: 2 bytes read, 2 written per element
-        (Transformer Engine), and with ``tensorwise`` current scaling 2 more read by the amax pass;
-        zero without FP8. Weights are cast once per step and left out."""
-        if self.in_bytes != 1:
+        """Seconds to cast a GEMM's (m x k) bf16 input to FP8 or NVFP4 in both the row- and the
+        column-wise layout that forward and weight-gradient GEMMs read
+        (:data:`QUANTIZE_BYTES_PER_ELEMENT`); zero for bf16 GEMMs. Weights are cast once per step (NVFP4:
+        16x16 2D blocks) and left out."""
+        if not self.quantized:
             return 0.0
         bytes_moved = self.quantize_bytes_per_element * np.asarray(m, dtype=float) * np.asarray(k, dtype=float)
         return count * self.streaming(bytes_moved)

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 from hardware.schema import ClusterSpec
 
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
-from .compute import layer_times, lm_head_times, optimizer_step_bytes
+from .compute import gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
@@ -272,7 +272,7 @@ range; one pass over 10^6 plans spends a fifth of its time faulting in fresh pag
 def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, plans: PlanArrays,
              options: CostOptions | None = None) -> PlanMetrics:
     """Predict memory and time of every plan (see the module docstring for the time model)."""
-    conflict = graph_scope_conflict(model, training)
+    conflict = graph_scope_conflict(model, training) or precision_conflict(training, cluster.gpu)
     if conflict:
         raise ValueError(conflict)
     if len(plans) > BLOCK_PLANS:
@@ -457,8 +457,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     model_flops = model_flops_per_step(model, training, causal_attention_half=options.mfu_attention_causal)
     hardware_flops = model_flops + recompute_flops_per_step(
         model, training, plans, _pick(share, bottleneck), causal_attention_half=options.mfu_attention_causal)
-    fp8 = training.precision == "fp8" and gpu.peak_tflops_fp8
-    peak = (gpu.peak_tflops_fp8 if fp8 else gpu.peak_tflops_bf16) * 1e12
+    peak = gemm_precision_rate(gpu, training.precision)[1] * 1e12
     mfu = model_flops / (step * num_gpus * peak)
     hfu = hardware_flops / (step * num_gpus * peak)
 

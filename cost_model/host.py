@@ -26,7 +26,9 @@ MXFP8 swizzles both operands' scale factors before every GEMM (2 calls):
 
 q by ``fp8_recipe`` (Transformer Engine 2.x, ``transformer_engine/pytorch/csrc`` quantizers): 4 for
 ``tensorwise`` current scaling (a memset, the amax reduction, the scale computation, the cast), 1 for
-``delayed``, ``mxfp8`` and ``blockwise`` (one cast kernel); s = 2 for ``mxfp8``, else 0.
+``delayed``, ``mxfp8`` and ``blockwise`` (one cast kernel), 3 for FP4's ``nvfp4`` (amax with the
+Hadamard-transformed amax, row-wise cast, column-wise Hadamard cast); s = 2 for ``mxfp8`` and ``nvfp4``
+(block scales), else 0.
 
 - attention block: norm, QKV GEMM, rotary embedding on q and k, the attention kernel, output GEMM,
   bias-dropout-add: G 2, O 6; MLA (q_a/q_b/kv_a/kv_b projections, their norms, the nope/rope split
@@ -95,9 +97,12 @@ EXPERT = PartShape(gemms=2, other=0)
 EXPERT_GROUPED_GEMMS = (2, 4)
 """Grouped GEMMs of the experts, forward and backward (MXFP8 swizzles run once for each)."""
 
-QUANTIZE_CALLS = {"tensorwise": 4, "delayed": 1, "mxfp8": 1, "blockwise": 1}
-"""Host calls to quantize one tensor to FP8 under each recipe."""
-SWIZZLE_CALLS = {"mxfp8": 2}
+QUANTIZE_CALLS = {"tensorwise": 4, "delayed": 1, "mxfp8": 1, "blockwise": 1, "nvfp4": 3}
+"""Host calls to quantize one tensor to FP8 or FP4 under each recipe. ``nvfp4`` (Transformer Engine
+``NVFP4Quantizer::quantize_impl``): the fused amax kernel (``nvte_hadamard_transform_amax``: row-wise amax
+and the column-wise amax after the random Hadamard transform), the row-wise cast and the column-wise
+Hadamard-transform cast fusion."""
+SWIZZLE_CALLS = {"mxfp8": 2, "nvfp4": 2}
 """Host calls to swizzle both operands' scale factors before one GEMM."""
 
 
@@ -138,10 +143,13 @@ def host_syncs_per_layer(model: ModelSpec, training: TrainingSpec) -> bool:
 
 
 def _fp8_calls(training: TrainingSpec) -> tuple[int, int]:
-    """Host calls to quantize one tensor and to swizzle one GEMM's scale factors (zero without FP8)."""
-    if training.precision != "fp8":
+    """Host calls to quantize one tensor and to swizzle one GEMM's scale factors (zero for bf16 GEMMs).
+    Block-scaled recipes (MXFP8, NVFP4) swizzle both operands' scales into cuBLAS's layout before each
+    GEMM (Transformer Engine ``swizzle_scaling_factors``)."""
+    recipe = training.quantized_recipe
+    if recipe is None:
         return 0, 0
-    return QUANTIZE_CALLS[training.fp8_recipe], SWIZZLE_CALLS.get(training.fp8_recipe, 0)
+    return QUANTIZE_CALLS[recipe], SWIZZLE_CALLS.get(recipe, 0)
 
 
 def _calls(part: PartShape, training: TrainingSpec, swizzle_per_gemm: bool = True) -> tuple[float, float]:

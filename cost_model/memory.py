@@ -2,7 +2,7 @@
 
 Model states (bytes per parameter held by the rank):
 
-* weights: 2 (bf16), plus 1 for Transformer Engine's cached FP8 weight copy when GEMMs run in FP8;
+* weights: 2 (bf16), plus 1 for Transformer Engine's cached FP8 weight copy when GEMMs run in FP8 (1.125, row- and column-wise NVFP4, in FP4);
   except where the weights themselves are FP8 (:func:`fp8_primary_weights`): 1, or 2 for MXFP8;
 * gradients: 4 for fp32 main grads (Megatron with ``--bf16``) or 2 for bf16;
 * optimizer: 12 for Adam (fp32 master, m, v), 8 for SGD with momentum.
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import (embedding_dropout_bytes, layer_activations, lm_head_bytes,
+from .activations import (NVFP4_BYTES_PER_ELEMENT, embedding_dropout_bytes, layer_activations, lm_head_bytes,
                           logits_transient_bytes)
 from .model_spec import ModelSpec
 from .options import CostOptions
@@ -116,11 +116,13 @@ def weight_bytes_per_param(training: TrainingSpec, plans: PlanArrays) -> tuple[n
     layer and keeps no cache). FP8 primary weights (:func:`fp8_primary_weights`): 1 for per-tensor
     scaling (the transpose Hopper's FP8 GEMMs need is made in backward and freed,
     ``keep_fp8_transpose_cache`` False), 2 for MXFP8, whose 1x32 blocks cannot be transposed, so
-    Transformer Engine keeps a row-wise and a column-wise copy (``MXFP8Tensor``)."""
+    Transformer Engine keeps a row-wise and a column-wise copy (``MXFP8Tensor``). NVFP4 GEMMs cache the
+    weight's row-wise and column-wise NVFP4 copies (``NVFP4Tensor``, 16x16 blocks): 2 x 0.5625 bytes."""
     primary = fp8_primary_weights(training, plans)
     fp8_weight = 2.0 if training.fp8_recipe == "mxfp8" else 1.0
     sharded = np.where(primary, fp8_weight, float(WEIGHT_BYTES))
-    cache = np.where(primary | (training.precision != "fp8"), 0.0, 1.0)
+    quantized_cache = {"fp8": 1.0, "fp4": 2 * NVFP4_BYTES_PER_ELEMENT}.get(training.precision, 0.0)
+    cache = np.where(primary, 0.0, quantized_cache)
     return sharded, cache
 
 

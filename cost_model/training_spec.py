@@ -22,8 +22,9 @@ from hardware.bounds import MAX_GLOBAL_BATCH_TOKENS, OutOfBounds, check_bound, c
 
 from .stacks import stack_spec
 
-PRECISIONS = ("bf16", "fp16", "fp8")
+PRECISIONS = ("bf16", "fp16", "fp8", "fp4")
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
+FP4_RECIPES = ("nvfp4",)
 GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
@@ -46,10 +47,13 @@ class TrainingSpec:
     global_batch_size: int = 1024
     """Sequences per optimizer step (Megatron ``--global-batch-size``)."""
 
-    precision: Literal["bf16", "fp16", "fp8"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp8", "fp4"] = "bf16"
     """Matrix-multiply precision. ``fp16`` (loss-scaled mixed precision, as in GPT-3-era runs) costs the
     same bytes and peak as ``bf16``. ``fp8`` runs GEMMs in FP8 (Transformer Engine) with bf16 weights,
-    bf16 activations between layers and FP8 copies of GEMM inputs saved for backward."""
+    bf16 activations between layers and FP8 copies of GEMM inputs saved for backward. ``fp4`` runs the
+    transformer layers' GEMMs in FP4 E2M1 (Megatron-Core ``--fp4-format e2m1``, Transformer Engine >= 2.7,
+    Blackwell only: the GPU preset needs ``peak_tflops_fp4``), with bf16 weights and activations, the
+    recipe's quantized copies of GEMM inputs saved for backward and the LM head in bf16."""
 
     fp8_recipe: Literal["tensorwise", "delayed", "mxfp8", "blockwise"] = "delayed"
     """How FP8 GEMM inputs are scaled (Megatron ``--fp8-recipe``, whose default is ``delayed``):
@@ -57,6 +61,13 @@ class TrainingSpec:
     1x32 block scaling (FP8-MX), ``blockwise`` DeepSeek-V3's 1x128 / 128x128 blocks. It sets the
     host's kernel count per quantized tensor (:mod:`cost_model.host`) and, for ``tensorwise``, the extra
     read of each input for its amax. Ignored unless ``precision`` is ``fp8``."""
+
+    fp4_recipe: Literal["nvfp4"] = "nvfp4"
+    """How FP4 GEMM inputs are scaled (Megatron ``--fp4-recipe``, default and only built-in ``nvfp4``):
+    Transformer Engine's ``NVFP4BlockScaling``, 16-element blocks with an FP8 E4M3 scale each and an
+    FP32 per-tensor scale, 16x16 (2D) blocks for weights, a random Hadamard transform on the weight-gradient
+    GEMM's inputs and stochastic rounding of gradients (NVIDIA, "Pretraining Large Language Models with
+    NVFP4", arXiv:2509.25149, section 4). Ignored unless ``precision`` is ``fp4``."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     """Adam/AdamW keep an fp32 master copy and the moments m and v (12 bytes per parameter);
@@ -217,6 +228,11 @@ class TrainingSpec:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.fp8_recipe not in FP8_RECIPES:
             raise ValueError(f"fp8_recipe must be one of {', '.join(FP8_RECIPES)}, got {self.fp8_recipe!r}")
+        if self.fp4_recipe not in FP4_RECIPES:
+            raise ValueError(f"fp4_recipe must be one of {', '.join(FP4_RECIPES)}, got {self.fp4_recipe!r}")
+        if self.precision == "fp4" and self.stack not in FP4_STACKS:
+            raise ValueError(f"precision fp4 needs a stack that runs NVFP4 GEMMs: the {self.stack} stack has no FP4 "
+                             "recipe; use stack megatron-core (Transformer Engine NVFP4) or precision fp8")
         if self.grad_dtype not in GRAD_DTYPES:
             raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
         if self.optimizer_moments_dtype not in GRAD_DTYPES:
@@ -258,6 +274,16 @@ class TrainingSpec:
                              "static (drop and pad, or sync-free HybridEP): choose one")
 
     @property
+    def quantized_recipe(self) -> str | None:
+        """The scaling recipe of the run's low-precision GEMMs (``fp8_recipe`` or ``fp4_recipe``); None
+        for bf16 and fp16 GEMMs."""
+        if self.precision == "fp8":
+            return self.fp8_recipe
+        if self.precision == "fp4":
+            return self.fp4_recipe
+        return None
+
+    @property
     def global_batch_tokens(self) -> int:
         return self.global_batch_size * self.seq_length
 
@@ -273,6 +299,11 @@ class TrainingSpec:
 
     def with_changes(self, **changes: Any) -> "TrainingSpec":
         return replace(self, **changes)
+
+
+FP4_STACKS = ("megatron-core",)
+"""Stacks that run FP4 GEMMs: Megatron-Core with Transformer Engine >= 2.7 (``NVFP4BlockScaling``);
+torchtitan's torchao MX training is MXFP8 only in the priced runs, and the older stacks predate FP4."""
 
 
 TRAINING_FIELDS = tuple(f.name for f in fields(TrainingSpec))

@@ -85,6 +85,8 @@ BOUNDS: dict[str, Bound] = {
                                   plausible=20_000, slips=(_GFLOPS,)),
     "gpu.peak_tflops_fp8": Bound(1e6, "TFLOP/s", "the fastest dense FP8 is 5,000 TFLOP/s (GB300)",
                                  plausible=40_000, slips=(_GFLOPS,)),
+    "gpu.peak_tflops_fp4": Bound(1e6, "TFLOP/s", "the fastest dense FP4 is 15,000 TFLOP/s (GB300)",
+                                 plausible=80_000, slips=(_GFLOPS,)),
     "gpu.host_link_GBps": Bound(1e5, "GB/s", "NVLink-C2C, the fastest host link, is 450 GB/s per direction",
                                 plausible=1_000, slips=(_GBIT,)),
     "gpu.tdp_w": Bound(1e6, "W", "the hungriest GPU boards draw 1,400 W (GB300)", plausible=5_000,

@@ -84,6 +84,9 @@ class GPUSpec(_Frozen):
         "Peak DENSE BF16 tensor throughput in TFLOP/s (never the 2:4-sparsity figure, which is 2x)."))
     peak_tflops_fp8: float | None = Field(default=None, gt=0, description=(
         "Peak DENSE FP8 tensor throughput in TFLOP/s; None where the GPU has no FP8 tensor cores."))
+    peak_tflops_fp4: float | None = Field(default=None, gt=0, description=(
+        "Peak DENSE FP4 (NVFP4) tensor throughput in TFLOP/s; None where the GPU has no FP4 tensor cores "
+        "(everything before Blackwell). Training with precision fp4 needs it."))
     gemm_efficiency: float = Field(default=0.8, **_FRACTION, description=(
         "Achievable fraction of peak_tflops_bf16 for BF16 GEMMs as training runs them. Large-GEMM "
         "microbenchmarks reach about 0.8 on H100 SXM (~790 of 989 TFLOP/s); calibrated on published "
@@ -91,6 +94,10 @@ class GPUSpec(_Frozen):
     gemm_efficiency_fp8: float | None = Field(default=None, **_FRACTION, description=(
         "Achievable fraction of peak_tflops_fp8 for FP8 GEMMs as training runs them (Transformer Engine, "
         "scaling and casts included); None = gemm_efficiency. Calibrated from published runs where set."))
+    gemm_efficiency_fp4: float | None = Field(default=None, **_FRACTION, description=(
+        "Achievable fraction of peak_tflops_fp4 for NVFP4 GEMMs as training runs them (Transformer Engine); "
+        "None = not calibrated, priced at gemm_efficiency_fp8 (or gemm_efficiency). Written by "
+        "`plan-search calibrate`: gemm.bf16 x family x gemm.fp4_vs_bf16."))
     attention_efficiency: float = Field(default=0.5, **_FRACTION, description=(
         "Achievable fraction of peak for flash-attention kernels, forward+backward average "
         "(FlashAttention-2, Dao 2023; FlashAttention-3, Shah et al. 2024)."))

@@ -94,13 +94,30 @@ def test_sc21_zero3_row_is_zero_stage_3_in_hardware_flops(converted):
 def test_unpriceable_rows_are_skipped_with_their_reason(converted, table):
     rows, skipped = converted
     nvfp4 = [key for key, row in table.items() if row["precision"] == "NVFP4"]
-    assert len(nvfp4) == 33 and all("NVFP4" in skipped[key].reason for key in nvfp4)
+    nemotron = [key for key in nvfp4 if table[key]["model"] == "Nemotron_3_Super"]
+    assert len(nvfp4) == 33 and len(nemotron) == 15  # Nemotron 3 Super: no architecture columns
+    assert all("missing architecture" in skipped[key].reason for key in nemotron)
     b200_long = [key for key, row in table.items() if row["source_group"] == "nemo_longseq" and "B200" in row["gpu_type"]]
     assert len(b200_long) == 8 and all("layout inconsistent" in skipped[key].reason for key in b200_long)
     assert "missing architecture" in skipped["mbridge-053"].reason  # Kimi K2: no architecture columns, no preset
     for key, row in rows.items():
         plan = row["plan"]
         assert plan["tp"] * plan["pp"] * plan["dp"] * plan["cp"] == row["cluster"]["num_gpus"], key
+
+
+def test_nvfp4_rows_convert_to_the_bridge_recipe(converted, table):
+    """The 18 Llama NVFP4 rows of the Megatron-Bridge tables run bf16_with_nvfp4_mixed: FP4 E2M1 GEMMs,
+    NVFP4 recipe, on the GB200 / GB300 presets, with the table's own layout."""
+    rows = converted[0]
+    llama = [key for key, row in table.items() if row["precision"] == "NVFP4" and row["model"] != "Nemotron_3_Super"]
+    assert len(llama) == 18 and all(key in rows for key in llama)
+    for key in llama:
+        assert (rows[key]["training"]["precision"], rows[key]["training"]["fp4_recipe"]) == ("fp4", "nvfp4"), key
+        assert "fp8_recipe" not in rows[key]["training"], key
+    row = rows["mbridge-035"]  # Llama 3.1 405B, 256 GB300, TP4 PP8 CP1 VP4, MBS 1, GBS 1536, 1413 tokens/s/GPU
+    assert row["cluster"]["gpu"] == "gb300-nvl72"
+    assert (row["plan"]["tp"], row["plan"]["pp"], row["plan"]["dp"], row["plan"]["vpp"]) == (4, 8, 8, 4)
+    assert row["measured"]["tokens_per_s_per_gpu"] == 1413
 
 
 def test_torchtitan_rows_read_the_curated_pipeline_batches(converted):
@@ -170,7 +187,7 @@ def test_load_all_rows_drops_the_csv_copies_of_curated_rows():
     assert {row["id"] for row in curated} <= ids
     assert "mbridge-224" not in ids  # 25.11 GB300 Llama 3 8B: megatron-bridge-25.11-gb300-llama3-8b-fp8
     assert "mbridge-218" in ids      # 26.02 H100 Qwen3-30B: 5,113 here against 2,557 curated, not the same cell
-    assert len(with_csv) == len(curated) + 440 - 69 and len(skipped) == 116
+    assert len(with_csv) == len(curated) + 458 - 69 and len(skipped) == 98  # 458 converted, 18 of them NVFP4
 
 
 def test_text_columns_parse():

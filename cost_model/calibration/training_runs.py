@@ -7,7 +7,7 @@ into the schema of ``published_runs.yaml`` (model, training, cluster, plan, meas
 ``source_group`` and ``training.stack``, through explicit tables below, one entry per distinct text,
 each saying why. What a source does not publish stays ``None`` (the validator then prices every
 unpublished memory choice, :data:`validate.UNPUBLISHED_MEMORY_CHOICES`); what cannot be priced
-honestly (NVFP4, an unknown architecture, a layout whose degrees do not multiply to the GPU count) is
+honestly (row-wise float8, an unknown architecture, a layout whose degrees do not multiply to the GPU count) is
 returned as a :class:`SkippedRow` with its reason, never guessed.
 
 :func:`load_all_rows` joins these rows to the curated ``published_runs.yaml`` and drops the CSV rows
@@ -80,7 +80,7 @@ GPU_TYPES: dict[str, tuple[str, dict[str, float], str]] = {
 }
 
 PRECISIONS: dict[str, tuple[str, str | None, str]] = {
-    # lower-cased text: (precision, fp8_recipe, why). Megatron-Bridge's "FP8" (26.02 and later tables)
+    # lower-cased text: (precision, fp8_recipe or fp4_recipe, why). Megatron-Bridge's "FP8" (26.02 and later tables)
     # is FP8-CS: the curated 26.02 rows read the same cells against the FP8_CS recipe configs.
     "bf16": ("bf16", None, "BF16"),
     "amp_bf16": ("bf16", None, "Composer amp_bf16: BF16 autocast"),
@@ -88,6 +88,9 @@ PRECISIONS: dict[str, tuple[str, str | None, str]] = {
     "fp8": ("fp8", "tensorwise", "Megatron-Bridge 26.x 'FP8' = FP8-CS, per-tensor current scaling (as the curated 26.02 rows)"),
     "fp8-cs": ("fp8", "tensorwise", "FP8 current scaling = Megatron --fp8-recipe tensorwise"),
     "fp8-mx": ("fp8", "mxfp8", "FP8-MX = MXFP8 1x32 block scaling"),
+    "nvfp4": ("fp4", "nvfp4", "NVFP4 = Megatron-Bridge bf16_with_nvfp4_mixed (--fp4-format e2m1 --fp4-recipe nvfp4, "
+                              "no fp4 param gather); the performance scripts (scripts/performance/utils/precision.py "
+                              "@067f987d) leave first_last_layers_bf16 off, so every transformer layer runs NVFP4"),
     "mxfp8": ("fp8", "mxfp8", "MXFP8 1x32 block scaling"),
     "amp_fp8": ("fp8", "delayed", "Composer amp_fp8: Transformer Engine fp8_autocast with its default DelayedScaling"),
     "bf16 + float8 (nn.linear, torchao)": ("fp8", "tensorwise", "torchao Float8 linear, default dynamic tensorwise scaling"),
@@ -100,7 +103,6 @@ MLM_README_PRECISION = ("bf16", None, "not printed, read from the README's own a
                         "every row, the H100 dense BF16 peak (989), so MFU is BF16 utilisation (an FP8 run would be "
                         "quoted against 1979)")
 UNPRICED_PRECISIONS = {
-    "nvfp4": "precision NVFP4: FP4 GEMMs are not modelled (issue 18)",
     "bf16 + float8 rowwise": "precision float8 rowwise: row-wise FP8 scaling is none of the modelled recipes "
                              "(tensorwise, delayed, mxfp8, blockwise) and runs 26-34% slower than tensorwise here",
     "": "precision not published (the 25.09 Megatron-Bridge table has no precision column); BF16 and FP8 "
@@ -549,7 +551,7 @@ def convert_row(row: dict[str, str]) -> dict[str, Any]:
     training: dict[str, Any] = {"seq_length": seq_length, "global_batch_size": global_batch, "precision": precision,
                                 "stack": stack}
     if fp8_recipe:
-        training["fp8_recipe"] = fp8_recipe
+        training["fp4_recipe" if precision == "fp4" else "fp8_recipe"] = fp8_recipe
     extra_training, extra_plan, knob_notes = SOURCE_KNOBS[group](row, model, plan, training, variant)
     training.update(extra_training)
     plan.update(extra_plan)
@@ -595,7 +597,7 @@ cells are rounded to 3-4 digits; different runs of one layout differ by more).""
 def _configuration(row: dict[str, Any]) -> tuple:
     plan, training = row.get("plan") or {}, row.get("training") or {}
     precision = training.get("precision", "bf16")
-    recipe = training.get("fp8_recipe") if precision == "fp8" else None
+    recipe = training.get("fp8_recipe") if precision == "fp8" else training.get("fp4_recipe") if precision == "fp4" else None
     return ((row.get("cluster") or {}).get("gpu"), int((row.get("cluster") or {}).get("num_gpus", 0)), precision, recipe,
             *(int(plan.get(key) or 1) for key in LAYOUT_KEYS))
 
@@ -698,7 +700,7 @@ def source_group_table(rows: list[dict[str, Any]], skipped: list[SkippedRow], re
 
 
 def _reason_kind(reason: str) -> str:
-    for key in ("NVFP4", "rowwise", "precision not published", "per-op", "missing architecture", "layout"):
+    for key in ("rowwise", "precision not published", "per-op", "missing architecture", "layout"):
         if key in reason:
             return key
     return reason[:40]
