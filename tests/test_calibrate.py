@@ -155,3 +155,23 @@ def test_presets_and_stacks_hold_what_the_calibration_wrote():
     for parameter in PARAMETERS:
         assert parameter.low <= values[parameter.name] <= parameter.high
         assert math.isfinite(values[parameter.name])
+
+
+def test_fit_recovers_the_fp4_share_from_nvfp4_rows(runs):
+    """The eight NVFP4 rows of Llama 3 70B (Megatron-Bridge, GB200 and GB300) generated at an FP4-to-BF16
+    share of 0.75, against its prior 0.90: gemm.fp4_vs_bf16 is touched by them alone and moves from the
+    prior towards the truth; the prior keeps a strong pull because a row's throughput moves only ~0.4x as
+    much as the FP4 share (the BF16 attention, LM head and element-wise work do not change), and eight rows
+    of one source weigh sqrt(8). The rows, 7% too fast at the prior, are fitted within 4%."""
+    from cost_model.calibration.training_runs import load_training_runs
+
+    nvfp4 = [row for row in load_training_runs()[0]
+             if row["training"]["precision"] == "fp4" and row["model"] == {"preset": "llama3-70b"}]
+    assert len(nvfp4) == 8
+    truth = {**TRUTH, "gemm.fp4_vs_bf16": 0.75}
+    fitted = fit(_synthetic(runs + nvfp4, truth))
+    assert fitted.touched["gemm.fp4_vs_bf16"] == 8
+    assert 0.75 < fitted.values["gemm.fp4_vs_bf16"] < 0.86
+    fp4 = [r for row, r in zip(fitted.rows, fitted.residuals) if row.training.precision == "fp4"]
+    assert len(fp4) == 8 and np.median(np.abs(fp4)) < 0.04
+    assert fitted.values["gemm.bf16"] == pytest.approx(TRUTH["gemm.bf16"], rel=0.03)

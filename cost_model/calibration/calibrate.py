@@ -3,7 +3,8 @@ leaving out one source at a time, derive the uncertainty bands, and (``--write``
 
 What is fitted and how: :mod:`cost_model.calibration.fit`. Where the values go with ``--write``:
 
-* each GPU preset's ``gemm_efficiency``, ``gemm_efficiency_fp8`` and ``attention_efficiency``
+* each GPU preset's ``gemm_efficiency``, ``gemm_efficiency_fp8``, ``gemm_efficiency_fp4`` (Blackwell) and
+  ``attention_efficiency``
   (``hardware/presets/*.yaml``), for every preset of a fitted family
   (:func:`cost_model.calibration.fit.efficiencies`);
 * each stack's ``kernel_efficiency`` (``cost_model/presets/stacks.yaml``);
@@ -195,6 +196,8 @@ def preset_values(values: dict[str, float]) -> dict[str, dict[str, float]]:
             fields["gemm_efficiency"] = round(fitted["gemm_efficiency"], 3)
         if gpu.peak_tflops_fp8 and fitted.get("gemm_efficiency_fp8"):
             fields["gemm_efficiency_fp8"] = round(fitted["gemm_efficiency_fp8"], 3)
+        if gpu.peak_tflops_fp4 and fitted.get("gemm_efficiency_fp4"):
+            fields["gemm_efficiency_fp4"] = round(fitted["gemm_efficiency_fp4"], 3)
         if fitted:
             fields["attention_efficiency"] = round(fitted["attention_efficiency"], 3)
         if fields:
@@ -216,7 +219,8 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
             formula = (f"gemm.bf16 x family.{family}.bf16 x attention.vs_gemm x attention.{family}"
                        if key == "attention_efficiency" else
                        f"gemm.bf16 x family.{family}.bf16" + (f" x gemm.fp8_vs_bf16 x family.{family}.fp8"
-                                                              if key.endswith("fp8") else ""))
+                                                              if key.endswith("fp8") else
+                                                              " x gemm.fp4_vs_bf16" if key.endswith("fp4") else ""))
             line = (f"  {key}: {value:<8}# fitted by `plan-search calibrate`: {formula} "
                     "(cost_model/calibration/fitted.yaml)")
             if re.search(rf"^  {key}:.*$", text, flags=re.M):

@@ -8,6 +8,9 @@ prior spread and hard bounds:
   (Megatron-Core + Transformer Engine) GEMMs reach in a training step.
 * ``gemm.fp8_vs_bf16``: an FP8 GEMM's share of the FP8 peak relative to that BF16 share (scaling, casts
   and transposes cost FP8 more). Tying FP8 to BF16 lets the many BF16 sources inform FP8 runs.
+* ``gemm.fp4_vs_bf16``: an NVFP4 GEMM's share of the FP4 peak relative to the BF16 share. FP4 exists on
+  Blackwell only, so it has no family departure of its own (it would be the same number twice): a
+  Blackwell GPU's ``gemm_efficiency_fp4`` is ``gemm.bf16 x family.blackwell.bf16 x gemm.fp4_vs_bf16``.
 * ``family.<ampere|hopper|blackwell>.<bf16|fp8>``: how far one GPU generation departs from those shares
   (prior 1 +- 10%: every generation's cuBLAS reaches a similar fraction of its own peak, REFERENCE.md:
   A100 86%, H100 80% on large BF16 GEMMs). A GPU's ``gemm_efficiency`` is ``gemm.bf16 x
@@ -92,6 +95,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               "(per-tensor or block scaling, casts and transposes of the inputs)",
               "H100 microbenchmarks: FP8 GEMMs ~1,300 of 1,979 TFLOP/s (0.66) vs BF16 792 of 989 (0.80): 0.82 "
               "(pytorch/ao float8 benchmarks; REFERENCE.md)"),
+    Parameter("gemm.fp4_vs_bf16", 0.90, 0.20, 0.4, 1.2,
+              "share of its dense FP4 peak an NVFP4 GEMM reaches, relative to a BF16 GEMM's share of the BF16 peak "
+              "(block scales, their swizzles and the random Hadamard transform of the weight-gradient inputs)",
+              "B200 microbenchmarks: cuBLAS block-scaled FP4 GEMM 5,239 of 9,000 TFLOP/s at 8192^3 (0.58; "
+              "deepseek-ai/DeepGEMM#348, cublasTest 13.3) vs BF16 0.63-0.67 of 2,250 (pytorch/ao #2427): 0.90"),
     *(Parameter(f"family.{family}.{precision}", 1.0, 0.10, 0.6, 1.5,
                 f"{family} GPUs' departure from the shared {precision} GEMM share",
                 "every generation's cuBLAS reaches a similar share of its own peak (REFERENCE.md)")
@@ -136,8 +144,12 @@ def priors() -> dict[str, float]:
     return {p.name: p.prior for p in PARAMETERS}
 
 
+FP4_FAMILIES = ("blackwell",)
+"""GPU families with FP4 tensor cores (``peak_tflops_fp4``)."""
+
+
 def _precision(row: PreparedRow) -> str:
-    return "fp8" if row.training.precision == "fp8" else "bf16"
+    return row.training.precision if row.training.precision in ("fp8", "fp4") else "bf16"
 
 
 def row_parameters(row: PreparedRow) -> list[str]:
@@ -145,13 +157,15 @@ def row_parameters(row: PreparedRow) -> list[str]:
     names = ["host_kernel_issue_us"]
     family = gpu_family(row.cluster.gpu)
     precision = _precision(row)
-    names.append("gemm.bf16")  # an FP8 run's LM head runs in BF16, and its FP8 share is relative to it
+    names.append("gemm.bf16")  # an FP8/FP4 run's LM head runs in BF16, and its FP8/FP4 share is relative to it
     if f"family.{family}.bf16" in BY_NAME:
         names.append(f"family.{family}.bf16")
     if precision == "fp8":
         names.append("gemm.fp8_vs_bf16")
         if f"family.{family}.fp8" in BY_NAME:
             names.append(f"family.{family}.fp8")
+    if precision == "fp4" and row.cluster.gpu.peak_tflops_fp4:
+        names.append("gemm.fp4_vs_bf16")
     if f"attention.{family}" in BY_NAME:
         names += ["attention.vs_gemm", f"attention.{family}"]
     stack = stack_spec(row.training.stack)
@@ -185,6 +199,10 @@ def row_settings(row: PreparedRow, values: dict[str, float]) -> tuple[dict[str, 
         fp8 = bf16.get("gemm_efficiency_fp8") or gpu.gemm_efficiency_fp8
         if fp8:
             overrides["gemm_efficiency_fp8"] = min(fp8 * scale, 1.0)
+    if gpu.peak_tflops_fp4:
+        fp4 = bf16.get("gemm_efficiency_fp4") or gpu.gemm_efficiency_fp4
+        if fp4:
+            overrides["gemm_efficiency_fp4"] = min(fp4 * scale, 1.0)
     options = row.options.with_changes(**{name: values[name] for name in OPTION_PARAMETERS})
     return overrides, options
 
@@ -198,6 +216,7 @@ def efficiencies(values: dict[str, float], family: str) -> dict[str, float]:
     return {"gemm_efficiency": bf16,
             "gemm_efficiency_fp8": bf16 * values["gemm.fp8_vs_bf16"] * values[f"family.{family}.fp8"]
             if f"family.{family}.fp8" in BY_NAME else None,
+            "gemm_efficiency_fp4": bf16 * values["gemm.fp4_vs_bf16"] if family in FP4_FAMILIES else None,
             "attention_efficiency": bf16 * values["attention.vs_gemm"] * values[f"attention.{family}"]}
 
 
