@@ -164,6 +164,8 @@ def test_overrides_hold_the_priced_plan(case):
     mixed = o["mixed_precision"]
     assert mixed["bf16"] == (training.precision != "fp16")
     assert mixed.get("fp8_recipe") == (training.fp8_recipe if training.precision == "fp8" else None)
+    assert (mixed.get("fp4"), mixed.get("fp4_recipe")) == (("e2m1", training.fp4_recipe) if training.precision == "fp4"
+                                                           else (None, None))
     assert mixed["grad_reduce_in_fp32"] == (training.grad_dtype == "fp32")
     zero = case.plan["zero_stage"]
     assert o["ddp.use_distributed_optimizer"] == o["optimizer.use_distributed_optimizer"] == (zero >= 1)

@@ -139,6 +139,9 @@ def check_is_priced_plan(case_plan: dict[str, Any], model, training, cp_comm_typ
     assert ("--optimizer-cpu-offload" in flags) == knobs.optimizer_offload
     assert ("--bf16" in flags) == (training.precision != "fp16")
     assert one("--fp8-recipe") == (training.fp8_recipe if training.precision == "fp8" else None)
+    assert (one("--fp4-format"), one("--fp4-recipe")) == (("e2m1", training.fp4_recipe) if training.precision == "fp4"
+                                                          else (None, None))
+    assert "--fp4-param-gather" not in flags  # priced with BF16 weights
     assert ("--grad-reduce-in-bf16" in flags) == (training.grad_dtype == "bf16")
     assert ("--hidden-dropout" in flags) == (not training.dropout)
     assert ("--sequence-parallel" in flags) == knobs.sequence_parallel
@@ -309,6 +312,8 @@ HAND_BUILT = [
     ("qwen3-30b-a3b", dict(SHORT, precision="fp8", fp8_recipe="mxfp8", moe_token_dispatcher="hybridep",
                            grad_dtype="bf16", optimizer_moments_dtype="bf16"), dict(MOE, zero_stage=3)),
     ("gpt3-175b", {"seq_length": 2048, "global_batch_size": 1536}, dict(DENSE, tp=8, pp=8, dp=2, vpp=3)),
+    # Megatron-Bridge's NVFP4 Llama 3 70B on GB200 (mbridge-069): TP2 PP4 VP5
+    ("llama3-70b", {"seq_length": 8192, "global_batch_size": 256, "precision": "fp4"}, dict(DENSE, tp=2, pp=4, dp=8, vpp=5)),
     ("llama3-70b", dict(SHORT, global_batch_size=512), dict(DENSE, tp=8, pp=2, dp=2, vpp=3)),  # 40 = 14 + 13 + 13
     ("llama3-8b", dict(SHORT, global_batch_size=64, overlap_moe_expert_parallel_comm=False),
      dict(DENSE, tp=2, pp=2, dp=2, cp=2, vpp=4, recompute=FULL, recompute_num_layers=2)),

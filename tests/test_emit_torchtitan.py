@@ -232,6 +232,7 @@ RULE_EXAMPLES = [
     ("torchtitan_cuda_graphs", "llama3-8b", {"cuda_graph_scope": ("full_iteration",)},
      dict(BASE, pp=2, dp=4, zero_stage=0), dict(BASE, zero_stage=0)),
     ("torchtitan_dropout", "llama3-8b", {"dropout": True}, BASE, None),
+    ("torchtitan_fp4", "llama3-8b", {"precision": "fp4"}, BASE, None),
     ("torchtitan_grad_dtype", "llama3-8b", {"grad_dtype": "bf16"}, BASE, None),
     ("torchtitan_optimizer_state", "llama3-8b", {"optimizer_moments_dtype": "bf16"}, BASE, None),
     ("torchtitan_attention", "llama3-8b", {"flash_attention": False}, BASE, None),

@@ -66,7 +66,7 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, missing_norms, precision_aware_optimizer, \
+from .megatron_core import FP4_FORMATS, FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, missing_norms, precision_aware_optimizer, \
     prefixed, recompute_settings, uses_tp_pp_dp_mapping
 from .megatron_lm import environment, pipeline_layout, plain_split
 from .torchrun import launcher
@@ -240,8 +240,10 @@ def graph_settings(knobs: LaunchKnobs) -> dict[str, Any]:
 
 
 def mixed_precision(knobs: LaunchKnobs) -> dict[str, Any]:
-    """The ``MixedPrecisionConfig`` of the priced precision, as a Hydra ``_target_`` node: FP8 GEMMs in every
-    layer with BF16 parameters (no FP8 parameter gather), grads reduced in the priced dtype."""
+    """The ``MixedPrecisionConfig`` of the priced precision, as a Hydra ``_target_`` node: FP8 or NVFP4 GEMMs
+    in every layer with BF16 parameters (no FP8/FP4 parameter gather), grads reduced in the priced dtype.
+    NVFP4 is Bridge's ``bf16_with_nvfp4_mixed`` (``fp4 = "e2m1"``, ``fp4_recipe = "nvfp4"``) with its BF16
+    first/last layers off, as the performance scripts run it."""
     training = knobs.training
     half = "float16" if training.precision == "fp16" else "bfloat16"
     dtype = {"_target_": f"torch.{half}", "_call_": False}
@@ -255,6 +257,9 @@ def mixed_precision(knobs: LaunchKnobs) -> dict[str, Any]:
         if training.fp8_recipe == "delayed":
             # Bridge's delayed-scaling recipe: amax over a 1024-step history.
             out |= {"fp8_amax_history_len": 1024, "fp8_amax_compute_algo": "max"}
+    if training.precision == "fp4":
+        out |= {"fp4": FP4_FORMATS[training.fp4_recipe], "fp4_recipe": training.fp4_recipe,
+                "fp8_param_gather": False, "first_last_layers_bf16": False}
     return out
 
 

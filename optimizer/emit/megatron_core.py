@@ -23,7 +23,7 @@ Where the two emitters had differed, the source decides:
 
 The translations both launches write in their own words live here too: the rank orders
 (:data:`RANK_ORDERS`), the graph implementation (:func:`cuda_graph_impl`), the FP8 format of each recipe
-(:data:`FP8_FORMATS`), the Megatron-FSDP strategy of each ZeRO stage (:data:`FSDP_STRATEGY`), the
+(:data:`FP8_FORMATS`, :data:`FP4_FORMATS`), the Megatron-FSDP strategy of each ZeRO stage (:data:`FSDP_STRATEGY`), the
 precision-aware optimizer (:func:`precision_aware_optimizer`), the MoE dispatcher fields
 (:func:`moe_settings`) and the recompute fields (:func:`recompute_settings`), each as Megatron-Core field
 -> value.
@@ -52,6 +52,11 @@ pass ``'tp-cp-ep-pp-dp' if use_tp_pp_dp_mapping else 'tp-cp-ep-dp-pp'`` to
 FP8_FORMATS = {"tensorwise": "hybrid", "delayed": "hybrid", "blockwise": "hybrid", "mxfp8": "e4m3"}
 """Transformer Engine FP8 format of each recipe: E4M3 forward / E5M2 backward (hybrid), except MXFP8, which
 ``MXFP8BlockScaling`` runs in E4M3 (as Megatron-LM's and Megatron-Bridge's MXFP8 recipes set it)."""
+
+FP4_FORMATS = {"nvfp4": "e2m1"}
+"""FP4 format of each FP4 recipe: NVFP4 values are E2M1 (Megatron-Core ``TransformerConfig.fp4``, CLI
+``--fp4-format``, whose only value is ``e2m1``; ``--fp4-recipe nvfp4`` selects Transformer Engine's
+``NVFP4BlockScaling``, ``megatron/core/fp4_utils.py``)."""
 
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 """Megatron-FSDP ``data_parallel_sharding_strategy`` of each ZeRO stage it runs (``DistributedDataParallelConfig``;

@@ -59,7 +59,7 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from . import megatron_core as core
 from .emission import Emission
 from .knobs import LaunchKnobs
-from .megatron_core import FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, gelu_gate, missing_norms, moe_settings, \
+from .megatron_core import FP4_FORMATS, FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, gelu_gate, missing_norms, moe_settings, \
     precision_aware_optimizer, prefixed, recompute_settings, uses_tp_pp_dp_mapping
 from .torchrun import launcher, nodes
 
@@ -299,6 +299,9 @@ def precision_arguments(training: TrainingSpec) -> list[str]:
     args = ["--fp16" if training.precision == "fp16" else "--bf16"]
     if training.precision == "fp8":
         args += [f"--fp8-format {FP8_FORMATS[training.fp8_recipe]}", f"--fp8-recipe {training.fp8_recipe}"]
+    if training.precision == "fp4":
+        # NVFP4 GEMMs in every transformer layer, BF16 weights (no --fp4-param-gather), as priced.
+        args += [f"--fp4-format {FP4_FORMATS[training.fp4_recipe]}", f"--fp4-recipe {training.fp4_recipe}"]
     return args
 
 

@@ -177,6 +177,8 @@ RULES: dict[str, str] = {
     "torchtitan_cuda_graphs": "torchtitan 0.3.0 captures whole forward+backward steps only (full_iteration), not with "
                               "pipeline parallelism and not with a synchronising expert-parallel dispatcher",
     "torchtitan_dropout": "torchtitan's models have no dropout",
+    "torchtitan_fp4": "torchtitan 0.3.0 has no NVFP4 training recipe (its torchao converters are Float8 and MXFP8 "
+                      "only); run FP4 with Megatron-LM or Megatron-Bridge",
     "torchtitan_grad_dtype": "torchtitan reduces and keeps gradients in fp32 (training.mixed_precision_reduce)",
     "torchtitan_optimizer_state": "torchtitan's shipped configs run AdamW with fp32 moments",
     "torchtitan_attention": "torchtitan's shipped configs run causal FlexAttention (fused, no materialised scores)",
@@ -256,6 +258,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "torchtitan_cuda_graphs": (none if not scope else every if scope != ("full_iteration",)
                                    else (pp > 1) | ((ep > 1) if moe else none)),
         "torchtitan_dropout": every if training.dropout else none,
+        "torchtitan_fp4": every if training.precision == "fp4" else none,
         "torchtitan_grad_dtype": every if training.grad_dtype != "fp32" else none,
         "torchtitan_optimizer_state": (every if training.optimizer == "sgd" or training.optimizer_moments_dtype != "fp32"
                                        else none),

@@ -129,6 +129,9 @@ _SEARCHES: tuple[_SearchCase, ...] = (
                 {"tp_values": (8,), "pp_values": (16,), "vpp_values": (8,)}),
     _SearchCase("gb200x256", "llama3-405b", {"seq_length": 8192, "global_batch_size": 1536, "precision": "fp8"},
                 {"tp_values": (4,), "pp_values": (16,), "vpp_values": (8,)}),
+    # NVFP4 (Megatron-Bridge's Llama 3 70B on 64 GB200, GBS 256); torchtitan refuses FP4 by rule.
+    _SearchCase("gb200x72", "llama3-70b", {"seq_length": 8192, "global_batch_size": 256, "precision": "fp4"},
+                {"gpu_counts": (64,)}),
 )
 
 _TOP = 10
