@@ -110,7 +110,7 @@ def precision_conflict(training: TrainingSpec, gpu: GPUSpec) -> str | None:
     """Why the run's precision cannot run on ``gpu``, or None if it can."""
     if training.precision == "fp4" and not gpu.peak_tflops_fp4:
         return (f"precision fp4 needs FP4 tensor cores (a Blackwell GPU): the {gpu.name} preset has no "
-                "peak_tflops_fp4; use precision fp8 or bf16, or a Blackwell GPU")
+                "peak_tflops_fp4")
     return None
 
 

@@ -272,9 +272,12 @@ range; one pass over 10^6 plans spends a fifth of its time faulting in fresh pag
 def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, plans: PlanArrays,
              options: CostOptions | None = None) -> PlanMetrics:
     """Predict memory and time of every plan (see the module docstring for the time model)."""
-    conflict = graph_scope_conflict(model, training) or precision_conflict(training, cluster.gpu)
+    conflict = graph_scope_conflict(model, training)
     if conflict:
         raise ValueError(conflict)
+    conflict = precision_conflict(training, cluster.gpu)
+    if conflict:
+        raise ValueError(f"{conflict}; use precision fp8 or bf16, or a Blackwell GPU")
     if len(plans) > BLOCK_PLANS:
         blocks = [plans.take(slice(i, i + BLOCK_PLANS)) for i in range(0, len(plans), BLOCK_PLANS)]
         return PlanMetrics.concatenate([_evaluate(model, training, cluster, b, options) for b in blocks])

@@ -36,6 +36,7 @@ from typer.core import TyperGroup
 
 from cost_model.model_loader import build_training, layered_training, load_model
 from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanArrays, module_mask
+from cost_model.compute import precision_conflict
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB, MEMORY_HEADROOM, fits_in_memory
 from cost_model.options import CostOptions
@@ -123,6 +124,14 @@ class Recompute(str, Enum):
     none = "none"
     selective = "selective"
     full = "full"
+
+
+def _check_precision(training, cluster) -> None:
+    """Refuse a precision the cluster's GPU cannot run (FP4 before Blackwell) before searching."""
+    conflict = precision_conflict(training, cluster.gpu)
+    if conflict:
+        raise InputError("training", "training.precision", conflict,
+                         "use --precision fp8 or bf16, or a cluster of Blackwell GPUs (b200, gb200-nvl72, ...)")
 
 
 def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
@@ -326,7 +335,7 @@ def search_command(
     global_batch_tokens: Optional[int] = typer.Option(None, "--global-batch-tokens", help="Global batch in tokens."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length."),
     train_tokens: Optional[float] = typer.Option(None, "--train-tokens", help="Training tokens, for time and cost."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 or fp8."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16, fp16, fp8 or fp4 (NVFP4, Blackwell)."),
     fp8_recipe: Optional[str] = typer.Option(None, "--fp8-recipe",
                                              help="tensorwise, delayed (default), mxfp8 or blockwise."),
     objective: str = typer.Option("throughput", "--objective", help=f"One of: {', '.join(OBJECTIVES)}."),
@@ -398,6 +407,7 @@ def search_command(
                        zero_stages=tuple(sorted(set(zero))) if zero else None,
                        **{key: values for key, values in pins.items() if values})
     emit_ranks = _parse_emit_plan(emit_plan or "1", top)
+    _check_precision(training, cluster_spec)
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
     # The search keeps the running cost-time front itself (bounded memory, whatever the GPU range).
@@ -634,6 +644,7 @@ def evaluate_command(
                          f"the cluster's {cluster_spec.num_gpus:,} GPUs", "lower a degree or use a larger cluster")
     options = _options(memory_headroom=headroom, gpu_counts=(tp * pp * cp * dp,),
                        framework=_framework(framework, emitter))
+    _check_precision(training, cluster_spec)
     scenario = Scenario(model=model_input.spec, training=training, cluster=cluster_spec, options=options,
                         cost_options=CostOptions(cp_comm_type=cp_comm.value))
     plan = PlanArrays.from_columns(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch=micro_batch,

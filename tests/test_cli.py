@@ -374,3 +374,14 @@ def test_evaluate_defaults_expert_tp_to_tp_for_moe_as_megatron(capsys):
     assert json.loads(run(capsys, *args, "--etp", "1")[1])["plan"]["memory_gib"] > 5 * default["memory_gib"]
     dense = json.loads(run(capsys, "evaluate", "h100x64", "llama3-8b", "--tp", "8", "--format", "json")[1])["plan"]
     assert dense["etp"] == 1
+
+
+def test_fp4_on_hopper_is_refused_in_one_line_and_runs_on_blackwell(capsys):
+    code, _, err = run(capsys, "search", "h100x8", "llama3-8b", "--precision", "fp4")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("plan-search: error: training: training.precision: precision fp4 needs FP4 tensor cores")
+    assert "H100 SXM5 80GB preset has no peak_tflops_fp4" in err and "use --precision fp8 or bf16" in err
+    code, out, err = run(capsys, "search", "b200x8", "llama3-8b", "--precision", "fp4", "--top", "1",
+                         "--emit", "megatron")
+    assert code == 0, err
+    assert "--fp4-format e2m1" in out and "--fp4-recipe nvfp4" in out and "--fp8-format" not in out
