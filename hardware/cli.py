@@ -67,6 +67,7 @@ def _cluster_table(spec: ClusterSpec) -> Table:
         ("gpu.hbm_GBps", _num(gpu.hbm_GBps), "GB/s"),
         ("gpu.peak_tflops_bf16", _num(gpu.peak_tflops_bf16, 1), "TFLOP/s dense"),
         ("gpu.peak_tflops_fp8", _num(gpu.peak_tflops_fp8, 1), "TFLOP/s dense"),
+        ("gpu.peak_tflops_fp4", _num(gpu.peak_tflops_fp4, 1), "TFLOP/s dense"),
         ("gpu.gemm_efficiency", _num(gpu.gemm_efficiency, 2), "fraction of peak"),
         ("gpu.attention_efficiency", _num(gpu.attention_efficiency, 2), "fraction of peak"),
         ("gpu.hbm_efficiency", _num(gpu.hbm_efficiency, 2), "fraction of HBM peak"),
