@@ -190,7 +190,7 @@ def test_cli_refuses_a_bad_fixed_training_section_before_any_search(tmp_path, ca
     code, out, err = _cli(["sweep", str(path), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and out == ""
     assert err.strip() == (f"plan-search: error: {path}: training.precision: precision must be one of bf16, fp16, "
-                           "fp8, got 'fp7'; fix the training setting")
+                           "fp8, fp4, got 'fp7'; fix the training setting")
 
 
 def test_cli_refuses_more_scenarios_than_the_limit_naming_the_flag(tmp_path, capsys):

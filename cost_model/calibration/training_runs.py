@@ -320,6 +320,11 @@ def _model(row: dict[str, str], seq_length: int) -> tuple[dict[str, Any], str, l
 # Each returns (training additions, plan additions, notes).
 # --------------------------------------------------------------------------------------------------
 
+LLAMA70B_OFFLOAD_LAYERS = {"GB200 (DGX-GB200)": 40, "GB300 (DGX-GB300)": 20}
+"""cpu_offloading_num_layers of Megatron-Bridge's Llama 3 70B TP1 PP1 recipes on NVL72 (25.11 and 26.02,
+published_runs.md section 14): the layout does not fit 70B without it."""
+
+
 def _megatron_bridge(row, model, plan, training, variant):
     notes = ["recipe knobs as the curated Megatron-Bridge rows (published_runs.md sections 4, 12-14): "
              "grad_dtype bf16 (grad_reduce_in_fp32 False), no dropout, sequence parallel when TP > 1; "
@@ -337,6 +342,13 @@ def _megatron_bridge(row, model, plan, training, variant):
     if preset in ("llama3-8b", "llama3-70b", "llama3-405b") and plan["tp"] > 1:
         extra_training["tp_comm_overlap"] = True  # the dense Llama recipes' userbuffers TP overlap when TP > 1
         notes.append("tp_comm_overlap on (dense Llama recipes, TP > 1)")
+    if preset == "llama3-70b" and plan["tp"] == 1 and plan["pp"] == 1 and row["gpu_type"] in LLAMA70B_OFFLOAD_LAYERS:
+        # Every recipe read for Llama 3 70B at TP1 PP1 on NVL72 offloads activations to the Grace host
+        # (cpu_offloading_num_layers; curated rows megatron-bridge-25.11/26.02-gb200/gb300-llama3-70b-fp8):
+        # rows without a curated twin take their GPU's recipe value.
+        extra_plan["activation_offload_layers"] = LLAMA70B_OFFLOAD_LAYERS[row["gpu_type"]]
+        notes.append(f"activation offload {extra_plan['activation_offload_layers']} layers (the recipes of this "
+                     "layout on this GPU, as the curated rows read them)")
     if variant == "tokendrop":
         # Megatron-Bridge 'tokendrop': capacity factor 1.0 with inputs padded to capacity
         extra_training.update(moe_capacity_factor=1.0, moe_pad_to_capacity=True)
