@@ -71,8 +71,8 @@ def test_every_emitted_word_exists_in_torchtitan_0_3_0(grid):
             assert field in KEYS["sections"][section], (case.name, name)
 
 
-def torchtitan_split(num_layers: int, pp: int, layers_per_stage: int, first_less: int, last_less: int) -> list[int]:
-    """Layers per pipeline rank as torchtitan 0.3.0 makes them (``_get_pipeline_metadata``,
+def torchtitan_chunks(num_layers: int, pp: int, layers_per_stage: int, first_less: int, last_less: int) -> list[list[int]]:
+    """Layers per (rank, virtual stage of that rank) as torchtitan 0.3.0 makes them (``_get_pipeline_metadata``,
     ``_generate_llm_fqn_per_model_part``; virtual stage i on rank i mod pp), written out independently."""
     effective = num_layers + first_less + last_less
     stages = -(-effective // layers_per_stage)
@@ -80,10 +80,12 @@ def torchtitan_split(num_layers: int, pp: int, layers_per_stage: int, first_less
     sizes = [per + (i < extra) for i in range(stages)]
     sizes[0] -= first_less
     sizes[-1] -= last_less
-    ranks = [0] * pp
-    for i, size in enumerate(sizes):
-        ranks[i % pp] += size
-    return ranks
+    return [sizes[r::pp] for r in range(pp)]
+
+
+def torchtitan_split(num_layers: int, pp: int, layers_per_stage: int, first_less: int, last_less: int) -> list[int]:
+    """Layers per pipeline rank: the sum of its virtual stages (:func:`torchtitan_chunks`)."""
+    return [sum(chunks) for chunks in torchtitan_chunks(num_layers, pp, layers_per_stage, first_less, last_less)]
 
 
 def test_the_launch_runs_the_priced_plan(grid):
@@ -120,17 +122,6 @@ def test_the_launch_runs_the_priced_plan(grid):
         assert v["parallelism.fsdp_reshard_after_forward"] == ("always" if knobs.zero_stage == 3 else "never")
         assert config.endswith("_mxfp8") == (case.training.precision == "fp8")
         assert v["training.disable_cuda_graphs"] == ("full_iteration" not in case.training.cuda_graph_scope)
-
-
-def torchtitan_chunks(num_layers: int, pp: int, layers_per_stage: int, first_less: int, last_less: int) -> list[list[int]]:
-    """Layers per (rank, virtual stage of that rank), as :func:`torchtitan_split` makes them."""
-    effective = num_layers + first_less + last_less
-    stages = -(-effective // layers_per_stage)
-    per, extra = divmod(effective, stages)
-    sizes = [per + (i < extra) for i in range(stages)]
-    sizes[0] -= first_less
-    sizes[-1] -= last_less
-    return [sizes[r::pp] for r in range(pp)]
 
 
 def test_embedding_only_first_virtual_stage_is_the_priced_chunk_split():
