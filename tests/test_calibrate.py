@@ -45,7 +45,7 @@ def _synthetic(runs, truth, scale=None):
     out = []
     for row in runs:
         prepared = prepare_row(row, "test")
-        if prepared.price().tflops_error is None:
+        if not prepared.has_throughput:
             continue
         tokens = price(prepared, truth).predicted_tokens_per_gpu * (scale or {}).get(row["id"], 1.0)
         changed = copy.deepcopy(row)

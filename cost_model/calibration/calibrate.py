@@ -39,7 +39,7 @@ from .validate import PreparedRow, ValidationRow, prepare_row
 def measured_rows(rows: list[dict[str, Any]], source: str) -> list[PreparedRow]:
     """The rows that publish a throughput, read once."""
     prepared = [prepare_row(row, source) for row in rows]
-    return [row for row in prepared if row.price().tflops_error is not None]
+    return [row for row in prepared if row.has_throughput]
 
 
 def dataset_rows(include_csv: bool = True) -> tuple[list[PreparedRow], list[Any]]:

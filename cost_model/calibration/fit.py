@@ -260,8 +260,8 @@ def _step(values: dict[str, float], jacobian: np.ndarray, residuals: np.ndarray,
     prior_logs = np.array([math.log(p.prior) for p in PARAMETERS])
     precision = np.array([(SIGMA / p.prior_log_sd) ** 2 for p in PARAMETERS])
     w = _weights(rows, residuals)
-    # Weights are normalised so that the prior's pull does not depend on how many rows there are
-    # relative to the sum of weights: one row of weight 1 counts as one observation.
+    # Residuals are in units of SIGMA, so a prior of spread prior_log_sd weighs as (SIGMA / prior_log_sd)^2
+    # rows of weight 1.
     a = (jacobian * w[:, None]).T @ jacobian + np.diag(precision)
     g = (jacobian * w[:, None]).T @ residuals + precision * (logs - prior_logs)
     a_active = a[np.ix_(active, active)]
@@ -333,7 +333,6 @@ def leave_one_source_out(full: Fit, max_iterations: int = 4, tolerance: float = 
         keep = np.array([row.source_group != group for row in full.rows])
         rows = [row for row, k in zip(full.rows, keep) if k]
         jac = full.jacobian[keep]
-        active = np.abs(jac).sum(axis=0) > 0
         values = dict(full.values)
         residuals = full.residuals[keep]
         for _ in range(max_iterations):
@@ -345,7 +344,6 @@ def leave_one_source_out(full: Fit, max_iterations: int = 4, tolerance: float = 
             residuals = residuals_at(rows, values)
             if change < tolerance:
                 break
-        del active
         held = [price(row, values) for row, k in zip(full.rows, keep) if not k]
         folds.append(Fold(source_group=group, values=values, held_out=held))
         if progress:

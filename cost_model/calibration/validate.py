@@ -127,6 +127,13 @@ class PreparedRow:
     def source_group(self) -> str:
         return self.row.get("source_group") or self.id
 
+    @property
+    def has_throughput(self) -> bool:
+        """Whether the source publishes tokens/s or TFLOP/s per GPU (what :attr:`ValidationRow.tflops_error`
+        compares)."""
+        measured = self.row.get("measured") or {}
+        return bool(measured.get("tokens_per_s_per_gpu") or measured.get("tflops_per_gpu"))
+
     def price(self, gpu_overrides: dict[str, float] | None = None, options: CostOptions | None = None) -> ValidationRow:
         """The row priced with the GPU's fields replaced by ``gpu_overrides`` (field -> value)."""
         cluster = self.cluster
