@@ -337,7 +337,6 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
         add(pricer.gemm(tokens, (q_heads + 2 * kv_heads) * model.head_dim, h), h)  # fused QKV
     add(pricer.gemm(tokens, q_heads * model.v_dim, h), q_heads * model.v_dim)     # output projection
 
-    s_kv = float(training.seq_length)
     if training.flash_attention:
         core_fwd_s, core_bwd_s, core_flops = _flash_core(model, training, plans, pricer, options, q_heads)
     else:

@@ -61,7 +61,6 @@ import numpy as np
 from hardware.schema import ClusterSpec
 
 from .memory import StageParameters, weight_bytes_per_param
-from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
 from .stages import StageLayout

@@ -63,7 +63,6 @@ from cost_model.params import ParameterCounts
 from cost_model.power import cluster_peak_power_mw, idle_power_per_gpu_w, peak_power_per_gpu_w
 from hardware.yaml_input import checked_path
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
-from hardware.loader import load_cluster
 from hardware.schema import ClusterSpec
 from optimizer.ranking import pareto_front
 from optimizer.search import Scenario

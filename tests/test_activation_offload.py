@@ -8,7 +8,6 @@ only what the copies take beyond the compute is exposed.
 
 import json
 
-import numpy as np
 import pytest
 
 from cost_model.activations import layer_activations

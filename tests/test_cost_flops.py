@@ -155,7 +155,7 @@ def test_hfu_counts_recompute(gpt_metrics):
     model, training, cluster, plans, m = gpt_metrics
     # HFU / MFU = hardware FLOPs / model FLOPs; with full recompute of every layer that is the 96/72 ratio
     # (with the causal half of the scores counted: s/(12h) in both).
-    s, h, l, B = 2048, 12288, 80, 1536
+    s, h, l = 2048, 12288, 80
     ratio_full = (96 * (1 + s / (12 * h) + V / (16 * l * h))) / (72 * (1 + s / (12 * h) + V / (12 * l * h)))
     assert m.hfu[0] == pytest.approx(m.mfu[0], rel=1e-12)
     assert m.hfu[1] > m.mfu[1]

@@ -167,7 +167,7 @@ def test_interleaving_with_m_equal_p_holds_everything_once():
 
 def test_full_recompute_block_method_counts_layers():
     # recompute_num_layers = 4 of 8 layers per stage: half the layers keep only their input.
-    p, L = 4, 32
+    p = 4
     training = dataclasses.replace(MODERN, global_batch_size=16)
     plans = [dict(tp=1, pp=p, recompute="full", recompute_num_layers=k) for k in (-1, 4, 0)]
     m = run(LLAMA2_7B, training, plans)

@@ -23,7 +23,7 @@ import pytest
 
 from cost_model.model_loader import build_training, load_model
 from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays, module_mask
-from optimizer.emit import build_knobs, emit, framework_rules, framework_violations
+from optimizer.emit import emit, framework_rules, framework_violations
 from optimizer.emit import megatron_bridge as bridge
 from optimizer.plan_rules import violations as plan_violations
 from tests.conformance.plan_grid import conformance_cases

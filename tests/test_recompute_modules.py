@@ -7,14 +7,13 @@ and ``moe_act``, GEMMs for ``mla_up_proj``, ``mlp``, ``moe`` and ``shared_expert
 
 import itertools
 
-import numpy as np
 import pytest
 
 from cost_model.activations import layer_activations, routed_pairs_per_rank
 from cost_model.evaluate import evaluate
 from cost_model.flops import selective_module_flops_per_sequence
 from cost_model.model_loader import load_model, model_from_hf
-from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays, module_mask, module_names
+from cost_model.plan import MODULE_BIT, SELECTIVE, PlanArrays, module_mask, module_names
 from cost_model.training_spec import TrainingSpec
 from hardware.loader import load_cluster
 from optimizer.emit import emit

@@ -33,7 +33,7 @@ from cost_model.stacks import DEFAULT_STACK, STACK_NAMES
 
 from .bands import bands_section, gpu_family, model_class
 from .stored import FITTED_FILE, stored_parameters
-from .fit import PARAMETERS, efficiencies, stack_efficiency, Fit, Fold, fit, kendall_tau, leave_one_source_out, price
+from .fit import PARAMETERS, efficiencies, stack_efficiency, Fit, Fold, fit, kendall_tau, leave_one_source_out
 from .validate import PreparedRow, ValidationRow, prepare_row
 
 def measured_rows(rows: list[dict[str, Any]], source: str) -> list[PreparedRow]:

@@ -62,7 +62,7 @@ import numpy as np
 from cost_model.options import CostOptions
 from cost_model.stacks import DEFAULT_STACK, STACK_NAMES, stack_spec
 
-from .bands import gpu_family, model_class
+from .bands import gpu_family
 from .validate import PreparedRow, ValidationRow
 
 SIGMA = 0.1

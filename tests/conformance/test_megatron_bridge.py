@@ -303,7 +303,6 @@ def pytest_generate_tests(metafunc):
 
 
 def test_bridge_accepts_the_priced_plan(case, monkeypatch, tmp_path):
-    from optimizer.emit import build_knobs
     from optimizer.emit.megatron_bridge import emit
 
     knobs = case.knobs()

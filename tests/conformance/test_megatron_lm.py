@@ -213,7 +213,6 @@ def check_runs_as_priced(framework, monkeypatch, case) -> None:
     from cost_model.memory import padded_vocab
     from cost_model.options import CostOptions
     from cost_model.plan import PlanArrays
-    from optimizer.emit import build_knobs, emit
 
     knobs = case.knobs()
     emission = case.emission("megatron")

@@ -26,7 +26,6 @@ import pytest
 
 from cost_model.model_loader import build_training, load_model
 from cost_model.plan import PlanArrays
-from optimizer.emit import build_knobs, emit
 from optimizer.emit import torchtitan as tt_emit
 from tests.conformance.plan_grid import ConformanceCase, conformance_cases
 
