@@ -791,18 +791,14 @@ def calibrate_command(
     time, and derive the uncertainty bands."""
     from cost_model.calibration.calibrate import calibrate, dataset_rows, measured_rows, write as write_calibration
     from cost_model.calibration.fit import PARAMETERS
-    from hardware.errors import read_yaml_mapping
+    from cost_model.calibration.validate import read_runs
     if dataset is None:
         rows, skipped = dataset_rows()
         typer.echo(f"{len(rows)} measured runs from {len({r.source_group for r in rows})} sources ({len(skipped)} rows "
                    "of training_runs.csv cannot be priced: python -m cost_model.calibration.training_runs lists why)",
                    err=True)
     else:
-        runs = read_yaml_mapping(dataset).get("runs")
-        if not isinstance(runs, list) or not runs:
-            raise InputError(dataset, "runs", "must be a non-empty list of published runs",
-                             "see cost_model/calibration/data/published_runs.yaml")
-        rows = measured_rows(runs, str(dataset))
+        rows = measured_rows(read_runs(dataset), str(dataset))
         if write:
             raise InputError("--write", "", "stores the packaged calibration; a dataset of your own is reported only",
                              "drop --write, or calibrate without a dataset")

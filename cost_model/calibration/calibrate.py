@@ -214,8 +214,8 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
     for preset, fields in preset_values(values).items():
         path = presets_dir / f"{preset}.yaml"
         text = path.read_text(encoding="utf-8")
+        family = gpu_family_of_preset(preset)
         for key, value in fields.items():
-            family = gpu_family_of_preset(preset)
             formula = (f"gemm.bf16 x family.{family}.bf16 x attention.vs_gemm x attention.{family}"
                        if key == "attention_efficiency" else
                        f"gemm.bf16 x family.{family}.bf16" + (f" x gemm.fp8_vs_bf16 x family.{family}.fp8"

@@ -247,12 +247,16 @@ def validate(dataset: str | Path | None = None) -> list[ValidationRow]:
 
         rows, _ = load_all_rows()
         return [validate_row(row, "datasets") for row in rows]
-    data = read_yaml_mapping(dataset)
-    runs = data.get("runs")
+    return [validate_row(row, str(dataset)) for row in read_runs(dataset)]
+
+
+def read_runs(dataset: str | Path) -> list[dict[str, Any]]:
+    """The ``runs`` of a published-runs YAML (a one-line error when there are none)."""
+    runs = read_yaml_mapping(dataset).get("runs")
     if not isinstance(runs, list) or not runs:
         raise InputError(dataset, "runs", "must be a non-empty list of published runs",
                          "see cost_model/calibration/data/published_runs.yaml")
-    return [validate_row(row, str(dataset)) for row in runs]
+    return runs
 
 
 def _stats(subset: list[ValidationRow]) -> dict[str, float | int | None]:
