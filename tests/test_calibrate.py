@@ -175,3 +175,26 @@ def test_fit_recovers_the_fp4_share_from_nvfp4_rows(runs):
     fp4 = [r for row, r in zip(fitted.rows, fitted.residuals) if row.training.precision == "fp4"]
     assert len(fp4) == 8 and np.median(np.abs(fp4)) < 0.04
     assert fitted.values["gemm.bf16"] == pytest.approx(TRUTH["gemm.bf16"], rel=0.03)
+
+
+def test_a_ctrl_c_while_storing_the_calibration_is_held_until_every_file_is_written(tmp_path, monkeypatch):
+    """``calibrate --write`` stores presets, stacks.yaml and fitted.yaml together: a Ctrl-C during the
+    writes must not leave some files from the new calibration and the others from the old one."""
+    import os
+    import signal
+
+    replace = os.replace
+    calls = []
+
+    def interrupted_replace(source, target):
+        if not calls:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C right after the first file's temporary is written
+        calls.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(calibration.os, "replace", interrupted_replace)
+    files = {tmp_path / "a.yaml": "a: 1\n", tmp_path / "b.yaml": "b: 2\n", tmp_path / "c.yaml": "c: 3\n"}
+    with pytest.raises(KeyboardInterrupt):
+        calibration._store(files)
+    assert [path.read_text() for path in files] == list(files.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml", "c.yaml"]  # no temporaries left

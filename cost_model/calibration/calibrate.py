@@ -19,7 +19,10 @@ The fit starts from the priors, never from the stored values, so writing and ref
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -207,10 +210,13 @@ def preset_values(values: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file: Path | None = None,
           fitted_file: Path | None = None) -> list[Path]:
-    """Store the fitted values where the cost model reads them; return the files written."""
+    """Store the fitted values where the cost model reads them; return the files written.
+
+    Every file's new text is built first and then stored by :func:`_store`, so that an error or a
+    Ctrl-C while building leaves every file as it was."""
     values = calibration.fit.values
     presets_dir = presets_dir or Path(str(resources.files("hardware").joinpath("presets")))
-    written = []
+    files: dict[Path, str] = {}
     for preset, fields in preset_values(values).items():
         path = presets_dir / f"{preset}.yaml"
         text = path.read_text(encoding="utf-8")
@@ -227,8 +233,7 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
                 text = re.sub(rf"^  {key}:.*$", line, text, count=1, flags=re.M)
             else:
                 text = re.sub(r"^(  gemm_efficiency:.*)$", lambda m: m.group(1) + "\n" + line, text, count=1, flags=re.M)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+        files[path] = text
     stacks_path = stacks_file or Path(str(resources.files("cost_model").joinpath("presets", "stacks.yaml")))
     text = stacks_path.read_text(encoding="utf-8")
     for stack in STACK_NAMES:
@@ -239,13 +244,31 @@ def write(calibration: Calibration, presets_dir: Path | None = None, stacks_file
                    else "# no measured run of this stack: stack.shared")
         value = round(stack_efficiency(values, stack), 3)
         text = _replace_in_stack(text, stack, f"    kernel_efficiency: {value:<8}{comment}")
-    stacks_path.write_text(text, encoding="utf-8")
-    written.append(stacks_path)
-    fitted_path = fitted_file or FITTED_FILE
-    fitted_path.write_text(fitted_document(calibration), encoding="utf-8")
+    files[stacks_path] = text
+    files[fitted_file or FITTED_FILE] = fitted_document(calibration)
+    _store(files)
     stored_parameters.cache_clear()
-    written.append(fitted_path)
-    return written
+    return list(files)
+
+
+def _store(files: dict[Path, str]) -> None:
+    """Write ``files`` (path -> text), each to a temporary name beside it and renamed over it (atomic on
+    POSIX). A Ctrl-C that arrives meanwhile is held until every file is written, then raised: the
+    presets, stacks.yaml and fitted.yaml are never left half from one calibration and half from
+    another."""
+    interrupted: list[int] = []
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if in_main else None
+    try:
+        for path, text in files.items():
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def fitted_efficiencies(family: str, fitted_file: Path | None = None) -> dict[str, float]:
