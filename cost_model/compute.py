@@ -46,7 +46,7 @@ from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
-from .stacks import stack_spec
+from .stacks import DEFAULT_STACK, stack_spec
 from .training_spec import TrainingSpec
 
 
@@ -117,19 +117,32 @@ def precision_conflict(training: TrainingSpec, gpu: GPUSpec) -> str | None:
 class _Pricer:
     def __init__(self, gpu: GPUSpec, training: TrainingSpec, options: CostOptions, gemm_precision: str | None = None):
         """``gemm_precision`` overrides the run's precision for GEMMs kept out of FP8/FP4 (the LM head)."""
+        self._set_rates(gpu, stack_spec(training.stack), gemm_precision or training.precision, options,
+                        lambda precision: training.quantized_recipe if precision == training.precision
+                        else training.fp8_recipe)
+
+    @classmethod
+    def for_precision(cls, gpu: GPUSpec, precision: str, options: CostOptions, stack: str = DEFAULT_STACK,
+                      recipe: str = "blockwise") -> "_Pricer":
+        """A pricer without a training run (the serving cost model): GEMMs in ``precision`` on ``stack``'s
+        kernels, activations quantized per ``recipe`` (:data:`QUANTIZE_BYTES_PER_ELEMENT`)."""
+        pricer = cls.__new__(cls)
+        pricer._set_rates(gpu, stack_spec(stack), precision, options, lambda _: recipe)
+        return pricer
+
+    def _set_rates(self, gpu: GPUSpec, stack, requested_precision: str, options: CostOptions, recipe_of) -> None:
         # The GPU presets' efficiencies are the reference stack's (Megatron-Core + Transformer Engine);
         # another stack reaches its fitted share of them (cost_model.stacks).
         self.gpu = gpu
-        self.stack = stack_spec(training.stack)
-        stack = self.stack.kernel_efficiency
-        precision, peak_tflops, efficiency = gemm_precision_rate(gpu, gemm_precision or training.precision)
-        self.gemm_flops_per_s = peak_tflops * 1e12 * efficiency * stack
-        self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency * stack
+        self.stack = stack
+        kernel_efficiency = stack.kernel_efficiency
+        precision, peak_tflops, efficiency = gemm_precision_rate(gpu, requested_precision)
+        self.gemm_flops_per_s = peak_tflops * 1e12 * efficiency * kernel_efficiency
+        self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency * kernel_efficiency
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
         self.in_bytes = GEMM_INPUT_BYTES[precision]
         self.quantized = precision in ("fp8", "fp4")
-        recipe = training.quantized_recipe if precision == training.precision else training.fp8_recipe
-        self.quantize_bytes_per_element = QUANTIZE_BYTES_PER_ELEMENT.get(recipe, 4.0)
+        self.quantize_bytes_per_element = QUANTIZE_BYTES_PER_ELEMENT.get(recipe_of(precision), 4.0)
         self.overhead_s = options.kernel_overhead_us * 1e-6
         self.num_sms = gpu.num_sms
         self.tile_m, self.tile_n = options.gemm_tile
