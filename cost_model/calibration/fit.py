@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -140,8 +140,8 @@ its defaults); the others live in the GPU presets and stacks.yaml."""
 BY_NAME = {p.name: p for p in PARAMETERS}
 
 
-def priors() -> dict[str, float]:
-    return {p.name: p.prior for p in PARAMETERS}
+def priors(parameters: tuple[Parameter, ...] = PARAMETERS) -> dict[str, float]:
+    return {p.name: p.prior for p in parameters}
 
 
 FP4_FAMILIES = ("blackwell",)
@@ -229,6 +229,22 @@ def log_residual(result: ValidationRow) -> float:
     return math.log1p(result.tflops_error)
 
 
+@dataclass(frozen=True)
+class FitProblem:
+    """What :func:`fit` estimates and how a row answers it. The estimator (MAP, Huber, source weights,
+    leave-one-source-out) is the same for every problem; the training calibration is :data:`TRAINING`,
+    the serving calibration (:mod:`cost_model.calibration.serving_fit`) brings its own parameters and
+    rows (any object with a ``source_group``)."""
+
+    parameters: tuple[Parameter, ...]
+    row_parameters: Callable[[Any], list[str]]
+    """The parameters that change a row's prediction (the Jacobian re-prices only those rows)."""
+    price: Callable[[Any, dict[str, float]], Any]
+    """A row priced at parameter values (what a fold's held-out rows are)."""
+    error: Callable[[Any], float]
+    """(predicted - measured) / measured of a priced row."""
+
+
 @dataclass
 class Fit:
     values: dict[str, float]
@@ -241,6 +257,8 @@ class Fit:
     iterations: int
     touched: dict[str, int] = field(default_factory=dict)
     """How many rows each parameter changes (a parameter no row touches stays at its prior)."""
+    problem: FitProblem | None = None
+    """What was fitted (None: the training calibration, :data:`TRAINING`)."""
 
 
 def _weights(rows: list[PreparedRow], residuals: np.ndarray) -> np.ndarray:
@@ -254,66 +272,74 @@ def _weights(rows: list[PreparedRow], residuals: np.ndarray) -> np.ndarray:
 
 
 def _step(values: dict[str, float], jacobian: np.ndarray, residuals: np.ndarray, rows: list[PreparedRow],
-          active: np.ndarray) -> dict[str, float]:
+          active: np.ndarray, parameters: tuple[Parameter, ...] = PARAMETERS) -> dict[str, float]:
     """One Gauss-Newton (IRLS) step of the MAP objective, within the bounds."""
-    logs = np.array([math.log(values[p.name]) for p in PARAMETERS])
-    prior_logs = np.array([math.log(p.prior) for p in PARAMETERS])
-    precision = np.array([(SIGMA / p.prior_log_sd) ** 2 for p in PARAMETERS])
+    logs = np.array([math.log(values[p.name]) for p in parameters])
+    prior_logs = np.array([math.log(p.prior) for p in parameters])
+    precision = np.array([(SIGMA / p.prior_log_sd) ** 2 for p in parameters])
     w = _weights(rows, residuals)
     # Residuals are in units of SIGMA, so a prior of spread prior_log_sd weighs as (SIGMA / prior_log_sd)^2
     # rows of weight 1.
     a = (jacobian * w[:, None]).T @ jacobian + np.diag(precision)
     g = (jacobian * w[:, None]).T @ residuals + precision * (logs - prior_logs)
     a_active = a[np.ix_(active, active)]
-    delta = np.zeros(len(PARAMETERS))
+    delta = np.zeros(len(parameters))
     delta[active] = -np.linalg.solve(a_active, g[active])
     delta = np.clip(delta, -0.5, 0.5)  # trust region: at most x/÷ 1.65 per step
     new = logs + delta
-    bounds_low = np.log([p.low for p in PARAMETERS])
-    bounds_high = np.log([p.high for p in PARAMETERS])
+    bounds_low = np.log([p.low for p in parameters])
+    bounds_high = np.log([p.high for p in parameters])
     new = np.clip(new, bounds_low, bounds_high)
-    return {p.name: float(math.exp(v)) for p, v in zip(PARAMETERS, new)}
+    return {p.name: float(math.exp(v)) for p, v in zip(parameters, new)}
 
 
-def residuals_at(rows: list[PreparedRow], values: dict[str, float]) -> np.ndarray:
-    return np.array([log_residual(price(row, values)) for row in rows])
+def residuals_at(rows: list[PreparedRow], values: dict[str, float], problem: FitProblem | None = None) -> np.ndarray:
+    problem = problem or TRAINING
+    return np.array([math.log1p(problem.error(problem.price(row, values))) for row in rows])
 
 
-def jacobian_at(rows: list[PreparedRow], values: dict[str, float], base: np.ndarray) -> np.ndarray:
-    index = {p.name: k for k, p in enumerate(PARAMETERS)}
-    jac = np.zeros((len(rows), len(PARAMETERS)))
+def jacobian_at(rows: list[PreparedRow], values: dict[str, float], base: np.ndarray,
+                problem: FitProblem | None = None) -> np.ndarray:
+    problem = problem or TRAINING
+    index = {p.name: k for k, p in enumerate(problem.parameters)}
+    jac = np.zeros((len(rows), len(problem.parameters)))
     touching: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
-        for name in row_parameters(row):
+        for name in problem.row_parameters(row):
             touching.setdefault(name, []).append(i)
     for name, members in touching.items():
         trial = {**values, name: values[name] * math.exp(FD_STEP)}
-        for i in members:
-            jac[i, index[name]] = (log_residual(price(rows[i], trial)) - base[i]) / FD_STEP
+        trial_residuals = residuals_at([rows[i] for i in members], trial, problem)
+        jac[members, index[name]] = (trial_residuals - base[members]) / FD_STEP
     return jac
 
 
 def fit(rows: list[PreparedRow], start: dict[str, float] | None = None, max_iterations: int = 8,
-        tolerance: float = 2e-3, progress: Callable[[str], None] | None = None) -> Fit:
-    """The MAP fit of :data:`PARAMETERS` on ``rows`` (Gauss-Newton, Jacobian recomputed each step)."""
-    values = dict(start or priors())
-    residuals = residuals_at(rows, values)
-    jac = np.zeros((len(rows), len(PARAMETERS)))
+        tolerance: float = 2e-3, progress: Callable[[str], None] | None = None,
+        problem: FitProblem | None = None) -> Fit:
+    """The MAP fit of ``problem``'s parameters (default :data:`PARAMETERS`, the training calibration) on
+    ``rows`` (Gauss-Newton, Jacobian recomputed each step)."""
+    problem = problem or TRAINING
+    parameters = problem.parameters
+    values = dict(start or priors(parameters))
+    residuals = residuals_at(rows, values, problem)
+    jac = np.zeros((len(rows), len(parameters)))
     iterations = 0
     for iterations in range(1, max_iterations + 1):
-        jac = jacobian_at(rows, values, residuals)
+        jac = jacobian_at(rows, values, residuals, problem)
         active = np.abs(jac).sum(axis=0) > 0
-        new = _step(values, jac, residuals, rows, active)
+        new = _step(values, jac, residuals, rows, active, parameters)
         change = max(abs(math.log(new[k] / values[k])) for k in values)
         values = new
-        residuals = residuals_at(rows, values)
+        residuals = residuals_at(rows, values, problem)
         if progress:
             progress(f"iteration {iterations}: median |error| {np.median(np.abs(np.expm1(residuals))):.1%}, "
                      f"largest parameter change {change:.1%}")
         if change < tolerance:
             break
-    touched = {p.name: int((np.abs(jac[:, k]) > 0).sum()) for k, p in enumerate(PARAMETERS)}
-    return Fit(values=values, rows=rows, residuals=residuals, jacobian=jac, iterations=iterations, touched=touched)
+    touched = {p.name: int((np.abs(jac[:, k]) > 0).sum()) for k, p in enumerate(parameters)}
+    return Fit(values=values, rows=rows, residuals=residuals, jacobian=jac, iterations=iterations, touched=touched,
+               problem=problem)
 
 
 @dataclass
@@ -327,6 +353,7 @@ class Fold:
 def leave_one_source_out(full: Fit, max_iterations: int = 4, tolerance: float = 2e-3,
                          progress: Callable[[str], None] | None = None) -> list[Fold]:
     """Refit without each source (chord method from the full fit) and price the source's rows."""
+    problem = full.problem or TRAINING
     groups = sorted({row.source_group for row in full.rows})
     folds = []
     for group in groups:
@@ -336,21 +363,26 @@ def leave_one_source_out(full: Fit, max_iterations: int = 4, tolerance: float = 
         values = dict(full.values)
         residuals = full.residuals[keep]
         for _ in range(max_iterations):
-            new = _step(values, jac, residuals, rows, np.ones(len(PARAMETERS), dtype=bool))
+            new = _step(values, jac, residuals, rows, np.ones(len(problem.parameters), dtype=bool), problem.parameters)
             # A parameter none of the fold's rows touches goes back towards its prior (the step's
             # prior term alone), which is what an independent fit would give it.
             change = max(abs(math.log(new[k] / values[k])) for k in values)
             values = new
-            residuals = residuals_at(rows, values)
+            residuals = residuals_at(rows, values, problem)
             if change < tolerance:
                 break
-        held = [price(row, values) for row, k in zip(full.rows, keep) if not k]
+        held = [problem.price(row, values) for row, k in zip(full.rows, keep) if not k]
         folds.append(Fold(source_group=group, values=values, held_out=held))
         if progress:
-            errors = np.array([r.tflops_error for r in held])
+            errors = np.array([problem.error(r) for r in held])
             progress(f"without {group}: {len(held)} rows, median |error| {np.median(np.abs(errors)):.1%}, "
                      f"median signed {np.median(errors):+.1%}")
     return folds
+
+
+TRAINING = FitProblem(parameters=PARAMETERS, row_parameters=row_parameters, price=price,
+                      error=lambda result: result.tflops_error)
+"""The training calibration: :data:`PARAMETERS` on published training runs, throughput error."""
 
 
 def kendall_tau(x: Iterable[float], y: Iterable[float]) -> float:
