@@ -41,13 +41,21 @@ def module_names(mask: int) -> list[str]:
     """Module names of a bitmask, in Megatron's order."""
     return [name for name in RECOMPUTE_MODULES if int(mask) & MODULE_BIT[name]]
 
+SCHEDULES = ("1f1b", "interleaved", "zb-h1", "zb-h2", "zbv", "dualpipe", "dualpipev")
+"""Pipeline schedules, coded by position in ``PlanArrays.schedule`` (:mod:`cost_model.schedules` prices
+each: bubble, micro-batches in flight, parameter copies, what communication it hides)."""
+SCHEDULE_CODE = {name: code for code, name in enumerate(SCHEDULES)}
+BY_VPP = -1
+"""A plan record's schedule when it names none: 1F1B, or interleaved when vpp > 1 (what Megatron runs)."""
+
 PLAN_DEFAULTS = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
                  "recompute_num_layers": -1, "recompute_modules": CORE_ATTN, "sequence_parallel": False, "zero_stage": 0,
-                 "optimizer_offload": False, "activation_offload_layers": 0, "pp": 1, "dp": 1}
+                 "optimizer_offload": False, "activation_offload_layers": 0, "pp": 1, "dp": 1,
+                 "schedule": BY_VPP}
 """Neutral value of every knob a plan record or column mapping leaves out (tp is required)."""
 
 INT_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute", "recompute_num_layers",
-               "recompute_modules", "zero_stage", "activation_offload_layers")
+               "recompute_modules", "zero_stage", "activation_offload_layers", "schedule")
 BOOL_COLUMNS = ("sequence_parallel", "optimizer_offload")
 
 
@@ -90,8 +98,13 @@ class PlanArrays:
     """Layers whose activations go to host memory during forward and come back for backward
     (Megatron ``--cpu-offloading --cpu-offloading-num-layers``); 0 = none. Megatron allows it only
     without pipeline parallelism and without recompute."""
+    schedule: np.ndarray | None = None
+    """Pipeline schedule, an index into :data:`SCHEDULES`; None or :data:`BY_VPP` = 1F1B, interleaved
+    where vpp > 1 (the schedule Megatron runs for those knobs)."""
 
     def __post_init__(self) -> None:
+        if self.schedule is None:
+            self.schedule = np.full(np.shape(np.atleast_1d(self.vpp)), BY_VPP)
         n = None
         for f in fields(self):
             value = np.asarray(getattr(self, f.name))
@@ -101,6 +114,9 @@ class PlanArrays:
             n = len(value) if n is None else n
             if len(value) != n:
                 raise ValueError(f"plan column {f.name} has {len(value)} entries, expected {n}")
+        if (self.schedule < 0).any():
+            self.schedule = np.where(self.schedule < 0, np.where(self.vpp > 1, SCHEDULE_CODE["interleaved"], 0),
+                                     self.schedule)
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -139,11 +155,11 @@ class PlanArrays:
         for f in fields(cls):
             if f.name in columns:
                 column = columns[f.name]
-                if f.name == "recompute" and not (isinstance(column, np.ndarray) and column.dtype.kind in "iu"):
+                codes = {"recompute": RECOMPUTE_CODE, "schedule": SCHEDULE_CODE}.get(f.name)
+                if codes and not (isinstance(column, np.ndarray) and column.dtype.kind in "iu"):
                     # Iterate the given list itself: numpy would turn a mix of names and codes into strings.
                     items = column if isinstance(column, (list, tuple)) else np.atleast_1d(column)
-                    column = [(RECOMPUTE_CODE[c] if c in RECOMPUTE_CODE else int(c)) if isinstance(c, str) else c
-                              for c in items]
+                    column = [(codes[c] if c in codes else int(c)) if isinstance(c, str) else c for c in items]
                 values[f.name] = np.broadcast_to(np.asarray(column), (n,)).copy()
             else:
                 values[f.name] = np.full(n, defaults[f.name])
