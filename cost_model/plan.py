@@ -51,11 +51,11 @@ BY_VPP = -1
 PLAN_DEFAULTS = {"cp": 1, "ep": 1, "etp": 1, "vpp": 1, "micro_batch": 1, "recompute": NONE,
                  "recompute_num_layers": -1, "recompute_modules": CORE_ATTN, "sequence_parallel": False, "zero_stage": 0,
                  "optimizer_offload": False, "activation_offload_layers": 0, "pp": 1, "dp": 1,
-                 "schedule": BY_VPP}
+                 "schedule": BY_VPP, "dp_replicate": 1}
 """Neutral value of every knob a plan record or column mapping leaves out (tp is required)."""
 
 INT_COLUMNS = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "recompute", "recompute_num_layers",
-               "recompute_modules", "zero_stage", "activation_offload_layers", "schedule")
+               "recompute_modules", "zero_stage", "activation_offload_layers", "schedule", "dp_replicate")
 BOOL_COLUMNS = ("sequence_parallel", "optimizer_offload")
 
 
@@ -101,10 +101,19 @@ class PlanArrays:
     schedule: np.ndarray | None = None
     """Pipeline schedule, an index into :data:`SCHEDULES`; None or :data:`BY_VPP` = 1F1B, interleaved
     where vpp > 1 (the schedule Megatron runs for those knobs)."""
+    dp_replicate: np.ndarray | None = None
+    """Hybrid sharding (HSDP): copies of the ZeRO-sharded model states across the dp x cp ranks, each
+    sharded over a group of dp x cp / dp_replicate consecutive ranks (experts: edp / dp_replicate). The
+    parameter all-gather and gradient reduce-scatter run inside the shard group and the gradient shards
+    are all-reduced across the copies. None or 1 = one shard group over all of dp x cp (plain ZeRO/FSDP).
+    Megatron-Core ``--num-distributed-optimizer-instances`` (the distributed optimizer's partial
+    instances; Megatron-FSDP's HSDP), torchtitan ``data_parallel_replicate_degree``."""
 
     def __post_init__(self) -> None:
         if self.schedule is None:
             self.schedule = np.full(np.shape(np.atleast_1d(self.vpp)), BY_VPP)
+        if self.dp_replicate is None:
+            self.dp_replicate = np.ones(np.shape(np.atleast_1d(self.vpp)), dtype=np.int64)
         n = None
         for f in fields(self):
             value = np.asarray(getattr(self, f.name))
@@ -128,6 +137,16 @@ class PlanArrays:
     def num_microbatches(self, global_batch_size: int) -> np.ndarray:
         """Micro-batches per step per data-parallel replica: global batch / (dp x micro-batch)."""
         return global_batch_size // (self.dp * self.micro_batch)
+
+    @property
+    def shard_group(self) -> np.ndarray:
+        """Ranks over which ZeRO shards the dense model states: dp x cp / dp_replicate (HSDP)."""
+        return (self.dp * self.cp) // self.dp_replicate
+
+    @property
+    def expert_shard_group(self) -> np.ndarray:
+        """Ranks over which ZeRO shards the experts' states: expert-data-parallel / dp_replicate."""
+        return self.expert_data_parallel // self.dp_replicate
 
     @property
     def expert_data_parallel(self) -> np.ndarray:
