@@ -391,14 +391,19 @@ def workload_from_mapping(config: Mapping[str, Any], source: str = "workload", d
         return WorkloadSpec(name=name, input_tokens=input_spec, output_tokens=output_spec, slo=slo,
                             speculative=speculative, source=source, **values)
     except ValueError as exc:
-        raise InputError(source, _field_named(str(exc)), str(exc), "fix the value") from None
+        message = str(exc)
+        field_name = next((name for name in _FIXES if message.startswith(name)), "concurrency")
+        field_name = "request_rate_per_s/concurrency" if field_name == "give request_rate_per_s" else field_name
+        raise InputError(source, field_name, message, _FIXES.get(field_name, _FIXES["give request_rate_per_s"])) from None
 
 
-def _field_named(message: str) -> str:
-    for name in ("prefix_cache_hit_rate", "request_rate_per_s", "concurrency", "max_model_len"):
-        if message.startswith(name) or name in message.split(" (")[0]:
-            return name
-    return "request_rate_per_s/concurrency" if "not both" in message else ""
+_FIXES = {
+    "prefix_cache_hit_rate": "give the fraction of prompt tokens found in the prefix cache, e.g. 0.3",
+    "request_rate_per_s": "give requests per second to the whole fleet, e.g. 10",
+    "max_model_len": "raise max_model_len or shorten the prompts",
+    "give request_rate_per_s": "keep request_rate_per_s (open loop) or concurrency (closed loop), remove the other",
+    "concurrency": "give the requests in flight in the whole fleet, a whole number >= 1",
+}
 
 
 def _number(value: Any, field_name: str, source: str, kind: type) -> float | int:
