@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cost_model.serving.queueing import prefill_decode_ratio
 from cost_model.serving.plan import KV_DTYPES, MODES, WEIGHT_PRECISIONS, InstanceArrays, ServingPlanArrays
 
 MAX_NUM_SEQS_VALUES = tuple(2 ** k for k in range(11))
@@ -166,7 +167,8 @@ def disaggregated_plans(prefill: InstanceArrays, decode: InstanceArrays, prefill
     pair, rung = (a.ravel() for a in np.meshgrid(np.arange(len(pi)), np.arange(len(ladder)), indexing="ij"))
     d_count = ladder[rung]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.asarray(decode_rate_per_s, dtype=float)[di[pair]] / np.asarray(prefill_rate_per_s, dtype=float)[pi[pair]]
+        ratio = prefill_decode_ratio(np.asarray(prefill_rate_per_s, dtype=float)[pi[pair]],
+                                     np.asarray(decode_rate_per_s, dtype=float)[di[pair]])
         p_float = np.ceil(d_count * np.where(np.isfinite(ratio) & (ratio > 0), ratio, np.inf) - 1e-9)
     valid = np.isfinite(p_float)
     p_count = np.where(valid, np.maximum(p_float, 1), 0).astype(np.int64)

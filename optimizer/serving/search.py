@@ -1,0 +1,299 @@
+"""The serving search: price every plan of the knob grid in chunks, keep the best, the frontier and
+what broke.
+
+Each chunk of plans (:data:`CHUNK_PLANS`) is one call of the vectorised serving cost model
+(:func:`cost_model.serving.evaluate.evaluate_serving`), which returns the metrics and a mask per named
+rule. A plan *meets the SLO* when it breaks no rule; it is *servable* when it breaks none but the
+latency SLO rules (:data:`SLO_RULES`). The search keeps, across chunks:
+
+- the ``top_k`` plans that meet the SLO, by the objective (:mod:`optimizer.serving.ranking`);
+- the Pareto frontier of tokens/s/GPU against tokens/s/user among servable plans (the frontier is the
+  trade between the two, which the SLO picks a point on; plans off the SLO are marked, not hidden);
+- how many plans break each rule, and how many break that rule alone (what binds);
+- the servable plans closest to the SLO (for "nothing meets the SLO": how far the best ones miss).
+
+Disaggregated plans pair prefill and decode instance layouts; the pairs and their prefill:decode
+instance counts come from per-phase capacities priced over the whole instance grid first
+(:func:`phase_candidates`), so the pair grid is the phases' best layouts of each size, not all pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from cost_model.serving.plan import InstanceArrays, ServingPlanArrays
+from hardware.schema import ClusterSpec
+
+from .arrays import concat, take
+from .grid import ServingGrid, aggregated_plans, concatenate, disaggregated_plans, instance_grid
+from .ranking import NEEDS_TARGET, OBJECTIVES, key_scale, objective_key, pareto_front, rank_order
+
+CHUNK_PLANS = 32768
+"""Plans priced per call of the cost model: large enough that numpy's per-call overhead is amortised,
+small enough that a chunk's arrays (a few hundred per plan) stay within a few hundred MB."""
+CLOSEST_KEPT = 32
+"""Servable plans kept per chunk as the ones that come closest to the SLO (for the advice)."""
+PHASE_LAYOUTS_PER_SIZE = 2
+"""Per phase and instance size (GPUs), the layouts with the highest capacity per GPU that are paired."""
+
+
+@dataclass(frozen=True)
+class ServingScenario:
+    """One serving search problem: what to serve, on what, under which load and SLOs, over which grid."""
+
+    model: Any
+    """The model's ModelSpec."""
+    cluster: ClusterSpec
+    workload: Any
+    """The WorkloadSpec (lengths, arrival, SLOs)."""
+    grid: ServingGrid
+    objective: str = "goodput_per_gpu"
+    """One of :data:`optimizer.serving.ranking.OBJECTIVES`."""
+    top_k: int = 10
+    """Plans to keep and show."""
+    target_rate_per_s: float | None = None
+    """Open-loop target rate (requests/s); None: the workload's own arrival, else max load."""
+    target_concurrency: float | None = None
+    """Closed-loop target concurrency (requests in flight); exclusive with the rate."""
+    options: Any = None
+    """ServingOptions (None: the cost model's defaults)."""
+    model_source: str | None = None
+    """What the user named the model by (preset or path), for emitted engine arguments."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+
+@dataclass
+class Kept:
+    """Some plans and their metrics (rows selected from priced chunks)."""
+
+    plans: ServingPlanArrays
+    metrics: Any
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def rows(self, index: np.ndarray) -> "Kept":
+        return Kept(self.plans.take(index), take(self.metrics, index, len(self.plans)))
+
+    @staticmethod
+    def join(parts: list["Kept"]) -> "Kept | None":
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            return None
+        return Kept(concatenate([p.plans for p in parts]), concat([p.metrics for p in parts]))
+
+
+@dataclass
+class ServingSearchResult:
+    scenario: ServingScenario
+    ranked: Kept | None
+    """The best plans that meet every rule, best first (None when none does)."""
+    pareto: Kept | None
+    """The frontier of servable plans, most tokens/s/GPU first."""
+    closest: Kept | None
+    """Servable plans that come closest to the SLO, closest first (for the advice)."""
+    candidates: int = 0
+    servable: int = 0
+    """Plans that break no rule but the latency SLOs."""
+    meeting_slo: int = 0
+    broken: dict[str, int] = field(default_factory=dict)
+    """Plans that break each rule."""
+    broken_alone: dict[str, int] = field(default_factory=dict)
+    """Plans that break that rule and no other."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return self.ranked is not None and len(self.ranked) > 0
+
+
+def is_slo_rule(name: str) -> bool:
+    """The latency SLO rules (TTFT, TPOT) among the cost model's named rules."""
+    return "slo" in name or name.startswith(("ttft", "tpot"))
+
+
+def evaluate(scenario: ServingScenario, plans: ServingPlanArrays, workload: Any = None):
+    """The serving cost model on ``plans`` (one vectorised call), under the scenario's load."""
+    from cost_model.serving.evaluate import evaluate_serving
+
+    return evaluate_serving(scenario.model, scenario.cluster, workload or scenario.workload, plans,
+                            _options(scenario), target_rate_per_s=scenario.target_rate_per_s,
+                            target_concurrency=scenario.target_concurrency)
+
+
+def _options(scenario: ServingScenario):
+    if scenario.options is not None:
+        return scenario.options
+    from cost_model.serving.options import ServingOptions
+
+    return ServingOptions()
+
+
+def candidate_plans(scenario: ServingScenario) -> ServingPlanArrays:
+    """Every plan the search prices: aggregated instances x replicas, and disaggregated phase pairs."""
+    grid = scenario.grid
+    instances = instance_grid(grid)
+    parts = []
+    if "agg" in grid.modes:
+        parts.append(aggregated_plans(instances, grid))
+    if "disagg" in grid.modes:
+        prefill, prefill_rate, decode, decode_rate = phase_candidates(scenario, instances)
+        parts.append(disaggregated_plans(prefill, decode, prefill_rate, decode_rate, grid))
+    return concatenate(parts)
+
+
+def phase_candidates(scenario: ServingScenario, instances: InstanceArrays):
+    """Prefill and decode instance layouts worth pairing, with the requests/s one instance of each
+    sustains.
+
+    Prefill: an instance fills each step with its chunk budget of prompt tokens on every attention
+    rank, so it sustains ``attn_dp x chunk / (step(chunk) x new prompt tokens)`` requests/s; kept when
+    one request's prefill alone fits the TTFT SLO. Decode: ``attn_dp x batch / (step(batch) x output
+    tokens)`` requests/s at the batch its ``max_num_seqs`` and KV capacity allow, at the mean context
+    (prompt + half the output); kept when that step fits the TPOT SLO. Both also need the weights and
+    one max-length request to fit. Of each instance size, the :data:`PHASE_LAYOUTS_PER_SIZE` with the
+    most requests/s per GPU are kept (phase prices from :mod:`cost_model.serving.step`)."""
+    from cost_model.serving.memory import instance_memory
+    from cost_model.serving.step import price_instances
+
+    model, cluster, workload = scenario.model, scenario.cluster, scenario.workload
+    options = _options(scenario)
+    lengths = phase_lengths(workload)
+    memory = instance_memory(model, cluster.gpu, instances, lengths["max_model_len"], options)
+    pricing = price_instances(model, cluster, instances, options)
+    fits = np.asarray(memory.weights_fit) & np.asarray(memory.kv_fits_one_request)
+    chunk = instances.max_num_batched_tokens.astype(float)
+    prefill_s = np.asarray(pricing.prefill(chunk, lengths["input_tokens"]).total_s, dtype=float)
+    one_request_s = np.asarray(pricing.prefill(np.full_like(chunk, lengths["new_input_tokens"]),
+                                               lengths["input_tokens"]).total_s, dtype=float)
+    prefill_rate = instances.attn_dp * chunk / (prefill_s * lengths["new_input_tokens"])
+    prefill_ok = fits & np.asarray(memory.prefill_workspace_fits) & (one_request_s * 1e3 <= lengths["ttft_ms"])
+    per_rank = np.maximum(np.asarray(memory.max_concurrency, dtype=float) / instances.attn_dp, 0)
+    batch = np.maximum(np.minimum(instances.max_num_seqs, np.floor(per_rank)), 1)
+    decode_s = np.asarray(pricing.decode_step(batch, lengths["decode_context_tokens"]).total_s, dtype=float)
+    decode_rate = instances.attn_dp * batch / (decode_s * lengths["output_tokens"])
+    decode_ok = fits & (per_rank >= 1) & (decode_s * 1e3 <= lengths["tpot_ms"])
+    prefill_keep = best_per_size(instances.gpus, prefill_rate / instances.gpus, prefill_ok)
+    decode_keep = best_per_size(instances.gpus, decode_rate / instances.gpus, decode_ok)
+    return (instances.take(prefill_keep), prefill_rate[prefill_keep], instances.take(decode_keep),
+            decode_rate[decode_keep])
+
+
+def phase_lengths(workload: Any) -> dict[str, float]:
+    """Mean lengths and SLOs of the workload in the terms the phase screen uses: prompt tokens, those
+    computed (prefix-cache hits are not), output tokens, the mean context of a decode step (the prompt
+    plus half the output, averaged over a request's life), the longest request, and the SLO targets
+    (infinite without an SLO)."""
+    input_tokens = float(workload.input_tokens.mean())
+    output_tokens = float(workload.output_tokens.mean())
+    slo = workload.slo
+    return {"input_tokens": input_tokens, "new_input_tokens": max(float(workload.prefill_tokens_mean), 1.0),
+            "output_tokens": max(output_tokens, 1.0), "decode_context_tokens": input_tokens + output_tokens / 2,
+            "max_model_len": int(workload.model_len),
+            "ttft_ms": float(slo.ttft_ms) if slo else math.inf, "tpot_ms": float(slo.tpot_ms) if slo else math.inf}
+
+
+def best_per_size(gpus: np.ndarray, score: np.ndarray, ok: np.ndarray, per_size: int = PHASE_LAYOUTS_PER_SIZE) -> np.ndarray:
+    """Indices of the ``per_size`` highest-scoring ``ok`` entries of each GPU count (ties: lower index)."""
+    index = np.flatnonzero(ok & np.isfinite(score))
+    if len(index) == 0:
+        return index
+    order = index[np.lexsort((index, -score[index], gpus[index]))]
+    sizes = gpus[order]
+    start = np.searchsorted(sizes, sizes, side="left")
+    rank_in_size = np.arange(len(order)) - start
+    return np.sort(order[rank_in_size < per_size])
+
+
+def search_serving(scenario: ServingScenario, pareto: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> ServingSearchResult:
+    """Price every candidate plan and keep the best, the frontier and the rule counts (see the module
+    docstring). ``progress(done, total)`` is called after each chunk. A KeyboardInterrupt propagates:
+    no partial result is returned."""
+    started = time.perf_counter()
+    if scenario.objective in NEEDS_TARGET and scenario.target_rate_per_s is None \
+            and scenario.target_concurrency is None and not _workload_has_target(scenario.workload):
+        raise ValueError(f"objective {scenario.objective} needs a target rate or concurrency")
+    plans = candidate_plans(scenario)
+    enumerated = time.perf_counter()
+    total = len(plans)
+    ranked_parts: list[Kept] = []
+    front_parts: list[Kept] = []
+    closest_parts: list[Kept] = []
+    broken: dict[str, int] = {}
+    alone: dict[str, int] = {}
+    servable = meeting = 0
+    scale = 0.0
+    for start in range(0, total, CHUNK_PLANS):
+        chunk = plans.take(slice(start, min(start + CHUNK_PLANS, total)))
+        metrics = evaluate(scenario, chunk)
+        masks = {name: np.asarray(mask, dtype=bool) for name, mask in metrics.violations.items()}
+        count = np.zeros(len(chunk), dtype=np.int64)
+        hard = np.zeros(len(chunk), dtype=bool)
+        for name, mask in masks.items():
+            count += mask
+            if not is_slo_rule(name):
+                hard |= mask
+        for name, mask in masks.items():
+            broken[name] = broken.get(name, 0) + int(mask.sum())
+            alone[name] = alone.get(name, 0) + int((mask & (count == 1)).sum())
+        ok = count == 0
+        servable_index = np.flatnonzero(~hard)
+        servable += len(servable_index)
+        meeting += int(ok.sum())
+        key = objective_key(metrics, scenario.objective)
+        if ok.any():
+            scale = max(scale, key_scale(key[ok]))
+            best = np.flatnonzero(ok)[rank_order(chunk.take(np.flatnonzero(ok)), key[ok], scale)[:scenario.top_k]]
+            ranked_parts.append(Kept(chunk, metrics).rows(best))
+        if len(servable_index):
+            if pareto:
+                front = servable_index[pareto_front(metrics.output_tokens_per_s_per_gpu[servable_index],
+                                                    metrics.tokens_per_s_per_user[servable_index])]
+                front_parts.append(Kept(chunk, metrics).rows(front))
+            miss = slo_miss(metrics)[servable_index]
+            near = servable_index[np.lexsort((servable_index, miss))[:CLOSEST_KEPT]]
+            closest_parts.append(Kept(chunk, metrics).rows(near))
+        if progress is not None:
+            progress(min(start + CHUNK_PLANS, total), total)
+    ranked = _final_rank(Kept.join(ranked_parts), scenario, scale)
+    front = Kept.join(front_parts)
+    if front is not None:
+        front = front.rows(pareto_front(front.metrics.output_tokens_per_s_per_gpu, front.metrics.tokens_per_s_per_user))
+    closest = Kept.join(closest_parts)
+    if closest is not None:
+        closest = closest.rows(np.lexsort((np.arange(len(closest)), slo_miss(closest.metrics)))[:CLOSEST_KEPT])
+    done = time.perf_counter()
+    return ServingSearchResult(scenario=scenario, ranked=ranked, pareto=front, closest=closest, candidates=total,
+                               servable=servable, meeting_slo=meeting, broken=dict(sorted(broken.items())),
+                               broken_alone=dict(sorted(alone.items())),
+                               seconds={"enumerate": enumerated - started, "price": done - enumerated,
+                                        "total": done - started})
+
+
+def _final_rank(kept: Kept | None, scenario: ServingScenario, scale: float) -> Kept | None:
+    if kept is None:
+        return None
+    key = objective_key(kept.metrics, scenario.objective)
+    return kept.rows(rank_order(kept.plans, key, scale or None)[:scenario.top_k])
+
+
+def slo_miss(metrics) -> np.ndarray:
+    """How far each plan is from its SLOs: the larger of TTFT / its SLO and TPOT / its SLO at the SLO's
+    percentile (1 or less meets both). The cost model states the ratio as ``slo_ratio``."""
+    return np.asarray(metrics.slo_ratio, dtype=float)
+
+
+def _workload_has_target(workload: Any) -> bool:
+    return getattr(workload, "request_rate_per_s", None) is not None or getattr(workload, "concurrency", None) is not None
+
