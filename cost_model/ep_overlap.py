@@ -26,6 +26,12 @@ the SMs the hidden all-to-all occupies are charged (``CostOptions.overlap_sm_fra
 Megatron accepts the flag only with expert parallelism, the ``alltoall`` or ``flex`` dispatcher, no
 full recompute, and a virtual pipeline when pp > 1 (``TransformerConfig.__post_init__``). Plans outside
 those conditions are priced without the overlap, and the emitters leave the flag out for them.
+
+DualPipe and DualPipeV (:mod:`cost_model.schedules`) pair a forward chunk with another micro-batch's
+backward chunk in their steady state by construction, with the same pairing (DeepSeek-V3 figure 4); with
+the overlap asked for, their F&B pairs hide the all-to-alls as the merged steps do, with the pair counts
+of their own step order and no extra warm-up chunk (their PP + 1 in-flight chunks already hold it). The
+share of paired chunk passes of every schedule is :func:`cost_model.schedules.paired_chunk_share`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .plan import FULL, PlanArrays
+from .schedules import BIDIRECTIONAL, MEGATRON_SCHEDULES, paired_chunk_share
 from .training_spec import TrainingSpec
 
 
@@ -47,15 +54,15 @@ def ep_overlap_active(model: ModelSpec, training: TrainingSpec, plans: PlanArray
     """Plans on which Megatron runs the EP all-to-all overlap the training setup asks for."""
     if not (training.overlap_moe_expert_parallel_comm and model.is_moe):
         return np.zeros(len(plans), dtype=bool)
-    return megatron_accepts_overlap(plans.ep, plans.recompute, plans.pp, plans.vpp)
+    megatron = np.isin(plans.schedule, MEGATRON_SCHEDULES) & megatron_accepts_overlap(
+        plans.ep, plans.recompute, plans.pp, plans.vpp)
+    return megatron | (np.isin(plans.schedule, BIDIRECTIONAL) & (plans.ep > 1))
 
 
 def merged_share(plans: PlanArrays, num_microbatches: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """Share of each stage's chunk passes that run merged with another micro-batch's (plans, stages)."""
-    pp, v = plans.pp[:, None], plans.vpp[:, None]
-    total = np.asarray(num_microbatches)[:, None] * v
-    warmup = np.where(pp == 1, 1, np.minimum(2 * (pp - ranks - 1) + (v - 1) * pp + 1, total))
-    return np.divide(total - warmup, total, out=np.zeros(np.broadcast(total, ranks).shape), where=total > 0)
+    """Share of each stage's chunk passes that run merged with another micro-batch's (plans, stages):
+    :func:`cost_model.schedules.paired_chunk_share` of the plans' schedules."""
+    return paired_chunk_share(plans.schedule, plans.pp, plans.vpp, num_microbatches, ranks)
 
 
 def exposed_in_merged_step(dispatch_fwd_s: np.ndarray, combine_fwd_s: np.ndarray, a2a_bwd_s: np.ndarray,

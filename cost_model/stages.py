@@ -30,7 +30,9 @@ builds such a chunk: the layout ``E|t|...`` and ``get_num_layers_to_build`` asse
 and last stages need at least vpp - 1 layers and the middle stages' k a multiple of vpp
 (:func:`uneven_split_is_valid`).
 
-In-flight micro-batches (activations held at the memory peak), from Megatron-LM's schedules
+In-flight micro-batches (activations held at the memory peak): how many chunk forwards each schedule
+holds is :func:`cost_model.schedules.in_flight_chunk_forwards` (the one place for every schedule's
+warm-up); here they become layer sets over the stage's chunk split. For Megatron-LM's schedules
 (``megatron/core/pipeline_parallel/schedules.py``):
 
 * 1F1B: rank r runs pp - r - 1 warm-up forwards, then one more before its first backward, so it holds
@@ -43,6 +45,14 @@ In-flight micro-batches (activations held at the memory peak), from Megatron-LM'
   et al. 2022's interleaving factor. A short chunk 0 on the first stage matters: it is the chunk most in
   flight (Llama 3 405B PP16 VP8: 112 layer sets held on rank 0 with its embedding-only chunk 0, not the
   143 x 7/8 = 125 of equal chunks).
+
+Schedules with other rank shapes (:mod:`cost_model.schedules`): a V (``zbv``, ``dualpipev``: two chunks a
+rank, rank r holding chunks r and 2p-1-r) puts the embedding and the loss both on rank 0, so its short
+chunks are both there (first rank k - deficit layers, the last rank k, and no head on it); DualPipe
+holds stage r and stage p-1-r on rank r, so a micro-batch passes the mean of the two (the first and last
+ranks: (first + last) / 2 layers, each with the embedding and the loss of one direction) while the rank
+keeps both stages' parameters (``parameter_copies`` 2). Both spread a rank's layers over the depth, so
+their MoE layers are the model's MoE fraction, as with interleaving.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .plan import FULL, PlanArrays
+from .schedules import DUALPIPE, chunks_per_rank, in_flight_chunk_forwards, is_v_shaped, parameter_copies, stage_ends
 
 STAGES = ("first", "middle", "last")
 
@@ -73,6 +84,13 @@ class StageLayout:
     """Layer x micro-batch activation sets held at the peak (sum over chunks)."""
     has_embedding: np.ndarray
     has_lm_head: np.ndarray
+    lm_head_share: np.ndarray | None = None
+    """Share of the micro-batches whose LM head and loss the stage computes (DualPipe's end ranks: half
+    each); None = 1 wherever ``has_lm_head``."""
+    parameter_copies: np.ndarray | None = None
+    """Copies of its layers' parameters each stage keeps, (plans, 1): 2 under DualPipe; None = 1."""
+    chunks: np.ndarray | None = None
+    """Model chunks a rank's layers are split into, (plans,): vpp, 2 for a V; None = vpp."""
 
     @property
     def dense_layers(self) -> np.ndarray:
@@ -91,7 +109,8 @@ def recomputed_layer_share(plans: PlanArrays, stages: StageLayout) -> np.ndarray
     Megatron's ``block`` method recomputes the first ``recompute_num_layers`` layers of each virtual
     chunk; -1 means all of them. Zero for plans without full recompute.
     """
-    chunk_layers = stages.layers / plans.vpp[:, None]
+    chunks = plans.vpp if stages.chunks is None else stages.chunks
+    chunk_layers = stages.layers / chunks[:, None]
     asked = plans.recompute_num_layers[:, None].astype(float)
     recomputed = np.where(asked < 0, chunk_layers, np.minimum(asked, chunk_layers))
     share = np.divide(recomputed, chunk_layers, out=np.zeros_like(chunk_layers), where=chunk_layers > 0)
@@ -156,9 +175,16 @@ def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarr
     all-to-all overlap, :mod:`cost_model.ep_overlap`), which stays in flight."""
     L = model.num_layers
     pp = plans.pp
-    v = plans.vpp
+    schedule = plans.schedule
+    v = chunks_per_rank(schedule, plans.vpp)
     m = np.asarray(num_microbatches, dtype=np.int64)
     first, k, last = layers_per_stage(L, pp)
+    v_shape = is_v_shaped(schedule) & (pp >= 2)
+    dual = (schedule == DUALPIPE) & (pp >= 2)
+    # A V holds both short end chunks on rank 0; DualPipe's end ranks pass the mean of stages 0 and p-1.
+    first, last = np.where(v_shape, first + last - k, first), np.where(v_shape, k, last)
+    ends = (first + last) / 2
+    first, last = np.where(dual, ends, first), np.where(dual, ends, last)
 
     layers = np.stack([first, k, last], axis=1).astype(float)
     exists = np.stack([np.ones_like(pp, bool), pp >= 3, pp >= 2], axis=1)
@@ -166,31 +192,32 @@ def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarr
 
     # MoE layers on each stage, from the per-layer pattern (prefix sums over layer index).
     moe_prefix = np.concatenate([[0], np.cumsum(np.asarray(model.moe_layers or [False] * L, dtype=np.int64))])
-    first_moe = moe_prefix[first]
-    last_moe = moe_prefix[L] - moe_prefix[L - last]
+    # (DualPipe's fractional end stages take the model's MoE fraction below.)
+    first_i, last_i = np.floor(first).astype(np.int64), np.ceil(last).astype(np.int64)
+    first_moe = moe_prefix[first_i]
+    last_moe = moe_prefix[L] - moe_prefix[L - last_i]
     # The heaviest middle stage is taken as the one just before the last stage: with the dense layers
     # first (DeepSeek's first_k_dense_replace) it holds the most MoE layers; with alternating
     # patterns all middle stages are alike.
-    mid_end = np.clip(L - last, 0, L)
+    mid_end = np.clip(L - last_i, 0, L)
     mid_start = np.clip(mid_end - k, 0, L)
     middle_moe = moe_prefix[mid_end] - moe_prefix[mid_start]
     moe_layers = np.stack([first_moe, middle_moe, last_moe], axis=1).astype(float)
     # Interleaving spreads a rank's chunks over the whole depth: use the model's MoE fraction.
     moe_fraction = model.num_moe_layers / L
-    moe_layers = np.where((v > 1)[:, None], layers * moe_fraction, moe_layers)
+    moe_layers = np.where(((v > 1) | dual)[:, None], layers * moe_fraction, moe_layers)
 
     pp2, v2, m2, r = pp[:, None], v[:, None], m[:, None], ranks
     extra = (np.zeros(len(plans), dtype=np.int64) if extra_warmup is None
              else np.asarray(extra_warmup, dtype=np.int64))[:, None]
-    one_f_one_b = np.minimum(pp2 - r + extra, m2) * layers
-    chunks = np.minimum((v2 - 1) * pp2 + 2 * (pp2 - r - 1) + 1 + extra, m2 * v2)
+    chunks = in_flight_chunk_forwards(schedule, pp2, v2, m2, r, extra)
     # The first stage's short chunks sit at chunk 0 (with the embedding), the others' at chunk v-1.
     short_first = np.stack([np.ones_like(pp, bool), np.ones_like(pp, bool), np.zeros_like(pp, bool)], axis=1)
-    interleaved = in_flight_layer_sets(chunks, pp2, v2, layers.astype(np.int64), short_first)
-    in_flight = np.where(v2 > 1, interleaved, one_f_one_b)
+    split = in_flight_layer_sets(chunks, pp2, v2, np.floor(layers).astype(np.int64), short_first)
+    in_flight = np.where(v2 > 1, split, chunks * layers)
 
-    has_embedding = np.stack([np.ones_like(pp, bool), np.zeros_like(pp, bool), np.zeros_like(pp, bool)], axis=1)
-    has_lm_head = np.stack([pp == 1, np.zeros_like(pp, bool), pp >= 2], axis=1)
+    has_embedding, has_lm_head, head_share = stage_ends(schedule, pp)
     return StageLayout(exists=exists, pipeline_rank=ranks, layers=layers, moe_layers=moe_layers,
                        in_flight_layers=in_flight.astype(float), has_embedding=has_embedding,
-                       has_lm_head=has_lm_head)
+                       has_lm_head=has_lm_head, lm_head_share=head_share,
+                       parameter_copies=parameter_copies(schedule)[:, None], chunks=v)
