@@ -26,7 +26,10 @@ Per dimension (Megatron-LM, Narayanan et al. 2021 and Korthikanti et al. 2022):
   reduce-scatters them and all-gathers the updated bf16 weights; ZeRO-2 reduce-scatters every
   micro-batch (the gradient buffer holds only the shard) and all-gathers weights once; ZeRO-3 (FSDP)
   all-gathers weights forward and again backward and reduce-scatters gradients, every micro-batch.
-  Dense parameters reduce over dp x cp, experts over the expert-data-parallel ranks.
+  Dense parameters reduce over dp x cp, experts over the expert-data-parallel ranks. Hybrid sharding
+  (HSDP, ``dp_replicate`` > 1) runs the reduce-scatter and all-gathers in the shard group (1/dp_replicate
+  of those ranks, the inner ones: inside a node or NVL72 domain where it fits) and all-reduces each
+  gradient shard across the dp_replicate copies.
 
 How a stack issues the ZeRO-3 collectives matters at scale, where each collective pays the ring's latency
 over all its ranks (:mod:`hardware.collectives`): FSDP and Megatron-FSDP gather a layer's weights as one
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hardware.collectives import Collective, CollectiveCost, two_level_exchange_time_s
-from hardware.placement import GroupPlacement, dense_placement, expert_placement
+from hardware.placement import GroupPlacement, dense_placement, expert_placement, hybrid_placement
 from hardware.schema import ClusterSpec
 
 from .activations import ACT_BYTES, dispatched_rows_per_rank, distinct_destination_ranks, routed_pairs_per_rank
@@ -69,7 +72,7 @@ def sent_bytes(kind: Collective, n, message_bytes) -> np.ndarray:
     return np.where(n > 1, m, 0.0)
 
 
-GROUPS = ("tp", "cp", "pp", "dp_cp", "ep", "edp")
+GROUPS = ("tp", "cp", "pp", "dp_cp", "ep", "edp", "dp_shard", "dp_replica", "edp_shard", "edp_replica")
 
 def parameter_tensors_per_layer(model: ModelSpec) -> int:
     """Parameter tensors of one transformer layer, each its own collective under a per-tensor stack:
@@ -95,6 +98,23 @@ class Placements:
     ep: GroupPlacement
     edp: GroupPlacement
     layout_index: np.ndarray
+    dp_shard: GroupPlacement | None = None
+    """Hybrid sharding: the dp x cp / dp_replicate ranks that shard the dense states (``dp_cp`` without it)."""
+    dp_replica: GroupPlacement | None = None
+    """Hybrid sharding: the dp_replicate ranks that hold the same dense shard (size 1 without it)."""
+    edp_shard: GroupPlacement | None = None
+    """The same for the experts: edp / dp_replicate ranks."""
+    edp_replica: GroupPlacement | None = None
+
+    def __post_init__(self) -> None:
+        # Without hybrid sharding the shard group is the whole data-parallel group and there is no replica.
+        single = GroupPlacement(size=np.ones_like(self.dp_cp.size), stride=np.ones_like(self.dp_cp.size),
+                                ranks_per_domain=np.ones_like(self.dp_cp.size),
+                                domains_spanned=np.ones_like(self.dp_cp.size))
+        self.dp_shard = self.dp_shard or self.dp_cp
+        self.edp_shard = self.edp_shard or self.edp
+        self.dp_replica = self.dp_replica or single
+        self.edp_replica = self.edp_replica or single
 
     def expanded(self, name: str) -> GroupPlacement:
         """The group of every plan (not only of the distinct layouts)."""
@@ -123,13 +143,23 @@ def _distinct_rows(columns: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndar
 
 def place(cluster: ClusterSpec, plans: PlanArrays, options: CostOptions) -> Placements:
     domain = cluster.topology.domain_gpus
-    distinct, index = _distinct_rows([plans.tp, plans.cp, plans.dp, plans.pp, plans.etp, plans.ep])
-    tp, cp, dp, pp, etp, ep = distinct
+    distinct, index = _distinct_rows([plans.tp, plans.cp, plans.dp, plans.pp, plans.etp, plans.ep, plans.dp_replicate])
+    tp, cp, dp, pp, etp, ep, replicas = distinct
     dense = dense_placement(tp, cp, dp, pp, domain_gpus=domain, order=options.rank_order)
-    expert = expert_placement(etp, ep, (tp * cp * dp) // (etp * ep), pp, domain_gpus=domain,
-                              order=options.rank_order)
+    edp = (tp * cp * dp) // (etp * ep)
+    expert = expert_placement(etp, ep, edp, pp, domain_gpus=domain, order=options.rank_order)
+    hybrid = {}
+    if (replicas > 1).any():
+        # HSDP: the shard groups are the inner part of the data-parallel ranks (hardware.placement.hybrid_placement).
+        # A plan whose replicas do not divide its groups is refused by the plan rules; it is placed unsplit.
+        ok = (dp % replicas == 0) & (edp % replicas == 0)
+        r = np.where(ok, replicas, 1)
+        dense_hybrid = hybrid_placement(tp, cp, dp, pp, r, domain_gpus=domain, order=options.rank_order)
+        expert_hybrid = hybrid_placement(etp, 1, edp, pp, r, ep=ep, domain_gpus=domain, order=options.rank_order)
+        hybrid = dict(dp_shard=dense_hybrid["shard"], dp_replica=dense_hybrid["replicate"],
+                      edp_shard=expert_hybrid["shard"], edp_replica=expert_hybrid["replicate"])
     return Placements(tp=dense["tp"], cp=dense["cp"], pp=dense["pp"], dp_cp=dense["dp_cp"], ep=expert["ep"],
-                      edp=expert["edp"], layout_index=np.asarray(index).reshape(-1))
+                      edp=expert["edp"], layout_index=np.asarray(index).reshape(-1), **hybrid)
 
 
 class CommPricer:
@@ -321,15 +351,30 @@ class DataParallelComm:
 def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
                                 dense_params: np.ndarray, expert_params: np.ndarray, layers: np.ndarray,
                                 num_microbatches: np.ndarray, bucket_elements: float,
-                                model: ModelSpec | None = None, copy_kernel_s: float = 0.0) -> DataParallelComm:
+                                model: ModelSpec | None = None, copy_kernel_s: float = 0.0,
+                                gather_bytes_per_param: np.ndarray | float = 2.0) -> DataParallelComm:
     """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
     buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency.
 
     Under a per-tensor stack (:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`) ZeRO-3 runs
     :func:`parameter_tensors_per_layer` collectives per layer, and each also runs one copy kernel per rank
-    of the group, ``copy_kernel_s`` each (the fixed cost of a small kernel: the pieces are M/n bytes)."""
+    of the group, ``copy_kernel_s`` each (the fixed cost of a small kernel: the pieces are M/n bytes).
+
+    Hybrid sharding (``plans.dp_replicate`` > 1, ZeRO >= 1): the reduce-scatter and the all-gathers run in
+    the shard group (:attr:`Placements.dp_shard`), and each rank's reduced gradient shard, 1/shard of
+    the chunk, is then all-reduced across the replicas (:attr:`Placements.dp_replica`): Megatron-Core's
+    partial distributed optimizer reduce-scatters in the intra-instance group and all-reduces the shard
+    in the inter-instance group (``param_and_grad_buffer._ParamAndGradBucketGroup.start_grad_sync``);
+    FSDP2's HSDP reduce-scatters over ``dp_shard`` and all-reduces over ``dp_replicate`` in each
+    backward (``torch.distributed.fsdp`` ``foreach_reduce``). ZeRO-1 does it once per step; ZeRO-2/3, whose
+    gradient buffer holds only the shard, with every micro-batch's reduce-scatter.
+
+    ``gather_bytes_per_param`` (per plan): bytes of a gathered weight, 2 for bf16, 1 where the weights
+    themselves are per-tensor FP8 (``fp8_param_gather``, :func:`cost_model.memory.gathered_weight_bytes`)."""
     zero = plans.zero_stage[:, None]
-    groups = ((pricer.placements.dp_cp, dense_params), (pricer.placements.edp, expert_params))
+    placements = pricer.placements
+    groups = ((placements.dp_cp, placements.dp_shard, placements.dp_replica, dense_params),
+              (placements.edp, placements.edp_shard, placements.edp_replica, expert_params))
     shape = dense_params.shape
     grad_sync = np.zeros(shape)
     gather = np.zeros(shape)
@@ -337,30 +382,33 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     bwd = np.zeros(shape)
     sent = np.zeros(shape)
     m = num_microbatches[:, None].astype(float)
+    gather_bytes = np.asarray(gather_bytes_per_param, dtype=float)
+    gather_bytes = gather_bytes[:, None] if gather_bytes.ndim == 1 else gather_bytes
     per_tensor = stack_spec(training.stack).per_tensor_collectives and model is not None
     per_layer = np.maximum(layers, 1.0) * (parameter_tensors_per_layer(model) if per_tensor else 1)
-    for group, params in groups:
+    for whole, shard, replica, params in groups:
         if not params.any():  # no routed experts in a dense model: nothing to reduce over that group
             continue
         buckets = np.maximum(1.0, np.ceil(params / bucket_elements))
         chunks = np.where(zero >= 3, per_layer, buckets)
-        ranks = group.size[pricer.placements.layout_index][:, None].astype(float)
+        ranks = shard.size[placements.layout_index][:, None].astype(float)
         copies = np.where((zero >= 3) & (ranks > 1), chunks * ranks * copy_kernel_s, 0.0) if per_tensor else 0.0
 
-        def priced(kind, bytes_per_param):
-            message = params * bytes_per_param
+        def priced(kind, group, message):
             return chunks * pricer.time(kind, group, message / chunks), pricer.sent(kind, group, message)
 
-        ar_s, ar_b = priced(AR, training.grad_bytes)
-        rs_s, rs_b = priced(RS, training.grad_bytes)
-        ag_s, ag_b = priced(AG, 2.0)
+        ar_s, ar_b = priced(AR, whole, params * training.grad_bytes)
+        rs_s, rs_b = priced(RS, shard, params * training.grad_bytes)
+        ag_s, ag_b = priced(AG, shard, params * gather_bytes)
+        # HSDP: the rank's gradient shard across the replicas (nothing where dp_replicate is 1).
+        rep_s, rep_b = priced(AR, replica, params * training.grad_bytes / ranks)
         if per_tensor:  # the list collectives' per-rank copies (ZeRO-3 only, see above)
             rs_s, ag_s = rs_s + copies, ag_s + copies
-        grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s], 0.0)
+        grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s + rep_s], 0.0)
         gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
         fwd += np.where(zero == 3, ag_s, 0.0)
-        bwd += np.select([zero == 2, zero == 3], [rs_s, ag_s + rs_s], 0.0)
+        bwd += np.select([zero == 2, zero == 3], [rs_s + rep_s, ag_s + rs_s + rep_s], 0.0)
         sent += np.select([zero == 0, zero == 1, zero == 2, zero == 3],
-                          [ar_b, rs_b + ag_b, m * rs_b + ag_b, m * (2 * ag_b + rs_b)])
+                          [ar_b, rs_b + rep_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (2 * ag_b + rs_b + rep_b)])
     return DataParallelComm(grad_sync_s=grad_sync, param_gather_s=gather, per_microbatch_fwd_s=fwd,
                             per_microbatch_bwd_s=bwd, bytes_per_step=sent)

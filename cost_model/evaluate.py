@@ -68,7 +68,8 @@ from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
 from .host import graph_scope_conflict
-from .memory import GIB, MemoryBreakdown, StageParameters, memory_breakdown, padded_vocab, stage_parameters
+from .memory import (GIB, MemoryBreakdown, StageParameters, gathered_weight_bytes, memory_breakdown, padded_vocab,
+                     stage_parameters)
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
@@ -375,7 +376,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
                                      options.grad_bucket_elements, model=model,
-                                     copy_kernel_s=options.kernel_overhead_us * 1e-6)
+                                     copy_kernel_s=options.kernel_overhead_us * 1e-6,
+                                     gather_bytes_per_param=gathered_weight_bytes(training, plans))
     compute_fwd = forward
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)

@@ -14,7 +14,9 @@ bf16 gradients (ZeRO paper, Rajbhandari et al. 2020, section 3.1: 2 + 2 + 12).
 ZeRO stages shard over the ranks that hold the same parameters: dp x cp for dense parameters
 (Megatron's data-parallel-with-context group) and the expert-data-parallel ranks for experts. Stage 1
 shards the optimizer, 2 also the gradients, 3 also the weights (FSDP), which then needs the gathered
-weights of the layer being computed and the one being prefetched.
+weights of the layer being computed and the one being prefetched. With hybrid sharding (HSDP,
+``dp_replicate`` > 1) they shard over a shard group of dp x cp / dp_replicate ranks
+(experts: edp / dp_replicate) and each shard is held by dp_replicate ranks.
 
 Parameters on a stage are split by tensor parallelism except what Megatron replicates (norms, MLA's
 down-projections, row-parallel biases, the router, learned position table), by expert parallelism x
@@ -23,7 +25,10 @@ holds the embedding, the last the LM head (a copy of the embedding when tied and
 Megatron's embedding group).
 
 Activations come from :mod:`cost_model.activations` times the layer-micro-batches in flight from
-:mod:`cost_model.stages`. Activation offload (Megatron ``--cpu-offloading-num-layers N``, pp = 1) keeps
+:mod:`cost_model.stages` (each schedule's count: :mod:`cost_model.schedules`), plus, for the schedules
+that defer the weight-gradient pass, what those pending passes keep beyond the layers' own activations.
+DualPipe keeps two stages' layer parameters on every rank (their gradients and optimizer states with
+them, sharded as any others). Activation offload (Megatron ``--cpu-offloading-num-layers N``, pp = 1) keeps
 the other layers' activations plus the one whose copy to or from the host is under way.
 
 What is predicted: peak RESERVED device memory, what nvidia-smi shows for the process less the CUDA
@@ -60,6 +65,7 @@ from .params import ParameterCounts
 from .plan import PlanArrays
 from .stacks import stack_spec
 from .stages import StageLayout, recomputed_layer_share
+from .schedules import pending_weight_grad_layers
 from .training_spec import TrainingSpec
 
 GIB = float(2**30)
@@ -166,9 +172,11 @@ def stage_parameters(model: ModelSpec, counts: ParameterCounts, plans: PlanArray
     if model.tie_embeddings:
         head = np.where(plans.pp[:, None] > 1, head, counts.final_norm)
 
-    dense = (stages.dense_layers * dense_layer + stages.moe_layers * moe_nonexpert
+    # DualPipe keeps two stages' layers (cost_model.schedules.parameter_copies); embedding and head once.
+    copies = 1.0 if stages.parameter_copies is None else stages.parameter_copies
+    dense = (copies * (stages.dense_layers * dense_layer + stages.moe_layers * moe_nonexpert)
              + np.where(stages.has_embedding, embedding, 0.0) + np.where(stages.has_lm_head, head, 0.0))
-    expert = stages.moe_layers * experts_per_rank
+    expert = copies * stages.moe_layers * experts_per_rank
     largest = np.maximum(np.where(stages.dense_layers > 0, dense_layer, 0.0),
                          np.where(stages.moe_layers > 0, moe_nonexpert + experts_per_rank, 0.0))
     return StageParameters(dense=dense, expert=expert, largest_layer=largest)
@@ -181,8 +189,12 @@ def nccl_communicators(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
     and for MoE models the expert, expert-tensor and expert-data-parallel groups. Megatron creates more
     groups (model-parallel, embedding, position-embedding) that carry no traffic in a training step."""
     count = ((plans.tp > 1).astype(float) + (plans.cp > 1) + (plans.dp * plans.cp > 1) + (plans.pp > 1))
+    # Hybrid sharding adds the shard group and the replica group (Megatron-Core's intra- and
+    # inter-instance groups); the whole dp x cp group stays (loss and gradient-norm reductions).
+    hybrid = (plans.dp_replicate > 1) & (plans.zero_stage >= 1)
+    count = count + 2 * hybrid
     if model.is_moe:
-        count = count + (plans.ep > 1) + (plans.etp > 1) + (plans.expert_data_parallel > 1)
+        count = count + (plans.ep > 1) + (plans.etp > 1) + (plans.expert_data_parallel > 1) + 2 * hybrid
     return count
 
 
@@ -276,6 +288,11 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     resident = np.where(offloaded > 0, np.maximum(stages.layers - offloaded + 1, 1.0), stages.layers)
     resident_share = np.divide(resident, stages.layers, out=np.ones_like(resident), where=stages.layers > 0)
     activations = stages.in_flight_layers * per_layer * np.minimum(resident_share, 1.0)
+    # A deferred weight-gradient pass (zero-bubble, DualPipe) keeps its GEMM inputs and output gradients
+    # beyond what the layer kept from forward (cost_model.schedules, "The split backward's memory").
+    weight_grad_set = (1 - moe_share) * layer.dense_no_recompute[:, None] + moe_share * layer.moe_no_recompute[:, None]
+    activations = activations + (pending_weight_grad_layers(plans.schedule, stages.layers, plans.vpp)
+                                 * np.maximum(0.0, weight_grad_set - per_layer))
 
     vocab = padded_vocab(model, plans, options).astype(float)
     activations = activations + np.where(

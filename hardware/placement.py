@@ -72,8 +72,10 @@ def _as_int_arrays(**sizes) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _place(sizes: dict[str, np.ndarray], order: str, domain_gpus: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per dimension: (stride, ranks of one group sharing a domain), by the rule in the module docstring."""
+def _place(sizes: dict[str, np.ndarray], order: str, domain_gpus: int,
+           names: tuple[str, ...] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per dimension: (stride, ranks of one group sharing a domain), by the rule in the module docstring.
+    ``names`` replaces the order's dimensions (innermost first) when a dimension is split in two."""
     if int(domain_gpus) < 1:
         raise InputError("placement", "domain_gpus", "must be >= 1", "the scale-up domain holds at least one GPU")
     domain = np.int64(domain_gpus)
@@ -82,7 +84,7 @@ def _place(sizes: dict[str, np.ndarray], order: str, domain_gpus: int) -> dict[s
         world = world * size
     stride = np.ones_like(world)
     placed = {}
-    for dim in parse_rank_order(order):
+    for dim in names or parse_rank_order(order):
         size = sizes[dim]
         span = np.gcd(size * stride, domain)
         divides = (domain % stride == 0) & (span % stride == 0)
@@ -130,3 +132,33 @@ def expert_placement(etp, ep, edp, pp, *, domain_gpus: int, order: str = DEFAULT
     names = parse_rank_order(order)
     placed = _place(sizes, order, domain_gpus)
     return {new: _group(placed, sizes, (old,), names) for new, old in (("etp", "tp"), ("ep", "ep"), ("edp", "dp"))}
+
+
+def _split_dp(order: str) -> tuple[str, ...]:
+    """The order with data parallelism split into its shard part (``dp``) and, right outside it, the
+    replicas (``dpr``)."""
+    names = parse_rank_order(order)
+    at = names.index("dp") + 1
+    return names[:at] + ("dpr",) + names[at:]
+
+
+def hybrid_placement(tp, cp, dp, pp, dp_replicate, *, domain_gpus: int, order: str = DEFAULT_RANK_ORDER,
+                     ep=1) -> dict[str, GroupPlacement]:
+    """Placement of the two groups of hybrid sharding (HSDP): keys ``shard`` (the dp/dp_replicate x cp ranks
+    that shard the model states between them) and ``replicate`` (the dp_replicate ranks, one per shard
+    group, that hold the same shard).
+
+    The shard group is the inner, consecutive part of the data-parallel ranks and the replicas the outer
+    part: Megatron-Core cuts its dp x cp ranks into ``num_distributed_optimizer_instances`` consecutive
+    slices (``parallel_state.initialize_model_parallel``, intra-partial data-parallel groups; Megatron-FSDP's
+    mesh ``[outer_fsdp_dp, dp_cp, tp]``), torchtitan's mesh is ``[dp_replicate, dp_shard, cp, tp]``
+    outermost first (``ParallelDims.build_mesh``). So a shard group fills a scale-up domain before the
+    replicas leave it. The expert mesh is the same call with tp -> etp, cp -> 1, dp -> edp and ``ep``.
+    """
+    sizes = _as_int_arrays(tp=tp, cp=cp, ep=ep, dp=dp, pp=pp, dpr=dp_replicate)
+    if np.any(sizes["dp"] % sizes["dpr"] != 0):
+        raise InputError("placement", "dp_replicate", "must divide dp", "choose a dp_replicate that divides dp")
+    sizes["dp"] = sizes["dp"] // sizes["dpr"]
+    names = _split_dp(order)
+    placed = _place(sizes, order, domain_gpus, names)
+    return {"shard": _group(placed, sizes, ("dp", "cp"), names), "replicate": _group(placed, sizes, ("dpr",), names)}
