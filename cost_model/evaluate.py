@@ -3,8 +3,9 @@
 Step time (all per rank of the bottleneck stage; "exposed" = not hidden behind compute):
 
     T_mb    = forward + backward + recompute + exposed TP + exposed CP + EP + exposed ZeRO-2/3 traffic
-    T_pipe  = (m + (p-1)/v) * T_mb                 the pipeline bubble is (p-1)/(v*m) of the work
-                                                   (Narayanan et al. 2021, section 2.2)
+    T_pipe  = m * T_mb + bubble                    the schedule's bubble (:mod:`cost_model.schedules`):
+                                                   (p-1) T_mb / v for 1F1B and interleaved (Narayanan et
+                                                   al. 2021, section 2.2), less with zero-bubble and DualPipe
     step    = T_pipe + exposed pipeline send/recv + exposed data-parallel sync + optimizer step
 
 The breakdown reports forward + backward as ``compute`` and ``host_issue``: the seconds the GPU waits
@@ -21,12 +22,13 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   layer's attention, so exposed = (cp - 1) * max(0, transfer - attention / cp) per layer, forward and
   backward (Liu et al. 2023, Ring Attention, section 3; TE ``AttnFuncWithCPAndKVP2P``). CP all-to-all
   is exposed.
-* EP all-to-all: exposed, unless ``overlap_moe_expert_parallel_comm`` (Megatron's merged 1F1B), which
-  hides each all-to-all of the steady-state steps behind a compute block of the other micro-batch
-  (:mod:`cost_model.ep_overlap`).
-* Pipeline send/recv: 1F1B sends on the critical path, 2 transfers per micro-batch plus fill and drain:
-  2*(m + p - 1) transfers; the interleaved schedule overlaps them (``--overlap-p2p-communication``)
-  except during fill and drain: 2*(p - 1).
+* EP all-to-all: exposed, unless ``overlap_moe_expert_parallel_comm`` (Megatron's merged 1F1B, or the
+  F&B pairs of DualPipe/DualPipeV), which hides each all-to-all of the steady-state steps behind a
+  compute block of the other micro-batch (:mod:`cost_model.ep_overlap`).
+* Pipeline send/recv: 1F1B (and ZB-H1/H2) sends on the critical path, 2 transfers per micro-batch plus
+  fill and drain: 2*(m + p - 1) transfers; the interleaved, V and DualPipe schedules overlap them
+  (``--overlap-p2p-communication``) except during fill and drain: 2*(p - 1)
+  (:func:`cost_model.schedules.exposed_p2p_transfers`).
 * DP gradient sync (ZeRO-0/1) with ``overlap_grad_reduce`` hides behind the last micro-batch's
   backward, except the last bucket (40M elements); the distributed optimizer's weight all-gather with
   ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
@@ -76,6 +78,7 @@ from .params import ParameterCounts
 from .activations import recomputes
 from .plan import PlanArrays
 from .power import plan_power
+from .schedules import bubble_s, exposed_p2p_transfers
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
 from .training_spec import TrainingSpec
@@ -323,8 +326,11 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     def per_stage(dense_values, moe_values):
         return Ld * dense_values[:, None] + Lm * moe_values[:, None]
 
-    forward = per_stage(dense_t.forward, moe_t.forward) + np.where(head, head_fwd[:, None], 0.0)
-    backward = per_stage(dense_t.backward, moe_t.backward) + np.where(head, head_bwd[:, None], 0.0)
+    head_share = np.where(head, 1.0 if stages.lm_head_share is None else stages.lm_head_share, 0.0)
+    forward = per_stage(dense_t.forward, moe_t.forward) + head_share * head_fwd[:, None]
+    backward = per_stage(dense_t.backward, moe_t.backward) + head_share * head_bwd[:, None]
+    # Weight-gradient GEMMs: each linear layer's dW = X^T dY has its forward GEMM's shape (schedules.py).
+    weight_grad = per_stage(dense_t.gemm_forward, moe_t.gemm_forward)
     share = recomputed_layer_share(plans, stages)
     layers_forward = per_stage(dense_t.forward, moe_t.forward)
     host_waits = per_stage(dense_t.host_exposed, moe_t.host_exposed)
@@ -402,12 +408,13 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     bottleneck = np.argmax(t_mb, axis=1)
     T = _pick(t_mb, bottleneck)
 
-    pp = plans.pp.astype(float)
-    v = plans.vpp.astype(float)
+    v = stages.chunks.astype(float) if stages.chunks is not None else plans.vpp.astype(float)
     mf = m.astype(float)
-    bubble_factor = (pp - 1) / v
+    bubble = np.where(plans.pp > 1, bubble_s(plans.schedule, plans.pp, plans.vpp, T,
+                                             _pick(backward + recompute, bottleneck), _pick(weight_grad, bottleneck)),
+                      0.0)
     p2p_s, p2p_bytes = pipeline_p2p(model, training, plans, pricer)
-    transfers = np.where(plans.vpp > 1, 2 * (pp - 1), 2 * (mf + pp - 1))
+    transfers = exposed_p2p_transfers(plans.schedule, plans.pp, mf)
     pp_comm = np.where(plans.pp > 1, transfers * p2p_s, 0.0)
 
     # ---- once per step: data-parallel sync and optimizer ----
@@ -434,7 +441,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     optimizer_step = _pick(optimizer_s, tail_stage)
     step_contention = _pick(step_contention, tail_stage)
 
-    pipeline = (mf + bubble_factor) * T
+    pipeline = mf * T + bubble
     step = pipeline + pp_comm + dp_exposed + step_contention + optimizer_step
 
     def at_bottleneck(values):
@@ -447,7 +454,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         "tp_comm": mf * at_bottleneck(tp_exposed),
         "cp_comm": mf * at_bottleneck(cp_exposed),
         "ep_comm": mf * at_bottleneck(ep_exposed),
-        "pp_bubble": bubble_factor * T,
+        "pp_bubble": bubble,
         "pp_comm": pp_comm,
         "dp_comm": dp_exposed + mf * at_bottleneck(zero_exposed),  # ZeRO-2/3 traffic is data-parallel
         "offload": mf * at_bottleneck(offload_exposed),

@@ -167,7 +167,7 @@ def prepare_row(row: dict[str, Any], source: str) -> PreparedRow:
         assumptions.append(f"groups inside {topology.domain_gpus}-GPU slices of the {topology.scaleup_domain_gpus}"
                            "-GPU scale-up domains (the job does not fill whole racks)")
     record = {k: plan[k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch", "sequence_parallel")}
-    for key in ("etp", "recompute_num_layers", "activation_offload_layers"):
+    for key in ("etp", "recompute_num_layers", "activation_offload_layers", "schedule"):
         if plan.get(key) is not None:
             record[key] = plan[key]
     if plan.get("recompute_modules"):
