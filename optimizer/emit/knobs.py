@@ -78,6 +78,8 @@ class LaunchKnobs:
     gpus_per_node: int = 8
     """GPUs per node of the cluster the plan was priced on: torchrun's processes per node (4 on a GB200
     compute tray, 8 on HGX)."""
+    dp_replicate: int = 1
+    """Hybrid sharding: copies of the ZeRO-sharded states across dp x cp (1 = one shard group over all)."""
 
     @property
     def world_size(self) -> int:
@@ -113,7 +115,7 @@ class LaunchKnobs:
             "recompute_num_layers": self.recompute_layers_per_chunk if self.recompute == "full" else -1,
             "recompute_modules": module_mask(self.recompute_modules), "sequence_parallel": self.sequence_parallel,
             "zero_stage": self.zero_stage, "optimizer_offload": self.optimizer_offload,
-            "activation_offload_layers": self.activation_offload_layers})
+            "activation_offload_layers": self.activation_offload_layers, "dp_replicate": self.dp_replicate})
 
     @property
     def recompute_num_layers(self) -> int:
@@ -149,4 +151,5 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
         recompute_layers_per_chunk=layers, stage_layers=stages, stage_chunks=chunks, zero_stage=int(values["zero_stage"]),
         optimizer_offload=bool(values["optimizer_offload"]),
         activation_offload_layers=int(values["activation_offload_layers"]), ep_overlap=overlap,
-        cp_comm_type=cp_comm_type, rank_order=rank_order, gpus_per_node=gpus_per_node)
+        cp_comm_type=cp_comm_type, rank_order=rank_order, gpus_per_node=gpus_per_node,
+        dp_replicate=int(values["dp_replicate"]))
