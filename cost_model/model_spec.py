@@ -29,6 +29,13 @@ _BOUNDED_FIELDS = {
 }
 
 
+CHECKPOINT_WEIGHT_FORMATS = ("", "fp8", "fp8_block", "mxfp4", "nvfp4")
+"""Quantized checkpoint weight formats (see ``ModelSpec.checkpoint_weight_format``)."""
+QUANTIZABLE_PARTS = ("attention", "dense_mlp", "shared_experts", "experts")
+"""Layer parts a checkpoint may store quantized: attention projections, dense MLPs, shared experts,
+routed experts."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -135,6 +142,18 @@ class ModelSpec:
     mtp_layers: int = 0
     """Multi-token-prediction modules (DeepSeek-V3 ``num_nextn_predict_layers``); counted separately."""
 
+    # --- checkpoint quantization (HF ``quantization_config``) ----------------------------------
+    checkpoint_weight_format: str = ""
+    """Storage format of the checkpoint's quantized weights (:data:`CHECKPOINT_WEIGHT_FORMATS`): ``fp8``
+    (E4M3, per-tensor or per-channel scales), ``fp8_block`` (E4M3 with an fp32 scale per 128 x 128 block,
+    DeepSeek-V3/R1), ``mxfp4`` (E2M1 with an E8M0 scale per 32, GPT-OSS), ``nvfp4`` (E2M1 with an E4M3 scale
+    per 16, ModelOpt / compressed-tensors); empty = unquantized (BF16/FP16)."""
+
+    checkpoint_quantized_parts: tuple[str, ...] = ()
+    """Parts of each layer stored in ``checkpoint_weight_format`` (:data:`QUANTIZABLE_PARTS`); the others
+    stay BF16 (HF ``modules_to_not_convert`` / ``ignore`` / ``exclude_modules``). Embeddings, the LM head,
+    norms and routers are never quantized here."""
+
     extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Unused fields of the source config, kept for reference."""
 
@@ -176,6 +195,13 @@ class ModelSpec:
             raise ValueError("MLA (kv_lora_rank > 0) needs qk_rope_head_dim and v_head_dim")
         if self.position_embedding_type == "learned" and self.max_position_embeddings <= 0:
             raise ValueError("a learned position table needs max_position_embeddings > 0")
+        if self.checkpoint_weight_format not in CHECKPOINT_WEIGHT_FORMATS:
+            raise ValueError(f"checkpoint_weight_format must be one of {', '.join(repr(f) for f in CHECKPOINT_WEIGHT_FORMATS)}, "
+                             f"got {self.checkpoint_weight_format!r}")
+        unknown = [part for part in self.checkpoint_quantized_parts if part not in QUANTIZABLE_PARTS]
+        if unknown:
+            raise ValueError(f"checkpoint_quantized_parts must name parts among {', '.join(QUANTIZABLE_PARTS)}, "
+                             f"got {unknown[0]!r}")
 
     # --- derived shape facts used throughout the cost model ------------------------------------
     @property

@@ -1,0 +1,124 @@
+"""Execution constants of the serving cost model: what the engine (vLLM, SGLang, TensorRT-LLM) does that is
+neither the model, the cluster nor the plan.
+
+Fitted values (the per-step host floor, the per-kernel issue time without CUDA graphs) are read from
+``cost_model/calibration/serving_fitted.yaml`` when ``plan-search calibrate --serving`` has written it
+(``parameters: {name: {value: ...}}``, the layout of ``fitted.yaml``), else they take the documented prior.
+Every field has a physical meaning and a unit in its name; ``__post_init__`` refuses values outside
+physical bounds with a ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..options import CostOptions
+
+SERVING_FITTED_FILE = Path(__file__).resolve().parent.parent / "calibration" / "serving_fitted.yaml"
+"""Where ``plan-search calibrate --serving`` stores the serving parameters it fits."""
+
+
+@lru_cache(maxsize=4)
+def serving_fitted_parameters(path: Path = SERVING_FITTED_FILE) -> dict[str, float]:
+    """Parameter name -> fitted value from ``serving_fitted.yaml``; empty before any serving calibration."""
+    from ..calibration.stored import stored_parameters
+    return stored_parameters(path)
+
+
+def _fitted(name: str, prior: float):
+    return field(default_factory=lambda: serving_fitted_parameters().get(name, prior))
+
+
+BOUNDS = {
+    "gpu_memory_utilization": (0.05, 1.0),
+    "kv_block_tokens": (1, 1024),
+    "step_overhead_us": (0.0, 200_000.0),
+    "eager_kernel_issue_us": (0.0, 500.0),
+    "graph_launch_us": (0.0, 10_000.0),
+    "cuda_context_gib": (0.0, 8.0),
+    "cuda_graph_pool_gib": (0.0, 16.0),
+    "cuda_graph_max_batch": (1, 65536),
+    "custom_all_reduce_mib": (0.0, 4096.0),
+    "deepep_max_dispatch_tokens_per_rank": (1, 65536),
+}
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    gpu_memory_utilization: float = 0.9
+    """Share of the GPU's whole memory the engine may use for weights, activations, graphs, buffers and the
+    KV cache (vLLM ``--gpu-memory-utilization``, default 0.9; SGLang ``--mem-fraction-static``; TensorRT-LLM
+    ``kv_cache_free_gpu_mem_fraction`` is a share of what is left after the weights, 0.9 by default)."""
+
+    kv_block_tokens: int = 16
+    """Tokens per KV-cache page: capacity is a whole number of pages per attention rank (vLLM ``--block-size``,
+    default 16 on CUDA; TensorRT-LLM ``tokens_per_block`` 32; SGLang ``--page-size`` 1)."""
+
+    step_overhead_us: float = _fitted("step_overhead_us", 1000.0)
+    """CPU time of one engine step that the GPU waits for whatever the mode: scheduling, building the
+    step's input tensors (block tables, positions), sampling and output processing. Prior 1 ms: vLLM's
+    v0.6.0 performance note ("vLLM v0.6.0: 2.7x Throughput Improvement and 5x Latency Reduction", vLLM blog,
+    2024-09-05) measures the GPU idle for most of a Llama 3 8B H100 step before its CPU-overhead work, and
+    the decode inter-token latency of Llama 3 8B BF16 on one H100 at batch 1 (about 6.5-7 ms) sits about 1 ms
+    above its 16 GB weight read at 85% of 3.35 TB/s (5.6 ms). Fitted by ``calibrate --serving``."""
+
+    eager_kernel_issue_us: float = _fitted("eager_kernel_issue_us", 20.0)
+    """Host time to issue one kernel from eager PyTorch (CUDA graphs off: vLLM ``--enforce-eager``, SGLang
+    ``--disable-cuda-graph``): the Python module, dispatcher and launch. Prior 20 us, the training model's
+    prior for eager Megatron-Core (:attr:`cost_model.options.CostOptions.host_kernel_issue_us`); gpt-fast
+    ("Accelerating Generative AI with PyTorch II: GPT, Fast", PyTorch blog 2023-11-30) measures eager
+    Llama-2-7B decode at 25.5 tokens/s on A100, host bound, about 30 us per kernel. Fitted by
+    ``calibrate --serving``."""
+
+    graph_launch_us: float = 30.0
+    """Host time to launch one captured CUDA graph of a decode step (``cudaGraphLaunch`` of ~10^3 nodes,
+    plus copying the step's inputs into the static buffers). With graphs the GPU's time, not the host's,
+    sets a decode step."""
+
+    cuda_context_gib: float = 0.5
+    """GPU memory the CUDA context and the driver hold per process before any tensor: the GPU presets'
+    ``memory_gib`` is the driver-reported capacity minus 0.5 GiB for it (hardware/presets/*.yaml,
+    usable-memory rule), so the whole GPU is ``memory_gib + cuda_context_gib``."""
+
+    cuda_graph_pool_gib: float = 0.5
+    """Memory of the captured decode graphs beyond their activations (cudaGraphExec objects, per-graph
+    private pool blocks) per GPU. vLLM logs "Graph capturing finished in N secs, took X GiB" with X about
+    0.3-1 GiB for dense 7-70B models (vLLM ``worker/model_runner.py``; its older warning "CUDA graphs can
+    take additional 1~3 GiB memory per GPU" bounds it from above); the activations of the largest
+    captured batch are priced separately (:mod:`cost_model.serving.memory`)."""
+
+    cuda_graph_max_batch: int = 512
+    """Largest decode batch captured in a graph (vLLM ``max_cudagraph_capture_size`` / older
+    ``max_seq_len_to_capture`` batch list ends at 512; SGLang ``--cuda-graph-max-bs``)."""
+
+    custom_all_reduce_mib: float = 8.0
+    """Buffer of the engine's one-shot / two-shot all-reduce for small TP messages, per GPU (vLLM
+    ``CustomAllreduce`` ``max_size`` 8 MiB, registered IPC buffers; TensorRT-LLM's allreduce workspace is
+    of the same order)."""
+
+    deepep_max_dispatch_tokens_per_rank: int = 128
+    """Tokens one rank may dispatch per step in DeepEP's low-latency mode, which sizes its buffers
+    (DeepEP ``Buffer.get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank, ...)``; SGLang and vLLM
+    pass 128 by default)."""
+
+    cost: CostOptions = field(default_factory=CostOptions)
+    """The training cost model's options the serving model reuses (GEMM tile, kernel overhead, NCCL
+    buffers, attention kernel constants)."""
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"ServingOptions.{name} must lie in [{low:g}, {high:g}], got {value!r}")
+        if int(self.kv_block_tokens) != self.kv_block_tokens:
+            raise ValueError(f"ServingOptions.kv_block_tokens must be a whole number, got {self.kv_block_tokens!r}")
+
+    def with_changes(self, **changes: Any) -> "ServingOptions":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown ServingOptions field(s): {', '.join(unknown)}")
+        return replace(self, **changes)

@@ -1,0 +1,404 @@
+"""Time of one engine step of a serving instance: a decode step (one token for each running request) or
+a prefill step (a chunk of prompt tokens), over numpy arrays of instance layouts.
+
+Decode (per step, ``b`` running requests per attention rank, each with ``c`` tokens of context)::
+
+    total = step_overhead + max(launch, gpu)
+    gpu   = max(hbm, gemm + attention) + tp_comm + ep_comm + pp
+
+* ``step_overhead`` (:attr:`ServingOptions.step_overhead_us`, fitted): CPU work the GPU waits for in every
+  step (scheduling, input preparation, sampling, output processing).
+* ``launch``: the host issuing the step's kernels. Eager (no CUDA graphs): kernels x
+  :attr:`ServingOptions.eager_kernel_issue_us`; the host runs ahead of the GPU inside a step, so the
+  step takes the larger of the two, not their sum. The kernel inventory is the training model's
+  (:mod:`cost_model.host`: ATTENTION, MLA_ATTENTION, MLP, MOE_FIXED, one grouped GEMM pair for the
+  experts as fused MoE kernels run them) plus one per collective. The count does not depend on TP: each
+  TP rank's process issues its own copy at the same time. With graphs: one graph launch per pipeline
+  stage and micro-batch.
+* ``hbm``: bytes the step must stream at the achieved HBM bandwidth (``hbm_GBps x hbm_efficiency``):
+  every weight it touches (for MoE only the experts that received a token: of E experts with top-k
+  routing, T tokens touch E (1 - (1 - k/E)^T) in expectation, uniform routing), the KV cache of each
+  request (sliding-window layers up to the window), the new tokens' KV writes and the element-wise
+  traffic (norms and residual adds: 10 h bytes per token and layer, as :mod:`cost_model.compute`).
+* ``gemm``: every projection, MLP and expert GEMM at M = tokens of the step, priced by the training
+  model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
+  GEMM's own operand bytes); ``attention``: the attention kernels' FLOPs at the GPU's attention rate.
+  ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
+  nor compute faster than its kernels.
+* ``tp_comm``: two all-reduces per layer over the TP group (after attention and after the MLP; a MoE
+  layer without EP reduces its experts' output over the whole ``moe_tp`` group), plus the embedding's
+  all-reduce and the logits' all-gather, priced by :class:`hardware.collectives.CollectiveCost`. At
+  decode the messages are a few KiB, so each costs its latency term: ring 2(n-1) alpha, tree 2(g-1)
+  alpha, NVLS 2 alpha, which never shrinks as TP grows while the weight read per GPU halves with each
+  doubling. This is how Splitwise's Llama 2 70B decode on H100 does not improve from TP4 to TP8 (29.7 vs
+  29.8 ms, serving_runs.csv): at batch 1 the per-step floor (host issue without graphs, collective
+  latencies) rather than the weight read sets the step.
+* ``ep_comm``: DeepEP-style dispatch and combine per MoE layer, two all-to-alls over the ``ep x moe_tp``
+  ranks, each rank sending its tokens' k copies of the hidden state.
+* ``pp``: pipeline hand-offs (send/recv of the micro-batch's hidden states, one per stage).
+
+Pipeline parallelism: ``b`` requests per attention rank run as ``pp`` micro-batches of ``b/pp``; each
+stage processes all of them in turn, so a request's next token comes after ``pp`` stage passes of a
+micro-batch, i.e. one pass of the whole model (per TP rank) at ``b/pp`` requests. Decode TPOT is thus
+priced as the whole model at ``b/pp`` on one TP column, and the instance makes ``b`` tokens per
+attention rank per ``total_s``.
+
+Prefill (``t`` new tokens per attention rank; each request's chunk of ``r`` tokens attends to its ``c``
+cached tokens and causally to itself: t (c + r/2) query-key pairs per layer) uses the same terms; its
+GEMMs are compute bound and its all-reduces bandwidth bound.
+
+Speculative decoding: a verify step runs ``k + 1`` tokens per request through the GEMMs and attention
+(``decode_step(..., verify_tokens=k + 1)``) while reading the weights and each request's KV cache once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware.collectives import Collective, CollectiveCost
+from hardware.schema import ClusterSpec
+
+from ..activations import ACT_BYTES
+from ..compute import _Pricer
+from ..host import ATTENTION, EXPERT_GROUPED_GEMMS, MLA_ATTENTION, MLP, MOE_FIXED
+from ..model_spec import ModelSpec
+from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
+from .memory import layer_weights
+from .options import ServingOptions
+from .plan import WEIGHT_PRECISIONS, InstanceArrays
+
+BOTTLENECKS = ("host", "hbm", "compute", "tp_latency", "ep_comm")
+"""Labels of :attr:`StepTimes.bottleneck`: the largest term of the step."""
+
+ELEMENTWISE_BYTES_PER_HIDDEN = 10 * ACT_BYTES
+"""Element-wise HBM traffic per token and layer, per hidden unit: two norms (read and write h) and two
+residual adds (read two, write one), 4e h + 6e h as :func:`cost_model.compute._attention` counts them."""
+
+HEAD_KERNELS = 4
+"""Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
+
+
+@dataclass
+class StepTimes:
+    """Seconds of one engine step and of its parts, arrays over instances (broadcast with the inputs).
+
+    ``total_s`` is not the sum of the parts: the host's issue overlaps the GPU and HBM streaming overlaps
+    the kernels (module docstring)."""
+
+    host_s: np.ndarray
+    """Host time: step overhead plus kernel issue (eager) or graph launch."""
+    hbm_s: np.ndarray
+    """Weights touched, KV cache read and written, element-wise traffic at achieved HBM bandwidth."""
+    gemm_s: np.ndarray
+    """GEMMs on the wave-quantised roofline."""
+    attention_s: np.ndarray
+    """Attention kernels' FLOPs at the attention rate."""
+    tp_comm_s: np.ndarray
+    ep_comm_s: np.ndarray
+    pp_s: np.ndarray
+    total_s: np.ndarray
+    bottleneck: np.ndarray
+    """Largest term, one of :data:`BOTTLENECKS`."""
+
+
+SPLIT_K_MIN_DEPTH = 256
+"""Shortest slice of the reduction dimension a split-K GEMM gives one thread block (CUTLASS's split-K and
+stream-K kernels keep a few 64-deep main-loop stages per slice)."""
+
+
+def split_k(pricer: _Pricer, rows, n, k, count=1.0) -> np.ndarray:
+    """Slices of K a decode-sized GEMM is split into so that its output tiles fill the GPU.
+
+    With a few rows (decode: M = the batch) a GEMM has ceil(M/128) x ceil(N/256) output tiles, often fewer
+    than the SMs; cuBLAS and CUTLASS then split the reduction dimension over more thread blocks (split-K,
+    or stream-K: Osama et al. 2023, "Stream-K: Work-centric Parallel Decomposition for Dense Matrix-Matrix
+    Multiplication on the GPU", PPoPP) and add the partial sums. Slices: as many as fill one wave of
+    SMs, at most K / :data:`SPLIT_K_MIN_DEPTH`. The training pricer prices each slice as a GEMM of
+    depth K/s (same FLOPs; each slice writes its partial output, the reduction's traffic)."""
+    if not pricer.num_sms:
+        return np.ones(np.broadcast(np.asarray(rows), np.asarray(n), np.asarray(k)).shape)
+    tiles = np.ceil(np.asarray(rows, dtype=np.float64) / pricer.tile_m) \
+        * np.ceil(np.asarray(n, dtype=np.float64) / pricer.tile_n) * np.maximum(np.asarray(count, dtype=np.float64), 1e-12)
+    fill = np.floor(pricer.num_sms / np.maximum(tiles, 1.0))
+    depth = np.floor(np.asarray(k, dtype=np.float64) / SPLIT_K_MIN_DEPTH)
+    return np.maximum(1.0, np.minimum(fill, depth))
+
+
+def experts_touched(num_experts: int, top_k: int, tokens) -> np.ndarray:
+    """Expected distinct experts ``tokens`` tokens route to, each picking ``top_k`` of ``num_experts``
+    uniformly: E (1 - (1 - k/E)^T) (each expert is missed by one token with probability 1 - k/E)."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+class InstancePricing:
+    """Step times of N instance layouts of one model on one cluster (see the module docstring)."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
+                 options: ServingOptions | None = None):
+        self.model = model
+        self.cluster = cluster
+        self.instances = instances
+        self.options = options = options or ServingOptions()
+        gpu, topology = cluster.gpu, cluster.topology
+        n = len(instances)
+        # One pricer per weight precision; its rates become per-instance arrays.
+        pricers = [_Pricer.for_precision(gpu, name, options.cost) for name in WEIGHT_PRECISIONS]
+        codes = instances.weight_precision
+        self._gemm_flops_per_s = np.array([p.gemm_flops_per_s for p in pricers])[codes]
+        self._in_bytes = np.array([p.in_bytes for p in pricers])[codes]
+        self._pricer = pricers[0]
+        self._head_pricer = _Pricer.for_precision(gpu, "bf16", options.cost)  # LM head and router stay BF16
+        self.hbm_bytes_per_s = self._pricer.hbm_bytes_per_s
+        self.attention_flops_per_s = self._pricer.attention_flops_per_s
+        self.weights = layer_weights(model, instances)
+        self.kv_bytes_per_token_per_layer = kv_bytes_per_token_per_layer_per_rank(model, instances)
+
+        tp, attn_dp, ep = instances.tp, instances.attn_dp, np.maximum(instances.ep, 1)
+        moe_group = np.maximum(instances.moe_tp, 1) * ep
+        domain = topology.scaleup_domain_gpus
+        self._tp_all_reduce = CollectiveCost(topology, Collective.ALL_REDUCE, tp, np.minimum(tp, domain))
+        self._tp_all_gather = CollectiveCost(topology, Collective.ALL_GATHER, tp, np.minimum(tp, domain))
+        self._moe_all_reduce = CollectiveCost(topology, Collective.ALL_REDUCE, moe_group, np.minimum(moe_group, domain))
+        self._ep_all_to_all = CollectiveCost(topology, Collective.ALL_TO_ALL, moe_group, np.minimum(moe_group, domain))
+        same_domain = instances.gpus <= domain
+        self._pp_send = CollectiveCost(topology, Collective.SEND_RECV, np.where(instances.pp > 1, 2, 1),
+                                       np.where((instances.pp > 1) & same_domain, 2, 1))
+        self.kernels_per_pass = self._kernels_per_pass()
+        assert len(self.kernels_per_pass) == n
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _kernels_per_pass(self) -> np.ndarray:
+        """Kernels one pass of a token batch through the whole model issues (module docstring)."""
+        m, inst = self.model, self.instances
+        tp_collectives = (inst.tp > 1).astype(float)
+        attention = (MLA_ATTENTION if m.is_mla else ATTENTION)
+        attention_kernels = attention.gemms + attention.other + tp_collectives
+        dense = attention_kernels + MLP.gemms + MLP.other + tp_collectives
+        moe_collectives = np.where(inst.ep > 1, 2.0, (inst.moe_tp > 1).astype(float))
+        moe = attention_kernels + MOE_FIXED.other + EXPERT_GROUPED_GEMMS[0] + moe_collectives
+        if m.shared_expert_ffn_hidden_size:
+            moe = moe + MLP.gemms + MLP.other
+        head = HEAD_KERNELS + 1 + 2 * tp_collectives  # + embedding gather, its all-reduce and the logits gather
+        pp_sends = np.where(inst.pp > 1, inst.pp, 0)
+        return m.num_dense_layers * dense + m.num_moe_layers * moe + head + pp_sends
+
+    def _shaped(self, *values):
+        """Inputs as float arrays, and a function giving per-instance constants their broadcast shape."""
+        arrays = [np.asarray(v, dtype=np.float64) for v in values]
+        ndim = max([a.ndim for a in arrays] + [1])
+        if ndim > 2:
+            raise ValueError("step inputs broadcast against (N,) or (N, K) arrays only")
+
+        def col(x):
+            x = np.asarray(x, dtype=np.float64)
+            return x.reshape(x.shape + (1,) * (ndim - x.ndim)) if x.ndim == 1 else x
+
+        return arrays, col
+
+    def _pricer_for(self, col):
+        pricer = copy.copy(self._pricer)
+        pricer.gemm_flops_per_s = col(self._gemm_flops_per_s)
+        pricer.in_bytes = col(self._in_bytes)
+        return pricer
+
+    def _layer_gemms(self, tokens, col, absorbed: bool):
+        """GEMM seconds and FLOPs of one dense layer and of one MoE layer, and the expert weight bytes a
+        MoE layer reads, at ``tokens`` per attention rank. A batched or grouped GEMM (MLA's per-head
+        absorption, a fused MoE kernel over the touched experts) is one kernel: one kernel overhead, not
+        one per group."""
+        m, inst = self.model, self.instances
+        p = self._pricer_for(col)
+        h = m.hidden_size
+        tp = col(inst.tp)
+        heads = m.num_attention_heads / tp
+        flops = {"dense": 0.0, "moe": 0.0}
+
+        def gemm(pricer, rows, n, k, count=1.0, parts=("dense", "moe")):
+            count = np.asarray(count, dtype=np.float64)
+            splits = split_k(pricer, rows, n, k, count)
+            seconds, f = pricer.gemm(rows, n, np.asarray(k, dtype=np.float64) / splits, count * splits)
+            seconds = np.where(count > 0, seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
+            for part in parts:
+                flops[part] = flops[part] + f
+            return seconds
+
+        if m.is_mla:
+            q_in = m.q_lora_rank or h
+            attention = gemm(p, tokens, m.kv_lora_rank + m.qk_rope_head_dim, h)            # kv_a (replicated)
+            if m.q_lora_rank:
+                attention = attention + gemm(p, tokens, m.q_lora_rank, h)                 # q_a (replicated)
+            attention = attention + gemm(p, tokens, heads * m.q_head_dim, q_in)            # q_b
+            if absorbed:
+                # Decode multiplies the query's nope part into the latent (W_UK) and the attention output
+                # back out of it (W_UV) per head (DeepSeek-V2 report section 2.1.2, weight absorption).
+                attention = attention + gemm(p, tokens, m.kv_lora_rank, m.qk_nope_head_dim, count=heads) \
+                    + gemm(p, tokens, m.v_head_dim, m.kv_lora_rank, count=heads)
+            else:
+                attention = attention + gemm(p, tokens, heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank)
+        else:
+            kv_heads = col(kv_heads_per_rank(m, inst.tp))
+            attention = gemm(p, tokens, (heads + 2 * kv_heads) * m.head_dim, h)
+        attention = attention + gemm(p, tokens, h, heads * m.v_dim)                          # output projection
+        fc1 = 2 if m.gated_mlp else 1
+        dense = attention
+        if m.num_dense_layers:
+            width = m.ffn_hidden_size / tp
+            dense = dense + gemm(p, tokens, fc1 * width, h, parts=("dense",)) \
+                + gemm(p, tokens, h, width, parts=("dense",))
+        moe = attention
+        expert_bytes = 0.0
+        if m.is_moe:
+            moe = moe + gemm(self._head_pricer, tokens, m.num_experts, h, parts=("moe",))      # router
+            if m.shared_expert_ffn_hidden_size:
+                width = m.shared_expert_ffn_hidden_size / tp
+                moe = moe + gemm(p, tokens, fc1 * width, h, parts=("moe",)) + gemm(p, tokens, h, width, parts=("moe",))
+            ep = col(np.maximum(inst.ep, 1))
+            group_tokens = tokens * col(inst.attn_dp)           # tokens the experts of one instance see
+            touched = experts_touched(m.num_experts, m.experts_per_token, group_tokens) / ep
+            pairs = group_tokens * m.experts_per_token / ep      # token-expert pairs per EP rank
+            per_expert = np.where(touched > 0, pairs / np.maximum(touched, 1e-12), 0.0)
+            width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
+            moe = moe + gemm(p, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
+                + gemm(p, per_expert, h, width, count=touched, parts=("moe",))
+            expert_bytes = touched * col(self.weights.expert_bytes)
+        return dense, moe, expert_bytes, flops
+
+    def _attention_flops(self, queries, context_pairs_full, context_pairs_sliding, col, absorbed: bool):
+        """Attention FLOPs over all layers per attention rank: 2 x pairs x heads x (d_qk + d_v)."""
+        m = self.model
+        heads = m.num_attention_heads / col(self.instances.tp)
+        if m.is_mla and absorbed:
+            width = (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank   # MQA over the latent
+        else:
+            width = m.q_head_dim + m.v_dim
+        sliding = m.num_sliding_window_layers
+        pairs = (m.num_layers - sliding) * context_pairs_full + sliding * context_pairs_sliding
+        return 2.0 * pairs * heads * width
+
+    def _collectives(self, tokens, col):
+        """TP, EP and PP communication seconds of one pass at ``tokens`` per attention rank."""
+        m, inst = self.model, self.instances
+        h = m.hidden_size
+        message = tokens * h * ACT_BYTES
+        all_reduce = self._tp_all_reduce.time_s(message)
+        tp_comm = (2 * m.num_dense_layers + m.num_moe_layers + 1) * all_reduce \
+            + self._tp_all_gather.time_s(tokens * m.vocab_size * ACT_BYTES)
+        ep_comm = np.zeros_like(tp_comm)
+        if m.is_moe:
+            ep = col(inst.ep)
+            gathered = message * col(inst.attn_dp)
+            moe_reduce = self._moe_all_reduce.time_s(gathered)
+            tp_comm = tp_comm + m.num_moe_layers * np.where(ep > 1, 0.0, moe_reduce)
+            sent = tokens / col(inst.tp) * m.experts_per_token * h * ACT_BYTES
+            ep_comm = m.num_moe_layers * np.where(ep > 1, 2.0 * self._ep_all_to_all.time_s(sent), 0.0)
+        pp = col(inst.pp)
+        pp_s = pp * self._pp_send.time_s(np.where(pp > 1, message, 0.0))
+        return tp_comm, ep_comm, pp_s
+
+    def _assemble(self, launch_s, hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s) -> StepTimes:
+        """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
+        rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm")."""
+        overhead_s = self.options.step_overhead_us * 1e-6
+        roof_s = np.maximum(hbm_s, gemm_s + attention_s)
+        gpu_s = roof_s + tp_comm_s + ep_comm_s + pp_s
+        total_s = overhead_s + np.maximum(launch_s, gpu_s)
+        host_s = overhead_s + launch_s
+        terms = np.stack(np.broadcast_arrays(host_s, roof_s, tp_comm_s, ep_comm_s))
+        labels = np.array(["host", "roof", "tp_latency", "ep_comm"])[np.argmax(terms, axis=0)]
+        labels = np.where(labels == "roof", np.where(compute_s > hbm_s, "compute", "hbm"), labels)
+        shape = total_s.shape
+        b = lambda x: np.broadcast_to(x, shape).astype(np.float64)  # noqa: E731
+        return StepTimes(host_s=b(host_s), hbm_s=b(hbm_s), gemm_s=b(gemm_s), attention_s=b(attention_s),
+                         tp_comm_s=b(tp_comm_s), ep_comm_s=b(ep_comm_s), pp_s=b(pp_s), total_s=total_s,
+                         bottleneck=np.broadcast_to(labels, shape))
+
+    def _launch_s(self, col):
+        inst, options = self.instances, self.options
+        eager = col(self.kernels_per_pass) * options.eager_kernel_issue_us * 1e-6
+        graphs = col(inst.pp) * options.graph_launch_us * 1e-6
+        return np.where(col(inst.cuda_graphs) > 0, graphs, eager)
+
+    def _weight_read_bytes(self, col, expert_bytes):
+        """Weights one pass reads per TP rank: every non-expert weight, the touched experts' shards and
+        the LM head (embedding rows gathered per token are negligible)."""
+        m, w = self.model, self.weights
+        dense = m.num_dense_layers * col(w.dense_layer_bytes)
+        moe = m.num_moe_layers * (col(w.attention_bytes + w.shared_experts_bytes + w.replicated_bytes) + expert_bytes) \
+            if m.is_moe else 0.0
+        return dense + moe + col(w.lm_head_bytes)
+
+    # --- the two kinds of step ------------------------------------------------------------------
+    def decode_step(self, batch, context_tokens, verify_tokens=1) -> StepTimes:
+        """One decode step: ``batch`` running requests per attention rank, each with ``context_tokens``
+        of KV cache, each adding ``verify_tokens`` tokens (1; k + 1 to verify k drafted tokens)."""
+        (batch, context, verify), col = self._shaped(batch, context_tokens, verify_tokens)
+        m = self.model
+        pp = col(self.instances.pp)
+        requests = batch / pp                                   # one micro-batch (module docstring)
+        tokens = requests * verify
+        dense_s, moe_s, expert_bytes, flops = self._layer_gemms(tokens, col, absorbed=True)
+        head_s, head_flops = self._head_pricer.gemm(tokens, m.vocab_size / col(self.instances.tp), m.hidden_size)
+        gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
+        gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
+        window = m.sliding_window or 0
+        kv_layer = col(self.kv_bytes_per_token_per_layer)
+        sliding = m.num_sliding_window_layers
+        held = (m.num_layers - sliding) * context + sliding * np.minimum(context, window)
+        hbm_bytes = (self._weight_read_bytes(col, expert_bytes)
+                     + requests * held * kv_layer                  # KV read, once per request
+                     + tokens * m.num_layers * kv_layer            # new KV written
+                     + tokens * m.num_layers * ELEMENTWISE_BYTES_PER_HIDDEN * m.hidden_size)
+        hbm_s = hbm_bytes / self.hbm_bytes_per_s
+        # Each of the verify tokens attends to the context (and the drafted tokens before it).
+        pairs_full = tokens * (context + (verify - 1) / 2)
+        pairs_sliding = tokens * np.minimum(context + (verify - 1) / 2, window) if sliding else 0.0
+        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) \
+            / self.attention_flops_per_s
+        tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, col)
+        compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
+        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
+
+    def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
+        """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
+        ``request_tokens`` per request (default: one request of ``tokens``), each request with
+        ``context_tokens`` already cached (an earlier chunk or a prefix-cache hit)."""
+        (tokens, context), col = self._shaped(tokens, context_tokens)
+        chunk = tokens if request_tokens is None else np.minimum(np.asarray(request_tokens, dtype=np.float64), tokens)
+        chunk = np.maximum(chunk, 1.0)
+        requests = tokens / chunk
+        m = self.model
+        dense_s, moe_s, expert_bytes, flops = self._layer_gemms(tokens, col, absorbed=False)
+        head_s, head_flops = self._head_pricer.gemm(np.ceil(requests), m.vocab_size / col(self.instances.tp),
+                                                    m.hidden_size)
+        gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
+        gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
+        window = m.sliding_window or 0
+        kv_layer = col(self.kv_bytes_per_token_per_layer)
+        sliding = m.num_sliding_window_layers
+        held = (m.num_layers - sliding) * context + sliding * np.minimum(context, window)
+        hbm_bytes = (self._weight_read_bytes(col, expert_bytes)
+                     + requests * held * kv_layer
+                     + tokens * m.num_layers * kv_layer
+                     + tokens * m.num_layers * ELEMENTWISE_BYTES_PER_HIDDEN * m.hidden_size)
+        hbm_s = hbm_bytes / self.hbm_bytes_per_s
+        pairs_full = tokens * (context + chunk / 2)
+        pairs_sliding = tokens * np.minimum(context + chunk / 2, window) if sliding else 0.0
+        # A flash kernel over few query rows leaves SMs idle: the length factor of
+        # cost_model.compute.flash_attention_rates, L / (L + attention_half_length).
+        fill = chunk / (chunk + self.options.cost.attention_half_length)
+        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=False) \
+            / (self.attention_flops_per_s * fill)
+        tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, col)
+        compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
+        # A prefill step of a pipeline runs its chunk through every stage in turn.
+        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
+
+
+def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
+                    options: ServingOptions | None = None) -> InstancePricing:
+    """Step-time pricing of ``instances`` (see :class:`InstancePricing`)."""
+    return InstancePricing(model, cluster, instances, options)

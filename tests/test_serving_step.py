@@ -1,0 +1,147 @@
+"""Decode and prefill step times of serving instances: hand-derived floors and the properties the issue
+names (TPOT never falls as batch or context grows; Splitwise's TP4 vs TP8)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cost_model.model_loader import load_model, model_input_from_mapping
+from cost_model.serving.options import ServingOptions
+from cost_model.serving.plan import InstanceArrays
+from cost_model.serving.step import BOTTLENECKS, experts_touched, price_instances
+from hardware.loader import load_cluster
+
+H100 = load_cluster("h100x8")
+H200 = load_cluster("h200x8")
+LLAMA2_70B = model_input_from_mapping(dict(
+    model_type="llama", num_hidden_layers=80, hidden_size=8192, num_attention_heads=64, num_key_value_heads=8,
+    intermediate_size=28672, vocab_size=32000, tie_word_embeddings=False), default_name="llama2-70b").spec
+
+
+def _instances(**columns):
+    return InstanceArrays.from_columns({"max_num_seqs": 256, "max_num_batched_tokens": 8192, **columns})
+
+
+def test_decode_weight_read_floor_llama3_8b_bf16_one_h100():
+    # Batch 1 reads every weight but the embedding table (one row per token): 16,060,522,496 bytes less
+    # 128,256 x 4,096 x 2, plus 131,072 B of KV per cached token (read) and per new token (written) and the norms' and
+    # residuals' 32 layers x 20 x 4,096 bytes, at 3.35 TB/s x 0.85.
+    model = load_model("llama3-8b").spec
+    step = price_instances(model, H100, _instances(tp=[1])).decode_step(1, 1000)
+    streamed = 16_060_522_496 - 1_050_673_152 + 1000 * 131_072 + 131_072 + 32 * 20 * 4096
+    assert step.hbm_s[0] == pytest.approx(streamed / (3350e9 * 0.85), rel=1e-12)
+    # With CUDA graphs the step is the per-step overhead plus the larger of the HBM stream and the GEMMs
+    # (whose own weight reads and kernel overheads put them a little above it).
+    floor = 1e-3 + step.hbm_s[0]
+    assert floor <= step.total_s[0] <= floor + 0.15 * step.hbm_s[0]
+    assert step.bottleneck[0] == "hbm"
+
+
+def test_experts_touched_by_hand():
+    # DeepSeek-V3: 256 experts, top-8. One token touches 8; two touch 256 (1 - (248/256)^2) = 15.75.
+    assert experts_touched(256, 8, 1) == pytest.approx(8.0)
+    assert experts_touched(256, 8, 2) == pytest.approx(256 * (1 - (248 / 256) ** 2))
+    assert experts_touched(256, 8, 10_000) == pytest.approx(256.0)
+
+
+def test_splitwise_tpot_does_not_improve_from_tp4_to_tp8_on_h100():
+    # Splitwise's profile (serving_runs.csv): Llama 2 70B at batch 1 on H100, 29.7 ms at TP4 vs 29.8 at TP8.
+    # Without CUDA graphs every TP rank's host issues the same ~1,100 kernels per step whatever the TP
+    # degree, and from TP4 on that issue time exceeds the GPU's work (12 ms of weights per GPU at TP4, 6 ms
+    # at TP8): the model, not an assumption, keeps TP8 within a few percent of TP4.
+    pricing = price_instances(LLAMA2_70B, H100, _instances(tp=[2, 4, 8], cuda_graphs=False))
+    step = pricing.decode_step(1, 640)
+    tp2, tp4, tp8 = step.total_s
+    assert abs(tp8 / tp4 - 1) < 0.05
+    assert tp2 > tp4                       # at TP2 the weight read (24 ms per GPU) still binds
+    assert list(step.bottleneck[1:]) == ["host", "host"]
+    # The GPU's own work does halve: only the floor hides it.
+    assert step.hbm_s[2] < 0.55 * step.hbm_s[1]
+
+
+def test_tp_all_reduce_latency_does_not_shrink_with_tp():
+    model = load_model("llama3-70b").spec
+    for cluster in (H100, load_cluster("a100x8")):
+        step = price_instances(model, cluster, _instances(tp=[2, 4, 8])).decode_step(1, 1000)
+        assert np.all(np.diff(step.tp_comm_s) >= 0)
+        # 161 all-reduces of 16 KiB: latency bound, each at least one NVLink latency (2 us).
+        assert np.all(step.tp_comm_s >= 161 * 2e-6)
+
+
+GRID_MODELS = [
+    ("llama3-8b", dict(tp=[1, 2], weight_precision=[0, 1])),
+    ("llama3-70b", dict(tp=[4, 8], pp=[1, 2], cuda_graphs=[True, False])),
+    ("deepseek-v3", dict(tp=[8, 1], attn_dp=[1, 8], ep=[1, 8], moe_tp=[8, 1], weight_precision="fp8")),
+    ("mixtral-8x7b", dict(tp=[2, 2], ep=[1, 2], moe_tp=[2, 1])),
+    ("gpt-oss-120b", dict(tp=[1, 4], kv_dtype=[0, 1])),
+]
+
+
+@pytest.mark.parametrize("name,columns", GRID_MODELS)
+def test_tpot_never_falls_as_batch_or_context_grows(name, columns):
+    model = load_model(name).spec
+    pricing = price_instances(model, H200, _instances(**columns))
+    n = len(pricing.instances)
+    batches = np.array([1, 2, 3, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024], dtype=float)
+    contexts = np.array([1, 100, 1000, 4000, 16000, 64000], dtype=float)
+    for context in contexts:
+        tpot = pricing.decode_step(np.tile(batches, (n, 1)), context).total_s
+        assert np.all(np.diff(tpot, axis=1) >= -1e-12), (name, context, tpot)
+    for batch in batches:
+        tpot = pricing.decode_step(batch, np.tile(contexts, (n, 1))).total_s
+        assert np.all(np.diff(tpot, axis=1) >= -1e-12), (name, batch, tpot)
+
+
+def test_speculative_verify_reads_weights_once():
+    model = load_model("llama3-70b").spec
+    pricing = price_instances(model, H100, _instances(tp=[4]))
+    plain = pricing.decode_step(8, 2000)
+    verify = pricing.decode_step(8, 2000, verify_tokens=4)
+    # Four tokens per request through the GEMMs and attention; the weights and each request's KV cache are
+    # read once, so HBM traffic grows only by the new tokens' KV writes and element-wise bytes.
+    assert verify.gemm_s[0] > plain.gemm_s[0] and verify.attention_s[0] > 3 * plain.attention_s[0]
+    assert verify.hbm_s[0] - plain.hbm_s[0] < 0.01 * plain.hbm_s[0]
+    assert verify.total_s[0] < 2 * plain.total_s[0]
+
+
+def test_moe_decode_reads_only_touched_experts():
+    model = load_model("deepseek-v3").spec
+    pricing = price_instances(model, H200, _instances(tp=[8], weight_precision="fp8"))
+    one, many = pricing.decode_step([1], 1000), pricing.decode_step([4096], 1000)
+    # At batch 1 each MoE layer reads 8 of 256 experts; at 4,096 tokens all of them: 58 layers x 248
+    # experts x 3 x 7,168 x 2,048 / 8 ranks x 1 byte more.
+    extra = 58 * 248 * 3 * 7168 * 2048 / 8
+    assert many.hbm_s[0] - one.hbm_s[0] > extra / (4800e9 * 0.85)
+
+
+def test_prefill_is_compute_bound_and_its_all_reduce_bandwidth_bound():
+    model = load_model("llama3-70b").spec
+    pricing = price_instances(model, H100, _instances(tp=[8]))
+    step = pricing.prefill(8192)
+    # 8,192 tokens x 2 x 70.55e9 / 8 GPUs ~ 144 TFLOP per GPU over 989 TFLOP/s x efficiency.
+    flops = 2 * 8192 * (70_553_706_496 - 128_256 * 8192) / 8
+    assert step.gemm_s[0] > flops / (989e12 * 0.678)
+    assert step.bottleneck[0] == "compute"
+    small = pricing.prefill(64)
+    # 161 all-reduces of 8,192 x 8,192 x 2 bytes: far above their latency, unlike decode.
+    assert step.tp_comm_s[0] > 20 * small.tp_comm_s[0]
+
+
+def test_bottleneck_labels_and_shapes():
+    model = load_model("llama3-8b").spec
+    pricing = price_instances(model, H100, _instances(tp=[1, 2, 4], cuda_graphs=[True, False, True]))
+    step = pricing.decode_step(np.array([[1, 64, 512]] * 3), 2048)
+    assert step.total_s.shape == (3, 3) and step.bottleneck.shape == (3, 3)
+    assert set(step.bottleneck.ravel()) <= set(BOTTLENECKS)
+    assert step.bottleneck[1, 0] == "host"
+
+
+def test_step_overhead_and_eager_issue_come_from_options():
+    model = load_model("llama3-8b").spec
+    slow = ServingOptions(step_overhead_us=5000.0, eager_kernel_issue_us=100.0)
+    pricing = price_instances(model, H100, _instances(tp=[1], cuda_graphs=False), slow)
+    step = pricing.decode_step(1, 100)
+    kernels = pricing.kernels_per_pass[0]
+    assert step.total_s[0] == pytest.approx(5e-3 + kernels * 100e-6)
+    assert step.host_s[0] == step.total_s[0]
