@@ -27,6 +27,10 @@ defaults (Gemma 3's ``text_config`` gives no ``vocab_size``: 262,208). Model-typ
   ``moe_layers``; ``intermediate_size_mlp`` is the dense MLP, ``intermediate_size`` the routed expert and
   the one shared expert of each MoE layer; its q/k norm has no weights.
 
+A quantized checkpoint's ``quantization_config`` (FP8, block FP8, MXFP4, NVFP4; ModelOpt and
+compressed-tensors included) sets the weight format and the layer parts stored in it
+(:mod:`cost_model.checkpoint_quantization`), which the serving model's weight bytes follow.
+
 Fields that change the real model but not what plan-search prices (``rope_scaling``,
 ``attention_chunk_size``, logit soft-capping, ...) draw one warning naming the file and the fields;
 metadata (``architectures``, ``torch_dtype``, token ids, ...) is read silently.
@@ -54,6 +58,7 @@ from hardware.bounds import MAX_MODEL_PARAMETERS, OutOfBounds, check_number, fmt
 from hardware.errors import InputError, did_you_mean, read_yaml_mapping
 from hardware.yaml_input import load_yaml_text, names_existing_file
 
+from .checkpoint_quantization import checkpoint_quantization
 from .host import graph_scope_conflict
 from .model_spec import ModelSpec
 from .params import ParameterCounts
@@ -89,7 +94,7 @@ _MODEL_TYPE_DEFAULTS["llama4"] = _MODEL_TYPE_DEFAULTS["llama4_text"]
 _UNPRICED_FIELDS = {
     "rope_scaling", "rope_parameters", "attention_chunk_size", "no_rope_layers", "no_rope_layer_interval",
     "final_logit_softcapping", "attn_logit_softcapping", "query_pre_attn_scalar", "use_qk_norm",
-    "attn_temperature_tuning", "floor_scale", "attn_scale", "rope_local_base_freq", "quantization_config",
+    "attn_temperature_tuning", "floor_scale", "attn_scale", "rope_local_base_freq",
     "partial_rotary_factor", "router_jitter_noise", "logits_scaling", "embedding_multiplier",
 }
 # use_qk_norm: Llama 4's q/k norm is an L2 norm without weights; the rest change numerics or positions.
@@ -463,6 +468,7 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
     max_positions = _whole(cfg, "max_position_embeddings", source) if position == "learned" else (
         _whole_unbounded(cfg, "max_position_embeddings", source))
 
+    weight_format, quantized_parts = checkpoint_quantization(cfg.get("quantization_config"), source)
     extra = {k: v for k, v in cfg.items() if k not in _EXTENSION_FIELDS}
     if router_extra:
         extra["router_extra_params"] = router_extra
@@ -483,7 +489,8 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
             qk_nope_head_dim=_whole(cfg, "qk_nope_head_dim", source) or 0,
             qk_rope_head_dim=_whole(cfg, "qk_rope_head_dim", source) or 0,
             v_head_dim=_whole(cfg, "v_head_dim", source) or 0,
-            mtp_layers=_whole(cfg, "num_nextn_predict_layers", source) or 0, extra=extra,
+            mtp_layers=_whole(cfg, "num_nextn_predict_layers", source) or 0,
+            checkpoint_weight_format=weight_format, checkpoint_quantized_parts=quantized_parts, extra=extra,
         )
     except OutOfBounds as exc:
         raise InputError(source, exc.field, exc.problem, exc.fix) from None
@@ -565,7 +572,7 @@ def _language_model_config(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         warnings.warn(f"{source}: {' and '.join(towers)} not priced: only the language model (text_config) is "
                       "counted", UserWarning, stacklevel=4)
     merged = dict(text)
-    for key in ("tie_word_embeddings", *_EXTENSION_FIELDS):
+    for key in ("tie_word_embeddings", "quantization_config", *_EXTENSION_FIELDS):
         if key in cfg and key not in merged:
             merged[key] = cfg[key]
     outer_type = str(cfg.get("model_type") or "").lower()

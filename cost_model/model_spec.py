@@ -31,6 +31,8 @@ _BOUNDED_FIELDS = {
 
 CHECKPOINT_WEIGHT_FORMATS = ("", "fp8", "fp8_block", "mxfp4", "nvfp4")
 """Quantized checkpoint weight formats (see ``ModelSpec.checkpoint_weight_format``)."""
+CHECKPOINT_FORMAT_PRECISION = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8", "mxfp4": "fp4", "nvfp4": "fp4"}
+"""The serving weight precision (``cost_model.serving.plan.WEIGHT_PRECISIONS``) each checkpoint format is."""
 QUANTIZABLE_PARTS = ("attention", "dense_mlp", "shared_experts", "experts")
 """Layer parts a checkpoint may store quantized: attention projections, dense MLPs, shared experts,
 routed experts."""
@@ -207,6 +209,11 @@ class ModelSpec:
     @property
     def is_moe(self) -> bool:
         return any(self.moe_layers)
+
+    @property
+    def checkpoint_precision(self) -> str:
+        """The weight precision the checkpoint ships in: bf16, fp8 or fp4."""
+        return CHECKPOINT_FORMAT_PRECISION[self.checkpoint_weight_format]
 
     @property
     def is_mla(self) -> bool:

@@ -40,7 +40,7 @@ import numpy as np
 
 from hardware.schema import GPUSpec
 
-from ..model_spec import ModelSpec
+from ..model_spec import CHECKPOINT_FORMAT_PRECISION, ModelSpec
 from ..params import ParameterCounts
 from .kv_cache import kv_bytes_per_token_per_rank, kv_heads_per_rank, kv_request_bytes_per_rank
 from .options import ServingOptions
@@ -57,9 +57,6 @@ WEIGHT_FORMAT_BYTES = {
     "mxfp4": 0.5 + 1.0 / 32,
 }
 """Bytes per weight of each storage format, scales included (module docstring)."""
-
-FORMAT_KIND = {"fp8": "fp8", "fp8_block": "fp8", "mxfp4": "fp4", "nvfp4": "fp4"}
-"""The weight precision (:data:`cost_model.serving.plan.WEIGHT_PRECISIONS`) each checkpoint format serves."""
 
 ACT_BYTES = 2.0
 """BF16 activations."""
@@ -84,7 +81,7 @@ def part_weight_bytes(model: ModelSpec, weight_precision_codes, part: str) -> np
         if name == "bf16":
             continue
         kind = "fp8" if name == "fp8" else "fp4"
-        if stored and FORMAT_KIND[stored] == kind:
+        if stored and CHECKPOINT_FORMAT_PRECISION[stored] == kind:
             value = WEIGHT_FORMAT_BYTES[stored] if part in quantized_parts else WEIGHT_FORMAT_BYTES["bf16"]
         else:
             value = WEIGHT_FORMAT_BYTES["fp8" if kind == "fp8" else "nvfp4"]
