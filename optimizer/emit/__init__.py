@@ -1,4 +1,5 @@
-"""A priced plan in the launchers' own words: Megatron-LM, Megatron-Bridge and torchtitan.
+"""A priced plan in the launchers' own words: Megatron-LM, Megatron-Bridge and torchtitan for training;
+vLLM, SGLang and TensorRT-LLM for serving (:mod:`.serving`).
 
 One module per framework, each naming the release it is tested against (``TESTED_VERSION``) and the
 framework's own start-up rules (``RULES``, checked for many plans at once by ``violations``), so the
@@ -22,6 +23,7 @@ from hardware.placement import DEFAULT_RANK_ORDER
 from . import megatron_bridge, megatron_lm, torchtitan
 from .emission import Emission
 from .knobs import LaunchKnobs, build_knobs
+from .serving import ENGINES, emit_serving, serving_rules, serving_violations
 
 FRAMEWORK_MODULES: dict[str, ModuleType] = {
     "megatron": megatron_lm,
@@ -53,10 +55,16 @@ def framework_rules(framework: str) -> dict[str, str]:
     return dict(_module(framework).RULES)
 
 
+def framework_schedules(framework: str) -> tuple[str, ...]:
+    """The pipeline schedules (names of :data:`cost_model.plan.SCHEDULES`) ``framework`` runs."""
+    return tuple(_module(framework).PIPELINE_SCHEDULES)
+
+
 def framework_violations(framework: str, model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *,
                          cp_comm_type: str = "p2p", rank_order: str = DEFAULT_RANK_ORDER) -> dict[str, np.ndarray]:
     """For each rule of ``framework``, a boolean array over ``plans``: True where the framework refuses the plan."""
     return _module(framework).violations(model, training, plans, cp_comm_type=cp_comm_type, rank_order=rank_order)
 
 
-__all__ = ["Emission", "FRAMEWORKS", "LaunchKnobs", "build_knobs", "emit", "framework_rules", "framework_violations"]
+__all__ = ["Emission", "FRAMEWORKS", "LaunchKnobs", "build_knobs", "emit", "framework_rules", "framework_schedules",
+           "framework_violations"]
