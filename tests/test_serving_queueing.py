@@ -68,7 +68,8 @@ def test_tpot_quantile_binomial_interference():
 
 
 def test_mixed_step_fraction():
-    # 4 requests/s of 1000 prompt tokens, 2048-token chunks in 60 ms steps: 4 * 1000 * 0.06 / 2048 = 0.117.
+    # 4 requests/s of 1000 prompt tokens arrive 240 prompt tokens in a 60 ms mean step: 240 / 2048 = 0.117 of
+    # the steps carry a 2048-token chunk.
     assert q.mixed_step_fraction(4.0, 1000.0, 2048.0, 0.06) == pytest.approx(4 * 1000 * 0.06 / 2048)
 
 

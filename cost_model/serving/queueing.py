@@ -15,7 +15,8 @@ What each function computes and where its formula comes from:
   verification step yields (1 - alpha^(k+1)) / (1 - alpha) tokens on average (Leviathan, Kalman, Matias,
   "Fast Inference from Transformers via Speculative Decoding", ICML 2023, eq. 1).
 * Chunked-prefill interference: a decode step that also carries a prefill chunk takes longer; a request of
-  n steps sees Binomial(n, f) such steps when a fraction f of steps carry one (Sarathi-Serve, Agrawal et
+  n steps sees Binomial(n, f) such steps when a fraction f of steps carry one (f = lambda s T / c: the prompt
+  tokens that arrive in a mean step T over the chunk c) (Sarathi-Serve, Agrawal et
   al. OSDI 2024, section 4: stall-free batching puts prefill chunks into decode batches), so its TPOT
   quantile is taken at f + z_q sqrt(f (1 - f) / n) (normal approximation of the binomial).
 * Decode batch in a closed loop: C requests in flight per engine split between prefill and decode; with
@@ -106,12 +107,12 @@ def prefill_tokens_after_cache(input_tokens: Any, prefix_cache_hit_rate: Any) ->
     return _f(input_tokens) * (1.0 - _f(prefix_cache_hit_rate))
 
 
-def mixed_step_fraction(rate_per_s: Any, prefill_tokens: Any, chunk_tokens: Any, mixed_step_s: Any) -> np.ndarray:
-    """Fraction of engine steps that carry a prefill chunk: prompt tokens arriving per second over the
-    chunk throughput, lambda s t_mix / c (the prefill server's utilisation); >= 1 means prefill cannot keep up."""
+def mixed_step_fraction(rate_per_s: Any, prefill_tokens: Any, chunk_tokens: Any, mean_step_s: Any) -> np.ndarray:
+    """Fraction of engine steps that carry a prefill chunk of c tokens: the prompt tokens arriving during a
+    mean step over the chunk, lambda s T / c; >= 1 means prefill cannot keep up."""
     c = _f(chunk_tokens)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = _f(rate_per_s) * _f(prefill_tokens) * _f(mixed_step_s) / c
+        f = _f(rate_per_s) * _f(prefill_tokens) * _f(mean_step_s) / c
     return np.where(c > 0, f, np.where(_f(rate_per_s) > 0, np.inf, 0.0))
 
 

@@ -1,0 +1,674 @@
+"""Serving metrics of many plans at once: latency percentiles, throughput, goodput, GPUs for a rate, cost.
+
+One call prices N plans (:class:`~cost_model.serving.plan.ServingPlanArrays`) for one workload. The step
+times come from :func:`cost_model.serving.step.price_instances` and the memory from
+:func:`cost_model.serving.memory.instance_memory`; this module adds the load: how many requests run at
+once, how long they queue, and what that does to TTFT and TPOT (:mod:`cost_model.serving.queueing`).
+
+Everything is computed per *attention rank* (a group of ``tp x pp`` GPUs with its own requests and KV
+cache; an instance has ``attn_dp`` of them) and scaled to the fleet by ranks x instances.
+
+Aggregated instances (chunked prefill, vLLM V1 / SGLang / TensorRT-LLM in-flight batching). A step carries
+the decode batch B (one token each, k+1 with k drafted tokens) and up to c = max_num_batched_tokens - B(k+1)
+prompt tokens. Tabulated per plan: the decode step t_dec(B) on a grid of B up to the batch the KV pool and
+max_num_seqs allow, and the prefill step t_pf(s) on a grid of prompt tokens. A chunk of c tokens adds
+Delta(c) = t_pf(c) - t_pf(1) to a decode step (the weights are read, the host floor and the latency-bound
+collectives paid once for both: the marginal cost of the prompt tokens). At request rate lambda per rank:
+
+* a fraction f = lambda s t_mix / c of steps carries a chunk (t_mix = t_dec + Delta(c); s the computed
+  prompt tokens, prefix-cache hits excluded), so the mean step is T = t_dec(B) + f Delta(c);
+* Little's law on the decode phase: B = lambda n_dec T, n_dec = (output tokens - 1) / tokens per step;
+  both together are a quadratic in lambda for each B, so every grid point B gives its own rate lambda(B)
+  in closed form, and each quantity at a given rate is read off the grid by interpolation (no iteration);
+* TTFT = M/G/1 wait of the prompt queue (service s t_mix / c, utilisation f; Pollaczek-Khinchine mean,
+  Kingman tail) + the request's own chunks ((n - 1) t_mix + t_dec + Delta(last chunk));
+* TPOT = (t_dec + Delta(c) f_q) / tokens per step, f_q the binomial quantile of the share of the request's
+  steps that carry a chunk (Sarathi-Serve's interference);
+* the rank sustains at most min(lambda(B), c / (s t_mix)) at any B: the larger is what max load reaches.
+
+Disaggregated plans: prefill instances run prompts in chunks of max_num_batched_tokens at t_pf (an M/G/1
+queue in prompt tokens), each request's KV cache then moves to a decode instance (NVLink when the whole
+plan fits in one scale-up domain, else the NIC; not overlapped with the prefill, an upper bound), and
+decode instances run B = lambda n_dec t_dec(B) with no prefill interference. Each phase carries the fleet's
+rate over its own instances.
+
+Percentiles. TTFT at quantile q is the wait at q plus the service of the q-quantile prompt (a sum of
+quantiles: an upper bound for independent parts); TPOT's spread comes from the chunks a request meets.
+SLO checks use the workload's quantile (:attr:`SLOSpec.quantile`). Closed loops (a concurrency) follow
+Little's law: C = B (1 + n_pf / n_dec) and TTFT = C / X - n_dec T.
+
+Goodput is the largest request rate whose TTFT and TPOT meet the SLO (DistServe's definition), from the
+grid with linear interpolation of the SLO margin; without an SLO it is the max-load rate. Costs count
+every GPU the plan holds (prefill and decode) at ``cluster.economics.price_per_gpu_hour_usd``, over the
+tokens the plan delivers at its goodput: a fleet sized for its load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hardware.schema import ClusterSpec
+
+from ..model_spec import ModelSpec
+from . import queueing as q
+from .kv_cache import kv_cache_bytes
+from .memory import ServingMemory, instance_memory
+from .options import ServingOptions
+from .plan import InstanceArrays, ServingPlanArrays
+from .rules import nic_groups, serving_violations
+from .step import price_instances
+from .workload import WorkloadSpec
+
+REPORTED_QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
+
+_DECODE_GRID = np.unique(np.concatenate([np.geomspace(1e-4, 0.05, 14), np.linspace(0.05, 1.0, 26)]))
+"""Decode batch grid as fractions of the largest batch: dense at the top, where goodput and max load sit."""
+_TOKEN_GRID_POINTS = 40
+"""Points of the prefill-time table over prompt tokens (geometric from 1 to the longest needed)."""
+STEP_FIELDS = ("host_s", "hbm_s", "gemm_s", "attention_s", "tp_comm_s", "ep_comm_s", "pp_s", "total_s")
+
+
+@dataclass
+class ServingMetrics:
+    """Per-plan serving outputs (arrays of length N; units in the names)."""
+
+    ttft_ms_p50: np.ndarray
+    ttft_ms_p90: np.ndarray
+    ttft_ms_p99: np.ndarray
+    tpot_ms_p50: np.ndarray
+    tpot_ms_p90: np.ndarray
+    tpot_ms_p99: np.ndarray
+    output_tokens_per_s_per_gpu: np.ndarray
+    """At the evaluated load (target rate or concurrency, the workload's, else max load)."""
+    tokens_per_s_per_user: np.ndarray
+    """Output tokens a second one request sees while decoding (tokens per step / mean step)."""
+    requests_per_s: np.ndarray
+    """Request throughput of the fleet at the evaluated load."""
+    goodput_requests_per_s: np.ndarray
+    """Largest fleet request rate meeting both SLOs (max-load rate without an SLO)."""
+    goodput_requests_per_s_per_gpu: np.ndarray
+    max_load_output_tokens_per_s_per_gpu: np.ndarray
+    """Output tokens/s per GPU with every engine full (no latency bound), as trtllm-bench measures."""
+    min_gpus_for_target: np.ndarray
+    """GPUs this layout needs to carry the target rate within the SLO (NaN without a target rate)."""
+    cost_usd_per_m_output_tokens: np.ndarray
+    """Every GPU of the plan (prefill and decode) for one hour at the price, over the output tokens the plan
+    delivers in that hour at its goodput, per million. NaN without a price."""
+    cost_usd_per_m_input_tokens: np.ndarray
+    """The same fleet cost over the prompt tokens, per million."""
+    num_gpus: np.ndarray
+    """Every GPU the plan holds."""
+    decode_batch: np.ndarray
+    """Requests decoding per attention rank at the evaluated load."""
+    kv_capacity_tokens: np.ndarray
+    """KV pool tokens per attention rank of the decode instances."""
+    max_concurrency: np.ndarray
+    """max_model_len requests the decode instances' KV pools hold at once, per instance."""
+    max_decode_batch: np.ndarray
+    """Largest decode batch per attention rank: max_num_seqs or what the KV pool holds at the mean context."""
+    prefill_decode_ratio: np.ndarray
+    """Prefill instances per decode instance that balance the phases' SLO capacities (disaggregated plans;
+    NaN for aggregated)."""
+    kv_transfer_ms: np.ndarray
+    """Moving the mean request's KV cache from prefill to decode (0 when aggregated)."""
+    bottleneck: np.ndarray
+    """What limits the plan: hbm compute tp_latency ep_comm host kv_capacity queueing."""
+    memory_gib: dict[str, dict[str, np.ndarray]]
+    """Per phase ('prefill', 'decode'): weights kv activations cuda_graph comm_buffers other, GiB per GPU."""
+    decode_step: dict[str, np.ndarray]
+    """Decode step breakdown at the evaluated batch (seconds): host hbm gemm attention tp_comm ep_comm pp total."""
+    prefill_step: dict[str, np.ndarray]
+    """One chunked-prefill step of max_num_batched_tokens on the prefill instances (seconds)."""
+    violations: dict[str, np.ndarray]
+    """Rule name -> True where the plan breaks it (:data:`cost_model.serving.rules.SERVING_RULES`)."""
+    nic_groups: dict[str, np.ndarray]
+    """Group name -> True where that group is wider than the NVLink domain and priced on the NIC."""
+    load: str = ""
+    """What load the latencies are at: 'rate R/s', 'concurrency C', or 'max load'."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.num_gpus)
+
+    @property
+    def feasible(self) -> np.ndarray:
+        return ~np.logical_or.reduce(list(self.violations.values()))
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Plan ``index``'s metrics as plain values (for JSON/CSV reports)."""
+        out: dict[str, Any] = {}
+        for name in ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90", "tpot_ms_p99",
+                     "output_tokens_per_s_per_gpu", "tokens_per_s_per_user", "requests_per_s", "goodput_requests_per_s",
+                     "goodput_requests_per_s_per_gpu", "max_load_output_tokens_per_s_per_gpu", "min_gpus_for_target",
+                     "cost_usd_per_m_output_tokens", "cost_usd_per_m_input_tokens", "decode_batch",
+                     "kv_capacity_tokens", "max_concurrency", "max_decode_batch", "prefill_decode_ratio",
+                     "kv_transfer_ms"):
+            value = float(getattr(self, name)[index])
+            out[name] = value if np.isfinite(value) else None
+        out["num_gpus"] = int(self.num_gpus[index])
+        out["bottleneck"] = str(self.bottleneck[index])
+        out["memory_gib"] = {phase: {k: float(v[index]) for k, v in parts.items()} for phase, parts in self.memory_gib.items()}
+        out["decode_step_ms"] = {k.removesuffix("_s"): float(v[index]) * 1e3 for k, v in self.decode_step.items()}
+        out["prefill_step_ms"] = {k.removesuffix("_s"): float(v[index]) * 1e3 for k, v in self.prefill_step.items()}
+        out["violations"] = [name for name, mask in self.violations.items() if bool(mask[index])]
+        out["priced_on_nic"] = [name for name, mask in self.nic_groups.items() if bool(mask[index])]
+        return out
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+class _RowLookup:
+    """Row-wise linear interpolation weights: each row's increasing grid (N, K) at one point x (N,);
+    clamped at the ends. Built once, applied to many tables sampled on the same grids."""
+
+    def __init__(self, grid: np.ndarray, x: np.ndarray):
+        k = grid.shape[1]
+        hi = np.clip((grid < np.asarray(x, dtype=np.float64)[:, None]).sum(axis=1), 1, k - 1)
+        self.rows, self.lo, self.hi = np.arange(grid.shape[0]), hi - 1, hi
+        g0, g1 = grid[self.rows, self.lo], grid[self.rows, self.hi]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.w = np.clip(np.where(g1 > g0, (x - g0) / (g1 - g0), 0.0), 0.0, 1.0)
+
+    def __call__(self, table: np.ndarray) -> np.ndarray:
+        t0, t1 = table[self.rows, self.lo], table[self.rows, self.hi]
+        return t0 + self.w * (t1 - t0)
+
+
+def _interp_common(grid: np.ndarray, table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``table[i]`` (N, K), sampled at the one increasing ``grid`` (K,), at
+    ``x[i, ...]`` ((N,) or (N, M)); clamped at the ends."""
+    x = np.asarray(x, dtype=np.float64)
+    k = len(grid)
+    hi = np.clip(np.searchsorted(grid, x), 1, k - 1)
+    lo = hi - 1
+    rows = np.arange(table.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    g0, g1 = grid[lo], grid[hi]
+    w = np.clip((x - g0) / (g1 - g0), 0.0, 1.0)
+    t0, t1 = table[rows, lo], table[rows, hi]
+    return t0 + w * (t1 - t0)
+
+
+class _PrefillTable:
+    """t_pf(tokens) of each instance on a common token grid, interpolated in log tokens."""
+
+    def __init__(self, pricing: Any, n: int, max_tokens: float, context_tokens: float, prompt_tokens: float):
+        """A step of ``tokens`` holds prompts of ``prompt_tokens`` (the mean computed prompt) each, or one
+        shorter one, each after ``context_tokens`` cached (prefix-cache hits)."""
+        self.grid = np.unique(np.round(np.geomspace(1.0, max(max_tokens, 2.0), _TOKEN_GRID_POINTS)))
+        self.log_grid = np.log(self.grid)
+        self.table = np.stack([np.broadcast_to(pricing.prefill(np.full(n, tokens), np.full(n, context_tokens),
+                                                               np.full(n, min(tokens, max(prompt_tokens, 1.0)))).total_s, (n,))
+                               for tokens in self.grid], axis=1)
+
+    def time_s(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+        return _interp_common(self.log_grid, self.table, np.log(tokens))
+
+    def extra_s(self, tokens: np.ndarray) -> np.ndarray:
+        """Delta(tokens) = t_pf(tokens) - t_pf(1): the marginal cost of prompt tokens in a step; 0 for 0 tokens."""
+        tokens = np.asarray(tokens, dtype=np.float64)
+        one = self.table[:, 0] if tokens.ndim == 1 else self.table[:, :1]
+        return np.where(tokens > 0, np.maximum(self.time_s(tokens) - one, 0.0), 0.0)
+
+
+def _chunked_service_s(prompt_tokens: np.ndarray, chunk_tokens: np.ndarray, full_step_s: np.ndarray,
+                       first_step_s: np.ndarray, extra: Any) -> np.ndarray:
+    """A prompt's own time in chunks of c: (n - 1) full steps plus a last step of ``first_step_s`` +
+    extra(last chunk) (n = ceil(s / c))."""
+    s = np.asarray(prompt_tokens, dtype=np.float64)
+    c = np.maximum(chunk_tokens, 1.0)
+    n = np.maximum(np.ceil(s / c - 1e-9), 1.0)
+    last = s - (n - 1.0) * c
+    return (n - 1.0) * full_step_s + first_step_s + extra(last)
+
+
+@dataclass
+class _Lengths:
+    """The workload's moments and quantiles that the formulas use."""
+
+    prompt_mean: float        # computed prompt tokens (after prefix-cache hits)
+    prompt_second: float
+    prompt_q: dict[str, float]
+    prompt_slo: float
+    input_mean: float
+    output_mean: float
+    decode_steps: float       # decode steps a request runs (output - 1 tokens over tokens per step)
+    tokens_per_step: float
+    draft_tokens: int
+    context_mean: float       # mean KV tokens of a decoding request
+    prefix_tokens: float      # cached prompt tokens (context of the prefill)
+    slo_q: float
+
+
+def _lengths(workload: WorkloadSpec) -> _Lengths:
+    keep = 1.0 - workload.prefix_cache_hit_rate
+    slo_q = workload.slo.quantile if workload.slo else 0.99
+    spec = workload.speculative
+    tokens_per_step = float(q.speculative_tokens_per_step(spec.draft_tokens, spec.acceptance_rate))
+    output_mean = workload.output_tokens.mean()
+    input_mean = workload.input_tokens.mean()
+    return _Lengths(
+        prompt_mean=input_mean * keep, prompt_second=workload.input_tokens.second_moment() * keep ** 2,
+        prompt_q={name: float(workload.input_tokens.quantile(value)) * keep for name, value in REPORTED_QUANTILES.items()},
+        prompt_slo=float(workload.input_tokens.quantile(slo_q)) * keep, input_mean=input_mean, output_mean=output_mean,
+        decode_steps=max(output_mean - 1.0, 1e-6) / tokens_per_step, tokens_per_step=tokens_per_step,
+        draft_tokens=int(spec.draft_tokens), context_mean=input_mean + output_mean / 2.0,
+        prefix_tokens=input_mean * workload.prefix_cache_hit_rate, slo_q=slo_q)
+
+
+def _decode_step(pricing: Any, batch: np.ndarray, lengths: _Lengths) -> Any:
+    """One decode (verification) step of ``batch`` requests per attention rank at the mean context, each
+    verifying k + 1 tokens with k drafted (the draft model's own cost is left out). A step runs whole
+    requests: below one request per rank the engine idles between steps, so the step is one request's."""
+    return pricing.decode_step(np.maximum(batch, 1.0), np.full(batch.shape, lengths.context_mean),
+                               lengths.draft_tokens + 1)
+
+
+def _decode_grid(pricing: Any, batch_max: np.ndarray, lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
+    """(B grid (N, K), t_dec (N, K)) up to each plan's largest batch."""
+    grid = np.maximum(batch_max, 1e-6)[:, None] * _DECODE_GRID[None, :]
+    times = np.stack([np.broadcast_to(_decode_step(pricing, grid[:, k], lengths).total_s, (len(batch_max),))
+                      for k in range(grid.shape[1])], axis=1)
+    return grid, times
+
+
+def _largest_batch(memory: ServingMemory, instances: InstanceArrays, lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
+    """(largest decode batch per attention rank, whether the KV pool rather than max_num_seqs sets it)."""
+    kv_limited = memory.kv_capacity_tokens / max(lengths.context_mean, 1.0)
+    return np.minimum(instances.max_num_seqs.astype(np.float64), kv_limited), kv_limited < instances.max_num_seqs
+
+
+# ------------------------------------------------------------------------------------- the phases
+
+@dataclass
+class _Grid:
+    """Quantities of an engine at each point of its decode-batch grid (all (N, K))."""
+
+    batch: np.ndarray
+    t_dec: np.ndarray         # the decode step alone
+    rate: np.ndarray          # requests/s per attention rank
+    capacity: np.ndarray      # sustainable requests/s at this batch: min(rate, prefill capacity)
+    step_s: np.ndarray
+    ttft_s: dict[str, np.ndarray]
+    tpot_s: dict[str, np.ndarray]
+    stable: np.ndarray
+    wait_share: np.ndarray    # wait / TTFT at the SLO quantile
+
+
+def _aggregated_grid(pricing: Any, table: _PrefillTable, instances: InstanceArrays, batch_max: np.ndarray,
+                     lengths: _Lengths) -> _Grid:
+    batch, t_dec = _decode_grid(pricing, batch_max, lengths)
+    budget = instances.max_num_batched_tokens.astype(np.float64)[:, None]
+    chunk = np.maximum(budget - np.maximum(batch, 1.0) * (lengths.draft_tokens + 1), 0.0)
+    delta = table.extra_s(chunk)
+    t_mix = t_dec + delta
+    s = lengths.prompt_mean
+    n_dec = lengths.decode_steps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # B = lambda n_dec T and T = t_dec / (1 - lambda s Delta / c) give lambda = B / (n_dec t_dec + B s Delta / c).
+        load = np.where(chunk > 0, s * delta / chunk, np.inf)
+        rate = np.where(chunk > 0, batch / (n_dec * t_dec + batch * load), 0.0)
+        step = t_dec / (1.0 - rate * load)
+        prefill_capacity = np.where(chunk > 0, chunk / (s * t_mix), 0.0) if s > 0 else np.full(batch.shape, np.inf)
+        rho = rate / prefill_capacity if s > 0 else np.zeros(batch.shape)
+    stable = (rho < 1.0) & (chunk > 0)
+    step = np.where(stable, step, np.inf)
+    mixed = q.mixed_step_fraction(rate, s, chunk, step)
+    service_scale = np.where(chunk > 0, t_mix / np.maximum(chunk, 1e-9), np.inf)
+    wait_mean = q.mg1_mean_wait_s(rate, s * service_scale, lengths.prompt_second * service_scale ** 2)
+    ttft, tpot, own_of = {}, {}, {}
+    quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
+    prompts = dict(lengths.prompt_q, slo=lengths.prompt_slo)
+    for name, value in quantiles.items():
+        same = next((other for other in ttft if quantiles[other] == value and prompts[other] == prompts[name]), None)
+        if same is not None and name != "slo":
+            ttft[name], tpot[name] = ttft[same], tpot[same]
+            continue
+        if prompts[name] not in own_of:
+            own_of[prompts[name]] = _chunked_service_s(np.full(batch.shape, prompts[name]), chunk, t_mix, t_dec,
+                                                       table.extra_s)
+        own = own_of[prompts[name]]
+        wait = q.wait_quantile_s(wait_mean, rho, value)
+        ttft[name] = np.where(stable, wait + own, np.inf)
+        tpot[name] = np.where(stable, q.tpot_quantile_s(t_dec, delta, mixed, n_dec, lengths.tokens_per_step, value), np.inf)
+        if name == "slo":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                wait_share = np.where(stable, wait / (wait + own), 1.0)
+    return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=np.minimum(rate, prefill_capacity), step_s=step,
+                 ttft_s=ttft, tpot_s=tpot, stable=stable, wait_share=wait_share)
+
+
+def _decode_only_grid(pricing: Any, batch_max: np.ndarray, lengths: _Lengths) -> _Grid:
+    batch, t_dec = _decode_grid(pricing, batch_max, lengths)
+    rate = batch / (lengths.decode_steps * t_dec)
+    tpot = {name: t_dec / lengths.tokens_per_step for name in (*REPORTED_QUANTILES, "slo")}
+    zeros = np.zeros(batch.shape)
+    return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=rate, step_s=t_dec, ttft_s={k: zeros for k in tpot}, tpot_s=tpot,
+                 stable=np.ones(batch.shape, dtype=bool), wait_share=zeros)
+
+
+def _at_rate(grid: _Grid, rate: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Grid quantities at ``rate`` per attention rank (interpolated on the stable, rising branch) and
+    whether the engine sustains it."""
+    usable = np.where(grid.stable, grid.capacity, 0.0)
+    rising = np.maximum.accumulate(usable, axis=1)  # monotone envelope for the lookup
+    ok = rising[:, -1] >= rate - 1e-12
+    x = np.minimum(rate, rising[:, -1])
+    at = _RowLookup(rising, x)
+    out = {"batch": at(grid.batch), "step_s": at(np.where(np.isfinite(grid.step_s), grid.step_s, 0.0)),
+           "wait_share": at(grid.wait_share)}
+    big = 1e30
+    for kind, values in (("ttft", grid.ttft_s), ("tpot", grid.tpot_s)):
+        for name, table in values.items():
+            value = at(np.where(np.isfinite(table), table, big))
+            out[f"{kind}_{name}"] = np.where(ok & (value < 0.5 * big), value, np.inf)
+    return out, ok
+
+
+def _largest_rate_meeting(grid: _Grid, ttft_target_s: float, tpot_target_s: float) -> np.ndarray:
+    """Largest rate per rank on the grid whose TTFT (+ offset) and TPOT at the SLO quantile meet the
+    targets; the crossing between the last point that meets them and the next is found by linear
+    interpolation of the margin."""
+    ttft = grid.ttft_s["slo"]
+    with np.errstate(invalid="ignore"):
+        margin = np.minimum(1.0 - ttft / ttft_target_s, 1.0 - grid.tpot_s["slo"] / tpot_target_s)
+    margin = np.where(grid.stable & np.isfinite(margin), margin, -1.0)
+    ok = margin >= 0
+    any_ok = ok.any(axis=1)
+    k = grid.rate.shape[1]
+    last = np.where(any_ok, k - 1 - np.argmax(ok[:, ::-1], axis=1), 0)
+    nxt = np.minimum(last + 1, k - 1)
+    rows = np.arange(len(last))
+    m0, m1 = margin[rows, last], margin[rows, nxt]
+    c0, c1 = grid.capacity[rows, last], grid.capacity[rows, nxt]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where((nxt > last) & (m0 > m1), np.clip(m0 / (m0 - m1), 0.0, 1.0), 0.0)
+    best = c0 + frac * np.maximum(c1 - c0, 0.0)
+    return np.where(any_ok, best, 0.0)
+
+
+def _prefill_phase(table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths, transfer: dict[str, np.ndarray]):
+    """Disaggregated prefill engines: chunk c = max_num_batched_tokens at t_pf(c); M/G/1 in prompt tokens.
+    Returns (capacity per rank, function rate -> TTFT per quantile name, largest rate meeting a TTFT)."""
+    chunk = instances.max_num_batched_tokens.astype(np.float64)
+    t_chunk = table.time_s(chunk)
+    scale = t_chunk / chunk
+    mean_service = lengths.prompt_mean * scale
+    second = lengths.prompt_second * scale ** 2
+    capacity = np.where(mean_service > 0, 1.0 / np.maximum(mean_service, 1e-300), np.inf)
+    prompts = dict(lengths.prompt_q, slo=lengths.prompt_slo)
+    own = {name: _chunked_service_s(np.full(chunk.shape, tokens), chunk, t_chunk, table.time_s(np.ones_like(chunk)),
+                                    table.extra_s) + transfer[name]
+           for name, tokens in prompts.items()}
+    quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
+
+    def ttft(rate: np.ndarray) -> dict[str, np.ndarray]:
+        rho = rate * mean_service
+        wait = q.mg1_mean_wait_s(rate, mean_service, second)
+        return {name: q.wait_quantile_s(wait, rho, quantiles[name]) + own[name] for name in quantiles}
+
+    def largest_rate(target_s: float) -> np.ndarray:
+        """Bisection on the utilisation: TTFT at the SLO quantile rises with it."""
+        lo, hi = np.zeros(chunk.shape), np.ones(chunk.shape)
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            good = ttft(mid * capacity)["slo"] <= target_s
+            lo, hi = np.where(good, mid, lo), np.where(good, hi, mid)
+        return np.where(own["slo"] <= target_s, lo * capacity, 0.0)
+
+    return capacity, ttft, largest_rate, t_chunk
+
+
+def _steps(times: Any) -> dict[str, np.ndarray]:
+    return {name: np.asarray(getattr(times, name), dtype=np.float64) for name in STEP_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadSpec, plans: ServingPlanArrays,
+                     options: ServingOptions | None = None, *, target_rate_per_s: float | None = None,
+                     target_concurrency: float | None = None) -> ServingMetrics:
+    """Serving metrics of every plan for ``workload`` (module docstring).
+
+    The latencies are at ``target_rate_per_s`` (open loop, fleet requests/s) or ``target_concurrency``
+    (closed loop, requests in flight in the fleet) when given, else at the workload's arrival, else at max
+    load. ``min_gpus_for_target`` uses the target rate (or the workload's rate)."""
+    options = options or ServingOptions()
+    if target_rate_per_s is not None and target_concurrency is not None:
+        raise ValueError("give target_rate_per_s or target_concurrency, not both")
+    n = len(plans)
+    lengths = _lengths(workload)
+    model_len = workload.model_len
+    agg = ~plans.disaggregated
+    gpu = cluster.gpu
+
+    mem_d = instance_memory(model, gpu, plans.decode, model_len, options)
+    mem_p = instance_memory(model, gpu, plans.prefill, model_len, options) if plans.disaggregated.any() else mem_d
+    pricing_d = price_instances(model, cluster, plans.decode, options)
+    pricing_p = price_instances(model, cluster, plans.prefill, options) if plans.disaggregated.any() else pricing_d
+
+    longest_prompt = max(workload.input_tokens.longest() * (1 - workload.prefix_cache_hit_rate), 1.0)
+    max_tokens = max(float(plans.decode.max_num_batched_tokens.max()), float(plans.prefill.max_num_batched_tokens.max()),
+                     longest_prompt)
+    table_d = _PrefillTable(pricing_d, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean)
+    table_p = (_PrefillTable(pricing_p, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean)
+               if pricing_p is not pricing_d else table_d)
+
+    batch_max, kv_binds = _largest_batch(mem_d, plans.decode, lengths)
+    grid_agg = _aggregated_grid(pricing_d, table_d, plans.decode, batch_max, lengths)
+    grid_dec = _decode_only_grid(pricing_d, batch_max, lengths) if plans.disaggregated.any() else grid_agg
+
+    # KV transfer of disaggregated plans: NVLink when the whole plan sits in one scale-up domain.
+    same_domain = plans.num_gpus <= cluster.topology.domain_gpus
+    prompts_full = {name: float(workload.input_tokens.quantile(v)) for name, v in REPORTED_QUANTILES.items()}
+    prompts_full["slo"] = float(workload.input_tokens.quantile(lengths.slo_q))
+    transfer = {name: np.where(plans.disaggregated, q.kv_transfer_time_s(
+        cluster.topology, kv_cache_bytes(model, plans.prefill.kv_dtype, tokens), plans.prefill.gpus, same_domain), 0.0)
+        for name, tokens in prompts_full.items()}
+    transfer_mean = np.where(plans.disaggregated, q.kv_transfer_time_s(
+        cluster.topology, kv_cache_bytes(model, plans.prefill.kv_dtype, lengths.input_mean), plans.prefill.gpus,
+        same_domain), 0.0)
+    pf_capacity, pf_ttft, pf_largest, pf_chunk_s = _prefill_phase(table_p, plans.prefill, lengths, transfer)
+
+    ranks_d = (plans.decode.attn_dp * plans.decode_instances).astype(np.float64)
+    ranks_p = (plans.prefill.attn_dp * plans.prefill_instances).astype(np.float64)
+
+    # ---- max load: every engine full.
+    agg_cap = grid_agg.capacity.max(axis=1)
+    dec_cap = grid_dec.rate[:, -1]
+    max_rate = np.where(agg, agg_cap * ranks_d, np.minimum(pf_capacity * ranks_p, dec_cap * ranks_d))
+
+    # ---- goodput.
+    slo = workload.slo
+    if slo is None:
+        good_rate = max_rate
+        pf_good = pf_capacity
+        dec_good = dec_cap
+    else:
+        ttft_t, tpot_t = slo.ttft_ms / 1e3, slo.tpot_ms / 1e3
+        agg_good = _largest_rate_meeting(grid_agg, ttft_t, tpot_t)
+        dec_good = _largest_rate_meeting(grid_dec, np.inf, tpot_t)
+        pf_good = pf_largest(ttft_t)
+        good_rate = np.where(agg, agg_good * ranks_d, np.minimum(pf_good * ranks_p, dec_good * ranks_d))
+    num_gpus = plans.num_gpus.astype(np.float64)
+
+    # ---- the evaluated load.
+    rate = target_rate_per_s if target_rate_per_s is not None else (
+        None if target_concurrency is not None else workload.request_rate_per_s)
+    concurrency = target_concurrency if target_concurrency is not None else (
+        workload.concurrency if rate is None else None)
+    metrics: dict[str, np.ndarray] = {}
+    if rate is not None:
+        load = f"rate {rate:g}/s"
+        at_agg, ok_agg = _at_rate(grid_agg, np.full(n, rate) / ranks_d)
+        at_dec, ok_dec = _at_rate(grid_dec, np.full(n, rate) / ranks_d)
+        pf_rate = np.full(n, rate) / ranks_p
+        pf_lat = pf_ttft(pf_rate)
+        pf_ok = pf_rate < pf_capacity
+        sustained = np.where(agg, ok_agg, ok_dec & pf_ok)
+        fleet_rate = np.where(sustained, rate, np.where(agg, agg_cap * ranks_d, max_rate))
+        for name in REPORTED_QUANTILES:
+            metrics[f"ttft_{name}"] = np.where(agg, at_agg[f"ttft_{name}"], np.where(pf_ok, pf_lat[name], np.inf))
+            metrics[f"tpot_{name}"] = np.where(agg, at_agg[f"tpot_{name}"], at_dec[f"tpot_{name}"])
+        metrics["ttft_slo"] = np.where(agg, at_agg["ttft_slo"], np.where(pf_ok, pf_lat["slo"], np.inf))
+        metrics["tpot_slo"] = np.where(agg, at_agg["tpot_slo"], at_dec["tpot_slo"])
+        batch = np.where(agg, at_agg["batch"], at_dec["batch"])
+        step_s = np.where(agg, at_agg["step_s"], at_dec["step_s"])
+        wait_share = np.where(agg, at_agg["wait_share"], 0.0)
+        kv_fits_batch = sustained | ~kv_binds
+    else:
+        if concurrency is not None:
+            load = f"concurrency {concurrency:g}"
+            per_rank = np.full(n, float(concurrency)) / ranks_d
+        else:
+            load = "max load"
+            per_rank = None
+        fleet_rate, batch, step_s, wait_share, lat = _closed_loop(grid_agg, grid_dec, table_d, plans, lengths,
+                                                                  per_rank, batch_max, pf_capacity, pf_ttft,
+                                                                  ranks_d, ranks_p)
+        metrics.update(lat)
+        kv_fits_batch = batch_max >= 1.0 if concurrency is None else ~kv_binds | (per_rank <= batch_max)
+
+    # ---- SLO checks at the evaluated load (max load with an SLO: at the goodput).
+    if slo is None:
+        ttft_met = tpot_met = np.ones(n, dtype=bool)
+    elif rate is None and concurrency is None:
+        ttft_met = tpot_met = good_rate > 0
+    else:
+        ttft_met = metrics["ttft_slo"] <= slo.ttft_ms / 1e3 + 1e-12
+        tpot_met = metrics["tpot_slo"] <= slo.tpot_ms / 1e3 + 1e-12
+
+    # ---- step breakdowns at the evaluated batch, and the bottleneck.
+    decode_times = _decode_step(pricing_d, np.maximum(batch, 1.0), lengths)
+    prefill_times = pricing_p.prefill(plans.prefill.max_num_batched_tokens.astype(np.float64), np.full(n, lengths.prefix_tokens))
+    label = np.asarray(decode_times.bottleneck, dtype=object)
+    at_kv_limit = kv_binds & (batch >= 0.98 * batch_max)
+    label = np.where(at_kv_limit, "kv_capacity", label)
+    label = np.where(wait_share > 0.5, "queueing", label)
+
+    memory_checks = {
+        "weights_fit": mem_p.weights_fit & mem_d.weights_fit,
+        "kv_fits_one_request": mem_p.kv_fits_one_request & mem_d.kv_fits_one_request,
+        "prefill_workspace_fits": mem_p.prefill_workspace_fits & mem_d.prefill_workspace_fits,
+    }
+    load_checks = {"kv_fits_batch": kv_fits_batch, "ttft_slo_met": ttft_met, "tpot_slo_met": tpot_met}
+    violations = serving_violations(model, cluster, plans, memory_checks, load_checks)
+
+    output_tps_per_gpu = fleet_rate * lengths.output_mean / num_gpus
+    price = cluster.economics.price_per_gpu_hour_usd
+    fleet_usd_per_s = num_gpus * (price if price is not None else np.nan) / 3600.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost_out = np.where(good_rate > 0, fleet_usd_per_s / (good_rate * lengths.output_mean) * 1e6, np.inf)
+        cost_in = np.where(good_rate > 0, fleet_usd_per_s / (good_rate * lengths.input_mean) * 1e6, np.inf)
+        if price is None:
+            cost_out = cost_in = np.full(n, np.nan)
+        tokens_per_user = np.where(step_s > 0, lengths.tokens_per_step / step_s, 0.0)
+
+    target = target_rate_per_s if target_rate_per_s is not None else workload.request_rate_per_s
+    if target is None:
+        min_gpus = np.full(n, np.nan)
+    else:
+        per_agg_instance = np.where(agg, good_rate / np.maximum(plans.decode_instances, 1), 0.0)
+        need_agg = q.instances_for_rate(target, per_agg_instance) * plans.decode.gpus
+        need_p = q.instances_for_rate(target, pf_good * plans.prefill.attn_dp)
+        need_d = q.instances_for_rate(target, dec_good * plans.decode.attn_dp)
+        need_dis = need_p * plans.prefill.gpus + need_d * plans.decode.gpus
+        min_gpus = np.where(agg, need_agg, need_dis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(agg, np.nan, q.prefill_decode_ratio(pf_good * plans.prefill.attn_dp, dec_good * plans.decode.attn_dp))
+
+    memory_gib = {"decode": mem_d.breakdown_gib}
+    if plans.disaggregated.any():
+        memory_gib["prefill"] = {k: np.where(agg, mem_d.breakdown_gib[k], v) for k, v in mem_p.breakdown_gib.items()}
+    else:
+        memory_gib["prefill"] = mem_d.breakdown_gib
+    ms = 1e3
+    return ServingMetrics(
+        ttft_ms_p50=metrics["ttft_p50"] * ms, ttft_ms_p90=metrics["ttft_p90"] * ms, ttft_ms_p99=metrics["ttft_p99"] * ms,
+        tpot_ms_p50=metrics["tpot_p50"] * ms, tpot_ms_p90=metrics["tpot_p90"] * ms, tpot_ms_p99=metrics["tpot_p99"] * ms,
+        output_tokens_per_s_per_gpu=output_tps_per_gpu, tokens_per_s_per_user=tokens_per_user,
+        requests_per_s=fleet_rate, goodput_requests_per_s=good_rate, goodput_requests_per_s_per_gpu=good_rate / num_gpus,
+        max_load_output_tokens_per_s_per_gpu=max_rate * lengths.output_mean / num_gpus, min_gpus_for_target=min_gpus,
+        cost_usd_per_m_output_tokens=cost_out, cost_usd_per_m_input_tokens=cost_in, num_gpus=plans.num_gpus.copy(),
+        decode_batch=batch, kv_capacity_tokens=mem_d.kv_capacity_tokens, max_concurrency=mem_d.max_concurrency,
+        max_decode_batch=batch_max, prefill_decode_ratio=ratio, kv_transfer_ms=transfer_mean * ms,
+        bottleneck=label.astype(str), memory_gib=memory_gib, decode_step=_steps(decode_times),
+        prefill_step=_steps(prefill_times), violations=violations, nic_groups=nic_groups(cluster, plans), load=load,
+        extras={"slo_quantile": lengths.slo_q, "tokens_per_step": lengths.tokens_per_step,
+                "prefill_chunk_s": pf_chunk_s})
+
+
+def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: ServingPlanArrays, lengths: _Lengths,
+                 per_rank: np.ndarray | None, batch_max: np.ndarray, pf_capacity: np.ndarray, pf_ttft: Any,
+                 ranks_d: np.ndarray, ranks_p: np.ndarray):
+    """Closed loop with ``per_rank`` requests in flight per decode attention rank (None: engines full).
+
+    Aggregated: C = B (1 + n_pf / n_dec) with n_pf = max(1, s / c) steps of prefill; the step T solves
+    T = t_dec + f Delta with f = X s t_mix / c and X = B / (n_dec T) (a quadratic); TTFT = C / X - n_dec T.
+    Disaggregated: the decode engines hold B = min(C, B_max) (prefill and transfer are short beside decode),
+    the fleet rate is the smaller of decode's B / (n_dec t_dec) and prefill's capacity; TTFT is the prefill
+    queue's (M/G/1, at most Little's C / X - n_dec t_dec), or the service alone at max load."""
+    n = len(plans)
+    agg = ~plans.disaggregated
+    budget = plans.decode.max_num_batched_tokens.astype(np.float64)[:, None]
+    chunk = np.maximum(budget - np.maximum(grid_agg.batch, 1.0) * (lengths.draft_tokens + 1), 0.0)
+    n_pf = np.maximum(1.0, lengths.prompt_mean / np.maximum(chunk, 1e-9))
+    in_flight = grid_agg.batch * (1.0 + n_pf / lengths.decode_steps)  # rising in B
+    full = in_flight[:, -1]
+    c_rank = full if per_rank is None else per_rank
+    b = _RowLookup(in_flight, np.minimum(c_rank, full))(grid_agg.batch)
+    b = np.minimum(b, batch_max)
+    chunk_b = np.maximum(plans.decode.max_num_batched_tokens - np.maximum(b, 1.0) * (lengths.draft_tokens + 1), 0.0)
+    t_dec = _interp_common(_DECODE_GRID, grid_agg.t_dec, b / np.maximum(batch_max, 1e-6))
+    delta = table.extra_s(chunk_b)
+    t_mix = t_dec + delta
+    s = lengths.prompt_mean
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # X = B / (n_dec T) and T = t_dec + f Delta with f = X s T / c: T = t_dec + B s Delta / (n_dec c).
+        step = t_dec + np.where(chunk_b > 0, b * s * delta / (lengths.decode_steps * chunk_b), np.inf)
+        rate = b / (lengths.decode_steps * step)
+        cap = np.where(chunk_b > 0, chunk_b / (s * t_mix), 0.0) if s > 0 else np.full(n, np.inf)
+    prefill_bound = rate > cap
+    rate = np.where(prefill_bound, cap, rate)
+    step = np.where(prefill_bound, t_dec + delta, step)  # every step carries a chunk
+    mixed = np.clip(q.mixed_step_fraction(rate, s, chunk_b, step), 0.0, 1.0)
+    b_eff = rate * lengths.decode_steps * step
+    own = {name: _chunked_service_s(np.full(n, tokens), chunk_b, t_mix, t_dec, table.extra_s)
+           for name, tokens in dict(lengths.prompt_q, slo=lengths.prompt_slo).items()}
+    own_mean = _chunked_service_s(np.full(n, s), chunk_b, t_mix, t_dec, table.extra_s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ttft_mean = np.where(rate > 0, c_rank / rate - lengths.decode_steps * step, np.inf)
+    wait = np.maximum(ttft_mean - own_mean, 0.0)
+    lat: dict[str, np.ndarray] = {}
+    quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
+    for name, value in quantiles.items():
+        lat[f"ttft_{name}"] = wait + own[name]
+        lat[f"tpot_{name}"] = q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps, lengths.tokens_per_step, value)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait_share = np.where(lat["ttft_slo"] > 0, wait / lat["ttft_slo"], 0.0)
+
+    # Disaggregated: decode engines hold min(C, B_max), prefill engines keep up or bound the rate.
+    b_dec = np.minimum(c_rank, batch_max)
+    t_dec_d = _interp_common(_DECODE_GRID, grid_dec.t_dec, b_dec / np.maximum(batch_max, 1e-6))
+    rate_d_rank = b_dec / (lengths.decode_steps * t_dec_d)
+    fleet_d = np.minimum(rate_d_rank * ranks_d, pf_capacity * ranks_p)
+    service = pf_ttft(np.zeros(n))  # own chunks and the KV transfer, no wait
+    queued = pf_ttft(np.minimum(fleet_d / ranks_p, pf_capacity * (1 - 1e-6)))
+    if per_rank is None:  # engines full, the queue outside them not counted (as max-load benchmarks report)
+        pf_lat = service
+    else:  # a closed loop's queue is at most its requests: Little's law bounds the M/G/1 wait
+        with np.errstate(divide="ignore", invalid="ignore"):
+            little = np.where(fleet_d > 0, per_rank * ranks_d / fleet_d - lengths.decode_steps * t_dec_d, np.inf)
+        extra = np.maximum(little - service["p50"], 0.0)
+        pf_lat = {name: np.minimum(queued[name], service[name] + extra) for name in service}
+    for name in quantiles:
+        lat[f"ttft_{name}"] = np.where(agg, lat[f"ttft_{name}"], pf_lat[name])
+        lat[f"tpot_{name}"] = np.where(agg, lat[f"tpot_{name}"], t_dec_d / lengths.tokens_per_step)
+    fleet = np.where(agg, rate * ranks_d, fleet_d)
+    batch = np.where(agg, b_eff, fleet_d / ranks_d * lengths.decode_steps * t_dec_d)
+    step_s = np.where(agg, step, t_dec_d)
+    return fleet, batch, step_s, np.where(agg, wait_share, 0.0), lat
+

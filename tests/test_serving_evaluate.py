@@ -1,0 +1,158 @@
+"""Serving metrics of whole plans: hand-derived identities, costs over every GPU, and load properties."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cost_model.model_loader import load_model
+from cost_model.serving.evaluate import evaluate_serving
+from cost_model.serving.plan import InstanceArrays, ServingPlanArrays
+from cost_model.serving.step import price_instances
+from cost_model.serving.workload import LengthSpec, SLOSpec, SpeculativeSpec, WorkloadSpec, load_workload
+from hardware.loader import load_cluster
+
+PRICE = 2.5
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_model("llama3-70b").spec
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return load_cluster("h100x64").with_overrides({"economics.price_per_gpu_hour_usd": PRICE})
+
+
+def _instances(tp, **columns):
+    return InstanceArrays.from_columns({"tp": tp, "max_num_seqs": 256, "max_num_batched_tokens": 8192, **columns})
+
+
+def _fixed(isl, osl, **fields):
+    return WorkloadSpec(name="t", input_tokens=LengthSpec(mean_tokens=isl), output_tokens=LengthSpec(mean_tokens=osl),
+                        **fields)
+
+
+def test_cost_counts_every_gpu_of_a_disaggregated_plan(llama, cluster):
+    # Same decode fleet (2 x TP8), 3 or 5 prefill instances (TP4), both more than the P:D balance needs: the
+    # decode side sets the goodput, so the two extra prefill instances add 8 GPUs of cost and nothing else.
+    # $/Mtok = GPUs x $/h / 3600 / (goodput x OSL) x 1e6 with GPUs = 3 x 4 + 2 x 8 = 28 and 5 x 4 + 16 = 36.
+    workload = load_workload("chat-1k-1k")
+    plans = ServingPlanArrays.disaggregated_plans(_instances([4, 4]), _instances([8, 8]), [3, 5], [2, 2])
+    m = evaluate_serving(llama, cluster, workload, plans)
+    np.testing.assert_array_equal(m.num_gpus, [28, 36])
+    assert m.prefill_decode_ratio[0] * 2 <= 3  # both plans are decode-bound
+    assert m.goodput_requests_per_s[1] == pytest.approx(m.goodput_requests_per_s[0])
+    expected = m.num_gpus * PRICE / 3600 / (m.goodput_requests_per_s * 1000) * 1e6
+    np.testing.assert_allclose(m.cost_usd_per_m_output_tokens, expected)
+    np.testing.assert_allclose(m.cost_usd_per_m_input_tokens, expected)  # ISL = OSL = 1000
+    assert m.cost_usd_per_m_output_tokens[1] == pytest.approx(m.cost_usd_per_m_output_tokens[0] * 36 / 28)
+    # Counting decode GPUs only (as some public claims do) would give the same cost for both plans.
+    decode_only = 16 * PRICE / 3600 / (m.goodput_requests_per_s * 1000) * 1e6
+    assert np.all(m.cost_usd_per_m_output_tokens > decode_only * 1.7)
+
+
+def test_more_replicas_never_lower_goodput(llama, cluster):
+    workload = load_workload("chat-1k-1k")
+    replicas = np.arange(1, 9)
+    agg = ServingPlanArrays.aggregated(_instances(np.full(8, 4)), replicas)
+    m = evaluate_serving(llama, cluster, workload, agg)
+    assert np.all(np.diff(m.goodput_requests_per_s) >= 0) and m.goodput_requests_per_s[0] > 0
+    np.testing.assert_allclose(m.goodput_requests_per_s, m.goodput_requests_per_s[0] * replicas)
+    dis = ServingPlanArrays.disaggregated_plans(_instances(np.full(8, 4)), _instances(np.full(8, 8)), 2, replicas)
+    d = evaluate_serving(llama, cluster, workload, dis)
+    # More decode instances raise the goodput until the two prefill instances bind, then it stays.
+    assert np.all(np.diff(d.goodput_requests_per_s) >= -1e-9)
+    assert d.goodput_requests_per_s[1] > d.goodput_requests_per_s[0]
+
+
+def test_goodput_is_max_load_without_slo_and_below_it_with_one(llama, cluster):
+    plans = ServingPlanArrays.aggregated(_instances([2, 4, 8], weight_precision="fp8"), 1)
+    free = evaluate_serving(llama, cluster, load_workload("fixed-1k-1k"), plans)
+    np.testing.assert_allclose(free.goodput_requests_per_s * 1000 / free.num_gpus, free.max_load_output_tokens_per_s_per_gpu)
+    bound = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), plans)
+    assert np.all(bound.goodput_requests_per_s <= free.goodput_requests_per_s * (1 + 1e-9))
+
+
+def test_low_load_latencies_are_one_prefill_and_one_decode_step(llama, cluster):
+    # At 0.001 requests/s nobody queues and no chunk shares a decode step: TPOT is the decode step of one
+    # request at the mean context (1000 + 200/2 tokens), TTFT one 1000-token prefill (the decode step of one
+    # request plus the marginal cost of the prompt: t_dec(1) + t_pf(1000) - t_pf(1)).
+    instances = _instances([8])
+    plans = ServingPlanArrays.aggregated(instances, 1)
+    m = evaluate_serving(llama, cluster, _fixed(1000, 200), plans, target_rate_per_s=0.001)
+    pricing = price_instances(llama, cluster, instances)
+    t_dec = pricing.decode_step(np.array([1.0]), np.array([1100.0])).total_s[0]
+    prefill = pricing.prefill(np.array([1000.0]), np.array([0.0]), np.array([1000.0])).total_s[0]
+    one = pricing.prefill(np.array([1.0]), np.array([0.0]), np.array([1.0])).total_s[0]
+    assert m.tpot_ms_p50[0] == pytest.approx(t_dec * 1e3, rel=1e-3)
+    assert m.ttft_ms_p50[0] == pytest.approx((t_dec + prefill - one) * 1e3, rel=2e-2)
+
+
+def test_speculative_decoding_divides_tpot_by_tokens_per_step(llama, cluster):
+    # k = 3, alpha = 0.5: 1.875 tokens a verification step of 4 tokens per request.
+    instances = _instances([8])
+    plans = ServingPlanArrays.aggregated(instances, 1)
+    spec = _fixed(1000, 200, speculative=SpeculativeSpec(draft_tokens=3, acceptance_rate=0.5))
+    m = evaluate_serving(llama, cluster, spec, plans, target_rate_per_s=0.001)
+    step = price_instances(llama, cluster, instances).decode_step(np.array([1.0]), np.array([1100.0]), 4).total_s[0]
+    assert m.tpot_ms_p50[0] == pytest.approx(step / 1.875 * 1e3, rel=1e-3)
+
+
+def test_littles_law_closes_the_loop(llama, cluster):
+    # 4,000 requests in flight on 2 x TP4 (far past what the engines hold): X (TTFT + (OSL - 1) T) = C.
+    plans = ServingPlanArrays.aggregated(_instances([4]), 2)
+    m = evaluate_serving(llama, cluster, _fixed(1000, 500), plans, target_concurrency=4000)
+    step_s = 1.0 / m.tokens_per_s_per_user[0]
+    in_flight = m.requests_per_s[0] * (m.ttft_ms_p50[0] / 1e3 + 499 * step_s)
+    assert in_flight == pytest.approx(4000, rel=1e-6)
+    assert m.bottleneck[0] == "queueing"
+
+
+def test_tpot_and_ttft_never_fall_as_load_grows(llama, cluster):
+    plans = ServingPlanArrays.aggregated(_instances([4], weight_precision="fp8"), 1)
+    workload = _fixed(2000, 300)
+    free = evaluate_serving(llama, cluster, workload, plans)
+    top = free.goodput_requests_per_s[0]
+    tpot, ttft = [], []
+    for rate in np.linspace(0.02, 0.98, 12) * top:
+        m = evaluate_serving(llama, cluster, workload, plans, target_rate_per_s=float(rate))
+        tpot.append(m.tpot_ms_p99[0]), ttft.append(m.ttft_ms_p99[0])
+        assert m.requests_per_s[0] == pytest.approx(rate)
+    assert np.all(np.diff(tpot) >= -1e-9) and np.all(np.diff(ttft) >= -1e-9)
+    over = evaluate_serving(llama, cluster, workload, plans, target_rate_per_s=float(top * 1.05))
+    assert over.ttft_ms_p99[0] == np.inf and over.violations["ttft_slo_met"][0] == False  # noqa: E712  (no SLO: unbroken)
+
+
+def test_min_gpus_for_a_target_rate(llama, cluster):
+    plans = ServingPlanArrays.aggregated(_instances([4, 8]), 1)
+    workload = load_workload("chat-1k-1k")
+    m = evaluate_serving(llama, cluster, workload, plans, target_rate_per_s=25.0)
+    per_instance = m.goodput_requests_per_s
+    np.testing.assert_array_equal(m.min_gpus_for_target, np.ceil(25.0 / per_instance) * [4, 8])
+
+
+def test_rules_report_what_breaks(llama, cluster):
+    a100 = load_cluster("a100x64")
+    plans = ServingPlanArrays.aggregated(_instances([3, 8, 8], weight_precision=["bf16", "fp8", "bf16"]), [1, 1, 9])
+    m = evaluate_serving(llama, a100, load_workload("fixed-1k-1k"), plans)
+    assert m.violations["heads_divisible_by_tp"].tolist() == [True, False, False]
+    assert m.violations["precision_supported"].tolist() == [False, True, False]
+    assert m.violations["fits_cluster"].tolist() == [False, False, True]
+    tight = _fixed(1000, 1000, slo=SLOSpec(ttft_ms=1000, tpot_ms=1.0))
+    t = evaluate_serving(llama, cluster, tight, ServingPlanArrays.aggregated(_instances([8]), 1))
+    assert t.violations["tpot_slo_met"][0] and t.goodput_requests_per_s[0] == 0
+    assert math.isinf(t.cost_usd_per_m_output_tokens[0])
+
+
+def test_disaggregated_kv_transfer_nvlink_inside_a_domain(llama, cluster):
+    # One TP4 prefill + one TP4 decode instance fit one 8-GPU NVLink domain; 4 + 3 x 4 = 16 GPUs do not.
+    plans = ServingPlanArrays.disaggregated_plans(_instances([4, 4]), _instances([4, 4]), [1, 1], [1, 3])
+    m = evaluate_serving(llama, cluster, _fixed(1000, 200), plans)
+    assert 0 < m.kv_transfer_ms[0] < m.kv_transfer_ms[1]
+    # Llama 3 70B BF16 KV: 2 x 80 layers x 8 KV heads x 128 x 2 bytes = 327,680 bytes a token.
+    topology = cluster.topology
+    nvlink = 1000 * 327_680 / 4 / (topology.scaleup_GBps * 1e9 * topology.scaleup_efficiency.send_recv)
+    assert m.kv_transfer_ms[0] == pytest.approx((nvlink + topology.scaleup_latency_us * 1e-6) * 1e3, rel=1e-6)
+    assert np.all(np.isfinite(m.prefill_decode_ratio)) and np.all(m.prefill_decode_ratio > 0)
