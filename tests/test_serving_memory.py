@@ -89,13 +89,13 @@ def test_kv_capacity_of_llama3_8b_on_one_h100_by_hand():
     model = load_model("llama3-8b").spec
     options = ServingOptions()
     memory = instance_memory(model, H100, _instances(tp=[1], cuda_graphs=False), 8192, options)
-    # Budget 0.9 x (79.1 + 0.5) GiB; weights 16,060,522,496 B; CUDA context 0.5 GiB; no NCCL (TP 1).
+    # Budget 0.9 x (79.1 + 0.5) GiB; weights 16,060,522,496 B; 1.79 GiB outside PyTorch; no NCCL (TP 1).
     # Prefill workspace, 2,048 tokens: (2h + max(QKV + attention output, 3F)) x 2 bytes
-    # = (8,192 + 43,008) x 2 = 102,400 B per token; 256 sampled requests' fp32 logits and probabilities
-    # 256 x 128,256 x 8 B.
+    # = (8,192 + 43,008) x 2 = 102,400 B per token; 256 sampled requests' fp32 logits, probabilities and
+    # log-probabilities, 256 x 128,256 x 12 B.
     budget = 0.9 * 79.6 * GIB
-    activations = 2048 * 102_400 + 256 * 128_256 * 8
-    left = budget - 16_060_522_496 - 0.5 * GIB - activations
+    activations = 2048 * 102_400 + 256 * 128_256 * 12
+    left = budget - 16_060_522_496 - 1.79 * GIB - activations
     page = 16 * 131_072
     assert memory.activations[0] == activations
     assert memory.kv_capacity_tokens[0] == np.floor(left / page) * 16
@@ -103,6 +103,21 @@ def test_kv_capacity_of_llama3_8b_on_one_h100_by_hand():
     assert memory.weights_fit[0] and memory.kv_fits_one_request[0] and memory.prefill_workspace_fits[0]
     breakdown = memory.breakdown_gib
     assert sum(v[0] for v in breakdown.values()) <= budget / GIB
+
+
+def test_vllm_memory_profile_of_llama3_8b_on_h100():
+    # vllm-project/vllm PR #10511 (V0 engine, Dec 2024), Meta-Llama-3-8B on one H100: 71.29 GiB usable,
+    # weights 14.96 GiB, non-torch 1.79 GiB, activation peak 1.26 GiB (8,192-token profile run, 256
+    # sequences), 53.29 GiB of KV cache; at TP 2 the weights halve and non-torch memory doubles (3.58 GiB).
+    # V0 captured its CUDA graphs after sizing the KV cache, outside the budget: priced without graphs.
+    model = load_model("llama3-8b").spec
+    inst = _instances(tp=[1, 2], max_num_batched_tokens=8192, cuda_graphs=False)
+    memory = instance_memory(model, H100, inst, 8192, topology=load_cluster("h100x8").topology)
+    assert memory.weights[0] / GIB == pytest.approx(14.96, abs=0.01)
+    assert memory.weights[1] / GIB == pytest.approx(7.48, abs=0.01)
+    assert memory.activations[0] / GIB == pytest.approx(1.26, rel=0.15)
+    assert memory.kv[0] / GIB == pytest.approx(53.29, rel=0.02)
+    assert (memory.other[1] + memory.comm_buffers[1]) / GIB == pytest.approx(3.58, rel=0.01)
 
 
 def test_memory_rules_break_where_they_should():
@@ -139,6 +154,7 @@ def test_ep_buffers_and_nccl_communicators():
                              4096)
     nccl = 294 * 2 ** 20
     # TP 8: one TP communicator and the custom all-reduce's 8 MiB. DEP 8: one EP communicator and DeepEP's
-    # low-latency buffers, 2 x 256 experts x 128 tokens x (2 x 7,168 + 16) B.
+    # low-latency buffers: odd/even send areas of 256 experts x 128 tokens x 7,168 x 2 B (combine) and
+    # receive areas of 256 x 128 x (7,168 x 2 + 16) B.
     assert memory.comm_buffers[0] == nccl + 8 * 2 ** 20
-    assert memory.comm_buffers[1] == nccl + 2 * 256 * 128 * (2 * 7168 + 16)
+    assert memory.comm_buffers[1] == nccl + 2 * 256 * 128 * 7168 * 2 + 2 * 256 * 128 * (7168 * 2 + 16)

@@ -10,7 +10,7 @@ The engine may use ``gpu_memory_utilization`` of the whole GPU (vLLM's rule; the
 * the CUDA-graph pool (captured decode graphs) when graphs are on;
 * communication buffers: NCCL's per communicator, the engine's custom all-reduce buffer, DeepEP's
   low-latency buffers for expert parallelism;
-* other: the CUDA context;
+* other: what the process holds outside PyTorch's allocator (CUDA context, library handles);
 
 and what is left is the KV pool, a whole number of pages (:mod:`cost_model.serving.kv_cache`).
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.schema import GPUSpec
+from hardware.schema import GPUSpec, TopologySpec
 
 from ..model_spec import CHECKPOINT_FORMAT_PRECISION, ModelSpec
 from ..params import ParameterCounts
@@ -60,9 +60,9 @@ WEIGHT_FORMAT_BYTES = {
 
 ACT_BYTES = 2.0
 """BF16 activations."""
-LOGIT_BYTES = 8.0
-"""fp32 logits plus the sampler's fp32 probabilities, per vocabulary entry of each sampled request
-(vLLM ``Sampler``: logits upcast to fp32, softmax into a second fp32 tensor)."""
+LOGIT_BYTES = 12.0
+"""Bytes per vocabulary entry of each sampled request: fp32 logits, the sampler's fp32 probabilities and
+its fp32 log-probabilities (vLLM ``Sampler``: ``logits.float()``, ``softmax``, ``log_softmax``)."""
 
 
 def part_weight_bytes(model: ModelSpec, weight_precision_codes, part: str) -> np.ndarray:
@@ -210,32 +210,36 @@ def activation_bytes_per_token(model: ModelSpec, instances: InstanceArrays) -> n
     return (2 * h + widest) * ACT_BYTES
 
 
-def activation_bytes(model: ModelSpec, instances: InstanceArrays, tokens=None) -> np.ndarray:
+def activation_bytes(model: ModelSpec, instances: InstanceArrays, tokens=None, sampling: bool = True) -> np.ndarray:
     """Peak activation bytes of a forward over ``tokens`` per attention rank (default: the chunked-prefill
-    budget ``max_num_batched_tokens``), plus the logits of the sampled requests: one per running request
-    up to ``max_num_seqs`` (or ``tokens``), fp32 logits and probabilities over the whole vocabulary
-    (gathered on every TP rank)."""
+    budget ``max_num_batched_tokens``), plus (``sampling``) the sampler's tensors for one request per
+    running request up to ``max_num_seqs`` (or ``tokens``) over the whole vocabulary, gathered on every TP
+    rank (:data:`LOGIT_BYTES`)."""
     tokens = instances.max_num_batched_tokens if tokens is None else np.asarray(tokens, dtype=np.float64)
-    sampled = np.minimum(instances.max_num_seqs, tokens)
+    sampled = np.minimum(instances.max_num_seqs, tokens) if sampling else 0.0
     return tokens * activation_bytes_per_token(model, instances) + sampled * model.vocab_size * LOGIT_BYTES
 
 
-def comm_buffer_bytes(model: ModelSpec, instances: InstanceArrays, options: ServingOptions) -> np.ndarray:
+def comm_buffer_bytes(model: ModelSpec, instances: InstanceArrays, options: ServingOptions,
+                      nvls: bool = False) -> np.ndarray:
     """Communication buffers per GPU: NCCL's per communicator (TP, PP, and the attention-DP / EP group)
     (:attr:`cost_model.options.CostOptions.nccl_buffer_mib_per_communicator`), the custom all-reduce
-    buffer for TP, and DeepEP's low-latency buffers for EP.
+    buffer for TP, NCCL's NVLS buffers for TP on an NVLS domain (:attr:`ServingOptions.nvls_buffer_gib`),
+    and DeepEP's low-latency buffers for EP.
 
-    DeepEP (``csrc/config.hpp`` ``LowLatencyLayout``): double-buffered send and receive areas whose receive
-    side holds a message per (expert, dispatching token slot): 2 x E x T x (2h + 16) bytes for T =
-    ``num_max_dispatch_tokens_per_rank`` (BF16 hidden plus a 16-byte header; combine messages are the
-    same size)."""
+    DeepEP (``csrc/config.hpp`` ``LowLatencyLayout``, ``get_low_latency_rdma_size_hint``): odd/even copies of
+    a send area, the larger of T dispatch messages and E x T BF16 combine messages (2h bytes), and of a
+    receive area of E x T messages of the larger kind (BF16 hidden plus a 16-byte ``int4`` header:
+    2h + 16), T = ``num_max_dispatch_tokens_per_rank``: 2 E T (2h) + 2 E T (2h + 16) = 2 E T (4h + 16)
+    bytes (DeepSeek-V3, 128 tokens: 1.88 GB)."""
     nccl = options.cost.nccl_buffer_mib_per_communicator * MIB
     communicators = (instances.tp > 1).astype(float) + (instances.pp > 1) + ((instances.attn_dp > 1) | (instances.ep > 1))
-    custom = np.where(instances.tp > 1, options.custom_all_reduce_mib * MIB, 0.0)
+    custom = np.where(instances.tp > 1, options.custom_all_reduce_mib * MIB
+                      + (options.nvls_buffer_gib * GIB if nvls else 0.0), 0.0)
     deepep = 0.0
     if model.is_moe:
         deepep = np.where(instances.ep > 1, 2.0 * model.num_experts * options.deepep_max_dispatch_tokens_per_rank
-                          * (2 * model.hidden_size + 16), 0.0)
+                          * (4 * model.hidden_size + 16), 0.0)
     return communicators * nccl + custom + deepep
 
 
@@ -250,7 +254,7 @@ class ServingMemory:
     cuda_graph: np.ndarray
     comm_buffers: np.ndarray
     other: np.ndarray
-    """CUDA context."""
+    """Memory outside PyTorch's allocator: CUDA context, library handles (:attr:`ServingOptions.non_torch_gib`)."""
     budget: np.ndarray
     """gpu_memory_utilization x the whole GPU."""
     kv_bytes_per_token: np.ndarray
@@ -272,8 +276,9 @@ class ServingMemory:
 
 
 def instance_memory(model: ModelSpec, gpu: GPUSpec, instances: InstanceArrays, max_model_len,
-                    options: ServingOptions | None = None) -> ServingMemory:
-    """Memory per GPU of each instance and the KV capacity that is left (module docstring)."""
+                    options: ServingOptions | None = None, topology: TopologySpec | None = None) -> ServingMemory:
+    """Memory per GPU of each instance and the KV capacity that is left (module docstring); ``topology``
+    (the cluster's) adds NCCL's NVLS buffers where the scale-up domain has NVLink SHARP."""
     options = options or ServingOptions()
     max_model_len = np.asarray(max_model_len, dtype=np.float64)
     whole_gpu = (gpu.memory_gib + options.cuda_context_gib) * GIB
@@ -281,10 +286,11 @@ def instance_memory(model: ModelSpec, gpu: GPUSpec, instances: InstanceArrays, m
     weights = weight_bytes_per_rank(model, instances)
     activations = activation_bytes(model, instances)
     captured = np.minimum(instances.max_num_seqs, options.cuda_graph_max_batch)
+    # The graphs' pool holds the largest captured batch's activations; sampling runs outside the graphs.
     cuda_graph = np.where(instances.cuda_graphs, options.cuda_graph_pool_gib * GIB
-                          + activation_bytes(model, instances, captured), 0.0)
-    comm = comm_buffer_bytes(model, instances, options)
-    other = np.full(len(instances), options.cuda_context_gib * GIB)
+                          + activation_bytes(model, instances, captured, sampling=False), 0.0)
+    comm = comm_buffer_bytes(model, instances, options, nvls=bool(topology is not None and topology.nvls))
+    other = np.full(len(instances), options.non_torch_gib * GIB)
     fixed = weights + cuda_graph + comm + other
     left = budget - fixed - activations
     per_token = kv_bytes_per_token_per_rank(model, instances)

@@ -40,6 +40,8 @@ BOUNDS = {
     "graph_launch_us": (0.0, 10_000.0),
     "cuda_context_gib": (0.0, 8.0),
     "cuda_graph_pool_gib": (0.0, 16.0),
+    "non_torch_gib": (0.0, 16.0),
+    "nvls_buffer_gib": (0.0, 16.0),
     "cuda_graph_max_batch": (1, 65536),
     "custom_all_reduce_mib": (0.0, 4096.0),
     "deepep_max_dispatch_tokens_per_rank": (1, 65536),
@@ -83,12 +85,26 @@ class ServingOptions:
     ``memory_gib`` is the driver-reported capacity minus 0.5 GiB for it (hardware/presets/*.yaml,
     usable-memory rule), so the whole GPU is ``memory_gib + cuda_context_gib``."""
 
+    non_torch_gib: float = 1.79
+    """Memory the engine process holds outside PyTorch's allocator at TP 1, per GPU: the CUDA context,
+    cuBLAS/cuDNN handles and workspaces, loaded kernel modules. vLLM's memory profile of Meta-Llama-3-8B on
+    one H100 reports ``non_torch_memory 1.79GiB`` (vllm-project/vllm PR #10511, sanity-check log);
+    communication buffers for TP > 1 are priced apart (:func:`cost_model.serving.memory.comm_buffer_bytes`)."""
+
+    nvls_buffer_gib: float = 1.49
+    """NCCL's NVLink SHARP (NVLS) buffers and multicast objects per GPU of a TP communicator on an NVSwitch
+    domain with NVLS (``topology.nvls``). The same vLLM log reports ``non_torch_memory`` 3.58 GiB at TP 2 on
+    H100 against 1.79 at TP 1: 1.79 GiB for the TP group, of which the NCCL ring buffers (0.29 GiB,
+    :attr:`cost_model.options.CostOptions.nccl_buffer_mib_per_communicator`) and the custom all-reduce's
+    8 MiB leave 1.49 GiB (NCCL documents NVLS as memory-hungry: ``NCCL_NVLS_ENABLE=0`` frees it)."""
+
     cuda_graph_pool_gib: float = 0.5
-    """Memory of the captured decode graphs beyond their activations (cudaGraphExec objects, per-graph
-    private pool blocks) per GPU. vLLM logs "Graph capturing finished in N secs, took X GiB" with X about
-    0.3-1 GiB for dense 7-70B models (vLLM ``worker/model_runner.py``; its older warning "CUDA graphs can
-    take additional 1~3 GiB memory per GPU" bounds it from above); the activations of the largest
-    captured batch are priced separately (:mod:`cost_model.serving.memory`)."""
+    """Memory of the captured decode graphs beyond their activations (cudaGraphExec objects and each graph's
+    private allocations) per GPU. vLLM logs "Graph capturing finished in 14 secs, took 0.21 GiB" for
+    Llama-3.2-1B with 35 graphs (vllm-project/vllm PR #11349), and warned that "CUDA graphs can take
+    additional 1~3 GiB memory per GPU" (``worker/model_runner.py``, 2024); 0.5 GiB for the 7-70B models
+    between them. The activations of the largest captured batch are priced apart
+    (:mod:`cost_model.serving.memory`)."""
 
     cuda_graph_max_batch: int = 512
     """Largest decode batch captured in a graph (vLLM ``max_cudagraph_capture_size`` / older
