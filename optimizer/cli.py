@@ -1,7 +1,8 @@
 """The ``plan-search`` command line.
 
 ``plan-search CLUSTER MODEL`` searches (the ``search`` sub-command is implied); ``evaluate`` prices one
-given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model presets. Exit codes:
+given plan; ``hardware`` lists and shows cluster presets; ``models`` lists model presets; ``serve`` searches
+and prices inference serving plans (:mod:`optimizer.serving.cli`). Exit codes:
 0 plans found, 1 nothing fits (with the explanation), 2 bad input (one line, never a traceback), 3 the layout
 solver stopped before proving its answer (no result is printed), 70 a defect of plan-search itself (one
 line; ``PLAN_SEARCH_DEBUG=1`` shows the traceback), 130 interrupted (Ctrl-C).
@@ -54,6 +55,7 @@ from .report import (band_note, band_range_text, breakdown_text, fit_text, plan_
                      scenario_header, scenario_record, to_csv, uncertainty_record)
 from .search import Scenario, search
 from .search_options import OBJECTIVES, SearchOptions
+from .serving.cli import serve_app
 
 
 class _DefaultSearchGroup(TyperGroup):
@@ -71,6 +73,7 @@ app = typer.Typer(cls=_DefaultSearchGroup, add_completion=False, no_args_is_help
                   help="Search every TP x PP x DP x CP x EP layout of a training run and rank the plans that fit.")
 app.add_typer(hardware_app, name="hardware", help="List and show GPU and cluster presets.")
 app.add_typer(models_app, name="models")
+app.add_typer(serve_app, name="serve")
 
 
 def version_text() -> str:
@@ -704,8 +707,13 @@ def validate_command(
                                             "published_runs.yaml and training_runs.csv)."),
     source: Optional[str] = typer.Option(None, "--source", help="Only the rows of this source_group."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    serving: bool = typer.Option(False, "--serving", help="The serving runs (serving_runs.csv: TensorRT-LLM, "
+                                 "MLPerf, Splitwise) priced by the serving cost model instead of the training runs."),
 ) -> None:
     """Price every published layout and compare with what was measured; show the cross-validated error."""
+    if serving:
+        _validate_serving(dataset, source, output)
+        return
     from cost_model.calibration.validate import summary, validate
     rows = validate(dataset)
     if source:
@@ -754,6 +762,26 @@ def validate_command(
                    f"top 3 in {o['groups_with_best_in_top3']}")
 
 
+def _validate_serving(dataset: Optional[str], source: Optional[str], output: OutputFormat) -> None:
+    """``validate --serving``: every serving run priced with the stored serving calibration."""
+    from cost_model.calibration.serving_fit import (stored_cross_validation, validate_serving, validation_json,
+                                                    validation_lines)
+    from cost_model.calibration.serving_runs import DEFAULT_CSV, load_serving_runs
+    runs, _ = load_serving_runs(dataset or DEFAULT_CSV)
+    if source:
+        groups = sorted({r.source_group for r in runs})
+        if source not in groups:
+            raise InputError("--source", "", f"{source!r} is not a source group of the serving runs"
+                             f"{did_you_mean(source, groups)}", f"use one of {', '.join(groups)}")
+        runs = [r for r in runs if r.source_group == source]
+    priced = validate_serving(runs)
+    cross = stored_cross_validation() if dataset is None else None
+    if output is OutputFormat.json:
+        typer.echo(json.dumps(validation_json(priced, cross), indent=2))
+    else:
+        typer.echo("\n".join(validation_lines(priced, cross)))
+
+
 def _stored_cross_validation() -> dict | None:
     """The leave-one-source-out report the last ``calibrate --write`` stored, if any."""
     from cost_model.calibration.bands import FITTED_FILE
@@ -786,9 +814,15 @@ def calibrate_command(
                                             "published_runs.yaml and training_runs.csv)."),
     write: bool = typer.Option(False, "--write", help="Store the fitted values: GPU presets, stacks.yaml and "
                                "cost_model/calibration/fitted.yaml (parameters, cross-validation, bands)."),
+    serving: bool = typer.Option(False, "--serving", help="Fit the serving model's parameters (ServingOptions: step "
+                                 "floor, eager issue time, decode HBM share, MoE kernel share) on serving_runs.csv; "
+                                 "--write stores cost_model/calibration/serving_fitted.yaml."),
 ) -> None:
     """Fit the global parameters on every measured run, cross-validate them leaving out one source at a
     time, and derive the uncertainty bands."""
+    if serving:
+        _calibrate_serving(dataset, write)
+        return
     from cost_model.calibration.calibrate import calibrate, dataset_rows, measured_rows, write as write_calibration
     from cost_model.calibration.fit import PARAMETERS
     from cost_model.calibration.validate import read_runs
@@ -822,6 +856,24 @@ def calibrate_command(
     if write:
         for path in write_calibration(result):
             typer.echo(f"wrote {path}")
+
+
+def _calibrate_serving(dataset: Optional[str], write: bool) -> None:
+    """``calibrate --serving``: fit the serving parameters, cross-validate by source, report the targets."""
+    from cost_model.calibration.serving_fit import calibrate_serving, report_lines, write_serving
+    from cost_model.calibration.serving_runs import DEFAULT_CSV, load_serving_runs, skip_counts
+    if dataset is not None and write:
+        raise InputError("--write", "", "stores the packaged serving calibration; a table of your own is reported "
+                         "only", "drop --write, or calibrate --serving without a table")
+    runs, skipped = load_serving_runs(dataset or DEFAULT_CSV)
+    typer.echo(f"{len(runs)} serving runs from {len({r.source_group for r in runs})} sources ({len(skipped)} CSV rows "
+               "cannot be priced: python -m cost_model.calibration.serving_runs lists why)", err=True)
+    for reason, count in skip_counts(skipped).items():
+        typer.echo(f"  skipped {count}: {reason}", err=True)
+    result = calibrate_serving(runs, progress=lambda line: typer.echo(line, err=True))
+    typer.echo("\n".join(report_lines(result)))
+    if write:
+        typer.echo(f"wrote {write_serving(result)}")
 
 
 from scenarios.cli import register as _register_scenarios  # noqa: E402  (sweep, compare, whatif)

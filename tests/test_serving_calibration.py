@@ -68,3 +68,94 @@ def test_mlperf_offline_takes_the_layout_of_the_same_systems_server_run(table):
     assert offline.kind == "max_load" and offline.layout["tp"] == 2 and offline.replicas == 4
     assert offline.weight_precision == "fp8"
     assert offline.measured["output_tokens_per_s_per_gpu"] == pytest.approx(3065.61)
+
+
+# --- the fit ---------------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cost_model.calibration import serving_fit as sf  # noqa: E402
+from cost_model.calibration.fit import FitProblem, Parameter, fit, leave_one_source_out  # noqa: E402
+
+TRUE = {"step_overhead_us": 3000.0, "eager_kernel_issue_us": 12.0, "hbm.ampere": 0.92, "hbm.hopper": 1.08,
+        "gemm.ampere.bf16": 0.8, "gemm.hopper.bf16": 1.15}
+"""Serving parameters that generate the synthetic rows, each away from its prior (1000 us, 20 us, 1, 1, 1, 1)."""
+
+
+@pytest.fixture(scope="module")
+def synthetic(table):
+    """Splitwise's Llama 2 70B layouts and batches at OSL 128, their prompt and token times replaced by the
+    serving model's own predictions at TRUE: the data a fit should read TRUE back from."""
+    runs, _ = table
+    truth = {**sf.priors(), **TRUE}
+    out = []
+    for run in runs:
+        if run.kind == "static_batch" and run.model == "llama2-70b" and run.osl == 128:
+            predicted = sf.predict(run, truth)
+            out.append(dataclasses.replace(run, measured={q: predicted[q] for q in ("ttft_ms", "tpot_ms")},
+                                           source_group=f"synthetic-{run.gpu}"))
+    return out
+
+
+def test_the_fit_recovers_the_parameters_that_generated_the_rows(synthetic):
+    rows = sf.observations(synthetic)
+    assert len(rows) == 152  # 38 configurations on each of two GPUs, a prompt and a token time each
+    # Wide priors: recovery is the data's doing, not the priors'.
+    wide = dataclasses.replace(sf.SERVING, parameters=tuple(dataclasses.replace(p, prior_log_sd=5.0)
+                                                             for p in sf.PARAMETERS))
+    result = fit(rows, problem=wide, max_iterations=20, tolerance=1e-4)
+    for name, value in TRUE.items():
+        assert result.values[name] == pytest.approx(value, rel=0.03), name
+    assert np.median(np.abs(result.residuals)) < 0.005
+    # No H100/A100 FP8 or Blackwell row: those parameters stay at their priors.
+    assert result.values["gemm.hopper.fp8"] == 1.0 and result.values["hbm.blackwell"] == 1.0
+    assert result.touched["gemm.blackwell.fp4"] == 0
+
+
+class _Row:
+    def __init__(self, source_group: str, x: float, measured: float):
+        self.source_group, self.x, self.measured = source_group, x, measured
+
+
+class _Priced:
+    def __init__(self, row: _Row, predicted: float):
+        self.row, self.predicted = row, predicted
+
+
+def test_leave_one_source_out_fits_without_the_held_out_source():
+    # y = rate * x; sources a and b measure rate 2, source c measures rate 5. The fold without c must find
+    # 2 (c's rows play no part in it) and price c's rows 60% low; the folds without a or b see c.
+    problem = FitProblem(
+        parameters=(Parameter("rate", 1.0, 5.0, 0.1, 10.0, "slope", "test"),),
+        row_parameters=lambda row: ["rate"],
+        price=lambda row, values: _Priced(row, values["rate"] * row.x),
+        error=lambda priced: (priced.predicted - priced.row.measured) / priced.row.measured)
+    rows = ([_Row("a", x, 2 * x) for x in (1, 2, 3)] + [_Row("b", x, 2 * x) for x in (4, 5)]
+            + [_Row("c", x, 5 * x) for x in (1, 2)])
+    full = fit(rows, problem=problem, max_iterations=30, tolerance=1e-6)
+    assert 2.0 < full.values["rate"] < 5.0
+    folds = {f.source_group: f for f in leave_one_source_out(full, max_iterations=30, tolerance=1e-6)}
+    assert folds["c"].values["rate"] == pytest.approx(2.0, rel=1e-3)
+    assert [p.row for p in folds["c"].held_out] == rows[5:]
+    assert [problem.error(p) for p in folds["c"].held_out] == pytest.approx([-0.6, -0.6], rel=1e-3)
+    assert folds["a"].values["rate"] > 2.05 and len(folds["a"].held_out) == 3
+
+
+def _priced(run_id: str, gpu: str, measured: float, predicted: float, quantity: str = sf.MAX_LOAD):
+    run = sf.ServingRun(id=run_id, source_group="s", run_ids=(run_id,), kind="max_load", model="m", gpu=gpu,
+                        num_gpus=1, layout={"tp": 1, "pp": 1, "ep": 1, "attn_dp": 1, "moe_tp": 1},
+                        weight_precision="fp8", kv_dtypes=("fp8",), replicas=1, isl=1000, osl=1000)
+    return sf.PricedObservation(sf.Observation(run, quantity, measured), predicted, True, "TP1")
+
+
+def test_gpu_generation_pairs_by_hand():
+    # Three GPUs on one model and workload: H100 1000, H200 1500, B200 3000 measured. Predicted H100 1100,
+    # H200 1050 (wrongly below H100), B200 2500: of the 3 pairs, H100-B200 and H200-B200 are ordered right.
+    priced = [_priced("1", "h100-sxm", 1000, 1100), _priced("2", "h200-sxm", 1500, 1050),
+              _priced("3", "b200", 3000, 2500)]
+    assert sf.generation_pairs(priced) == (2, 3)
+    # A GB200 at 3050 (predicted 100): its pair with the B200 is a tie within 2% and not counted; its pairs
+    # with the H100 and H200 are both ordered wrong.
+    assert sf.generation_pairs(priced + [_priced("4", "gb200-nvl72", 3050, 100)]) == (2, 5)

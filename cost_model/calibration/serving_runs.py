@@ -255,9 +255,11 @@ def _kind(row: dict[str, str]) -> str:
 
 
 MLPERF_WORKLOADS = {
-    "OpenOrca (MLPerf llama2-70b)": "mlperf-llama2-70b-server",
+    # (dataset, kind): workload preset in cost_model/presets/workloads.yaml (its length distribution)
+    ("OpenOrca (MLPerf llama2-70b)", "max_load"): "mlperf-llama2-70b-offline",
+    ("OpenOrca (MLPerf llama2-70b)", "mlperf_server"): "mlperf-llama2-70b-server",
 }
-"""Dataset -> workload preset (cost_model/presets/workloads.yaml) whose length distribution prices the row."""
+"""MLPerf rows: (dataset, kind) -> the workload preset whose length distribution prices the row."""
 
 
 def _measured(row: dict[str, str], kind: str) -> dict[str, float]:
@@ -282,7 +284,7 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
     moe = row["model_type"].strip() == "moe"
     workload = None
     if row["source_group"] == "mlperf_v41":
-        workload = MLPERF_WORKLOADS.get(row["dataset"])
+        workload = MLPERF_WORKLOADS.get((row["dataset"], kind))
         if workload is None:
             raise _Skip(f"dataset {row['dataset']!r} has no workload preset (its length distribution is not modelled)")
         if kind == "max_load" and not row["tp"].strip() and layouts_of is not None:

@@ -24,11 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from hardware.errors import InputError
+
 from .inputs import precision_supported
 
 RELAXATIONS = ("more_gpus", "fp8_kv", "shorter_max_len", "looser_tpot", "looser_ttft", "disaggregation")
 BINDING_SHOWN = 3
 """Rules named in "what binds"."""
+MORE_GPUS_FACTORS = (2, 4)
+"""GPU budgets tried by ``more_gpus``, as multiples of the one searched."""
 
 
 @dataclass
@@ -94,7 +98,8 @@ def advise(result, relax: tuple[str, ...] = RELAXATIONS) -> Advice:
     scenario = result.scenario
     binding = sorted(((name, alone, result.broken.get(name, 0)) for name, alone in result.broken_alone.items()),
                      key=lambda item: (-item[1], -item[2], item[0]))
-    binding = [b for b in binding if b[2] > 0][:BINDING_SHOWN]
+    alone = [b for b in binding if b[1] > 0]
+    binding = (alone or [b for b in binding if b[2] > 0])[:BINDING_SHOWN]
     advice = Advice(candidates=result.candidates,
                     binding=[{"rule": n, "plans_breaking_alone": a, "plans_breaking": c} for n, a, c in binding])
     slo = scenario.workload.slo
@@ -120,13 +125,20 @@ def _relaxation(name: str, result) -> Relaxation:
     scenario = result.scenario
     grid, workload, cluster = scenario.grid, scenario.workload, scenario.cluster
     if name == "more_gpus":
-        for factor in (2, 4):
+        tried = []
+        for factor in MORE_GPUS_FACTORS:
             budget = grid.max_gpus * factor
-            grown = _cluster_with(cluster, budget)
+            try:
+                grown = _cluster_with(cluster, budget)
+            except (InputError, ValueError) as error:  # e.g. a rack-scale cluster that only grows by racks
+                return Relaxation(name, f"--gpus {budget}", False, reason=f"the cluster cannot grow to {budget}: {error}")
+            tried.append(str(budget))
             relaxed = dataclasses.replace(scenario, cluster=grown, grid=dataclasses.replace(grid, max_gpus=budget))
-            outcome = _search(relaxed, name, f"--gpus {budget}" + ("" if grown is cluster else f" on {grown.name}"))
-            if outcome.succeeds or factor == 4:
+            outcome = _search(relaxed, name, f"--gpus {budget}" + ("" if grown is cluster else f" ({grown.name})"))
+            if outcome.succeeds:
                 return outcome
+        outcome.change = "--gpus " + " and ".join(tried)
+        return outcome
     if name == "fp8_kv":
         if "fp8" in grid.kv_dtypes:
             return Relaxation(name, "--kv-dtype bf16,fp8", False, reason="FP8 KV was already searched")
@@ -172,7 +184,7 @@ def _looser(name: str, result) -> Relaxation:
     current = slo.ttft_ms if which == "ttft" else slo.tpot_ms
     relaxed_slo = dataclasses.replace(slo, **{f"{which}_ms": max(target, current)})
     relaxed = dataclasses.replace(scenario, workload=scenario.workload.with_changes(slo=relaxed_slo))
-    return _search(relaxed, name, f"{which}_ms {max(target, current):g} (from {current:g})")
+    return _search(relaxed, name, f"{which.upper()} SLO {max(target, current):g} ms instead of {current:g}")
 
 
 def _round_up(value: float) -> float:

@@ -137,6 +137,8 @@ def serve_search_command(
     pareto: bool = typer.Option(False, "--pareto", help="Show the tokens/s/GPU vs tokens/s/user frontier instead."),
     output: OutputFormat = FORMAT_OPTION,
     engine: Optional[Engine] = typer.Option(None, "--emit", help="Print the best plan's engine arguments."),
+    all_knobs: bool = typer.Option(False, "--all-knobs", help="List every knob variant of a layout (default: "
+                                   "the best batch limit, chunk budget and CUDA-graph setting of each)."),
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
 ) -> None:
     """Search serving plans and rank those that meet the workload's SLOs (what ``plan-search serve C M W`` runs)."""
@@ -163,7 +165,8 @@ def serve_search_command(
     grid = _grid(model_input.spec, cluster_spec, gpus, modes, precision, kv_dtype)
     scenario = ServingScenario(model=model_input.spec, cluster=cluster_spec, workload=workload_spec, grid=grid,
                                objective=objective, top_k=top, target_rate_per_s=target_rate,
-                               target_concurrency=target_concurrency, model_source=model)
+                               target_concurrency=target_concurrency, model_source=model,
+                               best_per_layout=not all_knobs)
     result = search_serving(scenario, pareto=pareto)
     shown = result.pareto if pareto else result.ranked
     advice = None if result.found else advise(result)
@@ -181,7 +184,7 @@ def serve_search_command(
         typer.echo(fit_text(scenario_header(scenario)))
         typer.echo(fit_text(search_line(result)))
         if shown is not None:
-            title = ("Pareto frontier: output tok/s/GPU vs tok/s/user (servable plans; * = meets the SLO)" if pareto
+            title = ("Pareto frontier: output tok/s/GPU vs tok/s/user (servable plans)" if pareto
                      else f"Top {len(shown)} plans by {objective}")
             typer.echo(render_plans(shown, scenario, title, wide=wide))
             typer.echo("Plan 1:")
@@ -258,7 +261,8 @@ def serve_evaluate_command(
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
 ) -> None:
     """Price one serving plan: memory, latency, throughput, cost, and every rule it breaks (why_not)."""
-    from .report import breakdown_text, plan_records, render_plans, scenario_header, scenario_record, to_csv, why_not
+    from .report import (breakdown_text, nic_notes, plan_records, render_plans, scenario_header, scenario_record,
+                         to_csv, why_not)
     from .search import Kept, ServingScenario, evaluate
     from ..report import fit_text
 
@@ -274,7 +278,7 @@ def serve_evaluate_command(
         if len(values) != 1:
             raise InputError("command line", flag, "evaluate prices one plan: give one value", f"e.g. {flag} {values[0]}")
     plans = evaluate_plan_arrays(
-        cluster_spec, mode=mode.value, tp=tp, pp=pp, ep=ep, attn_dp=attn_dp, moe_tp=moe_tp, replicas=replicas,
+        mode=mode.value, tp=tp, pp=pp, ep=ep, attn_dp=attn_dp, moe_tp=moe_tp, replicas=replicas,
         weight_precision=names[0], kv_dtype=kv[0], max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, cuda_graphs=cuda_graphs,
         prefill={"tp": prefill_tp, "pp": prefill_pp, "ep": prefill_ep, "attn_dp": prefill_attn_dp},
@@ -290,10 +294,12 @@ def serve_evaluate_command(
     metrics = evaluate(scenario, plans)
     kept = Kept(plans, metrics)
     reasons = why_not(kept, scenario, 0)
+    notes = nic_notes(kept, scenario, 0)
     emissions = _emissions(engine, kept, scenario) if engine else []
     if output is OutputFormat.json:
         record = plan_records(kept, scenario)[0]
         record["why_not"] = reasons
+        record["priced_on_nic"] = notes
         document = {"scenario": scenario_record(scenario), "plan": record}
         if engine:
             document["emit"] = [_emission_record(e) for e in emissions]
@@ -304,6 +310,8 @@ def serve_evaluate_command(
         typer.echo(fit_text(scenario_header(scenario)))
         typer.echo(render_plans(kept, scenario, "Plan", wide=wide))
         typer.echo(fit_text(breakdown_text(kept, scenario, 0)))
+        for note in notes:
+            typer.echo(fit_text(f"  priced on the NIC: {note}"))
         typer.echo(fit_text("meets every rule: yes" if not reasons else
                             "meets every rule: no\n  " + "\n  ".join(reasons)))
         for emission in emissions:
@@ -311,17 +319,16 @@ def serve_evaluate_command(
     raise typer.Exit(0 if not reasons else 1)
 
 
-def evaluate_plan_arrays(cluster_spec, *, mode: str, tp: int, pp: int, ep: int, attn_dp: int, moe_tp: int | None,
+def evaluate_plan_arrays(*, mode: str, tp: int, pp: int, ep: int, attn_dp: int, moe_tp: int | None,
                          replicas: int, weight_precision: str, kv_dtype: str, max_num_seqs: int,
                          max_num_batched_tokens: int, cuda_graphs: bool, prefill: dict[str, int | None],
                          prefill_instances: int):
-    """The one plan ``serve evaluate`` prices, each flag checked: degrees and counts at least 1 and no
-    more than the cluster's GPUs, tp x attn_dp divisible by ep (the MoE regrouping), the plan within the
-    cluster. A plan that is possible to write but breaks a serving rule (TP beyond the NVLink domain,
-    heads not divisible, KV not fitting) is priced and reported by ``why_not``, not refused here."""
+    """The one plan ``serve evaluate`` prices, each flag checked: degrees, counts and budgets from 1 to
+    :data:`LARGEST_VALUE`, tp x attn_dp divisible by ep (the MoE regrouping). A plan that is possible to write but breaks a serving rule (more GPUs than the cluster, heads
+    not divisible, KV not fitting) is priced and reported by ``why_not``, not refused here; a group wider
+    than the NVLink domain is priced on the NIC and said so."""
     from cost_model.serving.plan import InstanceArrays, ServingPlanArrays
 
-    most = cluster_spec.num_gpus
     values = {"--tp": tp, "--pp": pp, "--ep": ep, "--attn-dp": attn_dp, "--replicas": replicas,
               "--max-num-seqs": max_num_seqs, "--max-num-batched-tokens": max_num_batched_tokens,
               "--prefill-instances": prefill_instances, "--moe-tp": moe_tp,
@@ -331,9 +338,9 @@ def evaluate_plan_arrays(cluster_spec, *, mode: str, tp: int, pp: int, ep: int, 
             continue
         if value < 1:
             raise InputError("command line", flag, f"must be at least 1, got {value}", "fix the value")
-        if flag not in ("--max-num-seqs", "--max-num-batched-tokens") and value > most:
-            raise InputError("command line", flag, f"{value:,} is more than the cluster's {most:,} GPUs",
-                             f"use at most {most:,} or a larger cluster")
+        if value > LARGEST_VALUE:
+            raise InputError("command line", flag, f"{value:,} is beyond any serving deployment",
+                             f"use at most {LARGEST_VALUE:,}")
 
     def instance(tp_: int, pp_: int, ep_: int, attn_dp_: int, moe_tp_: int | None, flags: str) -> InstanceArrays:
         ranks = tp_ * attn_dp_
@@ -360,7 +367,10 @@ def evaluate_plan_arrays(cluster_spec, *, mode: str, tp: int, pp: int, ep: int, 
         first = instance(prefill["tp"] or tp, prefill["pp"] or pp, prefill["ep"] or ep,
                          prefill["attn_dp"] or attn_dp, None if any(prefill.values()) else moe_tp, "prefill-")
         plans = ServingPlanArrays.disaggregated_plans(first, decode, prefill_instances, replicas)
-    if int(plans.num_gpus[0]) > most:
-        raise InputError("command line", "--replicas", f"the plan holds {int(plans.num_gpus[0]):,} GPUs, more than "
-                         f"the cluster's {most:,}", "lower the replicas or degrees, or use a larger cluster")
     return plans
+
+
+LARGEST_VALUE = 2 ** 20
+"""Largest degree, count or token budget ``serve evaluate`` takes: beyond every cluster preset (the
+plan's products stay far inside 64-bit integers). A plan larger than its cluster is priced and reported
+by the ``fits_cluster`` rule."""

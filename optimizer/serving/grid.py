@@ -138,9 +138,17 @@ def replica_counts(most: int) -> np.ndarray:
     return np.asarray(sorted(ladder), dtype=np.int64)
 
 
-def aggregated_plans(instances: InstanceArrays, grid: ServingGrid) -> ServingPlanArrays:
-    """Each instance with each replica count whose GPUs lie within ``[min_gpus, max_gpus]``."""
+def aggregated_plans(instances: InstanceArrays, grid: ServingGrid, fewest_replicas: bool = False) -> ServingPlanArrays:
+    """Each instance with each replica count whose GPUs lie within ``[min_gpus, max_gpus]``.
+
+    ``fewest_replicas``: only the fewest replicas that reach ``min_gpus``. At max load (no target rate or
+    concurrency) every replica runs full and alone, so per-GPU figures do not depend on the count and more
+    replicas would only repeat the plan."""
     gpus = instances.gpus
+    if fewest_replicas:
+        replicas = np.maximum(-(-grid.min_gpus // gpus), 1)
+        keep = np.flatnonzero(gpus * replicas <= grid.max_gpus)
+        return ServingPlanArrays.aggregated(instances.take(keep), replicas[keep])
     ladder = (np.asarray(sorted(set(grid.replica_values)), dtype=np.int64) if grid.replica_values
               else replica_counts(grid.max_gpus))
     # one (instance, replicas) pair per cell of the instance x ladder table that fits the budget

@@ -87,6 +87,27 @@ def rank_order(plans: ServingPlanArrays, key: np.ndarray, scale: float | None = 
     return np.lexsort(keys)
 
 
+LAYOUT_COLUMNS = ("tp", "pp", "ep", "attn_dp", "moe_tp", "weight_precision", "kv_dtype")
+"""What makes two plans the same layout (with the mode and instance counts): knob variants of one layout
+(batch limit, chunk budget, CUDA graphs) are not different plans to a reader of the top-K list."""
+
+
+def layout_keys(plans: ServingPlanArrays) -> np.ndarray:
+    """One row per plan: mode, instance counts, and the prefill and decode layout columns."""
+    columns = [plans.mode, plans.prefill_instances, plans.decode_instances]
+    for kind in (plans.prefill, plans.decode):
+        columns += [getattr(kind, name) for name in LAYOUT_COLUMNS]
+    return np.stack(columns, axis=1)
+
+
+def first_per_layout(order: np.ndarray, plans: ServingPlanArrays) -> np.ndarray:
+    """``order`` keeping only the first (best-ranked) plan of each layout (:func:`layout_keys`)."""
+    if len(order) == 0:
+        return order
+    _, first = np.unique(layout_keys(plans)[order], axis=0, return_index=True)
+    return order[np.sort(first)]
+
+
 def pareto_front(tokens_per_s_per_gpu: np.ndarray, tokens_per_s_per_user: np.ndarray) -> np.ndarray:
     """Indices of the plans no other plan beats on both axes (bigger is better on each), most
     tokens/s/GPU first. Sorting by tokens/s/GPU descending (ties: per-user descending), a plan is on

@@ -30,11 +30,12 @@ MEMORY_PARTS = ("weights", "kv", "activations", "cuda_graph", "comm_buffers", "o
 STEP_PARTS = ("host_s", "hbm_s", "gemm_s", "attention_s", "tp_comm_s", "ep_comm_s", "pp_s", "total_s")
 """Parts of a step time (:class:`cost_model.serving.step.StepTimes`)."""
 PERCENTILES = ("p50", "p90", "p99")
-METRIC_FIELDS = ("kv_capacity_tokens", "max_concurrency",
+METRIC_FIELDS = ("kv_capacity_tokens", "max_concurrency", "max_decode_batch", "decode_batch",
                  *(f"ttft_ms_{p}" for p in PERCENTILES), *(f"tpot_ms_{p}" for p in PERCENTILES),
                  "output_tokens_per_s_per_gpu", "tokens_per_s_per_user", "goodput_requests_per_s_per_gpu",
-                 "max_load_output_tokens_per_s_per_gpu", "min_gpus_for_target", "cost_usd_per_m_output_tokens",
-                 "cost_usd_per_m_input_tokens")
+                 "requests_per_s", "goodput_requests_per_s", "max_load_output_tokens_per_s_per_gpu",
+                 "min_gpus_for_target", "cost_usd_per_m_output_tokens", "cost_usd_per_m_input_tokens",
+                 "prefill_decode_ratio", "kv_transfer_ms")
 """Per-plan metrics copied to records under the cost model's own names."""
 
 
@@ -71,23 +72,23 @@ def _column(metrics: Any, name: str) -> np.ndarray | None:
 
 
 def memory_parts_gib(metrics: Any, phase: str) -> dict[str, np.ndarray] | None:
-    """Per-GPU memory of the phase's instances by part, GiB (None where the cost model has none)."""
-    memory = getattr(metrics, f"{phase}_memory", None)
-    if memory is None:
+    """Per-GPU memory of the phase's instances by part and in total, GiB (None where the cost model has
+    none for the phase)."""
+    parts = getattr(metrics, "memory_gib", {}).get(phase)
+    if not parts:
         return None
-    parts = {p: np.asarray(getattr(memory, p), dtype=float) / GIB for p in MEMORY_PARTS}
-    parts["total"] = sum(parts.values())
-    return parts
+    out = {p: np.asarray(parts[p], dtype=float) for p in MEMORY_PARTS}
+    out["total"] = sum(out.values())
+    return out
 
 
 def step_parts_ms(metrics: Any, phase: str) -> dict[str, np.ndarray] | None:
-    """The phase's step time by part, milliseconds (decode: one step at the operating batch; prefill: one
-    request's prompt)."""
+    """The phase's step time by part, milliseconds (decode: one step at the evaluated batch; prefill: one
+    chunked-prefill step of the chunk budget)."""
     step = getattr(metrics, f"{phase}_step", None)
-    if step is None:
+    if not step:
         return None
-    return {p.removesuffix("_s") + "_ms": np.asarray(getattr(step, p), dtype=float) * 1e3
-            for p in STEP_PARTS if getattr(step, p, None) is not None}
+    return {p.removesuffix("_s") + "_ms": np.asarray(step[p], dtype=float) * 1e3 for p in STEP_PARTS if p in step}
 
 
 def broken_rules(metrics: Any, index: int) -> list[str]:
@@ -215,14 +216,26 @@ def search_line(result) -> str:
 
 # --- table ------------------------------------------------------------------------------------------------
 
-HEADERS = ("#", "plan", "GPUs", "W", "KV", "seqs", "chunk", "graphs", "KV tok", "conc", "TTFT p90 ms", "TPOT p90 ms",
+HEADERS = ("#", "plan", "GPUs", "W", "KV", "seqs", "chunk", "graphs", "KV tok", "conc", "TTFT ms", "TPOT ms",
            "tok/s/GPU", "tok/s/user", "goodput/GPU", "min GPUs", "$/Mtok out", "bottleneck")
 DROP_ORDER = ("graphs", "chunk", "KV tok", "min GPUs", "conc", "seqs", "W", "KV", "goodput/GPU")
 """Columns left out, in this order, until the table fits the terminal."""
 
 
+def slo_column(workload) -> str:
+    """The percentile column (p50, p90, p99) the table shows latencies at: the smallest at or above the
+    SLO's quantile, p99 without an SLO (as MLPerf reports)."""
+    quantile = workload.slo.quantile if workload.slo is not None else 0.99
+    return next((p for p, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)) if q >= quantile - 1e-12), "p99")
+
+
 def render_plans(kept, scenario, title: str, width: int | None = None, wide: bool = False) -> str:
+    """The plans as a table no wider than ``width`` (default: the terminal's); TTFT and TPOT at the SLO's
+    percentile (:func:`slo_column`, named in the title); ``wide`` keeps every column."""
     records = plan_records(kept, scenario)
+    p = slo_column(scenario.workload)
+    load = getattr(kept.metrics, "load", "")
+    title = f"{title} (TTFT, TPOT at {p}" + (f", {load})" if load else ")")
     rows = []
     for r in records:
         decode = r["instances"][-1]
@@ -230,8 +243,8 @@ def render_plans(kept, scenario, title: str, width: int | None = None, wide: boo
             str(r["rank"]) + ("" if r["meets_slo"] else "!"), r["plan"], str(r["num_gpus"]), decode["weight_precision"],
             decode["kv_dtype"], str(decode["max_num_seqs"]), str(decode["max_num_batched_tokens"]),
             "y" if decode["cuda_graphs"] else "n", _n(r.get("kv_capacity_tokens"), "{:,.0f}"),
-            _n(r.get("max_concurrency"), "{:,.0f}"), _n(r.get("ttft_ms_p90"), "{:,.0f}"),
-            _n(r.get("tpot_ms_p90"), "{:.1f}"), _n(r.get("output_tokens_per_s_per_gpu"), "{:,.0f}"),
+            _n(r.get("max_concurrency"), "{:,.0f}"), _n(r.get(f"ttft_ms_{p}"), "{:,.0f}"),
+            _n(r.get(f"tpot_ms_{p}"), "{:.1f}"), _n(r.get("output_tokens_per_s_per_gpu"), "{:,.0f}"),
             _n(r.get("tokens_per_s_per_user"), "{:,.1f}"), _n(r.get("goodput_requests_per_s_per_gpu"), "{:.3f}"),
             _n(r.get("min_gpus_for_target"), "{:,.0f}"), _n(r.get("cost_usd_per_m_output_tokens"), "${:.2f}"),
             r.get("bottleneck") or "-"])
@@ -279,7 +292,8 @@ def breakdown_text(kept, scenario, index: int = 0) -> str:
         lines.append(f"  memory per GPU ({phase}) {parts['total']:.2f} GiB: "
                      + ", ".join(f"{p} {parts[p]:.2f}" for p in MEMORY_PARTS if p in parts))
     for phase, parts in record["step_ms"].items():
-        what = "decode step" if phase == "decode" else "prefill of one prompt"
+        what = ("decode step" if phase == "decode" else
+                f"prefill step of {record['instances'][0]['max_num_batched_tokens']:,} tokens")
         lines.append(f"  {what} {parts.get('total_ms', float('nan')):.2f} ms: "
                      + ", ".join(f"{p.removesuffix('_ms')} {v:.2f}" for p, v in parts.items()
                                  if p != "total_ms" and v and v > 0))
@@ -301,12 +315,20 @@ def breakdown_text(kept, scenario, index: int = 0) -> str:
 
 
 def why_not(kept, scenario, index: int) -> list[str]:
-    """'rule: what it requires' for each rule plan ``index`` breaks (as the training ``evaluate`` says it)."""
-    from cost_model.serving import rules
+    """'rule: what it requires' for each rule plan ``index`` breaks (as the training ``evaluate`` says it),
+    from :func:`cost_model.serving.rules.why_not`."""
+    from cost_model.serving.rules import why_not as rule_reasons
 
-    descriptions = getattr(rules, "RULES", {})
-    reasons = []
-    for name in broken_rules(kept.metrics, index):
-        description = descriptions.get(name)
-        reasons.append(f"{name}: {description}" if description else name)
-    return reasons
+    return rule_reasons(kept.metrics.violations, index)
+
+
+def nic_notes(kept, scenario, index: int) -> list[str]:
+    """Groups of plan ``index`` wider than the NVLink domain, priced on the NIC (not refused)."""
+    from cost_model.serving.rules import NIC_GROUPS
+
+    plans = kept.plans
+    # an attention-DP x EP group exists only where there is attention DP or EP; without, it is the TP group
+    regrouped = any(int(getattr(kind, name)[index]) > 1 for kind in (plans.prefill, plans.decode)
+                    for name in ("attn_dp", "ep"))
+    return [f"{name}: {NIC_GROUPS[name]}" for name, mask in kept.metrics.nic_groups.items()
+            if bool(np.asarray(mask)[index]) and (name != "attn_dp_x_ep" or regrouped)]

@@ -31,7 +31,8 @@ from hardware.schema import ClusterSpec
 
 from .arrays import concat, take
 from .grid import ServingGrid, aggregated_plans, concatenate, disaggregated_plans, instance_grid
-from .ranking import NEEDS_TARGET, OBJECTIVES, key_scale, objective_key, pareto_front, rank_order
+from .ranking import (NEEDS_TARGET, OBJECTIVES, first_per_layout, key_scale, objective_key, pareto_front,
+                      rank_order)
 
 CHUNK_PLANS = 32768
 """Plans priced per call of the cost model: large enough that numpy's per-call overhead is amortised,
@@ -64,6 +65,9 @@ class ServingScenario:
     """ServingOptions (None: the cost model's defaults)."""
     model_source: str | None = None
     """What the user named the model by (preset or path), for emitted engine arguments."""
+    best_per_layout: bool = True
+    """Keep only the best knob setting (batch limit, chunk budget, CUDA graphs) of each layout in the
+    top-K list, so it shows K different layouts."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -145,7 +149,7 @@ def candidate_plans(scenario: ServingScenario) -> ServingPlanArrays:
     instances = instance_grid(grid)
     parts = []
     if "agg" in grid.modes:
-        parts.append(aggregated_plans(instances, grid))
+        parts.append(aggregated_plans(instances, grid, fewest_replicas=not loaded(scenario)))
     if "disagg" in grid.modes:
         prefill, prefill_rate, decode, decode_rate = phase_candidates(scenario, instances)
         parts.append(disaggregated_plans(prefill, decode, prefill_rate, decode_rate, grid))
@@ -173,9 +177,9 @@ def phase_candidates(scenario: ServingScenario, instances: InstanceArrays):
     pricing = price_instances(model, cluster, instances, options)
     fits = np.asarray(memory.weights_fit) & np.asarray(memory.kv_fits_one_request)
     chunk = instances.max_num_batched_tokens.astype(float)
-    prefill_s = np.asarray(pricing.prefill(chunk, lengths["input_tokens"]).total_s, dtype=float)
-    one_request_s = np.asarray(pricing.prefill(np.full_like(chunk, lengths["new_input_tokens"]),
-                                               lengths["input_tokens"]).total_s, dtype=float)
+    new, cached = lengths["new_input_tokens"], lengths["input_tokens"] - lengths["new_input_tokens"]
+    prefill_s = np.asarray(pricing.prefill(chunk, cached, request_tokens=new).total_s, dtype=float)
+    one_request_s = np.asarray(pricing.prefill(np.full_like(chunk, new), cached).total_s, dtype=float)
     prefill_rate = instances.attn_dp * chunk / (prefill_s * lengths["new_input_tokens"])
     prefill_ok = fits & np.asarray(memory.prefill_workspace_fits) & (one_request_s * 1e3 <= lengths["ttft_ms"])
     per_rank = np.maximum(np.asarray(memory.max_concurrency, dtype=float) / instances.attn_dp, 0)
@@ -209,6 +213,12 @@ def best_per_size(gpus: np.ndarray, score: np.ndarray, ok: np.ndarray, per_size:
     if len(index) == 0:
         return index
     order = index[np.lexsort((index, -score[index], gpus[index]))]
+    # equal scores within a size are the same instance for this phase (a prefill instance does not
+    # depend on max_num_seqs): keep the first
+    rounded = np.round(score[order] / max(float(np.max(np.abs(score[order]))), 1e-300), 9)
+    fresh = np.ones(len(order), dtype=bool)
+    fresh[1:] = (gpus[order][1:] != gpus[order][:-1]) | (rounded[1:] != rounded[:-1])
+    order = order[fresh]
     sizes = gpus[order]
     start = np.searchsorted(sizes, sizes, side="left")
     rank_in_size = np.arange(len(order)) - start
@@ -254,14 +264,14 @@ def search_serving(scenario: ServingScenario, pareto: bool = True,
         key = objective_key(metrics, scenario.objective)
         if ok.any():
             scale = max(scale, key_scale(key[ok]))
-            best = np.flatnonzero(ok)[rank_order(chunk.take(np.flatnonzero(ok)), key[ok], scale)[:scenario.top_k]]
+            best = np.flatnonzero(ok)[_top(chunk.take(np.flatnonzero(ok)), key[ok], scale, scenario)]
             ranked_parts.append(Kept(chunk, metrics).rows(best))
         if len(servable_index):
             if pareto:
                 front = servable_index[pareto_front(metrics.output_tokens_per_s_per_gpu[servable_index],
                                                     metrics.tokens_per_s_per_user[servable_index])]
                 front_parts.append(Kept(chunk, metrics).rows(front))
-            miss = slo_miss(metrics)[servable_index]
+            miss = slo_miss(metrics, scenario.workload)[servable_index]
             near = servable_index[np.lexsort((servable_index, miss))[:CLOSEST_KEPT]]
             closest_parts.append(Kept(chunk, metrics).rows(near))
         if progress is not None:
@@ -272,7 +282,7 @@ def search_serving(scenario: ServingScenario, pareto: bool = True,
         front = front.rows(pareto_front(front.metrics.output_tokens_per_s_per_gpu, front.metrics.tokens_per_s_per_user))
     closest = Kept.join(closest_parts)
     if closest is not None:
-        closest = closest.rows(np.lexsort((np.arange(len(closest)), slo_miss(closest.metrics)))[:CLOSEST_KEPT])
+        closest = closest.rows(np.lexsort((np.arange(len(closest)), slo_miss(closest.metrics, scenario.workload)))[:CLOSEST_KEPT])
     done = time.perf_counter()
     return ServingSearchResult(scenario=scenario, ranked=ranked, pareto=front, closest=closest, candidates=total,
                                servable=servable, meeting_slo=meeting, broken=dict(sorted(broken.items())),
@@ -281,17 +291,47 @@ def search_serving(scenario: ServingScenario, pareto: bool = True,
                                         "total": done - started})
 
 
+def _top(plans: ServingPlanArrays, key: np.ndarray, scale: float | None, scenario: ServingScenario) -> np.ndarray:
+    """Indices of the ``top_k`` best plans (the best of each layout with ``best_per_layout``)."""
+    order = rank_order(plans, key, scale)
+    if scenario.best_per_layout:
+        order = first_per_layout(order, plans)
+    return order[:scenario.top_k]
+
+
 def _final_rank(kept: Kept | None, scenario: ServingScenario, scale: float) -> Kept | None:
     if kept is None:
         return None
-    key = objective_key(kept.metrics, scenario.objective)
-    return kept.rows(rank_order(kept.plans, key, scale or None)[:scenario.top_k])
+    return kept.rows(_top(kept.plans, objective_key(kept.metrics, scenario.objective), scale or None, scenario))
 
 
-def slo_miss(metrics) -> np.ndarray:
-    """How far each plan is from its SLOs: the larger of TTFT / its SLO and TPOT / its SLO at the SLO's
-    percentile (1 or less meets both). The cost model states the ratio as ``slo_ratio``."""
-    return np.asarray(metrics.slo_ratio, dtype=float)
+def at_slo_quantile(metrics, workload) -> tuple[np.ndarray, np.ndarray]:
+    """TTFT and TPOT (ms) at the quantile the workload's SLO binds (:attr:`SLOSpec.quantile`): the cost
+    model's ``ttft_ms_slo`` / ``tpot_ms_slo`` where it states them, else the smallest of its p50/p90/p99
+    columns at or above the quantile (p99 beyond)."""
+    if getattr(metrics, "ttft_ms_slo", None) is not None and getattr(metrics, "tpot_ms_slo", None) is not None:
+        return np.asarray(metrics.ttft_ms_slo, dtype=float), np.asarray(metrics.tpot_ms_slo, dtype=float)
+    quantile = workload.slo.quantile if workload.slo is not None else 0.99
+    column = next((p for p, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)) if q >= quantile - 1e-12), "p99")
+    return (np.asarray(getattr(metrics, f"ttft_ms_{column}"), dtype=float),
+            np.asarray(getattr(metrics, f"tpot_ms_{column}"), dtype=float))
+
+
+def slo_miss(metrics, workload) -> np.ndarray:
+    """How far each plan is from its SLOs: the larger of TTFT / its target and TPOT / its target at the
+    SLO's quantile (1 or less meets both); 0 without an SLO."""
+    if workload.slo is None:
+        return np.zeros(len(np.asarray(metrics.output_tokens_per_s_per_gpu)))
+    ttft, tpot = at_slo_quantile(metrics, workload)
+    miss = np.maximum(ttft / workload.slo.ttft_ms, tpot / workload.slo.tpot_ms)
+    return np.where(np.isfinite(miss), miss, np.inf)
+
+
+def loaded(scenario: ServingScenario) -> bool:
+    """Whether the plans serve a given load (a target rate or concurrency, or the workload's arrival);
+    else they are priced at max load."""
+    return (scenario.target_rate_per_s is not None or scenario.target_concurrency is not None
+            or _workload_has_target(scenario.workload))
 
 
 def _workload_has_target(workload: Any) -> bool:

@@ -1,0 +1,585 @@
+"""Serving calibration: few physical parameters of the serving cost model fitted on the published serving
+runs (``data/serving_runs.csv``, :mod:`cost_model.calibration.serving_runs`), judged on sources the fit
+never saw.
+
+The estimator is the training calibration's (:mod:`cost_model.calibration.fit`: MAP in log space with
+cited priors, Huber loss at 2 sigma, rows weighted 1/sqrt(rows of their source), Gauss-Newton; leave one
+``source_group`` out by the chord method), on a :class:`~cost_model.calibration.fit.FitProblem` of its own:
+
+* rows are *observations*: one measured quantity of one run (a Splitwise configuration gives two, its
+  prompt time and its per-token time; a TensorRT-LLM or MLPerf Offline run gives its max-load output
+  tokens/s per GPU; an MLPerf Server run its p50 TTFT and TPOT);
+* parameters (:data:`PARAMETERS`) are fields of :class:`cost_model.serving.options.ServingOptions`, which
+  reads their fitted values from ``serving_fitted.yaml`` as its defaults, so ``plan-search serve`` prices
+  with exactly what was cross-validated here.
+
+Predictions (:func:`predict`), with the serving cost model as it is and nothing per row:
+
+* static batch (Splitwise): TTFT = one prefill step over batch x ISL prompt tokens
+  (``InstancePricing.prefill``); TPOT = one decode step at the batch with the mean context ISL + OSL/2
+  (``InstancePricing.decode_step``; attention reads grow linearly with context, so the mean step is the
+  step at the mean context);
+* max load (TensorRT-LLM, MLPerf Offline): ``evaluate_serving``'s max-load output tokens/s per GPU of the
+  published layout, over the engine settings the source does not print
+  (:data:`~cost_model.calibration.serving_runs.UNPUBLISHED_MAX_LOAD_CHOICES`): the fastest candidate
+  predicted to fit, as ``trtllm-bench`` tunes its batch for the best throughput;
+* MLPerf Server: ``evaluate_serving`` at the run's request rate, p50 TTFT and TPOT.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from .bands import gpu_family
+from .fit import Fit, FitProblem, Fold, Parameter, fit, leave_one_source_out
+from .serving_runs import ServingRun, UNPUBLISHED_MAX_LOAD_CHOICES, load_serving_runs
+
+SERVING_FITTED_FILE = Path(__file__).with_name("serving_fitted.yaml")
+"""Where ``plan-search calibrate --serving --write`` stores the fitted serving parameters (read by
+:class:`cost_model.serving.options.ServingOptions`)."""
+
+OPTION_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("step_overhead_us", 1000.0, 0.7, 50.0, 20_000.0,
+              "CPU time of one engine step the GPU waits for (scheduling, input tensors, sampling, output)",
+              "ServingOptions prior: vLLM v0.6.0 performance note (vLLM blog 2024-09-05); Llama 3 8B H100 batch-1 "
+              "inter-token latency ~1 ms above its weight read"),
+    Parameter("eager_kernel_issue_us", 20.0, 0.7, 2.0, 200.0,
+              "host time to issue one kernel from eager PyTorch (CUDA graphs off)",
+              "ServingOptions prior: the training model's eager Megatron-Core issue time; gpt-fast eager Llama-2-7B "
+              "decode ~30 us per kernel (PyTorch blog 2023-11-30)"),
+)
+"""Parameters that are :class:`~cost_model.serving.options.ServingOptions` fields (it reads their fitted
+values from ``serving_fitted.yaml`` as its defaults)."""
+
+HBM_FAMILIES = ("ampere", "hopper", "blackwell")
+GEMM_FAMILY_PRECISIONS = (("ampere", "bf16"), ("hopper", "bf16"), ("hopper", "fp8"), ("blackwell", "fp4"))
+"""GPU family x weight precision pairs the table measures (MI300X rows are not priced; no Blackwell run is
+BF16 or FP8 in it): one serving GEMM departure each."""
+
+GPU_PARAMETERS: tuple[Parameter, ...] = (
+    *(Parameter(f"hbm.{family}", 1.0, 0.08, 0.6, 1.15,
+                f"{family} GPUs' achieved decode HBM bandwidth relative to the preset's hbm_efficiency (0.85 of peak)",
+                "STREAM-like kernels reach 80-90% of HBM peak on every generation (the presets' hbm_efficiency): "
+                "prior 1 +- 8%")
+      for family in HBM_FAMILIES),
+    *(Parameter(f"gemm.{family}.{precision}", 1.0, 0.15, 0.5, 1.5,
+                f"{family} {precision} serving GEMMs relative to the preset's training-fitted gemm_efficiency"
+                f"{'' if precision == 'bf16' else '_' + precision}",
+                "the same cuBLAS/CUTLASS GEMMs as training at prefill sizes (cost_model/calibration/fitted.yaml): "
+                "prior 1 +- 15%")
+      for family, precision in GEMM_FAMILY_PRECISIONS),
+)
+"""Per GPU family (x precision) departures of the presets' efficiencies, applied to a serving cluster by
+:func:`serving_gpu_overrides`."""
+
+PARAMETERS: tuple[Parameter, ...] = OPTION_PARAMETERS + GPU_PARAMETERS
+"""Every fitted serving parameter."""
+
+BY_NAME = {p.name: p for p in PARAMETERS}
+
+MAX_LOAD = "output_tokens_per_s_per_gpu"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured quantity of one run: what the fit calls a row."""
+
+    run: ServingRun
+    quantity: str
+    measured: float
+
+    @property
+    def source_group(self) -> str:
+        return self.run.source_group
+
+    @property
+    def id(self) -> str:
+        return f"{self.run.id}:{self.quantity}"
+
+
+@dataclass(frozen=True)
+class PricedObservation:
+    observation: Observation
+    predicted: float
+    fits: bool
+    """The candidate compared is predicted to fit in memory (weights, one max-length request, the batch)."""
+    layout: str
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured."""
+        return (self.predicted - self.observation.measured) / self.observation.measured
+
+
+FITTED_QUANTITIES = {"max_load": (MAX_LOAD,), "static_batch": ("ttft_ms", "tpot_ms"),
+                     "mlperf_server": ("ttft_ms_p50", "tpot_ms_p50")}
+"""Quantities of each kind of run the fit compares (MLPerf's p99s are reported, not fitted: they are the
+tail of a length distribution the table does not publish)."""
+
+
+def observations(runs: list[ServingRun]) -> list[Observation]:
+    return [Observation(run, q, run.measured[q]) for run in runs for q in FITTED_QUANTITIES[run.kind]
+            if run.measured.get(q)]
+
+
+# --- pricing -------------------------------------------------------------------------------------------
+
+@dataclass
+class _Prepared:
+    model: Any
+    cluster: Any
+    instances: Any
+    """Candidate InstanceArrays (one per combination of unpublished settings)."""
+    workload: Any
+
+
+def _candidates(run: ServingRun) -> list[dict[str, Any]]:
+    lay = run.layout
+    eps = [lay["ep"]] if lay["ep"] else sorted({1, lay["tp"] * lay["attn_dp"]})
+    base = {"tp": lay["tp"], "pp": lay["pp"], "attn_dp": lay["attn_dp"], "weight_precision": run.weight_precision,
+            "cuda_graphs": run.cuda_graphs}
+    if run.kind == "static_batch":
+        return [{**base, "ep": 1, "moe_tp": lay["tp"] * lay["attn_dp"], "kv_dtype": run.kv_dtypes[0],
+                 "max_num_seqs": run.batch, "max_num_batched_tokens": int(run.batch * run.isl)}]
+    out = []
+    for ep in eps:
+        for kv in run.kv_dtypes:
+            for seqs in UNPUBLISHED_MAX_LOAD_CHOICES["max_num_seqs"]:
+                for chunk in UNPUBLISHED_MAX_LOAD_CHOICES["max_num_batched_tokens"]:
+                    out.append({**base, "ep": ep, "moe_tp": (lay["tp"] * lay["attn_dp"]) // ep, "kv_dtype": kv,
+                                "max_num_seqs": seqs, "max_num_batched_tokens": chunk})
+    return out
+
+
+_PREPARED: dict[str, _Prepared] = {}
+
+
+def prepare(run: ServingRun) -> _Prepared:
+    """The run's model, cluster, candidate instances and workload, read once."""
+    if run.id in _PREPARED:
+        return _PREPARED[run.id]
+    from cost_model.model_loader import load_model
+    from cost_model.serving.plan import InstanceArrays
+    from cost_model.serving.workload import load_workload, workload_from_mapping
+    from hardware.loader import load_cluster
+
+    model = load_model(run.model).spec
+    cluster = load_cluster(run.gpu)
+    per_node = cluster.topology.gpus_per_node
+    with warnings.catch_warnings():  # a run smaller than a rack: groups inside slices of it, said once
+        warnings.filterwarnings("ignore", message=".*do not fill whole", category=UserWarning)
+        cluster = cluster.with_overrides({"topology.num_nodes": -(-run.num_gpus // per_node)}, source=run.id)
+    candidates = _candidates(run)
+    instances = InstanceArrays.from_columns({k: [c[k] for c in candidates] for k in candidates[0]})
+    if run.workload:
+        workload = load_workload(run.workload)
+    else:
+        mapping: dict[str, Any] = {"input_tokens": int(run.isl), "output_tokens": int(run.osl)}
+        workload = workload_from_mapping(mapping, source=run.id, default_name=run.id)
+    _PREPARED[run.id] = _Prepared(model=model, cluster=cluster, instances=instances, workload=workload)
+    return _PREPARED[run.id]
+
+
+def options_at(values: dict[str, float]):
+    """ServingOptions with the fitted fields at ``values``."""
+    from cost_model.serving.options import ServingOptions
+
+    return ServingOptions().with_changes(**{p.name: values[p.name] for p in OPTION_PARAMETERS if p.name in values})
+
+
+def _fits(memory) -> np.ndarray:
+    return np.asarray(memory.weights_fit & memory.kv_fits_one_request & memory.prefill_workspace_fits, dtype=bool)
+
+
+_MEMO: dict[tuple, dict[str, Any]] = {}
+
+
+def predict(run: ServingRun, values: dict[str, float]) -> dict[str, Any]:
+    """Predicted quantities of ``run`` at parameter ``values``: ``{quantity: value, "fits": bool,
+    "layout": text}`` (memoised on the run and the values: one run answers several observations)."""
+    key = (run.id, tuple(sorted(values.items())))
+    if key in _MEMO:
+        return _MEMO[key]
+    from cost_model.serving.memory import instance_memory
+    from cost_model.serving.step import price_instances
+
+    prepared = prepare(run)
+    options = options_at(values)
+    cluster = serving_cluster(prepared.cluster, values)
+    out: dict[str, Any] = {}
+    if run.kind == "static_batch":
+        pricing = price_instances(prepared.model, cluster, prepared.instances, options)
+        batch = np.asarray([run.batch], dtype=float)
+        out["ttft_ms"] = float(pricing.prefill(batch * run.isl, 0.0, request_tokens=run.isl).total_s[0] * 1e3)
+        out["tpot_ms"] = float(pricing.decode_step(batch, np.asarray([run.isl + run.osl / 2])).total_s[0] * 1e3)
+        memory = instance_memory(prepared.model, cluster.gpu, prepared.instances, int(run.isl + run.osl), options)
+        # a static batch holds every request's whole context at once
+        batch_fits = memory.kv_capacity_tokens >= run.batch * (run.isl + run.osl)
+        out["fits"] = bool((_fits(memory) & batch_fits)[0])
+        out["layout"] = run.layout_text
+    else:
+        from cost_model.serving.evaluate import evaluate_serving
+        from cost_model.serving.plan import ServingPlanArrays
+
+        plans = ServingPlanArrays.aggregated(prepared.instances, run.replicas)
+        metrics = evaluate_serving(prepared.model, cluster, prepared.workload, plans, options,
+                                   target_rate_per_s=run.request_rate_per_s if run.kind == "mlperf_server" else None)
+        memory = instance_memory(prepared.model, cluster.gpu, prepared.instances, int(prepared.workload.model_len),
+                                 options)
+        fits = _fits(memory)
+        throughput = np.asarray(metrics.max_load_output_tokens_per_s_per_gpu if run.kind == "max_load"
+                                else metrics.output_tokens_per_s_per_gpu, dtype=float)
+        pick = int(np.argmax(np.where(fits, throughput, -np.inf))) if fits.any() else int(np.argmax(throughput))
+        out[MAX_LOAD] = float(throughput[pick])
+        for q in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"):
+            out[q] = float(np.asarray(getattr(metrics, q))[pick])
+        out["fits"] = bool(fits.any())
+        record = prepared.instances.record(pick)
+        out["layout"] = (f"{run.layout_text} EP{record['ep']} kv {record['kv_dtype']} seqs {record['max_num_seqs']} "
+                         f"chunk {record['max_num_batched_tokens']}")
+    if len(_MEMO) > 20_000:
+        _MEMO.clear()
+    _MEMO[key] = out
+    return out
+
+
+def price(observation: Observation, values: dict[str, float]) -> PricedObservation:
+    predicted = predict(observation.run, values)
+    return PricedObservation(observation=observation, predicted=predicted[observation.quantity],
+                             fits=predicted["fits"], layout=predicted["layout"])
+
+
+def row_parameters(observation: Observation) -> list[str]:
+    """The parameters an observation depends on: the step floor always, the eager issue time only without
+    CUDA graphs, its GPU family's HBM departure wherever decode runs (not a prompt time), its family x
+    precision GEMM departure."""
+    run = observation.run
+    names = ["step_overhead_us"]
+    if not run.cuda_graphs:
+        names.append("eager_kernel_issue_us")
+    family = _family(run)
+    if observation.quantity != "ttft_ms" and f"hbm.{family}" in BY_NAME:
+        names.append(f"hbm.{family}")
+    if f"gemm.{family}.{run.weight_precision}" in BY_NAME:
+        names.append(f"gemm.{family}.{run.weight_precision}")
+    return names
+
+
+@lru_cache(maxsize=64)
+def _family_of_preset(preset: str) -> str:
+    from hardware.loader import load_cluster
+
+    return gpu_family(load_cluster(preset).gpu)
+
+
+def _family(run: ServingRun) -> str:
+    return _family_of_preset(run.gpu)
+
+
+GEMM_FIELDS = {"bf16": "gemm_efficiency", "fp8": "gemm_efficiency_fp8", "fp4": "gemm_efficiency_fp4"}
+
+
+def serving_gpu_overrides(gpu: Any, values: dict[str, float]) -> dict[str, float]:
+    """The GPU fields (``hbm_efficiency``, ``gemm_efficiency[_fp8|_fp4]``) the fitted family departures give
+    ``gpu``: its preset's value times the departure, at most 0.98 (no kernel reaches the peak); empty for a
+    family the table does not measure."""
+    family = gpu_family(gpu)
+    out: dict[str, float] = {}
+    if f"hbm.{family}" in values:
+        out["hbm_efficiency"] = min(gpu.hbm_efficiency * values[f"hbm.{family}"], 0.98)
+    for precision, name in GEMM_FIELDS.items():
+        key = f"gemm.{family}.{precision}"
+        base = getattr(gpu, name, None)
+        if key in values and base:
+            out[name] = min(base * values[key], 0.98)
+    return out
+
+
+def serving_cluster(cluster: Any, values: dict[str, float] | None = None) -> Any:
+    """``cluster`` with the fitted serving departures of its GPU family applied (``values``: default the
+    stored ones in ``serving_fitted.yaml``)."""
+    values = stored_values() if values is None else values
+    overrides = serving_gpu_overrides(cluster.gpu, values)
+    if not overrides:
+        return cluster
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*do not fill whole", category=UserWarning)
+        return cluster.with_overrides({f"gpu.{k}": v for k, v in overrides.items()}, source="serving_fitted.yaml")
+
+
+SERVING = FitProblem(parameters=PARAMETERS, row_parameters=row_parameters, price=price,
+                     error=lambda priced: priced.error)
+"""The serving calibration problem."""
+
+
+def priors() -> dict[str, float]:
+    return {p.name: p.prior for p in PARAMETERS}
+
+
+# --- calibration and its report -------------------------------------------------------------------------
+
+@dataclass
+class SourceReport:
+    source_group: str
+    rows: int
+    fitted_median_abs: float
+    held_out_median_abs: float
+    held_out_median_signed: float
+    held_out_worst_abs: float
+
+
+@dataclass
+class ServingCalibration:
+    fit: Fit
+    folds: list[Fold]
+    sources: list[SourceReport]
+    held_out: list[PricedObservation]
+    """Every observation priced by the fit made without its source."""
+    fitted: list[PricedObservation]
+    """Every observation priced by the fit on all sources."""
+    at_priors: list[PricedObservation]
+    targets: dict[str, Any] = field(default_factory=dict)
+
+
+def _median_abs(priced: list[PricedObservation]) -> float | None:
+    return float(np.median([abs(p.error) for p in priced])) if priced else None
+
+
+def generation_pairs(priced: list[PricedObservation]) -> tuple[int, int]:
+    """(pairs ordered as measured, pairs) over runs of one source, model, quantity and workload on two
+    different GPUs: whether the faster GPU is predicted faster. Max-load tokens/s per GPU compares each
+    GPU's published layout and precision (the tables print the best one per GPU); Splitwise's latencies
+    compare the same TP degree and batch. Throughput is better higher, times lower (the order of the
+    values is compared either way); a pair measured within 2% is a tie and not counted."""
+    groups: dict[tuple, list[PricedObservation]] = {}
+    for p in priced:
+        run = p.observation.run
+        key = (run.source_group, run.model, p.observation.quantity, run.isl, run.osl, run.workload)
+        if run.kind == "static_batch":
+            key += (run.batch, run.layout["tp"])
+        groups.setdefault(key, []).append(p)
+    right = total = 0
+    for members in groups.values():
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                a, b = members[i], members[j]
+                if a.observation.run.gpu == b.observation.run.gpu:
+                    continue
+                ma, mb = a.observation.measured, b.observation.measured
+                if abs(ma - mb) <= 0.02 * max(ma, mb):
+                    continue
+                total += 1
+                right += (ma > mb) == (a.predicted > b.predicted)
+    return right, total
+
+
+def targets(held_out: list[PricedObservation]) -> dict[str, Any]:
+    """The issue's targets on the held-out predictions."""
+    max_load = [p for p in held_out if p.observation.quantity == MAX_LOAD and p.observation.run.kind == "max_load"]
+    dense = [p for p in max_load if not p.observation.run.is_moe]
+    moe = [p for p in max_load if p.observation.run.is_moe]
+    tpot = [p for p in held_out if p.observation.quantity == "tpot_ms"]
+    ttft = [p for p in held_out if p.observation.quantity == "ttft_ms"]
+    ttft_low = [p for p in ttft if p.observation.run.batch == 1]
+    right, pairs = generation_pairs(held_out)
+    runs = {p.observation.run.id: p.fits for p in held_out}
+    return {
+        "max_load_dense": {"rows": len(dense), "median_abs_error": _median_abs(dense), "target": 0.15},
+        "max_load_moe": {"rows": len(moe), "median_abs_error": _median_abs(moe), "target": 0.25},
+        "tpot_at_layout_and_batch": {"rows": len(tpot), "median_abs_error": _median_abs(tpot), "target": 0.15},
+        "ttft_low_load": {"rows": len(ttft_low), "median_abs_error": _median_abs(ttft_low), "target": 0.20,
+                          "what": "Splitwise prompt time of one request (batch 1)"},
+        "ttft_static_batches": {"rows": len(ttft), "median_abs_error": _median_abs(ttft),
+                                "what": "Splitwise prompt time at every batch (batch x ISL tokens in one step)"},
+        "gpu_generation_pairs": {"ordered": right, "pairs": pairs,
+                                 "share": right / pairs if pairs else None, "target": 0.90},
+        "published_configurations_fit": {"fit": sum(runs.values()), "runs": len(runs)},
+    }
+
+
+def calibrate_serving(runs: list[ServingRun] | None = None, progress: Callable[[str], None] | None = None,
+                      max_iterations: int = 6, fold_iterations: int = 3) -> ServingCalibration:
+    """Fit :data:`PARAMETERS` on every observation of ``runs`` (default: the packaged table), cross-validate
+    by source and report the issue's targets on the held-out predictions."""
+    if runs is None:
+        runs, _ = load_serving_runs()
+    rows = observations(runs)
+    at_priors = [price(o, priors()) for o in rows]
+    full = fit(rows, max_iterations=max_iterations, progress=progress, problem=SERVING)
+    folds = leave_one_source_out(full, max_iterations=fold_iterations, progress=progress)
+    held: dict[str, PricedObservation] = {}
+    for fold in folds:
+        for priced in fold.held_out:
+            held[priced.observation.id] = priced
+    held_out = [held[o.id] for o in rows]
+    fitted = [price(o, full.values) for o in rows]
+    sources = []
+    for group in sorted({o.source_group for o in rows}):
+        members = [i for i, o in enumerate(rows) if o.source_group == group]
+        errors = np.array([held_out[i].error for i in members])
+        sources.append(SourceReport(
+            source_group=group, rows=len(members),
+            fitted_median_abs=float(np.median([abs(fitted[i].error) for i in members])),
+            held_out_median_abs=float(np.median(np.abs(errors))),
+            held_out_median_signed=float(np.median(errors)),
+            held_out_worst_abs=float(np.max(np.abs(errors)))))
+    return ServingCalibration(fit=full, folds=folds, sources=sources, held_out=held_out, fitted=fitted,
+                              at_priors=at_priors, targets=targets(held_out))
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
+
+
+def fitted_document(calibration: ServingCalibration) -> str:
+    values = calibration.fit.values
+    document = {
+        "parameters": {p.name: {"value": round(values[p.name], 4), "prior": p.prior, "prior_log_sd": p.prior_log_sd,
+                                "rows": calibration.fit.touched.get(p.name, 0), "meaning": p.meaning,
+                                "source": p.source} for p in PARAMETERS},
+        "cross_validation": {
+            "method": "leave-one-source-out: fit without a source_group, price its observations",
+            "targets": _round(calibration.targets),
+            "sources": [{"source_group": s.source_group, "rows": s.rows,
+                         "fitted_median_abs_error": round(s.fitted_median_abs, 4),
+                         "held_out_median_abs_error": round(s.held_out_median_abs, 4),
+                         "held_out_median_signed_error": round(s.held_out_median_signed, 4),
+                         "held_out_worst_abs_error": round(s.held_out_worst_abs, 4)} for s in calibration.sources],
+        },
+    }
+    header = ("# Written by `plan-search calibrate --serving --write` (cost_model/calibration/serving_fit.py); do not "
+              "edit by hand.\n# parameters: ServingOptions fields fitted on data/serving_runs.csv, with their priors; "
+              "ServingOptions reads them as defaults.\n# cross_validation: the issue's targets and each source's "
+              "errors with that source left out of the fit.\n")
+    return header + yaml.safe_dump(document, sort_keys=False, width=120)
+
+
+def write_serving(calibration: ServingCalibration, path: Path | None = None) -> Path:
+    """Store the fitted serving parameters (atomically, as ``calibrate --write`` stores its files)."""
+    from .calibrate import _store
+    from .stored import stored_parameters
+
+    path = path or SERVING_FITTED_FILE
+    _store({path: fitted_document(calibration)})
+    stored_parameters.cache_clear()
+    try:
+        from cost_model.serving.options import serving_fitted_parameters
+        serving_fitted_parameters.cache_clear()
+    except ImportError:  # the serving options module is older than this file
+        pass
+    return path
+
+
+def report_lines(calibration: ServingCalibration) -> list[str]:
+    """The calibration as text: parameters, each source held out, the issue's targets."""
+    lines = [f"{'parameter':28s} {'prior':>8s} {'fitted':>8s} {'rows':>5s}  meaning"]
+    for p in PARAMETERS:
+        lines.append(f"{p.name:28s} {p.prior:8.4g} {calibration.fit.values[p.name]:8.4g} "
+                     f"{calibration.fit.touched.get(p.name, 0):5d}  {p.meaning}")
+    lines.append("")
+    lines.append(f"{'source':20s} {'rows':>5s} {'fitted |err|':>12s} {'held out |err|':>14s} {'signed':>8s} {'worst':>7s}")
+    for s in calibration.sources:
+        lines.append(f"{s.source_group[:20]:20s} {s.rows:5d} {s.fitted_median_abs:12.1%} {s.held_out_median_abs:14.1%} "
+                     f"{s.held_out_median_signed:+8.1%} {s.held_out_worst_abs:7.0%}")
+    lines.append("")
+    lines.extend(target_lines(calibration.targets))
+    return lines
+
+
+def target_lines(t: dict[str, Any]) -> list[str]:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    def verdict(x: float | None, target: float) -> str:
+        return "" if x is None else ("  met" if x <= target else "  MISSED")
+
+    lines = ["targets (leave-one-source-out predictions):"]
+    for key, label in (("max_load_dense", "max-load tokens/s/GPU, dense"), ("max_load_moe", "max-load tokens/s/GPU, MoE"),
+                       ("tpot_at_layout_and_batch", "TPOT at layout and batch"), ("ttft_low_load", "TTFT at low load")):
+        e = t[key]
+        lines.append(f"  {label:34s} median |error| {pct(e['median_abs_error']):>6s} of {e['rows']:4d} "
+                     f"(target <= {e['target']:.0%}){verdict(e['median_abs_error'], e['target'])}")
+    e = t["ttft_static_batches"]
+    lines.append(f"  {'TTFT, every static batch':34s} median |error| {pct(e['median_abs_error']):>6s} of {e['rows']:4d}")
+    g = t["gpu_generation_pairs"]
+    lines.append(f"  {'GPU generations ordered':34s} {g['ordered']} of {g['pairs']} pairs ({pct(g['share'])}, target >= 90%)"
+                 f"{verdict(None if g['share'] is None else 1 - g['share'], 0.10)}")
+    f = t["published_configurations_fit"]
+    lines.append(f"  {'published configurations that fit':34s} {f['fit']} of {f['runs']}")
+    return lines
+
+
+# --- validate --serving -----------------------------------------------------------------------------------
+
+def stored_values(path: Path | None = None) -> dict[str, float]:
+    """The fitted values ``serving_fitted.yaml`` holds (each parameter's prior where it holds none)."""
+    from .stored import stored_parameters
+
+    stored = stored_parameters(path or SERVING_FITTED_FILE)
+    return {p.name: stored.get(p.name, p.prior) for p in PARAMETERS}
+
+
+def validate_serving(runs: list[ServingRun] | None = None, values: dict[str, float] | None = None
+                     ) -> list[PricedObservation]:
+    """Every observation priced as the serving model stands (the stored fitted values, else the priors)."""
+    if runs is None:
+        runs, _ = load_serving_runs()
+    values = stored_values() if values is None else values
+    return [price(o, values) for o in observations(runs)]
+
+
+def stored_cross_validation(path: Path | None = None) -> dict[str, Any] | None:
+    """The leave-one-source-out report the last ``calibrate --serving --write`` stored, if any."""
+    from hardware.errors import read_yaml_mapping
+
+    path = path or SERVING_FITTED_FILE
+    return read_yaml_mapping(path).get("cross_validation") if path.exists() else None
+
+
+def validation_lines(priced: list[PricedObservation], cross: dict[str, Any] | None) -> list[str]:
+    """``validate --serving`` as text: one line per observation, the median error per source and quantity,
+    the targets on these in-sample predictions and, when stored, on the held-out ones."""
+    lines = [f"{'run':46s} {'GPU':12s} {'layout':40s} {'quantity':28s} {'meas':>9s} {'pred':>9s} {'error':>7s} fits"]
+    for p in priced:
+        run = p.observation.run
+        lines.append(f"{run.id[:46]:46s} {run.gpu[:12]:12s} {p.layout[:40]:40s} {p.observation.quantity[:28]:28s} "
+                     f"{p.observation.measured:9.4g} {p.predicted:9.4g} {p.error:+7.0%} {'yes' if p.fits else 'NO'}")
+    lines.append("")
+    lines.append(f"{'source':20s} {'quantity':28s} {'rows':>5s} {'median |err|':>12s} {'signed':>8s}")
+    keys = sorted({(p.observation.source_group, p.observation.quantity) for p in priced})
+    for group, quantity in keys:
+        errors = np.array([p.error for p in priced if (p.observation.source_group, p.observation.quantity)
+                           == (group, quantity)])
+        lines.append(f"{group[:20]:20s} {quantity[:28]:28s} {len(errors):5d} {np.median(np.abs(errors)):12.1%} "
+                     f"{np.median(errors):+8.1%}")
+    lines.append("")
+    lines.extend(line.replace("leave-one-source-out predictions", "in-sample: the stored fit on every source")
+                 for line in target_lines(targets(priced)))
+    if cross and cross.get("targets"):
+        lines.append("")
+        lines.extend(target_lines(cross["targets"]))
+        lines.append(f"{'source':20s} {'rows':>5s} {'held out |err|':>14s} {'signed':>8s}")
+        for s in cross.get("sources", []):
+            lines.append(f"{s['source_group'][:20]:20s} {s['rows']:5d} {s['held_out_median_abs_error']:14.1%} "
+                         f"{s['held_out_median_signed_error']:+8.1%}")
+    return lines
+
+
+def validation_json(priced: list[PricedObservation], cross: dict[str, Any] | None) -> dict[str, Any]:
+    return {"rows": [{"run": p.observation.run.id, "source_group": p.observation.source_group,
+                      "quantity": p.observation.quantity, "measured": p.observation.measured,
+                      "predicted": p.predicted, "error": p.error, "fits": p.fits, "layout": p.layout,
+                      "assumptions": list(p.observation.run.assumptions)} for p in priced],
+            "targets": targets(priced), "cross_validation": cross}
