@@ -20,8 +20,10 @@ collectives paid once for both: the marginal cost of the prompt tokens). At requ
 * Little's law on the decode phase: B = lambda n_dec T, n_dec = (output tokens - 1) / tokens per step;
   both together are a quadratic in lambda for each B, so every grid point B gives its own rate lambda(B)
   in closed form, and each quantity at a given rate is read off the grid by interpolation (no iteration);
-* TTFT = M/G/1 wait of the prompt queue (service s t_mix / c, utilisation f; Pollaczek-Khinchine mean,
-  Kingman tail) + the request's own chunks ((n - 1) t_mix + t_dec + Delta(last chunk));
+* TTFT = M/G/1 wait of the prompt queue (service s t_mix / c, utilisation lambda s t_mix / c;
+  Pollaczek-Khinchine mean, Kingman tail) + the request's own n = ceil(s / c) chunks, each riding a decode
+  step: n t_dec + t_pf(s) - t_pf(1), the prompt priced as one request (its chunks together attend as the
+  unchunked prompt does);
 * TPOT = (t_dec + Delta(c) f_q) / tokens per step, f_q the binomial quantile of the share of the request's
   steps that carry a chunk (Sarathi-Serve's interference);
 * the rank sustains at most min(lambda(B), c / (s t_mix)) at any B: the larger is what max load reaches.
@@ -33,7 +35,8 @@ decode instances run B = lambda n_dec t_dec(B) with no prefill interference. Eac
 rate over its own instances.
 
 Percentiles. TTFT at quantile q is the wait at q plus the service of the q-quantile prompt (a sum of
-quantiles: an upper bound for independent parts); TPOT's spread comes from the chunks a request meets.
+quantiles: an upper bound for independent parts); TPOT's spread comes from the chunks a request meets,
+a binomial share of its steps, taken for the (1 - q)-quantile output length (short requests spread most).
 SLO checks use the workload's quantile (:attr:`SLOSpec.quantile`). Closed loops (a concurrency) follow
 Little's law: C = B (1 + n_pf / n_dec) and TTFT = C / X - n_dec T.
 
@@ -194,9 +197,14 @@ def _interp_common(grid: np.ndarray, table: np.ndarray, x: np.ndarray) -> np.nda
 class _PrefillTable:
     """t_pf(tokens) of each instance on a common token grid, interpolated in log tokens."""
 
-    def __init__(self, pricing: Any, n: int, max_tokens: float, context_tokens: float, prompt_tokens: float):
+    def __init__(self, pricing: Any, n: int, max_tokens: float, context_tokens: float, prompt_tokens: float,
+                 own_prompts: tuple[float, ...] = ()):
         """A step of ``tokens`` holds prompts of ``prompt_tokens`` (the mean computed prompt) each, or one
-        shorter one, each after ``context_tokens`` cached (prefix-cache hits)."""
+        shorter one, each after ``context_tokens`` cached (prefix-cache hits). ``own_prompts``: prompt lengths
+        whose whole prefill as one request is priced too (:meth:`single_s`)."""
+        self._single = {tokens: np.broadcast_to(pricing.prefill(np.full(n, tokens), np.full(n, context_tokens),
+                                                                np.full(n, tokens)).total_s, (n,)).astype(np.float64)
+                        for tokens in sorted(set(own_prompts))}
         self.grid = np.unique(np.round(np.geomspace(1.0, max(max_tokens, 2.0), _TOKEN_GRID_POINTS)))
         self.log_grid = np.log(self.grid)
         self.table = np.stack([np.broadcast_to(pricing.prefill(np.full(n, tokens), np.full(n, context_tokens),
@@ -214,15 +222,22 @@ class _PrefillTable:
         return np.where(tokens > 0, np.maximum(self.time_s(tokens) - one, 0.0), 0.0)
 
 
-def _chunked_service_s(prompt_tokens: np.ndarray, chunk_tokens: np.ndarray, full_step_s: np.ndarray,
-                       first_step_s: np.ndarray, extra: Any) -> np.ndarray:
-    """A prompt's own time in chunks of c: (n - 1) full steps plus a last step of ``first_step_s`` +
-    extra(last chunk) (n = ceil(s / c))."""
-    s = np.asarray(prompt_tokens, dtype=np.float64)
-    c = np.maximum(chunk_tokens, 1.0)
-    n = np.maximum(np.ceil(s / c - 1e-9), 1.0)
-    last = s - (n - 1.0) * c
-    return (n - 1.0) * full_step_s + first_step_s + extra(last)
+    def single_s(self, tokens: float) -> np.ndarray:
+        """t_pf of one request's whole prompt of ``tokens`` (one of ``own_prompts``)."""
+        return self._single[tokens]
+
+    def own_prefill_s(self, tokens: float, chunk_tokens: np.ndarray, step_s: Any) -> np.ndarray:
+        """A prompt's own time in n = ceil(s / c) chunks, each riding an engine step of ``step_s`` (the decode
+        step it shares; t_pf(1) on a prefill-only engine): n steps plus the prompt's marginal cost
+        t_pf(s) - t_pf(1), priced as one request so that its attention is the whole causal s^2/2 (a chunk
+        attends to the chunks before it: the sum over chunks is the unchunked prompt's)."""
+        c = np.maximum(np.asarray(chunk_tokens, dtype=np.float64), 1.0)
+        steps = np.maximum(np.ceil(tokens / c - 1e-9), 1.0)
+        single = self.single_s(tokens)
+        one = self.table[:, 0]
+        if steps.ndim == 2:
+            single, one = single[:, None], one[:, None]
+        return steps * step_s + np.maximum(single - one, 0.0)
 
 
 @dataclass
@@ -236,6 +251,7 @@ class _Lengths:
     input_mean: float
     output_mean: float
     decode_steps: float       # decode steps a request runs (output - 1 tokens over tokens per step)
+    decode_steps_q: dict[str, float]  # steps of the short request whose TPOT spreads most: output at 1 - q
     tokens_per_step: float
     draft_tokens: int
     context_mean: float       # mean KV tokens of a decoding request
@@ -255,6 +271,8 @@ def _lengths(workload: WorkloadSpec) -> _Lengths:
         prompt_q={name: float(workload.input_tokens.quantile(value)) * keep for name, value in REPORTED_QUANTILES.items()},
         prompt_slo=float(workload.input_tokens.quantile(slo_q)) * keep, input_mean=input_mean, output_mean=output_mean,
         decode_steps=max(output_mean - 1.0, 1e-6) / tokens_per_step, tokens_per_step=tokens_per_step,
+        decode_steps_q={name: max(float(workload.output_tokens.quantile(1.0 - value)) - 1.0, 1.0) / tokens_per_step
+                        for name, value in dict(REPORTED_QUANTILES, slo=slo_q).items()},
         draft_tokens=int(spec.draft_tokens), context_mean=input_mean + output_mean / 2.0,
         prefix_tokens=input_mean * workload.prefix_cache_hit_rate, slo_q=slo_q)
 
@@ -328,12 +346,12 @@ def _aggregated_grid(pricing: Any, table: _PrefillTable, instances: InstanceArra
             ttft[name], tpot[name] = ttft[same], tpot[same]
             continue
         if prompts[name] not in own_of:
-            own_of[prompts[name]] = _chunked_service_s(np.full(batch.shape, prompts[name]), chunk, t_mix, t_dec,
-                                                       table.extra_s)
+            own_of[prompts[name]] = table.own_prefill_s(prompts[name], chunk, t_dec)
         own = own_of[prompts[name]]
         wait = q.wait_quantile_s(wait_mean, rho, value)
         ttft[name] = np.where(stable, wait + own, np.inf)
-        tpot[name] = np.where(stable, q.tpot_quantile_s(t_dec, delta, mixed, n_dec, lengths.tokens_per_step, value), np.inf)
+        tpot[name] = np.where(stable, q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps_q[name],
+                                                         lengths.tokens_per_step, value), np.inf)
         if name == "slo":
             with np.errstate(divide="ignore", invalid="ignore"):
                 wait_share = np.where(stable, wait / (wait + own), 1.0)
@@ -400,9 +418,8 @@ def _prefill_phase(table: _PrefillTable, instances: InstanceArrays, lengths: _Le
     second = lengths.prompt_second * scale ** 2
     capacity = np.where(mean_service > 0, 1.0 / np.maximum(mean_service, 1e-300), np.inf)
     prompts = dict(lengths.prompt_q, slo=lengths.prompt_slo)
-    own = {name: _chunked_service_s(np.full(chunk.shape, tokens), chunk, t_chunk, table.time_s(np.ones_like(chunk)),
-                                    table.extra_s) + transfer[name]
-           for name, tokens in prompts.items()}
+    one = table.time_s(np.ones_like(chunk))
+    own = {name: table.own_prefill_s(tokens, chunk, one) + transfer[name] for name, tokens in prompts.items()}
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
 
     def ttft(rate: np.ndarray) -> dict[str, np.ndarray]:
@@ -453,8 +470,9 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     longest_prompt = max(workload.input_tokens.longest() * (1 - workload.prefix_cache_hit_rate), 1.0)
     max_tokens = max(float(plans.decode.max_num_batched_tokens.max()), float(plans.prefill.max_num_batched_tokens.max()),
                      longest_prompt)
-    table_d = _PrefillTable(pricing_d, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean)
-    table_p = (_PrefillTable(pricing_p, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean)
+    own_prompts = (*lengths.prompt_q.values(), lengths.prompt_slo, lengths.prompt_mean)
+    table_d = _PrefillTable(pricing_d, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
+    table_p = (_PrefillTable(pricing_p, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
                if pricing_p is not pricing_d else table_d)
 
     batch_max, kv_binds = _largest_batch(mem_d, plans.decode, lengths)
@@ -636,9 +654,9 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     step = np.where(prefill_bound, t_dec + delta, step)  # every step carries a chunk
     mixed = np.clip(q.mixed_step_fraction(rate, s, chunk_b, step), 0.0, 1.0)
     b_eff = rate * lengths.decode_steps * step
-    own = {name: _chunked_service_s(np.full(n, tokens), chunk_b, t_mix, t_dec, table.extra_s)
+    own = {name: table.own_prefill_s(tokens, chunk_b, t_dec)
            for name, tokens in dict(lengths.prompt_q, slo=lengths.prompt_slo).items()}
-    own_mean = _chunked_service_s(np.full(n, s), chunk_b, t_mix, t_dec, table.extra_s)
+    own_mean = table.own_prefill_s(s, chunk_b, t_dec)
     with np.errstate(divide="ignore", invalid="ignore"):
         ttft_mean = np.where(rate > 0, c_rank / rate - lengths.decode_steps * step, np.inf)
     wait = np.maximum(ttft_mean - own_mean, 0.0)
@@ -646,7 +664,8 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
     for name, value in quantiles.items():
         lat[f"ttft_{name}"] = wait + own[name]
-        lat[f"tpot_{name}"] = q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps, lengths.tokens_per_step, value)
+        lat[f"tpot_{name}"] = q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps_q[name],
+                                                lengths.tokens_per_step, value)
     with np.errstate(divide="ignore", invalid="ignore"):
         wait_share = np.where(lat["ttft_slo"] > 0, wait / lat["ttft_slo"], 0.0)
 
