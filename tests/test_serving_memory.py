@@ -158,3 +158,16 @@ def test_ep_buffers_and_nccl_communicators():
     # receive areas of 256 x 128 x (7,168 x 2 + 16) B.
     assert memory.comm_buffers[0] == nccl + 8 * 2 ** 20
     assert memory.comm_buffers[1] == nccl + 2 * 256 * 128 * 7168 * 2 + 2 * 256 * 128 * (7168 * 2 + 16)
+
+
+def test_sliding_window_requests_fit_beyond_the_per_token_capacity():
+    # GPT-OSS-120B alternates 128-token sliding layers with full ones: a 32K-token request holds 18 full
+    # layers x 32,768 + 18 x 128 tokens, about half of what the all-layer per-token capacity assumes.
+    from cost_model.serving.memory import kv_requests_per_rank
+    model = load_model("gpt-oss-120b").spec
+    inst = _instances(tp=[2], weight_precision="fp4")
+    memory = instance_memory(model, load_cluster("h200x8").gpu, inst, 32_768)
+    exact = kv_requests_per_rank(model, inst, memory, 32_768)[0]
+    naive = memory.kv_capacity_tokens[0] // 32_768
+    assert exact == np.floor(memory.kv[0] / ((18 * 32_768 + 18 * 128) * 2 * 4 * 64 * 2))
+    assert 1.9 * naive <= exact <= 2.0 * naive + 1

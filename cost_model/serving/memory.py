@@ -304,3 +304,13 @@ def instance_memory(model: ModelSpec, gpu: GPUSpec, instances: InstanceArrays, m
         max_concurrency=np.floor(kv / request) * instances.attn_dp,
         weights_fit=fixed <= budget, kv_fits_one_request=(kv >= request) & (left > 0),
         prefill_workspace_fits=fixed + activations <= budget)
+
+
+def kv_requests_per_rank(model: ModelSpec, instances: InstanceArrays, memory: ServingMemory, context_tokens,
+                         options: ServingOptions | None = None) -> np.ndarray:
+    """Requests of ``context_tokens`` whose KV cache one attention rank's pool holds at once: exact for
+    sliding-window models, whose sliding layers hold at most the window (``kv_capacity_tokens /
+    context_tokens`` counts every layer per token, an underestimate for them)."""
+    options = options or ServingOptions()
+    request = kv_request_bytes_per_rank(model, instances, context_tokens, options.kv_block_tokens)
+    return np.floor(memory.kv / request)

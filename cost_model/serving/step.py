@@ -279,14 +279,15 @@ class InstancePricing:
         pairs = (m.num_layers - sliding) * context_pairs_full + sliding * context_pairs_sliding
         return 2.0 * pairs * heads * width
 
-    def _collectives(self, tokens, col):
-        """TP, EP and PP communication seconds of one pass at ``tokens`` per attention rank."""
+    def _collectives(self, tokens, logit_rows, col):
+        """TP, EP and PP communication seconds of one pass at ``tokens`` per attention rank, of which
+        ``logit_rows`` reach the LM head (every decode token; the last token of each prefilled request)."""
         m, inst = self.model, self.instances
         h = m.hidden_size
         message = tokens * h * ACT_BYTES
         all_reduce = self._tp_all_reduce.time_s(message)
         tp_comm = (2 * m.num_dense_layers + m.num_moe_layers + 1) * all_reduce \
-            + self._tp_all_gather.time_s(tokens * m.vocab_size * ACT_BYTES)
+            + self._tp_all_gather.time_s(logit_rows * m.vocab_size * ACT_BYTES)
         ep_comm = np.zeros_like(tp_comm)
         if m.is_moe:
             ep = col(inst.ep)
@@ -358,7 +359,7 @@ class InstancePricing:
         pairs_sliding = tokens * np.minimum(context + (verify - 1) / 2, window) if sliding else 0.0
         attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) \
             / self.attention_flops_per_s
-        tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, col)
+        tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, tokens, col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
 
@@ -392,7 +393,7 @@ class InstancePricing:
         fill = chunk / (chunk + self.options.cost.attention_half_length)
         attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=False) \
             / (self.attention_flops_per_s * fill)
-        tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, col)
+        tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, np.ceil(requests), col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
         return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
