@@ -116,7 +116,7 @@ def _lines(knobs: ServingKnobs) -> list[list[str]]:
     if knobs.online_quantization:
         lines.append(["--quantization", ONLINE_QUANTIZATION[knobs.online_quantization]])
     lines.append(["--max-cudagraph-capture-size", str(knobs.max_num_seqs)] if knobs.cuda_graphs else ["--enforce-eager"])
-    lines.append(["--enable-prefix-caching" if knobs.enable_prefix_caching else "--no-enable-prefix-caching"])
+    lines.append(["--enable-prefix-caching" if knobs.enable_prefix_caching else "--disable-prefix-caching"])
     spec = speculative_config(knobs)
     if spec is not None:
         lines.append(["--speculative-config", compact_json(spec)])
