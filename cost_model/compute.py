@@ -225,21 +225,30 @@ def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanA
     (2.5x the forward: FA2 paper section 4.1 reports forward up to 73% and backward up to 63% of A100's
     peak; FA3's backward is further below its forward).
     """
+    attended = 0.5 * training.seq_length * model.attended_share(training.seq_length, True) if training.causal else None
+    forward = flash_forward_rate(model, pricer, options, training.seq_length / plans.cp, attended)
+    return forward, forward * options.attention_backward_share
+
+
+def flash_forward_rate(model: ModelSpec, pricer: _Pricer, options: CostOptions, kernel_tokens, attended_keys=None):
+    """Forward FLOP/s of a flash kernel whose call sees ``kernel_tokens`` tokens, each query attending to
+    ``attended_keys`` keys under a causal mask (None: no mask): the kernel, head-dim, length and diagonal
+    factors of :func:`flash_attention_rates` (arrays broadcast). The serving model prices its prefill and
+    decode attention with it."""
     rate = pricer.attention_flops_per_s
     if pricer.stack.flash_attention_2 and not flash2_is_native(pricer.gpu):
         rate = rate * options.flash_attention_2_share
     d = float(model.q_head_dim)
     d_half = options.attention_head_dim_half
     head = min(1.0, d / (d + d_half) * (FLASH_REFERENCE_HEAD_DIM + d_half) / FLASH_REFERENCE_HEAD_DIM)
-    length = training.seq_length / plans.cp
+    length = np.asarray(kernel_tokens, dtype=np.float64)
     fill = length / (length + options.attention_half_length)
-    if training.causal:
-        attended = 0.5 * training.seq_length * model.attended_share(training.seq_length, True)
-        diagonal = attended / (attended + options.attention_block_tokens / 2)
-    else:
+    if attended_keys is None:
         diagonal = 1.0
-    forward = rate * head * fill * diagonal
-    return forward, forward * options.attention_backward_share
+    else:
+        attended = np.asarray(attended_keys, dtype=np.float64)
+        diagonal = attended / (attended + options.attention_block_tokens / 2)
+    return rate * head * fill * diagonal
 
 
 FLASH_BACKWARD_FLOPS = 2.5

@@ -22,7 +22,8 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   traffic (norms and residual adds: 10 h bytes per token and layer, as :mod:`cost_model.compute`).
 * ``gemm``: every projection, MLP and expert GEMM at M = tokens of the step, priced by the training
   model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
-  GEMM's own operand bytes); ``attention``: the attention kernels' FLOPs at the GPU's attention rate.
+  GEMM's own operand bytes); ``attention``: the attention kernels' FLOPs at the training model's flash
+  rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
 * ``tp_comm``: two all-reduces per layer over the TP group (after attention and after the MLP; a MoE
@@ -62,7 +63,7 @@ from hardware.collectives import Collective, CollectiveCost
 from hardware.schema import ClusterSpec
 
 from ..activations import ACT_BYTES
-from ..compute import _Pricer
+from ..compute import _Pricer, flash_forward_rate
 from ..host import ATTENTION, EXPERT_GROUPED_GEMMS, MLA_ATTENTION, MLP, MOE_FIXED
 from ..model_spec import ModelSpec
 from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
@@ -153,7 +154,6 @@ class InstancePricing:
         self._pricer = pricers[0]
         self._head_pricer = _Pricer.for_precision(gpu, "bf16", options.cost)  # LM head and router stay BF16
         self.hbm_bytes_per_s = self._pricer.hbm_bytes_per_s
-        self.attention_flops_per_s = self._pricer.attention_flops_per_s
         self.weights = layer_weights(model, instances)
         self.kv_bytes_per_token_per_layer = kv_bytes_per_token_per_layer_per_rank(model, instances)
 
@@ -357,8 +357,10 @@ class InstancePricing:
         # Each of the verify tokens attends to the context (and the drafted tokens before it).
         pairs_full = tokens * (context + (verify - 1) / 2)
         pairs_sliding = tokens * np.minimum(context + (verify - 1) / 2, window) if sliding else 0.0
-        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) \
-            / self.attention_flops_per_s
+        # A decode kernel (split-KV, FlashDecoding / FlashInfer) spreads each request's context over the SMs:
+        # its length is the context, and one query row per request wastes no causal diagonal.
+        rate = flash_forward_rate(self.model, self._pricer, self.options.cost, np.maximum(context, 1.0))
+        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) / rate
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, tokens, col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
@@ -388,11 +390,10 @@ class InstancePricing:
         hbm_s = hbm_bytes / self.hbm_bytes_per_s
         pairs_full = tokens * (context + chunk / 2)
         pairs_sliding = tokens * np.minimum(context + chunk / 2, window) if sliding else 0.0
-        # A flash kernel over few query rows leaves SMs idle: the length factor of
-        # cost_model.compute.flash_attention_rates, L / (L + attention_half_length).
-        fill = chunk / (chunk + self.options.cost.attention_half_length)
-        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=False) \
-            / (self.attention_flops_per_s * fill)
+        # The training model's flash rate: a call over a request's chunk, each query attending to the cached
+        # context and half its chunk (causal), short chunks filling fewer SMs.
+        rate = flash_forward_rate(self.model, self._pricer, self.options.cost, chunk, context + chunk / 2)
+        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=False) / rate
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, np.ceil(requests), col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
