@@ -18,6 +18,8 @@ A study file names the model, the training run and the cluster options, each at 
          overrides: {topology.nic_gbps: 800}}
     sensitivity:                       # optional: one parameter at a time, on one option
       - {option: H100 x 4096, parameter: topology.nic_gbps, values: [200, 400, 800]}
+    serving:                           # optional: a serving fleet priced on every option beside the run
+      {model: llama3-70b, workload: chat-1k-1k, target_rate_per_s: 50, gpus: 64}   # scenarios.serving
 
 For each option the plan search finds the best plan; the study reports its time-to-train, GPU-hours,
 dollars, power and energy, nominal (every step runs) and effective (failures, checkpoints and restarts
@@ -76,7 +78,7 @@ from .sweep_file import (ScenarioTask, _check_objective, _load_cluster, _load_mo
 from .sweep_file import _cut as _short_repr  # one way to echo a value in an error line, sweep and study alike
 
 STUDY_KEYS = ("name", "description", "model", "model_name", "price_source", "training", "objective", "top_k",
-              "search", "site_power_mw", "energy_price_usd_per_mwh", "options", "sensitivity")
+              "search", "site_power_mw", "energy_price_usd_per_mwh", "options", "sensitivity", "serving")
 OPTION_KEYS = ("name", "cluster", "price_per_gpu_hour_usd", "overrides")
 SENSITIVITY_KEYS = ("option", "parameter", "values")
 PRICE_FIELD = "economics.price_per_gpu_hour_usd"
@@ -165,6 +167,20 @@ def _current_value(parameter: str, cluster: ClusterSpec) -> float | None:
 
 
 @dataclass(frozen=True)
+class ServingStudy:
+    """The serving fleet of a study: a model (default the study's), a workload and the serving search's
+    settings, searched on every cluster option (``serving:`` in the study file)."""
+
+    model_label: str
+    model: ModelInput
+    workload_label: str
+    workload: Any
+    objective: str
+    top_k: int
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     description: str
@@ -183,6 +199,8 @@ class Study:
     """The site's power supply, MW; options whose cluster draws more at peak are dropped. None = no cap."""
     energy_price_usd_per_mwh: float | None = None
     """US$ per MWh of facility energy; None = energy cost not reported."""
+    serving: ServingStudy | None = None
+    """A serving fleet priced on every option beside the training run (:mod:`scenarios.serving`)."""
 
 
 @dataclass
@@ -194,6 +212,8 @@ class StudyResult:
     """One row per sensitivity point: the parameter's value and the best plan there."""
     plans: pd.DataFrame
     """Every returned plan of every scenario of the study (the tidy table of a sweep)."""
+    serving: pd.DataFrame | None = None
+    """With a ``serving:`` section: one row per cluster option, the best serving plan there."""
 
     @property
     def dropped(self) -> list[str]:
@@ -210,9 +230,10 @@ class StudyResult:
         """One line per option or sensitivity point whose search failed (status ``error``): what the
         command reports before failing the study. ``no_fit`` is an answer, not an error."""
         lines = []
-        for part, frame in (("option", self.options), ("sensitivity", self.sensitivity)):
+        serving = () if self.serving is None else (("serving", self.serving),)
+        for part, frame in (("option", self.options), ("sensitivity", self.sensitivity), *serving):
             for _, row in frame[frame["status"] == "error"].iterrows():
-                where = (row["option"] if part == "option"
+                where = (row["option"] if part == "option" else f"serving fleet on {row['option']}" if part == "serving"
                          else f"{row['sensitivity']} = {_n(row['value'])}")
                 lines.append(f"{where}: {row['reason']}")
         return lines
@@ -272,11 +293,49 @@ def load_study(path: str | Path) -> Study:
     sensitivities = tuple(_sensitivity(raw, i, names, options, source) for i, raw in enumerate(raw_sensitivity))
     site_power_mw = _positive(data, "site_power_mw", source, "site_power_mw: 150   # megawatts")
     energy_price = _positive(data, "energy_price_usd_per_mwh", source, "energy_price_usd_per_mwh: 80")
+    serving = _serving_study(data["serving"], data["model"], model, base, source) if "serving" in data else None
     return Study(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
                  source=source, model_label=data["model"], model=model,
                  model_name=str(data.get("model_name") or model.spec.name), price_source=data.get("price_source"),
                  training=training, options_spec=search_options, options=options, sensitivities=sensitivities,
-                 site_power_mw=site_power_mw, energy_price_usd_per_mwh=energy_price)
+                 site_power_mw=site_power_mw, energy_price_usd_per_mwh=energy_price, serving=serving)
+
+
+def _serving_study(raw: Any, model_label: str, model: ModelInput, base: Path, source: str) -> ServingStudy:
+    """The study's ``serving:`` section: ``workload`` (required), ``model`` (default the study's),
+    ``objective`` (default min_gpus with a target load, else cost_per_mtok), ``top_k`` and the serving
+    settings of :func:`scenarios.serving.serving_settings`."""
+    from .serving import STUDY_SERVING_KEYS, load_workload_entry, serving_settings
+
+    _check_entry(raw, "serving", STUDY_SERVING_KEYS, "serving: {workload: chat-1k-1k, target_rate_per_s: 50}", source)
+    if not isinstance(raw.get("workload"), str) or not raw["workload"]:
+        raise InputError(source, "serving.workload", "is missing or not a name",
+                         "e.g. serving: {workload: chat-1k-1k, target_rate_per_s: 50}")
+    workload = load_workload_entry(raw["workload"], base, source, "serving.workload")
+    if raw.get("model") is not None:
+        if not isinstance(raw["model"], str):
+            raise InputError(source, "serving.model", f"must be a model name, got {_short_repr(raw['model'])}",
+                             "e.g. model: llama3-70b")
+        model_label = raw["model"]
+        try:
+            model = _load_model(model_label, base, source, 0)
+        except InputError as exc:
+            raise InputError(source, "serving.model", exc.problem, "use a model preset name or a model file") from None
+    settings = serving_settings({k: v for k, v in raw.items() if k not in ("workload", "model", "objective", "top_k")},
+                                source, "serving")
+    loaded = ("target_rate_per_s" in settings or "target_concurrency" in settings
+              or workload.request_rate_per_s is not None or workload.concurrency is not None)
+    objective = raw.get("objective", "min_gpus" if loaded else "cost_per_mtok")
+    _check_objective(objective, source, "serving.objective", serving=True)
+    if objective == "min_gpus" and not loaded:
+        raise InputError(source, "serving.objective", "min_gpus needs a load to size the fleet for",
+                         "add target_rate_per_s or target_concurrency, or another objective")
+    top_k = raw.get("top_k", 1)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(source, "serving.top_k", f"must be a positive whole number, got {_short_repr(top_k)}",
+                         "e.g. top_k: 1")
+    return ServingStudy(model_label=model_label, model=model, workload_label=raw["workload"], workload=workload,
+                        objective=objective, top_k=top_k, settings=settings)
 
 
 def _positive(data: dict[str, Any], key: str, source: str, example: str) -> float | None:
@@ -407,7 +466,37 @@ def _tasks(study: Study) -> tuple[list[ScenarioTask], dict[int, str]]:
                   "model": study.model_label, "cluster": by_name[option].cluster_label}
         params.update(resolved_columns(scenario, study.model, {}, study.options_spec.objective))
         tasks.append(ScenarioTask(index=index, params=params, scenario=scenario, error=error, explain=True))
+    if study.serving is not None:
+        tasks += _serving_tasks(study, len(tasks))
     return tasks, over_cap
+
+
+def _serving_tasks(study: Study, first_index: int) -> list[ScenarioTask]:
+    """One serving search per cluster option (part ``serving``), after the training scenarios; a fleet
+    that cannot be searched on an option (FP8 on an A100, a budget over the cluster) is its error row."""
+    from .serving import serving_scenario
+
+    serving = study.serving
+    tasks = []
+    for offset, option in enumerate(study.options):
+        scenario, error = None, None
+        try:
+            scenario = serving_scenario(serving.model.spec, option.cluster, serving.workload, serving.settings,
+                                        serving.objective, serving.top_k, model_source=serving.model_label)
+        except (InputError, ValueError) as exc:
+            error = str(exc)
+        params = {"study": study.name, "scenario_index": first_index + offset, "part": "serving", "option": option.name,
+                  "sensitivity": None, "value": None, "tool_version": tool_version(),
+                  "inputs_hash": stable_hash({"scenario": scenario, "error": error, "version": tool_version()}),
+                  "model": serving.model_label, "cluster": option.cluster_label}
+        params.update(resolved_columns(None, serving.model, {}, serving.objective))
+        cl = option.cluster
+        params.update(gpu=cl.gpu.name, num_nodes=cl.topology.num_nodes, num_gpus=cl.num_gpus,
+                      gpu_memory_gib=cl.gpu.memory_gib, nic_gbps=cl.topology.nic_GBps * 8,
+                      price_per_gpu_hour_usd=cl.economics.price_per_gpu_hour_usd)
+        tasks.append(ScenarioTask(index=first_index + offset, params=params, scenario=scenario, error=error,
+                                  explain=True))
+    return tasks
 
 
 OVER_POWER_CAP = "over_power_cap"
@@ -462,7 +551,10 @@ def run_study(study: Study, workers: int | None = None) -> StudyResult:
     sensitivity["plan_changed"] = [None if status != "ok" else plan != base_plan.get(option)
                                    for status, plan, option in zip(sensitivity["status"], sensitivity["plan"],
                                                                    sensitivity["option"])]
-    return StudyResult(study=study, options=options, sensitivity=sensitivity, plans=plans)
+    serving = None
+    if study.serving is not None:
+        serving = best[best["part"] == "serving"].reset_index(drop=True)
+    return StudyResult(study=study, options=options, sensitivity=sensitivity, plans=plans, serving=serving)
 
 
 def _with_power(rows: pd.DataFrame, clusters: list[ClusterSpec | None], study: Study) -> pd.DataFrame:
@@ -497,6 +589,11 @@ POWER_TABLE = ("gpu_power_w", "power_mw", "peak_power_mw", "energy_mwh", "effect
 OPTION_TABLE = ("option_rank", "option", "num_gpus", "gpu", "price_per_gpu_hour_usd", "status", "plan",
                 "tokens_per_s", "mfu", "memory_gib", "time_to_train_days", "gpu_hours", "cost_usd", *GOODPUT_TABLE,
                 *POWER_TABLE, "pareto", "reason")
+SERVING_TABLE = ("option", "num_gpus", "gpu", "price_per_gpu_hour_usd", "status", "plan", "plan_num_gpus",
+                 "min_gpus_for_target", "output_tokens_per_s_per_gpu", "tokens_per_s_per_user",
+                 "goodput_requests_per_s_per_gpu", "ttft_ms_p99", "tpot_ms_p99", "cost_usd_per_m_output_tokens",
+                 "cost_usd_per_m_input_tokens", "bottleneck", "binding_constraint", "reason")
+"""serving.csv: the best serving plan of each option (:mod:`scenarios.serving`)."""
 SENSITIVITY_TABLE = ("sensitivity", "option", "value", "status", "plan", "plan_changed", "tokens_per_s", "mfu",
                      "memory_gib", "time_to_train_days", "gpu_hours", "cost_usd", *GOODPUT_TABLE, *POWER_TABLE,
                      "reason")
@@ -531,6 +628,9 @@ def write_report(result: StudyResult, out_dir: str | Path) -> list[Path]:
                                         current=current, scale=scale))
         paths += sensitivity_plot(result.sensitivity, axes, out / "sensitivity",
                                   f"{study.model_name}, {run_description(study)}: what one change to a cluster does")
+    if result.serving is not None:
+        result.serving[[c for c in SERVING_TABLE if c in result.serving]].to_csv(out / "serving.csv", index=False)
+        paths.append(out / "serving.csv")
     (out / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
     paths.append(out / "summary.md")
     return paths
@@ -624,6 +724,8 @@ def summary_markdown(result: StudyResult) -> str:
                              f"{row['effective_time_to_train_days']:.1f} | {row['effective_cost_usd'] / 1e6:.2f} |")
             lines += ["", *_sensitivity_sentence(rows), "", *_no_fit_lines(rows, "value")]
         lines += ["![sensitivity](sensitivity.png)", ""]
+    if result.serving is not None:
+        lines += _serving_lines(result)
     sensitivity = len(result.sensitivity) > 0
     lines += ["## Files", "",
               ("`options.csv` and `sensitivity.csv` hold these tables" if sensitivity else "`options.csv` holds the "
@@ -631,6 +733,32 @@ def summary_markdown(result: StudyResult) -> str:
               "breakdowns; " + ("`pareto.svg`, `scaling.svg` and `sensitivity.svg` are the figures" if sensitivity
                                 else "`pareto.svg` and `scaling.svg` are the figures") + " as vector graphics.", ""]
     return "\n".join(lines)
+
+
+def _serving_lines(result: StudyResult) -> list[str]:
+    """The serving fleet's section: the best serving plan on each option and what it costs (every GPU)."""
+    serving = result.study.serving
+    load = serving.settings.get("target_rate_per_s") or serving.workload.request_rate_per_s
+    concurrency = serving.settings.get("target_concurrency") or serving.workload.concurrency
+    target = (f"{load:g} requests/s" if load else f"{concurrency:g} requests in flight" if concurrency
+              else "max load")
+    lines = ["## Serving fleet", "",
+             f"**Model** {serving.model.spec.name}, **workload** {serving.workload.describe()}, **target** {target}. "
+             f"Best plan of each option by {serving.objective} (`plan-search serve`), within each option's cluster; "
+             "$ per million tokens counts every GPU of the plan, prefill and decode.", "",
+             "| option | best serving plan | GPUs | GPUs for the target | output tok/s/GPU | tok/s/user | TTFT p99 ms "
+             "| TPOT p99 ms | $/M output tokens | bottleneck |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for _, row in result.serving.iterrows():
+        if row["status"] != "ok":
+            lines.append(f"| {row['option']} | {_status_cell(row)} | | | | | | | | |")
+            continue
+        lines.append(f"| {row['option']} | `{row['plan']}` | {_n(row['plan_num_gpus'])} | "
+                     f"{_opt(row['min_gpus_for_target'], '{:,.0f}')} | {_opt(row['output_tokens_per_s_per_gpu'], '{:,.0f}')} | "
+                     f"{_opt(row['tokens_per_s_per_user'], '{:,.1f}')} | {_opt(row['ttft_ms_p99'], '{:,.0f}')} | "
+                     f"{_opt(row['tpot_ms_p99'], '{:.1f}')} | {_opt(row['cost_usd_per_m_output_tokens'], '${:.2f}')} | "
+                     f"{row['bottleneck']} |")
+    return lines + ["", "`serving.csv` holds this table.", ""]
 
 
 def _status_cell(row: pd.Series) -> str:

@@ -111,6 +111,10 @@ def result_rows(result: SearchResult, explain: bool) -> list[dict[str, Any]]:
 def typed_frame(rows: list[dict[str, Any]], scenario_columns: list[str]) -> pd.DataFrame:
     """Rows as a DataFrame with a fixed column order and types, sorted by scenario then rank."""
     columns = list(scenario_columns) + [c for c in RESULT_COLUMNS if c not in scenario_columns]
+    if any("num_serving_candidates" in row for row in rows):  # serving scenarios' columns (scenarios.serving)
+        from .serving import SERVING_COLUMNS
+
+        columns += [c for c in SERVING_COLUMNS if c not in columns]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     for name in frame.columns:
         if name in PLAN_INT_COLUMNS or name in SCENARIO_INT_COLUMNS:

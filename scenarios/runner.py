@@ -53,6 +53,7 @@ from optimizer.search import search
 
 from .extras import INSTALL, missing
 from .rows import empty_result, result_rows, typed_frame
+from .serving import is_serving, serving_rows
 from .store import DamagedPartError, PartStore, write_results
 from .sweep_file import ScenarioTask, SweepSpec, expand
 
@@ -99,6 +100,8 @@ def run_task(task: ScenarioTask, time_limit_s: float | None = None) -> Rows:
         return [empty_result("error", task.error)]
     try:
         with _time_limit(time_limit_s):
+            if is_serving(task.scenario):  # a serving sweep's scenario (scenarios.serving)
+                return serving_rows(task.scenario)
             return result_rows(search(task.scenario), task.explain)
     except ScenarioTimeout:
         return [empty_result("error", f"timed out after {time_limit_s:g} s (--scenario-timeout-s)")]

@@ -54,10 +54,11 @@ from optimizer.search_options import OBJECTIVES, SearchOptions
 
 from .identity import stable_hash, tool_version
 
-TOP_LEVEL_KEYS = ("name", "description", "top_k", "objective", "explain", "training", "search", "axes")
+TOP_LEVEL_KEYS = ("name", "description", "top_k", "objective", "explain", "training", "search", "serving", "axes")
 LABEL_AXES = ("model", "cluster")
 TRAINING_AXES = ("seq_length", "global_batch_tokens", "global_batch_size", "train_tokens", "precision")
-AXES = LABEL_AXES + ("overrides",) + TRAINING_AXES + ("objective",)
+AXES = LABEL_AXES + ("overrides",) + TRAINING_AXES + ("workload", "objective")
+"""``workload`` makes the sweep a serving sweep (:mod:`scenarios.serving`): each scenario a serving search."""
 # SearchOptions fields a sweep may fix; gpu_counts, top_k and objective have their own keys.
 SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchOptions)
                     if f.name not in ("gpu_counts", "top_k", "objective"))
@@ -84,6 +85,10 @@ class SweepSpec:
     """Cluster override axes: dotted field -> values, in file order."""
     models: dict[str, ModelInput] = field(repr=False, default_factory=dict)
     clusters: dict[str, ClusterSpec] = field(repr=False, default_factory=dict)
+    serving: dict[str, Any] | None = None
+    """A serving sweep's fixed settings (:func:`scenarios.serving.serving_settings`); None for training."""
+    workloads: dict[str, Any] = field(repr=False, default_factory=dict)
+    """A serving sweep's workloads by label."""
 
     @property
     def num_scenarios(self) -> int:
@@ -135,15 +140,16 @@ def sweep_from_mapping(data: dict[str, Any], source: str = "sweep", base_dir: Pa
     explain = data.get("explain", True)
     if not isinstance(explain, bool):
         raise InputError(source, "explain", f"must be true or false, got {explain!r}", "write explain: true")
-    objective = data.get("objective", "throughput")
-    _check_objective(objective, source, "objective")
-    options = _search_options(data.get("search") or {}, source, top_k, objective)
-    training = _training_section(data.get("training") or {}, source)
-
     axes_data = data.get("axes")
     if not isinstance(axes_data, dict) or not axes_data:
         raise InputError(source, "axes", "is missing or empty: the sweep has no scenarios",
                          "add e.g. 'axes: {model: [llama3-8b], cluster: [h100x64]}'")
+    serving = "workload" in axes_data
+    _check_serving_sections(data, axes_data, serving, source)
+    objective = data.get("objective", "goodput_per_gpu" if serving else "throughput")
+    _check_objective(objective, source, "objective", serving)
+    options = _search_options(data.get("search") or {}, source, top_k, "throughput" if serving else objective)
+    training = _training_section(data.get("training") or {}, source)
     for key in axes_data:
         if key not in AXES:
             raise InputError(source, f"axes.{key}", f"unknown axis{did_you_mean(str(key), AXES)}",
@@ -159,7 +165,8 @@ def sweep_from_mapping(data: dict[str, Any], source: str = "sweep", base_dir: Pa
     axes: dict[str, tuple[Any, ...]] = {}
     for key in AXES:
         if key in axes_data and key != "overrides":
-            axes[key] = tuple(_axis_value(key, v, source, i) for i, v in enumerate(_values(axes_data[key], source, f"axes.{key}")))
+            axes[key] = tuple(_axis_value(key, v, source, i, serving)
+                              for i, v in enumerate(_values(axes_data[key], source, f"axes.{key}")))
     overrides = _override_axes(axes_data.get("overrides"), source)
 
     models = {label: _load_model(label, base_dir, source, i) for i, label in enumerate(axes["model"])}
@@ -171,8 +178,33 @@ def sweep_from_mapping(data: dict[str, Any], source: str = "sweep", base_dir: Pa
             _set_dotted(copy.deepcopy(scratch), key, None, ClusterSpec, source)
         except InputError as exc:
             raise InputError(source, f"axes.overrides.{key}", exc.problem, exc.fix) from None
+    workloads = {}
+    if serving:
+        from .serving import load_workload_entry, serving_settings
+
+        workloads = {label: load_workload_entry(label, base_dir, source, f"axes.workload[{i}]")
+                     for i, label in enumerate(axes["workload"])}
     return SweepSpec(name=name, source=source, top_k=top_k, explain=explain, options=options, training=training,
-                     axes=axes, overrides=overrides, models=models, clusters=clusters)
+                     axes=axes, overrides=overrides, models=models, clusters=clusters,
+                     serving={**serving_settings(data.get("serving"), source), "objective": objective} if serving else None,
+                     workloads=workloads)
+
+
+def _check_serving_sections(data: dict[str, Any], axes_data: dict[str, Any], serving: bool, source: str) -> None:
+    """A serving sweep (a ``workload`` axis) has no training settings; a training sweep no ``serving:``."""
+    if not serving:
+        if "serving" in data:
+            raise InputError(source, "serving", "applies to serving sweeps, which have a workload axis",
+                             "add axes.workload: [chat-1k-1k] or drop the serving section")
+        return
+    for key in ("training", "search"):
+        if key in data:
+            raise InputError(source, key, "is a training setting, but the workload axis makes this a serving sweep",
+                             "drop it, or sweep training and serving in two files")
+    for key in TRAINING_AXES:
+        if key in axes_data:
+            raise InputError(source, f"axes.{key}", "is a training axis, but the workload axis makes this a serving "
+                             "sweep", "drop it, or sweep training and serving in two files")
 
 
 def _values(raw: Any, source: str, field_name: str) -> list[Any]:
@@ -200,9 +232,9 @@ def _number(value: Any, source: str, field_name: str, integer: bool) -> int | fl
     return float(value)
 
 
-def _axis_value(key: str, value: Any, source: str, index: int) -> Any:
+def _axis_value(key: str, value: Any, source: str, index: int, serving: bool = False) -> Any:
     where = f"axes.{key}[{index}]"
-    if key in LABEL_AXES:
+    if key in LABEL_AXES or key == "workload":
         if not isinstance(value, str) or not value:
             raise InputError(source, where, f"must be a preset name or a file path, got {value!r}",
                              "e.g. llama3-8b, h100x64 or a .yaml path")
@@ -212,16 +244,19 @@ def _axis_value(key: str, value: Any, source: str, index: int) -> Any:
     if key == "train_tokens":
         return _number(value, source, where, integer=False)
     if key == "objective":
-        _check_objective(value, source, where)
+        _check_objective(value, source, where, serving)
     if key == "precision" and value not in ("bf16", "fp16", "fp8"):
         raise InputError(source, where, f"unknown precision {value!r}", "use bf16, fp16 or fp8")
     return value
 
 
-def _check_objective(value: Any, source: str, where: str) -> None:
-    if value not in OBJECTIVES:
-        raise InputError(source, where, f"unknown objective {value!r}{did_you_mean(str(value), OBJECTIVES)}",
-                         f"use one of: {', '.join(OBJECTIVES)}")
+def _check_objective(value: Any, source: str, where: str, serving: bool = False) -> None:
+    if serving:
+        from optimizer.serving.ranking import OBJECTIVES as SERVING_OBJECTIVES
+    known = SERVING_OBJECTIVES if serving else OBJECTIVES
+    if value not in known:
+        raise InputError(source, where, f"unknown {'serving ' if serving else ''}objective {value!r}"
+                         f"{did_you_mean(str(value), known)}", f"use one of: {', '.join(known)}")
 
 
 def _search_options(raw: Any, source: str, top_k: int, objective: str) -> SearchOptions:
@@ -456,6 +491,8 @@ def _unwrap(value: Any) -> Any:
 def _task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, overrides: dict[str, Any],
           settings: dict[str, Any], shared: _Shared | None = None) -> ScenarioTask:
     shared = shared or _Shared(sweep)
+    if sweep.serving is not None:
+        return _serving_task(sweep, index, model_label, cluster_label, overrides, settings, shared)
     objective = settings.get("objective", sweep.options.objective)
     training_values = {k: v for k, v in settings.items() if k in TRAINING_AXES}
     identity = {"model": model_label, "cluster": cluster_label, "overrides": overrides, "training": sweep.training,
@@ -476,6 +513,39 @@ def _task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, ov
     params.update(resolved_columns(scenario, model_input, settings, objective))
     params["inputs_hash"] = stable_hash({"scenario": scenario, "error": error, "explain": sweep.explain,
                                          "version": tool_version()} if scenario is not None else
+                                        {"identity": identity, "error": error, "version": tool_version()}, shared.memo)
+    return ScenarioTask(index=index, params=params, scenario=scenario, error=error, explain=sweep.explain)
+
+
+def _serving_task(sweep: SweepSpec, index: int, model_label: str, cluster_label: str, overrides: dict[str, Any],
+                  settings: dict[str, Any], shared: _Shared) -> ScenarioTask:
+    """A serving sweep's scenario (:mod:`scenarios.serving`): identities as a training scenario's."""
+    from .serving import serving_scenario
+
+    objective = settings.get("objective", sweep.serving["objective"])
+    workload_label = settings["workload"]
+    identity = {"model": model_label, "cluster": cluster_label, "overrides": overrides, "workload": workload_label,
+                "serving": sweep.serving, "objective": objective}
+    params: dict[str, Any] = {"sweep": sweep.name, "scenario_index": index,
+                              "scenario_id": stable_hash(identity, shared.memo), "inputs_hash": None,
+                              "tool_version": tool_version(), "model": model_label, "cluster": cluster_label,
+                              **overrides, "workload": workload_label}
+    model_input = sweep.models[model_label]
+    scenario, error = None, None
+    try:
+        cluster = shared.cluster(cluster_label, overrides)
+        scenario = serving_scenario(model_input.spec, cluster, sweep.workloads[workload_label], sweep.serving,
+                                    objective, sweep.top_k, model_source=model_label)
+    except (InputError, ValueError) as exc:
+        error = str(exc)
+    params.update(resolved_columns(None, model_input, {}, objective))
+    if scenario is not None:
+        cl = scenario.cluster
+        params.update(gpu=cl.gpu.name, num_nodes=cl.topology.num_nodes, num_gpus=cl.num_gpus,
+                      gpu_memory_gib=cl.gpu.memory_gib, nic_gbps=cl.topology.nic_GBps * 8,
+                      price_per_gpu_hour_usd=cl.economics.price_per_gpu_hour_usd)
+    params["inputs_hash"] = stable_hash({"scenario": scenario, "error": error, "version": tool_version()}
+                                        if scenario is not None else
                                         {"identity": identity, "error": error, "version": tool_version()}, shared.memo)
     return ScenarioTask(index=index, params=params, scenario=scenario, error=error, explain=sweep.explain)
 

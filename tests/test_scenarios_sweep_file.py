@@ -114,7 +114,7 @@ def test_cli_exits_2_with_one_line_on_a_bad_sweep_file(tmp_path, capsys):
     assert info.value.code == 2
     assert err.strip() == (f"plan-search: error: {path}: axes.seq_len: unknown axis (did you mean 'seq_length'?); "
                            "known axes: model, cluster, overrides, seq_length, global_batch_tokens, global_batch_size, "
-                           "train_tokens, precision, objective; cluster fields go under axes.overrides")
+                           "train_tokens, precision, workload, objective; cluster fields go under axes.overrides")
 
 
 def test_bundled_examples_load():
