@@ -145,3 +145,27 @@ def test_step_overhead_and_eager_issue_come_from_options():
     kernels = pricing.kernels_per_pass[0]
     assert step.total_s[0] == pytest.approx(5e-3 + kernels * 100e-6)
     assert step.host_s[0] == step.total_s[0]
+
+
+@pytest.mark.parametrize("name", ["llama3-70b", "deepseek-v3", "mixtral-8x7b", "qwen3-30b-a3b"])
+def test_prefill_gemm_flops_are_the_flop_model_s(name):
+    # One request of s tokens on one GPU: the GEMMs run 2 s x (matmul weights each token passes, top-k
+    # experts only), cost_model.flops' projection count, plus the LM head for the last token only.
+    from cost_model.flops import forward_flops_per_sequence
+    model = load_model(name).spec
+    s = 4096
+    step = price_instances(model, H200, _instances(tp=[1])).prefill(s)
+    expected = forward_flops_per_sequence(model, s)["projections"] + 2 * model.hidden_size * model.vocab_size
+    assert step.gemm_flops[0] == pytest.approx(expected, rel=1e-9)
+    # TP 8 splits them, except what every rank computes whole: the router (h x E per MoE layer), K and V
+    # projections of KV heads replicated past TP = n_kv (Qwen3-30B-A3B: 4 KV heads, one per rank at TP 8),
+    # and MLA's down-projections (q_a, kv_a).
+    split = price_instances(model, H200, _instances(tp=[8])).prefill(s)
+    h, layers = model.hidden_size, model.num_layers
+    whole = 2 * s * h * model.num_experts * model.num_moe_layers * (1 - 1 / 8)
+    if model.is_mla:
+        whole += 2 * s * h * (model.q_lora_rank + model.kv_lora_rank + model.qk_rope_head_dim) * layers * (1 - 1 / 8)
+    else:
+        kv_heads_per_rank = max(1, -(-model.num_kv_heads // 8))
+        whole += 2 * s * h * 2 * model.head_dim * (kv_heads_per_rank - model.num_kv_heads / 8) * layers
+    assert split.gemm_flops[0] == pytest.approx(expected / 8 + whole, rel=1e-9)

@@ -103,6 +103,9 @@ class StepTimes:
     total_s: np.ndarray
     bottleneck: np.ndarray
     """Largest term, one of :data:`BOTTLENECKS`."""
+    gemm_flops: np.ndarray
+    """FLOPs of the step's GEMMs on one GPU (the weights' 2 x tokens x parameters, as
+    :mod:`cost_model.flops` counts them, split over the ranks)."""
 
 
 SPLIT_K_MIN_DEPTH = 256
@@ -300,7 +303,8 @@ class InstancePricing:
         pp_s = pp * self._pp_send.time_s(np.where(pp > 1, message, 0.0))
         return tp_comm, ep_comm, pp_s
 
-    def _assemble(self, launch_s, hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s) -> StepTimes:
+    def _assemble(self, launch_s, hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
+                  gemm_flops) -> StepTimes:
         """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
         rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm")."""
         overhead_s = self.options.step_overhead_us * 1e-6
@@ -315,7 +319,7 @@ class InstancePricing:
         b = lambda x: np.broadcast_to(x, shape).astype(np.float64)  # noqa: E731
         return StepTimes(host_s=b(host_s), hbm_s=b(hbm_s), gemm_s=b(gemm_s), attention_s=b(attention_s),
                          tp_comm_s=b(tp_comm_s), ep_comm_s=b(ep_comm_s), pp_s=b(pp_s), total_s=total_s,
-                         bottleneck=np.broadcast_to(labels, shape))
+                         bottleneck=np.broadcast_to(labels, shape), gemm_flops=b(gemm_flops))
 
     def _launch_s(self, col):
         inst, options = self.instances, self.options
@@ -363,7 +367,8 @@ class InstancePricing:
         attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) / rate
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, tokens, col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
-        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
+        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
+                              gemm_flops)
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -397,7 +402,8 @@ class InstancePricing:
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, np.ceil(requests), col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
-        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s)
+        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
+                              gemm_flops)
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
