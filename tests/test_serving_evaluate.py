@@ -172,3 +172,18 @@ def test_percentiles_follow_the_length_distribution(llama, cluster):
     prefill = pricing.prefill(np.array([4000.0]), np.array([0.0]), np.array([4000.0])).total_s[0]
     one = pricing.prefill(np.array([1.0]), np.array([0.0]), np.array([1.0])).total_s[0]
     assert m.ttft_ms_p99[0] == pytest.approx((t_dec + prefill - one) * 1e3, rel=1e-3)
+
+
+def test_past_saturation_ttft_grows_by_little(llama):
+    # Llama 3 70B FP8 on 2 H100 (TP2, FP8 KV), 5,000-token prompts and 500-token answers, as NVIDIA NIM's
+    # published concurrency sweep: past what the KV pool holds the engine runs at its top rate X and every
+    # further request waits outside, so TTFT(250) - TTFT(150) = 100 / X and the throughput stays.
+    h100 = load_cluster("h100x8")
+    plans = ServingPlanArrays.aggregated(_instances([2], weight_precision="fp8", kv_dtype="fp8"), 1)
+    workload = _fixed(5000, 500)
+    low, high = (evaluate_serving(llama, h100, workload, plans, target_concurrency=c) for c in (150, 250))
+    assert high.requests_per_s[0] == pytest.approx(low.requests_per_s[0])
+    assert (high.ttft_ms_p50[0] - low.ttft_ms_p50[0]) / 1e3 == pytest.approx(100 / low.requests_per_s[0], rel=1e-6)
+    assert high.bottleneck[0] == "kv_capacity" and high.decode_batch[0] == pytest.approx(high.max_decode_batch[0])
+    one = evaluate_serving(llama, h100, workload, plans, target_concurrency=1)
+    assert one.ttft_ms_p50[0] < low.ttft_ms_p50[0] / 10 and one.decode_batch[0] == pytest.approx(1.0, rel=0.05)

@@ -313,7 +313,9 @@ class _Grid:
     ttft_s: dict[str, np.ndarray]
     tpot_s: dict[str, np.ndarray]
     stable: np.ndarray
-    wait_share: np.ndarray    # wait / TTFT at the SLO quantile
+    wait_share: np.ndarray    # mean wait / mean TTFT
+    ttft_mean_s: np.ndarray = None   # mean wait + the mean prompt's own prefill
+    own_s: dict = None        # own prefill of the quantile prompts and of the mean one ('mean')
 
 
 def _aggregated_grid(pricing: Any, table: _PrefillTable, instances: InstanceArrays, batch_max: np.ndarray,
@@ -352,11 +354,14 @@ def _aggregated_grid(pricing: Any, table: _PrefillTable, instances: InstanceArra
         ttft[name] = np.where(stable, wait + own, np.inf)
         tpot[name] = np.where(stable, q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps_q[name],
                                                          lengths.tokens_per_step, value), np.inf)
-        if name == "slo":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                wait_share = np.where(stable, wait / (wait + own), 1.0)
+    own_of.setdefault(s, table.own_prefill_s(s, chunk, t_dec))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait_share = np.where(stable, wait_mean / (wait_mean + own_of[s]), 1.0)  # of the mean TTFT
+    own_named = {name: own_of[prompts[name]] for name in quantiles if prompts[name] in own_of}
+    own_named["mean"] = own_of[s]
     return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=np.minimum(rate, prefill_capacity), step_s=step,
-                 ttft_s=ttft, tpot_s=tpot, stable=stable, wait_share=wait_share)
+                 ttft_s=ttft, tpot_s=tpot, stable=stable, wait_share=wait_share,
+                 ttft_mean_s=np.where(stable, wait_mean + own_of[s], np.inf), own_s=own_named)
 
 
 def _decode_only_grid(pricing: Any, batch_max: np.ndarray, lengths: _Lengths) -> _Grid:
@@ -564,8 +569,8 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     prefill_times = pricing_p.prefill(plans.prefill.max_num_batched_tokens.astype(np.float64), np.full(n, lengths.prefix_tokens))
     label = np.asarray(decode_times.bottleneck, dtype=object)
     at_kv_limit = kv_binds & (batch >= 0.98 * batch_max)
-    label = np.where(at_kv_limit, "kv_capacity", label)
     label = np.where(wait_share > 0.5, "queueing", label)
+    label = np.where(at_kv_limit, "kv_capacity", label)  # the queue's cause when the KV pool is full
 
     memory_checks = {
         "weights_fit": mem_p.weights_fit & mem_d.weights_fit,
@@ -624,50 +629,46 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
                  ranks_d: np.ndarray, ranks_p: np.ndarray):
     """Closed loop with ``per_rank`` requests in flight per decode attention rank (None: engines full).
 
-    Aggregated: C = B (1 + n_pf / n_dec) with n_pf = max(1, s / c) steps of prefill; the step T solves
-    T = t_dec + f Delta with f = X s t_mix / c and X = B / (n_dec T) (a quadratic); TTFT = C / X - n_dec T.
+    Aggregated: the engine at batch B runs at the grid's rate X(B) (the same steady state as an open loop at
+    that rate) and holds C(B) = B + X TTFT_mean requests (Little's law on the prompt phase); the C asked for
+    is read off C(B). Past the largest C a stable engine holds, it runs saturated at its top rate and the rest
+    wait outside: TTFT = C / X - n_dec T (Little's law on the whole loop). Max load: the saturated engine,
+    TTFT without the outside queue.
     Disaggregated: the decode engines hold B = min(C, B_max) (prefill and transfer are short beside decode),
     the fleet rate is the smaller of decode's B / (n_dec t_dec) and prefill's capacity; TTFT is the prefill
     queue's (M/G/1, at most Little's C / X - n_dec t_dec), or the service alone at max load."""
     n = len(plans)
     agg = ~plans.disaggregated
-    budget = plans.decode.max_num_batched_tokens.astype(np.float64)[:, None]
-    chunk = np.maximum(budget - np.maximum(grid_agg.batch, 1.0) * (lengths.draft_tokens + 1), 0.0)
-    n_pf = np.maximum(1.0, lengths.prompt_mean / np.maximum(chunk, 1e-9))
-    in_flight = grid_agg.batch * (1.0 + n_pf / lengths.decode_steps)  # rising in B
-    full = in_flight[:, -1]
-    c_rank = full if per_rank is None else per_rank
-    b = _RowLookup(in_flight, np.minimum(c_rank, full))(grid_agg.batch)
-    b = np.minimum(b, batch_max)
-    chunk_b = np.maximum(plans.decode.max_num_batched_tokens - np.maximum(b, 1.0) * (lengths.draft_tokens + 1), 0.0)
-    t_dec = _interp_common(_DECODE_GRID, grid_agg.t_dec, b / np.maximum(batch_max, 1e-6))
-    delta = table.extra_s(chunk_b)
-    t_mix = t_dec + delta
-    s = lengths.prompt_mean
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # X = B / (n_dec T) and T = t_dec + f Delta with f = X s T / c: T = t_dec + B s Delta / (n_dec c).
-        step = t_dec + np.where(chunk_b > 0, b * s * delta / (lengths.decode_steps * chunk_b), np.inf)
-        rate = b / (lengths.decode_steps * step)
-        cap = np.where(chunk_b > 0, chunk_b / (s * t_mix), 0.0) if s > 0 else np.full(n, np.inf)
-    prefill_bound = rate > cap
-    rate = np.where(prefill_bound, cap, rate)
-    step = np.where(prefill_bound, t_dec + delta, step)  # every step carries a chunk
-    mixed = np.clip(q.mixed_step_fraction(rate, s, chunk_b, step), 0.0, 1.0)
-    b_eff = rate * lengths.decode_steps * step
-    own = {name: table.own_prefill_s(tokens, chunk_b, t_dec)
-           for name, tokens in dict(lengths.prompt_q, slo=lengths.prompt_slo).items()}
-    own_mean = table.own_prefill_s(s, chunk_b, t_dec)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ttft_mean = np.where(rate > 0, c_rank / rate - lengths.decode_steps * step, np.inf)
-    wait = np.maximum(ttft_mean - own_mean, 0.0)
-    lat: dict[str, np.ndarray] = {}
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
-    for name, value in quantiles.items():
-        lat[f"ttft_{name}"] = wait + own[name]
-        lat[f"tpot_{name}"] = q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps_q[name],
-                                                lengths.tokens_per_step, value)
+    g = grid_agg
+    # Requests in flight at each grid batch: B decoding plus rate x mean TTFT in the prompt queue and prefill.
+    in_flight = np.where(g.stable, g.batch + g.rate * g.ttft_mean_s, np.inf)
+    stable_top = np.max(np.where(g.stable, g.batch + g.rate * g.ttft_mean_s, 0.0), axis=1)
+    # The engine's saturation point: the last stable grid point at or below the largest sustainable rate.
+    usable = np.where(g.stable, g.capacity, -1.0)
+    top = np.argmax(usable, axis=1)
+    rows = np.arange(n)
+    c_rank = stable_top if per_rank is None else per_rank
+    saturated = c_rank >= stable_top
+    at = _RowLookup(np.maximum.accumulate(np.where(g.stable, in_flight, np.inf), axis=1), np.minimum(c_rank, stable_top))
+    rate = np.where(saturated, g.capacity[rows, top], at(np.where(g.stable, g.rate, 0.0)))
+    step = np.where(saturated, g.step_s[rows, top], at(np.where(g.stable, g.step_s, 0.0)))
+    b_eff = rate * lengths.decode_steps * step
+    lat: dict[str, np.ndarray] = {}
+    finite = {kind: {name: np.where(np.isfinite(table), table, 0.0) for name, table in tables.items()}
+              for kind, tables in (("ttft", g.ttft_s), ("tpot", g.tpot_s), ("own", g.own_s))}
     with np.errstate(divide="ignore", invalid="ignore"):
-        wait_share = np.where(lat["ttft_slo"] > 0, wait / lat["ttft_slo"], 0.0)
+        little = np.where(rate > 0, c_rank / rate - lengths.decode_steps * step, np.inf)  # mean TTFT, Little's law
+    own_mean = finite["own"]["mean"][rows, top]
+    for name in quantiles:
+        queued = finite["own"][name][rows, top] + np.maximum(little - own_mean, 0.0)
+        lat[f"ttft_{name}"] = np.where(saturated & (per_rank is not None), queued,
+                                       np.where(saturated, finite["ttft"][name][rows, top], at(finite["ttft"][name])))
+        lat[f"tpot_{name}"] = np.where(saturated, finite["tpot"][name][rows, top], at(finite["tpot"][name]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait_share = np.where(saturated & (per_rank is not None),
+                              np.maximum(little - own_mean, 0.0) / np.maximum(little, own_mean),
+                              np.where(saturated, g.wait_share[rows, top], at(g.wait_share)))
 
     # Disaggregated: decode engines hold min(C, B_max), prefill engines keep up or bound the rate.
     b_dec = np.minimum(c_rank, batch_max)
