@@ -45,6 +45,7 @@ BOUNDS = {
     "cuda_graph_max_batch": (1, 65536),
     "custom_all_reduce_mib": (0.0, 4096.0),
     "deepep_max_dispatch_tokens_per_rank": (1, 65536),
+    "gemm_min_rows": (1, 256),
 }
 
 
@@ -119,6 +120,13 @@ class ServingOptions:
     """Tokens one rank may dispatch per step in DeepEP's low-latency mode, which sizes its buffers
     (DeepEP ``Buffer.get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank, ...)``; SGLang and vLLM
     pass 128 by default)."""
+
+    gemm_min_rows: int = 64
+    """Smallest block of rows a tensor-core GEMM computes: Hopper's warpgroup MMA is m64nNk16 (PTX ISA,
+    "Asynchronous Warpgroup Level Matrix Multiply-Accumulate", wgmma shapes), and CUTLASS's smallest
+    Hopper tiles are 64 rows; a decode GEMM of batch 8, or an expert that received 5 tokens, computes 64
+    rows. (Weight streaming, not this, bounds small decode GEMMs; it matters for MoE experts with few
+    tokens each.)"""
 
     cost: CostOptions = field(default_factory=CostOptions)
     """The training cost model's options the serving model reuses (GEMM tile, kernel overhead, NCCL

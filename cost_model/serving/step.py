@@ -22,7 +22,8 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   traffic (norms and residual adds: 10 h bytes per token and layer, as :mod:`cost_model.compute`).
 * ``gemm``: every projection, MLP and expert GEMM at M = tokens of the step, priced by the training
   model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
-  GEMM's own operand bytes); ``attention``: the attention kernels' FLOPs at the training model's flash
+  GEMM's own operand bytes; rows padded to the tensor cores' smallest block, so a MoE expert with few
+  tokens costs a whole block: why MoE prefill wants large token batches); ``attention``: the attention kernels' FLOPs at the training model's flash
   rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
@@ -219,12 +220,17 @@ class InstancePricing:
         tp = col(inst.tp)
         heads = m.num_attention_heads / tp
         flops = {"dense": 0.0, "moe": 0.0}
+        min_rows = float(self.options.gemm_min_rows)
 
         def gemm(pricer, rows, n, k, count=1.0, parts=("dense", "moe")):
             count = np.asarray(count, dtype=np.float64)
             splits = split_k(pricer, rows, n, k, count)
-            seconds, f = pricer.gemm(rows, n, np.asarray(k, dtype=np.float64) / splits, count * splits)
+            # The tensor cores compute whole row blocks: a GEMM (or each expert of a grouped one) with
+            # fewer rows than the smallest block pays for the block (ServingOptions.gemm_min_rows).
+            padded = np.where(np.asarray(rows) > 0, np.ceil(np.asarray(rows, dtype=np.float64) / min_rows) * min_rows, 0.0)
+            seconds, _ = pricer.gemm(padded, n, np.asarray(k, dtype=np.float64) / splits, count * splits)
             seconds = np.where(count > 0, seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
+            f = 2.0 * np.asarray(rows, dtype=np.float64) * n * np.asarray(k, dtype=np.float64) * count
             for part in parts:
                 flops[part] = flops[part] + f
             return seconds
