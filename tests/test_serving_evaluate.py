@@ -187,3 +187,16 @@ def test_past_saturation_ttft_grows_by_little(llama):
     assert high.bottleneck[0] == "kv_capacity" and high.decode_batch[0] == pytest.approx(high.max_decode_batch[0])
     one = evaluate_serving(llama, h100, workload, plans, target_concurrency=1)
     assert one.ttft_ms_p50[0] < low.ttft_ms_p50[0] / 10 and one.decode_batch[0] == pytest.approx(1.0, rel=0.05)
+
+
+def test_goodput_is_where_the_slo_check_flips(llama, cluster):
+    # Just below the goodput both SLOs hold at the SLO percentile; just above, one of them breaks.
+    plans = ServingPlanArrays.aggregated(_instances([2, 4, 8], weight_precision="fp8"), 1)
+    workload = load_workload("chat-1k-1k")
+    good = evaluate_serving(llama, cluster, workload, plans).goodput_requests_per_s
+    assert np.all(good > 0)
+    for i, rate in enumerate(good):
+        below = evaluate_serving(llama, cluster, workload, plans.take(np.array([i])), target_rate_per_s=float(rate) * 0.99)
+        above = evaluate_serving(llama, cluster, workload, plans.take(np.array([i])), target_rate_per_s=float(rate) * 1.01)
+        assert not (below.violations["ttft_slo_met"][0] or below.violations["tpot_slo_met"][0])
+        assert above.violations["ttft_slo_met"][0] or above.violations["tpot_slo_met"][0]

@@ -408,7 +408,8 @@ def _largest_rate_meeting(grid: _Grid, ttft_target_s: float, tpot_target_s: floa
     m0, m1 = margin[rows, last], margin[rows, nxt]
     c0, c1 = grid.capacity[rows, last], grid.capacity[rows, nxt]
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where((nxt > last) & (m0 > m1), np.clip(m0 / (m0 - m1), 0.0, 1.0), 0.0)
+        # toward an unstable point the margin is not a number that interpolates: stop at the last good point
+        frac = np.where((nxt > last) & (m0 > m1) & grid.stable[rows, nxt], np.clip(m0 / (m0 - m1), 0.0, 1.0), 0.0)
     best = c0 + frac * np.maximum(c1 - c0, 0.0)
     return np.where(any_ok, best, 0.0)
 
