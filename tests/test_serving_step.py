@@ -169,3 +169,15 @@ def test_prefill_gemm_flops_are_the_flop_model_s(name):
         kv_heads_per_rank = max(1, -(-model.num_kv_heads // 8))
         whole += 2 * s * h * 2 * model.head_dim * (kv_heads_per_rank - model.num_kv_heads / 8) * layers
     assert split.gemm_flops[0] == pytest.approx(expected / 8 + whole, rel=1e-9)
+
+
+def test_moe_prefill_wants_large_token_batches():
+    # DeepSeek-V3 at TP 8: a 256-token prefill touches nearly every expert (256 (1 - (248/256)^256) = 255.9)
+    # with 8 tokens each, padded to 64-row blocks, and reads all 671B weights' shards; 8,192 tokens fill the
+    # blocks and amortise the reads.
+    model = load_model("deepseek-v3").spec
+    pricing = price_instances(model, H200, _instances(tp=[8], weight_precision="fp8"))
+    small, large = pricing.prefill(256), pricing.prefill(8192, 0, 4096)
+    assert small.bottleneck[0] == "hbm" and large.bottleneck[0] == "compute"
+    assert small.total_s[0] / 256 > 4 * large.total_s[0] / 8192
+    assert small.gemm_flops[0] / small.gemm_s[0] < 0.25 * large.gemm_flops[0] / large.gemm_s[0]
