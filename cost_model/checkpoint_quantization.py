@@ -105,7 +105,8 @@ def checkpoint_quantization(config: Any, source: str = "model") -> tuple[str, tu
     if not config:
         return "", ()
     if not isinstance(config, dict):
-        raise InputError(source, "quantization_config", "must be a mapping", "copy it from the checkpoint's config.json")
+        raise InputError(source, "quantization_config", "must be a mapping",
+                         "copy it from the checkpoint's config.json")
     method = str(config.get("quant_method", "")).lower()
     selected: set[str] | None = None
     excluded: set[str] = set()

@@ -125,7 +125,8 @@ def test_memory_rules_break_where_they_should():
     inst = _instances(tp=[1, 2, 2, 8], max_num_batched_tokens=[2048, 2048, 2048, 2_000_000])
     memory = instance_memory(model, H100, inst, [8192, 8192, 500_000, 8192])
     # 141 GB of BF16 weights do not fit one 80 GB GPU; TP 2 leaves room for a few 8K requests but not for
-    # one of 500K tokens (160 GB of KV); a 2M-token prefill budget (54 KB of activations per token) does not fit at TP 8.
+    # one of 500K tokens (160 GB of KV); a 2M-token prefill budget (54 KB of activations per token) does not
+    # fit at TP 8.
     assert list(memory.weights_fit) == [False, True, True, True]
     assert list(memory.kv_fits_one_request) == [False, True, False, False]
     assert list(memory.prefill_workspace_fits) == [False, True, True, False]

@@ -1,8 +1,6 @@
 """Decode and prefill step times of serving instances: hand-derived floors and the properties the issue
 names (TPOT never falls as batch or context grows; Splitwise's TP4 vs TP8)."""
 
-import itertools
-
 import numpy as np
 import pytest
 

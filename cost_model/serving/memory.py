@@ -125,7 +125,8 @@ def layer_weights(model: ModelSpec, instances: InstanceArrays) -> LayerWeights:
     if model.is_mla:
         attention = replicated_attention + split_attention / tp
     else:
-        kv = 2 * h * model.num_kv_heads * model.head_dim + (2 * model.num_kv_heads * model.head_dim if model.qkv_bias else 0)
+        kv_width = 2 * model.num_kv_heads * model.head_dim
+        kv = h * kv_width + (kv_width if model.qkv_bias else 0)
         kv_share = kv_heads_per_rank(model, tp) / model.num_kv_heads
         attention = replicated_attention + (split_attention - kv) / tp + kv * kv_share
     wp = instances.weight_precision
@@ -233,7 +234,8 @@ def comm_buffer_bytes(model: ModelSpec, instances: InstanceArrays, options: Serv
     2h + 16), T = ``num_max_dispatch_tokens_per_rank``: 2 E T (2h) + 2 E T (2h + 16) = 2 E T (4h + 16)
     bytes (DeepSeek-V3, 128 tokens: 1.88 GB)."""
     nccl = options.cost.nccl_buffer_mib_per_communicator * MIB
-    communicators = (instances.tp > 1).astype(float) + (instances.pp > 1) + ((instances.attn_dp > 1) | (instances.ep > 1))
+    communicators = ((instances.tp > 1).astype(float) + (instances.pp > 1)
+                     + ((instances.attn_dp > 1) | (instances.ep > 1)))
     custom = np.where(instances.tp > 1, options.custom_all_reduce_mib * MIB
                       + (options.nvls_buffer_gib * GIB if nvls else 0.0), 0.0)
     deepep = 0.0

@@ -23,8 +23,8 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
 * ``gemm``: every projection, MLP and expert GEMM at M = tokens of the step, priced by the training
   model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
   GEMM's own operand bytes; rows padded to the tensor cores' smallest block, so a MoE expert with few
-  tokens costs a whole block: why MoE prefill wants large token batches); ``attention``: the attention kernels' FLOPs at the training model's flash
-  rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
+  tokens costs a whole block: why MoE prefill wants large token batches); ``attention``: the attention
+  kernels' FLOPs at the training model's flash rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
 * ``tp_comm``: two all-reduces per layer over the TP group (after attention and after the MLP; a MoE
@@ -126,7 +126,8 @@ def split_k(pricer: _Pricer, rows, n, k, count=1.0) -> np.ndarray:
     if not pricer.num_sms:
         return np.ones(np.broadcast(np.asarray(rows), np.asarray(n), np.asarray(k)).shape)
     tiles = np.ceil(np.asarray(rows, dtype=np.float64) / pricer.tile_m) \
-        * np.ceil(np.asarray(n, dtype=np.float64) / pricer.tile_n) * np.maximum(np.asarray(count, dtype=np.float64), 1e-12)
+        * np.ceil(np.asarray(n, dtype=np.float64) / pricer.tile_n) \
+        * np.maximum(np.asarray(count, dtype=np.float64), 1e-12)
     fill = np.floor(pricer.num_sms / np.maximum(tiles, 1.0))
     depth = np.floor(np.asarray(k, dtype=np.float64) / SPLIT_K_MIN_DEPTH)
     return np.maximum(1.0, np.minimum(fill, depth))
@@ -161,7 +162,7 @@ class InstancePricing:
         self.weights = layer_weights(model, instances)
         self.kv_bytes_per_token_per_layer = kv_bytes_per_token_per_layer_per_rank(model, instances)
 
-        tp, attn_dp, ep = instances.tp, instances.attn_dp, np.maximum(instances.ep, 1)
+        tp, ep = instances.tp, np.maximum(instances.ep, 1)
         moe_group = np.maximum(instances.moe_tp, 1) * ep
         domain = topology.scaleup_domain_gpus
         self._tp_all_reduce = CollectiveCost(topology, Collective.ALL_REDUCE, tp, np.minimum(tp, domain))
@@ -227,7 +228,8 @@ class InstancePricing:
             splits = split_k(pricer, rows, n, k, count)
             # The tensor cores compute whole row blocks: a GEMM (or each expert of a grouped one) with
             # fewer rows than the smallest block pays for the block (ServingOptions.gemm_min_rows).
-            padded = np.where(np.asarray(rows) > 0, np.ceil(np.asarray(rows, dtype=np.float64) / min_rows) * min_rows, 0.0)
+            rows_ = np.asarray(rows, dtype=np.float64)
+            padded = np.where(rows_ > 0, np.ceil(rows_ / min_rows) * min_rows, 0.0)
             seconds, _ = pricer.gemm(padded, n, np.asarray(k, dtype=np.float64) / splits, count * splits)
             seconds = np.where(count > 0, seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
             f = 2.0 * np.asarray(rows, dtype=np.float64) * n * np.asarray(k, dtype=np.float64) * count
