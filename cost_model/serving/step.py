@@ -23,8 +23,9 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
 * ``gemm``: every projection, MLP and expert GEMM at M = tokens of the step, priced by the training
   model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
   GEMM's own operand bytes; rows padded to the tensor cores' smallest block, so a MoE expert with few
-  tokens costs a whole block: why MoE prefill wants large token batches); ``attention``: the attention
-  kernels' FLOPs at the training model's flash rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
+  tokens costs a whole block: why MoE prefill wants large token batches; decode-sized GEMMs split K to
+  fill the SMs, :func:`split_k`); ``attention``: the attention kernels' FLOPs at the training model's
+  flash rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
 * ``tp_comm``: two all-reduces per layer over the TP group (after attention and after the MLP; a MoE
@@ -33,8 +34,9 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   decode the messages are a few KiB, so each costs its latency term: ring 2(n-1) alpha, tree 2(g-1)
   alpha, NVLS 2 alpha, which never shrinks as TP grows while the weight read per GPU halves with each
   doubling. This is how Splitwise's Llama 2 70B decode on H100 does not improve from TP4 to TP8 (29.7 vs
-  29.8 ms, serving_runs.csv): at batch 1 the per-step floor (host issue without graphs, collective
-  latencies) rather than the weight read sets the step.
+  29.8 ms, serving_runs.csv): at batch 1 the per-step floor rather than the weight read sets the step.
+  Without CUDA graphs that floor is the host's issue of ~1,100 kernels, the same at every TP degree; with
+  graphs it is the collectives' latency and the kernels' fixed costs, and TP8 does gain on TP4.
 * ``ep_comm``: DeepEP-style dispatch and combine per MoE layer, two all-to-alls over the ``ep x moe_tp``
   ranks, each rank sending its tokens' k copies of the hidden state.
 * ``pp``: pipeline hand-offs (send/recv of the micro-batch's hidden states, one per stage).
