@@ -250,7 +250,7 @@ class _Lengths:
     prompt_slo: float
     input_mean: float
     output_mean: float
-    decode_steps: float       # decode steps a request runs (output - 1 tokens over tokens per step)
+    decode_steps: float       # decode steps a request runs: output - 1 tokens (at least one step) / tokens per step
     decode_steps_q: dict[str, float]  # steps of the short request whose TPOT spreads most: output at 1 - q
     tokens_per_step: float
     draft_tokens: int
@@ -270,7 +270,7 @@ def _lengths(workload: WorkloadSpec) -> _Lengths:
         prompt_mean=input_mean * keep, prompt_second=workload.input_tokens.second_moment() * keep ** 2,
         prompt_q={name: float(workload.input_tokens.quantile(value)) * keep for name, value in REPORTED_QUANTILES.items()},
         prompt_slo=float(workload.input_tokens.quantile(slo_q)) * keep, input_mean=input_mean, output_mean=output_mean,
-        decode_steps=max(output_mean - 1.0, 1e-6) / tokens_per_step, tokens_per_step=tokens_per_step,
+        decode_steps=max(output_mean - 1.0, 1.0) / tokens_per_step, tokens_per_step=tokens_per_step,
         decode_steps_q={name: max(float(workload.output_tokens.quantile(1.0 - value)) - 1.0, 1.0) / tokens_per_step
                         for name, value in dict(REPORTED_QUANTILES, slo=slo_q).items()},
         draft_tokens=int(spec.draft_tokens), context_mean=input_mean + output_mean / 2.0,
@@ -474,8 +474,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     pricing_p = price_instances(model, cluster, plans.prefill, options) if plans.disaggregated.any() else pricing_d
 
     longest_prompt = max(workload.input_tokens.longest() * (1 - workload.prefix_cache_hit_rate), 1.0)
-    max_tokens = max(float(plans.decode.max_num_batched_tokens.max()), float(plans.prefill.max_num_batched_tokens.max()),
-                     longest_prompt)
+    max_tokens = max([longest_prompt, *plans.decode.max_num_batched_tokens.tolist(), *plans.prefill.max_num_batched_tokens.tolist()])
     own_prompts = (*lengths.prompt_q.values(), lengths.prompt_slo, lengths.prompt_mean)
     table_d = _PrefillTable(pricing_d, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
     table_p = (_PrefillTable(pricing_p, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
@@ -666,6 +665,11 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
         lat[f"ttft_{name}"] = np.where(saturated & (per_rank is not None), queued,
                                        np.where(saturated, finite["ttft"][name][rows, top], at(finite["ttft"][name])))
         lat[f"tpot_{name}"] = np.where(saturated, finite["tpot"][name][rows, top], at(finite["tpot"][name]))
+    none_stable = ~g.stable.any(axis=1)  # not even the smallest batch keeps up: nothing is served
+    rate = np.where(none_stable, 0.0, rate)
+    b_eff = np.where(none_stable, 0.0, b_eff)
+    for key in lat:
+        lat[key] = np.where(none_stable, np.inf, lat[key])
     with np.errstate(divide="ignore", invalid="ignore"):
         wait_share = np.where(saturated & (per_rank is not None),
                               np.maximum(little - own_mean, 0.0) / np.maximum(little, own_mean),
