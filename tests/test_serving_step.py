@@ -179,3 +179,17 @@ def test_moe_prefill_wants_large_token_batches():
     assert small.bottleneck[0] == "hbm" and large.bottleneck[0] == "compute"
     assert small.total_s[0] / 256 > 4 * large.total_s[0] / 8192
     assert small.gemm_flops[0] / small.gemm_s[0] < 0.25 * large.gemm_flops[0] / large.gemm_s[0]
+
+
+def test_serving_options_refuse_unphysical_values_and_read_fitted_ones(tmp_path):
+    from cost_model.serving.options import serving_fitted_parameters
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        ServingOptions(gpu_memory_utilization=1.2)
+    with pytest.raises(ValueError, match="kv_block_tokens"):
+        ServingOptions(kv_block_tokens=0)
+    with pytest.raises(ValueError, match="unknown ServingOptions field"):
+        ServingOptions().with_changes(gpu_mem_util=0.8)
+    fitted = tmp_path / "serving_fitted.yaml"
+    fitted.write_text("parameters:\n  step_overhead_us: {value: 1234.5, prior: 1000.0}\n", encoding="utf-8")
+    assert serving_fitted_parameters(fitted) == {"step_overhead_us": 1234.5}
+    assert serving_fitted_parameters(tmp_path / "absent.yaml") == {}
