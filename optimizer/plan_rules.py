@@ -13,6 +13,7 @@ import numpy as np
 
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
+from cost_model.schedules import DUALPIPE, DUALPIPEV, INTERLEAVED, ONE_F_ONE_B, ZB_H2, is_v_shaped
 from cost_model.stages import layers_per_stage, uneven_split_is_valid
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER
@@ -27,6 +28,15 @@ PLAN_RULES: dict[str, str] = {
     "global_batch_divisible_by_dp_micro_batch": "global batch = dp x micro-batch x number of micro-batches",
     "interleave_needs_pipeline": "virtual pipeline stages need pp > 1",
     "interleave_microbatches_divisible_by_pp": "with interleaving, the number of micro-batches is a multiple of pp",
+    "schedule_chunks": "1F1B, ZB-H2 and DualPipe run one chunk a rank (vpp = 1), interleaved more than one, ZB-V "
+                       "and DualPipeV exactly two (a V: rank r holds chunks r and 2pp-1-r); with pp = 1 the "
+                       "schedule is 1F1B",
+    "v_schedule_split": "a V schedule splits each rank's layers into two chunks: the middle stages' layers are "
+                        "even, and the first rank, which holds both end chunks, takes the split's whole deficit "
+                        "(at most its k layers)",
+    "dualpipe_ranks_and_microbatches": "DualPipe needs an even pp and an even number of micro-batches, at least "
+                                       "2 x pp; DualPipeV at least 2 x pp micro-batches (DualPipe.step, "
+                                       "DualPipeV.step asserts)",
     "sequence_parallel_needs_tp": "sequence parallelism needs tp > 1",
     "moe_with_tp_needs_sequence_parallel": "MoE layers with tp > 1 need sequence parallelism (Megatron-LM)",
     "sequence_divisible_by_cp_tp": "with sequence parallelism, the sequence per CP rank is divisible by tp",
@@ -78,7 +88,9 @@ def _plan_violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     batch_per_step = plans.dp * plans.micro_batch
     batch_ok = gb % batch_per_step == 0
     m = np.where(batch_ok, gb // batch_per_step, 0)
-    interleaved = plans.vpp > 1
+    interleaved = plans.schedule == INTERLEAVED
+    schedule, v_shape = plans.schedule, is_v_shaped(plans.schedule)
+    one_chunk = np.isin(schedule, (ONE_F_ONE_B, ZB_H2, DUALPIPE))
     local_seq = training.seq_length // plans.cp
     _, k, _ = layers_per_stage(model.num_layers, plans.pp)
     chunk = -(-k // plans.vpp)
@@ -86,8 +98,14 @@ def _plan_violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     return {
         "layers_split_over_stages_and_chunks": ~split_ok(model.num_layers, plans.pp, plans.vpp, allow_uneven),
         "global_batch_divisible_by_dp_micro_batch": ~batch_ok,
-        "interleave_needs_pipeline": interleaved & (plans.pp < 2),
+        "interleave_needs_pipeline": (plans.vpp > 1) & (plans.pp < 2),
         "interleave_microbatches_divisible_by_pp": interleaved & (m % plans.pp != 0),
+        "schedule_chunks": ((one_chunk & (plans.vpp != 1)) | (interleaved & (plans.vpp < 2))
+                            | (v_shape & (plans.vpp != 2)) | ((schedule != ONE_F_ONE_B) & (plans.pp < 2))),
+        "v_schedule_split": v_shape & ((k % 2 != 0) | (plans.pp * k - model.num_layers > k)),
+        "dualpipe_ranks_and_microbatches": (((schedule == DUALPIPE) & ((plans.pp % 2 != 0) | (m % 2 != 0)
+                                                                        | (m < 2 * plans.pp)))
+                                            | ((schedule == DUALPIPEV) & (m < 2 * plans.pp))),
         "sequence_parallel_needs_tp": plans.sequence_parallel & (plans.tp < 2),
         "moe_with_tp_needs_sequence_parallel": model.is_moe & (plans.tp > 1) & ~plans.sequence_parallel,
         "sequence_divisible_by_cp_tp": plans.sequence_parallel & ((training.seq_length % plans.cp != 0)
@@ -114,7 +132,8 @@ def available_modules(model: ModelSpec) -> int:
 
 
 SCHEDULE_RULES = ("layers_split_over_stages_and_chunks", "global_batch_divisible_by_dp_micro_batch",
-                  "interleave_needs_pipeline", "interleave_microbatches_divisible_by_pp")
+                  "interleave_needs_pipeline", "interleave_microbatches_divisible_by_pp", "schedule_chunks",
+                  "v_schedule_split", "dualpipe_ranks_and_microbatches")
 """The rules that involve only the layout and the schedule (virtual stages, micro-batch)."""
 
 

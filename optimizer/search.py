@@ -3,8 +3,8 @@ the cost model prices them, and the feasible plans are ranked.
 
 1. Layouts: :class:`optimizer.layout_model.LayoutModel` enumerates (GPUs, tp, cp, pp, dp, ep, etp)
    under the named hardware and framework rules.
-2. Schedules: every layout x virtual stages x micro-batch (the pinned ones, when pinned), filtered by
-   :mod:`optimizer.plan_rules`.
+2. Schedules: every layout x virtual stages x pipeline schedule (those the framework runs, or the asked
+   ones) x micro-batch (the pinned ones, when pinned), filtered by :mod:`optimizer.plan_rules`.
 3. Knobs: x sequence parallel x ZeRO stage (x offload) x recompute option, filtered likewise.
 4. Memory: :func:`cost_model.evaluate.predict_memory` for every expanded plan; a plan fits when its
    peak is within (1 - headroom) of the GPU's usable memory (:func:`cost_model.memory.fits_in_memory`,
@@ -187,6 +187,7 @@ def schedule_rows(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarr
     o = scenario.options
     cols = {name: layouts[:, i] for i, name in enumerate(LAYOUT_COLUMNS)}
     cols = _cross(cols, "vpp", np.array(o.vpp_choices))
+    cols = _cross(cols, "schedule", np.array(o.schedule_choices))
     cols = _cross(cols, "micro_batch", np.array(sorted(set(o.micro_batch_sizes))))
     return _filter(cols, _rule_mask(scenario, cols, SCHEDULE_RULES))
 
@@ -234,7 +235,7 @@ def group_chunks(scenario: Scenario, layouts: np.ndarray, max_groups: int | None
             yield groups
         return
     o = scenario.options
-    per_layout = len(o.vpp_choices) * len(set(o.micro_batch_sizes))
+    per_layout = len(o.vpp_choices) * len(o.schedule_choices) * len(set(o.micro_batch_sizes))
     per_schedule = math.prod(len(values) for _, values in _knob_values(scenario))
     layout_block = max(1, max_groups // per_layout)
     schedule_block = max(1, max_groups // per_schedule)

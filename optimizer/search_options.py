@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from cost_model.memory import MEMORY_HEADROOM
+from cost_model.plan import SCHEDULES
 
-from .emit import FRAMEWORKS
+from .emit import FRAMEWORKS, framework_schedules
 
 PINNABLE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")
 """Layout degrees a search can pin to given values (``SearchOptions.<degree>_values``)."""
@@ -53,6 +54,11 @@ class SearchOptions:
 
     vpp_values: tuple[int, ...] = ()
     """Pinned virtual pipeline stages (``--vpp``): the schedule grid uses these instead of 1..max_vpp."""
+
+    schedules: tuple[str, ...] = ()
+    """Pipeline schedules tried (``--schedule``, names of :data:`cost_model.plan.SCHEDULES`); empty = every
+    schedule the chosen ``framework`` runs (:func:`optimizer.emit.framework_schedules`). A schedule the
+    framework cannot run is still refused by its rules."""
 
     micro_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     """Micro-batch sizes tried (``--micro-batch`` replaces them)."""
@@ -134,6 +140,9 @@ class SearchOptions:
             raise ValueError("zero_stages must be drawn from 0, 1, 2, 3")
         if self.framework not in FRAMEWORKS:
             raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {self.framework!r}")
+        unknown = [name for name in self.schedules if name not in SCHEDULES]
+        if unknown:
+            raise ValueError(f"schedules must be drawn from {', '.join(SCHEDULES)}; got {', '.join(unknown)}")
 
     def pinned(self, degree: str) -> tuple[int, ...]:
         """The values ``degree`` (tp, pp, dp, cp, ep or etp) is pinned to; empty when it is free."""
@@ -143,6 +152,12 @@ class SearchOptions:
     def vpp_choices(self) -> tuple[int, ...]:
         """Virtual pipeline stage counts of the schedule grid: the pinned ones, else 1..max_vpp."""
         return tuple(sorted(set(self.vpp_values))) or tuple(range(1, self.max_vpp + 1))
+
+    @property
+    def schedule_choices(self) -> tuple[int, ...]:
+        """Schedule codes of the schedule grid: the asked ones, else those the framework runs."""
+        names = self.schedules or framework_schedules(self.framework)
+        return tuple(sorted({SCHEDULES.index(name) for name in names}))
 
     def with_changes(self, **changes: Any) -> "SearchOptions":
         return replace(self, **changes)

@@ -231,6 +231,8 @@ DENSE_SETUP = {"seq_length": 4096, "global_batch_size": 64}
 ALIBI = ("llama3-8b", {"position_embedding_type": "alibi"})
 RULE_EXAMPLES: dict[str, tuple] = {
     # rule: (model, training, refused plan, accepted neighbour or None, cost options)
+    "bridge_pipeline_schedule": ("llama3-8b", DENSE_SETUP, _plan(pp=2, dp=2, schedule="zbv", vpp=2),
+                                 _plan(pp=2, dp=2, vpp=2)),
     "bridge_rank_order": ("llama3-8b", DENSE_SETUP, _plan(), None, {"rank_order": "tp-dp-cp-ep-pp"}),
     "bridge_tp_pp_dp_mapping_expert_dp": (
         QWEN_MOE, MOE_SETUP, _plan(**MOE, pp=2), _plan(**MOE), {"rank_order": "tp-cp-ep-pp-dp"}),

@@ -177,6 +177,7 @@ def _breaker(model_name: str, training: dict[str, Any], plan: dict[str, Any], mo
 
 
 RULE_BREAKERS: dict[str, tuple] = {
+    "megatron_pipeline_schedule": _breaker("llama3-8b", SHORT, dict(DENSE, pp=2, dp=2, schedule="zb-h1")),
     "megatron_rank_order": _breaker("llama3-8b", SHORT, DENSE, rank_order="tp-dp-cp-ep-pp"),
     "megatron_tp_pp_dp_mapping_expert_dp": _breaker("qwen3-30b-a3b", SHORT, dict(MOE, pp=2, ep=4),
                                                     rank_order="tp-cp-ep-pp-dp"),
@@ -226,6 +227,7 @@ RULE_BREAKERS: dict[str, tuple] = {
 """rule -> (model preset, model, training, plan, cost options): a plan that breaks the rule."""
 
 MENDED: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "megatron_pipeline_schedule": ({}, {"schedule": "1f1b"}, {}),
     "megatron_rank_order": ({}, {}, {"rank_order": "tp-cp-ep-pp-dp"}),
     "megatron_tp_pp_dp_mapping_expert_dp": ({}, {"ep": 1}, {}),
     "megatron_cp_a2a_heads_divisible": ({}, {"cp": 4, "dp": 2}, {}),

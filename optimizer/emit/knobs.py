@@ -16,7 +16,8 @@ from typing import Any
 
 from cost_model.ep_overlap import megatron_accepts_overlap
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, PLAN_DEFAULTS, RECOMPUTE_MODES, SELECTIVE, PlanArrays, module_mask, module_names
+from cost_model.plan import (BY_VPP, FULL, PLAN_DEFAULTS, RECOMPUTE_MODES, SCHEDULES, SELECTIVE, PlanArrays, module_mask,
+                             module_names)
 from cost_model.stages import chunk_layers, layers_per_stage
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER
@@ -80,6 +81,9 @@ class LaunchKnobs:
     compute tray, 8 on HGX)."""
     dp_replicate: int = 1
     """Hybrid sharding: copies of the ZeRO-sharded states across dp x cp (1 = one shard group over all)."""
+    schedule: str = "1f1b"
+    """Pipeline schedule, a name of :data:`cost_model.plan.SCHEDULES` (``interleaved`` where vpp > 1 and the
+    plan names none)."""
 
     @property
     def world_size(self) -> int:
@@ -115,7 +119,8 @@ class LaunchKnobs:
             "recompute_num_layers": self.recompute_layers_per_chunk if self.recompute == "full" else -1,
             "recompute_modules": module_mask(self.recompute_modules), "sequence_parallel": self.sequence_parallel,
             "zero_stage": self.zero_stage, "optimizer_offload": self.optimizer_offload,
-            "activation_offload_layers": self.activation_offload_layers, "dp_replicate": self.dp_replicate})
+            "activation_offload_layers": self.activation_offload_layers, "dp_replicate": self.dp_replicate,
+            "schedule": self.schedule})
 
     @property
     def recompute_num_layers(self) -> int:
@@ -141,8 +146,13 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
     modules = tuple(module_names(int(values["recompute_modules"]))) if recompute == RECOMPUTE_MODES[SELECTIVE] else ()
     ep = int(values["ep"])
     recompute_code = RECOMPUTE_MODES.index(recompute)
-    overlap = bool(model.is_moe and training.overlap_moe_expert_parallel_comm
-                   and megatron_accepts_overlap(ep, recompute_code, pp, vpp))
+    schedule = values["schedule"]
+    if not isinstance(schedule, str):  # a code; BY_VPP: what Megatron runs for these knobs
+        schedule = ("interleaved" if vpp > 1 else "1f1b") if int(schedule) == BY_VPP else SCHEDULES[int(schedule)]
+    # The EP overlap runs in Megatron's merged 1F1B where Megatron accepts it, and in DualPipe's F&B pairs.
+    accepts = (ep > 1) if schedule in ("dualpipe", "dualpipev") else (
+        schedule in ("1f1b", "interleaved") and bool(megatron_accepts_overlap(ep, recompute_code, pp, vpp)))
+    overlap = bool(model.is_moe and training.overlap_moe_expert_parallel_comm and accepts)
     return LaunchKnobs(
         model=model, training=training, tp=int(values["tp"]), pp=pp, dp=dp, cp=int(values["cp"]), ep=ep,
         etp=int(values["etp"]), vpp=vpp, micro_batch=mbs,
@@ -152,4 +162,4 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
         optimizer_offload=bool(values["optimizer_offload"]),
         activation_offload_layers=int(values["activation_offload_layers"]), ep_overlap=overlap,
         cp_comm_type=cp_comm_type, rank_order=rank_order, gpus_per_node=gpus_per_node,
-        dp_replicate=int(values["dp_replicate"]))
+        dp_replicate=int(values["dp_replicate"]), schedule=schedule)

@@ -105,6 +105,9 @@ OWN_RULES: dict[str, str] = {
 }
 """Bridge's own rules: ``ConfigContainer.validate``'s. Any stage split is said (:func:`split_settings`)."""
 
+PIPELINE_SCHEDULES = core.PIPELINE_SCHEDULES
+"""The pipeline schedules it runs: megatron-core's (:data:`.megatron_core.PIPELINE_SCHEDULES`)."""
+
 RULES: dict[str, str] = {**prefixed("bridge_", core.RULES), **OWN_RULES}
 """Megatron-Bridge's start-up rules the search enforces (name -> sentence): the shared Megatron-Core checks
 (:data:`.megatron_core.RULES`, prefixed ``bridge_``), then Bridge's own."""

@@ -37,7 +37,7 @@ import numpy as np
 
 from cost_model.ep_overlap import ep_overlap_active
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, MODULE_BIT, SELECTIVE, PlanArrays
+from cost_model.plan import FULL, MODULE_BIT, SCHEDULES, SELECTIVE, PlanArrays
 from cost_model.training_spec import TrainingSpec
 from hardware.placement import DEFAULT_RANK_ORDER, parse_rank_order
 
@@ -65,7 +65,15 @@ ZeRO-1 is the distributed optimizer without Megatron-FSDP)."""
 MOE_SCOPES = frozenset({"moe", "moe_router", "moe_preprocess"})
 """CUDA graph scopes that capture part of a MoE layer."""
 
+PIPELINE_SCHEDULES = ("1f1b", "interleaved")
+"""The pipeline schedules megatron-core 0.16.1 runs: ``get_forward_backward_func`` picks
+``forward_backward_no_pipelining``, ``forward_backward_pipelining_without_interleaving`` (1F1B) or
+``..._with_interleaving``; it has no zero-bubble or DualPipe schedule (``delay_wgrad_compute`` defers the
+weight gradients only inside the EP-overlap merged step)."""
+
 RULES: dict[str, str] = {
+    "pipeline_schedule": "megatron-core 0.16.1 runs 1F1B and interleaved 1F1B only (get_forward_backward_func): "
+                         "no zero-bubble (ZB-H1/H2, ZB-V) or DualPipe(V) schedule",
     "rank_order": "megatron-core orders ranks tp-cp-ep-dp-pp, or tp-cp-ep-pp-dp with use_tp_pp_dp_mapping, and no "
                   "other way (parallel_state.initialize_model_parallel as both frameworks' initialize call it)",
     "tp_pp_dp_mapping_expert_dp": "with the tp-cp-ep-pp-dp order and pp > 1, the expert layers' data-parallel size "
@@ -234,6 +242,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
     overlap = ep_overlap_active(model, training, plans)
     precision_aware = precision_aware_optimizer(training, plans.optimizer_offload)
     return {
+        "pipeline_schedule": ~np.isin(plans.schedule, [SCHEDULES.index(name) for name in PIPELINE_SCHEDULES]),
         "rank_order": every(order not in RANK_ORDERS),
         "tp_pp_dp_mapping_expert_dp": every(order == "tp-cp-ep-pp-dp") & (plans.pp > 1)
                                       & (etp * ep != plans.tp * plans.cp),

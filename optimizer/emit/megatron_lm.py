@@ -83,6 +83,9 @@ OWN_RULES: dict[str, str] = {
 """Megatron-LM's own ``validate_args`` checks (Megatron-Bridge sizes the learned table by the sequence and
 does not tie the two DDP overlaps)."""
 
+PIPELINE_SCHEDULES = core.PIPELINE_SCHEDULES
+"""The pipeline schedules it runs: megatron-core's (:data:`.megatron_core.PIPELINE_SCHEDULES`)."""
+
 RULES: dict[str, str] = {**prefixed("megatron_", core.RULES), **OWN_RULES}
 """Megatron-LM's start-up rules the search enforces (name -> sentence): the shared Megatron-Core checks
 (:data:`.megatron_core.RULES`, prefixed ``megatron_``), then Megatron-LM's own."""

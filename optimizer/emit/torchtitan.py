@@ -30,7 +30,10 @@ How the priced plan is expressed, and where torchtitan decides it:
   The split is exact only when k divides into vpp chunks and, interleaved, each end stage is at most one
   layer short: torchtitan takes the whole deficit from the outermost virtual stage (405B at PP16 VP8:
   an embedding-only first virtual stage, as Megatron's accounted split), the priced chunks spread it one
-  layer a chunk (rule ``torchtitan_virtual_stages``).
+  layer a chunk (rule ``torchtitan_virtual_stages``). ``ZBVZeroBubble`` and ``DualPipeV`` place the
+  2 pp virtual stages in a V (rank r holds r and 2pp-1-r, ``pipeline_parallel.py``
+  ``generate_stage_to_rank_mapping``), so the first rank holds both short end stages, as priced
+  (:mod:`cost_model.schedules`); the schedule's name is :data:`SCHEDULE_NAMES`.
 * Data parallelism (``distributed/fsdp.py``, ``models/llama3/parallelize.py``): torchtitan always wraps
   the decoder in FSDP2 over ``dp_shard x cp`` (replicated over ``dp_replicate``). ZeRO-0 is
   ``dp_replicate = dp``, ``dp_shard = 1`` (DDP-like HSDP with shard groups of one), only without CP
@@ -77,9 +80,9 @@ from typing import Any
 
 import numpy as np
 
-from cost_model.ep_overlap import megatron_accepts_overlap
+from cost_model.ep_overlap import ep_overlap_active
 from cost_model.model_spec import ModelSpec
-from cost_model.plan import FULL, SELECTIVE, PlanArrays
+from cost_model.plan import FULL, SCHEDULES, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
@@ -128,7 +131,22 @@ Left out: ``llama3_405b`` (it always converts to float8 rowwise, which the cost 
 ``deepseek_v3_671b_float8`` (rowwise), the debug and NVFP4 configs, and models the cost model has no
 preset for. The conformance test checks these dimensions against the models the functions build."""
 
+PIPELINE_SCHEDULES = ("1f1b", "interleaved", "zb-h1", "zbv", "dualpipev")
+"""The pipeline schedules torchtitan 0.3.0 runs, through torch's ``get_schedule_class``
+(``torch/distributed/pipelining/schedules.py``): no ZB-H2 and no bidirectional DualPipe."""
+
+SCHEDULE_NAMES = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "zb-h1": "InterleavedZeroBubble",
+                  "zbv": "ZBVZeroBubble", "dualpipev": "DualPipeV"}
+"""``parallelism.pipeline_parallel_schedule`` of each schedule: torch's ``ScheduleInterleavedZeroBubble``
+is ZB1P (ZB-H1) over several stages a rank; ``ScheduleZBVZeroBubble`` and ``ScheduleDualPipeV`` need
+exactly two stages a rank, placed in a V (``generate_stage_to_rank_mapping`` style ``"v"``)."""
+
 RULES: dict[str, str] = {
+    "torchtitan_pipeline_schedule": "torch's pipelining (torchtitan 0.3.0) runs 1F1B, Interleaved1F1B, "
+                                    "InterleavedZeroBubble (ZB-H1), ZBVZeroBubble and DualPipeV: no ZB-H2 and no "
+                                    "bidirectional DualPipe",
+    "torchtitan_zero_bubble_stages": "InterleavedZeroBubble is a multi-stage schedule: torchtitan builds it with at "
+                                     "least 2 stages a rank (ZB-H1 needs vpp >= 2)",
     "torchtitan_model_config": "torchtitan 0.3.0 takes the model from a shipped config function (--config); one "
                                "exists for these dimensions and precision only for Llama 3 8B (BF16, MXFP8), Llama 3 "
                                "70B, Qwen3 30B-A3B, DeepSeek-V3 671B without MTP and gpt-oss 120B (BF16)",
@@ -173,7 +191,9 @@ RULES: dict[str, str] = {
                                     "alone",
     "torchtitan_moe_dispatcher": "torchtitan's shipped MoE configs dispatch with a dropless all-to-all in BF16 (no "
                                  "DeepEP/HybridEP config for these models, no drop-and-pad, no FP8 dispatch)",
-    "torchtitan_ep_overlap": "torchtitan has no Megatron-style EP all-to-all overlap across micro-batches",
+    "torchtitan_ep_overlap": "torchtitan has no EP all-to-all overlap across micro-batches: no Megatron-style "
+                             "merged 1F1B, and its DualPipeV runs each F&B pair's passes one after the other (no "
+                             "OVERLAP_F_B callback registered outside the graph_trainer experiment)",
     "torchtitan_cuda_graphs": "torchtitan 0.3.0 captures whole forward+backward steps only (full_iteration), not with "
                               "pipeline parallelism and not with a synchronising expert-parallel dispatcher",
     "torchtitan_dropout": "torchtitan's models have no dropout",
@@ -227,6 +247,9 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
     moe = model.is_moe
     chosen = config_function(model, training)
     return {
+        "torchtitan_pipeline_schedule": ~np.isin(plans.schedule, [SCHEDULES.index(name)
+                                                                   for name in PIPELINE_SCHEDULES]),
+        "torchtitan_zero_bubble_stages": (plans.schedule == SCHEDULES.index("zb-h1")) & (vpp < 2),
         "torchtitan_model_config": every if chosen is None else none,
         "torchtitan_zero1": zero == 1,
         "torchtitan_zero2_microbatches": (zero == 2) & (m > 1),
@@ -253,8 +276,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "torchtitan_moe_dispatcher": every if moe and (training.moe_token_dispatcher != "alltoall"
                                                        or training.moe_pad_to_capacity
                                                        or training.moe_dispatch_fp8) else none,
-        "torchtitan_ep_overlap": (megatron_accepts_overlap(ep, plans.recompute, pp, vpp)
-                                  if moe and training.overlap_moe_expert_parallel_comm else none),
+        "torchtitan_ep_overlap": ep_overlap_active(model, training, plans),
         "torchtitan_cuda_graphs": (none if not scope else every if scope != ("full_iteration",)
                                    else (pp > 1) | ((ep > 1) if moe else none)),
         "torchtitan_dropout": every if training.dropout else none,
@@ -296,7 +318,7 @@ def overrides(knobs: LaunchKnobs) -> list[tuple[str, Any]]:
         k, first_less, last_less = (int(np.asarray(x).reshape(-1)[0])
                                    for x in stage_weights(knobs.model.num_layers, np.array([knobs.pp])))
         fields += [
-            ("parallelism.pipeline_parallel_schedule", "Interleaved1F1B" if knobs.vpp > 1 else "1F1B"),
+            ("parallelism.pipeline_parallel_schedule", SCHEDULE_NAMES.get(knobs.schedule, knobs.schedule)),
             ("parallelism.pipeline_parallel_layers_per_stage", k // knobs.vpp),
             ("parallelism.pipeline_parallel_first_stage_less_layers", first_less),
             ("parallelism.pipeline_parallel_last_stage_less_layers", last_less),
