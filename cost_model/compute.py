@@ -77,12 +77,16 @@ class LayerTimes:
     (:func:`cost_model.host.exposed_issue_time`)."""
 
 
-QUANTIZE_BYTES_PER_ELEMENT = {"tensorwise": 6.0, "delayed": 4.0, "mxfp8": 4.0, "blockwise": 4.0, "nvfp4": 7.125}
+QUANTIZE_BYTES_PER_ELEMENT = {"tensorwise": 6.0, "delayed": 4.0, "mxfp8": 4.0 + 2 / 32, "blockwise": 4.0,
+                              "nvfp4": 7.125}
 """HBM bytes per element to quantize one bf16 GEMM input into the row- and column-wise copies that the
 forward and weight-gradient GEMMs read (Transformer Engine quantizers).
 
-FP8: read 2 bytes, write 1 + 1 (``delayed``, ``mxfp8``, ``blockwise``: scales from history or per block,
-no extra pass); ``tensorwise`` current scaling reads the input once more for its amax: 6.
+FP8: read 2 bytes, write 1 + 1. ``delayed`` takes its scale from the amax history and ``blockwise`` its
+per-block scales in the cast: 4. ``tensorwise`` current scaling reads the input once more for its amax
+before the cast: 6. ``mxfp8`` needs no extra pass but writes one E8M0 scale byte per 32 elements with each
+of the two copies (``MXFP8Quantizer``; OCP Microscaling Formats v1.0, section 5: 32-element blocks,
+E8M0 scales): 4 + 2/32 = 4.0625.
 
 ``nvfp4`` (TE ``NVFP4Quantizer::quantize_impl``): one ``nvte_hadamard_transform_amax`` pass reads the input
 for the row-wise amax and the column-wise amax after the random Hadamard transform (2 bytes); the row-wise
@@ -90,6 +94,16 @@ cast reads it again (2) and the column-wise RHT cast fusion (``nvte_hadamard_tra
 a third time (2); each writes 4-bit values plus one E4M3 scale per 16 elements, 0.5625 bytes
 (:data:`NVFP4_BYTES_PER_ELEMENT`): 6 + 2 x 0.5625 = 7.125. Stochastic rounding of gradients happens in the
 cast and moves no extra bytes."""
+
+MXFP8_VS_PER_TENSOR_GEMM = 2347.65 / 2369.05
+"""Throughput of an MXFP8 GEMM relative to a per-tensor-scaled FP8 GEMM of the same shape on Blackwell
+(0.991): Blackwell's block-scaled tensor cores apply the E8M0 scale of every 32 elements inside the MMA
+(cuBLAS kernel ``nvjet_sm100_qqtst_..._Avec32UE8M0_Bvec32UE8M0``), so the rate is the FP8 rate less the
+scale traffic: cuDNN on B200, batch 128 x 512 x 512 x 4096 to bf16, 2,347.65 TFLOP/s MXFP8 against
+2,369.05 per-tensor FP8 (flashinfer-ai/flashinfer PR #2256, ``flashinfer_benchmark.py`` ``bmm_mxfp8`` vs
+``bmm_fp8``). The per-tensor recipes (``tensorwise``, ``delayed``) and ``blockwise`` run at the GPU's
+calibrated FP8 efficiency; MXFP8 at that times this."""
+
 
 def gemm_precision_rate(gpu: GPUSpec, precision: str) -> tuple[str, float, float]:
     """(precision the GEMMs really run in, dense peak TFLOP/s, achievable fraction of it) on ``gpu``.
@@ -111,6 +125,10 @@ def precision_conflict(training: TrainingSpec, gpu: GPUSpec) -> str | None:
     if training.precision == "fp4" and not gpu.peak_tflops_fp4:
         return (f"precision fp4 needs FP4 tensor cores (a Blackwell GPU): the {gpu.name} preset has no "
                 "peak_tflops_fp4")
+    # Block-scaled tensor cores come with the FP4 ones (Blackwell's block-scale MMA serves MXFP8 and NVFP4).
+    if training.precision == "fp8" and training.fp8_recipe == "mxfp8" and not gpu.peak_tflops_fp4:
+        return (f"fp8_recipe mxfp8 needs block-scaled FP8 tensor cores (a Blackwell GPU): the {gpu.name} preset "
+                "has none (no peak_tflops_fp4); use fp8_recipe tensorwise, delayed or blockwise")
     return None
 
 
@@ -138,6 +156,8 @@ class _Pricer:
         kernel_efficiency = stack.kernel_efficiency
         precision, peak_tflops, efficiency = gemm_precision_rate(gpu, requested_precision)
         self.gemm_flops_per_s = peak_tflops * 1e12 * efficiency * kernel_efficiency
+        if precision == "fp8" and recipe_of(precision) == "mxfp8":
+            self.gemm_flops_per_s *= MXFP8_VS_PER_TENSOR_GEMM
         self.attention_flops_per_s = gpu.peak_tflops_bf16 * 1e12 * gpu.attention_efficiency * kernel_efficiency
         self.hbm_bytes_per_s = gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency
         self.in_bytes = GEMM_INPUT_BYTES[precision]
