@@ -47,6 +47,11 @@ PLAN_RULES: dict[str, str] = {
     "expert_degrees_valid": "ep divides the experts and etp x ep divides tp x cp x dp",
     "activation_offload_valid": "activation offload needs pp = 1, no recompute and fewer offloaded layers than "
                                 "the model has (Megatron-LM TransformerConfig)",
+    "hybrid_sharding_divides": "hybrid sharding's copies (dp_replicate) divide dp and the expert-data-parallel "
+                               "ranks (Megatron-Core parallel_state: dp x cp and edp divisible by "
+                               "num_distributed_optimizer_instances; whole CP groups in each shard group)",
+    "hybrid_sharding_needs_zero": "hybrid sharding (dp_replicate > 1) needs ZeRO >= 1 and a shard group of at "
+                                  "least 2 ranks (without sharding, copies are plain data parallelism)",
 }
 
 
@@ -116,6 +121,10 @@ def _plan_violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
                                    & ((plans.recompute_modules & ~available_modules(model)) != 0),
         "expert_degrees_valid": (experts % plans.ep != 0)
                                 | ((plans.tp * plans.cp * plans.dp) % (plans.etp * plans.ep) != 0),
+        "hybrid_sharding_divides": (plans.dp_replicate < 1) | (plans.dp % np.maximum(plans.dp_replicate, 1) != 0)
+                                   | (plans.expert_data_parallel % np.maximum(plans.dp_replicate, 1) != 0),
+        "hybrid_sharding_needs_zero": (plans.dp_replicate > 1) & ((plans.zero_stage < 1)
+                                                                  | (plans.dp * plans.cp < 2 * plans.dp_replicate)),
         "activation_offload_valid": (plans.activation_offload_layers != 0)
                                     & ((plans.pp > 1) | (plans.recompute != NONE)
                                        | (plans.activation_offload_layers < 0)

@@ -38,6 +38,7 @@ from cost_model.options import CostOptions
 from cost_model.plan import FULL, MODULE_BIT, NONE, SELECTIVE, PlanArrays
 from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
+from hardware.placement import dense_placement
 from hardware.schema import ClusterSpec
 
 from .emit import framework_violations
@@ -199,6 +200,7 @@ def _knob_values(scenario: Scenario) -> list[tuple[str, np.ndarray]]:
     offload = sorted({0, layers // 2, layers - 1}) if o.allow_offload and layers > 1 else [0]
     return [("sequence_parallel", np.array(sorted(set(o.sequence_parallel)))),
             ("zero_stage", np.array(sorted(set(o.zero_stages)))),
+            ("dp_replicate", np.array(sorted(set(o.dp_replicate_values)))),
             ("optimizer_offload", np.array([False, True] if o.allow_offload else [False])),
             ("activation_offload_layers", np.array(offload))]
 
@@ -208,7 +210,34 @@ def knob_rows(scenario: Scenario, schedules: dict[str, np.ndarray]) -> dict[str,
     cols = schedules
     for name, values in _knob_values(scenario):
         cols = _cross(cols, name, values)
-    return _filter(cols, _rule_mask(scenario, cols))  # activation_offload_valid drops offload with pp > 1
+    keep = _rule_mask(scenario, cols) & hsdp_shard_groups_tried(scenario, cols)
+    return _filter(cols, keep)  # activation_offload_valid drops offload with pp > 1
+
+
+HSDP_DOMAIN_MULTIPLES = (1, 2, 4)
+"""Shard groups the search tries with hybrid sharding, in scale-up domains' worth of data-parallel ranks:
+one domain (the all-gathers and reduce-scatters on NVLink alone), two and four (fewer copies, less memory,
+a short network ring). Other sizes lie between these in both memory and time."""
+
+
+def hsdp_shard_groups_tried(scenario: Scenario, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """True for the rows whose hybrid sharding the search prices: no hybrid sharding (dp_replicate 1), or a
+    shard group of :data:`HSDP_DOMAIN_MULTIPLES` times the data-parallel ranks one scale-up domain holds
+    (:func:`hardware.placement.dense_placement`). This keeps the HSDP grid to at most three sizes a layout,
+    whatever ``dp_replicate_values`` lists."""
+    replicas = cols["dp_replicate"]
+    hybrid = replicas > 1
+    if not hybrid.any():
+        return np.ones(len(replicas), dtype=bool)
+    placed = dense_placement(cols["tp"], cols["cp"], cols["dp"], cols["pp"],
+                             domain_gpus=scenario.cluster.topology.domain_gpus,
+                             order=scenario.options.rank_order)["dp_cp"]
+    per_domain = np.broadcast_to(placed.ranks_per_domain, replicas.shape)
+    shard = cols["dp"] * cols["cp"] // np.maximum(replicas, 1)
+    tried = np.zeros(len(replicas), dtype=bool)
+    for multiple in HSDP_DOMAIN_MULTIPLES:
+        tried |= shard == multiple * per_domain
+    return ~hybrid | tried
 
 
 def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarray]:

@@ -75,6 +75,13 @@ class SearchOptions:
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     """ZeRO stages tried (only with dp x cp > 1)."""
 
+    dp_replicate_values: tuple[int, ...] = tuple(2**k for k in range(12))
+    """Hybrid sharding (HSDP) copies tried with ZeRO >= 1 (``--dp-replicate``): the ZeRO states shard over
+    dp x cp / dp_replicate ranks. Powers of two from 1 to 2,048; of these the search prices, per layout,
+    the ones whose shard group is one, two or four scale-up domains' worth of data-parallel ranks
+    (:func:`optimizer.search.hsdp_shard_groups_tried`), the plan rules keep those that divide dp and the
+    expert-data-parallel ranks, and the framework rules those its launcher runs. ``(1,)`` turns it off."""
+
     allow_offload: bool = False
     """Also try optimizer states on the CPU, and (without pipeline parallelism) activations of half or of
     all but one of the layers on the CPU."""
@@ -138,6 +145,8 @@ class SearchOptions:
             raise ValueError(f"recompute_modes must be drawn from none, selective, full; got {sorted(bad)}")
         if not self.zero_stages or set(self.zero_stages) - {0, 1, 2, 3}:
             raise ValueError("zero_stages must be drawn from 0, 1, 2, 3")
+        if not self.dp_replicate_values or min(self.dp_replicate_values) < 1:
+            raise ValueError(f"dp_replicate_values must be positive integers, got {self.dp_replicate_values}")
         if self.framework not in FRAMEWORKS:
             raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {self.framework!r}")
         unknown = [name for name in self.schedules if name not in SCHEDULES]

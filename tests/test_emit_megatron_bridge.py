@@ -290,6 +290,8 @@ RULE_EXAMPLES: dict[str, tuple] = {
         "llama3-8b", DENSE_SETUP | {"tp_comm_overlap": True}, _plan(sequence_parallel=False), _plan()),
     "bridge_no_fp8_dispatch": (QWEN_MOE, MOE_SETUP | {"moe_dispatch_fp8": True}, _plan(**MOE), None),
     "bridge_no_alibi": (ALIBI, DENSE_SETUP, _plan(), None),
+    "bridge_fsdp_hsdp_dense_only": (QWEN_MOE, MOE_SETUP, _plan(**MOE | {"ep": 4}, zero_stage=3, dp_replicate=2),
+                                    _plan(**MOE | {"ep": 4}, zero_stage=1, dp_replicate=2)),
 }
 
 

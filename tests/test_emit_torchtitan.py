@@ -118,7 +118,8 @@ def test_the_launch_runs_the_priced_plan(grid):
         else:
             assert (local, accumulation) == (knobs.micro_batch, knobs.num_microbatches), case.name
         assert subcommand == ("activation_checkpoint:full" if knobs.recompute == "full" else "activation_checkpoint:none")
-        assert (replicate, shard) == ((1, knobs.dp) if knobs.zero_stage >= 2 else (knobs.dp, 1))
+        assert (replicate, shard) == ((knobs.dp_replicate, knobs.dp // knobs.dp_replicate) if knobs.zero_stage >= 2
+                                      else (knobs.dp, 1))
         assert v["parallelism.fsdp_reshard_after_forward"] == ("always" if knobs.zero_stage == 3 else "never")
         assert config.endswith("_mxfp8") == (case.training.precision == "fp8")
         assert v["training.disable_cuda_graphs"] == ("full_iteration" not in case.training.cuda_graph_scope)

@@ -275,6 +275,8 @@ def optimizer_settings(knobs: LaunchKnobs) -> tuple[dict[str, Any], dict[str, An
                            "data_parallel_sharding_strategy": FSDP_STRATEGY.get(knobs.zero_stage, "no_shard"),
                            "overlap_grad_reduce": training.overlap_grad_reduce,
                            "overlap_param_gather": training.overlap_param_gather and distributed}
+    if knobs.dp_replicate > 1 and distributed:  # hybrid sharding (megatron-core DistributedDataParallelConfig)
+        ddp["num_distributed_optimizer_instances"] = knobs.dp_replicate
     bf16_moments = training.optimizer_moments_dtype == "bf16"
     moments = "bfloat16" if bf16_moments else "float32"
     # OptimizerConfig: dtypes other than fp32 need the precision-aware optimizer; without it the BF16 grad

@@ -23,7 +23,9 @@ Where the two emitters had differed, the source decides:
 
 The translations both launches write in their own words live here too: the rank orders
 (:data:`RANK_ORDERS`), the graph implementation (:func:`cuda_graph_impl`), the FP8 format of each recipe
-(:data:`FP8_FORMATS`, :data:`FP4_FORMATS`), the Megatron-FSDP strategy of each ZeRO stage (:data:`FSDP_STRATEGY`), the
+(:data:`FP8_FORMATS`, :data:`FP4_FORMATS`), the Megatron-FSDP strategy of each ZeRO stage (:data:`FSDP_STRATEGY`; hybrid
+sharding is ``num_distributed_optimizer_instances`` = ``dp_replicate``, for the distributed optimizer and
+Megatron-FSDP alike, ``mcore_fsdp_adapter``), the
 precision-aware optimizer (:func:`precision_aware_optimizer`), the MoE dispatcher fields
 (:func:`moe_settings`) and the recompute fields (:func:`recompute_settings`), each as Megatron-Core field
 -> value.
@@ -115,6 +117,10 @@ RULES: dict[str, str] = {
     "no_fp8_dispatch": "megatron-core 0.16.1 has no FP8 all-to-all for the MoE dispatch",
     "moe_bias_needs_etp1": "MoE layers with biased linear layers need etp = 1 (Megatron-Core TransformerConfig)",
     "no_alibi": "Megatron-Core has no ALiBi position embedding (TransformerConfig position_embedding_type)",
+    "fsdp_hsdp_dense_only": "Megatron-FSDP's hybrid sharding (ZeRO-2/3 with dp_replicate > 1) builds no expert "
+                            "mesh in megatron-core 0.16.1 (FullyShardedDataParallel._init_dist_index sets "
+                            "expt_device_mesh only without HSDP), so MoE models shard experts with the "
+                            "distributed optimizer's HSDP (ZeRO-1) only",
 }
 """The checks both frameworks make through megatron-core 0.16.1 (rule suffix -> sentence)."""
 
@@ -274,6 +280,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "no_fp8_dispatch": every(moe and training.moe_dispatch_fp8),
         "moe_bias_needs_etp1": every(moe and model.linear_bias) & (plans.etp != 1),
         "no_alibi": every(model.position_embedding_type == "alibi"),
+        "fsdp_hsdp_dense_only": every(moe) & (plans.zero_stage >= 2) & (plans.dp_replicate > 1),
     }
 
 

@@ -280,6 +280,10 @@ def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
     elif knobs.zero_stage in (2, 3):
         args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {FSDP_STRATEGY[knobs.zero_stage]}",
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
+    if knobs.dp_replicate > 1 and knobs.zero_stage >= 1:
+        # Hybrid sharding: the distributed optimizer (or Megatron-FSDP) in dp_replicate copies, each over
+        # dp x cp / dp_replicate consecutive ranks (parallel_state intra-/inter-instance groups).
+        args.append(f"--num-distributed-optimizer-instances {knobs.dp_replicate}")
     if precision_aware_optimizer(training, knobs.optimizer_offload):
         args.append("--use-precision-aware-optimizer")
     if knobs.optimizer_offload:

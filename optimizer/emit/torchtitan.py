@@ -39,7 +39,10 @@ How the priced plan is expressed, and where torchtitan decides it:
   ``dp_replicate = dp``, ``dp_shard = 1`` (DDP-like HSDP with shard groups of one), only without CP
   (CP ranks would still shard). ZeRO-3 is ``dp_shard = dp`` with ``fsdp_reshard_after_forward =
   always``: one all-gather in forward, one in backward and one reduce-scatter per micro-batch, what the
-  cost model prices (:func:`cost_model.communication.data_parallel_communication`). ZeRO-2 as priced
+  cost model prices (:func:`cost_model.communication.data_parallel_communication`). Hybrid sharding
+  (``dp_replicate`` > 1, ZeRO-2/3) is ``data_parallel_replicate_degree = dp_replicate`` x
+  ``data_parallel_shard_degree = dp / dp_replicate``: FSDP2's HSDP mesh, sharded over dp_shard x cp,
+  reduce-scatter there and all-reduce over the replicas in each backward, as priced. ZeRO-2 as priced
   keeps whole weights, shards gradients and optimizer state, reduce-scatters every micro-batch and
   gathers weights once per step; FSDP2 with ``reshard_after_forward = never`` keeps whole weights from
   forward to backward (the same peak), shards gradients and optimizer state and reduce-scatters every
@@ -216,9 +219,13 @@ def config_function(model: ModelSpec, training: TrainingSpec) -> ConfigFunction 
     return None
 
 
-def dp_shard_degree(zero_stage: np.ndarray | int, dp: np.ndarray | int) -> np.ndarray | int:
-    """torchtitan's ``data_parallel_shard_degree``: dp with ZeRO-2/3 (FSDP2), 1 with ZeRO-0 (replicated)."""
-    return np.where(np.asarray(zero_stage) >= 2, dp, 1) if isinstance(dp, np.ndarray) else (dp if zero_stage >= 2 else 1)
+def dp_shard_degree(zero_stage: np.ndarray | int, dp: np.ndarray | int,
+                    dp_replicate: np.ndarray | int = 1) -> np.ndarray | int:
+    """torchtitan's ``data_parallel_shard_degree``: dp / dp_replicate with ZeRO-2/3 (FSDP2, HSDP when
+    dp_replicate > 1), 1 with ZeRO-0 (replicated)."""
+    if isinstance(dp, np.ndarray):
+        return np.where(np.asarray(zero_stage) >= 2, dp // np.maximum(dp_replicate, 1), 1)
+    return dp // max(int(dp_replicate), 1) if zero_stage >= 2 else 1
 
 
 def stage_weights(num_layers: int, pp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,7 +246,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
     m = gbs // np.maximum(dp * mbs, 1)
     k, first_less, last_less = stage_weights(model.num_layers, pp)
     chunk = -(-k // vpp)
-    shard = dp_shard_degree(zero, dp)
+    shard = dp_shard_degree(zero, dp, plans.dp_replicate)
     sp_div = np.where(plans.sequence_parallel & (tp > 1), tp, 1)
     cp_div = np.where(cp > 1, 2 * cp, 1)
     rounds = np.maximum(1, m // pp)
@@ -307,8 +314,8 @@ def overrides(knobs: LaunchKnobs) -> list[tuple[str, Any]]:
         ("training.global_batch_size", training.global_batch_size),
         ("training.seq_len", training.seq_length),
         ("training.disable_cuda_graphs", "full_iteration" not in training.cuda_graph_scope),
-        ("parallelism.data_parallel_replicate_degree", knobs.dp if knobs.zero_stage < 2 else 1),
-        ("parallelism.data_parallel_shard_degree", knobs.dp if knobs.zero_stage >= 2 else 1),
+        ("parallelism.data_parallel_replicate_degree", knobs.dp if knobs.zero_stage < 2 else knobs.dp_replicate),
+        ("parallelism.data_parallel_shard_degree", dp_shard_degree(knobs.zero_stage, knobs.dp, knobs.dp_replicate)),
         ("parallelism.fsdp_reshard_after_forward", "always" if knobs.zero_stage == 3 else "never"),
         ("parallelism.tensor_parallel_degree", knobs.tp),
         ("parallelism.enable_sequence_parallel", bool(knobs.sequence_parallel and knobs.tp > 1)),

@@ -289,6 +289,8 @@ RUNTIME_ONLY = {
     "megatron_tp_pp_dp_mapping_expert_dp": "parallel_state.initialize_model_parallel asserts it",
     "megatron_ep_overlap_moe_recompute": "core_v0.16.1 runs the overlap's MoE pieces outside MoELayer.forward, "
                                          "whose checkpoint is the moe recompute",
+    "megatron_fsdp_hsdp_dense_only": "Megatron-FSDP's wrapper, built under torch.distributed, sets no expert mesh "
+                                     "with HSDP (mcore_fsdp_adapter._init_dist_index)",
 }
 """Rules Megatron enforces past start-up; each has its own proof below."""
 
@@ -408,6 +410,19 @@ def test_ep_overlap_bypasses_the_moe_checkpoint(framework):
     assert "moe_layer_recompute" in inspect.getsource(moe_layer.MoELayer.forward)
     source = inspect.getsource(fine_grained_callables)
     assert "moe_layer_recompute" not in source and ".mlp(" not in source
+
+
+def test_megatron_fsdp_hsdp_builds_no_expert_mesh(framework):
+    """With num_distributed_optimizer_instances > 1 the adapter takes its HSDP branch, which passes no
+    ``expt_device_mesh``: only the other branch builds one."""
+    import inspect
+    from megatron.core.distributed.fsdp import mcore_fsdp_adapter
+
+    source = inspect.getsource(mcore_fsdp_adapter.FullyShardedDataParallel._init_dist_index)
+    hsdp, _, plain = source.partition("if enable_hsdp:\n            mesh = _get_hsdp_tp_mesh")
+    assert "enable_hsdp = self.ddp_config.num_distributed_optimizer_instances > 1" in hsdp
+    body, _, rest = plain.partition("        else:\n")
+    assert "expt_device_mesh" not in body and "expt_device_mesh=expt_device_mesh" in rest
 
 
 if __name__ == "__main__":
