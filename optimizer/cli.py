@@ -36,7 +36,7 @@ import typer
 from typer.core import TyperGroup
 
 from cost_model.model_loader import build_training, layered_training, load_model
-from cost_model.plan import CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, PlanArrays, module_mask
+from cost_model.plan import BY_VPP, CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, SCHEDULES, PlanArrays, module_mask
 from cost_model.compute import precision_conflict
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB, MEMORY_HEADROOM, fits_in_memory
@@ -274,7 +274,7 @@ def _cluster(name: str, price: float | None):
 
 _OPTION_FLAGS = {"memory_headroom": "--headroom", "top_k": "--top", "objective": "--objective",
                  "zero_stages": "--zero", "recompute_modes": "--recompute", "rank_order": "--rank-order",
-                 "gpu_counts": "--gpus"}
+                 "gpu_counts": "--gpus", "schedules": "--schedule", "dp_replicate_values": "--dp-replicate"}
 """The flag that sets each search option, for errors (SearchOptions names the option first)."""
 
 
@@ -365,6 +365,9 @@ def search_command(
     per_layout: bool = typer.Option(False, "--per-layout", help="Show the best plan of each layout only."),
     recompute: Optional[list[Recompute]] = typer.Option(None, "--recompute", help="Limit recompute modes (repeatable)."),
     zero: Optional[list[int]] = typer.Option(None, "--zero", help="Limit ZeRO stages (repeatable)."),
+    dp_replicate: Optional[str] = typer.Option(
+        None, "--dp-replicate", help="Hybrid sharding (HSDP) copies to try with ZeRO >= 1 (a value, list or range; "
+                                     "1 = no HSDP). Default: shard groups of 1, 2 or 4 scale-up domains."),
     rank_order: str = typer.Option("tp-cp-ep-dp-pp", "--rank-order", help="Rank order, innermost first."),
     tp: Optional[str] = typer.Option(None, "--tp", help=PIN_HELP.format("tensor-parallel size")),
     pp: Optional[str] = typer.Option(None, "--pp", help=PIN_HELP.format("pipeline-parallel size")),
@@ -374,6 +377,9 @@ def search_command(
     etp: Optional[str] = typer.Option(None, "--etp", help=PIN_HELP.format("expert tensor-parallel size")),
     vpp: Optional[str] = typer.Option(None, "--vpp", help=PIN_HELP.format("virtual pipeline stages")),
     micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help=PIN_HELP.format("micro-batch size")),
+    schedule: Optional[list[str]] = typer.Option(
+        None, "--schedule", help="Pipeline schedules to try (repeatable or a comma list): "
+                                 + ", ".join(SCHEDULES) + ". Default: every one the framework runs."),
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
     checkpoint_mode: Optional[str] = CHECKPOINT_OPTION,
     spares: Optional[str] = SPARES_OPTION,
@@ -408,6 +414,9 @@ def search_command(
                        best_per_layout=per_layout,
                        recompute_modes=tuple(r.value for r in recompute) if recompute else None,
                        zero_stages=tuple(sorted(set(zero))) if zero else None,
+                       dp_replicate_values=_parse_values("--dp-replicate", dp_replicate, gpus_total,
+                                                         f"the cluster's {gpus_total:,} GPUs") or None,
+                       schedules=tuple(name.strip() for item in schedule for name in item.split(",")) if schedule else None,
                        **{key: values for key, values in pins.items() if values})
     emit_ranks = _parse_emit_plan(emit_plan or "1", top)
     _check_precision(training, cluster_spec)
@@ -570,6 +579,8 @@ def evaluate_command(
         None, "--etp", help="Expert tensor parallelism (default: --tp for an MoE model, as Megatron's "
                             "--expert-tensor-parallel-size; 1 for a dense model)."),
     vpp: int = typer.Option(1, "--vpp"), micro_batch: int = typer.Option(1, "--micro-batch"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Pipeline schedule: " + ", ".join(SCHEDULES)
+                                           + " (default 1f1b, interleaved with --vpp > 1)."),
     recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
     recompute_num_layers: int = typer.Option(-1, "--recompute-num-layers", help="-1 = all layers of each chunk."),
     recompute_modules: Optional[list[str]] = typer.Option(
@@ -578,6 +589,8 @@ def evaluate_command(
              + ", ".join(RECOMPUTE_MODULES) + ". Default core_attn."),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel"),
     zero_stage: int = typer.Option(0, "--zero-stage"),
+    dp_replicate: int = typer.Option(1, "--dp-replicate", help="Hybrid sharding (HSDP): copies of the ZeRO-sharded "
+                                     "states, each over dp x cp / N ranks (needs --zero-stage >= 1; 1 = none)."),
     optimizer_offload: bool = typer.Option(False, "--optimizer-offload"),
     activation_offload_layers: int = typer.Option(
         0, "--activation-offload-layers",
@@ -624,9 +637,16 @@ def evaluate_command(
                       activation_offload_layers=activation_offload_layers)
     if zero_stage not in (0, 1, 2, 3):
         raise InputError("command line", "--zero-stage", f"must be 0, 1, 2 or 3, got {zero_stage}", "fix the value")
+    if dp_replicate < 1 or dp % dp_replicate != 0 or (dp_replicate > 1 and (zero_stage < 1 or dp * cp < 2 * dp_replicate)):
+        raise InputError("command line", "--dp-replicate", f"{dp_replicate} copies of the sharded states need ZeRO >= 1 "
+                         f"and a divisor of dp ({dp}) leaving at least 2 ranks a shard group",
+                         "use 1 (no hybrid sharding) or a divisor of dp with --zero-stage 1, 2 or 3")
     if pp > model_input.spec.num_layers:
         raise InputError("command line", "--pp", f"{pp} pipeline stages for {model_input.spec.num_layers} layers",
                          "use at most one stage per layer")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise InputError("command line", "--schedule", f"unknown schedule {schedule!r}",
+                         f"use one of {', '.join(SCHEDULES)}")
     modules = CORE_ATTN
     if recompute_modules:
         if recompute is not Recompute.selective:
@@ -654,8 +674,9 @@ def evaluate_command(
                                         recompute=RECOMPUTE_CODE[recompute.value],
                                         recompute_num_layers=recompute_num_layers, recompute_modules=modules,
                                         sequence_parallel=sequence_parallel, zero_stage=zero_stage,
-                                        optimizer_offload=optimizer_offload,
-                                        activation_offload_layers=activation_offload_layers))
+                                        dp_replicate=dp_replicate, optimizer_offload=optimizer_offload,
+                                        activation_offload_layers=activation_offload_layers,
+                                        schedule=schedule if schedule is not None else BY_VPP))
     metrics = evaluate_plans(scenario.model, training, cluster_spec, plan, scenario.costs)
     layout = dict(num_gpus=tp * pp * cp * dp, tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, etp=etp)
     broken = LayoutModel(scenario.model, training, cluster_spec, options, (layout["num_gpus"],)).broken_rules(layout)

@@ -27,7 +27,7 @@ from rich.table import Table
 from cost_model.calibration.bands import Band
 from cost_model.evaluate import MEMORY_PARTS, TIME_PARTS, COMM_DIMS, PlanMetrics
 from cost_model.memory import GIB, MEMORY_KIND, MemoryBreakdown
-from cost_model.plan import RECOMPUTE_MODES, SELECTIVE, module_names
+from cost_model.plan import RECOMPUTE_MODES, SCHEDULES, SELECTIVE, module_names
 from cost_model.stages import STAGES
 
 from .search import Scenario
@@ -76,12 +76,14 @@ def plan_records(metrics: PlanMetrics, limit_bytes: float, band: Band | None = N
         record = {
             "tp": cols["tp"][i], "pp": cols["pp"][i], "dp": cols["dp"][i], "cp": cols["cp"][i],
             "ep": cols["ep"][i], "etp": cols["etp"][i], "vpp": cols["vpp"][i],
+            "schedule": SCHEDULES[cols["schedule"][i]],
             "micro_batch": cols["micro_batch"][i], "num_microbatches": metrics.num_microbatches[i],
             "recompute": RECOMPUTE_MODES[cols["recompute"][i]],
             "recompute_num_layers": cols["recompute_num_layers"][i] if cols["recompute_num_layers"][i] >= 0 else None,
             "recompute_modules": (module_names(cols["recompute_modules"][i])
                                   if cols["recompute"][i] == SELECTIVE else []),
             "sequence_parallel": cols["sequence_parallel"][i], "zero_stage": cols["zero_stage"][i],
+            "dp_replicate": cols["dp_replicate"][i],
             "optimizer_offload": cols["optimizer_offload"][i],
             "activation_offload_layers": cols["activation_offload_layers"][i], "num_gpus": metrics.plans.num_gpus[i],
             "memory_gib": metrics.memory_bytes[i] / GIB, "memory_kind": MEMORY_KIND,
@@ -242,12 +244,14 @@ def render_table(metrics: PlanMetrics, title: str, width: int | None = None, wid
         cost = metrics.effective_cost_usd[i] / 1e6
         rows.append([
             str(i + 1), str(cols["tp"][i]), str(cols["pp"][i]), str(cols["dp"][i]), str(cols["cp"][i]),
-            f"{cols['ep'][i]}" + (f"/{cols['etp'][i]}" if cols["etp"][i] > 1 else ""), str(cols["vpp"][i]),
+            f"{cols['ep'][i]}" + (f"/{cols['etp'][i]}" if cols["etp"][i] > 1 else ""),
+            str(cols["vpp"][i]) + ("" if cols["schedule"][i] <= 1 else f" {SCHEDULES[cols['schedule'][i]]}"),
             str(cols["micro_batch"][i]), _recompute_label(cols["recompute"][i], cols["recompute_num_layers"][i],
                                                               cols["recompute_modules"][i],
                                                               cols["activation_offload_layers"][i]),
             "y" if cols["sequence_parallel"][i] else "n",
-            str(cols["zero_stage"][i]) + ("+off" if cols["optimizer_offload"][i] else ""),
+            str(cols["zero_stage"][i]) + (f" r{cols['dp_replicate'][i]}" if cols["dp_replicate"][i] > 1 else "")
+            + ("+off" if cols["optimizer_offload"][i] else ""),
             f"{metrics.memory_bytes[i] / GIB:.1f}", f"{metrics.step_time_s[i]:.3f}",
             f"{metrics.tokens_per_s[i] / metrics.plans.num_gpus[i]:,.0f}{spread}", f"{metrics.tflops_per_gpu[i]:.0f}",
             f"{metrics.mfu[i]:.1%}", f"{metrics.ettr[i]:.1%}", "-" if math.isnan(nominal) else f"{nominal:.1f}",
