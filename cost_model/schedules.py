@@ -52,9 +52,10 @@ dualpipev  (p - 1)(F&B + B_full - 3W) / 2              2p + 1 half-chunks   Dual
   is 1x of a 1F1B over the same p devices.
 
 DualPipe's step order (``dualpipe/dualpipe.py`` ``DualPipe.step``, half_rank h = min(r, p-1-r)): step 4
-runs half_num_chunks - p + h + 1 iterations of two overlapped F&B pairs, step 5 p/2 - h - 1 more; so of
-the m chunk forwards of a rank, m - 3p/2 + h + 1 pair with a backward (DualPipeV,
-``dualpipev.py``: 2m - 3p + r + 1 of 2m); it asserts p even and m even and >= 2p (DualPipeV: m >= 2p).
+runs half_num_chunks - p + h + 1 iterations of two overlapped F&B pairs (the middle ranks' first pair
+unoverlapped), step 5 p/2 - h - 1 more; so of the m chunk forwards of a rank, m - 3p/2 + h + 1 pair with
+a backward (DualPipeV, ``dualpipev.py``: 2m - 3p + r + 1 of 2m, the last rank's first pair
+unoverlapped); it asserts p even and m even and >= 2p (DualPipeV: m >= 2p).
 
 The split backward's memory. A W pass needs the inputs of the layer's weight GEMMs and their output
 gradients until it runs; the papers' peaks hold because a pending W set (M_W = 32 sbh a layer, Table 1)
@@ -166,8 +167,9 @@ def paired_chunk_share(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray, m:
 
     Megatron's merged 1F1B (:mod:`cost_model.ep_overlap`): with one stage, m - 1 of m micro-batches; with
     an interleaved pipeline, the m v - w passes after a warm-up of w = min(2(p-r-1) + (v-1)p + 1, m v)
-    chunks. DualPipe: m - 3p/2 + h + 1 of m (h = min(r, p-1-r)); DualPipeV: 2m - 3p + r + 1 of 2m
-    (``DualPipe.step``, ``DualPipeV.step``, steps 4 and 5). Other schedules pair nothing."""
+    chunks. DualPipe: m - 3p/2 + h + 1 of m (h = min(r, p-1-r); one fewer on the two middle ranks);
+    DualPipeV: 2m - 3p + r + 1 of 2m (one fewer on the last rank) (``DualPipe.step``, ``DualPipeV.step``,
+    steps 4 and 5). Other schedules pair nothing."""
     s = np.asarray(schedule)[:, None]
     p, v = np.asarray(pp)[:, None], np.asarray(vpp)[:, None]
     m = np.asarray(m)[:, None].astype(float)
@@ -176,8 +178,9 @@ def paired_chunk_share(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray, m:
     warmup = np.where(p == 1, 1, np.minimum(2 * (p - r - 1) + (v - 1) * p + 1, total))
     megatron = np.divide(total - warmup, total, out=np.zeros(np.broadcast(total, r).shape), where=total > 0)
     half_rank = np.minimum(r, p - 1 - r)
-    dualpipe = np.clip((m - 1.5 * p + half_rank + 1) / np.maximum(m, 1), 0.0, 1.0)
-    dualpipev = np.clip((2 * m - 3 * p + r + 1) / np.maximum(2 * m, 1), 0.0, 1.0)
+    # The two middle ranks of DualPipe (DualPipeV's last rank) run their first step-4 pair unoverlapped.
+    dualpipe = np.clip((m - 1.5 * p + half_rank + 1 - (half_rank == p // 2 - 1)) / np.maximum(m, 1), 0.0, 1.0)
+    dualpipev = np.clip((2 * m - 3 * p + r + 1 - (r == p - 1)) / np.maximum(2 * m, 1), 0.0, 1.0)
     return np.select([_is(s, MEGATRON_SCHEDULES), s == DUALPIPE, s == DUALPIPEV], [megatron, dualpipe, dualpipev],
                      0.0)
 
