@@ -48,7 +48,7 @@ tokens the plan delivers at its goodput: a fleet sized for its load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -222,6 +222,13 @@ class _PrefillTable:
         return np.where(tokens > 0, np.maximum(self.time_s(tokens) - one, 0.0), 0.0)
 
 
+    def take(self, index: np.ndarray) -> "_PrefillTable":
+        """The tables of the instances at ``index`` (priced once per distinct instance, used per plan)."""
+        taken = object.__new__(_PrefillTable)
+        taken.grid, taken.log_grid, taken.table = self.grid, self.log_grid, self.table[index]
+        taken._single = {tokens: values[index] for tokens, values in self._single.items()}
+        return taken
+
     def single_s(self, tokens: float) -> np.ndarray:
         """t_pf of one request's whole prompt of ``tokens`` (one of ``own_prompts``)."""
         return self._single[tokens]
@@ -285,12 +292,37 @@ def _decode_step(pricing: Any, batch: np.ndarray, lengths: _Lengths) -> Any:
                                lengths.draft_tokens + 1)
 
 
-def _decode_grid(pricing: Any, batch_max: np.ndarray, lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
-    """(B grid (N, K), t_dec (N, K)) up to each plan's largest batch."""
-    grid = np.maximum(batch_max, 1e-6)[:, None] * _DECODE_GRID[None, :]
-    times = np.stack([np.broadcast_to(_decode_step(pricing, grid[:, k], lengths).total_s, (len(batch_max),))
-                      for k in range(grid.shape[1])], axis=1)
-    return grid, times
+class _DecodeTable:
+    """The decode step of each instance on its batch grid: B = batch_max x :data:`_DECODE_GRID` (N, K), the
+    step's parts (seconds, (N, K) each) and its bottleneck label."""
+
+    def __init__(self, pricing: Any, batch_max: np.ndarray, lengths: _Lengths):
+        self.batch_max = np.asarray(batch_max, dtype=np.float64)
+        self.batch = np.maximum(self.batch_max, 1e-6)[:, None] * _DECODE_GRID[None, :]
+        n, k = self.batch.shape
+        steps = [_decode_step(pricing, self.batch[:, j], lengths) for j in range(k)]
+        self.parts = {name: np.stack([np.broadcast_to(getattr(t, name), (n,)) for t in steps], axis=1).astype(np.float64)
+                      for name in STEP_FIELDS}
+        self.labels = np.stack([np.broadcast_to(np.asarray(t.bottleneck, dtype=object), (n,)) for t in steps], axis=1)
+
+    @property
+    def t_dec(self) -> np.ndarray:
+        return self.parts["total_s"]
+
+    def take(self, index: np.ndarray) -> "_DecodeTable":
+        taken = object.__new__(_DecodeTable)
+        taken.batch_max, taken.batch = self.batch_max[index], self.batch[index]
+        taken.parts = {name: values[index] for name, values in self.parts.items()}
+        taken.labels = self.labels[index]
+        return taken
+
+    def at(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The step's parts at ``batch`` per instance (interpolated on the grid) and the label of the nearest
+        grid point."""
+        u = np.asarray(batch, dtype=np.float64) / np.maximum(self.batch_max, 1e-6)
+        parts = {name: _interp_common(_DECODE_GRID, values, u) for name, values in self.parts.items()}
+        nearest = np.clip(np.searchsorted(_DECODE_GRID, u), 0, len(_DECODE_GRID) - 1)
+        return parts, self.labels[np.arange(len(u)), nearest]
 
 
 def _largest_batch(memory: ServingMemory, instances: InstanceArrays, lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
@@ -318,9 +350,8 @@ class _Grid:
     own_s: dict = None        # own prefill of the quantile prompts and of the mean one ('mean')
 
 
-def _aggregated_grid(pricing: Any, table: _PrefillTable, instances: InstanceArrays, batch_max: np.ndarray,
-                     lengths: _Lengths) -> _Grid:
-    batch, t_dec = _decode_grid(pricing, batch_max, lengths)
+def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths) -> _Grid:
+    batch, t_dec = decode.batch, decode.t_dec
     budget = instances.max_num_batched_tokens.astype(np.float64)[:, None]
     chunk = np.maximum(budget - np.maximum(batch, 1.0) * (lengths.draft_tokens + 1), 0.0)
     delta = table.extra_s(chunk)
@@ -364,8 +395,8 @@ def _aggregated_grid(pricing: Any, table: _PrefillTable, instances: InstanceArra
                  ttft_mean_s=np.where(stable, wait_mean + own_of[s], np.inf), own_s=own_named)
 
 
-def _decode_only_grid(pricing: Any, batch_max: np.ndarray, lengths: _Lengths) -> _Grid:
-    batch, t_dec = _decode_grid(pricing, batch_max, lengths)
+def _decode_only_grid(decode: _DecodeTable, lengths: _Lengths) -> _Grid:
+    batch, t_dec = decode.batch, decode.t_dec
     rate = batch / (lengths.decode_steps * t_dec)
     tpot = {name: t_dec / lengths.tokens_per_step for name in (*REPORTED_QUANTILES, "slo")}
     zeros = np.zeros(batch.shape)
@@ -445,8 +476,17 @@ def _prefill_phase(table: _PrefillTable, instances: InstanceArrays, lengths: _Le
     return capacity, ttft, largest_rate, t_chunk
 
 
-def _steps(times: Any) -> dict[str, np.ndarray]:
-    return {name: np.asarray(getattr(times, name), dtype=np.float64) for name in STEP_FIELDS}
+def _distinct(instances: InstanceArrays) -> tuple[InstanceArrays, np.ndarray]:
+    """(the distinct layouts, the index of each instance's layout among them)."""
+    columns = np.stack([np.asarray(getattr(instances, f.name), dtype=np.int64) for f in fields(instances)], axis=1)
+    if len(columns) == 0:
+        return instances, np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(columns, axis=0, return_index=True, return_inverse=True)
+    return instances.take(first), inverse.reshape(-1)
+
+
+def _take_memory(memory: ServingMemory, index: np.ndarray) -> ServingMemory:
+    return ServingMemory(**{f.name: getattr(memory, f.name)[index] for f in fields(memory)})
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -468,21 +508,29 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     agg = ~plans.disaggregated
     gpu = cluster.gpu
 
-    mem_d = instance_memory(model, gpu, plans.decode, model_len, options)
-    mem_p = instance_memory(model, gpu, plans.prefill, model_len, options) if plans.disaggregated.any() else mem_d
-    pricing_d = price_instances(model, cluster, plans.decode, options)
-    pricing_p = price_instances(model, cluster, plans.prefill, options) if plans.disaggregated.any() else pricing_d
+    # Everything per instance is priced once per distinct layout (replicas and P:D counts repeat them).
+    disagg_any = bool(plans.disaggregated.any())
+    unique_d, inv_d = _distinct(plans.decode)
+    unique_p, inv_p = _distinct(plans.prefill) if disagg_any else (unique_d, inv_d)
+    mem_d_u = instance_memory(model, gpu, unique_d, model_len, options)
+    mem_p_u = instance_memory(model, gpu, unique_p, model_len, options) if disagg_any else mem_d_u
+    mem_d, mem_p = _take_memory(mem_d_u, inv_d), _take_memory(mem_p_u, inv_p)
+    pricing_d = price_instances(model, cluster, unique_d, options)
+    pricing_p = price_instances(model, cluster, unique_p, options) if disagg_any else pricing_d
 
     longest_prompt = max(workload.input_tokens.longest() * (1 - workload.prefix_cache_hit_rate), 1.0)
-    max_tokens = max([longest_prompt, *plans.decode.max_num_batched_tokens.tolist(), *plans.prefill.max_num_batched_tokens.tolist()])
+    max_tokens = max([longest_prompt, *unique_d.max_num_batched_tokens.tolist(), *unique_p.max_num_batched_tokens.tolist()])
     own_prompts = (*lengths.prompt_q.values(), lengths.prompt_slo, lengths.prompt_mean)
-    table_d = _PrefillTable(pricing_d, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
-    table_p = (_PrefillTable(pricing_p, n, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
-               if pricing_p is not pricing_d else table_d)
+    table_d_u = _PrefillTable(pricing_d, len(unique_d), max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
+    table_p_u = (_PrefillTable(pricing_p, len(unique_p), max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
+                 if disagg_any else table_d_u)
+    table_d, table_p = table_d_u.take(inv_d), table_p_u.take(inv_p)
 
+    batch_max_u, _ = _largest_batch(mem_d_u, unique_d, lengths)
+    decode_table = _DecodeTable(pricing_d, batch_max_u, lengths).take(inv_d)
     batch_max, kv_binds = _largest_batch(mem_d, plans.decode, lengths)
-    grid_agg = _aggregated_grid(pricing_d, table_d, plans.decode, batch_max, lengths)
-    grid_dec = _decode_only_grid(pricing_d, batch_max, lengths) if plans.disaggregated.any() else grid_agg
+    grid_agg = _aggregated_grid(decode_table, table_d, plans.decode, lengths)
+    grid_dec = _decode_only_grid(decode_table, lengths) if disagg_any else grid_agg
 
     # KV transfer of disaggregated plans: NVLink when the whole plan sits in one scale-up domain.
     same_domain = plans.num_gpus <= cluster.topology.domain_gpus
@@ -565,9 +613,11 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         tpot_met = metrics["tpot_slo"] <= slo.tpot_ms / 1e3 + 1e-12
 
     # ---- step breakdowns at the evaluated batch, and the bottleneck.
-    decode_times = _decode_step(pricing_d, np.maximum(batch, 1.0), lengths)
-    prefill_times = pricing_p.prefill(plans.prefill.max_num_batched_tokens.astype(np.float64), np.full(n, lengths.prefix_tokens))
-    label = np.asarray(decode_times.bottleneck, dtype=object)
+    decode_parts, label = decode_table.at(np.maximum(batch, 1.0))
+    prefill_times = pricing_p.prefill(unique_p.max_num_batched_tokens.astype(np.float64),
+                                      np.full(len(unique_p), lengths.prefix_tokens))
+    prefill_parts = {name: np.broadcast_to(getattr(prefill_times, name), (len(unique_p),))[inv_p] for name in STEP_FIELDS}
+    label = np.asarray(label, dtype=object)
     at_kv_limit = kv_binds & (batch >= 0.98 * batch_max)
     label = np.where(wait_share > 0.5, "queueing", label)
     label = np.where(at_kv_limit, "kv_capacity", label)  # the queue's cause when the KV pool is full
@@ -618,8 +668,8 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         cost_usd_per_m_output_tokens=cost_out, cost_usd_per_m_input_tokens=cost_in, num_gpus=plans.num_gpus.copy(),
         decode_batch=batch, kv_capacity_tokens=mem_d.kv_capacity_tokens, max_concurrency=mem_d.max_concurrency,
         max_decode_batch=batch_max, prefill_decode_ratio=ratio, kv_transfer_ms=transfer_mean * ms,
-        bottleneck=label.astype(str), memory_gib=memory_gib, decode_step=_steps(decode_times),
-        prefill_step=_steps(prefill_times), violations=violations, nic_groups=nic_groups(cluster, plans), load=load,
+        bottleneck=label.astype(str), memory_gib=memory_gib, decode_step=decode_parts,
+        prefill_step=prefill_parts, violations=violations, nic_groups=nic_groups(cluster, plans), load=load,
         extras={"slo_quantile": lengths.slo_q, "tokens_per_step": lengths.tokens_per_step,
                 "prefill_chunk_s": pf_chunk_s})
 
