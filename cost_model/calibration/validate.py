@@ -220,7 +220,8 @@ def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> Validation
     plan = records[pick]
     layout = (f"TP{plan['tp']} PP{plan['pp']} DP{plan['dp']}" + (f" CP{plan['cp']}" if plan["cp"] > 1 else "")
               + (f" EP{plan['ep']}" if plan["ep"] > 1 else "") + (f" VP{plan['vpp']}" if plan["vpp"] > 1 else "")
-              + (f" MB{plan['micro_batch']}" if plan["micro_batch"] > 1 else ""))
+              + (f" MB{plan['micro_batch']}" if plan["micro_batch"] > 1 else "")
+              + (f" {plan['schedule']}" if plan.get("schedule") not in (None, "1f1b", "interleaved") else ""))
     return ValidationRow(id=row.get("id", "?"), verified=bool(row.get("verified")), num_gpus=num_gpus, layout=layout,
                          measured_tflops=measured.get("tflops_per_gpu"), predicted_tflops=float(predicted),
                          measured_tokens_per_gpu=measured.get("tokens_per_s_per_gpu"),
