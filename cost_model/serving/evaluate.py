@@ -153,7 +153,8 @@ class ServingMetrics:
             out[name] = value if np.isfinite(value) else None
         out["num_gpus"] = int(self.num_gpus[index])
         out["bottleneck"] = str(self.bottleneck[index])
-        out["memory_gib"] = {phase: {k: float(v[index]) for k, v in parts.items()} for phase, parts in self.memory_gib.items()}
+        out["memory_gib"] = {phase: {k: float(v[index]) for k, v in parts.items()}
+                             for phase, parts in self.memory_gib.items()}
         out["decode_step_ms"] = {k.removesuffix("_s"): float(v[index]) * 1e3 for k, v in self.decode_step.items()}
         out["prefill_step_ms"] = {k.removesuffix("_s"): float(v[index]) * 1e3 for k, v in self.prefill_step.items()}
         out["violations"] = [name for name, mask in self.violations.items() if bool(mask[index])]
@@ -207,9 +208,13 @@ class _PrefillTable:
                         for tokens in sorted(set(own_prompts))}
         self.grid = np.unique(np.round(np.geomspace(1.0, max(max_tokens, 2.0), _TOKEN_GRID_POINTS)))
         self.log_grid = np.log(self.grid)
-        self.table = np.stack([np.broadcast_to(pricing.prefill(np.full(n, tokens), np.full(n, context_tokens),
-                                                               np.full(n, min(tokens, max(prompt_tokens, 1.0)))).total_s, (n,))
-                               for tokens in self.grid], axis=1)
+
+        def step_s(tokens: float) -> np.ndarray:
+            per_request = np.full(n, min(tokens, max(prompt_tokens, 1.0)))
+            times = pricing.prefill(np.full(n, tokens), np.full(n, context_tokens), per_request)
+            return np.broadcast_to(times.total_s, (n,))
+
+        self.table = np.stack([step_s(tokens) for tokens in self.grid], axis=1)
 
     def time_s(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
@@ -275,7 +280,8 @@ def _lengths(workload: WorkloadSpec) -> _Lengths:
     input_mean = workload.input_tokens.mean()
     return _Lengths(
         prompt_mean=input_mean * keep, prompt_second=workload.input_tokens.second_moment() * keep ** 2,
-        prompt_q={name: float(workload.input_tokens.quantile(value)) * keep for name, value in REPORTED_QUANTILES.items()},
+        prompt_q={name: float(workload.input_tokens.quantile(value)) * keep
+                  for name, value in REPORTED_QUANTILES.items()},
         prompt_slo=float(workload.input_tokens.quantile(slo_q)) * keep, input_mean=input_mean, output_mean=output_mean,
         decode_steps=max(output_mean - 1.0, 1.0) / tokens_per_step, tokens_per_step=tokens_per_step,
         decode_steps_q={name: max(float(workload.output_tokens.quantile(1.0 - value)) - 1.0, 1.0) / tokens_per_step
@@ -301,8 +307,8 @@ class _DecodeTable:
         self.batch = np.maximum(self.batch_max, 1e-6)[:, None] * _DECODE_GRID[None, :]
         n, k = self.batch.shape
         steps = [_decode_step(pricing, self.batch[:, j], lengths) for j in range(k)]
-        self.parts = {name: np.stack([np.broadcast_to(getattr(t, name), (n,)) for t in steps], axis=1).astype(np.float64)
-                      for name in STEP_FIELDS}
+        self.parts = {name: np.stack([np.broadcast_to(getattr(t, name), (n,)) for t in steps], axis=1)
+                      .astype(np.float64) for name in STEP_FIELDS}
         self.labels = np.stack([np.broadcast_to(np.asarray(t.bottleneck, dtype=object), (n,)) for t in steps], axis=1)
 
     @property
@@ -325,7 +331,8 @@ class _DecodeTable:
         return parts, self.labels[np.arange(len(u)), nearest]
 
 
-def _largest_batch(memory: ServingMemory, instances: InstanceArrays, lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
+def _largest_batch(memory: ServingMemory, instances: InstanceArrays,
+                   lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
     """(largest decode batch per attention rank, whether the KV pool rather than max_num_seqs sets it)."""
     kv_limited = memory.kv_capacity_tokens / max(lengths.context_mean, 1.0)
     return np.minimum(instances.max_num_seqs.astype(np.float64), kv_limited), kv_limited < instances.max_num_seqs
@@ -400,8 +407,8 @@ def _decode_only_grid(decode: _DecodeTable, lengths: _Lengths) -> _Grid:
     rate = batch / (lengths.decode_steps * t_dec)
     tpot = {name: t_dec / lengths.tokens_per_step for name in (*REPORTED_QUANTILES, "slo")}
     zeros = np.zeros(batch.shape)
-    return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=rate, step_s=t_dec, ttft_s={k: zeros for k in tpot}, tpot_s=tpot,
-                 stable=np.ones(batch.shape, dtype=bool), wait_share=zeros)
+    return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=rate, step_s=t_dec, ttft_s={k: zeros for k in tpot},
+                 tpot_s=tpot, stable=np.ones(batch.shape, dtype=bool), wait_share=zeros)
 
 
 def _at_rate(grid: _Grid, rate: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
@@ -519,11 +526,14 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     pricing_p = price_instances(model, cluster, unique_p, options) if disagg_any else pricing_d
 
     longest_prompt = max(workload.input_tokens.longest() * (1 - workload.prefix_cache_hit_rate), 1.0)
-    max_tokens = max([longest_prompt, *unique_d.max_num_batched_tokens.tolist(), *unique_p.max_num_batched_tokens.tolist()])
+    max_tokens = max([longest_prompt, *unique_d.max_num_batched_tokens.tolist(),
+                      *unique_p.max_num_batched_tokens.tolist()])
     own_prompts = (*lengths.prompt_q.values(), lengths.prompt_slo, lengths.prompt_mean)
-    table_d_u = _PrefillTable(pricing_d, len(unique_d), max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
-    table_p_u = (_PrefillTable(pricing_p, len(unique_p), max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
-                 if disagg_any else table_d_u)
+    def prefill_table(pricing: Any, count: int) -> _PrefillTable:
+        return _PrefillTable(pricing, count, max_tokens, lengths.prefix_tokens, lengths.prompt_mean, own_prompts)
+
+    table_d_u = prefill_table(pricing_d, len(unique_d))
+    table_p_u = prefill_table(pricing_p, len(unique_p)) if disagg_any else table_d_u
     table_d, table_p = table_d_u.take(inv_d), table_p_u.take(inv_p)
 
     batch_max_u, _ = _largest_batch(mem_d_u, unique_d, lengths)
@@ -616,7 +626,8 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     decode_parts, label = decode_table.at(np.maximum(batch, 1.0))
     prefill_times = pricing_p.prefill(unique_p.max_num_batched_tokens.astype(np.float64),
                                       np.full(len(unique_p), lengths.prefix_tokens))
-    prefill_parts = {name: np.broadcast_to(getattr(prefill_times, name), (len(unique_p),))[inv_p] for name in STEP_FIELDS}
+    prefill_parts = {name: np.broadcast_to(getattr(prefill_times, name), (len(unique_p),))[inv_p]
+                     for name in STEP_FIELDS}
     label = np.asarray(label, dtype=object)
     at_kv_limit = kv_binds & (batch >= 0.98 * batch_max)
     label = np.where(wait_share > 0.5, "queueing", label)
@@ -651,7 +662,8 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         need_dis = need_p * plans.prefill.gpus + need_d * plans.decode.gpus
         min_gpus = np.where(agg, need_agg, need_dis)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(agg, np.nan, q.prefill_decode_ratio(pf_good * plans.prefill.attn_dp, dec_good * plans.decode.attn_dp))
+        ratio = np.where(agg, np.nan, q.prefill_decode_ratio(pf_good * plans.prefill.attn_dp,
+                                                             dec_good * plans.decode.attn_dp))
 
     memory_gib = {"decode": mem_d.breakdown_gib}
     if plans.disaggregated.any():
@@ -660,10 +672,12 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         memory_gib["prefill"] = mem_d.breakdown_gib
     ms = 1e3
     return ServingMetrics(
-        ttft_ms_p50=metrics["ttft_p50"] * ms, ttft_ms_p90=metrics["ttft_p90"] * ms, ttft_ms_p99=metrics["ttft_p99"] * ms,
-        tpot_ms_p50=metrics["tpot_p50"] * ms, tpot_ms_p90=metrics["tpot_p90"] * ms, tpot_ms_p99=metrics["tpot_p99"] * ms,
+        ttft_ms_p50=metrics["ttft_p50"] * ms, ttft_ms_p90=metrics["ttft_p90"] * ms,
+        ttft_ms_p99=metrics["ttft_p99"] * ms, tpot_ms_p50=metrics["tpot_p50"] * ms,
+        tpot_ms_p90=metrics["tpot_p90"] * ms, tpot_ms_p99=metrics["tpot_p99"] * ms,
         output_tokens_per_s_per_gpu=output_tps_per_gpu, tokens_per_s_per_user=tokens_per_user,
-        requests_per_s=fleet_rate, goodput_requests_per_s=good_rate, goodput_requests_per_s_per_gpu=good_rate / num_gpus,
+        requests_per_s=fleet_rate, goodput_requests_per_s=good_rate,
+        goodput_requests_per_s_per_gpu=good_rate / num_gpus,
         max_load_output_tokens_per_s_per_gpu=max_rate * lengths.output_mean / num_gpus, min_gpus_for_target=min_gpus,
         cost_usd_per_m_output_tokens=cost_out, cost_usd_per_m_input_tokens=cost_in, num_gpus=plans.num_gpus.copy(),
         decode_batch=batch, kv_capacity_tokens=mem_d.kv_capacity_tokens, max_concurrency=mem_d.max_concurrency,
@@ -700,7 +714,8 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     rows = np.arange(n)
     c_rank = stable_top if per_rank is None else per_rank
     saturated = c_rank >= stable_top
-    at = _RowLookup(np.maximum.accumulate(np.where(g.stable, in_flight, np.inf), axis=1), np.minimum(c_rank, stable_top))
+    envelope = np.maximum.accumulate(np.where(g.stable, in_flight, np.inf), axis=1)
+    at = _RowLookup(envelope, np.minimum(c_rank, stable_top))
     rate = np.where(saturated, g.capacity[rows, top], at(np.where(g.stable, g.rate, 0.0)))
     step = np.where(saturated, g.step_s[rows, top], at(np.where(g.stable, g.step_s, 0.0)))
     b_eff = rate * lengths.decode_steps * step

@@ -128,7 +128,8 @@ def tpot_quantile_s(decode_step_s: Any, chunk_extra_s: Any, mixed_fraction: Any,
     return (_f(decode_step_s) + _f(chunk_extra_s) * f_q) / _f(tokens_per_step)
 
 
-def closed_loop_decode_batch(concurrency: Any, prefill_steps_per_request: Any, decode_steps_per_request: Any) -> np.ndarray:
+def closed_loop_decode_batch(concurrency: Any, prefill_steps_per_request: Any,
+                             decode_steps_per_request: Any) -> np.ndarray:
     """Requests decoding when C are in flight: C / (1 + n_pf / n_dec) (module docstring)."""
     return _f(concurrency) / (1.0 + _f(prefill_steps_per_request) / np.maximum(_f(decode_steps_per_request), 1e-12))
 

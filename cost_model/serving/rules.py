@@ -69,7 +69,8 @@ def _layout_broken(model: ModelSpec, cluster: ClusterSpec, instances: InstanceAr
     weight_name = np.asarray(WEIGHT_PRECISIONS)[instances.weight_precision]
     kv_name = np.asarray(KV_DTYPES)[instances.kv_dtype]
     fp8_needed = (weight_name == "fp8") | (kv_name == "fp8")
-    supported = ~(fp8_needed & (gpu.peak_tflops_fp8 is None)) & ~((weight_name == "fp4") & (gpu.peak_tflops_fp4 is None))
+    fp4_needed = weight_name == "fp4"
+    supported = ~(fp8_needed & (gpu.peak_tflops_fp8 is None)) & ~(fp4_needed & (gpu.peak_tflops_fp4 is None))
     return {"heads_divisible_by_tp": ~heads_ok, "experts_divisible_by_ep": ~experts_ok,
             "moe_groups_consistent": ~consistent, "pp_within_layers": instances.pp > model.num_layers,
             "precision_supported": ~supported}

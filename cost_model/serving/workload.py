@@ -107,7 +107,8 @@ class LengthSpec:
         for name in ("mean_tokens", "p50_tokens", "p99_tokens", "max_tokens"):
             value = getattr(self, name)
             if value is not None and not (1 <= value <= MAX_TOKENS):
-                raise ValueError(f"{name.removesuffix('_tokens')} must be between 1 and {MAX_TOKENS:,} tokens, got {value!r}")
+                raise ValueError(f"{name.removesuffix('_tokens')} must be between 1 and {MAX_TOKENS:,} tokens, "
+                                 f"got {value!r}")
         if given[1] and self.p99_tokens < self.p50_tokens:
             raise ValueError(f"p99 ({self.p99_tokens:g}) must be at least p50 ({self.p50_tokens:g})")
         if self.max_tokens is not None:
@@ -148,7 +149,8 @@ class LengthSpec:
         if sigma == 0.0:
             return min(math.exp(mu), self.max_tokens) ** k
         cap = math.log(self.max_tokens)
-        return full * _phi((cap - mu - k * sigma * sigma) / sigma) + self.max_tokens ** k * (1 - _phi((cap - mu) / sigma))
+        below = full * _phi((cap - mu - k * sigma * sigma) / sigma)
+        return below + self.max_tokens ** k * (1 - _phi((cap - mu) / sigma))
 
     def quantile(self, q: Any) -> np.ndarray:
         """Length at quantile(s) ``q`` in [0, 1] (fixed: the mean at every q; trace: linear interpolation)."""
@@ -174,7 +176,8 @@ class LengthSpec:
             return f"{self.mean_tokens:g}" + (f" (max {self.max_tokens:g})" if self.max_tokens else "")
         if self.kind == "trace":
             return f"trace of {len(self.samples):,} (mean {self.mean():.0f})"
-        return f"p50 {self.p50_tokens:g} / p99 {self.p99_tokens:g}" + (f" (max {self.max_tokens:g})" if self.max_tokens else "")
+        cap = f" (max {self.max_tokens:g})" if self.max_tokens else ""
+        return f"p50 {self.p50_tokens:g} / p99 {self.p99_tokens:g}{cap}"
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,9 @@ class WorkloadSpec:
     @property
     def arrival(self) -> str:
         """'open' (Poisson rate), 'closed' (concurrency) or 'max_load' (neither)."""
-        return "open" if self.request_rate_per_s is not None else "closed" if self.concurrency is not None else "max_load"
+        if self.request_rate_per_s is not None:
+            return "open"
+        return "closed" if self.concurrency is not None else "max_load"
 
     @property
     def model_len(self) -> int:
@@ -394,7 +399,8 @@ def workload_from_mapping(config: Mapping[str, Any], source: str = "workload", d
         message = str(exc)
         field_name = next((name for name in _FIXES if message.startswith(name)), "concurrency")
         field_name = "request_rate_per_s/concurrency" if field_name == "give request_rate_per_s" else field_name
-        raise InputError(source, field_name, message, _FIXES.get(field_name, _FIXES["give request_rate_per_s"])) from None
+        fix = _FIXES.get(field_name, _FIXES["give request_rate_per_s"])
+        raise InputError(source, field_name, message, fix) from None
 
 
 _FIXES = {
@@ -426,7 +432,8 @@ def _length(value: Any, field_name: str, source: str) -> LengthSpec:
         values = {}
         for key, item in value.items():
             if key not in _LENGTH_FIELDS:
-                raise InputError(source, f"{field_name}.{key}", f"unknown field{did_you_mean(str(key), _LENGTH_FIELDS)}",
+                hint = did_you_mean(str(key), _LENGTH_FIELDS)
+                raise InputError(source, f"{field_name}.{key}", f"unknown field{hint}",
                                  "use mean, p50, p99 and max")
             values[_LENGTH_FIELDS[key]] = _number(item, f"{field_name}.{key}", source, float)
     else:
@@ -440,7 +447,8 @@ def _length(value: Any, field_name: str, source: str) -> LengthSpec:
 
 def _section(value: Any, name: str, allowed: set[str], source: str, cls: type, required: tuple[str, ...] = ()) -> Any:
     if not isinstance(value, Mapping):
-        raise InputError(source, name, f"must be a mapping, got {value!r}", f"write '{name}: {{...}}' with fields {', '.join(sorted(allowed))}")
+        raise InputError(source, name, f"must be a mapping, got {value!r}",
+                         f"write '{name}: {{...}}' with fields {', '.join(sorted(allowed))}")
     for key in value:
         if key not in allowed:
             raise InputError(source, f"{name}.{key}", f"unknown field{did_you_mean(str(key), allowed)}",
