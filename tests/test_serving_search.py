@@ -111,3 +111,53 @@ def test_rank_order_breaks_ties_towards_fewer_gpus_and_simpler_plans():
     # equal keys: 4 GPUs (tp4 x1) before 8 GPUs; tp4 x2 and tp8 x1 both 8 GPUs: smaller tp first
     assert rank_order(plans, key).tolist() == [2, 1, 0, 3]
     assert rank_order(plans, np.asarray([-1.0, -1.0 - 1e-12, -1.0, -0.5])).tolist() == [2, 1, 0, 3]
+
+
+# --- the search --------------------------------------------------------------------------------------------
+
+def _scenario(**changes):
+    from cost_model.model_loader import load_model
+    from cost_model.serving.workload import load_workload
+    from hardware.loader import load_cluster
+    from optimizer.serving.search import ServingScenario
+
+    model = load_model("llama3-70b").spec
+    grid = ServingGrid(max_gpus=8, num_layers=model.num_layers, weight_precisions=("bf16", "fp8"),
+                       modes=("agg", "disagg"))
+    return ServingScenario(model=model, cluster=load_cluster("h100x8"), workload=load_workload("chat-1k-1k"),
+                           grid=grid, **changes)
+
+
+def test_coarse_to_fine_finds_what_the_exhaustive_search_finds(monkeypatch):
+    """The coarse pass (one chunk budget, CUDA graphs on, every other max_num_seqs) and the fine pass over
+    the leading layouts return the exhaustive search's top plans and nearly its whole frontier."""
+    from optimizer.serving import search as serving_search
+    from optimizer.serving.report import plan_records
+
+    scenario = _scenario(top_k=5)
+    exhaustive = serving_search.search_serving(scenario)
+    monkeypatch.setattr(serving_search, "EXHAUSTIVE_UP_TO", 0)
+    staged = serving_search.search_serving(scenario)
+    assert staged.candidates < exhaustive.candidates
+    top = lambda result: [(r["plan"], r["instances"][-1]["weight_precision"], r["goodput_requests_per_s_per_gpu"])
+                          for r in plan_records(result.ranked, scenario)]
+    assert top(staged) == top(exhaustive)
+    front = lambda result: {r["plan"] for r in plan_records(result.pareto, scenario)}
+    assert len(front(staged) & front(exhaustive)) >= 0.8 * len(front(exhaustive))
+
+
+def test_more_replicas_never_lower_goodput():
+    """At a target rate, each replica count of one layout serves at least the goodput of fewer (the
+    fleet's largest rate within the SLO grows with the instances)."""
+    from optimizer.serving.search import evaluate
+
+    scenario = _scenario(target_rate_per_s=4.0)
+    instances = InstanceArrays.from_columns({"tp": np.asarray([4, 8]), "max_num_seqs": 128,
+                                             "max_num_batched_tokens": 8192})
+    for i in range(len(instances)):
+        one = instances.take(np.full(4, i))
+        metrics = evaluate(scenario, ServingPlanArrays.aggregated(one, np.arange(1, 5) if i == 0 else [1, 1, 1, 1]))
+        goodput = metrics.goodput_requests_per_s
+        assert (np.diff(goodput) >= -1e-9 * goodput.max()).all()
+    metrics = evaluate(scenario, ServingPlanArrays.aggregated(instances.take(np.zeros(2, dtype=int)), [1, 2]))
+    assert metrics.goodput_requests_per_s[1] == pytest.approx(2 * metrics.goodput_requests_per_s[0], rel=1e-6)

@@ -31,8 +31,8 @@ from hardware.schema import ClusterSpec
 
 from .arrays import concat, take
 from .grid import ServingGrid, aggregated_plans, concatenate, disaggregated_plans, instance_grid
-from .ranking import (NEEDS_TARGET, OBJECTIVES, first_per_layout, key_scale, objective_key, pareto_front,
-                      rank_order)
+from .ranking import (NEEDS_TARGET, OBJECTIVES, first_per_layout, key_scale, layout_keys, objective_key,
+                      pareto_front, rank_order)
 
 CHUNK_PLANS = 32768
 """Plans priced per call of the cost model: large enough that numpy's per-call overhead is amortised,
@@ -68,6 +68,9 @@ class ServingScenario:
     best_per_layout: bool = True
     """Keep only the best knob setting (batch limit, chunk budget, CUDA graphs) of each layout in the
     top-K list, so it shows K different layouts."""
+    exhaustive: bool = False
+    """Price every plan of the grid, however many (default: coarse to fine above
+    :data:`EXHAUSTIVE_UP_TO` plans)."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -162,34 +165,46 @@ def phase_candidates(scenario: ServingScenario, instances: InstanceArrays):
 
     Prefill: an instance fills each step with its chunk budget of prompt tokens on every attention
     rank, so it sustains ``attn_dp x chunk / (step(chunk) x new prompt tokens)`` requests/s; kept when
-    one request's prefill alone fits the TTFT SLO. Decode: ``attn_dp x batch / (step(batch) x output
-    tokens)`` requests/s at the batch its ``max_num_seqs`` and KV capacity allow, at the mean context
-    (prompt + half the output); kept when that step fits the TPOT SLO. Both also need the weights and
-    one max-length request to fit. Of each instance size, the :data:`PHASE_LAYOUTS_PER_SIZE` with the
-    most requests/s per GPU are kept (phase prices from :mod:`cost_model.serving.step`)."""
+    one request's prefill alone fits the TTFT SLO. Its ``max_num_seqs`` only bounds the prompts of one
+    step, so the screen takes the grid's value nearest vLLM's default 256. Decode: ``attn_dp x batch /
+    (step(batch) x output tokens)`` requests/s at the batch its ``max_num_seqs`` and KV capacity allow,
+    at the mean context (prompt + half the output); kept when that step fits the TPOT SLO. A decode
+    instance runs no prompt chunks, so the screen takes one chunk budget (:func:`coarse_chunk`). Both
+    also need the weights and one max-length request to fit. Of each instance size, the
+    :data:`PHASE_LAYOUTS_PER_SIZE` with the most requests/s per GPU are kept (phase prices from
+    :mod:`cost_model.serving.step`)."""
     from cost_model.serving.memory import instance_memory
     from cost_model.serving.step import price_instances
 
     model, cluster, workload = scenario.model, scenario.cluster, scenario.workload
     options = _options(scenario)
     lengths = phase_lengths(workload)
-    memory = instance_memory(model, cluster.gpu, instances, lengths["max_model_len"], options)
-    pricing = price_instances(model, cluster, instances, options)
-    fits = np.asarray(memory.weights_fit) & np.asarray(memory.kv_fits_one_request)
-    chunk = instances.max_num_batched_tokens.astype(float)
+    seqs_values = np.asarray(scenario.grid.max_num_seqs_values)
+    prefill_seqs = seqs_values[np.lexsort((-seqs_values, np.abs(np.log2(seqs_values / 256.0))))[0]]
+    prefill = instances.take(np.flatnonzero(instances.max_num_seqs == prefill_seqs))
+    decode = instances.take(np.flatnonzero(instances.max_num_batched_tokens == coarse_chunk(scenario.grid)))
+
+    def screen(pool: InstanceArrays):
+        memory = instance_memory(model, cluster.gpu, pool, lengths["max_model_len"], options)
+        fits = np.asarray(memory.weights_fit) & np.asarray(memory.kv_fits_one_request)
+        return memory, price_instances(model, cluster, pool, options), fits
+
+    memory, pricing, fits = screen(prefill)
+    chunk = prefill.max_num_batched_tokens.astype(float)
     new, cached = lengths["new_input_tokens"], lengths["input_tokens"] - lengths["new_input_tokens"]
     prefill_s = np.asarray(pricing.prefill(chunk, cached, request_tokens=new).total_s, dtype=float)
     one_request_s = np.asarray(pricing.prefill(np.full_like(chunk, new), cached).total_s, dtype=float)
-    prefill_rate = instances.attn_dp * chunk / (prefill_s * lengths["new_input_tokens"])
+    prefill_rate = prefill.attn_dp * chunk / (prefill_s * new)
     prefill_ok = fits & np.asarray(memory.prefill_workspace_fits) & (one_request_s * 1e3 <= lengths["ttft_ms"])
-    per_rank = np.maximum(np.asarray(memory.max_concurrency, dtype=float) / instances.attn_dp, 0)
-    batch = np.maximum(np.minimum(instances.max_num_seqs, np.floor(per_rank)), 1)
+    memory, pricing, fits = screen(decode)
+    per_rank = np.maximum(np.asarray(memory.max_concurrency, dtype=float) / decode.attn_dp, 0)
+    batch = np.maximum(np.minimum(decode.max_num_seqs, np.floor(per_rank)), 1)
     decode_s = np.asarray(pricing.decode_step(batch, lengths["decode_context_tokens"]).total_s, dtype=float)
-    decode_rate = instances.attn_dp * batch / (decode_s * lengths["output_tokens"])
+    decode_rate = decode.attn_dp * batch / (decode_s * lengths["output_tokens"])
     decode_ok = fits & (per_rank >= 1) & (decode_s * 1e3 <= lengths["tpot_ms"])
-    prefill_keep = best_per_size(instances.gpus, prefill_rate / instances.gpus, prefill_ok)
-    decode_keep = best_per_size(instances.gpus, decode_rate / instances.gpus, decode_ok)
-    return (instances.take(prefill_keep), prefill_rate[prefill_keep], instances.take(decode_keep),
+    prefill_keep = best_per_size(prefill.gpus, prefill_rate / prefill.gpus, prefill_ok)
+    decode_keep = best_per_size(decode.gpus, decode_rate / decode.gpus, decode_ok)
+    return (prefill.take(prefill_keep), prefill_rate[prefill_keep], decode.take(decode_keep),
             decode_rate[decode_keep])
 
 
@@ -225,28 +240,23 @@ def best_per_size(gpus: np.ndarray, score: np.ndarray, ok: np.ndarray, per_size:
     return np.sort(order[rank_in_size < per_size])
 
 
-def search_serving(scenario: ServingScenario, pareto: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> ServingSearchResult:
-    """Price every candidate plan and keep the best, the frontier and the rule counts (see the module
-    docstring). ``progress(done, total)`` is called after each chunk. A KeyboardInterrupt propagates:
-    no partial result is returned."""
-    started = time.perf_counter()
-    if scenario.objective in NEEDS_TARGET and scenario.target_rate_per_s is None \
-            and scenario.target_concurrency is None and not _workload_has_target(scenario.workload):
-        raise ValueError(f"objective {scenario.objective} needs a target rate or concurrency")
-    plans = candidate_plans(scenario)
-    enumerated = time.perf_counter()
-    total = len(plans)
-    ranked_parts: list[Kept] = []
-    front_parts: list[Kept] = []
-    closest_parts: list[Kept] = []
-    broken: dict[str, int] = {}
-    alone: dict[str, int] = {}
-    servable = meeting = 0
-    scale = 0.0
-    for start in range(0, total, CHUNK_PLANS):
-        chunk = plans.take(slice(start, min(start + CHUNK_PLANS, total)))
-        metrics = evaluate(scenario, chunk)
+class _Accumulator:
+    """What the search keeps across chunks of priced plans (module docstring)."""
+
+    def __init__(self, scenario: ServingScenario, pareto: bool):
+        self.scenario, self.pareto = scenario, pareto
+        self.ranked: list[Kept] = []
+        self.front: list[Kept] = []
+        self.closest: list[Kept] = []
+        self.broken: dict[str, int] = {}
+        self.alone: dict[str, int] = {}
+        self.candidates = self.servable = self.meeting = 0
+        self.scale = 0.0
+        self.layout_best: list[tuple[np.ndarray, np.ndarray]] = []
+        """Per chunk: each plan's layout key and objective key where it meets the SLO (for refinement)."""
+
+    def add(self, chunk: ServingPlanArrays, metrics: Any) -> None:
+        scenario = self.scenario
         masks = {name: np.asarray(mask, dtype=bool) for name, mask in metrics.violations.items()}
         count = np.zeros(len(chunk), dtype=np.int64)
         hard = np.zeros(len(chunk), dtype=bool)
@@ -255,40 +265,145 @@ def search_serving(scenario: ServingScenario, pareto: bool = True,
             if not is_slo_rule(name):
                 hard |= mask
         for name, mask in masks.items():
-            broken[name] = broken.get(name, 0) + int(mask.sum())
-            alone[name] = alone.get(name, 0) + int((mask & (count == 1)).sum())
+            self.broken[name] = self.broken.get(name, 0) + int(mask.sum())
+            self.alone[name] = self.alone.get(name, 0) + int((mask & (count == 1)).sum())
         ok = count == 0
         servable_index = np.flatnonzero(~hard)
-        servable += len(servable_index)
-        meeting += int(ok.sum())
+        self.candidates += len(chunk)
+        self.servable += len(servable_index)
+        self.meeting += int(ok.sum())
         key = objective_key(metrics, scenario.objective)
+        kept = Kept(chunk, metrics)
         if ok.any():
-            scale = max(scale, key_scale(key[ok]))
-            best = np.flatnonzero(ok)[_top(chunk.take(np.flatnonzero(ok)), key[ok], scale, scenario)]
-            ranked_parts.append(Kept(chunk, metrics).rows(best))
+            self.scale = max(self.scale, key_scale(key[ok]))
+            best = np.flatnonzero(ok)[_top(chunk.take(np.flatnonzero(ok)), key[ok], self.scale, scenario)]
+            self.ranked.append(kept.rows(best))
         if len(servable_index):
-            if pareto:
+            if self.pareto:
                 front = servable_index[pareto_front(metrics.output_tokens_per_s_per_gpu[servable_index],
                                                     metrics.tokens_per_s_per_user[servable_index])]
-                front_parts.append(Kept(chunk, metrics).rows(front))
+                self.front.append(kept.rows(front))
             miss = slo_miss(metrics, scenario.workload)[servable_index]
             near = servable_index[np.lexsort((servable_index, miss))[:CLOSEST_KEPT]]
-            closest_parts.append(Kept(chunk, metrics).rows(near))
-        if progress is not None:
-            progress(min(start + CHUNK_PLANS, total), total)
-    ranked = _final_rank(Kept.join(ranked_parts), scenario, scale)
-    front = Kept.join(front_parts)
-    if front is not None:
-        front = front.rows(pareto_front(front.metrics.output_tokens_per_s_per_gpu, front.metrics.tokens_per_s_per_user))
-    closest = Kept.join(closest_parts)
-    if closest is not None:
-        closest = closest.rows(np.lexsort((np.arange(len(closest)), slo_miss(closest.metrics, scenario.workload)))[:CLOSEST_KEPT])
+            self.closest.append(kept.rows(near))
+
+    def result(self, seconds: dict[str, float]) -> ServingSearchResult:
+        scenario = self.scenario
+        ranked = _final_rank(Kept.join(self.ranked), scenario, self.scale)
+        front = Kept.join(self.front)
+        if front is not None:
+            front = front.rows(pareto_front(front.metrics.output_tokens_per_s_per_gpu,
+                                            front.metrics.tokens_per_s_per_user))
+        closest = Kept.join(self.closest)
+        if closest is not None:
+            closest = closest.rows(np.lexsort((np.arange(len(closest)),
+                                               slo_miss(closest.metrics, scenario.workload)))[:CLOSEST_KEPT])
+        return ServingSearchResult(scenario=scenario, ranked=ranked, pareto=front, closest=closest,
+                                   candidates=self.candidates, servable=self.servable, meeting_slo=self.meeting,
+                                   broken=dict(sorted(self.broken.items())), broken_alone=dict(sorted(self.alone.items())),
+                                   seconds=seconds)
+
+
+def _price(scenario: ServingScenario, plans: ServingPlanArrays, into: _Accumulator,
+           progress: Callable[[int, int], None] | None, done: int, total: int) -> int:
+    """Price ``plans`` chunk by chunk into the accumulator, aggregated plans and disaggregated ones in
+    separate chunks (the cost model prices a chunk's second phase for every plan when any is
+    disaggregated); returns the plans done so far."""
+    for mode in (False, True):
+        group = plans.take(np.flatnonzero(plans.disaggregated == mode))
+        for start in range(0, len(group), CHUNK_PLANS):
+            chunk = group.take(slice(start, min(start + CHUNK_PLANS, len(group))))
+            into.add(chunk, evaluate(scenario, chunk))
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return done
+
+
+def search_serving(scenario: ServingScenario, pareto: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> ServingSearchResult:
+    """Price the candidate plans and keep the best, the frontier and the rule counts (see the module
+    docstring). ``progress(done, total)`` is called after each chunk. A KeyboardInterrupt propagates:
+    no partial result is returned.
+
+    Grids above :data:`EXHAUSTIVE_UP_TO` plans (unless ``scenario.exhaustive``) are searched coarse to
+    fine (:func:`coarse_mask`, :func:`refined`): every layout at one chunk budget with CUDA graphs,
+    then every knob variant of the layouts that lead, lie on the frontier or come closest to the SLO."""
+    started = time.perf_counter()
+    if scenario.objective in NEEDS_TARGET and scenario.target_rate_per_s is None \
+            and scenario.target_concurrency is None and not _workload_has_target(scenario.workload):
+        raise ValueError(f"objective {scenario.objective} needs a target rate or concurrency")
+    plans = candidate_plans(scenario)
+    enumerated = time.perf_counter()
+    into = _Accumulator(scenario, pareto)
+    if scenario.exhaustive or len(plans) <= EXHAUSTIVE_UP_TO:
+        _price(scenario, plans, into, progress, 0, len(plans))
+    else:
+        coarse = coarse_mask(plans, scenario.grid)
+        first = plans.take(np.flatnonzero(coarse))
+        done = _price(scenario, first, into, progress, 0, len(first))
+        fine = np.flatnonzero(~coarse & refined(into, plans))
+        _price(scenario, plans.take(fine), into, progress, done, done + len(fine))
     done = time.perf_counter()
-    return ServingSearchResult(scenario=scenario, ranked=ranked, pareto=front, closest=closest, candidates=total,
-                               servable=servable, meeting_slo=meeting, broken=dict(sorted(broken.items())),
-                               broken_alone=dict(sorted(alone.items())),
-                               seconds={"enumerate": enumerated - started, "price": done - enumerated,
-                                        "total": done - started})
+    return into.result({"enumerate": enumerated - started, "price": done - enumerated, "total": done - started})
+
+
+EXHAUSTIVE_UP_TO = 16384
+"""Grids of at most this many plans are priced whole; larger ones coarse to fine (under a second either
+way on one core, at the cost model's ~50 us per plan)."""
+REFINED_LAYOUTS = 16
+"""Layouts whose every knob variant is priced in the fine pass, beyond those on the frontier and those
+closest to the SLO: the leaders by the objective (at least ``top_k``)."""
+
+
+COARSE_SEQS_STEP = 2
+"""The coarse pass takes every other max_num_seqs of the grid (1, 4, 16, 64, 256, 1024 of 1..1024)."""
+
+
+def coarse_chunk(grid: ServingGrid) -> int:
+    """The chunk budget of the coarse pass: 8,192 where the grid has it (SGLang's and TensorRT-LLM's
+    default), else the grid's middle value."""
+    chunks = sorted(grid.chunk_token_values)
+    return 8192 if 8192 in chunks else chunks[len(chunks) // 2]
+
+
+def coarse_mask(plans: ServingPlanArrays, grid: ServingGrid) -> np.ndarray:
+    """The coarse pass: aggregated plans at one chunk budget (:func:`coarse_chunk`) with CUDA graphs on
+    where the grid has them, at every other max_num_seqs (:data:`COARSE_SEQS_STEP`); every disaggregated
+    plan (the phase screen already chose their knobs)."""
+    seqs = np.asarray(sorted(grid.max_num_seqs_values))[::-1][::COARSE_SEQS_STEP]  # the largest always in
+    graphs = True in grid.cuda_graph_values
+    d = plans.decode
+    return plans.disaggregated | ((d.max_num_batched_tokens == coarse_chunk(grid)) & (d.cuda_graphs == graphs)
+                                  & np.isin(d.max_num_seqs, seqs))
+
+
+def refined(into: _Accumulator, plans: ServingPlanArrays) -> np.ndarray:
+    """Which of ``plans`` share a layout (:func:`optimizer.serving.ranking.layout_keys`) with the coarse
+    pass's leaders (:data:`REFINED_LAYOUTS` distinct layouts, at least ``top_k``), its frontier or the
+    plans closest to the SLO: the fine pass prices every knob variant of those layouts."""
+    scenario = into.scenario
+    chosen = []
+    for parts in (into.ranked, into.front, into.closest):
+        kept = Kept.join(parts)
+        if kept is None:
+            continue
+        if parts is into.ranked:
+            order = first_per_layout(rank_order(kept.plans, objective_key(kept.metrics, scenario.objective)), kept.plans)
+            kept = kept.rows(order[:max(REFINED_LAYOUTS, scenario.top_k)])
+        chosen.append(layout_keys(kept.plans))
+    mask = np.zeros(len(plans), dtype=bool)
+    if chosen:
+        mask[_rows_in(layout_keys(plans), np.unique(np.concatenate(chosen), axis=0))] = True
+    return mask
+
+
+def _rows_in(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``keys`` that appear in ``wanted``."""
+    joined = np.concatenate([wanted, keys])
+    _, inverse = np.unique(joined, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return np.flatnonzero(np.isin(inverse[len(wanted):], inverse[:len(wanted)]))
 
 
 def _top(plans: ServingPlanArrays, key: np.ndarray, scale: float | None, scenario: ServingScenario) -> np.ndarray:
