@@ -76,6 +76,7 @@ from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
 from .activations import recomputes
+from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .plan import PlanArrays
 from .power import plan_power
 from .schedules import bubble_s, exposed_p2p_transfers
@@ -334,7 +335,19 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     share = recomputed_layer_share(plans, stages)
     layers_forward = per_stage(dense_t.forward, moe_t.forward)
     host_waits = per_stage(dense_t.host_exposed, moe_t.host_exposed)
-    recompute = share * layers_forward + per_stage(dense_t.selective_recompute, moe_t.selective_recompute)
+    selective = per_stage(dense_t.selective_recompute, moe_t.selective_recompute)
+    bf16_counts = bf16_layers_per_stage(training, stages)
+    if bf16_counts.any():  # first/last layers kept in BF16 in an FP8/FP4 run (cost_model.bf16_layers)
+        dense_b, moe_b = layer_times(model, bf16_training(training), plans, gpu, options)
+
+        def bf16_extra(name: str) -> np.ndarray:
+            return bf16_difference(bf16_counts, stages, (getattr(dense_t, name), getattr(moe_t, name)),
+                                   (getattr(dense_b, name), getattr(moe_b, name)))
+
+        forward, backward = forward + bf16_extra("forward"), backward + bf16_extra("backward")
+        weight_grad, layers_forward = weight_grad + bf16_extra("gemm_forward"), layers_forward + bf16_extra("forward")
+        host_waits, selective = host_waits + bf16_extra("host_exposed"), selective + bf16_extra("selective_recompute")
+    recompute = share * layers_forward + selective
 
     # ---- communication per micro-batch per stage ----
     placements = place(cluster, plans, options)

@@ -57,15 +57,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .activations import (NVFP4_BYTES_PER_ELEMENT, embedding_dropout_bytes, layer_activations, lm_head_bytes,
                           logits_transient_bytes)
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
 from .plan import PlanArrays
+from .schedules import pending_weight_grad_layers
 from .stacks import stack_spec
 from .stages import StageLayout, recomputed_layer_share
-from .schedules import pending_weight_grad_layers
 from .training_spec import TrainingSpec
 
 GIB = float(2**30)
@@ -130,6 +131,20 @@ def weight_bytes_per_param(training: TrainingSpec, plans: PlanArrays) -> tuple[n
     quantized_cache = {"fp8": 1.0, "fp4": 2 * NVFP4_BYTES_PER_ELEMENT}.get(training.precision, 0.0)
     cache = np.where(primary, 0.0, quantized_cache)
     return sharded, cache
+
+
+def gathered_weight_bytes(training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+    """Bytes per parameter of a weight all-gather over the data-parallel (shard) group, per plan.
+
+    2 for bf16 weights. With FP8 primary weights (:func:`fp8_primary_weights`) per-tensor and block
+    recipes gather the FP8 bytes, 1: the distributed optimizer's parameter buffer is ``torch.uint8``
+    (Megatron-Core ``distributed_data_parallel.py``, "its actual data is stored in the form of a torch
+    uint8 tensor"). MXFP8 gathers bf16, 2: ``reuse_grad_buf_for_mxfp8_param_ag`` (which Megatron-Bridge
+    requires with MXFP8 param gather, ``MixedPrecisionConfig.finalize``) all-gathers into the gradient
+    buffer viewed as bf16 and quantizes after (``param_and_grad_buffer.py``, "Create a shared buffer for
+    param AG and grad RS")."""
+    primary = fp8_primary_weights(training, plans)
+    return np.where(primary & (training.fp8_recipe != "mxfp8"), 1.0, float(WEIGHT_BYTES))
 
 
 def padded_vocab(model: ModelSpec, plans: PlanArrays, options: CostOptions) -> np.ndarray:
@@ -257,8 +272,9 @@ MEASURED_MEMORY_KINDS = ("nvidia-smi", "reserved", "allocated")
 def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, stages: StageLayout,
                      params: StageParameters, options: CostOptions) -> MemoryBreakdown:
     zero = plans.zero_stage[:, None]
-    dense_group = (plans.dp * plans.cp)[:, None].astype(float)
-    expert_group = plans.expert_data_parallel[:, None].astype(float)
+    # ZeRO shards over the shard group: all of dp x cp, or 1/dp_replicate of it with hybrid sharding.
+    dense_group = plans.shard_group[:, None].astype(float)
+    expert_group = plans.expert_shard_group[:, None].astype(float)
 
     def sharded(stage_at_least: int) -> np.ndarray:
         """Parameters per rank when ZeRO at or above ``stage_at_least`` shards them."""
@@ -288,6 +304,16 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     resident = np.where(offloaded > 0, np.maximum(stages.layers - offloaded + 1, 1.0), stages.layers)
     resident_share = np.divide(resident, stages.layers, out=np.ones_like(resident), where=stages.layers > 0)
     activations = stages.in_flight_layers * per_layer * np.minimum(resident_share, 1.0)
+    bf16_counts = bf16_layers_per_stage(training, stages)
+    if bf16_counts.any():  # first/last layers kept in BF16 in an FP8/FP4 run (cost_model.bf16_layers)
+        bf16_layer = layer_activations(model, bf16_training(training), plans)
+        more = bf16_difference(bf16_counts, stages, (layer.dense_full, layer.moe_full),
+                               (bf16_layer.dense_full, bf16_layer.moe_full))
+        activations = activations + stages.in_flight_microbatches * (1 - recomputed_share) * more
+        # Their weights keep no quantized copy, and stay BF16 where the others are FP8 primary weights.
+        bf16_params = bf16_counts * params.largest_layer
+        weights = (weights - fp8_cache * np.where(zero >= 3, 0.0, bf16_params)
+                   + (WEIGHT_BYTES - weight_bytes) * bf16_params / np.where(zero >= 3, dense_group, 1.0))
     # A deferred weight-gradient pass (zero-bubble, DualPipe) keeps its GEMM inputs and output gradients
     # beyond what the layer kept from forward (cost_model.schedules, "The split backward's memory").
     weight_grad_set = (1 - moe_share) * layer.dense_no_recompute[:, None] + moe_share * layer.moe_no_recompute[:, None]

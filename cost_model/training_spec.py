@@ -69,6 +69,16 @@ class TrainingSpec:
     GEMM's inputs and stochastic rounding of gradients (NVIDIA, "Pretraining Large Language Models with
     NVFP4", arXiv:2509.25149, section 4). Ignored unless ``precision`` is ``fp4``."""
 
+    num_layers_at_start_in_bf16: int = 0
+    """Transformer layers at the start of the model whose GEMMs stay in BF16 in an FP8 or FP4 run
+    (Megatron-Core ``first_last_layers_bf16`` with ``num_layers_at_start_in_bf16``; Megatron-Bridge's FP8
+    current-scaling recipe keeps 1): priced as BF16 layers, with BF16 weights and saved GEMM inputs
+    (:mod:`cost_model.bf16_layers`). 0 = none; ignored for bf16/fp16 runs."""
+
+    num_layers_at_end_in_bf16: int = 0
+    """Likewise at the end of the model (``num_layers_at_end_in_bf16``; Megatron-Bridge's Llama 3 8B NVFP4
+    recipe keeps the last 4)."""
+
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     """Adam/AdamW keep an fp32 master copy and the moments m and v (12 bytes per parameter);
     SGD with momentum keeps the master copy and one moment (8 bytes)."""
@@ -233,6 +243,15 @@ class TrainingSpec:
         if self.precision == "fp4" and self.stack not in FP4_STACKS:
             raise ValueError(f"precision fp4 needs a stack that runs NVFP4 GEMMs: the {self.stack} stack has no FP4 "
                              "recipe; use stack megatron-core (Transformer Engine NVFP4) or precision fp8")
+        for name in ("num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a whole number of layers (0 = none), got {value!r}")
+        if ((self.num_layers_at_start_in_bf16 or self.num_layers_at_end_in_bf16) and self.precision == "fp8"
+                and self.fp8_recipe == "delayed"):
+            raise ValueError("num_layers_at_start_in_bf16 / num_layers_at_end_in_bf16 need a current or block "
+                             "scaling recipe: Megatron-Core refuses BF16 first/last layers with delayed scaling; "
+                             "use fp8_recipe tensorwise, mxfp8 or blockwise, or set them to 0")
         if self.grad_dtype not in GRAD_DTYPES:
             raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
         if self.optimizer_moments_dtype not in GRAD_DTYPES:
