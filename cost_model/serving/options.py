@@ -122,7 +122,8 @@ class ServingOptions:
     pass 128 by default)."""
 
     gemm_min_rows: int = 64
-    """Smallest block of rows a tensor-core GEMM computes: Hopper's warpgroup MMA is m64nNk16 (PTX ISA,
+    """Smallest block of rows a tensor-core GEMM computes on GPUs with FP8 tensor cores (Hopper and later;
+    16 before them, :data:`cost_model.serving.step.AMPERE_MMA_ROWS`): Hopper's warpgroup MMA is m64nNk16 (PTX ISA,
     "Asynchronous Warpgroup Level Matrix Multiply-Accumulate", wgmma shapes), and CUTLASS's smallest
     Hopper tiles are 64 rows; a decode GEMM of batch 8, or an expert that received 5 tokens, computes 64
     rows. (Weight streaming, not this, bounds small decode GEMMs; it matters for MoE experts with few

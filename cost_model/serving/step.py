@@ -74,6 +74,11 @@ from .memory import layer_weights
 from .options import ServingOptions
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
 
+AMPERE_MMA_ROWS = 16
+"""Row block of a tensor-core GEMM on GPUs before Hopper (no FP8 tensor cores): Ampere's ``mma.sync``
+is m16n8k16 (PTX ISA, "Warp-level Matrix Multiply-Accumulate Instructions"); Hopper's warpgroup MMA
+needs 64 (:attr:`ServingOptions.gemm_min_rows`)."""
+
 BOTTLENECKS = ("host", "hbm", "compute", "tp_latency", "ep_comm")
 """Labels of :attr:`StepTimes.bottleneck`: the largest term of the step."""
 
@@ -223,7 +228,7 @@ class InstancePricing:
         tp = col(inst.tp)
         heads = m.num_attention_heads / tp
         flops = {"dense": 0.0, "moe": 0.0}
-        min_rows = float(self.options.gemm_min_rows)
+        min_rows = float(self.options.gemm_min_rows if self.cluster.gpu.peak_tflops_fp8 else AMPERE_MMA_ROWS)
         compute_pricers = {}
 
         def compute_only(pricer):
