@@ -91,11 +91,9 @@ def with_max_model_len(workload, max_model_len: int):
 
 
 def checkpoint_precision(model_spec) -> str:
-    """The weight precision the checkpoint ships (its HF ``quantization_config``; BF16 without one)."""
-    from cost_model.serving.plan import WEIGHT_PRECISIONS
-
-    value = getattr(model_spec, "weight_precision", None) or "bf16"
-    return value if value in WEIGHT_PRECISIONS else "bf16"
+    """The weight precision the checkpoint ships (its HF ``quantization_config``, read by the model
+    loader into ``checkpoint_weight_format``; BF16 without one)."""
+    return model_spec.checkpoint_precision
 
 
 def _grid(model_spec, cluster_spec, gpus: str | None, modes: str | None, precision: str | None,

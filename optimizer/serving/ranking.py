@@ -9,7 +9,8 @@ Objectives (best first):
 * ``min_gpus``: fewest GPUs that serve the target rate or concurrency within the SLOs;
 * ``throughput_per_gpu``: most output tokens per second per GPU at the operating point.
 
-Ties (keys equal to 9 significant digits of the largest key) fall to fewer GPUs, then the simpler plan
+Ties (keys equal to 9 significant digits of the largest key) fall to the most goodput per GPU for
+``min_gpus`` (a whole number, often tied), then to fewer GPUs, then the simpler plan
 (aggregated before disaggregated, smaller pp, tp, ep, attn_dp, fewer instances, CUDA graphs on,
 smaller batch and chunk budgets), so the same inputs always give the same order.
 
@@ -79,11 +80,24 @@ def tie_columns(plans: ServingPlanArrays) -> dict[str, np.ndarray]:
             "weight_precision": d.weight_precision}
 
 
-def rank_order(plans: ServingPlanArrays, key: np.ndarray, scale: float | None = None) -> np.ndarray:
-    """Indices of the plans, best first: rounded key, then GPUs, then :data:`TIE_BREAK`."""
+def secondary_key(metrics, objective: str) -> np.ndarray | None:
+    """What orders plans the objective ties: ``min_gpus`` is a whole number of GPUs, so plans that need
+    as many GPUs fall to the most goodput per GPU (the most headroom at the target). None for the others."""
+    if objective == "min_gpus":
+        return objective_key(metrics, "goodput_per_gpu")
+    return None
+
+
+def rank_order(plans: ServingPlanArrays, key: np.ndarray, scale: float | None = None,
+               secondary: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the plans, best first: rounded key, then the ``secondary`` key (rounded), then GPUs,
+    then :data:`TIE_BREAK`."""
     columns = tie_columns(plans)
     keys = [columns[name].astype(float) for name in reversed(TIE_BREAK)]
-    keys += [plans.num_gpus.astype(float), _rounded(key, key_scale(key) if scale is None else scale)]
+    keys.append(plans.num_gpus.astype(float))
+    if secondary is not None:
+        keys.append(_rounded(secondary, key_scale(secondary)))
+    keys.append(_rounded(key, key_scale(key) if scale is None else scale))
     return np.lexsort(keys)
 
 
@@ -92,19 +106,21 @@ LAYOUT_COLUMNS = ("tp", "pp", "ep", "attn_dp", "moe_tp", "weight_precision", "kv
 (batch limit, chunk budget, CUDA graphs) are not different plans to a reader of the top-K list."""
 
 
-def layout_keys(plans: ServingPlanArrays) -> np.ndarray:
-    """One row per plan: mode, instance counts, and the prefill and decode layout columns."""
-    columns = [plans.mode, plans.prefill_instances, plans.decode_instances]
+def layout_keys(plans: ServingPlanArrays, counts: bool = True) -> np.ndarray:
+    """One row per plan: mode, instance counts (unless ``counts`` is False), and the prefill and decode
+    layout columns."""
+    columns = [plans.mode] + ([plans.prefill_instances, plans.decode_instances] if counts else [])
     for kind in (plans.prefill, plans.decode):
         columns += [getattr(kind, name) for name in LAYOUT_COLUMNS]
     return np.stack(columns, axis=1)
 
 
-def first_per_layout(order: np.ndarray, plans: ServingPlanArrays) -> np.ndarray:
-    """``order`` keeping only the first (best-ranked) plan of each layout (:func:`layout_keys`)."""
+def first_per_layout(order: np.ndarray, plans: ServingPlanArrays, counts: bool = True) -> np.ndarray:
+    """``order`` keeping only the first (best-ranked) plan of each layout (:func:`layout_keys`; without
+    ``counts``, replicas of one layout are one layout too)."""
     if len(order) == 0:
         return order
-    _, first = np.unique(layout_keys(plans)[order], axis=0, return_index=True)
+    _, first = np.unique(layout_keys(plans, counts)[order], axis=0, return_index=True)
     return order[np.sort(first)]
 
 

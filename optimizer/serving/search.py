@@ -32,7 +32,7 @@ from hardware.schema import ClusterSpec
 from .arrays import concat, take
 from .grid import ServingGrid, aggregated_plans, concatenate, disaggregated_plans, instance_grid
 from .ranking import (NEEDS_TARGET, OBJECTIVES, first_per_layout, key_scale, layout_keys, objective_key,
-                      pareto_front, rank_order)
+                      pareto_front, rank_order, secondary_key)
 
 CHUNK_PLANS = 32768
 """Plans priced per call of the cost model: large enough that numpy's per-call overhead is amortised,
@@ -276,7 +276,8 @@ class _Accumulator:
         kept = Kept(chunk, metrics)
         if ok.any():
             self.scale = max(self.scale, key_scale(key[ok]))
-            best = np.flatnonzero(ok)[_top(chunk.take(np.flatnonzero(ok)), key[ok], self.scale, scenario)]
+            index = np.flatnonzero(ok)
+            best = index[_top(chunk.take(index), take(metrics, index, len(chunk)), self.scale, scenario)]
             self.ranked.append(kept.rows(best))
         if len(servable_index):
             if self.pareto:
@@ -406,18 +407,20 @@ def _rows_in(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(inverse[len(wanted):], inverse[:len(wanted)]))
 
 
-def _top(plans: ServingPlanArrays, key: np.ndarray, scale: float | None, scenario: ServingScenario) -> np.ndarray:
-    """Indices of the ``top_k`` best plans (the best of each layout with ``best_per_layout``)."""
-    order = rank_order(plans, key, scale)
+def _top(plans: ServingPlanArrays, metrics: Any, scale: float | None, scenario: ServingScenario) -> np.ndarray:
+    """Indices of the ``top_k`` best plans (the best of each layout with ``best_per_layout``; for
+    ``min_gpus``, whose figure is the fleet a layout needs, replica counts of one layout are one layout)."""
+    objective = scenario.objective
+    order = rank_order(plans, objective_key(metrics, objective), scale, secondary_key(metrics, objective))
     if scenario.best_per_layout:
-        order = first_per_layout(order, plans)
+        order = first_per_layout(order, plans, counts=objective != "min_gpus")
     return order[:scenario.top_k]
 
 
 def _final_rank(kept: Kept | None, scenario: ServingScenario, scale: float) -> Kept | None:
     if kept is None:
         return None
-    return kept.rows(_top(kept.plans, objective_key(kept.metrics, scenario.objective), scale or None, scenario))
+    return kept.rows(_top(kept.plans, kept.metrics, scale or None, scenario))
 
 
 def at_slo_quantile(metrics, workload) -> tuple[np.ndarray, np.ndarray]:
