@@ -193,3 +193,14 @@ def test_serving_options_refuse_unphysical_values_and_read_fitted_ones(tmp_path)
     fitted.write_text("parameters:\n  step_overhead_us: {value: 1234.5, prior: 1000.0}\n", encoding="utf-8")
     assert serving_fitted_parameters(fitted) == {"step_overhead_us": 1234.5}
     assert serving_fitted_parameters(tmp_path / "absent.yaml") == {}
+
+
+def test_an_idle_step_costs_only_its_floor():
+    model = load_model("deepseek-v3").spec
+    pricing = price_instances(model, H200, _instances(tp=[8], weight_precision="fp8"))
+    idle = pricing.decode_step(0, 1000)
+    # No request: no GEMM, no attention, no collective, no negative split-K remainder; the step is its floor
+    # (and the non-expert weights' stream), below any step with a request.
+    assert idle.gemm_s[0] == 0 and idle.attention_s[0] == 0 and idle.tp_comm_s[0] == 0
+    assert idle.total_s[0] >= pricing.options.step_overhead_us * 1e-6
+    assert np.all(pricing.decode_step([0, 1, 2], 1000).total_s[1:] >= idle.total_s[0])

@@ -243,15 +243,15 @@ class InstancePricing:
             count = np.asarray(count, dtype=np.float64)
             splits = split_k(pricer, rows, n, k, count)
             depth = np.asarray(k, dtype=np.float64) / splits
+            rows_ = np.asarray(rows, dtype=np.float64)
             seconds, _ = pricer.gemm(rows, n, depth, count * splits)
             # The tensor cores compute whole row blocks: a GEMM (or each expert of a grouped one) with
             # fewer rows than the smallest block computes the block (ServingOptions.gemm_min_rows), though
             # it reads and writes only its rows: the padded compute alone bounds it from below.
-            rows_ = np.asarray(rows, dtype=np.float64)
             padded = np.where(rows_ > 0, np.ceil(rows_ / min_rows) * min_rows, 0.0)
             padded_compute_s, _ = compute_only(pricer).gemm(padded, n, depth, count * splits)
             seconds = np.maximum(seconds, padded_compute_s)
-            seconds = np.where(count > 0, seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
+            seconds = np.where((count > 0) & (rows_ > 0), seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
             f = 2.0 * np.asarray(rows, dtype=np.float64) * n * np.asarray(k, dtype=np.float64) * count
             for part in parts:
                 flops[part] = flops[part] + f
