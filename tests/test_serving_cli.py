@@ -329,3 +329,35 @@ def test_study_holds_a_training_run_and_a_serving_fleet(tmp_path, capsys):
     assert len(ok) and (ok["min_gpus_for_target"] >= 1).all()
     # every GPU is priced: a pricier GPU-hour with the same plan costs more per token
     assert (ok["cost_usd_per_m_output_tokens"] > 0).all()
+
+
+# --- engine arguments -------------------------------------------------------------------------------------
+
+def test_emit_prints_the_engine_arguments_of_plan_1(capsys):
+    code, document = serve_json(capsys, *BASE, "--top", "2", "--emit", "vllm", "--model-path",
+                                "meta-llama/Meta-Llama-3-70B")
+    assert code == 0
+    (emission,) = document["emit"]
+    plan = document["plans"][0]
+    serve = plan["instances"][0]
+    argv = emission["argv"]
+    assert emission["engine"] == "vllm" and emission["tested_version"].startswith("vLLM")
+    assert "meta-llama/Meta-Llama-3-70B" in argv
+    assert argv[argv.index("--tensor-parallel-size") + 1] == str(serve["tp"])
+    assert argv[argv.index("--max-num-seqs") + 1] == str(serve["max_num_seqs"])
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == str(serve["max_num_batched_tokens"])
+
+
+def test_emit_keeps_only_plans_the_engine_starts(capsys):
+    """vLLM refuses attention-DP ranks for a dense model (vllm_dense_data_parallel): serve evaluate with
+    --emit vllm names that rule; without --emit the plan only breaks the cost model's rules, if any."""
+    code, document = evaluate(capsys, "--tp", "4", "--attn-dp", "2", "--emit", "vllm")
+    assert code == 1 and any(r.startswith("vllm_dense_data_parallel: ") for r in document["plan"]["why_not"])
+
+
+def test_disaggregated_plans_emit_a_prefill_and_a_decode_command(capsys):
+    _, document = evaluate(capsys, "--mode", "disagg", "--tp", "4", "--prefill-tp", "2", "--prefill-instances", "2",
+                           "--emit", "sglang")
+    assert len(document["emit"]) == 2
+    texts = [e["text"] for e in document["emit"]]
+    assert "prefill" in texts[0] and "decode" in texts[1]

@@ -60,6 +60,8 @@ RATE_OPTION = typer.Option(None, "--target-rate", help="Open-loop target: reques
 CONCURRENCY_OPTION = typer.Option(None, "--target-concurrency", help="Closed-loop target: requests in flight.")
 MAX_LEN_OPTION = typer.Option(None, "--max-model-len", help="Longest request in tokens (default: the workload's).")
 FORMAT_OPTION = typer.Option(OutputFormat.table, "--format", help="table, json or csv.")
+MODEL_PATH_OPTION = typer.Option(None, "--model-path", help="With --emit: the checkpoint (path or Hugging Face id) "
+                                 "the engine loads (default: MODEL).")
 
 
 def _inputs(cluster: str, model: str, workload: str, price: float | None, max_model_len: int | None):
@@ -134,7 +136,9 @@ def serve_search_command(
     top: int = typer.Option(10, "--top", help="Plans to show."),
     pareto: bool = typer.Option(False, "--pareto", help="Show the tokens/s/GPU vs tokens/s/user frontier instead."),
     output: OutputFormat = FORMAT_OPTION,
-    engine: Optional[Engine] = typer.Option(None, "--emit", help="Print the best plan's engine arguments."),
+    engine: Optional[Engine] = typer.Option(None, "--emit", help="Print the best plan's engine arguments; the "
+                                            "search keeps only plans the engine starts."),
+    model_path: Optional[str] = MODEL_PATH_OPTION,
     all_knobs: bool = typer.Option(False, "--all-knobs", help="List every knob variant of a layout (default: "
                                    "the best batch limit, chunk budget and CUDA-graph setting of each)."),
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
@@ -164,11 +168,11 @@ def serve_search_command(
     scenario = ServingScenario(model=model_input.spec, cluster=cluster_spec, workload=workload_spec, grid=grid,
                                objective=objective, top_k=top, target_rate_per_s=target_rate,
                                target_concurrency=target_concurrency, model_source=model,
-                               best_per_layout=not all_knobs)
+                               best_per_layout=not all_knobs, engine=engine.value if engine else None)
     result = search_serving(scenario, pareto=pareto)
     shown = result.pareto if pareto else result.ranked
     advice = None if result.found else advise(result)
-    emissions = _emissions(engine, shown, scenario) if engine and shown is not None else []
+    emissions = _emissions(engine, shown, scenario, model_path) if engine and shown is not None else []
     if output is OutputFormat.json:
         document = {"scenario": scenario_record(scenario), "search": search_record(result),
                     "plans": plan_records(shown, scenario) if shown is not None else [],
@@ -204,17 +208,21 @@ def _has_arrival(workload) -> bool:
     return getattr(workload, "request_rate_per_s", None) is not None or getattr(workload, "concurrency", None) is not None
 
 
-def _emissions(engine: Engine, kept, scenario) -> list:
-    """The engine arguments of plan 1 (one emission per phase for a disaggregated plan)."""
+def _emissions(engine: Engine, kept, scenario, model_path: str | None) -> list:
+    """The engine arguments of plan 1 (one emission per instance kind: prefill and decode when
+    disaggregated), loading ``model_path`` (default: the MODEL argument)."""
     from optimizer.emit.serving import emit_serving
 
     if not len(kept):
         return []
-    return list(emit_serving(engine.value, kept.plans.record(0), scenario.model, scenario.model_source,
-                             scenario.workload.max_model_len))
+    return list(emit_serving(engine.value, kept.plans.record(0), scenario.model, model_path or scenario.model_source,
+                             scenario.workload.model_len, speculative=scenario.workload.speculative,
+                             gpus_per_node=scenario.cluster.topology.gpus_per_node, gpu=scenario.cluster.gpu))
 
 
 def _emission_record(emission) -> dict[str, Any]:
+    """One emission in JSON output: the engine, the release it is checked against, the command as an
+    argument list, the environment, what the engine runs differently from the priced plan, the text."""
     return {"plan": 1, "engine": emission.framework, "tested_version": emission.tested_version,
             "argv": list(emission.argv), "env": dict(emission.env), "differences": list(emission.differences),
             "text": emission.text}
@@ -255,7 +263,9 @@ def serve_evaluate_command(
     price: Optional[float] = PRICE_OPTION,
     max_model_len: Optional[int] = MAX_LEN_OPTION,
     output: OutputFormat = FORMAT_OPTION,
-    engine: Optional[Engine] = typer.Option(None, "--emit", help="Print the plan's engine arguments."),
+    engine: Optional[Engine] = typer.Option(None, "--emit", help="Print the plan's engine arguments and check "
+                                            "the engine's start-up rules."),
+    model_path: Optional[str] = MODEL_PATH_OPTION,
     wide: bool = typer.Option(False, "--wide", help="Show every table column, whatever the terminal width."),
 ) -> None:
     """Price one serving plan: memory, latency, throughput, cost, and every rule it breaks (why_not)."""
@@ -288,12 +298,12 @@ def serve_evaluate_command(
                        kv_dtypes=kv, modes=(mode.value,))
     scenario = ServingScenario(model=spec, cluster=cluster_spec, workload=workload_spec, grid=grid,
                                target_rate_per_s=target_rate, target_concurrency=target_concurrency,
-                               top_k=1, model_source=model)
+                               top_k=1, model_source=model, engine=engine.value if engine else None)
     metrics = evaluate(scenario, plans)
     kept = Kept(plans, metrics)
     reasons = why_not(kept, scenario, 0)
     notes = nic_notes(kept, scenario, 0)
-    emissions = _emissions(engine, kept, scenario) if engine else []
+    emissions = _emissions(engine, kept, scenario, model_path) if engine else []
     if output is OutputFormat.json:
         record = plan_records(kept, scenario)[0]
         record["why_not"] = reasons

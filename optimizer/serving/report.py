@@ -315,11 +315,17 @@ def breakdown_text(kept, scenario, index: int = 0) -> str:
 
 
 def why_not(kept, scenario, index: int) -> list[str]:
-    """'rule: what it requires' for each rule plan ``index`` breaks (as the training ``evaluate`` says it),
-    from :func:`cost_model.serving.rules.why_not`."""
-    from cost_model.serving.rules import why_not as rule_reasons
+    """'rule: what it requires' for each rule plan ``index`` breaks (as the training ``evaluate`` says it):
+    the cost model's rules (:data:`cost_model.serving.rules.SERVING_RULES`) and, with an engine, its
+    start-up rules (:func:`optimizer.emit.serving.serving_rules`)."""
+    from cost_model.serving.rules import SERVING_RULES
 
-    return rule_reasons(kept.metrics.violations, index)
+    sentences = dict(SERVING_RULES)
+    if getattr(scenario, "engine", None):
+        from optimizer.emit.serving import serving_rules
+
+        sentences.update(serving_rules(scenario.engine))
+    return [f"{name}: {sentences[name]}" if name in sentences else name for name in broken_rules(kept.metrics, index)]
 
 
 def nic_notes(kept, scenario, index: int) -> list[str]:

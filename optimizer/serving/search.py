@@ -68,6 +68,9 @@ class ServingScenario:
     best_per_layout: bool = True
     """Keep only the best knob setting (batch limit, chunk budget, CUDA graphs) of each layout in the
     top-K list, so it shows K different layouts."""
+    engine: str | None = None
+    """The serving engine the plans must start on (``--emit``): its start-up rules
+    (:func:`optimizer.emit.serving.serving_violations`) join the cost model's."""
     exhaustive: bool = False
     """Price every plan of the grid, however many (default: coarse to fine above
     :data:`EXHAUSTIVE_UP_TO` plans)."""
@@ -130,12 +133,18 @@ def is_slo_rule(name: str) -> bool:
 
 
 def evaluate(scenario: ServingScenario, plans: ServingPlanArrays, workload: Any = None):
-    """The serving cost model on ``plans`` (one vectorised call), under the scenario's load."""
+    """The serving cost model on ``plans`` (one vectorised call), under the scenario's load; with an
+    engine, its start-up rules are among the violations."""
     from cost_model.serving.evaluate import evaluate_serving
 
-    return evaluate_serving(scenario.model, scenario.cluster, workload or scenario.workload, plans,
-                            _options(scenario), target_rate_per_s=scenario.target_rate_per_s,
-                            target_concurrency=scenario.target_concurrency)
+    metrics = evaluate_serving(scenario.model, scenario.cluster, workload or scenario.workload, plans,
+                               _options(scenario), target_rate_per_s=scenario.target_rate_per_s,
+                               target_concurrency=scenario.target_concurrency)
+    if scenario.engine:
+        from optimizer.emit.serving import serving_violations
+
+        metrics.violations.update(serving_violations(scenario.engine, plans, scenario.model, gpu=scenario.cluster.gpu))
+    return metrics
 
 
 def _options(scenario: ServingScenario):
