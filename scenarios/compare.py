@@ -7,7 +7,8 @@ NEW are compared. A scenario is listed when:
 * its status changed (``ok`` -> ``no_fit``, ...);
 * its best plan changed (the ``plan`` label: every parallel degree and knob);
 * ``tokens_per_s``, ``memory_gib`` or ``cost_usd`` moved by more than ``threshold`` relative to OLD
-  (|new - old| / |old|; a value that appears or disappears counts as moved).
+  (|new - old| / |old|; a value that appears or disappears counts as moved); for serving scenarios also
+  goodput and output tokens/s per GPU and $ per million output tokens.
 
 Scenarios in only one of the tables are listed as added or removed but do not fail the gate: a sweep
 that grew is not a regression. :attr:`Comparison.failed` is what the command turns into exit status 1.
@@ -32,8 +33,12 @@ import pandas as pd
 from hardware.errors import InputError
 
 from .rows import BREAKDOWN_COLUMNS, RESULT_COLUMNS
+from .serving import SERVING_COLUMNS
 
 COMPARED_METRICS = ("tokens_per_s", "memory_gib", "cost_usd")
+SERVING_COMPARED_METRICS = ("goodput_requests_per_s_per_gpu", "output_tokens_per_s_per_gpu",
+                            "cost_usd_per_m_output_tokens")
+"""Serving scenarios' metrics (:mod:`scenarios.serving`), compared where both tables have them."""
 REQUIRED_COLUMNS = ("scenario_id", "scenario_index", "status", "rank", "plan", "model", "cluster") + COMPARED_METRICS
 DEFAULT_THRESHOLD = 0.05
 IDENTITY_COLUMNS = ("sweep", "study", "scenario_index", "scenario_id", "inputs_hash")
@@ -109,7 +114,8 @@ def compare_tables(old: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFA
             what.append(f"status {before['status']} -> {after['status']}")
         elif _text(before["plan"]) != _text(after["plan"]):
             what.append(f"best plan {_text(before['plan'])} -> {_text(after['plan'])}")
-        for metric in COMPARED_METRICS:
+        serving = [m for m in SERVING_COMPARED_METRICS if m in before.index and m in after.index]
+        for metric in COMPARED_METRICS + tuple(serving):
             moved = _moved(_float(before[metric]), _float(after[metric]), threshold)
             if moved:
                 what.append(f"{metric} {moved}")
@@ -122,7 +128,7 @@ def compare_tables(old: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFA
 def input_columns(old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
     """The columns that record a scenario's inputs, in NEW's order (then OLD's): everything that is not a
     result column of the search and not an identity column."""
-    excluded = set(RESULT_COLUMNS) | set(IDENTITY_COLUMNS)
+    excluded = set(RESULT_COLUMNS) | set(IDENTITY_COLUMNS) | set(SERVING_COLUMNS)
     return [c for c in dict.fromkeys(list(new.columns) + list(old.columns)) if c not in excluded]
 
 
@@ -176,7 +182,7 @@ def _label(row: pd.Series) -> str:
     for name in row.index:
         if "." in name and name not in BREAKDOWN_COLUMNS and not _is_missing(row[name]):
             parts.append(f"{name}={_fmt(row[name])}")
-    for name in ("seq_length", "global_batch_tokens", "objective"):
+    for name in ("seq_length", "global_batch_tokens", "workload", "objective"):
         if name in row.index and not _is_missing(row[name]):
             parts.append(f"{name}={_fmt(row[name])}")
     return ", ".join(parts)

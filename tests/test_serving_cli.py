@@ -298,6 +298,15 @@ def test_serving_sweep_runs_every_workload(tmp_path, capsys):
     ok = frame[frame["status"] == "ok"]
     assert len(ok) and (ok["plan_num_gpus"] <= 8).all() and ok["tpot_ms_p99"].notna().all()
     assert set(frame["status"]) <= {"ok", "no_fit"}
+    # the nightly gate compares serving scenarios on their own metrics, and names the workload
+    changed = frame.copy()
+    changed.loc[changed["rank"] == 1, "goodput_requests_per_s_per_gpu"] *= 1.2
+    changed.to_parquet(tmp_path / "changed.parquet")
+    code, out, _ = run(capsys, "compare", str(tmp_path / "results.parquet"), str(tmp_path / "results.parquet"))
+    assert code == 0 and "0 changed" in out
+    code, out, _ = run(capsys, "compare", str(tmp_path / "results.parquet"), str(tmp_path / "changed.parquet"))
+    assert code == 1 and "goodput_requests_per_s_per_gpu +20.0%" in out and "workload=rag-8k-1k" in out
+    assert "inputs: none changed" in out  # serving results are not mistaken for inputs
 
 
 def test_serving_sweep_refuses_training_axes(tmp_path):
