@@ -529,9 +529,10 @@ PROGRESS_AFTER_S = 1.0
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool):
+def _progress_bar(enabled: bool, label: str = "searching layouts"):
     """A ``progress(done, total)`` callback for :func:`optimizer.search.search` that draws a rich progress
-    bar of the layouts crossed, on stderr, once the search has run :data:`PROGRESS_AFTER_S`; None (no
+    bar of the layouts crossed (``label`` says what is counted), on stderr, once the search has run
+    :data:`PROGRESS_AFTER_S`; None (no
     bar) unless ``enabled`` (table output) and stderr is a terminal, so JSON, CSV, pipes and tests'
     captured output never see one. The bar is erased when the search ends or is interrupted, so a Ctrl-C
     leaves only ``plan-search: aborted``."""
@@ -550,7 +551,7 @@ def _progress_bar(enabled: bool):
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            bar["progress"] = Progress(TextColumn("searching layouts"), BarColumn(), MofNCompleteColumn(),
+            bar["progress"] = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                                        TimeElapsedColumn(), console=Console(stderr=True), transient=True)
             bar["progress"].start()
             bar["task"] = bar["progress"].add_task("search", total=total)

@@ -169,7 +169,10 @@ def serve_search_command(
                                objective=objective, top_k=top, target_rate_per_s=target_rate,
                                target_concurrency=target_concurrency, model_source=model,
                                best_per_layout=not all_knobs, engine=engine.value if engine else None)
-    result = search_serving(scenario, pareto=pareto)
+    from optimizer.cli import _progress_bar
+
+    with _progress_bar(enabled=output is OutputFormat.table, label="pricing serving plans") as progress:
+        result = search_serving(scenario, pareto=pareto, progress=progress)
     shown = result.pareto if pareto else result.ranked
     advice = None if result.found else advise(result)
     emissions = _emissions(engine, shown, scenario, model_path) if engine and shown is not None else []
