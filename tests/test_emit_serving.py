@@ -157,6 +157,7 @@ def test_emitted_arguments_read_back_as_the_priced_plan(engine):
             assert int(got["--tp-size"]) // int(got.get("--ep-size", 1)) == row["moe_tp"]
             assert int(got["--max-running-requests"]) == seqs * dp
             assert int(got["--chunked-prefill-size"]) == chunk * dp
+            assert int(got["--max-prefill-tokens"]) == chunk  # one scheduler's, not divided
             assert got["--kv-cache-dtype"] == {"bf16": "auto", "fp8": "fp8_e4m3"}[kv]
             assert got.get("--quantization") == {None: None, "fp8": "fp8", "fp4": "nvfp4_online"}[online]
             assert (got.get("--cuda-graph-backend-decode") == "disabled") == (not graphs)
@@ -193,6 +194,7 @@ def test_disaggregated_plans_give_a_prefill_and_a_decode_command():
             assert (p["--disaggregation-mode"], d["--disaggregation-mode"]) == ("prefill", "decode")
             assert p["--disaggregation-transfer-backend"] == d["--disaggregation-transfer-backend"] == "nixl"
             assert (p["--tp-size"], d["--tp-size"], d["--max-running-requests"]) == ("4", "8", str(256 * 8))
+            assert "--cuda-graph-max-bs-decode" not in p and d["--cuda-graph-max-bs-decode"] == "256"
         else:
             p_yaml, d_yaml = trtllm_yaml(first), trtllm_yaml(second)
             for options in (p_yaml, d_yaml):

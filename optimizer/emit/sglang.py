@@ -14,12 +14,14 @@ every emitted command with it. How the plan maps:
 * ``--max-running-requests`` counts the whole instance: SGLang gives each attention-DP rank
   max_running_requests // attn_dp (``mem_cache/kv_cache_configurator.py``), so it is the plan's per-rank
   batch times attn_dp. ``--chunked-prefill-size`` likewise: with attention DP SGLang divides it by attn_dp
-  (``parallel_hook.py`` ``_handle_data_parallelism``). ``--max-prefill-tokens`` (a prefill batch's tokens,
-  default 16384) is set to the same budget so a larger chunk is not cut.
+  (``parallel_hook.py`` ``_handle_data_parallelism``). ``--max-prefill-tokens`` (the tokens of one prefill
+  batch of one scheduler, default 16384, not divided) is the per-rank budget, so a chunk larger than 16384 is
+  not cut.
 * ``--kv-cache-dtype fp8_e4m3`` or ``auto``; online quantization of a BF16 checkpoint: ``--quantization fp8``
   or ``nvfp4_online``; a quantized checkpoint runs as stored.
 * CUDA graphs: ``--cuda-graph-max-bs-decode`` the per-rank batch, or ``--cuda-graph-backend-decode disabled``
-  (0.5.23 deprecates ``--disable-cuda-graph`` for the per-phase backends).
+  (0.5.23 deprecates ``--disable-cuda-graph`` for the per-phase backends); none on a disaggregated prefill
+  server, which runs no decode steps (SGLang's resolution turns its decode graphs off).
 * ``--mem-fraction-static`` is the fraction of GPU memory for weights and the KV pool; the rest holds
   activations and graphs. The launch writes the priced ``gpu_memory_utilization``, which in the cost model
   also covers activations and graphs (a difference, listed).
@@ -98,16 +100,17 @@ def _lines(knobs: ServingKnobs) -> list[list[str]]:
         lines[-1] += ["--attn-dp-size", str(knobs.attn_dp)]
     if knobs.model.is_moe and knobs.ep > 1:
         lines[-1] += ["--ep-size", str(knobs.ep)]
-    budget = knobs.max_num_batched_tokens * knobs.attn_dp
     lines.append(["--max-running-requests", str(knobs.max_num_seqs * knobs.attn_dp), "--chunked-prefill-size",
-                  str(budget), "--max-prefill-tokens", str(budget)])
+                  str(knobs.max_num_batched_tokens * knobs.attn_dp), "--max-prefill-tokens",
+                  str(knobs.max_num_batched_tokens)])
     lines.append(["--context-length", str(knobs.max_model_len), "--mem-fraction-static",
                   f"{knobs.gpu_memory_utilization:g}"])
     lines.append(["--kv-cache-dtype", "fp8_e4m3" if knobs.kv_dtype == "fp8" else "auto"])
     if knobs.online_quantization:
         lines.append(["--quantization", ONLINE_QUANTIZATION[knobs.online_quantization]])
-    lines.append(["--cuda-graph-max-bs-decode", str(knobs.max_num_seqs)] if knobs.cuda_graphs
-                 else ["--cuda-graph-backend-decode", "disabled"])
+    if knobs.role != "prefill":  # a prefill server runs no decode steps (SGLang turns their graphs off)
+        lines.append(["--cuda-graph-max-bs-decode", str(knobs.max_num_seqs)] if knobs.cuda_graphs
+                     else ["--cuda-graph-backend-decode", "disabled"])
     if not knobs.enable_prefix_caching:
         lines.append(["--disable-radix-cache"])
     lines += _speculative_lines(knobs)
