@@ -48,16 +48,10 @@ def concat(values: list[Any]) -> Any:
         return tuple(item for v in values for item in v)
     if dataclasses.is_dataclass(first) and not isinstance(first, type):
         changes = {f.name: concat([getattr(v, f.name) for v in values]) for f in dataclasses.fields(first) if f.init}
-        return _rebuild(first, changes)
+        return dataclasses.replace(first, **changes)
     return first
 
 
 def _plan_like(value: Any) -> bool:
     """Plan arrays (ServingPlanArrays, InstanceArrays) select their own rows (they validate lengths)."""
     return type(value).__module__ == "cost_model.serving.plan"
-
-
-def _rebuild(template: Any, changes: dict[str, Any]) -> Any:
-    """A dataclass of the template's type with the changed fields; plan arrays rebuilt through their
-    constructor (which checks the columns' lengths)."""
-    return dataclasses.replace(template, **changes)

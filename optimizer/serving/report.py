@@ -21,8 +21,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cost_model.memory import GIB
-
 from ..report import _clean, terminal_width
 
 MEMORY_PARTS = ("weights", "kv", "activations", "cuda_graph", "comm_buffers", "other")

@@ -1,19 +1,27 @@
-"""The serving search: price every plan of the knob grid in chunks, keep the best, the frontier and
+"""The serving search: price the plans of the knob grid in chunks, keep the best, the frontier and
 what broke.
 
-Each chunk of plans (:data:`CHUNK_PLANS`) is one call of the vectorised serving cost model
-(:func:`cost_model.serving.evaluate.evaluate_serving`), which returns the metrics and a mask per named
-rule. A plan *meets the SLO* when it breaks no rule; it is *servable* when it breaks none but the
-latency SLO rules (:data:`SLO_RULES`). The search keeps, across chunks:
+Each chunk of plans (:data:`CHUNK_PLANS`; aggregated and disaggregated plans in separate chunks) is one
+call of the vectorised serving cost model (:func:`cost_model.serving.evaluate.evaluate_serving`), which
+returns the metrics and a mask per named rule (:data:`cost_model.serving.rules.SERVING_RULES`, plus the
+engine's start-up rules with ``--emit``). A plan *meets the SLO* when it breaks no rule; it is
+*servable* when it breaks none but the latency SLO rules (:func:`is_slo_rule`). The search keeps,
+across chunks:
 
-- the ``top_k`` plans that meet the SLO, by the objective (:mod:`optimizer.serving.ranking`);
+- the ``top_k`` plans that meet the SLO, by the objective (:mod:`optimizer.serving.ranking`), the best
+  knob setting of each layout unless ``best_per_layout`` is off;
 - the Pareto frontier of tokens/s/GPU against tokens/s/user among servable plans (the frontier is the
   trade between the two, which the SLO picks a point on; plans off the SLO are marked, not hidden);
 - how many plans break each rule, and how many break that rule alone (what binds);
 - the servable plans closest to the SLO (for "nothing meets the SLO": how far the best ones miss).
 
+Grids above :data:`EXHAUSTIVE_UP_TO` plans are priced coarse to fine: every layout at one chunk budget
+with CUDA graphs on and every other max_num_seqs, then every knob variant of the leading layouts, the
+frontier's and the closest to the SLO (``exhaustive`` prices all; on DeepSeek-V3 / 64 H200 and
+GPT-OSS-120B / 64 B200 both give the same top plans, at an eighth of the plans).
+
 Disaggregated plans pair prefill and decode instance layouts; the pairs and their prefill:decode
-instance counts come from per-phase capacities priced over the whole instance grid first
+instance counts come from per-phase capacities priced over the instance grid first
 (:func:`phase_candidates`), so the pair grid is the phases' best layouts of each size, not all pairs.
 """
 
