@@ -148,7 +148,7 @@ def test_emitted_arguments_read_back_as_the_priced_plan(engine):
             assert got["--kv-cache-dtype"] == {"bf16": "auto", "fp8": "fp8"}[kv]
             assert got.get("--quantization") == {None: None, "fp8": "fp8", "fp4": "nvfp4_per_token"}[online]
             assert got.get("--enforce-eager", False) == (not graphs)
-            assert graphs == (got.get("--max-cudagraph-capture-size") == str(seqs))
+            assert graphs == (got.get("--max-cudagraph-capture-size") == str(min(seqs, chunk)))
         elif engine == "sglang":
             # tp_size is the instance's width; per-rank batch and chunk counted over the attn_dp ranks
             assert int(got["--tp-size"]) == tp * dp and int(got["--pp-size"]) == pp
@@ -210,6 +210,14 @@ def test_disaggregated_plans_give_a_prefill_and_a_decode_command():
     (single,) = aggregated(LLAMA, instances(tp=8), replicas=5, engine="vllm")
     assert single.text.startswith("# vLLM 0.34.0: 5 x aggregated instance of 8 GPU(s)")
     assert "--kv-transfer-config" not in single.argv
+
+
+def test_vllm_captures_graphs_for_the_largest_decode_step():
+    # 64 requests x (1 + 3 drafted) tokens = 256 tokens a step; 512 x 4 = 2048 is cut to the 1024-token budget
+    got = parse("vllm", aggregated(LLAMA, instances(tp=8), engine="vllm", speculative=3)[0].argv)
+    assert got["--max-cudagraph-capture-size"] == "256"
+    big = instances(tp=8, max_num_seqs=512, max_num_batched_tokens=1024)
+    assert parse("vllm", aggregated(LLAMA, big, engine="vllm", speculative=3)[0].argv)["--max-cudagraph-capture-size"] == "1024"
 
 
 def test_speculative_decoding_method_follows_the_model():

@@ -19,9 +19,9 @@ every emitted command with it. How the plan maps:
   runs in BF16, or is quantized on load: ``--quantization fp8`` (dynamic FP8, per-tensor weight scales) or
   ``--quantization nvfp4_per_token`` (online NVFP4, SM100 only:
   ``model_executor/layers/quantization/online/nvfp4.py``).
-* CUDA graphs: ``--enforce-eager`` turns them off; with them, ``--max-cudagraph-capture-size`` is the plan's
-  batch so every decode batch it runs replays a graph (vLLM's default caps capture at min(2 x max_num_seqs,
-  512)).
+* CUDA graphs: ``--enforce-eager`` turns them off; with them, ``--max-cudagraph-capture-size`` is the tokens of
+  the plan's largest decode step (batch x (1 + drafted tokens)), so every decode batch it runs replays a graph
+  (vLLM's default caps capture at 512 tokens, 1024 on Blackwell).
 * disaggregated plans: each phase is a vLLM instance with ``--kv-transfer-config`` naming the
   ``NixlConnector`` (role ``kv_both``: the proxy in front decides who produces; vLLM's
   ``examples/online_serving/disaggregated_serving``), behind a proxy that sends each request to a prefill
@@ -98,6 +98,13 @@ def speculative_config(knobs: ServingKnobs) -> dict[str, Any] | None:
     return config
 
 
+def cudagraph_capture_tokens(knobs: ServingKnobs) -> int:
+    """``--max-cudagraph-capture-size``: the tokens of the plan's largest decode step, max_num_seqs x (1 + k) with
+    k drafted tokens (vLLM captures graphs by token count, ``config/vllm.py``), within the step's token budget."""
+    drafted = knobs.speculative.draft_tokens if knobs.speculative is not None else 0
+    return min(knobs.max_num_seqs * (1 + drafted), knobs.max_num_batched_tokens)
+
+
 def kv_transfer_config(knobs: ServingKnobs) -> dict[str, Any] | None:
     return {"kv_connector": KV_CONNECTOR, "kv_role": "kv_both"} if knobs.disaggregated else None
 
@@ -115,7 +122,8 @@ def _lines(knobs: ServingKnobs) -> list[list[str]]:
     lines.append(["--kv-cache-dtype", "fp8" if knobs.kv_dtype == "fp8" else "auto"])
     if knobs.online_quantization:
         lines.append(["--quantization", ONLINE_QUANTIZATION[knobs.online_quantization]])
-    lines.append(["--max-cudagraph-capture-size", str(knobs.max_num_seqs)] if knobs.cuda_graphs else ["--enforce-eager"])
+    lines.append(["--max-cudagraph-capture-size", str(cudagraph_capture_tokens(knobs))] if knobs.cuda_graphs
+                 else ["--enforce-eager"])
     lines.append(["--enable-prefix-caching" if knobs.enable_prefix_caching else "--disable-prefix-caching"])
     spec = speculative_config(knobs)
     if spec is not None:

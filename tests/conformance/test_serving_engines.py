@@ -138,8 +138,10 @@ def test_vllm_tables_are_current(vllm_engine):
 @pytest.mark.parametrize("name,model,plans,speculative", CASES, ids=[c[0] for c in CASES])
 def test_vllm_accepts_every_emitted_plan(name, model, plans, speculative, checkpoints, vllm_engine):
     record = plans.record(0)
-    kinds = [record["prefill"], record["decode"]] if record["mode"] == "disagg" else [record["decode"]]
-    for emission, row in zip(emissions("vllm", model, plans, speculative, checkpoints), kinds, strict=True):
+    kinds = [("prefill", record["prefill"]), ("decode", record["decode"])] if record["mode"] == "disagg" \
+        else [("aggregated", record["decode"])]
+    for emission, (role, row) in zip(emissions("vllm", model, plans, speculative, checkpoints), kinds, strict=True):
+        drafting = bool(speculative) and role != "prefill"  # a prefill instance emits one token: nothing to draft
         config = vllm_engine(emission.argv)
         parallel, scheduler, cache = config.parallel_config, config.scheduler_config, config.cache_config
         assert (parallel.tensor_parallel_size, parallel.pipeline_parallel_size, parallel.data_parallel_size) == (
@@ -150,12 +152,12 @@ def test_vllm_accepts_every_emitted_plan(name, model, plans, speculative, checkp
         assert scheduler.enable_chunked_prefill
         assert cache.cache_dtype == ("fp8" if row["kv_dtype"] == "fp8" else "auto")  # auto: the model's bf16
         assert config.model_config.enforce_eager == (not row["cuda_graphs"])
-        if row["cuda_graphs"]:
-            assert config.compilation_config.max_cudagraph_capture_size == row["max_num_seqs"]
+        if row["cuda_graphs"]:  # the tokens of the largest decode step
+            assert config.compilation_config.max_cudagraph_capture_size == min(
+                row["max_num_seqs"] * (1 + (speculative if drafting else 0)), row["max_num_batched_tokens"])
         assert (config.model_config.quantization == "fp8") == (row["weight_precision"] == "fp8")
         assert config.model_config.max_model_len == 8192 and cache.gpu_memory_utilization == pytest.approx(0.9)
-        drafting = speculative and emission.text.split(":")[1].split(" x ")[1].split(" ")[0] != "prefill"
-        assert (config.speculative_config is not None) == bool(drafting)
+        assert (config.speculative_config is not None) == drafting
         if drafting:
             assert config.speculative_config.num_speculative_tokens == speculative
         transfer = config.kv_transfer_config
