@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..report import _clean, terminal_width
+from ..report import _clean, fit_text, terminal_width
 
 MEMORY_PARTS = ("weights", "kv", "activations", "cuda_graph", "comm_buffers", "other")
 """Per-GPU memory parts of an instance (:class:`cost_model.serving.memory.ServingMemory`)."""
@@ -261,6 +261,9 @@ def render_plans(kept, scenario, title: str, width: int | None = None, wide: boo
         text = _table_text(title, rows, shown)
     if any(not r["meets_slo"] for r in records):
         text += "! = breaks a rule (see broken_rules in --format json)\n"
+    if load == "max load" and scenario.workload.slo is not None:
+        text += fit_text("max load: latencies with every engine full; a plan meets the SLO at its goodput, the "
+                         "largest rate within it (give --target-rate to see the latencies at a load)", limit) + "\n"
     return text
 
 
