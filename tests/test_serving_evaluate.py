@@ -201,3 +201,31 @@ def test_goodput_is_where_the_slo_check_flips(llama, cluster):
         above = evaluate_serving(llama, cluster, workload, plans.take(np.array([i])), target_rate_per_s=float(rate) * 1.01)
         assert not (below.violations["ttft_slo_met"][0] or below.violations["tpot_slo_met"][0])
         assert above.violations["ttft_slo_met"][0] or above.violations["tpot_slo_met"][0]
+
+
+def test_nvls_buffers_lower_the_kv_pool_of_tp_groups_only(llama):
+    # NCCL's NVLS buffers (1.49 GiB a GPU, ServingOptions.nvls_buffer_gib) exist for TP groups on an NVLink
+    # SHARP domain: the KV pool of a TP2 rank loses 1.49 GiB per GPU x 2 GPUs / 327,680 B a token (BF16
+    # Llama 3 70B, whole model) = 9,773 tokens (rounded to pages); TP1 has no TP group and loses nothing.
+    nvls = load_cluster("h100x8")
+    plain = nvls.with_overrides({"topology.nvls": False})
+    plans = ServingPlanArrays.aggregated(_instances([1, 2], weight_precision="fp8"), 1)
+    with_nvls, without = (evaluate_serving(llama, c, _fixed(1000, 100), plans) for c in (nvls, plain))
+    lost = without.kv_capacity_tokens - with_nvls.kv_capacity_tokens
+    assert lost[0] == 0
+    assert lost[1] == pytest.approx(1.49 * 2 ** 30 / (327_680 / 2), abs=16)
+    assert with_nvls.memory_gib["decode"]["comm_buffers"][1] - without.memory_gib["decode"]["comm_buffers"][1] \
+        == pytest.approx(1.49)
+
+
+def test_sliding_window_model_holds_twice_the_requests():
+    # GPT-OSS-120B: 18 of its 36 layers slide over 128 tokens, so a 32K-context request holds about half the
+    # KV the pool's per-token capacity (every layer) assumes: the largest decode batch is the exact request
+    # count (memory.kv_requests_per_rank), about twice kv_capacity_tokens / context.
+    model = load_model("gpt-oss-120b").spec
+    h200 = load_cluster("h200x8")
+    plans = ServingPlanArrays.aggregated(_instances([2], weight_precision="fp4", max_num_seqs=1024), 1)
+    m = evaluate_serving(model, h200, _fixed(30_000, 5_000), plans)
+    context = 30_000 + 5_000 / 2
+    naive = m.kv_capacity_tokens[0] / context
+    assert 1.9 * naive <= m.max_decode_batch[0] <= 2.0 * naive + 1

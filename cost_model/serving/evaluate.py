@@ -58,7 +58,7 @@ from hardware.schema import ClusterSpec
 from ..model_spec import ModelSpec
 from . import queueing as q
 from .kv_cache import kv_cache_bytes
-from .memory import ServingMemory, instance_memory
+from .memory import ServingMemory, instance_memory, kv_requests_per_rank
 from .options import ServingOptions
 from .plan import InstanceArrays, ServingPlanArrays
 from .rules import nic_groups, serving_violations
@@ -331,10 +331,14 @@ class _DecodeTable:
         return parts, self.labels[np.arange(len(u)), nearest]
 
 
-def _largest_batch(memory: ServingMemory, instances: InstanceArrays,
-                   lengths: _Lengths) -> tuple[np.ndarray, np.ndarray]:
-    """(largest decode batch per attention rank, whether the KV pool rather than max_num_seqs sets it)."""
-    kv_limited = memory.kv_capacity_tokens / max(lengths.context_mean, 1.0)
+def _largest_batch(model: ModelSpec, memory: ServingMemory, instances: InstanceArrays, lengths: _Lengths,
+                   options: ServingOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(largest decode batch per attention rank, whether the KV pool rather than max_num_seqs sets it).
+
+    The pool holds whole requests of the mean context, each in whole pages, sliding-window layers only up to
+    their window (:func:`cost_model.serving.memory.kv_requests_per_rank`): dividing the pool's tokens by the
+    context would charge every layer the whole context, half the requests for GPT-OSS at 32K."""
+    kv_limited = kv_requests_per_rank(model, instances, memory, max(lengths.context_mean, 1.0), options)
     return np.minimum(instances.max_num_seqs.astype(np.float64), kv_limited), kv_limited < instances.max_num_seqs
 
 
@@ -519,8 +523,10 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     disagg_any = bool(plans.disaggregated.any())
     unique_d, inv_d = _distinct(plans.decode)
     unique_p, inv_p = _distinct(plans.prefill) if disagg_any else (unique_d, inv_d)
-    mem_d_u = instance_memory(model, gpu, unique_d, model_len, options)
-    mem_p_u = instance_memory(model, gpu, unique_p, model_len, options) if disagg_any else mem_d_u
+    # The cluster's topology adds NCCL's NVLS buffers of TP groups on NVLink-SHARP domains (1.49 GiB per GPU).
+    mem_d_u = instance_memory(model, gpu, unique_d, model_len, options, topology=cluster.topology)
+    mem_p_u = instance_memory(model, gpu, unique_p, model_len, options,
+                              topology=cluster.topology) if disagg_any else mem_d_u
     mem_d, mem_p = _take_memory(mem_d_u, inv_d), _take_memory(mem_p_u, inv_p)
     pricing_d = price_instances(model, cluster, unique_d, options)
     pricing_p = price_instances(model, cluster, unique_p, options) if disagg_any else pricing_d
@@ -536,9 +542,9 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     table_p_u = prefill_table(pricing_p, len(unique_p)) if disagg_any else table_d_u
     table_d, table_p = table_d_u.take(inv_d), table_p_u.take(inv_p)
 
-    batch_max_u, _ = _largest_batch(mem_d_u, unique_d, lengths)
+    batch_max_u, _ = _largest_batch(model, mem_d_u, unique_d, lengths, options)
     decode_table = _DecodeTable(pricing_d, batch_max_u, lengths).take(inv_d)
-    batch_max, kv_binds = _largest_batch(mem_d, plans.decode, lengths)
+    batch_max, kv_binds = _largest_batch(model, mem_d, plans.decode, lengths, options)
     grid_agg = _aggregated_grid(decode_table, table_d, plans.decode, lengths)
     grid_dec = _decode_only_grid(decode_table, lengths) if disagg_any else grid_agg
 
