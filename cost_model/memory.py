@@ -113,7 +113,10 @@ def fp8_primary_weights(training: TrainingSpec, plans: PlanArrays) -> np.ndarray
     (:attr:`cost_model.stacks.StackSpec.fp8_param_gather`: torchtitan's Float8, Megatron-LM 2021,
     DeepSpeed) keep bf16 weights and cast them per GEMM.
     """
-    return (training.precision == "fp8") & stack_spec(training.stack).fp8_param_gather & (plans.zero_stage >= 1)
+    # Megatron-LM validate_args: with optimizer CPU offload, --fp8-param-gather needs --fp8-recipe delayed.
+    offload_conflict = plans.optimizer_offload & (training.fp8_recipe != "delayed")
+    return ((training.precision == "fp8") & stack_spec(training.stack).fp8_param_gather & (plans.zero_stage >= 1)
+            & ~offload_conflict)
 
 
 def weight_bytes_per_param(training: TrainingSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:

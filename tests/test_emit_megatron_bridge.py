@@ -290,6 +290,9 @@ RULE_EXAMPLES: dict[str, tuple] = {
         "llama3-8b", DENSE_SETUP | {"tp_comm_overlap": True}, _plan(sequence_parallel=False), _plan()),
     "bridge_no_fp8_dispatch": (QWEN_MOE, MOE_SETUP | {"moe_dispatch_fp8": True}, _plan(**MOE), None),
     "bridge_no_alibi": (ALIBI, DENSE_SETUP, _plan(), None),
+    "bridge_bf16_layers_within_stage": (
+        "llama3-8b", DENSE_SETUP | {"precision": "fp8", "fp8_recipe": "tensorwise", "num_layers_at_end_in_bf16": 9},
+        _plan(pp=4, dp=1, zero_stage=0), _plan(pp=2, dp=2)),
     "bridge_fsdp_hsdp_dense_only": (QWEN_MOE, MOE_SETUP, _plan(**MOE | {"ep": 4}, zero_stage=3, dp_replicate=2),
                                     _plan(**MOE | {"ep": 4}, zero_stage=1, dp_replicate=2)),
 }

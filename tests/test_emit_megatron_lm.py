@@ -222,6 +222,8 @@ RULE_BREAKERS: dict[str, tuple] = {
     "megatron_moe_bias_needs_etp1": _breaker("gpt-oss-120b", SHORT, dict(MOE, tp=2, etp=2, ep=4, dp=4,
                                                                           sequence_parallel=True)),
     "megatron_no_alibi": _breaker("llama3-8b", SHORT, DENSE, model_changes={"position_embedding_type": "alibi"}),
+    "megatron_bf16_layers_within_stage": _breaker("llama3-8b", dict(SHORT, precision="fp8", fp8_recipe="tensorwise",
+                                                                   num_layers_at_start_in_bf16=9), dict(DENSE, pp=4, dp=1, zero_stage=0)),
     "megatron_fsdp_hsdp_dense_only": _breaker("qwen3-30b-a3b", SHORT, dict(MOE, ep=4, zero_stage=3, dp_replicate=2)),
     "megatron_learned_positions_cover_sequence": _breaker("gpt3-175b", SHORT, dict(DENSE, tp=8, dp=2)),
 }
@@ -252,6 +254,7 @@ MENDED: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "megatron_moe_bias_needs_etp1": ({}, {"etp": 1, "ep": 8}, {}),
     "megatron_no_alibi": ({}, {}, {}),
     "megatron_fsdp_hsdp_dense_only": ({}, {"zero_stage": 1}, {}),
+    "megatron_bf16_layers_within_stage": ({"num_layers_at_start_in_bf16": 8}, {}, {}),
     "megatron_learned_positions_cover_sequence": ({"seq_length": 2048}, {}, {}),
 }
 """rule -> (training changes, plan changes, option changes) that mend its breaker."""

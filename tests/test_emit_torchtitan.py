@@ -234,6 +234,8 @@ RULE_EXAMPLES = [
      dict(BASE, pp=2, dp=4, zero_stage=0), dict(BASE, zero_stage=0)),
     ("torchtitan_dropout", "llama3-8b", {"dropout": True}, BASE, None),
     ("torchtitan_fp4", "llama3-8b", {"precision": "fp4"}, BASE, None),
+    ("torchtitan_bf16_layers", "llama3-8b", {"precision": "fp8", "fp8_recipe": "tensorwise",
+                                             "num_layers_at_end_in_bf16": 1}, BASE, None),
     ("torchtitan_grad_dtype", "llama3-8b", {"grad_dtype": "bf16"}, BASE, None),
     ("torchtitan_optimizer_state", "llama3-8b", {"optimizer_moments_dtype": "bf16"}, BASE, None),
     ("torchtitan_attention", "llama3-8b", {"flash_attention": False}, BASE, None),

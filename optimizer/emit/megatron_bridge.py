@@ -244,9 +244,10 @@ def graph_settings(knobs: LaunchKnobs) -> dict[str, Any]:
 
 def mixed_precision(knobs: LaunchKnobs) -> dict[str, Any]:
     """The ``MixedPrecisionConfig`` of the priced precision, as a Hydra ``_target_`` node: FP8 or NVFP4 GEMMs
-    in every layer with BF16 parameters (no FP8/FP4 parameter gather), grads reduced in the priced dtype.
-    NVFP4 is Bridge's ``bf16_with_nvfp4_mixed`` (``fp4 = "e2m1"``, ``fp4_recipe = "nvfp4"``) with its BF16
-    first/last layers off, as the performance scripts run it."""
+    with the priced FP8 parameter gather and BF16 first/last layers (:func:`.megatron_core.low_precision_settings`),
+    grads reduced in the priced dtype. NVFP4 is Bridge's ``bf16_with_nvfp4_mixed`` (``fp4 = "e2m1"``,
+    ``fp4_recipe = "nvfp4"``, BF16 weights), with BF16 first/last layers only where priced (off in the
+    performance scripts)."""
     training = knobs.training
     half = "float16" if training.precision == "fp16" else "bfloat16"
     dtype = {"_target_": f"torch.{half}", "_call_": False}
@@ -254,15 +255,14 @@ def mixed_precision(knobs: LaunchKnobs) -> dict[str, Any]:
                            "bf16": half == "bfloat16", "fp16": half == "float16", "params_dtype": dtype,
                            "pipeline_dtype": dtype, "autocast_enabled": False,
                            "grad_reduce_in_fp32": training.grad_dtype == "fp32"}
+    low = core.low_precision_settings(knobs)
     if training.precision == "fp8":
-        out |= {"fp8": FP8_FORMATS[training.fp8_recipe], "fp8_recipe": training.fp8_recipe,
-                "fp8_param_gather": False, "first_last_layers_bf16": False}
+        out |= {"fp8": FP8_FORMATS[training.fp8_recipe], "fp8_recipe": training.fp8_recipe, **low}
         if training.fp8_recipe == "delayed":
             # Bridge's delayed-scaling recipe: amax over a 1024-step history.
             out |= {"fp8_amax_history_len": 1024, "fp8_amax_compute_algo": "max"}
     if training.precision == "fp4":
-        out |= {"fp4": FP4_FORMATS[training.fp4_recipe], "fp4_recipe": training.fp4_recipe,
-                "fp8_param_gather": False, "first_last_layers_bf16": False}
+        out |= {"fp4": FP4_FORMATS[training.fp4_recipe], "fp4_recipe": training.fp4_recipe, **low}
     return out
 
 

@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from cost_model.bf16_layers import check_bf16_layers, has_bf16_layers
 from cost_model.ep_overlap import ep_overlap_active
+from cost_model.memory import fp8_primary_weights
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, MODULE_BIT, SCHEDULES, SELECTIVE, PlanArrays
 from cost_model.training_spec import TrainingSpec
@@ -117,6 +119,8 @@ RULES: dict[str, str] = {
     "no_fp8_dispatch": "megatron-core 0.16.1 has no FP8 all-to-all for the MoE dispatch",
     "moe_bias_needs_etp1": "MoE layers with biased linear layers need etp = 1 (Megatron-Core TransformerConfig)",
     "no_alibi": "Megatron-Core has no ALiBi position embedding (TransformerConfig position_embedding_type)",
+    "bf16_layers_within_stage": "the BF16 first/last layers are at most one pipeline stage's worth each "
+                                "(num_layers_at_start/end_in_bf16 <= num_layers // pp; Megatron-Core TransformerConfig)",
     "fsdp_hsdp_dense_only": "Megatron-FSDP's hybrid sharding (ZeRO-2/3 with dp_replicate > 1) builds no expert "
                             "mesh in megatron-core 0.16.1 (FullyShardedDataParallel._init_dist_index sets "
                             "expt_device_mesh only without HSDP), so MoE models shard experts with the "
@@ -131,6 +135,25 @@ def prefixed(prefix: str, table: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- shared translations ------------------------------------------------------------------------------
+
+def low_precision_settings(knobs: LaunchKnobs) -> dict[str, Any]:
+    """The FP8/FP4 weight and layer settings the plan was priced with, as Megatron-Core fields:
+    ``fp8_param_gather`` (FP8 primary weights, :func:`cost_model.memory.fp8_primary_weights`), with
+    MXFP8 ``reuse_grad_buf_for_mxfp8_param_ag`` (its bf16 gather through the gradient buffer, which
+    Megatron-Bridge's ``MixedPrecisionConfig.finalize`` demands and Megatron-FSDP turns off itself), and the
+    BF16 first/last layers (``first_last_layers_bf16``, ``num_layers_at_start_in_bf16``,
+    ``num_layers_at_end_in_bf16``; :mod:`cost_model.bf16_layers`). FP4 weights stay BF16 (no
+    ``fp4_param``: priced so)."""
+    training = knobs.training
+    primary = bool(fp8_primary_weights(training, knobs.plan_arrays())[0])
+    out: dict[str, Any] = {"fp8_param_gather": primary,
+                           "reuse_grad_buf_for_mxfp8_param_ag": primary and training.fp8_recipe == "mxfp8"}
+    bf16 = has_bf16_layers(training)
+    out |= {"first_last_layers_bf16": bf16,
+            "num_layers_at_start_in_bf16": training.num_layers_at_start_in_bf16 if bf16 else 0,
+            "num_layers_at_end_in_bf16": training.num_layers_at_end_in_bf16 if bf16 else 0}
+    return out
+
 
 def canonical_order(rank_order: str) -> str:
     """A rank order spelt as the dash-joined dimensions, innermost first."""
@@ -280,6 +303,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "no_fp8_dispatch": every(moe and training.moe_dispatch_fp8),
         "moe_bias_needs_etp1": every(moe and model.linear_bias) & (plans.etp != 1),
         "no_alibi": every(model.position_embedding_type == "alibi"),
+        "bf16_layers_within_stage": check_bf16_layers(training, model.num_layers, plans),
         "fsdp_hsdp_dense_only": every(moe) & (plans.zero_stage >= 2) & (plans.dp_replicate > 1),
     }
 

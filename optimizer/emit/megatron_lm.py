@@ -280,6 +280,14 @@ def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
     elif knobs.zero_stage in (2, 3):
         args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {FSDP_STRATEGY[knobs.zero_stage]}",
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
+    low = core.low_precision_settings(knobs)
+    if low["fp8_param_gather"]:  # FP8 primary weights, as priced (cost_model.memory.fp8_primary_weights)
+        args.append("--fp8-param-gather")
+    if low["reuse_grad_buf_for_mxfp8_param_ag"]:
+        args.append("--reuse-grad-buf-for-mxfp8-param-ag")
+    if low["first_last_layers_bf16"]:
+        args += ["--first-last-layers-bf16", f"--num-layers-at-start-in-bf16 {low['num_layers_at_start_in_bf16']}",
+                 f"--num-layers-at-end-in-bf16 {low['num_layers_at_end_in_bf16']}"]
     if knobs.dp_replicate > 1 and knobs.zero_stage >= 1:
         # Hybrid sharding: the distributed optimizer (or Megatron-FSDP) in dp_replicate copies, each over
         # dp x cp / dp_replicate consecutive ranks (parallel_state intra-/inter-instance groups).

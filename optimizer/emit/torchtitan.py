@@ -83,6 +83,7 @@ from typing import Any
 
 import numpy as np
 
+from cost_model.bf16_layers import has_bf16_layers
 from cost_model.ep_overlap import ep_overlap_active
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, SCHEDULES, SELECTIVE, PlanArrays
@@ -202,6 +203,9 @@ RULES: dict[str, str] = {
     "torchtitan_dropout": "torchtitan's models have no dropout",
     "torchtitan_fp4": "torchtitan 0.3.0 has no NVFP4 training recipe (its torchao converters are Float8 and MXFP8 "
                       "only); run FP4 with Megatron-LM or Megatron-Bridge",
+    "torchtitan_bf16_layers": "torchtitan 0.3.0 converts every decoder Linear to Float8/MXFP8 alike (its "
+                              "quantize.linear filter_fqns names modules, not first/last layers); BF16 first/last "
+                              "layers run with Megatron-LM or Megatron-Bridge",
     "torchtitan_grad_dtype": "torchtitan reduces and keeps gradients in fp32 (training.mixed_precision_reduce)",
     "torchtitan_optimizer_state": "torchtitan's shipped configs run AdamW with fp32 moments",
     "torchtitan_attention": "torchtitan's shipped configs run causal FlexAttention (fused, no materialised scores)",
@@ -288,6 +292,7 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
                                    else (pp > 1) | ((ep > 1) if moe else none)),
         "torchtitan_dropout": every if training.dropout else none,
         "torchtitan_fp4": every if training.precision == "fp4" else none,
+        "torchtitan_bf16_layers": every if has_bf16_layers(training) else none,
         "torchtitan_grad_dtype": every if training.grad_dtype != "fp32" else none,
         "torchtitan_optimizer_state": (every if training.optimizer == "sgd" or training.optimizer_moments_dtype != "fp32"
                                        else none),

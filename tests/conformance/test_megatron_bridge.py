@@ -329,6 +329,7 @@ REFUSALS = {
     "bridge_ep_overlap_cuda_graphs": "not supported with overlap_moe_expert_parallel_comm",
     "bridge_fsdp_default_rank_order": "use_tp_pp_dp_mapping is not supported with Megatron FSDP",
     "bridge_deepep_no_pad_to_capacity": "deepep backend does not support moe_pad_expert_input_to_capacity",
+    "bridge_bf16_layers_within_stage": "must be between 0 and number of layers per pipeline stage",
     "bridge_moe_bias_needs_etp1": "Bias in Moe is only supported when ETP==1",
 }
 """Rules Bridge's start-up checks on CPU: what it says when it refuses the rule's example (a message fragment)."""

@@ -312,6 +312,7 @@ REFUSALS = {
     "megatron_deepep_no_pad_to_capacity": "deepep backend does not support moe_pad_expert_input_to_capacity",
     "megatron_moe_bias_needs_etp1": "Bias in Moe is only supported when ETP==1",
     "megatron_learned_positions_cover_sequence": "must be greater than or equal to seq_length",
+    "megatron_bf16_layers_within_stage": "must be between 0 and number of layers per pipeline stage",
 }
 """Rules Megatron checks at start-up, with the words of its refusal."""
 
