@@ -347,3 +347,47 @@ def test_prefix_caching_switch():
         assert off.get(flag) is True and flag not in on
     off = trtllm_yaml(aggregated(LLAMA, instances(tp=8), engine="trtllm", enable_prefix_caching=False)[0])
     assert off["kv_cache_config"]["enable_block_reuse"] is False
+
+
+def test_trtllm_refresh_reads_options_and_fields_from_source(tmp_path):
+    """The TensorRT-LLM table's regeneration reads click options and pydantic fields from source, unimported."""
+    from tests.conformance.serving_engines import trtllm_tables
+    root = tmp_path / "tensorrt_llm"
+    (root / "commands").mkdir(parents=True)
+    (root / "llmapi").mkdir()
+    (root / "version.py").write_text('__version__ = "1.2.1"\n')
+    (root / "commands" / "serve.py").write_text('''
+import click
+@click.command("serve")
+@click.argument("model", type=str)
+@click.option("--tensor_parallel_size", "--tp_size", type=int, default=1)
+@click.option("--backend", type=ChoiceWithAlias(["pytorch", "tensorrt"], {"trt": "tensorrt"}), default="pytorch")
+@click.option("--enable_chunked_prefill", is_flag=True, default=False)
+def serve(model, tensor_parallel_size, backend, enable_chunked_prefill):
+    pass
+
+@click.command("disaggregated")
+@click.option("-c", "--config_file", type=str, default=None)
+def disaggregated(config_file):
+    pass
+''')
+    (root / "llmapi" / "llm_args.py").write_text('''
+class KvCacheConfig(StrictBaseModel):
+    dtype: str = Field(default="auto")
+    _private: int = 0
+class BaseLlmArgs(StrictBaseModel):
+    tensor_parallel_size: int = Field(default=1)
+    kv_cache_config: KvCacheConfig = Field(default_factory=KvCacheConfig)
+class TorchLlmArgs(BaseLlmArgs):
+    decoding_type: ClassVar[str] = "x"
+    cuda_graph_config: Optional[CudaGraphConfig] = None
+''')
+    table = trtllm_tables(tmp_path)
+    assert table["version"] == "1.2.1"
+    assert table["options"] == {"--backend": {"kind": "value", "choices": ["pytorch", "tensorrt"]},
+                                "--enable_chunked_prefill": {"kind": "switch", "choices": None},
+                                "--tensor_parallel_size": {"kind": "value", "choices": None},
+                                "--tp_size": {"kind": "value", "choices": None}}
+    assert table["disaggregated_options"] == {"--config_file": {"kind": "value", "choices": None}}
+    assert table["models"]["TorchLlmArgs"] == ["cuda_graph_config", "kv_cache_config", "tensor_parallel_size"]
+    assert table["models"]["KvCacheConfig"] == ["dtype"]
