@@ -93,3 +93,19 @@ def test_moe_imbalance_shrinks_with_tokens():
 
 def test_prefix_cache_cuts_prefill_tokens():
     np.testing.assert_allclose(q.prefill_tokens_after_cache(8000, [0.0, 0.75]), [8000, 2000])
+
+
+def test_closed_loop_mean_value_analysis_by_hand():
+    # X = 1 request/s, S = 0.5 s at the prompt queue, D = 2 requests in flight without waiting:
+    # C^2 - (D - rho) C - rho (D - rho) / (1 - rho) = 0 -> C = (1.5 + sqrt(2.25 + 6)) / 2 = 2.1861,
+    # and Schweitzer's wait u rho S / (1 - u rho), u = (C - 1) / C, closes Little's law C = D + X W.
+    from cost_model.serving.queueing import closed_loop_wait
+    c, w = closed_loop_wait(1.0, 0.5, 2.0)
+    assert c == pytest.approx((1.5 + math.sqrt(8.25)) / 2)
+    u = (c - 1) / c
+    assert w == pytest.approx(u * 0.5 * 0.5 / (1 - u * 0.5))
+    assert c == pytest.approx(2.0 + 1.0 * w)
+    # One user never waits; many users tend to the M/M/1 wait rho S / (1 - rho) (the product-form limit).
+    assert closed_loop_wait(0.4, 0.5, 1.0)[1] == pytest.approx(0.0, abs=1e-12)
+    assert closed_loop_wait(1.0, 0.5, 1e6)[1] == pytest.approx(0.5 * 0.5 / 0.5, rel=1e-4)
+    assert np.isinf(closed_loop_wait(2.0, 0.5, 3.0)[0])

@@ -132,6 +132,9 @@ class ServingMetrics:
     load: str = ""
     """What load the latencies are at: 'rate R/s', 'concurrency C', or 'max load'."""
     extras: dict[str, Any] = field(default_factory=dict)
+    ttft_ms_mean: np.ndarray | None = None
+    """Mean TTFT (what genai-perf and vLLM's benchmark report as 'average TTFT'): mean wait + the mean
+    prompt's own prefill."""
 
     def __len__(self) -> int:
         return len(self.num_gpus)
@@ -143,13 +146,14 @@ class ServingMetrics:
     def record(self, index: int) -> dict[str, Any]:
         """Plan ``index``'s metrics as plain values (for JSON/CSV reports)."""
         out: dict[str, Any] = {}
-        for name in ("ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90", "tpot_ms_p99",
+        for name in ("ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90", "tpot_ms_p99",
                      "output_tokens_per_s_per_gpu", "tokens_per_s_per_user", "requests_per_s", "goodput_requests_per_s",
                      "goodput_requests_per_s_per_gpu", "max_load_output_tokens_per_s_per_gpu", "min_gpus_for_target",
                      "cost_usd_per_m_output_tokens", "cost_usd_per_m_input_tokens", "decode_batch",
                      "kv_capacity_tokens", "max_concurrency", "max_decode_batch", "prefill_decode_ratio",
                      "kv_transfer_ms"):
-            value = float(getattr(self, name)[index])
+            values = getattr(self, name)
+            value = float(values[index]) if values is not None else float("nan")
             out[name] = value if np.isfinite(value) else None
         out["num_gpus"] = int(self.num_gpus[index])
         out["bottleneck"] = str(self.bottleneck[index])
@@ -359,6 +363,9 @@ class _Grid:
     wait_share: np.ndarray    # mean wait / mean TTFT
     ttft_mean_s: np.ndarray = None   # mean wait + the mean prompt's own prefill
     own_s: dict = None        # own prefill of the quantile prompts and of the mean one ('mean')
+    closed_in_flight: np.ndarray = None  # requests in flight of a closed loop running at this grid point
+    closed_ttft_s: dict = None           # its TTFT quantiles (mean-value analysis wait, queueing.closed_loop_wait)
+    closed_wait_share: np.ndarray = None
 
 
 def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths) -> _Grid:
@@ -396,14 +403,29 @@ def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: Inst
         ttft[name] = np.where(stable, wait + own, np.inf)
         tpot[name] = np.where(stable, q.tpot_quantile_s(t_dec, delta, mixed, lengths.decode_steps_q[name],
                                                          lengths.tokens_per_step, value), np.inf)
-    own_of.setdefault(s, table.own_prefill_s(s, chunk, t_dec))
+    for tokens in (*prompts.values(), s):
+        if tokens not in own_of:
+            own_of[tokens] = table.own_prefill_s(tokens, chunk, t_dec)
     with np.errstate(divide="ignore", invalid="ignore"):
         wait_share = np.where(stable, wait_mean / (wait_mean + own_of[s]), 1.0)  # of the mean TTFT
     own_named = {name: own_of[prompts[name]] for name in quantiles if prompts[name] in own_of}
     own_named["mean"] = own_of[s]
+    # A closed loop at this rate: its requests are not Poisson arrivals; mean-value analysis of the closed
+    # network (queueing.closed_loop_wait) gives the requests in flight and the prompt queue's wait.
+    service = s * service_scale
+    with np.errstate(invalid="ignore"):
+        in_flight, closed_wait = q.closed_loop_wait(rate, service, batch + rate * own_of[s])
+        closed_rho = np.where(np.isfinite(in_flight), rate * service * (1.0 - 1.0 / np.maximum(in_flight, 1.0)), 1.0)
+        closed_ttft = {name: np.where(stable, q.wait_quantile_s(closed_wait, closed_rho, value) + own_of[prompts[name]],
+                                      np.inf) for name, value in quantiles.items()}
+        closed_share = np.where(stable, closed_wait / (closed_wait + own_of[s]), 1.0)
+    closed_ttft["mean"] = np.where(stable, closed_wait + own_of[s], np.inf)
+    ttft["mean"] = np.where(stable, wait_mean + own_of[s], np.inf)
     return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=np.minimum(rate, prefill_capacity), step_s=step,
                  ttft_s=ttft, tpot_s=tpot, stable=stable, wait_share=wait_share,
-                 ttft_mean_s=np.where(stable, wait_mean + own_of[s], np.inf), own_s=own_named)
+                 ttft_mean_s=np.where(stable, wait_mean + own_of[s], np.inf), own_s=own_named,
+                 closed_in_flight=np.where(stable, in_flight, np.inf), closed_ttft_s=closed_ttft,
+                 closed_wait_share=closed_share)
 
 
 def _decode_only_grid(decode: _DecodeTable, lengths: _Lengths) -> _Grid:
@@ -411,7 +433,8 @@ def _decode_only_grid(decode: _DecodeTable, lengths: _Lengths) -> _Grid:
     rate = batch / (lengths.decode_steps * t_dec)
     tpot = {name: t_dec / lengths.tokens_per_step for name in (*REPORTED_QUANTILES, "slo")}
     zeros = np.zeros(batch.shape)
-    return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=rate, step_s=t_dec, ttft_s={k: zeros for k in tpot},
+    return _Grid(batch=batch, t_dec=t_dec, rate=rate, capacity=rate, step_s=t_dec,
+                 ttft_s={k: zeros for k in (*tpot, "mean")},
                  tpot_s=tpot, stable=np.ones(batch.shape, dtype=bool), wait_share=zeros)
 
 
@@ -468,12 +491,15 @@ def _prefill_phase(table: _PrefillTable, instances: InstanceArrays, lengths: _Le
     prompts = dict(lengths.prompt_q, slo=lengths.prompt_slo)
     one = table.time_s(np.ones_like(chunk))
     own = {name: table.own_prefill_s(tokens, chunk, one) + transfer[name] for name, tokens in prompts.items()}
+    own_mean = table.own_prefill_s(lengths.prompt_mean, chunk, one) + transfer["mean"]
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
 
     def ttft(rate: np.ndarray) -> dict[str, np.ndarray]:
         rho = rate * mean_service
         wait = q.mg1_mean_wait_s(rate, mean_service, second)
-        return {name: q.wait_quantile_s(wait, rho, quantiles[name]) + own[name] for name in quantiles}
+        out = {name: q.wait_quantile_s(wait, rho, quantiles[name]) + own[name] for name in quantiles}
+        out["mean"] = wait + own_mean
+        return out
 
     def largest_rate(target_s: float) -> np.ndarray:
         """Bisection on the utilisation: TTFT at the SLO quantile rises with it."""
@@ -558,6 +584,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     transfer_mean = np.where(plans.disaggregated, q.kv_transfer_time_s(
         cluster.topology, kv_cache_bytes(model, plans.prefill.kv_dtype, lengths.input_mean), plans.prefill.gpus,
         same_domain), 0.0)
+    transfer["mean"] = transfer_mean
     pf_capacity, pf_ttft, pf_largest, pf_chunk_s = _prefill_phase(table_p, plans.prefill, lengths, transfer)
 
     ranks_d = (plans.decode.attn_dp * plans.decode_instances).astype(np.float64)
@@ -601,6 +628,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
             metrics[f"ttft_{name}"] = np.where(agg, at_agg[f"ttft_{name}"], np.where(pf_ok, pf_lat[name], np.inf))
             metrics[f"tpot_{name}"] = np.where(agg, at_agg[f"tpot_{name}"], at_dec[f"tpot_{name}"])
         metrics["ttft_slo"] = np.where(agg, at_agg["ttft_slo"], np.where(pf_ok, pf_lat["slo"], np.inf))
+        metrics["ttft_mean"] = np.where(agg, at_agg["ttft_mean"], np.where(pf_ok, pf_lat["mean"], np.inf))
         metrics["tpot_slo"] = np.where(agg, at_agg["tpot_slo"], at_dec["tpot_slo"])
         batch = np.where(agg, at_agg["batch"], at_dec["batch"])
         step_s = np.where(agg, at_agg["step_s"], at_dec["step_s"])
@@ -690,6 +718,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         max_decode_batch=batch_max, prefill_decode_ratio=ratio, kv_transfer_ms=transfer_mean * ms,
         bottleneck=label.astype(str), memory_gib=memory_gib, decode_step=decode_parts,
         prefill_step=prefill_parts, violations=violations, nic_groups=nic_groups(cluster, plans), load=load,
+        ttft_ms_mean=metrics["ttft_mean"] * ms,
         extras={"slo_quantile": lengths.slo_q, "tokens_per_step": lengths.tokens_per_step,
                 "prefill_chunk_s": pf_chunk_s})
 
@@ -711,9 +740,10 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     agg = ~plans.disaggregated
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
     g = grid_agg
-    # Requests in flight at each grid batch: B decoding plus rate x mean TTFT in the prompt queue and prefill.
-    in_flight = np.where(g.stable, g.batch + g.rate * g.ttft_mean_s, np.inf)
-    stable_top = np.max(np.where(g.stable, g.batch + g.rate * g.ttft_mean_s, 0.0), axis=1)
+    # Requests in flight at each grid batch: B decoding plus rate x mean TTFT in the prompt queue and prefill,
+    # the wait from the mean-value analysis of the closed loop (not the open loop's Poisson M/G/1).
+    in_flight = np.where(g.stable, g.closed_in_flight, np.inf)
+    stable_top = np.max(np.where(g.stable & np.isfinite(g.closed_in_flight), g.closed_in_flight, 0.0), axis=1)
     # The engine's saturation point: the last stable grid point at or below the largest sustainable rate.
     usable = np.where(g.stable, g.capacity, -1.0)
     top = np.argmax(usable, axis=1)
@@ -727,12 +757,16 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     b_eff = rate * lengths.decode_steps * step
     lat: dict[str, np.ndarray] = {}
     finite = {kind: {name: np.where(np.isfinite(table), table, 0.0) for name, table in tables.items()}
-              for kind, tables in (("ttft", g.ttft_s), ("tpot", g.tpot_s), ("own", g.own_s))}
+              for kind, tables in (("ttft", g.closed_ttft_s), ("tpot", g.tpot_s), ("own", g.own_s))}
     with np.errstate(divide="ignore", invalid="ignore"):
         little = np.where(rate > 0, c_rank / rate - lengths.decode_steps * step, np.inf)  # mean TTFT, Little's law
     own_mean = finite["own"]["mean"][rows, top]
-    for name in quantiles:
+    for name in (*quantiles, "mean"):
         queued = finite["own"][name][rows, top] + np.maximum(little - own_mean, 0.0)
+        if name == "mean":  # Little's law gives the mean itself
+            lat["ttft_mean"] = np.where(saturated & (per_rank is not None), np.maximum(little, own_mean),
+                                        np.where(saturated, finite["ttft"][name][rows, top], at(finite["ttft"][name])))
+            continue
         lat[f"ttft_{name}"] = np.where(saturated & (per_rank is not None), queued,
                                        np.where(saturated, finite["ttft"][name][rows, top], at(finite["ttft"][name])))
         lat[f"tpot_{name}"] = np.where(saturated, finite["tpot"][name][rows, top], at(finite["tpot"][name]))
@@ -744,7 +778,7 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     with np.errstate(divide="ignore", invalid="ignore"):
         wait_share = np.where(saturated & (per_rank is not None),
                               np.maximum(little - own_mean, 0.0) / np.maximum(little, own_mean),
-                              np.where(saturated, g.wait_share[rows, top], at(g.wait_share)))
+                              np.where(saturated, g.closed_wait_share[rows, top], at(g.closed_wait_share)))
 
     # Disaggregated: decode engines hold min(C, B_max), prefill engines keep up or bound the rate.
     b_dec = np.minimum(c_rank, batch_max)
@@ -760,6 +794,7 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
             little = np.where(fleet_d > 0, per_rank * ranks_d / fleet_d - lengths.decode_steps * t_dec_d, np.inf)
         extra = np.maximum(little - service["p50"], 0.0)
         pf_lat = {name: np.minimum(queued[name], service[name] + extra) for name in service}
+    lat["ttft_mean"] = np.where(agg, lat["ttft_mean"], pf_lat["mean"])
     for name in quantiles:
         lat[f"ttft_{name}"] = np.where(agg, lat[f"ttft_{name}"], pf_lat[name])
         lat[f"tpot_{name}"] = np.where(agg, lat[f"tpot_{name}"], t_dec_d / lengths.tokens_per_step)

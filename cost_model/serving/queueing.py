@@ -19,6 +19,17 @@ What each function computes and where its formula comes from:
   tokens that arrive in a mean step T over the chunk c) (Sarathi-Serve, Agrawal et
   al. OSDI 2024, section 4: stall-free batching puts prefill chunks into decode batches), so its TPOT
   quantile is taken at f + z_q sqrt(f (1 - f) / n) (normal approximation of the binomial).
+* Closed loops (C requests in flight, each sent when the previous one returns): arrivals are not Poisson.
+  Mean-value analysis of the closed network (Reiser & Lavenberg, "Mean-Value Analysis of Closed
+  Multichain Queuing Networks", J. ACM 27(2), 1980) with Schweitzer's approximation of the arrival theorem
+  (Schweitzer 1979; Lazowska et al., "Quantitative System Performance", 1984, section 6.4.2): an arriving
+  request sees (C - 1)/C of the prompt queue's mean Q = X (W + S) and waits S for each prompt there,
+  W = u rho S / (1 - u rho), u = (C - 1)/C, rho = X S. The decode phase is the network's delay station. With
+  D = what is in flight without waiting (the decode batch and the prompts in their own prefill), Little's
+  law C = D + X W gives C^2 - (D - rho) C - rho (D - rho) / (1 - rho) = 0. Waiting S per prompt ahead (not
+  the residual S/2 of a deterministic server) is exact for a processor-sharing prefill station whatever the
+  prompt lengths (BCMP product form: Baskett, Chandy, Muntz, Palacios, J. ACM 22(2), 1975), as chunked
+  prefill shares each step's token budget among the prompts present.
 * Decode batch in a closed loop: C requests in flight per engine split between prefill and decode; with
   request throughput X and T seconds a step, decode holds X n_dec T requests and prefill X n_pf T, so
   C = B (1 + n_pf / n_dec) (Little's law on each phase), whatever T is.
@@ -126,6 +137,22 @@ def tpot_quantile_s(decode_step_s: Any, chunk_extra_s: Any, mixed_fraction: Any,
     z = _phi_inv(np.clip(_f(q), 1e-9, 1 - 1e-9))
     f_q = np.clip(f + z * np.sqrt(f * (1.0 - f) / n), 0.0, 1.0)
     return (_f(decode_step_s) + _f(chunk_extra_s) * f_q) / _f(tokens_per_step)
+
+
+def closed_loop_wait(rate_per_s: Any, mean_service_s: Any, in_flight_unqueued: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(requests in flight C, mean prompt-queue wait W) of a closed loop running at ``rate_per_s`` whose
+    requests spend ``mean_service_s`` each at the prompt queue and of which ``in_flight_unqueued`` are
+    decoding or in their own prefill (module docstring: Schweitzer mean-value analysis). rho >= 1: infinite."""
+    x, s, d = np.broadcast_arrays(_f(rate_per_s), _f(mean_service_s), _f(in_flight_unqueued))
+    rho = x * s
+    stable = rho < 1.0
+    r = np.where(stable, rho, 0.0)
+    e = np.maximum(d - r, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = 0.5 * (e + np.sqrt(e * e + 4.0 * r * e / (1.0 - r)))
+        c = np.maximum(c, d)
+        wait = np.where(x > 0, (c - d) / x, 0.0)
+    return np.where(stable, c, np.inf), np.where(stable, wait, np.inf)
 
 
 def closed_loop_decode_batch(concurrency: Any, prefill_steps_per_request: Any,
