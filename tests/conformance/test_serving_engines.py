@@ -95,6 +95,7 @@ CASES = [
     ("llama-tp4-pp2-fp8", LLAMA, ServingPlanArrays.aggregated(
         instances(tp=4, pp=2, kv_dtype="fp8", weight_precision="fp8", max_num_seqs=256, max_num_batched_tokens=2048), 1), 0),
     ("llama-tp2-eager-ngram", LLAMA, ServingPlanArrays.aggregated(instances(tp=2, cuda_graphs=False, max_num_seqs=16), 4), 3),
+    ("llama-tp2-dp4", LLAMA, ServingPlanArrays.aggregated(instances(tp=2, attn_dp=4), 1), 0),
     ("qwen-dp4-ep8", QWEN, ServingPlanArrays.aggregated(instances(tp=2, attn_dp=4, ep=8, moe_tp=1, kv_dtype="fp8"), 1), 0),
     ("qwen-tp4", QWEN, ServingPlanArrays.aggregated(instances(tp=4, max_num_seqs=512, max_num_batched_tokens=32768), 2), 0),
     ("deepseek-dep8-mtp", DEEPSEEK, ServingPlanArrays.aggregated(instances(tp=1, attn_dp=8, ep=8, moe_tp=1, kv_dtype="fp8",
