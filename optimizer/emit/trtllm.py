@@ -7,7 +7,8 @@ choices are checked in at ``tests/conformance/data/trtllm_1.2.1.json``; CI check
 key against it. How the plan maps (PyTorch backend, ``--backend pytorch``):
 
 * ``--tp_size`` is the instance's width tp x attn_dp; with ``enable_attention_dp`` every one of those ranks is
-  its own attention rank (TensorRT-LLM's ``Mapping``: attention tensor parallelism is 1 under attention DP),
+  its own attention rank (attention_dp_size = tensor_parallel_size: NVIDIA Dynamo's "DP Rank Routing" page for
+  TensorRT-LLM, "TP=2 acts as the world size, in effect creating 2 attention DP ranks"),
   so TensorRT-LLM expresses attn_dp = 1 (attention TP over tp_size) or tp = 1 (pure attention DP) only (rule
   ``trtllm_attention_dp_tp``). ``--ep_size`` is the MoE's expert-parallel degree; the rest of the width splits
   each expert (moe_tensor_parallel_size = tp_size / ep).
