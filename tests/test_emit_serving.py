@@ -391,3 +391,16 @@ class TorchLlmArgs(BaseLlmArgs):
     assert table["disaggregated_options"] == {"--config_file": {"kind": "value", "choices": None}}
     assert table["models"]["TorchLlmArgs"] == ["cuda_graph_config", "kv_cache_config", "tensor_parallel_size"]
     assert table["models"]["KvCacheConfig"] == ["dtype"]
+
+
+def test_moe_exchange_difference_is_named():
+    """vLLM's and SGLang's default expert-parallel exchange is all-gather/reduce-scatter, not the priced all-to-all;
+    the difference says so and names the flag, and only for plans with expert parallelism."""
+    dep = instances(tp=1, attn_dp=8, ep=8, moe_tp=1)
+    for engine, flag in (("vllm", "--all2all-backend"), ("sglang", "--moe-a2a-backend")):
+        (moe,) = aggregated(DEEPSEEK, dep, engine=engine)
+        assert any(flag in note and "all-to-all" in note for note in moe.differences)
+        assert flag in TABLES[engine]["options"]
+        (tensor,) = aggregated(DEEPSEEK, instances(tp=8, ep=1), engine=engine)
+        assert not any(flag in note for note in tensor.differences)
+

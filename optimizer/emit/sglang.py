@@ -132,6 +132,10 @@ def differences(knobs: ServingKnobs, gpu: Any = None) -> tuple[str, ...]:
     notes = [f"cannot run as priced: {RULES[name]}" for name, mask in broken.items() if mask[0]]
     notes.append("--mem-fraction-static covers weights and the KV pool only; SGLang keeps the rest of the GPU for "
                  "activations and CUDA graphs, where the priced gpu_memory_utilization covers them too")
+    if knobs.model.is_moe and knobs.ep > 1:
+        notes.append("SGLang's default MoE exchange (--moe-a2a-backend none) gathers the tokens to every EP rank and "
+                     "reduce-scatters the outputs, where the plan prices an all-to-all dispatch and combine; "
+                     "--moe-a2a-backend deepep runs one (DeepEP installed; SGLang then sets ep_size = tp_size)")
     if knobs.pp > 1:
         notes.append(f"SGLang splits --max-running-requests over the {knobs.pp} pipeline micro-batches in flight")
     return tuple(notes)

@@ -157,6 +157,11 @@ def differences(knobs: ServingKnobs, gpu: Any = None) -> tuple[str, ...]:
     """What vLLM runs differently from the priced plan: the rules this instance breaks, then the rest."""
     broken = instance_violations(knobs.model, knobs.instance_arrays(), gpu)
     notes = [f"cannot run as priced: {RULES[name]}" for name, mask in broken.items() if mask[0]]
+    if knobs.model.is_moe and knobs.ep > 1:
+        notes.append("vLLM's default expert-parallel exchange (--all2all-backend allgather_reducescatter) gathers every "
+                     "token to every EP rank and reduce-scatters the outputs, where the plan prices an all-to-all "
+                     "dispatch and combine; --all2all-backend deepep_high_throughput (prefill) or deepep_low_latency "
+                     "(decode) runs one, with DeepEP installed")
     if knobs.nodes > 1 and knobs.tp * knobs.pp <= knobs.gpus_per_node:
         notes.append("on every node but the first add --headless; DP_START_RANK = node index x "
                      "--data-parallel-size-local")
