@@ -8,6 +8,7 @@ evaluation (nothing is guessed from the first search's numbers):
 
 - ``more_gpus``: a GPU budget 2x and 4x the one searched (the cluster grown in whole nodes if needed);
 - ``fp8_kv``: FP8 KV cache added (halves KV bytes; on GPUs with FP8);
+- ``fp8_weights``: FP8 weights added (halves BF16 weight bytes and reads; on GPUs with FP8);
 - ``shorter_max_len``: half the longest request (``--max-model-len``), not below the longest prompt;
 - ``looser_tpot`` / ``looser_ttft``: the target the closest servable plan reaches (rounded up);
 - ``disaggregation``: prefill/decode disaggregated plans added.
@@ -28,7 +29,8 @@ from hardware.errors import InputError
 
 from .inputs import precision_supported
 
-RELAXATIONS = ("more_gpus", "fp8_kv", "shorter_max_len", "looser_tpot", "looser_ttft", "disaggregation")
+RELAXATIONS = ("more_gpus", "fp8_kv", "fp8_weights", "shorter_max_len", "looser_tpot", "looser_ttft",
+               "disaggregation")
 BINDING_SHOWN = 3
 """Rules named in "what binds"."""
 MORE_GPUS_FACTORS = (2, 4)
@@ -76,7 +78,7 @@ class Advice:
             c = self.closest
             lines.append(f"  closest servable plan: {c['plan']}: TTFT p{c['percentile']:g} {c['ttft_ms']:.0f} ms "
                          f"(SLO {c['ttft_slo_ms']:g}), TPOT p{c['percentile']:g} {c['tpot_ms']:.1f} ms "
-                         f"(SLO {c['tpot_slo_ms']:g})")
+                         f"(SLO {c['tpot_slo_ms']:g}) at {c['load']}")
         else:
             lines.append("  no plan is servable even without the latency SLOs")
         lines.append("What would (each searched again with one change):")
@@ -97,7 +99,7 @@ def advise(result, relax: tuple[str, ...] = RELAXATIONS) -> Advice:
 
     scenario = result.scenario
     binding = sorted(((name, alone, result.broken.get(name, 0)) for name, alone in result.broken_alone.items()),
-                     key=lambda item: (-item[1], -item[2], item[0]))
+                     key=lambda item: (-item[1], -item[2], _rule_rank(item[0])))
     alone = [b for b in binding if b[1] > 0]
     binding = (alone or [b for b in binding if b[2] > 0])[:BINDING_SHOWN]
     advice = Advice(candidates=result.candidates,
@@ -105,20 +107,45 @@ def advise(result, relax: tuple[str, ...] = RELAXATIONS) -> Advice:
     slo = scenario.workload.slo
     closest = result.closest
     if closest is not None and len(closest) and slo is not None:
-        ttft, tpot = slo_latencies(closest.metrics, scenario.workload)
-        advice.closest = {"plan": plan_label(closest.plans.record(0)), "percentile": 100 * slo.quantile,
-                          "ttft_ms": float(ttft[0]), "tpot_ms": float(tpot[0]), "ttft_slo_ms": slo.ttft_ms,
-                          "tpot_slo_ms": slo.tpot_ms}
+        ttft, tpot, load = reachable_latencies(result)
+        best = int(np.argmin(np.maximum(ttft / slo.ttft_ms, tpot / slo.tpot_ms)))
+        advice.closest = {"plan": plan_label(closest.plans.record(best)), "percentile": 100 * slo.quantile,
+                          "ttft_ms": float(ttft[best]), "tpot_ms": float(tpot[best]), "ttft_slo_ms": slo.ttft_ms,
+                          "tpot_slo_ms": slo.tpot_ms, "load": load}
     for name in relax:
         advice.relaxations.append(_relaxation(name, result))
     return advice
 
 
-def slo_latencies(metrics, workload) -> tuple[np.ndarray, np.ndarray]:
-    """TTFT and TPOT (ms) at the quantile the SLO binds (see :func:`optimizer.serving.search.slo_miss`)."""
-    from .search import at_slo_quantile
+def _rule_rank(name: str) -> tuple[int, str]:
+    """Rules broken by as many plans are named in the cost model's order (layout, then memory from the
+    weights to the KV cache, then load and latency): the earlier one is the cause of the later ones (no
+    room for the weights leaves none for the KV cache). Engine rules come after."""
+    from cost_model.serving.rules import SERVING_RULES
 
-    return at_slo_quantile(metrics, workload)
+    order = list(SERVING_RULES)
+    return (order.index(name), name) if name in order else (len(order), name)
+
+
+def reachable_latencies(result) -> tuple[np.ndarray, np.ndarray, str]:
+    """TTFT and TPOT (ms) of the servable plans closest to the SLO, at the SLO's quantile, and the load
+    they are at. Under a target load (or the workload's arrival) they are the search's own figures; at max
+    load they are priced again with one request in flight in the fleet, the lowest latencies a plan
+    reaches at any load (max-load latencies, every engine full, would overstate what a looser SLO needs)."""
+    from .search import at_slo_quantile, evaluate, loaded
+
+    scenario, closest = result.scenario, result.closest
+    if loaded(scenario):
+        ttft, tpot = at_slo_quantile(closest.metrics, scenario.workload)
+        return ttft, tpot, closest.metrics.load
+    alone = dataclasses.replace(scenario, target_concurrency=LOWEST_LOAD_CONCURRENCY)
+    metrics = evaluate(alone, closest.plans)
+    ttft, tpot = at_slo_quantile(metrics, scenario.workload)
+    return ttft, tpot, metrics.load
+
+
+LOWEST_LOAD_CONCURRENCY = 1.0
+"""Requests in flight at which the advice prices a max-load search's closest plans: one, alone."""
 
 
 def _relaxation(name: str, result) -> Relaxation:
@@ -146,6 +173,14 @@ def _relaxation(name: str, result) -> Relaxation:
             return Relaxation(name, "--kv-dtype fp8", False, reason=f"the {cluster.gpu.name} has no FP8")
         relaxed = dataclasses.replace(scenario, grid=dataclasses.replace(grid, kv_dtypes=grid.kv_dtypes + ("fp8",)))
         return _search(relaxed, name, "--kv-dtype " + ",".join(grid.kv_dtypes + ("fp8",)))
+    if name == "fp8_weights":
+        if "fp8" in grid.weight_precisions:
+            return Relaxation(name, "--precision fp8", False, reason="FP8 weights were already searched")
+        if not precision_supported(cluster.gpu, "fp8"):
+            return Relaxation(name, "--precision fp8", False, reason=f"the {cluster.gpu.name} has no FP8")
+        precisions = grid.weight_precisions + ("fp8",)
+        relaxed = dataclasses.replace(scenario, grid=dataclasses.replace(grid, weight_precisions=precisions))
+        return _search(relaxed, name, "--precision " + ",".join(precisions))
     if name == "shorter_max_len":
         shortest = int(math.ceil(workload.input_tokens.longest())) + 1
         length = max(workload.model_len // 2, shortest)
@@ -174,7 +209,7 @@ def _looser(name: str, result) -> Relaxation:
     closest = result.closest
     if closest is None or not len(closest):
         return Relaxation(name, f"{which}_ms", False, reason="no plan is servable even without the latency SLOs")
-    ttft, tpot = slo_latencies(closest.metrics, scenario.workload)
+    ttft, tpot, _ = reachable_latencies(result)
     other_ok = (tpot <= slo.tpot_ms) if which == "ttft" else (ttft <= slo.ttft_ms)
     reached = (ttft if which == "ttft" else tpot)[other_ok]
     if not len(reached) or not np.isfinite(reached).any():
