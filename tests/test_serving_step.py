@@ -1,6 +1,8 @@
 """Decode and prefill step times of serving instances: hand-derived floors and the properties the issue
 names (TPOT never falls as batch or context grows; Splitwise's TP4 vs TP8)."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -204,3 +206,62 @@ def test_an_idle_step_costs_only_its_floor():
     assert idle.gemm_s[0] == 0 and idle.attention_s[0] == 0 and idle.tp_comm_s[0] == 0
     assert idle.total_s[0] >= pricing.options.step_overhead_us * 1e-6
     assert np.all(pricing.decode_step([0, 1, 2], 1000).total_s[1:] >= idle.total_s[0])
+
+
+DEEPEP_LL_US = {8: (77, 114), 16: (118, 195), 32: (155, 273), 64: (173, 314), 128: (192, 369), 256: (194, 360)}
+"""DeepEP low-latency dispatch and combine (us) by EP size: github.com/deepseek-ai/DeepEP docs/legacy.md @b306af0,
+"Low-latency kernels with pure RDMA" (H800, 128 tokens a rank, hidden 7168, top-8, FP8 dispatch, BF16 combine)."""
+
+
+@pytest.mark.parametrize("ep", sorted(DEEPEP_LL_US))
+def test_ep_dispatch_and_combine_match_deepep_low_latency_kernels(ep):
+    # DeepSeek-V3 (hidden 7168, top-8 of 256) decoding 128 tokens per rank, FP8, attention DP = EP, on H800: one
+    # MoE layer's dispatch + combine is the published pair within 15% (ServingOptions.ep_kernel_fixed_us is
+    # the dispatch rows' median intercept; the combine rows, twice the bytes, are not used to set it).
+    model = load_model("deepseek-v3").spec
+    cluster = load_cluster(f"h800x{max(ep, 8)}")
+    inst = InstanceArrays.from_columns({"tp": [1], "ep": [ep], "attn_dp": [ep], "moe_tp": [1],
+                                        "weight_precision": "fp8", "max_num_seqs": 256,
+                                        "max_num_batched_tokens": 8192})
+    step = price_instances(model, cluster, inst).decode_step(np.array([128.0]), np.array([2000.0]))
+    per_layer_us = step.ep_comm_s[0] / model.num_moe_layers * 1e6
+    assert per_layer_us == pytest.approx(sum(DEEPEP_LL_US[ep]), rel=0.15)
+
+
+def test_ep_kernels_keep_their_fixed_cost_at_one_token():
+    # One token per rank still pays each kernel's fixed cost (launch, signalling): two per MoE layer, not
+    # the 2 us NVLink latency an all-to-all of a few KiB would cost.
+    model = load_model("deepseek-v3").spec
+    inst = InstanceArrays.from_columns({"tp": [1], "ep": [8], "attn_dp": [8], "moe_tp": [1],
+                                        "weight_precision": "fp8", "max_num_seqs": 256,
+                                        "max_num_batched_tokens": 8192})
+    options = ServingOptions()
+    step = price_instances(model, load_cluster("h200x8"), inst, options).decode_step(np.array([1.0]), np.array([1.0]))
+    floor_s = model.num_moe_layers * 2 * options.ep_kernel_fixed_us * 1e-6
+    assert floor_s < step.ep_comm_s[0] < floor_s * 1.5
+
+
+def test_busiest_ep_rank_sets_moe_decode_and_fades_at_prefill(monkeypatch):
+    # DeepSeek-V3, EP8 x attention DP 8, 4 requests a rank: 32 tokens, 256 token-expert pairs, 32 a rank on
+    # average; the busiest rank gets f = 1 + sqrt(2 ln 8 (7/8) / 32) = 1.337 times that (Raab-Steger). Its
+    # dispatch/combine bytes scale by f and it reads the experts f x 32 tokens would touch. Prefill's 8,192
+    # tokens a rank leave f = 1.007.
+    from cost_model.serving import step as step_module
+    model = load_model("deepseek-v3").spec
+    cluster = load_cluster("h200x8")
+    inst = InstanceArrays.from_columns({"tp": [1], "ep": [8], "attn_dp": [8], "moe_tp": [1],
+                                        "weight_precision": "fp8", "max_num_seqs": 256,
+                                        "max_num_batched_tokens": 8192})
+    f = 1 + math.sqrt(2 * math.log(8) * 7 / 8 / 32)
+    busy = price_instances(model, cluster, inst).decode_step(np.array([4.0]), np.array([1000.0]))
+    monkeypatch.setattr(step_module, "moe_max_load_factor", lambda tokens, k, ep: np.ones_like(np.asarray(tokens, float)))
+    pricing = price_instances(model, cluster, inst)
+    even = pricing.decode_step(np.array([4.0]), np.array([1000.0]))
+    fixed_s = model.num_moe_layers * 2 * (ServingOptions().ep_kernel_fixed_us + cluster.topology.scaleup_latency_us) * 1e-6
+    assert (busy.ep_comm_s[0] - fixed_s) / (even.ep_comm_s[0] - fixed_s) == pytest.approx(f, rel=1e-6)
+    touched = lambda t: 256 * (1 - (1 - 8 / 256) ** t) / 8  # noqa: E731
+    extra_bytes = model.num_moe_layers * (touched(32 * f) - touched(32)) * pricing.weights.expert_bytes[0]
+    assert (busy.hbm_s[0] - even.hbm_s[0]) * pricing.hbm_bytes_per_s == pytest.approx(extra_bytes, rel=1e-6)
+    monkeypatch.undo()
+    from cost_model.serving.queueing import moe_max_load_factor
+    assert float(moe_max_load_factor(8192 * 8, 8, 8)) == pytest.approx(1.0073, abs=1e-3)

@@ -46,6 +46,7 @@ BOUNDS = {
     "custom_all_reduce_mib": (0.0, 4096.0),
     "deepep_max_dispatch_tokens_per_rank": (1, 65536),
     "gemm_min_rows": (1, 256),
+    "ep_kernel_fixed_us": (0.0, 1000.0),
 }
 
 
@@ -120,6 +121,18 @@ class ServingOptions:
     """Tokens one rank may dispatch per step in DeepEP's low-latency mode, which sizes its buffers
     (DeepEP ``Buffer.get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank, ...)``; SGLang and vLLM
     pass 128 by default)."""
+
+    ep_kernel_fixed_us: float = 13.5
+    """Fixed time of one expert-parallel dispatch or combine kernel beyond its bytes at the link rate and the
+    network's latency (:class:`hardware.collectives.CollectiveCost` all-to-all): the kernel's launch, the
+    per-expert count signalling and the receivers' polling and unpacking. DeepEP's low-latency kernels
+    (github.com/deepseek-ai/DeepEP ``docs/legacy.md`` @b306af0, "Low-latency kernels with pure RDMA": H800,
+    128 tokens a rank, hidden 7168, top-8 of 256 experts, FP8 dispatch, BF16 combine) take 77/118/155/173/
+    192/194 us to dispatch on EP 8/16/32/64/128/256. The same bytes as an all-to-all on the h800 preset,
+    received by the busiest rank (1.06-1.10 x the mean, :func:`cost_model.serving.queueing.moe_max_load_factor`),
+    take 49/95/142/166/178/185 us: 7-28 us are left whatever the peer count (so it is not a per-peer
+    latency), median 13.5 us over the dispatch rows. The combine rows (twice the bytes) are the check:
+    predicted 106/193/283/330/354/367 us, published 114/195/273/314/369/360 (tests/test_serving_step.py)."""
 
     gemm_min_rows: int = 64
     """Smallest block of rows a tensor-core GEMM computes on GPUs with FP8 tensor cores (Hopper and later;

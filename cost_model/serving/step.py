@@ -37,8 +37,18 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   29.8 ms, serving_runs.csv): at batch 1 the per-step floor rather than the weight read sets the step.
   Without CUDA graphs that floor is the host's issue of ~1,100 kernels, the same at every TP degree; with
   graphs it is the collectives' latency and the kernels' fixed costs, and TP8 does gain on TP4.
-* ``ep_comm``: DeepEP-style dispatch and combine per MoE layer, two all-to-alls over the ``ep x moe_tp``
-  ranks, each rank sending its tokens' k copies of the hidden state.
+* ``ep_comm``: DeepEP-style dispatch and combine per MoE layer over the ``ep x moe_tp`` ranks, each rank
+  sending one message per (token, expert) pair (DeepEP's low-latency kernels do not merge a token's
+  experts on one rank: ``csrc/kernels/internode_ll.cu``): dispatch ``16 + h + 4 h / 128`` bytes (an int4
+  header, FP8 hidden, an fp32 scale per 128 channels) for FP8/FP4 models, ``16 + 2 h`` for BF16 ones;
+  combine ``2 h`` (BF16). Each kernel costs :attr:`ServingOptions.ep_kernel_fixed_us` plus its bytes as a
+  :class:`hardware.collectives.CollectiveCost` all-to-all (NVLink inside the scale-up domain, the NIC
+  across it): DeepEP's published kernel times (the option's docstring).
+* MoE load imbalance: the step waits for the busiest EP rank. Of T tokens per instance routed to k of E
+  experts spread over ``ep`` ranks, the busiest rank receives f T k / ep token-expert pairs, f from
+  :func:`cost_model.serving.queueing.moe_max_load_factor` (Raab & Steger), large when few tokens per rank
+  (decode) and near 1 for prefill's thousands: its expert GEMMs, the experts it touches (as f T tokens would
+  touch under uniform routing) and the dispatch/combine bytes it receives scale with f.
 * ``pp``: pipeline hand-offs (send/recv of the micro-batch's hidden states, one per stage).
 
 Pipeline parallelism: ``b`` requests per attention rank run as ``pp`` micro-batches of ``b/pp``; each
@@ -73,6 +83,7 @@ from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
 from .memory import layer_weights
 from .options import ServingOptions
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
+from .queueing import moe_max_load_factor
 
 AMPERE_MMA_ROWS = 16
 """Row block of a tensor-core GEMM on GPUs before Hopper (no FP8 tensor cores): Ampere's ``mma.sync``
@@ -85,6 +96,12 @@ BOTTLENECKS = ("host", "hbm", "compute", "tp_latency", "ep_comm")
 ELEMENTWISE_BYTES_PER_HIDDEN = 10 * ACT_BYTES
 """Element-wise HBM traffic per token and layer, per hidden unit: two norms (read and write h) and two
 residual adds (read two, write one), 4e h + 6e h as :func:`cost_model.compute._attention` counts them."""
+
+DEEPEP_HEADER_BYTES = 16.0
+"""Header of a DeepEP low-latency dispatch message (one ``int4``: source token and metadata;
+``num_bytes_per_msg = sizeof(int4) + ...``, ``csrc/kernels/internode_ll.cu``)."""
+FP8_SCALE_BLOCK = 128
+"""Channels per fp32 scale of an FP8 dispatch message (DeepEP ``kNumPerChannels = 128``)."""
 
 HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
@@ -288,15 +305,27 @@ class InstancePricing:
                 width = m.shared_expert_ffn_hidden_size / tp
                 moe = moe + gemm(p, tokens, fc1 * width, h, parts=("moe",)) + gemm(p, tokens, h, width, parts=("moe",))
             ep = col(np.maximum(inst.ep, 1))
-            group_tokens = tokens * col(inst.attn_dp)           # tokens the experts of one instance see
-            touched = experts_touched(m.num_experts, m.experts_per_token, group_tokens) / ep
-            pairs = group_tokens * m.experts_per_token / ep      # token-expert pairs per EP rank
+            # The busiest EP rank sets the layer: it receives as many pairs as f x the instance's tokens would
+            # give a mean rank, and touches the experts they would (module docstring).
+            busiest = self._busiest_rank_tokens(tokens, col)
+            touched = experts_touched(m.num_experts, m.experts_per_token, busiest) / ep
+            pairs = busiest * m.experts_per_token / ep           # token-expert pairs on the busiest EP rank
             per_expert = np.where(touched > 0, pairs / np.maximum(touched, 1e-12), 0.0)
             width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
             moe = moe + gemm(p, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
                 + gemm(p, per_expert, h, width, count=touched, parts=("moe",))
             expert_bytes = touched * col(self.weights.expert_bytes)
         return dense, moe, expert_bytes, flops
+
+    def _imbalance(self, tokens, col) -> np.ndarray:
+        """Busiest EP rank's routed pairs over the mean at ``tokens`` per attention rank (1 without EP)."""
+        inst = self.instances
+        return moe_max_load_factor(tokens * col(inst.attn_dp), self.model.experts_per_token,
+                                   col(np.maximum(inst.ep, 1)))
+
+    def _busiest_rank_tokens(self, tokens, col) -> np.ndarray:
+        """Instance tokens whose uniform routing gives a mean EP rank the busiest rank's load."""
+        return tokens * col(self.instances.attn_dp) * self._imbalance(tokens, col)
 
     def _attention_flops(self, queries, context_pairs_full, context_pairs_sliding, col, absorbed: bool):
         """Attention FLOPs over all layers per attention rank: 2 x pairs x heads x (d_qk + d_v)."""
@@ -325,8 +354,14 @@ class InstancePricing:
             gathered = message * col(inst.attn_dp)
             moe_reduce = self._moe_all_reduce.time_s(gathered)
             tp_comm = tp_comm + m.num_moe_layers * np.where(ep > 1, 0.0, moe_reduce)
-            sent = tokens / col(inst.tp) * m.experts_per_token * h * ACT_BYTES
-            ep_comm = m.num_moe_layers * np.where(ep > 1, 2.0 * self._ep_all_to_all.time_s(sent), 0.0)
+            # One message per (token, expert) pair, the busiest rank receiving f times the mean (module docstring).
+            pairs = tokens / col(inst.tp) * m.experts_per_token * self._imbalance(tokens, col)
+            fp8 = col(inst.weight_precision) != WEIGHT_PRECISIONS.index("bf16")
+            dispatch_bytes = pairs * (DEEPEP_HEADER_BYTES + np.where(fp8, h + h / FP8_SCALE_BLOCK * 4.0, h * ACT_BYTES))
+            combine_bytes = pairs * h * ACT_BYTES
+            fixed_s = self.options.ep_kernel_fixed_us * 1e-6
+            kernels = self._ep_all_to_all.time_s(dispatch_bytes) + self._ep_all_to_all.time_s(combine_bytes)
+            ep_comm = m.num_moe_layers * np.where((ep > 1) & (pairs > 0), 2.0 * fixed_s + kernels, 0.0)
         pp = col(inst.pp)
         pp_s = pp * self._pp_send.time_s(np.where(pp > 1, message, 0.0))
         return tp_comm, ep_comm, pp_s
