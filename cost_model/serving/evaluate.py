@@ -37,8 +37,11 @@ rate over its own instances.
 Percentiles. TTFT at quantile q is the wait at q plus the service of the q-quantile prompt (a sum of
 quantiles: an upper bound for independent parts); TPOT's spread comes from the chunks a request meets,
 a binomial share of its steps, taken for the (1 - q)-quantile output length (short requests spread most).
-SLO checks use the workload's quantile (:attr:`SLOSpec.quantile`). Closed loops (a concurrency) follow
-Little's law: C = B (1 + n_pf / n_dec) and TTFT = C / X - n_dec T.
+SLO checks use the workload's quantile (:attr:`SLOSpec.quantile`). Closed loops (a concurrency): each
+request is sent when an earlier one returns, so the prompt queue does not see Poisson arrivals; its wait
+is the mean-value analysis of the closed network (:func:`cost_model.serving.queueing.closed_loop_wait`:
+an arriving request finds (C - 1)/C of the queue and waits a prompt's service for each one there), and
+C = B + X TTFT_mean (Little's law); past what the engine holds, TTFT = C / X - n_dec T.
 
 Goodput is the largest request rate whose TTFT and TPOT meet the SLO (DistServe's definition), from the
 grid with linear interpolation of the SLO margin; without an SLO it is the max-load rate. Costs count
