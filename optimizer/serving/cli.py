@@ -202,7 +202,10 @@ def serve_search_command(
 
 
 def search_record(result) -> dict[str, Any]:
-    return {"candidates": result.candidates, "servable": result.servable, "meeting_slo": result.meeting_slo,
+    """The search's counts in JSON: plans in the grid, priced (fewer when coarse to fine), servable (every
+    rule but the latency SLOs), meeting the SLO, broken per rule and broken alone; seconds."""
+    return {"grid_plans": result.grid_plans, "candidates": result.candidates, "servable": result.servable,
+            "meeting_slo": result.meeting_slo,
             "broken": result.broken, "broken_alone": result.broken_alone,
             "seconds": round(result.seconds["total"], 4)}
 

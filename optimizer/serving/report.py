@@ -208,8 +208,9 @@ def scenario_header(scenario) -> str:
 
 
 def search_line(result) -> str:
-    return (f"{result.candidates:,} plans priced, {result.servable:,} servable (every rule but the latency SLOs), "
-            f"{result.meeting_slo:,} meet the SLO; searched in {result.seconds['total']:.2f} s")
+    grid = (f" of {result.grid_plans:,} (coarse to fine)" if result.grid_plans > result.candidates else "")
+    return (f"{result.candidates:,} plans priced{grid}, {result.servable:,} servable (every rule but the latency "
+            f"SLOs), {result.meeting_slo:,} meet the SLO; searched in {result.seconds['total']:.2f} s")
 
 
 # --- table ------------------------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ class ServingSearchResult:
     closest: Kept | None
     """Servable plans that come closest to the SLO, closest first (for the advice)."""
     candidates: int = 0
+    """Plans priced."""
+    grid_plans: int = 0
+    """Plans in the grid (more than priced when the search ran coarse to fine)."""
     servable: int = 0
     """Plans that break no rule but the latency SLOs."""
     meeting_slo: int = 0
@@ -305,7 +308,7 @@ class _Accumulator:
             near = servable_index[np.lexsort((servable_index, miss))[:CLOSEST_KEPT]]
             self.closest.append(kept.rows(near))
 
-    def result(self, seconds: dict[str, float]) -> ServingSearchResult:
+    def result(self, seconds: dict[str, float], grid_plans: int) -> ServingSearchResult:
         scenario = self.scenario
         ranked = _final_rank(Kept.join(self.ranked), scenario, self.scale)
         front = Kept.join(self.front)
@@ -316,7 +319,7 @@ class _Accumulator:
         if closest is not None:
             closest = closest.rows(np.lexsort((np.arange(len(closest)),
                                                slo_miss(closest.metrics, scenario.workload)))[:CLOSEST_KEPT])
-        return ServingSearchResult(scenario=scenario, ranked=ranked, pareto=front, closest=closest,
+        return ServingSearchResult(scenario=scenario, ranked=ranked, pareto=front, closest=closest, grid_plans=grid_plans,
                                    candidates=self.candidates, servable=self.servable, meeting_slo=self.meeting,
                                    broken=dict(sorted(self.broken.items())), broken_alone=dict(sorted(self.alone.items())),
                                    seconds=seconds)
@@ -363,7 +366,8 @@ def search_serving(scenario: ServingScenario, pareto: bool = True,
         fine = np.flatnonzero(~coarse & refined(into, plans))
         _price(scenario, plans.take(fine), into, progress, done, done + len(fine))
     done = time.perf_counter()
-    return into.result({"enumerate": enumerated - started, "price": done - enumerated, "total": done - started})
+    return into.result({"enumerate": enumerated - started, "price": done - enumerated, "total": done - started},
+                       len(plans))
 
 
 EXHAUSTIVE_UP_TO = 16384
