@@ -128,8 +128,15 @@ def precision_conflict(training: TrainingSpec, gpu: GPUSpec) -> str | None:
     # Block-scaled tensor cores come with the FP4 ones (Blackwell's block-scale MMA serves MXFP8 and NVFP4).
     if training.precision == "fp8" and training.fp8_recipe == "mxfp8" and not gpu.peak_tflops_fp4:
         return (f"fp8_recipe mxfp8 needs block-scaled FP8 tensor cores (a Blackwell GPU): the {gpu.name} preset "
-                "has none (no peak_tflops_fp4); use fp8_recipe tensorwise, delayed or blockwise")
+                "has none (no peak_tflops_fp4)")
     return None
+
+
+def precision_fix(training: TrainingSpec) -> tuple[str, str]:
+    """(the training field to change, how) for a :func:`precision_conflict`."""
+    if training.precision == "fp8":
+        return "training.fp8_recipe", "use fp8_recipe tensorwise, delayed or blockwise, or a Blackwell GPU"
+    return "training.precision", "use precision fp8 or bf16, or a Blackwell GPU"
 
 
 class _Pricer:

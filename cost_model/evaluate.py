@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 from hardware.schema import ClusterSpec
 
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
-from .compute import gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict
+from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
+                      precision_fix)
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
@@ -282,7 +283,7 @@ def evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pla
         raise ValueError(conflict)
     conflict = precision_conflict(training, cluster.gpu)
     if conflict:
-        raise ValueError(f"{conflict}; use precision fp8 or bf16, or a Blackwell GPU")
+        raise ValueError(f"{conflict}; {precision_fix(training)[1]}")
     if len(plans) > BLOCK_PLANS:
         blocks = [plans.take(slice(i, i + BLOCK_PLANS)) for i in range(0, len(plans), BLOCK_PLANS)]
         return PlanMetrics.concatenate([_evaluate(model, training, cluster, b, options) for b in blocks])

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import sys
 import warnings
 from enum import Enum
@@ -37,7 +38,7 @@ from typer.core import TyperGroup
 
 from cost_model.model_loader import build_training, layered_training, load_model
 from cost_model.plan import BY_VPP, CORE_ATTN, RECOMPUTE_CODE, RECOMPUTE_MODULES, SCHEDULES, PlanArrays, module_mask
-from cost_model.compute import precision_conflict
+from cost_model.compute import precision_conflict, precision_fix
 from cost_model.evaluate import evaluate as evaluate_plans
 from cost_model.memory import GIB, MEMORY_HEADROOM, fits_in_memory
 from cost_model.options import CostOptions
@@ -133,8 +134,10 @@ def _check_precision(training, cluster) -> None:
     """Refuse a precision the cluster's GPU cannot run (FP4 before Blackwell) before searching."""
     conflict = precision_conflict(training, cluster.gpu)
     if conflict:
-        raise InputError("training", "training.precision", conflict,
-                         "use --precision fp8 or bf16, or a cluster of Blackwell GPUs (b200, gb200-nvl72, ...)")
+        field, _ = precision_fix(training)
+        fix = ("use --fp8-recipe tensorwise, delayed or blockwise" if field == "training.fp8_recipe"
+               else "use --precision fp8 or bf16")
+        raise InputError("training", field, conflict, fix + ", or a cluster of Blackwell GPUs (b200, gb200-nvl72, ...)")
 
 
 def _parse_gpus(text: str | None, cluster) -> tuple[int, ...]:
@@ -638,10 +641,6 @@ def evaluate_command(
                       activation_offload_layers=activation_offload_layers)
     if zero_stage not in (0, 1, 2, 3):
         raise InputError("command line", "--zero-stage", f"must be 0, 1, 2 or 3, got {zero_stage}", "fix the value")
-    if dp_replicate < 1 or dp % dp_replicate != 0 or (dp_replicate > 1 and (zero_stage < 1 or dp * cp < 2 * dp_replicate)):
-        raise InputError("command line", "--dp-replicate", f"{dp_replicate} copies of the sharded states need ZeRO >= 1 "
-                         f"and a divisor of dp ({dp}) leaving at least 2 ranks a shard group",
-                         "use 1 (no hybrid sharding) or a divisor of dp with --zero-stage 1, 2 or 3")
     if pp > model_input.spec.num_layers:
         raise InputError("command line", "--pp", f"{pp} pipeline stages for {model_input.spec.num_layers} layers",
                          "use at most one stage per layer")
@@ -663,6 +662,10 @@ def evaluate_command(
                          f"than the cluster's {cluster_spec.num_gpus:,}", "lower a degree or use a larger cluster")
     if dp is None:
         dp = cluster_spec.num_gpus // model_parallel
+    if dp_replicate < 1 or dp % dp_replicate != 0 or (dp_replicate > 1 and (zero_stage < 1 or dp * cp < 2 * dp_replicate)):
+        raise InputError("command line", "--dp-replicate", f"{dp_replicate} copies of the sharded states need ZeRO >= 1 "
+                         f"and a divisor of dp ({dp}) leaving at least 2 ranks a shard group",
+                         "use 1 (no hybrid sharding) or a divisor of dp with --zero-stage 1, 2 or 3")
     if model_parallel * dp > cluster_spec.num_gpus:
         raise InputError("command line", "--dp", f"tp x pp x cp x dp = {model_parallel * dp:,} does not fit "
                          f"the cluster's {cluster_spec.num_gpus:,} GPUs", "lower a degree or use a larger cluster")
@@ -760,11 +763,12 @@ def validate_command(
             measured = f"{r.predicted_tflops / (1 + r.tflops_error):.0f}*"  # TFLOP/s implied by tokens/s
         typer.echo(f"{r.id[:44]:44s} {r.num_gpus:6d} {r.layout[:24]:24s} {measured:>7s} {r.predicted_tflops:7.0f} "
                    f"{error:>7s} {r.predicted_memory_gib:8.1f} {'yes' if r.fits else 'NO':>4s}  {r.source_group}"
-                   f"{'' if r.verified else ' (unverified)'}")
+                   f"{'' if r.verified else ' (unverified)'}{'' if r.precision == 'bf16' else f'  [{r.precision}]'}")
     typer.echo("TFLOP/s per GPU in this model's FLOP count (or with recompute where the source counts it); * = the "
                "source publishes tokens/s per GPU, compared as such (meas = the TFLOP/s those tokens/s imply).")
     typer.echo("")
     typer.echo(_source_table(stats, cross))
+    typer.echo(_precision_lines(rows))
     for label in ("verified", "all"):
         s = stats[label]
         if s["throughput_rows"]:
@@ -802,6 +806,18 @@ def _validate_serving(dataset: Optional[str], source: Optional[str], output: Out
         typer.echo(json.dumps(validation_json(priced, cross), indent=2))
     else:
         typer.echo("\n".join(validation_lines(priced, cross)))
+
+
+def _precision_lines(rows) -> str:
+    """Median throughput error of the rows of each GEMM precision and recipe (the first words of
+    ``ValidationRow.precision``), in the current fit."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        if r.tflops_error is not None:
+            groups.setdefault(" ".join(r.precision.split(" + ")[0].split()), []).append(r.tflops_error)
+    parts = [f"{name} {len(errors)} rows {statistics.median(abs(e) for e in errors):.1%} "
+             f"(signed {statistics.median(errors):+.1%})" for name, errors in sorted(groups.items())]
+    return "by precision (median |error|): " + "; ".join(parts)
 
 
 def _stored_cross_validation() -> dict | None:

@@ -25,7 +25,8 @@ from cost_model.evaluate import evaluate
 from cost_model.model_spec import ModelSpec
 from cost_model.training_spec import TrainingSpec
 from hardware.schema import ClusterSpec
-from cost_model.memory import GIB, fits_in_memory
+from cost_model.bf16_layers import has_bf16_layers
+from cost_model.memory import GIB, fits_in_memory, fp8_primary_weights
 from cost_model.model_loader import build_training, model_input_from_mapping
 from cost_model.options import CostOptions
 from cost_model.plan import PlanArrays, module_mask
@@ -57,6 +58,9 @@ class ValidationRow:
     source_group: str = ""
     """The publication (or family of pages) the row comes from; leave-one-source-out leaves it out whole."""
     stack: str = "megatron-core"
+    precision: str = "bf16"
+    """The GEMM precision the row was priced with (:func:`precision_label`): ``bf16``, ``fp8 tensorwise``,
+    ``fp8 mxfp8``, ``fp4 nvfp4``..., with ``+ fp8 weights`` (FP8 primary weights) and ``bf16 layers N+M``."""
 
     @property
     def tflops_error(self) -> float | None:
@@ -200,6 +204,17 @@ def row_conventions(row: dict[str, Any], options: CostOptions) -> CostOptions:
     return options.with_changes(mfu_attention_causal=count == "causal")
 
 
+def precision_label(training, plan: dict) -> str:
+    """How the row's GEMMs and weights were priced: precision and scaling recipe, FP8 primary weights
+    (:func:`cost_model.memory.fp8_primary_weights`), BF16 first/last layers (:mod:`cost_model.bf16_layers`)."""
+    label = training.precision + (f" {training.quantized_recipe}" if training.quantized_recipe else "")
+    if bool(fp8_primary_weights(training, PlanArrays.from_records([plan]))[0]):
+        label += " + fp8 weights"
+    if has_bf16_layers(training):
+        label += f" + bf16 layers {training.num_layers_at_start_in_bf16}+{training.num_layers_at_end_in_bf16}"
+    return label
+
+
 def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> ValidationRow:
     row, records, unknown = prepared.row, prepared.records, prepared.unknown
     num_gpus = int(row["cluster"]["num_gpus"])
@@ -232,7 +247,8 @@ def _compare(prepared: PreparedRow, metrics, cluster: ClusterSpec) -> Validation
                              memory_kind)[pick, metrics.peak_stage[pick]] / GIB),
                          memory_kind=memory_kind,
                          usable_memory_gib=cluster.gpu.memory_gib, assumptions=assumptions,
-                         source_group=prepared.source_group, stack=prepared.training.stack)
+                         source_group=prepared.source_group, stack=prepared.training.stack,
+                         precision=precision_label(prepared.training, plan))
 
 
 def validate_row(row: dict[str, Any], source: str, options: CostOptions | None = None) -> ValidationRow:
