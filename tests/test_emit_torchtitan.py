@@ -107,7 +107,7 @@ def test_the_launch_runs_the_priced_plan(grid):
             micro = int(v["parallelism.pipeline_parallel_microbatch_size"])
             assert (micro, local // micro * accumulation) == (knobs.micro_batch, knobs.num_microbatches)
             schedule = v["parallelism.pipeline_parallel_schedule"]
-            assert schedule == ("Interleaved1F1B" if knobs.vpp > 1 else "1F1B")
+            assert schedule == tt.SCHEDULE_NAMES[knobs.schedule]
             split = torchtitan_split(case.model.num_layers, knobs.pp, int(v["parallelism.pipeline_parallel_layers_per_stage"]),
                                      int(v["parallelism.pipeline_parallel_first_stage_less_layers"]),
                                      int(v["parallelism.pipeline_parallel_last_stage_less_layers"]))
