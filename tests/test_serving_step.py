@@ -139,12 +139,14 @@ def test_bottleneck_labels_and_shapes():
 
 def test_step_overhead_and_eager_issue_come_from_options():
     model = load_model("llama3-8b").spec
-    slow = ServingOptions(step_overhead_us=5000.0, eager_kernel_issue_us=100.0)
+    slow = ServingOptions(step_overhead_us=5000.0, step_overhead_per_request_us=40.0, eager_kernel_issue_us=100.0)
     pricing = price_instances(model, H100, _instances(tp=[1], cuda_graphs=False), slow)
     step = pricing.decode_step(1, 100)
     kernels = pricing.kernels_per_pass[0]
-    assert step.total_s[0] == pytest.approx(5e-3 + kernels * 100e-6)
+    assert step.total_s[0] == pytest.approx(5e-3 + 40e-6 + kernels * 100e-6)
     assert step.host_s[0] == step.total_s[0]
+    # Eight requests: the host's per-request work eight times, still host bound.
+    assert pricing.decode_step(8, 100).total_s[0] == pytest.approx(5e-3 + 8 * 40e-6 + kernels * 100e-6)
 
 
 @pytest.mark.parametrize("name", ["llama3-70b", "deepseek-v3", "mixtral-8x7b", "qwen3-30b-a3b"])

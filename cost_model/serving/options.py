@@ -36,6 +36,7 @@ BOUNDS = {
     "gpu_memory_utilization": (0.05, 1.0),
     "kv_block_tokens": (1, 1024),
     "step_overhead_us": (0.0, 200_000.0),
+    "step_overhead_per_request_us": (0.0, 1_000.0),
     "eager_kernel_issue_us": (0.0, 500.0),
     "graph_launch_us": (0.0, 10_000.0),
     "cuda_context_gib": (0.0, 8.0),
@@ -68,6 +69,14 @@ class ServingOptions:
     2024-09-05) measures the GPU idle for most of a Llama 3 8B H100 step before its CPU-overhead work, and
     the decode inter-token latency of Llama 3 8B BF16 on one H100 at batch 1 (about 6.5-7 ms) sits about 1 ms
     above its 16 GB weight read at 85% of 3.35 TB/s (5.6 ms). Fitted by ``calibrate --serving``."""
+
+    step_overhead_per_request_us: float = _fitted("step_overhead_per_request_us", 10.0)
+    """CPU time of one engine step per running request of the attention rank: the Python-side work each
+    request costs every step (its input ids, positions and block-table row, sampling parameters, appending
+    the sampled token, stop checks, detokenization). The vLLM v0.6.0 performance note (vLLM blog,
+    2024-09-05) attributes most of a step's CPU time at large batches to these per-request stages; no
+    per-request figure is published, so the prior (10 us) is wide and ``calibrate --serving`` fits it:
+    at max load with thousands of running requests it, not the GPU, bounds small models' throughput."""
 
     eager_kernel_issue_us: float = _fitted("eager_kernel_issue_us", 20.0)
     """Host time to issue one kernel from eager PyTorch (CUDA graphs off: vLLM ``--enforce-eager``, SGLang

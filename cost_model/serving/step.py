@@ -6,8 +6,9 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
     total = step_overhead + max(launch, gpu)
     gpu   = max(hbm, gemm + attention) + tp_comm + ep_comm + pp
 
-* ``step_overhead`` (:attr:`ServingOptions.step_overhead_us`, fitted): CPU work the GPU waits for in every
-  step (scheduling, input preparation, sampling, output processing).
+* ``step_overhead`` (:attr:`ServingOptions.step_overhead_us` plus
+  :attr:`ServingOptions.step_overhead_per_request_us` for each request of the step, both fitted): CPU work
+  the GPU waits for in every step (scheduling, input preparation, sampling, output processing).
 * ``launch``: the host issuing the step's kernels. Eager (no CUDA graphs): kernels x
   :attr:`ServingOptions.eager_kernel_issue_us`; the host runs ahead of the GPU inside a step, so the
   step takes the larger of the two, not their sum. The kernel inventory is the training model's
@@ -367,10 +368,12 @@ class InstancePricing:
         return tp_comm, ep_comm, pp_s
 
     def _assemble(self, launch_s, hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                  gemm_flops) -> StepTimes:
+                  gemm_flops, requests=0.0) -> StepTimes:
         """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
-        rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm")."""
-        overhead_s = self.options.step_overhead_us * 1e-6
+        rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm");
+        ``requests``: the attention rank's requests in the step, each costing the host
+        :attr:`ServingOptions.step_overhead_per_request_us`."""
+        overhead_s = (self.options.step_overhead_us + self.options.step_overhead_per_request_us * requests) * 1e-6
         roof_s = np.maximum(hbm_s, gemm_s + attention_s)
         gpu_s = roof_s + tp_comm_s + ep_comm_s + pp_s
         total_s = overhead_s + np.maximum(launch_s, gpu_s)
@@ -431,7 +434,7 @@ class InstancePricing:
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, tokens, col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                              gemm_flops)
+                              gemm_flops, requests=batch)
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -466,7 +469,7 @@ class InstancePricing:
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
         return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                              gemm_flops)
+                              gemm_flops, requests=np.ceil(requests))
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
