@@ -161,3 +161,15 @@ def test_more_replicas_never_lower_goodput():
         assert (np.diff(goodput) >= -1e-9 * goodput.max()).all()
     metrics = evaluate(scenario, ServingPlanArrays.aggregated(instances.take(np.zeros(2, dtype=int)), [1, 2]))
     assert metrics.goodput_requests_per_s[1] == pytest.approx(2 * metrics.goodput_requests_per_s[0], rel=1e-6)
+
+
+def test_at_max_load_multiples_of_a_count_pair_are_one_plan():
+    grid = ServingGrid(max_gpus=64, min_gpus=20, num_layers=80)
+    prefill, decode = _instances([4]), _instances([8])
+    plans = disaggregated_plans(prefill, decode, np.asarray([3.0]), np.asarray([7.0]), grid, fewest_replicas=True)
+    pairs = list(zip(plans.prefill_instances.tolist(), plans.decode_instances.tolist()))
+    # d = 1, 2, 3 need p = 3, 5, 7 (coprime already); each scaled to reach 20 GPUs: (3,1) is 20 GPUs
+    assert pairs == [(3, 1), (5, 2), (7, 3)]
+    many = disaggregated_plans(prefill, decode, np.asarray([1.0]), np.asarray([1.0]), grid, fewest_replicas=True)
+    # p = d for every d: one pair, 1:1, doubled to reach 20 GPUs (12 x 2 = 24)
+    assert list(zip(many.prefill_instances.tolist(), many.decode_instances.tolist())) == [(2, 2)]

@@ -159,7 +159,8 @@ def aggregated_plans(instances: InstanceArrays, grid: ServingGrid, fewest_replic
 
 
 def disaggregated_plans(prefill: InstanceArrays, decode: InstanceArrays, prefill_rate_per_s: np.ndarray,
-                        decode_rate_per_s: np.ndarray, grid: ServingGrid) -> ServingPlanArrays:
+                        decode_rate_per_s: np.ndarray, grid: ServingGrid,
+                        fewest_replicas: bool = False) -> ServingPlanArrays:
     """Every (prefill layout, decode layout) pair with the prefill:decode instance counts their capacities
     ask for, within the GPU budget.
 
@@ -168,7 +169,11 @@ def disaggregated_plans(prefill: InstanceArrays, decode: InstanceArrays, prefill
     ``d x decode_rate`` requests/s; the prefill instances must keep up, ``p = ceil(d x decode_rate /
     prefill_rate)`` (Splitwise, Patel et al. 2024 §4.3; DistServe, Zhong et al. 2024 §4.1: the
     phases' instance counts in the ratio of their per-instance goodputs). ``d`` runs over
-    :func:`replica_counts` of the budget; pairs above the budget, or below ``min_gpus``, are dropped."""
+    :func:`replica_counts` of the budget; pairs above the budget, or below ``min_gpus``, are dropped.
+
+    ``fewest_replicas`` (max load, as :func:`aggregated_plans`): ``k p`` prefill and ``k d`` decode
+    instances are ``p`` and ``d`` k times over, so each count pair is divided by its greatest common
+    divisor and multiplied only as far as ``min_gpus`` needs."""
     n_p, n_d = len(prefill), len(decode)
     pi, di = (a.ravel() for a in np.meshgrid(np.arange(n_p), np.arange(n_d), indexing="ij"))
     ladder = replica_counts(grid.max_gpus)
@@ -180,6 +185,16 @@ def disaggregated_plans(prefill: InstanceArrays, decode: InstanceArrays, prefill
         p_float = np.ceil(d_count * np.where(np.isfinite(ratio) & (ratio > 0), ratio, np.inf) - 1e-9)
     valid = np.isfinite(p_float)
     p_count = np.where(valid, np.maximum(p_float, 1), 0).astype(np.int64)
+    if fewest_replicas:
+        common = np.maximum(np.gcd(p_count, d_count), 1)
+        p_count, d_count = p_count // common, d_count // common
+        total = p_count * prefill.gpus[pi[pair]] + d_count * decode.gpus[di[pair]]
+        times = np.maximum(-(-grid.min_gpus // np.maximum(total, 1)), 1)
+        p_count, d_count = p_count * times, d_count * times
+        _, first = np.unique(np.stack([pair, p_count, d_count], axis=1), axis=0, return_index=True)
+        unique = np.zeros(len(pair), dtype=bool)
+        unique[first] = True
+        valid &= unique
     total = p_count * prefill.gpus[pi[pair]] + d_count * decode.gpus[di[pair]]
     keep = valid & (total <= grid.max_gpus) & (total >= grid.min_gpus)
     chosen = pair[keep]

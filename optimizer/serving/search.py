@@ -175,7 +175,8 @@ def candidate_plans(scenario: ServingScenario) -> ServingPlanArrays:
         parts.append(aggregated_plans(instances, grid, fewest_replicas=not loaded(scenario)))
     if "disagg" in grid.modes:
         prefill, prefill_rate, decode, decode_rate = phase_candidates(scenario, instances)
-        parts.append(disaggregated_plans(prefill, decode, prefill_rate, decode_rate, grid))
+        parts.append(disaggregated_plans(prefill, decode, prefill_rate, decode_rate, grid,
+                                         fewest_replicas=not loaded(scenario)))
     return concatenate(parts)
 
 
