@@ -268,7 +268,7 @@ def test_weights_that_do_not_fit_ask_for_more_gpus_or_fp8(capsys):
     (("--target-rate", "1", "--target-concurrency", "4"), "--target-concurrency"),
     (("--target-rate", "0"), "--target-rate"), (("--objective", "fastest"), "--objective"),
     (("--emit", "vllm", "--format", "csv"), "--emit"), (("--top", "0"), "--top"),
-    (("--max-model-len", "10"), "--max-model-len"),
+    (("--max-model-len", "10"), "--max-model-len"), (("--model-path", "x"), "--model-path"),
 ])
 def test_input_errors_are_one_line(capsys, flags, named):
     code, out, err = run(capsys, *BASE, *flags)

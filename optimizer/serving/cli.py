@@ -64,6 +64,16 @@ MODEL_PATH_OPTION = typer.Option(None, "--model-path", help="With --emit: the ch
                                  "the engine loads (default: MODEL).")
 
 
+def _check_emit(engine: Engine | None, output: OutputFormat, model_path: str | None) -> None:
+    """--emit has no place in CSV; --model-path only says what --emit's command loads."""
+    if engine and output is OutputFormat.csv:
+        raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
+                         "use --format json or table, or drop --emit")
+    if model_path is not None and not engine:
+        raise InputError("command line", "--model-path", "names the checkpoint of the emitted command, but --emit "
+                         "is not given", "add --emit vllm|sglang|trtllm or drop --model-path")
+
+
 def _inputs(cluster: str, model: str, workload: str, price: float | None, max_model_len: int | None):
     """The cluster (with ``--price``), the model and the workload (with ``--max-model-len``)."""
     from cost_model.model_loader import load_model
@@ -155,9 +165,7 @@ def serve_search_command(
                          f"write e.g. --objective {OBJECTIVES[0]}")
     if top < 1:
         raise InputError("command line", "--top", f"must be at least 1, got {top}", "fix the value")
-    if engine and output is OutputFormat.csv:
-        raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
-                         "use --format json or table, or drop --emit")
+    _check_emit(engine, output, model_path)
     check_target(target_rate, target_concurrency)
     cluster_spec, model_input, workload_spec = _inputs(cluster, model, workload, price, max_model_len)
     if objective in NEEDS_TARGET and target_rate is None and target_concurrency is None \
@@ -280,9 +288,7 @@ def serve_evaluate_command(
     from .search import Kept, ServingScenario, evaluate
     from ..report import fit_text
 
-    if engine and output is OutputFormat.csv:
-        raise InputError("command line", "--emit", "has no place in CSV output (one row per plan)",
-                         "use --format json or table, or drop --emit")
+    _check_emit(engine, output, model_path)
     check_target(target_rate, target_concurrency)
     cluster_spec, model_input, workload_spec = _inputs(cluster, model, workload, price, max_model_len)
     spec = model_input.spec
