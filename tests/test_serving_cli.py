@@ -65,6 +65,20 @@ def test_serve_prints_the_ranked_table_and_plan_1(capsys, monkeypatch):
     assert "Traceback" not in err
 
 
+def test_bundled_workload_on_the_bundled_cluster_sizes_the_fleet(capsys):
+    """examples/serving-chat.yaml (20 req/s Poisson, p99 TTFT 1 s, TPOT 50 ms) on examples/cluster.yaml:
+    every listed plan carries the rate within the SLO with at most the GPUs it holds, fewest GPUs first."""
+    code, document = serve_json(capsys, "serve", str(ROOT / "examples" / "cluster.yaml"), "llama3-70b",
+                                str(ROOT / "examples" / "serving-chat.yaml"), "--gpus", "16", "--objective", "min_gpus")
+    assert code == 0 and document["scenario"]["request_rate_per_s"] == 20
+    assert document["scenario"]["price_per_gpu_hour_usd"] == 2.5  # the cluster file's contract price
+    needed = [plan["min_gpus_for_target"] for plan in document["plans"]]
+    assert needed == sorted(needed)
+    for plan in document["plans"]:
+        assert plan["requests_per_s"] == pytest.approx(20) and plan["min_gpus_for_target"] <= plan["num_gpus"]
+        assert plan["ttft_ms_p99"] <= 1000 and plan["tpot_ms_p99"] <= 50
+
+
 def test_serve_is_serve_search(capsys):
     """``plan-search serve C M W`` runs ``serve search`` (the group's default command)."""
     _, implied = serve_json(capsys, *BASE, "--top", "4")
