@@ -143,12 +143,12 @@ def is_slo_rule(name: str) -> bool:
     return "slo" in name or name.startswith(("ttft", "tpot"))
 
 
-def evaluate(scenario: ServingScenario, plans: ServingPlanArrays, workload: Any = None):
+def evaluate(scenario: ServingScenario, plans: ServingPlanArrays):
     """The serving cost model on ``plans`` (one vectorised call), under the scenario's load; with an
     engine, its start-up rules are among the violations."""
     from cost_model.serving.evaluate import evaluate_serving
 
-    metrics = evaluate_serving(scenario.model, scenario.cluster, workload or scenario.workload, plans,
+    metrics = evaluate_serving(scenario.model, scenario.cluster, scenario.workload, plans,
                                _options(scenario), target_rate_per_s=scenario.target_rate_per_s,
                                target_concurrency=scenario.target_concurrency)
     if scenario.engine:
