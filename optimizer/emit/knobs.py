@@ -63,7 +63,8 @@ class LaunchKnobs:
     stage_chunks: tuple[tuple[int, ...], ...]
     """Decoder layers of each virtual chunk of each stage, first stage first, chunk 0 first (the priced chunk
     split, :func:`cost_model.stages.chunk_layers`: even, the short chunks where the embedding and the loss
-    sit). One chunk per stage without interleaving."""
+    sit). One chunk per stage without interleaving; under a V schedule (``zbv``, ``dualpipev``) rank r's
+    chunks r and 2pp-1-r, so rank 0 holds both short end chunks."""
     zero_stage: int
     """0 = replicated (DDP), 1 = optimizer state sharded, 2 = + gradients, 3 = + weights (FSDP)."""
     optimizer_offload: bool
@@ -140,15 +141,20 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
     stages = (model.num_layers,) if pp == 1 else (first, *([k] * (pp - 2)), last)
     chunks = tuple(tuple(chunk_layers(layers, vpp, "first" if rank < len(stages) - 1 or pp == 1 else "last"))
                    for rank, layers in enumerate(stages))
+    schedule = values["schedule"]
+    if not isinstance(schedule, str):  # a code; BY_VPP: what Megatron runs for these knobs
+        schedule = ("interleaved" if vpp > 1 else "1f1b") if int(schedule) == BY_VPP else SCHEDULES[int(schedule)]
+    if schedule in ("zbv", "dualpipev") and pp > 1:
+        # A V: rank r holds chunks r and 2pp-1-r, so rank 0 holds both short end chunks (cost_model.stages).
+        half = k // 2
+        chunks = ((half - (k - first), half - (k - last)),) + ((half, k - half),) * (pp - 1)
+        stages = tuple(sum(pair) for pair in chunks)
     chunk = -(-k // vpp)
     asked = int(values["recompute_num_layers"])
     layers = (chunk if asked < 0 else min(asked, chunk)) if recompute == RECOMPUTE_MODES[FULL] else 0
     modules = tuple(module_names(int(values["recompute_modules"]))) if recompute == RECOMPUTE_MODES[SELECTIVE] else ()
     ep = int(values["ep"])
     recompute_code = RECOMPUTE_MODES.index(recompute)
-    schedule = values["schedule"]
-    if not isinstance(schedule, str):  # a code; BY_VPP: what Megatron runs for these knobs
-        schedule = ("interleaved" if vpp > 1 else "1f1b") if int(schedule) == BY_VPP else SCHEDULES[int(schedule)]
     # The EP overlap runs in Megatron's merged 1F1B where Megatron accepts it, and in DualPipe's F&B pairs.
     accepts = (ep > 1) if schedule in ("dualpipe", "dualpipev") else (
         schedule in ("1f1b", "interleaved") and bool(megatron_accepts_overlap(ep, recompute_code, pp, vpp)))

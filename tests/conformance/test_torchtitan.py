@@ -142,19 +142,19 @@ def _parse(argv: tuple[str, ...]):
 
 
 def _stage_chunks_per_rank(config, pp: int) -> list[list[int]]:
-    """Layers of each virtual stage of each pipeline rank as torchtitan splits them (virtual stage i on rank
-    i mod pp)."""
+    """Layers of each virtual stage of each pipeline rank as torchtitan splits and places them (its own
+    ``_get_pp_rank_to_stage_indices_mapping``: stage i on rank i mod pp, or a V for ZBV and DualPipeV)."""
     from torchtitan.distributed import ParallelDims
-    from torchtitan.distributed.pipeline_parallel import _generate_llm_fqn_per_model_part, _get_pipeline_metadata
+    from torchtitan.distributed.pipeline_parallel import (_generate_llm_fqn_per_model_part, _get_pipeline_metadata,
+                                                          _get_pp_rank_to_stage_indices_mapping)
 
     dims = ParallelDims.from_config(config.parallelism, world_size=_world(config))
     stages, layers, first, last = _get_pipeline_metadata(dims, config.parallelism, config.model_spec.model)
     parts = _generate_llm_fqn_per_model_part(stages, layers, first, last)
-    per_rank: list[list[int]] = [[] for _ in range(pp)]
-    for i, part in enumerate(parts):
-        per_rank[i % pp].append(sum(1 for name in part if name.startswith("layers.")))
     assert stages == pp * (stages // pp)
-    return per_rank
+    schedule = config.parallelism.pipeline_parallel_schedule
+    return [[sum(1 for name in parts[i] if name.startswith("layers."))
+             for i in _get_pp_rank_to_stage_indices_mapping(rank, pp, schedule, stages)] for rank in range(pp)]
 
 
 def _stage_layers_per_rank(config, pp: int) -> list[int]:
