@@ -248,3 +248,21 @@ def test_closed_loop_ttft_against_nim_llama33_70b_tp2_sweep(llama):
     one = evaluate_serving(llama, h100, _fixed(5000, 500), plans, target_concurrency=1)
     assert one.ttft_ms_mean[0] == pytest.approx(one.ttft_ms_p50[0], rel=1e-3)  # one user never queues
     assert one.ttft_ms_mean[0] < means[5] < means[25] < means[50]
+
+
+def test_disaggregated_closed_loop_waits_by_mean_value_analysis(llama, cluster):
+    # One TP4 prefill and one TP4 decode instance, 2,000-token prompts: one user never waits (TTFT = its
+    # prefill and KV transfer); with more users the prefill rank's wait is u rho S / (1 - u rho), u = (C - 1)/C,
+    # the decode batch is what the prefill phase does not hold, and Little's law closes the loop:
+    # C = X (TTFT_mean + n_dec T) below saturation and past it.
+    plans = ServingPlanArrays.disaggregated_plans(_instances([4]), _instances([4]), [1], [1])
+    workload = _fixed(2000, 200)
+    alone = evaluate_serving(llama, cluster, workload, plans, target_concurrency=1)
+    assert alone.ttft_ms_mean[0] == pytest.approx(alone.ttft_ms_p50[0], rel=1e-6)
+    means = [alone.ttft_ms_mean[0]]
+    for c in (8, 32, 128):
+        m = evaluate_serving(llama, cluster, workload, plans, target_concurrency=c)
+        means.append(m.ttft_ms_mean[0])
+        step_s = 1.0 / m.tokens_per_s_per_user[0]
+        assert m.requests_per_s[0] * (m.ttft_ms_mean[0] / 1e3 + 199 * step_s) == pytest.approx(c, rel=0.01)  # grid interpolation
+    assert means[0] < means[1] < means[2] < means[3]

@@ -72,6 +72,8 @@ REPORTED_QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 
 _DECODE_GRID = np.unique(np.concatenate([np.geomspace(1e-4, 0.05, 14), np.linspace(0.05, 1.0, 26)]))
 """Decode batch grid as fractions of the largest batch: dense at the top, where goodput and max load sit."""
+_DISAGG_CLOSED_LOOP_ITERATIONS = 40
+"""Bisection steps for a disaggregated closed loop's rate (2^-40 of the top rate)."""
 _TOKEN_GRID_POINTS = 40
 """Points of the prefill-time table over prompt tokens (geometric from 1 to the longest needed)."""
 STEP_FIELDS = ("host_s", "hbm_s", "gemm_s", "attention_s", "tp_comm_s", "ep_comm_s", "pp_s", "total_s")
@@ -497,9 +499,18 @@ def _prefill_phase(table: _PrefillTable, instances: InstanceArrays, lengths: _Le
     own_mean = table.own_prefill_s(lengths.prompt_mean, chunk, one) + transfer["mean"]
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
 
-    def ttft(rate: np.ndarray) -> dict[str, np.ndarray]:
+    def ttft(rate: np.ndarray, fleet_concurrency: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """TTFT at ``rate`` per prefill rank: Poisson arrivals (M/G/1), or a closed loop of
+        ``fleet_concurrency`` requests (mean-value analysis: an arrival finds (C - 1)/C of the rank's queue,
+        :func:`cost_model.serving.queueing.closed_loop_wait`)."""
         rho = rate * mean_service
-        wait = q.mg1_mean_wait_s(rate, mean_service, second)
+        if fleet_concurrency is None:
+            wait = q.mg1_mean_wait_s(rate, mean_service, second)
+        else:
+            u = 1.0 - 1.0 / np.maximum(np.asarray(fleet_concurrency, dtype=np.float64), 1.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                wait = np.where(rho < 1.0, u * rho * mean_service / (1.0 - u * rho), np.inf)
+            rho = u * rho
         out = {name: q.wait_quantile_s(wait, rho, quantiles[name]) + own[name] for name in quantiles}
         out["mean"] = wait + own_mean
         return out
@@ -738,7 +749,8 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
     TTFT without the outside queue.
     Disaggregated: the decode engines hold B = min(C, B_max) (prefill and transfer are short beside decode),
     the fleet rate is the smaller of decode's B / (n_dec t_dec) and prefill's capacity; TTFT is the prefill
-    queue's (M/G/1, at most Little's C / X - n_dec t_dec), or the service alone at max load."""
+    queue's (mean-value analysis of the closed loop, at most Little's C / X - n_dec t_dec), or the service
+    alone at max load."""
     n = len(plans)
     agg = ~plans.disaggregated
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
@@ -783,16 +795,38 @@ def _closed_loop(grid_agg: _Grid, grid_dec: _Grid, table: _PrefillTable, plans: 
                               np.maximum(little - own_mean, 0.0) / np.maximum(little, own_mean),
                               np.where(saturated, g.closed_wait_share[rows, top], at(g.closed_wait_share)))
 
-    # Disaggregated: decode engines hold min(C, B_max), prefill engines keep up or bound the rate.
-    b_dec = np.minimum(c_rank, batch_max)
-    t_dec_d = _interp_common(_DECODE_GRID, grid_dec.t_dec, b_dec / np.maximum(batch_max, 1e-6))
-    rate_d_rank = b_dec / (lengths.decode_steps * t_dec_d)
-    fleet_d = np.minimum(rate_d_rank * ranks_d, pf_capacity * ranks_p)
+    # Disaggregated: decode engines hold what the prefill phase does not, at most B_max; prefill engines keep up
+    # or bound the rate. With C requests in flight the fleet rate X solves C = ranks_d B(X) + X TTFT_mean(X)
+    # (Little on both phases; B(X) off the decode grid, TTFT by mean-value analysis), both sides rising in X:
+    # bisection. Past the largest C the engines hold, X is the top rate and the rest wait (Little bounds TTFT).
     service = pf_ttft(np.zeros(n))  # own chunks and the KV transfer, no wait
-    queued = pf_ttft(np.minimum(fleet_d / ranks_p, pf_capacity * (1 - 1e-6)))
+    b_dec = np.minimum(c_rank, batch_max)
+    if per_rank is None:
+        t_dec_d = _interp_common(_DECODE_GRID, grid_dec.t_dec, b_dec / np.maximum(batch_max, 1e-6))
+        fleet_d = np.minimum(b_dec / (lengths.decode_steps * t_dec_d) * ranks_d, pf_capacity * ranks_p)
+        queued = service
+    else:
+        fleet_c = per_rank * ranks_d
+        rising = np.maximum.accumulate(grid_dec.rate, axis=1)
+        top_rate = np.minimum(pf_capacity * ranks_p * (1 - 1e-6), rising[:, -1] * ranks_d)
+
+        def in_flight(x: np.ndarray):
+            batch_at = _RowLookup(rising, x / ranks_d)(grid_dec.batch)
+            ttft_at = pf_ttft(x / ranks_p, fleet_c)
+            return ranks_d * batch_at + x * np.where(np.isfinite(ttft_at["mean"]), ttft_at["mean"], np.inf), batch_at
+
+        lo, hi = np.zeros(n), top_rate.copy()
+        for _ in range(_DISAGG_CLOSED_LOOP_ITERATIONS):
+            mid = 0.5 * (lo + hi)
+            below = in_flight(mid)[0] <= fleet_c
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        fleet_d = np.where(in_flight(top_rate)[0] <= fleet_c, top_rate, lo)
+        b_dec = np.maximum(in_flight(fleet_d)[1], np.minimum(c_rank, 1.0))
+        t_dec_d = _interp_common(_DECODE_GRID, grid_dec.t_dec, b_dec / np.maximum(batch_max, 1e-6))
+        queued = pf_ttft(fleet_d / ranks_p, fleet_c)
     if per_rank is None:  # engines full, the queue outside them not counted (as max-load benchmarks report)
         pf_lat = service
-    else:  # a closed loop's queue is at most its requests: Little's law bounds the M/G/1 wait
+    else:  # past the top rate the rest wait outside the engines: Little's law gives their TTFT
         with np.errstate(divide="ignore", invalid="ignore"):
             little = np.where(fleet_d > 0, per_rank * ranks_d / fleet_d - lengths.decode_steps * t_dec_d, np.inf)
         extra = np.maximum(little - service["p50"], 0.0)
