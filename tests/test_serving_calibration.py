@@ -159,3 +159,26 @@ def test_gpu_generation_pairs_by_hand():
     # A GB200 at 3050 (predicted 100): its pair with the B200 is a tie within 2% and not counted; its pairs
     # with the H100 and H200 are both ordered wrong.
     assert sf.generation_pairs(priced + [_priced("4", "gb200-nvl72", 3050, 100)]) == (2, 5)
+
+
+def test_family_departures_reach_the_gpu_the_step_prices():
+    from cost_model.serving.options import ServingOptions
+    from cost_model.serving.plan import InstanceArrays
+    from cost_model.serving.step import price_instances
+    from cost_model.model_loader import load_model
+    from hardware.loader import load_cluster
+
+    h100, a100 = load_cluster("h100-sxm"), load_cluster("a100-sxm-80gb")
+    values = {"hbm.hopper": 0.9, "gemm.hopper.fp8": 1.1, "gemm.ampere.bf16": 2.0}
+    # H100: HBM 0.85 x 0.9; FP8 GEMMs the preset's training-fitted share x 1.1; its BF16 share untouched.
+    assert sf.serving_gpu_overrides(h100.gpu, values) == pytest.approx(
+        {"hbm_efficiency": 0.85 * 0.9, "gemm_efficiency_fp8": h100.gpu.gemm_efficiency_fp8 * 1.1})
+    # A100: a departure never lifts an efficiency past 0.98.
+    assert sf.serving_gpu_overrides(a100.gpu, values) == {"gemm_efficiency": 0.98}
+    # The step pricing applies what the options carry: a 10% slower HBM stretches a weight-bound step.
+    model = load_model("llama3-70b").spec
+    instances = InstanceArrays.from_columns({"tp": [2], "max_num_seqs": [1], "max_num_batched_tokens": [2048]})
+    base = ServingOptions(gpu_departures=())
+    slow = base.with_changes(gpu_departures=(("hbm.hopper", 0.9),))
+    hbm = [price_instances(model, h100, instances, o).decode_step(1, 1000).hbm_s[0] for o in (base, slow)]
+    assert hbm[1] == pytest.approx(hbm[0] / 0.9)

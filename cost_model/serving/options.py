@@ -28,6 +28,40 @@ def serving_fitted_parameters(path: Path = SERVING_FITTED_FILE) -> dict[str, flo
     return stored_parameters(path)
 
 
+GPU_DEPARTURE_PREFIXES = ("hbm.", "gemm.")
+"""Names of the serving calibration's per GPU family (x precision) departures in ``serving_fitted.yaml``."""
+
+GPU_EFFICIENCY_FIELDS = {"bf16": "gemm_efficiency", "fp8": "gemm_efficiency_fp8", "fp4": "gemm_efficiency_fp4"}
+
+MAX_EFFICIENCY = 0.98
+"""No kernel reaches its peak: a departure never lifts an efficiency above this."""
+
+
+def _fitted_departures():
+    return field(default_factory=lambda: tuple(sorted(
+        (name, value) for name, value in serving_fitted_parameters().items() if name.startswith(GPU_DEPARTURE_PREFIXES))))
+
+
+def fitted_gpu(gpu: Any, departures: tuple[tuple[str, float], ...]) -> Any:
+    """``gpu`` with the departures of its family applied: ``hbm.<family>`` multiplies ``hbm_efficiency``,
+    ``gemm.<family>.<precision>`` that precision's ``gemm_efficiency[_fp8|_fp4]`` (at most
+    :data:`MAX_EFFICIENCY`); unchanged when none names its family."""
+    from ..calibration.bands import gpu_family
+
+    values = dict(departures)
+    if not values:
+        return gpu
+    family = gpu_family(gpu)
+    update: dict[str, float] = {}
+    if f"hbm.{family}" in values:
+        update["hbm_efficiency"] = min(gpu.hbm_efficiency * values[f"hbm.{family}"], MAX_EFFICIENCY)
+    for precision, name in GPU_EFFICIENCY_FIELDS.items():
+        base = getattr(gpu, name, None)
+        if f"gemm.{family}.{precision}" in values and base:
+            update[name] = min(base * values[f"gemm.{family}.{precision}"], MAX_EFFICIENCY)
+    return gpu.model_copy(update=update) if update else gpu
+
+
 def _fitted(name: str, prior: float):
     return field(default_factory=lambda: serving_fitted_parameters().get(name, prior))
 
@@ -150,6 +184,11 @@ class ServingOptions:
     Hopper tiles are 64 rows; a decode GEMM of batch 8, or an expert that received 5 tokens, computes 64
     rows. (Weight streaming, not this, bounds small decode GEMMs; it matters for MoE experts with few
     tokens each.)"""
+
+    gpu_departures: tuple[tuple[str, float], ...] = _fitted_departures()
+    """Per GPU family (x precision) departures of the GPU presets' achieved efficiencies that
+    ``calibrate --serving`` fits (``hbm.<family>``, ``gemm.<family>.<precision>``; :func:`fitted_gpu`);
+    empty before any serving calibration, i.e. the presets as they are."""
 
     cost: CostOptions = field(default_factory=CostOptions)
     """The training cost model's options the serving model reuses (GEMM tile, kernel overhead, NCCL

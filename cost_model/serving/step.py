@@ -16,7 +16,8 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   experts as fused MoE kernels run them) plus one per collective. The count does not depend on TP: each
   TP rank's process issues its own copy at the same time. With graphs: one graph launch per pipeline
   stage and micro-batch.
-* ``hbm``: bytes the step must stream at the achieved HBM bandwidth (``hbm_GBps x hbm_efficiency``):
+* ``hbm``: bytes the step must stream at the achieved HBM bandwidth (``hbm_GBps x hbm_efficiency``, the
+  preset's efficiencies times the serving calibration's family departures, :func:`options.fitted_gpu`):
   every weight it touches (for MoE only the experts that received a token: of E experts with top-k
   routing, T tokens touch E (1 - (1 - k/E)^T) in expectation, uniform routing), the KV cache of each
   request (sliding-window layers up to the window), the new tokens' KV writes and the element-wise
@@ -82,7 +83,7 @@ from ..host import ATTENTION, EXPERT_GROUPED_GEMMS, MLA_ATTENTION, MLP, MOE_FIXE
 from ..model_spec import ModelSpec
 from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
 from .memory import layer_weights
-from .options import ServingOptions
+from .options import ServingOptions, fitted_gpu
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
 from .queueing import moe_max_load_factor
 
@@ -174,7 +175,7 @@ class InstancePricing:
         self.cluster = cluster
         self.instances = instances
         self.options = options = options or ServingOptions()
-        gpu, topology = cluster.gpu, cluster.topology
+        gpu, topology = fitted_gpu(cluster.gpu, options.gpu_departures), cluster.topology
         n = len(instances)
         # One pricer per weight precision; its rates become per-instance arrays.
         pricers = [_Pricer.for_precision(gpu, name, options.cost) for name in WEIGHT_PRECISIONS]
