@@ -177,6 +177,17 @@ def _hand_built() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
          dict(moe, tp=2, pp=8, dp=16, ep=32, etp=1, sequence_parallel=True, recompute=SELECTIVE,
               recompute_modules=module_mask(["mla_up_proj", "moe_act"]))),
         ("context parallel 4", "llama3-8b", {"seq_length": 32768, "global_batch_size": 64}, dict(base, cp=4, dp=1)),
+        ("HSDP: distributed optimizer in 2 copies of 4 ranks", "llama3-8b", dense,
+         dict(base, tp=1, dp=8, sequence_parallel=False, dp_replicate=2)),
+        ("HSDP: Megatron-FSDP ZeRO-3 in 2 copies of 4 ranks", "llama3-8b", dense,
+         dict(base, tp=1, dp=8, zero_stage=3, sequence_parallel=False, dp_replicate=2)),
+        ("FP8 current scaling, FP8 weights, BF16 first and last layer", "llama3-8b",
+         {**dense, "precision": "fp8", "fp8_recipe": "tensorwise", "num_layers_at_start_in_bf16": 1,
+          "num_layers_at_end_in_bf16": 1}, base),
+        ("MXFP8 weights gathered through the gradient buffer", "llama3-8b",
+         {**dense, "precision": "fp8", "fp8_recipe": "mxfp8"}, base),
+        ("NVFP4 with the last 4 layers in BF16 (Bridge's Llama 3 8B recipe)", "llama3-8b",
+         {**dense, "precision": "fp4", "num_layers_at_end_in_bf16": 4}, base),
     ]
 
 

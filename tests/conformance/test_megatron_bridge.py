@@ -262,9 +262,18 @@ def assert_priced_plan(cfg, num_microbatches: int, knobs) -> None:
         # Transformer Engine's formats as Bridge's own FP8 recipes set them: E4M3 for MXFP8, hybrid otherwise.
         assert model.fp8 == ("e4m3" if training.fp8_recipe == "mxfp8" else "hybrid")
         assert model.fp8_recipe == training.fp8_recipe
-        assert not model.first_last_layers_bf16 and not model.fp8_param
     else:
         assert model.fp8 is None
+    # FP8 primary weights and BF16 first/last layers as priced (megatron_core.low_precision_settings).
+    from optimizer.emit.megatron_core import low_precision_settings
+    low = low_precision_settings(knobs)
+    assert bool(model.fp8_param) == low["fp8_param_gather"]
+    assert bool(model.first_last_layers_bf16) == low["first_last_layers_bf16"]
+    if low["first_last_layers_bf16"]:
+        assert (model.num_layers_at_start_in_bf16, model.num_layers_at_end_in_bf16) == (
+            low["num_layers_at_start_in_bf16"], low["num_layers_at_end_in_bf16"])
+    assert not getattr(model, "fp4_param", False)
+    assert cfg.ddp.num_distributed_optimizer_instances == (knobs.dp_replicate if knobs.zero_stage >= 1 else 1)
     assert cfg.ddp.grad_reduce_in_fp32 == (training.grad_dtype == "fp32")
     assert (model.hidden_dropout, model.attention_dropout) == ((0.1, 0.1) if training.dropout else (0.0, 0.0))
     # ZeRO / Megatron-FSDP, optimizer offload, moments.

@@ -251,6 +251,15 @@ def check_runs_as_priced(framework, monkeypatch, case) -> None:
     assert bool(config.fp8) == (case.training.precision == "fp8")
     if config.fp8:
         assert config.fp8_recipe == case.training.fp8_recipe
+    from optimizer.emit.megatron_core import low_precision_settings
+    low = low_precision_settings(knobs)  # FP8 primary weights and BF16 first/last layers as priced
+    assert bool(args.fp8_param_gather) == low["fp8_param_gather"] == bool(config.fp8_param)
+    assert bool(config.first_last_layers_bf16) == low["first_last_layers_bf16"]
+    if low["first_last_layers_bf16"]:
+        assert (config.num_layers_at_start_in_bf16, config.num_layers_at_end_in_bf16) == (
+            low["num_layers_at_start_in_bf16"], low["num_layers_at_end_in_bf16"])
+    assert not config.fp4_param
+    assert args.num_distributed_optimizer_instances == (knobs.dp_replicate if knobs.zero_stage >= 1 else 1)
     assert config.bf16 == (case.training.precision != "fp16")
     grads_in_fp32 = case.training.grad_dtype == "fp32"
     assert args.accumulate_allreduce_grads_in_fp32 == grads_in_fp32
