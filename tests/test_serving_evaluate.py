@@ -266,3 +266,22 @@ def test_disaggregated_closed_loop_waits_by_mean_value_analysis(llama, cluster):
         step_s = 1.0 / m.tokens_per_s_per_user[0]
         assert m.requests_per_s[0] * (m.ttft_ms_mean[0] / 1e3 + 199 * step_s) == pytest.approx(c, rel=0.01)  # grid interpolation
     assert means[0] < means[1] < means[2] < means[3]
+
+
+def test_cuda_graphs_never_lose_at_equal_batch(llama):
+    # Llama 3 70B TP8 on H100, 512 requests, 2,048-token chunks: the decode step at batch 512 is GPU bound either
+    # way (31.6 ms), and a mixed step of 512 + 1,536 tokens runs eagerly either way (past the 512 captured
+    # tokens). Before, the chunk's cost was t_pf(c) - t_pf(1) of whole steps, and the eager t_pf(1) (host bound,
+    # 23.6 ms) hid 14 ms of GPU work that the graphed one (9.1 ms) did not: 1,395 eager vs 1,262 graphed
+    # output tok/s/GPU at max load. Now both 1,262, and graphs win below the top batch where the host binds.
+    cluster = load_cluster("h100x8")
+    instances = _instances([8, 8], max_num_seqs=[512, 512], max_num_batched_tokens=2048, cuda_graphs=[True, False])
+    m = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), ServingPlanArrays.aggregated(instances, 1))
+    assert m.max_decode_batch[0] == m.max_decode_batch[1] == 512  # max_num_seqs binds, not the KV pool
+    assert m.max_load_output_tokens_per_s_per_gpu[0] == pytest.approx(m.max_load_output_tokens_per_s_per_gpu[1],
+                                                                       rel=1e-9)
+    assert m.goodput_requests_per_s_per_gpu[0] > m.goodput_requests_per_s_per_gpu[1]
+    for rate in (0.5, 2.0, 8.0):
+        at = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), ServingPlanArrays.aggregated(instances, 1),
+                              target_rate_per_s=rate)
+        assert at.tpot_ms_p50[0] <= at.tpot_ms_p50[1] + 1e-9 and at.ttft_ms_p50[0] <= at.ttft_ms_p50[1] + 1e-9

@@ -267,3 +267,23 @@ def test_busiest_ep_rank_sets_moe_decode_and_fades_at_prefill(monkeypatch):
     monkeypatch.undo()
     from cost_model.serving.queueing import moe_max_load_factor
     assert float(moe_max_load_factor(8192 * 8, 8, 8)) == pytest.approx(1.0073, abs=1e-3)
+
+
+def test_graphs_replay_up_to_the_largest_captured_batch_then_run_eager():
+    # vLLM replays a graph only for a captured size (max_cudagraph_capture_size 512 by default, capped at
+    # max_num_seqs); a larger decode batch or a 2,048-token prefill runs eagerly, graphs on or off.
+    model = load_model("llama3-70b").spec
+    pricing = price_instances(model, H100, _instances(tp=[8, 8], max_num_seqs=1024, cuda_graphs=[True, False]))
+    eager = pricing.eager_launch_s[0]
+    graph = pricing.graph_launch_s[0]
+    assert eager == pytest.approx(pricing.kernels_per_pass[0] * ServingOptions().eager_kernel_issue_us * 1e-6)
+    np.testing.assert_allclose(pricing.decode_step(512, 1500).launch_s, [graph, eager])
+    np.testing.assert_allclose(pricing.decode_step(513, 1500).launch_s, [eager, eager])
+    np.testing.assert_allclose(pricing.prefill(2048).launch_s, [eager, eager])
+    np.testing.assert_allclose(pricing.prefill(2048).total_s[0], pricing.prefill(2048).total_s[1])
+    # At every batch a graphed decode step is no slower than the eager one, and faster where the host binds.
+    for batch in (1, 8, 64, 512, 1024):
+        on, off = pricing.decode_step(batch, 1500).total_s
+        assert on <= off + 1e-15
+    on, off = pricing.decode_step(1, 1500).total_s
+    assert on < 0.7 * off

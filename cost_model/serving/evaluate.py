@@ -212,53 +212,66 @@ class _PrefillTable:
         """A step of ``tokens`` holds prompts of ``prompt_tokens`` (the mean computed prompt) each, or one
         shorter one, each after ``context_tokens`` cached (prefix-cache hits). ``own_prompts``: prompt lengths
         whose whole prefill as one request is priced too (:meth:`single_s`)."""
-        self._single = {tokens: np.broadcast_to(pricing.prefill(np.full(n, tokens), np.full(n, context_tokens),
-                                                                np.full(n, tokens)).total_s, (n,)).astype(np.float64)
-                        for tokens in sorted(set(own_prompts))}
+        singles = {tokens: pricing.prefill(np.full(n, tokens), np.full(n, context_tokens), np.full(n, tokens))
+                   for tokens in sorted(set(own_prompts))}
+        self._single = {tokens: np.broadcast_to(t.total_s, (n,)).astype(np.float64) for tokens, t in singles.items()}
+        self._single_gpu = {tokens: np.broadcast_to(t.gpu_s, (n,)).astype(np.float64) for tokens, t in singles.items()}
         self.grid = np.unique(np.round(np.geomspace(1.0, max(max_tokens, 2.0), _TOKEN_GRID_POINTS)))
         self.log_grid = np.log(self.grid)
 
-        def step_s(tokens: float) -> np.ndarray:
+        def step(tokens: float):
             per_request = np.full(n, min(tokens, max(prompt_tokens, 1.0)))
             times = pricing.prefill(np.full(n, tokens), np.full(n, context_tokens), per_request)
-            return np.broadcast_to(times.total_s, (n,))
+            return np.broadcast_to(times.total_s, (n,)), np.broadcast_to(times.gpu_s, (n,))
 
-        self.table = np.stack([step_s(tokens) for tokens in self.grid], axis=1)
+        steps = [step(tokens) for tokens in self.grid]
+        self.table = np.stack([total for total, _ in steps], axis=1)
+        self.gpu_table = np.stack([gpu for _, gpu in steps], axis=1)
+        """The GPU's part of each step (no host floor, no issue): what prompt tokens add to a step they share."""
 
     def time_s(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
         return _interp_common(self.log_grid, self.table, np.log(tokens))
 
-    def extra_s(self, tokens: np.ndarray) -> np.ndarray:
-        """Delta(tokens) = t_pf(tokens) - t_pf(1): the marginal cost of prompt tokens in a step; 0 for 0 tokens."""
+    def gpu_extra_s(self, tokens: np.ndarray) -> np.ndarray:
+        """The GPU time ``tokens`` prompt tokens add to a step: gpu_pf(tokens) - gpu_pf(1) (the weights read,
+        the latency-bound collectives paid once for the whole step); 0 for 0 tokens. The host's part of a
+        mixed step is priced apart (:func:`_mixed_extra_s`): it depends on whether the step replays a graph,
+        which a difference of whole step times would get wrong (eager t_pf(1) hides the GPU's work under
+        its kernel issue, a graphed one does not)."""
         tokens = np.asarray(tokens, dtype=np.float64)
-        one = self.table[:, 0] if tokens.ndim == 1 else self.table[:, :1]
-        return np.where(tokens > 0, np.maximum(self.time_s(tokens) - one, 0.0), 0.0)
-
+        one = self.gpu_table[:, 0] if tokens.ndim == 1 else self.gpu_table[:, :1]
+        gpu = _interp_common(self.log_grid, self.gpu_table, np.log(np.maximum(tokens, 1.0)))
+        return np.where(tokens > 0, np.maximum(gpu - one, 0.0), 0.0)
 
     def take(self, index: np.ndarray) -> "_PrefillTable":
         """The tables of the instances at ``index`` (priced once per distinct instance, used per plan)."""
         taken = object.__new__(_PrefillTable)
         taken.grid, taken.log_grid, taken.table = self.grid, self.log_grid, self.table[index]
+        taken.gpu_table = self.gpu_table[index]
         taken._single = {tokens: values[index] for tokens, values in self._single.items()}
+        taken._single_gpu = {tokens: values[index] for tokens, values in self._single_gpu.items()}
         return taken
 
     def single_s(self, tokens: float) -> np.ndarray:
         """t_pf of one request's whole prompt of ``tokens`` (one of ``own_prompts``)."""
         return self._single[tokens]
 
-    def own_prefill_s(self, tokens: float, chunk_tokens: np.ndarray, step_s: Any) -> np.ndarray:
-        """A prompt's own time in n = ceil(s / c) chunks, each riding an engine step of ``step_s`` (the decode
-        step it shares; t_pf(1) on a prefill-only engine): n steps plus the prompt's marginal cost
-        t_pf(s) - t_pf(1), priced as one request so that its attention is the whole causal s^2/2 (a chunk
-        attends to the chunks before it: the sum over chunks is the unchunked prompt's)."""
+    def own_prefill_s(self, tokens: float, chunk_tokens: np.ndarray, step_at: Any) -> np.ndarray:
+        """A prompt's own time in n = ceil(s / c) chunks of s / n tokens, each in an engine step that
+        ``step_at(chunk)`` prices (the decode step it rides plus the chunk, :func:`_mixed_extra_s`; t_pf(chunk)
+        on a prefill-only engine): n such steps plus the attention its later chunks pay over the earlier ones,
+        gpu_pf(s) - gpu_pf(1) - n (gpu_pf(s / n) - gpu_pf(1)) with gpu_pf(s) priced as one request whose
+        attention is the whole causal s^2/2 (the sum over its chunks)."""
         c = np.maximum(np.asarray(chunk_tokens, dtype=np.float64), 1.0)
         steps = np.maximum(np.ceil(tokens / c - 1e-9), 1.0)
-        single = self.single_s(tokens)
-        one = self.table[:, 0]
+        per_step = max(tokens, 1.0) / steps
+        single = self._single_gpu[tokens]
+        one = self.gpu_table[:, 0]
         if steps.ndim == 2:
             single, one = single[:, None], one[:, None]
-        return steps * step_s + np.maximum(single - one, 0.0)
+        later_chunks = np.maximum(single - one - steps * self.gpu_extra_s(per_step), 0.0)
+        return steps * step_at(per_step) + later_chunks
 
 
 @dataclass
@@ -319,6 +332,13 @@ class _DecodeTable:
         self.parts = {name: np.stack([np.broadcast_to(getattr(t, name), (n,)) for t in steps], axis=1)
                       .astype(np.float64) for name in STEP_FIELDS}
         self.labels = np.stack([np.broadcast_to(np.asarray(t.bottleneck, dtype=object), (n,)) for t in steps], axis=1)
+        self.gpu = np.stack([np.broadcast_to(t.gpu_s, (n,)) for t in steps], axis=1).astype(np.float64)
+        self.launch = np.stack([np.broadcast_to(t.launch_s, (n,)) for t in steps], axis=1).astype(np.float64)
+        # What a mixed step's host issue is (:func:`_mixed_extra_s`).
+        self.eager_launch = np.asarray(pricing.eager_launch_s, dtype=np.float64)
+        self.graph_launch = np.asarray(pricing.graph_launch_s, dtype=np.float64)
+        self.captured = np.asarray(pricing.graph_captured_tokens, dtype=np.float64)
+        self.per_request_s = pricing.options.step_overhead_per_request_us * 1e-6
 
     @property
     def t_dec(self) -> np.ndarray:
@@ -329,6 +349,9 @@ class _DecodeTable:
         taken.batch_max, taken.batch = self.batch_max[index], self.batch[index]
         taken.parts = {name: values[index] for name, values in self.parts.items()}
         taken.labels = self.labels[index]
+        taken.gpu, taken.launch = self.gpu[index], self.launch[index]
+        taken.eager_launch, taken.graph_launch = self.eager_launch[index], self.graph_launch[index]
+        taken.captured, taken.per_request_s = self.captured[index], self.per_request_s
         return taken
 
     def at(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -373,11 +396,38 @@ class _Grid:
     closed_wait_share: np.ndarray = None
 
 
+def _mixed_extra_s(decode: _DecodeTable, table: _PrefillTable, chunk: np.ndarray, lengths: _Lengths) -> np.ndarray:
+    """Delta(B, c): what a chunk of ``chunk`` prompt tokens (N, K) adds to the decode step of each grid batch B.
+
+    One engine step runs both (vLLM V1, SGLang, TensorRT-LLM in-flight batching): the GPU streams the
+    weights and pays the latency-bound collectives once, so the chunk adds its marginal GPU time
+    gpu_pf(c) - gpu_pf(1) (:meth:`_PrefillTable.gpu_extra_s`); the host issues one pass, eagerly when the
+    step's B (k + 1) + c tokens exceed the largest captured graph (vLLM's dispatcher runs such a step
+    without a graph), and pays its per-request time for the chunk's prompts. So
+    t_mix = overhead + per-request x prompts + max(launch_mix, gpu_dec + gpu_pf(c) - gpu_pf(1)) and
+    Delta = t_mix - t_dec with t_dec = overhead + max(launch_dec, gpu_dec). A mixed step of a graphed engine
+    is thus the eager engine's mixed step, and its decode-only steps are no slower: graphs never lose."""
+    batch = np.maximum(decode.batch, 1.0)
+    if chunk.shape != batch.shape:
+        batch = np.broadcast_to(batch, chunk.shape)
+    step_tokens = batch * (lengths.draft_tokens + 1) + chunk
+    launch_mix = np.where(step_tokens <= decode.captured[:, None], decode.graph_launch[:, None],
+                          decode.eager_launch[:, None])
+    before = np.maximum(decode.launch, decode.gpu)
+    after = np.maximum(launch_mix, decode.gpu + table.gpu_extra_s(chunk))
+    prompts = np.ceil(chunk / max(lengths.prompt_mean, 1.0))
+    return np.where(chunk > 0, np.maximum(after - before + decode.per_request_s * prompts, 0.0), 0.0)
+
+
 def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths) -> _Grid:
     batch, t_dec = decode.batch, decode.t_dec
     budget = instances.max_num_batched_tokens.astype(np.float64)[:, None]
     chunk = np.maximum(budget - np.maximum(batch, 1.0) * (lengths.draft_tokens + 1), 0.0)
-    delta = table.extra_s(chunk)
+    delta = _mixed_extra_s(decode, table, chunk, lengths)
+
+    def riding(c: np.ndarray) -> np.ndarray:
+        """A step of the grid's decode batch carrying a chunk of ``c`` prompt tokens."""
+        return t_dec + _mixed_extra_s(decode, table, c, lengths)
     t_mix = t_dec + delta
     s = lengths.prompt_mean
     n_dec = lengths.decode_steps
@@ -402,7 +452,7 @@ def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: Inst
             ttft[name], tpot[name] = ttft[same], tpot[same]
             continue
         if prompts[name] not in own_of:
-            own_of[prompts[name]] = table.own_prefill_s(prompts[name], chunk, t_dec)
+            own_of[prompts[name]] = table.own_prefill_s(prompts[name], chunk, riding)
         own = own_of[prompts[name]]
         wait = q.wait_quantile_s(wait_mean, rho, value)
         ttft[name] = np.where(stable, wait + own, np.inf)
@@ -410,7 +460,7 @@ def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: Inst
                                                          lengths.tokens_per_step, value), np.inf)
     for tokens in (*prompts.values(), s):
         if tokens not in own_of:
-            own_of[tokens] = table.own_prefill_s(tokens, chunk, t_dec)
+            own_of[tokens] = table.own_prefill_s(tokens, chunk, riding)
     with np.errstate(divide="ignore", invalid="ignore"):
         wait_share = np.where(stable, wait_mean / (wait_mean + own_of[s]), 1.0)  # of the mean TTFT
     own_named = {name: own_of[prompts[name]] for name in quantiles if prompts[name] in own_of}
@@ -494,9 +544,8 @@ def _prefill_phase(table: _PrefillTable, instances: InstanceArrays, lengths: _Le
     second = lengths.prompt_second * scale ** 2
     capacity = np.where(mean_service > 0, 1.0 / np.maximum(mean_service, 1e-300), np.inf)
     prompts = dict(lengths.prompt_q, slo=lengths.prompt_slo)
-    one = table.time_s(np.ones_like(chunk))
-    own = {name: table.own_prefill_s(tokens, chunk, one) + transfer[name] for name, tokens in prompts.items()}
-    own_mean = table.own_prefill_s(lengths.prompt_mean, chunk, one) + transfer["mean"]
+    own = {name: table.own_prefill_s(tokens, chunk, table.time_s) + transfer[name] for name, tokens in prompts.items()}
+    own_mean = table.own_prefill_s(lengths.prompt_mean, chunk, table.time_s) + transfer["mean"]
     quantiles = dict(REPORTED_QUANTILES, slo=lengths.slo_q)
 
     def ttft(rate: np.ndarray, fleet_concurrency: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -15,7 +15,10 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   (:mod:`cost_model.host`: ATTENTION, MLA_ATTENTION, MLP, MOE_FIXED, one grouped GEMM pair for the
   experts as fused MoE kernels run them) plus one per collective. The count does not depend on TP: each
   TP rank's process issues its own copy at the same time. With graphs: one graph launch per pipeline
-  stage and micro-batch.
+  stage and micro-batch, for steps up to the largest captured size (``min(max_num_seqs,
+  cuda_graph_max_batch)`` tokens); a larger step (a big decode batch, a prefill chunk) runs eagerly, as
+  vLLM's dispatcher does (:meth:`InstancePricing._launch_s`). Graphs are thus never slower than eager at
+  equal batch: they only remove host issue.
 * ``hbm``: bytes the step must stream at the achieved HBM bandwidth (``hbm_GBps x hbm_efficiency``, the
   preset's efficiencies times the serving calibration's family departures, :func:`options.fitted_gpu`):
   every weight it touches (for MoE only the experts that received a token: of E experts with top-k
@@ -133,6 +136,12 @@ class StepTimes:
     gemm_flops: np.ndarray
     """FLOPs of the step's GEMMs on one GPU (the weights' 2 x tokens x parameters, as
     :mod:`cost_model.flops` counts them, split over the ranks)."""
+    gpu_s: np.ndarray = None
+    """The GPU's own time: ``max(hbm, gemm + attention) + tp_comm + ep_comm + pp`` (what a step costs
+    when the host keeps ahead)."""
+    launch_s: np.ndarray = None
+    """The host's kernel issue of the step: a graph replay, or every kernel eagerly (past the largest
+    captured size, or with graphs off)."""
 
 
 SPLIT_K_MIN_DEPTH = 256
@@ -386,13 +395,37 @@ class InstancePricing:
         b = lambda x: np.broadcast_to(x, shape).astype(np.float64)  # noqa: E731
         return StepTimes(host_s=b(host_s), hbm_s=b(hbm_s), gemm_s=b(gemm_s), attention_s=b(attention_s),
                          tp_comm_s=b(tp_comm_s), ep_comm_s=b(ep_comm_s), pp_s=b(pp_s), total_s=total_s,
-                         bottleneck=np.broadcast_to(labels, shape), gemm_flops=b(gemm_flops))
+                         bottleneck=np.broadcast_to(labels, shape), gemm_flops=b(gemm_flops), gpu_s=b(gpu_s),
+                         launch_s=b(launch_s))
 
-    def _launch_s(self, col):
-        inst, options = self.instances, self.options
-        eager = col(self.kernels_per_pass) * options.eager_kernel_issue_us * 1e-6
-        graphs = col(inst.pp) * options.graph_launch_us * 1e-6
-        return np.where(col(inst.cuda_graphs) > 0, graphs, eager)
+    @property
+    def eager_launch_s(self) -> np.ndarray:
+        """Issuing one pass's kernels from eager PyTorch, per instance (module docstring)."""
+        return self.kernels_per_pass * self.options.eager_kernel_issue_us * 1e-6
+
+    @property
+    def graph_launch_s(self) -> np.ndarray:
+        """Replaying one pass's captured graph (one per pipeline stage), per instance."""
+        return self.instances.pp * self.options.graph_launch_us * 1e-6
+
+    @property
+    def graph_captured_tokens(self) -> np.ndarray:
+        """Largest step (tokens per attention rank, per micro-batch) a captured graph replays: 0 with graphs
+        off, else min(max_num_seqs, :attr:`ServingOptions.cuda_graph_max_batch`), the sizes the engine
+        captures (vLLM ``max_cudagraph_capture_size``, default 512, capped at ``max_num_seqs``; the memory
+        model's graph pool holds the same, :func:`cost_model.serving.memory.instance_memory`)."""
+        inst = self.instances
+        captured = np.minimum(inst.max_num_seqs, self.options.cuda_graph_max_batch).astype(np.float64)
+        return np.where(inst.cuda_graphs > 0, captured, 0.0)
+
+    def _launch_s(self, col, tokens):
+        """Host issue of a step of ``tokens`` per micro-batch: a graph replay up to the largest captured size,
+        every kernel eagerly beyond it. vLLM's runtime dispatcher replays a graph only for a batch whose
+        padded size was captured and otherwise runs the model without one (``vllm/v1/cudagraph_dispatcher.py``,
+        runtime mode NONE; docs.vllm.ai "CUDA Graphs" design page), so a 2,048-token mixed or prefill step
+        is eager whether graphs are on or off."""
+        graphed = np.asarray(tokens, dtype=np.float64) <= col(self.graph_captured_tokens)
+        return np.where(graphed, col(self.graph_launch_s), col(self.eager_launch_s))
 
     def _weight_read_bytes(self, col, expert_bytes):
         """Weights one pass reads per TP rank: every non-expert weight, the touched experts' shards and
@@ -434,8 +467,9 @@ class InstancePricing:
         attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) / rate
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, tokens, col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
-        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                              gemm_flops, requests=batch)
+        # A decode graph is captured per batch of requests (each verifying its k + 1 tokens).
+        return self._assemble(self._launch_s(col, requests), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
+                              ep_comm_s, pp_s, gemm_flops, requests=batch)
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -469,8 +503,8 @@ class InstancePricing:
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, np.ceil(requests), col)
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
-        return self._assemble(self._launch_s(col), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                              gemm_flops, requests=np.ceil(requests))
+        return self._assemble(self._launch_s(col, tokens), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
+                              ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests))
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
