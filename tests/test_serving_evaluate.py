@@ -136,11 +136,13 @@ def test_min_gpus_for_a_target_rate(llama, cluster):
 
 def test_rules_report_what_breaks(llama, cluster):
     a100 = load_cluster("a100x64")
-    plans = ServingPlanArrays.aggregated(_instances([3, 8, 8], weight_precision=["bf16", "fp8", "bf16"]), [1, 1, 9])
+    # A100: an FP8 KV cache needs FP8 tensor cores (refused); FP8 weights run weight-only (FP8 Marlin W8A16).
+    plans = ServingPlanArrays.aggregated(_instances([3, 8, 8, 8], weight_precision=["bf16", "bf16", "bf16", "fp8"],
+                                                    kv_dtype=["bf16", "fp8", "bf16", "bf16"]), [1, 1, 9, 1])
     m = evaluate_serving(llama, a100, load_workload("fixed-1k-1k"), plans)
-    assert m.violations["heads_divisible_by_tp"].tolist() == [True, False, False]
-    assert m.violations["precision_supported"].tolist() == [False, True, False]
-    assert m.violations["fits_cluster"].tolist() == [False, False, True]
+    assert m.violations["heads_divisible_by_tp"].tolist() == [True, False, False, False]
+    assert m.violations["precision_supported"].tolist() == [False, True, False, False]
+    assert m.violations["fits_cluster"].tolist() == [False, False, True, False]
     tight = _fixed(1000, 1000, slo=SLOSpec(ttft_ms=1000, tpot_ms=1.0))
     t = evaluate_serving(llama, cluster, tight, ServingPlanArrays.aggregated(_instances([8]), 1))
     assert t.violations["tpot_slo_met"][0] and t.goodput_requests_per_s[0] == 0

@@ -780,7 +780,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         decode_batch=batch, kv_capacity_tokens=mem_d.kv_capacity_tokens, max_concurrency=mem_d.max_concurrency,
         max_decode_batch=batch_max, prefill_decode_ratio=ratio, kv_transfer_ms=transfer_mean * ms,
         bottleneck=label.astype(str), memory_gib=memory_gib, decode_step=decode_parts,
-        prefill_step=prefill_parts, violations=violations, nic_groups=nic_groups(cluster, plans), load=load,
+        prefill_step=prefill_parts, violations=violations, nic_groups=nic_groups(cluster, plans, model), load=load,
         ttft_ms_mean=metrics["ttft_mean"] * ms,
         extras={"slo_quantile": lengths.slo_q, "tokens_per_step": lengths.tokens_per_step,
                 "prefill_chunk_s": pf_chunk_s})

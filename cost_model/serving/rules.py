@@ -11,7 +11,7 @@ than the NVLink domain is priced on the NIC by the step model (:mod:`hardware.co
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -27,8 +27,10 @@ SERVING_RULES: dict[str, str] = {
     "experts_divisible_by_ep": "routed experts divisible by ep (dense models: ep = 1)",
     "moe_groups_consistent": "tp x attn_dp = moe_tp x ep: the MoE layers regroup the attention ranks",
     "pp_within_layers": "no more pipeline stages than layers",
-    "precision_supported": "the GPU has tensor cores for the weight and KV precision: FP8 from Hopper / MI300 "
-                           "(peak_tflops_fp8), FP4 from Blackwell (peak_tflops_fp4)",
+    "precision_supported": "the GPU runs the weight and KV precision: FP8 / FP4 weights natively on FP8 / FP4 "
+                           "tensor cores (Hopper, Ada, MI300 / Blackwell) or weight-only (stored low, dequantized "
+                           "to BF16 GEMMs: Marlin-class kernels, NVIDIA from Ampere); an FP8 KV cache needs FP8 "
+                           "(peak_tflops_fp8)",
     "weights_fit": "the weights of the heaviest stage fit in gpu_memory_utilization of the GPU with the CUDA "
                    "context, graph pool and communication buffers",
     "kv_fits_one_request": "the KV pool left after weights and workspace holds one max_model_len request",
@@ -46,6 +48,39 @@ NIC_GROUPS: dict[str, str] = {
     "attn_dp_x_ep": "the attention-DP x EP group spans more GPUs than one NVLink domain: dispatch and combine "
                     "are priced on the NIC",
 }
+
+
+WEIGHT_ONLY_FAMILIES = ("ampere", "hopper", "blackwell")
+"""GPU families (:func:`cost_model.calibration.bands.gpu_family`) with weight-only low-precision kernels: the
+weights stay FP8 / FP4 in HBM and are dequantized to BF16 in registers before BF16 tensor-core MMAs.
+vLLM: "FP8 models will run on compute capability >= 7.5 (Turing) as weight-only W8A16, utilizing FP8 Marlin"
+(docs.vllm.ai, Quantization > FP8 W8A8; vllm-project/vllm PR #5975 "Expand FP8 support to Ampere GPUs using
+FP8 Marlin"); the supported-hardware table lists Marlin (GPTQ/AWQ/FP8) on Ampere, Ada and Hopper, none on
+AMD (docs.vllm.ai, Quantization > Supported Hardware); MXFP4 MoE weights (GPT-OSS) run below SM 9.0 on
+Marlin and on Hopper on the Triton ``matmul_ogs`` kernels with BF16 activations
+(``vllm/model_executor/layers/quantization/mxfp4.py``, ``VLLM_MXFP4_USE_MARLIN`` in ``vllm/envs.py``), and
+NVFP4 linear layers on Marlin (``MarlinNvFp4LinearKernel``). AMD GPUs (``cdna3``) and unknown families are
+not listed: there a precision without its tensor cores is refused."""
+
+
+def weight_precision_mode(gpu: Any, precision: str) -> str:
+    """How ``gpu`` runs weights of ``precision``: ``native`` (its tensor cores: BF16 always, FP8 with a
+    ``peak_tflops_fp8``, FP4 with a ``peak_tflops_fp4``), ``weight_only`` (stored low, BF16 GEMMs after a
+    dequantization: :data:`WEIGHT_ONLY_FAMILIES`) or ``unsupported``."""
+    from ..calibration.bands import gpu_family
+
+    native = {"bf16": True, "fp8": bool(gpu.peak_tflops_fp8), "fp4": bool(gpu.peak_tflops_fp4)}
+    if native.get(precision, False):
+        return "native"
+    if precision in native and gpu_family(gpu) in WEIGHT_ONLY_FAMILIES:
+        return "weight_only"
+    return "unsupported"
+
+
+def kv_dtype_supported(gpu: Any, kv_dtype: str) -> bool:
+    """Whether ``gpu`` keeps a KV cache of ``kv_dtype``: FP8 where it has FP8 tensor cores (the attention
+    kernels read FP8 K and V into FP8 MMAs: FlashAttention-3, FlashInfer, TensorRT-LLM's XQA)."""
+    return kv_dtype == "bf16" or bool(gpu.peak_tflops_fp8)
 
 
 def rule_sentence(name: str) -> str | None:
@@ -66,11 +101,9 @@ def _layout_broken(model: ModelSpec, cluster: ClusterSpec, instances: InstanceAr
         experts_ok = instances.ep == 1
     consistent = instances.tp * instances.attn_dp == instances.moe_tp * instances.ep
     gpu = cluster.gpu
-    weight_name = np.asarray(WEIGHT_PRECISIONS)[instances.weight_precision]
-    kv_name = np.asarray(KV_DTYPES)[instances.kv_dtype]
-    fp8_needed = (weight_name == "fp8") | (kv_name == "fp8")
-    fp4_needed = weight_name == "fp4"
-    supported = ~(fp8_needed & (gpu.peak_tflops_fp8 is None)) & ~(fp4_needed & (gpu.peak_tflops_fp4 is None))
+    weight_ok = np.array([weight_precision_mode(gpu, name) != "unsupported" for name in WEIGHT_PRECISIONS])
+    kv_ok = np.array([kv_dtype_supported(gpu, name) for name in KV_DTYPES])
+    supported = weight_ok[instances.weight_precision] & kv_ok[instances.kv_dtype]
     return {"heads_divisible_by_tp": ~heads_ok, "experts_divisible_by_ep": ~experts_ok,
             "moe_groups_consistent": ~consistent, "pp_within_layers": instances.pp > model.num_layers,
             "precision_supported": ~supported}
@@ -98,14 +131,21 @@ def serving_violations(model: ModelSpec, cluster: ClusterSpec, plans: ServingPla
     return {name: broken.get(name, np.zeros(n, dtype=bool)) for name in SERVING_RULES}
 
 
-def nic_groups(cluster: ClusterSpec, plans: ServingPlanArrays) -> dict[str, np.ndarray]:
+def nic_groups(cluster: ClusterSpec, plans: ServingPlanArrays, model: ModelSpec | None = None) -> dict[str, np.ndarray]:
     """Which plans have a TP group or an attention-DP x EP group wider than the NVLink domain (priced on the
-    NIC, not refused): :data:`NIC_GROUPS`."""
+    NIC, not refused): :data:`NIC_GROUPS`.
+
+    The attention-DP x EP group is the MoE layers' dispatch/combine group (``tp x attn_dp = moe_tp x ep``
+    ranks): a dense model has no such group (its ``ep`` is 1, and the step model prices no dispatch), so
+    ``model`` dense never flags it, however wide its TP. Without ``model`` every plan is taken as MoE."""
     domain = cluster.topology.domain_gpus
+    moe = True if model is None else bool(model.is_moe)
     out = {}
     for name, size in (("tp", lambda i: i.tp), ("attn_dp_x_ep", lambda i: i.tp * i.attn_dp)):
         over = size(plans.decode) > domain
         out[name] = over | (plans.disaggregated & (size(plans.prefill) > domain))
+    if not moe:
+        out["attn_dp_x_ep"] = np.zeros(len(plans), dtype=bool)
     return out
 
 

@@ -83,12 +83,13 @@ from hardware.schema import ClusterSpec
 from ..activations import ACT_BYTES
 from ..compute import _Pricer, flash_forward_rate
 from ..host import ATTENTION, EXPERT_GROUPED_GEMMS, MLA_ATTENTION, MLP, MOE_FIXED
-from ..model_spec import ModelSpec
+from ..model_spec import QUANTIZABLE_PARTS, ModelSpec
 from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
-from .memory import layer_weights
+from .memory import layer_weights, part_weight_bytes
 from .options import ServingOptions, fitted_gpu
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
 from .queueing import moe_max_load_factor
+from .rules import weight_precision_mode
 
 AMPERE_MMA_ROWS = 16
 """Row block of a tensor-core GEMM on GPUs before Hopper (no FP8 tensor cores): Ampere's ``mma.sync``
@@ -107,6 +108,13 @@ DEEPEP_HEADER_BYTES = 16.0
 ``num_bytes_per_msg = sizeof(int4) + ...``, ``csrc/kernels/internode_ll.cu``)."""
 FP8_SCALE_BLOCK = 128
 """Channels per fp32 scale of an FP8 dispatch message (DeepEP ``kNumPerChannels = 128``)."""
+
+WEIGHT_ONLY_DEQUANT_OVERHEAD = 0.10
+"""Extra compute time of a weight-only GEMM over a BF16 one where the GEMM is compute bound: Marlin
+(Frantar et al. 2024, "MARLIN: Mixed-Precision Auto-Regressive Parallel Inference on Large Language
+Models", arXiv:2408.11743, the batch sweep of its GEMM benchmark) stays within 5% of the ideal 3.87x
+over FP16 up to batch 32 (the dequantization hidden under the weight stream) and is about 10% slower than
+FP16 at prefill batches of 1,024 and more, where it recomputes each weight's dequantization per row tile."""
 
 HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
@@ -187,7 +195,7 @@ class InstancePricing:
         gpu, topology = fitted_gpu(cluster.gpu, options.gpu_departures), cluster.topology
         n = len(instances)
         # One pricer per weight precision; its rates become per-instance arrays.
-        pricers = [_Pricer.for_precision(gpu, name, options.cost) for name in WEIGHT_PRECISIONS]
+        pricers = [self._weight_pricer(model, gpu, code, name, options) for code, name in enumerate(WEIGHT_PRECISIONS)]
         codes = instances.weight_precision
         self._gemm_flops_per_s = np.array([p.gemm_flops_per_s for p in pricers])[codes]
         self._in_bytes = np.array([p.in_bytes for p in pricers])[codes]
@@ -211,6 +219,23 @@ class InstancePricing:
         assert len(self.kernels_per_pass) == n
 
     # --- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _weight_pricer(model: ModelSpec, gpu, code: int, name: str, options: ServingOptions) -> _Pricer:
+        """GEMM pricing of weights in precision ``name``: on the GPU's own tensor cores where it has them;
+        weight-only where it has not (:func:`cost_model.serving.rules.weight_precision_mode`): the weights
+        stream at their stored bytes (the GEMM's operand reads: the stored format's bytes per weight, as
+        :func:`cost_model.serving.memory.part_weight_bytes` counts them), the MMAs run at the BF16 rate, slowed
+        by :data:`WEIGHT_ONLY_DEQUANT_OVERHEAD` for the dequantization (visible only where the GEMM is
+        compute bound: a decode GEMM streams its weights and hides it). The activation operand is read at the
+        same bytes: exact for the weights that dominate decode, an undercount only for compute-bound GEMMs."""
+        if weight_precision_mode(gpu, name) != "weight_only":
+            return _Pricer.for_precision(gpu, name, options.cost)
+        pricer = _Pricer.for_precision(gpu, "bf16", options.cost)
+        stored = min(float(part_weight_bytes(model, [code], part)[0]) for part in QUANTIZABLE_PARTS)
+        pricer.gemm_flops_per_s = pricer.gemm_flops_per_s / (1.0 + WEIGHT_ONLY_DEQUANT_OVERHEAD)
+        pricer.in_bytes = stored
+        return pricer
+
     def _kernels_per_pass(self) -> np.ndarray:
         """Kernels one pass of a token batch through the whole model issues (module docstring)."""
         m, inst = self.model, self.instances
