@@ -30,8 +30,8 @@ from cost_model.plan import PlanArrays
 from hardware.schema import ClusterSpec
 
 # Among equally good plans, prefer the simpler one: fewer context, pipeline, virtual and tensor ranks,
-# a lower ZeRO stage, less recompute.
-TIE_BREAK_COLUMNS = ("cp", "pp", "vpp", "tp", "ep", "etp", "zero_stage", "recompute", "recompute_num_layers",
+# the plainer schedule (1F1B, interleaved before zero-bubble and DualPipe), a lower ZeRO stage, less recompute.
+TIE_BREAK_COLUMNS = ("cp", "pp", "vpp", "schedule", "tp", "ep", "etp", "zero_stage", "recompute", "recompute_num_layers",
                      "recompute_modules", "sequence_parallel", "optimizer_offload", "micro_batch", "dp")
 
 
