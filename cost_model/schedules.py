@@ -30,7 +30,9 @@ dualpipev  (p - 1)(F&B + B_full - 3W) / 2              2p + 1 half-chunks   Dual
   (p-1)(T_F + T_B - T_W) (section 2.1). ZB-H2 adds forwards to the warm-up, holding up to (2p-1) M_B on
   the first worker (section 2.2), rank r 2(p-r)-1; its bubble (p-1)(T_F + T_B - 2T_W) is zero when
   T_F + T_B <= 2 T_W and never negative. With v > 1 (torch's ``ScheduleInterleavedZeroBubble``, ZB1P
-  over v stages per rank) each pass is 1/v of the rank's and the ZB-H1 bubble divides by v.
+  over v stages per rank) each pass is 1/v of the rank's and the ZB-H1 bubble divides by v; its warm-up
+  is (v-1) p + (p-1-r) chunk forwards (``_get_warmup_ops`` with ``multiply_factor=1``, p micro-batches a
+  round), so rank r holds (v-1) p + p - r at its first backward: p - r, 1F1B's, when v = 1.
 * ZB-V: two chunks per rank in a V (rank r holds chunks r and 2p-1-r), so the first rank holds both the
   embedding and the loss; every rank peaks at p M_B, 1F1B's first-stage memory (section 6: "balanced
   peak memory ... same memory constraints as 1F1B"); the passes are chunk passes of half the rank's
@@ -119,7 +121,7 @@ def in_flight_chunk_forwards(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarr
         [s == ONE_F_ONE_B, s == INTERLEAVED, s == ZB_H1, s == ZB_H2, s == ZBV, s == DUALPIPE, s == DUALPIPEV],
         [one_f_one_b,
          interleaved,
-         np.where(v > 1, np.minimum((v - 1) * p + 2 * (p - r - 1) + 1, m * v), np.minimum(p - r, m)),
+         np.minimum((v - 1) * p + p - r, m * v),
          np.minimum(2 * (p - r) - 1, m),
          np.minimum(2 * p, 2 * m) + 0 * r,           # p M_B = 2p half-rank chunks, every rank
          np.minimum(p + 1, m) + 0 * r,               # PP + 1 chunks, every rank

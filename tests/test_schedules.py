@@ -213,3 +213,16 @@ def test_deepseek_v3_own_run_within_15_percent():
     assert abs(error) < 0.15
     as_1f1b = dict(row, plan=dict(row["plan"], schedule="1f1b"))
     assert validate_row(as_1f1b, "published_runs.yaml").tflops_error < error - 0.15
+
+
+def test_interleaved_zero_bubble_warm_up_is_torchs():
+    """torch's ScheduleInterleavedZeroBubble: warm-up (v-1) x (micro-batches a round = p) + (p-1-r) chunk
+    forwards (_get_warmup_ops, multiply_factor=1), then a forward before the first backward; Megatron's
+    interleaved 1F1B warms up (v-1) p + 2(p-1-r)."""
+    p, v, m = 4, 2, 8
+    ranks = np.array([[0, 1, 3]])
+    zb = in_flight_chunk_forwards(np.array([ZB_H1]), np.array([[p]]), np.array([[v]]), np.array([[m]]), ranks, 0)
+    assert zb[0].tolist() == [(v - 1) * p + (p - 1 - r) + 1 for r in (0, 1, 3)] == [8, 7, 5]
+    megatron = in_flight_chunk_forwards(np.array([INTERLEAVED]), np.array([[p]]), np.array([[v]]), np.array([[m]]),
+                                        ranks, 0)
+    assert megatron[0].tolist() == [(v - 1) * p + 2 * (p - 1 - r) + 1 for r in (0, 1, 3)] == [11, 9, 5]
