@@ -152,6 +152,11 @@ class SearchOptions:
         unknown = [name for name in self.schedules if name not in SCHEDULES]
         if unknown:
             raise ValueError(f"schedules must be drawn from {', '.join(SCHEDULES)}; got {', '.join(unknown)}")
+        runs = framework_schedules(self.framework)
+        if self.schedules and not set(self.schedules) & set(runs):
+            raise ValueError(f"schedules {', '.join(self.schedules)}: {self.framework} runs {', '.join(runs)} only "
+                             "(torchtitan also runs zb-h1, zbv and dualpipev; no framework here runs zb-h2 or "
+                             "dualpipe: price those with evaluate)")
 
     def pinned(self, degree: str) -> tuple[int, ...]:
         """The values ``degree`` (tp, pp, dp, cp, ep or etp) is pinned to; empty when it is free."""
