@@ -226,3 +226,21 @@ def test_interleaved_zero_bubble_warm_up_is_torchs():
     megatron = in_flight_chunk_forwards(np.array([INTERLEAVED]), np.array([[p]]), np.array([[v]]), np.array([[m]]),
                                         ranks, 0)
     assert megatron[0].tolist() == [(v - 1) * p + 2 * (p - 1 - r) + 1 for r in (0, 1, 3)] == [11, 9, 5]
+
+
+def test_search_tries_the_schedules_the_framework_runs():
+    from optimizer.search import Scenario, search
+    from optimizer.search_options import SearchOptions
+
+    training = TrainingSpec(seq_length=4096, global_batch_size=64)
+    cluster = load_cluster("h100x16")
+    found = {}
+    for framework, schedules in (("megatron", ()), ("torchtitan", ()), ("torchtitan", ("zbv",))):
+        options = SearchOptions(framework=framework, schedules=schedules, top_k=3, pp_values=(2, 4))
+        result = search(Scenario(LLAMA8, training, cluster, options), keep_feasible=True)
+        found[(framework, schedules)] = {SCHEDULES[code] for code in np.unique(result.feasible_plans.schedule)}
+    assert found[("megatron", ())] == {"1f1b", "interleaved"}
+    assert found[("torchtitan", ())] == {"1f1b", "interleaved", "zb-h1", "zbv", "dualpipev"}
+    assert found[("torchtitan", ("zbv",))] == {"zbv"}
+    with pytest.raises(ValueError, match="megatron runs 1f1b, interleaved only"):
+        SearchOptions(schedules=("zb-h2",))
