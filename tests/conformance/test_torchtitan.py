@@ -187,6 +187,9 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
 
     dims = ParallelDims.from_config(p, world_size=knobs.world_size)
     assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (knobs.tp, knobs.pp, knobs.cp, knobs.dp)
+    if knobs.zero_stage >= 2:  # FSDP2, HSDP with dp_replicate copies of a dp / dp_replicate x cp shard group
+        assert (dims.dp_replicate, dims.dp_shard) == (knobs.dp_replicate, knobs.dp // knobs.dp_replicate)
+        assert dims.fsdp_enabled and dims.dp_replicate_enabled == (knobs.dp_replicate > 1)
     if case.model.is_moe:
         assert dims.ep == knobs.ep and (dims.dp_shard * dims.cp * dims.tp) % dims.ep == 0
     # Trainer.__init__: sequence divisor, batch arithmetic.
@@ -220,7 +223,7 @@ def test_torchtitan_loads_and_runs_the_priced_plan(titan, case):
     ac = config.activation_checkpoint
     assert (isinstance(ac, FullAC.Config) if knobs.recompute == "full" else ac is None), ac
     if knobs.zero_stage >= 2:
-        assert dims.dp_shard == knobs.dp
+        assert dims.dp_shard == knobs.dp // knobs.dp_replicate
         assert get_fsdp_reshard_after_forward_policy(p.fsdp_reshard_after_forward, dims.pp > 1) == (knobs.zero_stage == 3)
     else:
         assert dims.dp_shard == 1 and dims.cp == 1
