@@ -249,9 +249,9 @@ class TrainingSpec:
                 raise ValueError(f"{name} must be a whole number of layers (0 = none), got {value!r}")
         if ((self.num_layers_at_start_in_bf16 or self.num_layers_at_end_in_bf16) and self.precision == "fp8"
                 and self.fp8_recipe == "delayed"):
-            raise ValueError("num_layers_at_start_in_bf16 / num_layers_at_end_in_bf16 need a current or block "
-                             "scaling recipe: Megatron-Core refuses BF16 first/last layers with delayed scaling; "
-                             "use fp8_recipe tensorwise, mxfp8 or blockwise, or set them to 0")
+            name = "num_layers_at_start_in_bf16" if self.num_layers_at_start_in_bf16 else "num_layers_at_end_in_bf16"
+            raise ValueError(f"{name} needs a current or block scaling recipe: Megatron-Core refuses BF16 first/last "
+                             "layers with delayed scaling; use fp8_recipe tensorwise, mxfp8 or blockwise, or set it to 0")
         if self.grad_dtype not in GRAD_DTYPES:
             raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
         if self.optimizer_moments_dtype not in GRAD_DTYPES:
