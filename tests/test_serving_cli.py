@@ -60,7 +60,7 @@ def test_serve_prints_the_ranked_table_and_plan_1(capsys, monkeypatch):
     assert code == 0, err
     assert out.startswith("llama3-70b on h100x8: up to 8 x H100 SXM5 80GB | chat-1k-1k: ISL 1000, OSL 1000")
     assert "SLO p99 TTFT 450 ms TPOT 40 ms" in out and "objective goodput_per_gpu" in out
-    assert "Top 3 plans by goodput_per_gpu (TTFT, TPOT at p99, max load)" in out
+    assert "Top 3 plans by goodput_per_gpu (TTFT, TPOT at p99, at goodput)" in out
     assert "Plan 1:" in out and "memory per GPU" in out and "decode step" in out and "per million output tokens" in out
     assert "Traceback" not in err
 

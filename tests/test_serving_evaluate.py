@@ -287,3 +287,54 @@ def test_cuda_graphs_never_lose_at_equal_batch(llama):
         at = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), ServingPlanArrays.aggregated(instances, 1),
                               target_rate_per_s=rate)
         assert at.tpot_ms_p50[0] <= at.tpot_ms_p50[1] + 1e-9 and at.ttft_ms_p50[0] <= at.ttft_ms_p50[1] + 1e-9
+
+
+def test_without_a_load_an_slo_reports_latencies_at_each_plans_goodput(llama):
+    # chat-1k-1k: SLO p99 TTFT 450 ms, TPOT 40 ms, no rate. Before, the latencies were those of full engines
+    # (Llama 3 70B TP8 bf16: TPOT p99 47.4 ms) beside "meets the SLO at its goodput". Now each plan is at its
+    # goodput: latencies within the SLO, the binding one at it; full engines under max_load_*.
+    cluster = load_cluster("h100x8")
+    workload = load_workload("chat-1k-1k")
+    slo = workload.slo
+    plans = ServingPlanArrays.aggregated(_instances([2, 4, 8], max_num_seqs=512, max_num_batched_tokens=2048), 1)
+    m = evaluate_serving(llama, cluster, workload, plans)
+    assert m.load == "at goodput"
+    meets = m.goodput_requests_per_s > 0
+    assert meets.all()
+    assert not (m.violations["ttft_slo_met"] | m.violations["tpot_slo_met"]).any()
+    assert np.all(m.ttft_ms_p99 <= slo.ttft_ms * (1 + 1e-6)) and np.all(m.tpot_ms_p99 <= slo.tpot_ms * (1 + 1e-6))
+    # Either an SLO binds (the latency at it) or the engine's top rate does (TP2: 3 requests fill its KV pool).
+    binding = np.maximum(m.ttft_ms_p99 / slo.ttft_ms, m.tpot_ms_p99 / slo.tpot_ms)
+    at_top = m.output_tokens_per_s_per_gpu >= m.max_load_output_tokens_per_s_per_gpu * (1 - 1e-9)
+    assert at_top.tolist() == [True, False, False]
+    np.testing.assert_allclose(binding[~at_top], 1.0, rtol=0.01)
+    np.testing.assert_allclose(m.output_tokens_per_s_per_gpu, m.goodput_requests_per_s * 1000 / m.num_gpus)
+    # The same plans at max load: more throughput, latencies past the SLO (every engine full).
+    assert np.all(m.max_load_output_tokens_per_s_per_gpu >= m.output_tokens_per_s_per_gpu)
+    assert m.max_load_tpot_ms_p99[2] > slo.tpot_ms and m.max_load_decode_batch[2] == 512
+    # At an explicit rate equal to the goodput the figures are the same open-loop ones.
+    at = evaluate_serving(llama, cluster, workload, plans.take(np.array([2])),
+                          target_rate_per_s=float(m.goodput_requests_per_s[2]))
+    assert at.tpot_ms_p99[0] == pytest.approx(m.tpot_ms_p99[2], rel=1e-9)
+    assert at.ttft_ms_p99[0] == pytest.approx(m.ttft_ms_p99[2], rel=1e-9)
+
+
+def test_max_load_is_the_largest_sustainable_batch_whatever_the_slo(llama):
+    # trtllm-bench's max-load throughput has no latency bound: the same with or without an SLO, and it is the
+    # engine at its largest batch (max_num_seqs or what the KV pool holds), chunk budget permitting.
+    cluster = load_cluster("h100x8")
+    plans = ServingPlanArrays.aggregated(_instances([8, 8, 8], max_num_seqs=[64, 256, 4096],
+                                                    max_num_batched_tokens=8192), 1)
+    free = evaluate_serving(llama, cluster, load_workload("fixed-1k-1k"), plans)
+    bound = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), plans)
+    np.testing.assert_allclose(free.max_load_output_tokens_per_s_per_gpu, bound.max_load_output_tokens_per_s_per_gpu)
+    np.testing.assert_allclose(free.max_load_decode_batch, bound.max_load_decode_batch)
+    # max_num_seqs binds the first two, the KV pool the third (4,096 requests of ~1,500 tokens do not fit).
+    assert free.max_decode_batch.tolist()[:2] == [64, 256] and free.max_decode_batch[2] < 4096
+    assert np.all(np.diff(free.max_load_output_tokens_per_s_per_gpu) > 0)
+    # Closed form at batch 64 (the chunk budget leaves c = 8192 - 64 prompt tokens a step): the engine runs
+    # B / (n_dec T) requests/s with T the mean step, and the prompt phase keeps up, so the decode batch is B.
+    assert free.max_load_decode_batch[0] == pytest.approx(64, rel=1e-6)
+    step_s = 1.0 / free.max_load_tokens_per_s_per_user[0]
+    expected = 64 / (999 * step_s) * 1000 / 8
+    assert free.max_load_output_tokens_per_s_per_gpu[0] == pytest.approx(expected, rel=1e-6)

@@ -74,8 +74,14 @@ _DECODE_GRID = np.unique(np.concatenate([np.geomspace(1e-4, 0.05, 14), np.linspa
 """Decode batch grid as fractions of the largest batch: dense at the top, where goodput and max load sit."""
 _DISAGG_CLOSED_LOOP_ITERATIONS = 40
 """Bisection steps for a disaggregated closed loop's rate (2^-40 of the top rate)."""
-_TOKEN_GRID_POINTS = 40
-"""Points of the prefill-time table over prompt tokens (geometric from 1 to the longest needed)."""
+_TOKEN_GRID_PER_OCTAVE = 3
+"""Points per doubling of the prefill-time table over prompt tokens: 2^(j/3) from 1 token up to the longest
+needed. The points do not depend on which plans one call prices (a longer need only adds points), so a plan's
+figures are the same in any batch of plans: the search's coarse and fine passes agree with an exhaustive one."""
+MAX_LOAD_FIELDS = ("max_load_ttft_ms_p50", "max_load_ttft_ms_p90", "max_load_ttft_ms_p99", "max_load_tpot_ms_p50",
+                   "max_load_tpot_ms_p90", "max_load_tpot_ms_p99", "max_load_tokens_per_s_per_user",
+                   "max_load_decode_batch")
+"""The max-load figures beside max_load_output_tokens_per_s_per_gpu (every engine full, no latency bound)."""
 STEP_FIELDS = ("host_s", "hbm_s", "gemm_s", "attention_s", "tp_comm_s", "ep_comm_s", "pp_s", "total_s")
 
 
@@ -90,7 +96,8 @@ class ServingMetrics:
     tpot_ms_p90: np.ndarray
     tpot_ms_p99: np.ndarray
     output_tokens_per_s_per_gpu: np.ndarray
-    """At the evaluated load (target rate or concurrency, the workload's, else max load)."""
+    """At the evaluated load: the target rate or concurrency, else the workload's arrival, else the goodput
+    when the workload has an SLO (the operating point the SLO defines), else max load."""
     tokens_per_s_per_user: np.ndarray
     """Output tokens a second one request sees while decoding (tokens per step / mean step)."""
     requests_per_s: np.ndarray
@@ -135,11 +142,27 @@ class ServingMetrics:
     nic_groups: dict[str, np.ndarray]
     """Group name -> True where that group is wider than the NVLink domain and priced on the NIC."""
     load: str = ""
-    """What load the latencies are at: 'rate R/s', 'concurrency C', or 'max load'."""
+    """What load the latencies are at: 'rate R/s', 'concurrency C', 'at goodput' (an SLO, no load given: each
+    plan at its own goodput) or 'max load' (no SLO, no load)."""
     extras: dict[str, Any] = field(default_factory=dict)
     ttft_ms_mean: np.ndarray | None = None
     """Mean TTFT (what genai-perf and vLLM's benchmark report as 'average TTFT'): mean wait + the mean
     prompt's own prefill."""
+    ttft_ms_slo: np.ndarray | None = None
+    """TTFT at the SLO's quantile (:attr:`SLOSpec.quantile`, p99 without an SLO) at the evaluated load."""
+    tpot_ms_slo: np.ndarray | None = None
+    """TPOT at the SLO's quantile at the evaluated load."""
+    max_load_ttft_ms_p50: np.ndarray | None = None
+    """TTFT with every engine full (as trtllm-bench's max-load runs report it: no queue outside the engine)."""
+    max_load_ttft_ms_p90: np.ndarray | None = None
+    max_load_ttft_ms_p99: np.ndarray | None = None
+    max_load_tpot_ms_p50: np.ndarray | None = None
+    """TPOT with every engine full: the decode batch at its largest sustainable size."""
+    max_load_tpot_ms_p90: np.ndarray | None = None
+    max_load_tpot_ms_p99: np.ndarray | None = None
+    max_load_tokens_per_s_per_user: np.ndarray | None = None
+    max_load_decode_batch: np.ndarray | None = None
+    """Requests decoding per attention rank with every engine full."""
 
     def __len__(self) -> int:
         return len(self.num_gpus)
@@ -156,7 +179,7 @@ class ServingMetrics:
                      "goodput_requests_per_s_per_gpu", "max_load_output_tokens_per_s_per_gpu", "min_gpus_for_target",
                      "cost_usd_per_m_output_tokens", "cost_usd_per_m_input_tokens", "decode_batch",
                      "kv_capacity_tokens", "max_concurrency", "max_decode_batch", "prefill_decode_ratio",
-                     "kv_transfer_ms"):
+                     "kv_transfer_ms", "ttft_ms_slo", "tpot_ms_slo", *MAX_LOAD_FIELDS):
             values = getattr(self, name)
             value = float(values[index]) if values is not None else float("nan")
             out[name] = value if np.isfinite(value) else None
@@ -216,7 +239,9 @@ class _PrefillTable:
                    for tokens in sorted(set(own_prompts))}
         self._single = {tokens: np.broadcast_to(t.total_s, (n,)).astype(np.float64) for tokens, t in singles.items()}
         self._single_gpu = {tokens: np.broadcast_to(t.gpu_s, (n,)).astype(np.float64) for tokens, t in singles.items()}
-        self.grid = np.unique(np.round(np.geomspace(1.0, max(max_tokens, 2.0), _TOKEN_GRID_POINTS)))
+        octaves = np.log2(max(max_tokens, 2.0))
+        steps = np.arange(0, np.ceil(octaves * _TOKEN_GRID_PER_OCTAVE) + 1) / _TOKEN_GRID_PER_OCTAVE
+        self.grid = np.unique(np.round(2.0 ** steps))
         self.log_grid = np.log(self.grid)
 
         def step(tokens: float):
@@ -526,7 +551,11 @@ def _largest_rate_meeting(grid: _Grid, ttft_target_s: float, tpot_target_s: floa
     nxt = np.minimum(last + 1, k - 1)
     rows = np.arange(len(last))
     m0, m1 = margin[rows, last], margin[rows, nxt]
-    c0, c1 = grid.capacity[rows, last], grid.capacity[rows, nxt]
+    # Rates on the rising envelope of the capacity, as :func:`_at_rate` reads the latencies at a rate: where the
+    # capacity dips as the batch grows (a GEMM crossing a tile), an open loop at a rate settles at the smallest
+    # batch that carries it, so the goodput and the latencies reported at it come from the same curve.
+    rising = np.maximum.accumulate(np.where(grid.stable, grid.capacity, 0.0), axis=1)
+    c0, c1 = rising[rows, last], rising[rows, nxt]
     with np.errstate(divide="ignore", invalid="ignore"):
         # toward an unstable point the margin is not a number that interpolates: stop at the last good point
         frac = np.where((nxt > last) & (m0 > m1) & grid.stable[rows, nxt], np.clip(m0 / (m0 - m1), 0.0, 1.0), 0.0)
@@ -597,8 +626,11 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     """Serving metrics of every plan for ``workload`` (module docstring).
 
     The latencies are at ``target_rate_per_s`` (open loop, fleet requests/s) or ``target_concurrency``
-    (closed loop, requests in flight in the fleet) when given, else at the workload's arrival, else at max
-    load. ``min_gpus_for_target`` uses the target rate (or the workload's rate)."""
+    (closed loop, requests in flight in the fleet) when given, else at the workload's arrival, else, when the
+    workload has an SLO, at each plan's goodput (the operating point the SLO defines: a plan meeting the
+    SLO shows latencies within it), else at max load. The max-load figures (every engine full, no latency
+    bound) are always reported apart: ``max_load_*``. ``min_gpus_for_target`` uses the target rate (or the
+    workload's rate)."""
     options = options or ServingOptions()
     if target_rate_per_s is not None and target_concurrency is not None:
         raise ValueError("give target_rate_per_s or target_concurrency, not both")
@@ -677,43 +709,60 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         None if target_concurrency is not None else workload.request_rate_per_s)
     concurrency = target_concurrency if target_concurrency is not None else (
         workload.concurrency if rate is None else None)
-    metrics: dict[str, np.ndarray] = {}
-    if rate is not None:
-        load = f"rate {rate:g}/s"
-        at_agg, ok_agg = _at_rate(grid_agg, np.full(n, rate) / ranks_d)
-        at_dec, ok_dec = _at_rate(grid_dec, np.full(n, rate) / ranks_d)
-        pf_rate = np.full(n, rate) / ranks_p
+
+    def open_loop(fleet: np.ndarray):
+        """Latencies, batch and step at the open-loop fleet rate ``fleet`` (per plan), and whether it is
+        sustained."""
+        out: dict[str, np.ndarray] = {}
+        at_agg, ok_agg = _at_rate(grid_agg, fleet / ranks_d)
+        at_dec, ok_dec = _at_rate(grid_dec, fleet / ranks_d)
+        pf_rate = fleet / ranks_p
         pf_lat = pf_ttft(pf_rate)
         pf_ok = pf_rate < pf_capacity
         sustained = np.where(agg, ok_agg, ok_dec & pf_ok)
-        fleet_rate = np.where(sustained, rate, np.where(agg, agg_cap * ranks_d, max_rate))
         for name in REPORTED_QUANTILES:
-            metrics[f"ttft_{name}"] = np.where(agg, at_agg[f"ttft_{name}"], np.where(pf_ok, pf_lat[name], np.inf))
-            metrics[f"tpot_{name}"] = np.where(agg, at_agg[f"tpot_{name}"], at_dec[f"tpot_{name}"])
-        metrics["ttft_slo"] = np.where(agg, at_agg["ttft_slo"], np.where(pf_ok, pf_lat["slo"], np.inf))
-        metrics["ttft_mean"] = np.where(agg, at_agg["ttft_mean"], np.where(pf_ok, pf_lat["mean"], np.inf))
-        metrics["tpot_slo"] = np.where(agg, at_agg["tpot_slo"], at_dec["tpot_slo"])
-        batch = np.where(agg, at_agg["batch"], at_dec["batch"])
-        step_s = np.where(agg, at_agg["step_s"], at_dec["step_s"])
-        wait_share = np.where(agg, at_agg["wait_share"], 0.0)
+            out[f"ttft_{name}"] = np.where(agg, at_agg[f"ttft_{name}"], np.where(pf_ok, pf_lat[name], np.inf))
+            out[f"tpot_{name}"] = np.where(agg, at_agg[f"tpot_{name}"], at_dec[f"tpot_{name}"])
+        out["ttft_slo"] = np.where(agg, at_agg["ttft_slo"], np.where(pf_ok, pf_lat["slo"], np.inf))
+        out["ttft_mean"] = np.where(agg, at_agg["ttft_mean"], np.where(pf_ok, pf_lat["mean"], np.inf))
+        out["tpot_slo"] = np.where(agg, at_agg["tpot_slo"], at_dec["tpot_slo"])
+        delivered = np.where(sustained, fleet, np.where(agg, agg_cap * ranks_d, max_rate))
+        return (out, delivered, np.where(agg, at_agg["batch"], at_dec["batch"]),
+                np.where(agg, at_agg["step_s"], at_dec["step_s"]), np.where(agg, at_agg["wait_share"], 0.0), sustained)
+
+    # Max load: every engine full, no latency bound (the max_load_* figures, whatever the operating point).
+    max_fleet, max_batch, max_step_s, max_wait_share, max_lat = _closed_loop(
+        grid_agg, grid_dec, table_d, plans, lengths, None, batch_max, pf_capacity, pf_ttft, ranks_d, ranks_p)
+    at_goodput = rate is None and concurrency is None and slo is not None
+    metrics: dict[str, np.ndarray] = {}
+    if rate is not None:
+        load = f"rate {rate:g}/s"
+        metrics, fleet_rate, batch, step_s, wait_share, sustained = open_loop(np.full(n, float(rate)))
         kv_fits_batch = sustained | ~kv_binds
-    else:
-        if concurrency is not None:
-            load = f"concurrency {concurrency:g}"
-            per_rank = np.full(n, float(concurrency)) / ranks_d
-        else:
-            load = "max load"
-            per_rank = None
+    elif at_goodput:
+        # The operating point an SLO defines without a given load: each plan at its goodput, the largest
+        # open-loop rate meeting both SLOs, so a plan that meets them shows latencies within them.
+        load = "at goodput"
+        metrics, fleet_rate, batch, step_s, wait_share, _ = open_loop(good_rate)
+        kv_fits_batch = batch_max >= 1.0
+    elif concurrency is not None:
+        load = f"concurrency {concurrency:g}"
+        per_rank = np.full(n, float(concurrency)) / ranks_d
         fleet_rate, batch, step_s, wait_share, lat = _closed_loop(grid_agg, grid_dec, table_d, plans, lengths,
                                                                   per_rank, batch_max, pf_capacity, pf_ttft,
                                                                   ranks_d, ranks_p)
         metrics.update(lat)
-        kv_fits_batch = batch_max >= 1.0 if concurrency is None else ~kv_binds | (per_rank <= batch_max)
+        kv_fits_batch = ~kv_binds | (per_rank <= batch_max)
+    else:
+        load = "max load"
+        fleet_rate, batch, step_s, wait_share = max_fleet, max_batch, max_step_s, max_wait_share
+        metrics.update(max_lat)
+        kv_fits_batch = batch_max >= 1.0
 
-    # ---- SLO checks at the evaluated load (max load with an SLO: at the goodput).
+    # ---- SLO checks at the evaluated load (no load given: at the goodput, which meets them when positive).
     if slo is None:
         ttft_met = tpot_met = np.ones(n, dtype=bool)
-    elif rate is None and concurrency is None:
+    elif at_goodput:
         ttft_met = tpot_met = good_rate > 0
     else:
         ttft_met = metrics["ttft_slo"] <= slo.ttft_ms / 1e3 + 1e-12
@@ -747,6 +796,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         if price is None:
             cost_out = cost_in = np.full(n, np.nan)
         tokens_per_user = np.where(step_s > 0, lengths.tokens_per_step / step_s, 0.0)
+        max_tokens_per_user = np.where(max_step_s > 0, lengths.tokens_per_step / max_step_s, 0.0)
 
     target = target_rate_per_s if target_rate_per_s is not None else workload.request_rate_per_s
     if target is None:
@@ -782,6 +832,12 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
         bottleneck=label.astype(str), memory_gib=memory_gib, decode_step=decode_parts,
         prefill_step=prefill_parts, violations=violations, nic_groups=nic_groups(cluster, plans, model), load=load,
         ttft_ms_mean=metrics["ttft_mean"] * ms,
+        ttft_ms_slo=metrics["ttft_slo"] * ms if "ttft_slo" in metrics else None,
+        tpot_ms_slo=metrics["tpot_slo"] * ms if "tpot_slo" in metrics else None,
+        max_load_ttft_ms_p50=max_lat["ttft_p50"] * ms, max_load_ttft_ms_p90=max_lat["ttft_p90"] * ms,
+        max_load_ttft_ms_p99=max_lat["ttft_p99"] * ms, max_load_tpot_ms_p50=max_lat["tpot_p50"] * ms,
+        max_load_tpot_ms_p90=max_lat["tpot_p90"] * ms, max_load_tpot_ms_p99=max_lat["tpot_p99"] * ms,
+        max_load_tokens_per_s_per_user=max_tokens_per_user, max_load_decode_batch=max_batch,
         extras={"slo_quantile": lengths.slo_q, "tokens_per_step": lengths.tokens_per_step,
                 "prefill_chunk_s": pf_chunk_s})
 
