@@ -12,18 +12,20 @@ Aggregated instances (chunked prefill, vLLM V1 / SGLang / TensorRT-LLM in-flight
 the decode batch B (one token each, k+1 with k drafted tokens) and up to c = max_num_batched_tokens - B(k+1)
 prompt tokens. Tabulated per plan: the decode step t_dec(B) on a grid of B up to the batch the KV pool and
 max_num_seqs allow, and the prefill step t_pf(s) on a grid of prompt tokens. A chunk of c tokens adds
-Delta(c) = t_pf(c) - t_pf(1) to a decode step (the weights are read, the host floor and the latency-bound
-collectives paid once for both: the marginal cost of the prompt tokens). At request rate lambda per rank:
+Delta(B, c) to a decode step (:func:`_mixed_extra_s`): its marginal GPU time gpu_pf(c) - gpu_pf(1) (the
+weights are read and the latency-bound collectives paid once for both) under the mixed step's own host
+issue, eager past the largest captured graph, so graphs never lose to eager at equal batch. At request rate
+lambda per rank:
 
 * a fraction f = lambda s t_mix / c of steps carries a chunk (t_mix = t_dec + Delta(c); s the computed
-  prompt tokens, prefix-cache hits excluded), so the mean step is T = t_dec(B) + f Delta(c);
+  prompt tokens, prefix-cache hits excluded), so the mean step is T = t_dec(B) + f Delta(B, c);
 * Little's law on the decode phase: B = lambda n_dec T, n_dec = (output tokens - 1) / tokens per step;
   both together are a quadratic in lambda for each B, so every grid point B gives its own rate lambda(B)
   in closed form, and each quantity at a given rate is read off the grid by interpolation (no iteration);
 * TTFT = M/G/1 wait of the prompt queue (service s t_mix / c, utilisation lambda s t_mix / c;
-  Pollaczek-Khinchine mean, Kingman tail) + the request's own n = ceil(s / c) chunks, each riding a decode
-  step: n t_dec + t_pf(s) - t_pf(1), the prompt priced as one request (its chunks together attend as the
-  unchunked prompt does);
+  Pollaczek-Khinchine mean, Kingman tail) + the request's own n = ceil(s / c) chunks of s / n, each riding
+  a decode step: n (t_dec + Delta(B, s / n)) plus the attention its later chunks pay over the earlier ones
+  (the prompt priced as one request: its chunks together attend as the unchunked prompt does);
 * TPOT = (t_dec + Delta(c) f_q) / tokens per step, f_q the binomial quantile of the share of the request's
   steps that carry a chunk (Sarathi-Serve's interference);
 * the rank sustains at most min(lambda(B), c / (s t_mix)) at any B: the larger is what max load reaches.
@@ -44,7 +46,10 @@ an arriving request finds (C - 1)/C of the queue and waits a prompt's service fo
 C = B + X TTFT_mean (Little's law); past what the engine holds, TTFT = C / X - n_dec T.
 
 Goodput is the largest request rate whose TTFT and TPOT meet the SLO (DistServe's definition), from the
-grid with linear interpolation of the SLO margin; without an SLO it is the max-load rate. Costs count
+grid with linear interpolation of the SLO margin; without an SLO it is the max-load rate. The operating
+point: a target rate or concurrency, else the workload's arrival, else (an SLO) each plan's goodput, else
+max load; the max-load figures (every engine full at its largest sustainable batch, no latency bound, as
+trtllm-bench reports) are kept apart in ``max_load_*``. Costs count
 every GPU the plan holds (prefill and decode) at ``cluster.economics.price_per_gpu_hour_usd``, over the
 tokens the plan delivers at its goodput: a fleet sized for its load.
 """
@@ -174,7 +179,8 @@ class ServingMetrics:
     def record(self, index: int) -> dict[str, Any]:
         """Plan ``index``'s metrics as plain values (for JSON/CSV reports)."""
         out: dict[str, Any] = {}
-        for name in ("ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90", "tpot_ms_p99",
+        for name in ("ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p90",
+                     "tpot_ms_p99",
                      "output_tokens_per_s_per_gpu", "tokens_per_s_per_user", "requests_per_s", "goodput_requests_per_s",
                      "goodput_requests_per_s_per_gpu", "max_load_output_tokens_per_s_per_gpu", "min_gpus_for_target",
                      "cost_usd_per_m_output_tokens", "cost_usd_per_m_input_tokens", "decode_batch",
