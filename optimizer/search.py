@@ -200,7 +200,6 @@ def _knob_values(scenario: Scenario) -> list[tuple[str, np.ndarray]]:
     offload = sorted({0, layers // 2, layers - 1}) if o.allow_offload and layers > 1 else [0]
     return [("sequence_parallel", np.array(sorted(set(o.sequence_parallel)))),
             ("zero_stage", np.array(sorted(set(o.zero_stages)))),
-            ("dp_replicate", np.array(sorted(set(o.dp_replicate_values)))),
             ("optimizer_offload", np.array([False, True] if o.allow_offload else [False])),
             ("activation_offload_layers", np.array(offload))]
 
@@ -210,8 +209,8 @@ def knob_rows(scenario: Scenario, schedules: dict[str, np.ndarray]) -> dict[str,
     cols = schedules
     for name, values in _knob_values(scenario):
         cols = _cross(cols, name, values)
-    keep = _rule_mask(scenario, cols) & hsdp_shard_groups_tried(scenario, cols)
-    return _filter(cols, keep)  # activation_offload_valid drops offload with pp > 1
+    cols = _filter(cols, _rule_mask(scenario, cols))  # activation_offload_valid drops offload with pp > 1
+    return with_hybrid_sharding(scenario, cols)
 
 
 HSDP_DOMAIN_MULTIPLES = (1, 2, 4)
@@ -220,24 +219,46 @@ one domain (the all-gathers and reduce-scatters on NVLink alone), two and four (
 a short network ring). Other sizes lie between these in both memory and time."""
 
 
-def hsdp_shard_groups_tried(scenario: Scenario, cols: dict[str, np.ndarray]) -> np.ndarray:
-    """True for the rows whose hybrid sharding the search prices: no hybrid sharding (dp_replicate 1), or a
-    shard group of :data:`HSDP_DOMAIN_MULTIPLES` times the data-parallel ranks one scale-up domain holds
-    (:func:`hardware.placement.dense_placement`). This keeps the HSDP grid to at most three sizes a layout,
-    whatever ``dp_replicate_values`` lists."""
-    replicas = cols["dp_replicate"]
-    hybrid = replicas > 1
-    if not hybrid.any():
-        return np.ones(len(replicas), dtype=bool)
-    placed = dense_placement(cols["tp"], cols["cp"], cols["dp"], cols["pp"],
-                             domain_gpus=scenario.cluster.topology.domain_gpus,
-                             order=scenario.options.rank_order)["dp_cp"]
-    per_domain = np.broadcast_to(placed.ranks_per_domain, replicas.shape)
-    shard = cols["dp"] * cols["cp"] // np.maximum(replicas, 1)
-    tried = np.zeros(len(replicas), dtype=bool)
-    for multiple in HSDP_DOMAIN_MULTIPLES:
-        tried |= shard == multiple * per_domain
-    return ~hybrid | tried
+def hybrid_sharding_replicas(scenario: Scenario, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The hybrid-sharding copies the search prices for each row, (rows, len(HSDP_DOMAIN_MULTIPLES)), 0 where
+    none: the shard group is :data:`HSDP_DOMAIN_MULTIPLES` times the data-parallel ranks one scale-up domain
+    holds (:func:`hardware.placement.dense_placement`), with ZeRO >= 1, more than one copy and a count listed
+    in ``dp_replicate_values``. This keeps the HSDP grid to at most three sizes a row, whatever
+    ``dp_replicate_values`` lists."""
+    n = len(cols["tp"])
+    allowed = np.array(sorted(set(scenario.options.dp_replicate_values)))
+    out = np.zeros((n, len(HSDP_DOMAIN_MULTIPLES)), dtype=np.int64)
+    sharded = cols["zero_stage"] >= 1
+    if not n or not sharded.any() or not (allowed > 1).any():
+        return out
+    per_domain = np.broadcast_to(dense_placement(cols["tp"], cols["cp"], cols["dp"], cols["pp"],
+                                                 domain_gpus=scenario.cluster.topology.domain_gpus,
+                                                 order=scenario.options.rank_order)["dp_cp"].ranks_per_domain, (n,))
+    ranks = cols["dp"] * cols["cp"]
+    for k, multiple in enumerate(HSDP_DOMAIN_MULTIPLES):
+        shard = multiple * per_domain
+        replicas = np.where(ranks % shard == 0, ranks // np.maximum(shard, 1), 0)
+        out[:, k] = np.where(sharded & (replicas > 1) & np.isin(replicas, allowed), replicas, 0)
+    return out
+
+
+def with_hybrid_sharding(scenario: Scenario, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each rule-abiding row (one shard group, ``dp_replicate`` 1), followed by its hybrid-sharding variants
+    (:func:`hybrid_sharding_replicas`) that the plan and framework rules accept. Row by row, so that cutting the
+    rows into blocks first changes nothing (:func:`group_chunks`); only the variants are checked again."""
+    n = len(cols["tp"])
+    replicas = hybrid_sharding_replicas(scenario, cols)
+    table = np.concatenate([np.ones((n, 1), dtype=np.int64), replicas], axis=1)
+    keep = table > 0
+    rows, slots = np.nonzero(replicas > 0)
+    if len(rows):
+        variants = {k: v[rows] for k, v in cols.items()}
+        variants["dp_replicate"] = replicas[rows, slots]
+        keep[rows, slots + 1] = _rule_mask(scenario, variants)
+    rows, slots = np.nonzero(keep)  # row-major: each row, then its variants
+    out = {k: v[rows] for k, v in cols.items()}
+    out["dp_replicate"] = table[rows, slots]
+    return out
 
 
 def candidate_groups(scenario: Scenario, layouts: np.ndarray) -> dict[str, np.ndarray]:
@@ -265,7 +286,7 @@ def group_chunks(scenario: Scenario, layouts: np.ndarray, max_groups: int | None
         return
     o = scenario.options
     per_layout = len(o.vpp_choices) * len(o.schedule_choices) * len(set(o.micro_batch_sizes))
-    per_schedule = math.prod(len(values) for _, values in _knob_values(scenario))
+    per_schedule = math.prod(len(values) for _, values in _knob_values(scenario)) * (1 + len(HSDP_DOMAIN_MULTIPLES))
     layout_block = max(1, max_groups // per_layout)
     schedule_block = max(1, max_groups // per_schedule)
     buffer: list[dict[str, np.ndarray]] = []

@@ -79,7 +79,7 @@ class SearchOptions:
     """Hybrid sharding (HSDP) copies tried with ZeRO >= 1 (``--dp-replicate``): the ZeRO states shard over
     dp x cp / dp_replicate ranks. Powers of two from 1 to 2,048; of these the search prices, per layout,
     the ones whose shard group is one, two or four scale-up domains' worth of data-parallel ranks
-    (:func:`optimizer.search.hsdp_shard_groups_tried`), the plan rules keep those that divide dp and the
+    (:func:`optimizer.search.hybrid_sharding_replicas`), the plan rules keep those that divide dp and the
     expert-data-parallel ranks, and the framework rules those its launcher runs. ``(1,)`` turns it off."""
 
     allow_offload: bool = False

@@ -8,6 +8,7 @@ too tight or too loose in the CP-SAT model or the vectorised plan rules makes th
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -106,12 +107,24 @@ def brute_force(spec, training, cluster, options):
                                                 recompute.append((FULL, layers, 0))
                                             counts_seen.append(layers)
                                         recompute.append((FULL, -1, 0))
-                                        for mode, layers, mask in recompute:
+                                        # Hybrid sharding: shard groups of 1, 2 or 4 domains' worth of the dp x cp
+                                        # ranks (tp-cp-ep-dp-pp order, tp inside a domain: domain / tp of them per
+                                        # domain), copies dividing dp and the expert-data-parallel ranks, a shard
+                                        # group of 2 or more; Megatron-FSDP's HSDP (ZeRO-2/3) has no MoE.
+                                        copies = [1]
+                                        per_domain = min(dp * cp, max(domain // tp, 1))
+                                        for multiple in (1, 2, 4):
+                                            shard = multiple * per_domain
+                                            r = dp * cp // shard if (dp * cp) % shard == 0 else 0
+                                            if (zero >= 1 and r > 1 and dp % r == 0 and ((tp * cp * dp) // (ep * etp)) % r == 0
+                                                    and shard >= 2 and not (spec.is_moe and zero >= 2)):
+                                                copies.append(r)
+                                        for (mode, layers, mask), r in itertools.product(recompute, copies):
                                             rows.append(dict(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp,
                                                              micro_batch=mbs, recompute=mode,
                                                              recompute_num_layers=layers, recompute_modules=mask,
                                                              sequence_parallel=sp, zero_stage=zero,
-                                                             optimizer_offload=False))
+                                                             optimizer_offload=False, dp_replicate=r))
     plans = PlanArrays.from_records(rows)
     memory = predict_memory(spec, training, plans).peak_bytes
     fits = memory <= cluster.gpu.memory_gib * GIB * (1 - options.memory_headroom)
