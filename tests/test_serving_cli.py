@@ -278,13 +278,15 @@ def test_weights_that_do_not_fit_ask_for_more_gpus_or_fp8(capsys):
 
 @pytest.mark.parametrize("flags, named", [
     (("--gpus", "9"), "--gpus"), (("--gpus", "8-4"), "--gpus"), (("--modes", "agg,split"), "--modes"),
-    (("--precision", "fp4"), "--precision"), (("--kv-dtype", "int4"), "--kv-dtype"),
+    (("--precision", "fp6"), "--precision"), (("--kv-dtype", "int4"), "--kv-dtype"),
     (("--target-rate", "1", "--target-concurrency", "4"), "--target-concurrency"),
     (("--target-rate", "0"), "--target-rate"), (("--objective", "fastest"), "--objective"),
     (("--emit", "vllm", "--format", "csv"), "--emit"), (("--top", "0"), "--top"),
     (("--max-model-len", "10"), "--max-model-len"), (("--model-path", "x"), "--model-path"),
 ])
 def test_input_errors_are_one_line(capsys, flags, named):
+    """Each bad flag gives one line naming it and exit code 2 (FP4 weights on H100 are served weight-only,
+    so an unknown precision stands for the refused one here; the GPU's refusals are the next test)."""
     code, out, err = run(capsys, *BASE, *flags)
     assert code == 2 and out == ""
     assert err.startswith("plan-search: error: ") and err.count("\n") == 1 and named in err, err
@@ -398,3 +400,13 @@ def test_disaggregated_plans_emit_a_prefill_and_a_decode_command(capsys):
     assert len(document["emit"]) == 2
     texts = [e["text"] for e in document["emit"]]
     assert "prefill" in texts[0] and "decode" in texts[1]
+
+
+def test_what_the_gpu_cannot_serve_is_refused_before_searching(capsys):
+    """An A100 has no FP8 tensor cores: FP8 weights run weight-only (FP8 Marlin), but an FP8 KV cache has no
+    attention kernel there, so ``--kv-dtype fp8`` is one line naming the flag; FP4 weights on H100 are
+    searched (weight-only), not refused."""
+    code, out, err = run(capsys, "serve", "a100x8", "llama3-70b", "chat-1k-1k", "--kv-dtype", "fp8")
+    assert code == 2 and out == "" and "--kv-dtype" in err and err.count("\n") == 1
+    code, out, err = run(capsys, "serve", "h100x8", "llama3-8b", "chat-1k-1k", "--precision", "fp4", "--gpus", "1")
+    assert code == 0 and "weights fp4" in out, err

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cost_model.serving.rules import kv_dtype_supported
 from hardware.errors import InputError
 
 from .inputs import precision_supported
@@ -169,7 +170,7 @@ def _relaxation(name: str, result) -> Relaxation:
     if name == "fp8_kv":
         if "fp8" in grid.kv_dtypes:
             return Relaxation(name, "--kv-dtype bf16,fp8", False, reason="FP8 KV was already searched")
-        if not precision_supported(cluster.gpu, "fp8"):
+        if not kv_dtype_supported(cluster.gpu, "fp8"):
             return Relaxation(name, "--kv-dtype fp8", False, reason=f"the {cluster.gpu.name} has no FP8")
         relaxed = dataclasses.replace(scenario, grid=dataclasses.replace(grid, kv_dtypes=grid.kv_dtypes + ("fp8",)))
         return _search(relaxed, name, "--kv-dtype " + ",".join(grid.kv_dtypes + ("fp8",)))
@@ -177,7 +178,7 @@ def _relaxation(name: str, result) -> Relaxation:
         if "fp8" in grid.weight_precisions:
             return Relaxation(name, "--precision fp8", False, reason="FP8 weights were already searched")
         if not precision_supported(cluster.gpu, "fp8"):
-            return Relaxation(name, "--precision fp8", False, reason=f"the {cluster.gpu.name} has no FP8")
+            return Relaxation(name, "--precision fp8", False, reason=f"the {cluster.gpu.name} serves no FP8 weights")
         precisions = grid.weight_precisions + ("fp8",)
         relaxed = dataclasses.replace(scenario, grid=dataclasses.replace(grid, weight_precisions=precisions))
         return _search(relaxed, name, "--precision " + ",".join(precisions))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from cost_model.serving.plan import KV_DTYPES, MODES, WEIGHT_PRECISIONS
+from cost_model.serving.rules import kv_dtype_supported, weight_precision_mode
 from hardware.errors import InputError, did_you_mean, shorten
 from hardware.schema import ClusterSpec, GPUSpec
 
@@ -65,23 +66,27 @@ def parse_kv_dtypes(text: str | None) -> tuple[str, ...] | None:
 
 
 def precision_supported(gpu: GPUSpec, precision: str) -> bool:
-    """Whether the GPU has tensor cores for the precision: FP8 from Hopper / MI300 (a ``peak_tflops_fp8``),
-    FP4 from Blackwell (a ``peak_tflops_fp4``); BF16 everywhere. The same test as the cost model's
-    precision rule, so the grid never offers what the rule refuses."""
-    if precision == "fp8":
-        return bool(gpu.peak_tflops_fp8)
-    if precision == "fp4":
-        return bool(gpu.peak_tflops_fp4)
-    return True
+    """Whether the GPU serves weights of the precision, natively on its tensor cores or weight-only
+    (stored low, dequantized to BF16 MMAs: Marlin / Triton kernels on NVIDIA Ampere and Hopper). The same
+    test as the cost model's precision rule (:func:`cost_model.serving.rules.weight_precision_mode`), so
+    the grid never offers what the rule refuses."""
+    return weight_precision_mode(gpu, precision) != "unsupported"
+
+
+def precision_native(gpu: GPUSpec, precision: str) -> bool:
+    """Whether the GPU has tensor cores for the precision (FP8 from Hopper / MI300, FP4 from Blackwell)."""
+    return weight_precision_mode(gpu, precision) == "native"
 
 
 def check_supported(flag: str, names: tuple[str, ...], gpu: GPUSpec) -> None:
-    """Refuse, before searching, a precision the user asked for that the GPU cannot run."""
+    """Refuse, before searching, a weight precision (``--precision``) or KV dtype (``--kv-dtype``) the user
+    asked for that the GPU cannot run."""
     for name in names:
-        if name != "bf16" and not precision_supported(gpu, name):
-            generation = "Hopper, Ada or MI300" if name == "fp8" else "Blackwell (b200, gb200-nvl72, ...)"
-            raise InputError("command line", flag, f"{name} needs {name.upper()} tensor cores, which the "
-                             f"{gpu.name} has not", f"drop {name} or use a cluster of {generation} GPUs")
+        supported = kv_dtype_supported(gpu, name) if flag in ("--kv-dtype", "kv_dtypes") else precision_supported(gpu, name)
+        if not supported:
+            generation = "Hopper, Ada or MI300" if name == "fp8" else "NVIDIA Ampere or newer"
+            raise InputError("command line", flag, f"{name} is not served on the {gpu.name}",
+                             f"drop {name} or use a cluster of {generation} GPUs")
 
 
 def check_target(target_rate: float | None, target_concurrency: float | None) -> None:

@@ -21,6 +21,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from cost_model.serving.evaluate import MAX_LOAD_FIELDS
+
 from ..report import _clean, fit_text, terminal_width
 
 MEMORY_PARTS = ("weights", "kv", "activations", "cuda_graph", "comm_buffers", "other")
@@ -33,7 +35,7 @@ METRIC_FIELDS = ("kv_capacity_tokens", "max_concurrency", "max_decode_batch", "d
                  "output_tokens_per_s_per_gpu", "tokens_per_s_per_user", "goodput_requests_per_s_per_gpu",
                  "requests_per_s", "goodput_requests_per_s", "max_load_output_tokens_per_s_per_gpu",
                  "min_gpus_for_target", "cost_usd_per_m_output_tokens", "cost_usd_per_m_input_tokens",
-                 "prefill_decode_ratio", "kv_transfer_ms")
+                 "prefill_decode_ratio", "kv_transfer_ms", "ttft_ms_slo", "tpot_ms_slo", *MAX_LOAD_FIELDS)
 """Per-plan metrics copied to records under the cost model's own names."""
 
 
