@@ -291,7 +291,8 @@ class WorkloadSpec:
 
     def describe(self) -> str:
         load = (f"{self.request_rate_per_s:g} req/s Poisson" if self.arrival == "open"
-                else f"{self.concurrency} in flight" if self.arrival == "closed" else "max load")
+                else f"{self.concurrency} in flight" if self.arrival == "closed"
+                else "at goodput" if self.slo else "max load")
         slo = (f", SLO p{self.slo.percentile:g} TTFT {self.slo.ttft_ms:g} ms TPOT {self.slo.tpot_ms:g} ms"
                if self.slo else "")
         return f"{self.name}: ISL {self.input_tokens.describe()}, OSL {self.output_tokens.describe()}, {load}{slo}"
