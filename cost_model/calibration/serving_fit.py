@@ -283,13 +283,12 @@ def price(observation: Observation, values: dict[str, float]) -> PricedObservati
 
 
 def row_parameters(observation: Observation) -> list[str]:
-    """The parameters an observation depends on: the step floor and per-request host time always, the eager
-    issue time only without CUDA graphs, its GPU family's HBM departure wherever decode runs (not a prompt
-    time), its family x precision GEMM departure."""
+    """The parameters an observation depends on: the host's step floor, per-request time and eager issue
+    time always (a step larger than the captured graphs runs eagerly even with CUDA graphs on:
+    :meth:`cost_model.serving.step.InstancePricing._launch_s`), its GPU family's HBM departure wherever
+    decode runs (not a prompt time), its family x precision GEMM departure."""
     run = observation.run
-    names = ["step_overhead_us", "step_overhead_per_request_us"]
-    if not run.cuda_graphs:
-        names.append("eager_kernel_issue_us")
+    names = ["step_overhead_us", "step_overhead_per_request_us", "eager_kernel_issue_us"]
     family = _family(run)
     if observation.quantity != "ttft_ms" and f"hbm.{family}" in BY_NAME:
         names.append(f"hbm.{family}")
