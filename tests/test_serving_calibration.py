@@ -182,3 +182,17 @@ def test_family_departures_reach_the_gpu_the_step_prices():
     slow = base.with_changes(gpu_departures=(("hbm.hopper", 0.9),))
     hbm = [price_instances(model, h100, instances, o).decode_step(1, 1000).hbm_s[0] for o in (base, slow)]
     assert hbm[1] == pytest.approx(hbm[0] / 0.9)
+
+
+def test_validate_serving_prints_one_source_and_refuses_an_unknown_one(capsys):
+    import json
+
+    from tests.test_cli import run
+
+    code, out, err = run(capsys, "validate", "--serving", "--source", "mlperf_v41", "--format", "json")
+    assert code == 0
+    document = json.loads(out)
+    # 2 Offline runs (throughput) and 2 Server runs (throughput, TTFT and TPOT p50/p99): 12 quantities.
+    assert len(document["rows"]) == 12 and {r["source_group"] for r in document["rows"]} == {"mlperf_v41"}
+    code, out, err = run(capsys, "validate", "--serving", "--source", "mlperf")
+    assert code == 2 and "is not a source group of the serving runs" in err and "mlperf_v41" in err

@@ -366,6 +366,8 @@ def generation_pairs(priced: list[PricedObservation]) -> tuple[int, int]:
     groups: dict[tuple, list[PricedObservation]] = {}
     for p in priced:
         run = p.observation.run
+        if run.kind == "mlperf_server":  # latencies at a rate near capacity: not a generation's speed
+            continue
         key = (run.source_group, run.model, p.observation.quantity, run.isl, run.osl, run.workload)
         if run.kind == "static_batch":
             key += (run.batch, run.layout["tp"])
@@ -571,16 +573,23 @@ def validation_lines(priced: list[PricedObservation], cross: dict[str, Any] | No
     lines = [f"{'run':46s} {'GPU':12s} {'layout':40s} {'quantity':28s} {'meas':>9s} {'pred':>9s} {'error':>7s} fits"]
     for p in priced:
         run = p.observation.run
+        predicted, error = ((f"{p.predicted:9.4g}", f"{p.error:+7.0%}") if math.isfinite(p.predicted)
+                            else ("overload", "-"))  # the plan cannot carry the run's request rate
         lines.append(f"{run.id[:46]:46s} {run.gpu[:12]:12s} {p.layout[:40]:40s} {p.observation.quantity[:28]:28s} "
-                     f"{p.observation.measured:9.4g} {p.predicted:9.4g} {p.error:+7.0%} {'yes' if p.fits else 'NO'}")
+                     f"{p.observation.measured:9.4g} {predicted:>9s} {error:>7s} {'yes' if p.fits else 'NO'}")
     lines.append("")
     lines.append(f"{'source':20s} {'quantity':28s} {'rows':>5s} {'median |err|':>12s} {'signed':>8s}")
     keys = sorted({(p.observation.source_group, p.observation.quantity) for p in priced})
     for group, quantity in keys:
         errors = np.array([p.error for p in priced if (p.observation.source_group, p.observation.quantity)
                            == (group, quantity)])
-        lines.append(f"{group[:20]:20s} {quantity[:28]:28s} {len(errors):5d} {np.median(np.abs(errors)):12.1%} "
-                     f"{np.median(errors):+8.1%}")
+        finite = errors[np.isfinite(errors)]
+        if not len(finite):
+            lines.append(f"{group[:20]:20s} {quantity[:28]:28s} {len(errors):5d} {'overload':>12s}")
+            continue
+        lines.append(f"{group[:20]:20s} {quantity[:28]:28s} {len(errors):5d} {np.median(np.abs(finite)):12.1%} "
+                     f"{np.median(finite):+8.1%}" + (f"  ({len(errors) - len(finite)} overloaded)"
+                                                    if len(finite) < len(errors) else ""))
     lines.append("")
     lines.extend(line.replace("leave-one-source-out predictions", "in-sample: the stored fit on every source")
                  for line in target_lines(targets(priced)))
@@ -597,6 +606,7 @@ def validation_lines(priced: list[PricedObservation], cross: dict[str, Any] | No
 def validation_json(priced: list[PricedObservation], cross: dict[str, Any] | None) -> dict[str, Any]:
     return {"rows": [{"run": p.observation.run.id, "source_group": p.observation.source_group,
                       "quantity": p.observation.quantity, "measured": p.observation.measured,
-                      "predicted": p.predicted, "error": p.error, "fits": p.fits, "layout": p.layout,
+                      "predicted": p.predicted if math.isfinite(p.predicted) else None,
+                      "error": p.error if math.isfinite(p.error) else None, "fits": p.fits, "layout": p.layout,
                       "assumptions": list(p.observation.run.assumptions)} for p in priced],
             "targets": targets(priced), "cross_validation": cross}
