@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from cost_model.compute import precision_conflict
 from cost_model.model_loader import build_training, model_input_from_mapping
 from cost_model.model_spec import ModelSpec
 from cost_model.plan import FULL, NONE, SELECTIVE, PlanArrays
@@ -190,6 +191,10 @@ def training_overrides(draw, model: ModelSpec | None = None, max_seq: int = 1310
     }
     if precision == "fp8":
         out["fp8_recipe"] = draw(st.sampled_from(["delayed", "tensorwise", "mxfp8", "blockwise"]))
+        if out["fp8_recipe"] != "delayed" and model is not None and draw(st.booleans()):
+            # BF16 first/last layers (Megatron-Core first_last_layers_bf16), at most the model's layers.
+            out["num_layers_at_start_in_bf16"] = draw(st.integers(0, min(2, model.num_layers)))
+            out["num_layers_at_end_in_bf16"] = draw(st.integers(0, min(2, model.num_layers)))
     if model is None or model.is_moe:
         dispatcher = draw(st.sampled_from(["alltoall", "deepep", "hybridep"]))
         out["moe_token_dispatcher"] = dispatcher
@@ -297,6 +302,8 @@ def scenarios(draw, model_strategy=None, cluster_strategy=None, max_seq: int = 1
     model = to_model(config)
     training = to_training(draw(training_overrides(model, max_seq)), model)
     cluster = draw(cluster_strategy if cluster_strategy is not None else clusters)
+    if precision_conflict(training, cluster.gpu):  # MXFP8 before Blackwell: the per-tensor recipe instead
+        training = training.with_changes(fp8_recipe="tensorwise")
     return Drawn(config, model, training, cluster)
 
 
@@ -324,11 +331,15 @@ def plan_records(draw, model: ModelSpec, training: TrainingSpec, cluster: Cluste
     else:
         sp = draw(st.booleans()) if sp_ok else False
     zero = draw(st.integers(0, 3)) if dp * cp > 1 else 0
+    # Hybrid sharding: copies dividing dp and the expert-data-parallel ranks, a shard group of 2 or more.
+    edp = tp * cp * dp // (etp * ep)
+    copies = [r for r in (1, 2, 4, 8) if dp % r == 0 and edp % r == 0 and (r == 1 or (zero >= 1 and dp * cp >= 2 * r))]
+    replicas = draw(st.sampled_from(copies))
     chunk = chunk_layers(L, pp, vpp)
     mode = draw(st.sampled_from([NONE, SELECTIVE, FULL]))
     record = dict(tp=tp, cp=cp, pp=pp, dp=dp, ep=ep, etp=etp, vpp=vpp, micro_batch=mbs, sequence_parallel=sp,
                   zero_stage=zero, recompute=mode, optimizer_offload=draw(st.booleans()),
-                  recompute_num_layers=-1, recompute_modules=0, activation_offload_layers=0)
+                  recompute_num_layers=-1, recompute_modules=0, activation_offload_layers=0, dp_replicate=replicas)
     if mode == SELECTIVE:
         record["recompute_modules"] = draw(st.sampled_from(selective_ladder(model, training.flash_attention)))
     elif mode == FULL and chunk > 1 and draw(st.booleans()):

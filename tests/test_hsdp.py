@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from tests import strategies as S
 
 from cost_model.communication import CommPricer, data_parallel_communication, place
 from cost_model.evaluate import evaluate
@@ -230,3 +234,30 @@ def test_without_copies_the_launchers_say_nothing_new():
     knobs = build_knobs(dict(tp=1, dp=128, zero_stage=3), LLAMA, TRAINING)
     assert "--num-distributed-optimizer-instances" not in megatron_lm.emit(knobs).argv
     assert not any("num_distributed_optimizer_instances" in word for word in megatron_bridge.emit(knobs).argv)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.data())
+def test_more_copies_never_lower_the_model_states_and_one_copy_is_plain_zero(data):
+    """For any drawn model, setup, cluster and plan with ZeRO >= 1: more copies (smaller shard groups) never
+    shrink the weights, gradients or optimizer states a rank holds, each shard shrinking by the copies it
+    loses; and dp_replicate = 1 prices the same memory as a plan without the column."""
+    d = data.draw(S.scenarios())
+    record = data.draw(S.plan_records(d.model, d.training, d.cluster, need_dp=True))
+    assume(record["zero_stage"] >= 1)
+    edp = record["tp"] * record["cp"] * record["dp"] // (record["etp"] * record["ep"])
+    copies = [r for r in (1, 2, 4, 8) if record["dp"] % r == 0 and edp % r == 0
+              and record["dp"] * record["cp"] >= 2 * r]
+    assume(len(copies) > 1)
+    plans = PlanArrays.from_records([record | {"dp_replicate": r} for r in copies])
+    mem = predict_memory_of(d, plans)
+    states = (mem.weights + mem.gradients + mem.optimizer)
+    assert np.all(np.diff(states, axis=0) >= -1e-9 * states[:-1])
+    plain = {k: v for k, v in record.items() if k != "dp_replicate"}
+    a, b = predict_memory_of(d, PlanArrays.from_records([plain])), predict_memory_of(d, plans.take([0]))
+    np.testing.assert_array_equal(a.total, b.total)
+
+
+def predict_memory_of(drawn, plans):
+    from cost_model.evaluate import predict_memory
+    return predict_memory(drawn.model, drawn.training, plans).by_stage
