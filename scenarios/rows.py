@@ -7,7 +7,7 @@ A row holds the scenario's columns (from :class:`scenarios.sweep_file.ScenarioTa
   one-line message);
 * ``rank`` (1 = best) and the plan: ``plan`` (a compact label, equal labels = equal plans), ``tp pp dp
   cp ep etp vpp micro_batch num_microbatches recompute recompute_num_layers recompute_modules
-  sequence_parallel zero_stage optimizer_offload activation_offload_layers plan_num_gpus``
+  sequence_parallel zero_stage dp_replicate optimizer_offload activation_offload_layers plan_num_gpus``
   (``recompute_modules``: Megatron's selective modules joined by ``+``);
 * its metrics, units in the names: ``memory_gib``, ``step_time_s``, ``tokens_per_s``,
   ``tokens_per_s_per_gpu``, ``tflops_per_gpu``, ``mfu``, ``time_to_train_days``, ``gpu_hours``,
@@ -40,10 +40,10 @@ from optimizer.search import SearchResult
 
 STATUS_COLUMNS = ("status", "binding_constraint", "reason", "num_layouts", "num_candidates", "num_feasible")
 PLAN_INT_COLUMNS = ("rank", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "num_microbatches",
-                    "recompute_num_layers", "zero_stage", "activation_offload_layers", "plan_num_gpus")
+                    "recompute_num_layers", "zero_stage", "dp_replicate", "activation_offload_layers", "plan_num_gpus")
 PLAN_COLUMNS = ("rank", "plan", "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch", "num_microbatches",
                 "recompute", "recompute_num_layers", "recompute_modules", "sequence_parallel", "zero_stage",
-                "optimizer_offload", "activation_offload_layers", "plan_num_gpus", "peak_stage")
+                "dp_replicate", "optimizer_offload", "activation_offload_layers", "plan_num_gpus", "peak_stage")
 METRIC_COLUMNS = ("memory_gib", "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu",
                   "hfu", "time_to_train_days", "gpu_hours", "cost_usd", "energy_mwh", "gpu_power_w", "power_mw",
                   "peak_power_mw", "ettr", "mtbf_h", "checkpoint_gib_per_rank", "checkpoint_gib_job",
@@ -71,7 +71,8 @@ def plan_label(record: dict[str, Any]) -> str:
     ep = f"ep{record['ep']}" + (f"/{record['etp']}" if record["etp"] > 1 else "")
     return (f"tp{record['tp']} pp{record['pp']} dp{record['dp']} cp{record['cp']} {ep} vpp{record['vpp']} "
             f"mbs{record['micro_batch']} {recompute} {'sp' if record['sequence_parallel'] else 'nosp'} "
-            f"zero{record['zero_stage']}{'+off' if record['optimizer_offload'] else ''}"
+            f"zero{record['zero_stage']}" + (f" hsdp{record['dp_replicate']}" if record.get("dp_replicate", 1) > 1 else "")
+            + f"{'+off' if record['optimizer_offload'] else ''}"
             + (f" actoff{record['activation_offload_layers']}" if record.get("activation_offload_layers") else ""))
 
 
