@@ -12,6 +12,8 @@ from cost_model.serving.step import price_instances
 from cost_model.serving.workload import LengthSpec, SLOSpec, SpeculativeSpec, WorkloadSpec, load_workload
 from hardware.loader import load_cluster
 
+pytestmark = pytest.mark.usefixtures("serving_priors")  # the physics at the documented priors
+
 PRICE = 2.5
 
 

@@ -12,6 +12,8 @@ from cost_model.serving.options import ServingOptions
 from cost_model.serving.plan import InstanceArrays
 from hardware.loader import load_cluster
 
+pytestmark = pytest.mark.usefixtures("serving_priors")  # the physics at the documented priors
+
 H100 = load_cluster("h100x8").gpu
 
 

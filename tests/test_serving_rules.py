@@ -11,6 +11,8 @@ from cost_model.serving.rules import kv_dtype_supported, nic_groups, serving_vio
 from cost_model.serving.step import WEIGHT_ONLY_DEQUANT_OVERHEAD, price_instances
 from hardware.loader import load_cluster
 
+pytestmark = pytest.mark.usefixtures("serving_priors")  # the physics at the documented priors
+
 
 def _instances(**columns):
     return InstanceArrays.from_columns({"max_num_seqs": 64, "max_num_batched_tokens": 8192, **columns})

@@ -12,6 +12,8 @@ from cost_model.serving.plan import InstanceArrays
 from cost_model.serving.step import BOTTLENECKS, experts_touched, price_instances
 from hardware.loader import load_cluster
 
+pytestmark = pytest.mark.usefixtures("serving_priors")  # the physics at the documented priors
+
 H100 = load_cluster("h100x8")
 H200 = load_cluster("h200x8")
 LLAMA2_70B = model_input_from_mapping(dict(
