@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cost_model.bf16_layers import bf16_layers_per_stage, check_bf16_layers

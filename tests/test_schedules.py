@@ -14,14 +14,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from cost_model.calibration.validate import DEFAULT_DATASET, read_runs, validate_row
 from cost_model.evaluate import evaluate
-from cost_model.model_loader import build_training, load_model
+from cost_model.model_loader import load_model
 from cost_model.plan import SCHEDULES, PlanArrays
 from cost_model.schedules import (DUALPIPE, DUALPIPEV, INTERLEAVED, ONE_F_ONE_B, ZB_H1, ZB_H2, ZBV, bubble_s,
                                   chunks_per_rank, in_flight_chunk_forwards, paired_chunk_share, parameter_copies)

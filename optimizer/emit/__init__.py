@@ -67,4 +67,4 @@ def framework_violations(framework: str, model: ModelSpec, training: TrainingSpe
 
 
 __all__ = ["Emission", "FRAMEWORKS", "LaunchKnobs", "build_knobs", "emit", "framework_rules", "framework_schedules",
-           "framework_violations"]
+           "framework_violations", "ENGINES", "emit_serving", "serving_rules", "serving_violations"]
