@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 
 from .bands import gpu_family
+from .calibrate import SourceReport
 from .fit import Fit, FitProblem, Fold, Parameter, fit, leave_one_source_out
 from .serving_runs import ServingRun, UNPUBLISHED_MAX_LOAD_CHOICES, load_serving_runs
 
@@ -333,16 +334,6 @@ def priors() -> dict[str, float]:
 
 
 # --- calibration and its report -------------------------------------------------------------------------
-
-@dataclass
-class SourceReport:
-    source_group: str
-    rows: int
-    fitted_median_abs: float
-    held_out_median_abs: float
-    held_out_median_signed: float
-    held_out_worst_abs: float
-
 
 @dataclass
 class ServingCalibration:

@@ -462,6 +462,18 @@ class InstancePricing:
         return dense + moe + col(w.lm_head_bytes)
 
     # --- the two kinds of step ------------------------------------------------------------------
+    def _streamed_bytes(self, col, expert_bytes, requests, tokens, context):
+        """HBM bytes of one step: the weights it reads, each request's cached KV (sliding-window layers hold at
+        most the window), the KV its new tokens write, and the element-wise passes over their hidden states."""
+        m = self.model
+        kv_layer = col(self.kv_bytes_per_token_per_layer)
+        sliding = m.num_sliding_window_layers
+        held = (m.num_layers - sliding) * context + sliding * np.minimum(context, m.sliding_window or 0)
+        return (self._weight_read_bytes(col, expert_bytes)
+                + requests * held * kv_layer                  # KV read, once per request
+                + tokens * m.num_layers * kv_layer            # new KV written
+                + tokens * m.num_layers * ELEMENTWISE_BYTES_PER_HIDDEN * m.hidden_size)
+
     def decode_step(self, batch, context_tokens, verify_tokens=1) -> StepTimes:
         """One decode step: ``batch`` running requests per attention rank, each with ``context_tokens``
         of KV cache, each adding ``verify_tokens`` tokens (1; k + 1 to verify k drafted tokens)."""
@@ -474,15 +486,8 @@ class InstancePricing:
         head_s, head_flops = self._head_pricer.gemm(tokens, m.vocab_size / col(self.instances.tp), m.hidden_size)
         gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
         gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
-        window = m.sliding_window or 0
-        kv_layer = col(self.kv_bytes_per_token_per_layer)
-        sliding = m.num_sliding_window_layers
-        held = (m.num_layers - sliding) * context + sliding * np.minimum(context, window)
-        hbm_bytes = (self._weight_read_bytes(col, expert_bytes)
-                     + requests * held * kv_layer                  # KV read, once per request
-                     + tokens * m.num_layers * kv_layer            # new KV written
-                     + tokens * m.num_layers * ELEMENTWISE_BYTES_PER_HIDDEN * m.hidden_size)
-        hbm_s = hbm_bytes / self.hbm_bytes_per_s
+        window, sliding = m.sliding_window or 0, m.num_sliding_window_layers
+        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s
         # Each of the verify tokens attends to the context (and the drafted tokens before it).
         pairs_full = tokens * (context + (verify - 1) / 2)
         pairs_sliding = tokens * np.minimum(context + (verify - 1) / 2, window) if sliding else 0.0
@@ -510,15 +515,8 @@ class InstancePricing:
                                                     m.hidden_size)
         gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
         gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
-        window = m.sliding_window or 0
-        kv_layer = col(self.kv_bytes_per_token_per_layer)
-        sliding = m.num_sliding_window_layers
-        held = (m.num_layers - sliding) * context + sliding * np.minimum(context, window)
-        hbm_bytes = (self._weight_read_bytes(col, expert_bytes)
-                     + requests * held * kv_layer
-                     + tokens * m.num_layers * kv_layer
-                     + tokens * m.num_layers * ELEMENTWISE_BYTES_PER_HIDDEN * m.hidden_size)
-        hbm_s = hbm_bytes / self.hbm_bytes_per_s
+        window, sliding = m.sliding_window or 0, m.num_sliding_window_layers
+        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s
         pairs_full = tokens * (context + chunk / 2)
         pairs_sliding = tokens * np.minimum(context + chunk / 2, window) if sliding else 0.0
         # The training model's flash rate: a call over a request's chunk, each query attending to the cached
