@@ -354,6 +354,7 @@ NOT_CHECKED_AT_START_UP = {
     "bridge_no_alibi": "no setting exists",
     "bridge_no_rank_capacity": "no setting exists",
     "bridge_fsdp_hsdp_dense_only": "Megatron-FSDP's wrapper, under torch.distributed (no expert mesh with HSDP)",
+    "bridge_pipeline_schedule": "no setting exists (megatron-core 0.16.1 runs 1F1B and interleaved only)",
 }
 """Rules whose refusal happens past the CPU start-up (or is a knob with no setting): the example's accepted
 neighbour still runs through Bridge, and a missing setting is checked as an absent field."""
