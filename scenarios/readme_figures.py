@@ -18,9 +18,12 @@ Blocks:
 
 * ``search``: ``plan-search examples/cluster.yaml examples/model.yaml --top 5``, as printed;
 * ``no-fit``: ``plan-search h100x8 llama3-405b --seq-len 8192 --global-batch 64`` (nothing fits);
+* ``serve``: ``plan-search serve h100x8 llama3-70b chat-1k-1k --price 2.5 --top 3``, as printed;
 * ``procurement``: the bundled what-if study (``scenarios/examples/procurement_405b.yaml``): every
   option's best plan, nominal days, ETTR, effective days and cost, average MW, and the frontier of
   effective days and cost, as the study's ``summary.md`` has them;
+* ``serving-calibration``: the serving parameters and the leave-one-source-out errors that ``plan-search
+  calibrate --serving --write`` stored in ``cost_model/calibration/serving_fitted.yaml``;
 * ``calibration``: the fitted parameters and the leave-one-source-out errors that ``plan-search
   calibrate --write`` stored in ``cost_model/calibration/fitted.yaml``.
 
@@ -75,6 +78,10 @@ def search_block() -> str:
 
 def no_fit_block() -> str:
     return _console(["h100x8", "llama3-405b", "--seq-len", "8192", "--global-batch", "64"], 1)
+
+
+def serve_block() -> str:
+    return _console(["serve", "h100x8", "llama3-70b", "chat-1k-1k", "--price", "2.5", "--top", "3"], 0)
 
 
 def procurement_block() -> str:
@@ -138,8 +145,40 @@ def calibration_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = (Block("search", search_block), Block("no-fit", no_fit_block), Block("procurement", procurement_block),
-          Block("calibration", calibration_block))
+def serving_calibration_block() -> str:
+    """The stored serving calibration (``cost_model/calibration/serving_fitted.yaml``): every fitted
+    parameter against its prior, the issue's targets and each source's error with that source left out."""
+    from cost_model.serving.options import SERVING_FITTED_FILE
+    from hardware.errors import read_yaml_mapping
+
+    document = read_yaml_mapping(SERVING_FITTED_FILE)
+    lines = ["| parameter | prior | fitted | observations | what it is |", "|---|---:|---:|---:|---|"]
+    for name, entry in document["parameters"].items():
+        lines.append(f"| `{name}` | {entry['prior']:g} | {entry['value']:.3g} | {entry['rows']} | {entry['meaning']} |")
+    targets = document["cross_validation"]["targets"]
+    lines += ["", "| quantity (held out) | observations | median \\|error\\| | target |", "|---|---:|---:|---:|"]
+    names = {"max_load_dense": "max-load output tokens/s/GPU, dense", "max_load_moe": "max-load output tokens/s/GPU, MoE",
+             "tpot_at_layout_and_batch": "TPOT at a layout and batch", "ttft_low_load": "TTFT at low load (one request)",
+             "ttft_static_batches": "prompt time at every static batch"}
+    for key, label in names.items():
+        entry = targets[key]
+        target = f"≤ {entry['target']:.0%}" if "target" in entry else ""
+        lines.append(f"| {label} | {entry['rows']} | {entry['median_abs_error']:.1%} | {target} |")
+    pairs, fit = targets["gpu_generation_pairs"], targets["published_configurations_fit"]
+    lines += ["", f"GPU generations ordered as measured in {pairs['ordered']} of {pairs['pairs']} pairs "
+              f"({pairs['share']:.0%}; target ≥ {pairs['target']:.0%}); {fit['fit']} of {fit['runs']} published "
+              "configurations predicted to fit.", "",
+              "| source | observations | fitted median \\|error\\| | held-out median \\|error\\| | held-out signed |",
+              "|---|---:|---:|---:|---:|"]
+    for source in document["cross_validation"]["sources"]:
+        lines.append(f"| `{source['source_group']}` | {source['rows']} | {source['fitted_median_abs_error']:.1%} | "
+                     f"{source['held_out_median_abs_error']:.1%} | {source['held_out_median_signed_error']:+.1%} |")
+    return "\n".join(lines)
+
+
+BLOCKS = (Block("search", search_block), Block("no-fit", no_fit_block), Block("serve", serve_block),
+          Block("procurement", procurement_block), Block("calibration", calibration_block),
+          Block("serving-calibration", serving_calibration_block))
 
 
 def _markers(name: str) -> tuple[str, str]:
