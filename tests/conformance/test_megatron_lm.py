@@ -288,6 +288,7 @@ CANNOT_EXPRESS = {
     "megatron_no_rank_capacity": ["--moe-expert-rank-capacity-factor", "1.5"],
     "megatron_no_fp8_dispatch": ["--moe-dispatch-fp8"],
     "megatron_no_alibi": ["--position-embedding-type", "alibi"],
+    "megatron_pipeline_schedule": ["--pipeline-schedule", "dualpipev"],  # no schedule flag: 1F1B or interleaved
 }
 """Rules for knobs core_v0.16.1 has no word for: its parser refuses the flag that would say it."""
 
