@@ -852,8 +852,9 @@ def calibrate_command(
                                             "published_runs.yaml and training_runs.csv)."),
     write: bool = typer.Option(False, "--write", help="Store the fitted values: GPU presets, stacks.yaml and "
                                "cost_model/calibration/fitted.yaml (parameters, cross-validation, bands)."),
-    serving: bool = typer.Option(False, "--serving", help="Fit the serving model's parameters (ServingOptions: step "
-                                 "floor, eager issue time, decode HBM share, MoE kernel share) on serving_runs.csv; "
+    serving: bool = typer.Option(False, "--serving", help="Fit the serving model's parameters (the host's per-request "
+                                 "step time and eager kernel issue time, per GPU family HBM and GEMM departures) on "
+                                 "serving_runs.csv; "
                                  "--write stores cost_model/calibration/serving_fitted.yaml."),
 ) -> None:
     """Fit the global parameters on every measured run, cross-validate them leaving out one source at a
