@@ -75,8 +75,10 @@ def little_rate_per_s(in_system: Any, time_in_system_s: Any) -> np.ndarray:
 
 
 def utilisation(rate_per_s: Any, mean_service_s: Any) -> np.ndarray:
-    """rho = lambda E[S]."""
-    return _f(rate_per_s) * _f(mean_service_s)
+    """rho = lambda E[S]; 0 without arrivals, even where a service time is infinite (no chunk budget)."""
+    lam, es = _f(rate_per_s), _f(mean_service_s)
+    with np.errstate(invalid="ignore"):
+        return np.where(lam > 0, lam * es, 0.0)
 
 
 def mg1_mean_wait_s(rate_per_s: Any, mean_service_s: Any, service_second_moment_s2: Any) -> np.ndarray:
