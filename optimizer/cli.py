@@ -54,6 +54,7 @@ from .plan_rules import rule_sentence, violations
 from .ranking import objective_goodness, tied_with_leader
 from .report import (band_note, band_range_text, breakdown_text, fit_text, plan_records, render_table,
                      scenario_header, scenario_record, to_csv, uncertainty_record)
+from .output_format import OutputFormat
 from .search import Scenario, search
 from .search_options import OBJECTIVES, SearchOptions
 from .serving.cli import serve_app
@@ -105,12 +106,6 @@ def _main_options(
                                  help="Print the version and the framework releases emitted for, and exit."),
 ) -> None:
     """Search every TP x PP x DP x CP x EP layout of a training run and rank the plans that fit."""
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
 
 
 class Emitter(str, Enum):
@@ -862,7 +857,8 @@ def calibrate_command(
     if serving:
         _calibrate_serving(dataset, write)
         return
-    from cost_model.calibration.calibrate import calibrate, dataset_rows, measured_rows, write as write_calibration
+    from cost_model.calibration.calibrate import (calibrate, dataset_rows, measured_rows, parameter_lines, source_lines,
+                                                  write as write_calibration)
     from cost_model.calibration.fit import PARAMETERS
     from cost_model.calibration.validate import read_runs
     if dataset is None:
@@ -876,15 +872,7 @@ def calibrate_command(
             raise InputError("--write", "", "stores the packaged calibration; a dataset of your own is reported only",
                              "drop --write, or calibrate without a dataset")
     result = calibrate(rows, progress=lambda line: typer.echo(line, err=True))
-    typer.echo(f"{'parameter':28s} {'prior':>7s} {'fitted':>7s} {'rows':>5s}  meaning")
-    for p in PARAMETERS:
-        typer.echo(f"{p.name:28s} {p.prior:7.3g} {result.fit.values[p.name]:7.3g} "
-                   f"{result.fit.touched.get(p.name, 0):5d}  {p.meaning}")
-    typer.echo("")
-    typer.echo(f"{'source':20s} {'rows':>5s} {'fitted |err|':>12s} {'held out |err|':>14s} {'signed':>8s} {'worst':>7s}")
-    for s in result.sources:
-        typer.echo(f"{s.source_group[:20]:20s} {s.rows:5d} {s.fitted_median_abs:12.1%} {s.held_out_median_abs:14.1%} "
-                   f"{s.held_out_median_signed:+8.1%} {s.held_out_worst_abs:7.0%}")
+    typer.echo("\n".join([*parameter_lines(PARAMETERS, result.fit), "", *source_lines(result.sources)]))
     o = result.overall()
     typer.echo(f"all {o['rows']} rows: fitted median |error| {o['fitted_median_abs_error']:.1%}; leave-one-source-out "
                f"median |error| {o['held_out_median_abs_error']:.1%}, signed {o['held_out_median_signed_error']:+.1%}, "

@@ -294,21 +294,46 @@ def _replace_in_stack(text: str, stack: str, line: str) -> str:
     return new
 
 
+def parameter_records(parameters, fit: Fit) -> dict[str, dict[str, Any]]:
+    """Each fitted parameter as a stored record: value, prior, prior spread, rows that pin it, meaning, source."""
+    return {p.name: {"value": round(fit.values[p.name], 4), "prior": p.prior, "prior_log_sd": p.prior_log_sd,
+                     "rows": fit.touched.get(p.name, 0), "meaning": p.meaning, "source": p.source}
+            for p in parameters}
+
+
+def source_records(sources: list[SourceReport]) -> list[dict[str, Any]]:
+    """Each source's errors, fitted and held out, as stored records."""
+    return [{"source_group": s.source_group, "rows": s.rows,
+             "fitted_median_abs_error": round(s.fitted_median_abs, 4),
+             "held_out_median_abs_error": round(s.held_out_median_abs, 4),
+             "held_out_median_signed_error": round(s.held_out_median_signed, 4),
+             "held_out_worst_abs_error": round(s.held_out_worst_abs, 4)} for s in sources]
+
+
+def parameter_lines(parameters, fit: Fit) -> list[str]:
+    """The fitted parameters as a text table: prior, fitted value, rows that pin it, meaning."""
+    lines = [f"{'parameter':28s} {'prior':>7s} {'fitted':>7s} {'rows':>5s}  meaning"]
+    lines += [f"{p.name:28s} {p.prior:7.3g} {fit.values[p.name]:7.3g} {fit.touched.get(p.name, 0):5d}  {p.meaning}"
+              for p in parameters]
+    return lines
+
+
+def source_lines(sources: list[SourceReport]) -> list[str]:
+    """Each source's errors as a text table: fitted, held out, signed and worst held-out error."""
+    lines = [f"{'source':20s} {'rows':>5s} {'fitted |err|':>12s} {'held out |err|':>14s} {'signed':>8s} {'worst':>7s}"]
+    lines += [f"{s.source_group[:20]:20s} {s.rows:5d} {s.fitted_median_abs:12.1%} {s.held_out_median_abs:14.1%} "
+              f"{s.held_out_median_signed:+8.1%} {s.held_out_worst_abs:7.0%}" for s in sources]
+    return lines
+
+
 def fitted_document(calibration: Calibration) -> str:
-    values = calibration.fit.values
     overall = calibration.overall()
     document = {
-        "parameters": {p.name: {"value": round(values[p.name], 4), "prior": p.prior, "prior_log_sd": p.prior_log_sd,
-                                "rows": calibration.fit.touched.get(p.name, 0), "meaning": p.meaning,
-                                "source": p.source} for p in PARAMETERS},
+        "parameters": parameter_records(PARAMETERS, calibration.fit),
         "cross_validation": {
             "method": "leave-one-source-out: fit without a source_group, price its rows",
             "overall": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in overall.items()},
-            "sources": [{"source_group": s.source_group, "rows": s.rows,
-                         "fitted_median_abs_error": round(s.fitted_median_abs, 4),
-                         "held_out_median_abs_error": round(s.held_out_median_abs, 4),
-                         "held_out_median_signed_error": round(s.held_out_median_signed, 4),
-                         "held_out_worst_abs_error": round(s.held_out_worst_abs, 4)} for s in calibration.sources],
+            "sources": source_records(calibration.sources),
             "rankings": [{"group": g.key, "rows": g.rows, "kendall_tau": round(g.kendall_tau, 3),
                           "measured_best_in_predicted_top3": g.best_in_top3} for g in calibration.rankings],
         },

@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from .bands import gpu_family
-from .calibrate import SourceReport
+from .calibrate import SourceReport, parameter_lines, parameter_records, source_lines, source_records
 from .fit import Fit, FitProblem, Fold, Parameter, fit, leave_one_source_out
 from .serving_runs import ServingRun, UNPUBLISHED_MAX_LOAD_CHOICES, load_serving_runs
 
@@ -455,19 +455,12 @@ def _round(value: Any) -> Any:
 
 
 def fitted_document(calibration: ServingCalibration) -> str:
-    values = calibration.fit.values
     document = {
-        "parameters": {p.name: {"value": round(values[p.name], 4), "prior": p.prior, "prior_log_sd": p.prior_log_sd,
-                                "rows": calibration.fit.touched.get(p.name, 0), "meaning": p.meaning,
-                                "source": p.source} for p in PARAMETERS},
+        "parameters": parameter_records(PARAMETERS, calibration.fit),
         "cross_validation": {
             "method": "leave-one-source-out: fit without a source_group, price its observations",
             "targets": _round(calibration.targets),
-            "sources": [{"source_group": s.source_group, "rows": s.rows,
-                         "fitted_median_abs_error": round(s.fitted_median_abs, 4),
-                         "held_out_median_abs_error": round(s.held_out_median_abs, 4),
-                         "held_out_median_signed_error": round(s.held_out_median_signed, 4),
-                         "held_out_worst_abs_error": round(s.held_out_worst_abs, 4)} for s in calibration.sources],
+            "sources": source_records(calibration.sources),
         },
     }
     header = ("# Written by `plan-search calibrate --serving --write` (cost_model/calibration/serving_fit.py); do not "
@@ -495,15 +488,7 @@ def write_serving(calibration: ServingCalibration, path: Path | None = None) -> 
 
 def report_lines(calibration: ServingCalibration) -> list[str]:
     """The calibration as text: parameters, each source held out, the issue's targets."""
-    lines = [f"{'parameter':28s} {'prior':>8s} {'fitted':>8s} {'rows':>5s}  meaning"]
-    for p in PARAMETERS:
-        lines.append(f"{p.name:28s} {p.prior:8.4g} {calibration.fit.values[p.name]:8.4g} "
-                     f"{calibration.fit.touched.get(p.name, 0):5d}  {p.meaning}")
-    lines.append("")
-    lines.append(f"{'source':20s} {'rows':>5s} {'fitted |err|':>12s} {'held out |err|':>14s} {'signed':>8s} {'worst':>7s}")
-    for s in calibration.sources:
-        lines.append(f"{s.source_group[:20]:20s} {s.rows:5d} {s.fitted_median_abs:12.1%} {s.held_out_median_abs:14.1%} "
-                     f"{s.held_out_median_signed:+8.1%} {s.held_out_worst_abs:7.0%}")
+    lines = [*parameter_lines(PARAMETERS, calibration.fit), "", *source_lines(calibration.sources)]
     lines.append("")
     lines.extend(target_lines(calibration.targets))
     return lines

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from hardware.errors import InputError
 
+from ..output_format import OutputFormat
 from .inputs import (check_supported, check_target, parse_gpu_budget, parse_kv_dtypes, parse_modes,
                      parse_precisions, precision_supported)
 from .ranking import NEEDS_TARGET, OBJECTIVES
@@ -33,12 +34,6 @@ class _DefaultServeSearch(TyperGroup):
 
 serve_app = typer.Typer(cls=_DefaultServeSearch, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                         help="Search inference serving plans (layouts, batch, KV cache, SLOs, $ per million tokens).")
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
 
 
 class Engine(str, Enum):
