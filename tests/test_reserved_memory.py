@@ -210,10 +210,9 @@ def _csv_rows():
 
 CSV_ROWS = _csv_rows()
 OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 2 GiB of model states apart; "
-                       "the model puts them at 87.3 and 89.1 GiB (DeepSpeed 2021's gathers and backward working set)",
-        "mbridge-155": "Llama 3 70B NVFP4 at TP1 PP1 on 64 GB300 ran; priced with bf16 weights and gradients plus "
-                       "NVFP4 weight caches (no FP4 parameter gather) it needs 382 GiB of 278.5: the NVFP4 recipe's "
-                       "memory settings for this layout are not in the table and were not read"}
+                       "the model puts them at 87.3 and 89.1 GiB (DeepSpeed 2021's gathers and backward working set)"}
+# mbridge-155 (Llama 3 70B NVFP4 on 64 GB300, printed TP1 PP1 MBS 2 under DDP: 382 GiB of 278.5) is no longer
+# open: its recipe runs TP1 PP4 VP5 MBS 1 (training_runs.ERRATA), which fits.
 
 
 @pytest.mark.parametrize("row_id", [pytest.param(i, marks=pytest.mark.xfail(reason=OPEN[i], strict=True)) if i in OPEN

@@ -9,7 +9,7 @@ import csv
 import pytest
 import yaml
 
-from cost_model.calibration.training_runs import (DEFAULT_CSV, GIB_BYTES, SkippedRow, join_rows, load_all_rows,
+from cost_model.calibration.training_runs import (DEFAULT_CSV, ERRATA, GIB_BYTES, SkippedRow, join_rows, load_all_rows,
                                                   load_all_rows_report, load_training_runs, memory_gib, parse_seq_len)
 from cost_model.calibration.validate import DEFAULT_DATASET, validate_row
 from cost_model.stacks import STACK_NAMES
@@ -118,6 +118,52 @@ def test_nvfp4_rows_convert_to_the_bridge_recipe(converted, table):
     assert row["cluster"]["gpu"] == "gb300-nvl72"
     assert (row["plan"]["tp"], row["plan"]["pp"], row["plan"]["dp"], row["plan"]["vpp"]) == (4, 8, 8, 4)
     assert row["measured"]["tokens_per_s_per_gpu"] == 1413
+
+
+def test_nvfp4_rows_run_tp_collectives_without_overlap(converted, table):
+    """Megatron-Bridge's Llama performance configs turn the userbuffers TP overlap off for NVFP4
+    (llama3_llm_pretrain.py / llama31_llm_pretrain.py, ``tp_comm_overlap = False if precision == "nvfp4"``)
+    and keep it for the other precisions at TP > 1."""
+    rows = converted[0]
+    assert rows["mbridge-069"]["training"]["tp_comm_overlap"] is False   # 70B NVFP4 GB200 TP2
+    assert rows["mbridge-035"]["training"]["tp_comm_overlap"] is False   # 405B NVFP4 GB300 TP4
+    assert rows["mbridge-068"]["training"]["tp_comm_overlap"] is True    # 70B MXFP8 GB200 TP2, same layout
+    assert rows["mbridge-033"]["training"]["tp_comm_overlap"] is True    # 405B FP8 GB300 TP4, same layout
+    assert "tp_comm_overlap" not in rows["mbridge-066"]["training"]      # TP1: no TP collectives
+    assert "tp_comm_overlap off" in rows["mbridge-069"]["notes"]
+
+
+def test_errata_correct_the_published_layout_to_the_recipe(converted, table):
+    """mbridge-155 (26.02.01 table, Llama 3 70B NVFP4 on 64 GB300): the table prints TP1 PP1 MBS 2 under
+    DDP, which cannot hold 70B; the recipe of that release (LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2) and the
+    other containers' rows run TP1 PP4 VP5 MBS 1. The erratum is applied, cited in the notes, and the row
+    then fits on the GPU."""
+    rows = converted[0]
+    row = rows["mbridge-155"]
+    published = table["mbridge-155"]
+    assert (published["tp"], published["pp"], published["micro_batch"]) == ("1", "1", "2")
+    assert {k: row["plan"][k] for k in ("tp", "pp", "dp", "cp", "vpp", "micro_batch")} == \
+        {"tp": 1, "pp": 4, "dp": 16, "cp": 1, "vpp": 5, "micro_batch": 1}
+    assert row["plan"].get("activation_offload_layers") is None  # the TP1 PP1 offload knob no longer applies
+    assert "ERRATUM" in row["notes"] and "LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2" in row["notes"]
+    assert "pp 1 -> 4" in row["notes"] and "tp 1 ->" not in row["notes"]  # only the changed fields are listed
+    twin = rows["mbridge-066"]  # 26.04.01, same model, GPU, precision: the layout the recipe gives
+    assert {k: row["plan"][k] for k in ("tp", "pp", "dp", "vpp", "micro_batch")} == \
+        {k: twin["plan"][k] for k in ("tp", "pp", "dp", "vpp", "micro_batch")}
+    assert validate_row(row, "training_runs.csv").fits
+    assert rows["mbridge-166"]["plan"]["tp"] == 4 and rows["mbridge-166"]["plan"]["cp"] == 1  # FP8-CS V2 recipe
+    assert rows["mbridge-163"]["plan"]["vpp"] == 8                                            # NVFP4 V2 = V1's VP8
+
+
+def test_every_erratum_changes_a_published_cell_and_keeps_the_gpu_count(converted, table):
+    rows = converted[0]
+    for key, erratum in ERRATA.items():
+        published = table[key]
+        columns = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "vpp": "vpp", "micro_batch": "micro_batch"}
+        assert any(published[columns[field]] != str(value) for field, value in erratum.plan.items()), key
+        plan = rows[key]["plan"]
+        assert plan["tp"] * plan["pp"] * plan["cp"] * plan["dp"] == int(published["num_gpus"]), key
+        assert erratum.citation and "ERRATUM" in rows[key]["notes"], key
 
 
 def test_torchtitan_rows_read_the_curated_pipeline_batches(converted):

@@ -99,7 +99,9 @@ PARAMETERS: tuple[Parameter, ...] = (
               "share of its dense FP4 peak an NVFP4 GEMM reaches, relative to a BF16 GEMM's share of the BF16 peak "
               "(block scales, their swizzles and the random Hadamard transform of the weight-gradient inputs)",
               "B200 microbenchmarks: cuBLAS block-scaled FP4 GEMM 5,239 of 9,000 TFLOP/s at 8192^3 (0.58; "
-              "deepseek-ai/DeepGEMM#348, cublasTest 13.3) vs BF16 0.63-0.67 of 2,250 (pytorch/ao #2427): 0.90"),
+              "deepseek-ai/DeepGEMM#348, cublasTest 13.3) vs BF16 0.63-0.67 of 2,250 (pytorch/ao #2427): 0.90; "
+              "NVFP4 itself (pytorch/ao #2427, same GPU): 0.495 / 0.611 / 0.597 of peak at 4096^3 / 6144^3 / 8192^3 "
+              "against BF16's 0.627 / 0.646 / 0.631, ratios 0.79-0.95"),
     *(Parameter(f"family.{family}.{precision}", 1.0, 0.10, 0.6, 1.5,
                 f"{family} GPUs' departure from the shared {precision} GEMM share",
                 "every generation's cuBLAS reaches a similar share of its own peak (REFERENCE.md)")

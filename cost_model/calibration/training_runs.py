@@ -340,8 +340,16 @@ def _megatron_bridge(row, model, plan, training, variant):
         notes.append("DeepSeek-V3 recipes: recompute_modules [mla_up_proj], bf16 Adam moments; MTP layer not modelled"
                      + (f" (table: {variant})" if "MTP" in variant else ""))
     if preset in ("llama3-8b", "llama3-70b", "llama3-405b") and plan["tp"] > 1:
-        extra_training["tp_comm_overlap"] = True  # the dense Llama recipes' userbuffers TP overlap when TP > 1
-        notes.append("tp_comm_overlap on (dense Llama recipes, TP > 1)")
+        # The dense Llama recipes' userbuffers TP overlap when TP > 1, except under NVFP4: every performance
+        # config of Llama 3 / 3.1 from the first NVFP4 release to the last read turns it off for NVFP4
+        # (scripts/performance/configs/llama/llama3_llm_pretrain.py and llama31_llm_pretrain.py:
+        # ``cfg.comm_overlap.tp_comm_overlap = False if precision == "nvfp4"`` at v0.3.0, v0.3.1, v0.4.0, v0.4.2,
+        # v0.5.0; src/megatron/bridge/perf_recipes/llama/gb200|gb300/llama31.py ``*_nvfp4_config``
+        # ``tp_comm_overlap = False`` at v0.6.0), so its TP collectives run exposed.
+        overlap = training["precision"] != "fp4"
+        extra_training["tp_comm_overlap"] = overlap
+        notes.append("tp_comm_overlap on (dense Llama recipes, TP > 1)" if overlap else
+                     "tp_comm_overlap off (the NVFP4 perf configs turn it off, llama3*_llm_pretrain.py)")
     if preset == "llama3-70b" and plan["tp"] == 1 and plan["pp"] == 1 and row["gpu_type"] in LLAMA70B_OFFLOAD_LAYERS:
         # Every recipe read for Llama 3 70B at TP1 PP1 on NVL72 offloads activations to the Grace host
         # (cpu_offloading_num_layers; curated rows megatron-bridge-25.11/26.02-gb200/gb300-llama3-70b-fp8):
@@ -464,6 +472,60 @@ def _layout(row: dict[str, str], num_gpus: int, notes: list[str]) -> dict[str, A
     return plan
 
 
+@dataclass(frozen=True)
+class Erratum:
+    """A plan cell of the table that the framework's own recipe of that release contradicts."""
+
+    plan: dict[str, int]
+    """The corrected plan fields (``tp``, ``pp``, ``dp``, ``cp``, ``vpp``, ``micro_batch``)."""
+    citation: str
+    """The primary source that shows the corrected values (file @ commit, config name)."""
+
+
+_MBRIDGE_26_02_01 = ("Megatron-Bridge r0.3 (26.02.01 container): the recipe at v0.3.0, v0.3.1 and 5c86b2b1d alike, "
+                     "scripts/performance/configs/llama/")
+ERRATA: dict[str, Erratum] = {
+    # The 26.02.01 table (docs/performance-summary-archive.md @067f987d, line 397 on) prints some GB300/GB200
+    # Llama layouts that its own recipes do not run, where the other containers' rows print the recipe's.
+    "mbridge-155": Erratum(
+        {"tp": 1, "pp": 4, "dp": 16, "vpp": 5, "micro_batch": 1},
+        f"{_MBRIDGE_26_02_01}llama3_workload_base_configs.py LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2 = "
+        "BASE (TP1, MBS 1) + pipeline_model_parallel_size=4, virtual_pipeline_model_parallel_size=5, as the 26.02, "
+        "26.04 and 26.04.01 rows mbridge-191/111/066 print; the table's TP1 PP1 MBS2 DDP cannot hold a 70B model "
+        "(>1 TB/GPU)"),
+    "mbridge-157": Erratum(
+        {"pp": 4, "dp": 16, "vpp": 5, "micro_batch": 1},
+        f"{_MBRIDGE_26_02_01}llama3_workload_base_configs.py LLAMA3_70B_PRETRAIN_CONFIG_GB300_FP8_MX_V2 = "
+        "BASE (MBS 1) + pipeline_model_parallel_size=4, virtual_pipeline_model_parallel_size=5 (the table: VP n/a, "
+        "MBS 2), as the 26.02 and 26.04 rows mbridge-193/113/065 print"),
+    "mbridge-163": Erratum(
+        {"vpp": 8},
+        f"{_MBRIDGE_26_02_01}llama31_workload_base_configs.py LLAMA31_405B_PRETRAIN_CONFIG_GB200_NVFP4_V2 = V1 "
+        "(TP4 PP16 CP1, virtual_pipeline_model_parallel_size=8) with 256 GPUs, GBS 1536 (the table: VP 4), as "
+        "the 26.02, 26.04 and 26.06 rows mbridge-199/119/038 print"),
+    "mbridge-166": Erratum(
+        {"tp": 4, "cp": 1},
+        f"{_MBRIDGE_26_02_01}llama31_workload_base_configs.py LLAMA31_405B_PRETRAIN_CONFIG_GB300_FP8_CS_V2: "
+        "tensor_model_parallel_size=4, pipeline 8, context_parallel_size=1, virtual 4 (the table prints the MXFP8 "
+        "row's TP2 CP2), as the 26.02 and 26.04 rows mbridge-202/122 print"),
+}
+"""Rows whose published layout the framework's recipe of that release contradicts: row id -> the recipe's
+plan fields, applied by :func:`convert_row` and named in the row's notes."""
+
+
+def _apply_erratum(row_id: str, plan: dict[str, Any], num_gpus: int, notes: list[str]) -> None:
+    erratum = ERRATA.get(row_id)
+    if erratum is None:
+        return
+    published = {key: plan[key] for key in erratum.plan}
+    plan.update(erratum.plan)
+    if plan["tp"] * plan["pp"] * plan["cp"] * plan["dp"] != num_gpus:
+        raise ValueError(f"erratum of {row_id}: tp*pp*cp*dp != {num_gpus} GPUs")
+    changed = ", ".join(f"{key} {published[key]} -> {value}" for key, value in erratum.plan.items()
+                        if published[key] != value)
+    notes.append(f"ERRATUM (layout corrected from the recipe: {changed}): {erratum.citation}")
+
+
 def _check_experts(row: dict[str, str], plan: dict[str, Any]) -> None:
     """Megatron's expert parallelism folds the tp x cp x dp ranks of a stage into ep x expert-dp (ETP 1):
     ep must divide tp*cp*dp and the number of experts."""
@@ -538,6 +600,7 @@ def convert_row(row: dict[str, str]) -> dict[str, Any]:
     model, variant, model_notes = _model(row, seq_length)
     notes += model_notes
     plan = _layout(row, num_gpus, notes)
+    _apply_erratum(row["run_id"], plan, num_gpus, notes)
     _check_experts(row, plan)
     zero_stage = _fsdp_stage(row["fsdp"])
     if zero_stage is None and row["zero_stage"].strip():
