@@ -132,8 +132,6 @@ def test_llama3_8b_fp8_cp2_on_8_h100_fits():
 # --- published layouts: the ones that ran fit, the ones that ran out of memory do not ----------------
 
 DATA_ISSUES = {
-    # The table's MBS 4 contradicts its own GA 2 and every stored H100 config (MBS 1, GA 32); see the row's notes.
-    "megatron-bridge-25.11-h100-gpt-oss-120b-bf16": {"plan": {"micro_batch": 1}},
     # DeepSeek-V3 technical report, section 3.3.4: "we recompute all RMSNorm operations and MLA
     # up-projections during back-propagation"; the row names no modules (Megatron's default core_attn).
     "deepseek-v3-2024-2048xh800": {"plan": {"recompute_modules": ["layernorm", "mla_up_proj"]}},
