@@ -109,6 +109,14 @@ class StackSpec:
     Megatron's and DeepSpeed's pipeline engines receive into buffers that live only while the
     micro-batch is in flight."""
 
+    tp_saves_gathered_input: bool
+    """Whether, under sequence parallelism, the column-parallel GEMMs (QKV, MLP fc1, LM head) save the
+    all-gathered full-sequence input for their weight gradient: PyTorch tensor parallelism
+    (``torch.distributed.tensor.parallel``, torchtitan) redistributes the sequence-sharded input to
+    replicated before ``F.linear``, which saves what it was given. Megatron's sequence-parallel linears
+    save the local shard and all-gather it again in backward (Korthikanti et al. 2022, section 4.2.2),
+    the :mod:`cost_model.activations` inventory's ``/t``."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -119,7 +127,7 @@ class StackSpec:
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
             "fsdp_prefetch", "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives",
-            "pipeline_scatter_gather", "pipeline_stage_buffers")
+            "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_saves_gathered_input")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

@@ -280,3 +280,24 @@ def test_torchtitan_pipeline_keeps_buffers_per_micro_batch():
     single = PlanArrays.from_records([dict(tp=1, pp=1, dp=1, micro_batch=1, zero_stage=1)])
     one_stage = stage_layout(LLAMA3_8B, single, np.array([8]))
     assert not np.any(np.concatenate(pipeline_stage_buffer_bytes(LLAMA3_8B, titan, single, one_stage, vocab)))
+
+
+def test_pytorch_tensor_parallel_saves_the_gathered_gemm_inputs():
+    """torchtitan's TP plan all-gathers the sequence-parallel norm outputs before the column-parallel
+    GEMMs, which save the gathered input; Megatron saves the 1/t shard and gathers again in backward.
+    Llama 3 8B, tp 8 with SP, 4096 tokens, bf16: the QKV and fc1 inputs and the LM-head input each
+    differ by 4096 x 4096 x 2 bytes x (1 - 1/8)."""
+    from cost_model.activations import attention_block_bytes, dense_mlp_block_bytes, lm_head_bytes
+    plans = PlanArrays.from_records([dict(tp=8, sequence_parallel=True, micro_batch=1)])
+    vocab = np.array([128256.0])
+    titan, megatron = (TrainingSpec(seq_length=4096, global_batch_size=8, stack=s, dropout=False)
+                       for s in ("torchtitan", "megatron-core"))
+    gathered_minus_shard = 4096 * 4096 * 2 * (1 - 1 / 8)
+    for block in (attention_block_bytes, dense_mlp_block_bytes):
+        difference = block(LLAMA3_8B, titan, plans) - block(LLAMA3_8B, megatron, plans)
+        assert difference[0] == pytest.approx(gathered_minus_shard)
+    head = lm_head_bytes(LLAMA3_8B, titan, plans, vocab) - lm_head_bytes(LLAMA3_8B, megatron, plans, vocab)
+    assert head[0] == pytest.approx(gathered_minus_shard)
+    no_sp = PlanArrays.from_records([dict(tp=8, sequence_parallel=False, micro_batch=1)])
+    np.testing.assert_allclose(attention_block_bytes(LLAMA3_8B, titan, no_sp),
+                               attention_block_bytes(LLAMA3_8B, megatron, no_sp))
