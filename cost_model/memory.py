@@ -48,7 +48,13 @@ context (which the presets' ``memory_gib`` already leaves out). Tensors alive at
 ``other`` is their sum. The one fit rule is :func:`fits_in_memory` (no headroom: the prediction already
 is what the GPU must hold). Against the 12 published peak-reserved figures (torchtitan on H100, run with
 ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, its ``run_llama_train.sh``) the reserved memory is
-within 6% on the 8B and 70B runs and 11-21% low on the 405B pipeline-parallel runs (median 8.3%).
+2.6-3.3% low on the 8B runs, 3-9% low on the 70B runs and 3.4-16% low on the 405B pipeline-parallel runs
+(median 4.5%; the context-parallel 405B runs grow with cp faster than the model, 16% low at cp 8).
+
+What is alive at once: the loss phase (saved logits and their gradients) and one layer's backward working
+set never are (the loss's backward frees its buffers first), so the head stage holds the larger of the
+two. Pipeline engines that keep buffers per micro-batch (:func:`pipeline_stage_buffer_bytes`,
+``torch.distributed.pipelining``) add them to the activations.
 """
 
 from __future__ import annotations

@@ -207,8 +207,11 @@ def _csv_rows():
 
 
 CSV_ROWS = _csv_rows()
-OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 2 GiB of model states apart; "
-                       "the model puts them at 87.3 and 89.1 GiB (DeepSpeed 2021's gathers and backward working set)",
+OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 1.8 GiB of model states apart; "
+                       "the model puts them at 83.6 and 85.3 GiB. DeepSpeed 0.3.16 gathers per parameter tensor "
+                       "(stage3.py fetch_sub_module), not per layer as priced (-9.4 GiB), but its non-flash attention "
+                       "backward holds more s x s gradients than the layer's saved set (+1..3 GiB): the pair sits "
+                       "inside the model's uncertainty on ZeRO-3's transient buffers",
         "mbridge-155": "Llama 3 70B NVFP4 at TP1 PP1 on 64 GB300 ran; priced with bf16 weights and gradients plus "
                        "NVFP4 weight caches (no FP4 parameter gather) it needs 382 GiB of 278.5: the NVFP4 recipe's "
                        "memory settings for this layout are not in the table and were not read"}
