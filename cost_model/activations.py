@@ -40,6 +40,9 @@ The same inventory adapts to modern layers:
 * FP8 GEMMs (Transformer Engine) save FP8 copies of GEMM inputs: 1 byte instead of 2; NVFP4 GEMMs save
   NVFP4 copies, 0.5625 bytes (:data:`GEMM_INPUT_BYTES`);
 * context parallelism: every tensor covers s/cp tokens; a materialised score matrix is (s/cp) x s;
+* PyTorch tensor parallelism (torchtitan) with sequence parallelism saves the all-gathered input of the
+  column-parallel GEMMs (QKV, fc1, LM head) whole, not split by t
+  (:attr:`cost_model.stacks.StackSpec.tp_saves_gathered_input`);
 * MoE (Megatron token dispatcher): per rank, b*(s/cp)*k*capacity*etp/tp token-expert pairs; each saves
   the expert's fc1 input (h), fc1 output and fc2 input (split by expert-TP) and its fp32 routing
   probability; the router saves fp32 probabilities (E per token). Megatron-Core multiplies the
@@ -111,6 +114,7 @@ class _Shapes:
 
     tokens: np.ndarray        # b * s / cp : tokens of one micro-batch on one rank's sequence shard
     sp_div: np.ndarray        # t with sequence parallelism, else 1
+    gemm_in_div: np.ndarray   # the split of a saved column-parallel GEMM input: sp_div, or 1 where the stack saves the gathered one
     t: np.ndarray
     q_heads: np.ndarray       # a / t
     kv_heads: np.ndarray      # max(kv / t, 1)  (all heads for MLA, whose K/V are per head)
@@ -121,9 +125,11 @@ class _Shapes:
 def _shapes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> _Shapes:
     t = plans.tp.astype(float)
     kv = model.num_attention_heads if model.is_mla else model.num_kv_heads
+    sp_div = np.where(plans.sequence_parallel, t, 1.0)
     return _Shapes(
         tokens=plans.micro_batch * training.seq_length / plans.cp,
-        sp_div=np.where(plans.sequence_parallel, t, 1.0),
+        sp_div=sp_div,
+        gemm_in_div=np.ones_like(sp_div) if stack_spec(training.stack).tp_saves_gathered_input else sp_div,
         t=t,
         q_heads=model.num_attention_heads / t,
         kv_heads=np.maximum(kv / t, 1.0),
@@ -147,7 +153,8 @@ def attention_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanA
     tok = sh.tokens
     dropout = training.dropout
 
-    replicated = e * h + g * h  # norm-1 input, QKV (or MLA down-projection) GEMM input
+    replicated = e * h  # norm-1 input
+    gemm_input = np.full(len(plans), float(g * h))  # QKV (or MLA down-projection) GEMM input
     if dropout:
         replicated += 1 * h  # dropout mask after the output projection
     if model.is_mla:
@@ -164,8 +171,8 @@ def attention_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanA
     if selective:
         if model.is_mla:
             qkv = np.where(recomputes(plans, "mla_up_proj"), 0.0, qkv)
-        replicated = replicated - np.where(recomputes(plans, "layernorm"), norm_output, 0.0)
-    per_token = replicated / sh.sp_div + qkv + out_proj_input
+        gemm_input = gemm_input - np.where(recomputes(plans, "layernorm"), norm_output, 0.0)
+    per_token = replicated / sh.sp_div + gemm_input / sh.gemm_in_div + qkv + out_proj_input
 
     scores = np.zeros_like(tok)
     if training.flash_attention:
@@ -204,11 +211,11 @@ def dense_mlp_block_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanA
     split = _mlp_saved_per_token(model, training, model.ffn_hidden_size / sh.t)
     if selective:
         checkpointed = recomputes(plans, "mlp")
-        replicated = replicated + _mlp_input_bytes(plans, h, sh.gemm_in_bytes, checkpointed)
+        mlp_input = _mlp_input_bytes(plans, h, sh.gemm_in_bytes, checkpointed)
         split = np.where(checkpointed, 0.0, split)
     else:
-        replicated = replicated + sh.gemm_in_bytes * h
-    return (replicated / sh.sp_div + split) * sh.tokens
+        mlp_input = np.full(len(plans), float(sh.gemm_in_bytes * h))
+    return (replicated / sh.sp_div + mlp_input / sh.gemm_in_div + split) * sh.tokens
 
 
 def routed_pairs_per_rank(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
@@ -347,11 +354,12 @@ def saved_logit_bytes(training: TrainingSpec) -> float:
 
 def lm_head_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, padded_vocab: np.ndarray) -> np.ndarray:
     """Last stage, one micro-batch: final-norm input, LM-head GEMM input (bf16: the head stays out of
-    FP8, see :func:`cost_model.compute.lm_head_times`) and the logits the loss keeps for backward
+    FP8, see :func:`cost_model.compute.lm_head_times`; whole where the stack saves the gathered
+    sequence-parallel input) and the logits the loss keeps for backward
     (:func:`saved_logit_bytes`)."""
     sh = _shapes(model, training, plans)
     h = model.hidden_size
-    per_token = 2 * ACT_BYTES * h / sh.sp_div + saved_logit_bytes(training) * padded_vocab / sh.t
+    per_token = ACT_BYTES * h / sh.sp_div + ACT_BYTES * h / sh.gemm_in_div + saved_logit_bytes(training) * padded_vocab / sh.t
     return per_token * sh.tokens
 
 

@@ -48,7 +48,13 @@ context (which the presets' ``memory_gib`` already leaves out). Tensors alive at
 ``other`` is their sum. The one fit rule is :func:`fits_in_memory` (no headroom: the prediction already
 is what the GPU must hold). Against the 12 published peak-reserved figures (torchtitan on H100, run with
 ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, its ``run_llama_train.sh``) the reserved memory is
-within 6% on the 8B and 70B runs and 11-21% low on the 405B pipeline-parallel runs (median 8.3%).
+2.6-3.3% low on the 8B runs, 3-9% low on the 70B runs and 3.4-16% low on the 405B pipeline-parallel runs
+(median 4.5%; the context-parallel 405B runs grow with cp faster than the model, 16% low at cp 8).
+
+What is alive at once: the loss phase (saved logits and their gradients) and one layer's backward working
+set never are (the loss's backward frees its buffers first), so the head stage holds the larger of the
+two. Pipeline engines that keep buffers per micro-batch (:func:`pipeline_stage_buffer_bytes`,
+``torch.distributed.pipelining``) add them to the activations.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
-from .activations import (NVFP4_BYTES_PER_ELEMENT, embedding_dropout_bytes, layer_activations, lm_head_bytes,
-                          logits_transient_bytes)
+from .activations import (ACT_BYTES, NVFP4_BYTES_PER_ELEMENT, embedding_dropout_bytes, layer_activations,
+                          lm_head_bytes, logits_transient_bytes)
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
@@ -154,6 +160,37 @@ def padded_vocab(model: ModelSpec, plans: PlanArrays, options: CostOptions) -> n
     """Megatron pads V to a multiple of make_vocab_size_divisible_by x tp."""
     multiple = options.make_vocab_size_divisible_by * plans.tp
     return -(-model.vocab_size // multiple) * multiple
+
+
+def pipeline_stage_buffer_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, stages: StageLayout,
+                                vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(step-long pipeline buffers, the last stage's kept outputs) per rank, (plans, 3), for stacks whose
+    pipeline keeps buffers per micro-batch (:attr:`cost_model.stacks.StackSpec.pipeline_stage_buffers`,
+    ``torch.distributed.pipelining``); zeros elsewhere and without pipeline parallelism.
+
+    Each of the rank's ``chunks`` model chunks holds, for the m micro-batches of the step, a receive
+    buffer of its input unless it is the first stage (``PipelineStage._prepare_forward_infra``) and a
+    receive buffer of its output gradient unless it is the last (``_prepare_backward_infra``); the input
+    buffers of the micro-batches in flight are their first layer's saved input, already counted. Each
+    in-flight micro-batch's stage output stays in ``fwd_cache`` until its backward. A stage boundary
+    tensor is one layer input (:func:`cost_model.activations.layer_input_bytes`: b x s/cp x h, split by
+    sequence parallelism). The last stage appends every micro-batch's output, the activation-dtype
+    logits (b x s/cp x V/tp: loss parallel keeps them vocabulary-sharded), to ``output_chunks``
+    (``forward_one_chunk``), held until the step ends."""
+    zeros = np.zeros_like(stages.layers)
+    if not stack_spec(training.stack).pipeline_stage_buffers:
+        return zeros, zeros
+    piped = stages.exists & (plans.pp[:, None] > 1)
+    m = np.maximum(plans.num_microbatches(training.global_batch_size), 1)[:, None].astype(float)
+    chunks = (plans.vpp if stages.chunks is None else stages.chunks)[:, None].astype(float)
+    boundary = layer_activations(model, training, plans).layer_input[:, None]
+    in_flight = stages.in_flight_microbatches
+    receiving = chunks - stages.has_embedding
+    sending = chunks - stages.has_lm_head
+    buffers = (receiving * np.maximum(m - in_flight, 0.0) + sending * (m + in_flight)) * boundary
+    logits = ACT_BYTES * (plans.micro_batch * training.seq_length / plans.cp)[:, None] * vocab[:, None] / plans.tp[:, None]
+    outputs = np.where(stages.has_lm_head, m * logits, 0.0)
+    return np.where(piped, buffers, 0.0), np.where(piped, outputs, 0.0)
 
 
 @dataclass
@@ -327,10 +364,19 @@ def memory_breakdown(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     activations = activations + np.where(
         stages.has_embedding,
         stages.in_flight_microbatches * embedding_dropout_bytes(model, training, plans)[:, None], 0.0)
-    head = lm_head_bytes(model, training, plans, vocab)[:, None]
-    activations = activations + np.where(stages.has_lm_head, head, 0.0)
+    head = np.where(stages.has_lm_head, lm_head_bytes(model, training, plans, vocab)[:, None], 0.0)
+    activations = activations + head
 
-    transient = working + np.where(stages.has_lm_head, logits_transient_bytes(training, plans, vocab)[:, None], 0.0)
+    # The loss's buffers and a layer's backward working set are never allocated together: the loss's
+    # backward frees its saved logits and their gradients (LM-head backward included) before the last
+    # layer's backward starts. The head stage peaks at the larger of the two phases.
+    loss_phase = head + np.where(stages.has_lm_head, logits_transient_bytes(training, plans, vocab)[:, None], 0.0)
+    transient = np.maximum(working, loss_phase) - head
+    stage_buffers, last_stage_outputs = pipeline_stage_buffer_bytes(model, training, plans, stages, vocab)
+    # torch.distributed.pipelining's step() concatenates the last stage's kept outputs after the last
+    # backward, when only they (and the stage buffers) are left beside the model states.
+    transient = np.maximum(transient, last_stage_outputs - activations)
+    activations = activations + stage_buffers + last_stage_outputs
     fsdp_buffers = np.where(zero >= 3, 2 * weight_bytes * params.largest_layer, 0.0)
     cache = options.allocator_fragmentation * transient
     workspaces = np.full_like(activations, options.workspace_reserve_gib * GIB)

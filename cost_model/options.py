@@ -44,8 +44,9 @@ class CostOptions:
     once; saved activations come and go in the same sizes every micro-batch and reuse their blocks.
     Bounds [0, 0.5]. Fitted by least squares on log error to the 12 rows with measured peak reserved
     memory (torchtitan's H100 runs, ``torch.cuda.max_memory_reserved``): 0.26, median |error| 8.3%
-    (8B and 70B rows within 6%; the 405B pipeline rows 11-21% low, which this term cannot explain: it is
-    small there). The published running layouts still fit up to 0.9 (the tightest: Llama 3.1 8B CP2 on
+    then; with the loss phase and a layer's backward no longer summed, torch.distributed.pipelining's
+    per-micro-batch buffers and PyTorch TP's gathered GEMM inputs counted (:mod:`cost_model.memory`),
+    4.5% at the same 0.26 (not refitted). The published running layouts still fit up to 0.9 (the tightest: Llama 3.1 8B CP2 on
     8 H100, NeMo 24.09, 98.7% of usable at 0.26)."""
 
     nccl_buffer_mib_per_communicator: float = 294.0

@@ -97,6 +97,26 @@ class StackSpec:
     over NVLink by the receiver, even without sequence parallelism (Megatron-LM's scatter/gather
     optimisation, Narayanan et al. 2021 section 4.1; Megatron-Core sends the whole tensor)."""
 
+    pipeline_stage_buffers: bool
+    """Whether pipeline parallelism keeps step-long buffers per micro-batch (:func:`cost_model.memory.
+    pipeline_stage_buffer_bytes`): ``torch.distributed.pipelining`` (torchtitan) allocates, for every
+    micro-batch of the step, a receive buffer for the stage input and one for the output gradient
+    (``PipelineStage._prepare_forward_infra`` / ``_prepare_backward_infra``), keeps each stage output
+    in ``fwd_cache`` until its backward, and on the last stage keeps every micro-batch's output (the
+    logits) in ``output_chunks``, which ``PipelineScheduleSingle.step`` concatenates with
+    ``merge_chunks`` at the end of the step (pytorch/pytorch ``torch/distributed/pipelining/stage.py``,
+    ``schedules.py`` @0138610331c9; a later ``return_outputs=False`` makes the last two optional).
+    Megatron's and DeepSpeed's pipeline engines receive into buffers that live only while the
+    micro-batch is in flight."""
+
+    tp_saves_gathered_input: bool
+    """Whether, under sequence parallelism, the column-parallel GEMMs (QKV, MLP fc1, LM head) save the
+    all-gathered full-sequence input for their weight gradient: PyTorch tensor parallelism
+    (``torch.distributed.tensor.parallel``, torchtitan) redistributes the sequence-sharded input to
+    replicated before ``F.linear``, which saves what it was given. Megatron's sequence-parallel linears
+    save the local shard and all-gather it again in backward (Korthikanti et al. 2022, section 4.2.2),
+    the :mod:`cost_model.activations` inventory's ``/t``."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -107,7 +127,7 @@ class StackSpec:
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
             "fsdp_prefetch", "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives",
-            "pipeline_scatter_gather")
+            "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_saves_gathered_input")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

@@ -132,8 +132,6 @@ def test_llama3_8b_fp8_cp2_on_8_h100_fits():
 # --- published layouts: the ones that ran fit, the ones that ran out of memory do not ----------------
 
 DATA_ISSUES = {
-    # The table's MBS 4 contradicts its own GA 2 and every stored H100 config (MBS 1, GA 32); see the row's notes.
-    "megatron-bridge-25.11-h100-gpt-oss-120b-bf16": {"plan": {"micro_batch": 1}},
     # DeepSeek-V3 technical report, section 3.3.4: "we recompute all RMSNorm operations and MLA
     # up-projections during back-propagation"; the row names no modules (Megatron's default core_attn).
     "deepseek-v3-2024-2048xh800": {"plan": {"recompute_modules": ["layernorm", "mla_up_proj"]}},
@@ -209,8 +207,11 @@ def _csv_rows():
 
 
 CSV_ROWS = _csv_rows()
-OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 2 GiB of model states apart; "
-                       "the model puts them at 87.3 and 89.1 GiB (DeepSpeed 2021's gathers and backward working set)"}
+OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 1.8 GiB of model states apart; "
+                       "the model puts them at 83.6 and 85.3 GiB. DeepSpeed 0.3.16 gathers per parameter tensor "
+                       "(stage3.py fetch_sub_module), not per layer as priced (-9.4 GiB), but its non-flash attention "
+                       "backward holds more s x s gradients than the layer's saved set (+1..3 GiB): the pair sits "
+                       "inside the model's uncertainty on ZeRO-3's transient buffers"}
 # mbridge-155 (Llama 3 70B NVFP4 on 64 GB300, printed TP1 PP1 MBS 2 under DDP: 382 GiB of 278.5) is no longer
 # open: its recipe runs TP1 PP4 VP5 MBS 1 (training_runs.ERRATA), which fits.
 
@@ -235,3 +236,70 @@ def test_measured_kinds_read_their_own_quantity():
                                CostOptions().allocator_fragmentation * by.transient + 0.5 * GIB)
     with pytest.raises(ValueError, match="nvidia-smi, reserved, allocated"):
         by.of_kind("peak")
+
+
+# --- what is alive at the peak: the loss phase or a layer's backward; pipeline buffers -----------------
+
+def test_loss_buffers_and_layer_working_set_are_not_counted_together():
+    """The head stage peaks at the larger of the loss phase (saved logits and their gradients) and one
+    layer's backward working set, never at their sum: the loss's backward frees its buffers first."""
+    from cost_model.activations import layer_activations, lm_head_bytes, logits_transient_bytes
+    from cost_model.memory import padded_vocab
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=8, micro_batch=1, zero_stage=1, recompute="full")])
+    training = TrainingSpec(seq_length=8192, global_batch_size=8)
+    memory = predict_memory(LLAMA3_8B, training, plans, CostOptions())
+    vocab = padded_vocab(LLAMA3_8B, plans, CostOptions()).astype(float)
+    tokens = 8192
+    head = lm_head_bytes(LLAMA3_8B, training, plans, vocab)[0]
+    # final-norm input and LM-head input (2 x 2 bytes x h) + the fp32 softmax (4 bytes per logit)
+    assert head == pytest.approx(tokens * (2 * 2 * 4096 + 4 * 128256))
+    loss_phase = head + logits_transient_bytes(training, plans, vocab)[0]
+    assert loss_phase == pytest.approx(head + tokens * 2 * 128256)  # the bf16 logits beside the fp32 copy
+    working = layer_activations(LLAMA3_8B, training, plans).dense_no_recompute[0]
+    assert working < loss_phase  # a 128k vocabulary: the loss phase is the peak
+    np.testing.assert_allclose(memory.by_stage.transient[0, 0], loss_phase - head)
+
+
+def test_torchtitan_pipeline_keeps_buffers_per_micro_batch():
+    """torch.distributed.pipelining, 1F1B over 4 stages, 8 micro-batches of 4096 tokens (Llama 3 8B,
+    tp 1): a stage boundary is 4096 x 4096 x 2 bytes = 32 MiB. First stage: a gradient receive buffer per
+    micro-batch and its 4 in-flight outputs, 12 x 32 MiB; a middle stage also receives the inputs of the
+    micro-batches not in flight, 16 x 32 MiB whatever its depth; the last stage receives 7 inputs beyond
+    its one in flight (7 x 32 MiB) and keeps the 8 micro-batches' bf16 logits, 8 x 4096 x 128256 x 2
+    bytes. Megatron-Core keeps none of them."""
+    from cost_model.memory import padded_vocab, pipeline_stage_buffer_bytes
+    from cost_model.stages import stage_layout
+    plans = PlanArrays.from_records([dict(tp=1, pp=4, dp=1, micro_batch=1, zero_stage=1, recompute="full")])
+    stages = stage_layout(LLAMA3_8B, plans, np.array([8]))
+    vocab = padded_vocab(LLAMA3_8B, plans, CostOptions()).astype(float)
+    titan = TrainingSpec(seq_length=4096, global_batch_size=8, stack="torchtitan")
+    buffers, outputs = pipeline_stage_buffer_bytes(LLAMA3_8B, titan, plans, stages, vocab)
+    np.testing.assert_allclose(stages.in_flight_microbatches[0], [4, 3, 1])
+    np.testing.assert_allclose(buffers[0] / MIB, [12 * 32, 16 * 32, 7 * 32])
+    np.testing.assert_allclose(outputs[0], [0, 0, 8 * 4096 * 128256 * 2])
+    megatron = TrainingSpec(seq_length=4096, global_batch_size=8)
+    assert not np.any(np.concatenate(pipeline_stage_buffer_bytes(LLAMA3_8B, megatron, plans, stages, vocab)))
+    single = PlanArrays.from_records([dict(tp=1, pp=1, dp=1, micro_batch=1, zero_stage=1)])
+    one_stage = stage_layout(LLAMA3_8B, single, np.array([8]))
+    assert not np.any(np.concatenate(pipeline_stage_buffer_bytes(LLAMA3_8B, titan, single, one_stage, vocab)))
+
+
+def test_pytorch_tensor_parallel_saves_the_gathered_gemm_inputs():
+    """torchtitan's TP plan all-gathers the sequence-parallel norm outputs before the column-parallel
+    GEMMs, which save the gathered input; Megatron saves the 1/t shard and gathers again in backward.
+    Llama 3 8B, tp 8 with SP, 4096 tokens, bf16: the QKV and fc1 inputs and the LM-head input each
+    differ by 4096 x 4096 x 2 bytes x (1 - 1/8)."""
+    from cost_model.activations import attention_block_bytes, dense_mlp_block_bytes, lm_head_bytes
+    plans = PlanArrays.from_records([dict(tp=8, sequence_parallel=True, micro_batch=1)])
+    vocab = np.array([128256.0])
+    titan, megatron = (TrainingSpec(seq_length=4096, global_batch_size=8, stack=s, dropout=False)
+                       for s in ("torchtitan", "megatron-core"))
+    gathered_minus_shard = 4096 * 4096 * 2 * (1 - 1 / 8)
+    for block in (attention_block_bytes, dense_mlp_block_bytes):
+        difference = block(LLAMA3_8B, titan, plans) - block(LLAMA3_8B, megatron, plans)
+        assert difference[0] == pytest.approx(gathered_minus_shard)
+    head = lm_head_bytes(LLAMA3_8B, titan, plans, vocab) - lm_head_bytes(LLAMA3_8B, megatron, plans, vocab)
+    assert head[0] == pytest.approx(gathered_minus_shard)
+    no_sp = PlanArrays.from_records([dict(tp=8, sequence_parallel=False, micro_batch=1)])
+    np.testing.assert_allclose(attention_block_bytes(LLAMA3_8B, titan, no_sp),
+                               attention_block_bytes(LLAMA3_8B, megatron, no_sp))
