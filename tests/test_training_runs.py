@@ -133,6 +133,15 @@ def test_nvfp4_rows_run_tp_collectives_without_overlap(converted, table):
     assert "tp_comm_overlap off" in rows["mbridge-069"]["notes"]
 
 
+def test_gpt_oss_rows_take_the_recipes_recompute_per_gpu(converted):
+    """Megatron-Bridge's GPT-OSS 120B configs (v0.2.0 to v0.6.0) recompute layernorm and moe_act on B200,
+    GB200 and H100, and nothing on B300 and GB300 (CUDA graphs instead)."""
+    rows = converted[0]
+    b200, gb300 = rows["mbridge-085"]["plan"], rows["mbridge-082"]["plan"]
+    assert (b200["recompute"], b200["recompute_modules"]) == ("selective", ["layernorm", "moe_act"])
+    assert gb300["recompute"] == "none" and "recompute_modules" not in gb300
+
+
 def test_errata_correct_the_published_layout_to_the_recipe(converted, table):
     """mbridge-155 (26.02.01 table, Llama 3 70B NVFP4 on 64 GB300): the table prints TP1 PP1 MBS 2 under
     DDP, which cannot hold 70B; the recipe of that release (LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2) and the

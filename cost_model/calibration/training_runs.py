@@ -325,6 +325,16 @@ LLAMA70B_OFFLOAD_LAYERS = {"GB200 (DGX-GB200)": 40, "GB300 (DGX-GB300)": 20}
 published_runs.md section 14): the layout does not fit 70B without it."""
 
 
+GPT_OSS_RECOMPUTE = {"B200 (DGX-B200)": ["layernorm", "moe_act"], "GB200 (DGX-GB200)": ["layernorm", "moe_act"],
+                     "H100-SXM 80GB (DGX-H100)": ["layernorm", "moe_act"], "B300 (DGX-B300)": None,
+                     "GB300 (DGX-GB300)": None}
+"""Recompute of Megatron-Bridge's GPT-OSS 120B performance configs per GPU, the same in every release read
+(scripts/performance/configs/gpt_oss/workload_base_configs.py at v0.2.0, gpt_oss_workload_base_configs.py at
+v0.3.0 and v0.4.0, src/megatron/bridge/perf_recipes/gpt_oss/b200/gpt_oss.py at v0.6.0): B200, GB200 and H100
+recompute the ``layernorm`` and ``moe_act`` modules (selective); B300 and GB300 recompute nothing and capture
+CUDA graphs instead."""
+
+
 def _megatron_bridge(row, model, plan, training, variant):
     notes = ["recipe knobs as the curated Megatron-Bridge rows (published_runs.md sections 4, 12-14): "
              "grad_dtype bf16 (grad_reduce_in_fp32 False), no dropout, sequence parallel when TP > 1; "
@@ -357,6 +367,12 @@ def _megatron_bridge(row, model, plan, training, variant):
         extra_plan["activation_offload_layers"] = LLAMA70B_OFFLOAD_LAYERS[row["gpu_type"]]
         notes.append(f"activation offload {extra_plan['activation_offload_layers']} layers (the recipes of this "
                      "layout on this GPU, as the curated rows read them)")
+    if preset == "gpt-oss-120b" and row["gpu_type"] in GPT_OSS_RECOMPUTE:
+        modules = GPT_OSS_RECOMPUTE[row["gpu_type"]]
+        extra_plan.update(recompute="selective", recompute_modules=modules) if modules else \
+            extra_plan.update(recompute="none")
+        notes.append("GPT-OSS recipes: " + (f"selective recompute of {', '.join(modules)}" if modules
+                                            else "no recompute (CUDA graphs)"))
     if variant == "tokendrop":
         # Megatron-Bridge 'tokendrop': capacity factor 1.0 with inputs padded to capacity
         extra_training.update(moe_capacity_factor=1.0, moe_pad_to_capacity=True)
