@@ -365,7 +365,9 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
                                 model: ModelSpec | None = None, copy_kernel_s: float = 0.0,
                                 gather_bytes_per_param: np.ndarray | float = 2.0) -> DataParallelComm:
     """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
-    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency.
+    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer, and so does ZeRO-2 under an
+    FSDP-style stack, whose flat parameters are the wrapped layers: PyTorch FSDP ``SHARD_GRAD_OP``), so
+    each pays its latency.
 
     Under a per-tensor stack (:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`) ZeRO-3 runs
     :func:`parameter_tensors_per_layer` collectives per layer, and each also runs one copy kernel per rank
@@ -397,13 +399,16 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     gather_bytes = gather_bytes[:, None] if gather_bytes.ndim == 1 else gather_bytes
     per_tensor = stack_spec(training.stack).per_tensor_collectives and model is not None
     per_layer = np.maximum(layers, 1.0) * (parameter_tensors_per_layer(model) if per_tensor else 1)
+    # FSDP-style stacks shard by wrapped layer whatever the stage: ZeRO-2 (FSDP SHARD_GRAD_OP) reduce-scatters
+    # and gathers one flat parameter per layer, like ZeRO-3, not Megatron's 40M-element buckets.
+    layer_units = stack_spec(training.stack).fsdp_prefetch and not per_tensor
     fill_mb = np.zeros(shape)
     fill_step = np.zeros(shape)
     for whole, shard, replica, params in groups:
         if not params.any():  # no routed experts in a dense model: nothing to reduce over that group
             continue
         buckets = np.maximum(1.0, np.ceil(params / bucket_elements))
-        chunks = np.where(zero >= 3, per_layer, buckets)
+        chunks = np.where((zero >= 3) | ((zero == 2) & layer_units), per_layer, buckets)
         ranks = shard.size[placements.layout_index][:, None].astype(float)
         copies = np.where((zero >= 3) & (ranks > 1), chunks * ranks * copy_kernel_s, 0.0) if per_tensor else 0.0
 

@@ -43,6 +43,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   critical path although its bandwidth time hides (:attr:`cost_model.stacks.StackSpec.collective_fill_exposed`):
   ZeRO-3 pays two all-gathers' and a reduce-scatter's per layer and micro-batch, ZeRO-2 a reduce-scatter's
   per layer and micro-batch and an all-gather's per layer and step, never more than the collectives take.
+  A stack with ``unsharded_grad_prep`` (FSDP1) also pays, every micro-batch, the memory-bound passes over
+  each layer's unsharded gradient before its reduce-scatter (:func:`cost_model.compute.unsharded_gradient_bytes`
+  at the HBM's streaming rate), reported with the ZeRO traffic.
 * Overlapped communication still costs: NCCL kernels occupy a share of the SMs while they run
   (``overlap_sm_fraction``), so every second of hidden communication slows the compute beside it by
   that share.
@@ -70,7 +73,7 @@ from hardware.schema import ClusterSpec
 
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
-                      precision_fix)
+                      precision_fix, unsharded_gradient_bytes)
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
@@ -414,6 +417,12 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
                                       zero_exposed + dp.per_microbatch_fill_s)
     else:  # no prefetch: every ZeRO-3 gather and reduce-scatter waits for, and holds up, the compute
         zero_exposed = dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s
+    if stack.unsharded_grad_prep:  # FSDP1's passes over each layer's unsharded gradient, every micro-batch
+        reduced = (plans.zero_stage[:, None] >= 2) & ((plans.dp * plans.cp)[:, None] > 1)
+        grad_prep = np.where(reduced, unsharded_gradient_bytes(training, params.total), 0.0) / (
+            gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+    else:
+        grad_prep = 0.0
     zero_hidden = np.maximum(0.0, dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s - zero_exposed)
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
     contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden + ep_hidden)
@@ -424,6 +433,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     copy_s = memory.offloaded_bytes / host_bytes_per_s
     offload_exposed = np.maximum(0.0, copy_s - forward) + np.maximum(0.0, copy_s - (backward + recompute))
 
+    zero_exposed = zero_exposed + grad_prep  # reported with the ZeRO-2/3 traffic it prepares (dp_comm)
     t_mb = (forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + offload_exposed
             + contention)
     t_mb = np.where(stages.exists, t_mb, -np.inf)

@@ -97,6 +97,15 @@ class StackSpec:
     collective. Other FSDP stacks leave it off: the FSDP2 (torchtitan), FairScale and Megatron-Core rows
     do not vary the GPU count at a fixed layout, and turning it on there moves them by under 1%."""
 
+    unsharded_grad_prep: bool
+    """Whether each micro-batch's backward makes memory-bound passes over every layer's whole unsharded
+    gradient before its ZeRO-2/3 reduce-scatter (PyTorch FSDP1: assembled from its views, cast to the
+    reduce dtype, pre-divided; :func:`cost_model.compute.unsharded_gradient_bytes`). Megatron-Core writes
+    the weight gradients straight into its fp32 buffer (``gradient_accumulation_fusion``) and has none.
+    The passes run on the compute stream (the assembly) and on FSDP1's post-backward stream beside the
+    next layer's backward; a GEMM fills every SM and a full-grid element-wise kernel's blocks only run as
+    the GEMM's retire, so their time adds to the step (:mod:`cost_model.evaluate`)."""
+
     overlap_grad_reduce: bool
     """Whether the data-parallel gradient reduction runs behind the backward pass (bucketed)."""
 
@@ -135,7 +144,7 @@ class StackSpec:
 
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
-            "fsdp_prefetch", "collective_fill_exposed", "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives",
+            "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep", "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives",
             "pipeline_scatter_gather")
 
 

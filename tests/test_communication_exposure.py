@@ -191,8 +191,8 @@ def _fsdp(stack: str, num_gpus: int, zero_stage: int):
 def test_zero3_and_zero2_fill_per_microbatch_and_step_by_hand():
     """512 ranks on 64 nodes: a ring fill of 448 x 2 us + 63 x 5 us = 1,211 us. ZeRO-3 runs two
     all-gathers and a reduce-scatter per layer and micro-batch: 32 x 3 x 1,211 us = 116.3 ms; ZeRO-2 a
-    reduce-scatter per layer and micro-batch (38.8 ms) and, once a step, its weight all-gathers, one per
-    40M-element bucket."""
+    reduce-scatter per layer and micro-batch (38.8 ms) and, once a step, its weight all-gathers (38.8 ms):
+    FSDP's SHARD_GRAD_OP shards by wrapped layer, not by Megatron's 40M-element buckets."""
     fill = 448 * 2e-6 + 63 * 5e-6
     model, cluster, training, plans3 = _fsdp("composer-fsdp", 512, 3)
     _, _, _, plans2 = _fsdp("composer-fsdp", 512, 2)
@@ -201,16 +201,13 @@ def test_zero3_and_zero2_fill_per_microbatch_and_step_by_hand():
     from cost_model.params import ParameterCounts
     from cost_model.stages import stage_layout
 
-    for plans, per_mb, per_step in ((plans3, 32 * 3 * fill, 0.0), (plans2, None, None)):
+    for plans, per_mb, per_step in ((plans3, 32 * 3 * fill, 0.0), (plans2, 32 * fill, 32 * fill)):
         m = plans.num_microbatches(training.global_batch_size)
         stages = stage_layout(model, plans, m)
         params = stage_parameters(model, ParameterCounts(model), plans, stages, options)
         dp = data_parallel_communication(training, plans, CommPricer(cluster, place(cluster, plans, options)),
                                          params.dense, params.expert, stages.layers, m,
                                          options.grad_bucket_elements, model=model)
-        if per_mb is None:  # ZeRO-2: buckets of 40M elements
-            buckets = math.ceil(float(params.dense[0, 0]) / options.grad_bucket_elements)
-            per_mb, per_step = buckets * fill, buckets * fill
         assert float(dp.per_microbatch_fill_s[0, 0]) == pytest.approx(per_mb, rel=1e-9)
         assert float(dp.per_step_fill_s[0, 0]) == pytest.approx(per_step, rel=1e-9)
 
@@ -241,3 +238,49 @@ def test_composer_step_carries_the_fill_and_grows_with_the_ring(monkeypatch):
         gaps.append(with_fill - without)
     assert gaps[1] - gaps[0] == pytest.approx(32 * 3 * (336 * 2e-6 + 48 * 5e-6) * (1 - options.overlap_sm_fraction),
                                               rel=1e-6)
+
+
+# ---- Composer FSDP1: passes over each layer's unsharded gradient every micro-batch (StackSpec.unsharded_grad_prep)
+
+def test_unsharded_gradient_bytes_by_hand():
+    """Per parameter: assemble the bf16 flat gradient (read 2 + write 2), cast to fp32 (read 2 + write 4),
+    pre-divide in place (read 4 + write 4) = 18 bytes; reducing in bf16 skips the cast and divides 2-byte
+    values: 4 + 4 = 8."""
+    from cost_model.compute import unsharded_gradient_bytes
+
+    fp32 = TrainingSpec(seq_length=2048, global_batch_size=8, grad_dtype="fp32")
+    bf16 = TrainingSpec(seq_length=2048, global_batch_size=8, grad_dtype="bf16")
+    assert unsharded_gradient_bytes(fp32, 1e9) == pytest.approx(18e9)
+    assert unsharded_gradient_bytes(bf16, 1e9) == pytest.approx(8e9)
+
+
+def test_composer_step_pays_the_gradient_passes_each_microbatch(monkeypatch):
+    """8 H100 (no ring fill to speak of inside one node), ZeRO-3, two micro-batches of 6: the step with
+    the passes is longer by 2 x 18 bytes x the stage's parameters at the HBM's streaming rate
+    (3,350 GB/s x 0.85); one GPU reduces nothing and pays nothing."""
+    import dataclasses
+
+    import cost_model.evaluate as ev
+    from cost_model.memory import stage_parameters
+    from cost_model.params import ParameterCounts
+    from cost_model.stacks import stack_spec
+    from cost_model.stages import stage_layout
+
+    options = CostOptions()
+    model = load_model("llama3-8b").spec
+    cluster = load_cluster("h100x8")
+    training = TrainingSpec(seq_length=2048, global_batch_size=96, stack="composer-fsdp", grad_dtype="fp32",
+                            flash_attention=True)
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=8, micro_batch=6, zero_stage=3),
+                                     dict(tp=1, pp=1, dp=1, micro_batch=6, zero_stage=3)])
+    on = stack_spec("composer-fsdp")
+    assert on.unsharded_grad_prep
+    with_prep = evaluate(model, training, cluster, plans, options).step_time_s
+    monkeypatch.setattr(ev, "stack_spec", lambda name: dataclasses.replace(on, unsharded_grad_prep=False))
+    without = evaluate(model, training, cluster, plans, options).step_time_s
+    m = plans.num_microbatches(training.global_batch_size)
+    stages = stage_layout(model, plans, m)
+    params = float(stage_parameters(model, ParameterCounts(model), plans, stages, options).total[0, 0])
+    assert m[0] == 2
+    assert with_prep[0] - without[0] == pytest.approx(2 * 18 * params / (3350e9 * 0.85), rel=1e-6)
+    assert with_prep[1] == without[1]
