@@ -187,6 +187,11 @@ class CommPricer:
     def time(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
         return self._cost(kind, group).time_s(message_bytes)
 
+    def fill_latency(self, kind: Collective, group: GroupPlacement) -> np.ndarray:
+        """Per plan: the ring latency of one collective on ``group``, whatever its message
+        (:meth:`hardware.collectives.CollectiveCost.fill_latency_s`)."""
+        return self._cost(kind, group).fill_latency_s()
+
     def sent(self, kind: Collective, group: GroupPlacement, message_bytes) -> np.ndarray:
         m = np.asarray(message_bytes, dtype=float)
         size = group.size[self.placements.layout_index]
@@ -346,6 +351,12 @@ class DataParallelComm:
     per_microbatch_bwd_s: np.ndarray
     """Every micro-batch, during the backward pass: ZeRO-3 all-gather + reduce-scatter, ZeRO-2 reduce-scatter."""
     bytes_per_step: np.ndarray
+    per_microbatch_fill_s: np.ndarray | float = 0.0
+    """Every micro-batch: the ring latency alone of the per-layer collectives above (ZeRO-3: two
+    all-gathers and a reduce-scatter per layer, ZeRO-2: a reduce-scatter, with HSDP's all-reduce of the
+    shard), the part a stack with ``collective_fill_exposed`` cannot hide (:mod:`cost_model.evaluate`)."""
+    per_step_fill_s: np.ndarray | float = 0.0
+    """Once per step: the ring latency alone of ZeRO-2's per-layer weight all-gathers."""
 
 
 def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
@@ -354,7 +365,9 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
                                 model: ModelSpec | None = None, copy_kernel_s: float = 0.0,
                                 gather_bytes_per_param: np.ndarray | float = 2.0) -> DataParallelComm:
     """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
-    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer), so each pays its latency.
+    buckets) or per layer (ZeRO-3 gathers and reduces layer by layer, and so does ZeRO-2 under an
+    FSDP-style stack, whose flat parameters are the wrapped layers: PyTorch FSDP ``SHARD_GRAD_OP``), so
+    each pays its latency.
 
     Under a per-tensor stack (:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`) ZeRO-3 runs
     :func:`parameter_tensors_per_layer` collectives per layer, and each also runs one copy kernel per rank
@@ -386,11 +399,16 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     gather_bytes = gather_bytes[:, None] if gather_bytes.ndim == 1 else gather_bytes
     per_tensor = stack_spec(training.stack).per_tensor_collectives and model is not None
     per_layer = np.maximum(layers, 1.0) * (parameter_tensors_per_layer(model) if per_tensor else 1)
+    # FSDP-style stacks shard by wrapped layer whatever the stage: ZeRO-2 (FSDP SHARD_GRAD_OP) reduce-scatters
+    # and gathers one flat parameter per layer, like ZeRO-3, not Megatron's 40M-element buckets.
+    layer_units = stack_spec(training.stack).fsdp_prefetch and not per_tensor
+    fill_mb = np.zeros(shape)
+    fill_step = np.zeros(shape)
     for whole, shard, replica, params in groups:
         if not params.any():  # no routed experts in a dense model: nothing to reduce over that group
             continue
         buckets = np.maximum(1.0, np.ceil(params / bucket_elements))
-        chunks = np.where(zero >= 3, per_layer, buckets)
+        chunks = np.where((zero >= 3) | ((zero == 2) & layer_units), per_layer, buckets)
         ranks = shard.size[placements.layout_index][:, None].astype(float)
         copies = np.where((zero >= 3) & (ranks > 1), chunks * ranks * copy_kernel_s, 0.0) if per_tensor else 0.0
 
@@ -404,6 +422,10 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
         rep_s, rep_b = priced(AR, replica, params * training.grad_bytes / ranks)
         if per_tensor:  # the list collectives' per-rank copies (ZeRO-3 only, see above)
             rs_s, ag_s = rs_s + copies, ag_s + copies
+        fill_ag = chunks * pricer.fill_latency(AG, shard)[:, None]
+        fill_rs = chunks * (pricer.fill_latency(RS, shard) + pricer.fill_latency(AR, replica))[:, None]
+        fill_mb += np.select([zero == 2, zero == 3], [fill_rs, 2 * fill_ag + fill_rs], 0.0)
+        fill_step += np.where(zero == 2, fill_ag, 0.0)
         grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s + rep_s], 0.0)
         gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
         fwd += np.where(zero == 3, ag_s, 0.0)
@@ -411,4 +433,5 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
         sent += np.select([zero == 0, zero == 1, zero == 2, zero == 3],
                           [ar_b, rs_b + rep_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (2 * ag_b + rs_b + rep_b)])
     return DataParallelComm(grad_sync_s=grad_sync, param_gather_s=gather, per_microbatch_fwd_s=fwd,
-                            per_microbatch_bwd_s=bwd, bytes_per_step=sent)
+                            per_microbatch_bwd_s=bwd, bytes_per_step=sent, per_microbatch_fill_s=fill_mb,
+                            per_step_fill_s=fill_step)

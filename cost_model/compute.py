@@ -565,3 +565,26 @@ def optimizer_step_bytes(training: TrainingSpec, shard_params, grad_buffer_param
         per_shard_param = per_shard_param + 2.0 * grad
     return shard_params * per_shard_param + grad_buffer_params * grad
 
+
+def unsharded_gradient_bytes(training: TrainingSpec, unsharded_params):
+    """HBM bytes one micro-batch's backward moves preparing the unsharded gradients of
+    ``unsharded_params`` for their ZeRO-2/3 reduce-scatter under a stack with ``unsharded_grad_prep``
+    (PyTorch FSDP1, torch/distributed/fsdp ``_runtime_utils._post_backward_hook`` and ``_reduce_grad``,
+    torch 2.1-2.3 as Composer runs it), per parameter of the layer:
+
+    * the flat gradient assembled from its views' gradients: the module parameters are ``split`` /
+      ``view`` views of the flat parameter (``_flat_param.FlatParamHandle._get_unflat_views``), whose
+      backward concatenates the views' 16-bit gradients into the flat gradient: a read and a write of
+      2 bytes;
+    * the cast to the reduce dtype where it differs (``flat_param.grad.to(handle._reduce_dtype)``; fp32
+      under Composer's ``mixed_precision: DEFAULT``): read 2, write ``grad_bytes``;
+    * the pre-divide in place before the reduce-scatter (``_div_if_needed(padded_unsharded_grad,
+      state._gradient_predivide_factor)``, a factor above 1 for every group of two or more ranks): read and
+      write ``grad_bytes``.
+
+    18 bytes per parameter with fp32 reduction, 8 with bf16. The post-divide runs on the 1/n shard and is
+    left out."""
+    grad = training.grad_bytes
+    cast = 2.0 + grad if grad != 2 else 0.0
+    return unsharded_params * (4.0 + cast + 2.0 * grad)
+

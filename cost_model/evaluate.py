@@ -38,7 +38,14 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   :mod:`cost_model.stacks`) runs every gather and reduce-scatter on the critical path: DeepSpeed 0.3.x
   ZeRO-3 calls ``torch.cuda.synchronize()`` before each parameter's all-gather
   (``partition_parameters.py`` ``_allgather_param``) and again after each module's fetch
-  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives.
+  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives. A stack with
+  ``collective_fill_exposed`` (Composer's FSDP1) keeps each per-layer collective's ring latency on the
+  critical path although its bandwidth time hides (:attr:`cost_model.stacks.StackSpec.collective_fill_exposed`):
+  ZeRO-3 pays two all-gathers' and a reduce-scatter's per layer and micro-batch, ZeRO-2 a reduce-scatter's
+  per layer and micro-batch and an all-gather's per layer and step, never more than the collectives take.
+  A stack with ``unsharded_grad_prep`` (FSDP1) also pays, every micro-batch, the memory-bound passes over
+  each layer's unsharded gradient before its reduce-scatter (:func:`cost_model.compute.unsharded_gradient_bytes`
+  at the HBM's streaming rate), reported with the ZeRO traffic.
 * Overlapped communication still costs: NCCL kernels occupy a share of the SMs while they run
   (``overlap_sm_fraction``), so every second of hidden communication slows the compute beside it by
   that share.
@@ -66,7 +73,7 @@ from hardware.schema import ClusterSpec
 
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
-                      precision_fix)
+                      precision_fix, unsharded_gradient_bytes)
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
@@ -401,11 +408,21 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     compute_fwd = forward
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)
-    if stack_spec(training.stack).fsdp_prefetch:
+    stack = stack_spec(training.stack)
+    if stack.fsdp_prefetch:
         zero_exposed = (np.maximum(0.0, dp.per_microbatch_fwd_s - compute_fwd) + dp.per_microbatch_fwd_s / layers
                         + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
+        if stack.collective_fill_exposed:  # each per-layer collective's ring latency stays on the critical path
+            zero_exposed = np.minimum(dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s,
+                                      zero_exposed + dp.per_microbatch_fill_s)
     else:  # no prefetch: every ZeRO-3 gather and reduce-scatter waits for, and holds up, the compute
         zero_exposed = dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s
+    if stack.unsharded_grad_prep:  # FSDP1's passes over each layer's unsharded gradient, every micro-batch
+        reduced = (plans.zero_stage[:, None] >= 2) & ((plans.dp * plans.cp)[:, None] > 1)
+        grad_prep = np.where(reduced, unsharded_gradient_bytes(training, params.total), 0.0) / (
+            gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+    else:
+        grad_prep = 0.0
     zero_hidden = np.maximum(0.0, dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s - zero_exposed)
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
     contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden + ep_hidden)
@@ -416,6 +433,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     copy_s = memory.offloaded_bytes / host_bytes_per_s
     offload_exposed = np.maximum(0.0, copy_s - forward) + np.maximum(0.0, copy_s - (backward + recompute))
 
+    zero_exposed = zero_exposed + grad_prep  # reported with the ZeRO-2/3 traffic it prepares (dp_comm)
     t_mb = (forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + offload_exposed
             + contention)
     t_mb = np.where(stages.exists, t_mb, -np.inf)
@@ -440,6 +458,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     gather_exposed = np.where(training.overlap_param_gather,
                               np.maximum(dp.param_gather_s * bucket_share, dp.param_gather_s - forward),
                               dp.param_gather_s)
+    if stack.fsdp_prefetch and stack.collective_fill_exposed:  # ZeRO-2's per-layer weight gathers, once a step
+        gather_exposed = np.minimum(dp.param_gather_s, gather_exposed + dp.per_step_fill_s)
     shard = np.where(zero >= 1, params.dense / (plans.dp * plans.cp)[:, None]
                      + params.expert / plans.expert_data_parallel[:, None], local_params)
     # read and write every state, read the gradient, write the bf16 weight: 30 bytes for fp32 Adam

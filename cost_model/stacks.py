@@ -68,6 +68,44 @@ class StackSpec:
     fsdp_prefetch: bool
     """Whether ZeRO-3/FSDP prefetches the next layer's weights behind the current layer's compute."""
 
+    collective_fill_exposed: bool
+    """Whether each per-layer ZeRO-2/3 collective's ring latency (the fill of NCCL's ring pipeline,
+    ``(n - d)`` NVLink and ``d - 1`` network steps, :meth:`hardware.collectives.CollectiveCost.fill_latency_s`)
+    stays on the critical path although its bandwidth time hides behind the compute
+    (:mod:`cost_model.evaluate`).
+
+    Set for Composer's FSDP1 (``composer-fsdp``) from llm-foundry's own benchmark tables
+    (mosaicml/llm-foundry ``scripts/train/benchmarking/README.md`` @8c8dd48f): at a fixed model, layer
+    and micro-batch the step grows with the GPU count by about one ring latency per per-layer collective,
+    at the presets' per-step latencies (912 us per collective more at 512 than at 128 H100 ranks):
+
+    ========  ==========  =======================  ========================  ======================
+    model     sharding    collectives per step     measured step growth      ring latency x count
+                                                   128 -> 512 H100           (912 us each)
+    ========  ==========  =======================  ========================  ======================
+    mpt-1b    ZeRO-2      48 (RS + AG per layer)   60 ms (401 -> 362 TF/s)   44 ms
+    mpt-3b    ZeRO-2      64                       57 ms (419 -> 388)        58 ms
+    mpt-7b    ZeRO-3      96 (2 AG + RS)           98 ms (452 -> 417)        88 ms
+    ========  ==========  =======================  ========================  ======================
+
+    while the bandwidth time of those collectives (1-3 ms per layer) is well inside each layer's compute
+    (10-25 ms). Why the fill is not hidden is not settled: Composer's defaults make FSDP1 synchronise the
+    host with the GPU before every all-gather (``limit_all_gathers``: ``_unshard`` waits on the free event
+    of the layer two back) and issue the backward all-gather only after the layer's gradients
+    (``BACKWARD_POST``), and all of a process group's collectives share one NCCL stream
+    (``torch.distributed.fsdp.BackwardPrefetch`` docstring), which leaves little slack around each
+    collective. Other FSDP stacks leave it off: the FSDP2 (torchtitan), FairScale and Megatron-Core rows
+    do not vary the GPU count at a fixed layout, and turning it on there moves them by under 1%."""
+
+    unsharded_grad_prep: bool
+    """Whether each micro-batch's backward makes memory-bound passes over every layer's whole unsharded
+    gradient before its ZeRO-2/3 reduce-scatter (PyTorch FSDP1: assembled from its views, cast to the
+    reduce dtype, pre-divided; :func:`cost_model.compute.unsharded_gradient_bytes`). Megatron-Core writes
+    the weight gradients straight into its fp32 buffer (``gradient_accumulation_fusion``) and has none.
+    The passes run on the compute stream (the assembly) and on FSDP1's post-backward stream beside the
+    next layer's backward; a GEMM fills every SM and a full-grid element-wise kernel's blocks only run as
+    the GEMM's retire, so their time adds to the step (:mod:`cost_model.evaluate`)."""
+
     overlap_grad_reduce: bool
     """Whether the data-parallel gradient reduction runs behind the backward pass (bucketed)."""
 
@@ -126,8 +164,9 @@ class StackSpec:
 
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
-            "fsdp_prefetch", "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives",
-            "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_saves_gathered_input")
+            "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep", "overlap_grad_reduce",
+            "fp8_param_gather", "per_tensor_collectives", "pipeline_scatter_gather", "pipeline_stage_buffers",
+            "tp_saves_gathered_input")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

@@ -145,6 +145,13 @@ class CollectiveCost:
                         self.terms.append((np.where(inside, 2.0 * a_up, np.inf),
                                            np.where(inside, (g - 1.0) / g / nvls_bw, np.inf)))
 
+    def fill_latency_s(self) -> np.ndarray:
+        """Seconds of the first algorithm's latency alone (the flat ring's ``(n - d)`` NVLink and ``d - 1``
+        network steps for all-gather / reduce-scatter / all-reduce; see the module docstring): the time
+        before the ring's pipeline delivers its first chunk everywhere, whatever the message. Zero for a
+        group of one."""
+        return np.where(self.active, self.terms[0][0], 0.0)
+
     def take(self, index: np.ndarray) -> "CollectiveCost":
         """The coefficients of the groups at ``index`` (to price many plans that share few groups)."""
         taken = object.__new__(CollectiveCost)

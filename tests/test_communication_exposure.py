@@ -161,3 +161,126 @@ def test_hybridep_across_nodes_is_faster_than_alltoall_and_equal_inside_one():
     assert flat_flex < ep_forward_s("alltoall", 8)
     across = ep_forward_s("hybridep", 32)
     assert across < 0.6 * ep_forward_s("alltoall", 32)  # 2.7 remote nodes per token instead of 6 rows
+
+
+# ---- Composer FSDP1: each per-layer collective's ring latency stays exposed (StackSpec.collective_fill_exposed)
+
+def test_ring_fill_latency_by_hand():
+    """128 ranks on 16 HGX H100 nodes: n - d = 112 NVLink steps of 2 us and d - 1 = 15 network steps of
+    5 us (the preset's per-step latencies) = 299 us, whatever the message; a group of one waits for
+    nothing."""
+    from hardware.collectives import Collective, CollectiveCost
+
+    topology = load_cluster("h100x128").topology
+    cost = CollectiveCost(topology, Collective.ALL_GATHER, np.array([128.0, 1.0]), np.array([8.0, 1.0]))
+    assert cost.fill_latency_s() == pytest.approx([299e-6, 0.0])
+    # the fill is the time of a one-byte all-gather, less its (tiny) bandwidth term
+    one_byte = collective_time_s(topology, "all_gather", 128, 1.0, 8)
+    assert float(one_byte) == pytest.approx(299e-6, rel=1e-6)
+
+
+def _fsdp(stack: str, num_gpus: int, zero_stage: int):
+    model = load_model("llama3-8b").spec  # 32 layers
+    cluster = load_cluster(f"h100x{num_gpus}")
+    training = TrainingSpec(seq_length=2048, global_batch_size=6 * num_gpus, stack=stack, grad_dtype="fp32",
+                            flash_attention=True)
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=num_gpus, micro_batch=6, zero_stage=zero_stage)])
+    return model, cluster, training, plans
+
+
+def test_zero3_and_zero2_fill_per_microbatch_and_step_by_hand():
+    """512 ranks on 64 nodes: a ring fill of 448 x 2 us + 63 x 5 us = 1,211 us. ZeRO-3 runs two
+    all-gathers and a reduce-scatter per layer and micro-batch: 32 x 3 x 1,211 us = 116.3 ms; ZeRO-2 a
+    reduce-scatter per layer and micro-batch (38.8 ms) and, once a step, its weight all-gathers (38.8 ms):
+    FSDP's SHARD_GRAD_OP shards by wrapped layer, not by Megatron's 40M-element buckets."""
+    fill = 448 * 2e-6 + 63 * 5e-6
+    model, cluster, training, plans3 = _fsdp("composer-fsdp", 512, 3)
+    _, _, _, plans2 = _fsdp("composer-fsdp", 512, 2)
+    options = CostOptions()
+    from cost_model.memory import stage_parameters
+    from cost_model.params import ParameterCounts
+    from cost_model.stages import stage_layout
+
+    for plans, per_mb, per_step in ((plans3, 32 * 3 * fill, 0.0), (plans2, 32 * fill, 32 * fill)):
+        m = plans.num_microbatches(training.global_batch_size)
+        stages = stage_layout(model, plans, m)
+        params = stage_parameters(model, ParameterCounts(model), plans, stages, options)
+        dp = data_parallel_communication(training, plans, CommPricer(cluster, place(cluster, plans, options)),
+                                         params.dense, params.expert, stages.layers, m,
+                                         options.grad_bucket_elements, model=model)
+        assert float(dp.per_microbatch_fill_s[0, 0]) == pytest.approx(per_mb, rel=1e-9)
+        assert float(dp.per_step_fill_s[0, 0]) == pytest.approx(per_step, rel=1e-9)
+
+
+def test_composer_step_carries_the_fill_and_grows_with_the_ring(monkeypatch):
+    """The same run with the switch off hides the fill behind the compute: the step with it is longer
+    by the fill less the SM contention it no longer causes (overlap_sm_fraction of it), and the
+    difference grows with the ring: 128 -> 512 ranks adds 336 NVLink and 48 network steps per
+    collective."""
+    import dataclasses
+
+    import cost_model.evaluate as ev
+    from cost_model.stacks import stack_spec
+
+    options = CostOptions()
+    on = stack_spec("composer-fsdp")
+    assert on.collective_fill_exposed
+    off = dataclasses.replace(on, collective_fill_exposed=False)
+    gaps = []
+    for n in (128, 512):
+        model, cluster, training, plans = _fsdp("composer-fsdp", n, 3)
+        with_fill = evaluate(model, training, cluster, plans, options).step_time_s[0]
+        monkeypatch.setattr(ev, "stack_spec", lambda name: off)
+        without = evaluate(model, training, cluster, plans, options).step_time_s[0]
+        monkeypatch.undo()
+        fill = 32 * 3 * ((n - n // 8) * 2e-6 + (n // 8 - 1) * 5e-6)
+        assert with_fill - without == pytest.approx(fill * (1 - options.overlap_sm_fraction), rel=1e-6)
+        gaps.append(with_fill - without)
+    assert gaps[1] - gaps[0] == pytest.approx(32 * 3 * (336 * 2e-6 + 48 * 5e-6) * (1 - options.overlap_sm_fraction),
+                                              rel=1e-6)
+
+
+# ---- Composer FSDP1: passes over each layer's unsharded gradient every micro-batch (StackSpec.unsharded_grad_prep)
+
+def test_unsharded_gradient_bytes_by_hand():
+    """Per parameter: assemble the bf16 flat gradient (read 2 + write 2), cast to fp32 (read 2 + write 4),
+    pre-divide in place (read 4 + write 4) = 18 bytes; reducing in bf16 skips the cast and divides 2-byte
+    values: 4 + 4 = 8."""
+    from cost_model.compute import unsharded_gradient_bytes
+
+    fp32 = TrainingSpec(seq_length=2048, global_batch_size=8, grad_dtype="fp32")
+    bf16 = TrainingSpec(seq_length=2048, global_batch_size=8, grad_dtype="bf16")
+    assert unsharded_gradient_bytes(fp32, 1e9) == pytest.approx(18e9)
+    assert unsharded_gradient_bytes(bf16, 1e9) == pytest.approx(8e9)
+
+
+def test_composer_step_pays_the_gradient_passes_each_microbatch(monkeypatch):
+    """8 H100 (no ring fill to speak of inside one node), ZeRO-3, two micro-batches of 6: the step with
+    the passes is longer by 2 x 18 bytes x the stage's parameters at the HBM's streaming rate
+    (3,350 GB/s x 0.85); one GPU reduces nothing and pays nothing."""
+    import dataclasses
+
+    import cost_model.evaluate as ev
+    from cost_model.memory import stage_parameters
+    from cost_model.params import ParameterCounts
+    from cost_model.stacks import stack_spec
+    from cost_model.stages import stage_layout
+
+    options = CostOptions()
+    model = load_model("llama3-8b").spec
+    cluster = load_cluster("h100x8")
+    training = TrainingSpec(seq_length=2048, global_batch_size=96, stack="composer-fsdp", grad_dtype="fp32",
+                            flash_attention=True)
+    plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=8, micro_batch=6, zero_stage=3),
+                                     dict(tp=1, pp=1, dp=1, micro_batch=6, zero_stage=3)])
+    on = stack_spec("composer-fsdp")
+    assert on.unsharded_grad_prep
+    with_prep = evaluate(model, training, cluster, plans, options).step_time_s
+    monkeypatch.setattr(ev, "stack_spec", lambda name: dataclasses.replace(on, unsharded_grad_prep=False))
+    without = evaluate(model, training, cluster, plans, options).step_time_s
+    m = plans.num_microbatches(training.global_batch_size)
+    stages = stage_layout(model, plans, m)
+    params = float(stage_parameters(model, ParameterCounts(model), plans, stages, options).total[0, 0])
+    assert m[0] == 2
+    assert with_prep[0] - without[0] == pytest.approx(2 * 18 * params / (3350e9 * 0.85), rel=1e-6)
+    assert with_prep[1] == without[1]
