@@ -503,6 +503,12 @@ _MBRIDGE_26_02_01 = ("Megatron-Bridge r0.3 (26.02.01 container): the recipe at v
 ERRATA: dict[str, Erratum] = {
     # The 26.02.01 table (docs/performance-summary-archive.md @067f987d, line 397 on) prints some GB300/GB200
     # Llama layouts that its own recipes do not run, where the other containers' rows print the recipe's.
+    "mbridge-249": Erratum(
+        {"micro_batch": 1},
+        "Megatron-Bridge r0.2 (25.11 container): scripts/performance/configs/gpt_oss/workload_base_configs.py at "
+        "v0.2.0, v0.2.1 and v0.2.2, GPT_OSS_120B_H100_BF16_BASE_CONFIG = BASE (micro_batch_size=1) + "
+        "pipeline_model_parallel_size=4; the table's MBS 4 / GA 2 are the B200 row's cells (512 / (4 x 64)), as "
+        "the curated row megatron-bridge-25.11-h100-gpt-oss-120b-bf16 reads it"),
     "mbridge-155": Erratum(
         {"tp": 1, "pp": 4, "dp": 16, "vpp": 5, "micro_batch": 1},
         f"{_MBRIDGE_26_02_01}llama3_workload_base_configs.py LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2 = "
