@@ -94,13 +94,15 @@ class CostOptions:
     section 4.1: 0.86); FlashAttention-3's backward is further below its forward on H100 (Shah et al.
     2024, figures 5-6). Bounds [0.4, 1]."""
 
-    flash_attention_2_share: float = field(default_factory=lambda: stored_parameter("flash_attention_2_share", 0.47))
+    flash_attention_2_share: float = field(default_factory=lambda: stored_parameter("flash_attention_2_share", 0.51))
     """Rate of FlashAttention-2 on Hopper and Blackwell relative to the native kernels (cuDNN,
     FlashAttention-3) the GPU presets describe: PyTorch SDPA's FA2 backend reaches 287-304 TFLOP/s
-    forward at head dim 128 on H100 (pytorch/benchmark PR #2296), FA3 430-621 (PR #2391); the FA3 paper
-    (Shah et al. 2024, section 1) puts FA2 at 35% of H100's peak against FA3's 75%. Applies to stacks with
-    ``flash_attention_2`` (:mod:`cost_model.stacks`). Bounds [0.2, 1]. Fitted by ``plan-search calibrate``
-    (read from ``cost_model/calibration/fitted.yaml``); 0.47 (35/75, the prior) before any calibration."""
+    forward at head dim 128 on H100 (pytorch/benchmark PR #2296), FA3 430-621 (PR #2391, 621 at 16K
+    tokens); the FA3 paper (Shah et al. 2024) puts FA2 at 35% of H100's peak (section 1) and FA3 at 649
+    of 989 TFLOP/s at head dim 128, 16K tokens (figure 5): a share of 0.49-0.53 at head dim 128, the
+    native rate's reference. Applies to stacks with ``flash_attention_2`` (:mod:`cost_model.stacks`).
+    Bounds [0.2, 1]. Fitted by ``plan-search calibrate`` (read from ``cost_model/calibration/fitted.yaml``);
+    0.51 (the prior) before any calibration."""
 
     make_vocab_size_divisible_by: int = 128
     """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""

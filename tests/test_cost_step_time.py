@@ -148,3 +148,26 @@ def test_time_to_train_and_gpu_hours():
     frame = m.to_frame()
     assert frame["time_to_train_days"][0] == pytest.approx(m.time_to_train_s[0] / 86400)
     assert frame["tokens_per_s_per_gpu"][0] == pytest.approx(m.tokens_per_s[0] / 1024)
+
+
+@pytest.mark.parametrize("sp", [False, True])
+def test_tp_backward_overlap_hides_the_asynchronous_backward_collectives(sp):
+    # Megatron's asynchronous backward (Korthikanti et al. 2022 section 6.2): each column-parallel input
+    # gradient's all-reduce (with SP: its reduce-scatter and the all-gather of the saved input) runs beside
+    # the weight-gradient GEMM. Those take what the forward's collectives take (one all-reduce, or one
+    # all-gather + reduce-scatter, per pair), so the exposed TP time drops by exactly the forward's:
+    # without SP, half of it; with SP the row-parallel output gradients' all-gathers stay exposed.
+    from cost_model.communication import CommPricer, layer_communication, place
+    plans = [dict(tp=8, pp=1, dp=64, micro_batch=1, sequence_parallel=sp)]
+    plain = run(LLAMA70, TRAIN, plans)
+    overlapped = run(LLAMA70, dataclasses.replace(TRAIN, tp_backward_overlap=True), plans)
+    arrays, options = PlanArrays.from_records(plans), CostOptions()
+    dense, _ = layer_communication(LLAMA70, TRAIN, arrays, CommPricer(CLUSTER, place(CLUSTER, arrays, options)), options)
+    microbatches = TRAIN.global_batch_size / 64
+    forward_collectives = microbatches * LLAMA70.num_layers * dense.tp_fwd_s[0]
+    np.testing.assert_allclose(plain.step_time_parts_s["tp_comm"] - overlapped.step_time_parts_s["tp_comm"],
+                               forward_collectives, rtol=1e-9)
+    if not sp:
+        np.testing.assert_allclose(overlapped.step_time_parts_s["tp_comm"], 0.5 * plain.step_time_parts_s["tp_comm"],
+                                   rtol=1e-9)
+    assert overlapped.step_time_s[0] < plain.step_time_s[0]
