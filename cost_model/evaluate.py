@@ -5,7 +5,9 @@ Step time (all per rank of the bottleneck stage; "exposed" = not hidden behind c
     T_mb    = forward + backward + recompute + exposed TP + exposed CP + EP + exposed ZeRO-2/3 traffic
     T_pipe  = m * T_mb + bubble                    the schedule's bubble (:mod:`cost_model.schedules`):
                                                    (p-1) T_mb / v for 1F1B and interleaved (Narayanan et
-                                                   al. 2021, section 2.2), less with zero-bubble and DualPipe
+                                                   al. 2021, section 2.2), less with zero-bubble and
+                                                   DualPipe; its T_mb (and B, W) the mean of the ranks
+                                                   other than the bottleneck (fill and drain pass them)
     step    = T_pipe + exposed pipeline send/recv + exposed data-parallel sync + optimizer step
 
 The breakdown reports forward + backward as ``compute`` and ``host_issue``: the seconds the GPU waits
@@ -86,7 +88,7 @@ from .activations import recomputes
 from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .plan import PlanArrays
 from .power import plan_power
-from .schedules import bubble_s, exposed_p2p_transfers
+from .schedules import bubble_s, exposed_p2p_transfers, other_ranks_mean_s
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
 from .training_spec import TrainingSpec
@@ -436,8 +438,15 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
 
     v = stages.chunks.astype(float) if stages.chunks is not None else plans.vpp.astype(float)
     mf = m.astype(float)
-    bubble = np.where(plans.pp > 1, bubble_s(plans.schedule, plans.pp, plans.vpp, T,
-                                             _pick(backward + recompute, bottleneck), _pick(weight_grad, bottleneck)),
+    # The bottleneck rank waits while the first micro-batches' forwards fill the other p - 1 ranks and
+    # the last backwards drain through them: the bubble is their passes, not the bottleneck's own (a
+    # last rank made heavier by the LM head waits for lighter ranks).
+
+    def others(per_stage_s):
+        return other_ranks_mean_s(per_stage_s, stages.exists, plans.pp, _pick(per_stage_s, bottleneck))
+
+    bubble = np.where(plans.pp > 1, bubble_s(plans.schedule, plans.pp, plans.vpp, others(t_mb),
+                                             others(backward + recompute), others(weight_grad)),
                       0.0)
     p2p_s, p2p_bytes = pipeline_p2p(model, training, plans, pricer)
     transfers = exposed_p2p_transfers(plans.schedule, plans.pp, mf)
