@@ -105,7 +105,7 @@ PARAMETERS: tuple[Parameter, ...] = (
                 "every generation's cuBLAS reaches a similar share of its own peak (REFERENCE.md)")
       for family, precision in (("ampere", "bf16"), ("hopper", "bf16"), ("hopper", "fp8"),
                                 ("blackwell", "bf16"), ("blackwell", "fp8"))),
-    Parameter("attention.vs_gemm", 0.838, 0.30, 0.3, 1.5,
+    Parameter("attention.vs_gemm", 0.876, 0.30, 0.3, 1.5,
               "forward rate of the reference stack's fused attention at head dim 128 on long non-causal sequences, "
               "relative to the BF16 GEMM share of the same GPU (cost_model.compute.flash_attention_rates)",
               "the reference the family departures below are stated against: each family's prior is its published "
@@ -115,13 +115,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     *(Parameter(f"attention.{family}", prior, 0.15, 0.5, 2.0,
                 f"{family} GPUs' departure from the shared attention-to-GEMM rate", source)
       for family, prior, source in (
-          ("ampere", 1.013, "FlashAttention-2 forward 73% of A100's peak (Dao 2023, section 4.1) against cuBLAS "
-                            "86% (REFERENCE.md): 0.849 = 1.013 x 0.838"),
-          ("hopper", 0.979, "FlashAttention-3 forward at head dim 128 (the rate's reference head dim), non-causal, "
+          ("ampere", 0.969, "FlashAttention-2 forward 73% of A100's peak (Dao 2023, section 4.1) against cuBLAS "
+                            "86% (REFERENCE.md): 0.849 = 0.969 x 0.876"),
+          ("hopper", 0.936, "FlashAttention-3 forward at head dim 128 (the rate's reference head dim), non-causal, "
                             "16K tokens: 649 of 989 TFLOP/s (Shah et al. 2024, figure 5; its 740-756 headline is head "
-                            "dim 256) against cuBLAS 80% (REFERENCE.md): 0.820 = 0.979 x 0.838"),
-          ("blackwell", 1.009, "cuDNN forward ~1.23 of 2.25 PFLOP/s on B200 (Together AI, FlashAttention-4 blog) "
-                               "against cuBLAS 0.63-0.67 (pytorch/ao #2427): 0.846 = 1.009 x 0.838"))),
+                            "dim 256) against cuBLAS 80% (REFERENCE.md): 0.820 = 0.936 x 0.876"),
+          ("blackwell", 0.966, "cuDNN forward ~1.23 of 2.25 PFLOP/s on B200 (Together AI, FlashAttention-4 blog) "
+                               "against cuBLAS 0.63-0.67 (pytorch/ao #2427): 0.846 = 0.966 x 0.876"))),
     Parameter("flash_attention_2_share", 0.51, 0.30, 0.2, 1.0,
               "FlashAttention-2's rate on Hopper and Blackwell relative to the native kernels",
               "at head dim 128, the native rate's reference: FA2 at 35% of H100's peak (Shah et al. 2024, section 1) "
