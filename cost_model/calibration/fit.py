@@ -110,8 +110,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               "relative to the BF16 GEMM share of the same GPU (cost_model.compute.flash_attention_rates)",
               "the reference the family departures below are stated against: each family's prior is its published "
               "kernel-to-cuBLAS ratio over 0.876 (the geometric mean of the three ratios when Hopper's was its "
-              "head-dim-256 headline; re-centred on today's 0.838 the Ampere and Blackwell priors rise 4.5% and "
-              "the held-out error of llmfoundry's A100 and mbridge's Blackwell rows grows: median 8.9% -> 9.2% overall)"),
+              "head-dim-256 headline; re-centring on today's 0.838 changes no prior product and moved no held-out "
+              "figure by more than 0.1%)"),
     *(Parameter(f"attention.{family}", prior, 0.15, 0.5, 2.0,
                 f"{family} GPUs' departure from the shared attention-to-GEMM rate", source)
       for family, prior, source in (
