@@ -236,7 +236,7 @@ def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanA
     * kernel: a stack whose flash kernel is FlashAttention-2 (``StackSpec.flash_attention_2``) runs on
       Hopper and Blackwell at ``flash_attention_2_share`` of it: PyTorch SDPA's FA2 backend reaches 287-304
       TFLOP/s forward at head dim 128 on H100 (pytorch/benchmark PR #2296) where FA3 reaches 430-621
-      (PR #2391), a share of 0.48-0.67 (0.49-0.53 against FA3's 621-649 at 16K tokens, the fit's prior);
+      (PR #2391), a share of 0.48-0.67 (0.49-0.53 against FA3's 621-649 at 16K tokens);
     * head dim d: each tile's softmax and rescaling work is per score, its MMA work per score and head
       dim, so short heads spend a larger share on non-matmul work: d/(d + d_half) relative to d = 128,
       capped at 1 (FA3 paper figure 5, 16K tokens: head dim 64 reaches ~500 TFLOP/s forward, 128 ~650,
