@@ -95,8 +95,8 @@ class CostOptions:
     581 backward TFLOP/s on H100 (Shah et al. 2024, figures 5-6): 0.90. Neither paper reports a causal
     backward, nor the cuDNN backward the reference stack runs. 0.8 is kept below both: at 0.86 the
     calibration fits worse (median |error| 6.5% against 6.4%, the long-context rows' held-out error
-    20.0% against 18.7%, with Hopper's head-dim-128 attention prior), so the causal cuDNN backward looks slower than the non-causal figures; a
-    measured causal backward should replace it. Bounds [0.4, 1]."""
+    20.0% against 18.7%, with Hopper's head-dim-128 attention prior), so the causal cuDNN backward looks
+    slower than the non-causal figures; a measured causal backward should replace it. Bounds [0.4, 1]."""
 
     flash_attention_2_share: float = field(default_factory=lambda: stored_parameter("flash_attention_2_share", 0.47))
     """Rate of FlashAttention-2 on Hopper and Blackwell relative to the native kernels (cuDNN,
