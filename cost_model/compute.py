@@ -236,11 +236,11 @@ def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanA
     * kernel: a stack whose flash kernel is FlashAttention-2 (``StackSpec.flash_attention_2``) runs on
       Hopper and Blackwell at ``flash_attention_2_share`` of it: PyTorch SDPA's FA2 backend reaches 287-304
       TFLOP/s forward at head dim 128 on H100 (pytorch/benchmark PR #2296) where FA3 reaches 430-621
-      (PR #2391), a share of 0.48-0.67;
+      (PR #2391), a share of 0.48-0.67 (0.49-0.53 against FA3's 621-649 at 16K tokens);
     * head dim d: each tile's softmax and rescaling work is per score, its MMA work per score and head
       dim, so short heads spend a larger share on non-matmul work: d/(d + d_half) relative to d = 128,
-      capped at 1 (FA3 paper figure 5: head dim 64 reaches ~500 TFLOP/s forward where 128 reaches
-      ~650-740; FA2 paper figure 4 on A100: ~0.8-0.85 of head dim 128);
+      capped at 1 (FA3 paper figure 5, 16K tokens: head dim 64 reaches ~500 TFLOP/s forward, 128 ~650,
+      256 ~756; FA2 paper figure 4 on A100: ~0.8-0.85 of head dim 128);
     * length: L / (L + attention_half_length), L the tokens one kernel call sees (s, or s/cp with ring
       context parallelism): short sequences give too few tiles to fill the SMs (FA2 paper figures 4-5);
     * causal mask: the kernel computes the tiles on the diagonal in full and masks half of them, B/2
@@ -249,8 +249,8 @@ def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanA
       which is how causal attention loses more at short lengths (FA2 paper figure 4: causal vs not).
 
     Backward runs at ``attention_backward_share`` of the forward rate on the FLOPs the papers count
-    (2.5x the forward: FA2 paper section 4.1 reports forward up to 73% and backward up to 63% of A100's
-    peak; FA3's backward is further below its forward).
+    (2.5x the forward; :class:`cost_model.options.CostOptions` gives the papers' non-causal ratios, 0.86
+    for FA2 on A100 and 0.90 for FA3 on H100).
     """
     attended = 0.5 * training.seq_length * model.attended_share(training.seq_length, True) if training.causal else None
     forward = flash_forward_rate(model, pricer, options, training.seq_length / plans.cp, attended)

@@ -80,7 +80,7 @@ class CostOptions:
     """Head dim at which a flash kernel's efficiency would be half its limit: efficiency d / (d + this),
     relative to head dim 128 (:func:`cost_model.compute.flash_attention_rates`). 24 puts head dim 64 at
     0.86 of head dim 128, as FlashAttention-2 runs forward + backward on A100 (Dao 2023, figure 4:
-    ~0.85-0.9); FlashAttention-3's forward on H100 loses more (Shah et al. 2024, figure 5: ~0.7). On the
+    ~0.85-0.9); FlashAttention-3's forward on H100 loses more (Shah et al. 2024, figure 5, 16K tokens: ~500 of ~650, 0.77). On the
     llm-foundry rows (MPT-125M/350M at head dim 64 against MPT-760M-3B at 128, 512 to 64K tokens, A100)
     24 leaves no trend with sequence length between the two groups where 48 left 10%. Bounds [0, 256]."""
 
@@ -91,17 +91,24 @@ class CostOptions:
 
     attention_backward_share: float = 0.8
     """Rate of a flash kernel's backward relative to its forward, on the FLOPs the papers count (2.5x the
-    forward): FlashAttention-2 reaches up to 73% of A100's peak forward and 63% backward (Dao 2023,
-    section 4.1: 0.86); FlashAttention-3's backward is further below its forward on H100 (Shah et al.
-    2024, figures 5-6). Bounds [0.4, 1]."""
+    forward). Measured without a causal mask: FlashAttention-2 up to 73% of A100's peak forward and 63%
+    backward (Dao 2023, section 4.1): 0.86; FlashAttention-3 at head dim 128, 16K tokens, 649 forward and
+    581 backward TFLOP/s on H100 (Shah et al. 2024, figures 5-6): 0.90. Neither paper reports a causal
+    backward, nor the cuDNN backward the reference stack runs. 0.8 is kept below both: at 0.86 the
+    calibration fits worse (median |error| 6.5% against 6.4%, the long-context rows' held-out error
+    20.0% against 18.7%, with Hopper's head-dim-128 attention prior), so the causal cuDNN backward looks
+    slower than the non-causal figures; a measured causal backward should replace it. Bounds [0.4, 1]."""
 
     flash_attention_2_share: float = field(default_factory=lambda: stored_parameter("flash_attention_2_share", 0.47))
     """Rate of FlashAttention-2 on Hopper and Blackwell relative to the native kernels (cuDNN,
     FlashAttention-3) the GPU presets describe: PyTorch SDPA's FA2 backend reaches 287-304 TFLOP/s
-    forward at head dim 128 on H100 (pytorch/benchmark PR #2296), FA3 430-621 (PR #2391); the FA3 paper
-    (Shah et al. 2024, section 1) puts FA2 at 35% of H100's peak against FA3's 75%. Applies to stacks with
-    ``flash_attention_2`` (:mod:`cost_model.stacks`). Bounds [0.2, 1]. Fitted by ``plan-search calibrate``
-    (read from ``cost_model/calibration/fitted.yaml``); 0.47 (35/75, the prior) before any calibration."""
+    forward at head dim 128 on H100 (pytorch/benchmark PR #2296), FA3 430-621 (PR #2391, 621 at 16K
+    tokens); the FA3 paper (Shah et al. 2024) puts FA2 at 35% of H100's peak (section 1) and FA3 at 649
+    of 989 TFLOP/s at head dim 128, 16K tokens (figure 5): a share of 0.49-0.53 at head dim 128; 0.47
+    against its 75% headline (head dim 256), the reference the Hopper attention prior still uses
+    (:mod:`cost_model.calibration.fit`). Applies to stacks with ``flash_attention_2``
+    (:mod:`cost_model.stacks`). Bounds [0.2, 1]. Fitted by ``plan-search calibrate`` (read from
+    ``cost_model/calibration/fitted.yaml``); 0.47 (the prior) before any calibration."""
 
     make_vocab_size_divisible_by: int = 128
     """Megatron pads the vocabulary to a multiple of this times tp (``--make-vocab-size-divisible-by``)."""

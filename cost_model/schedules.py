@@ -150,6 +150,18 @@ def bubble_s(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray, step_s: np.n
         (p - 1) * T)
 
 
+def other_ranks_mean_s(per_stage_s: np.ndarray, exists: np.ndarray, pp: np.ndarray,
+                       bottleneck_s: np.ndarray) -> np.ndarray:
+    """Mean of a per-rank time over the pipeline ranks other than the bottleneck (per plan), from the
+    three priced stage kinds (:mod:`cost_model.stages`: the first rank, pp - 2 middle ranks alike, the
+    last rank): what 1F1B's fill and drain pass through, (p - 1) of it being the bubble. Equal ranks
+    give the bottleneck's own time; pp = 1 has no other rank (the bottleneck's time is returned)."""
+    p = np.asarray(pp, dtype=float)
+    counts = np.stack([np.ones_like(p), np.maximum(p - 2.0, 0.0), np.ones_like(p)], axis=1)
+    total = np.sum(np.where(exists, per_stage_s, 0.0) * np.where(exists, counts, 0.0), axis=1)
+    return np.where(p > 1, (total - bottleneck_s) / np.maximum(p - 1.0, 1.0), bottleneck_s)
+
+
 def exposed_p2p_transfers(schedule: np.ndarray, pp: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Pipeline sends on the critical path per step: 1F1B and its zero-bubble variants send on it, two
     per micro-batch plus fill and drain, 2 (m + p - 1); the interleaved and V schedules overlap their

@@ -43,17 +43,23 @@ def test_parts_add_up_to_step_time():
 
 
 def test_bubble_fraction_is_narayanan_formula():
-    # Bubble / (time of the m micro-batches) = (p - 1) / (v m)  (Narayanan et al. 2021, section 2.2).
+    # Bubble = (p - 1) / v micro-batch times (Narayanan et al. 2021, section 2.2), those of the ranks the
+    # fill and drain pass through: all but the bottleneck (the first rank, p - 2 middle ranks, the last).
     m = run(LLAMA70, TRAIN, GRID)
-    busy = sum(m.step_time_parts_s[p] for p in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
-    # ZeRO-2/3 per-micro-batch traffic is inside the micro-batch time but reported under dp_comm.
     plans = m.plans
-    zero3 = plans.zero_stage >= 2
-    p, v, mb = plans.pp, plans.vpp, m.num_microbatches
-    expected = (p - 1) / (v * mb)
-    ok = ~zero3
-    np.testing.assert_allclose(m.step_time_parts_s["pp_bubble"][ok] / busy[ok], expected[ok], rtol=1e-12)
+    p, v = plans.pp.astype(float), plans.vpp.astype(float)
+    by_stage = m.extras["step_time_by_stage"]
+    counts = np.stack([np.ones_like(p), np.maximum(p - 2, 0), (p >= 2).astype(float)], axis=1)
+    finite = np.where(np.isfinite(by_stage), by_stage, 0.0)
+    others = ((finite * counts).sum(axis=1) - by_stage.max(axis=1)) / np.maximum(p - 1, 1)
+    piped = p > 1
+    np.testing.assert_allclose(m.step_time_parts_s["pp_bubble"][piped], ((p - 1) * others / v)[piped], rtol=1e-12)
     np.testing.assert_array_equal(m.step_time_parts_s["pp_bubble"][p == 1], 0.0)
+    # The bottleneck (the last rank, with the LM head) is the heaviest: never more than (p - 1) T / v.
+    busy = sum(m.step_time_parts_s[part] for part in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
+    zero3 = plans.zero_stage >= 2
+    ok = piped & ~zero3
+    assert np.all(m.step_time_parts_s["pp_bubble"][ok] / busy[ok] <= ((p - 1) / (v * m.num_microbatches))[ok] * (1 + 1e-12))
 
 
 @pytest.mark.parametrize("plan", [dict(tp=8, pp=8, dp=4), dict(tp=8, pp=8, dp=4, vpp=2),
@@ -148,3 +154,26 @@ def test_time_to_train_and_gpu_hours():
     frame = m.to_frame()
     assert frame["time_to_train_days"][0] == pytest.approx(m.time_to_train_s[0] / 86400)
     assert frame["tokens_per_s_per_gpu"][0] == pytest.approx(m.tokens_per_s[0] / 1024)
+
+
+@pytest.mark.parametrize("sp", [False, True])
+def test_tp_backward_overlap_hides_the_asynchronous_backward_collectives(sp):
+    # Megatron's asynchronous backward (Korthikanti et al. 2022 section 6.2): each column-parallel input
+    # gradient's all-reduce (with SP: its reduce-scatter and the all-gather of the saved input) runs beside
+    # the weight-gradient GEMM. Those take what the forward's collectives take (one all-reduce, or one
+    # all-gather + reduce-scatter, per pair), so the exposed TP time drops by exactly the forward's:
+    # without SP, half of it; with SP the row-parallel output gradients' all-gathers stay exposed.
+    from cost_model.communication import CommPricer, layer_communication, place
+    plans = [dict(tp=8, pp=1, dp=64, micro_batch=1, sequence_parallel=sp)]
+    plain = run(LLAMA70, TRAIN, plans)
+    overlapped = run(LLAMA70, dataclasses.replace(TRAIN, tp_backward_overlap=True), plans)
+    arrays, options = PlanArrays.from_records(plans), CostOptions()
+    dense, _ = layer_communication(LLAMA70, TRAIN, arrays, CommPricer(CLUSTER, place(CLUSTER, arrays, options)), options)
+    microbatches = TRAIN.global_batch_size / 64
+    forward_collectives = microbatches * LLAMA70.num_layers * dense.tp_fwd_s[0]
+    np.testing.assert_allclose(plain.step_time_parts_s["tp_comm"] - overlapped.step_time_parts_s["tp_comm"],
+                               forward_collectives, rtol=1e-9)
+    if not sp:
+        np.testing.assert_allclose(overlapped.step_time_parts_s["tp_comm"], 0.5 * plain.step_time_parts_s["tp_comm"],
+                                   rtol=1e-9)
+    assert overlapped.step_time_s[0] < plain.step_time_s[0]

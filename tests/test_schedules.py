@@ -174,10 +174,13 @@ def _priced(schedule: str, **plan):
 
 def test_weight_gradient_split_prices_the_zero_bubble_bubbles_consistently():
     """One plan under 1F1B, ZB-H1 and ZB-H2: the bubbles (p-1)T, (p-1)(T-2W) and (p-1)max(0, T-3W) share
-    one T (the bottleneck's micro-batch time) and one W (its weight-gradient GEMMs)."""
+    one T and one W: those of the ranks the fill and drain pass through, every rank but the bottleneck
+    (the first, p - 2 middle ranks, the last: the bottleneck, with the LM head)."""
     p = 8
     one, h1, h2 = (_priced(s) for s in ("1f1b", "zb-h1", "zb-h2"))
-    T = one.extras["step_time_by_stage"][0].max()
+    first, middle, last = one.extras["step_time_by_stage"][0]
+    assert last > max(first, middle)
+    T = (first + (p - 2) * middle) / (p - 1)
     assert one.step_time_parts_s["pp_bubble"][0] == pytest.approx((p - 1) * T)
     W = (one.step_time_parts_s["pp_bubble"][0] - h1.step_time_parts_s["pp_bubble"][0]) / (2 * (p - 1))
     assert 0.1 * T < W < T / 3  # the weight-gradient GEMMs: one of a layer's three GEMM passes
@@ -242,3 +245,30 @@ def test_search_tries_the_schedules_the_framework_runs():
     assert found[("torchtitan", ("zbv",))] == {"zbv"}
     with pytest.raises(ValueError, match="megatron runs 1f1b, interleaved only"):
         SearchOptions(schedules=("zb-h2",))
+
+
+def test_the_one_f_one_b_fill_and_drain_run_through_the_other_ranks():
+    # Ranks: first 3 s, two middle ranks of 2 s, last (LM head) 5 s, the bottleneck: the others average
+    # (3 + 2 x 2) / 3; with pp = 2 the other rank is the first; with one rank there is no other.
+    from cost_model.schedules import other_ranks_mean_s
+    per_stage = np.array([[3.0, 2.0, 5.0], [3.0, -np.inf, 5.0], [4.0, -np.inf, -np.inf]])
+    exists = np.array([[True, True, True], [True, False, True], [True, False, False]])
+    mean = other_ranks_mean_s(per_stage, exists, np.array([4, 2, 1]), np.array([5.0, 5.0, 4.0]))
+    np.testing.assert_allclose(mean, [7.0 / 3.0, 3.0, 4.0])
+
+
+def test_a_heavier_last_rank_shrinks_the_bubble_below_its_own_time():
+    from cost_model.evaluate import evaluate
+    from cost_model.model_loader import load_model
+    from cost_model.options import CostOptions
+    from cost_model.plan import PlanArrays
+    from cost_model.training_spec import TrainingSpec
+    from hardware.loader import load_cluster
+    model = load_model("llama3-70b").spec
+    plans = PlanArrays.from_records([dict(tp=8, pp=8, dp=4, micro_batch=1, sequence_parallel=True)])
+    m = evaluate(model, TrainingSpec(seq_length=8192, global_batch_size=128), load_cluster("h100x1024"), plans,
+                 CostOptions())
+    microbatches = 128 / 4
+    per_microbatch = (m.step_time_parts_s["compute"] + m.step_time_parts_s["tp_comm"]) / microbatches
+    # The last rank (10 layers + the 128K-vocabulary head) is the bottleneck; the bubble is 7 lighter ranks.
+    assert 0 < m.step_time_parts_s["pp_bubble"][0] < 7 * per_microbatch[0]
