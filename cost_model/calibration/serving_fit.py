@@ -243,7 +243,8 @@ def predict(run: ServingRun, values: dict[str, float]) -> dict[str, Any]:
     from cost_model.serving.step import price_instances
 
     prepared = prepare(run)
-    options = options_at(values)  # the family departures travel in the options, as the product reads them
+    # the family departures travel in the options, as the product reads them; the engine's scheduler is the run's
+    options = options_at(values).with_changes(overlap_scheduler=run.overlap_scheduler)
     cluster = prepared.cluster
     out: dict[str, Any] = {}
     if run.kind == "static_batch":

@@ -120,6 +120,13 @@ class ServingOptions:
     Llama-2-7B decode at 25.5 tokens/s on A100, host bound, about 30 us per kernel. Fitted by
     ``calibrate --serving``."""
 
+    overlap_scheduler: bool = False
+    """Whether the engine prepares step n+1 on the CPU while the GPU runs step n, so a step takes the longer
+    of its host work and its GPU time instead of their sum (:func:`cost_model.serving.step.step_total_s`).
+    TensorRT-LLM's PyTorch backend does by default ("Overlap Scheduler", nvidia.github.io/TensorRT-LLM,
+    ``disable_overlap_scheduler`` False), as does SGLang since v0.4 (zero-overhead batch scheduler, LMSYS blog
+    2024-12-04); vLLM before its optional async scheduling does not: False, the conservative default."""
+
     graph_launch_us: float = 30.0
     """Host time to launch one captured CUDA graph of a decode step (``cudaGraphLaunch`` of ~10^3 nodes,
     plus copying the step's inputs into the static buffers). With graphs the GPU's time, not the host's,
