@@ -240,6 +240,7 @@ class InstancePricing:
         self._pp_send = CollectiveCost(topology, Collective.SEND_RECV, np.where(instances.pp > 1, 2, 1),
                                        np.where((instances.pp > 1) & same_domain, 2, 1))
         self.kernels_per_pass = self._kernels_per_pass()
+        self.fixed_kernels_s = self._non_gemm_kernels_per_pass() * options.cost.kernel_overhead_us * 1e-6
         assert len(self.kernels_per_pass) == n
 
     # --- helpers ------------------------------------------------------------------------------
@@ -274,6 +275,19 @@ class InstancePricing:
         head = HEAD_KERNELS + 1 + 2 * tp_collectives  # + embedding gather, its all-reduce and the logits gather
         pp_sends = np.where(inst.pp > 1, inst.pp, 0)
         return m.num_dense_layers * dense + m.num_moe_layers * moe + head + pp_sends
+
+    def _non_gemm_kernels_per_pass(self) -> np.ndarray:
+        """Kernels of one pass that are not GEMMs nor collectives (norms, rotary, the attention core, activation,
+        routing and permutation): each costs the GPU at least a kernel's fixed time, its launch and tail
+        (:attr:`cost_model.options.CostOptions.kernel_overhead_us`, which every GEMM already pays in
+        :meth:`cost_model.compute._Pricer.gemm`), even inside a CUDA graph, where only the host's issue goes.
+        The inventory is :meth:`_kernels_per_pass`'s."""
+        m, inst = self.model, self.instances
+        attention = (MLA_ATTENTION if m.is_mla else ATTENTION).other
+        dense = attention + MLP.other
+        moe = attention + MOE_FIXED.other + (MLP.other if m.shared_expert_ffn_hidden_size else 0)
+        head = HEAD_KERNELS - 1 + 1  # the head's kernels but its GEMM, and the embedding gather
+        return np.full(len(inst), m.num_dense_layers * dense + m.num_moe_layers * moe + head, dtype=np.float64)
 
     def _shaped(self, *values):
         """Inputs as float arrays, and a function giving per-instance constants their broadcast shape."""
@@ -427,13 +441,15 @@ class InstancePricing:
         return tp_comm, ep_comm, pp_s
 
     def _assemble(self, launch_s, hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                  gemm_flops, requests=0.0) -> StepTimes:
+                  gemm_flops, requests=0.0, fixed_s=0.0) -> StepTimes:
         """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
         rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm");
         ``requests``: the attention rank's requests in the step, each costing the host
-        :attr:`ServingOptions.step_overhead_per_request_us`."""
+        :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the fixed time of the step's kernels
+        that are not GEMMs (:meth:`_non_gemm_kernels_per_pass`), which the GPU spends one after another with its
+        GEMMs and attention."""
         overhead_s = (self.options.step_overhead_us + self.options.step_overhead_per_request_us * requests) * 1e-6
-        roof_s = np.maximum(hbm_s, gemm_s + attention_s)
+        roof_s = np.maximum(hbm_s, gemm_s + attention_s + fixed_s)
         gpu_s = roof_s + tp_comm_s + ep_comm_s + pp_s
         total_s = step_total_s(overhead_s, launch_s, gpu_s, self.options.overlap_scheduler)
         host_s = overhead_s + launch_s
@@ -540,7 +556,7 @@ class InstancePricing:
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_flops_s
         # A decode graph is captured per batch of requests (each verifying its k + 1 tokens).
         return self._assemble(self._launch_s(col, requests), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
-                              ep_comm_s, pp_s, gemm_flops, requests=batch)
+                              ep_comm_s, pp_s, gemm_flops, requests=batch, fixed_s=col(self.fixed_kernels_s))
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -569,7 +585,8 @@ class InstancePricing:
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_flops_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
         return self._assemble(self._launch_s(col, tokens), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
-                              ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests))
+                              ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests),
+                              fixed_s=col(self.fixed_kernels_s))
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
