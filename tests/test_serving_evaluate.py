@@ -99,7 +99,8 @@ def test_speculative_decoding_divides_tpot_by_tokens_per_step(llama, cluster):
     spec = _fixed(1000, 200, speculative=SpeculativeSpec(draft_tokens=3, acceptance_rate=0.5))
     m = evaluate_serving(llama, cluster, spec, plans, target_rate_per_s=0.001)
     step = price_instances(llama, cluster, instances).decode_step(np.array([1.0]), np.array([1100.0]), 4).total_s[0]
-    assert m.tpot_ms_p50[0] == pytest.approx(step / 1.875 * 1e3, rel=1e-3)
+    # (within 0.2%: the rare step that carries a prompt chunk runs eagerly, its issue added to the GPU's work)
+    assert m.tpot_ms_p50[0] == pytest.approx(step / 1.875 * 1e3, rel=2e-3)
 
 
 def test_littles_law_closes_the_loop(llama, cluster):
@@ -273,17 +274,16 @@ def test_disaggregated_closed_loop_waits_by_mean_value_analysis(llama, cluster):
 
 
 def test_cuda_graphs_never_lose_at_equal_batch(llama):
-    # Llama 3 70B TP8 on H100, 512 requests, 2,048-token chunks: the decode step at batch 512 is GPU bound either
-    # way (31.6 ms), and a mixed step of 512 + 1,536 tokens runs eagerly either way (past the 512 captured
-    # tokens). Before, the chunk's cost was t_pf(c) - t_pf(1) of whole steps, and the eager t_pf(1) (host bound,
-    # 23.6 ms) hid 14 ms of GPU work that the graphed one (9.1 ms) did not: 1,395 eager vs 1,262 graphed
-    # output tok/s/GPU at max load. Now both 1,262, and graphs win below the top batch where the host binds.
+    # Llama 3 70B TP8 on H100, 512 requests, 2,048-token chunks; a mixed step of 512 + 1,536 tokens runs eagerly
+    # either way (past the 512 captured tokens). Without an overlap scheduler a step's host work and its GPU work
+    # add (cost_model.serving.step.step_total_s), so the eager engine pays its ~1,100-kernel issue (22.5 ms at
+    # the 20 us prior) on top of every decode step, the graphed one a 30 us graph launch: graphs win at every
+    # batch, the top one included (before, the GPU-bound top batch hid the eager issue and both were equal).
     cluster = load_cluster("h100x8")
     instances = _instances([8, 8], max_num_seqs=[512, 512], max_num_batched_tokens=2048, cuda_graphs=[True, False])
     m = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), ServingPlanArrays.aggregated(instances, 1))
     assert m.max_decode_batch[0] == m.max_decode_batch[1] == 512  # max_num_seqs binds, not the KV pool
-    assert m.max_load_output_tokens_per_s_per_gpu[0] == pytest.approx(m.max_load_output_tokens_per_s_per_gpu[1],
-                                                                       rel=1e-9)
+    assert m.max_load_output_tokens_per_s_per_gpu[0] > 1.1 * m.max_load_output_tokens_per_s_per_gpu[1]
     assert m.goodput_requests_per_s_per_gpu[0] > m.goodput_requests_per_s_per_gpu[1]
     for rate in (0.5, 2.0, 8.0):
         at = evaluate_serving(llama, cluster, load_workload("chat-1k-1k"), ServingPlanArrays.aggregated(instances, 1),
@@ -305,11 +305,15 @@ def test_without_a_load_an_slo_reports_latencies_at_each_plans_goodput(llama):
     assert meets.all()
     assert not (m.violations["ttft_slo_met"] | m.violations["tpot_slo_met"]).any()
     assert np.all(m.ttft_ms_p99 <= slo.ttft_ms * (1 + 1e-6)) and np.all(m.tpot_ms_p99 <= slo.tpot_ms * (1 + 1e-6))
-    # Either an SLO binds (the latency at it) or the engine's top rate does (TP2: 3 requests fill its KV pool).
+    # An SLO binds (TP4: the latency at it), or the engine's top rate does (TP2: 3 requests fill its KV pool),
+    # or a peak of the capacity before the SLO's crossing does (TP8: its decode GEMMs are compute bound past
+    # ~240 requests, and 298 requests need a third 128-row tile, so the step grows faster than the batch and
+    # the rate the engine carries dips before TPOT reaches 40 ms; the goodput stays at the peak, below the SLO).
     binding = np.maximum(m.ttft_ms_p99 / slo.ttft_ms, m.tpot_ms_p99 / slo.tpot_ms)
     at_top = m.output_tokens_per_s_per_gpu >= m.max_load_output_tokens_per_s_per_gpu * (1 - 1e-9)
     assert at_top.tolist() == [True, False, False]
-    np.testing.assert_allclose(binding[~at_top], 1.0, rtol=0.01)
+    assert binding[1] == pytest.approx(1.0, rel=0.01)
+    assert 0.7 < binding[2] < 0.99
     np.testing.assert_allclose(m.output_tokens_per_s_per_gpu, m.goodput_requests_per_s * 1000 / m.num_gpus)
     # The same plans at max load: more throughput, latencies past the SLO (every engine full).
     assert np.all(m.max_load_output_tokens_per_s_per_gpu >= m.output_tokens_per_s_per_gpu)

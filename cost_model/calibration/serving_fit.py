@@ -53,6 +53,12 @@ HELD_AT_PRIOR = {
                         "a step, where it cannot be told from the per-request time). Fitted anyway it reaches 16.7 ms, "
                         "a floor under every low-load TPOT that graph-mode engines do not show (Llama 3 8B on one H100 "
                         "decodes at batch 1 in ~6.5-7 ms): it stays at its cited prior, 1 ms.",
+    "eager_kernel_issue_us": "only Splitwise's eager profile measures kernel issue from eager PyTorch, and it reads "
+                             "19 us per kernel (the full fit, host and GPU time adding without an overlap "
+                             "scheduler), the prior's 20 us. Left to the other sources (the fold without Splitwise) "
+                             "it reaches 80 us: TensorRT-LLM's mixed prefill-decode steps, eager past the captured "
+                             "graphs, cost more than the model gives them, and the issue time would carry that "
+                             "unmodelled cost into every eager engine. It stays at its cited prior, 20 us.",
 }
 """ServingOptions fields the calibration leaves at their priors, and why."""
 
@@ -62,10 +68,6 @@ OPTION_PARAMETERS: tuple[Parameter, ...] = (
               "detokenization)",
               "ServingOptions prior: the vLLM v0.6.0 performance note attributes most of a large batch's step CPU "
               "time to per-request Python work; no per-request figure published (wide prior)"),
-    Parameter("eager_kernel_issue_us", 20.0, 0.7, 2.0, 200.0,
-              "host time to issue one kernel from eager PyTorch (CUDA graphs off)",
-              "ServingOptions prior: the training model's eager Megatron-Core issue time; gpt-fast eager Llama-2-7B "
-              "decode ~30 us per kernel (PyTorch blog 2023-11-30)"),
 )
 """Parameters that are :class:`~cost_model.serving.options.ServingOptions` fields (it reads their fitted
 values from ``serving_fitted.yaml`` as its defaults)."""
@@ -243,7 +245,8 @@ def predict(run: ServingRun, values: dict[str, float]) -> dict[str, Any]:
     from cost_model.serving.step import price_instances
 
     prepared = prepare(run)
-    options = options_at(values)  # the family departures travel in the options, as the product reads them
+    # the family departures travel in the options, as the product reads them; the engine's scheduler is the run's
+    options = options_at(values).with_changes(overlap_scheduler=run.overlap_scheduler)
     cluster = prepared.cluster
     out: dict[str, Any] = {}
     if run.kind == "static_batch":
@@ -289,11 +292,11 @@ def price(observation: Observation, values: dict[str, float]) -> PricedObservati
 
 
 def row_parameters(observation: Observation) -> list[str]:
-    """The parameters an observation depends on: the host's per-request time and eager issue time always (a step larger than the captured graphs runs eagerly even with CUDA graphs on:
-    :meth:`cost_model.serving.step.InstancePricing._launch_s`), its GPU family's HBM departure wherever
+    """The parameters an observation depends on: the host's per-request time always, its GPU family's HBM
+    departure wherever
     decode runs (not a prompt time), its family x precision GEMM departure."""
     run = observation.run
-    names = ["step_overhead_per_request_us", "eager_kernel_issue_us"]
+    names = ["step_overhead_per_request_us"]
     family = _family(run)
     if observation.quantity != "ttft_ms" and f"hbm.{family}" in BY_NAME:
         names.append(f"hbm.{family}")

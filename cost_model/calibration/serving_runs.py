@@ -84,6 +84,9 @@ class ServingRun:
     workload: str | None = None
     """A workload preset for dataset-driven rows (MLPerf's OpenOrca), priced with its length distribution."""
     cuda_graphs: bool = True
+    overlap_scheduler: bool = False
+    """The engine prepares the next step on the CPU while the GPU runs this one
+    (:attr:`cost_model.serving.options.ServingOptions.overlap_scheduler`)."""
     measured: dict[str, float] = field(default_factory=dict)
     """Median over the repeats of each quantity of :data:`QUANTITIES` the source publishes."""
     is_moe: bool = False
@@ -307,6 +310,12 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
             and row["isl"] == "512" and row["osl"] == "128"):
         raise _Skip(SUSPECT)
     cuda_graphs = True
+    # TensorRT-LLM's PyTorch backend overlaps the scheduler with the GPU by default ("Overlap Scheduler",
+    # nvidia.github.io/TensorRT-LLM: "Enabled by default"); the perf-overview rows say "PyTorch backend" and
+    # do not disable it (other_settings).
+    overlap_scheduler = row["other_settings"].startswith("PyTorch backend")
+    if overlap_scheduler:
+        assumptions.append("overlap scheduler on (TensorRT-LLM PyTorch backend default)")
     if row["source_group"] == "splitwise_profile":
         cuda_graphs = False
         assumptions.append("eager decode steps (the profile names no framework; 2023 serving stacks ran decode "
@@ -316,6 +325,7 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
                 kv_dtypes=_kv_dtypes(row, gpu, precision, assumptions), replicas=replicas,
                 isl=_float(row["isl"]), osl=_float(row["osl"]), batch=batch,
                 request_rate_per_s=_float(row["request_rate_per_s"]), workload=workload, cuda_graphs=cuda_graphs,
+                overlap_scheduler=overlap_scheduler,
                 measured=_measured(row, kind), is_moe=moe, assumptions=tuple(assumptions))
 
 

@@ -70,7 +70,7 @@ from .memory import ServingMemory, instance_memory, kv_requests_per_rank
 from .options import ServingOptions
 from .plan import InstanceArrays, ServingPlanArrays
 from .rules import nic_groups, serving_violations
-from .step import price_instances
+from .step import price_instances, step_total_s
 from .workload import WorkloadSpec
 
 REPORTED_QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
@@ -370,6 +370,7 @@ class _DecodeTable:
         self.graph_launch = np.asarray(pricing.graph_launch_s, dtype=np.float64)
         self.captured = np.asarray(pricing.graph_captured_tokens, dtype=np.float64)
         self.per_request_s = pricing.options.step_overhead_per_request_us * 1e-6
+        self.overlap_scheduler = pricing.options.overlap_scheduler
 
     @property
     def t_dec(self) -> np.ndarray:
@@ -383,6 +384,7 @@ class _DecodeTable:
         taken.gpu, taken.launch = self.gpu[index], self.launch[index]
         taken.eager_launch, taken.graph_launch = self.eager_launch[index], self.graph_launch[index]
         taken.captured, taken.per_request_s = self.captured[index], self.per_request_s
+        taken.overlap_scheduler = self.overlap_scheduler
         return taken
 
     def at(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -435,19 +437,22 @@ def _mixed_extra_s(decode: _DecodeTable, table: _PrefillTable, chunk: np.ndarray
     gpu_pf(c) - gpu_pf(1) (:meth:`_PrefillTable.gpu_extra_s`); the host issues one pass, eagerly when the
     step's B (k + 1) + c tokens exceed the largest captured graph (vLLM's dispatcher runs such a step
     without a graph), and pays its per-request time for the chunk's prompts. So
-    t_mix = overhead + per-request x prompts + max(launch_mix, gpu_dec + gpu_pf(c) - gpu_pf(1)) and
-    Delta = t_mix - t_dec with t_dec = overhead + max(launch_dec, gpu_dec). A mixed step of a graphed engine
-    is thus the eager engine's mixed step, and its decode-only steps are no slower: graphs never lose."""
+    t_mix = step_total_s(overhead + per-request x prompts, launch_mix, gpu_dec + gpu_pf(c) - gpu_pf(1)) and
+    Delta = t_mix - t_dec with t_dec = step_total_s(overhead, launch_dec, gpu_dec)
+    (:func:`cost_model.serving.step.step_total_s`: host and GPU add without an overlap scheduler, the longer
+    sets the step with one). A mixed step of a graphed engine is thus the eager engine's mixed step, and its
+    decode-only steps are no slower: graphs never lose."""
     batch = np.maximum(decode.batch, 1.0)
     if chunk.shape != batch.shape:
         batch = np.broadcast_to(batch, chunk.shape)
     step_tokens = batch * (lengths.draft_tokens + 1) + chunk
     launch_mix = np.where(step_tokens <= decode.captured[:, None], decode.graph_launch[:, None],
                           decode.eager_launch[:, None])
-    before = np.maximum(decode.launch, decode.gpu)
-    after = np.maximum(launch_mix, decode.gpu + table.gpu_extra_s(chunk))
     prompts = np.ceil(chunk / max(lengths.prompt_mean, 1.0))
-    return np.where(chunk > 0, np.maximum(after - before + decode.per_request_s * prompts, 0.0), 0.0)
+    # The decode step's host work beyond its kernel issue (step overhead, its requests), plus the chunk's prompts.
+    overhead = decode.parts["host_s"] - decode.launch + decode.per_request_s * prompts
+    after = step_total_s(overhead, launch_mix, decode.gpu + table.gpu_extra_s(chunk), decode.overlap_scheduler)
+    return np.where(chunk > 0, np.maximum(after - decode.t_dec, 0.0), 0.0)
 
 
 def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths) -> _Grid:

@@ -112,13 +112,21 @@ class ServingOptions:
     per-request figure is published, so the prior (10 us) is wide and ``calibrate --serving`` fits it:
     at max load with thousands of running requests it, not the GPU, bounds small models' throughput."""
 
-    eager_kernel_issue_us: float = _fitted("eager_kernel_issue_us", 20.0)
+    eager_kernel_issue_us: float = 20.0
     """Host time to issue one kernel from eager PyTorch (CUDA graphs off: vLLM ``--enforce-eager``, SGLang
     ``--disable-cuda-graph``): the Python module, dispatcher and launch. Prior 20 us, the training model's
     prior for eager Megatron-Core (:attr:`cost_model.options.CostOptions.host_kernel_issue_us`); gpt-fast
     ("Accelerating Generative AI with PyTorch II: GPT, Fast", PyTorch blog 2023-11-30) measures eager
-    Llama-2-7B decode at 25.5 tokens/s on A100, host bound, about 30 us per kernel. Fitted by
-    ``calibrate --serving``."""
+    Llama-2-7B decode at 25.5 tokens/s on A100, host bound, about 30 us per kernel. Held at this prior
+    (:data:`cost_model.calibration.serving_fit.HELD_AT_PRIOR`: the Splitwise profile reads 19 us, the only
+    source that measures it)."""
+
+    overlap_scheduler: bool = False
+    """Whether the engine prepares step n+1 on the CPU while the GPU runs step n, so a step takes the longer
+    of its host work and its GPU time instead of their sum (:func:`cost_model.serving.step.step_total_s`).
+    TensorRT-LLM's PyTorch backend does by default ("Overlap Scheduler", nvidia.github.io/TensorRT-LLM,
+    ``disable_overlap_scheduler`` False), as does SGLang since v0.4 (zero-overhead batch scheduler, LMSYS blog
+    2024-12-04); vLLM before its optional async scheduling does not: False, the conservative default."""
 
     graph_launch_us: float = 30.0
     """Host time to launch one captured CUDA graph of a decode step (``cudaGraphLaunch`` of ~10^3 nodes,

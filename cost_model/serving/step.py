@@ -3,15 +3,17 @@ a prefill step (a chunk of prompt tokens), over numpy arrays of instance layouts
 
 Decode (per step, ``b`` running requests per attention rank, each with ``c`` tokens of context)::
 
-    total = step_overhead + max(launch, gpu)
+    total = step_overhead + launch + gpu          (an engine without an overlap scheduler)
+    total = max(step_overhead + launch, gpu)      (with one: TensorRT-LLM's PyTorch backend, SGLang)
     gpu   = max(hbm, gemm + attention) + tp_comm + ep_comm + pp
 
 * ``step_overhead`` (:attr:`ServingOptions.step_overhead_us` plus
   :attr:`ServingOptions.step_overhead_per_request_us` for each request of the step, both fitted): CPU work
   the GPU waits for in every step (scheduling, input preparation, sampling, output processing).
 * ``launch``: the host issuing the step's kernels. Eager (no CUDA graphs): kernels x
-  :attr:`ServingOptions.eager_kernel_issue_us`; the host runs ahead of the GPU inside a step, so the
-  step takes the larger of the two, not their sum. The kernel inventory is the training model's
+  :attr:`ServingOptions.eager_kernel_issue_us`. How host and GPU time compose is the engine's
+  (:func:`step_total_s`): they add without an overlap scheduler (measured on Splitwise's eager profile),
+  and the longer one sets the step with it. The kernel inventory is the training model's
   (:mod:`cost_model.host`: ATTENTION, MLA_ATTENTION, MLP, MOE_FIXED, one grouped GEMM pair for the
   experts as fused MoE kernels run them) plus one per collective. The count does not depend on TP: each
   TP rank's process issues its own copy at the same time. With graphs: one graph launch per pipeline
@@ -33,6 +35,10 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   flash rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
+  ``attention`` is the attention kernels' own roofline: their FLOPs at the flash rate or the cached KV
+  they read at the achieved HBM bandwidth, whichever is longer (:meth:`InstancePricing._attention_kernel_s`):
+  the kernels of a step run one after another, so a long-context decode step pays its weight-streaming
+  GEMMs and then its KV-streaming attention.
 * ``tp_comm``: two all-reduces per layer over the TP group (after attention and after the MLP; a MoE
   layer without EP reduces its experts' output over the whole ``moe_tp`` group), plus the embedding's
   all-reduce and the logits' all-gather, priced by :class:`hardware.collectives.CollectiveCost`. At
@@ -176,6 +182,24 @@ def split_k(pricer: _Pricer, rows, n, k, count=1.0) -> np.ndarray:
     return np.maximum(1.0, np.minimum(fill, depth))
 
 
+def step_total_s(overhead_s, launch_s, gpu_s, overlap_scheduler: bool):
+    """Seconds of one engine step from its host work (``overhead_s``: scheduling, inputs, per-request work;
+    ``launch_s``: kernel issue or graph launch) and its GPU time.
+
+    * With an overlap scheduler (TensorRT-LLM's PyTorch backend, on by default: "at step n the system
+      launches GPU computation for step n+1 without waiting for CPU tasks from step n", nvidia.github.io/
+      TensorRT-LLM "Overlap Scheduler"; SGLang v0.4's zero-overhead batch scheduler, LMSYS blog 2024-12-04)
+      the host prepares and issues step n+1 while the GPU runs step n: the step takes the longer of the two.
+    * Without one, the step's host work and its GPU work add. Splitwise's eager Llama 2 70B decode shows it
+      (serving_runs.csv, batch 1): from TP2 to TP4 the step falls by the weight read TP4 saves (H100 37.3 ->
+      29.5 ms against 14.5 -> 7.3 ms of weights at 0.72 x 3.35 TB/s; A100 ~57 -> ~44 ms against 23.5 ->
+      11.7 ms), which a host-bound step whose issue hid the GPU (``max``) would not do. With CUDA graphs the
+      issue is one graph launch (tens of us), so the sum is the GPU time plus the CPU work."""
+    if overlap_scheduler:
+        return np.maximum(overhead_s + launch_s, gpu_s)
+    return overhead_s + launch_s + gpu_s
+
+
 def experts_touched(num_experts: int, top_k: int, tokens) -> np.ndarray:
     """Expected distinct experts ``tokens`` tokens route to, each picking ``top_k`` of ``num_experts``
     uniformly: E (1 - (1 - k/E)^T) (each expert is missed by one token with probability 1 - k/E)."""
@@ -216,6 +240,7 @@ class InstancePricing:
         self._pp_send = CollectiveCost(topology, Collective.SEND_RECV, np.where(instances.pp > 1, 2, 1),
                                        np.where((instances.pp > 1) & same_domain, 2, 1))
         self.kernels_per_pass = self._kernels_per_pass()
+        self.fixed_kernels_s = self._non_gemm_kernels_per_pass() * options.cost.kernel_overhead_us * 1e-6
         assert len(self.kernels_per_pass) == n
 
     # --- helpers ------------------------------------------------------------------------------
@@ -250,6 +275,19 @@ class InstancePricing:
         head = HEAD_KERNELS + 1 + 2 * tp_collectives  # + embedding gather, its all-reduce and the logits gather
         pp_sends = np.where(inst.pp > 1, inst.pp, 0)
         return m.num_dense_layers * dense + m.num_moe_layers * moe + head + pp_sends
+
+    def _non_gemm_kernels_per_pass(self) -> np.ndarray:
+        """Kernels of one pass that are not GEMMs nor collectives (norms, rotary, the attention core, activation,
+        routing and permutation): each costs the GPU at least a kernel's fixed time, its launch and tail
+        (:attr:`cost_model.options.CostOptions.kernel_overhead_us`, which every GEMM already pays in
+        :meth:`cost_model.compute._Pricer.gemm`), even inside a CUDA graph, where only the host's issue goes.
+        The inventory is :meth:`_kernels_per_pass`'s."""
+        m, inst = self.model, self.instances
+        attention = (MLA_ATTENTION if m.is_mla else ATTENTION).other
+        dense = attention + MLP.other
+        moe = attention + MOE_FIXED.other + (MLP.other if m.shared_expert_ffn_hidden_size else 0)
+        head = HEAD_KERNELS - 1 + 1  # the head's kernels but its GEMM, and the embedding gather
+        return np.full(len(inst), m.num_dense_layers * dense + m.num_moe_layers * moe + head, dtype=np.float64)
 
     def _shaped(self, *values):
         """Inputs as float arrays, and a function giving per-instance constants their broadcast shape."""
@@ -403,15 +441,17 @@ class InstancePricing:
         return tp_comm, ep_comm, pp_s
 
     def _assemble(self, launch_s, hbm_s, gemm_s, attention_s, compute_s, tp_comm_s, ep_comm_s, pp_s,
-                  gemm_flops, requests=0.0) -> StepTimes:
+                  gemm_flops, requests=0.0, fixed_s=0.0) -> StepTimes:
         """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
         rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm");
         ``requests``: the attention rank's requests in the step, each costing the host
-        :attr:`ServingOptions.step_overhead_per_request_us`."""
+        :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the fixed time of the step's kernels
+        that are not GEMMs (:meth:`_non_gemm_kernels_per_pass`), which the GPU spends one after another with its
+        GEMMs and attention."""
         overhead_s = (self.options.step_overhead_us + self.options.step_overhead_per_request_us * requests) * 1e-6
-        roof_s = np.maximum(hbm_s, gemm_s + attention_s)
+        roof_s = np.maximum(hbm_s, gemm_s + attention_s + fixed_s)
         gpu_s = roof_s + tp_comm_s + ep_comm_s + pp_s
-        total_s = overhead_s + np.maximum(launch_s, gpu_s)
+        total_s = step_total_s(overhead_s, launch_s, gpu_s, self.options.overlap_scheduler)
         host_s = overhead_s + launch_s
         terms = np.stack(np.broadcast_arrays(host_s, roof_s, tp_comm_s, ep_comm_s))
         labels = np.array(["host", "roof", "tp_latency", "ep_comm"])[np.argmax(terms, axis=0)]
@@ -462,17 +502,33 @@ class InstancePricing:
         return dense + moe + col(w.lm_head_bytes)
 
     # --- the two kinds of step ------------------------------------------------------------------
-    def _streamed_bytes(self, col, expert_bytes, requests, tokens, context):
-        """HBM bytes of one step: the weights it reads, each request's cached KV (sliding-window layers hold at
-        most the window), the KV its new tokens write, and the element-wise passes over their hidden states."""
+    def _kv_read_bytes(self, col, requests, context):
+        """Cached KV bytes one step's attention kernels read: each request's context once per layer
+        (sliding-window layers hold at most the window)."""
         m = self.model
-        kv_layer = col(self.kv_bytes_per_token_per_layer)
         sliding = m.num_sliding_window_layers
         held = (m.num_layers - sliding) * context + sliding * np.minimum(context, m.sliding_window or 0)
+        return requests * held * col(self.kv_bytes_per_token_per_layer)
+
+    def _streamed_bytes(self, col, expert_bytes, requests, tokens, context):
+        """HBM bytes of one step: the weights it reads, each request's cached KV, the KV its new tokens write,
+        and the element-wise passes over their hidden states."""
+        m = self.model
+        kv_layer = col(self.kv_bytes_per_token_per_layer)
         return (self._weight_read_bytes(col, expert_bytes)
-                + requests * held * kv_layer                  # KV read, once per request
+                + self._kv_read_bytes(col, requests, context)  # KV read, once per request
                 + tokens * m.num_layers * kv_layer            # new KV written
                 + tokens * m.num_layers * ELEMENTWISE_BYTES_PER_HIDDEN * m.hidden_size)
+
+    def _attention_kernel_s(self, col, attention_flops_s, requests, context):
+        """The attention kernels' own roofline: their FLOPs at the attention rate or the cached KV they read
+        at the achieved HBM bandwidth, whichever is longer. A step's kernels run one after another on the
+        stream (attention between the QKV and output projections of each layer), so a long-context decode
+        step pays its weight-streaming GEMMs and then its KV-streaming attention: the roofline holds per
+        kernel (Williams, Waterman & Patterson 2009, "Roofline", CACM 52(4): a kernel's time is bound by its
+        own operational intensity), not over the sum of the step's bytes and FLOPs, which would let the
+        attention's KV stream hide under the GEMMs' compute."""
+        return np.maximum(attention_flops_s, self._kv_read_bytes(col, requests, context) / self.hbm_bytes_per_s)
 
     def decode_step(self, batch, context_tokens, verify_tokens=1) -> StepTimes:
         """One decode step: ``batch`` running requests per attention rank, each with ``context_tokens``
@@ -494,12 +550,13 @@ class InstancePricing:
         # A decode kernel (split-KV, FlashDecoding / FlashInfer) spreads each request's context over the SMs:
         # its length is the context, and one query row per request wastes no causal diagonal.
         rate = flash_forward_rate(self.model, self._pricer, self.options.cost, np.maximum(context, 1.0))
-        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) / rate
+        attention_flops_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=True) / rate
+        attention_s = self._attention_kernel_s(col, attention_flops_s, requests, context)
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, tokens, col)
-        compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
+        compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_flops_s
         # A decode graph is captured per batch of requests (each verifying its k + 1 tokens).
         return self._assemble(self._launch_s(col, requests), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
-                              ep_comm_s, pp_s, gemm_flops, requests=batch)
+                              ep_comm_s, pp_s, gemm_flops, requests=batch, fixed_s=col(self.fixed_kernels_s))
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -522,12 +579,14 @@ class InstancePricing:
         # The training model's flash rate: a call over a request's chunk, each query attending to the cached
         # context and half its chunk (causal), short chunks filling fewer SMs.
         rate = flash_forward_rate(self.model, self._pricer, self.options.cost, chunk, context + chunk / 2)
-        attention_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=False) / rate
+        attention_flops_s = self._attention_flops(tokens, pairs_full, pairs_sliding, col, absorbed=False) / rate
+        attention_s = self._attention_kernel_s(col, attention_flops_s, requests, context)
         tp_comm_s, ep_comm_s, pp_s = self._collectives(tokens, np.ceil(requests), col)
-        compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_s
+        compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_flops_s
         # A prefill step of a pipeline runs its chunk through every stage in turn.
         return self._assemble(self._launch_s(col, tokens), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
-                              ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests))
+                              ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests),
+                              fixed_s=col(self.fixed_kernels_s))
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
