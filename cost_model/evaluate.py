@@ -17,7 +17,7 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 
 * TP: exposed, unless ``tp_comm_overlap`` (Megatron ``--tp-comm-overlap``), which hides it behind the
   layer's GEMMs up to their duration. With ``tp_backward_overlap`` (Megatron's asynchronous backward
-  collectives, 2022+) each column-parallel linear's input-gradient all-reduce, or with sequence
+  collectives, 2022+; always on in Transformer Engine's linears, :attr:`cost_model.stacks.StackSpec.tp_backward_overlap`) each column-parallel linear's input-gradient all-reduce, or with sequence
   parallelism its reduce-scatter and the all-gather of its saved input, runs beside its
   weight-gradient GEMM; what stays exposed backward is the all-gather of the row-parallel output
   gradient (sequence parallelism only). Korthikanti et al. 2022 Table 4 (one 22B layer, A100, TP 8):
@@ -380,7 +380,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     if training.tp_comm_overlap:
         gemm = per_stage(dense_t.gemm_forward, moe_t.gemm_forward) * (3.0 + share)
         tp_exposed = np.maximum(0.0, tp_total - gemm)
-    elif training.tp_backward_overlap:
+    elif training.tp_backward_overlap or stack_spec(training.stack).tp_backward_overlap:
         # The backward's asynchronous collectives (module docstring) take what the forward's pairs take:
         # one all-reduce, or one reduce-scatter plus one all-gather of the saved input, per pair; they
         # hide behind the weight-gradient GEMMs (the forward GEMMs' shapes, schedules.py).

@@ -147,6 +147,17 @@ class StackSpec:
     Megatron's and DeepSpeed's pipeline engines receive into buffers that live only while the
     micro-batch is in flight."""
 
+    tp_backward_overlap: bool
+    """Whether a column-parallel linear's backward issues its input-gradient collective asynchronously and
+    runs its weight-gradient GEMM beside it (:attr:`cost_model.training_spec.TrainingSpec.tp_backward_overlap`,
+    which turns the same on for one run): Transformer Engine's ``_Linear.backward`` /
+    ``_LayerNormLinear.backward`` start the reduce-scatter (with sequence parallelism) or all-reduce of the
+    input gradient with ``async_op=True`` before the weight-gradient GEMM and wait for it after
+    (``transformer_engine/pytorch/module/linear.py``, ``layernorm_linear.py``); Megatron-LM's
+    ``LinearWithGradAccumulationAndAsyncCommunication`` did the same before Transformer Engine
+    (Korthikanti et al. 2022, section 6.2). PyTorch tensor parallelism runs the collective in the DTensor
+    redistribution, in order."""
+
     tp_saves_gathered_input: bool
     """Whether, under sequence parallelism, the column-parallel GEMMs (QKV, MLP fc1, LM head) save the
     all-gathered full-sequence input for their weight gradient: PyTorch tensor parallelism
@@ -166,7 +177,7 @@ class StackSpec:
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
             "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep", "overlap_grad_reduce",
             "fp8_param_gather", "per_tensor_collectives", "pipeline_scatter_gather", "pipeline_stage_buffers",
-            "tp_saves_gathered_input")
+            "tp_backward_overlap", "tp_saves_gathered_input")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

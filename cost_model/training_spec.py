@@ -122,7 +122,9 @@ class TrainingSpec:
     saved input) runs beside its weight-gradient GEMM instead of after it. Korthikanti et al. 2022,
     section 6.2: full recompute costs 39% rather than 33% "due to an optimization in the backward pass
     where we overlap all-reduce communication with the linear weight's gradient computation"
-    (:mod:`cost_model.evaluate`). Ignored with ``tp_comm_overlap``, which hides more."""
+    (:mod:`cost_model.evaluate`). Ignored with ``tp_comm_overlap``, which hides more. Stacks that always do
+    it (Megatron-Core with Transformer Engine) say so in ``StackSpec.tp_backward_overlap``; this field turns
+    it on for a run of another stack (the 2022 Megatron-LM of Korthikanti et al.)."""
 
     overlap_grad_reduce: bool = True
     """Overlap the data-parallel gradient reduction with the backward pass (Megatron ``--overlap-grad-reduce``)."""
