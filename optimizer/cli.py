@@ -764,6 +764,9 @@ def validate_command(
     typer.echo("")
     typer.echo(_source_table(stats, cross))
     typer.echo(_precision_lines(rows))
+    if cross and cross.get("precisions"):
+        from cost_model.calibration.calibrate import precision_line
+        typer.echo(precision_line(cross["precisions"]))
     for label in ("verified", "all"):
         s = stats[label]
         if s["throughput_rows"]:
@@ -806,10 +809,11 @@ def _validate_serving(dataset: Optional[str], source: Optional[str], output: Out
 def _precision_lines(rows) -> str:
     """Median throughput error of the rows of each GEMM precision and recipe (the first words of
     ``ValidationRow.precision``), in the current fit."""
+    from cost_model.calibration.validate import precision_group
     groups: dict[str, list[float]] = {}
     for r in rows:
         if r.tflops_error is not None:
-            groups.setdefault(" ".join(r.precision.split(" + ")[0].split()), []).append(r.tflops_error)
+            groups.setdefault(precision_group(r.precision), []).append(r.tflops_error)
     parts = [f"{name} {len(errors)} rows {statistics.median(abs(e) for e in errors):.1%} "
              f"(signed {statistics.median(errors):+.1%})" for name, errors in sorted(groups.items())]
     return "by precision (median |error|): " + "; ".join(parts)
@@ -857,8 +861,8 @@ def calibrate_command(
     if serving:
         _calibrate_serving(dataset, write)
         return
-    from cost_model.calibration.calibrate import (calibrate, dataset_rows, measured_rows, parameter_lines, source_lines,
-                                                  write as write_calibration)
+    from cost_model.calibration.calibrate import (calibrate, dataset_rows, measured_rows, parameter_lines, precision_line,
+                                                  precision_records, source_lines, write as write_calibration)
     from cost_model.calibration.fit import PARAMETERS
     from cost_model.calibration.validate import read_runs
     if dataset is None:
@@ -877,6 +881,7 @@ def calibrate_command(
     typer.echo(f"all {o['rows']} rows: fitted median |error| {o['fitted_median_abs_error']:.1%}; leave-one-source-out "
                f"median |error| {o['held_out_median_abs_error']:.1%}, signed {o['held_out_median_signed_error']:+.1%}, "
                f"{o['held_out_rows_beyond_25pct']} beyond 25%, worst source {o['worst_source_median_abs_error']:.1%}")
+    typer.echo(precision_line(precision_records(result.held_out)))
     typer.echo(f"layout ranking within {o['ranking_groups']} groups of >= 4 layouts (one model, one cluster): median "
                f"Kendall tau {o['median_kendall_tau']:.2f}; measured best in the predicted top 3 in "
                f"{o['groups_with_best_in_top3']}")

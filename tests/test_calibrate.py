@@ -213,3 +213,25 @@ def test_attention_priors_are_the_published_kernel_figures():
     assert ampere["attention_efficiency"] / ampere["gemm_efficiency"] == pytest.approx(0.73 / 0.86, rel=0.01)
     fa2_h100 = hopper["attention_efficiency"] * 989 * prior["flash_attention_2_share"]
     assert fa2_h100 == pytest.approx(0.35 * 989, rel=0.01)
+
+
+def test_held_out_errors_by_precision_group_the_recipe_not_the_extras():
+    """NVFP4's issue-18 target is its rows' leave-one-source-out median: the rows are grouped by GEMM
+    precision and recipe (what follows " + " is left out), medians by hand."""
+    from cost_model.calibration.calibrate import precision_line, precision_records
+    from cost_model.calibration.validate import ValidationRow
+
+    def priced(precision, predicted):
+        return None, ValidationRow(id="r", verified=True, num_gpus=8, layout="TP1", measured_tflops=100.0,
+                                   predicted_tflops=predicted, measured_tokens_per_gpu=None,
+                                   predicted_tokens_per_gpu=1.0, measured_memory_gib=None, predicted_memory_gib=1.0,
+                                   usable_memory_gib=80.0, assumptions=[], precision=precision)
+
+    held = [priced("fp4 nvfp4", 110.0), priced("fp4 nvfp4 + bf16 layers 1+1", 80.0), priced("fp4 nvfp4", 104.0),
+            priced("bf16", 97.0)]
+    records = {r["precision"]: r for r in precision_records(held)}
+    assert set(records) == {"fp4 nvfp4", "bf16"}
+    assert records["fp4 nvfp4"]["rows"] == 3
+    assert records["fp4 nvfp4"]["held_out_median_abs_error"] == pytest.approx(0.10)   # |+10%|, |-20%|, |+4%|
+    assert records["fp4 nvfp4"]["held_out_median_signed_error"] == pytest.approx(0.04)
+    assert "fp4 nvfp4 3 rows 10.0% (signed +4.0%)" in precision_line(list(records.values()))

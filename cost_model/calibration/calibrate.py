@@ -37,7 +37,7 @@ from cost_model.stacks import DEFAULT_STACK, STACK_NAMES
 from .bands import bands_section, gpu_family, model_class
 from .stored import FITTED_FILE, stored_parameters
 from .fit import PARAMETERS, efficiencies, stack_efficiency, Fit, Fold, fit, kendall_tau, leave_one_source_out
-from .validate import PreparedRow, ValidationRow, prepare_row
+from .validate import PreparedRow, ValidationRow, precision_group, prepare_row
 
 def measured_rows(rows: list[dict[str, Any]], source: str) -> list[PreparedRow]:
     """The rows that publish a throughput, read once."""
@@ -318,6 +318,26 @@ def parameter_lines(parameters, fit: Fit) -> list[str]:
     return lines
 
 
+def precision_records(held_out: list[tuple[PreparedRow, ValidationRow]]) -> list[dict[str, Any]]:
+    """Held-out errors of the rows of each GEMM precision and recipe (:func:`validate.precision_group`):
+    each row priced by the fit made without its source, so a precision measured by one source only
+    (NVFP4: Megatron-Bridge) is priced from the priors of its own parameters."""
+    groups: dict[str, list[float]] = {}
+    for _, result in held_out:
+        groups.setdefault(precision_group(result.precision), []).append(result.tflops_error)
+    return [{"precision": name, "rows": len(errors),
+             "held_out_median_abs_error": round(float(np.median(np.abs(errors))), 4),
+             "held_out_median_signed_error": round(float(np.median(errors)), 4)}
+            for name, errors in sorted(groups.items())]
+
+
+def precision_line(records: list[dict[str, Any]]) -> str:
+    """:func:`precision_records` as one line."""
+    return "held out by precision (median |error|): " + "; ".join(
+        f"{r['precision']} {r['rows']} rows {r['held_out_median_abs_error']:.1%} "
+        f"(signed {r['held_out_median_signed_error']:+.1%})" for r in records)
+
+
 def source_lines(sources: list[SourceReport]) -> list[str]:
     """Each source's errors as a text table: fitted, held out, signed and worst held-out error."""
     lines = [f"{'source':20s} {'rows':>5s} {'fitted |err|':>12s} {'held out |err|':>14s} {'signed':>8s} {'worst':>7s}"]
@@ -334,6 +354,7 @@ def fitted_document(calibration: Calibration) -> str:
             "method": "leave-one-source-out: fit without a source_group, price its rows",
             "overall": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in overall.items()},
             "sources": source_records(calibration.sources),
+            "precisions": precision_records(calibration.held_out),
             "rankings": [{"group": g.key, "rows": g.rows, "kendall_tau": round(g.kendall_tau, 3),
                           "measured_best_in_predicted_top3": g.best_in_top3} for g in calibration.rankings],
         },

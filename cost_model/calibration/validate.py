@@ -204,6 +204,13 @@ def row_conventions(row: dict[str, Any], options: CostOptions) -> CostOptions:
     return options.with_changes(mfu_attention_causal=count == "causal")
 
 
+def precision_group(label: str) -> str:
+    """The GEMM precision and scaling recipe of a :func:`precision_label` ("fp4 nvfp4", "fp8 mxfp8",
+    "bf16"), without what it adds after " + " (FP8 weights, BF16 layers): the groups errors are
+    reported by."""
+    return " ".join(label.split(" + ")[0].split())
+
+
 def precision_label(training, plan: dict) -> str:
     """How the row's GEMMs and weights were priced: precision and scaling recipe, FP8 primary weights
     (:func:`cost_model.memory.fp8_primary_weights`), BF16 first/last layers (:mod:`cost_model.bf16_layers`)."""
