@@ -25,6 +25,11 @@ from .stacks import stack_spec
 PRECISIONS = ("bf16", "fp16", "fp8", "fp4")
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
 FP4_RECIPES = ("nvfp4",)
+
+MEGATRON_LINEAR_STACKS = ("megatron-core", "megatron-lm-2021", "megatron-deepspeed")
+"""Stacks whose tensor-parallel linears are Megatron's (``LinearWithGradAccumulationAndAsyncCommunication``
+or Transformer Engine's), the ones that can issue the backward collective asynchronously
+(``tp_backward_overlap``)."""
 GRAD_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
@@ -281,6 +286,10 @@ class TrainingSpec:
         if self.tp_comm_overlap and not spec.tp_comm_overlap:
             raise ValueError(f"tp_comm_overlap needs a stack that overlaps it: the {self.stack} stack cannot overlap tensor-parallel communication; "
                              "set it false or use a stack that does (megatron-core, torchtitan)")
+        if self.tp_backward_overlap and self.stack not in MEGATRON_LINEAR_STACKS:
+            raise ValueError(f"tp_backward_overlap is Megatron's asynchronous backward collective: the {self.stack} stack "
+                             f"runs its tensor-parallel collectives in order; set it false or use one of "
+                             f"{', '.join(MEGATRON_LINEAR_STACKS)}")
         if self.overlap_grad_reduce and not spec.overlap_grad_reduce:
             raise ValueError(f"overlap_grad_reduce needs a stack that overlaps it: the {self.stack} stack reduces gradients after the backward pass; "
                              "set it false or use a stack that overlaps it")

@@ -37,6 +37,9 @@ def test_unknown_stack_and_impossible_overlap_are_one_line_errors():
         build_training({"stack": "foo"})
     with pytest.raises(InputError, match=r"training\.tp_comm_overlap: .*megatron-lm-2021 stack cannot overlap"):
         build_training({"stack": "megatron-lm-2021", "tp_comm_overlap": True})
+    with pytest.raises(InputError, match=r"training\.tp_backward_overlap: .*torchtitan stack runs its tensor-parallel"):
+        build_training({"stack": "torchtitan", "tp_backward_overlap": True})
+    assert build_training({"stack": "megatron-lm-2021", "tp_backward_overlap": True}).tp_backward_overlap is True
 
 
 def test_kernel_efficiency_scales_gemm_time(monkeypatch):
