@@ -17,8 +17,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 
 * TP: exposed, unless ``tp_comm_overlap`` (Megatron ``--tp-comm-overlap``), which hides it behind the
   layer's GEMMs up to their duration. With ``tp_backward_overlap`` (Megatron's asynchronous backward
-  collectives, 2022+; always on in Transformer Engine's linears, :attr:`cost_model.stacks.StackSpec.tp_backward_overlap`) each column-parallel linear's input-gradient all-reduce, or with sequence
-  parallelism its reduce-scatter and the all-gather of its saved input, runs beside its
+  collectives, 2022+; always on in Transformer Engine's linears,
+  :attr:`cost_model.stacks.StackSpec.tp_backward_overlap`) each column-parallel linear's input-gradient
+  all-reduce, or with sequence parallelism its reduce-scatter and the all-gather of its saved input, runs beside its
   weight-gradient GEMM; what stays exposed backward is the all-gather of the row-parallel output
   gradient (sequence parallelism only). Korthikanti et al. 2022 Table 4 (one 22B layer, A100, TP 8):
   backward 11.9 ms without recompute, 19.5 ms with full recompute (the forward's 7.7 ms, all-reduces

@@ -286,7 +286,7 @@ class InstancePricing:
         attention = (MLA_ATTENTION if m.is_mla else ATTENTION).other
         dense = attention + MLP.other
         moe = attention + MOE_FIXED.other + (MLP.other if m.shared_expert_ffn_hidden_size else 0)
-        head = HEAD_KERNELS - 1 + 1  # the head's kernels but its GEMM, and the embedding gather
+        head = HEAD_KERNELS  # the head's kernels but its GEMM, plus the embedding gather: as many
         return np.full(len(inst), m.num_dense_layers * dense + m.num_moe_layers * moe + head, dtype=np.float64)
 
     def _shaped(self, *values):
