@@ -132,6 +132,14 @@ def vllm_engine():
     return build
 
 
+def _instance_rows(record, aggregated_role):
+    """(role, layout row) of each command plan 1 emits: prefill then decode for a disaggregated plan, one
+    instance named ``aggregated_role`` (the engine's own word for it) otherwise."""
+    if record["mode"] == "disagg":
+        return [("prefill", record["prefill"]), ("decode", record["decode"])]
+    return [(aggregated_role, record["decode"])]
+
+
 def test_vllm_tables_are_current(vllm_engine):
     assert serving_engines.vllm_tables() == json.loads(serving_engines.VLLM_FILE.read_text())
 
@@ -139,8 +147,7 @@ def test_vllm_tables_are_current(vllm_engine):
 @pytest.mark.parametrize("name,model,plans,speculative", CASES, ids=[c[0] for c in CASES])
 def test_vllm_accepts_every_emitted_plan(name, model, plans, speculative, checkpoints, vllm_engine):
     record = plans.record(0)
-    kinds = [("prefill", record["prefill"]), ("decode", record["decode"])] if record["mode"] == "disagg" \
-        else [("aggregated", record["decode"])]
+    kinds = _instance_rows(record, "aggregated")
     for emission, (role, row) in zip(emissions("vllm", model, plans, speculative, checkpoints), kinds, strict=True):
         drafting = bool(speculative) and role != "prefill"  # a prefill instance emits one token: nothing to draft
         config = vllm_engine(emission.argv)
@@ -226,8 +233,7 @@ def test_sglang_tables_are_current(sglang_engine):
 @pytest.mark.parametrize("name,model,plans,speculative", CASES, ids=[c[0] for c in CASES])
 def test_sglang_accepts_every_emitted_plan(name, model, plans, speculative, checkpoints, sglang_engine):
     record = plans.record(0)
-    kinds = [("prefill", record["prefill"]), ("decode", record["decode"])] if record["mode"] == "disagg" \
-        else [("null", record["decode"])]
+    kinds = _instance_rows(record, "null")
     for emission, (mode, row) in zip(emissions("sglang", model, plans, speculative, checkpoints), kinds, strict=True):
         resolved = sglang_engine(emission.argv)
         width = row["tp"] * row["attn_dp"]
