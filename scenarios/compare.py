@@ -16,8 +16,10 @@ that grew is not a regression. :attr:`Comparison.failed` is what the command tur
 Each listed scenario also says which of its inputs differ between OLD and NEW: every column that is
 neither a result nor an identity column (the axis values, the resolved cluster and training figures,
 ``tool_version``), e.g. ``inputs: price_per_gpu_hour_usd 2.5 -> 3``. When none differs the line says
-so, and whether ``inputs_hash`` (the hash of the whole resolved model, cluster and options) moved: the
-same hash means the inputs were identical, so the code or its cost model changed; a different hash
+so, and whether ``inputs_hash`` (the hash of the whole resolved model, cluster and options) moved. A
+changed cost model shows as ``tool_version`` (its ``+code.`` fingerprint, :mod:`scenarios.identity`); the
+same hash with the same fingerprint means only a dependency or the machine changed; tables written before
+the fingerprint existed blame the code or its cost model; a different hash
 with equal columns means a model or cluster field the table does not show changed. That is the first
 thing a person on call needs to know: did someone change the sweep, or did the tool change?
 """
@@ -32,6 +34,7 @@ import pandas as pd
 
 from hardware.errors import InputError
 
+from .identity import CODE_LABEL
 from .rows import BREAKDOWN_COLUMNS, RESULT_COLUMNS
 from .serving import SERVING_COLUMNS
 
@@ -148,6 +151,10 @@ def _input_changes(before: pd.Series, after: pd.Series, columns: list[str]) -> s
     same_hash = ("inputs_hash" in before.index and "inputs_hash" in after.index
                  and _text(before["inputs_hash"]) == _text(after["inputs_hash"]))
     if same_hash:
+        if CODE_LABEL in _text(after.get("tool_version", "")):
+            # The hash covers the code fingerprint too: same code, same inputs, different numbers.
+            return ("inputs: none changed (same inputs_hash, same code): a dependency (ortools, numpy, ...) or "
+                    "the machine changed")
         return "inputs: none changed (same inputs_hash): the code or its cost model changed"
     return ("inputs: no recorded input column changed, but inputs_hash did: a model or cluster field the table "
             "does not show changed")

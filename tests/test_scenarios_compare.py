@@ -92,16 +92,46 @@ def test_bad_input_exits_2(results, tmp_path, capsys):
     assert code == 2 and "--threshold: must be a non-negative fraction" in err
 
 
-def test_a_moved_metric_with_identical_inputs_blames_the_code(results, tmp_path, capsys):
-    def slower(frame):
-        frame.loc[frame.index[(frame["scenario_index"] == 1) & (frame["rank"] == 1)][0], "tokens_per_s"] *= 0.9
+def _slower(frame):
+    frame.loc[frame.index[(frame["scenario_index"] == 1) & (frame["rank"] == 1)][0], "tokens_per_s"] *= 0.9
 
-    new = doctored(results, tmp_path, "slower.parquet", slower)
-    code, out, _ = cli(capsys, "compare", results, new)
-    assert code == 1
+
+def _inputs_line(out):
     lines = out.splitlines()
     moved = next(i for i, line in enumerate(lines) if "tokens_per_s -10.0%" in line)
-    assert lines[moved + 1].strip() == "inputs: none changed (same inputs_hash): the code or its cost model changed"
+    return lines[moved + 1].strip()
+
+
+def test_a_moved_metric_from_changed_code_names_the_code_fingerprint(results, tmp_path, capsys):
+    """A cost-model edit changes tool_version's code fingerprint, which compare names as the input that moved."""
+    old_version = pd.read_parquet(results)["tool_version"].iloc[0]
+    assert "+code." in old_version
+
+    def new_code(frame):
+        _slower(frame)
+        frame["tool_version"] = old_version.split("+")[0] + "+code.000000000000"
+
+    code, out, _ = cli(capsys, "compare", results, doctored(results, tmp_path, "new_code.parquet", new_code))
+    assert code == 1
+    assert _inputs_line(out) == f"inputs: tool_version {old_version} -> {old_version.split('+')[0]}+code.000000000000"
+
+
+def test_a_moved_metric_with_identical_inputs_and_code_blames_the_environment(results, tmp_path, capsys):
+    code, out, _ = cli(capsys, "compare", results, doctored(results, tmp_path, "slower.parquet", _slower))
+    assert code == 1
+    assert _inputs_line(out) == ("inputs: none changed (same inputs_hash, same code): a dependency (ortools, numpy, "
+                                 "...) or the machine changed")
+
+
+def test_tables_without_a_code_fingerprint_blame_the_code(results, tmp_path, capsys):
+    def unfingerprinted(frame):
+        frame["tool_version"] = "0.1.0"
+
+    old = doctored(results, tmp_path, "old.parquet", unfingerprinted)
+    new = doctored(old, tmp_path, "slower.parquet", _slower)
+    code, out, _ = cli(capsys, "compare", old, new)
+    assert code == 1
+    assert _inputs_line(out) == "inputs: none changed (same inputs_hash): the code or its cost model changed"
 
 
 def test_changed_inputs_are_named_with_old_and_new_values(tmp_path, capsys):
