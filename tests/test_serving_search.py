@@ -8,7 +8,7 @@ import pytest
 from cost_model.serving.plan import KV_DTYPES, WEIGHT_PRECISIONS, InstanceArrays, ServingPlanArrays
 from optimizer.serving.grid import (ServingGrid, aggregated_plans, disaggregated_plans, instance_grid, layouts,
                                     powers_of_two, replica_counts)
-from optimizer.serving.ranking import pareto_front, rank_order
+from optimizer.serving.ranking import pareto_front, rank_order, row_ids
 
 
 # --- grid -----------------------------------------------------------------------------------------------
@@ -173,3 +173,16 @@ def test_at_max_load_multiples_of_a_count_pair_are_one_plan():
     many = disaggregated_plans(prefill, decode, np.asarray([1.0]), np.asarray([1.0]), grid, fewest_replicas=True)
     # p = d for every d: one pair, 1:1, doubled to reach 20 GPUs (12 x 2 = 24)
     assert list(zip(many.prefill_instances.tolist(), many.decode_instances.tolist())) == [(2, 2)]
+
+
+def test_row_ids_are_equal_exactly_when_rows_are_equal():
+    """The mixed-radix row id (and its fallback past 62 bits) groups rows as np.unique(axis=0) does."""
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 4, size=(2000, 6)) * np.array([1, 2, 8, 64, 3, 1])
+    wide = rng.integers(0, 2, size=(500, 70)) * 9  # 2^70 combinations: the byte-string fallback
+    for keys in (small, wide):
+        ids = row_ids(keys)
+        _, expected = np.unique(keys, axis=0, return_inverse=True)
+        expected = expected.reshape(-1)
+        same_id = ids[:, None] == ids[None, :]
+        assert np.array_equal(same_id, expected[:, None] == expected[None, :])

@@ -40,7 +40,7 @@ from hardware.schema import ClusterSpec
 from .arrays import concat, take
 from .grid import ServingGrid, aggregated_plans, concatenate, disaggregated_plans, instance_grid
 from .ranking import (NEEDS_TARGET, OBJECTIVES, first_per_layout, key_scale, layout_keys, objective_key,
-                      pareto_front, rank_order, secondary_key)
+                      pareto_front, rank_order, row_ids, secondary_key)
 
 CHUNK_PLANS = 32768
 """Plans priced per call of the cost model: large enough that numpy's per-call overhead is amortised,
@@ -423,10 +423,8 @@ def refined(into: _Accumulator, plans: ServingPlanArrays) -> np.ndarray:
 
 def _rows_in(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Indices of the rows of ``keys`` that appear in ``wanted``."""
-    joined = np.concatenate([wanted, keys])
-    _, inverse = np.unique(joined, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    return np.flatnonzero(np.isin(inverse[len(wanted):], inverse[:len(wanted)]))
+    ids = row_ids(np.concatenate([wanted, keys]))
+    return np.flatnonzero(np.isin(ids[len(wanted):], ids[:len(wanted)]))
 
 
 def _top(plans: ServingPlanArrays, metrics: Any, scale: float | None, scenario: ServingScenario) -> np.ndarray:
