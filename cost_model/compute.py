@@ -12,6 +12,17 @@ where bytes_moved = (M*K + K*N) * input bytes + M*N * 2. Large GEMMs are compute
 large-GEMM efficiency (REFERENCE.md: ~80% of dense peak on H100 SXM); thin, TP-sharded or small-batch
 GEMMs become bandwidth or overhead bound, which is how tensor and expert parallelism lose efficiency.
 
+The rate does not depend on the reduction length K. A per-tile fixed cost (pipeline fill, and an epilogue
+that Ampere's CUTLASS 2.x-style kernels do not overlap with the next tile) would add the output store,
+M*N*2 bytes / HBM, to the math: efficiency K / (K + K0), K0 = 2 bytes * rate / (2 FLOPs * bandwidth),
+about 130 on an A100 (230 TFLOP/s fitted over 1.73 TB/s). Priced so on pre-Hopper GPUs and refitted
+(2026-12), the leave-one-source-out median |error| rose from 7.9% to 8.8%: llm-foundry's small A100
+models, already priced slow, went from -2% to -7% (MPT-125M, h = 768) and from -5% to -10% (MPT-350M,
+h = 1024) held out, while the Korthikanti et al. 2022 rows' mean |step-time error| moved only from 3.3%
+to 3.0% (fitted). Their 1T rows (priced 6-7% slow) share model, layout, micro-batches and GEMM shapes
+with Narayanan et al. 2021's 1T row (SC21 Table 1, priced -1%), whose 163 TFLOP/s is a 102.6 s step
+against their 94.4 s: no GEMM-shape term separates the two.
+
 Attention core (QK^T, softmax, AV): 2*b*heads*s_q*s_kv*(d_qk + d_v) FLOPs forward.
 
 * A fused (flash) kernel skips the blocks a causal mask hides and runs at the GPU's attention rate
