@@ -235,3 +235,37 @@ def test_held_out_errors_by_precision_group_the_recipe_not_the_extras():
     assert records["fp4 nvfp4"]["held_out_median_abs_error"] == pytest.approx(0.10)   # |+10%|, |-20%|, |+4%|
     assert records["fp4 nvfp4"]["held_out_median_signed_error"] == pytest.approx(0.04)
     assert "fp4 nvfp4 3 rows 10.0% (signed +4.0%)" in precision_line(list(records.values()))
+
+
+def test_ranking_groups_keep_gpu_overrides_apart():
+    """llm-foundry's A100 40GB runs are the a100-sxm-80gb preset with 39.5 GiB and 1,555 GB/s
+    (training_runs.GPU_TYPES): a different part, measured in a section of their own, so they are not
+    ranked with the 80GB runs; rows without GPU overrides keep the preset alone in their key."""
+    from types import SimpleNamespace
+
+    from cost_model.calibration.calibrate import _layout_group, ranking_groups
+
+    def row(name, gpu, overrides=None):
+        cluster = {"gpu": gpu, "num_gpus": 8, **({"overrides": overrides} if overrides else {})}
+        return SimpleNamespace(row={"cluster": cluster, "source": "llm-foundry"}, source_group="llmfoundry",
+                               model=SimpleNamespace(name=name),
+                               training=SimpleNamespace(precision="bf16", fp8_recipe=None, seq_length=2048))
+
+    forty = {"gpu.memory_gib": 39.5, "gpu.hbm_GBps": 1555, "topology.num_nodes": 1}
+    assert _layout_group(row("mpt-7b", "a100-sxm-80gb")) == "llmfoundry mpt-7b on a100-sxm-80gb s=2048 bf16"
+    assert _layout_group(row("mpt-7b", "a100-sxm-80gb", forty)) == (
+        "llmfoundry mpt-7b on a100-sxm-80gb (hbm_GBps 1555, memory_gib 39.5) s=2048 bf16")
+
+    # two 80GB and two 40GB layouts (four layouts under one key before): no group of four; four 40GB layouts: one group, tau by hand
+    def priced(layout, predicted, measured):
+        return SimpleNamespace(layout=layout, predicted_tokens_per_gpu=predicted,
+                               tflops_error=predicted / measured - 1)
+
+    mixed = [(row("m", "a100-sxm-80gb"), priced("DP8", 1.0, 1.0)), (row("m", "a100-sxm-80gb"), priced("DP16", 2.0, 2.0)),
+             (row("m", "a100-sxm-80gb", forty), priced("DP32", 3.0, 3.0)),
+             (row("m", "a100-sxm-80gb", forty), priced("DP64", 4.0, 4.0))]
+    assert ranking_groups(mixed) == []
+    forty_only = [(row("m", "a100-sxm-80gb", forty), priced(f"DP{d}", p, m))
+                  for d, p, m in ((8, 1.0, 1.0), (16, 2.0, 3.0), (32, 3.0, 2.0), (64, 4.0, 4.0))]
+    (group,) = ranking_groups(forty_only)
+    assert group.rows == 4 and group.kendall_tau == pytest.approx(4 / 6) and group.best_in_top3

@@ -139,7 +139,8 @@ CONTAINER = re.compile(r"(\d{2}\.\d{2}(?:\.\d{2})?) NeMo Container")
 
 def _layout_group(row: PreparedRow) -> str:
     """Layouts of one model on one kind of cluster under one software release: same source, container
-    (a Megatron-Bridge table per NeMo container), model, GPU, sequence length and precision recipe;
+    (a Megatron-Bridge table per NeMo container), model, GPU as priced (:func:`_gpu_as_priced`), sequence
+    length and precision recipe;
     GPU counts and layouts vary. Rows of different containers differ by software, not by layout, so
     they are not ranked against each other."""
     cluster = row.row.get("cluster") or {}
@@ -147,7 +148,16 @@ def _layout_group(row: PreparedRow) -> str:
     training = row.training
     precision = training.precision + (f"-{training.fp8_recipe}" if training.precision == "fp8" else "")
     return (f"{row.source_group}{' ' + container.group(1) if container else ''} {row.model.name} on "
-            f"{cluster.get('gpu')} s={training.seq_length} {precision}")
+            f"{_gpu_as_priced(cluster)} s={training.seq_length} {precision}")
+
+
+def _gpu_as_priced(cluster: dict[str, Any]) -> str:
+    """The row's GPU: its preset with the GPU fields the row's cluster overrides. llm-foundry's A100 40GB
+    runs are the ``a100-sxm-80gb`` preset with 39.5 GiB and 1,555 GB/s (``training_runs.GPU_TYPES``): a
+    different part from the 80GB runs, which its tables measure in a section of their own."""
+    changed = sorted((key.split(".", 1)[1], value) for key, value in (cluster.get("overrides") or {}).items()
+                     if key.startswith("gpu."))
+    return str(cluster.get("gpu")) + (f" ({', '.join(f'{k} {v:g}' for k, v in changed)})" if changed else "")
 
 
 def ranking_groups(held_out: list[tuple[PreparedRow, ValidationRow]], min_rows: int = 4) -> list[RankingGroup]:
