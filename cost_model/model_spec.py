@@ -91,6 +91,11 @@ class ModelSpec:
     attention_sinks: bool = False
     """One learned softmax sink logit per query head and layer (GPT-OSS ``sinks``)."""
 
+    activation_clamp: float = 0.0
+    """Clamp of the gated MLP's inputs before the activation (HF ``swiglu_limit``; GPT-OSS 7.0: the gate
+    half clamped from above, the linear half to [-limit, limit], modeling_gpt_oss.py ``GptOssExperts``;
+    Megatron-Core ``activation_func_clamp_value``). 0 = none."""
+
     sliding_window: int = 0
     """Keys a query sees in a sliding-window layer (HF ``sliding_window``); 0 = no sliding-window layers."""
 

@@ -145,3 +145,12 @@ def test_every_preset_loads():
     for name in list_model_presets():
         spec = load_model(name).spec
         assert ParameterCounts(spec).total > 0
+
+
+def test_swiglu_limit_is_the_gated_mlp_clamp():
+    assert model_from_hf({**LLAMA_LIKE, "swiglu_limit": 7.0}).activation_clamp == 7.0
+    assert model_from_hf(LLAMA_LIKE).activation_clamp == 0.0
+    assert model_from_hf({**LLAMA_LIKE, "swiglu_limit": None}).activation_clamp == 0.0
+    for bad in (0, -7.0, "7", True):
+        with pytest.raises(InputError, match="swiglu_limit"):
+            model_from_hf({**LLAMA_LIKE, "swiglu_limit": bad})
