@@ -46,7 +46,7 @@ import numpy as np
 from hardware.schema import GPUSpec
 
 from .activations import ACT_BYTES, GEMM_INPUT_BYTES, recomputes, routed_pairs_per_rank
-from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels
+from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels, unfused_rotary
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -346,11 +346,26 @@ def _eager_attention_bytes(model: ModelSpec, training: TrainingSpec, q_heads, kv
     multiply, rotate-half (negate, concatenate) and add kernels (HF ``apply_rotary_pos_emb``): 9 reads and
     writes of q and k where a fused kernel makes 2. Zero for stacks with fused element-wise work."""
     if stack_spec(training.stack).fused_elementwise:
-        return 0.0
+        return unfused_rotary_bytes(model, training, q_heads, kv_heads)
     e = ACT_BYTES
     layout = 2 * e * ((q_heads + 2 * kv_heads) * model.q_head_dim + q_heads * model.v_dim)
-    rotary = 7 * e * (q_heads + kv_heads) * model.q_head_dim if model.position_embedding_type == "rope" else 0.0
-    return layout + rotary
+    return layout + _eager_rotary_bytes(model, q_heads, kv_heads)
+
+
+def _eager_rotary_bytes(model: ModelSpec, q_heads, kv_heads):
+    """Bytes per token that rotary embedding as separate kernels moves beyond a fused kernel: 9 reads and
+    writes of q and k where a fused kernel makes 2 (see :func:`_eager_attention_bytes`)."""
+    if model.position_embedding_type != "rope":
+        return 0.0
+    return 7 * ACT_BYTES * (q_heads + kv_heads) * model.q_head_dim
+
+
+def unfused_rotary_bytes(model: ModelSpec, training: TrainingSpec, q_heads, kv_heads):
+    """Bytes per token an unfused YaRN rotary embedding adds on a fused stack (:func:`unfused_rotary`):
+    Megatron-Core's ``_apply_rotary_pos_emb_bshd`` multiplies by cos, rotates half (chunk, negate,
+    concatenate), multiplies by sin, adds and concatenates the pass-through part, priced as an eager
+    stack's rotary embedding (:func:`_eager_rotary_bytes`)."""
+    return _eager_rotary_bytes(model, q_heads, kv_heads) if unfused_rotary(model, training) else 0.0
 
 
 def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,

@@ -188,6 +188,14 @@ def eager_shapes(model: ModelSpec, attention: PartShape, mlp: PartShape) -> tupl
             PartShape(gemms=mlp.gemms, other=mlp.other + (1 if model.gated_mlp else 0)))
 
 
+def unfused_rotary(model: ModelSpec, training: TrainingSpec) -> bool:
+    """Whether a stack with fused element-wise kernels still runs this model's rotary embedding unfused:
+    YaRN on a stack without a fused YaRN path (:attr:`cost_model.stacks.StackSpec.fused_yarn_rope`,
+    Megatron-Core), outside MLA. Its kernels are an eager stack's rotary (:data:`EAGER_ROTARY_EXTRA`)."""
+    return (model.rope_scaling_type == "yarn" and not model.is_mla and model.position_embedding_type == "rope"
+            and not stack_spec(training.stack).fused_yarn_rope)
+
+
 def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> tuple[LayerKernels, LayerKernels]:
     """Host calls of each layer part for one micro-batch, forward and backward."""
     scope = set(training.cuda_graph_scope)
@@ -197,6 +205,8 @@ def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -
     attention_shape, mlp_shape = MLA_ATTENTION if model.is_mla else ATTENTION, MLP
     if not stack_spec(training.stack).fused_elementwise:
         attention_shape, mlp_shape = eager_shapes(model, attention_shape, mlp_shape)
+    elif unfused_rotary(model, training):
+        attention_shape = PartShape(gemms=attention_shape.gemms, other=attention_shape.other + EAGER_ROTARY_EXTRA)
     attention = (0.0, 0.0) if "attn" in scope else _calls(attention_shape, training)
     mlp = (0.0, 0.0) if "mlp" in scope else _calls(mlp_shape, training)
     if not model.is_moe or "moe" in scope:

@@ -104,6 +104,11 @@ class ModelSpec:
     ``sliding_attention``; every layer for Mistral/Mixtral; every other layer for Gemma 2; all but every
     ``sliding_window_pattern``-th layer for Gemma 3). Empty = none."""
 
+    rope_scaling_type: str = ""
+    """The rotary embedding's scaling (HF ``rope_scaling`` ``rope_type``, or ``type``): ``yarn`` (GPT-OSS,
+    DeepSeek-V3), ``llama3``, ``linear``...; empty = none. Only YaRN changes what is priced: Megatron-Core
+    runs it unfused (:attr:`cost_model.stacks.StackSpec.fused_yarn_rope`)."""
+
     position_embedding_type: Literal["rope", "learned", "alibi"] = "rope"
     """Rotary or ALiBi (no parameters), or a learned absolute position table (GPT)."""
 

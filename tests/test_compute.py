@@ -270,3 +270,31 @@ def test_gpt_oss_experts_pay_their_clamp_and_bias_in_the_layer():
     _, plain_rerun = layer_times(plain, training, moe_act, H100, CostOptions())
     assert eager_rerun.selective_recompute[0] - plain_rerun.selective_recompute[0] == pytest.approx(
         16 * pairs * 2880 / hbm, rel=1e-9)
+
+
+def test_yarn_rotary_runs_unfused_on_megatron_core():
+    import dataclasses
+
+    from cost_model.compute import _Pricer, _attention
+    from cost_model.model_loader import load_model
+    from cost_model.plan import PlanArrays
+
+    gpt_oss = load_model("gpt-oss-120b").spec
+    assert gpt_oss.rope_scaling_type == "yarn"  # config.json rope_scaling rope_type
+    plain = dataclasses.replace(gpt_oss, rope_scaling_type="")
+    training = TrainingSpec(seq_length=4096, global_batch_size=1280)
+    plans = PlanArrays.from_records([dict(tp=1, dp=64, ep=64, micro_batch=4)])
+    options = CostOptions()
+    pricer_ = _Pricer(H100, training, options)
+    yarn_elem = _attention(gpt_oss, training, plans, pricer_, options)[5]
+    rope_elem = _attention(plain, training, plans, pricer_, options)[5]
+    # Megatron-Core's unfused RoPE on q (64 heads) and k (8 heads) of head dim 64: 7 more reads and writes
+    # of 2 bytes than the fused kernel, per token of the 4 x 4096-token micro-batch.
+    extra = 7 * 2 * (64 + 8) * 64 * 4 * 4096
+    assert yarn_elem[0] - rope_elem[0] == pytest.approx(extra / (3350e9 * H100.hbm_efficiency), rel=1e-9)
+    # DeepSeek-V3's YaRN sits in MLA's own rotary path: nothing added.
+    deepseek = load_model("deepseek-v3").spec
+    mla_plain = dataclasses.replace(deepseek, rope_scaling_type="")
+    mla_plans = PlanArrays.from_records([dict(tp=1, dp=8, ep=8, micro_batch=1)])
+    assert _attention(deepseek, training, mla_plans, pricer_, options)[5][0] == \
+        _attention(mla_plain, training, mla_plans, pricer_, options)[5][0]

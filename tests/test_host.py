@@ -258,3 +258,15 @@ def test_gpt_oss_issues_its_clamp_and_bias_kernels():
     # Qwen3-30B-A3B (no expert bias, no clamp) keeps 16 and 16 x 2.
     assert (layer_kernels(QWEN, bf16, plans())[0].moe_fixed[0], layer_kernels(QWEN, bf16, plans())[0].experts[0]) \
         == (16, 32)
+
+
+def test_unfused_yarn_rotary_issues_an_eager_rotary():
+    import dataclasses
+
+    gpt_oss = load_model("gpt-oss-120b").spec
+    bf16 = build_training({"seq_length": 4096, "global_batch_size": 1280})
+    forward, backward = layer_kernels(gpt_oss, bf16, plans())
+    # Attention: 2 GEMMs + 6 other + the unfused rotary's 6 more kernels = 14 forward, 28 backward.
+    assert (forward.attention[0], backward.attention[0]) == (14, 28)
+    plain = dataclasses.replace(gpt_oss, rope_scaling_type="")
+    assert layer_kernels(plain, bf16, plans())[0].attention[0] == 8
