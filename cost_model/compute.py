@@ -41,6 +41,10 @@ gradients, cast in both layouts like the forward inputs). A stack without fused 
 (``StackSpec.fused_elementwise`` False: eager PyTorch) also copies q, k, v into the attention kernel's
 layout and back, runs rotary embedding and SwiGLU as several kernels each.
 
+MoE experts outside a fused grouped MLP (Megatron-Core ``TEGroupedMLP``) also clamp a clamped GLU's input
+and add the experts' output bias as separate element-wise passes (GPT-OSS has both:
+:func:`eager_expert_elementwise`).
+
 Backward GEMMs: one data-gradient and one weight-gradient GEMM per forward GEMM, same FLOPs each.
 """
 
@@ -53,7 +57,7 @@ import numpy as np
 from hardware.schema import GPUSpec
 
 from .activations import ACT_BYTES, GEMM_INPUT_BYTES, recomputes, routed_pairs_per_rank
-from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels
+from .host import exposed_issue_time, host_syncs_per_layer, layer_kernels, unfused_rotary
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -353,11 +357,26 @@ def _eager_attention_bytes(model: ModelSpec, training: TrainingSpec, q_heads, kv
     multiply, rotate-half (negate, concatenate) and add kernels (HF ``apply_rotary_pos_emb``): 9 reads and
     writes of q and k where a fused kernel makes 2. Zero for stacks with fused element-wise work."""
     if stack_spec(training.stack).fused_elementwise:
-        return 0.0
+        return unfused_rotary_bytes(model, training, q_heads, kv_heads)
     e = ACT_BYTES
     layout = 2 * e * ((q_heads + 2 * kv_heads) * model.q_head_dim + q_heads * model.v_dim)
-    rotary = 7 * e * (q_heads + kv_heads) * model.q_head_dim if model.position_embedding_type == "rope" else 0.0
-    return layout + rotary
+    return layout + _eager_rotary_bytes(model, q_heads, kv_heads)
+
+
+def _eager_rotary_bytes(model: ModelSpec, q_heads, kv_heads):
+    """Bytes per token that rotary embedding as separate kernels moves beyond a fused kernel: 9 reads and
+    writes of q and k where a fused kernel makes 2 (see :func:`_eager_attention_bytes`)."""
+    if model.position_embedding_type != "rope":
+        return 0.0
+    return 7 * ACT_BYTES * (q_heads + kv_heads) * model.q_head_dim
+
+
+def unfused_rotary_bytes(model: ModelSpec, training: TrainingSpec, q_heads, kv_heads):
+    """Bytes per token an unfused YaRN rotary embedding adds on a fused stack (:func:`unfused_rotary`):
+    Megatron-Core's ``_apply_rotary_pos_emb_bshd`` multiplies by cos, rotates half (chunk, negate,
+    concatenate), multiplies by sin, adds and concatenates the pass-through part, priced as an eager
+    stack's rotary embedding (:func:`_eager_rotary_bytes`)."""
+    return _eager_rotary_bytes(model, q_heads, kv_heads) if unfused_rotary(model, training) else 0.0
 
 
 def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
@@ -421,6 +440,38 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
     return gemm_s, gemm_flops, core_fwd_s, core_bwd_s, core_flops, elementwise_s, rerun
 
 
+EAGER_CLAMP_BYTES = (8 * ACT_BYTES, 10 * ACT_BYTES)
+"""HBM bytes per pair and element of the expert width (one GLU half) that clamping the GLU input moves,
+forward and backward, when the experts' activation is not fused with their GEMMs. Megatron-Core
+``weighted_bias_quick_geglu_impl`` (megatron/core/fusions/fused_bias_geglu.py, core_v0.15.0..core_v0.18.0)
+clamps outside its compiled kernel: ``x_glu.clamp(max=limit)`` and ``x_linear.clamp(-limit, limit)`` each
+read and write one half (2 x 2 x 2 bytes), ``torch.cat`` reads and writes both halves (2 x 2 x 2): 16 bytes
+= 8 x 2. Backward: each clamp's gradient reads the gradient and the saved input and writes the gradient
+(2 x 3 x 2), the chunk's backward concatenates the halves' gradients (2 x 2 x 2): 20 = 10 x 2."""
+EAGER_EXPERT_BIAS_BYTES = (6 * ACT_BYTES, 6 * ACT_BYTES)
+"""HBM bytes per pair and element of the hidden size that adding the experts' output bias moves, forward
+and backward, outside the GEMM. Megatron-Core ``TEGroupedMLP`` (megatron/core/transformer/moe/experts.py,
+core_v0.15.0..core_v0.18.0) runs fc2 with ``skip_bias_add=True`` and ``_apply_bias`` adds each expert's
+bias scaled by the routing probability, ``torch.cat([t + b * p for ...])``: ``b * p`` writes a pair x h
+tensor (2 bytes), the add reads two and writes one (6), the concatenation reads and writes (4): 12 = 6 x 2.
+Backward: the gradients of ``b`` and ``p`` are each a product with the output gradient (read 2, write 2)
+summed over tokens or over h (read 2): 12 = 6 x 2 (the add and the concatenation pass the gradient on as
+views)."""
+
+
+def eager_expert_elementwise(model: ModelSpec, pairs, width):
+    """HBM bytes, forward and backward, of the element-wise work a MoE layer's experts add outside their
+    grouped GEMMs and fused activation: the GLU input clamp (``activation_clamp``, :data:`EAGER_CLAMP_BYTES`)
+    and the output bias (``linear_bias``, :data:`EAGER_EXPERT_BIAS_BYTES`); GPT-OSS has both. Transformer
+    Engine's fused grouped MLP (``use_transformer_engine_op_fuser``, MXFP8/FP4 only: its clamped quick-GeLU
+    has no BF16 kernel, Megatron-Bridge commit 983014c7) folds them into its kernels; it is not modelled.
+    Returns (clamp forward, clamp backward, bias forward, bias backward) in bytes."""
+    clamp = float(model.activation_clamp > 0) * pairs * width
+    bias = float(model.linear_bias) * pairs * model.hidden_size
+    return (EAGER_CLAMP_BYTES[0] * clamp, EAGER_CLAMP_BYTES[1] * clamp,
+            EAGER_EXPERT_BIAS_BYTES[0] * bias, EAGER_EXPERT_BIAS_BYTES[1] * bias)
+
+
 def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer, width_per_rank,
          tokens):
     """A dense or shared-expert MLP of the given per-rank intermediate width."""
@@ -449,9 +500,10 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     attention_fwd = att_gemm_s + core_s + att_elem_s
     attention_bwd = 2 * att_gemm_s + core_bwd_s + 2 * att_elem_s
 
-    def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun):
+    def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun, elem_backward_extra_s=0.0):
+        """``elem_backward_extra_s``: element-wise backward beyond twice the forward's."""
         forward = gemm_s + core_s + elem_s
-        backward = 2 * gemm_s + core_bwd_s + 2 * elem_s
+        backward = 2 * gemm_s + core_bwd_s + 2 * elem_s + elem_backward_extra_s
         return LayerTimes(forward=forward, backward=backward, attention_forward=core_s,
                           attention_backward=core_bwd_s, gemm_forward=gemm_s,
                           selective_recompute=att_rerun + mlp_rerun,
@@ -476,7 +528,13 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         fc1 = width * (2 if model.gated_mlp else 1)
         e1_s, e1_f = pricer.gemm(pairs / local_experts, fc1, model.hidden_size, count=local_experts)
         e2_s, e2_f = pricer.gemm(pairs / local_experts, model.hidden_size, width, count=local_experts)
-        activation_s = pricer.streaming(ACT_BYTES * pairs * width * (3 if model.gated_mlp else 2))
+        clamp_fwd, clamp_bwd, bias_fwd, bias_bwd = eager_expert_elementwise(model, pairs, width)
+        # the clamp runs inside the activation's recompute checkpoint ('moe_act'), the bias after fc2
+        activation_s = (pricer.streaming(ACT_BYTES * pairs * width * (3 if model.gated_mlp else 2))
+                        + pricer.streaming(clamp_fwd))
+        eager_bias_s = pricer.streaming(bias_fwd)
+        eager_backward_extra_s = pricer.streaming(clamp_bwd + bias_bwd) - 2 * (pricer.streaming(clamp_fwd)
+                                                                               + eager_bias_s)
         # Token reordering, each a read and a write of h per pair: permute before dispatch and unpermute
         # after combine; with several local experts Megatron's all-to-all dispatcher also sorts the
         # received tokens by expert and back (megatron/core/transformer/moe/token_dispatcher.py,
@@ -488,7 +546,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
             reorders = np.full(len(plans), 2.0)
         reorder_s = pricer.streaming(ACT_BYTES * pairs * 2 * reorders * model.hidden_size)
         quantize_s = pricer.quantize(pairs, model.hidden_size) + pricer.quantize(pairs, width)
-        expert_elem_s = activation_s + reorder_s + quantize_s
+        expert_elem_s = activation_s + eager_bias_s + reorder_s + quantize_s
         experts_s = router_s + e1_s + e2_s + expert_elem_s
         shared_s = zero
         gemm_s = att_gemm_s + router_s + e1_s + e2_s
@@ -502,7 +560,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         rerun = np.where(whole, experts_s + shared_s,
                          np.where(recomputes(plans, "moe_act"), activation_s, 0.0)
                          + np.where(recomputes(plans, "shared_experts"), shared_s, 0.0))
-        moe = assemble(gemm_s, flops, elem_s, rerun)
+        moe = assemble(gemm_s, flops, elem_s, rerun, eager_backward_extra_s)
     else:
         moe = LayerTimes(*[zero] * 11)
     # The CPU must issue every kernel: each part of a layer takes at least its host issue time.
@@ -516,7 +574,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         dense.forward, dense.backward = dense.forward + extra_fwd, dense.backward + extra_bwd
         dense.host_exposed = extra_fwd + extra_bwd
     if model.is_moe:
-        fixed_fwd = router_s + activation_s + reorder_s + shared_s
+        fixed_fwd = router_s + activation_s + eager_bias_s + reorder_s + shared_s
         experts_fwd = e1_s + e2_s + quantize_s
         extra_fwd, extra_bwd = exposed_issue_time(
             {"attention": attention_fwd, "moe_fixed": fixed_fwd, "experts": experts_fwd},

@@ -40,6 +40,9 @@ Hadamard-transformed amax, row-wise cast, column-wise Hadamard cast); s = 2 for 
 - MoE block, per local expert: fc1 and fc2, G 2. ``GroupedLinear`` quantizes each expert's input
   separately and calls one cuBLAS GEMM per expert (``multi_stream_cublas_gemm``); MXFP8's swizzles run
   once per grouped GEMM over all experts (2 calls for each of the 2 forward and 4 backward grouped GEMMs).
+- Expert biases and a clamped GLU (GPT-OSS), outside the fused kernels: O 2 per local expert for the
+  probability-scaled output bias, O 1 for concatenating the experts' outputs, O 3 for the clamp
+  (:data:`EXPERT_OUTPUT_BIAS`, :data:`CLAMP_KERNELS`).
 
 An eager stack (``StackSpec.fused_elementwise`` False, e.g. llm-foundry's PyTorch) issues more: the
 layout copies around its flash kernel, rotary embedding and SwiGLU as several kernels each
@@ -94,6 +97,14 @@ MOE_ROUTER_AND_PREPROCESS_KERNELS = 8
 """The part of the MoE fixed kernels that the ``moe_router`` and ``moe_preprocess`` graphs capture."""
 EXPERT = PartShape(gemms=2, other=0)
 """Per local expert."""
+EXPERT_OUTPUT_BIAS = PartShape(gemms=0, other=2)
+"""Per local expert, with expert biases (``linear_bias``): Megatron-Core ``TEGroupedMLP._apply_bias`` adds
+each expert's fc2 bias scaled by the routing probability in a Python loop, ``b * p`` and the add (its
+backward: two products and two sums); the concatenation of the experts' outputs counts once in the MoE
+fixed part."""
+CLAMP_KERNELS = 3
+"""A clamped GLU (``activation_clamp``, GPT-OSS): two clamps and a concatenation before the fused activation
+(Megatron-Core ``weighted_bias_quick_geglu_impl``)."""
 EXPERT_GROUPED_GEMMS = (2, 4)
 """Grouped GEMMs of the experts, forward and backward (MXFP8 swizzles run once for each)."""
 
@@ -177,6 +188,14 @@ def eager_shapes(model: ModelSpec, attention: PartShape, mlp: PartShape) -> tupl
             PartShape(gemms=mlp.gemms, other=mlp.other + (1 if model.gated_mlp else 0)))
 
 
+def unfused_rotary(model: ModelSpec, training: TrainingSpec) -> bool:
+    """Whether a stack with fused element-wise kernels still runs this model's rotary embedding unfused:
+    YaRN on a stack without a fused YaRN path (:attr:`cost_model.stacks.StackSpec.fused_yarn_rope`,
+    Megatron-Core), outside MLA. Its kernels are an eager stack's rotary (:data:`EAGER_ROTARY_EXTRA`)."""
+    return (model.rope_scaling_type == "yarn" and not model.is_mla and model.position_embedding_type == "rope"
+            and not stack_spec(training.stack).fused_yarn_rope)
+
+
 def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> tuple[LayerKernels, LayerKernels]:
     """Host calls of each layer part for one micro-batch, forward and backward."""
     scope = set(training.cuda_graph_scope)
@@ -186,17 +205,23 @@ def layer_kernels(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -
     attention_shape, mlp_shape = MLA_ATTENTION if model.is_mla else ATTENTION, MLP
     if not stack_spec(training.stack).fused_elementwise:
         attention_shape, mlp_shape = eager_shapes(model, attention_shape, mlp_shape)
+    elif unfused_rotary(model, training):
+        attention_shape = PartShape(gemms=attention_shape.gemms, other=attention_shape.other + EAGER_ROTARY_EXTRA)
     attention = (0.0, 0.0) if "attn" in scope else _calls(attention_shape, training)
     mlp = (0.0, 0.0) if "mlp" in scope else _calls(mlp_shape, training)
     if not model.is_moe or "moe" in scope:
         fixed, experts = (0.0, 0.0), (zero, zero)
     else:
         captured = MOE_ROUTER_AND_PREPROCESS_KERNELS / 2 * (("moe_router" in scope) + ("moe_preprocess" in scope))
-        base = _calls(PartShape(gemms=0, other=MOE_FIXED.other - captured), training)
+        eager = CLAMP_KERNELS * (model.activation_clamp > 0) + int(model.linear_bias)  # + _apply_bias's cat
+        base = _calls(PartShape(gemms=0, other=MOE_FIXED.other - captured + eager), training)
         shared = _calls(MLP, training) if model.shared_expert_ffn_hidden_size else (0.0, 0.0)
         fixed = (base[0] + shared[0], base[1] + shared[1])
         local_experts = model.num_experts / plans.ep.astype(float)
         per_expert = _calls(EXPERT, training, swizzle_per_gemm=False)
+        if model.linear_bias:
+            bias = _calls(EXPERT_OUTPUT_BIAS, training)
+            per_expert = (per_expert[0] + bias[0], per_expert[1] + bias[1])
         _, swizzle = _fp8_calls(training)
         experts = (per_expert[0] * local_experts + swizzle * EXPERT_GROUPED_GEMMS[0],
                    per_expert[1] * local_experts + swizzle * EXPERT_GROUPED_GEMMS[1])

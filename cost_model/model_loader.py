@@ -326,6 +326,25 @@ def _whole(config: dict[str, Any], key: str, source: str, *, minimum: int = 0, r
         raise InputError(source, key, exc.problem, fix) from None
 
 
+def _clamp(config: dict[str, Any], source: str) -> float:
+    """The gated MLP's input clamp, HF ``swiglu_limit`` (GPT-OSS: 7.0); 0 when absent or null."""
+    value = config.get("swiglu_limit")
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise InputError(source, "swiglu_limit", f"must be a positive number, got {value!r}",
+                         "give the clamp limit (GPT-OSS: 7.0) or leave swiglu_limit out")
+    return float(value)
+
+
+def _rope_scaling_type(config: dict[str, Any]) -> str:
+    """HF ``rope_scaling``'s ``rope_type`` (older configs: ``type``), lower case; empty when absent."""
+    scaling = config.get("rope_scaling")
+    if not isinstance(scaling, dict):
+        return ""
+    return str(scaling.get("rope_type") or scaling.get("type") or "").lower()
+
+
 def _flag(config: dict[str, Any], key: str, default: bool, source: str) -> bool:
     """A switch: YAML/JSON true or false only (``bool("false")`` is True, so strings are refused);
     absent or null takes the default."""
@@ -481,6 +500,7 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
             qkv_bias=qkv_bias, linear_bias=linear_bias, position_embedding_type=position,
             qk_norm=_flag(cfg, "qk_norm", model_type in _QK_NORM_TYPES, source),
             attention_sinks=_flag(cfg, "attention_sinks", model_type == "gpt_oss", source),
+            activation_clamp=_clamp(cfg, source), rope_scaling_type=_rope_scaling_type(cfg),
             sliding_window=window, sliding_window_layers=sliding_layers,
             max_position_embeddings=max_positions or 0,
             num_experts=experts, experts_per_token=top_k if experts else 0, moe_ffn_hidden_size=moe_ffn if experts else 0,
@@ -604,7 +624,8 @@ def _moe_layer_pattern(cfg: dict[str, Any], layers: int, source: str) -> tuple[b
 def _warn_unpriced(cfg: dict[str, Any], source: str) -> None:
     """One warning naming the fields that are read but change nothing plan-search prices (a null,
     false or empty value says nothing and draws no warning)."""
-    given = sorted(key for key in _UNPRICED_FIELDS if cfg.get(key) not in (None, False, [], {}, 0))
+    given = sorted(key for key in _UNPRICED_FIELDS if cfg.get(key) not in (None, False, [], {}, 0)
+                   and not (key == "rope_scaling" and _rope_scaling_type(cfg) == "yarn"))  # YaRN is priced
     if given:
         warnings.warn(f"{source}: read but not priced (no effect on parameters, memory or time in plan-search): "
                       f"{', '.join(given)}", UserWarning, stacklevel=4)

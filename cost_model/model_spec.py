@@ -91,6 +91,11 @@ class ModelSpec:
     attention_sinks: bool = False
     """One learned softmax sink logit per query head and layer (GPT-OSS ``sinks``)."""
 
+    activation_clamp: float = 0.0
+    """Clamp of the gated MLP's inputs before the activation (HF ``swiglu_limit``; GPT-OSS 7.0: the gate
+    half clamped from above, the linear half to [-limit, limit], modeling_gpt_oss.py ``GptOssExperts``;
+    Megatron-Core ``activation_func_clamp_value``). 0 = none."""
+
     sliding_window: int = 0
     """Keys a query sees in a sliding-window layer (HF ``sliding_window``); 0 = no sliding-window layers."""
 
@@ -98,6 +103,11 @@ class ModelSpec:
     """For each layer, whether it uses the sliding window (HF ``layer_types`` entries
     ``sliding_attention``; every layer for Mistral/Mixtral; every other layer for Gemma 2; all but every
     ``sliding_window_pattern``-th layer for Gemma 3). Empty = none."""
+
+    rope_scaling_type: str = ""
+    """The rotary embedding's scaling (HF ``rope_scaling`` ``rope_type``, or ``type``): ``yarn`` (GPT-OSS,
+    DeepSeek-V3), ``llama3``, ``linear``...; empty = none. Only YaRN changes what is priced: Megatron-Core
+    runs it unfused (:attr:`cost_model.stacks.StackSpec.fused_yarn_rope`)."""
 
     position_embedding_type: Literal["rope", "learned", "alibi"] = "rope"
     """Rotary or ALiBi (no parameters), or a learned absolute position table (GPT)."""

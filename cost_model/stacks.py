@@ -58,6 +58,19 @@ class StackSpec:
     kernel each (Transformer Engine's LayerNormLinear, torch.compile); False = one PyTorch kernel per
     operation, each a read and write of the activation."""
 
+    fused_yarn_rope: bool
+    """Whether a YaRN-scaled rotary embedding (HF ``rope_scaling`` ``rope_type: yarn``, GPT-OSS) runs in the
+    stack's fused RoPE kernel. Megatron-Core does not: Megatron-Bridge turns ``apply_rope_fusion`` off for
+    any ``position_embedding_type`` but ``rope`` and maps YaRN models to ``yarn``
+    (src/megatron/bridge/utils/fusions.py ``validate_rope_fusion_compatibility`` at v0.2.0..v0.6.0;
+    models/gpt_oss/gpt_oss_bridge.py), and Megatron-Core itself falls back to the unfused RoPE when the YaRN
+    attention factor (``mscale``, 0.1 ln(32) + 1 = 1.35 for GPT-OSS) is not 1 (megatron/core/models/common/
+    embeddings/rope_utils.py ``apply_rotary_pos_emb``, core_v0.16.0+): multiply by cos, rotate half (chunk,
+    negate, concatenate), multiply by sin, add, concatenate with the pass-through part, each a kernel
+    (``_apply_rotary_pos_emb_bshd``), priced as an eager stack's rotary embedding
+    (:func:`cost_model.compute.unfused_rotary_bytes`). MLA applies its rotary part in its own path and is
+    left out."""
+
     fused_cross_entropy: bool
     """Megatron's vocab-parallel fused cross entropy; False = PyTorch's log_softmax + nll_loss."""
 
@@ -174,7 +187,8 @@ class StackSpec:
     """Where the switches above come from."""
 
 
-SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_cross_entropy", "tp_comm_overlap",
+SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
+            "tp_comm_overlap",
             "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep", "overlap_grad_reduce",
             "fp8_param_gather", "per_tensor_collectives", "pipeline_scatter_gather", "pipeline_stage_buffers",
             "tp_backward_overlap", "tp_saves_gathered_input")

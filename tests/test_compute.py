@@ -217,3 +217,84 @@ def test_eager_stacks_copy_q_k_v_into_the_kernel_layout():
     tokens = 8 * 2048
     extra = 2 * 2 * (3 * 2048 + 2048) * tokens / (2039e9 * 0.85)
     assert (elementwise("composer-fsdp") - elementwise("megatron-core"))[0] == pytest.approx(extra, rel=1e-9)
+
+
+def test_eager_expert_clamp_and_bias_bytes_by_hand():
+    from cost_model.compute import eager_expert_elementwise
+    from cost_model.model_loader import load_model
+
+    gpt_oss = load_model("gpt-oss-120b").spec
+    assert (gpt_oss.activation_clamp, gpt_oss.linear_bias) == (7.0, True)  # config.json swiglu_limit, biases
+    # 4 x 4096 tokens x top-4 = 65,536 pairs, expert width 2880 = hidden 2880.
+    pairs, width = np.array([65536.0]), 2880
+    clamp_fwd, clamp_bwd, bias_fwd, bias_bwd = eager_expert_elementwise(gpt_oss, pairs, width)
+    # Clamp: two clamps (read + write a half, 2 bytes each) and a cat of both halves: 16 bytes per pair and
+    # element of one half; backward two clamp gradients (read grad, read input, write) and the chunk's cat: 20.
+    assert clamp_fwd[0] == 16 * 65536 * 2880 == 3_019_898_880
+    assert clamp_bwd[0] == 20 * 65536 * 2880
+    # Output bias: b * p written, the add reads two and writes one, the cat reads and writes: 12 bytes per
+    # pair and hidden element; backward the two products (read, write) and their sums (read): 12.
+    assert bias_fwd[0] == bias_bwd[0] == 12 * 65536 * 2880 == 2_264_924_160
+    # A model with neither (Qwen3-30B-A3B) moves nothing extra.
+    qwen = load_model("qwen3-30b-a3b").spec
+    assert all(part[0] == 0 for part in eager_expert_elementwise(qwen, pairs, 768))
+
+
+def test_gpt_oss_experts_pay_their_clamp_and_bias_in_the_layer():
+    import dataclasses
+
+    from cost_model.compute import layer_times
+    from cost_model.model_loader import load_model
+    from cost_model.plan import PlanArrays
+
+    gpt_oss = load_model("gpt-oss-120b").spec
+    plain = dataclasses.replace(gpt_oss, activation_clamp=0.0, linear_bias=False)
+    training = TrainingSpec(seq_length=4096, global_batch_size=1280)
+    plans = PlanArrays.from_records([dict(tp=1, dp=64, ep=64, micro_batch=4)])
+    _, with_eager = layer_times(gpt_oss, training, plans, H100, CostOptions())
+    _, without = layer_times(plain, training, plans, H100, CostOptions())
+    hbm = 3350e9 * H100.hbm_efficiency
+    pairs = 4 * 4096 * 4
+    # Forward: clamp 16 and bias 12 bytes per pair and element of 2880; backward 20 + 12 (on top of the
+    # GPU time; the host issue floor does not bind at 16,384 tokens a micro-batch).
+    assert with_eager.host_exposed[0] == without.host_exposed[0] == 0
+    assert with_eager.forward[0] - without.forward[0] == pytest.approx((16 + 12) * pairs * 2880 / hbm, rel=1e-9)
+    assert with_eager.backward[0] - without.backward[0] == pytest.approx((20 + 12) * pairs * 2880 / hbm, rel=1e-9)
+    assert with_eager.gemm_forward[0] == without.gemm_forward[0]
+    # 'moe_act' recompute reruns the activation with its clamp (inside the checkpoint), not the bias.
+    from cost_model.plan import module_mask
+
+    moe_act = PlanArrays.from_records([dict(tp=1, dp=64, ep=64, micro_batch=4, recompute="selective",
+                                            recompute_modules=module_mask(["moe_act"]))])
+    _, eager_rerun = layer_times(gpt_oss, training, moe_act, H100, CostOptions())
+    _, plain_rerun = layer_times(plain, training, moe_act, H100, CostOptions())
+    assert eager_rerun.selective_recompute[0] - plain_rerun.selective_recompute[0] == pytest.approx(
+        16 * pairs * 2880 / hbm, rel=1e-9)
+
+
+def test_yarn_rotary_runs_unfused_on_megatron_core():
+    import dataclasses
+
+    from cost_model.compute import _Pricer, _attention
+    from cost_model.model_loader import load_model
+    from cost_model.plan import PlanArrays
+
+    gpt_oss = load_model("gpt-oss-120b").spec
+    assert gpt_oss.rope_scaling_type == "yarn"  # config.json rope_scaling rope_type
+    plain = dataclasses.replace(gpt_oss, rope_scaling_type="")
+    training = TrainingSpec(seq_length=4096, global_batch_size=1280)
+    plans = PlanArrays.from_records([dict(tp=1, dp=64, ep=64, micro_batch=4)])
+    options = CostOptions()
+    pricer_ = _Pricer(H100, training, options)
+    yarn_elem = _attention(gpt_oss, training, plans, pricer_, options)[5]
+    rope_elem = _attention(plain, training, plans, pricer_, options)[5]
+    # Megatron-Core's unfused RoPE on q (64 heads) and k (8 heads) of head dim 64: 7 more reads and writes
+    # of 2 bytes than the fused kernel, per token of the 4 x 4096-token micro-batch.
+    extra = 7 * 2 * (64 + 8) * 64 * 4 * 4096
+    assert yarn_elem[0] - rope_elem[0] == pytest.approx(extra / (3350e9 * H100.hbm_efficiency), rel=1e-9)
+    # DeepSeek-V3's YaRN sits in MLA's own rotary path: nothing added.
+    deepseek = load_model("deepseek-v3").spec
+    mla_plain = dataclasses.replace(deepseek, rope_scaling_type="")
+    mla_plans = PlanArrays.from_records([dict(tp=1, dp=8, ep=8, micro_batch=1)])
+    assert _attention(deepseek, training, mla_plans, pricer_, options)[5][0] == \
+        _attention(mla_plain, training, mla_plans, pricer_, options)[5][0]

@@ -244,3 +244,29 @@ def test_eager_stacks_issue_their_unfused_kernels():
     assert eager[0].attention[0] - fused[0].attention[0] == 4 + 6
     assert eager[1].attention[0] - fused[1].attention[0] == 2 * (4 + 6)
     assert eager[0].dense_mlp[0] - fused[0].dense_mlp[0] == 1
+
+
+def test_gpt_oss_issues_its_clamp_and_bias_kernels():
+    gpt_oss = load_model("gpt-oss-120b").spec
+    bf16 = build_training({"seq_length": 4096, "global_batch_size": 1280})
+    forward, backward = layer_kernels(gpt_oss, bf16, plans())
+    # MoE fixed part: 16 + two clamps and a cat (clamped GLU) + the cat of _apply_bias = 20 forward, 40 back.
+    # 128 experts / EP 8 = 16 local experts x (2 GEMMs + b * p and the add) = 64 forward; backward
+    # 16 x (4 GEMMs + two products and two sums) = 128.
+    assert (forward.moe_fixed[0], forward.experts[0]) == (20, 64)
+    assert (backward.moe_fixed[0], backward.experts[0]) == (40, 128)
+    # Qwen3-30B-A3B (no expert bias, no clamp) keeps 16 and 16 x 2.
+    assert (layer_kernels(QWEN, bf16, plans())[0].moe_fixed[0], layer_kernels(QWEN, bf16, plans())[0].experts[0]) \
+        == (16, 32)
+
+
+def test_unfused_yarn_rotary_issues_an_eager_rotary():
+    import dataclasses
+
+    gpt_oss = load_model("gpt-oss-120b").spec
+    bf16 = build_training({"seq_length": 4096, "global_batch_size": 1280})
+    forward, backward = layer_kernels(gpt_oss, bf16, plans())
+    # Attention: 2 GEMMs + 6 other + the unfused rotary's 6 more kernels = 14 forward, 28 backward.
+    assert (forward.attention[0], backward.attention[0]) == (14, 28)
+    plain = dataclasses.replace(gpt_oss, rope_scaling_type="")
+    assert layer_kernels(plain, bf16, plans())[0].attention[0] == 8

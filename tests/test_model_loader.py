@@ -145,3 +145,26 @@ def test_every_preset_loads():
     for name in list_model_presets():
         spec = load_model(name).spec
         assert ParameterCounts(spec).total > 0
+
+
+def test_swiglu_limit_is_the_gated_mlp_clamp():
+    assert model_from_hf({**LLAMA_LIKE, "swiglu_limit": 7.0}).activation_clamp == 7.0
+    assert model_from_hf(LLAMA_LIKE).activation_clamp == 0.0
+    assert model_from_hf({**LLAMA_LIKE, "swiglu_limit": None}).activation_clamp == 0.0
+    for bad in (0, -7.0, "7", True):
+        with pytest.raises(InputError, match="swiglu_limit"):
+            model_from_hf({**LLAMA_LIKE, "swiglu_limit": bad})
+
+
+def test_rope_scaling_type_and_yarn_is_priced_without_a_warning():
+    import warnings
+
+    yarn = {**LLAMA_LIKE, "rope_scaling": {"rope_type": "yarn", "factor": 32.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # YaRN is priced: no 'read but not priced' warning
+        assert model_from_hf(yarn).rope_scaling_type == "yarn"
+    assert model_from_hf({**LLAMA_LIKE, "rope_scaling": {"type": "YaRN"}}).rope_scaling_type == "yarn"
+    assert model_from_hf(LLAMA_LIKE).rope_scaling_type == ""
+    with pytest.warns(UserWarning, match="rope_scaling"):  # Llama 3.1's scaling changes nothing priced
+        assert model_from_hf({**LLAMA_LIKE, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}).rope_scaling_type \
+            == "llama3"

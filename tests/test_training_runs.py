@@ -164,11 +164,24 @@ def test_errata_correct_the_published_layout_to_the_recipe(converted, table):
     assert rows["mbridge-163"]["plan"]["vpp"] == 8                                            # NVFP4 V2 = V1's VP8
 
 
+def test_gpt_oss_25_11_b200_runs_the_release_recipes_ep_64(converted, table):
+    """mbridge-243 (25.11 table, GPT-OSS 120B BF16 on 64 B200): the table prints EP 8, the release's recipe
+    (v0.2.0-v0.2.2 GPT_OSS_120B_B200_BF16_BASE_CONFIG) sets EP 64; its 8213 tokens/s/GPU is the 26.02 EP 64
+    row's 8047, not the 26.04 EP 8 rows' 13,045-13,568. Corrected, it is the curated row's run and drops out
+    as its duplicate."""
+    rows = converted[0]
+    assert table["mbridge-243"]["ep"] == "8" and rows["mbridge-243"]["plan"]["ep"] == 64
+    assert "ERRATUM" in rows["mbridge-243"]["notes"] and "GPT_OSS_120B_B200_BF16_BASE_CONFIG" in rows["mbridge-243"]["notes"]
+    assert table["mbridge-085"]["ep"] == "8" and float(table["mbridge-085"]["tokens_per_s_per_gpu"]) == 13568
+    _, _, report = load_all_rows_report()
+    assert ("mbridge-243", "megatron-bridge-25.11-b200-gpt-oss-120b-bf16") in report.duplicates_dropped
+
+
 def test_every_erratum_changes_a_published_cell_and_keeps_the_gpu_count(converted, table):
     rows = converted[0]
     for key, erratum in ERRATA.items():
         published = table[key]
-        columns = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "vpp": "vpp", "micro_batch": "micro_batch"}
+        columns = {"tp": "tp", "pp": "pp", "dp": "dp", "cp": "cp", "ep": "ep", "vpp": "vpp", "micro_batch": "micro_batch"}
         assert any(published[columns[field]] != str(value) for field, value in erratum.plan.items()), key
         plan = rows[key]["plan"]
         assert plan["tp"] * plan["pp"] * plan["cp"] * plan["dp"] == int(published["num_gpus"]), key

@@ -509,6 +509,13 @@ ERRATA: dict[str, Erratum] = {
         "v0.2.0, v0.2.1 and v0.2.2, GPT_OSS_120B_H100_BF16_BASE_CONFIG = BASE (micro_batch_size=1) + "
         "pipeline_model_parallel_size=4; the table's MBS 4 / GA 2 are the B200 row's cells (512 / (4 x 64)), as "
         "the curated row megatron-bridge-25.11-h100-gpt-oss-120b-bf16 reads it"),
+    "mbridge-243": Erratum(
+        {"ep": 64},
+        "Megatron-Bridge r0.2 (25.11 container): scripts/performance/configs/gpt_oss/workload_base_configs.py at "
+        "v0.2.0, v0.2.1 and v0.2.2, GPT_OSS_120B_B200_BF16_BASE_CONFIG = BASE + expert_model_parallel_size=64, "
+        "micro_batch_size=4, recompute [layernorm, moe_act]; the table's EP 8 is BASE's. 8213 tokens/s/GPU is the "
+        "26.02 B200 EP 64 row's 8047, not the 26.04 B200 EP 8 rows' 13045-13568; as the curated row "
+        "megatron-bridge-25.11-b200-gpt-oss-120b-bf16 reads it"),
     "mbridge-155": Erratum(
         {"tp": 1, "pp": 4, "dp": 16, "vpp": 5, "micro_batch": 1},
         f"{_MBRIDGE_26_02_01}llama3_workload_base_configs.py LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2 = "
