@@ -418,8 +418,12 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
                                      options.grad_bucket_elements, model=model,
-                                     copy_kernel_s=options.kernel_overhead_us * 1e-6,
-                                     gather_bytes_per_param=gathered_weight_bytes(training, plans))
+                                     # ProcessGroupNCCL's per-rank copies after a list all-gather are eager
+                                     # copy_ ops the host issues one by one, and DeepSpeed 0.3.x synchronises
+                                     # the device around every fetch: each costs the host's issue time.
+                                     copy_kernel_s=options.host_kernel_issue_us * 1e-6,
+                                     gather_bytes_per_param=gathered_weight_bytes(training, plans),
+                                     recomputed_share=share)
     compute_fwd = forward
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)
