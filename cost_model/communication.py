@@ -52,7 +52,7 @@ from hardware.placement import GroupPlacement, dense_placement, expert_placement
 from hardware.schema import ClusterSpec
 
 from .activations import ACT_BYTES, dispatched_rows_per_rank, distinct_destination_ranks, routed_pairs_per_rank
-from .deepspeed_zero3 import gathered_tensors, gradient_buckets_per_layer, layer_parameter_tensors
+from .deepspeed_zero3 import gather_passes, gather_plan, gradient_buckets_per_layer, layer_parameter_tensors
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -414,24 +414,18 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     per_tensor = stack.per_tensor_collectives and model is not None
     layer_count = np.maximum(layers, 1.0)
     per_layer = layer_count * (parameter_tensors_per_layer(model) if per_tensor else 1)
-    tensors = layer_parameter_tensors(model, plans.tp) if per_tensor else None
     # DeepSpeed's coordinator: the share of the bytes it gathers (persistent tensors stay whole on every
-    # rank), the share of those the backward finds still gathered after a recomputed forward (the
-    # layer's last gathered tensor), and the gradient buckets it all-reduces.
+    # rank) and of those the backward finds still gathered after a recomputed forward.
+    coordinator = gather_plan(model, plans.tp) if per_tensor else None
     gathered_share, kept_share = 1.0, 0.0
     regathered_share = recomputed_share if per_tensor else 0.0
-    if tensors is not None:
-        gathered = gathered_tensors(tensors)
-        gathered_elements = np.where(gathered, tensors, 0.0)
-        last_index = len(tensors) - 1 - np.argmax(gathered[::-1], axis=0)  # the layer's last gathered tensor
-        last = np.take_along_axis(gathered_elements, last_index[None], 0)[0]
-        gathered_share = (gathered_elements.sum(axis=0) / tensors.sum(axis=0))[:, None]
-        kept_share = (last / gathered_elements.sum(axis=0))[:, None]
-        per_layer = layer_count * gathered.sum(axis=0)[:, None]
+    if coordinator is not None:
+        gathered_share, kept_share = coordinator.gathered_share[:, None], coordinator.kept_share[:, None]
+        per_layer = layer_count * coordinator.collectives[:, None]
     # Gradient all-reduces per stage: DeepSpeed's buckets (one a layer where its tensors are not listed),
     # walked once per distinct tp.
     bucket_rate = 1.0
-    if tensors is not None and stack.zero3_gradient_all_reduce:
+    if coordinator is not None and stack.zero3_gradient_all_reduce:
         tp_values, tp_index = np.unique(plans.tp, return_inverse=True)
         bucket_rate = gradient_buckets_per_layer(layer_parameter_tensors(model, tp_values))[tp_index][:, None]
     all_reduce_chunks = np.maximum(1.0, np.round(layer_count * bucket_rate))
@@ -467,7 +461,7 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
         else:
             kept_s = 0.0
         bwd_ag3_s = ag3_s + regathered_share * (ag3_s - kept_s)
-        bwd_ag3_b = ag3_b * (1.0 + regathered_share * (1.0 - kept_share))
+        bwd_ag3_b = ag3_b * (gather_passes(coordinator, regathered_share) - 1.0)
         # ZeRO-3's gradient reduction: a reduce-scatter (with list copies under a per-tensor stack), or
         # flattened buckets all-reduced over the whole group.
         if stack.zero3_gradient_all_reduce:

@@ -28,6 +28,8 @@ v0.4.0, i.e. through Narayanan et al. 2021's Table 2 runs):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .model_spec import ModelSpec
@@ -69,6 +71,64 @@ def layer_parameter_tensors(model: ModelSpec, tp: np.ndarray) -> np.ndarray | No
 def gathered_tensors(tensors: np.ndarray) -> np.ndarray:
     """Which tensors ZeRO-3 gathers (booleans, same shape): those above the persistence threshold."""
     return tensors > PERSISTENCE_THRESHOLD_ELEMENTS
+
+
+@dataclass(frozen=True)
+class GatherPlan:
+    """What DeepSpeed's coordinator gathers of one layer, arrays over plans."""
+
+    collectives: np.ndarray
+    """Gathered tensors per layer: one list all-gather each."""
+    gathered_share: np.ndarray
+    """Share of the layer's parameters in gathered tensors (the persistent ones stay whole)."""
+    kept_share: np.ndarray
+    """Share of the gathered parameters in the layer's last gathered tensor, which a recomputed
+    forward leaves gathered for the backward (reuse distance 0)."""
+
+
+def gather_plan(model: ModelSpec, tp: np.ndarray) -> GatherPlan | None:
+    """:class:`GatherPlan` of each plan's tensor-parallel degree; None where the layer's tensors are not
+    listed (:func:`layer_parameter_tensors`)."""
+    tensors = layer_parameter_tensors(model, tp)
+    if tensors is None:
+        return None
+    gathered = gathered_tensors(tensors)
+    elements = np.where(gathered, tensors, 0.0)
+    last_index = len(tensors) - 1 - np.argmax(gathered[::-1], axis=0)
+    last = np.take_along_axis(elements, last_index[None], 0)[0]
+    return GatherPlan(collectives=gathered.sum(axis=0).astype(float),
+                      gathered_share=elements.sum(axis=0) / tensors.sum(axis=0),
+                      kept_share=last / elements.sum(axis=0))
+
+
+def gather_passes(plan: GatherPlan | None, recomputed_share: np.ndarray | float) -> np.ndarray | float:
+    """Times a micro-batch gathers the layer's gathered bytes: forward and backward, plus for the
+    recomputed share of the layers the recomputed forward, less the tensor the backward finds gathered.
+    (plans, 3) where ``recomputed_share`` is."""
+    kept = 0.0 if plan is None else plan.kept_share[:, None]
+    return 2.0 + recomputed_share * (1.0 - kept)
+
+
+GATHER_COPY_BYTES_PER_ELEMENT = 6.0
+"""HBM bytes per gathered 2-byte element beside the all-gather itself: ``_allgather_param`` allocates the
+full tensor with ``torch.zeros`` (write 2) and PyTorch's ``ProcessGroupNCCL::allgather`` of a list gathers
+into a flat buffer and copies each rank's piece out of it (read 2, write 2)."""
+
+ALL_REDUCE_COPY_BYTES_PER_ELEMENT = 12.0
+"""HBM bytes per 2-byte gradient element around DeepSpeed's bucket all-reduce (``allreduce_bucket``,
+``allreduce_and_copy``): the flatten (read 2, write 2), the pre-divide ``div_`` (read 2, write 2) and
+the copy back into the gradients (read 2, write 2)."""
+
+
+def memory_pass_bytes(plan: GatherPlan | None, layer_params: np.ndarray, recomputed_share: np.ndarray | float,
+                      all_reduce: bool) -> np.ndarray:
+    """HBM bytes per micro-batch of DeepSpeed ZeRO-3's copies around its collectives, per stage
+    (``layer_params``: the stage's parameters, (plans, 3)): the gathers' buffer fills and piece copies
+    (:data:`GATHER_COPY_BYTES_PER_ELEMENT`) and, where gradients are all-reduced, the buckets' flatten,
+    pre-divide and copy back (:data:`ALL_REDUCE_COPY_BYTES_PER_ELEMENT`)."""
+    share = 1.0 if plan is None else plan.gathered_share[:, None]
+    gathers = GATHER_COPY_BYTES_PER_ELEMENT * share * gather_passes(plan, recomputed_share)
+    return layer_params * (gathers + (ALL_REDUCE_COPY_BYTES_PER_ELEMENT if all_reduce else 0.0))
 
 
 def gradient_buckets_per_layer(tensors: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ gradient would take it past 5 x 10^8 elements.
 import numpy as np
 import pytest
 
-from cost_model.deepspeed_zero3 import gathered_tensors, gradient_buckets_per_layer, layer_parameter_tensors
+from cost_model.deepspeed_zero3 import (gather_passes, gather_plan, gathered_tensors, gradient_buckets_per_layer,
+                                       layer_parameter_tensors, memory_pass_bytes)
 from cost_model.model_loader import load_model, model_from_hf
 from cost_model.params import ParameterCounts
 
@@ -52,3 +53,21 @@ def test_gradient_buckets_per_layer_by_hand():
     # Llama 3 8B (2.18e8 a layer): one bucket every 5e8 / 2.18e8 layers, 3 flushes over 7 layers.
     llama = layer_parameter_tensors(load_model("llama3-8b").spec, np.array([1]))
     np.testing.assert_allclose(gradient_buckets_per_layer(llama), [3 / 7])
+
+
+def test_gather_plan_and_copy_bytes_by_hand():
+    """GPT-3 175B layer (h 12,288): 12 h^2 of 12 h^2 + 13 h parameters gathered in 4 tensors, fc2 (4 h^2)
+    the last. Under full recompute a micro-batch gathers 2 + (1 - 1/3) = 2.667 times; each gathered
+    element costs 6 HBM bytes beside the collective (buffer fill 2, piece copy 2 + 2) and each gradient
+    element 12 around the all-reduce (flatten, pre-divide, copy back: 2 + 2 each)."""
+    h = 12288
+    plan = gather_plan(_gpt(h), np.array([1]))
+    np.testing.assert_allclose(plan.collectives, [4])
+    np.testing.assert_allclose(plan.gathered_share, [12 * h**2 / (12 * h**2 + 13 * h)])
+    np.testing.assert_allclose(plan.kept_share, [1 / 3])
+    recomputed = np.array([[1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(gather_passes(plan, recomputed), [[2 + 2 / 3, 2.0, 2.0]])
+    layer = 12 * h**2 + 13 * h
+    bytes_ = memory_pass_bytes(plan, np.array([[96.0 * layer, 0.0, 0.0]]), recomputed, all_reduce=True)
+    assert bytes_[0, 0] == pytest.approx(96 * (6 * 12 * h**2 * (2 + 2 / 3) + 12 * layer))
+    assert bytes_[0, 0] / 1.5e12 == pytest.approx(3.25, rel=0.01)  # 28 B x 174.0e9 parameters: s at 1.5 TB/s
