@@ -47,7 +47,10 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   :mod:`cost_model.stacks`) runs every gather and reduce-scatter on the critical path: DeepSpeed 0.3.x
   ZeRO-3 calls ``torch.cuda.synchronize()`` before each parameter's all-gather
   (``partition_parameters.py`` ``_allgather_param``) and again after each module's fetch
-  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives. A stack with
+  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives; the device-wide
+  synchronisation also waits for the gradient all-reduce running on its reduction stream, and the copies
+  around those collectives (buffer fills, per-rank pieces, bucket flatten and copy back:
+  :func:`cost_model.deepspeed_zero3.memory_pass_bytes` at the HBM's streaming rate) add to them. A stack with
   ``collective_fill_exposed`` (Composer's FSDP1) keeps each per-layer collective's ring latency on the
   critical path although its bandwidth time hides (:attr:`cost_model.stacks.StackSpec.collective_fill_exposed`):
   ZeRO-3 pays two all-gathers' and a reduce-scatter's per layer and micro-batch, ZeRO-2 a reduce-scatter's
