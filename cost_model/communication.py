@@ -34,9 +34,11 @@ Per dimension (Megatron-LM, Narayanan et al. 2021 and Korthikanti et al. 2022):
 How a stack issues the ZeRO-3 collectives matters at scale, where each collective pays the ring's latency
 over all its ranks (:mod:`hardware.collectives`): FSDP and Megatron-FSDP gather a layer's weights as one
 flat buffer (one all-gather, one reduce-scatter per layer); DeepSpeed ZeRO-3 of 2021 gathers every
-parameter tensor on its own through torch.distributed's list collectives
-(:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`), 12 collectives per GPT layer and direction, each followed
-(preceded, for the reduce-scatter) by one copy kernel per rank.
+parameter tensor above its persistence threshold on its own through torch.distributed's list all-gather
+(:attr:`cost_model.stacks.StackSpec.per_tensor_collectives`), the 4 weight matrices of a GPT layer, each
+followed by one host-issued copy per rank; under full recompute it gathers them again for the recomputed
+forward; and it all-reduces the gradients in flattened buckets instead of reduce-scattering them
+(:attr:`cost_model.stacks.StackSpec.zero3_gradient_all_reduce`; :mod:`cost_model.deepspeed_zero3`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from hardware.placement import GroupPlacement, dense_placement, expert_placement
 from hardware.schema import ClusterSpec
 
 from .activations import ACT_BYTES, dispatched_rows_per_rank, distinct_destination_ranks, routed_pairs_per_rank
+from .deepspeed_zero3 import gather_passes, gather_plan, gradient_buckets_per_layer, layer_parameter_tensors
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -349,7 +352,8 @@ class DataParallelComm:
     per_microbatch_fwd_s: np.ndarray
     """Every micro-batch, during the forward pass: ZeRO-3 weight all-gather."""
     per_microbatch_bwd_s: np.ndarray
-    """Every micro-batch, during the backward pass: ZeRO-3 all-gather + reduce-scatter, ZeRO-2 reduce-scatter."""
+    """Every micro-batch, during the backward pass: ZeRO-3 all-gather (again for a recomputed forward under
+    DeepSpeed) + reduce-scatter (or DeepSpeed's all-reduce), ZeRO-2 reduce-scatter."""
     bytes_per_step: np.ndarray
     per_microbatch_fill_s: np.ndarray | float = 0.0
     """Every micro-batch: the ring latency alone of the per-layer collectives above (ZeRO-3: two
@@ -363,7 +367,8 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
                                 dense_params: np.ndarray, expert_params: np.ndarray, layers: np.ndarray,
                                 num_microbatches: np.ndarray, bucket_elements: float,
                                 model: ModelSpec | None = None, copy_kernel_s: float = 0.0,
-                                gather_bytes_per_param: np.ndarray | float = 2.0) -> DataParallelComm:
+                                gather_bytes_per_param: np.ndarray | float = 2.0,
+                                recomputed_share: np.ndarray | float = 0.0) -> DataParallelComm:
     """Data-parallel traffic per stage. Collectives run per bucket (ZeRO-0/1/2: Megatron's 40M-element
     buckets) or per layer (ZeRO-3 gathers and reduces layer by layer, and so does ZeRO-2 under an
     FSDP-style stack, whose flat parameters are the wrapped layers: PyTorch FSDP ``SHARD_GRAD_OP``), so
@@ -383,7 +388,15 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     gradient buffer holds only the shard, with every micro-batch's reduce-scatter.
 
     ``gather_bytes_per_param`` (per plan): bytes of a gathered weight, 2 for bf16, 1 where the weights
-    themselves are per-tensor FP8 (``fp8_param_gather``, :func:`cost_model.memory.gathered_weight_bytes`)."""
+    themselves are per-tensor FP8 (``fp8_param_gather``, :func:`cost_model.memory.gathered_weight_bytes`).
+
+    DeepSpeed's ZeRO-3 coordinator (per-tensor stacks, :mod:`cost_model.deepspeed_zero3`) gathers only
+    the tensors above its persistence threshold, one collective each, and for the ``recomputed_share``
+    of the layers (plans, 3; :func:`cost_model.stages.recomputed_layer_share`) gathers them once more
+    for the recomputed forward, the backward then re-gathering all but the layer's last tensor, which
+    stayed gathered. A stack with ``zero3_gradient_all_reduce`` all-reduces the gradients over the whole
+    group, one flattened bucket at a time (:func:`cost_model.deepspeed_zero3.gradient_buckets_per_layer`),
+    instead of reduce-scattering them."""
     zero = plans.zero_stage[:, None]
     placements = pricer.placements
     groups = ((placements.dp_cp, placements.dp_shard, placements.dp_replica, dense_params),
@@ -397,11 +410,28 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
     m = num_microbatches[:, None].astype(float)
     gather_bytes = np.asarray(gather_bytes_per_param, dtype=float)
     gather_bytes = gather_bytes[:, None] if gather_bytes.ndim == 1 else gather_bytes
-    per_tensor = stack_spec(training.stack).per_tensor_collectives and model is not None
-    per_layer = np.maximum(layers, 1.0) * (parameter_tensors_per_layer(model) if per_tensor else 1)
+    stack = stack_spec(training.stack)
+    per_tensor = stack.per_tensor_collectives and model is not None
+    layer_count = np.maximum(layers, 1.0)
+    per_layer = layer_count * (parameter_tensors_per_layer(model) if per_tensor else 1)
+    # DeepSpeed's coordinator: the share of the bytes it gathers (persistent tensors stay whole on every
+    # rank) and of those the backward finds still gathered after a recomputed forward.
+    coordinator = gather_plan(model, plans.tp) if per_tensor else None
+    gathered_share, kept_share = 1.0, 0.0
+    regathered_share = recomputed_share if per_tensor else 0.0
+    if coordinator is not None:
+        gathered_share, kept_share = coordinator.gathered_share[:, None], coordinator.kept_share[:, None]
+        per_layer = layer_count * coordinator.collectives[:, None]
+    # Gradient all-reduces per stage: DeepSpeed's buckets (one a layer where its tensors are not listed),
+    # walked once per distinct tp.
+    bucket_rate = 1.0
+    if coordinator is not None and stack.zero3_gradient_all_reduce:
+        tp_values, tp_index = np.unique(plans.tp, return_inverse=True)
+        bucket_rate = gradient_buckets_per_layer(layer_parameter_tensors(model, tp_values))[tp_index][:, None]
+    all_reduce_chunks = np.maximum(1.0, np.round(layer_count * bucket_rate))
     # FSDP-style stacks shard by wrapped layer whatever the stage: ZeRO-2 (FSDP SHARD_GRAD_OP) reduce-scatters
     # and gathers one flat parameter per layer, like ZeRO-3, not Megatron's 40M-element buckets.
-    layer_units = stack_spec(training.stack).fsdp_prefetch and not per_tensor
+    layer_units = stack.fsdp_prefetch and not per_tensor
     fill_mb = np.zeros(shape)
     fill_step = np.zeros(shape)
     for whole, shard, replica, params in groups:
@@ -420,18 +450,35 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
         ag_s, ag_b = priced(AG, shard, params * gather_bytes)
         # HSDP: the rank's gradient shard across the replicas (nothing where dp_replicate is 1).
         rep_s, rep_b = priced(AR, replica, params * training.grad_bytes / ranks)
-        if per_tensor:  # the list collectives' per-rank copies (ZeRO-3 only, see above)
-            rs_s, ag_s = rs_s + copies, ag_s + copies
+        # ZeRO-3's gathers: under DeepSpeed's coordinator only the non-persistent tensors, one collective
+        # and one copy kernel per rank each; a recomputed forward gathers the layer again, then the
+        # backward all but its last tensor.
+        ag3_s, ag3_b = priced(AG, shard, params * gathered_share * gather_bytes)
+        ag3_s = ag3_s + copies
+        if per_tensor:
+            kept_s = layer_count * (pricer.time(AG, shard, params * gathered_share * kept_share * gather_bytes / layer_count)
+                                    + np.where(ranks > 1, ranks * copy_kernel_s, 0.0))
+        else:
+            kept_s = 0.0
+        bwd_ag3_s = ag3_s + regathered_share * (ag3_s - kept_s)
+        bwd_ag3_b = ag3_b * (gather_passes(coordinator, regathered_share) - 1.0)
+        # ZeRO-3's gradient reduction: a reduce-scatter (with list copies under a per-tensor stack), or
+        # flattened buckets all-reduced over the whole group.
+        if stack.zero3_gradient_all_reduce:
+            rs3_s = all_reduce_chunks * pricer.time(AR, whole, params * training.grad_bytes / all_reduce_chunks)
+            rs3_b = ar_b
+        else:
+            rs3_s, rs3_b = rs_s + copies, rs_b
         fill_ag = chunks * pricer.fill_latency(AG, shard)[:, None]
         fill_rs = chunks * (pricer.fill_latency(RS, shard) + pricer.fill_latency(AR, replica))[:, None]
         fill_mb += np.select([zero == 2, zero == 3], [fill_rs, 2 * fill_ag + fill_rs], 0.0)
         fill_step += np.where(zero == 2, fill_ag, 0.0)
         grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s + rep_s], 0.0)
         gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
-        fwd += np.where(zero == 3, ag_s, 0.0)
-        bwd += np.select([zero == 2, zero == 3], [rs_s + rep_s, ag_s + rs_s + rep_s], 0.0)
+        fwd += np.where(zero == 3, ag3_s, 0.0)
+        bwd += np.select([zero == 2, zero == 3], [rs_s + rep_s, bwd_ag3_s + rs3_s + rep_s], 0.0)
         sent += np.select([zero == 0, zero == 1, zero == 2, zero == 3],
-                          [ar_b, rs_b + rep_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (2 * ag_b + rs_b + rep_b)])
+                          [ar_b, rs_b + rep_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (ag3_b + bwd_ag3_b + rs3_b + rep_b)])
     return DataParallelComm(grad_sync_s=grad_sync, param_gather_s=gather, per_microbatch_fwd_s=fwd,
                             per_microbatch_bwd_s=bwd, bytes_per_step=sent, per_microbatch_fill_s=fill_mb,
                             per_step_fill_s=fill_step)

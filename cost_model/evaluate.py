@@ -47,7 +47,10 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   :mod:`cost_model.stacks`) runs every gather and reduce-scatter on the critical path: DeepSpeed 0.3.x
   ZeRO-3 calls ``torch.cuda.synchronize()`` before each parameter's all-gather
   (``partition_parameters.py`` ``_allgather_param``) and again after each module's fetch
-  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives. A stack with
+  (``stage3.py`` ``_synchronize_communication``), so no compute runs beside its collectives; the device-wide
+  synchronisation also waits for the gradient all-reduce running on its reduction stream, and the copies
+  around those collectives (buffer fills, per-rank pieces, bucket flatten and copy back:
+  :func:`cost_model.deepspeed_zero3.memory_pass_bytes` at the HBM's streaming rate) add to them. A stack with
   ``collective_fill_exposed`` (Composer's FSDP1) keeps each per-layer collective's ring latency on the
   critical path although its bandwidth time hides (:attr:`cost_model.stacks.StackSpec.collective_fill_exposed`):
   ZeRO-3 pays two all-gathers' and a reduce-scatter's per layer and micro-batch, ZeRO-2 a reduce-scatter's
@@ -83,6 +86,7 @@ from hardware.schema import ClusterSpec
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
                       precision_fix, unsharded_gradient_bytes)
+from .deepspeed_zero3 import gather_plan, memory_pass_bytes
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
@@ -418,8 +422,12 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
 
     dp = data_parallel_communication(training, plans, pricer, params.dense, params.expert, stages.layers, m,
                                      options.grad_bucket_elements, model=model,
-                                     copy_kernel_s=options.kernel_overhead_us * 1e-6,
-                                     gather_bytes_per_param=gathered_weight_bytes(training, plans))
+                                     # ProcessGroupNCCL's per-rank copies after a list all-gather are eager
+                                     # copy_ ops the host issues one by one, and DeepSpeed 0.3.x synchronises
+                                     # the device around every fetch: each costs the host's issue time.
+                                     copy_kernel_s=options.host_kernel_issue_us * 1e-6,
+                                     gather_bytes_per_param=gathered_weight_bytes(training, plans),
+                                     recomputed_share=share)
     compute_fwd = forward
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)
@@ -438,6 +446,10 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
             gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     else:
         grad_prep = 0.0
+    if stack.per_tensor_collectives:  # DeepSpeed ZeRO-3's buffer fills and copies around its collectives
+        sharded = (plans.zero_stage[:, None] >= 3) & ((plans.dp * plans.cp)[:, None] > 1)
+        copies = memory_pass_bytes(gather_plan(model, plans.tp), params.total, share, stack.zero3_gradient_all_reduce)
+        grad_prep = grad_prep + np.where(sharded, copies, 0.0) / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     zero_hidden = np.maximum(0.0, dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s - zero_exposed)
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
     contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden + ep_hidden)

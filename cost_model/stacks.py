@@ -141,7 +141,17 @@ class StackSpec:
     parameter; ``_reduce_scatter_gradient`` calls ``torch.distributed.reduce_scatter(input_list[rank],
     input_list)`` for one gradient (microsoft/DeepSpeed tag v0.3.16). PyTorch's
     ``ProcessGroupNCCL::allgather`` copies each rank's piece out of the flat NCCL buffer: one copy kernel
-    per rank and collective."""
+    per rank and collective. The same coordinator (``stage3.py`` ``PartitionedParameterCoordinator``)
+    never gathers the tensors under ``stage3_param_persistence_threshold`` (norms, biases) and, under
+    full recompute, gathers each layer again for its recomputed forward and again for its backward
+    except the layer's last tensor (:mod:`cost_model.deepspeed_zero3`)."""
+
+    zero3_gradient_all_reduce: bool
+    """Whether ZeRO-3 reduces the gradients with an all-reduce of flattened buckets (twice a
+    reduce-scatter's bytes, each rank then keeping its partition) rather than a reduce-scatter:
+    DeepSpeed ZeRO-3 with its v0.3.13-v0.4.0 default ``contiguous_gradients: false``
+    (``stage3.py`` ``reduce_ipg_grads`` -> ``buffered_reduce_fallback`` -> ``allreduce_bucket``,
+    microsoft/DeepSpeed tag v0.3.16; :mod:`cost_model.deepspeed_zero3`)."""
 
     pipeline_scatter_gather: bool
     """Whether pipeline sends carry 1/tp of the activation from each tensor-parallel rank, all-gathered
@@ -190,7 +200,7 @@ class StackSpec:
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
             "tp_comm_overlap",
             "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep", "overlap_grad_reduce",
-            "fp8_param_gather", "per_tensor_collectives", "pipeline_scatter_gather", "pipeline_stage_buffers",
+            "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
             "tp_backward_overlap", "tp_saves_gathered_input")
 
 

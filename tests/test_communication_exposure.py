@@ -35,34 +35,67 @@ def test_parameter_tensors_per_layer():
     assert parameter_tensors_per_layer(load_model("llama3-8b").spec) == 6
 
 
-def _zero3_forward_gather_s(stack: str, num_gpus: int, layers: int, params: float) -> float:
+def _zero3_comm(stack: str, num_gpus: int, layers: int, params: float, recomputed_share: float = 0.0,
+                copy_s: float = 20e-6):
     cluster = load_cluster(f"a100x{num_gpus}")
     plans = PlanArrays.from_records([dict(tp=1, pp=1, dp=num_gpus, zero_stage=3)])
     options = CostOptions()
     pricer = CommPricer(cluster, place(cluster, plans, options))
-    dp = data_parallel_communication(
+    return data_parallel_communication(
         TrainingSpec(seq_length=2048, global_batch_size=num_gpus, stack=stack, grad_dtype="bf16"), plans, pricer,
         np.array([[params, 0.0, 0.0]]), np.zeros((1, 3)), np.array([[float(layers), 0.0, 0.0]]), np.array([1]),
-        options.grad_bucket_elements, model=GPT3, copy_kernel_s=options.kernel_overhead_us * 1e-6)
-    return float(dp.per_microbatch_fwd_s[0, 0])
+        options.grad_bucket_elements, model=GPT3, copy_kernel_s=copy_s,
+        recomputed_share=np.array([[recomputed_share, 0.0, 0.0]]))
 
 
-def test_deepspeed_zero3_gathers_each_tensor_with_per_rank_copies_by_hand():
+def _zero3_forward_gather_s(stack: str, num_gpus: int, layers: int, params: float) -> float:
+    return float(_zero3_comm(stack, num_gpus, layers, params).per_microbatch_fwd_s[0, 0])
+
+
+H = 12288
+RING_LATENCY_1536_S = 1344 * 2e-6 + 191 * 5e-6  # flat ring over 1,536 ranks: 1,344 NVLink + 191 network steps
+GATHERED_SHARE = 12 * H**2 / (12 * H**2 + 13 * H)  # the four weight matrices of a GPT-3 layer
+
+
+def test_deepspeed_zero3_gathers_each_non_persistent_tensor_with_per_rank_copies_by_hand():
     # 96 GPT-3 layers of 12 h^2 parameters on 1,536 A100 (192 DGX nodes), bf16 weights.
-    layers, params = 96, 96 * 12 * 12288**2
+    layers, params = 96, 96 * 12 * H**2
     topo = load_cluster("a100x1536").topology
     # FSDP-style: one all-gather of a layer's 12 h^2 x 2 bytes per layer.
     per_layer = float(collective_time_s(topo, "all_gather", 1536, 2 * params / layers, 8))
     assert _zero3_forward_gather_s("torchtitan", 1536, layers, params) == pytest.approx(layers * per_layer, rel=1e-9)
-    # DeepSpeed 0.3.x: 12 all-gathers per layer (one per tensor), each paying the ring's latency over
-    # 1,536 ranks (1,344 NVLink steps of 2 us + 191 network steps of 5 us = 3.643 ms) and 1,536 copy
-    # kernels of 4 us; bandwidth is the same bytes.
-    latency = 1344 * 2e-6 + 191 * 5e-6
-    bandwidth = per_layer - latency
-    by_hand = layers * (12 * latency + bandwidth + 12 * 1536 * 4e-6)
+    # DeepSpeed 0.3.x: one all-gather per weight matrix (QKV, output, fc1, fc2), each paying the ring's
+    # latency over 1,536 ranks (3.643 ms) and 1,536 host-issued copies (20 us each here); the norms and
+    # biases (at most 4h = 49,152 elements, under the 100,000-element persistence threshold) are never
+    # gathered, so the bytes are the matrices' share of the layer.
+    bandwidth = float(collective_time_s(topo, "all_gather", 1536, 2 * GATHERED_SHARE * params / layers, 8)) - RING_LATENCY_1536_S
+    by_hand = layers * (4 * RING_LATENCY_1536_S + bandwidth + 4 * 1536 * 20e-6)
     got = _zero3_forward_gather_s("deepspeed-zero3", 1536, layers, params)
     assert got == pytest.approx(by_hand, rel=1e-9)
-    assert got == pytest.approx(13.20, rel=0.01)  # 4.20 s latency + 1.92 s bandwidth + 7.08 s copies
+    assert got == pytest.approx(15.12, rel=0.01)  # 1.40 s latency + 1.92 s bandwidth + 11.80 s copies
+
+
+def test_deepspeed_zero3_recomputed_layer_gathers_again_and_all_reduces_gradients_by_hand():
+    """DeepSpeed 0.3.x under full recompute: the recomputed forward gathers the four matrices again and
+    the backward all but fc2 (4 h^2 of the 12 h^2), which stayed gathered; the gradients go out as
+    flattened buckets all-reduced over all 1,536 ranks, 5 per GPT-3 layer (fc2; fc1's bias; fc1; norm 2
+    with the output projection and QKV's bias; QKV with norm 1 and the next fc2 bias,
+    :func:`cost_model.deepspeed_zero3.gradient_buckets_per_layer`), not reduce-scattered."""
+    layers, params = 96, 96 * 12 * H**2
+    topo = load_cluster("a100x1536").topology
+    plain = _zero3_comm("deepspeed-zero3", 1536, layers, params)
+    recomputed = _zero3_comm("deepspeed-zero3", 1536, layers, params, recomputed_share=1.0)
+    one_pass = float(plain.per_microbatch_fwd_s[0, 0])
+    fc2 = layers * (float(collective_time_s(topo, "all_gather", 1536, 2 * 4 * H**2 * params / (12 * H**2 + 13 * H) / layers, 8))
+                    + 1536 * 20e-6)
+    np.testing.assert_allclose(recomputed.per_microbatch_bwd_s[0, 0] - plain.per_microbatch_bwd_s[0, 0], one_pass - fc2,
+                               rtol=1e-9)
+    buckets = 5 * layers
+    all_reduce = buckets * float(collective_time_s(topo, "all_reduce", 1536, 2 * params / buckets, 8))
+    np.testing.assert_allclose(plain.per_microbatch_bwd_s[0, 0] - one_pass, all_reduce, rtol=1e-9)
+    # twice a reduce-scatter's bytes: 2 x 12 h^2 x 2 bytes x 1535/1536 per layer
+    assert float(plain.bytes_per_step[0, 0]) == pytest.approx(
+        2 * 2 * GATHERED_SHARE * params * 1535 / 1536 + 2 * 2 * params * 1535 / 1536, rel=1e-9)
 
 
 def test_deepspeed_zero3_gather_time_grows_with_ranks_at_fixed_bytes():

@@ -207,11 +207,18 @@ def _csv_rows():
 
 
 CSV_ROWS = _csv_rows()
-OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 1.8 GiB of model states apart; "
-                       "the model puts them at 83.6 and 85.3 GiB. DeepSpeed 0.3.16 gathers per parameter tensor "
-                       "(stage3.py fetch_sub_module), not per layer as priced (-9.4 GiB), but its non-flash attention "
-                       "backward holds more s x s gradients than the layer's saved set (+1..3 GiB): the pair sits "
-                       "inside the model's uncertainty on ZeRO-3's transient buffers"}
+OPEN = {"sc21_t2-004": "530B ZeRO-3 on 640 GPUs at micro-batch 4 ran, 560 did not: 1.76 GiB of model states apart "
+                       "(16 B x 529.6e9 / 640 vs / 560), so the rest must be known to +-0.9 GiB to separate them; "
+                       "the model puts them at 83.6 and 85.3 GiB. Read from DeepSpeed v0.3.16 stage3.py with its "
+                       "ZeRO-3 defaults, the two gathered layers priced (18.75 GiB) become at most 2.1e9 gathered "
+                       "elements (output projection + prefetched fc1, 3.9 GiB; prefetch only while fewer than "
+                       "stage3_max_live_parameters 1e9 are live), but contiguous_gradients false keeps the whole fp16 "
+                       "gradients of the bucket being reduced and the next (2 x 3.1 GiB) beside the reduction "
+                       "stream's flattened copy (3.1 GiB), and the tied embedding's LM-head gradient waits in "
+                       "autograd for the input embedding's (1.95 GiB): 15.2 GiB, i.e. 80.0 and 81.8 GiB, still not "
+                       "separated, while the allocator's cache alone (0.26 x the 15.3 GiB layer working set, fitted "
+                       "on torchtitan with expandable segments) is 4.0 GiB and the Table 2 DeepSpeed config is "
+                       "unpublished"}
 # mbridge-155 (Llama 3 70B NVFP4 on 64 GB300, printed TP1 PP1 MBS 2 under DDP: 382 GiB of 278.5) is no longer
 # open: its recipe runs TP1 PP4 VP5 MBS 1 (training_runs.ERRATA), which fits.
 
