@@ -31,7 +31,9 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
   GEMM's own operand bytes; rows padded to the tensor cores' smallest block, so a MoE expert with few
   tokens costs a whole block: why MoE prefill wants large token batches; decode-sized GEMMs split K to
-  fill the SMs, :func:`split_k`); ``attention``: the attention kernels' FLOPs at the training model's
+  fill the SMs, :func:`split_k`), each layer part at its own MMA precision
+  (:func:`cost_model.serving.rules.part_gemm_precision`: a quantized checkpoint's unquantized parts in BF16,
+  MXFP4 experts with MXFP8 activations on FP4 tensor cores); ``attention``: the attention kernels' FLOPs at the training model's
   flash rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
@@ -95,7 +97,7 @@ from .memory import layer_weights, part_weight_bytes
 from .options import ServingOptions, fitted_gpu
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
 from .queueing import moe_max_load_factor
-from .rules import weight_precision_mode
+from .rules import part_gemm_precision, weight_precision_mode
 
 AMPERE_MMA_ROWS = 16
 """Row block of a tensor-core GEMM on GPUs before Hopper (no FP8 tensor cores): Ampere's ``mma.sync``
@@ -223,6 +225,13 @@ class InstancePricing:
         codes = instances.weight_precision
         self._gemm_flops_per_s = np.array([p.gemm_flops_per_s for p in pricers])[codes]
         self._in_bytes = np.array([p.in_bytes for p in pricers])[codes]
+        # Each layer part's GEMMs at its own MMA precision (rules.part_gemm_precision): (rate, operand bytes).
+        self._part_rates = {}
+        for part in QUANTIZABLE_PARTS:
+            part_pricers = [self._weight_pricer(model, gpu, code, name, options, part)
+                            for code, name in enumerate(WEIGHT_PRECISIONS)]
+            self._part_rates[part] = (np.array([p.gemm_flops_per_s for p in part_pricers])[codes],
+                                      np.array([p.in_bytes for p in part_pricers])[codes])
         self._pricer = pricers[0]
         self._head_pricer = _Pricer.for_precision(gpu, "bf16", options.cost)  # LM head and router stay BF16
         self.hbm_bytes_per_s = self._pricer.hbm_bytes_per_s
@@ -245,18 +254,28 @@ class InstancePricing:
 
     # --- helpers ------------------------------------------------------------------------------
     @staticmethod
-    def _weight_pricer(model: ModelSpec, gpu, code: int, name: str, options: ServingOptions) -> _Pricer:
-        """GEMM pricing of weights in precision ``name``: on the GPU's own tensor cores where it has them;
+    def _weight_pricer(model: ModelSpec, gpu, code: int, name: str, options: ServingOptions,
+                       part: str | None = None) -> _Pricer:
+        """GEMM pricing of weights in precision ``name`` (of one layer ``part`` when given: its MMA precision is
+        :func:`cost_model.serving.rules.part_gemm_precision`'s, its operands its stored bytes): on the GPU's own
+        tensor cores where it has them;
         weight-only where it has not (:func:`cost_model.serving.rules.weight_precision_mode`): the weights
         stream at their stored bytes (the GEMM's operand reads: the stored format's bytes per weight, as
         :func:`cost_model.serving.memory.part_weight_bytes` counts them), the MMAs run at the BF16 rate, slowed
         by :data:`WEIGHT_ONLY_DEQUANT_OVERHEAD` for the dequantization (visible only where the GEMM is
         compute bound: a decode GEMM streams its weights and hides it). The activation operand is read at the
         same bytes: exact for the weights that dominate decode, an undercount only for compute-bound GEMMs."""
+        if part is not None:
+            compute = part_gemm_precision(model, gpu, name, part)
+            if compute != name:  # a BF16 part of a quantized checkpoint, or MXFP4 weights with MXFP8 activations
+                pricer = _Pricer.for_precision(gpu, compute, options.cost)
+                pricer.in_bytes = float(part_weight_bytes(model, [code], part)[0])
+                return pricer
         if weight_precision_mode(gpu, name) != "weight_only":
             return _Pricer.for_precision(gpu, name, options.cost)
         pricer = _Pricer.for_precision(gpu, "bf16", options.cost)
-        stored = min(float(part_weight_bytes(model, [code], part)[0]) for part in QUANTIZABLE_PARTS)
+        parts = QUANTIZABLE_PARTS if part is None else (part,)
+        stored = min(float(part_weight_bytes(model, [code], p)[0]) for p in parts)
         pricer.gemm_flops_per_s = pricer.gemm_flops_per_s / (1.0 + WEIGHT_ONLY_DEQUANT_OVERHEAD)
         pricer.in_bytes = stored
         return pricer
@@ -302,10 +321,12 @@ class InstancePricing:
 
         return arrays, col
 
-    def _pricer_for(self, col):
+    def _pricer_for(self, col, part: str):
+        """The pricer of one layer part's GEMMs, its rate and operand bytes per instance."""
         pricer = copy.copy(self._pricer)
-        pricer.gemm_flops_per_s = col(self._gemm_flops_per_s)
-        pricer.in_bytes = col(self._in_bytes)
+        rate, in_bytes = self._part_rates[part]
+        pricer.gemm_flops_per_s = col(rate)
+        pricer.in_bytes = col(in_bytes)
         return pricer
 
     def _layer_gemms(self, tokens, col, absorbed: bool):
@@ -314,7 +335,7 @@ class InstancePricing:
         absorption, a fused MoE kernel over the touched experts) is one kernel: one kernel overhead, not
         one per group."""
         m, inst = self.model, self.instances
-        p = self._pricer_for(col)
+        p = self._pricer_for(col, "attention")
         h = m.hidden_size
         tp = col(inst.tp)
         heads = m.num_attention_heads / tp
@@ -369,15 +390,17 @@ class InstancePricing:
         dense = attention
         if m.num_dense_layers:
             width = m.ffn_hidden_size / tp
-            dense = dense + gemm(p, tokens, fc1 * width, h, parts=("dense",)) \
-                + gemm(p, tokens, h, width, parts=("dense",))
+            pd = self._pricer_for(col, "dense_mlp")
+            dense = dense + gemm(pd, tokens, fc1 * width, h, parts=("dense",)) \
+                + gemm(pd, tokens, h, width, parts=("dense",))
         moe = attention
         expert_bytes = 0.0
         if m.is_moe:
             moe = moe + gemm(self._head_pricer, tokens, m.num_experts, h, parts=("moe",))      # router
             if m.shared_expert_ffn_hidden_size:
                 width = m.shared_expert_ffn_hidden_size / tp
-                moe = moe + gemm(p, tokens, fc1 * width, h, parts=("moe",)) + gemm(p, tokens, h, width, parts=("moe",))
+                ps = self._pricer_for(col, "shared_experts")
+                moe = moe + gemm(ps, tokens, fc1 * width, h, parts=("moe",)) + gemm(ps, tokens, h, width, parts=("moe",))
             ep = col(np.maximum(inst.ep, 1))
             # The busiest EP rank sets the layer: it receives as many pairs as f x the instance's tokens would
             # give a mean rank, and touches the experts they would (module docstring).
@@ -386,8 +409,9 @@ class InstancePricing:
             pairs = busiest * m.experts_per_token / ep           # token-expert pairs on the busiest EP rank
             per_expert = np.where(touched > 0, pairs / np.maximum(touched, 1e-12), 0.0)
             width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
-            moe = moe + gemm(p, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
-                + gemm(p, per_expert, h, width, count=touched, parts=("moe",))
+            pe = self._pricer_for(col, "experts")
+            moe = moe + gemm(pe, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
+                + gemm(pe, per_expert, h, width, count=touched, parts=("moe",))
             expert_bytes = touched * col(self.weights.expert_bytes)
         return dense, moe, expert_bytes, flops
 
