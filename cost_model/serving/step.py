@@ -88,7 +88,7 @@ import numpy as np
 from hardware.collectives import Collective, CollectiveCost
 from hardware.schema import ClusterSpec
 
-from ..activations import ACT_BYTES
+from ..activations import ACT_BYTES, GEMM_INPUT_BYTES
 from ..compute import _Pricer, flash_forward_rate
 from ..host import ATTENTION, EXPERT_GROUPED_GEMMS, MLA_ATTENTION, MLP, MOE_FIXED
 from ..model_spec import QUANTIZABLE_PARTS, ModelSpec
@@ -126,6 +126,14 @@ FP16 at prefill batches of 1,024 and more, where it recomputes each weight's deq
 
 HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
+
+MOE_PERMUTE_ROW_READS = 2
+"""BF16 rows of the hidden size a fused MoE reads per (token, expert) pair outside its GEMMs: the permute
+reads the token's row to copy it into the pair's slot, the finalize reads the pair's second-GEMM output to
+scale and sum it into the token's row (TensorRT-LLM's CUTLASS MoE runner,
+``cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu``: ``expandInputRowsKernel`` "duplicate
+some rows in the input matrix", ``finalizeMoeRoutingKernel`` "k-way reduction and unpermuting"; vLLM's fused
+MoE permutes and unpermutes the same way). See :meth:`InstancePricing._moe_elementwise_bytes`."""
 
 
 @dataclass
@@ -232,6 +240,12 @@ class InstancePricing:
                             for code, name in enumerate(WEIGHT_PRECISIONS)]
             self._part_rates[part] = (np.array([p.gemm_flops_per_s for p in part_pricers])[codes],
                                       np.array([p.in_bytes for p in part_pricers])[codes])
+        # Bytes per element of the experts' GEMM inputs (the permuted rows and the second GEMM's input): the
+        # MMA precision's, BF16 where the weights run weight-only (BF16 activations).
+        act = [GEMM_INPUT_BYTES["bf16" if weight_precision_mode(gpu, name) == "weight_only"
+                                else part_gemm_precision(model, gpu, name, "experts")]
+               for name in WEIGHT_PRECISIONS]
+        self._expert_input_bytes = np.array(act)[codes]
         self._pricer = pricers[0]
         self._head_pricer = _Pricer.for_precision(gpu, "bf16", options.cost)  # LM head and router stay BF16
         self.hbm_bytes_per_s = self._pricer.hbm_bytes_per_s
@@ -415,6 +429,34 @@ class InstancePricing:
             expert_bytes = touched * col(self.weights.expert_bytes)
         return dense, moe, expert_bytes, flops
 
+    def _moe_elementwise_bytes(self, tokens, col) -> np.ndarray:
+        """HBM bytes one MoE layer's permute, activation and finalize kernels move on the busiest EP rank at
+        ``tokens`` per attention rank (0 for a dense model).
+
+        A fused MoE runs, between and around its two grouped GEMMs, memory-bound kernels over every (token,
+        expert) pair it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, the activation
+        kernel, ``finalizeMoeRoutingKernel``): per pair it writes the permuted input row in the GEMM input
+        precision (h x q), reads the first GEMM's output (fc1 x w in BF16: gate and up) and writes the
+        activation in the second GEMM's input precision (w x q), reads BF16 rows of h
+        :data:`MOE_PERMUTE_ROW_READS` times (the token's row for the permute, the second GEMM's output for the
+        finalize) and writes each token's summed row once (h / k per pair). w is the expert width per
+        ``moe_tp`` rank. The GEMMs' own operands are the GEMM pricer's. These kernels run
+        one after another with the GEMMs, so their time adds to the step's kernel chain (per-kernel roofline,
+        :meth:`_attention_kernel_s`): a top-8 model (Qwen3, DeepSeek) moves ~25-40 KB a pair against a
+        top-1 one's handful per token."""
+        m, inst = self.model, self.instances
+        if not m.is_moe:
+            return np.zeros_like(np.asarray(tokens, dtype=np.float64))
+        ep = col(np.maximum(inst.ep, 1))
+        pairs = self._busiest_rank_tokens(tokens, col) * m.experts_per_token / ep
+        width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
+        fc1 = 2 if m.gated_mlp else 1
+        q = col(self._expert_input_bytes)
+        h = m.hidden_size
+        per_pair = (MOE_PERMUTE_ROW_READS + 1.0 / m.experts_per_token) * h * ACT_BYTES + h * q \
+            + fc1 * width * ACT_BYTES + width * q
+        return pairs * per_pair
+
     def _imbalance(self, tokens, col) -> np.ndarray:
         """Busiest EP rank's routed pairs over the mean at ``tokens`` per attention rank (1 without EP)."""
         inst = self.instances
@@ -469,9 +511,10 @@ class InstancePricing:
         """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
         rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm");
         ``requests``: the attention rank's requests in the step, each costing the host
-        :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the fixed time of the step's kernels
-        that are not GEMMs (:meth:`_non_gemm_kernels_per_pass`), which the GPU spends one after another with its
-        GEMMs and attention."""
+        :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the time of the step's kernels that
+        are neither GEMMs nor attention, their fixed time (:meth:`_non_gemm_kernels_per_pass`) and the MoE
+        permute/activation/finalize traffic (:meth:`_moe_elementwise_bytes`), which the GPU spends one after
+        another with its GEMMs and attention."""
         overhead_s = (self.options.step_overhead_us + self.options.step_overhead_per_request_us * requests) * 1e-6
         roof_s = np.maximum(hbm_s, gemm_s + attention_s + fixed_s)
         gpu_s = roof_s + tp_comm_s + ep_comm_s + pp_s
@@ -567,7 +610,9 @@ class InstancePricing:
         gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
         gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
         window, sliding = m.sliding_window or 0, m.num_sliding_window_layers
-        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s
+        moe_elementwise_s = m.num_moe_layers * self._moe_elementwise_bytes(tokens, col) / self.hbm_bytes_per_s
+        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s \
+            + moe_elementwise_s
         # Each of the verify tokens attends to the context (and the drafted tokens before it).
         pairs_full = tokens * (context + (verify - 1) / 2)
         pairs_sliding = tokens * np.minimum(context + (verify - 1) / 2, window) if sliding else 0.0
@@ -580,7 +625,8 @@ class InstancePricing:
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_flops_s
         # A decode graph is captured per batch of requests (each verifying its k + 1 tokens).
         return self._assemble(self._launch_s(col, requests), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
-                              ep_comm_s, pp_s, gemm_flops, requests=batch, fixed_s=col(self.fixed_kernels_s))
+                              ep_comm_s, pp_s, gemm_flops, requests=batch,
+                              fixed_s=col(self.fixed_kernels_s) + moe_elementwise_s)
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -597,7 +643,9 @@ class InstancePricing:
         gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
         gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
         window, sliding = m.sliding_window or 0, m.num_sliding_window_layers
-        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s
+        moe_elementwise_s = m.num_moe_layers * self._moe_elementwise_bytes(tokens, col) / self.hbm_bytes_per_s
+        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s \
+            + moe_elementwise_s
         pairs_full = tokens * (context + chunk / 2)
         pairs_sliding = tokens * np.minimum(context + chunk / 2, window) if sliding else 0.0
         # The training model's flash rate: a call over a request's chunk, each query attending to the cached
@@ -610,7 +658,7 @@ class InstancePricing:
         # A prefill step of a pipeline runs its chunk through every stage in turn.
         return self._assemble(self._launch_s(col, tokens), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
                               ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests),
-                              fixed_s=col(self.fixed_kernels_s))
+                              fixed_s=col(self.fixed_kernels_s) + moe_elementwise_s)
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
