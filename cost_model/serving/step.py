@@ -127,13 +127,14 @@ FP16 at prefill batches of 1,024 and more, where it recomputes each weight's deq
 HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
 
-MOE_PERMUTE_ROW_READS = 2
+MOE_PERMUTE_ROW_READS = 1
 """BF16 rows of the hidden size a fused MoE reads per (token, expert) pair outside its GEMMs: the permute
-reads the token's row to copy it into the pair's slot, the finalize reads the pair's second-GEMM output to
-scale and sum it into the token's row (TensorRT-LLM's CUTLASS MoE runner,
-``cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu``: ``expandInputRowsKernel`` "duplicate
-some rows in the input matrix", ``finalizeMoeRoutingKernel`` "k-way reduction and unpermuting"; vLLM's fused
-MoE permutes and unpermutes the same way). See :meth:`InstancePricing._moe_elementwise_bytes`."""
+reads the token's row to copy it, quantized, into the pair's slot (TensorRT-LLM's CUTLASS MoE runner,
+``cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu``: ``expandInputRowsKernel``, "we will have
+to duplicate some rows in the input matrix"; vLLM's fused MoE permutes the same way). The unpermute-and-sum
+(``finalizeMoeRoutingKernel``) runs in the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion``
+False: "FC2+finalize kernel fusion in CUTLASS MoE backend", ``tensorrt_llm/llmapi/llm_args.py``), so it reads
+nothing more. See :meth:`InstancePricing._moe_elementwise_bytes`."""
 
 
 @dataclass
@@ -430,20 +431,18 @@ class InstancePricing:
         return dense, moe, expert_bytes, flops
 
     def _moe_elementwise_bytes(self, tokens, col) -> np.ndarray:
-        """HBM bytes one MoE layer's permute, activation and finalize kernels move on the busiest EP rank at
-        ``tokens`` per attention rank (0 for a dense model).
+        """HBM bytes one MoE layer's permute and activation kernels move on the busiest EP rank at ``tokens``
+        per attention rank (0 for a dense model).
 
-        A fused MoE runs, between and around its two grouped GEMMs, memory-bound kernels over every (token,
-        expert) pair it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, the activation
-        kernel, ``finalizeMoeRoutingKernel``): per pair it writes the permuted input row in the GEMM input
-        precision (h x q), reads the first GEMM's output (fc1 x w in BF16: gate and up) and writes the
-        activation in the second GEMM's input precision (w x q), reads BF16 rows of h
-        :data:`MOE_PERMUTE_ROW_READS` times (the token's row for the permute, the second GEMM's output for the
-        finalize) and writes each token's summed row once (h / k per pair). w is the expert width per
-        ``moe_tp`` rank. The GEMMs' own operands are the GEMM pricer's. These kernels run
+        A fused MoE runs, between its two grouped GEMMs, memory-bound kernels over every (token, expert) pair
+        it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, then the activation kernel):
+        per pair the permute reads the token's BF16 row (:data:`MOE_PERMUTE_ROW_READS`) and writes it in the
+        GEMM input precision (h x q), and the activation reads the first GEMM's output (fc1 x w in BF16: gate
+        and up) and writes the second GEMM's input (w x q); the finalize is fused into the second GEMM. w is
+        the expert width per ``moe_tp`` rank; the GEMMs' own operands are the GEMM pricer's. These kernels run
         one after another with the GEMMs, so their time adds to the step's kernel chain (per-kernel roofline,
-        :meth:`_attention_kernel_s`): a top-8 model (Qwen3, DeepSeek) moves ~25-40 KB a pair against a
-        top-1 one's handful per token."""
+        :meth:`_attention_kernel_s`): a top-8 model (Qwen3-235B: 17.5 KB a pair at NVFP4) moves 8 pairs a
+        token, a top-1 model (Llama 4) one."""
         m, inst = self.model, self.instances
         if not m.is_moe:
             return np.zeros_like(np.asarray(tokens, dtype=np.float64))
@@ -453,8 +452,7 @@ class InstancePricing:
         fc1 = 2 if m.gated_mlp else 1
         q = col(self._expert_input_bytes)
         h = m.hidden_size
-        per_pair = (MOE_PERMUTE_ROW_READS + 1.0 / m.experts_per_token) * h * ACT_BYTES + h * q \
-            + fc1 * width * ACT_BYTES + width * q
+        per_pair = MOE_PERMUTE_ROW_READS * h * ACT_BYTES + h * q + fc1 * width * ACT_BYTES + width * q
         return pairs * per_pair
 
     def _imbalance(self, tokens, col) -> np.ndarray:
@@ -513,7 +511,7 @@ class InstancePricing:
         ``requests``: the attention rank's requests in the step, each costing the host
         :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the time of the step's kernels that
         are neither GEMMs nor attention, their fixed time (:meth:`_non_gemm_kernels_per_pass`) and the MoE
-        permute/activation/finalize traffic (:meth:`_moe_elementwise_bytes`), which the GPU spends one after
+        permute and activation traffic (:meth:`_moe_elementwise_bytes`), which the GPU spends one after
         another with its GEMMs and attention."""
         overhead_s = (self.options.step_overhead_us + self.options.step_overhead_per_request_us * requests) * 1e-6
         roof_s = np.maximum(hbm_s, gemm_s + attention_s + fixed_s)
