@@ -56,26 +56,10 @@ def test_a_splitwise_configuration_collapses_to_the_median_of_its_repeats(table)
 
 def test_unpublished_moe_expert_parallelism_is_left_open(table):
     runs, _ = table
-    # trtllm_v10 prints only TP for MoE runs: EP 0 = price EP 1 and EP = the ranks. Its MoE llm_options enable
-    # attention DP, so 'TP8' is eight attention-DP ranks (MOE_ATTENTION_DP), as the later page's DEP8.
+    # trtllm_v10 prints only TP for MoE runs: EP 0 = price EP 1 and EP = TP.
     run = next(r for r in runs if r.source_group == "trtllm_v10" and r.model == "qwen3-235b-a22b" and r.gpu == "h200-sxm")
-    assert run.layout["tp"] == 1 and run.layout["attn_dp"] == 8 and run.layout["ep"] == 0
-    assert run.gpus_per_instance == 8 and run.layout_text == "DEP8"
+    assert run.layout["tp"] == 8 and run.layout["ep"] == 0
     assert any("EP not published" in a for a in run.assumptions)
-    assert any("attention DP over the 8 TP ranks" in a for a in run.assumptions)
-    # A dense run of the same page keeps its TP; a TP1 MoE run has no ranks to spread.
-    dense = next(r for r in runs if r.source_group == "trtllm_v10" and r.model == "llama3-405b" and r.gpu == "h200-sxm")
-    assert dense.layout["tp"] == 8 and dense.layout["attn_dp"] == 1
-    scout = next(r for r in runs if r.source_group == "trtllm_v10" and r.model == "qwen3-30b-a3b")
-    assert scout.layout["tp"] == 1 and scout.layout["attn_dp"] == 1
-
-
-def test_only_the_deepseek_options_balance_attention_dp(table):
-    runs, _ = table
-    # The later page's DeepSeek R1 llm_options set attention_dp_config.enable_balance; Qwen3, Llama 4 and
-    # GPT-OSS do not.
-    balanced = {(r.source_group, r.model) for r in runs if r.attention_dp_balance}
-    assert balanced == {("trtllm_new", "deepseek-v3")}
 
 
 def test_gpt_oss_runs_its_mxfp4_checkpoint_on_every_gpu(table):

@@ -364,35 +364,3 @@ def test_kv_reserved_to_completion_holds_whole_requests(llama):
     assert reserved.max_decode_batch[0] == math.floor(pool / 9216)
     assert reserved.max_decode_batch[0] / paged.max_decode_batch[0] == pytest.approx(5120 / 9216, abs=0.01)
     assert reserved.max_load_output_tokens_per_s_per_gpu[0] < paged.max_load_output_tokens_per_s_per_gpu[0]
-
-
-def test_attention_dp_ranks_wait_for_the_busiest_ranks_prefill():
-    # Qwen3-235B on 4 B200 as DEP4 (attention DP 4, EP 4), 1,000/1,000 fixed lengths. A step of the four ranks
-    # lasts as long as the one with the most new prompts: at B requests a rank, B / 999 prompts a step each,
-    # Poisson, the step carries E[max of 4] / mean of the mean prefill; at B = 512 that is
-    # 1.2660 / 0.5125 = 2.470 (queueing.max_of_poisson_mean). Aligned admissions (TensorRT-LLM ADP balance)
-    # carry the mean, and a one-rank instance (TP4) is untouched by the flag.
-    from cost_model.serving.evaluate import _lengths, _lockstep_prefill_factor
-    from cost_model.serving.options import ServingOptions
-
-    model = load_model("qwen3-235b-a22b").spec
-    b200 = load_cluster("b200x8")
-    dep = InstanceArrays.from_columns({"tp": [1, 4], "attn_dp": [4, 1], "ep": [4, 4], "moe_tp": [1, 1],
-                                       "weight_precision": "fp4", "kv_dtype": "fp8", "max_num_seqs": 512,
-                                       "max_num_batched_tokens": 8192})
-    lengths = _lengths(_fixed(1000, 1000))
-    factor = _lockstep_prefill_factor(dep, np.array([[512.0], [512.0]]), lengths, balanced=False)
-    assert factor[0, 0] == pytest.approx(q_max(512 / 999, 4) / (512 / 999), rel=1e-9)
-    assert factor[0, 0] == pytest.approx(2.470, abs=0.001) and factor[1, 0] == 1.0
-    assert np.all(_lockstep_prefill_factor(dep, np.array([[512.0], [512.0]]), lengths, balanced=True) == 1.0)
-    plans = ServingPlanArrays.aggregated(dep, 1)
-    free = evaluate_serving(model, b200, _fixed(1000, 1000), plans)
-    aligned = evaluate_serving(model, b200, _fixed(1000, 1000), plans, ServingOptions(attention_dp_balance=True))
-    assert free.max_load_output_tokens_per_s_per_gpu[0] < aligned.max_load_output_tokens_per_s_per_gpu[0]
-    assert free.max_load_output_tokens_per_s_per_gpu[1] == aligned.max_load_output_tokens_per_s_per_gpu[1]
-
-
-def q_max(mean, count):
-    from cost_model.serving.queueing import max_of_poisson_mean
-
-    return float(max_of_poisson_mean(mean, count))

@@ -109,20 +109,3 @@ def test_closed_loop_mean_value_analysis_by_hand():
     assert closed_loop_wait(0.4, 0.5, 1.0)[1] == pytest.approx(0.0, abs=1e-12)
     assert closed_loop_wait(1.0, 0.5, 1e6)[1] == pytest.approx(0.5 * 0.5 / 0.5, rel=1e-4)
     assert np.isinf(closed_loop_wait(2.0, 0.5, 3.0)[0])
-
-
-def test_max_of_poisson_mean_by_hand():
-    # Two ranks, Poisson(0.5) prompts a step each: F(0) = e^-0.5 = 0.60653, F(1) = 1.5 e^-0.5 = 0.90980,
-    # F(2) = 0.98561, F(3) = 0.99825; E[max] = (1 - 0.60653^2) + (1 - 0.90980^2) + (1 - 0.98561^2)
-    # + (1 - 0.99825^2) + ... = 0.63212 + 0.17227 + 0.02856 + 0.00350 + 0.00034 + ... = 0.83684.
-    assert q.max_of_poisson_mean(0.5, 2) == pytest.approx(0.83684, abs=1e-5)
-    assert q.max_of_poisson_mean(0.5, 1) == pytest.approx(0.5)
-    # Rare admissions: the busiest of n ranks carries about n times the mean (one rank at a time);
-    # E[max of 4] at mu = 0.01 is 1 - (e^-0.01)^4 + ... = 0.03941.
-    assert q.max_of_poisson_mean(0.01, 4) / 0.01 == pytest.approx(3.941, abs=1e-3)
-    # Many a step: the normal limit mu + sqrt(mu) Phi^-1((n - 0.375)/(n + 0.25)); for n = 2 the normal's
-    # E[max] is 1/sqrt(pi) = 0.5642, Blom gives Phi^-1(1.625 / 2.25 = 0.72222) = 0.5894; continuous at mu = 50.
-    assert q.max_of_poisson_mean(400.0, 2) == pytest.approx(400.0 + 20.0 * 0.5894, rel=1e-4)
-    below, above = q.max_of_poisson_mean([49.99, 50.01], 8)
-    assert above == pytest.approx(below, rel=0.01)
-    assert q.max_of_poisson_mean(0.0, 8) == 0.0

@@ -87,9 +87,6 @@ class ServingRun:
     overlap_scheduler: bool = False
     """The engine prepares the next step on the CPU while the GPU runs this one
     (:attr:`cost_model.serving.options.ServingOptions.overlap_scheduler`)."""
-    attention_dp_balance: bool = False
-    """The engine aligns its attention-DP ranks' admissions
-    (:attr:`cost_model.serving.options.ServingOptions.attention_dp_balance`)."""
     kv_reserved_to_completion: bool = False
     """The engine reserves each request's KV to completion before admitting it
     (:attr:`cost_model.serving.options.ServingOptions.kv_reserved_to_completion`)."""
@@ -173,14 +170,6 @@ SERVED_AS_STORED: dict[str, tuple[str, str]] = {
 }
 """Rows whose ``weight_precision`` text is replaced by the checkpoint's stored format, and why."""
 
-ATTENTION_DP_BALANCED: dict[tuple[str, str], str] = {
-    # (source_group, model_hf_id): why the run aligned its attention-DP ranks' admissions.
-    ("trtllm_new", "deepseek-ai/DeepSeek-R1-0528"): "the page's DeepSeek R1 llm_options set attention_dp_config "
-        "enable_balance: true (batching_wait_iters 0, timeout_iters 60); its Qwen3, Llama 4 and GPT-OSS options "
-        "do not (NVIDIA/TensorRT-LLM docs/source/developer-guide/perf-overview.md @03e27c7d)",
-}
-"""Runs whose engine waits for every attention-DP rank to have a context before admitting (the rest: not)."""
-
 KV_DTYPES: dict[str, str | None] = {
     # kv_cache_dtype text: KV dtype, or None = depends on the GPU (below)
     "fp8": "fp8",
@@ -258,27 +247,12 @@ def _kv_dtypes(row: dict[str, str], gpu: str, precision: str, assumptions: list[
     return ("bf16", "fp8")
 
 
-MOE_ATTENTION_DP: dict[str, str] = {
-    # source_group: why its MoE runs with TP > 1 ran attention data-parallel over the TP ranks.
-    "trtllm_v10": "the v1.0 page's 'For MoE models' llm_options.yml sets enable_attention_dp: true (printed "
-                  "indented under cuda_graph_config, where CudaGraphConfig, a StrictBaseModel with extra='forbid' "
-                  "in tensorrt_llm/llmapi/llm_args.py, would refuse it: the runs that printed numbers had it at "
-                  "the top level) (NVIDIA/TensorRT-LLM docs/source/performance/perf-overview.md @00f37686, "
-                  "'Running the Benchmark'); --tp N with attention DP runs attention on N data-parallel ranks, "
-                  "the layout the later page prints as DEP",
-}
-"""Sources whose MoE ``tp`` column is an attention-DP degree (the table prints TP; the commands add attention DP)."""
-
-
 def _layout(row: dict[str, str], moe: bool, assumptions: list[str]) -> dict[str, int]:
     tp = _int(row["tp"])
     if tp is None:
         raise _Skip("tp not published (layout of this MLPerf system not printed)")
     pp = _int(row["pp"]) or 1
     attn_dp = _int(row["attn_dp"]) or 1
-    if moe and tp > 1 and attn_dp == 1 and row["source_group"] in MOE_ATTENTION_DP:
-        attn_dp, tp = tp, 1
-        assumptions.append(f"attention DP over the {attn_dp} TP ranks (MOE_ATTENTION_DP)")
     ep = _int(row["ep"])
     if ep is None:
         if moe and tp * attn_dp > 1:
@@ -365,9 +339,6 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
         assumptions.append("overlap scheduler on (TensorRT-LLM PyTorch backend default)")
     # Its default capacity scheduler, GUARANTEED_NO_EVICT, which the perf pages' llm_options do not change.
     kv_reserved = overlap_scheduler
-    balanced = (row["source_group"], row["model_hf_id"]) in ATTENTION_DP_BALANCED
-    if balanced and layout["attn_dp"] > 1:
-        assumptions.append("attention-DP admissions aligned (ATTENTION_DP_BALANCED)")
     if kv_reserved:
         assumptions.append("KV reserved to completion (TensorRT-LLM GUARANTEED_NO_EVICT capacity scheduler default)")
     if row["source_group"] == "splitwise_profile":
@@ -380,7 +351,6 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
                 isl=_float(row["isl"]), osl=_float(row["osl"]), batch=batch,
                 request_rate_per_s=_float(row["request_rate_per_s"]), workload=workload, cuda_graphs=cuda_graphs,
                 overlap_scheduler=overlap_scheduler, kv_reserved_to_completion=kv_reserved,
-                attention_dp_balance=balanced,
                 measured=_measured(row, kind), is_moe=moe, assumptions=tuple(assumptions))
 
 

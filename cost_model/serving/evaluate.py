@@ -458,28 +458,11 @@ def _mixed_extra_s(decode: _DecodeTable, table: _PrefillTable, chunk: np.ndarray
     return np.where(chunk > 0, np.maximum(after - decode.t_dec, 0.0), 0.0)
 
 
-def _lockstep_prefill_factor(instances: InstanceArrays, batch: np.ndarray, lengths: _Lengths,
-                             balanced: bool) -> np.ndarray:
-    """How many times its mean prefill a step of an attention-DP instance carries (N, K): the busiest of its
-    ``attn_dp`` ranks' prompts over the mean, E[max of n Poisson(mu)] / mu with mu = B / n_dec prompts a
-    step a rank (:func:`cost_model.serving.queueing.max_of_poisson_mean`); 1 with one rank or when the engine
-    aligns the ranks' admissions (:attr:`ServingOptions.attention_dp_balance`)."""
-    ranks = instances.attn_dp.astype(np.float64)[:, None]
-    if balanced:
-        return np.ones(np.broadcast(ranks, batch).shape)
-    mean = np.maximum(batch, 1e-9) / max(lengths.decode_steps, 1e-9)
-    return np.where(ranks > 1, q.max_of_poisson_mean(mean, ranks) / mean, 1.0)
-
-
-def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths,
-                     balanced: bool = False) -> _Grid:
+def _aggregated_grid(decode: _DecodeTable, table: _PrefillTable, instances: InstanceArrays, lengths: _Lengths) -> _Grid:
     batch, t_dec = decode.batch, decode.t_dec
     budget = instances.max_num_batched_tokens.astype(np.float64)[:, None]
     chunk = np.maximum(budget - np.maximum(batch, 1.0) * (lengths.draft_tokens + 1), 0.0)
-    # The attention-DP ranks step together: a step waits for the rank with the most prompts (queueing
-    # module docstring, attention-DP lockstep).
-    delta = _mixed_extra_s(decode, table, chunk, lengths) * _lockstep_prefill_factor(instances, batch, lengths,
-                                                                                     balanced)
+    delta = _mixed_extra_s(decode, table, chunk, lengths)
 
     def riding(c: np.ndarray) -> np.ndarray:
         """A step of the grid's decode batch carrying a chunk of ``c`` prompt tokens."""
@@ -697,7 +680,7 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
     batch_max_u, _ = _largest_batch(model, mem_d_u, unique_d, lengths, options)
     decode_table = _DecodeTable(pricing_d, batch_max_u, lengths).take(inv_d)
     batch_max, kv_binds = _largest_batch(model, mem_d, plans.decode, lengths, options)
-    grid_agg = _aggregated_grid(decode_table, table_d, plans.decode, lengths, options.attention_dp_balance)
+    grid_agg = _aggregated_grid(decode_table, table_d, plans.decode, lengths)
     grid_dec = _decode_only_grid(decode_table, lengths) if disagg_any else grid_agg
 
     # KV transfer of disaggregated plans: NVLink when the whole plan sits in one scale-up domain.

@@ -139,15 +139,6 @@ class ServingOptions:
     what an engine that allocates pages as tokens arrive and preempts when full (vLLM, SGLang) keeps.
     False, the paged-on-demand default."""
 
-    attention_dp_balance: bool = False
-    """Whether an attention-DP engine admits new requests on all its ranks in the same step (TensorRT-LLM
-    ``attention_dp_config.enable_balance``: it "waits up to timeout_iters iterations until all other ranks
-    have context tasks", tech blog 10 "ADP Balance Strategy"). Without it each rank admits on its own and a
-    step waits for the rank with the most prompts
-    (:func:`cost_model.serving.queueing.max_of_poisson_mean`); with it the ranks' prefills coincide. False,
-    TensorRT-LLM's default (``AttentionDpConfig.enable_balance = False``), as SGLang's DP attention has no
-    such wait."""
-
     graph_launch_us: float = 30.0
     """Host time to launch one captured CUDA graph of a decode step (``cudaGraphLaunch`` of ~10^3 nodes,
     plus copying the step's inputs into the static buffers). With graphs the GPU's time, not the host's,

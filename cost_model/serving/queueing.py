@@ -43,20 +43,6 @@ What each function computes and where its formula comes from:
   m = T k assignments Multinomial(m, 1/ep) on the ranks; the expected busiest rank holds about
   m/ep + sqrt(2 (m/ep)(1 - 1/ep) ln ep) (Raab & Steger, "Balls into Bins - A Simple and Tight Analysis",
   RANDOM 1998, Theorem 1, case m >> n log n; the (1 - 1/ep) is the binomial variance), at most all m.
-* Attention-DP lockstep: the attention-DP ranks of one instance run every step together (each MoE layer
-  exchanges their tokens), so a step lasts as long as its busiest rank ("the iteration time is dominated by
-  the slowest rank", time_i = max_m time_{i,m}: TensorRT-LLM tech blog 10, "ADP Balance Strategy",
-  ``docs/source/blogs/tech_blog/blog10_ADP_Balance_Strategy.md``, section "Mathematical Modeling"). A rank
-  that admits new requests prefills them in that step while the others only decode. With admissions
-  independent across the n ranks, N_m ~ Poisson(mu) prompts a step each (mu = the mean: B / n_dec in steady
-  state, as many start as finish), the step carries the prefill of max_m N_m prompts, not mu:
-  E[max] = sum_{k >= 1} (1 - F(k - 1)^n), F the Poisson CDF (order statistics: David & Nagaraja, "Order
-  Statistics", 3rd ed. 2003, eq. 2.1.1 for the CDF of the maximum, F^n), which tends to n mu for rare
-  admissions (the blog's round-robin baseline: one rank's context at a time, "total execution time
-  time(ctx) x N") and to mu for many per step; for mu > 50 the normal limit mu + sqrt(mu) E[max of n
-  standard normals] (Blom's approximation Phi^-1((n - 0.375) / (n + 0.25))). An engine that waits until
-  every rank has a context to admit (the blog's ADP balance, ``attention_dp_config.enable_balance``) aligns
-  them: mu.
 * Prefix caching: a hit rate h leaves (1 - h) of the prompt to compute (vLLM automatic prefix caching;
   SGLang RadixAttention, Zheng et al. 2024); the cached tokens still occupy KV cache.
 """
@@ -208,27 +194,3 @@ def moe_max_load_factor(tokens: Any, top_k: Any, ep: Any) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = 1.0 + np.sqrt(2.0 * np.log(np.maximum(e, 1.0)) * (1.0 - 1.0 / np.maximum(e, 1.0)) / mu)
     return np.where(e > 1, np.minimum(np.where(mu > 0, factor, e), e), 1.0)
-
-
-POISSON_EXACT_MAX_MEAN = 50.0
-"""Largest Poisson mean :func:`max_of_poisson_mean` sums exactly; above it the normal limit is within 1%."""
-
-
-def max_of_poisson_mean(mean: Any, count: Any) -> np.ndarray:
-    """E[max of ``count`` iid Poisson(``mean``)] (module docstring, attention-DP lockstep): the sum of
-    1 - F(k - 1)^n over k >= 1, F the Poisson CDF, exactly up to :data:`POISSON_EXACT_MAX_MEAN`; above it
-    mean + sqrt(mean) Phi^-1((n - 0.375) / (n + 0.25)). ``mean`` for count 1; 0 for mean 0."""
-    m, n = np.broadcast_arrays(_f(mean), np.maximum(_f(count), 1.0))
-    m = np.maximum(m, 0.0)
-    small = np.minimum(m, POISSON_EXACT_MAX_MEAN)
-    terms = int(POISSON_EXACT_MAX_MEAN + 12.0 * np.sqrt(POISSON_EXACT_MAX_MEAN) + 20.0)
-    pmf = np.exp(-small)
-    cdf = pmf.copy()
-    exact = np.zeros_like(small)
-    for k in range(1, terms + 1):
-        exact = exact + (1.0 - cdf ** n)        # P(max >= k) = 1 - F(k - 1)^n
-        pmf = pmf * small / k
-        cdf = np.minimum(cdf + pmf, 1.0)
-    z = np.asarray(_phi_inv((n - 0.375) / (n + 0.25)), dtype=np.float64)
-    normal = m + np.sqrt(m) * z
-    return np.where(n <= 1.0, m, np.where(m <= POISSON_EXACT_MAX_MEAN, exact, normal))
