@@ -62,6 +62,28 @@ def test_unpublished_moe_expert_parallelism_is_left_open(table):
     assert any("EP not published" in a for a in run.assumptions)
 
 
+def test_gpt_oss_runs_its_mxfp4_checkpoint_on_every_gpu(table):
+    runs, _ = table
+    # The perf page's H200 'TP1 (FP8)' column of GPT-OSS-120B: no GPT-OSS FP8 checkpoint is listed, and the
+    # GPT-OSS llm_options run the MoE on Triton on Hopper: the released MXFP4 weights, priced as fp4 (weight-only
+    # on Hopper), with the 'auto' (BF16) KV the page gives Hopper.
+    oss = [r for r in runs if r.model.startswith("gpt-oss")]
+    assert oss and all(r.weight_precision == "fp4" for r in oss)
+    h200 = next(r for r in oss if r.model == "gpt-oss-120b" and r.gpu == "h200-sxm")
+    assert h200.kv_dtypes == ("bf16",) and any("read as 'fp4'" in a for a in h200.assumptions)
+
+
+def test_trtllm_pytorch_rows_reserve_kv_to_completion(table):
+    runs, _ = table
+    # TensorRT-LLM's default GUARANTEED_NO_EVICT capacity scheduler on the PyTorch-backend perf pages; the
+    # Splitwise profile (static batches) and MLPerf's harness are not marked.
+    by_source = {}
+    for r in runs:
+        by_source.setdefault(r.source_group, set()).add(r.kv_reserved_to_completion)
+    assert by_source["trtllm_new"] == {True} and by_source["trtllm_v10"] == {True}
+    assert by_source["splitwise_profile"] == {False} and by_source["mlperf_v41"] == {False}
+
+
 def test_mlperf_offline_takes_the_layout_of_the_same_systems_server_run(table):
     runs, _ = table
     offline = next(r for r in runs if r.id == "mlperf_v41-0001")  # DGX-H100 Offline, llama2-70b-99.9

@@ -344,3 +344,23 @@ def test_max_load_is_the_largest_sustainable_batch_whatever_the_slo(llama):
     step_s = 1.0 / free.max_load_tokens_per_s_per_user[0]
     expected = 64 / (999 * step_s) * 1000 / 8
     assert free.max_load_output_tokens_per_s_per_gpu[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_kv_reserved_to_completion_holds_whole_requests(llama):
+    # Llama 3 70B FP8 on 2 H100 (TP2, FP8 KV), 1,024-token prompts and 8,192-token answers, KV-bound. An engine
+    # that pages KV on demand holds requests of the mean context, 1,024 + 8,192 / 2 = 5,120 tokens; TensorRT-LLM's
+    # GUARANTEED_NO_EVICT reserves each to completion, 1,024 + 8,192 = 9,216 tokens: 5,120 / 9,216 = 0.556 of
+    # the batch (each count floored to whole requests of whole 16-token pages: 320 and 576 pages).
+    from cost_model.serving.options import ServingOptions
+
+    h100 = load_cluster("h100x8")
+    plans = ServingPlanArrays.aggregated(_instances([2], weight_precision="fp8", kv_dtype="fp8", max_num_seqs=4096), 1)
+    paged = evaluate_serving(llama, h100, _fixed(1024, 8192), plans)
+    reserved = evaluate_serving(llama, h100, _fixed(1024, 8192), plans,
+                                ServingOptions(kv_reserved_to_completion=True))
+    assert paged.kv_capacity_tokens[0] == reserved.kv_capacity_tokens[0]
+    pool = paged.kv_capacity_tokens[0]
+    assert paged.max_decode_batch[0] == math.floor(pool / 5120)
+    assert reserved.max_decode_batch[0] == math.floor(pool / 9216)
+    assert reserved.max_decode_batch[0] / paged.max_decode_batch[0] == pytest.approx(5120 / 9216, abs=0.01)
+    assert reserved.max_load_output_tokens_per_s_per_gpu[0] < paged.max_load_output_tokens_per_s_per_gpu[0]

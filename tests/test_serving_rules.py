@@ -46,9 +46,11 @@ def test_fp8_kv_cache_still_needs_fp8():
 
 
 def test_weight_only_fp4_on_hopper_streams_fp4_bytes_and_computes_at_bf16():
-    # GPT-OSS-120B (TP1 on one H100): FP4 weights are NVFP4 bytes in HBM (0.5625 B a weight), read at those
-    # bytes at decode; the GEMMs run at the BF16 rate plus the dequantization, so a compute-bound prefill of
-    # 8,192 tokens costs ~1.1 x BF16's GEMMs while native FP8 halves them.
+    # GPT-OSS-120B (TP1 on one H100): its MXFP4 experts stay 4-bit in HBM, read at those bytes at decode; their
+    # GEMMs run at the BF16 rate plus the dequantization and the attention the checkpoint keeps in BF16 runs as
+    # BF16, so a compute-bound prefill of 8,192 tokens costs between 1.05 and 1.1 x BF16's GEMMs while native
+    # FP8 halves them. (No total-decode ordering against FP8: the fp4 instance reads its attention in BF16, the
+    # fp8 one quantizes it on load.)
     model = load_model("gpt-oss-120b").spec
     cluster = load_cluster("h100x8")
     instances = _instances(tp=[1, 1, 1], weight_precision=[WEIGHT_PRECISIONS.index(p) for p in ("bf16", "fp8", "fp4")])
@@ -57,7 +59,6 @@ def test_weight_only_fp4_on_hopper_streams_fp4_bytes_and_computes_at_bf16():
     pricing = price_instances(model, cluster, instances)
     decode = pricing.decode_step(np.ones(3), np.full(3, 1000.0))
     assert decode.hbm_s[2] < decode.hbm_s[1] < decode.hbm_s[0]
-    assert decode.total_s[2] <= decode.total_s[1]
     prefill = pricing.prefill(np.full(3, 8192.0))
     ratio = prefill.gemm_s[2] / prefill.gemm_s[0]
     assert 1.0 + 0.5 * WEIGHT_ONLY_DEQUANT_OVERHEAD < ratio < 1.0 + WEIGHT_ONLY_DEQUANT_OVERHEAD + 1e-9
@@ -76,3 +77,32 @@ def test_dense_models_have_no_ep_group_on_the_nic():
     moe = nic_groups(cluster, moe_plans, load_model("deepseek-v3").spec)
     np.testing.assert_array_equal(moe["tp"], [True, False])
     np.testing.assert_array_equal(moe["attn_dp_x_ep"], [True, True])
+
+
+def test_part_gemm_precision_follows_the_checkpoint_and_mxfp4_activations():
+    # GPT-OSS ships MXFP4 experts and BF16 attention (config.json modules_to_not_convert). Served as fp4 on
+    # B200 the experts run MXFP4 x MXFP8 (TensorRT-LLM's GPT-OSS support matrix): the FP8 rate; the attention
+    # stays BF16. On H100 (no FP4 tensor cores) the experts are weight-only fp4. Quantized on load to fp8,
+    # every part is FP8. A BF16 checkpoint (Llama 3 70B) served fp4 runs NVFP4 on every part.
+    from cost_model.serving.rules import part_gemm_precision
+
+    oss, llama = load_model("gpt-oss-120b").spec, load_model("llama3-70b").spec
+    b200, h100 = load_cluster("b200x8").gpu, load_cluster("h100x8").gpu
+    assert part_gemm_precision(oss, b200, "fp4", "experts") == "fp8"
+    assert part_gemm_precision(oss, b200, "fp4", "attention") == "bf16"
+    assert part_gemm_precision(oss, h100, "fp4", "experts") == "fp4"
+    assert part_gemm_precision(oss, h100, "fp4", "attention") == "bf16"
+    assert part_gemm_precision(oss, h100, "fp8", "attention") == "fp8"
+    assert part_gemm_precision(oss, b200, "bf16", "experts") == "bf16"
+    assert part_gemm_precision(llama, b200, "fp4", "attention") == "fp4"
+
+
+def test_mxfp4_experts_compute_at_the_fp8_rate_on_blackwell():
+    # GPT-OSS-120B TP1 on one B200, a compute-bound prefill of 8,192 tokens: as fp4 its experts run at the FP8
+    # rate (MXFP8 activations) and its attention at BF16, so its GEMMs cost more than the fp8 instance's (FP8
+    # everywhere) and less than the BF16 one's; a native NVFP4 pricing of the experts would have undercut fp8.
+    model = load_model("gpt-oss-120b").spec
+    cluster = load_cluster("b200x8")
+    instances = _instances(tp=[1, 1, 1], weight_precision=[WEIGHT_PRECISIONS.index(p) for p in ("bf16", "fp8", "fp4")])
+    prefill = price_instances(model, cluster, instances).prefill(np.full(3, 8192.0))
+    assert prefill.gemm_s[1] < prefill.gemm_s[2] < prefill.gemm_s[0]

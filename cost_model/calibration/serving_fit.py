@@ -246,7 +246,8 @@ def predict(run: ServingRun, values: dict[str, float]) -> dict[str, Any]:
 
     prepared = prepare(run)
     # the family departures travel in the options, as the product reads them; the engine's scheduler is the run's
-    options = options_at(values).with_changes(overlap_scheduler=run.overlap_scheduler)
+    options = options_at(values).with_changes(overlap_scheduler=run.overlap_scheduler,
+                                              kv_reserved_to_completion=run.kv_reserved_to_completion)
     cluster = prepared.cluster
     out: dict[str, Any] = {}
     if run.kind == "static_batch":

@@ -87,6 +87,9 @@ class ServingRun:
     overlap_scheduler: bool = False
     """The engine prepares the next step on the CPU while the GPU runs this one
     (:attr:`cost_model.serving.options.ServingOptions.overlap_scheduler`)."""
+    kv_reserved_to_completion: bool = False
+    """The engine reserves each request's KV to completion before admitting it
+    (:attr:`cost_model.serving.options.ServingOptions.kv_reserved_to_completion`)."""
     measured: dict[str, float] = field(default_factory=dict)
     """Median over the repeats of each quantity of :data:`QUANTITIES` the source publishes."""
     is_moe: bool = False
@@ -155,6 +158,18 @@ UNPRICED_GPUS = {
 PRECISIONS = {"fp8": "fp8", "fp4": "fp4"}
 """weight_precision texts; blank is read per source (:func:`_precision`)."""
 
+SERVED_AS_STORED: dict[str, tuple[str, str]] = {
+    # model_hf_id: (weight precision, why). Checkpoints whose own quantized format is what every column ran.
+    "openai/gpt-oss-120b": ("fp4", "GPT-OSS runs its released MXFP4 checkpoint on every GPU: the perf page's FP8 "
+                            "and FP4 model lists (NVIDIA/TensorRT-LLM docs/source/developer-guide/perf-overview.md "
+                            "@03e27c7d, 'FP4 Models' / 'FP8 Models') do not name it, and its GPT-OSS llm_options "
+                            "run the MoE on the TRITON backend on Hopper ('moe_config: backend: CUTLASS  # Hopper: "
+                            "use TRITON'), Triton's MXFP4 kernels with BF16 activations; the column's '(FP8)' "
+                            "labels the GPU's table, not a GPT-OSS FP8 checkpoint"),
+    "openai/gpt-oss-20b": ("fp4", "as openai/gpt-oss-120b"),
+}
+"""Rows whose ``weight_precision`` text is replaced by the checkpoint's stored format, and why."""
+
 KV_DTYPES: dict[str, str | None] = {
     # kv_cache_dtype text: KV dtype, or None = depends on the GPU (below)
     "fp8": "fp8",
@@ -202,6 +217,12 @@ def _gpu(row: dict[str, str]) -> str:
 
 def _precision(row: dict[str, str], assumptions: list[str]) -> str:
     text = row["weight_precision"].strip()
+    stored = SERVED_AS_STORED.get(row["model_hf_id"])
+    if stored is not None:
+        if text != stored[0]:
+            assumptions.append(f"weight_precision {text!r} read as {stored[0]!r}: the checkpoint's own MXFP4 "
+                               "(SERVED_AS_STORED)")
+        return stored[0]
     if text in PRECISIONS:
         return PRECISIONS[text]
     if not text and row["source_group"] == "splitwise_profile":
@@ -316,6 +337,10 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
     overlap_scheduler = row["other_settings"].startswith("PyTorch backend")
     if overlap_scheduler:
         assumptions.append("overlap scheduler on (TensorRT-LLM PyTorch backend default)")
+    # Its default capacity scheduler, GUARANTEED_NO_EVICT, which the perf pages' llm_options do not change.
+    kv_reserved = overlap_scheduler
+    if kv_reserved:
+        assumptions.append("KV reserved to completion (TensorRT-LLM GUARANTEED_NO_EVICT capacity scheduler default)")
     if row["source_group"] == "splitwise_profile":
         cuda_graphs = False
         assumptions.append("eager decode steps (the profile names no framework; 2023 serving stacks ran decode "
@@ -325,7 +350,7 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
                 kv_dtypes=_kv_dtypes(row, gpu, precision, assumptions), replicas=replicas,
                 isl=_float(row["isl"]), osl=_float(row["osl"]), batch=batch,
                 request_rate_per_s=_float(row["request_rate_per_s"]), workload=workload, cuda_graphs=cuda_graphs,
-                overlap_scheduler=overlap_scheduler,
+                overlap_scheduler=overlap_scheduler, kv_reserved_to_completion=kv_reserved,
                 measured=_measured(row, kind), is_moe=moe, assumptions=tuple(assumptions))
 
 

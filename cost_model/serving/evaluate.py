@@ -403,7 +403,10 @@ def _largest_batch(model: ModelSpec, memory: ServingMemory, instances: InstanceA
     The pool holds whole requests of the mean context, each in whole pages, sliding-window layers only up to
     their window (:func:`cost_model.serving.memory.kv_requests_per_rank`): dividing the pool's tokens by the
     context would charge every layer the whole context, half the requests for GPT-OSS at 32K."""
-    kv_limited = kv_requests_per_rank(model, instances, memory, max(lengths.context_mean, 1.0), options)
+    # An engine that reserves each request to completion (ServingOptions.kv_reserved_to_completion) holds
+    # its whole input + output from admission on.
+    held = lengths.input_mean + lengths.output_mean if options.kv_reserved_to_completion else lengths.context_mean
+    kv_limited = kv_requests_per_rank(model, instances, memory, max(held, 1.0), options)
     return np.minimum(instances.max_num_seqs.astype(np.float64), kv_limited), kv_limited < instances.max_num_seqs
 
 

@@ -128,6 +128,17 @@ class ServingOptions:
     ``disable_overlap_scheduler`` False), as does SGLang since v0.4 (zero-overhead batch scheduler, LMSYS blog
     2024-12-04); vLLM before its optional async scheduling does not: False, the conservative default."""
 
+    kv_reserved_to_completion: bool = False
+    """Whether the engine admits a request only when the KV pool can hold it to completion, its prompt plus
+    its maximum output, and reserves that much while it runs: TensorRT-LLM's default capacity scheduler
+    ``GUARANTEED_NO_EVICT`` ("Useful Runtime Options", nvidia.github.io/TensorRT-LLM: "GUARANTEED_NO_EVICT
+    (default) ... guarantee that a started request is never paused"; NVIDIA's Dynamo mocker of that policy,
+    ``dynamo-mocker`` ``src/scheduler/trtllm/policy.rs``: needed blocks = ceil((prompt_len +
+    max_output_tokens) / block_size) minus those held). The KV-bound decode batch is then the pool over whole
+    requests (input + output), not over the mean context of a request halfway through its output, which is
+    what an engine that allocates pages as tokens arrive and preempts when full (vLLM, SGLang) keeps.
+    False, the paged-on-demand default."""
+
     graph_launch_us: float = 30.0
     """Host time to launch one captured CUDA graph of a decode step (``cudaGraphLaunch`` of ~10^3 nodes,
     plus copying the step's inputs into the static buffers). With graphs the GPU's time, not the host's,

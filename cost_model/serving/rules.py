@@ -17,7 +17,7 @@ import numpy as np
 
 from hardware.schema import ClusterSpec
 
-from ..model_spec import ModelSpec
+from ..model_spec import CHECKPOINT_FORMAT_PRECISION, ModelSpec
 from .plan import KV_DTYPES, WEIGHT_PRECISIONS, InstanceArrays, ServingPlanArrays
 
 SERVING_RULES: dict[str, str] = {
@@ -75,6 +75,34 @@ def weight_precision_mode(gpu: Any, precision: str) -> str:
     if precision in native and gpu_family(gpu) in WEIGHT_ONLY_FAMILIES:
         return "weight_only"
     return "unsupported"
+
+
+MXFP4_ACTIVATION_PRECISION = "fp8"
+"""MMA precision of MXFP4 weights on a GPU with FP4 tensor cores: the activations are quantized to MXFP8, not
+FP4 (W4A8). TensorRT-LLM's GPT-OSS deployment guide ("MoE Backend Support Matrix": B200/GB200/B300/GB300,
+activation type MXFP8, MoE weights type MXFP4, for both its TRTLLM and CUTLASS MoE backends); vLLM's Blackwell
+MXFP4 path runs FlashInfer's ``mxfp4 x mxfp8`` MoE kernels (``vllm/model_executor/layers/quantization/mxfp4.py``).
+An MXFP4 checkpoint's GEMMs thus run at the FP8 tensor-core rate, half the FP4 one."""
+
+
+def part_gemm_precision(model: ModelSpec, gpu: Any, precision: str, part: str) -> str:
+    """Precision whose tensor-core rate one layer ``part`` (:data:`cost_model.model_spec.QUANTIZABLE_PARTS`)
+    computes at when the instance serves its weights in ``precision``.
+
+    * A quantized checkpoint served in its own kind (GPT-OSS's MXFP4 served as fp4) keeps the parts it did not
+      quantize in BF16 (its ``modules_to_not_convert``: GPT-OSS's attention): they load and run as BF16 GEMMs,
+      as :func:`cost_model.serving.memory.part_weight_bytes` stores them.
+    * MXFP4 parts on FP4 tensor cores run with MXFP8 activations (:data:`MXFP4_ACTIVATION_PRECISION`).
+    * Otherwise the instance's precision (weight-only on a GPU without its tensor cores:
+      :func:`weight_precision_mode`)."""
+    stored = model.checkpoint_weight_format
+    if precision == "bf16" or not stored or CHECKPOINT_FORMAT_PRECISION[stored] != precision:
+        return precision
+    if model.checkpoint_quantized_parts and part not in model.checkpoint_quantized_parts:
+        return "bf16"
+    if stored == "mxfp4" and weight_precision_mode(gpu, precision) == "native":
+        return MXFP4_ACTIVATION_PRECISION
+    return precision
 
 
 def kv_dtype_supported(gpu: Any, kv_dtype: str) -> bool:

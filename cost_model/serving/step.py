@@ -31,7 +31,9 @@ Decode (per step, ``b`` running requests per attention rank, each with ``c`` tok
   model's roofline (:class:`cost_model.compute._Pricer`: wave quantization, per-kernel overhead, the
   GEMM's own operand bytes; rows padded to the tensor cores' smallest block, so a MoE expert with few
   tokens costs a whole block: why MoE prefill wants large token batches; decode-sized GEMMs split K to
-  fill the SMs, :func:`split_k`); ``attention``: the attention kernels' FLOPs at the training model's
+  fill the SMs, :func:`split_k`), each layer part at its own MMA precision
+  (:func:`cost_model.serving.rules.part_gemm_precision`: a quantized checkpoint's unquantized parts in BF16,
+  MXFP4 experts with MXFP8 activations on FP4 tensor cores); ``attention``: the attention kernels' FLOPs at the training model's
   flash rate (:func:`cost_model.compute.flash_forward_rate`: head dim, kernel length, causal diagonal).
   ``max(hbm, gemm + attention)`` is the roofline of the whole step: it can neither stream faster than HBM
   nor compute faster than its kernels.
@@ -86,7 +88,7 @@ import numpy as np
 from hardware.collectives import Collective, CollectiveCost
 from hardware.schema import ClusterSpec
 
-from ..activations import ACT_BYTES
+from ..activations import ACT_BYTES, GEMM_INPUT_BYTES
 from ..compute import _Pricer, flash_forward_rate
 from ..host import ATTENTION, EXPERT_GROUPED_GEMMS, MLA_ATTENTION, MLP, MOE_FIXED
 from ..model_spec import QUANTIZABLE_PARTS, ModelSpec
@@ -95,7 +97,7 @@ from .memory import layer_weights, part_weight_bytes
 from .options import ServingOptions, fitted_gpu
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
 from .queueing import moe_max_load_factor
-from .rules import weight_precision_mode
+from .rules import part_gemm_precision, weight_precision_mode
 
 AMPERE_MMA_ROWS = 16
 """Row block of a tensor-core GEMM on GPUs before Hopper (no FP8 tensor cores): Ampere's ``mma.sync``
@@ -124,6 +126,15 @@ FP16 at prefill batches of 1,024 and more, where it recomputes each weight's deq
 
 HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
+
+MOE_PERMUTE_ROW_READS = 1
+"""BF16 rows of the hidden size a fused MoE reads per (token, expert) pair outside its GEMMs: the permute
+reads the token's row to copy it, quantized, into the pair's slot (TensorRT-LLM's CUTLASS MoE runner,
+``cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu``: ``expandInputRowsKernel``, "we will have
+to duplicate some rows in the input matrix"; vLLM's fused MoE permutes the same way). The unpermute-and-sum
+(``finalizeMoeRoutingKernel``) runs in the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion``
+False: "FC2+finalize kernel fusion in CUTLASS MoE backend", ``tensorrt_llm/llmapi/llm_args.py``), so it reads
+nothing more. See :meth:`InstancePricing._moe_elementwise_bytes`."""
 
 
 @dataclass
@@ -223,6 +234,19 @@ class InstancePricing:
         codes = instances.weight_precision
         self._gemm_flops_per_s = np.array([p.gemm_flops_per_s for p in pricers])[codes]
         self._in_bytes = np.array([p.in_bytes for p in pricers])[codes]
+        # Each layer part's GEMMs at its own MMA precision (rules.part_gemm_precision): (rate, operand bytes).
+        self._part_rates = {}
+        for part in QUANTIZABLE_PARTS:
+            part_pricers = [self._weight_pricer(model, gpu, code, name, options, part)
+                            for code, name in enumerate(WEIGHT_PRECISIONS)]
+            self._part_rates[part] = (np.array([p.gemm_flops_per_s for p in part_pricers])[codes],
+                                      np.array([p.in_bytes for p in part_pricers])[codes])
+        # Bytes per element of the experts' GEMM inputs (the permuted rows and the second GEMM's input): the
+        # MMA precision's, BF16 where the weights run weight-only (BF16 activations).
+        act = [GEMM_INPUT_BYTES["bf16" if weight_precision_mode(gpu, name) == "weight_only"
+                                else part_gemm_precision(model, gpu, name, "experts")]
+               for name in WEIGHT_PRECISIONS]
+        self._expert_input_bytes = np.array(act)[codes]
         self._pricer = pricers[0]
         self._head_pricer = _Pricer.for_precision(gpu, "bf16", options.cost)  # LM head and router stay BF16
         self.hbm_bytes_per_s = self._pricer.hbm_bytes_per_s
@@ -245,18 +269,28 @@ class InstancePricing:
 
     # --- helpers ------------------------------------------------------------------------------
     @staticmethod
-    def _weight_pricer(model: ModelSpec, gpu, code: int, name: str, options: ServingOptions) -> _Pricer:
-        """GEMM pricing of weights in precision ``name``: on the GPU's own tensor cores where it has them;
+    def _weight_pricer(model: ModelSpec, gpu, code: int, name: str, options: ServingOptions,
+                       part: str | None = None) -> _Pricer:
+        """GEMM pricing of weights in precision ``name`` (of one layer ``part`` when given: its MMA precision is
+        :func:`cost_model.serving.rules.part_gemm_precision`'s, its operands its stored bytes): on the GPU's own
+        tensor cores where it has them;
         weight-only where it has not (:func:`cost_model.serving.rules.weight_precision_mode`): the weights
         stream at their stored bytes (the GEMM's operand reads: the stored format's bytes per weight, as
         :func:`cost_model.serving.memory.part_weight_bytes` counts them), the MMAs run at the BF16 rate, slowed
         by :data:`WEIGHT_ONLY_DEQUANT_OVERHEAD` for the dequantization (visible only where the GEMM is
         compute bound: a decode GEMM streams its weights and hides it). The activation operand is read at the
         same bytes: exact for the weights that dominate decode, an undercount only for compute-bound GEMMs."""
+        if part is not None:
+            compute = part_gemm_precision(model, gpu, name, part)
+            if compute != name:  # a BF16 part of a quantized checkpoint, or MXFP4 weights with MXFP8 activations
+                pricer = _Pricer.for_precision(gpu, compute, options.cost)
+                pricer.in_bytes = float(part_weight_bytes(model, [code], part)[0])
+                return pricer
         if weight_precision_mode(gpu, name) != "weight_only":
             return _Pricer.for_precision(gpu, name, options.cost)
         pricer = _Pricer.for_precision(gpu, "bf16", options.cost)
-        stored = min(float(part_weight_bytes(model, [code], part)[0]) for part in QUANTIZABLE_PARTS)
+        parts = QUANTIZABLE_PARTS if part is None else (part,)
+        stored = min(float(part_weight_bytes(model, [code], p)[0]) for p in parts)
         pricer.gemm_flops_per_s = pricer.gemm_flops_per_s / (1.0 + WEIGHT_ONLY_DEQUANT_OVERHEAD)
         pricer.in_bytes = stored
         return pricer
@@ -302,10 +336,12 @@ class InstancePricing:
 
         return arrays, col
 
-    def _pricer_for(self, col):
+    def _pricer_for(self, col, part: str):
+        """The pricer of one layer part's GEMMs, its rate and operand bytes per instance."""
         pricer = copy.copy(self._pricer)
-        pricer.gemm_flops_per_s = col(self._gemm_flops_per_s)
-        pricer.in_bytes = col(self._in_bytes)
+        rate, in_bytes = self._part_rates[part]
+        pricer.gemm_flops_per_s = col(rate)
+        pricer.in_bytes = col(in_bytes)
         return pricer
 
     def _layer_gemms(self, tokens, col, absorbed: bool):
@@ -314,7 +350,7 @@ class InstancePricing:
         absorption, a fused MoE kernel over the touched experts) is one kernel: one kernel overhead, not
         one per group."""
         m, inst = self.model, self.instances
-        p = self._pricer_for(col)
+        p = self._pricer_for(col, "attention")
         h = m.hidden_size
         tp = col(inst.tp)
         heads = m.num_attention_heads / tp
@@ -369,15 +405,17 @@ class InstancePricing:
         dense = attention
         if m.num_dense_layers:
             width = m.ffn_hidden_size / tp
-            dense = dense + gemm(p, tokens, fc1 * width, h, parts=("dense",)) \
-                + gemm(p, tokens, h, width, parts=("dense",))
+            pd = self._pricer_for(col, "dense_mlp")
+            dense = dense + gemm(pd, tokens, fc1 * width, h, parts=("dense",)) \
+                + gemm(pd, tokens, h, width, parts=("dense",))
         moe = attention
         expert_bytes = 0.0
         if m.is_moe:
             moe = moe + gemm(self._head_pricer, tokens, m.num_experts, h, parts=("moe",))      # router
             if m.shared_expert_ffn_hidden_size:
                 width = m.shared_expert_ffn_hidden_size / tp
-                moe = moe + gemm(p, tokens, fc1 * width, h, parts=("moe",)) + gemm(p, tokens, h, width, parts=("moe",))
+                ps = self._pricer_for(col, "shared_experts")
+                moe = moe + gemm(ps, tokens, fc1 * width, h, parts=("moe",)) + gemm(ps, tokens, h, width, parts=("moe",))
             ep = col(np.maximum(inst.ep, 1))
             # The busiest EP rank sets the layer: it receives as many pairs as f x the instance's tokens would
             # give a mean rank, and touches the experts they would (module docstring).
@@ -386,10 +424,36 @@ class InstancePricing:
             pairs = busiest * m.experts_per_token / ep           # token-expert pairs on the busiest EP rank
             per_expert = np.where(touched > 0, pairs / np.maximum(touched, 1e-12), 0.0)
             width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
-            moe = moe + gemm(p, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
-                + gemm(p, per_expert, h, width, count=touched, parts=("moe",))
+            pe = self._pricer_for(col, "experts")
+            moe = moe + gemm(pe, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
+                + gemm(pe, per_expert, h, width, count=touched, parts=("moe",))
             expert_bytes = touched * col(self.weights.expert_bytes)
         return dense, moe, expert_bytes, flops
+
+    def _moe_elementwise_bytes(self, tokens, col) -> np.ndarray:
+        """HBM bytes one MoE layer's permute and activation kernels move on the busiest EP rank at ``tokens``
+        per attention rank (0 for a dense model).
+
+        A fused MoE runs, between its two grouped GEMMs, memory-bound kernels over every (token, expert) pair
+        it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, then the activation kernel):
+        per pair the permute reads the token's BF16 row (:data:`MOE_PERMUTE_ROW_READS`) and writes it in the
+        GEMM input precision (h x q), and the activation reads the first GEMM's output (fc1 x w in BF16: gate
+        and up) and writes the second GEMM's input (w x q); the finalize is fused into the second GEMM. w is
+        the expert width per ``moe_tp`` rank; the GEMMs' own operands are the GEMM pricer's. These kernels run
+        one after another with the GEMMs, so their time adds to the step's kernel chain (per-kernel roofline,
+        :meth:`_attention_kernel_s`): a top-8 model (Qwen3-235B: 17.5 KB a pair at NVFP4) moves 8 pairs a
+        token, a top-1 model (Llama 4) one."""
+        m, inst = self.model, self.instances
+        if not m.is_moe:
+            return np.zeros_like(np.asarray(tokens, dtype=np.float64))
+        ep = col(np.maximum(inst.ep, 1))
+        pairs = self._busiest_rank_tokens(tokens, col) * m.experts_per_token / ep
+        width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
+        fc1 = 2 if m.gated_mlp else 1
+        q = col(self._expert_input_bytes)
+        h = m.hidden_size
+        per_pair = MOE_PERMUTE_ROW_READS * h * ACT_BYTES + h * q + fc1 * width * ACT_BYTES + width * q
+        return pairs * per_pair
 
     def _imbalance(self, tokens, col) -> np.ndarray:
         """Busiest EP rank's routed pairs over the mean at ``tokens`` per attention rank (1 without EP)."""
@@ -445,9 +509,10 @@ class InstancePricing:
         """Combine the terms (module docstring). ``compute_s``: the GEMM and attention FLOPs at their
         rates alone, which tells a compute-bound roof ("compute") from a streaming one ("hbm");
         ``requests``: the attention rank's requests in the step, each costing the host
-        :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the fixed time of the step's kernels
-        that are not GEMMs (:meth:`_non_gemm_kernels_per_pass`), which the GPU spends one after another with its
-        GEMMs and attention."""
+        :attr:`ServingOptions.step_overhead_per_request_us`; ``fixed_s``: the time of the step's kernels that
+        are neither GEMMs nor attention, their fixed time (:meth:`_non_gemm_kernels_per_pass`) and the MoE
+        permute and activation traffic (:meth:`_moe_elementwise_bytes`), which the GPU spends one after
+        another with its GEMMs and attention."""
         overhead_s = (self.options.step_overhead_us + self.options.step_overhead_per_request_us * requests) * 1e-6
         roof_s = np.maximum(hbm_s, gemm_s + attention_s + fixed_s)
         gpu_s = roof_s + tp_comm_s + ep_comm_s + pp_s
@@ -543,7 +608,9 @@ class InstancePricing:
         gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
         gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
         window, sliding = m.sliding_window or 0, m.num_sliding_window_layers
-        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s
+        moe_elementwise_s = m.num_moe_layers * self._moe_elementwise_bytes(tokens, col) / self.hbm_bytes_per_s
+        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s \
+            + moe_elementwise_s
         # Each of the verify tokens attends to the context (and the drafted tokens before it).
         pairs_full = tokens * (context + (verify - 1) / 2)
         pairs_sliding = tokens * np.minimum(context + (verify - 1) / 2, window) if sliding else 0.0
@@ -556,7 +623,8 @@ class InstancePricing:
         compute_s = gemm_flops / col(self._gemm_flops_per_s) + attention_flops_s
         # A decode graph is captured per batch of requests (each verifying its k + 1 tokens).
         return self._assemble(self._launch_s(col, requests), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
-                              ep_comm_s, pp_s, gemm_flops, requests=batch, fixed_s=col(self.fixed_kernels_s))
+                              ep_comm_s, pp_s, gemm_flops, requests=batch,
+                              fixed_s=col(self.fixed_kernels_s) + moe_elementwise_s)
 
     def prefill(self, tokens, context_tokens=0, request_tokens=None) -> StepTimes:
         """One prefill step over ``tokens`` new prompt tokens per attention rank, in chunks of
@@ -573,7 +641,9 @@ class InstancePricing:
         gemm_s = m.num_dense_layers * dense_s + m.num_moe_layers * moe_s + head_s
         gemm_flops = m.num_dense_layers * flops["dense"] + m.num_moe_layers * flops["moe"] + head_flops
         window, sliding = m.sliding_window or 0, m.num_sliding_window_layers
-        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s
+        moe_elementwise_s = m.num_moe_layers * self._moe_elementwise_bytes(tokens, col) / self.hbm_bytes_per_s
+        hbm_s = self._streamed_bytes(col, expert_bytes, requests, tokens, context) / self.hbm_bytes_per_s \
+            + moe_elementwise_s
         pairs_full = tokens * (context + chunk / 2)
         pairs_sliding = tokens * np.minimum(context + chunk / 2, window) if sliding else 0.0
         # The training model's flash rate: a call over a request's chunk, each query attending to the cached
@@ -586,7 +656,7 @@ class InstancePricing:
         # A prefill step of a pipeline runs its chunk through every stage in turn.
         return self._assemble(self._launch_s(col, tokens), hbm_s, gemm_s, attention_s, compute_s, tp_comm_s,
                               ep_comm_s, pp_s, gemm_flops, requests=np.ceil(requests),
-                              fixed_s=col(self.fixed_kernels_s))
+                              fixed_s=col(self.fixed_kernels_s) + moe_elementwise_s)
 
 
 def price_instances(model: ModelSpec, cluster: ClusterSpec, instances: InstanceArrays,
