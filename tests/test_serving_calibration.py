@@ -223,3 +223,14 @@ def test_validate_serving_prints_one_source_and_refuses_an_unknown_one(capsys):
     assert len(document["rows"]) == 12 and {r["source_group"] for r in document["rows"]} == {"mlperf_v41"}
     code, out, err = run(capsys, "validate", "--serving", "--source", "mlperf")
     assert code == 2 and "is not a source group of the serving runs" in err and "mlperf_v41" in err
+
+
+def test_mlperf_runs_priced_through_a_prompt_bound_are_reported_not_fitted():
+    """MLPerf's OpenOrca workload presets take the 1,024-token prompt cut (the mean is unpublished): their
+    Offline and Server runs stay out of the fit and the targets, every other run is in."""
+    runs, _ = load_serving_runs()
+    fitted_ids = {id(r) for r in sf.fitted_runs(runs)}
+    mlperf = [r for r in runs if r.source_group == "mlperf_v41"]
+    assert {r.kind for r in mlperf} == {"max_load", "mlperf_server"}
+    assert all(r.workload in sf.PROMPT_BOUND_WORKLOADS and id(r) not in fitted_ids for r in mlperf)
+    assert len(fitted_ids) == len(runs) - len(mlperf)
