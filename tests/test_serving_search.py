@@ -186,3 +186,39 @@ def test_row_ids_are_equal_exactly_when_rows_are_equal():
         expected = expected.reshape(-1)
         same_id = ids[:, None] == ids[None, :]
         assert np.array_equal(same_id, expected[:, None] == expected[None, :])
+
+
+def test_each_engine_prices_its_own_runtime():
+    """--emit ENGINE prices what that engine runs by default: vLLM 0.34 and SGLang 0.5.23 overlap the
+    scheduler with the GPU and allocate KV pages on demand; TensorRT-LLM overlaps except on disaggregated
+    context servers and reserves each request's KV to completion."""
+    from cost_model.serving.options import ServingOptions
+
+    base = ServingOptions()
+    assert base.for_engine(None) is base and not base.overlap_scheduler
+    for engine in ("vllm", "sglang"):
+        options = base.for_engine(engine)
+        assert options.overlap_scheduler and not options.kv_reserved_to_completion
+        assert options.for_prefill_instances().overlap_scheduler
+    trtllm = base.for_engine("trtllm")
+    assert trtllm.overlap_scheduler and trtllm.kv_reserved_to_completion
+    assert not trtllm.for_prefill_instances().overlap_scheduler
+    assert trtllm.for_prefill_instances().kv_reserved_to_completion
+
+
+def test_an_overlapped_scheduler_never_slows_a_plan_and_reserving_kv_never_grows_the_batch():
+    """The same plans priced for SGLang (host work beside the GPU: a step is the longer of the two, never
+    their sum) serve at least the defaults' max-load throughput; TensorRT-LLM's reservation to completion
+    never admits a larger decode batch than pages on demand, and a smaller one where KV binds."""
+    from optimizer.serving.search import evaluate
+
+    instances = InstanceArrays.from_columns({"tp": np.asarray([2, 4, 8]), "max_num_seqs": 256,
+                                             "max_num_batched_tokens": 8192})
+    plans = ServingPlanArrays.aggregated(instances, [1, 1, 1])
+    default = evaluate(_scenario(), plans)
+    sglang = evaluate(_scenario(engine="sglang"), plans)
+    trtllm = evaluate(_scenario(engine="trtllm"), plans)
+    faster = sglang.max_load_output_tokens_per_s_per_gpu / default.max_load_output_tokens_per_s_per_gpu
+    assert (faster >= 1 - 1e-12).all() and (faster > 1.01).any()
+    assert (trtllm.max_decode_batch <= sglang.max_decode_batch).all()
+    assert (trtllm.max_decode_batch < sglang.max_decode_batch).any()  # TP2: 1 request to completion, 2 on demand

@@ -664,7 +664,8 @@ def evaluate_serving(model: ModelSpec, cluster: ClusterSpec, workload: WorkloadS
                               topology=cluster.topology) if disagg_any else mem_d_u
     mem_d, mem_p = _take_memory(mem_d_u, inv_d), _take_memory(mem_p_u, inv_p)
     pricing_d = price_instances(model, cluster, unique_d, options)
-    pricing_p = price_instances(model, cluster, unique_p, options) if disagg_any else pricing_d
+    pricing_p = (price_instances(model, cluster, unique_p, options.for_prefill_instances()) if disagg_any
+                 else pricing_d)
 
     longest_prompt = max(workload.input_tokens.longest() * (1 - workload.prefix_cache_hit_rate), 1.0)
     max_tokens = max([longest_prompt, *unique_d.max_num_batched_tokens.tolist(),

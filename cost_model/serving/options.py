@@ -128,6 +128,11 @@ class ServingOptions:
     ``disable_overlap_scheduler`` False), as does SGLang since v0.4 (zero-overhead batch scheduler, LMSYS blog
     2024-12-04); vLLM before its optional async scheduling does not: False, the conservative default."""
 
+    overlap_scheduler_on_prefill_instances: bool = True
+    """Whether a disaggregated plan's prefill instances keep :attr:`overlap_scheduler` (when it is on).
+    TensorRT-LLM's context-only servers run without it (its disaggregated-serving guide; the emitted
+    prefill options set ``disable_overlap_scheduler: true``, :mod:`optimizer.emit.trtllm`)."""
+
     kv_reserved_to_completion: bool = False
     """Whether the engine admits a request only when the KV pool can hold it to completion, its prompt plus
     its maximum output, and reserves that much while it runs: TensorRT-LLM's default capacity scheduler
@@ -221,9 +226,47 @@ class ServingOptions:
         if int(self.kv_block_tokens) != self.kv_block_tokens:
             raise ValueError(f"ServingOptions.kv_block_tokens must be a whole number, got {self.kv_block_tokens!r}")
 
+    def for_prefill_instances(self) -> "ServingOptions":
+        """The options a disaggregated plan's prefill instances run with
+        (:attr:`overlap_scheduler_on_prefill_instances`)."""
+        if self.overlap_scheduler and not self.overlap_scheduler_on_prefill_instances:
+            return replace(self, overlap_scheduler=False)
+        return self
+
+    def for_engine(self, engine: str | None) -> "ServingOptions":
+        """These options with the runtime behaviour of ``engine`` (:data:`ENGINE_RUNTIME`); unchanged for
+        no engine, where the search prices the conservative defaults (no overlap, pages on demand)."""
+        if engine is None:
+            return self
+        return replace(self, **ENGINE_RUNTIME[engine])
+
     def with_changes(self, **changes: Any) -> "ServingOptions":
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ValueError(f"unknown ServingOptions field(s): {', '.join(unknown)}")
         return replace(self, **changes)
+
+
+ENGINE_RUNTIME: dict[str, dict[str, bool]] = {
+    "vllm": {"overlap_scheduler": True, "overlap_scheduler_on_prefill_instances": True,
+             "kv_reserved_to_completion": False},
+    "sglang": {"overlap_scheduler": True, "overlap_scheduler_on_prefill_instances": True,
+               "kv_reserved_to_completion": False},
+    "trtllm": {"overlap_scheduler": True, "overlap_scheduler_on_prefill_instances": False,
+               "kv_reserved_to_completion": True},
+}
+"""How each engine the serve search emits for runs its steps by default, at the releases its arguments are
+checked against (``optimizer.emit``'s ``TESTED_VERSION``), so that ``serve --emit ENGINE`` prices the plan the
+engine will run:
+
+* vLLM 0.34.0 schedules asynchronously (step n+1 prepared while the GPU runs step n) unless told not to:
+  ``SchedulerConfig.async_scheduling`` defaults to None and ``VllmConfig.__post_init__`` sets it True for
+  generative models on executors that support it (vllm/config/vllm.py); pages are allocated as tokens
+  arrive, with preemption when the pool is full.
+* SGLang 0.5.23 runs its overlap scheduler unless ``--disable-overlap-schedule``
+  (``Scheduler.enable_overlap = not disable_overlap_schedule``, sglang/srt/managers/scheduler.py; only CPU
+  devices and some Mamba cache layouts turn it off); its radix cache allocates as tokens arrive.
+* TensorRT-LLM 1.2's PyTorch backend overlaps its scheduler (``disable_overlap_scheduler`` False) except on
+  disaggregated context-only servers, and its default capacity scheduler ``GUARANTEED_NO_EVICT`` reserves
+  each request's KV cache to completion (see :attr:`ServingOptions.kv_reserved_to_completion`)."""

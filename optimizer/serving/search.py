@@ -159,11 +159,14 @@ def evaluate(scenario: ServingScenario, plans: ServingPlanArrays):
 
 
 def _options(scenario: ServingScenario):
-    if scenario.options is not None:
-        return scenario.options
+    """The serving options plans are priced with: the scenario's own, else the defaults; either way with
+    the runtime behaviour of the engine the plans will be emitted for (``--emit``: its overlap scheduler
+    and KV reservation, :data:`cost_model.serving.options.ENGINE_RUNTIME`), so the command printed runs the
+    plan that was priced."""
     from cost_model.serving.options import ServingOptions
 
-    return ServingOptions()
+    options = scenario.options if scenario.options is not None else ServingOptions()
+    return options.for_engine(scenario.engine)
 
 
 def candidate_plans(scenario: ServingScenario) -> ServingPlanArrays:
