@@ -49,14 +49,13 @@ from hardware.loader import load_cluster  # noqa: E402
 from optimizer.layout_model import LayoutModel  # noqa: E402
 from optimizer.search import Scenario, candidate_groups, expand_recompute, search  # noqa: E402
 
-# (label, model preset, cluster preset, sequence length, global batch in sequences)
+# (label, model preset, cluster preset, sequence length, global batch in sequences, search-time target in s)
 SCENARIOS = [
-    ("Llama 3 405B / 16,384 H100", "llama3-405b", "h100x16384", 8192, 2048),
-    ("DeepSeek-V3 / 2,048 H800", "deepseek-v3", "h800x2048", 4096, 15360),
-    ("Llama 3 70B / 64 H100", "llama3-70b", "h100x64", 8192, 128),
+    ("Llama 3 405B / 16,384 H100", "llama3-405b", "h100x16384", 8192, 2048, 1.0),   # issue 14: under 1 s
+    ("DeepSeek-V3 / 2,048 H800", "deepseek-v3", "h800x2048", 4096, 15360, 2.0),     # issue 18: under 2 s
+    ("Llama 3 70B / 64 H100", "llama3-70b", "h100x64", 8192, 128, 1.0),
 ]
 
-TARGET_SEARCH_S = 1.0
 TARGET_SPEEDUP = 20.0
 PHASES = ("layouts", "expand", "memory", "time", "rank")
 
@@ -92,8 +91,8 @@ def naive_loop(scenario: Scenario, single_plans: list) -> tuple[float, float]:
     return best, time.perf_counter() - start
 
 
-def bench(label: str, model_name: str, cluster_name: str, seq: int, batch: int, runs: int, sample: int,
-          seed: int) -> dict:
+def bench(label: str, model_name: str, cluster_name: str, seq: int, batch: int, target_s: float, runs: int,
+          sample: int, seed: int) -> dict:
     scenario = make_scenario(model_name, cluster_name, seq, batch)
     print(f"\n== {label}  ({model_name} on {cluster_name}, seq {seq}, global batch {batch})", flush=True)
 
@@ -110,7 +109,7 @@ def bench(label: str, model_name: str, cluster_name: str, seq: int, batch: int, 
           f"feasible {first.num_feasible:,} | timed {first.num_timed:,}")
     print(f"search, first call (warm-up): {warm_up:.3f} s")
     print(f"search, median of {runs}: {median_total:.3f} s  (min {min(totals):.3f}, max {max(totals):.3f})   "
-          f"target < {TARGET_SEARCH_S:.1f} s: {'MET' if median_total < TARGET_SEARCH_S else 'MISSED'}")
+          f"target < {target_s:.1f} s: {'MET' if median_total < target_s else 'MISSED'}")
     print("  phases (median s): " + "  ".join(f"{p} {phase[p]:.3f}" for p in PHASES))
 
     plans = candidate_plans(scenario)
@@ -136,7 +135,7 @@ def bench(label: str, model_name: str, cluster_name: str, seq: int, batch: int, 
         print(f"full naive run: best plan throughput {'matches' if same else 'DIFFERS from'} the search")
     return dict(label=label, layouts=first.num_layouts, candidates=first.num_candidates,
                 feasible=first.num_feasible, timed=first.num_timed, warm_up=warm_up, search=median_total,
-                phase=phase, naive_sample=naive_s, sample=k, naive_full=naive_full, speedup=speedup)
+                phase=phase, naive_sample=naive_s, sample=k, naive_full=naive_full, speedup=speedup, target_s=target_s)
 
 
 def bench_gpu_range() -> None:
@@ -176,20 +175,21 @@ def main() -> None:
     print(f"plan-search search benchmark  {datetime.date.today().isoformat()}  python {platform.python_version()}"
           f"  numpy {np.__version__}  {os.cpu_count()} CPUs, {PINNED}")
     rows = []
-    for label, model_name, cluster_name, seq, batch in SCENARIOS:
+    for label, model_name, cluster_name, seq, batch, target_s in SCENARIOS:
         if args.only and args.only.lower() not in (label + model_name).lower():
             continue
-        rows.append(bench(label, model_name, cluster_name, seq, batch, args.runs, args.sample, args.seed))
+        rows.append(bench(label, model_name, cluster_name, seq, batch, target_s, args.runs, args.sample, args.seed))
 
     print("\nSummary (search = median, one core; naive = extrapolated from the sample)")
-    header = f"{'scenario':<28}{'layouts':>8}{'cands':>9}{'feasible':>9}{'timed':>8}{'warm-up':>9}" \
-             f"{'search':>8}{'naive':>10}{'speed-up':>10}"
+    header = f"{'scenario':<28}{'layouts':>9}{'cands':>11}{'feasible':>10}{'timed':>9}{'warm-up':>9}" \
+             f"{'search':>8}{'target':>8}{'naive':>10}{'speed-up':>10}"
     print(header)
     for r in rows:
-        print(f"{r['label']:<28}{r['layouts']:>8,}{r['candidates']:>9,}{r['feasible']:>9,}{r['timed']:>8,}"
-              f"{r['warm_up']:>8.3f}s{r['search']:>7.3f}s{r['naive_full']:>9,.0f}s{r['speedup']:>9,.0f}x")
-    ok = all(r["search"] < TARGET_SEARCH_S and r["speedup"] >= TARGET_SPEEDUP for r in rows)
-    print(f"targets (< {TARGET_SEARCH_S:.0f} s per scenario, >= {TARGET_SPEEDUP:.0f}x naive): "
+        print(f"{r['label']:<28}{r['layouts']:>9,}{r['candidates']:>11,}{r['feasible']:>10,}{r['timed']:>9,}"
+              f"{r['warm_up']:>8.3f}s{r['search']:>7.3f}s{r['target_s']:>7.1f}s{r['naive_full']:>9,.0f}s"
+              f"{r['speedup']:>9,.0f}x")
+    ok = all(r["search"] < r["target_s"] and r["speedup"] >= TARGET_SPEEDUP for r in rows)
+    print(f"targets (search under each scenario's target, >= {TARGET_SPEEDUP:.0f}x naive): "
           f"{'all met' if ok else 'NOT all met'}")
 
 
