@@ -52,7 +52,8 @@ from hardware.placement import GroupPlacement, dense_placement, expert_placement
 from hardware.schema import ClusterSpec
 
 from .activations import ACT_BYTES, dispatched_rows_per_rank, distinct_destination_ranks, routed_pairs_per_rank
-from .deepspeed_zero3 import gather_passes, gather_plan, gradient_buckets_per_layer, layer_parameter_tensors
+from .deepspeed_zero3 import (GatherPlan, gather_passes, gather_plan, gradient_buckets_per_layer,
+                              layer_parameter_tensors)
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .plan import PlanArrays
@@ -361,6 +362,9 @@ class DataParallelComm:
     shard), the part a stack with ``collective_fill_exposed`` cannot hide (:mod:`cost_model.evaluate`)."""
     per_step_fill_s: np.ndarray | float = 0.0
     """Once per step: the ring latency alone of ZeRO-2's per-layer weight all-gathers."""
+    gather_plan: GatherPlan | None = None
+    """What DeepSpeed's ZeRO-3 coordinator gathers of a layer, where the stack gathers per tensor and the
+    layer's tensors are listed (:func:`cost_model.deepspeed_zero3.gather_plan`); None otherwise."""
 
 
 def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, pricer: CommPricer,
@@ -481,4 +485,4 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
                           [ar_b, rs_b + rep_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (ag3_b + bwd_ag3_b + rs3_b + rep_b)])
     return DataParallelComm(grad_sync_s=grad_sync, param_gather_s=gather, per_microbatch_fwd_s=fwd,
                             per_microbatch_bwd_s=bwd, bytes_per_step=sent, per_microbatch_fill_s=fill_mb,
-                            per_step_fill_s=fill_step)
+                            per_step_fill_s=fill_step, gather_plan=coordinator)

@@ -86,7 +86,7 @@ from hardware.schema import ClusterSpec
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
                       precision_fix, unsharded_gradient_bytes)
-from .deepspeed_zero3 import gather_plan, memory_pass_bytes
+from .deepspeed_zero3 import memory_pass_bytes
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
 from .goodput import Goodput, goodput
@@ -440,16 +440,16 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
                                       zero_exposed + dp.per_microbatch_fill_s)
     else:  # no prefetch: every ZeRO-3 gather and reduce-scatter waits for, and holds up, the compute
         zero_exposed = dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s
-    if stack.unsharded_grad_prep:  # FSDP1's passes over each layer's unsharded gradient, every micro-batch
+    # Memory-bound passes around the data-parallel collectives, every micro-batch, at HBM's streaming rate.
+    grad_prep_bytes = 0.0
+    if stack.unsharded_grad_prep:  # FSDP1's passes over each layer's unsharded gradient
         reduced = (plans.zero_stage[:, None] >= 2) & ((plans.dp * plans.cp)[:, None] > 1)
-        grad_prep = np.where(reduced, unsharded_gradient_bytes(training, params.total), 0.0) / (
-            gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
-    else:
-        grad_prep = 0.0
+        grad_prep_bytes = np.where(reduced, unsharded_gradient_bytes(training, params.total), 0.0)
     if stack.per_tensor_collectives:  # DeepSpeed ZeRO-3's buffer fills and copies around its collectives
         sharded = (plans.zero_stage[:, None] >= 3) & ((plans.dp * plans.cp)[:, None] > 1)
-        copies = memory_pass_bytes(gather_plan(model, plans.tp), params.total, share, stack.zero3_gradient_all_reduce)
-        grad_prep = grad_prep + np.where(sharded, copies, 0.0) / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+        copies = memory_pass_bytes(dp.gather_plan, params.total, share, stack.zero3_gradient_all_reduce)
+        grad_prep_bytes = grad_prep_bytes + np.where(sharded, copies, 0.0)
+    grad_prep = grad_prep_bytes / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     zero_hidden = np.maximum(0.0, dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s - zero_exposed)
     # Hidden communication is not free: NCCL kernels hold SMs while the GEMMs run beside them.
     contention = options.overlap_sm_fraction * (tp_hidden + cp_hidden + zero_hidden + ep_hidden)

@@ -198,10 +198,9 @@ class StackSpec:
 
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
-            "tp_comm_overlap",
-            "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep", "overlap_grad_reduce",
-            "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
-            "tp_backward_overlap", "tp_saves_gathered_input")
+            "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
+            "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce",
+            "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:
