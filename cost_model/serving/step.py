@@ -233,7 +233,6 @@ class InstancePricing:
         pricers = [self._weight_pricer(model, gpu, code, name, options) for code, name in enumerate(WEIGHT_PRECISIONS)]
         codes = instances.weight_precision
         self._gemm_flops_per_s = np.array([p.gemm_flops_per_s for p in pricers])[codes]
-        self._in_bytes = np.array([p.in_bytes for p in pricers])[codes]
         # Each layer part's GEMMs at its own MMA precision (rules.part_gemm_precision): (rate, operand bytes).
         self._part_rates = {}
         for part in QUANTIZABLE_PARTS:
