@@ -514,6 +514,8 @@ def model_from_hf(config: dict[str, Any], source: str = "model", name: str = "mo
         )
     except OutOfBounds as exc:
         raise InputError(source, exc.field, exc.problem, exc.fix) from None
+    except InputError:
+        raise  # a field reader's own one-line message (an InputError is a ValueError: not wrapped twice)
     except ValueError as exc:
         raise InputError(source, _field_of(str(exc), ""), str(exc), "fix the model fields") from None
     _check_size(spec, source)

@@ -168,3 +168,16 @@ def test_rope_scaling_type_and_yarn_is_priced_without_a_warning():
     with pytest.warns(UserWarning, match="rope_scaling"):  # Llama 3.1's scaling changes nothing priced
         assert model_from_hf({**LLAMA_LIKE, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}).rope_scaling_type \
             == "llama3"
+
+
+def test_a_field_readers_error_names_the_file_and_field_once():
+    """_flag and _clamp raise their own InputError inside the ModelSpec call; it reaches the user as written,
+    not wrapped again with the file name and a generic fix."""
+    with pytest.raises(InputError) as flag:
+        model_from_hf({**LLAMA_LIKE, "tie_word_embeddings": "yes"}, source="m.json")
+    assert str(flag.value) == ("m.json: tie_word_embeddings: must be true or false, got 'yes'; write "
+                               "tie_word_embeddings: true or tie_word_embeddings: false, without quotes")
+    with pytest.raises(InputError) as clamp:
+        model_from_hf({**LLAMA_LIKE, "swiglu_limit": -1}, source="m.json")
+    assert str(clamp.value) == ("m.json: swiglu_limit: must be a positive number, got -1; give the clamp limit "
+                                "(GPT-OSS: 7.0) or leave swiglu_limit out")
