@@ -72,6 +72,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   (Composer's ``DecoupledAdamW``) updates tensor by tensor with eager kernels and a read-back of each
   tensor's step count: the slowest rank's sum over the tensors of its shard of the longer of their host
   issue and their HBM time (:mod:`cost_model.per_tensor_optimizer`).
+* Full recompute reruns each layer's forward; under a stack with ``recompute_early_stop`` (PyTorch's
+  non-reentrant checkpoint from torch 2.1) it stops at the layer's last saved tensor and skips the MLP
+  output projection (:attr:`cost_model.stacks.StackSpec.recompute_early_stop`).
 """
 
 from __future__ import annotations
@@ -372,6 +375,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         forward, backward = forward + bf16_extra("forward"), backward + bf16_extra("backward")
         weight_grad, layers_forward = weight_grad + bf16_extra("gemm_forward"), layers_forward + bf16_extra("forward")
         host_waits, selective = host_waits + bf16_extra("host_exposed"), selective + bf16_extra("selective_recompute")
+    if stack_spec(training.stack).recompute_early_stop and not training.torch_1_13:  # torch >= 2.1 stops early
+        layers_forward = layers_forward - per_stage(dense_t.forward_after_last_save, moe_t.forward_after_last_save)
     recompute = share * layers_forward + selective
 
     # ---- communication per micro-batch per stage ----

@@ -123,6 +123,19 @@ class StackSpec:
     overlap_grad_reduce: bool
     """Whether the data-parallel gradient reduction runs behind the backward pass (bucketed)."""
 
+    recompute_early_stop: bool
+    """Whether full recompute runs PyTorch's non-reentrant ``torch.utils.checkpoint``, which from torch 2.1
+    stops the recomputed forward once it has re-saved every tensor the backward needs
+    (``_StopRecomputationError`` when the recompute's saved-tensor count reaches the original's;
+    pytorch/pytorch #96866, "Make early stop the default for checkpoint", March 2023, first in 2.1). A
+    GEMM's inputs are saved before it runs (the autograd kernels build ``SavedVariable`` s, then
+    redispatch), so the recompute of a transformer block stops before the MLP's output projection: the
+    layer's ``forward_after_last_save`` (:class:`cost_model.compute.LayerTimes`) is not rerun. Composer's
+    ``checkpoint_wrapper(..., CheckpointImpl.NO_REENTRANT)`` under llm-foundry's
+    ``activation_checkpointing_reentrant: false``; Megatron's and DeepSpeed's own checkpoint functions
+    rerun the whole block. ``training.torch_1_13`` turns it off for a run on PyTorch 1.13, whose
+    non-reentrant checkpoint reran the whole function on the first unpack."""
+
     per_tensor_optimizer: bool
     """Whether the optimizer loops over the parameter tensors in Python, eager kernels per tensor, with
     a per-tensor device-to-host read of its step count, over FSDP1's module parameters (Composer's
@@ -208,7 +221,7 @@ class StackSpec:
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
             "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
-            "overlap_grad_reduce", "per_tensor_optimizer", "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce",
+            "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce",
             "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input")
 
 

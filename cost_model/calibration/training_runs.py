@@ -432,9 +432,10 @@ def _llmfoundry(row, model, plan, training, variant):
     old = row["gpu_type"] in LLMFOUNDRY_TORCH_1_13_GPUS
     notes = [f"Composer FSDP mixed precision {'PURE' if grad == 'bf16' else 'DEFAULT'}: gradients reduced in {grad}; "
              "MPTConfig pdrop 0 (no dropout); decoupled AdamW",
-             "Composer 0.13.4 / torch 1.13.1 (table of 2023-05): flat optimizer shards, no step read-back" if old else
+             "Composer 0.13.4 / torch 1.13.1 (table of 2023-05): flat optimizer shards, no step read-back, whole-block "
+             "recompute" if old else
              "Composer >= 0.16 / torch 2.1 (tables of 2023-10 and 2024-01): DecoupledAdamW over module parameters with a "
-             "step read-back per tensor"]
+             "step read-back per tensor; the non-reentrant recompute stops before the MLP output projection"]
     return ({"grad_dtype": grad, "dropout": False, "flash_attention": True, "optimizer": "adamw",
              "torch_1_13": old},
             {"sequence_parallel": False}, notes)
