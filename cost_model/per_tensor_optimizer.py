@@ -50,7 +50,8 @@ host runs ahead and the step is the longer of the whole issue and the whole HBM 
 the next forward's first all-gather, so the step is the slowest rank's.
 
 The issue time of a call is :attr:`cost_model.options.CostOptions.host_kernel_issue_us`, the calibrated
-host time of one eager PyTorch kernel (:mod:`cost_model.host`).
+host time of one eager PyTorch kernel (:mod:`cost_model.host`). Every layer is priced with a dense
+layer's tensors (Composer's runs are dense MPT models); MoE layers' expert tensors are not listed.
 """
 
 from __future__ import annotations
