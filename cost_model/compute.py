@@ -90,6 +90,12 @@ class LayerTimes:
     host_exposed: np.ndarray
     """Seconds of ``forward + backward`` the GPU waits for the host to issue kernels
     (:func:`cost_model.host.exposed_issue_time`)."""
+    forward_after_last_save: np.ndarray
+    """Forward seconds after the layer's last tensor saved for backward: a dense layer's MLP output
+    projection GEMM, whose input is the last tensor autograd saves (a GEMM's inputs are saved before it
+    runs); what a recompute that stops early skips (:attr:`cost_model.stacks.StackSpec.recompute_early_stop`).
+    The residual add after it is left out (a few percent of the GEMM's time); zero for MoE layers (not
+    derived)."""
 
 
 QUANTIZE_BYTES_PER_ELEMENT = {"tensorwise": 6.0, "delayed": 4.0, "mxfp8": 4.0 + 2 / 32, "blockwise": 4.0,
@@ -474,7 +480,8 @@ def eager_expert_elementwise(model: ModelSpec, pairs, width):
 
 def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer, width_per_rank,
          tokens):
-    """A dense or shared-expert MLP of the given per-rank intermediate width."""
+    """A dense or shared-expert MLP of the given per-rank intermediate width: (GEMM seconds, GEMM FLOPs,
+    element-wise seconds, seconds of the output projection GEMM alone)."""
     h = model.hidden_size
     fc1_width = width_per_rank * (2 if model.gated_mlp else 1)
     s1, f1 = pricer.gemm(tokens, fc1_width, h)
@@ -485,7 +492,7 @@ def _mlp(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _P
         # and read again (a fused kernel reads both halves and writes the product once).
         act_bytes = act_bytes + 2 * ACT_BYTES * width_per_rank * tokens
     quantize_s = pricer.quantize(tokens, h) + pricer.quantize(tokens, width_per_rank)
-    return s1 + s2, f1 + f2, pricer.streaming(act_bytes) + quantize_s
+    return s1 + s2, f1 + f2, pricer.streaming(act_bytes) + quantize_s, s2
 
 
 def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu: GPUSpec,
@@ -500,7 +507,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
     attention_fwd = att_gemm_s + core_s + att_elem_s
     attention_bwd = 2 * att_gemm_s + core_bwd_s + 2 * att_elem_s
 
-    def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun, elem_backward_extra_s=0.0):
+    def assemble(gemm_s, gemm_flops, elem_s, mlp_rerun, elem_backward_extra_s=0.0, after_last_save_s=0.0):
         """``elem_backward_extra_s``: element-wise backward beyond twice the forward's."""
         forward = gemm_s + core_s + elem_s
         backward = 2 * gemm_s + core_bwd_s + 2 * elem_s + elem_backward_extra_s
@@ -509,15 +516,16 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
                           selective_recompute=att_rerun + mlp_rerun,
                           forward_flops=gemm_flops + core_flops, attention_forward_flops=core_flops,
                           attention_block_forward=attention_fwd, attention_block_backward=attention_bwd,
-                          host_exposed=np.zeros(len(plans)))
+                          host_exposed=np.zeros(len(plans)),
+                          forward_after_last_save=after_last_save_s + np.zeros(len(plans)))
 
     zero = np.zeros(len(plans))
     if model.num_dense_layers:
-        mlp_s, mlp_flops, mlp_elem = _mlp(model, training, plans, pricer, model.ffn_hidden_size / t, tokens)
+        mlp_s, mlp_flops, mlp_elem, fc2_s = _mlp(model, training, plans, pricer, model.ffn_hidden_size / t, tokens)
         dense = assemble(att_gemm_s + mlp_s, att_flops + mlp_flops, att_elem_s + mlp_elem,
-                         np.where(recomputes(plans, "mlp"), mlp_s + mlp_elem, 0.0))
+                         np.where(recomputes(plans, "mlp"), mlp_s + mlp_elem, 0.0), after_last_save_s=fc2_s)
     else:
-        dense = LayerTimes(*[zero] * 11)
+        dense = LayerTimes(*[zero] * 12)
 
     if model.is_moe:
         sp_div = np.where(plans.sequence_parallel, t, 1.0)
@@ -553,7 +561,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
         flops = att_flops + router_flops + e1_f + e2_f
         elem_s = att_elem_s + expert_elem_s
         if model.shared_expert_ffn_hidden_size:
-            sh_s, sh_f, sh_elem = _mlp(model, training, plans, pricer, model.shared_expert_ffn_hidden_size / t, tokens)
+            sh_s, sh_f, sh_elem, _ = _mlp(model, training, plans, pricer, model.shared_expert_ffn_hidden_size / t, tokens)
             gemm_s, flops, elem_s = gemm_s + sh_s, flops + sh_f, elem_s + sh_elem
             shared_s = sh_s + sh_elem
         whole = recomputes(plans, "moe")
@@ -562,7 +570,7 @@ def layer_times(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, gpu
                          + np.where(recomputes(plans, "shared_experts"), shared_s, 0.0))
         moe = assemble(gemm_s, flops, elem_s, rerun, eager_backward_extra_s)
     else:
-        moe = LayerTimes(*[zero] * 11)
+        moe = LayerTimes(*[zero] * 12)
     # The CPU must issue every kernel: each part of a layer takes at least its host issue time.
     kernels = layer_kernels(model, training, plans)
     synced = host_syncs_per_layer(model, training)

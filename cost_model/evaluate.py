@@ -68,7 +68,13 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   writes fp32 master, m, v, reads the gradient and writes bf16 weights (30 bytes per parameter of the
   local shard; 22 for SGD, 22 for Adam with bf16 moments), reads the gradient once more for the norm
   clipping, twice more under fp16 loss scaling, and zeroes the gradient buffer. Offloaded: the gradient goes to the
-  host and the bf16 weight comes back over PCIe, and the host CPUs run Adam.
+  host and the bf16 weight comes back over PCIe, and the host CPUs run Adam. A stack with ``per_tensor_optimizer``
+  (Composer's ``DecoupledAdamW``) updates tensor by tensor with eager kernels and a read-back of each
+  tensor's step count: the slowest rank's sum over the tensors of its shard of the longer of their host
+  issue and their HBM time (:mod:`cost_model.per_tensor_optimizer`).
+* Full recompute reruns each layer's forward; under a stack with ``recompute_early_stop`` (PyTorch's
+  non-reentrant checkpoint from torch 2.1) it stops at the layer's last saved tensor and skips the MLP
+  output projection (:attr:`cost_model.stacks.StackSpec.recompute_early_stop`).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ from .memory import (GIB, MemoryBreakdown, StageParameters, gathered_weight_byte
 from .model_spec import ModelSpec
 from .options import CostOptions
 from .params import ParameterCounts
+from .per_tensor_optimizer import optimizer_step_s as per_tensor_optimizer_step_s
 from .activations import recomputes
 from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .plan import PlanArrays
@@ -368,6 +375,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         forward, backward = forward + bf16_extra("forward"), backward + bf16_extra("backward")
         weight_grad, layers_forward = weight_grad + bf16_extra("gemm_forward"), layers_forward + bf16_extra("forward")
         host_waits, selective = host_waits + bf16_extra("host_exposed"), selective + bf16_extra("selective_recompute")
+    if stack_spec(training.stack).recompute_early_stop and not training.torch_1_13:  # torch >= 2.1 stops early
+        layers_forward = layers_forward - per_stage(dense_t.forward_after_last_save, moe_t.forward_after_last_save)
     recompute = share * layers_forward + selective
 
     # ---- communication per micro-batch per stage ----
@@ -501,6 +510,14 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     on_gpu = optimizer_step_bytes(training, shard, grad_buffer) / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     offloaded = (shard * (training.grad_bytes + 2) / host_bytes_per_s
                  + shard / options.cpu_adam_params_per_s)
+    if stack.per_tensor_optimizer:  # Composer's DecoupledAdamW: tensor by tensor, eager kernels
+        replicas = plans.dp_replicate if plans.dp_replicate is not None else 1
+        shard_ranks = np.where(plans.zero_stage >= 1, plans.dp * plans.cp // replicas, 1)
+        first = np.zeros(stages.layers.shape, dtype=bool)
+        first[:, 0] = True
+        on_gpu = per_tensor_optimizer_step_s(model, shard_ranks, stages.layers, first, training.torch_1_13,
+                                             options.host_kernel_issue_us * 1e-6,
+                                             gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     optimizer_s = np.where(plans.optimizer_offload[:, None], offloaded, on_gpu)
     step_contention = options.overlap_sm_fraction * ((dp.grad_sync_s - grad_exposed) + (dp.param_gather_s - gather_exposed))
     tail = np.where(stages.exists, grad_exposed + gather_exposed + step_contention + optimizer_s, -np.inf)

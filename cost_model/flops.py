@@ -45,6 +45,7 @@ import numpy as np
 from .model_spec import ModelSpec
 from .params import ParameterCounts
 from .activations import recomputes
+from .stacks import stack_spec
 from .plan import FULL, PlanArrays
 from .training_spec import TrainingSpec
 
@@ -92,7 +93,8 @@ def recompute_flops_per_step(model: ModelSpec, training: TrainingSpec, plans: Pl
                              recomputed_layer_share: np.ndarray, causal_attention_half: bool = True) -> np.ndarray:
     """Extra forward FLOPs that recomputation executes per step (hardware minus model FLOPs).
 
-    Full: the recomputed share of the layers' forward. Selective: the forward GEMMs of the modules it
+    Full: the recomputed share of the layers' forward (less each dense layer's MLP output projection under a
+    stack whose recompute stops early). Selective: the forward GEMMs of the modules it
     names — core attention (Korthikanti et al. 2022's 'selective activation recomputation'), MLA's
     up-projections, the dense MLP, the MoE block (router, active and shared experts) or its shared
     experts; ``layernorm`` and ``moe_act`` rerun element-wise kernels only (no FLOPs counted).
@@ -101,6 +103,9 @@ def recompute_flops_per_step(model: ModelSpec, training: TrainingSpec, plans: Pl
     parts = forward_flops_per_sequence(model, training.seq_length, causal)
     layers = parts["projections"] + parts["attention"]
     batch = training.global_batch_size
+    if stack_spec(training.stack).recompute_early_stop and not training.torch_1_13:
+        # the recompute stops before each dense layer's MLP output projection (StackSpec.recompute_early_stop)
+        layers = layers - model.num_dense_layers * 2.0 * training.seq_length * model.ffn_hidden_size * model.hidden_size
     full = np.where(plans.recompute == FULL, recomputed_layer_share * layers * batch, 0.0)
     module_flops = selective_module_flops_per_sequence(model, training.seq_length, causal)
     selective = np.zeros(len(plans))

@@ -102,12 +102,13 @@ class StackSpec:
     ========  ==========  =======================  ========================  ======================
 
     while the bandwidth time of those collectives (1-3 ms per layer) is well inside each layer's compute
-    (10-25 ms). Why the fill is not hidden is not settled: Composer's defaults make FSDP1 synchronise the
-    host with the GPU before every all-gather (``limit_all_gathers``: ``_unshard`` waits on the free event
-    of the layer two back) and issue the backward all-gather only after the layer's gradients
-    (``BACKWARD_POST``), and all of a process group's collectives share one NCCL stream
-    (``torch.distributed.fsdp.BackwardPrefetch`` docstring), which leaves little slack around each
-    collective. Other FSDP stacks leave it off: the FSDP2 (torchtitan), FairScale and Megatron-Core rows
+    (10-25 ms). Why the fill is not hidden is not settled: those large-scale runs synchronise the host
+    with the GPU before every all-gather (``limit_all_gathers: true``: ``_unshard`` waits on the free event
+    of the layer two back) although they prefetch both ways (``--fsdp_config_forward_prefetch true``,
+    ``--fsdp_config_backward_prefetch BACKWARD_PRE`` in ``scripts/train/benchmarking/sweep.py`` @5e85bd62d;
+    the smaller tables of b2a43a147 ran Composer's defaults, ``BACKWARD_POST`` and no forward prefetch), and
+    all of a process group's collectives share one NCCL stream (``torch.distributed.fsdp.BackwardPrefetch``
+    docstring), which leaves little slack around each collective. Other FSDP stacks leave it off: the FSDP2 (torchtitan), FairScale and Megatron-Core rows
     do not vary the GPU count at a fixed layout, and turning it on there moves them by under 1%."""
 
     unsharded_grad_prep: bool
@@ -121,6 +122,27 @@ class StackSpec:
 
     overlap_grad_reduce: bool
     """Whether the data-parallel gradient reduction runs behind the backward pass (bucketed)."""
+
+    recompute_early_stop: bool
+    """Whether full recompute runs PyTorch's non-reentrant ``torch.utils.checkpoint``, which from torch 2.1
+    stops the recomputed forward once it has re-saved every tensor the backward needs
+    (``_StopRecomputationError`` when the recompute's saved-tensor count reaches the original's;
+    pytorch/pytorch #96866, "Make early stop the default for checkpoint", March 2023, first in 2.1). A
+    GEMM's inputs are saved before it runs (the autograd kernels build ``SavedVariable`` s, then
+    redispatch), so the recompute of a transformer block stops before the MLP's output projection: the
+    layer's ``forward_after_last_save`` (:class:`cost_model.compute.LayerTimes`) is not rerun. Composer's
+    ``checkpoint_wrapper(..., CheckpointImpl.NO_REENTRANT)`` under llm-foundry's
+    ``activation_checkpointing_reentrant: false``; Megatron's and DeepSpeed's own checkpoint functions
+    rerun the whole block. ``training.torch_1_13`` turns it off for a run on PyTorch 1.13, whose
+    non-reentrant checkpoint reran the whole function on the first unpack."""
+
+    per_tensor_optimizer: bool
+    """Whether the optimizer loops over the parameter tensors in Python, eager kernels per tensor, with
+    a per-tensor device-to-host read of its step count, over FSDP1's module parameters (Composer's
+    ``DecoupledAdamW`` >= 0.15 under ``use_orig_params``): the step is priced tensor by tensor on the
+    slowest rank (:mod:`cost_model.per_tensor_optimizer`) instead of one memory-bound pass
+    (:func:`cost_model.compute.optimizer_step_bytes`). ``training.torch_1_13`` prices the older release (one
+    flat shard per wrapped layer, no read-back)."""
 
     fp8_param_gather: bool
     """Whether FP8 runs keep the weights in FP8 only, with the fp32 master in the distributed optimizer
@@ -199,7 +221,7 @@ class StackSpec:
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
             "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
-            "overlap_grad_reduce", "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce",
+            "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce",
             "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input")
 
 

@@ -92,6 +92,14 @@ class TrainingSpec:
     """Dtype of the gradient buffer that is accumulated and reduced. Megatron-LM forces fp32 main
     grads with ``--bf16`` (``accumulate_allreduce_grads_in_fp32``); ``bf16`` halves it."""
 
+    torch_1_13: bool = False
+    """The run used PyTorch 1.13 (llm-foundry's tables of spring 2023, with Composer 0.13). Under a stack
+    with ``per_tensor_optimizer`` FSDP1 hands the optimizer one flat shard per wrapped layer (torch 1.13 has
+    no ``use_orig_params``) and Composer 0.13's ``DecoupledAdamW`` keeps the step count on the host, so
+    the host issues the step without waiting for the GPU (:mod:`cost_model.per_tensor_optimizer`); under
+    a stack with ``recompute_early_stop`` the non-reentrant checkpoint of torch 1.13 reruns the whole
+    block (:attr:`cost_model.stacks.StackSpec.recompute_early_stop`)."""
+
     optimizer_moments_dtype: Literal["fp32", "bf16"] = "fp32"
     """Dtype of Adam's m and v. ``bf16`` is Megatron's precision-aware optimizer
     (``--use-precision-aware-optimizer --exp-avg-dtype bf16 --exp-avg-sq-dtype bf16``), as DeepSeek-V3
@@ -286,6 +294,10 @@ class TrainingSpec:
         if self.tp_comm_overlap and not spec.tp_comm_overlap:
             raise ValueError(f"tp_comm_overlap needs a stack that overlaps it: the {self.stack} stack cannot overlap tensor-parallel communication; "
                              "set it false or use a stack that does (megatron-core, torchtitan)")
+        if self.torch_1_13 and not (spec.per_tensor_optimizer or spec.recompute_early_stop):
+            raise ValueError(f"torch_1_13 changes how a PyTorch-native stack optimizes and recomputes: the {self.stack} "
+                             "stack has neither a per-tensor optimizer nor PyTorch's checkpoint; set it false or use "
+                             "composer-fsdp")
         if self.tp_backward_overlap and self.stack not in MEGATRON_LINEAR_STACKS:
             raise ValueError(f"tp_backward_overlap is Megatron's asynchronous backward collective: the {self.stack} stack "
                              f"runs its tensor-parallel collectives in order; set it false or use one of "

@@ -415,14 +415,30 @@ def _sc21(row, model, plan, training, variant):
              + ("; 2-byte gradients (DeepSpeed fp16 ZeRO)" if extra else "")])
 
 
+LLMFOUNDRY_TORCH_1_13_GPUS = ("A100 40GB",)
+"""llm-foundry's table sections measured before its October 2023 refresh: the A100 40GB section is in
+``scripts/train/benchmarking/README.md`` as of its first commit there (300cc5c58, 2023-05-03), when
+llm-foundry pinned ``mosaicml==0.13.4`` and ``torch==1.13.1`` (setup.py at 300cc5c58). The H100 and A100
+80GB sections were (re)measured for b2a43a147 (2023-10-19) with ``run_config``'s llm-foundry v0.3.0
+(``mosaicml>=0.16.3,<0.17``) on ``mosaicml/pytorch:2.1.0_cu121`` (sweep.sh), and the H100 large-scale
+section for 5e85bd62d (2024-01-06) with llm-foundry main (``mosaicml>=0.17.2,<0.18``, ``torch>=2.1,<2.1.1``;
+sweep.py): torch 2.1 with Composer >= 0.15 for all three (:attr:`cost_model.training_spec.TrainingSpec.torch_1_13`)."""
+
+
 def _llmfoundry(row, model, plan, training, variant):
     fsdp = row["fsdp"]
     grad = "bf16" if "PURE" in fsdp else "fp32"
     # Composer FSDP mixed_precision: DEFAULT reduces gradients in fp32, PURE in bf16 (composer/distributed)
-    return ({"grad_dtype": grad, "dropout": False, "flash_attention": True, "optimizer": "adamw"},
-            {"sequence_parallel": False},
-            [f"Composer FSDP mixed precision {'PURE' if grad == 'bf16' else 'DEFAULT'}: gradients reduced in {grad}; "
-             "MPTConfig pdrop 0 (no dropout); decoupled AdamW"])
+    old = row["gpu_type"] in LLMFOUNDRY_TORCH_1_13_GPUS
+    notes = [f"Composer FSDP mixed precision {'PURE' if grad == 'bf16' else 'DEFAULT'}: gradients reduced in {grad}; "
+             "MPTConfig pdrop 0 (no dropout); decoupled AdamW",
+             "Composer 0.13.4 / torch 1.13.1 (table of 2023-05): flat optimizer shards, no step read-back, whole-block "
+             "recompute" if old else
+             "Composer >= 0.16 / torch 2.1 (tables of 2023-10 and 2024-01): DecoupledAdamW over module parameters with a "
+             "step read-back per tensor; the non-reentrant recompute stops before the MLP output projection"]
+    return ({"grad_dtype": grad, "dropout": False, "flash_attention": True, "optimizer": "adamw",
+             "torch_1_13": old},
+            {"sequence_parallel": False}, notes)
 
 
 def _torchtitan(row, model, plan, training, variant):
