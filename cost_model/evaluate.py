@@ -24,7 +24,7 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   gradient (sequence parallelism only). Korthikanti et al. 2022 Table 4 (one 22B layer, A100, TP 8):
   backward 11.9 ms without recompute, 19.5 ms with full recompute (the forward's 7.7 ms, all-reduces
   included, again); the model gives 12.1 and 19.9 with it at the stored fit of 487797a (forward 7.8 ms;
-  with sequence parallelism 7.2 and 11.8, the table's 7.2 and 11.8).
+  with sequence parallelism 7.2 forward and 11.8 backward).
 * CP ring (p2p): a rank computes cp attention blocks and receives cp - 1 K/V chunks (backward: K/V and
   dK/dV), each transfer beside one block: the first block (the local chunk) runs while the first chunk
   arrives, and the last block has no transfer beside it. With the causal load balancing of Megatron /

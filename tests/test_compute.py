@@ -313,11 +313,10 @@ def test_residual_connection_bytes_by_hand(dropout, stack, bytes_per_h):
 
 
 def test_korthikanti_22b_layer_with_and_without_sequence_parallelism():
-    # Korthikanti et al. 2022 Table 4 (one GPT-22B layer, TP 8, micro-batch 4, A100): sequence parallelism
-    # takes the forward from 7.7 to 7.2 ms (the norms and the two fused bias-dropout-adds on 1/t of the
-    # tokens) while the backward's exposed all-gathers take back most of what its element-wise work saves.
-    # The element-wise bytes a token that sequence parallelism divides by t: two norms (4 x 2 x h) and two
-    # bias-dropout-adds (2 x 7 x h): 22 h; at h = 6144 and 8192 tokens, 1.107 GB, 7/8 of it saved.
+    # One GPT-22B layer as Korthikanti et al. 2022 time it (TP 8, micro-batch 4, A100, Megatron-LM): sequence
+    # parallelism runs the norms and the two fused bias-dropout-adds on 1/t of the tokens. The element-wise
+    # bytes a token it divides by t: two norms (4 x 2 x h) and two bias-dropout-adds (2 x 7 x h), 22 h; at
+    # h = 6144 and 8192 tokens 1.107 GB, 7/8 of it saved forward and twice that backward.
     from cost_model.compute import layer_times
     from cost_model.model_loader import build_training, model_input_from_mapping
     from cost_model.plan import PlanArrays
