@@ -334,12 +334,20 @@ def pipeline_p2p(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pr
     """Seconds and bytes of one activation (or gradient) transfer between neighbouring stages."""
     tokens = plans.micro_batch * training.seq_length / plans.cp
     # Sequence parallelism leaves each TP rank 1/tp of the activation to send; so does Megatron-LM's
-    # scatter/gather optimisation without it (the receiver all-gathers over NVLink, not priced).
-    scattered = plans.sequence_parallel | stack_spec(training.stack).pipeline_scatter_gather
+    # scatter/gather optimisation without it, whose receiver then all-gathers the 1/tp pieces over the
+    # tensor-parallel group before the next compute: megatron/p2p_communication.py ``_communicate``
+    # (NVIDIA/Megatron-LM 6985e58938, Aug 2021, and d898a8991d, May 2022) calls
+    # ``mpu.gather_split_1d_tensor`` on every received tensor after ``torch.cuda.synchronize()``, unless
+    # ``args.sequence_parallel`` (the sequence shard is what the next stage runs on: no gather).
+    gathered = stack_spec(training.stack).pipeline_scatter_gather & ~np.asarray(plans.sequence_parallel, bool)
+    scattered = plans.sequence_parallel | gathered
     sp_div = np.where(scattered, plans.tp, 1)
-    message = ACT_BYTES * tokens * model.hidden_size / sp_div
-    message = np.where(plans.pp > 1, message, 0.0)
-    return pricer.time(P2P, pricer.placements.pp, message), pricer.sent(P2P, pricer.placements.pp, message)
+    whole = ACT_BYTES * tokens * model.hidden_size
+    message = np.where(plans.pp > 1, whole / sp_div, 0.0)
+    regather = np.where(gathered & (plans.pp > 1) & (plans.tp > 1),
+                        pricer.time(AG, pricer.placements.tp, whole), 0.0)
+    return (pricer.time(P2P, pricer.placements.pp, message) + regather,
+            pricer.sent(P2P, pricer.placements.pp, message))
 
 
 @dataclass

@@ -385,6 +385,24 @@ def unfused_rotary_bytes(model: ModelSpec, training: TrainingSpec, q_heads, kv_h
     return _eager_rotary_bytes(model, q_heads, kv_heads) if unfused_rotary(model, training) else 0.0
 
 
+def _residual_bytes(training: TrainingSpec, h: float) -> float:
+    """HBM bytes per token of a layer's two residual connections (after attention, after the MLP).
+
+    Without dropout each is an add: read the block output and the residual, write the sum, 3 x 2 bytes
+    of h. With hidden dropout (GPT-3-era runs, 0.1 after each block: Megatron-LM ``ParallelTransformerLayer``
+    calls ``bias_dropout_add`` twice) a stack with fused element-wise kernels runs bias, dropout and add
+    as one kernel per block, ``bias_dropout_add_fused_train`` (megatron/model/transformer.py, 2021-2022;
+    Megatron-Core ``get_bias_dropout_add``): read the block output and the residual, write the sum and a
+    1-byte mask, 3 x 2 + 1; an eager stack runs the dropout (read, write, mask: 2 x 2 + 1) and the add
+    apart, 5 x 2 + 1 a block."""
+    e = ACT_BYTES
+    if not training.dropout:
+        return 2 * 3 * e * h
+    if stack_spec(training.stack).fused_elementwise:
+        return 2 * (3 * e + 1) * h
+    return 2 * (5 * e + 1) * h
+
+
 def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: _Pricer,
                options: CostOptions):
     """Projection GEMMs, attention core and element-wise work of the attention half of a layer."""
@@ -429,11 +447,9 @@ def _attention(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pric
 
     e = ACT_BYTES
     norms_s = pricer.streaming(4 * e * h / sp_div * tokens)      # two norms, each reads and writes h
-    per_token = (4 * e * h + 6 * e * h) / sp_div                  # the norms, 2 residual adds
+    per_token = (4 * e * h + _residual_bytes(training, h)) / sp_div    # the norms, the 2 residual adds
     if model.position_embedding_type == "rope":                   # learned and ALiBi positions add no kernel here
         per_token = per_token + 2 * e * (q_heads + kv_heads) * model.q_head_dim  # rotary embedding on q, k
-    if training.dropout:
-        per_token = per_token + (2 * e + 1) * h / sp_div
     per_token = per_token + _eager_attention_bytes(model, training, q_heads, kv_heads, sp_div)
     elementwise = per_token * tokens
     elementwise_s = pricer.streaming(elementwise) + quantize_s

@@ -23,7 +23,8 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   weight-gradient GEMM; what stays exposed backward is the all-gather of the row-parallel output
   gradient (sequence parallelism only). Korthikanti et al. 2022 Table 4 (one 22B layer, A100, TP 8):
   backward 11.9 ms without recompute, 19.5 ms with full recompute (the forward's 7.7 ms, all-reduces
-  included, again); the model gives 12.0 and 19.8 with it, 13.5 and 21.4 without.
+  included, again); the model gives 12.1 and 19.9 with it at the stored fit of 487797a (forward 7.8 ms;
+  with sequence parallelism 7.2 forward and 11.8 backward).
 * CP ring (p2p): a rank computes cp attention blocks and receives cp - 1 K/V chunks (backward: K/V and
   dK/dV), each transfer beside one block: the first block (the local chunk) runs while the first chunk
   arrives, and the last block has no transfer beside it. With the causal load balancing of Megatron /
@@ -34,10 +35,12 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * EP all-to-all: exposed, unless ``overlap_moe_expert_parallel_comm`` (Megatron's merged 1F1B, or the
   F&B pairs of DualPipe/DualPipeV), which hides each all-to-all of the steady-state steps behind a
   compute block of the other micro-batch (:mod:`cost_model.ep_overlap`).
-* Pipeline send/recv: 1F1B (and ZB-H1/H2) sends on the critical path, 2 transfers per micro-batch plus
-  fill and drain: 2*(m + p - 1) transfers; the interleaved, V and DualPipe schedules overlap them
-  (``--overlap-p2p-communication``) except during fill and drain: 2*(p - 1)
-  (:func:`cost_model.schedules.exposed_p2p_transfers`).
+* Pipeline send/recv: 1F1B (and ZB-H1/H2) waits for its exchanges, one a micro-batch on the first and
+  last stage, two on the middle ones, in the micro-batch step; so does Megatron-LM's interleaved
+  schedule before ``--overlap-p2p-communication`` (two transfers a chunk pair); the fill and drain
+  pass them through the bubble (:func:`cost_model.schedules.blocking_exchanges_per_microbatch`). The
+  interleaved, V and DualPipe schedules that overlap them expose only the fill and drain's, 2*(p - 1)
+  (:func:`cost_model.schedules.fill_drain_p2p_transfers`).
 * DP gradient sync (ZeRO-0/1) with ``overlap_grad_reduce`` hides behind the last micro-batch's
   backward, except the last bucket (40M elements); the distributed optimizer's weight all-gather with
   ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
@@ -107,7 +110,7 @@ from .activations import recomputes
 from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .plan import PlanArrays
 from .power import plan_power
-from .schedules import bubble_s, exposed_p2p_transfers, other_ranks_mean_s
+from .schedules import blocking_exchanges_per_microbatch, bubble_s, fill_drain_p2p_transfers, other_ranks_mean_s
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
 from .training_spec import TrainingSpec
@@ -470,8 +473,14 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     offload_exposed = np.maximum(0.0, copy_s - forward) + np.maximum(0.0, copy_s - (backward + recompute))
 
     zero_exposed = zero_exposed + grad_prep  # reported with the ZeRO-2/3 traffic it prepares (dp_comm)
+    # Pipeline exchanges the stage waits for every micro-batch (blocking sends; schedules.py).
+    p2p_s, p2p_bytes = pipeline_p2p(model, training, plans, pricer)
+    exchanges = blocking_exchanges_per_microbatch(plans.schedule, plans.pp, stages.chunks if stages.chunks is not None
+                                                  else plans.vpp, stack.pipeline_p2p_overlap,
+                                                  stack.pipeline_p2p_batched)
+    p2p_exposed = exchanges * p2p_s[:, None]
     t_mb = (forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + offload_exposed
-            + contention)
+            + contention + p2p_exposed)
     t_mb = np.where(stages.exists, t_mb, -np.inf)
     bottleneck = np.argmax(t_mb, axis=1)
     T = _pick(t_mb, bottleneck)
@@ -488,9 +497,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     bubble = np.where(plans.pp > 1, bubble_s(plans.schedule, plans.pp, plans.vpp, others(t_mb),
                                              others(backward + recompute), others(weight_grad)),
                       0.0)
-    p2p_s, p2p_bytes = pipeline_p2p(model, training, plans, pricer)
-    transfers = exposed_p2p_transfers(plans.schedule, plans.pp, mf)
-    pp_comm = np.where(plans.pp > 1, transfers * p2p_s, 0.0)
+    pp_comm = fill_drain_p2p_transfers(plans.schedule, plans.pp, stack.pipeline_p2p_overlap) * p2p_s
 
     # ---- once per step: data-parallel sync and optimizer ----
     local_params = params.total
@@ -540,7 +547,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         "cp_comm": mf * at_bottleneck(cp_exposed),
         "ep_comm": mf * at_bottleneck(ep_exposed),
         "pp_bubble": bubble,
-        "pp_comm": pp_comm,
+        "pp_comm": pp_comm + mf * at_bottleneck(p2p_exposed),
         "dp_comm": dp_exposed + mf * at_bottleneck(zero_exposed),  # ZeRO-2/3 traffic is data-parallel
         "offload": mf * at_bottleneck(offload_exposed),
         "overlap_contention": mf * at_bottleneck(contention) + step_contention,

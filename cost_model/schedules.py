@@ -162,16 +162,61 @@ def other_ranks_mean_s(per_stage_s: np.ndarray, exists: np.ndarray, pp: np.ndarr
     return np.where(p > 1, (total - bottleneck_s) / np.maximum(p - 1.0, 1.0), bottleneck_s)
 
 
-def exposed_p2p_transfers(schedule: np.ndarray, pp: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Pipeline sends on the critical path per step: 1F1B and its zero-bubble variants send on it, two
-    per micro-batch plus fill and drain, 2 (m + p - 1); the interleaved and V schedules overlap their
-    sends with the next chunk (Megatron ``--overlap-p2p-communication``; torch's runtime posts them
-    asynchronously) except during fill and drain, 2 (p - 1); DualPipe's F&B pairs hide them
-    (DeepSeek-V3 section 3.2.1: "both all-to-all and PP communication can be fully hidden")."""
+def blocking_exchanges_per_microbatch(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray,
+                                      overlapped: bool, batched: bool = True) -> np.ndarray:
+    """Pipeline transfers each stage waits for per micro-batch (plans x 3: first, middle, last), in units
+    of one activation sent one way between neighbours (:func:`cost_model.communication.pipeline_p2p`).
+
+    1F1B and its zero-bubble variants exchange on the critical path: Megatron-LM's steady state runs
+    ``send_forward_recv_backward`` after each forward and ``send_backward_recv_forward`` after each
+    backward, each a ``batch_isend_irecv`` the rank waits for (``megatron/schedules.py``
+    ``forward_backward_pipelining_without_interleaving`` and ``p2p_communication._communicate``,
+    NVIDIA/Megatron-LM 6985e58938, Aug 2021, d898a8991d, May 2022; ``megatron/core/pipeline_parallel``
+    keeps them blocking). Each exchange sends one tensor each way on one link, one transfer's time;
+    the first stage has no previous and the last no next stage, so they wait for one exchange a
+    micro-batch, the middle stages for two. A last stage made heavier by the LM head therefore runs
+    T_last + 1 exchange a micro-batch while its neighbour runs T_mid + 2 (the slower sets the pace).
+
+    ``batched`` False: a stack whose sends and receives are not paired in one exchange is priced as
+    before this accounting, two transfers a micro-batch on every stage (whose fill and drain are the
+    2 (p - 1) of 2 (m + p - 1)); DeepSpeed's PipelineEngine, for one, runs RecvActivation, SendGrad,
+    SendActivation and RecvGrad as separate blocking calls (``deepspeed/runtime/pipe/schedule.py``
+    ``TrainSchedule``), which is not priced here.
+
+    The interleaved schedule of Megatron-LM before ``--overlap-p2p-communication`` (added 2023-05,
+    NVIDIA/Megatron-LM f9283c5a8a) runs one ``send_forward_backward_recv_forward_backward`` after every
+    forward-backward chunk pair, sending to and receiving from both neighbours at once: two transfers on
+    the rank's link per chunk pair, 2 v per micro-batch, on every rank (``overlapped`` False: the stack's
+    :attr:`cost_model.stacks.StackSpec.pipeline_p2p_overlap`). Where the stack overlaps them, and under
+    DualPipe's F&B pairs, the steady state waits for none (:func:`fill_drain_p2p_transfers`).
+
+    The fill and drain pass the same exchanges from rank to rank: they are in the bubble, which prices
+    the other ranks' micro-batch steps (:func:`bubble_s`)."""
+    s = np.asarray(schedule)
+    p = np.asarray(pp)
+    v = np.asarray(vpp, dtype=float)
+    on_path = _is(s, (ONE_F_ONE_B, ZB_H1, ZB_H2))
+    ends = np.where(p > 1, 1.0, 0.0)
+    middle = np.where(p > 2, 2.0, 0.0)
+    if not batched:
+        ends, middle = 2.0 * ends, np.where(p > 2, 2.0, 0.0)
+    one_f_one_b = np.stack([ends, middle, ends], axis=1)
+    chunked = 0.0 if overlapped else 1.0
+    every_rank = np.where((p > 1) & _is(s, (INTERLEAVED,)), 2.0 * v * chunked, 0.0)[:, None]
+    return np.where(on_path[:, None], one_f_one_b, every_rank * np.ones((1, 3)))
+
+
+def fill_drain_p2p_transfers(schedule: np.ndarray, pp: np.ndarray, overlapped: bool) -> np.ndarray:
+    """Pipeline transfers on the critical path per step outside the micro-batch steps (per plan): the
+    fill and drain of the schedules whose steady-state sends overlap the next chunk (Megatron
+    ``--overlap-p2p-communication``, torch's pipelining runtime posting them asynchronously, DualPipe's
+    F&B pairs: DeepSeek-V3 section 3.2.1, "both all-to-all and PP communication can be fully hidden"),
+    2 (p - 1); none where every exchange is waited for (:func:`blocking_exchanges_per_microbatch` puts
+    them in the micro-batch steps, and the bubble carries the fill and drain's)."""
     s = np.asarray(schedule)
     p = np.asarray(pp, dtype=float)
-    on_path = _is(s, (ONE_F_ONE_B, ZB_H1, ZB_H2))
-    return np.where(on_path, 2 * (np.asarray(m, dtype=float) + p - 1), 2 * (p - 1))
+    blocking = _is(s, (ONE_F_ONE_B, ZB_H1, ZB_H2)) | (_is(s, (INTERLEAVED,)) & (not overlapped))
+    return np.where(blocking | (p <= 1), 0.0, 2 * (p - 1))
 
 
 def paired_chunk_share(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray, m: np.ndarray,

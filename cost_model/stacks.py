@@ -211,6 +211,22 @@ class StackSpec:
     save the local shard and all-gather it again in backward (Korthikanti et al. 2022, section 4.2.2),
     the :mod:`cost_model.activations` inventory's ``/t``."""
 
+    pipeline_p2p_overlap: bool
+    """Whether the interleaved schedule's pipeline sends run beside the next chunk's compute (Megatron-Core
+    ``--overlap-p2p-communication``, on by default in Megatron-LM's arguments; torch's pipelining runtime
+    posts them asynchronously), or the rank waits for each chunk pair's exchange with both neighbours:
+    Megatron-LM before 2023-05 (``send_forward_backward_recv_forward_backward``, a ``batch_isend_irecv``
+    then ``torch.cuda.synchronize()``, ``megatron/schedules.py`` / ``p2p_communication.py``, NVIDIA/Megatron-LM
+    6985e58938 and d898a8991d). :func:`cost_model.schedules.blocking_exchanges_per_microbatch`. 1F1B waits
+    for its exchanges on every stack."""
+
+    pipeline_p2p_batched: bool
+    """Whether a pipeline rank's send to and receive from one neighbour go out together, one
+    ``batch_isend_irecv`` the rank waits for (Megatron-LM ``p2p_communication._communicate``, 2021 to
+    Megatron-Core's ``p2p_communication.py``), so that 1F1B's first and last ranks wait for one exchange a
+    micro-batch and the middle ones for two (:func:`cost_model.schedules.blocking_exchanges_per_microbatch`);
+    False keeps two transfers a micro-batch on every rank."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -221,8 +237,9 @@ class StackSpec:
 
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
             "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
-            "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather", "per_tensor_collectives", "zero3_gradient_all_reduce",
-            "pipeline_scatter_gather", "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input")
+            "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather",
+            "per_tensor_collectives", "zero3_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
+            "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap", "pipeline_p2p_batched")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

@@ -298,3 +298,38 @@ def test_yarn_rotary_runs_unfused_on_megatron_core():
     mla_plans = PlanArrays.from_records([dict(tp=1, dp=8, ep=8, micro_batch=1)])
     assert _attention(deepseek, training, mla_plans, pricer_, options)[5][0] == \
         _attention(mla_plain, training, mla_plans, pricer_, options)[5][0]
+
+
+@pytest.mark.parametrize("dropout, stack, bytes_per_h", [
+    (False, "megatron-core", 2 * 3 * 2),         # two adds: read the block output and the residual, write
+    (True, "megatron-lm-2021", 2 * (3 * 2 + 1)),  # bias_dropout_add_fused_train twice: the same + 1-byte mask
+    (True, "composer-fsdp", 2 * (5 * 2 + 1)),     # eager: dropout (read, write, mask) and add apart
+])
+def test_residual_connection_bytes_by_hand(dropout, stack, bytes_per_h):
+    from cost_model.compute import _residual_bytes
+    training = TrainingSpec(dropout=dropout, stack=stack, flash_attention=stack != "megatron-lm-2021",
+                            overlap_grad_reduce=stack != "megatron-lm-2021")
+    assert _residual_bytes(training, 6144) == bytes_per_h * 6144   # 73,728 / 86,016 / 135,168 bytes a token
+
+
+def test_korthikanti_22b_layer_with_and_without_sequence_parallelism():
+    # One GPT-22B layer as Korthikanti et al. 2022 time it (TP 8, micro-batch 4, A100, Megatron-LM): sequence
+    # parallelism runs the norms and the two fused bias-dropout-adds on 1/t of the tokens. The element-wise
+    # bytes a token it divides by t: two norms (4 x 2 x h) and two bias-dropout-adds (2 x 7 x h), 22 h; at
+    # h = 6144 and 8192 tokens 1.107 GB, 7/8 of it saved forward and twice that backward.
+    from cost_model.compute import layer_times
+    from cost_model.model_loader import build_training, model_input_from_mapping
+    from cost_model.plan import PlanArrays
+    model = model_input_from_mapping(dict(num_hidden_layers=48, hidden_size=6144, num_attention_heads=64,
+                                          intermediate_size=24576, vocab_size=51200, hidden_act="gelu",
+                                          norm_type="layernorm", position_embedding_type="learned",
+                                          max_position_embeddings=2048, add_bias_linear=True),
+                                     source="test", default_name="gpt-22b").spec
+    training = build_training(dict(stack="megatron-lm-2021", seq_length=2048, global_batch_size=4, precision="fp16",
+                                   dropout=True), source="test", model=model)
+    gpu = load_cluster("a100-sxm-80gb").gpu
+    plans = PlanArrays.from_records([dict(tp=8, pp=1, dp=1, micro_batch=4, sequence_parallel=sp) for sp in (False, True)])
+    dense, _ = layer_times(model, training, plans, gpu, CostOptions())
+    saved = 22 * 6144 * 8192 * 7 / 8 / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+    assert dense.forward[0] - dense.forward[1] == pytest.approx(saved, rel=1e-9)
+    assert dense.backward[0] - dense.backward[1] == pytest.approx(2 * saved, rel=1e-9)

@@ -161,6 +161,30 @@ def test_pp_volume_by_hand(sp, v):
                [dict(tp=4, pp=1)]).comm_bytes_per_step["pp"][0] == 0
 
 
+@pytest.mark.parametrize("sp", [False, True])
+def test_megatron_2021_scatter_gather_pipeline_send_by_hand(sp):
+    # Megatron-LM's scatter/gather optimisation: each TP rank sends 1/t of the b*s*h activation and the
+    # receiver all-gathers the pieces over the TP group (p2p_communication._communicate,
+    # gather_split_1d_tensor); with sequence parallelism the shard is what the next stage runs on.
+    from cost_model.communication import CommPricer, pipeline_p2p, place
+    from cost_model.model_loader import build_training
+    model = dataclasses.replace(LLAMA8, num_layers=32)
+    plans = PlanArrays.from_records([dict(tp=4, pp=4, dp=1, sequence_parallel=sp)])
+    pricer = CommPricer(CLUSTER, place(CLUSTER, plans, CostOptions()))
+    old = build_training(dict(seq_length=8192, global_batch_size=32, stack="megatron-lm-2021"), source="test",
+                         model=model)
+    core = TrainingSpec(seq_length=8192, global_batch_size=32)
+    whole = 2 * 8192 * 4096                       # bytes of one b*s*h activation, b = 1
+    seconds, sent = pipeline_p2p(model, old, plans, pricer)
+    assert sent[0] == whole / 4                   # 8 MiB of 32
+    send = pricer.time(P2P, pricer.placements.pp, np.array([whole / 4]))[0]
+    gather = pricer.time(AG, pricer.placements.tp, np.array([whole]))[0]
+    assert seconds[0] == pytest.approx(send + (0.0 if sp else gather), rel=1e-12)
+    core_seconds, core_sent = pipeline_p2p(model, core, plans, pricer)
+    assert core_sent[0] == whole / (4 if sp else 1)   # Megatron-Core sends the whole tensor without SP
+    assert core_seconds[0] == pytest.approx(pricer.time(P2P, pricer.placements.pp, core_sent)[0], rel=1e-12)
+
+
 # --- data parallelism and ZeRO --------------------------------------------------------------------
 
 LLAMA2_7B = model_from_hf({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096,

@@ -20,6 +20,7 @@ import pytest
 from cost_model.calibration.validate import DEFAULT_DATASET, read_runs, validate_row
 from cost_model.evaluate import evaluate
 from cost_model.model_loader import load_model
+from cost_model.options import CostOptions
 from cost_model.plan import SCHEDULES, PlanArrays
 from cost_model.schedules import (DUALPIPE, DUALPIPEV, INTERLEAVED, ONE_F_ONE_B, ZB_H1, ZB_H2, ZBV, bubble_s,
                                   chunks_per_rank, in_flight_chunk_forwards, paired_chunk_share, parameter_copies)
@@ -272,3 +273,44 @@ def test_a_heavier_last_rank_shrinks_the_bubble_below_its_own_time():
     per_microbatch = (m.step_time_parts_s["compute"] + m.step_time_parts_s["tp_comm"]) / microbatches
     # The last rank (10 layers + the 128K-vocabulary head) is the bottleneck; the bubble is 7 lighter ranks.
     assert 0 < m.step_time_parts_s["pp_bubble"][0] < 7 * per_microbatch[0]
+
+
+def test_blocking_exchanges_follow_megatrons_send_calls():
+    # 1F1B: send_forward_recv_backward after each forward and send_backward_recv_forward after each
+    # backward; the first rank has no previous and the last no next stage, so 1, 2, 1 exchanges a
+    # micro-batch (1, -, 1 with two ranks; none with one). Megatron-LM's interleaved schedule before
+    # --overlap-p2p-communication: one exchange with both neighbours a chunk pair, 2 transfers, 2v a
+    # micro-batch on every rank; none where the sends overlap (their fill and drain are 2(p-1)).
+    from cost_model.schedules import blocking_exchanges_per_microbatch, fill_drain_p2p_transfers
+    schedule = np.array([ONE_F_ONE_B, ONE_F_ONE_B, ONE_F_ONE_B, INTERLEAVED, DUALPIPE])
+    pp, vpp = np.array([4, 2, 1, 8, 8]), np.array([1, 1, 1, 3, 1])
+    blocking = blocking_exchanges_per_microbatch(schedule, pp, vpp, overlapped=False)
+    np.testing.assert_array_equal(blocking, [[1, 2, 1], [1, 0, 1], [0, 0, 0], [6, 6, 6], [0, 0, 0]])
+    overlapped = blocking_exchanges_per_microbatch(schedule, pp, vpp, overlapped=True)
+    np.testing.assert_array_equal(overlapped[3], [0, 0, 0])
+    np.testing.assert_array_equal(overlapped[:3], blocking[:3])
+    # A stack whose sends and receives are separate calls: two transfers a micro-batch on every rank.
+    serial = blocking_exchanges_per_microbatch(schedule, pp, vpp, overlapped=False, batched=False)
+    np.testing.assert_array_equal(serial[:3], [[2, 2, 2], [2, 0, 2], [0, 0, 0]])
+    np.testing.assert_array_equal(fill_drain_p2p_transfers(schedule, pp, overlapped=False), [0, 0, 0, 0, 14])
+    np.testing.assert_array_equal(fill_drain_p2p_transfers(schedule, pp, overlapped=True), [0, 0, 0, 14, 14])
+
+
+@pytest.mark.parametrize("stack, vpp, exchanges", [
+    ("megatron-lm-2021", 1, 1.0),    # 1F1B, the LM-head rank the bottleneck: one exchange a micro-batch
+    ("megatron-lm-2021", 2, 4.0),    # blocking interleaved: 2 v transfers a micro-batch
+    ("megatron-core", 2, 0.0),       # --overlap-p2p-communication: only the fill and drain, 2 (p - 1)
+])
+def test_pipeline_sends_on_the_critical_path_by_hand(stack, vpp, exchanges):
+    from cost_model.communication import CommPricer, pipeline_p2p, place
+    from cost_model.model_loader import build_training
+    model = load_model("llama3-8b").spec
+    training = build_training(dict(seq_length=4096, global_batch_size=64, stack=stack, precision="bf16"),
+                              source="test", model=model)  # the stack's own overlaps and kernels
+    cluster = load_cluster("h100x1024")
+    plans = PlanArrays.from_records([dict(tp=2, pp=4, dp=1, vpp=vpp, micro_batch=1)])
+    metrics = evaluate(model, training, cluster, plans, CostOptions())
+    p2p_s = pipeline_p2p(model, training, plans, CommPricer(cluster, place(cluster, plans, CostOptions())))[0][0]
+    assert metrics.bottleneck_stage[0] == 2
+    expected = 64 * exchanges * p2p_s + (2 * 3 * p2p_s if exchanges == 0 else 0.0)
+    assert metrics.step_time_parts_s["pp_comm"][0] == pytest.approx(expected, rel=1e-9)
