@@ -8,9 +8,11 @@ workload (ISL/OSL, a static batch or an arrival rate) and what was measured, thr
 below, one entry per distinct text of the CSV, each saying why. Four kinds of run:
 
 * ``max_load``: total output tokens/s at max load (TensorRT-LLM ``trtllm-bench throughput``, MLPerf
-  Offline), compared per GPU. The source does not publish the engine's batch and chunk budgets (nor,
-  on the v1.0 page, the expert-parallel degree of MoE runs, nor everywhere the KV dtype): every
-  combination in :data:`UNPUBLISHED_MAX_LOAD_CHOICES` is a candidate and the calibration keeps the
+  Offline), compared per GPU. The TensorRT-LLM pages' command passes no batch or token limit, so
+  ``trtllm-bench`` derived them itself (:mod:`cost_model.calibration.trtllm_bench`, from the dataset's
+  request count, :data:`TRTLLM_BENCH_NUM_REQUESTS`); what the sources leave open besides (on the v1.0
+  page the expert-parallel degree of MoE runs, and not everywhere the KV dtype; MLPerf's batch and chunk
+  budgets, :data:`UNPUBLISHED_MAX_LOAD_CHOICES`) is a set of candidates and the calibration keeps the
   fastest one predicted to fit, as ``validate`` does with unpublished training memory settings (the
   README: "compare with the best unconstrained plan at the printed layout").
 * ``static_batch``: Splitwise's profile, ``batch`` identical requests run together: the prompt time
@@ -93,6 +95,11 @@ class ServingRun:
     measured: dict[str, float] = field(default_factory=dict)
     """Median over the repeats of each quantity of :data:`QUANTITIES` the source publishes."""
     is_moe: bool = False
+    trtllm_bench: bool = False
+    """The engine's max_batch_size / max_num_tokens are what ``trtllm-bench throughput`` derived for itself
+    (:mod:`cost_model.calibration.trtllm_bench`), not a grid of unpublished candidates."""
+    num_requests: int | None = None
+    """Requests of the run's dataset (the perf page's ``$num_requests`` table); None when not published."""
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -177,13 +184,32 @@ KV_DTYPES: dict[str, str | None] = {
 }
 
 UNPUBLISHED_MAX_LOAD_CHOICES: dict[str, tuple[int, ...]] = {
-    # Engine knobs trtllm-bench and the MLPerf harness tune per run and do not print: every combination is a
-    # candidate; the fastest predicted to fit is compared (the tables are max-throughput tables).
+    # Engine knobs the MLPerf harness tunes per run and does not print: every combination is a candidate; the
+    # fastest predicted to fit is compared (the tables are max-throughput tables). The TensorRT-LLM pages' runs
+    # take trtllm-bench's own derivation instead (TRTLLM_BENCH_SOURCES).
     "max_num_seqs": (32, 64, 128, 256, 512, 1024, 2048),
     "max_num_batched_tokens": (2048, 8192, 16384),
 }
 """``max_num_seqs`` per attention rank from 32 (trtllm-bench's smallest tuned batch on the 20k/2k rows) to
 2048 (its max_batch_size default); chunk budgets from 2048 to TensorRT-LLM's 16384 max_num_tokens ceiling."""
+
+TRTLLM_BENCH_SOURCES = ("trtllm_v10", "trtllm_new")
+"""Source groups run with ``trtllm-bench throughput`` and neither ``--max_batch_size`` nor ``--max_num_tokens``
+(both perf pages' 'Running the Benchmark' commands): the engine limits are trtllm-bench's own
+(:mod:`cost_model.calibration.trtllm_bench`)."""
+
+TRTLLM_BENCH_NUM_REQUESTS: dict[str, dict[tuple[int, int], int]] = {
+    # source_group: {(ISL, OSL): $num_requests}, the pages' 'Preparing a Dataset' tables.
+    # NVIDIA/TensorRT-LLM docs/source/performance/perf-overview.md @00f37686aa854010d68bcbd0f4ab000221541ca6
+    "trtllm_v10": {(128, 128): 30000, (128, 2048): 3000, (128, 4096): 1500, (1000, 2000): 1500, (2048, 128): 3000,
+                   (2048, 2048): 1500, (5000, 500): 1500, (1000, 1000): 3000, (500, 2000): 3000,
+                   (20000, 2000): 1000},
+    # docs/source/developer-guide/perf-overview.md @03e27c7d5ff0c6e89f8328838c0a8e64f1b34f9d; its results also
+    # have 1000/1000 rows, which the table does not list: their request count is not published (None).
+    "trtllm_new": {(1024, 1024): 3000, (8192, 1024): 1500, (1024, 8192): 1500, (32768, 1024): 1000,
+                   (1024, 32768): 1000},
+}
+"""Requests of each perf-page dataset: with attention DP a rank runs no more than its share of them."""
 
 SUSPECT = "Splitwise TP2 batch-64 Llama 2 70B 512/128 rows look capped (TTFT far below batch 32): the README " \
           "calls them suspect"
@@ -341,6 +367,12 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
     kv_reserved = overlap_scheduler
     if kv_reserved:
         assumptions.append("KV reserved to completion (TensorRT-LLM GUARANTEED_NO_EVICT capacity scheduler default)")
+    trtllm_bench = row["source_group"] in TRTLLM_BENCH_SOURCES and kind == "max_load"
+    num_requests = None
+    if trtllm_bench:
+        num_requests = TRTLLM_BENCH_NUM_REQUESTS[row["source_group"]].get((_int(row["isl"]), _int(row["osl"])))
+        assumptions.append("engine limits derived by trtllm-bench (no --max_batch_size / --max_num_tokens; "
+                           "chunked prefill off)" + ("" if num_requests else "; dataset request count not published"))
     if row["source_group"] == "splitwise_profile":
         cuda_graphs = False
         assumptions.append("eager decode steps (the profile names no framework; 2023 serving stacks ran decode "
@@ -351,7 +383,8 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
                 isl=_float(row["isl"]), osl=_float(row["osl"]), batch=batch,
                 request_rate_per_s=_float(row["request_rate_per_s"]), workload=workload, cuda_graphs=cuda_graphs,
                 overlap_scheduler=overlap_scheduler, kv_reserved_to_completion=kv_reserved,
-                measured=_measured(row, kind), is_moe=moe, assumptions=tuple(assumptions))
+                measured=_measured(row, kind), is_moe=moe, trtllm_bench=trtllm_bench, num_requests=num_requests,
+                assumptions=tuple(assumptions))
 
 
 def read_csv(path: str | Path = DEFAULT_CSV) -> list[dict[str, str]]:
