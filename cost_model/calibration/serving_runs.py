@@ -211,6 +211,21 @@ TRTLLM_BENCH_NUM_REQUESTS: dict[str, dict[tuple[int, int], int]] = {
 }
 """Requests of each perf-page dataset: with attention DP a rank runs no more than its share of them."""
 
+V10_MOE_ATTENTION_DP = (
+    "attention DP on (the v1.0 page prints 'TP<n>' for MoE runs; its MoE llm_options.yml enables "
+    "enable_attention_dp, printed indented under cuda_graph_config, where CudaGraphConfig, a StrictBaseModel "
+    "with extra='forbid' in tensorrt_llm/llmapi/llm_args.py, would have refused it: the page's author placed it "
+    "at the top level in the review of NVIDIA/TensorRT-LLM PR #7848, 'Update Perf-Overview.md for release/1.0', "
+    "reviewer: 'enable_attention_dp should be at the same indent as the cuda_graph_config', author: 'should be "
+    "fixed now'): TP<n> read as DEP<n>, n attention ranks of TP1")
+"""Why the v1.0 page's multi-GPU MoE columns are priced with attention data parallelism. The page's commit
+(@00f37686) still prints the key under ``cuda_graph_config``; read literally the run would not have started
+(``CudaGraphConfig(StrictBaseModel)``, ``class Config: extra = "forbid"``), so the yaml is not what ran, and
+the author's review reply says what did. The measurements agree: the v1.0 'TP<n>' MoE columns give per GPU what
+the newer page's explicit DEP columns give (Qwen3-235B-A22B 1000/1000 tokens/s/GPU: B200 'TP8' 5,299 vs 'DEP4'
+5,764, H100 'TP8' 1,862 vs 'DEP8' 1,932, H200 'TP8' 2,974 vs 'DEP4' 3,288; Llama 4 Maverick H200 'TP8' 3,973
+vs 'DEP8' 4,146)."""
+
 SUSPECT = "Splitwise TP2 batch-64 Llama 2 70B 512/128 rows look capped (TTFT far below batch 32): the README " \
           "calls them suspect"
 
@@ -279,6 +294,9 @@ def _layout(row: dict[str, str], moe: bool, assumptions: list[str]) -> dict[str,
         raise _Skip("tp not published (layout of this MLPerf system not printed)")
     pp = _int(row["pp"]) or 1
     attn_dp = _int(row["attn_dp"]) or 1
+    if row["source_group"] == "trtllm_v10" and moe and tp > 1 and attn_dp == 1:
+        tp, attn_dp = 1, tp
+        assumptions.append(V10_MOE_ATTENTION_DP)
     ep = _int(row["ep"])
     if ep is None:
         if moe and tp * attn_dp > 1:
