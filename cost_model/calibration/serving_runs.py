@@ -204,10 +204,11 @@ TRTLLM_BENCH_NUM_REQUESTS: dict[str, dict[tuple[int, int], int]] = {
     "trtllm_v10": {(128, 128): 30000, (128, 2048): 3000, (128, 4096): 1500, (1000, 2000): 1500, (2048, 128): 3000,
                    (2048, 2048): 1500, (5000, 500): 1500, (1000, 1000): 3000, (500, 2000): 3000,
                    (20000, 2000): 1000},
-    # docs/source/developer-guide/perf-overview.md @03e27c7d5ff0c6e89f8328838c0a8e64f1b34f9d; its results also
-    # have 1000/1000 rows, which the table does not list: their request count is not published (None).
+    # docs/source/developer-guide/perf-overview.md @03e27c7d5ff0c6e89f8328838c0a8e64f1b34f9d. Its results also
+    # have 1000/1000 rows, which its table does not list; the same procedure's table on the v1.0 page (above)
+    # gives 1000/1000 3000 requests, as this table gives its 1024/1024: read as 3000.
     "trtllm_new": {(1024, 1024): 3000, (8192, 1024): 1500, (1024, 8192): 1500, (32768, 1024): 1000,
-                   (1024, 32768): 1000},
+                   (1024, 32768): 1000, (1000, 1000): 3000},
 }
 """Requests of each perf-page dataset: with attention DP a rank runs no more than its share of them."""
 
@@ -391,6 +392,9 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
         num_requests = TRTLLM_BENCH_NUM_REQUESTS[row["source_group"]].get((_int(row["isl"]), _int(row["osl"])))
         assumptions.append("engine limits derived by trtllm-bench (no --max_batch_size / --max_num_tokens; "
                            "chunked prefill off)" + ("" if num_requests else "; dataset request count not published"))
+        if row["source_group"] == "trtllm_new" and (_int(row["isl"]), _int(row["osl"])) == (1000, 1000):
+            assumptions.append("3000 requests: the page's dataset table omits 1000/1000; the v1.0 page's table of "
+                               "the same procedure gives 3000")
     if row["source_group"] == "splitwise_profile":
         cuda_graphs = False
         assumptions.append("eager decode steps (the profile names no framework; 2023 serving stacks ran decode "
