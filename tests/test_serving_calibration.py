@@ -56,10 +56,17 @@ def test_a_splitwise_configuration_collapses_to_the_median_of_its_repeats(table)
 
 def test_unpublished_moe_expert_parallelism_is_left_open(table):
     runs, _ = table
-    # trtllm_v10 prints only TP for MoE runs: EP 0 = price EP 1 and EP = TP.
+    # trtllm_v10 prints only TP for MoE runs: EP 0 = price EP 1 and EP = TP. Its MoE llm_options enable attention
+    # DP (placed at the top level in the review of NVIDIA/TensorRT-LLM PR #7848): 'TP8' runs as DEP8.
     run = next(r for r in runs if r.source_group == "trtllm_v10" and r.model == "qwen3-235b-a22b" and r.gpu == "h200-sxm")
-    assert run.layout["tp"] == 8 and run.layout["ep"] == 0
+    assert run.layout["tp"] == 1 and run.layout["attn_dp"] == 8 and run.layout["ep"] == 0
+    assert run.gpus_per_instance == 8 and run.layout_text == "DEP8"
     assert any("EP not published" in a for a in run.assumptions)
+    assert any("PR #7848" in a for a in run.assumptions)
+    # A single-GPU MoE column and every dense column keep their printed TP.
+    scout = next(r for r in runs if r.source_group == "trtllm_v10" and r.model == "llama4-scout" and r.gpu == "b200")
+    llama = next(r for r in runs if r.source_group == "trtllm_v10" and r.model == "llama3-405b" and r.gpu == "h200-sxm")
+    assert scout.layout["attn_dp"] == 1 and llama.layout["tp"] == 8 and llama.layout["attn_dp"] == 1
 
 
 def test_gpt_oss_runs_its_mxfp4_checkpoint_on_every_gpu(table):

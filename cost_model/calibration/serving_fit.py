@@ -21,9 +21,11 @@ Predictions (:func:`predict`), with the serving cost model as it is and nothing 
   (``InstancePricing.decode_step``; attention reads grow linearly with context, so the mean step is the
   step at the mean context);
 * max load (TensorRT-LLM, MLPerf Offline): ``evaluate_serving``'s max-load output tokens/s per GPU of the
-  published layout, over the engine settings the source does not print
-  (:data:`~cost_model.calibration.serving_runs.UNPUBLISHED_MAX_LOAD_CHOICES`): the fastest candidate
-  predicted to fit, as ``trtllm-bench`` tunes its batch for the best throughput;
+  published layout. The TensorRT-LLM pages' engines run the batch and token limits ``trtllm-bench``
+  derived for them (:mod:`~cost_model.calibration.trtllm_bench`; the KV pool the serving model gives the
+  engine caps the batch, as the engine's scheduler admits only what its pool holds); MLPerf's, which the
+  source does not print, are a grid (:data:`~cost_model.calibration.serving_runs.UNPUBLISHED_MAX_LOAD_CHOICES`).
+  Of the candidates left (an unpublished EP degree or KV dtype) the fastest predicted to fit is compared;
 * MLPerf Server: ``evaluate_serving`` at the run's request rate, p50 TTFT and TPOT.
 """
 
@@ -187,7 +189,28 @@ class _Prepared:
     workload: Any
 
 
-def _candidates(run: ServingRun) -> list[dict[str, Any]]:
+def _engine_limits(run: ServingRun, model: Any, gpu: Any, kv_dtype: str) -> list[tuple[int, int]]:
+    """(max_num_seqs per attention rank, max_num_batched_tokens) candidates of a max-load run: trtllm-bench's
+    own derivation for the TensorRT-LLM pages (one pair: :func:`~cost_model.calibration.trtllm_bench.
+    benchmark_settings` at the run's KV dtype, the batch bounded by the rank's share of the dataset's
+    requests), else every combination of :data:`UNPUBLISHED_MAX_LOAD_CHOICES`."""
+    if not run.trtllm_bench:
+        return [(seqs, chunk) for seqs in UNPUBLISHED_MAX_LOAD_CHOICES["max_num_seqs"]
+                for chunk in UNPUBLISHED_MAX_LOAD_CHOICES["max_num_batched_tokens"]]
+    from cost_model.serving.options import ServingOptions
+
+    from .trtllm_bench import benchmark_settings, running_requests_per_rank
+
+    lay = run.layout
+    # NVML's whole-device total: the preset's usable memory plus the CUDA context it leaves out.
+    device_gib = gpu.memory_gib + ServingOptions().cuda_context_gib
+    settings = benchmark_settings(model, device_gib, run.weight_precision, kv_dtype, lay["tp"] * lay["attn_dp"],
+                                  lay["pp"], run.isl, run.osl)
+    return [(running_requests_per_rank(settings.max_batch_size, run.num_requests, lay["attn_dp"]),
+             settings.max_num_tokens)]
+
+
+def _candidates(run: ServingRun, model: Any = None, gpu: Any = None) -> list[dict[str, Any]]:
     lay = run.layout
     eps = [lay["ep"]] if lay["ep"] else sorted({1, lay["tp"] * lay["attn_dp"]})
     base = {"tp": lay["tp"], "pp": lay["pp"], "attn_dp": lay["attn_dp"], "weight_precision": run.weight_precision,
@@ -198,10 +221,9 @@ def _candidates(run: ServingRun) -> list[dict[str, Any]]:
     out = []
     for ep in eps:
         for kv in run.kv_dtypes:
-            for seqs in UNPUBLISHED_MAX_LOAD_CHOICES["max_num_seqs"]:
-                for chunk in UNPUBLISHED_MAX_LOAD_CHOICES["max_num_batched_tokens"]:
-                    out.append({**base, "ep": ep, "moe_tp": (lay["tp"] * lay["attn_dp"]) // ep, "kv_dtype": kv,
-                                "max_num_seqs": seqs, "max_num_batched_tokens": chunk})
+            for seqs, chunk in _engine_limits(run, model, gpu, kv):
+                out.append({**base, "ep": ep, "moe_tp": (lay["tp"] * lay["attn_dp"]) // ep, "kv_dtype": kv,
+                            "max_num_seqs": seqs, "max_num_batched_tokens": chunk})
     return out
 
 
@@ -223,7 +245,7 @@ def prepare(run: ServingRun) -> _Prepared:
     with warnings.catch_warnings():  # a run smaller than a rack: groups inside slices of it, said once
         warnings.filterwarnings("ignore", message=".*do not fill whole", category=UserWarning)
         cluster = cluster.with_overrides({"topology.num_nodes": -(-run.num_gpus // per_node)}, source=run.id)
-    candidates = _candidates(run)
+    candidates = _candidates(run, model, cluster.gpu)
     instances = InstanceArrays.from_columns({k: [c[k] for c in candidates] for k in candidates[0]})
     if run.workload:
         workload = load_workload(run.workload)

@@ -8,9 +8,11 @@ workload (ISL/OSL, a static batch or an arrival rate) and what was measured, thr
 below, one entry per distinct text of the CSV, each saying why. Four kinds of run:
 
 * ``max_load``: total output tokens/s at max load (TensorRT-LLM ``trtllm-bench throughput``, MLPerf
-  Offline), compared per GPU. The source does not publish the engine's batch and chunk budgets (nor,
-  on the v1.0 page, the expert-parallel degree of MoE runs, nor everywhere the KV dtype): every
-  combination in :data:`UNPUBLISHED_MAX_LOAD_CHOICES` is a candidate and the calibration keeps the
+  Offline), compared per GPU. The TensorRT-LLM pages' command passes no batch or token limit, so
+  ``trtllm-bench`` derived them itself (:mod:`cost_model.calibration.trtllm_bench`, from the dataset's
+  request count, :data:`TRTLLM_BENCH_NUM_REQUESTS`); what the sources leave open besides (on the v1.0
+  page the expert-parallel degree of MoE runs, and not everywhere the KV dtype; MLPerf's batch and chunk
+  budgets, :data:`UNPUBLISHED_MAX_LOAD_CHOICES`) is a set of candidates and the calibration keeps the
   fastest one predicted to fit, as ``validate`` does with unpublished training memory settings (the
   README: "compare with the best unconstrained plan at the printed layout").
 * ``static_batch``: Splitwise's profile, ``batch`` identical requests run together: the prompt time
@@ -93,6 +95,11 @@ class ServingRun:
     measured: dict[str, float] = field(default_factory=dict)
     """Median over the repeats of each quantity of :data:`QUANTITIES` the source publishes."""
     is_moe: bool = False
+    trtllm_bench: bool = False
+    """The engine's max_batch_size / max_num_tokens are what ``trtllm-bench throughput`` derived for itself
+    (:mod:`cost_model.calibration.trtllm_bench`), not a grid of unpublished candidates."""
+    num_requests: int | None = None
+    """Requests of the run's dataset (the perf page's ``$num_requests`` table); None when not published."""
     assumptions: tuple[str, ...] = ()
 
     @property
@@ -177,13 +184,48 @@ KV_DTYPES: dict[str, str | None] = {
 }
 
 UNPUBLISHED_MAX_LOAD_CHOICES: dict[str, tuple[int, ...]] = {
-    # Engine knobs trtllm-bench and the MLPerf harness tune per run and do not print: every combination is a
-    # candidate; the fastest predicted to fit is compared (the tables are max-throughput tables).
+    # Engine knobs the MLPerf harness tunes per run and does not print: every combination is a candidate; the
+    # fastest predicted to fit is compared (the tables are max-throughput tables). The TensorRT-LLM pages' runs
+    # take trtllm-bench's own derivation instead (TRTLLM_BENCH_SOURCES).
     "max_num_seqs": (32, 64, 128, 256, 512, 1024, 2048),
     "max_num_batched_tokens": (2048, 8192, 16384),
 }
 """``max_num_seqs`` per attention rank from 32 (trtllm-bench's smallest tuned batch on the 20k/2k rows) to
 2048 (its max_batch_size default); chunk budgets from 2048 to TensorRT-LLM's 16384 max_num_tokens ceiling."""
+
+TRTLLM_BENCH_SOURCES = ("trtllm_v10", "trtllm_new")
+"""Source groups run with ``trtllm-bench throughput`` and neither ``--max_batch_size`` nor ``--max_num_tokens``
+(both perf pages' 'Running the Benchmark' commands): the engine limits are trtllm-bench's own
+(:mod:`cost_model.calibration.trtllm_bench`)."""
+
+TRTLLM_BENCH_NUM_REQUESTS: dict[str, dict[tuple[int, int], int]] = {
+    # source_group: {(ISL, OSL): $num_requests}, the pages' 'Preparing a Dataset' tables.
+    # NVIDIA/TensorRT-LLM docs/source/performance/perf-overview.md @00f37686aa854010d68bcbd0f4ab000221541ca6
+    "trtllm_v10": {(128, 128): 30000, (128, 2048): 3000, (128, 4096): 1500, (1000, 2000): 1500, (2048, 128): 3000,
+                   (2048, 2048): 1500, (5000, 500): 1500, (1000, 1000): 3000, (500, 2000): 3000,
+                   (20000, 2000): 1000},
+    # docs/source/developer-guide/perf-overview.md @03e27c7d5ff0c6e89f8328838c0a8e64f1b34f9d. Its results also
+    # have 1000/1000 rows, which its table does not list; the same procedure's table on the v1.0 page (above)
+    # gives 1000/1000 3000 requests, as this table gives its 1024/1024: read as 3000.
+    "trtllm_new": {(1024, 1024): 3000, (8192, 1024): 1500, (1024, 8192): 1500, (32768, 1024): 1000,
+                   (1024, 32768): 1000, (1000, 1000): 3000},
+}
+"""Requests of each perf-page dataset: with attention DP a rank runs no more than its share of them."""
+
+V10_MOE_ATTENTION_DP = (
+    "attention DP on (the v1.0 page prints 'TP<n>' for MoE runs; its MoE llm_options.yml enables "
+    "enable_attention_dp, printed indented under cuda_graph_config, where CudaGraphConfig, a StrictBaseModel "
+    "with extra='forbid' in tensorrt_llm/llmapi/llm_args.py, would have refused it: the page's author placed it "
+    "at the top level in the review of NVIDIA/TensorRT-LLM PR #7848, 'Update Perf-Overview.md for release/1.0', "
+    "reviewer: 'enable_attention_dp should be at the same indent as the cuda_graph_config', author: 'should be "
+    "fixed now'): TP<n> read as DEP<n>, n attention ranks of TP1")
+"""Why the v1.0 page's multi-GPU MoE columns are priced with attention data parallelism. The page's commit
+(@00f37686) still prints the key under ``cuda_graph_config``; read literally the run would not have started
+(``CudaGraphConfig(StrictBaseModel)``, ``class Config: extra = "forbid"``), so the yaml is not what ran, and
+the author's review reply says what did. The measurements agree: the v1.0 'TP<n>' MoE columns give per GPU what
+the newer page's explicit DEP columns give (Qwen3-235B-A22B 1000/1000 tokens/s/GPU: B200 'TP8' 5,299 vs 'DEP4'
+5,764, H100 'TP8' 1,862 vs 'DEP8' 1,932, H200 'TP8' 2,974 vs 'DEP4' 3,288; Llama 4 Maverick H200 'TP8' 3,973
+vs 'DEP8' 4,146)."""
 
 SUSPECT = "Splitwise TP2 batch-64 Llama 2 70B 512/128 rows look capped (TTFT far below batch 32): the README " \
           "calls them suspect"
@@ -253,6 +295,9 @@ def _layout(row: dict[str, str], moe: bool, assumptions: list[str]) -> dict[str,
         raise _Skip("tp not published (layout of this MLPerf system not printed)")
     pp = _int(row["pp"]) or 1
     attn_dp = _int(row["attn_dp"]) or 1
+    if row["source_group"] == "trtllm_v10" and moe and tp > 1 and attn_dp == 1:
+        tp, attn_dp = 1, tp
+        assumptions.append(V10_MOE_ATTENTION_DP)
     ep = _int(row["ep"])
     if ep is None:
         if moe and tp * attn_dp > 1:
@@ -341,6 +386,15 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
     kv_reserved = overlap_scheduler
     if kv_reserved:
         assumptions.append("KV reserved to completion (TensorRT-LLM GUARANTEED_NO_EVICT capacity scheduler default)")
+    trtllm_bench = row["source_group"] in TRTLLM_BENCH_SOURCES and kind == "max_load"
+    num_requests = None
+    if trtllm_bench:
+        num_requests = TRTLLM_BENCH_NUM_REQUESTS[row["source_group"]].get((_int(row["isl"]), _int(row["osl"])))
+        assumptions.append("engine limits derived by trtllm-bench (no --max_batch_size / --max_num_tokens; "
+                           "chunked prefill off)" + ("" if num_requests else "; dataset request count not published"))
+        if row["source_group"] == "trtllm_new" and (_int(row["isl"]), _int(row["osl"])) == (1000, 1000):
+            assumptions.append("3000 requests: the page's dataset table omits 1000/1000; the v1.0 page's table of "
+                               "the same procedure gives 3000")
     if row["source_group"] == "splitwise_profile":
         cuda_graphs = False
         assumptions.append("eager decode steps (the profile names no framework; 2023 serving stacks ran decode "
@@ -351,7 +405,8 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
                 isl=_float(row["isl"]), osl=_float(row["osl"]), batch=batch,
                 request_rate_per_s=_float(row["request_rate_per_s"]), workload=workload, cuda_graphs=cuda_graphs,
                 overlap_scheduler=overlap_scheduler, kv_reserved_to_completion=kv_reserved,
-                measured=_measured(row, kind), is_moe=moe, assumptions=tuple(assumptions))
+                measured=_measured(row, kind), is_moe=moe, trtllm_bench=trtllm_bench, num_requests=num_requests,
+                assumptions=tuple(assumptions))
 
 
 def read_csv(path: str | Path = DEFAULT_CSV) -> list[dict[str, str]]:
