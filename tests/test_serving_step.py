@@ -335,3 +335,18 @@ def test_moe_permute_and_activation_traffic_by_hand():
     without = pricing.decode_step(np.array([100.0]), np.array([1000.0]))
     assert (step.hbm_s[0] - without.hbm_s[0]) * pricing.hbm_bytes_per_s == pytest.approx(336.08e6, rel=1e-4)
     assert step.gpu_s[0] - without.gpu_s[0] == pytest.approx(336.08e6 / pricing.hbm_bytes_per_s, rel=1e-4)
+
+
+def test_more_attention_dp_ranks_never_shrink_the_padded_expert_work():
+    # Qwen3-235B (no shared expert) on EP4 at 48 tokens per attention rank: TP4 (one attention rank), TP2 x DP2 and
+    # DEP4 send the MoE layers 48, 96 and 192 tokens, 36, 72 and 144 rows per local expert (top-8 of 32 local
+    # experts). Each expert's rows are padded to 64-row blocks over the spread of its count
+    # (queueing.expected_block_padded_rows), so the experts' GEMM time never falls as attention ranks are added.
+    model = load_model("qwen3-235b-a22b").spec
+    pricing = price_instances(model, H200, _instances(tp=[4, 2, 1], attn_dp=[1, 2, 4], ep=[4, 4, 4], moe_tp=[1, 1, 1],
+                                                      weight_precision=["fp8"] * 3))
+    tokens = np.full(3, 48.0)
+    (shaped,), col = pricing._shaped(tokens)
+    dense_s, moe_s, _, _ = pricing._layer_gemms(shaped, col, absorbed=True)
+    experts_s = moe_s - dense_s  # router (48 tokens everywhere) and experts
+    assert np.all(np.diff(experts_s) >= 0.0)

@@ -96,7 +96,7 @@ from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
 from .memory import layer_weights, part_weight_bytes
 from .options import ServingOptions, fitted_gpu
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
-from .queueing import moe_max_load_factor
+from .queueing import expected_block_padded_rows, moe_max_load_factor
 from .rules import part_gemm_precision, weight_precision_mode
 
 AMPERE_MMA_ROWS = 16
@@ -365,7 +365,7 @@ class InstancePricing:
                 compute_pricers[id(pricer)] = twin
             return compute_pricers[id(pricer)]
 
-        def gemm(pricer, rows, n, k, count=1.0, parts=("dense", "moe")):
+        def gemm(pricer, rows, n, k, count=1.0, parts=("dense", "moe"), padded=None):
             count = np.asarray(count, dtype=np.float64)
             splits = split_k(pricer, rows, n, k, count)
             depth = np.asarray(k, dtype=np.float64) / splits
@@ -374,7 +374,8 @@ class InstancePricing:
             # The tensor cores compute whole row blocks: a GEMM (or each expert of a grouped one) with
             # fewer rows than the smallest block computes the block (ServingOptions.gemm_min_rows), though
             # it reads and writes only its rows: the padded compute alone bounds it from below.
-            padded = np.where(rows_ > 0, np.ceil(rows_ / min_rows) * min_rows, 0.0)
+            if padded is None:
+                padded = np.where(rows_ > 0, np.ceil(rows_ / min_rows) * min_rows, 0.0)
             padded_compute_s, _ = compute_only(pricer).gemm(padded, n, depth, count * splits)
             seconds = np.maximum(seconds, padded_compute_s)
             seconds = np.where((count > 0) & (rows_ > 0), seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
@@ -422,10 +423,13 @@ class InstancePricing:
             touched = experts_touched(m.num_experts, m.experts_per_token, busiest) / ep
             pairs = busiest * m.experts_per_token / ep           # token-expert pairs on the busiest EP rank
             per_expert = np.where(touched > 0, pairs / np.maximum(touched, 1e-12), 0.0)
+            # Each touched expert's rows padded to whole blocks, over the spread of its count (Poisson with mean
+            # pairs per local expert): more than the padding of the mean count (queueing.expected_block_padded_rows).
+            padded = expected_block_padded_rows(pairs * ep / m.num_experts, min_rows)
             width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
             pe = self._pricer_for(col, "experts")
-            moe = moe + gemm(pe, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
-                + gemm(pe, per_expert, h, width, count=touched, parts=("moe",))
+            moe = moe + gemm(pe, per_expert, fc1 * width, h, count=touched, parts=("moe",), padded=padded) \
+                + gemm(pe, per_expert, h, width, count=touched, parts=("moe",), padded=padded)
             expert_bytes = touched * col(self.weights.expert_bytes)
         return dense, moe, expert_bytes, flops
 
