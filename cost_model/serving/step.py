@@ -128,13 +128,23 @@ HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
 
 MOE_PERMUTE_ROW_READS = 1
-"""BF16 rows of the hidden size a fused MoE reads per (token, expert) pair outside its GEMMs: the permute
+"""BF16 rows of the hidden size a fused MoE reads per (token, expert) pair before its first GEMM: the permute
 reads the token's row to copy it, quantized, into the pair's slot (TensorRT-LLM's CUTLASS MoE runner,
 ``cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu``: ``expandInputRowsKernel``, "we will have
-to duplicate some rows in the input matrix"; vLLM's fused MoE permutes the same way). The unpermute-and-sum
-(``finalizeMoeRoutingKernel``) runs in the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion``
-False: "FC2+finalize kernel fusion in CUTLASS MoE backend", ``tensorrt_llm/llmapi/llm_args.py``), so it reads
-nothing more. See :meth:`InstancePricing._moe_elementwise_bytes`."""
+to duplicate some rows in the input matrix"; vLLM's fused MoE permutes the same way). See
+:meth:`InstancePricing._moe_elementwise_bytes`."""
+
+MOE_FINALIZE_ROW_PASSES = 2
+"""BF16 rows of the hidden size the combine of a fused MoE moves per (token, expert) pair: the pair's scaled
+output is added into its token's row, a read and a write of that row. TensorRT-LLM fuses the unpermute-and-sum
+into the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion`` False,
+``tensorrt_llm/llmapi/llm_args.py``), and that epilogue reduces every pair's row into the zeroed output with
+global atomic adds (``cpp/tensorrt_llm/cutlass_extensions/include/cutlass_extensions/epilogue/collective/
+epilogue_moe_finalize.hpp`` @5b618cfd: ``EpilogueMoeFusedFinalize``, ``CopyAtomR2G`` =
+``SM90_RED_ADD_NOFTZ_BF16x2_V4``, a read-modify-write of the row), built "assuming cooperative kernel
+schedule": the consumer warp groups run it after their main loop, so its traffic is not hidden under the
+tensor cores. vLLM's ``moe_sum`` reads each pair's row and writes each token's once (the same bytes within
+1/top_k)."""
 
 
 @dataclass
@@ -437,15 +447,16 @@ class InstancePricing:
         """HBM bytes one MoE layer's permute and activation kernels move on the busiest EP rank at ``tokens``
         per attention rank (0 for a dense model).
 
-        A fused MoE runs, between its two grouped GEMMs, memory-bound kernels over every (token, expert) pair
-        it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, then the activation kernel):
-        per pair the permute reads the token's BF16 row (:data:`MOE_PERMUTE_ROW_READS`) and writes it in the
-        GEMM input precision (h x q), and the activation reads the first GEMM's output (fc1 x w in BF16: gate
-        and up) and writes the second GEMM's input (w x q); the finalize is fused into the second GEMM. w is
-        the expert width per ``moe_tp`` rank; the GEMMs' own operands are the GEMM pricer's. These kernels run
-        one after another with the GEMMs, so their time adds to the step's kernel chain (per-kernel roofline,
-        :meth:`_attention_kernel_s`): a top-8 model (Qwen3-235B: 17.5 KB a pair at NVFP4) moves 8 pairs a
-        token, a top-1 model (Llama 4) one."""
+        A fused MoE runs, around its two grouped GEMMs, memory-bound passes over every (token, expert) pair
+        it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, then the activation kernel,
+        then the second GEMM's finalize epilogue): per pair the permute reads the token's BF16 row
+        (:data:`MOE_PERMUTE_ROW_READS`) and writes it in the GEMM input precision (h x q), the activation reads
+        the first GEMM's output (fc1 x w in BF16: gate and up) and writes the second GEMM's input (w x q), and
+        the finalize adds the pair's output into its token's BF16 row, reading and writing it
+        (:data:`MOE_FINALIZE_ROW_PASSES`). w is the expert width per ``moe_tp`` rank; the GEMMs' own operands
+        are the GEMM pricer's. These passes run one after another with the GEMMs, so their time adds to the
+        step's kernel chain (per-kernel roofline, :meth:`_attention_kernel_s`): a top-8 model (Qwen3-235B:
+        33.9 KB a pair at NVFP4) moves 8 pairs a token, a top-1 model (Llama 4) one."""
         m, inst = self.model, self.instances
         if not m.is_moe:
             return np.zeros_like(np.asarray(tokens, dtype=np.float64))
@@ -455,7 +466,8 @@ class InstancePricing:
         fc1 = 2 if m.gated_mlp else 1
         q = col(self._expert_input_bytes)
         h = m.hidden_size
-        per_pair = MOE_PERMUTE_ROW_READS * h * ACT_BYTES + h * q + fc1 * width * ACT_BYTES + width * q
+        per_pair = (MOE_PERMUTE_ROW_READS + MOE_FINALIZE_ROW_PASSES) * h * ACT_BYTES + h * q \
+            + fc1 * width * ACT_BYTES + width * q
         return pairs * per_pair
 
     def _imbalance(self, tokens, col) -> np.ndarray:
