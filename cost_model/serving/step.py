@@ -142,9 +142,11 @@ into the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion`
 global atomic adds (``cpp/tensorrt_llm/cutlass_extensions/include/cutlass_extensions/epilogue/collective/
 epilogue_moe_finalize.hpp`` @5b618cfd: ``EpilogueMoeFusedFinalize``, ``CopyAtomR2G`` =
 ``SM90_RED_ADD_NOFTZ_BF16x2_V4``, a read-modify-write of the row), built "assuming cooperative kernel
-schedule": the consumer warp groups run it after their main loop, so its traffic is not hidden under the
-tensor cores. vLLM's ``moe_sum`` reads each pair's row and writes each token's once (the same bytes within
-1/top_k)."""
+schedule": on Hopper, whose grouped MoE GEMMs run only the cooperative schedule, the consumer warp groups run it
+after their main loop, so its traffic is not hidden under the tensor cores. Blackwell's separate epilogue warps
+can overlap it with the next tile's MMAs; it is priced the same way there, as a pass in the MoE kernel chain (an
+upper bound where the second GEMM stays compute bound with it). vLLM's ``moe_sum`` reads each pair's row and
+writes each token's once (the same bytes within 1/top_k)."""
 
 
 @dataclass
