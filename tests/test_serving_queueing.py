@@ -109,3 +109,32 @@ def test_closed_loop_mean_value_analysis_by_hand():
     assert closed_loop_wait(0.4, 0.5, 1.0)[1] == pytest.approx(0.0, abs=1e-12)
     assert closed_loop_wait(1.0, 0.5, 1e6)[1] == pytest.approx(0.5 * 0.5 / 0.5, rel=1e-4)
     assert np.isinf(closed_loop_wait(2.0, 0.5, 3.0)[0])
+
+
+def _padded_by_enumeration(mean, block):
+    """E[block ceil(X / block) | X > 0] for X ~ Poisson(mean), summing the pmf term by term."""
+    top = int(mean + 20 * math.sqrt(mean) + 4 * block)
+    total = 0.0
+    for x in range(1, top):
+        pmf = math.exp(-mean + x * math.log(mean) - math.lgamma(x + 1))
+        total += block * math.ceil(x / block) * pmf
+    return total / (1.0 - math.exp(-mean))
+
+
+def test_expert_block_padding_by_hand():
+    # A mean of 64 rows on 64-row blocks: P(X > 64) = 0.4668 of the experts compute a second block, so 93.9 rows
+    # on average, not the 64 that padding the mean gives; far below a block every touched expert computes one
+    # block; far above it the padding averages (block - 1) / 2 = 31.5 rows.
+    assert q.expected_block_padded_rows(64.0, 64) == pytest.approx(93.8765, abs=1e-3)
+    for mean in (3.0, 40.0, 64.0, 100.0, 300.0, 1000.0):
+        assert q.expected_block_padded_rows(mean, 64) == pytest.approx(_padded_by_enumeration(mean, 64), rel=2e-3)
+    assert q.expected_block_padded_rows(8.0, 64) == pytest.approx(64.0, rel=1e-12)
+    assert q.expected_block_padded_rows(4096.0, 64) == pytest.approx(4096.0 + 31.5, abs=0.05)
+    assert q.expected_block_padded_rows(0.0, 64) == 0.0
+
+
+def test_expert_block_padding_never_falls_as_rows_grow():
+    means = np.linspace(0.01, 3000.0, 4001)
+    padded = q.expected_block_padded_rows(means, 128)
+    assert np.all(np.diff(padded) >= -1e-9)
+    assert np.all(padded >= np.maximum(means / -np.expm1(-means), 128.0) - 1e-9)  # at least the mean count, one block

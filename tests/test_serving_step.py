@@ -284,10 +284,11 @@ def test_busiest_ep_rank_sets_moe_decode_and_fades_at_prefill(monkeypatch):
     fixed_s = model.num_moe_layers * 2 * (ServingOptions().ep_kernel_fixed_us + cluster.topology.scaleup_latency_us) * 1e-6
     assert (busy.ep_comm_s[0] - fixed_s) / (even.ep_comm_s[0] - fixed_s) == pytest.approx(f, rel=1e-6)
     touched = lambda t: 256 * (1 - (1 - 8 / 256) ** t) / 8  # noqa: E731
-    # ... and moves f x 32 pairs through its permute and activation, 31,744 B each at FP8 (h 7168, width
-    # 2048): 7168 x 2 + 7168 + 2 x 2048 x 2 + 2048 (test_moe_permute_and_activation_traffic_by_hand).
+    # ... and moves f x 32 pairs through its permute, activation and finalize, 60,416 B each at FP8 (h 7168,
+    # width 2048): 7168 x 2 + 7168 + 2 x 2048 x 2 + 2048 + 2 x 7168 x 2
+    # (test_moe_permute_and_activation_traffic_by_hand).
     extra_bytes = model.num_moe_layers * ((touched(32 * f) - touched(32)) * pricing.weights.expert_bytes[0]
-                                          + 32 * (f - 1) * 31_744)
+                                          + 32 * (f - 1) * 60_416)
     assert (busy.hbm_s[0] - even.hbm_s[0]) * pricing.hbm_bytes_per_s == pytest.approx(extra_bytes, rel=1e-6)
     monkeypatch.undo()
     from cost_model.serving.queueing import moe_max_load_factor
@@ -318,20 +319,36 @@ def test_moe_permute_and_activation_traffic_by_hand():
     # Qwen3-30B-A3B (h 2048, expert width 768, gated, top-8, 48 MoE layers) on one B200 at fp4 (NVFP4 GEMM
     # inputs, 0.5625 B an element), 100 decode tokens, no EP: 800 (token, expert) pairs a layer, each moving
     # 2048 x 2 B (the permute's read of the token) + 2048 x 0.5625 (permuted row) + 2 x 768 x 2 (the first
-    # GEMM's gate and up, read by the activation) + 768 x 0.5625 (activation) = 4096 + 1152 + 3072 + 432
-    # = 8,752 B (the finalize is fused into the second GEMM): 7.0016 MB a layer, 336.08 MB a step, which the
-    # step spends on HBM one kernel after another.
+    # GEMM's gate and up, read by the activation) + 768 x 0.5625 (activation) + 2 x 2048 x 2 (the fused
+    # finalize's atomic add of the pair's output into its token's row: a read and a write)
+    # = 4096 + 1152 + 3072 + 432 + 8192 = 16,944 B: 13.5552 MB a layer, 650.6496 MB a step, which the step
+    # spends on HBM one kernel after another.
     model = load_model("qwen3-30b-a3b").spec
     b200 = load_cluster("b200x8")
     pricing = price_instances(model, b200, _instances(tp=[1], weight_precision="fp4", kv_dtype="fp8"))
     per_layer = pricing._moe_elementwise_bytes(np.array([100.0]), lambda x: np.asarray(x, dtype=np.float64))
-    assert per_layer[0] == pytest.approx(800 * 8_752)
+    assert per_layer[0] == pytest.approx(800 * 16_944)
     dense = price_instances(load_model("llama3-8b").spec, b200, _instances(tp=[1], weight_precision="fp4"))
     assert dense._moe_elementwise_bytes(np.array([100.0]), lambda x: np.asarray(x, dtype=np.float64))[0] == 0.0
-    # The decode step streams it and pays it in its kernel chain: 48 layers x 7.0016 MB = 336.08 MB at the
+    # The decode step streams it and pays it in its kernel chain: 48 layers x 13.5552 MB = 650.6496 MB at the
     # achieved HBM bandwidth, on top of the same step without it.
     step = pricing.decode_step(np.array([100.0]), np.array([1000.0]))
     pricing._moe_elementwise_bytes = lambda tokens, col: np.zeros_like(np.asarray(tokens, dtype=np.float64))
     without = pricing.decode_step(np.array([100.0]), np.array([1000.0]))
-    assert (step.hbm_s[0] - without.hbm_s[0]) * pricing.hbm_bytes_per_s == pytest.approx(336.08e6, rel=1e-4)
-    assert step.gpu_s[0] - without.gpu_s[0] == pytest.approx(336.08e6 / pricing.hbm_bytes_per_s, rel=1e-4)
+    assert (step.hbm_s[0] - without.hbm_s[0]) * pricing.hbm_bytes_per_s == pytest.approx(650.6496e6, rel=1e-4)
+    assert step.gpu_s[0] - without.gpu_s[0] == pytest.approx(650.6496e6 / pricing.hbm_bytes_per_s, rel=1e-4)
+
+
+def test_more_attention_dp_ranks_never_shrink_the_padded_expert_work():
+    # Qwen3-235B (no shared expert) on EP4 at 48 tokens per attention rank: TP4 (one attention rank), TP2 x DP2 and
+    # DEP4 send the MoE layers 48, 96 and 192 tokens, 36, 72 and 144 rows per local expert (top-8 of 32 local
+    # experts). Each expert's rows are padded to 64-row blocks over the spread of its count
+    # (queueing.expected_block_padded_rows), so the experts' GEMM time never falls as attention ranks are added.
+    model = load_model("qwen3-235b-a22b").spec
+    pricing = price_instances(model, H200, _instances(tp=[4, 2, 1], attn_dp=[1, 2, 4], ep=[4, 4, 4], moe_tp=[1, 1, 1],
+                                                      weight_precision=["fp8"] * 3))
+    tokens = np.full(3, 48.0)
+    (shaped,), col = pricing._shaped(tokens)
+    dense_s, moe_s, _, _ = pricing._layer_gemms(shaped, col, absorbed=True)
+    experts_s = moe_s - dense_s  # router (48 tokens everywhere) and experts
+    assert np.all(np.diff(experts_s) >= 0.0)

@@ -96,7 +96,7 @@ from .kv_cache import kv_bytes_per_token_per_layer_per_rank, kv_heads_per_rank
 from .memory import layer_weights, part_weight_bytes
 from .options import ServingOptions, fitted_gpu
 from .plan import WEIGHT_PRECISIONS, InstanceArrays
-from .queueing import moe_max_load_factor
+from .queueing import expected_block_padded_rows, moe_max_load_factor
 from .rules import part_gemm_precision, weight_precision_mode
 
 AMPERE_MMA_ROWS = 16
@@ -128,13 +128,25 @@ HEAD_KERNELS = 4
 """Kernels after the last layer: final norm, LM head GEMM, logits gather, sampling."""
 
 MOE_PERMUTE_ROW_READS = 1
-"""BF16 rows of the hidden size a fused MoE reads per (token, expert) pair outside its GEMMs: the permute
+"""BF16 rows of the hidden size a fused MoE reads per (token, expert) pair before its first GEMM: the permute
 reads the token's row to copy it, quantized, into the pair's slot (TensorRT-LLM's CUTLASS MoE runner,
 ``cpp/tensorrt_llm/kernels/cutlass_kernels/moe_gemm/moe_kernels.cu``: ``expandInputRowsKernel``, "we will have
-to duplicate some rows in the input matrix"; vLLM's fused MoE permutes the same way). The unpermute-and-sum
-(``finalizeMoeRoutingKernel``) runs in the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion``
-False: "FC2+finalize kernel fusion in CUTLASS MoE backend", ``tensorrt_llm/llmapi/llm_args.py``), so it reads
-nothing more. See :meth:`InstancePricing._moe_elementwise_bytes`."""
+to duplicate some rows in the input matrix"; vLLM's fused MoE permutes the same way). See
+:meth:`InstancePricing._moe_elementwise_bytes`."""
+
+MOE_FINALIZE_ROW_PASSES = 2
+"""BF16 rows of the hidden size the combine of a fused MoE moves per (token, expert) pair: the pair's scaled
+output is added into its token's row, a read and a write of that row. TensorRT-LLM fuses the unpermute-and-sum
+into the second GEMM's epilogue by default (``MoeConfig.disable_finalize_fusion`` False,
+``tensorrt_llm/llmapi/llm_args.py``), and that epilogue reduces every pair's row into the zeroed output with
+global atomic adds (``cpp/tensorrt_llm/cutlass_extensions/include/cutlass_extensions/epilogue/collective/
+epilogue_moe_finalize.hpp`` @5b618cfd: ``EpilogueMoeFusedFinalize``, ``CopyAtomR2G`` =
+``SM90_RED_ADD_NOFTZ_BF16x2_V4``, a read-modify-write of the row), built "assuming cooperative kernel
+schedule": on Hopper, whose grouped MoE GEMMs run only the cooperative schedule, the consumer warp groups run it
+after their main loop, so its traffic is not hidden under the tensor cores. Blackwell's separate epilogue warps
+can overlap it with the next tile's MMAs; it is priced the same way there, as a pass in the MoE kernel chain (an
+upper bound where the second GEMM stays compute bound with it). vLLM's ``moe_sum`` reads each pair's row and
+writes each token's once (the same bytes within 1/top_k)."""
 
 
 @dataclass
@@ -365,7 +377,7 @@ class InstancePricing:
                 compute_pricers[id(pricer)] = twin
             return compute_pricers[id(pricer)]
 
-        def gemm(pricer, rows, n, k, count=1.0, parts=("dense", "moe")):
+        def gemm(pricer, rows, n, k, count=1.0, parts=("dense", "moe"), padded=None):
             count = np.asarray(count, dtype=np.float64)
             splits = split_k(pricer, rows, n, k, count)
             depth = np.asarray(k, dtype=np.float64) / splits
@@ -374,7 +386,8 @@ class InstancePricing:
             # The tensor cores compute whole row blocks: a GEMM (or each expert of a grouped one) with
             # fewer rows than the smallest block computes the block (ServingOptions.gemm_min_rows), though
             # it reads and writes only its rows: the padded compute alone bounds it from below.
-            padded = np.where(rows_ > 0, np.ceil(rows_ / min_rows) * min_rows, 0.0)
+            if padded is None:
+                padded = np.where(rows_ > 0, np.ceil(rows_ / min_rows) * min_rows, 0.0)
             padded_compute_s, _ = compute_only(pricer).gemm(padded, n, depth, count * splits)
             seconds = np.maximum(seconds, padded_compute_s)
             seconds = np.where((count > 0) & (rows_ > 0), seconds - (count * splits - 1.0) * pricer.overhead_s, 0.0)
@@ -422,10 +435,13 @@ class InstancePricing:
             touched = experts_touched(m.num_experts, m.experts_per_token, busiest) / ep
             pairs = busiest * m.experts_per_token / ep           # token-expert pairs on the busiest EP rank
             per_expert = np.where(touched > 0, pairs / np.maximum(touched, 1e-12), 0.0)
+            # Each touched expert's rows padded to whole blocks, over the spread of its count (Poisson with mean
+            # pairs per local expert): more than the padding of the mean count (queueing.expected_block_padded_rows).
+            padded = expected_block_padded_rows(pairs * ep / m.num_experts, min_rows)
             width = m.moe_ffn_hidden_size / col(np.maximum(inst.moe_tp, 1))
             pe = self._pricer_for(col, "experts")
-            moe = moe + gemm(pe, per_expert, fc1 * width, h, count=touched, parts=("moe",)) \
-                + gemm(pe, per_expert, h, width, count=touched, parts=("moe",))
+            moe = moe + gemm(pe, per_expert, fc1 * width, h, count=touched, parts=("moe",), padded=padded) \
+                + gemm(pe, per_expert, h, width, count=touched, parts=("moe",), padded=padded)
             expert_bytes = touched * col(self.weights.expert_bytes)
         return dense, moe, expert_bytes, flops
 
@@ -433,15 +449,16 @@ class InstancePricing:
         """HBM bytes one MoE layer's permute and activation kernels move on the busiest EP rank at ``tokens``
         per attention rank (0 for a dense model).
 
-        A fused MoE runs, between its two grouped GEMMs, memory-bound kernels over every (token, expert) pair
-        it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, then the activation kernel):
-        per pair the permute reads the token's BF16 row (:data:`MOE_PERMUTE_ROW_READS`) and writes it in the
-        GEMM input precision (h x q), and the activation reads the first GEMM's output (fc1 x w in BF16: gate
-        and up) and writes the second GEMM's input (w x q); the finalize is fused into the second GEMM. w is
-        the expert width per ``moe_tp`` rank; the GEMMs' own operands are the GEMM pricer's. These kernels run
-        one after another with the GEMMs, so their time adds to the step's kernel chain (per-kernel roofline,
-        :meth:`_attention_kernel_s`): a top-8 model (Qwen3-235B: 17.5 KB a pair at NVFP4) moves 8 pairs a
-        token, a top-1 model (Llama 4) one."""
+        A fused MoE runs, around its two grouped GEMMs, memory-bound passes over every (token, expert) pair
+        it computes (TensorRT-LLM ``moe_kernels.cu``: ``expandInputRowsKernel``, then the activation kernel,
+        then the second GEMM's finalize epilogue): per pair the permute reads the token's BF16 row
+        (:data:`MOE_PERMUTE_ROW_READS`) and writes it in the GEMM input precision (h x q), the activation reads
+        the first GEMM's output (fc1 x w in BF16: gate and up) and writes the second GEMM's input (w x q), and
+        the finalize adds the pair's output into its token's BF16 row, reading and writing it
+        (:data:`MOE_FINALIZE_ROW_PASSES`). w is the expert width per ``moe_tp`` rank; the GEMMs' own operands
+        are the GEMM pricer's. These passes run one after another with the GEMMs, so their time adds to the
+        step's kernel chain (per-kernel roofline, :meth:`_attention_kernel_s`): a top-8 model (Qwen3-235B:
+        33.9 KB a pair at NVFP4) moves 8 pairs a token, a top-1 model (Llama 4) one."""
         m, inst = self.model, self.instances
         if not m.is_moe:
             return np.zeros_like(np.asarray(tokens, dtype=np.float64))
@@ -451,7 +468,8 @@ class InstancePricing:
         fc1 = 2 if m.gated_mlp else 1
         q = col(self._expert_input_bytes)
         h = m.hidden_size
-        per_pair = MOE_PERMUTE_ROW_READS * h * ACT_BYTES + h * q + fc1 * width * ACT_BYTES + width * q
+        per_pair = (MOE_PERMUTE_ROW_READS + MOE_FINALIZE_ROW_PASSES) * h * ACT_BYTES + h * q \
+            + fc1 * width * ACT_BYTES + width * q
         return pairs * per_pair
 
     def _imbalance(self, tokens, col) -> np.ndarray:
