@@ -198,12 +198,13 @@ def test_prefill_gemm_flops_are_the_flop_model_s(name):
 def test_moe_prefill_wants_large_token_batches():
     # DeepSeek-V3 at TP 8: a 256-token prefill touches nearly every expert (256 (1 - (248/256)^256) = 255.9)
     # with 8 tokens each, padded to 64-row blocks, and reads all 671B weights' shards; 8,192 tokens fill the
-    # blocks and amortise the reads.
+    # blocks and amortise the reads: a token of the small prefill costs 3.8 times one of the large (whose expert
+    # GEMMs run at ServingOptions.moe_gemm_share of the dense rate, the prior 0.53; 4.2 times at a share of 1).
     model = load_model("deepseek-v3").spec
     pricing = price_instances(model, H200, _instances(tp=[8], weight_precision="fp8"))
     small, large = pricing.prefill(256), pricing.prefill(8192, 0, 4096)
     assert small.bottleneck[0] == "hbm" and large.bottleneck[0] == "compute"
-    assert small.total_s[0] / 256 > 4 * large.total_s[0] / 8192
+    assert small.total_s[0] / 256 > 3.5 * large.total_s[0] / 8192
     assert small.gemm_flops[0] / small.gemm_s[0] < 0.25 * large.gemm_flops[0] / large.gemm_s[0]
 
 
@@ -352,3 +353,41 @@ def test_more_attention_dp_ranks_never_shrink_the_padded_expert_work():
     dense_s, moe_s, _, _ = pricing._layer_gemms(shaped, col, absorbed=True)
     experts_s = moe_s - dense_s  # router (48 tokens everywhere) and experts
     assert np.all(np.diff(experts_s) >= 0.0)
+
+
+def test_fused_moe_gemm_share_slows_only_the_expert_gemms_compute():
+    # Qwen3-30B-A3B (48 MoE layers, no dense layer, no shared expert; h 2048, expert width 768, gated, top-8 of
+    # 128) on one H200 in BF16, one 8,192-token prefill: 65,536 (token, expert) pairs, all 128 experts touched,
+    # 512 rows each on average, padded to 64-row blocks over their Poisson spread: 543.4152 rows
+    # (queueing.expected_block_padded_rows). At 128 x 256 tiles on 132 SMs the first GEMM (N 1,536) runs
+    # 5 x 6 x 128 = 3,840 tiles in 30 waves (0.9697), the second (N 2,048) 5,120 tiles in 39 (0.99456). FLOPs per
+    # layer: 2 x 543.4152 x 128 x 1,536 x 2,048 = 4.3761e11 and 2 x 543.4152 x 128 x 2,048 x 768 = 2.1881e11; at
+    # the dense BF16 rate 989 x 0.676 = 668.564 TFLOP/s they take 0.67497 + 0.32908 = 1.00405 ms, 48.194 ms over
+    # 48 layers. They are compute bound (a layer's 128 experts stream 1.21 GB in 0.30 ms), so halving the
+    # share adds exactly that, and quartering it three times that.
+    from cost_model.serving.queueing import expected_block_padded_rows
+    model = load_model("qwen3-30b-a3b").spec
+    inst = _instances(tp=[1], weight_precision="bf16")
+    steps = {s: price_instances(model, H200, inst, ServingOptions(moe_gemm_share=s)).prefill(8192.0)
+             for s in (1.0, 0.5, 0.25)}
+    assert float(expected_block_padded_rows(np.array(512.0), 64.0)) == pytest.approx(543.4152, rel=1e-6)
+    assert steps[0.5].gemm_s[0] - steps[1.0].gemm_s[0] == pytest.approx(48.194e-3, rel=1e-4)
+    assert steps[0.25].gemm_s[0] - steps[1.0].gemm_s[0] == pytest.approx(3 * 48.194e-3, rel=1e-4)
+    # Nothing else moves: the streamed bytes, the collectives, the FLOP count.
+    for s in (0.5, 0.25):
+        assert steps[s].hbm_s[0] == steps[1.0].hbm_s[0]
+        assert steps[s].gemm_flops[0] == steps[1.0].gemm_flops[0]
+        assert steps[s].total_s[0] - steps[1.0].total_s[0] == pytest.approx(
+            steps[s].gemm_s[0] - steps[1.0].gemm_s[0], rel=1e-9)
+
+
+def test_fused_moe_gemm_share_leaves_dense_models_bit_identical():
+    for model in (load_model("llama3-8b").spec, LLAMA2_70B):
+        inst = _instances(tp=[1, 8], weight_precision=["bf16", "fp8"])
+        a = price_instances(model, H200, inst, ServingOptions(moe_gemm_share=1.0))
+        b = price_instances(model, H200, inst, ServingOptions(moe_gemm_share=0.3))
+        for step_a, step_b in ((a.prefill(np.array([8192.0, 4096.0])), b.prefill(np.array([8192.0, 4096.0]))),
+                               (a.decode_step(np.array([64.0, 256.0]), np.array([2000.0, 2000.0])),
+                                b.decode_step(np.array([64.0, 256.0]), np.array([2000.0, 2000.0])))):
+            assert np.array_equal(step_a.total_s, step_b.total_s)
+            assert np.array_equal(step_a.gemm_s, step_b.gemm_s)

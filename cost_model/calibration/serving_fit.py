@@ -71,6 +71,14 @@ OPTION_PARAMETERS: tuple[Parameter, ...] = (
               "detokenization)",
               "ServingOptions prior: the vLLM v0.6.0 performance note attributes most of a large batch's step CPU "
               "time to per-request Python work; no per-request figure published (wide prior)"),
+    Parameter("moe_gemm_share", 0.53, 0.3, 0.2, 1.0,
+              "share of the dense GEMM rate a serving engine's fused-MoE grouped GEMMs reach where compute bound "
+              "(their weight streaming stays at the HBM rate)",
+              "published fused-MoE kernel rates over the presets' dense rate at the same GPU and precision: vLLM "
+              "PR #44818 (H200 BF16 Triton, 4096 tokens, 328 TFLOP/s) 0.49, VeOmni PR #460 (H100 BF16 "
+              "torch._grouped_mm, 242) 0.36, Liger-Kernel PR #1294 (H100 BF16 Triton, 523) 0.78, DeepGEMM PR #323 "
+              "(H200 FP8 MoE layer with EP, 675) 0.57: geometric mean 0.53, log-sd 0.32 "
+              "(ServingOptions.moe_gemm_share)"),
 )
 """Parameters that are :class:`~cost_model.serving.options.ServingOptions` fields (it reads their fitted
 values from ``serving_fitted.yaml`` as its defaults)."""
@@ -330,11 +338,13 @@ def price(observation: Observation, values: dict[str, float]) -> PricedObservati
 
 
 def row_parameters(observation: Observation) -> list[str]:
-    """The parameters an observation depends on: the host's per-request time always, its GPU family's HBM
-    departure wherever
-    decode runs (not a prompt time), its family x precision GEMM departure."""
+    """The parameters an observation depends on: the host's per-request time always, the fused-MoE GEMM share
+    for a MoE model, its GPU family's HBM departure wherever decode runs (not a prompt time), its family x
+    precision GEMM departure."""
     run = observation.run
     names = ["step_overhead_per_request_us"]
+    if run.is_moe:  # only MoE models run fused-MoE grouped GEMMs
+        names.append("moe_gemm_share")
     family = _family(run)
     if observation.quantity != "ttft_ms" and f"hbm.{family}" in BY_NAME:
         names.append(f"hbm.{family}")

@@ -82,6 +82,7 @@ BOUNDS = {
     "deepep_max_dispatch_tokens_per_rank": (1, 65536),
     "gemm_min_rows": (1, 256),
     "ep_kernel_fixed_us": (0.0, 1000.0),
+    "moe_gemm_share": (0.05, 1.0),
 }
 
 
@@ -208,6 +209,31 @@ class ServingOptions:
     Hopper tiles are 64 rows; a decode GEMM of batch 8, or an expert that received 5 tokens, computes 64
     rows. (Weight streaming, not this, bounds small decode GEMMs; it matters for MoE experts with few
     tokens each.)"""
+
+    moe_gemm_share: float = _fitted("moe_gemm_share", 0.53)
+    """Share of the dense GEMM rate (the GPU's ``gemm_efficiency[_fp8|_fp4]`` x peak at the experts' MMA
+    precision, with its serving departure) that a serving engine's fused-MoE grouped GEMMs reach in their
+    compute-bound part: the per-expert problems are small (a few to a few thousand rows each at serving token
+    counts), gathered by a permutation index and scheduled by a grouped-GEMM tile scheduler, and reach a lower
+    share of the peak than one large dense GEMM. Their weight streaming stays at the HBM rate (a decode
+    expert GEMM that streams its weights is not slowed). Applies to the routed experts' two GEMMs of the
+    serving step only (:class:`cost_model.serving.step.InstancePricing`), not to training's Transformer
+    Engine grouped GEMMs (fitted with the training model). Prior 0.53 (log-sd 0.3): the geometric mean of
+    published fused-MoE kernel rates over the dense rate the GPU presets give the same GPU and precision
+    (H100/H200 BF16 989 x 0.676 = 669 TFLOP/s; H200 FP8 1979 x 0.598 = 1183 TFLOP/s):
+
+    * vllm-project/vllm PR #44818 (Triton fused MoE, H200 BF16, E=128 N=704 K=2816 top-8, M=4096 tokens,
+      tuned): both GEMMs 2 x 4096 x 8 x (1408 x 2816 + 2816 x 704) = 3.90e11 FLOP in 1189.6 us = 328
+      TFLOP/s, 0.49;
+    * ByteDance-Seed/VeOmni PR #460 (torch._grouped_mm fused MoE forward, H100 BF16, S=32768 H=2048 FFN=768
+      E=128 top-8): 242 TFLOP/s, 0.36;
+    * linkedin/Liger-Kernel PR #1294 (tuned Triton fused MoE, H100 BF16, T=32768, Qwen3-30B-A3B shapes, its
+      peak "roughly half of the H100's dense bf16 peak"): 523 TFLOP/s, 0.78;
+    * deepseek-ai/DeepGEMM PR #323 (DeepEP + DeepGEMM FP8 grouped MoE layer, H200, 8192 tokens a rank,
+      hidden 7168, 384 experts top-6, EP 4, its dispatch and combine included): 675 TFLOP/s, 0.57.
+
+    ln-shares -0.71, -1.02, -0.25, -0.56: mean -0.64 (0.53), sd 0.32. Fitted by ``calibrate --serving`` on
+    the MoE rows."""
 
     gpu_departures: tuple[tuple[str, float], ...] = _fitted_departures()
     """Per GPU family (x precision) departures of the GPU presets' achieved efficiencies that

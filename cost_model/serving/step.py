@@ -250,8 +250,10 @@ class InstancePricing:
         for part in QUANTIZABLE_PARTS:
             part_pricers = [self._weight_pricer(model, gpu, code, name, options, part)
                             for code, name in enumerate(WEIGHT_PRECISIONS)]
-            self._part_rates[part] = (np.array([p.gemm_flops_per_s for p in part_pricers])[codes],
-                                      np.array([p.in_bytes for p in part_pricers])[codes])
+            rates = np.array([p.gemm_flops_per_s for p in part_pricers])[codes]
+            if part == "experts":  # fused-MoE grouped GEMMs reach a share of the dense rate (ServingOptions)
+                rates = rates * options.moe_gemm_share
+            self._part_rates[part] = (rates, np.array([p.in_bytes for p in part_pricers])[codes])
         # Bytes per element of the experts' GEMM inputs (the permuted rows and the second GEMM's input): the
         # MMA precision's, BF16 where the weights run weight-only (BF16 activations).
         act = [GEMM_INPUT_BYTES["bf16" if weight_precision_mode(gpu, name) == "weight_only"
