@@ -130,19 +130,16 @@ def finetune_setting(kv_cache_max_requests: float, input_len: float, output_len:
     to 256 below 4096, 512 below 8192, else 1024)."""
     raw_bs = min(kv_cache_max_requests, MAX_REQUESTS_CAP) / pp
     raw_token = min(raw_bs * (1 + input_len / output_len), MAX_TOKENS_CAP)
-    if raw_bs < 256:
-        max_bs = max(64, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        max_bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        max_bs = 256 * math.ceil(raw_bs / 256)
-    if raw_token < 4096:
-        max_token = max(2048, 256 * math.ceil(raw_token / 256))
-    elif raw_token < 8192:
-        max_token = 512 * math.ceil(raw_token / 512)
-    else:
-        max_token = 1024 * math.ceil(raw_token / 1024)
+    max_bs = max(64, _round_up_in_bands(raw_bs, ((256, 32), (1024, 128)), 256))
+    max_token = max(2048, _round_up_in_bands(raw_token, ((4096, 256), (8192, 512)), 1024))
     return max_bs, max_token
+
+
+def _round_up_in_bands(value: float, bands: tuple[tuple[int, int], ...], last_step: int) -> int:
+    """``value`` rounded up to a multiple of the step of the first band it lies below ((below, step), ...),
+    else of ``last_step``: ``finetune_setting``'s if/elif ladders."""
+    step = next((step for below, step in bands if value < below), last_step)
+    return step * math.ceil(value / step)
 
 
 def kv_cache_max_requests(model: ModelSpec, device_memory_gib: float, weight_precision: str, kv_dtype: str,
