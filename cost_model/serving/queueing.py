@@ -208,48 +208,47 @@ def _normal_sf(z: np.ndarray) -> np.ndarray:
 
 
 POISSON_EXACT_MAX_MEAN = 64.0
-"""Largest mean whose Poisson tail :func:`expected_block_padded_rows` sums exactly; above it the normal
-approximation with continuity correction is within 1% of the tail that matters (skew 1/sqrt(mean) <= 1/8)."""
-
-
-def _poisson_sf(n: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """P(X > n) for X ~ Poisson(mean), arrays broadcast: the pmf summed exactly up to n for small means
-    (recurrence p_i = p_{i-1} mean / i), the normal tail with continuity correction for large ones."""
-    n, mean = np.broadcast_arrays(_f(n), _f(mean))
-    small = mean <= POISSON_EXACT_MAX_MEAN
-    approx = _normal_sf((n + 0.5 - mean) / np.sqrt(np.maximum(mean, 1e-12)))
-    if not small.any():
-        return np.where(mean > 0, approx, 0.0)
-    top = int(np.max(np.where(small, np.minimum(n, 8.0 * POISSON_EXACT_MAX_MEAN), 0.0)))
-    m = np.where(small, mean, 0.0)
-    pmf = np.exp(-m)
-    cdf = np.where(n >= 0, pmf, 0.0)
-    for i in range(1, top + 1):
-        pmf = pmf * m / i
-        cdf = cdf + np.where(n >= i, pmf, 0.0)
-    exact = np.clip(1.0 - cdf, 0.0, 1.0)
-    return np.where(mean > 0, np.where(small, exact, approx), 0.0)
+"""Largest mean whose padded count :func:`expected_block_padded_rows` sums exactly over the pmf; above it the
+normal approximation with continuity correction is within 1% of the tail that matters (skew 1/sqrt(mean)
+<= 1/8)."""
 
 
 def expected_block_padded_rows(mean_rows: Any, block: float) -> np.ndarray:
     """Expected rows an expert's GEMM computes once its received rows are padded to whole blocks of ``block``
     rows, given that it received at least one, when its rows are Poisson with ``mean_rows`` (tokens routed
     uniformly: an expert's count is Binomial(T k, 1/E), Poisson for many tokens and experts):
-    E[block ceil(X / block) | X > 0] = block sum_{j >= 0} P(X > j block) / P(X > 0).
+    E[block ceil(X / block) | X > 0] = block E[ceil(X / block)] / P(X > 0)
+    = block sum_{j >= 0} P(X > j block) / P(X > 0).
 
     A grouped GEMM pads each expert's rows to its tile separately, so the expected padding of a spread of
     counts exceeds the padding of their mean: at a mean of 64 rows and 64-row blocks, half the experts
-    receive more than 64 and compute two blocks (about 95 rows on average, not 64)."""
+    receive more than 64 and compute two blocks (about 94 rows on average, not 64).
+
+    Means up to :data:`POISSON_EXACT_MAX_MEAN` sum pmf(i) ceil(i / block) in one pass of the pmf recurrence
+    p_i = p_{i-1} mean / i up to mean + 10 sd (the rest is below 1e-20); larger means sum the normal tail
+    with continuity correction over the blocks within 8 sd of the mean (those below it count 1 each)."""
     lam = np.maximum(_f(mean_rows), 0.0)
     b = float(block)
     touched = -np.expm1(-lam)                                    # P(X > 0)
-    # P(X > j block) is 1 to within 1e-15 below mean - 8 sd and 0 above mean + 8 sd: count the first terms
-    # whole and sum the ones between.
-    spread = 8.0 * np.sqrt(lam) + 1.0
-    first = np.maximum(np.floor((lam - spread) / b), 1.0)       # first j summed; j = 1 .. first - 1 count 1 each
-    terms = int(np.max(np.ceil(2.0 * spread / b))) + 2 if lam.size else 0
-    tail = touched + (first - 1.0)
-    for d in range(terms):
-        tail = tail + _poisson_sf((first + d) * b, lam)
+    small = lam <= POISSON_EXACT_MAX_MEAN
+    blocks = np.zeros_like(lam)                                  # E[ceil(X / block)]
+    if small.any():  # computed on the small means only: the arrays hold every plan and batch
+        m = lam[small]
+        top = int(np.ceil(np.max(m) + 10.0 * np.sqrt(np.max(m)) + 10.0))
+        pmf = np.exp(-m)
+        exact = np.zeros_like(m)
+        for i in range(1, top + 1):
+            pmf *= m / i
+            exact += pmf * math.ceil(i / b)
+        blocks[small] = exact
+    if not small.all():
+        big = lam[~small]
+        spread = 8.0 * np.sqrt(big) + 1.0
+        first = np.maximum(np.floor((big - spread) / b), 1.0)    # j = 1 .. first - 1: P(X > j block) = 1
+        approx = touched[~small] + (first - 1.0)
+        sd = np.sqrt(big)
+        for d in range(int(np.max(np.ceil(2.0 * spread / b))) + 2):
+            approx += _normal_sf(((first + d) * b + 0.5 - big) / sd)
+        blocks[~small] = approx
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(lam > 0, b * tail / np.maximum(touched, 1e-300), 0.0)
+        return np.where(lam > 0, b * blocks / np.maximum(touched, 1e-300), 0.0)
