@@ -378,7 +378,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         forward, backward = forward + bf16_extra("forward"), backward + bf16_extra("backward")
         weight_grad, layers_forward = weight_grad + bf16_extra("gemm_forward"), layers_forward + bf16_extra("forward")
         host_waits, selective = host_waits + bf16_extra("host_exposed"), selective + bf16_extra("selective_recompute")
-    if stack_spec(training.stack).recompute_early_stop and not training.torch_1_13:  # torch >= 2.1 stops early
+    if training.recompute_stops_early:
         layers_forward = layers_forward - per_stage(dense_t.forward_after_last_save, moe_t.forward_after_last_save)
     recompute = share * layers_forward + selective
 

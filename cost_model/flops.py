@@ -45,7 +45,6 @@ import numpy as np
 from .model_spec import ModelSpec
 from .params import ParameterCounts
 from .activations import recomputes
-from .stacks import stack_spec
 from .plan import FULL, PlanArrays
 from .training_spec import TrainingSpec
 
@@ -103,7 +102,7 @@ def recompute_flops_per_step(model: ModelSpec, training: TrainingSpec, plans: Pl
     parts = forward_flops_per_sequence(model, training.seq_length, causal)
     layers = parts["projections"] + parts["attention"]
     batch = training.global_batch_size
-    if stack_spec(training.stack).recompute_early_stop and not training.torch_1_13:
+    if training.recompute_stops_early:
         # the recompute stops before each dense layer's MLP output projection (StackSpec.recompute_early_stop)
         layers = layers - model.num_dense_layers * 2.0 * training.seq_length * model.ffn_hidden_size * model.hidden_size
     full = np.where(plans.recompute == FULL, recomputed_layer_share * layers * batch, 0.0)

@@ -335,6 +335,12 @@ class TrainingSpec:
         return None
 
     @property
+    def recompute_stops_early(self) -> bool:
+        """Full recompute stops at each layer's last saved tensor: a stack with ``recompute_early_stop``
+        (PyTorch >= 2.1's non-reentrant checkpoint) on a run that is not on torch 1.13."""
+        return stack_spec(self.stack).recompute_early_stop and not self.torch_1_13
+
+    @property
     def global_batch_tokens(self) -> int:
         return self.global_batch_size * self.seq_length
 

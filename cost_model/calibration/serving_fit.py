@@ -218,7 +218,7 @@ def _engine_limits(run: ServingRun, model: Any, gpu: Any, kv_dtype: str) -> list
              settings.max_num_tokens)]
 
 
-def _candidates(run: ServingRun, model: Any = None, gpu: Any = None) -> list[dict[str, Any]]:
+def _candidates(run: ServingRun, model: Any, gpu: Any) -> list[dict[str, Any]]:
     lay = run.layout
     eps = [lay["ep"]] if lay["ep"] else sorted({1, lay["tp"] * lay["attn_dp"]})
     base = {"tp": lay["tp"], "pp": lay["pp"], "attn_dp": lay["attn_dp"], "weight_precision": run.weight_precision,

@@ -389,10 +389,11 @@ def convert_row(row: dict[str, str], layouts_of: dict[tuple, dict[str, int]] | N
     trtllm_bench = row["source_group"] in TRTLLM_BENCH_SOURCES and kind == "max_load"
     num_requests = None
     if trtllm_bench:
-        num_requests = TRTLLM_BENCH_NUM_REQUESTS[row["source_group"]].get((_int(row["isl"]), _int(row["osl"])))
+        lengths = (_int(row["isl"]), _int(row["osl"]))
+        num_requests = TRTLLM_BENCH_NUM_REQUESTS[row["source_group"]].get(lengths)
         assumptions.append("engine limits derived by trtllm-bench (no --max_batch_size / --max_num_tokens; "
                            "chunked prefill off)" + ("" if num_requests else "; dataset request count not published"))
-        if row["source_group"] == "trtllm_new" and (_int(row["isl"]), _int(row["osl"])) == (1000, 1000):
+        if row["source_group"] == "trtllm_new" and lengths == (1000, 1000):
             assumptions.append("3000 requests: the page's dataset table omits 1000/1000; the v1.0 page's table of "
                                "the same procedure gives 3000")
     if row["source_group"] == "splitwise_profile":
