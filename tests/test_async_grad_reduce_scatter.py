@@ -131,3 +131,22 @@ def test_table4_flops_count_palm_attention():
     assert per_token == 202_937_204_736
     assert full - causal == pytest.approx(per_token / 2 * 16_777_216, rel=1e-12)
     assert not prepared.options.mfu_attention_causal
+
+
+@pytest.mark.parametrize("framework, runner", [("torchtitan", "FSDP2"), ("megatron", "Megatron FSDP"),
+                                               ("megatron-bridge", "Megatron FSDP")])
+def test_a_launch_says_its_framework_waits_for_the_reduce_scatter(framework, runner):
+    """No framework plan-search emits for runs Llama 3's asynchronous reduce-scatter: a ZeRO-2 plan priced
+    with it says so; ZeRO-1, or the field off, says nothing."""
+    from optimizer.emit import emit
+
+    plan = dict(tp=1, pp=1, dp=8, cp=1, ep=1, etp=1, vpp=1, micro_batch=1, recompute="none", recompute_num_layers=-1,
+                recompute_modules=0, sequence_parallel=False, zero_stage=2, optimizer_offload=False,
+                activation_offload_layers=0)
+    for async_rs, zero_stage, said in ((True, 2, True), (False, 2, False), (True, 1, False)):
+        training = TrainingSpec(seq_length=4096, global_batch_size=64, async_grad_reduce_scatter=async_rs)
+        emission = emit(framework, dict(plan, zero_stage=zero_stage), LLAMA_8B, training,
+                        rank_order="tp-cp-ep-pp-dp")
+        notes = [d for d in emission.differences if "async_grad_reduce_scatter" in d]
+        assert bool(notes) == said, (framework, async_rs, zero_stage, emission.differences)
+        assert all(n.startswith(runner) for n in notes)
