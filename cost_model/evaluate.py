@@ -44,7 +44,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * DP gradient sync (ZeRO-0/1) with ``overlap_grad_reduce`` hides behind the last micro-batch's
   backward, except the last bucket (40M elements); the distributed optimizer's weight all-gather with
   ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
-* ZeRO-2 reduce-scatters every micro-batch during its backward; ZeRO-3 (FSDP) prefetches each layer's
+* ZeRO-2 reduce-scatters every micro-batch during its backward (and beside the next micro-batch's
+  forward with ``training.async_grad_reduce_scatter``, Llama 3's FSDP: only the last micro-batch's
+  reduce-scatter then has nothing but its backward to hide behind); ZeRO-3 (FSDP) prefetches each layer's
   weights during the previous layer's compute: exposed is what exceeds the compute, plus the first
   layer's all-gather. A stack without prefetch (``fsdp_prefetch: false`` in
   :mod:`cost_model.stacks`) runs every gather and reduce-scatter on the critical path: DeepSpeed 0.3.x
@@ -444,9 +446,13 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     compute_bwd = backward + recompute
     layers = np.maximum(stages.layers, 1.0)
     stack = stack_spec(training.stack)
+    # An asynchronous ZeRO-2 reduce-scatter (training.async_grad_reduce_scatter) runs on beside the next
+    # micro-batch's forward as well; the last micro-batch's has no forward after it (per step, below).
+    beside_forward = training.async_grad_reduce_scatter & (plans.zero_stage[:, None] == 2)
+    reduce_window = compute_bwd + np.where(beside_forward, compute_fwd, 0.0)
     if stack.fsdp_prefetch:
         zero_exposed = (np.maximum(0.0, dp.per_microbatch_fwd_s - compute_fwd) + dp.per_microbatch_fwd_s / layers
-                        + np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd))
+                        + np.maximum(0.0, dp.per_microbatch_bwd_s - reduce_window))
         if stack.collective_fill_exposed:  # each per-layer collective's ring latency stays on the critical path
             zero_exposed = np.minimum(dp.per_microbatch_fwd_s + dp.per_microbatch_bwd_s,
                                       zero_exposed + dp.per_microbatch_fill_s)
@@ -505,6 +511,10 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     zero = plans.zero_stage[:, None]
     grad_exposed = np.where(training.overlap_grad_reduce,
                             np.maximum(dp.grad_sync_s * bucket_share, dp.grad_sync_s - backward), dp.grad_sync_s)
+    # The last micro-batch's asynchronous ZeRO-2 reduce-scatter has no forward after it, only its backward.
+    reduce_tail = np.where(beside_forward & stack.fsdp_prefetch,
+                           np.maximum(0.0, dp.per_microbatch_bwd_s - compute_bwd)
+                           - np.maximum(0.0, dp.per_microbatch_bwd_s - reduce_window), 0.0)
     gather_exposed = np.where(training.overlap_param_gather,
                               np.maximum(dp.param_gather_s * bucket_share, dp.param_gather_s - forward),
                               dp.param_gather_s)
@@ -527,9 +537,9 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
                                              gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
     optimizer_s = np.where(plans.optimizer_offload[:, None], offloaded, on_gpu)
     step_contention = options.overlap_sm_fraction * ((dp.grad_sync_s - grad_exposed) + (dp.param_gather_s - gather_exposed))
-    tail = np.where(stages.exists, grad_exposed + gather_exposed + step_contention + optimizer_s, -np.inf)
+    tail = np.where(stages.exists, grad_exposed + gather_exposed + reduce_tail + step_contention + optimizer_s, -np.inf)
     tail_stage = np.argmax(tail, axis=1)
-    dp_exposed = _pick(grad_exposed + gather_exposed, tail_stage)
+    dp_exposed = _pick(grad_exposed + gather_exposed + reduce_tail, tail_stage)
     optimizer_step = _pick(optimizer_s, tail_stage)
     step_contention = _pick(step_contention, tail_stage)
 

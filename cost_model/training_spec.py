@@ -145,6 +145,19 @@ class TrainingSpec:
     overlap_param_gather: bool = True
     """Overlap the distributed optimizer's parameter all-gather with the next forward pass."""
 
+    async_grad_reduce_scatter: bool = False
+    """ZeRO-2's per-micro-batch gradient reduce-scatter runs on its own stream and the compute does not
+    wait for it at the end of the micro-batch's backward, so it also runs beside the next micro-batch's
+    forward, which under ZeRO-2 has no data-parallel traffic of its own (the weights stay gathered).
+    Llama 3's FSDP (Dubey et al. 2024, arXiv:2407.21783, section 3.3.2): it "shards optimizer states and
+    gradients, but for model shards we do not reshard after forward computation", and DP "can tolerate
+    longer network latency by asynchronously prefetching sharded model weights and reducing gradients".
+    Stock FSDP2 keeps one reduce-scatter in flight: each layer's post-backward makes the compute stream
+    wait for the previous reduce-scatter before issuing its own (torch ``FSDPParamGroup.post_backward``,
+    ``torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py``), so the reductions cannot fall more than
+    a layer behind the backward; False (the default) keeps them within it. Only ZeRO-2 plans change
+    (:mod:`cost_model.evaluate`); no framework plan-search emits runs it (the launches say so)."""
+
     moe_capacity_factor: float = 1.0
     """Tokens an expert processes relative to a perfectly even split: 1.0 for a balanced dropless run,
     more to account for load imbalance or a capacity factor."""

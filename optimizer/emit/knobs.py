@@ -169,3 +169,13 @@ def build_knobs(plan: dict[str, Any], model: ModelSpec, training: TrainingSpec, 
         activation_offload_layers=int(values["activation_offload_layers"]), ep_overlap=overlap,
         cp_comm_type=cp_comm_type, rank_order=rank_order, gpus_per_node=gpus_per_node,
         dp_replicate=int(values["dp_replicate"]), schedule=schedule)
+
+
+def synchronous_reduce_scatter(knobs: LaunchKnobs, framework: str) -> list[str]:
+    """The difference a ZeRO-2 plan priced with ``training.async_grad_reduce_scatter`` (Llama 3's FSDP,
+    whose per-micro-batch gradient reduce-scatter runs on beside the next forward) runs at in a framework
+    that waits for the reduce-scatter at the end of each backward."""
+    if not (knobs.training.async_grad_reduce_scatter and knobs.zero_stage == 2 and knobs.dp * knobs.cp > 1):
+        return []
+    return [f"{framework} waits for each micro-batch's gradient reduce-scatter at the end of its backward; the plan "
+            "was priced with it running on beside the next micro-batch's forward (async_grad_reduce_scatter)"]

@@ -65,7 +65,7 @@ from hardware.placement import DEFAULT_RANK_ORDER
 
 from . import megatron_core as core
 from .emission import Emission
-from .knobs import LaunchKnobs
+from .knobs import LaunchKnobs, synchronous_reduce_scatter
 from .megatron_core import FP4_FORMATS, FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, missing_norms, precision_aware_optimizer, \
     prefixed, recompute_settings, uses_tp_pp_dp_mapping
 from .megatron_lm import environment, pipeline_layout, plain_split
@@ -341,7 +341,7 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
         out.append(f"no Megatron-Bridge 0.3.1 recipe for {knobs.model.name}: the launch starts from "
                    f"{recipe(knobs.model)} with the dimensions and architecture switches overridden; the "
                    "activation function stays that recipe's")
-    return tuple(out + missing_norms(knobs.model))
+    return tuple(out + missing_norms(knobs.model) + synchronous_reduce_scatter(knobs, "Megatron FSDP"))
 
 
 def emit(knobs: LaunchKnobs) -> Emission:

@@ -58,7 +58,7 @@ from hardware.placement import DEFAULT_RANK_ORDER
 
 from . import megatron_core as core
 from .emission import Emission
-from .knobs import LaunchKnobs
+from .knobs import LaunchKnobs, synchronous_reduce_scatter
 from .megatron_core import FP4_FORMATS, FP8_FORMATS, FSDP_STRATEGY, cuda_graph_impl, gelu_gate, missing_norms, moe_settings, \
     precision_aware_optimizer, prefixed, recompute_settings, uses_tp_pp_dp_mapping
 from .torchrun import launcher, nodes
@@ -385,7 +385,8 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
     if knobs.model.mtp_layers:
         out.append(f"the launch runs the model's {knobs.model.mtp_layers} multi-token-prediction layer(s), "
                    "which the cost model does not price")
-    return tuple(out + missing_norms(knobs.model) + gelu_gate(knobs.model))
+    return tuple(out + missing_norms(knobs.model) + gelu_gate(knobs.model)
+                 + synchronous_reduce_scatter(knobs, "Megatron FSDP"))
 
 
 def _quote(word: str) -> str:

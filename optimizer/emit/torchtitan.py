@@ -91,7 +91,7 @@ from cost_model.stages import layers_per_stage
 from cost_model.training_spec import TrainingSpec
 
 from .emission import Emission
-from .knobs import LaunchKnobs
+from .knobs import LaunchKnobs, synchronous_reduce_scatter
 from .torchrun import launcher, nodes
 
 TESTED_VERSION = "torchtitan 0.3.0"
@@ -378,7 +378,7 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
         notes.append("FSDP2 always overlaps the gradient reduce and weight gather, priced here as not overlapped")
     if "full_iteration" in training.cuda_graph_scope:
         notes.append("torchtitan captures one CUDA graph per forward+backward micro-batch, Megatron one per iteration")
-    return tuple(notes)
+    return tuple(notes + synchronous_reduce_scatter(knobs, "FSDP2"))
 
 
 def _lines(knobs: LaunchKnobs) -> list[list[str]]:
