@@ -117,6 +117,20 @@ def test_mlm_h100_strong_scaling_rows_run_the_readmes_overlap_flags(converted, t
     assert rows["mlm_h100-001"]["training"]["tp_comm_overlap"] is False  # TP 1: nothing to overlap
 
 
+def test_the_strong_scaling_series_leaves_one_micro_batch_size_under_the_interleaved_schedule(converted):
+    # 1152 sequences, PP 6: at DP 64, 18 a rank (micro-batch 1 or 3 gives 18 or 6 micro-batches, divisible by
+    # 6; 2 gives 9); at DP 96, 12 a rank (1 or 2 gives 12 or 6; 3 gives 4). Both: 1.
+    from cost_model.calibration.training_runs import MLM_STRONG_SCALING_DP, interleaved_micro_batches
+
+    assert interleaved_micro_batches(1152, 6, (64,)) == [1, 3]
+    assert interleaved_micro_batches(1152, 6, (96,)) == [1, 2]
+    assert interleaved_micro_batches(1152, 6, MLM_STRONG_SCALING_DP) == [1]
+    assert interleaved_micro_batches(192 * 8, 8, (48,)) == [1, 2, 4]  # the weak-scaling 314B row: no constraint
+    rows = converted[0]
+    assert rows["mlm_h100-011"]["plan"]["micro_batch"] == 1 and rows["mlm_h100-010"]["plan"]["micro_batch"] == 1
+    assert rows["mlm_h100-007"]["plan"]["micro_batch"] is None  # weak scaling: not published, not derived
+
+
 def test_sc21_zero3_row_is_zero_stage_3_in_hardware_flops(converted):
     row = converted[0]["sc21_t2-001"]  # 174.6B, 384 A100, DeepSpeed ZeRO-3, MBS 4, 144 TFLOP/s
     assert (row["plan"]["tp"], row["plan"]["pp"], row["plan"]["dp"], row["plan"]["micro_batch"]) == (1, 1, 384, 4)

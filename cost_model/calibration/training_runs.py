@@ -404,6 +404,21 @@ MLM_README_UNTIED_EMBEDDINGS = (
 """Why the README's GPT models are priced with an output layer of their own (see :func:`_mlm_h100`)."""
 
 
+MLM_STRONG_SCALING_DP = (2, 3, 6, 12, 24, 48, 64, 96)
+"""Data-parallel degrees of the README's strong-scaling points (images/strong_scaling.png, f2e5db402c): GPT-3
+177B at TP 8 x PP 6 on 96, 144, 288, 576, 1152, 2304, 3072 and 4608 GPUs, read off the plot's log axis (the
+eight dots sit at 96, 143, 286, 575, 1153, 2318, 3073 and 4618 GPUs), all with 1152 sequences a step."""
+
+
+def interleaved_micro_batches(global_batch: int, pp: int, dps: tuple[int, ...]) -> list[int]:
+    """Micro-batch sizes that every data-parallel degree of a series can run under Megatron-Core's
+    interleaved schedule, which needs whole micro-batches per rank and their number divisible by the
+    pipeline size (core_r0.8.0 ``forward_backward_pipelining_with_interleaving``: "number of microbatches
+    ... is not divisible by pipeline-model-parallel-size when using interleaved schedule")."""
+    return [b for b in range(1, global_batch + 1)
+            if all(global_batch % (dp * b) == 0 and (global_batch // (dp * b)) % pp == 0 for dp in dps)]
+
+
 def _mlm_h100(row, model, plan, training, variant):
     flags = row["other_metrics"].strip() or MLM_README_OVERLAP_FLAGS
     notes = ["GPT with Megatron-LM defaults: dropout 0.1 (--hidden-dropout/--attention-dropout), learned positions; "
@@ -421,6 +436,13 @@ def _mlm_h100(row, model, plan, training, variant):
     overlap = "--tp-comm-overlap" in flags
     # --tp-comm-overlap requires --sequence-parallel (Megatron-LM arguments.py)
     extra_plan["sequence_parallel"] = plan["tp"] > 1
+    if "strong-scaling" in row["source"] and plan["pp"] > 1:
+        # One micro-batch size for the series (assumed); 1152 sequences at DP 64 and DP 96 leave only 1.
+        sizes = interleaved_micro_batches(_int(row["global_batch"], "global_batch"), plan["pp"], MLM_STRONG_SCALING_DP)
+        if len(sizes) == 1:
+            extra_plan["micro_batch"] = sizes[0]
+            notes.append(f"micro_batch {sizes[0]}: the only size every strong-scaling point (DP {MLM_STRONG_SCALING_DP}) "
+                         "can run under the interleaved schedule with one size for the series")
     if plan["pp"] > 1:
         # core_r0.8.0 megatron/training/arguments.py (validate_args): without
         # --num-layers-per-virtual-pipeline-stage it sets overlap_p2p_comm False ("non-interleaved schedule
