@@ -504,18 +504,16 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     local_params = params.total
     bucket_share = np.minimum(1.0, options.grad_bucket_elements / np.maximum(local_params, 1.0))
     zero = plans.zero_stage[:, None]
-    # Interleaved Megatron: each chunk's reduce-scatter starts after its last backward, beside the other
-    # chunks' passes (:func:`cost_model.schedules.data_parallel_overlap_passes`); the all-gathers do not gain.
-    chunked = (plans.schedule == INTERLEAVED) & stack.chunk_grad_sync
-    dp_chunks = np.where(chunked, plans.vpp, 1).astype(float)[:, None]
-    dp_passes = data_parallel_overlap_passes(plans.schedule, plans.pp, dp_chunks[:, 0])[:, None]
+    # Interleaved Megatron: each chunk's collective starts after its last backward (before its first
+    # forward), beside the other chunks' passes (:func:`cost_model.schedules.data_parallel_overlap_passes`).
+    dp_chunks = np.where(plans.schedule == INTERLEAVED, plans.vpp, 1).astype(float)[:, None]
+    dp_passes = data_parallel_overlap_passes(plans.schedule, plans.pp, plans.vpp)[:, None]
 
     def overlapped(collective_s, pass_s):
         return exposed_data_parallel_s(collective_s, pass_s, bucket_share, dp_passes, dp_chunks)
 
     grad_exposed = np.where(training.overlap_grad_reduce, overlapped(dp.grad_sync_s, backward), dp.grad_sync_s)
-    gather_exposed = np.where(training.overlap_param_gather,
-                              exposed_data_parallel_s(dp.param_gather_s, forward, bucket_share, 1, 1),
+    gather_exposed = np.where(training.overlap_param_gather, overlapped(dp.param_gather_s, forward),
                               dp.param_gather_s)
     if stack.fsdp_prefetch and stack.collective_fill_exposed:  # ZeRO-2's per-layer weight gathers, once a step
         gather_exposed = np.minimum(dp.param_gather_s, gather_exposed + dp.per_step_fill_s)

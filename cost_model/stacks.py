@@ -227,13 +227,6 @@ class StackSpec:
     micro-batch and the middle ones for two (:func:`cost_model.schedules.blocking_exchanges_per_microbatch`);
     False keeps two transfers a micro-batch on every rank."""
 
-    chunk_grad_sync: bool
-    """Whether, under the interleaved schedule, the data-parallel gradient reduce-scatter of each model chunk
-    starts once that chunk's last micro-batch backward is done (Megatron-Core ``grad_sync_func`` per chunk,
-    ``forward_backward_pipelining_with_interleaving``, core_r0.8.0 onwards), beside the other chunks'
-    remaining backwards (:func:`cost_model.schedules.data_parallel_overlap_passes`); False prices every
-    schedule's overlap as 1F1B's, beside the last micro-batch's backward."""
-
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -246,8 +239,7 @@ SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_
             "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
             "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather",
             "per_tensor_collectives", "zero3_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
-            "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap", "pipeline_p2p_batched",
-            "chunk_grad_sync")
+            "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap", "pipeline_p2p_batched")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:
