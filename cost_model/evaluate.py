@@ -110,8 +110,7 @@ from .activations import recomputes
 from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .plan import PlanArrays
 from .power import plan_power
-from .schedules import (INTERLEAVED, blocking_exchanges_per_microbatch, bubble_s, data_parallel_overlap_passes,
-                        exposed_data_parallel_s, fill_drain_p2p_transfers, other_ranks_mean_s)
+from .schedules import blocking_exchanges_per_microbatch, bubble_s, fill_drain_p2p_transfers, other_ranks_mean_s
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
 from .training_spec import TrainingSpec
@@ -504,16 +503,10 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     local_params = params.total
     bucket_share = np.minimum(1.0, options.grad_bucket_elements / np.maximum(local_params, 1.0))
     zero = plans.zero_stage[:, None]
-    # Interleaved Megatron: each chunk's collective starts after its last backward (before its first
-    # forward), beside the other chunks' passes (:func:`cost_model.schedules.data_parallel_overlap_passes`).
-    dp_chunks = np.where(plans.schedule == INTERLEAVED, plans.vpp, 1).astype(float)[:, None]
-    dp_passes = data_parallel_overlap_passes(plans.schedule, plans.pp, plans.vpp)[:, None]
-
-    def overlapped(collective_s, pass_s):
-        return exposed_data_parallel_s(collective_s, pass_s, bucket_share, dp_passes, dp_chunks)
-
-    grad_exposed = np.where(training.overlap_grad_reduce, overlapped(dp.grad_sync_s, backward), dp.grad_sync_s)
-    gather_exposed = np.where(training.overlap_param_gather, overlapped(dp.param_gather_s, forward),
+    grad_exposed = np.where(training.overlap_grad_reduce,
+                            np.maximum(dp.grad_sync_s * bucket_share, dp.grad_sync_s - backward), dp.grad_sync_s)
+    gather_exposed = np.where(training.overlap_param_gather,
+                              np.maximum(dp.param_gather_s * bucket_share, dp.param_gather_s - forward),
                               dp.param_gather_s)
     if stack.fsdp_prefetch and stack.collective_fill_exposed:  # ZeRO-2's per-layer weight gathers, once a step
         gather_exposed = np.minimum(dp.param_gather_s, gather_exposed + dp.per_step_fill_s)

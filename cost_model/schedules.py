@@ -244,41 +244,6 @@ def paired_chunk_share(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray, m:
                      0.0)
 
 
-def data_parallel_overlap_passes(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray) -> np.ndarray:
-    """Chunk passes of the first pipeline rank beside which the data-parallel collectives of all its chunks
-    can run, on the Megatron schedules with ``overlap_grad_reduce`` / ``overlap_param_gather``, in units of
-    one chunk pass (1/v of the rank's micro-batch pass); 1 (the last micro-batch's own pass) elsewhere.
-
-    Megatron-Core launches a chunk's gradient reduce-scatter as soon as its last micro-batch's backward is
-    done (core_r0.8.0 ``megatron/core/pipeline_parallel/schedules.py``,
-    ``forward_backward_pipelining_with_interleaving``: ``grad_sync_func[grad_sync_chunk_id]`` once
-    ``is_last_microbatch_for_model_chunk``), and runs the chunks p micro-batches at a time in turn: the
-    first rank's last backwards are p of chunk v-1, then p of chunk v-2, ..., then p of chunk 0. Chunk c's
-    collective therefore has c p chunk passes after it plus its own last one, and the queue of all v, run
-    one after another on the communication stream, has (v - 1) p + 1: with R the reduce-scatter of all
-    chunks and tau one chunk pass, exposed = max(R - ((v-1) p + 1) tau, R/v - tau). The weight all-gathers
-    mirror it in the next step's warm-up, chunk 0 for the first p forwards, then chunk 1, ... (the
-    forward pre-hooks gather one bucket after another, ``distrib_optimizer.py`` ``_make_forward_pre_hook``).
-    1F1B (v = 1) gives 1: the last micro-batch's backward, the first one's forward. The first rank sets
-    the step's end: it runs the last backward and the first forward, the others have the drain and the
-    warm-up beside them."""
-    s = np.asarray(schedule)
-    v = np.where(s == INTERLEAVED, np.asarray(vpp), 1)
-    return np.where(_is(s, MEGATRON_SCHEDULES), (v - 1) * np.asarray(pp) + 1, 1)
-
-
-def exposed_data_parallel_s(collective_s, pass_s, bucket_share, passes, chunks):
-    """Seconds of an overlapped data-parallel collective left after the rank's last pass (gradient
-    reduce-scatter) or before its first (weight all-gather): ``collective_s`` for all the rank's chunks,
-    ``pass_s`` its micro-batch pass (backward or forward), ``passes`` from
-    :func:`data_parallel_overlap_passes`, ``chunks`` the v it counts in. At least one bucket (Megatron's
-    40M elements, ``bucket_share`` of the collective) is always exposed; the queue of the v chunks' collectives
-    leaves collective - passes/v x pass; the last chunk's own, which starts only after its last pass,
-    (collective - pass) / v."""
-    return np.maximum.reduce([collective_s * bucket_share, collective_s - passes / chunks * pass_s,
-                              (collective_s - pass_s) / chunks])
-
-
 def pending_weight_grad_layers(schedule: np.ndarray, stage_layers: np.ndarray, vpp: np.ndarray) -> np.ndarray:
     """Layers whose W pass is pending beside the peak's in-flight activations (plans x stages): one chunk
     pass's layers on the schedules that defer W (module docstring), none on the others."""

@@ -23,7 +23,7 @@ from cost_model.model_loader import load_model
 from cost_model.options import CostOptions
 from cost_model.plan import SCHEDULES, PlanArrays
 from cost_model.schedules import (DUALPIPE, DUALPIPEV, INTERLEAVED, ONE_F_ONE_B, ZB_H1, ZB_H2, ZBV, bubble_s,
-                                  chunks_per_rank, data_parallel_overlap_passes, exposed_data_parallel_s, in_flight_chunk_forwards, paired_chunk_share, parameter_copies)
+                                  chunks_per_rank, in_flight_chunk_forwards, paired_chunk_share, parameter_copies)
 from cost_model.stages import stage_layout
 from cost_model.training_spec import TrainingSpec
 from hardware.loader import load_cluster
@@ -314,18 +314,3 @@ def test_pipeline_sends_on_the_critical_path_by_hand(stack, vpp, exchanges):
     assert metrics.bottleneck_stage[0] == 2
     expected = 64 * exchanges * p2p_s + (2 * 3 * p2p_s if exchanges == 0 else 0.0)
     assert metrics.step_time_parts_s["pp_comm"][0] == pytest.approx(expected, rel=1e-9)
-
-
-def test_interleaved_megatron_runs_each_chunks_gradient_sync_after_its_last_backward():
-    # core_r0.8.0 schedules.py: chunk c's grad_sync_func fires after its last micro-batch's backward; the first
-    # rank's last backwards are p of chunk v-1, ..., p of chunk 0, so the queue has (v-1) p + 1 chunk passes.
-    codes = np.array([ONE_F_ONE_B, INTERLEAVED, INTERLEAVED, ZB_H1, DUALPIPE])
-    assert data_parallel_overlap_passes(codes, np.array([8, 6, 8, 8, 8]), np.array([1, 4, 12, 2, 1])).tolist() == \
-        [1, 19, 89, 1, 1]
-    # 1.0 s of reduce-scatter, a 0.2 s stage backward, 1% in the last bucket. 1F1B: 1.0 - 0.2 = 0.8 s exposed.
-    # Interleaved p 6, v 4 (0.05 s chunk passes): the queue leaves 1.0 - 19 x 0.05 = 0.05 s, but the last
-    # chunk's own 0.25 s starts after its last 0.05 s pass: 0.2 s.
-    assert exposed_data_parallel_s(1.0, 0.2, 0.01, 1, 1) == pytest.approx(0.8)
-    assert exposed_data_parallel_s(1.0, 0.2, 0.01, 19, 4) == pytest.approx(0.2)
-    # A short collective: the last bucket is what stays exposed.
-    assert exposed_data_parallel_s(0.1, 0.2, 0.1, 19, 4) == pytest.approx(0.01)
