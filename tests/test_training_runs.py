@@ -81,6 +81,56 @@ def test_llmfoundry_recompute_agrees_with_the_published_hfu(converted, table):
         assert ratio == pytest.approx(4 / 3 if row["plan"]["recompute"] == "full" else 1.0, abs=0.01), key
 
 
+MLM_H100_SIZES_B = {"mlm_h100-001": 1.7, "mlm_h100-002": 7.1, "mlm_h100-003": 16, "mlm_h100-004": 32,
+                    "mlm_h100-005": 70, "mlm_h100-006": 119, "mlm_h100-007": 177, "mlm_h100-008": 314,
+                    "mlm_h100-009": 462, "mlm_h100-010": 177, "mlm_h100-011": 177}
+"""The Megatron-LM README's model sizes (images/model_table.png and the strong-scaling plot, f2e5db402c)."""
+
+
+def test_mlm_h100_models_count_the_readmes_parameters_with_an_output_layer_of_their_own(converted):
+    # 177B: 96 x (12 x 12288^2 + 13 x 12288) = 173.96e9 in the layers, 131072 x 12288 = 1.611e9 per vocabulary
+    # matrix, 4096 x 12288 = 0.050e9 positions, 2 x 12288 final norm: 177.23e9 with a separate output layer,
+    # 175.62e9 tied (the README: "slightly more than 175 billion parameters due to larger vocabulary size").
+    from cost_model.calibration.validate import prepare_row
+    from cost_model.params import ParameterCounts
+
+    rows = converted[0]
+    for key, size in MLM_H100_SIZES_B.items():
+        assert rows[key]["model"]["tie_word_embeddings"] is False
+        total = ParameterCounts(prepare_row(rows[key], "test").model).total / 1e9
+        assert abs(total - size) < 0.06 * size  # the table rounds (1.75 -> 1.7, 31.5 -> 32)
+    assert ParameterCounts(prepare_row(rows["mlm_h100-007"], "test").model).total == pytest.approx(177.233e9, rel=1e-5)
+    assert ParameterCounts(prepare_row(rows["mlm_h100-002"], "test").model).total == pytest.approx(7.1319e9, rel=1e-4)
+
+
+def test_mlm_h100_strong_scaling_rows_run_the_readmes_overlap_flags(converted, table):
+    # The README's overlap sentence covers both figures; the strong-scaling CSV rows carry no flags of their own.
+    rows = converted[0]
+    assert not table["mlm_h100-011"]["other_metrics"].strip()
+    for key in ("mlm_h100-007", "mlm_h100-010", "mlm_h100-011"):
+        row = rows[key]
+        assert row["training"]["tp_comm_overlap"] is True
+        assert (row["plan"]["zero_stage"], row["plan"]["sequence_parallel"]) == (1, True)
+        assert (row["plan"]["tp"], row["plan"]["pp"]) == (8, 6)
+    assert rows["mlm_h100-011"]["plan"]["dp"] == 96 and rows["mlm_h100-010"]["plan"]["dp"] == 2
+    assert "README's section text" in rows["mlm_h100-011"]["notes"]
+    assert rows["mlm_h100-001"]["training"]["tp_comm_overlap"] is False  # TP 1: nothing to overlap
+
+
+def test_the_strong_scaling_series_leaves_one_micro_batch_size_under_the_interleaved_schedule(converted):
+    # 1152 sequences, PP 6: at DP 64, 18 a rank (micro-batch 1 or 3 gives 18 or 6 micro-batches, divisible by
+    # 6; 2 gives 9); at DP 96, 12 a rank (1 or 2 gives 12 or 6; 3 gives 4). Both: 1.
+    from cost_model.calibration.training_runs import MLM_STRONG_SCALING_DP, interleaved_micro_batches
+
+    assert interleaved_micro_batches(1152, 6, (64,)) == [1, 3]
+    assert interleaved_micro_batches(1152, 6, (96,)) == [1, 2]
+    assert interleaved_micro_batches(1152, 6, MLM_STRONG_SCALING_DP) == [1]
+    assert interleaved_micro_batches(192 * 8, 8, (48,)) == [1, 2, 4]  # the weak-scaling 314B row: no constraint
+    rows = converted[0]
+    assert rows["mlm_h100-011"]["plan"]["micro_batch"] == 1 and rows["mlm_h100-010"]["plan"]["micro_batch"] == 1
+    assert rows["mlm_h100-007"]["plan"]["micro_batch"] is None  # weak scaling: not published, not derived
+
+
 def test_sc21_zero3_row_is_zero_stage_3_in_hardware_flops(converted):
     row = converted[0]["sc21_t2-001"]  # 174.6B, 384 A100, DeepSpeed ZeRO-3, MBS 4, 144 TFLOP/s
     assert (row["plan"]["tp"], row["plan"]["pp"], row["plan"]["dp"], row["plan"]["micro_batch"]) == (1, 1, 384, 4)

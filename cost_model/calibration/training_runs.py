@@ -386,22 +386,70 @@ def _nemo_longseq(row, model, plan, training, variant):
             ["NeMo Llama recipes: no dropout, sequence parallel when TP > 1; recompute and ZeRO stage not published"])
 
 
+MLM_README_OVERLAP_FLAGS = "--overlap-grad-reduce --overlap-param-gather --tp-comm-overlap"
+"""The overlap flags of the Megatron-LM README's H100 benchmarks (README.md 'Training Speed and Scalability',
+added with the figures in f2e5db402c, 2024-07-15): "We perform fine-grained overlapping of data-parallel
+(``--overlap-grad-reduce --overlap-param-gather``), tensor-parallel (``--tp-comm-overlap``) and
+pipeline-parallel communication (enabled by default)". The sentence opens the section and precedes both
+figures; the weak-scaling table and the strong-scaling plot carry the same "Megatron-Core r0.8.0" legend,
+so the strong-scaling rows (whose CSV ``other_metrics`` is empty) ran with them too."""
+
+MLM_README_UNTIED_EMBEDDINGS = (
+    "untied input embedding and output layer (--untie-embeddings-and-output-weights): the README's model sizes "
+    "count both V x h matrices. 12*l*h^2 per layer + 2*V*h (+ positions) gives 1.75, 7.13, 16.1, 31.5, 69.8, 118.5, "
+    "177.2, 313.6 and 461.5 B for the table's 1.7B, 7.1B, 16B, 32B, 70B, 119B, 177B, 314B and 462B; one V x h "
+    "matrix (tied) gives 1.49, 6.59, 15.3, 30.6, 68.7, 117.2, 175.6, 311.5, 459.1 B, which the table does not "
+    "print, and the strong-scaling text's 'slightly more than 175 billion parameters due to larger vocabulary "
+    "size' is 177.2 B, not 175.6")
+"""Why the README's GPT models are priced with an output layer of their own (see :func:`_mlm_h100`)."""
+
+
+MLM_STRONG_SCALING_DP = (2, 3, 6, 12, 24, 48, 64, 96)
+"""Data-parallel degrees of the README's strong-scaling points (images/strong_scaling.png, f2e5db402c): GPT-3
+177B at TP 8 x PP 6 on 96, 144, 288, 576, 1152, 2304, 3072 and 4608 GPUs, read off the plot's log axis (the
+eight dots sit at 96, 143, 286, 575, 1153, 2318, 3073 and 4618 GPUs), all with 1152 sequences a step."""
+
+
+def interleaved_micro_batches(global_batch: int, pp: int, dps: tuple[int, ...]) -> list[int]:
+    """Micro-batch sizes that every data-parallel degree of a series can run under Megatron-Core's
+    interleaved schedule, which needs whole micro-batches per rank and their number divisible by the
+    pipeline size (core_r0.8.0 ``forward_backward_pipelining_with_interleaving``: "number of microbatches
+    ... is not divisible by pipeline-model-parallel-size when using interleaved schedule")."""
+    return [b for b in range(1, global_batch + 1)
+            if all(global_batch % (dp * b) == 0 and (global_batch // (dp * b)) % pp == 0 for dp in dps)]
+
+
 def _mlm_h100(row, model, plan, training, variant):
-    flags = row["other_metrics"]
-    overlap = "--tp-comm-overlap" in flags
-    notes = ["GPT with Megatron-LM defaults: dropout 0.1 (--hidden-dropout/--attention-dropout), learned positions, "
-             "tied embeddings; recompute and micro-batch not published"]
+    flags = row["other_metrics"].strip() or MLM_README_OVERLAP_FLAGS
+    notes = ["GPT with Megatron-LM defaults: dropout 0.1 (--hidden-dropout/--attention-dropout), learned positions; "
+             "recompute, micro-batch and virtual pipeline size not published",
+             MLM_README_UNTIED_EMBEDDINGS]
+    if not row["other_metrics"].strip():
+        notes.append("overlap flags from the README's section text (the strong-scaling plot has none of its own): "
+                     + MLM_README_OVERLAP_FLAGS)
+    model["tie_word_embeddings"] = False
     extra_plan: dict[str, Any] = {}
     if "--overlap-param-gather" in flags:
         # Megatron-LM arguments.py: --overlap-param-gather requires --use-distributed-optimizer (ZeRO-1)
         extra_plan["zero_stage"] = 1
         notes.append("zero_stage 1: --overlap-param-gather needs the distributed optimizer")
-    if overlap:
-        # --tp-comm-overlap requires --sequence-parallel (Megatron-LM arguments.py)
-        extra_plan["sequence_parallel"] = plan["tp"] > 1
-    else:
-        extra_plan["sequence_parallel"] = plan["tp"] > 1
-        notes.append("sequence parallel assumed when TP > 1 (flags not listed for this row)")
+    overlap = "--tp-comm-overlap" in flags
+    # --tp-comm-overlap requires --sequence-parallel (Megatron-LM arguments.py)
+    extra_plan["sequence_parallel"] = plan["tp"] > 1
+    if "strong-scaling" in row["source"] and plan["pp"] > 1:
+        # One micro-batch size for the series (assumed); 1152 sequences at DP 64 and DP 96 leave only 1.
+        sizes = interleaved_micro_batches(_int(row["global_batch"], "global_batch"), plan["pp"], MLM_STRONG_SCALING_DP)
+        if len(sizes) == 1:
+            extra_plan["micro_batch"] = sizes[0]
+            notes.append(f"micro_batch {sizes[0]}: the only size every strong-scaling point (DP {MLM_STRONG_SCALING_DP}) "
+                         "can run under the interleaved schedule with one size for the series")
+    if plan["pp"] > 1:
+        # core_r0.8.0 megatron/training/arguments.py (validate_args): without
+        # --num-layers-per-virtual-pipeline-stage it sets overlap_p2p_comm False ("non-interleaved schedule
+        # does not support overlapping p2p communication"), so the README's pipeline overlap "enabled by
+        # default" is the interleaved schedule; its virtual stage count is not published.
+        notes.append("interleaved schedule (the README's overlapped pipeline communication exists only there in "
+                     "core_r0.8.0 arguments.py); virtual pipeline size not published")
     return {"dropout": True, "tp_comm_overlap": overlap and plan["tp"] > 1}, extra_plan, notes
 
 
