@@ -30,7 +30,7 @@ MEGATRON_LINEAR_STACKS = ("megatron-core", "megatron-lm-2021", "megatron-deepspe
 """Stacks whose tensor-parallel linears are Megatron's (``LinearWithGradAccumulationAndAsyncCommunication``
 or Transformer Engine's), the ones that can issue the backward collective asynchronously
 (``tp_backward_overlap``)."""
-GRAD_DTYPES = ("fp32", "bf16")
+GRAD_DTYPES = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
 MOE_TOKEN_DISPATCHERS = ("alltoall", "deepep", "hybridep")
@@ -88,9 +88,17 @@ class TrainingSpec:
     """Adam/AdamW keep an fp32 master copy and the moments m and v (12 bytes per parameter);
     SGD with momentum keeps the master copy and one moment (8 bytes)."""
 
-    grad_dtype: Literal["fp32", "bf16"] = "fp32"
+    grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Dtype of the gradient buffer that is accumulated and reduced. Megatron-LM forces fp32 main
-    grads with ``--bf16`` (``accumulate_allreduce_grads_in_fp32``); ``bf16`` halves it."""
+    grads with ``--bf16`` (``accumulate_allreduce_grads_in_fp32``); ``bf16`` halves it, and so does
+    ``fp16``: DeepSpeed's fp16 ZeRO-1/2 optimizer accumulates and all-reduces the fp16 ``param.grad``
+    (``deepspeed/runtime/zero/stage2.py`` ``allreduce_bucket`` in the parameters' dtype; ``engine.py``
+    refuses ``fp32_allreduce`` with ZeRO, v0.5.4)."""
+
+    deepspeed_whole_pipe_grads: bool = False
+    """The run used DeepSpeed before v0.5.4 (2021-10): its pipeline engine sent each stage's input gradient
+    back whole, only the activations in 1/tp pieces (``is_grad_partitioned = False`` until microsoft/DeepSpeed
+    e2fdd254e, 2021-09-29; :mod:`cost_model.deepspeed_pipe`). Needs a stack with ``pipeline_p2p_serial``."""
 
     torch_1_13: bool = False
     """The run used PyTorch 1.13 (llm-foundry's tables of spring 2023, with Composer 0.13). Under a stack
@@ -298,6 +306,9 @@ class TrainingSpec:
             raise ValueError(f"torch_1_13 changes how a PyTorch-native stack optimizes and recomputes: the {self.stack} "
                              "stack has neither a per-tensor optimizer nor PyTorch's checkpoint; set it false or use "
                              "composer-fsdp")
+        if self.deepspeed_whole_pipe_grads and not spec.pipeline_p2p_serial:
+            raise ValueError(f"deepspeed_whole_pipe_grads describes DeepSpeed's pipeline engine: the {self.stack} stack "
+                             "does not run it; set it false or use megatron-deepspeed")
         if self.tp_backward_overlap and self.stack not in MEGATRON_LINEAR_STACKS:
             raise ValueError(f"tp_backward_overlap is Megatron's asynchronous backward collective: the {self.stack} stack "
                              f"runs its tensor-parallel collectives in order; set it false or use one of "
