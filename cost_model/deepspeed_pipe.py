@@ -13,22 +13,21 @@ Megatron-DeepSpeed's 2021-2023 runs (``schedule.py`` ``TrainSchedule``, ``engine
   with rendezvous transfers (tests/test_deepspeed_pipe.py) gives the step as m T_bottleneck + (p - 1)
   (T_other - the middle ranks' second pair): the fill passes each activation on once per hop and the
   drain each gradient, one transfer each way per rank.
-* Partitioned activations. With tensor parallelism (``grid.model_parallel_size > 1``) the engine sets
-  ``is_pipe_partitioned``: ``_exec_forward_pass`` cuts the stage output into 1/t flat pieces
-  (``PartitionedTensor``), and each send is two messages, the piece's ``to_meta()`` long tensor
-  (ndims, shape, parts, rank and the t + 1 partition offsets) then the piece. The receiver's forward
-  rebuilds the whole input with ``PartitionedTensor.full()``, an all-gather over the tensor-parallel
-  group; so does the sender before its backward, for the output it cleared after the send
-  (``_exec_recv_grads`` without partitioned gradients, ``_exec_backward_pass`` with them).
-  (engine.py, ``self.is_pipe_partitioned = self.is_model_parallel`` since the engine's first version,
-  65c2f974d, 2020-09.)
-* Partitioned gradients. From ``e2fdd254e`` "Big science related changes" (2021-09-29, first in v0.5.4)
-  ``is_grad_partitioned = is_model_parallel``: the input gradient goes back as meta + 1/t piece as well,
-  and ``_exec_backward_pass`` all-gathers it. Before, it went back whole (``is_grad_partitioned =
-  False``, v0.3.16 to v0.5.3); ``training.deepspeed_whole_pipe_grads`` prices such a run.
+* Partitioned activations and gradients. With tensor parallelism (``grid.model_parallel_size > 1``)
+  the engine sets ``is_pipe_partitioned`` and ``is_grad_partitioned``: ``_exec_forward_pass`` cuts the
+  stage output into 1/t flat pieces (``PartitionedTensor``) and ``_exec_send_grads`` the input
+  gradient; each send is two messages, the piece's ``to_meta()`` long tensor (ndims, shape, parts, rank
+  and the t + 1 partition offsets) then the piece. ``PartitionedTensor.full()``, an all-gather over the
+  tensor-parallel group, rebuilds the input before a forward, and before a backward the output (cleared
+  after its send) and the received gradient. Both came with ``e2fdd254e`` "Big science related changes"
+  (2021-09-29, co-authored by MT-NLG's authors; first in v0.5.4), the version whose pipeline takes a
+  single tensor between stages, as Megatron-DeepSpeed's ``GPTModelPipe`` sends one (the attention mask
+  cached in ``args.attn_mask``, microsoft/Megatron-DeepSpeed ``pretrain_gpt.py`` since 8a132ced,
+  2021-06). Before it, only the (hidden, mask) tuples of DeepSpeedExamples' ``GPT2ModelPipe`` were
+  partitioned, and gradients went back whole.
 
-All-gathers a micro-batch: the first stage 1 (its output, before its backward) plus 1 for the gradient
-when partitioned; the last stage 1 (its input); a middle stage both.
+All-gathers a micro-batch: the first stage 2 (its output and the gradient, before its backward); the last
+stage 1 (its input); a middle stage all 3.
 """
 
 from __future__ import annotations
@@ -71,21 +70,17 @@ def serial_transfers(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     tp = np.asarray(plans.tp)
     piped = np.asarray(plans.pp) > 1
     partitioned = tp > 1
-    grads_partitioned = partitioned & (not training.deepspeed_whole_pipe_grads)
     whole = ACT_BYTES * plans.micro_batch * training.seq_length / plans.cp * model.hidden_size
     piece = np.where(partitioned, whole / tp, whole)
     meta = np.where(partitioned, pricer.time(P2P, pricer.placements.pp, meta_bytes(tp)), 0.0)
-    activation = pricer.time(P2P, pricer.placements.pp, piece) + meta
-    grad_message = np.where(grads_partitioned, piece, whole)
-    gradient = pricer.time(P2P, pricer.placements.pp, grad_message) + np.where(grads_partitioned, meta, 0.0)
+    transfer = pricer.time(P2P, pricer.placements.pp, piece) + meta   # an activation, or a gradient back
     gather = np.where(partitioned, pricer.time(AG, pricer.placements.tp, whole), 0.0)
-    gathers = np.stack([1.0 + grads_partitioned, 2.0 + grads_partitioned, np.ones(len(tp))], axis=1)
-    gathers = np.where(partitioned[:, None], gathers, 0.0)
-    one_pair = (activation + gradient)[:, None]
+    gathers = np.where(partitioned[:, None], np.array([[2.0, 3.0, 1.0]]), 0.0)
+    one_pair = 2 * transfer[:, None]
     pairs = np.stack([np.ones(len(tp)), np.where(np.asarray(plans.pp) > 2, 2.0, 1.0), np.ones(len(tp))], axis=1)
     per_microbatch = pairs * one_pair + gathers * gather[:, None]
     fill_drain = one_pair + gathers * gather[:, None]
-    sent = pricer.sent(P2P, pricer.placements.pp, piece) + pricer.sent(P2P, pricer.placements.pp, grad_message)
+    sent = 2 * pricer.sent(P2P, pricer.placements.pp, piece)
     return SerialTransfers(per_microbatch_s=np.where(piped[:, None], per_microbatch, 0.0),
                            fill_drain_s=np.where(piped[:, None], fill_drain, 0.0),
                            bytes_per_microbatch=np.where(piped, sent, 0.0))

@@ -95,11 +95,6 @@ class TrainingSpec:
     (``deepspeed/runtime/zero/stage2.py`` ``allreduce_bucket`` in the parameters' dtype; ``engine.py``
     refuses ``fp32_allreduce`` with ZeRO, v0.5.4)."""
 
-    deepspeed_whole_pipe_grads: bool = False
-    """The run used DeepSpeed before v0.5.4 (2021-10): its pipeline engine sent each stage's input gradient
-    back whole, only the activations in 1/tp pieces (``is_grad_partitioned = False`` until microsoft/DeepSpeed
-    e2fdd254e, 2021-09-29; :mod:`cost_model.deepspeed_pipe`). Needs a stack with ``pipeline_p2p_serial``."""
-
     torch_1_13: bool = False
     """The run used PyTorch 1.13 (llm-foundry's tables of spring 2023, with Composer 0.13). Under a stack
     with ``per_tensor_optimizer`` FSDP1 hands the optimizer one flat shard per wrapped layer (torch 1.13 has
@@ -306,9 +301,6 @@ class TrainingSpec:
             raise ValueError(f"torch_1_13 changes how a PyTorch-native stack optimizes and recomputes: the {self.stack} "
                              "stack has neither a per-tensor optimizer nor PyTorch's checkpoint; set it false or use "
                              "composer-fsdp")
-        if self.deepspeed_whole_pipe_grads and not spec.pipeline_p2p_serial:
-            raise ValueError(f"deepspeed_whole_pipe_grads describes DeepSpeed's pipeline engine: the {self.stack} stack "
-                             "does not run it; set it false or use megatron-deepspeed")
         if self.tp_backward_overlap and self.stack not in MEGATRON_LINEAR_STACKS:
             raise ValueError(f"tp_backward_overlap is Megatron's asynchronous backward collective: the {self.stack} stack "
                              f"runs its tensor-parallel collectives in order; set it false or use one of "

@@ -143,34 +143,31 @@ def test_meta_tensor_bytes():
     assert meta_bytes(np.array([1]))[0] == 64
 
 
-@pytest.mark.parametrize("whole_grads", [False, True])
-def test_partitioned_pipeline_transfers_by_hand(whole_grads):
+def test_partitioned_pipeline_transfers_by_hand():
     plans = PlanArrays.from_records([dict(tp=8, pp=4, dp=1, micro_batch=1)])
     pricer = CommPricer(CLUSTER, place(CLUSTER, plans, CostOptions()))
-    training = deepspeed(deepspeed_whole_pipe_grads=whole_grads)
-    result = serial_transfers(GPT, training, plans, pricer)
+    result = serial_transfers(GPT, deepspeed(), plans, pricer)
     whole = 2 * 2048 * 4096                                    # fp16 [s, b, h], b = 1: 16 MiB
-    piece = whole / 8
+    piece = whole / 8                                          # 2 MiB from each TP rank
 
     def p2p(size):
         return pricer.time(P2P, pricer.placements.pp, np.array([size]))[0]
 
-    meta = p2p(120)
+    transfer = p2p(piece) + p2p(120)                           # the piece and its 120-byte meta tensor
     gather = pricer.time(AG, pricer.placements.tp, np.array([whole]))[0]
-    activation = p2p(piece) + meta
-    gradient = p2p(whole) if whole_grads else p2p(piece) + meta
-    pair = activation + gradient
-    # all-gathers a micro-batch: first stage its output (+ the gradient), last its input, middle both
-    gathers = [1, 2, 1] if whole_grads else [2, 3, 1]
-    expected = [pair + gathers[0] * gather, 2 * pair + gathers[1] * gather, pair + gathers[2] * gather]
+    pair = 2 * transfer
+    # all-gathers a micro-batch: first stage its output and the gradient, last its input, middle all three
+    expected = [pair + 2 * gather, 2 * pair + 3 * gather, pair + gather]
     assert result.per_microbatch_s[0] == pytest.approx(expected, rel=1e-12)
-    assert result.fill_drain_s[0] == pytest.approx([pair + g * gather for g in gathers], rel=1e-12)
-    assert result.bytes_per_microbatch[0] == (piece + (whole if whole_grads else piece))   # 4 or 2 MiB
-
-
-def test_whole_pipe_grads_needs_deepspeed():
-    with pytest.raises(ValueError, match="deepspeed_whole_pipe_grads"):
-        TrainingSpec(seq_length=2048, global_batch_size=64, deepspeed_whole_pipe_grads=True)
+    assert result.fill_drain_s[0] == pytest.approx([pair + 2 * gather, pair + 3 * gather, pair + gather], rel=1e-12)
+    assert result.bytes_per_microbatch[0] == 2 * piece          # 4 MiB: the activation and its gradient
+    # TP 1: whole tensors, no meta, no all-gather
+    plans = PlanArrays.from_records([dict(tp=1, pp=4, dp=8, micro_batch=1)])
+    pricer = CommPricer(CLUSTER, place(CLUSTER, plans, CostOptions()))
+    single = serial_transfers(GPT, deepspeed(), plans, pricer)
+    c = pricer.time(P2P, pricer.placements.pp, np.array([whole]))[0]
+    assert single.per_microbatch_s[0] == pytest.approx([2 * c, 4 * c, 2 * c], rel=1e-12)
+    assert single.fill_drain_s[0] == pytest.approx([2 * c] * 3, rel=1e-12)
 
 
 # --- ZeRO-1: an all-reduce of the gradients, then the all-gather --------------------------------------
