@@ -40,7 +40,10 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   schedule before ``--overlap-p2p-communication`` (two transfers a chunk pair); the fill and drain
   pass them through the bubble (:func:`cost_model.schedules.blocking_exchanges_per_microbatch`). The
   interleaved, V and DualPipe schedules that overlap them expose only the fill and drain's, 2*(p - 1)
-  (:func:`cost_model.schedules.fill_drain_p2p_transfers`).
+  (:func:`cost_model.schedules.fill_drain_p2p_transfers`). DeepSpeed's pipeline engine
+  (``pipeline_p2p_serial``) sends and receives one tensor per blocking call: four transfers a
+  micro-batch on a middle stage, two on the end stages, one each way per rank in the fill and drain,
+  each a meta tensor and a 1/tp piece all-gathered where it is used (:mod:`cost_model.deepspeed_pipe`).
 * DP gradient sync (ZeRO-0/1) with ``overlap_grad_reduce`` hides behind the last micro-batch's
   backward, except the last bucket (40M elements); the distributed optimizer's weight all-gather with
   ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
