@@ -485,12 +485,14 @@ def data_parallel_communication(training: TrainingSpec, plans: PlanArrays, price
         fill_rs = chunks * (pricer.fill_latency(RS, shard) + pricer.fill_latency(AR, replica))[:, None]
         fill_mb += np.select([zero == 2, zero == 3], [fill_rs, 2 * fill_ag + fill_rs], 0.0)
         fill_step += np.where(zero == 2, fill_ag, 0.0)
-        grad_sync += np.select([zero == 0, zero == 1], [ar_s, rs_s + rep_s], 0.0)
+        # ZeRO-1 under DeepSpeed all-reduces the whole gradient (StackSpec.zero1_gradient_all_reduce).
+        zero1_s, zero1_b = (ar_s, ar_b) if stack.zero1_gradient_all_reduce else (rs_s + rep_s, rs_b + rep_b)
+        grad_sync += np.select([zero == 0, zero == 1], [ar_s, zero1_s], 0.0)
         gather += np.where((zero == 1) | (zero == 2), ag_s, 0.0)
         fwd += np.where(zero == 3, ag3_s, 0.0)
         bwd += np.select([zero == 2, zero == 3], [rs_s + rep_s, bwd_ag3_s + rs3_s + rep_s], 0.0)
         sent += np.select([zero == 0, zero == 1, zero == 2, zero == 3],
-                          [ar_b, rs_b + rep_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (ag3_b + bwd_ag3_b + rs3_b + rep_b)])
+                          [ar_b, zero1_b + ag_b, m * (rs_b + rep_b) + ag_b, m * (ag3_b + bwd_ag3_b + rs3_b + rep_b)])
     return DataParallelComm(grad_sync_s=grad_sync, param_gather_s=gather, per_microbatch_fwd_s=fwd,
                             per_microbatch_bwd_s=bwd, bytes_per_step=sent, per_microbatch_fill_s=fill_mb,
                             per_step_fill_s=fill_step, gather_plan=coordinator)

@@ -40,7 +40,10 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   schedule before ``--overlap-p2p-communication`` (two transfers a chunk pair); the fill and drain
   pass them through the bubble (:func:`cost_model.schedules.blocking_exchanges_per_microbatch`). The
   interleaved, V and DualPipe schedules that overlap them expose only the fill and drain's, 2*(p - 1)
-  (:func:`cost_model.schedules.fill_drain_p2p_transfers`).
+  (:func:`cost_model.schedules.fill_drain_p2p_transfers`). DeepSpeed's pipeline engine
+  (``pipeline_p2p_serial``) sends and receives one tensor per blocking call: four transfers a
+  micro-batch on a middle stage, two on the end stages, one each way per rank in the fill and drain,
+  each a meta tensor and a 1/tp piece all-gathered where it is used (:mod:`cost_model.deepspeed_pipe`).
 * DP gradient sync (ZeRO-0/1) with ``overlap_grad_reduce`` hides behind the last micro-batch's
   backward, except the last bucket (40M elements); the distributed optimizer's weight all-gather with
   ``overlap_param_gather`` hides behind the first micro-batch's forward, except one bucket.
@@ -97,6 +100,7 @@ from hardware.schema import ClusterSpec
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
 from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
                       precision_fix, unsharded_gradient_bytes)
+from .deepspeed_pipe import serial_transfers
 from .deepspeed_zero3 import memory_pass_bytes
 from .flops import model_flops_per_step, recompute_flops_per_step
 from .ep_overlap import ep_overlap_active, exposed_in_merged_step, merged_share
@@ -112,7 +116,7 @@ from .activations import recomputes
 from .bf16_layers import bf16_difference, bf16_layers_per_stage, bf16_training
 from .plan import PlanArrays
 from .power import plan_power
-from .schedules import blocking_exchanges_per_microbatch, bubble_s, fill_drain_p2p_transfers, other_ranks_mean_s
+from .schedules import ONE_F_ONE_B, blocking_exchanges_per_microbatch, bubble_s, fill_drain_p2p_transfers, other_ranks_mean_s
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
 from .training_spec import TrainingSpec
@@ -485,6 +489,15 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
                                                   else plans.vpp, stack.pipeline_p2p_overlap,
                                                   stack.pipeline_p2p_batched)
     p2p_exposed = exchanges * p2p_s[:, None]
+    # What a rank passes on in the fill and drain, where the bubble prices it: its micro-batch step's
+    # exchanges, except under DeepSpeed's serial sends (one transfer each way a rank, cost_model.deepspeed_pipe).
+    p2p_fill_drain = p2p_exposed
+    if stack.pipeline_p2p_serial:
+        serial = serial_transfers(model, training, plans, pricer)
+        one_f_one_b = (np.asarray(plans.schedule) == ONE_F_ONE_B)[:, None]
+        p2p_exposed = np.where(one_f_one_b, serial.per_microbatch_s, p2p_exposed)
+        p2p_fill_drain = np.where(one_f_one_b, serial.fill_drain_s, p2p_exposed)
+        p2p_bytes = np.where(one_f_one_b[:, 0], serial.bytes_per_microbatch / 2, p2p_bytes)
     t_mb = (forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + offload_exposed
             + contention + p2p_exposed)
     t_mb = np.where(stages.exists, t_mb, -np.inf)
@@ -500,7 +513,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     def others(per_stage_s):
         return other_ranks_mean_s(per_stage_s, stages.exists, plans.pp, _pick(per_stage_s, bottleneck))
 
-    bubble = np.where(plans.pp > 1, bubble_s(plans.schedule, plans.pp, plans.vpp, others(t_mb),
+    bubble = np.where(plans.pp > 1, bubble_s(plans.schedule, plans.pp, plans.vpp, others(t_mb - p2p_exposed + p2p_fill_drain),
                                              others(backward + recompute), others(weight_grad)),
                       0.0)
     pp_comm = fill_drain_p2p_transfers(plans.schedule, plans.pp, stack.pipeline_p2p_overlap) * p2p_s

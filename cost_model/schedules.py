@@ -179,9 +179,10 @@ def blocking_exchanges_per_microbatch(schedule: np.ndarray, pp: np.ndarray, vpp:
 
     ``batched`` False: a stack whose sends and receives are not paired in one exchange is priced as
     before this accounting, two transfers a micro-batch on every stage (whose fill and drain are the
-    2 (p - 1) of 2 (m + p - 1)); DeepSpeed's PipelineEngine, for one, runs RecvActivation, SendGrad,
+    2 (p - 1) of 2 (m + p - 1)). DeepSpeed's PipelineEngine runs RecvActivation, SendGrad,
     SendActivation and RecvGrad as separate blocking calls (``deepspeed/runtime/pipe/schedule.py``
-    ``TrainSchedule``), which is not priced here.
+    ``TrainSchedule``): a stack with ``pipeline_p2p_serial`` is priced by :mod:`cost_model.deepspeed_pipe`
+    instead.
 
     The interleaved schedule of Megatron-LM before ``--overlap-p2p-communication`` (added 2023-05,
     NVIDIA/Megatron-LM f9283c5a8a) runs one ``send_forward_backward_recv_forward_backward`` after every

@@ -175,6 +175,15 @@ class StackSpec:
     (``stage3.py`` ``reduce_ipg_grads`` -> ``buffered_reduce_fallback`` -> ``allreduce_bucket``,
     microsoft/DeepSpeed tag v0.3.16; :mod:`cost_model.deepspeed_zero3`)."""
 
+    zero1_gradient_all_reduce: bool
+    """Whether ZeRO-1 all-reduces the whole gradient (twice a reduce-scatter's bytes) before each rank
+    updates its partition and all-gathers the weights: DeepSpeed's ZeRO-1 (``stage2.py`` with
+    ``partition_grads=False``: ``reduce_gradients`` -> ``reduce_ipg_grads`` -> ``buffered_reduce_fallback``
+    -> ``dist.all_reduce`` of each flattened bucket, then ``step`` -> ``dist.all_gather`` of the fp16
+    partitions, microsoft/DeepSpeed v0.5.4) and its ``BF16_Optimizer`` (the pipeline engine's
+    ``_bf16_reduce_grads`` -> ``buffered_allreduce_fallback`` of the fp32 gradients, then
+    ``all_gather_dp_groups``, v0.6.5). Megatron's distributed optimizer reduce-scatters."""
+
     pipeline_scatter_gather: bool
     """Whether pipeline sends carry 1/tp of the activation from each tensor-parallel rank, all-gathered
     over NVLink by the receiver, even without sequence parallelism (Megatron-LM's scatter/gather
@@ -227,6 +236,14 @@ class StackSpec:
     micro-batch and the middle ones for two (:func:`cost_model.schedules.blocking_exchanges_per_microbatch`);
     False keeps two transfers a micro-batch on every rank."""
 
+    pipeline_p2p_serial: bool
+    """Whether each pipeline send and receive is its own blocking call, in DeepSpeed's order: a middle
+    stage waits for four transfers a micro-batch (RecvActivation, SendGrad, SendActivation, RecvGrad of
+    ``TrainSchedule``), the end stages for two, each activation and gradient cut into 1/tp pieces plus a
+    meta tensor under tensor parallelism and all-gathered by the stage that uses it
+    (:mod:`cost_model.deepspeed_pipe`, microsoft/DeepSpeed ``deepspeed/runtime/pipe/`` v0.5.4). It
+    replaces ``pipeline_p2p_batched`` and ``pipeline_scatter_gather`` for 1F1B."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -238,8 +255,9 @@ class StackSpec:
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
             "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
             "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather",
-            "per_tensor_collectives", "zero3_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
-            "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap", "pipeline_p2p_batched")
+            "per_tensor_collectives", "zero3_gradient_all_reduce", "zero1_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
+            "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap", "pipeline_p2p_batched",
+            "pipeline_p2p_serial")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

@@ -30,7 +30,7 @@ MEGATRON_LINEAR_STACKS = ("megatron-core", "megatron-lm-2021", "megatron-deepspe
 """Stacks whose tensor-parallel linears are Megatron's (``LinearWithGradAccumulationAndAsyncCommunication``
 or Transformer Engine's), the ones that can issue the backward collective asynchronously
 (``tp_backward_overlap``)."""
-GRAD_DTYPES = ("fp32", "bf16")
+GRAD_DTYPES = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
 MOE_TOKEN_DISPATCHERS = ("alltoall", "deepep", "hybridep")
@@ -88,9 +88,12 @@ class TrainingSpec:
     """Adam/AdamW keep an fp32 master copy and the moments m and v (12 bytes per parameter);
     SGD with momentum keeps the master copy and one moment (8 bytes)."""
 
-    grad_dtype: Literal["fp32", "bf16"] = "fp32"
+    grad_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Dtype of the gradient buffer that is accumulated and reduced. Megatron-LM forces fp32 main
-    grads with ``--bf16`` (``accumulate_allreduce_grads_in_fp32``); ``bf16`` halves it."""
+    grads with ``--bf16`` (``accumulate_allreduce_grads_in_fp32``); ``bf16`` halves it, and so does
+    ``fp16``: DeepSpeed's fp16 ZeRO-1/2 optimizer accumulates and all-reduces the fp16 ``param.grad``
+    (``deepspeed/runtime/zero/stage2.py`` ``allreduce_bucket`` in the parameters' dtype; ``engine.py``
+    refuses ``fp32_allreduce`` with ZeRO, v0.5.4)."""
 
     torch_1_13: bool = False
     """The run used PyTorch 1.13 (llm-foundry's tables of spring 2023, with Composer 0.13). Under a stack
