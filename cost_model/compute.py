@@ -651,11 +651,29 @@ def optimizer_step_bytes(training: TrainingSpec, shard_params, grad_buffer_param
     And over ``grad_buffer_params``, the gradient buffer zeroed for the next step (Megatron
     ``zero_grad_buffer``, PyTorch ``zero_grad``): the rank's whole buffer with ZeRO-0/1 (the distributed
     optimizer keeps full-size gradient buckets), its shard with ZeRO-2/3.
+
+    A stack with ``float16_optimizer_copies`` (Megatron-LM's ``Float16OptimizerWithFloat16Params``,
+    :attr:`cost_model.stacks.StackSpec.float16_optimizer_copies`) first casts the gradient buffer to an
+    fp32 copy (read ``grad_bytes``, write 4; nothing from an fp32 buffer), unscales, clips and updates with
+    4-byte gradients, and writes the 16-bit weight in its own pass from the fp32 master (read 4, write 2):
+    fp32 Adam under fp16 loss scaling moves 12 x 2 + 4 + 6 + 4 + 8 = 46 bytes a parameter plus the zeroing
+    of the buffer, 4 more than the 42 of a fused update writing the weight itself, and 54 in all from a
+    16-bit buffer (the cast 6, the zeroing 2), Megatron-LM's default for ``--fp16`` without
+    ``--accumulate-allreduce-grads-in-fp32``.
     """
     grad = training.grad_bytes
-    per_shard_param = 2.0 * training.optimizer_state_bytes + grad + 2.0 + grad
+    if stack_spec(training.stack).float16_optimizer_copies:
+        # Megatron-LM's Float16OptimizerWithFloat16Params: Adam, the norm and the unscale see an fp32 copy
+        # of the gradient (the cast reads the buffer, writes 4; none from an fp32 buffer), and a separate
+        # multi_tensor_scale writes the 16-bit weight from the fp32 master (read 4, write 2).
+        step_grad = 4.0
+        cast = grad + 4.0 if grad != 4 else 0.0
+        weight_write = 4.0 + 2.0
+    else:
+        step_grad, cast, weight_write = grad, 0.0, 2.0
+    per_shard_param = 2.0 * training.optimizer_state_bytes + step_grad + weight_write + step_grad + cast
     if training.precision in LOSS_SCALED_PRECISIONS:
-        per_shard_param = per_shard_param + 2.0 * grad
+        per_shard_param = per_shard_param + 2.0 * step_grad
     return shard_params * per_shard_param + grad_buffer_params * grad
 
 

@@ -75,7 +75,9 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
 * Optimizer step: memory bound (:func:`cost_model.compute.optimizer_step_bytes`): Adam reads and
   writes fp32 master, m, v, reads the gradient and writes bf16 weights (30 bytes per parameter of the
   local shard; 22 for SGD, 22 for Adam with bf16 moments), reads the gradient once more for the norm
-  clipping, twice more under fp16 loss scaling, and zeroes the gradient buffer. Offloaded: the gradient goes to the
+  clipping, twice more under fp16 loss scaling, and zeroes the gradient buffer; Megatron-LM's 2021-2022
+  fp16 optimizer also casts the gradients to an fp32 copy and writes the 16-bit weights in a pass of their
+  own (:attr:`cost_model.stacks.StackSpec.float16_optimizer_copies`). Offloaded: the gradient goes to the
   host and the bf16 weight comes back over PCIe, and the host CPUs run Adam. A stack with ``per_tensor_optimizer``
   (Composer's ``DecoupledAdamW``) updates tensor by tensor with eager kernels and a read-back of each
   tensor's step count: the slowest rank's sum over the tensors of its shard of the longer of their host

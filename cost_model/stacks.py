@@ -244,6 +244,18 @@ class StackSpec:
     (:mod:`cost_model.deepspeed_pipe`, microsoft/DeepSpeed ``deepspeed/runtime/pipe/`` v0.5.4). It
     replaces ``pipeline_p2p_batched`` and ``pipeline_scatter_gather`` for 1F1B."""
 
+    float16_optimizer_copies: bool
+    """Whether the optimizer step runs Megatron-LM's ``Float16OptimizerWithFloat16Params`` passes around
+    its fused Adam (``megatron/optimizer/optimizer.py``, NVIDIA/Megatron-LM 6985e58938 of Aug 2021 and
+    d898a8991d of May 2022, ``step``): ``_copy_model_grads_to_main_grads`` hands Adam an fp32 copy of each
+    gradient (``main_param.grad = model_param.main_grad.float()``: read the buffer's bytes, write 4; a no-op
+    when the buffer is already fp32), the unscale, norm and Adam then read 4-byte gradients, and
+    ``_copy_main_params_to_model_params`` writes the 16-bit weights in a separate pass after Adam
+    (``multi_tensor_scale`` with factor 1.0: read the fp32 master, 4, write 2) instead of Adam writing them
+    (:func:`cost_model.compute.optimizer_step_bytes`). Set for ``megatron-lm-2021`` only: the other stacks'
+    optimizer paths were not read for this (Megatron-Core's distributed optimizer also copies main to model
+    parameters apart from Adam, Transformer Engine's FusedAdam with master weights does not)."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -255,9 +267,9 @@ class StackSpec:
 SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_yarn_rope", "fused_cross_entropy",
             "tp_comm_overlap", "fsdp_prefetch", "collective_fill_exposed", "unsharded_grad_prep",
             "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather",
-            "per_tensor_collectives", "zero3_gradient_all_reduce", "zero1_gradient_all_reduce", "pipeline_scatter_gather", "pipeline_stage_buffers",
-            "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap", "pipeline_p2p_batched",
-            "pipeline_p2p_serial")
+            "per_tensor_collectives", "zero3_gradient_all_reduce", "zero1_gradient_all_reduce", "pipeline_scatter_gather",
+            "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap",
+            "pipeline_p2p_batched", "pipeline_p2p_serial", "float16_optimizer_copies")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

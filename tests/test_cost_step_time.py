@@ -134,6 +134,31 @@ def test_optimizer_step_is_memory_bound_adam():
     np.testing.assert_allclose(fp16.step_time_parts_s["optimizer"], [(42 + 4) * P / bw], rtol=1e-12)
 
 
+def test_megatron_2021_float16_optimizer_copies_the_gradient_and_the_weights_apart():
+    # Megatron-LM's Float16OptimizerWithFloat16Params (megatron/optimizer/optimizer.py @6985e58938 and
+    # @d898a8991d): the unscale, the norm and FusedAdam read 4-byte gradients, and multi_tensor_scale
+    # writes the fp16 weight from the fp32 master after Adam (read 4, write 2) instead of Adam writing it:
+    # 12 x 2 + 4 (Adam's gradient) + 6 (the copy) + 4 (norm) + 8 (unscale) = 46 per parameter, plus the
+    # zeroed fp32 buffer (4): 50, 4 more than the fused update's 46. From a 16-bit buffer (Megatron-LM's
+    # --fp16 default) the .float() cast adds a read of 2 and a write of 4, and zeroing the buffer costs 2:
+    # 46 + 6 + 2 = 54.
+    model = model_from_hf({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096,
+                           "intermediate_size": 11008, "num_attention_heads": 32, "vocab_size": 32000,
+                           "tie_word_embeddings": False})
+    P = ParameterCounts(model).total
+    bw = CLUSTER.gpu.hbm_GBps * 1e9 * CLUSTER.gpu.hbm_efficiency
+    layout = [dict(tp=1, dp=1)]
+    train = TrainingSpec(seq_length=4096, global_batch_size=64, precision="fp16", stack="megatron-lm-2021",
+                         overlap_grad_reduce=False, overlap_param_gather=False)
+    m = run(model, train, layout)
+    np.testing.assert_allclose(m.step_time_parts_s["optimizer"], [50 * P / bw], rtol=1e-12)
+    m16 = run(model, dataclasses.replace(train, grad_dtype="bf16"), layout)
+    np.testing.assert_allclose(m16.step_time_parts_s["optimizer"], [54 * P / bw], rtol=1e-12)
+    # bf16 runs keep fp32 main gradients and no loss scale: 12 x 2 + 4 + 6 + 4 + zeroing 4 = 42.
+    bf16 = run(model, dataclasses.replace(train, precision="bf16"), layout)
+    np.testing.assert_allclose(bf16.step_time_parts_s["optimizer"], [42 * P / bw], rtol=1e-12)
+
+
 def test_compute_time_is_not_faster_than_peak():
     # Model FLOPs of the bottleneck stage's work can never run faster than the dense peak.
     m = run(LLAMA70, TRAIN, GRID)
