@@ -31,6 +31,7 @@ MEGATRON_LINEAR_STACKS = ("megatron-core", "megatron-lm-2021", "megatron-deepspe
 or Transformer Engine's), the ones that can issue the backward collective asynchronously
 (``tp_backward_overlap``)."""
 GRAD_DTYPES = ("fp32", "bf16", "fp16")
+MOMENT_DTYPES = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess", "full_iteration")
 MOE_TOKEN_DISPATCHERS = ("alltoall", "deepep", "hybridep")
@@ -294,8 +295,11 @@ class TrainingSpec:
                              "layers with delayed scaling; use fp8_recipe tensorwise, mxfp8 or blockwise, or set it to 0")
         if self.grad_dtype not in GRAD_DTYPES:
             raise ValueError(f"grad_dtype must be one of {', '.join(GRAD_DTYPES)}, got {self.grad_dtype!r}")
-        if self.optimizer_moments_dtype not in GRAD_DTYPES:
-            raise ValueError(f"optimizer_moments_dtype must be one of {', '.join(GRAD_DTYPES)}, "
+        if self.grad_dtype == "fp16" and self.precision != "fp16":
+            raise ValueError(f"grad_dtype fp16 is the gradient buffer of an fp16 run (the parameters' dtype); "
+                             f"with precision {self.precision} use fp32 or bf16")
+        if self.optimizer_moments_dtype not in MOMENT_DTYPES:
+            raise ValueError(f"optimizer_moments_dtype must be one of {', '.join(MOMENT_DTYPES)}, "
                              f"got {self.optimizer_moments_dtype!r}")
         if self.moe_token_dispatcher not in MOE_TOKEN_DISPATCHERS:
             raise ValueError(f"moe_token_dispatcher must be one of {', '.join(MOE_TOKEN_DISPATCHERS)}, "

@@ -179,12 +179,39 @@ def test_deepspeed_zero1_all_reduces_the_gradients(grad_dtype, g):
     params = np.array([[1e9]])
     bucket = 5e8                                               # two buckets of 500M elements
     args = (plans, pricer, params, np.zeros((1, 1)), np.ones((1, 1)), np.array([8]), bucket)
-    ds = data_parallel_communication(deepspeed(grad_dtype=grad_dtype), *args)
+    ds = data_parallel_communication(deepspeed(grad_dtype=grad_dtype, precision="fp16"), *args)
     megatron = data_parallel_communication(
-        build_training(dict(seq_length=2048, global_batch_size=64, stack="megatron-lm-2021", grad_dtype=grad_dtype),
-                       source="test", model=GPT), *args)
+        build_training(dict(seq_length=2048, global_batch_size=64, stack="megatron-lm-2021", grad_dtype=grad_dtype,
+                            precision="fp16"), source="test", model=GPT), *args)
     # 2 buckets of 5e8 x g bytes all-reduced over 8 ranks: 2 x 7/8 x 1e9 g bytes sent, then 7/8 x 2e9 gathered
     assert ds.bytes_per_step[0, 0] == pytest.approx(2 * 7 / 8 * 1e9 * g + 7 / 8 * 2e9)
     assert megatron.bytes_per_step[0, 0] == pytest.approx(7 / 8 * 1e9 * g + 7 / 8 * 2e9)
     assert ds.grad_sync_s[0, 0] == pytest.approx(2 * pricer.time(AR, pricer.placements.dp_cp, np.array([bucket * g]))[0])
     assert ds.param_gather_s[0, 0] == pytest.approx(megatron.param_gather_s[0, 0])
+
+
+def test_an_fp16_gradient_buffer_belongs_to_an_fp16_run():
+    """grad_dtype fp16 (DeepSpeed's fp16 ZeRO-1 buffer, MT-NLG) halves the gradient bytes of an fp16 run;
+    it is refused with another precision, and optimizer moments stay fp32 or bf16."""
+    assert TrainingSpec(seq_length=2048, global_batch_size=8, precision="fp16", grad_dtype="fp16").grad_bytes == 2
+    with pytest.raises(ValueError, match="grad_dtype fp16 is the gradient buffer of an fp16 run"):
+        TrainingSpec(seq_length=2048, global_batch_size=8, precision="bf16", grad_dtype="fp16")
+    with pytest.raises(ValueError, match="optimizer_moments_dtype must be one of fp32, bf16"):
+        TrainingSpec(seq_length=2048, global_batch_size=8, optimizer_moments_dtype="fp16")
+
+
+@pytest.mark.parametrize("grad_dtype, flag", [("fp32", "--accumulate-allreduce-grads-in-fp32"),
+                                               ("bf16", "--grad-reduce-in-bf16"), ("fp16", None)])
+def test_megatron_lm_launch_keeps_the_priced_gradient_buffer(grad_dtype, flag):
+    """Megatron-LM's gradient buffer is fp32 with --accumulate-allreduce-grads-in-fp32, bf16 with
+    --grad-reduce-in-bf16, and the parameters' dtype (fp16 under --fp16) with neither."""
+    from cost_model.model_loader import load_model
+    from optimizer.emit import emit
+
+    plan = dict(tp=1, pp=1, dp=8, cp=1, ep=1, etp=1, vpp=1, micro_batch=1, recompute="none", recompute_num_layers=-1,
+                recompute_modules=0, sequence_parallel=False, zero_stage=1, optimizer_offload=False,
+                activation_offload_layers=0)
+    training = TrainingSpec(seq_length=2048, global_batch_size=64, precision="fp16", grad_dtype=grad_dtype)
+    argv = emit("megatron", plan, load_model("llama3-8b").spec, training, rank_order="tp-cp-ep-pp-dp").argv
+    buffer_flags = {"--accumulate-allreduce-grads-in-fp32", "--grad-reduce-in-bf16"} & set(argv)
+    assert buffer_flags == ({flag} if flag else set())

@@ -301,8 +301,9 @@ def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
     # The priced gradient buffer, written either way (Megatron-FSDP's guide recommends bf16).
     if training.grad_dtype == "bf16":
         args.append("--grad-reduce-in-bf16")
-    else:
+    elif training.grad_dtype == "fp32":
         args.append("--accumulate-allreduce-grads-in-fp32")
+    # fp16: an --fp16 run's buffer takes the parameters' dtype when neither flag is given
     if training.overlap_grad_reduce:
         args.append("--overlap-grad-reduce")
     if training.overlap_param_gather and knobs.zero_stage >= 1:
