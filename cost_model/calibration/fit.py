@@ -180,8 +180,7 @@ def row_parameters(row: PreparedRow) -> list[str]:
         names.append("gemm.fp4_vs_bf16")
     if f"attention.{family}" in BY_NAME:
         names += ["attention.vs_gemm", f"attention.{family}"]
-    stack = stack_spec(row.training.stack)
-    if stack.flash_attention_2 and row.training.flash_attention and family in ("hopper", "blackwell"):
+    if row.training.flash_kernel_is_fa2 and row.training.flash_attention and family in ("hopper", "blackwell"):
         names.append("flash_attention_2_share")
     if row.training.stack != DEFAULT_STACK:
         names += ["stack.shared", f"stack.{row.training.stack}"]
