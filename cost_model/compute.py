@@ -254,7 +254,8 @@ def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanA
     on Hopper and Blackwell, FlashAttention-2 on Ampere) running forward at head dim 128 on long
     sequences. Four physical factors scale it:
 
-    * kernel: a stack whose flash kernel is FlashAttention-2 (``StackSpec.flash_attention_2``) runs on
+    * kernel: a run whose flash kernel is FlashAttention-2 (``TrainingSpec.flash_attention_2``, by default
+      its stack's ``StackSpec.flash_attention_2``) runs on
       Hopper and Blackwell at ``flash_attention_2_share`` of it: PyTorch SDPA's FA2 backend reaches 287-304
       TFLOP/s forward at head dim 128 on H100 (pytorch/benchmark PR #2296) where FA3 reaches 430-621
       (PR #2391), a share of 0.48-0.67 (0.49-0.53 against FA3's 621-649 at 16K tokens);
@@ -274,17 +275,23 @@ def flash_attention_rates(model: ModelSpec, training: TrainingSpec, plans: PlanA
     for FA2 on A100 and 0.90 for FA3 on H100).
     """
     attended = 0.5 * training.seq_length * model.attended_share(training.seq_length, True) if training.causal else None
-    forward = flash_forward_rate(model, pricer, options, training.seq_length / plans.cp, attended)
+    forward = flash_forward_rate(model, pricer, options, training.seq_length / plans.cp, attended,
+                                 flash_attention_2=training.flash_kernel_is_fa2)
     return forward, forward * options.attention_backward_share
 
 
-def flash_forward_rate(model: ModelSpec, pricer: _Pricer, options: CostOptions, kernel_tokens, attended_keys=None):
+def flash_forward_rate(model: ModelSpec, pricer: _Pricer, options: CostOptions, kernel_tokens, attended_keys=None,
+                       flash_attention_2: bool | None = None):
     """Forward FLOP/s of a flash kernel whose call sees ``kernel_tokens`` tokens, each query attending to
     ``attended_keys`` keys under a causal mask (None: no mask): the kernel, head-dim, length and diagonal
-    factors of :func:`flash_attention_rates` (arrays broadcast). The serving model prices its prefill and
-    decode attention with it."""
+    factors of :func:`flash_attention_rates` (arrays broadcast). ``flash_attention_2``: whether the kernel
+    is FlashAttention-2 (None: the pricer's stack's; a training run states its own,
+    :attr:`cost_model.training_spec.TrainingSpec.flash_kernel_is_fa2`). The serving model prices its
+    prefill and decode attention with it."""
     rate = pricer.attention_flops_per_s
-    if pricer.stack.flash_attention_2 and not flash2_is_native(pricer.gpu):
+    if flash_attention_2 is None:
+        flash_attention_2 = pricer.stack.flash_attention_2
+    if flash_attention_2 and not flash2_is_native(pricer.gpu):
         rate = rate * options.flash_attention_2_share
     d = float(model.q_head_dim)
     d_half = options.attention_head_dim_half

@@ -106,8 +106,8 @@ class CostOptions:
     tokens); the FA3 paper (Shah et al. 2024) puts FA2 at 35% of H100's peak (section 1) and FA3 at 649
     of 989 TFLOP/s at head dim 128, 16K tokens (figure 5): a share of 0.49-0.53 at head dim 128; 0.47
     against its 75% headline (head dim 256), the reference the Hopper attention prior still uses
-    (:mod:`cost_model.calibration.fit`). Applies to stacks with ``flash_attention_2``
-    (:mod:`cost_model.stacks`). Bounds [0.2, 1]. Fitted by ``plan-search calibrate`` (read from
+    (:mod:`cost_model.calibration.fit`). Applies to runs whose flash kernel is FlashAttention-2
+    (``TrainingSpec.flash_attention_2``, by default the stack's: :mod:`cost_model.stacks`). Bounds [0.2, 1]. Fitted by ``plan-search calibrate`` (read from
     ``cost_model/calibration/fitted.yaml``); 0.47 (the prior) before any calibration."""
 
     make_vocab_size_divisible_by: int = 128

@@ -116,6 +116,15 @@ class TrainingSpec:
     flash_attention: bool = True
     """Fused attention that never materialises the s x s score matrix (FlashAttention / cuDNN)."""
 
+    flash_attention_2: bool | None = None
+    """Whether the run's flash kernel is FlashAttention-2 (flash-attn 2.x) rather than a kernel written
+    for Hopper and Blackwell (cuDNN fused attention, FlashAttention-3); None: the stack's
+    (:attr:`cost_model.stacks.StackSpec.flash_attention_2`). A launcher picks it for a Transformer Engine
+    run by environment: ``NVTE_FUSED_ATTN=0`` leaves TE's ``FlashAttention`` backend, which with attention
+    dropout is flash-attn 2 (TE v1.12 ``get_attention_backend``: "Disabling FlashAttention 3 for dropout";
+    otherwise TE prefers ``FusedAttention`` on sm90, "Disabling FlashAttention to give FusedAttention
+    preference on Hopper+", v1.8..v1.12 transformer_engine/pytorch/attention.py)."""
+
     causal: bool = True
     """Causal attention: fused kernels skip the masked half of the score matrix."""
 
@@ -263,6 +272,9 @@ class TrainingSpec:
         if not isinstance(scope, (tuple, list)) or any(part not in CUDA_GRAPH_SCOPES for part in scope):
             raise ValueError(f"cuda_graph_scope must list parts from {', '.join(CUDA_GRAPH_SCOPES)}, got {scope!r}")
         object.__setattr__(self, "cuda_graph_scope", tuple(sorted(set(scope))))
+        if self.flash_attention_2 is not None and not isinstance(self.flash_attention_2, bool):
+            raise ValueError(f"flash_attention_2 must be true, false or left out (the stack's kernel), "
+                             f"got {self.flash_attention_2!r}")
         for field in fields(self):
             if field.type in ("bool", bool) and not isinstance(getattr(self, field.name), bool):
                 raise ValueError(f"{field.name} must be true or false, got {getattr(self, field.name)!r}")
@@ -353,6 +365,14 @@ class TrainingSpec:
         if self.precision == "fp4":
             return self.fp4_recipe
         return None
+
+    @property
+    def flash_kernel_is_fa2(self) -> bool:
+        """The run's flash kernel is FlashAttention-2: ``flash_attention_2`` if the run states it, else
+        its stack's."""
+        if self.flash_attention_2 is not None:
+            return self.flash_attention_2
+        return stack_spec(self.stack).flash_attention_2
 
     @property
     def recompute_stops_early(self) -> bool:

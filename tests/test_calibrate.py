@@ -269,3 +269,20 @@ def test_ranking_groups_keep_gpu_overrides_apart():
                   for d, p, m in ((8, 1.0, 1.0), (16, 2.0, 3.0), (32, 3.0, 2.0), (64, 4.0, 4.0))]
     (group,) = ranking_groups(forty_only)
     assert group.rows == 4 and group.kendall_tau == pytest.approx(4 / 6) and group.best_in_top3
+
+
+def test_flash_attention_2_share_is_fitted_on_the_runs_that_ran_fa2():
+    """The GPT-3 175B rows of dgxc-benchmarking ran TE's flash-attn 2 on H100 (NVTE_FUSED_ATTN=0 in
+    nemo_megatron/configure.sh) on the megatron-core stack, whose default kernel is cuDNN: the run's own
+    kernel, not the stack's, decides whether the FA2 share moves their prediction. Their Llama 3.1
+    neighbours ran cuDNN (NVTE_FUSED_ATTN=1 in llama3.1/configure.sh)."""
+    from cost_model.calibration.fit import row_parameters
+    from cost_model.calibration.training_runs import load_all_rows
+    rows, _ = load_all_rows()
+    dgxc = {row["id"]: prepare_row(row, "datasets") for row in rows if row["id"].startswith("dgxc-nemo-")}
+    gpt3 = [r for rid, r in dgxc.items() if "gpt3-175b" in rid]
+    llama = [r for rid, r in dgxc.items() if "llama3.1" in rid]
+    assert len(gpt3) == 2 and len(llama) == 6
+    assert all(r.training.stack == "megatron-core" and r.training.flash_kernel_is_fa2 for r in gpt3)
+    assert all("flash_attention_2_share" in row_parameters(r) for r in gpt3)
+    assert not any("flash_attention_2_share" in row_parameters(r) for r in llama)

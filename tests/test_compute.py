@@ -169,6 +169,32 @@ def test_flash_attention_2_is_native_on_ampere_only():
     assert _rates(model, fa2, mi300x)[0][0] == pytest.approx(stack * _rates(model, native, mi300x)[0][0])
 
 
+def test_run_states_its_flash_kernel_over_the_stack():
+    """A Megatron-Core run launched with NVTE_FUSED_ATTN=0 (dgxc-benchmarking nemo_megatron/configure.sh,
+    GPT-3 175B with attention dropout) runs TE's flash-attn 2 backend: GPT-3 175B's head dim 128 at 2K
+    tokens on H100, the preset's forward rate x fill 2048/(2048+512) x diagonal 1024/(1024+64) x the FA2
+    share; leaving the field out keeps the stack's kernel (cuDNN for megatron-core, FA2 for torchtitan)."""
+    model = _gpt(96, 12288, 96, 2048)
+    share = CostOptions().flash_attention_2_share
+    cudnn = 989e12 * H100.attention_efficiency * (2048 / 2560) * (1024 / 1088)
+    stated = TrainingSpec(seq_length=2048, dropout=True, flash_attention_2=True)
+    forward, backward = _rates(model, stated, H100)
+    assert forward[0] == pytest.approx(share * cudnn, rel=1e-12)
+    assert backward[0] == pytest.approx(0.8 * share * cudnn, rel=1e-12)
+    assert _rates(model, TrainingSpec(seq_length=2048, dropout=True), H100)[0][0] == pytest.approx(cudnn, rel=1e-12)
+    # On A100 flash-attn 2 is the preset's own kernel: no share.
+    a100 = 312e12 * A100.attention_efficiency * (2048 / 2560) * (1024 / 1088)
+    assert _rates(model, stated, A100)[0][0] == pytest.approx(a100, rel=1e-12)
+    # torchtitan's SDPA is FA2 by its stack; a run stating flash_attention_2 false prices the native kernel.
+    from cost_model.stacks import stack_spec
+    titan = stack_spec("torchtitan").kernel_efficiency
+    assert TrainingSpec(stack="torchtitan").flash_kernel_is_fa2
+    native_titan = TrainingSpec(seq_length=2048, stack="torchtitan", flash_attention_2=False, overlap_grad_reduce=False)
+    assert _rates(model, native_titan, H100)[0][0] == pytest.approx(titan * cudnn, rel=1e-12)
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        TrainingSpec(flash_attention_2="yes")
+
+
 def test_unfused_attention_is_bandwidth_bound_by_hand():
     """Korthikanti et al. 2022's 22B layer (h 6144, 64 heads of 96, TP 8, micro-batch 4, 2K tokens,
     dropout): 8 heads x 4 sequences per rank. QK^T writes 4 x 8 x 2048^2 fp16 scores (268 MB) after

@@ -122,6 +122,19 @@ def test_model_without_recipe_borrows_its_family_recipe():
     assert any("mixtral-8x7b" in line for line in emission.differences)
 
 
+
+def test_flash_attention_2_is_named_as_a_difference():
+    """A run priced with flash-attn 2 (dgxc-benchmarking's GPT-3 175B: NVTE_FUSED_ATTN=0) launches with the
+    recipe's attention backend: the launch says so; the default kernel says nothing."""
+    model = load_model("gpt3-175b").spec
+    plan = dict(tp=4, pp=8, dp=4, cp=1, ep=1, etp=1, vpp=12, micro_batch=1, zero_stage=1, sequence_parallel=True)
+    settings = {"seq_length": 2048, "global_batch_size": 256, "dropout": True}
+    fa2 = emit("megatron-bridge", plan, model, build_training({**settings, "flash_attention_2": True}, model=model))
+    native = emit("megatron-bridge", plan, model, build_training(settings, model=model))
+    assert [line for line in fa2.differences if "flash-attn 2" in line]
+    assert not [line for line in native.differences if "flash-attn 2" in line]
+
+
 # --- (b) the priced plan, read back --------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -95,7 +95,10 @@ def check_against_parser(argv: tuple[str, ...]) -> None:
         else:
             assert values, f"{flag} takes values"
         if choices:
-            assert all(v in choices for v in values), f"{flag} {values} not among {choices}"
+            # An enum option (core_v0.16.1 argument_utils._get_enum_kwargs) takes the member's name,
+            # 'flash' for AttnBackend.flash, and lists the members as its choices.
+            assert all(v in choices or any(c.endswith("." + v) for c in choices) for v in values), \
+                f"{flag} {values} not among {choices}"
 
 
 def check_is_priced_plan(case_plan: dict[str, Any], model, training, cp_comm_type="p2p", rank_order=None) -> None:
@@ -144,6 +147,7 @@ def check_is_priced_plan(case_plan: dict[str, Any], model, training, cp_comm_typ
     assert "--fp4-param-gather" not in flags  # priced with BF16 weights
     assert ("--grad-reduce-in-bf16" in flags) == (training.grad_dtype == "bf16")
     assert ("--hidden-dropout" in flags) == (not training.dropout)
+    assert one("--attention-backend") == ("flash" if training.flash_attention_2 else None)
     assert ("--sequence-parallel" in flags) == knobs.sequence_parallel
     if model.is_moe:
         assert "--moe-grouped-gemm" in flags
@@ -319,6 +323,9 @@ HAND_BUILT = [
     ("qwen3-30b-a3b", dict(SHORT, precision="fp8", fp8_recipe="mxfp8", moe_token_dispatcher="hybridep",
                            grad_dtype="bf16", optimizer_moments_dtype="bf16"), dict(MOE, zero_stage=3)),
     ("gpt3-175b", {"seq_length": 2048, "global_batch_size": 1536}, dict(DENSE, tp=8, pp=8, dp=2, vpp=3)),
+    # dgxc-benchmarking's GPT-3 175B recipe: dropout 0.1 on TE's flash-attn 2 (NVTE_FUSED_ATTN=0)
+    ("gpt3-175b", {"seq_length": 2048, "global_batch_size": 256, "dropout": True, "flash_attention_2": True},
+     dict(DENSE, tp=4, pp=8, dp=4, vpp=12)),
     # Megatron-Bridge's NVFP4 Llama 3 70B on GB200 (mbridge-069): TP2 PP4 VP5
     ("llama3-70b", {"seq_length": 8192, "global_batch_size": 256, "precision": "fp4"}, dict(DENSE, tp=2, pp=4, dp=8, vpp=5)),
     ("llama3-70b", dict(SHORT, global_batch_size=512), dict(DENSE, tp=8, pp=2, dp=2, vpp=3)),  # 40 = 14 + 13 + 13

@@ -22,7 +22,8 @@ prior spread and hard bounds:
   on H100 0.93, cuDNN on B200 0.85); head dim, length, causal tiles and backward scale it
   (:func:`cost_model.compute.flash_attention_rates`). Tying attention to the GEMMs lets long-context
   rows of one source inform the others. ``flash_attention_2_share``: FlashAttention-2's rate on Hopper
-  and Blackwell relative to the native kernels (stacks that run it, :mod:`cost_model.stacks`).
+  and Blackwell relative to the native kernels (runs that ran it: their stack's kernel, :mod:`cost_model.stacks`,
+  or their own ``training.flash_attention_2``, as dgxc-benchmarking's GPT-3 175B with ``NVTE_FUSED_ATTN=0``).
 * ``stack.shared`` x ``stack.<name>``: a software stack's kernel efficiency relative to the reference
   (:mod:`cost_model.stacks`): a share common to all other stacks (prior 1 +- 20%: they call the same
   cuBLAS GEMMs) times each stack's departure from it (prior 1 +- 10%). Pooling them lets a stack
@@ -180,8 +181,7 @@ def row_parameters(row: PreparedRow) -> list[str]:
         names.append("gemm.fp4_vs_bf16")
     if f"attention.{family}" in BY_NAME:
         names += ["attention.vs_gemm", f"attention.{family}"]
-    stack = stack_spec(row.training.stack)
-    if stack.flash_attention_2 and row.training.flash_attention and family in ("hopper", "blackwell"):
+    if row.training.flash_kernel_is_fa2 and row.training.flash_attention and family in ("hopper", "blackwell"):
         names.append("flash_attention_2_share")
     if row.training.stack != DEFAULT_STACK:
         names += ["stack.shared", f"stack.{row.training.stack}"]

@@ -341,6 +341,12 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
         out.append(f"no Megatron-Bridge 0.3.1 recipe for {knobs.model.name}: the launch starts from "
                    f"{recipe(knobs.model)} with the dimensions and architecture switches overridden; the "
                    "activation function stays that recipe's")
+    if knobs.training.flash_attention_2:
+        # Megatron-Core's LanguageModule._set_attention_backend asserts the NVTE_* variables match
+        # model.attention_backend (auto: NVTE_FUSED_ATTN=1), so the priced kernel is a recipe change.
+        out.append("priced with flash-attn 2 (training.flash_attention_2); the launch keeps the recipe's "
+                   "attention_backend, which on Hopper runs cuDNN fused attention: set "
+                   "cfg.model.attention_backend = AttnBackend.flash to run the priced kernel")
     return tuple(out + missing_norms(knobs.model) + synchronous_reduce_scatter(knobs, "Megatron FSDP"))
 
 

@@ -27,7 +27,8 @@ it and read back the priced degrees, split, schedule, recompute, precision, ZeRO
   ZeRO-2/3 = Megatron-FSDP (``optim_grads`` / ``optim_grads_params`` with the flags its user guide calls
   required, ``docs/discussions/megatron-fsdp-user-guide``), offloads, the MoE dispatcher (always written:
   Megatron's default is ``allgather``) with grouped GEMM (what the cost model assumes; off by default),
-  CUDA graphs, EP overlap, FP8 recipe, gradient dtype, dropout (Megatron's default is 0.1).
+  CUDA graphs, EP overlap, FP8 recipe, gradient dtype, dropout (Megatron's default is 0.1), and
+  ``--attention-backend flash`` for a run priced with flash-attn 2 (``training.flash_attention_2``).
 
 ``CUDA_DEVICE_MAX_CONNECTIONS=1`` goes in :attr:`Emission.env` where ``validate_args`` demands it (tp or
 cp > 1 before Blackwell, except Megatron-FSDP, which refuses it at 1, and the EP overlap, which wants more
@@ -339,6 +340,11 @@ def plan_arguments(knobs: LaunchKnobs) -> list[str]:
              f"--seq-length {training.seq_length}"]
     if not training.dropout:
         args += ["--attention-dropout 0.0", "--hidden-dropout 0.0"]
+    if training.flash_attention_2:
+        # Priced as flash-attn 2: core_v0.16.1 LanguageModule._set_attention_backend turns --attention-backend
+        # flash into NVTE_FLASH_ATTN=1 NVTE_FUSED_ATTN=0 NVTE_UNFUSED_ATTN=0 (the default, auto, lets TE
+        # prefer cuDNN on Hopper).
+        args.append("--attention-backend flash")
     args += recompute_arguments(knobs)
     args += optimizer_arguments(knobs)
     if knobs.activation_offload_layers > 0:
