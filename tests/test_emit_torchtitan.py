@@ -239,6 +239,7 @@ RULE_EXAMPLES = [
     ("torchtitan_grad_dtype", "llama3-8b", {"grad_dtype": "bf16"}, BASE, None),
     ("torchtitan_optimizer_state", "llama3-8b", {"optimizer_moments_dtype": "bf16"}, BASE, None),
     ("torchtitan_attention", "llama3-8b", {"flash_attention": False}, BASE, None),
+    ("torchtitan_attention", "llama3-8b", {"flash_attention_2": False}, BASE, None),
 ]
 
 

@@ -208,7 +208,9 @@ RULES: dict[str, str] = {
                               "layers run with Megatron-LM or Megatron-Bridge",
     "torchtitan_grad_dtype": "torchtitan reduces and keeps gradients in fp32 (training.mixed_precision_reduce)",
     "torchtitan_optimizer_state": "torchtitan's shipped configs run AdamW with fp32 moments",
-    "torchtitan_attention": "torchtitan's shipped configs run causal FlexAttention (fused, no materialised scores)",
+    "torchtitan_attention": "torchtitan's shipped configs run causal FlexAttention (fused, no materialised scores), "
+                            "priced as its stack's flash-attn 2 rate: a run stated with another kernel "
+                            "(training.flash_attention_2: false) is not what it launches",
 }
 """torchtitan's start-up rules and what it cannot express, enforced by the search (name -> sentence)."""
 
@@ -296,7 +298,8 @@ def violations(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, *, c
         "torchtitan_grad_dtype": every if training.grad_dtype != "fp32" else none,
         "torchtitan_optimizer_state": (every if training.optimizer == "sgd" or training.optimizer_moments_dtype != "fp32"
                                        else none),
-        "torchtitan_attention": every if not (training.flash_attention and training.causal) else none,
+        "torchtitan_attention": (every if not (training.flash_attention and training.causal)
+                                 or training.flash_attention_2 is False else none),
     }
 
 
