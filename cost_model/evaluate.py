@@ -3,6 +3,7 @@
 Step time (all per rank of the bottleneck stage; "exposed" = not hidden behind compute):
 
     T_mb    = forward + backward + recompute + exposed TP + exposed CP + EP + exposed ZeRO-2/3 traffic
+              + the gradient accumulation pass of a run without ``gradient_accumulation_fusion``
     T_pipe  = m * T_mb + bubble                    the schedule's bubble (:mod:`cost_model.schedules`):
                                                    (p-1) T_mb / v for 1F1B and interleaved (Narayanan et
                                                    al. 2021, section 2.2), less with zero-bubble and
@@ -82,6 +83,11 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   (Composer's ``DecoupledAdamW``) updates tensor by tensor with eager kernels and a read-back of each
   tensor's step count: the slowest rank's sum over the tensors of its shard of the longer of their host
   issue and their HBM time (:mod:`cost_model.per_tensor_optimizer`).
+* Gradient accumulation: without ``gradient_accumulation_fusion`` (Megatron's fused weight-gradient
+  accumulation; :attr:`cost_model.training_spec.TrainingSpec.fuses_gradient_accumulation`) each micro-batch's
+  backward adds its weight gradients into the rank's unsharded (ZeRO-0/1) gradient buffer in a memory-bound
+  pass over the stage's parameters (:func:`cost_model.compute.gradient_accumulation_bytes` at the HBM's
+  streaming rate), reported with the compute; priced for Megatron's and DeepSpeed's stacks.
 * Full recompute reruns each layer's forward; under a stack with ``recompute_early_stop`` (PyTorch's
   non-reentrant checkpoint from torch 2.1) it stops at the layer's last saved tensor and skips the MLP
   output projection (:attr:`cost_model.stacks.StackSpec.recompute_early_stop`).
