@@ -461,8 +461,7 @@ def _sc21(row, model, plan, training, variant):
     # whose MEGATRON_PARAMS give --fp16 --loss-scale 8192 and no --accumulate-allreduce-grads-in-fp32 (fp32
     # accumulation is forced for --bf16 only, megatron/arguments.py), so the buffer is the fp16 param.grad.
     deepspeed = "ZeRO-3" in row.get("framework", "")
-    extra = {"grad_dtype": "bf16"} if deepspeed else {"grad_dtype": "fp16"}
-    return ({"dropout": True, **extra}, {"sequence_parallel": False},
+    return ({"dropout": True, "grad_dtype": "fp16"}, {"sequence_parallel": False},
             ["SC21: fp16, dropout 0.1, no sequence parallelism"
              + ("; 2-byte gradients (DeepSpeed fp16 ZeRO)" if deepspeed else
                 "; fp16 gradient buffer (examples/sc21/CONFIG.sh @6985e58938: --fp16, no "
