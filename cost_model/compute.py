@@ -684,6 +684,42 @@ def optimizer_step_bytes(training: TrainingSpec, shard_params, grad_buffer_param
     return shard_params * per_shard_param + grad_buffer_params * grad
 
 
+CAST_THEN_ADD_STACKS = ("megatron-deepspeed",)
+"""Stacks that bring a 16-bit micro-batch gradient into an fp32 buffer as a cast and then an add:
+DeepSpeed's ``BF16_Optimizer.update_hp_grads`` runs ``hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))``
+after every micro-batch's backward (``deepspeed/runtime/bf16_optimizer.py``, called from
+``pipe/engine.py`` ``_exec_backward_pass``, microsoft/DeepSpeed v0.6.5). Megatron's DDP hook adds the 16-bit
+gradient into the fp32 ``main_grad`` in one mixed-dtype ``add_``."""
+
+
+def gradient_accumulation_bytes(training: TrainingSpec, local_params, num_microbatches):
+    """HBM bytes, averaged over a step's micro-batches, that one micro-batch's backward moves adding its
+    weight gradients into an unsharded gradient buffer of ``local_params``, for a run without
+    ``gradient_accumulation_fusion`` (:attr:`cost_model.training_spec.TrainingSpec.fuses_gradient_accumulation`;
+    with it the weight-gradient GEMM accumulates into the buffer and nothing is added). Element-wise, memory
+    bound. ``num_microbatches`` broadcasts against ``local_params``.
+
+    * A buffer in the parameters' 16-bit dtype is ``param.grad`` itself: autograd's ``AccumulateGrad`` keeps
+      the first micro-batch's gradient as it comes and adds each later one in place (``variable_grad +=
+      new_grad``: read 2 + 2, write 2), so 6 bytes per parameter on m - 1 of the m micro-batches.
+      Megatron-LM 6985e58938 (the SC21 code) runs so: its local DDP registers the ``main_grad`` hook only
+      with ``--use-contiguous-buffers-in-ddp`` (off by default; ``megatron/model/distributed.py``,
+      ``arguments.py``), and torch DDP accumulates under ``no_sync`` (``megatron/schedules.py``); so does
+      DeepSpeed's fp16 engine (``param.grad`` accumulated by autograd, v0.5.4).
+    * An fp32 buffer is added to every micro-batch: Megatron's DDP hook runs ``param.main_grad.add_(param.grad
+      .data)`` (``megatron/model/distributed.py`` ``_make_param_hook``, 6985e58938 and d898a8991d: read 2 + 4,
+      write 4 = 10 bytes); a stack of :data:`CAST_THEN_ADD_STACKS` casts first (read 2, write 4) and adds
+      the fp32 copy (read 4 + 4, write 4): 18 bytes.
+
+    Megatron-LM of 2022 (d898a8991d) keeps contiguous buffers by default, so an unfused 16-bit buffer there
+    is added to every micro-batch (one pass more per step than priced here)."""
+    m = np.asarray(num_microbatches, dtype=float)
+    if training.grad_bytes == 2:
+        return local_params * 6.0 * (m - 1.0) / np.maximum(m, 1.0)
+    per_param = 18.0 if training.stack in CAST_THEN_ADD_STACKS else 10.0
+    return local_params * per_param * np.ones_like(m)
+
+
 def unsharded_gradient_bytes(training: TrainingSpec, unsharded_params):
     """HBM bytes one micro-batch's backward moves preparing the unsharded gradients of
     ``unsharded_params`` for their ZeRO-2/3 reduce-scatter under a stack with ``unsharded_grad_prep``

@@ -3,6 +3,7 @@
 Step time (all per rank of the bottleneck stage; "exposed" = not hidden behind compute):
 
     T_mb    = forward + backward + recompute + exposed TP + exposed CP + EP + exposed ZeRO-2/3 traffic
+              + the gradient accumulation pass of a run without ``gradient_accumulation_fusion``
     T_pipe  = m * T_mb + bubble                    the schedule's bubble (:mod:`cost_model.schedules`):
                                                    (p-1) T_mb / v for 1F1B and interleaved (Narayanan et
                                                    al. 2021, section 2.2), less with zero-bubble and
@@ -82,6 +83,11 @@ Overlap rules, each a documented simplification of what Megatron-LM / FSDP do:
   (Composer's ``DecoupledAdamW``) updates tensor by tensor with eager kernels and a read-back of each
   tensor's step count: the slowest rank's sum over the tensors of its shard of the longer of their host
   issue and their HBM time (:mod:`cost_model.per_tensor_optimizer`).
+* Gradient accumulation: without ``gradient_accumulation_fusion`` (Megatron's fused weight-gradient
+  accumulation; :attr:`cost_model.training_spec.TrainingSpec.fuses_gradient_accumulation`) each micro-batch's
+  backward adds its weight gradients into the rank's unsharded (ZeRO-0/1) gradient buffer in a memory-bound
+  pass over the stage's parameters (:func:`cost_model.compute.gradient_accumulation_bytes` at the HBM's
+  streaming rate), reported with the compute; priced for Megatron's and DeepSpeed's stacks.
 * Full recompute reruns each layer's forward; under a stack with ``recompute_early_stop`` (PyTorch's
   non-reentrant checkpoint from torch 2.1) it stops at the layer's last saved tensor and skips the MLP
   output projection (:attr:`cost_model.stacks.StackSpec.recompute_early_stop`).
@@ -100,8 +106,8 @@ if TYPE_CHECKING:
 from hardware.schema import ClusterSpec
 
 from .communication import (CommPricer, data_parallel_communication, layer_communication, pipeline_p2p, place)
-from .compute import (gemm_precision_rate, layer_times, lm_head_times, optimizer_step_bytes, precision_conflict,
-                      precision_fix, unsharded_gradient_bytes)
+from .compute import (gemm_precision_rate, gradient_accumulation_bytes, layer_times, lm_head_times,
+                      optimizer_step_bytes, precision_conflict, precision_fix, unsharded_gradient_bytes)
 from .deepspeed_pipe import serial_transfers
 from .deepspeed_zero3 import memory_pass_bytes
 from .flops import model_flops_per_step, recompute_flops_per_step
@@ -121,7 +127,7 @@ from .power import plan_power
 from .schedules import ONE_F_ONE_B, blocking_exchanges_per_microbatch, bubble_s, fill_drain_p2p_transfers, other_ranks_mean_s
 from .stages import STAGES, StageLayout, recomputed_layer_share, stage_layout
 from .stacks import stack_spec
-from .training_spec import TrainingSpec
+from .training_spec import MEGATRON_LINEAR_STACKS, TrainingSpec
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
 TIME_PARTS = ("compute", "host_issue", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_comm", "dp_comm",
@@ -500,8 +506,16 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         p2p_exposed = np.where(one_f_one_b, serial.per_microbatch_s, p2p_exposed)
         p2p_fill_drain = np.where(one_f_one_b, serial.fill_drain_s, p2p_exposed)
         p2p_bytes = np.where(one_f_one_b[:, 0], serial.bytes_per_microbatch / 2, p2p_bytes)
-    t_mb = (forward + backward + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed + offload_exposed
-            + contention + p2p_exposed)
+    # Without gradient_accumulation_fusion each micro-batch's backward adds its weight gradients into the
+    # unsharded (ZeRO-0/1) buffer in a pass of its own, at HBM's streaming rate (compute.gradient_accumulation_bytes;
+    # read for Megatron's and DeepSpeed's stacks: the FSDP stacks accumulate a reduce-scattered shard).
+    accumulate = np.zeros_like(forward)
+    if not training.fuses_gradient_accumulation and training.stack in MEGATRON_LINEAR_STACKS:
+        accumulate = np.where(plans.zero_stage[:, None] <= 1,
+                              gradient_accumulation_bytes(training, params.total, m[:, None]), 0.0
+                              ) / (gpu.hbm_GBps * 1e9 * gpu.hbm_efficiency)
+    t_mb = (forward + backward + accumulate + recompute + tp_exposed + cp_exposed + ep_exposed + zero_exposed
+            + offload_exposed + contention + p2p_exposed)
     t_mb = np.where(stages.exists, t_mb, -np.inf)
     bottleneck = np.argmax(t_mb, axis=1)
     T = _pick(t_mb, bottleneck)
@@ -565,7 +579,7 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
         return _pick(values, bottleneck)
 
     parts = {
-        "compute": mf * at_bottleneck(forward + backward - host_waits),
+        "compute": mf * at_bottleneck(forward + backward + accumulate - host_waits),
         "host_issue": mf * at_bottleneck(host_waits),
         "recompute": mf * at_bottleneck(recompute),
         "tp_comm": mf * at_bottleneck(tp_exposed),

@@ -256,6 +256,17 @@ class StackSpec:
     optimizer paths were not read for this (Megatron-Core's distributed optimizer also copies main to model
     parameters apart from Adam, Transformer Engine's FusedAdam with master weights does not)."""
 
+    gradient_accumulation_fusion: bool
+    """Whether the stack's linears write each micro-batch's weight gradient straight into the gradient buffer
+    in their weight-gradient GEMM (Megatron's ``gradient_accumulation_fusion``: ``fused_weight_gradient_mlp_cuda
+    .wgrad_gemm_accum_fp32``, NVIDIA/Megatron-LM 83b1e42f30 of Feb 2022; Megatron-Core and Transformer Engine's
+    ``wgrad`` GEMM with ``accumulate=True``), so ``param.grad`` stays empty and nothing adds it. Without it a
+    stack that keeps an unsharded gradient buffer (ZeRO-0/1) pays an element-wise pass over the stage's
+    parameters per micro-batch (:func:`cost_model.compute.gradient_accumulation_bytes`, priced for
+    Megatron's and DeepSpeed's stacks). The default of ``training.gradient_accumulation_fusion``: true for
+    Megatron-Core; false for Megatron-LM of 2021 (6985e58938, the SC21 code, has no fusion) and DeepSpeed;
+    the FSDP stacks have none either, but accumulate the reduce-scattered shard (not priced here)."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -269,7 +280,8 @@ SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_
             "overlap_grad_reduce", "recompute_early_stop", "per_tensor_optimizer", "fp8_param_gather",
             "per_tensor_collectives", "zero3_gradient_all_reduce", "zero1_gradient_all_reduce", "pipeline_scatter_gather",
             "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap",
-            "pipeline_p2p_batched", "pipeline_p2p_serial", "float16_optimizer_copies")
+            "pipeline_p2p_batched", "pipeline_p2p_serial", "float16_optimizer_copies",
+            "gradient_accumulation_fusion")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:

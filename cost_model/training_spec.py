@@ -96,6 +96,16 @@ class TrainingSpec:
     (``deepspeed/runtime/zero/stage2.py`` ``allreduce_bucket`` in the parameters' dtype; ``engine.py``
     refuses ``fp32_allreduce`` with ZeRO, v0.5.4)."""
 
+    gradient_accumulation_fusion: bool | None = None
+    """Whether the linears accumulate each micro-batch's weight gradient into the gradient buffer inside the
+    weight-gradient GEMM (Megatron ``--no-gradient-accumulation-fusion`` turns it off; Megatron-Bridge
+    ``model.gradient_accumulation_fusion``). None = the stack's default
+    (:attr:`cost_model.stacks.StackSpec.gradient_accumulation_fusion`). Without it the backward of every
+    micro-batch adds its gradient into the buffer in a pass of its own
+    (:func:`cost_model.compute.gradient_accumulation_bytes`). Set true for a Megatron-LM run of 2022 (from
+    83b1e42f30; at d898a8991d, Korthikanti et al.'s code, on by default once the buffer is fp32), which the
+    ``megatron-lm-2021`` stack, read at the SC21 code, does not fuse. Only Megatron's linears have it."""
+
     torch_1_13: bool = False
     """The run used PyTorch 1.13 (llm-foundry's tables of spring 2023, with Composer 0.13). Under a stack
     with ``per_tensor_optimizer`` FSDP1 hands the optimizer one flat shard per wrapped layer (torch 1.13 has
@@ -310,6 +320,20 @@ class TrainingSpec:
         if self.grad_dtype == "fp16" and self.precision != "fp16":
             raise ValueError(f"grad_dtype fp16 is the gradient buffer of an fp16 run (the parameters' dtype); "
                              f"with precision {self.precision} use fp32 or bf16")
+        if self.gradient_accumulation_fusion is not None and not isinstance(self.gradient_accumulation_fusion, bool):
+            raise ValueError(f"gradient_accumulation_fusion must be true, false or left out (the stack's default), "
+                             f"got {self.gradient_accumulation_fusion!r}")
+        if self.gradient_accumulation_fusion and self.stack not in MEGATRON_LINEAR_STACKS:
+            raise ValueError(f"gradient_accumulation_fusion is Megatron's fused weight-gradient accumulation: the "
+                             f"{self.stack} stack's linears have none; leave it out or use one of "
+                             f"{', '.join(MEGATRON_LINEAR_STACKS)}")
+        if self.gradient_accumulation_fusion and self.stack == "megatron-lm-2021" and self.grad_dtype != "fp32":
+            # megatron/arguments.py @d898a8991d: "Gradient accumulation fusion to linear layer weight gradient
+            # computation is supported only with fp32 gradient accumulation. Setting gradient_accumulation_fusion
+            # to False"
+            raise ValueError(f"gradient_accumulation_fusion needs an fp32 gradient buffer in Megatron-LM of 2022 "
+                             f"(its arguments.py turns it off otherwise): with grad_dtype {self.grad_dtype} set it false "
+                             "or use grad_dtype fp32")
         if self.optimizer_moments_dtype not in MOMENT_DTYPES:
             raise ValueError(f"optimizer_moments_dtype must be one of {', '.join(MOMENT_DTYPES)}, "
                              f"got {self.optimizer_moments_dtype!r}")
@@ -379,6 +403,13 @@ class TrainingSpec:
         """Full recompute stops at each layer's last saved tensor: a stack with ``recompute_early_stop``
         (PyTorch >= 2.1's non-reentrant checkpoint) on a run that is not on torch 1.13."""
         return stack_spec(self.stack).recompute_early_stop and not self.torch_1_13
+
+    @property
+    def fuses_gradient_accumulation(self) -> bool:
+        """``gradient_accumulation_fusion`` as run: the field where given, else the stack's default."""
+        if self.gradient_accumulation_fusion is None:
+            return stack_spec(self.stack).gradient_accumulation_fusion
+        return self.gradient_accumulation_fusion
 
     @property
     def global_batch_tokens(self) -> int:

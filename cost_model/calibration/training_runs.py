@@ -456,11 +456,16 @@ def _mlm_h100(row, model, plan, training, variant):
 def _sc21(row, model, plan, training, variant):
     # GPT-3-era runs: dropout 0.1, no flash attention (the stacks' default), no sequence parallelism.
     # DeepSpeed's fp16 ZeRO reduces the fp16 gradients (2 bytes; deepspeed/runtime/zero/stage3.py keeps
-    # fp32 only in the optimizer's partition), where Megatron's DDP accumulates fp32 main grads.
-    extra = {"grad_dtype": "bf16"} if "ZeRO-3" in row.get("framework", "") else {}
-    return ({"dropout": True, **extra}, {"sequence_parallel": False},
+    # fp32 only in the optimizer's partition). Megatron's PTD-P rows accumulate and all-reduce fp16
+    # gradients too: every SC21 script sources examples/sc21/CONFIG.sh (NVIDIA/Megatron-LM @6985e58938),
+    # whose MEGATRON_PARAMS give --fp16 --loss-scale 8192 and no --accumulate-allreduce-grads-in-fp32 (fp32
+    # accumulation is forced for --bf16 only, megatron/arguments.py), so the buffer is the fp16 param.grad.
+    deepspeed = "ZeRO-3" in row.get("framework", "")
+    return ({"dropout": True, "grad_dtype": "fp16"}, {"sequence_parallel": False},
             ["SC21: fp16, dropout 0.1, no sequence parallelism"
-             + ("; 2-byte gradients (DeepSpeed fp16 ZeRO)" if extra else "")])
+             + ("; 2-byte gradients (DeepSpeed fp16 ZeRO)" if deepspeed else
+                "; fp16 gradient buffer (examples/sc21/CONFIG.sh @6985e58938: --fp16, no "
+                "--accumulate-allreduce-grads-in-fp32)")])
 
 
 LLMFOUNDRY_TORCH_1_13_GPUS = ("A100 40GB",)

@@ -309,6 +309,9 @@ def override_map(knobs: LaunchKnobs) -> dict[str, Any]:
     model |= {"tp_comm_overlap": training.tp_comm_overlap and knobs.tp > 1,
               # Megatron-LM's defaults (--overlap-p2p-communication with interleaving, batched p2p without).
               "overlap_p2p_comm": interleaved, "batch_p2p_comm": not interleaved,
+              # As priced (cost_model.compute.gradient_accumulation_bytes); Megatron-FSDP (ZeRO-2/3) runs without
+              # it (Bridge's ConfigContainer turns it off for use_megatron_fsdp).
+              "gradient_accumulation_fusion": training.fuses_gradient_accumulation and knobs.zero_stage < 2,
               "hidden_dropout": DROPOUT if training.dropout else 0.0,
               "attention_dropout": DROPOUT if training.dropout else 0.0}
     ddp, optimizer, checkpoint = optimizer_settings(knobs)

@@ -278,7 +278,10 @@ def optimizer_arguments(knobs: LaunchKnobs) -> list[str]:
         args.append("--optimizer sgd")
     if knobs.zero_stage == 1:
         args.append("--use-distributed-optimizer")
-    elif knobs.zero_stage in (2, 3):
+    if knobs.zero_stage <= 1 and not training.fuses_gradient_accumulation:
+        # The priced per-micro-batch accumulation pass (cost_model.compute.gradient_accumulation_bytes).
+        args.append("--no-gradient-accumulation-fusion")
+    if knobs.zero_stage in (2, 3):
         args += ["--use-megatron-fsdp", f"--data-parallel-sharding-strategy {FSDP_STRATEGY[knobs.zero_stage]}",
                  "--use-distributed-optimizer", "--no-gradient-accumulation-fusion", "--ckpt-format fsdp_dtensor"]
     low = core.low_precision_settings(knobs)

@@ -381,6 +381,10 @@ def differences(knobs: LaunchKnobs) -> tuple[str, ...]:
         notes.append("FSDP2 always overlaps the gradient reduce and weight gather, priced here as not overlapped")
     if "full_iteration" in training.cuda_graph_scope:
         notes.append("torchtitan captures one CUDA graph per forward+backward micro-batch, Megatron one per iteration")
+    if training.fuses_gradient_accumulation and knobs.num_microbatches > 1:
+        notes.append("torchtitan has no fused weight-gradient accumulation (priced as Megatron's "
+                     "gradient_accumulation_fusion): autograd adds each later micro-batch's gradient into the last, "
+                     "a memory-bound pass per micro-batch not priced")
     return tuple(notes + synchronous_reduce_scatter(knobs, "FSDP2"))
 
 
