@@ -424,8 +424,12 @@ def _megatron_bridge(row, model, plan, training, variant):
     if preset == "qwen3-30b-a3b" and not variant and recipes and row["gpu_type"] in recipes[0]:
         knobs = recipes[0][row["gpu_type"]]
         extra_training.update(knobs)
+        # set_qwen3_common_configs (qwen3_llm_pretrain.py, v0.3.1-v0.5.1) and every v0.6.0 perf_recipes/qwen
+        # config set recompute_granularity/method/num_layers None: no recompute (the table has no column).
+        extra_plan["recompute"] = "none"
         notes.append(f"Qwen3-30B-A3B recipe of the {container.group(1)} container: "
-                     + ", ".join(f"{key} {value}" for key, value in knobs.items()) + f" ({recipes[1]})")
+                     + ", ".join(f"{key} {value}" for key, value in knobs.items())
+                     + f", no recompute ({recipes[1]}; recompute None in set_qwen3_common_configs)")
     if variant == "tokendrop":
         # Megatron-Bridge 'tokendrop': capacity factor 1.0 with inputs padded to capacity
         extra_training.update(moe_capacity_factor=1.0, moe_pad_to_capacity=True)
