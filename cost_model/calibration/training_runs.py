@@ -380,6 +380,36 @@ twins are joined away. H100 runs FP8-CS with HybridEP and no graphs in every rel
 (QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1 at v0.3.1-v0.5.1, qwen3_30b_a3b_pretrain_16gpu_h100_fp8cs_config at
 v0.6.0)."""
 
+_QWEN3_235B_GRAPHS = ["attn", *_QWEN3_TE_GRAPHS]
+_QWEN3_235B_FLEX = ("Megatron-Bridge {tags}: " + _QWEN3_PERF_CONFIGS + " QWEN3_235B_A22B_PRETRAIN_CONFIG_<GPU>_FP8_<CS|MX>_V2: "
+                    "GB300 = GB300_BF16_V2 and GB200 = GB200_FP8_CS_V1 + 256 GPUs, both hybridep with Transformer Engine "
+                    "graphs of [attn, moe_router, moe_preprocess]; B300 and H100 leave the backend unset and "
+                    "qwen3_llm_pretrain.py sets moe_token_dispatcher_type alltoall; H100_FP8_CS_V1 moe_a2a_overlap True")
+_QWEN3_235B_2602_01 = {"GB200 (DGX-GB200)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": _QWEN3_235B_GRAPHS},
+                       "H100-SXM 80GB (DGX-H100)": {"overlap_moe_expert_parallel_comm": True}}
+_QWEN3_235B_2604 = {**_QWEN3_235B_2602_01,
+                    "GB300 (DGX-GB300)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": _QWEN3_235B_GRAPHS}}
+_QWEN3_235B_2606 = {"GB300 (DGX-GB300)": {**_QWEN3_SYNC_FREE, "overlap_moe_expert_parallel_comm": True},
+                    "GB200 (DGX-GB200)": {**_QWEN3_SYNC_FREE, "overlap_moe_expert_parallel_comm": True},
+                    "H100-SXM 80GB (DGX-H100)": {"overlap_moe_expert_parallel_comm": True}}
+QWEN3_235B_RECIPES: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "26.02.01": (_QWEN3_235B_2602_01, _QWEN3_235B_FLEX.format(tags="v0.3.1")),
+    "26.04": (_QWEN3_235B_2604, _QWEN3_235B_FLEX.format(tags="v0.4.0")),
+    "26.04.01": (_QWEN3_235B_2604, _QWEN3_235B_FLEX.format(tags="v0.4.1")),
+    "26.06": (_QWEN3_235B_2606, _QWEN3_FULL_ITERATION.format(tag="v0.5.0", configs=_QWEN3_PERF_CONFIGS + " QWEN3_235B_A22B_"
+                                                                "PRETRAIN_CONFIG_GB300|GB200_FP8_MX_V2", overlap=", with moe_a2a_overlap True")),
+    "26.06.01": (_QWEN3_235B_2606, _QWEN3_FULL_ITERATION.format(tag="v0.5.1", configs=_QWEN3_PERF_CONFIGS + " QWEN3_235B_A22B_"
+                                                                   "PRETRAIN_CONFIG_GB300|GB200_FP8_MX_V2", overlap=", with moe_a2a_overlap True")),
+    "26.08": ({gpu: dict(_QWEN3_SYNC_FREE) for gpu in ("GB300 (DGX-GB300)", "GB200 (DGX-GB200)")},
+              _QWEN3_FULL_ITERATION.format(tag="v0.6.0", configs="src/megatron/bridge/perf_recipes/qwen/<gpu>/qwen3_moe.py "
+                                           "qwen3_235b_a22b_pretrain_256gpu_<gpu>_fp8mx_config", overlap=", without the EP all-to-all overlap")),
+}
+"""Qwen3-235B-A22B's counterpart of :data:`QWEN3_30B_RECIPES` (same tags, the 256-GPU V2 configs the tables
+print): B300 rows keep Megatron's all-to-all dispatcher without graphs (no entry), H100 runs the all-to-all with
+the EP overlap (``H100_FP8_CS_V1 moe_a2a_overlap=True`` at v0.3.1-v0.5.1)."""
+QWEN3_RECIPES = {"qwen3-30b-a3b": QWEN3_30B_RECIPES, "qwen3-235b-a22b": QWEN3_235B_RECIPES}
+
+
 
 def _megatron_bridge(row, model, plan, training, variant):
     notes = ["recipe knobs as the curated Megatron-Bridge rows (published_runs.md sections 4, 12-14): "
@@ -420,14 +450,14 @@ def _megatron_bridge(row, model, plan, training, variant):
         notes.append("GPT-OSS recipes: " + (f"selective recompute of {', '.join(modules)}" if modules
                                             else "no recompute (CUDA graphs)"))
     container = re.search(r"\((\d\d\.\d\d(?:\.\d\d)?) NeMo Container\)", row["framework"])
-    recipes = QWEN3_30B_RECIPES.get(container.group(1)) if container else None
-    if preset == "qwen3-30b-a3b" and not variant and recipes and row["gpu_type"] in recipes[0]:
+    recipes = QWEN3_RECIPES.get(preset, {}).get(container.group(1)) if container else None
+    if not variant and recipes and row["gpu_type"] in recipes[0]:
         knobs = recipes[0][row["gpu_type"]]
         extra_training.update(knobs)
         # set_qwen3_common_configs (qwen3_llm_pretrain.py, v0.3.1-v0.5.1) and every v0.6.0 perf_recipes/qwen
         # config set recompute_granularity/method/num_layers None: no recompute (the table has no column).
         extra_plan["recompute"] = "none"
-        notes.append(f"Qwen3-30B-A3B recipe of the {container.group(1)} container: "
+        notes.append(f"{preset} recipe of the {container.group(1)} container: "
                      + ", ".join(f"{key} {value}" for key, value in knobs.items())
                      + f", no recompute ({recipes[1]}; recompute None in set_qwen3_common_configs)")
     if variant == "tokendrop":
