@@ -43,8 +43,11 @@ def test_megatron_bridge_row_takes_the_published_layout_precision_and_recipe(con
     assert row["model"] == {"preset": "qwen3-235b-a22b"}
     assert {k: row["plan"][k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch")} == \
         {"tp": 2, "pp": 8, "dp": 16, "cp": 1, "ep": 32, "vpp": 4, "micro_batch": 1}
-    assert (row["plan"]["zero_stage"], row["plan"]["sequence_parallel"], row["plan"]["recompute"]) == (1, True, None)
+    # No recompute and the EP all-to-all overlap: the release's recipe (set_qwen3_common_configs recompute None,
+    # QWEN3_235B_A22B_PRETRAIN_CONFIG_H100_FP8_CS_V1 moe_a2a_overlap=True at v0.4.1), not the table.
+    assert (row["plan"]["zero_stage"], row["plan"]["sequence_parallel"], row["plan"]["recompute"]) == (1, True, "none")
     training = row["training"]
+    assert training["overlap_moe_expert_parallel_comm"] and "moe_token_dispatcher" not in training
     assert (training["precision"], training["fp8_recipe"], training["stack"]) == ("fp8", "tensorwise", "megatron-core")
     assert (training["seq_length"], training["global_batch_size"], training["grad_dtype"]) == (4096, 8192, "bf16")
     assert row["measured"]["tokens_per_s_per_gpu"] == 1712 and row["measured"]["tflops_per_gpu"] == 253
