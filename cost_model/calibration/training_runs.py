@@ -410,7 +410,6 @@ the EP overlap (``H100_FP8_CS_V1 moe_a2a_overlap=True`` at v0.3.1-v0.5.1)."""
 QWEN3_RECIPES = {"qwen3-30b-a3b": QWEN3_30B_RECIPES, "qwen3-235b-a22b": QWEN3_235B_RECIPES}
 
 
-
 def _megatron_bridge(row, model, plan, training, variant):
     notes = ["recipe knobs as the curated Megatron-Bridge rows (published_runs.md sections 4, 12-14): "
              "grad_dtype bf16 (grad_reduce_in_fp32 False), no dropout, sequence parallel when TP > 1; "
