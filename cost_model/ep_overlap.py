@@ -16,8 +16,11 @@ Only steady-state steps are merged. With one pipeline stage the first forward an
 run alone: (m - 1) of m micro-batches pair up. Interleaved pipelines merge the 1F1B phase; Megatron
 adds one warm-up micro-batch so that the merged forward and backward are independent
 (``megatron/core/pipeline_parallel/schedules.py``), so rank r pairs (m v - w) of its m v chunk passes,
-w = min(2 (p - r - 1) + (v - 1) p + 1, m v). That extra warm-up chunk stays in flight: the memory model
-holds one more chunk's activations (one more micro-batch with one stage).
+w = min(2 (p - r - 1) + (v - 1) p + 1, m v). The merged step runs the forward of layer i beside the
+backward of the other chunk's last remaining layer and then releases that layer
+(``megatron/core/models/common/model_chunk_schedule_plan.py``), so the extra warm-up chunk only replaces
+the plain schedule's steady-state forward: the memory model holds one more layer's activations than the
+plain schedule (L + 1 layers with one stage), not one more chunk (:func:`cost_model.stages.stage_layout`).
 
 Not modelled: a merged step's other costs. One CPU thread issues both micro-batches' kernels, and the
 dropless dispatchers' device-to-host sync can hold it while the other micro-batch's work drains; only

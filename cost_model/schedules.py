@@ -108,15 +108,15 @@ def chunks_per_rank(schedule: np.ndarray, vpp: np.ndarray) -> np.ndarray:
 
 
 def in_flight_chunk_forwards(schedule: np.ndarray, pp: np.ndarray, vpp: np.ndarray, m: np.ndarray,
-                             ranks: np.ndarray, extra_warmup: np.ndarray) -> np.ndarray:
-    """Chunk forwards whose activations rank ``ranks`` holds at its peak (plans x stages; pp, vpp, m,
-    extra_warmup as columns). A chunk is 1/chunks_per_rank of the rank's layers; for DualPipe one of the
-    two stages it holds (the mean of both). ``extra_warmup``: Megatron's EP-overlap warm-up chunk
-    (:mod:`cost_model.ep_overlap`), on the Megatron schedules only."""
+                             ranks: np.ndarray) -> np.ndarray:
+    """Chunk forwards whose activations rank ``ranks`` holds at its peak (plans x stages; pp, vpp, m as
+    columns). A chunk is 1/chunks_per_rank of the rank's layers; for DualPipe one of the two stages it
+    holds (the mean of both). Megatron's EP-overlap warm-up chunk adds one layer, not a chunk, to the
+    peak (:func:`cost_model.stages.stage_layout`)."""
     s = np.asarray(schedule)[:, None]
     p, v, r = pp, vpp, ranks
-    one_f_one_b = np.minimum(p - r + extra_warmup, m)
-    interleaved = np.minimum((v - 1) * p + 2 * (p - r - 1) + 1 + extra_warmup, m * v)
+    one_f_one_b = np.minimum(p - r, m)
+    interleaved = np.minimum((v - 1) * p + 2 * (p - r - 1) + 1, m * v)
     return np.select(
         [s == ONE_F_ONE_B, s == INTERLEAVED, s == ZB_H1, s == ZB_H2, s == ZBV, s == DUALPIPE, s == DUALPIPEV],
         [one_f_one_b,

@@ -63,7 +63,7 @@ import numpy as np
 
 from .model_spec import ModelSpec
 from .plan import FULL, PlanArrays
-from .schedules import DUALPIPE, chunks_per_rank, in_flight_chunk_forwards, is_v_shaped, parameter_copies, stage_ends
+from .schedules import DUALPIPE, MEGATRON_SCHEDULES, chunks_per_rank, in_flight_chunk_forwards, is_v_shaped, parameter_copies, stage_ends
 
 STAGES = ("first", "middle", "last")
 
@@ -171,8 +171,13 @@ def in_flight_layer_sets(forwards: np.ndarray, pp: np.ndarray, v: np.ndarray, st
 
 def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarray,
                  extra_warmup: np.ndarray | None = None) -> StageLayout:
-    """``extra_warmup``: plans whose schedule runs one more warm-up micro-batch chunk (Megatron's EP
-    all-to-all overlap, :mod:`cost_model.ep_overlap`), which stays in flight."""
+    """``extra_warmup``: plans whose schedule runs Megatron's EP all-to-all overlap
+    (:mod:`cost_model.ep_overlap`): one more warm-up chunk, then merged steps that run the new chunk's
+    forward layer i beside the backward of the held chunk's last remaining layer, which is released
+    after it (``megatron/core/models/common/model_chunk_schedule_plan.py`` ``run``: ``get_layer(i)`` /
+    ``pop_layer()`` / ``release_state()``; ``combined_1f1b.py``). The held chunks then equal the plain
+    schedule's peak, which already counts the steady-state forward, and the merged step adds the one
+    layer both chunks hold at once: one layer over the plain peak, not a chunk."""
     L = model.num_layers
     pp = plans.pp
     schedule = plans.schedule
@@ -208,13 +213,15 @@ def stage_layout(model: ModelSpec, plans: PlanArrays, num_microbatches: np.ndarr
     moe_layers = np.where(((v > 1) | dual)[:, None], layers * moe_fraction, moe_layers)
 
     pp2, v2, m2, r = pp[:, None], v[:, None], m[:, None], ranks
+    # DualPipe's F&B pairs merge the same way inside their own PP + 1 chunks: no extra warm-up, no extra layer.
     extra = (np.zeros(len(plans), dtype=np.int64) if extra_warmup is None
-             else np.asarray(extra_warmup, dtype=np.int64))[:, None]
-    chunks = in_flight_chunk_forwards(schedule, pp2, v2, m2, r, extra)
+             else np.asarray(extra_warmup, dtype=np.int64) * np.isin(schedule, MEGATRON_SCHEDULES))[:, None]
+    chunks = in_flight_chunk_forwards(schedule, pp2, v2, m2, r)
     # The first stage's short chunks sit at chunk 0 (with the embedding), the others' at chunk v-1.
     short_first = np.stack([np.ones_like(pp, bool), np.ones_like(pp, bool), np.zeros_like(pp, bool)], axis=1)
     split = in_flight_layer_sets(chunks, pp2, v2, np.floor(layers).astype(np.int64), short_first)
-    in_flight = np.where(v2 > 1, split, chunks * layers)
+    # EP overlap's merged step: one layer of two chunks at once (docstring), never past every micro-batch's.
+    in_flight = np.minimum(np.where(v2 > 1, split, chunks * layers) + extra, m2 * layers)
 
     has_embedding, has_lm_head, head_share = stage_ends(schedule, pp)
     return StageLayout(exists=exists, pipeline_rank=ranks, layers=layers, moe_layers=moe_layers,

@@ -81,15 +81,18 @@ def test_overlap_hides_the_merged_steps_all_to_all():
     assert on.step_time_s[0] < off.step_time_s[0]
 
 
-def test_overlap_keeps_one_more_microbatch_in_flight():
-    """With one stage the merged step holds two micro-batches' layer activations instead of one; the
-    LM head's (one micro-batch, at the end of the forward) is unchanged."""
+def test_overlap_keeps_one_more_layer_in_flight():
+    """With one stage the merged step runs the new micro-batch's forward layer i beside the old one's
+    backward of layer L-1-i and releases that layer after it: (i + 1) + (L - i) = L + 1 = 49 of Qwen3-30B's
+    48 layers at once, not two micro-batches (Megatron-LM model_chunk_schedule_plan.py ``run``). The LM
+    head's (one micro-batch, at the end of the forward) is unchanged."""
     off, on = _metrics(TRAIN), _metrics(OVERLAP)
-    np.testing.assert_allclose(on.extras["stages"].in_flight_layers[0, 0], 2 * off.extras["stages"].in_flight_layers[0, 0])
+    assert off.extras["stages"].in_flight_layers[0, 0] == 48
+    assert on.extras["stages"].in_flight_layers[0, 0] == 49
     p = plans(dict(pp=1, dp=32, ep=8))
     head = lm_head_bytes(QWEN3_30B, TRAIN, p, padded_vocab(QWEN3_30B, p, CostOptions()).astype(float))
     layers_off = off.memory_parts_bytes["activations"] - head
-    np.testing.assert_allclose(on.memory_parts_bytes["activations"], 2 * layers_off + head, rtol=1e-12)
+    np.testing.assert_allclose(on.memory_parts_bytes["activations"], layers_off * 49 / 48 + head, rtol=1e-12)
 
 
 def test_no_effect_where_megatron_refuses_the_flag():

@@ -223,10 +223,10 @@ def test_interleaved_zero_bubble_warm_up_is_torchs():
     interleaved 1F1B warms up (v-1) p + 2(p-1-r)."""
     p, v, m = 4, 2, 8
     ranks = np.array([[0, 1, 3]])
-    zb = in_flight_chunk_forwards(np.array([ZB_H1]), np.array([[p]]), np.array([[v]]), np.array([[m]]), ranks, 0)
+    zb = in_flight_chunk_forwards(np.array([ZB_H1]), np.array([[p]]), np.array([[v]]), np.array([[m]]), ranks)
     assert zb[0].tolist() == [(v - 1) * p + (p - 1 - r) + 1 for r in (0, 1, 3)] == [8, 7, 5]
     megatron = in_flight_chunk_forwards(np.array([INTERLEAVED]), np.array([[p]]), np.array([[v]]), np.array([[m]]),
-                                        ranks, 0)
+                                        ranks)
     assert megatron[0].tolist() == [(v - 1) * p + 2 * (p - 1 - r) + 1 for r in (0, 1, 3)] == [11, 9, 5]
 
 

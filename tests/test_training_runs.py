@@ -43,8 +43,11 @@ def test_megatron_bridge_row_takes_the_published_layout_precision_and_recipe(con
     assert row["model"] == {"preset": "qwen3-235b-a22b"}
     assert {k: row["plan"][k] for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "micro_batch")} == \
         {"tp": 2, "pp": 8, "dp": 16, "cp": 1, "ep": 32, "vpp": 4, "micro_batch": 1}
-    assert (row["plan"]["zero_stage"], row["plan"]["sequence_parallel"], row["plan"]["recompute"]) == (1, True, None)
+    # No recompute and the EP all-to-all overlap: the release's recipe (set_qwen3_common_configs recompute None,
+    # QWEN3_235B_A22B_PRETRAIN_CONFIG_H100_FP8_CS_V1 moe_a2a_overlap=True at v0.4.1), not the table.
+    assert (row["plan"]["zero_stage"], row["plan"]["sequence_parallel"], row["plan"]["recompute"]) == (1, True, "none")
     training = row["training"]
+    assert training["overlap_moe_expert_parallel_comm"] and "moe_token_dispatcher" not in training
     assert (training["precision"], training["fp8_recipe"], training["stack"]) == ("fp8", "tensorwise", "megatron-core")
     assert (training["seq_length"], training["global_batch_size"], training["grad_dtype"]) == (4096, 8192, "bf16")
     assert row["measured"]["tokens_per_s_per_gpu"] == 1712 and row["measured"]["tflops_per_gpu"] == 253
@@ -227,6 +230,40 @@ def test_gpt_oss_25_11_b200_runs_the_release_recipes_ep_64(converted, table):
     assert ("mbridge-243", "megatron-bridge-25.11-b200-gpt-oss-120b-bf16") in report.duplicates_dropped
 
 
+def test_qwen3_30b_rows_run_the_release_recipes_dispatcher_and_graphs(converted, table):
+    """Megatron-Bridge's Qwen3-30B-A3B configs per release tag: v0.3.1-v0.4.1 (26.02.01-26.04.01) HybridEP with
+    Transformer Engine graphs of the router and preprocess ([attn, ...] on B200), HybridEP without graphs on
+    H100; v0.5.0 (26.06) adds the sync-free full-iteration MXFP8 setup (rank capacity 1.5, paged stash 1.2)
+    with the EP all-to-all overlap on Blackwell; v0.6.0 (26.08) the same without the overlap. No release
+    recomputes."""
+    rows = converted[0]
+    gb300_2604 = rows["mbridge-133"]["training"]
+    assert gb300_2604["moe_token_dispatcher"] == "hybridep"
+    assert gb300_2604["cuda_graph_scope"] == ["moe_router", "moe_preprocess"]
+    assert rows["mbridge-136"]["training"]["cuda_graph_scope"] == ["attn", "moe_router", "moe_preprocess"]  # B200
+    h100 = rows["mbridge-137"]["training"]
+    assert h100["moe_token_dispatcher"] == "hybridep" and "cuda_graph_scope" not in h100
+    gb300_2606 = rows["mbridge-047"]["training"]
+    assert (gb300_2606["cuda_graph_scope"], gb300_2606["moe_rank_capacity_factor"],
+            gb300_2606["moe_paged_stash_factor"], gb300_2606["overlap_moe_expert_parallel_comm"]) == \
+        (["full_iteration"], 1.5, 1.2, True)
+    assert "overlap_moe_expert_parallel_comm" not in rows["mbridge-007"]["training"]  # 26.08 = v0.6.0
+    assert all(rows[key]["plan"]["recompute"] == "none" for key in ("mbridge-047", "mbridge-133", "mbridge-137"))
+    assert validate_row(rows["mbridge-047"], "training_runs.csv").fits  # MBS 8 on GB300 with the overlap
+
+
+def test_qwen3_30b_26_02_01_h100_row_runs_the_release_recipes_pp1_ep16(converted, table):
+    """mbridge-181 (26.02.01 table, H100): the table prints the 26.02 layout PP 2 VP 12 EP 8, the v0.3.1 recipe
+    runs PP 1 EP 16 (QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1), as the 26.04-26.06 rows print, and its
+    9058 tokens/s/GPU is theirs (8826-8960), not the 26.02 row's 5113."""
+    rows = converted[0]
+    assert (table["mbridge-181"]["pp"], table["mbridge-181"]["ep"], table["mbridge-181"]["vpp"]) == ("2", "8", "12")
+    assert {k: rows["mbridge-181"]["plan"][k] for k in ("pp", "dp", "ep", "vpp")} == {"pp": 1, "dp": 16, "ep": 16, "vpp": 1}
+    assert {k: rows["mbridge-181"]["plan"][k] for k in ("pp", "dp", "ep", "vpp")} == \
+        {k: rows["mbridge-137"]["plan"][k] for k in ("pp", "dp", "ep", "vpp")}
+    assert "QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1" in rows["mbridge-181"]["notes"]
+
+
 def test_every_erratum_changes_a_published_cell_and_keeps_the_gpu_count(converted, table):
     rows = converted[0]
     for key, erratum in ERRATA.items():
@@ -304,8 +341,10 @@ def test_load_all_rows_drops_the_csv_copies_of_curated_rows():
     ids = {row["id"] for row in with_csv}
     assert {row["id"] for row in curated} <= ids
     assert "mbridge-224" not in ids  # 25.11 GB300 Llama 3 8B: megatron-bridge-25.11-gb300-llama3-8b-fp8
-    assert "mbridge-218" in ids      # 26.02 H100 Qwen3-30B: 5,113 here against 2,557 curated, not the same cell
-    assert len(with_csv) == len(curated) + 458 - 69 and len(skipped) == 98  # 458 converted, 18 of them NVFP4
+    # 26.02 H100 Qwen3-30B: 5,113 in both since the curated row reads the publisher's corrected cell (c0b9a0003)
+    assert "mbridge-218" not in ids
+    assert "mbridge-250" not in ids  # 25.11 H100 Qwen3-30B: the erratum's VP 12 is the curated row's layout
+    assert len(with_csv) == len(curated) + 458 - 70 and len(skipped) == 98  # 458 converted, 18 of them NVFP4
 
 
 def test_text_columns_parse():

@@ -335,6 +335,81 @@ recompute the ``layernorm`` and ``moe_act`` modules (selective); B300 and GB300 
 CUDA graphs instead."""
 
 
+_QWEN3_PERF_CONFIGS = "scripts/performance/configs/qwen/qwen3_workload_base_configs.py"
+_QWEN3_FLEX_GRAPHS = ("Megatron-Bridge v0.3.1, v0.4.0 and v0.4.1 (the 26.02.01, 26.04 and 26.04.01 containers) alike: "
+                      f"{_QWEN3_PERF_CONFIGS} QWEN3_30B_A3B_PRETRAIN_CONFIG_<GPU>_<precision>_V1 sets "
+                      "moe_flex_dispatcher_backend hybridep and Transformer Engine CUDA graphs of cuda_graph_scope on Blackwell, "
+                      "hybridep with EP 16 and no graphs on H100 (qwen3_llm_pretrain.py: moe_token_dispatcher_type flex)")
+_QWEN3_FULL_ITERATION = ("the MXFP8 Blackwell configs of {tag} ({configs}) add cuda_graph_impl full_iteration with "
+                         "set_full_iter_cg_configs / _enable_hybridep_full_iteration_mxfp8: moe_paged_stash, "
+                         "moe_expert_rank_capacity_factor 1.5, moe_paged_stash_buffer_size_factor_cuda 1.2 (sync-free "
+                         "dropless HybridEP){overlap}; their cutedsl_fused_grouped_mlp and fp8_dot_product_attention are "
+                         "not priced")
+_QWEN3_TE_GRAPHS = ("moe_router", "moe_preprocess")
+_QWEN3_SYNC_FREE = {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": ["full_iteration"],
+                    "moe_rank_capacity_factor": 1.5, "moe_paged_stash_factor": 1.2}
+_QWEN3_FLEX_BY_GPU = {"GB300 (DGX-GB300)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": list(_QWEN3_TE_GRAPHS)},
+                      "GB200 (DGX-GB200)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": list(_QWEN3_TE_GRAPHS)},
+                      "B300 (DGX-B300)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": list(_QWEN3_TE_GRAPHS)},
+                      "B200 (DGX-B200)": {"moe_token_dispatcher": "hybridep",
+                                          "cuda_graph_scope": ["attn", *_QWEN3_TE_GRAPHS]},
+                      "H100-SXM 80GB (DGX-H100)": {"moe_token_dispatcher": "hybridep"}}
+_QWEN3_SYNC_FREE_BY_GPU = {gpu: dict(_QWEN3_SYNC_FREE) for gpu in ("GB300 (DGX-GB300)", "GB200 (DGX-GB200)", "B300 (DGX-B300)")}
+QWEN3_30B_RECIPES: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "26.02.01": (_QWEN3_FLEX_BY_GPU, _QWEN3_FLEX_GRAPHS),
+    "26.04": (_QWEN3_FLEX_BY_GPU, _QWEN3_FLEX_GRAPHS),
+    "26.04.01": (_QWEN3_FLEX_BY_GPU, _QWEN3_FLEX_GRAPHS),
+    "26.06": ({**_QWEN3_FLEX_BY_GPU, **{gpu: {**knobs, "overlap_moe_expert_parallel_comm": True}
+                                        for gpu, knobs in _QWEN3_SYNC_FREE_BY_GPU.items()}},
+              _QWEN3_FULL_ITERATION.format(tag="v0.5.0", configs=_QWEN3_PERF_CONFIGS,
+                                           overlap=", with moe_a2a_overlap True")),
+    "26.06.01": ({**_QWEN3_FLEX_BY_GPU, **{gpu: {**knobs, "overlap_moe_expert_parallel_comm": True}
+                                           for gpu, knobs in _QWEN3_SYNC_FREE_BY_GPU.items()}},
+                 _QWEN3_FULL_ITERATION.format(tag="v0.5.1", configs=_QWEN3_PERF_CONFIGS,
+                                              overlap=", with moe_a2a_overlap True")),
+    "26.08": ({**_QWEN3_FLEX_BY_GPU, **_QWEN3_SYNC_FREE_BY_GPU},
+              _QWEN3_FULL_ITERATION.format(tag="v0.6.0", configs="src/megatron/bridge/perf_recipes/qwen/<gpu>/qwen3_moe.py "
+                                           "qwen3_30b_a3b_pretrain_8gpu_<gpu>_fp8mx_config, common.py",
+                                           overlap=", without the EP all-to-all overlap")),
+}
+"""Token dispatcher and CUDA graphs of Megatron-Bridge's Qwen3-30B-A3B performance configs per container (the
+release tag of each: 26.02.01 = v0.3.1, 26.04 = v0.4.0, 26.04.01 = v0.4.1, 26.06 = v0.5.0, 26.06.01 = v0.5.1,
+26.08 = v0.6.0, the tags dated with the summary commits), per GPU of the tables: container -> ({gpu_type:
+training fields}, citation). The 25.11 and 26.02 rows are the curated ones (published_runs.yaml); their CSV
+twins are joined away. H100 runs FP8-CS with HybridEP and no graphs in every release from v0.3.1
+(QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1 at v0.3.1-v0.5.1, qwen3_30b_a3b_pretrain_16gpu_h100_fp8cs_config at
+v0.6.0)."""
+
+_QWEN3_235B_GRAPHS = ["attn", *_QWEN3_TE_GRAPHS]
+_QWEN3_235B_FLEX = ("Megatron-Bridge {tags}: " + _QWEN3_PERF_CONFIGS + " QWEN3_235B_A22B_PRETRAIN_CONFIG_<GPU>_FP8_<CS|MX>_V2: "
+                    "GB300 = GB300_BF16_V2 and GB200 = GB200_FP8_CS_V1 + 256 GPUs, both hybridep with Transformer Engine "
+                    "graphs of [attn, moe_router, moe_preprocess]; B300 and H100 leave the backend unset and "
+                    "qwen3_llm_pretrain.py sets moe_token_dispatcher_type alltoall; H100_FP8_CS_V1 moe_a2a_overlap True")
+_QWEN3_235B_2602_01 = {"GB200 (DGX-GB200)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": _QWEN3_235B_GRAPHS},
+                       "H100-SXM 80GB (DGX-H100)": {"overlap_moe_expert_parallel_comm": True}}
+_QWEN3_235B_2604 = {**_QWEN3_235B_2602_01,
+                    "GB300 (DGX-GB300)": {"moe_token_dispatcher": "hybridep", "cuda_graph_scope": _QWEN3_235B_GRAPHS}}
+_QWEN3_235B_2606 = {"GB300 (DGX-GB300)": {**_QWEN3_SYNC_FREE, "overlap_moe_expert_parallel_comm": True},
+                    "GB200 (DGX-GB200)": {**_QWEN3_SYNC_FREE, "overlap_moe_expert_parallel_comm": True},
+                    "H100-SXM 80GB (DGX-H100)": {"overlap_moe_expert_parallel_comm": True}}
+QWEN3_235B_RECIPES: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
+    "26.02.01": (_QWEN3_235B_2602_01, _QWEN3_235B_FLEX.format(tags="v0.3.1")),
+    "26.04": (_QWEN3_235B_2604, _QWEN3_235B_FLEX.format(tags="v0.4.0")),
+    "26.04.01": (_QWEN3_235B_2604, _QWEN3_235B_FLEX.format(tags="v0.4.1")),
+    "26.06": (_QWEN3_235B_2606, _QWEN3_FULL_ITERATION.format(tag="v0.5.0", configs=_QWEN3_PERF_CONFIGS + " QWEN3_235B_A22B_"
+                                                                "PRETRAIN_CONFIG_GB300|GB200_FP8_MX_V2", overlap=", with moe_a2a_overlap True")),
+    "26.06.01": (_QWEN3_235B_2606, _QWEN3_FULL_ITERATION.format(tag="v0.5.1", configs=_QWEN3_PERF_CONFIGS + " QWEN3_235B_A22B_"
+                                                                   "PRETRAIN_CONFIG_GB300|GB200_FP8_MX_V2", overlap=", with moe_a2a_overlap True")),
+    "26.08": ({gpu: dict(_QWEN3_SYNC_FREE) for gpu in ("GB300 (DGX-GB300)", "GB200 (DGX-GB200)")},
+              _QWEN3_FULL_ITERATION.format(tag="v0.6.0", configs="src/megatron/bridge/perf_recipes/qwen/<gpu>/qwen3_moe.py "
+                                           "qwen3_235b_a22b_pretrain_256gpu_<gpu>_fp8mx_config", overlap=", without the EP all-to-all overlap")),
+}
+"""Qwen3-235B-A22B's counterpart of :data:`QWEN3_30B_RECIPES` (same tags, the 256-GPU V2 configs the tables
+print): B300 rows keep Megatron's all-to-all dispatcher without graphs (no entry), H100 runs the all-to-all with
+the EP overlap (``H100_FP8_CS_V1 moe_a2a_overlap=True`` at v0.3.1-v0.5.1)."""
+QWEN3_RECIPES = {"qwen3-30b-a3b": QWEN3_30B_RECIPES, "qwen3-235b-a22b": QWEN3_235B_RECIPES}
+
+
 def _megatron_bridge(row, model, plan, training, variant):
     notes = ["recipe knobs as the curated Megatron-Bridge rows (published_runs.md sections 4, 12-14): "
              "grad_dtype bf16 (grad_reduce_in_fp32 False), no dropout, sequence parallel when TP > 1; "
@@ -373,6 +448,17 @@ def _megatron_bridge(row, model, plan, training, variant):
             extra_plan.update(recompute="none")
         notes.append("GPT-OSS recipes: " + (f"selective recompute of {', '.join(modules)}" if modules
                                             else "no recompute (CUDA graphs)"))
+    container = re.search(r"\((\d\d\.\d\d(?:\.\d\d)?) NeMo Container\)", row["framework"])
+    recipes = QWEN3_RECIPES.get(preset, {}).get(container.group(1)) if container else None
+    if not variant and recipes and row["gpu_type"] in recipes[0]:
+        knobs = recipes[0][row["gpu_type"]]
+        extra_training.update(knobs)
+        # set_qwen3_common_configs (qwen3_llm_pretrain.py, v0.3.1-v0.5.1) and every v0.6.0 perf_recipes/qwen
+        # config set recompute_granularity/method/num_layers None: no recompute (the table has no column).
+        extra_plan["recompute"] = "none"
+        notes.append(f"{preset} recipe of the {container.group(1)} container: "
+                     + ", ".join(f"{key} {value}" for key, value in knobs.items())
+                     + f", no recompute ({recipes[1]}; recompute None in set_qwen3_common_configs)")
     if variant == "tokendrop":
         # Megatron-Bridge 'tokendrop': capacity factor 1.0 with inputs padded to capacity
         extra_training.update(moe_capacity_factor=1.0, moe_pad_to_capacity=True)
@@ -562,7 +648,7 @@ class Erratum:
     """A plan cell of the table that the framework's own recipe of that release contradicts."""
 
     plan: dict[str, int]
-    """The corrected plan fields (``tp``, ``pp``, ``dp``, ``cp``, ``vpp``, ``micro_batch``)."""
+    """The corrected plan fields (``tp``, ``pp``, ``dp``, ``cp``, ``ep``, ``vpp``, ``micro_batch``)."""
     citation: str
     """The primary source that shows the corrected values (file @ commit, config name)."""
 
@@ -585,6 +671,21 @@ ERRATA: dict[str, Erratum] = {
         "micro_batch_size=4, recompute [layernorm, moe_act]; the table's EP 8 is BASE's. 8213 tokens/s/GPU is the "
         "26.02 B200 EP 64 row's 8047, not the 26.04 B200 EP 8 rows' 13045-13568; as the curated row "
         "megatron-bridge-25.11-b200-gpt-oss-120b-bf16 reads it"),
+    "mbridge-250": Erratum(
+        {"vpp": 12, "micro_batch": 1},
+        "Megatron-Bridge r0.2 (25.11 container): scripts/performance/configs/qwen3/workload_base_configs.py at v0.2.0, "
+        "v0.2.1 and v0.2.2, QWEN3_30B_A3B_H100_FP8_CS_BASE_CONFIG = BASE (EP 8, GBS 512, micro_batch_size 1) + "
+        "num_gpus=16, pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=12, moe_a2a_overlap=True; "
+        "the table's VP 24 / MBS 2 / GA 32 are the 25.09 tokendrop H100 row's cells (mbridge-267), as the curated row "
+        "megatron-bridge-25.11-h100-qwen3-30b-a3b-fp8 reads it"),
+    "mbridge-181": Erratum(
+        {"pp": 1, "dp": 16, "ep": 16, "vpp": 1},
+        "Megatron-Bridge v0.3.1 (26.02.01 container, tag 2026-03-20): scripts/performance/configs/qwen/"
+        "qwen3_workload_base_configs.py QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1 = BASE (GBS 512) + num_gpus=16, "
+        "global_batch_size=1024, expert_model_parallel_size=16, moe_a2a_overlap=False, hybridep - no pipeline (v0.3.0, "
+        "the 26.02 container, had PP 2, VP 12, EP 8, DeepEP); the table prints the 26.02 row's PP2 VP12 EP8, while its "
+        "9058 tokens/s/GPU is the 26.04, 26.04.01 and 26.06 rows' (mbridge-137/091/050: PP 1, EP 16, 8826-8960) and "
+        "1.77x the 26.02 row's 5113 at PP2 VP12 EP8"),
     "mbridge-155": Erratum(
         {"tp": 1, "pp": 4, "dp": 16, "vpp": 5, "micro_batch": 1},
         f"{_MBRIDGE_26_02_01}llama3_workload_base_configs.py LLAMA3_70B_PRETRAIN_CONFIG_GB300_NVFP4_V2 = "
