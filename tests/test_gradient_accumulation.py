@@ -6,8 +6,6 @@ A one-GPU layout (tp = pp = dp = 1) has no bubble and no data-parallel traffic, 
 the step and in its ``compute`` part: m micro-batches, each the pass's bytes over the GPU's parameters at
 the HBM's streaming rate."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
