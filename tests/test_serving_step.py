@@ -361,18 +361,21 @@ def test_fused_moe_gemm_share_slows_only_the_expert_gemms_compute():
     # 512 rows each on average, padded to 64-row blocks over their Poisson spread: 543.4152 rows
     # (queueing.expected_block_padded_rows). At 128 x 256 tiles on 132 SMs the first GEMM (N 1,536) runs
     # 5 x 6 x 128 = 3,840 tiles in 30 waves (0.9697), the second (N 2,048) 5,120 tiles in 39 (0.99456). FLOPs per
-    # layer: 2 x 543.4152 x 128 x 1,536 x 2,048 = 4.3761e11 and 2 x 543.4152 x 128 x 2,048 x 768 = 2.1881e11; at
-    # the dense BF16 rate 989 x 0.676 = 668.564 TFLOP/s they take 0.67497 + 0.32908 = 1.00405 ms, 48.194 ms over
-    # 48 layers. They are compute bound (a layer's 128 experts stream 1.21 GB in 0.30 ms), so halving the
-    # share adds exactly that, and quartering it three times that.
+    # layer: 2 x 543.4152 x 128 x 1,536 x 2,048 = 4.3761e11 and 2 x 543.4152 x 128 x 2,048 x 768 = 2.1881e11 at
+    # the dense BF16 rate 989 TFLOP/s x the preset's training-fitted gemm_efficiency (e.g. 0.676: 0.67497 +
+    # 0.32908 = 1.00405 ms a layer, 48.194 ms over 48 layers). They are compute bound (a layer's 128 experts
+    # stream 1.21 GB in 0.30 ms), so halving the share adds exactly that, and quartering it three times that.
     from cost_model.serving.queueing import expected_block_padded_rows
     model = load_model("qwen3-30b-a3b").spec
     inst = _instances(tp=[1], weight_precision="bf16")
     steps = {s: price_instances(model, H200, inst, ServingOptions(moe_gemm_share=s)).prefill(8192.0)
              for s in (1.0, 0.5, 0.25)}
     assert float(expected_block_padded_rows(np.array(512.0), 64.0)) == pytest.approx(543.4152, rel=1e-6)
-    assert steps[0.5].gemm_s[0] - steps[1.0].gemm_s[0] == pytest.approx(48.194e-3, rel=1e-4)
-    assert steps[0.25].gemm_s[0] - steps[1.0].gemm_s[0] == pytest.approx(3 * 48.194e-3, rel=1e-4)
+    rate = 989e12 * H200.gpu.gemm_efficiency
+    per_layer_s = (2 * 543.4152 * 128 * 1536 * 2048 / 0.96969697 + 2 * 543.4152 * 128 * 2048 * 768 / (5120 / (39 * 132))) / rate
+    assert 48 * per_layer_s * H200.gpu.gemm_efficiency / 0.676 == pytest.approx(48.194e-3, rel=1e-4)
+    assert steps[0.5].gemm_s[0] - steps[1.0].gemm_s[0] == pytest.approx(48 * per_layer_s, rel=1e-4)
+    assert steps[0.25].gemm_s[0] - steps[1.0].gemm_s[0] == pytest.approx(3 * 48 * per_layer_s, rel=1e-4)
     # Nothing else moves: the streamed bytes, the collectives, the FLOP count.
     for s in (0.5, 0.25):
         assert steps[s].hbm_s[0] == steps[1.0].hbm_s[0]
