@@ -260,7 +260,7 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
                         options: CostOptions) -> tuple[LayerComm, LayerComm]:
     """Communication of one dense layer and one MoE layer per micro-batch."""
     tokens = plans.micro_batch * training.seq_length / plans.cp
-    activation = ACT_BYTES * tokens * model.hidden_size
+    activation = stage_activation_bytes(model, training, plans)
     pair_s, pair_b = _tp_pair(pricer, plans, activation)
 
     # Context parallelism.
@@ -330,9 +330,13 @@ def layer_communication(model: ModelSpec, training: TrainingSpec, plans: PlanArr
     return dense, moe
 
 
+def stage_activation_bytes(model: ModelSpec, training: TrainingSpec, plans: PlanArrays) -> np.ndarray:
+    """Bytes of one stage's whole output activation (or its gradient) for one micro-batch: tokens x hidden."""
+    return ACT_BYTES * plans.micro_batch * training.seq_length / plans.cp * model.hidden_size
+
+
 def pipeline_p2p(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pricer: CommPricer):
     """Seconds and bytes of one activation (or gradient) transfer between neighbouring stages."""
-    tokens = plans.micro_batch * training.seq_length / plans.cp
     # Sequence parallelism leaves each TP rank 1/tp of the activation to send; so does Megatron-LM's
     # scatter/gather optimisation without it, whose receiver then all-gathers the 1/tp pieces over the
     # tensor-parallel group before the next compute: megatron/p2p_communication.py ``_communicate``
@@ -342,7 +346,7 @@ def pipeline_p2p(model: ModelSpec, training: TrainingSpec, plans: PlanArrays, pr
     gathered = stack_spec(training.stack).pipeline_scatter_gather & ~np.asarray(plans.sequence_parallel, bool)
     scattered = plans.sequence_parallel | gathered
     sp_div = np.where(scattered, plans.tp, 1)
-    whole = ACT_BYTES * tokens * model.hidden_size
+    whole = stage_activation_bytes(model, training, plans)
     message = np.where(plans.pp > 1, whole / sp_div, 0.0)
     regather = np.where(gathered & (plans.pp > 1) & (plans.tp > 1),
                         pricer.time(AG, pricer.placements.tp, whole), 0.0)

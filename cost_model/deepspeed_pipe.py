@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import ACT_BYTES
-from .communication import AG, P2P, CommPricer
+from .communication import AG, P2P, CommPricer, stage_activation_bytes
 from .model_spec import ModelSpec
 from .plan import PlanArrays
 from .training_spec import TrainingSpec
@@ -70,7 +69,7 @@ def serial_transfers(model: ModelSpec, training: TrainingSpec, plans: PlanArrays
     tp = np.asarray(plans.tp)
     piped = np.asarray(plans.pp) > 1
     partitioned = tp > 1
-    whole = ACT_BYTES * plans.micro_batch * training.seq_length / plans.cp * model.hidden_size
+    whole = stage_activation_bytes(model, training, plans)
     piece = np.where(partitioned, whole / tp, whole)
     meta = np.where(partitioned, pricer.time(P2P, pricer.placements.pp, meta_bytes(tp)), 0.0)
     transfer = pricer.time(P2P, pricer.placements.pp, piece) + meta   # an activation, or a gradient back

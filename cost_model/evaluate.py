@@ -503,8 +503,8 @@ def _evaluate(model: ModelSpec, training: TrainingSpec, cluster: ClusterSpec, pl
     if stack.pipeline_p2p_serial:
         serial = serial_transfers(model, training, plans, pricer)
         one_f_one_b = (np.asarray(plans.schedule) == ONE_F_ONE_B)[:, None]
-        p2p_exposed = np.where(one_f_one_b, serial.per_microbatch_s, p2p_exposed)
         p2p_fill_drain = np.where(one_f_one_b, serial.fill_drain_s, p2p_exposed)
+        p2p_exposed = np.where(one_f_one_b, serial.per_microbatch_s, p2p_exposed)
         p2p_bytes = np.where(one_f_one_b[:, 0], serial.bytes_per_microbatch / 2, p2p_bytes)
     # Without gradient_accumulation_fusion each micro-batch's backward adds its weight gradients into the
     # unsharded (ZeRO-0/1) buffer in a pass of its own, at HBM's streaming rate (compute.gradient_accumulation_bytes;
