@@ -784,6 +784,9 @@ def validate_command(
                    f"source {o['worst_source_median_abs_error']:.1%}; layout ranking: median Kendall tau "
                    f"{o['median_kendall_tau']:.2f} over {o['ranking_groups']} groups, measured best in the predicted "
                    f"top 3 in {o['groups_with_best_in_top3']}")
+        from cost_model.calibration.calibrate import RankingGroup, ranking_lines
+        for line in ranking_lines([RankingGroup.from_record(g) for g in cross.get("rankings", [])]):
+            typer.echo(line)
 
 
 def _validate_serving(dataset: Optional[str], source: Optional[str], output: OutputFormat) -> None:
@@ -862,7 +865,8 @@ def calibrate_command(
         _calibrate_serving(dataset, write)
         return
     from cost_model.calibration.calibrate import (calibrate, dataset_rows, measured_rows, parameter_lines, precision_line,
-                                                  precision_records, source_lines, write as write_calibration)
+                                                  precision_records, ranking_lines, source_lines,
+                                                  write as write_calibration)
     from cost_model.calibration.fit import PARAMETERS
     from cost_model.calibration.validate import read_runs
     if dataset is None:
@@ -885,6 +889,8 @@ def calibrate_command(
     typer.echo(f"layout ranking within {o['ranking_groups']} groups of >= 4 layouts (one model, one cluster): median "
                f"Kendall tau {o['median_kendall_tau']:.2f}; measured best in the predicted top 3 in "
                f"{o['groups_with_best_in_top3']}")
+    for line in ranking_lines(result.rankings):
+        typer.echo(line)
     if write:
         for path in write_calibration(result):
             typer.echo(f"wrote {path}")

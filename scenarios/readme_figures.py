@@ -121,6 +121,7 @@ def calibration_block() -> str:
     """The stored calibration (``cost_model/calibration/fitted.yaml``, written by ``plan-search calibrate
     --write``): every fitted parameter against its prior, and each source's error with every source in
     the fit and with that source left out."""
+    from cost_model.calibration.calibrate import RankingGroup, ranking_lines
     from cost_model.calibration.stored import FITTED_FILE
     from hardware.errors import read_yaml_mapping
 
@@ -142,6 +143,9 @@ def calibration_block() -> str:
               f"{overall['ranking_groups']} groups of at least 4 layouts: median Kendall tau "
               f"{overall['median_kendall_tau']:.2f}, the measured best in the predicted top 3 in "
               f"{overall['groups_with_best_in_top3']}."]
+    below = ranking_lines([RankingGroup.from_record(g) for g in cross["rankings"]])
+    if below:
+        lines += ["", "Groups under tau 0.8:", "", *(f"* {line.strip()}" for line in below)]
     return "\n".join(lines)
 
 

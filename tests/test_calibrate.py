@@ -269,6 +269,18 @@ def test_ranking_groups_keep_gpu_overrides_apart():
                   for d, p, m in ((8, 1.0, 1.0), (16, 2.0, 3.0), (32, 3.0, 2.0), (64, 4.0, 4.0))]
     (group,) = ranking_groups(forty_only)
     assert group.rows == 4 and group.kendall_tau == pytest.approx(4 / 6) and group.best_in_top3
+    # one pair out of order: DP16 predicted 2 but measured 3, DP32 predicted 3 but measured 2 (3/2 - 1 apart)
+    assert group.discordant_pairs == 1 and group.widest_discordant_gap == pytest.approx(0.5)
+
+
+def test_ranking_lines_name_the_groups_under_the_target_with_their_wrong_pairs():
+    from cost_model.calibration.calibrate import RankingGroup, ranking_lines
+    groups = [RankingGroup("a on x", 5, 0.2, True, 4, 0.026), RankingGroup("b on x", 4, 1.0, True, 0, 0.0),
+              RankingGroup("c on x", 6, 0.6, False, 3, 0.31)]
+    assert ranking_lines(groups) == [
+        "  tau +0.20: 4 of 10 pairs out of order, the widest measured 2.6% apart: a on x",
+        "  tau +0.60: 3 of 15 pairs out of order, the widest measured 31.0% apart; measured best not in the "
+        "predicted top 3: c on x"]
 
 
 def test_flash_attention_2_share_is_fitted_on_the_runs_that_ran_fa2():

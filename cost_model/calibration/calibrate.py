@@ -68,12 +68,29 @@ class SourceReport:
 
 @dataclass
 class RankingGroup:
-    """Layouts of one model on one cluster (same source, GPU, GPU count, sequence length, precision)."""
+    """Layouts of one model on one kind of cluster (:func:`_layout_group`: same source and Megatron-Bridge
+    container, model, GPU as priced, sequence length and precision; the GPU count varies)."""
 
     key: str
     rows: int
     kendall_tau: float
     best_in_top3: bool
+    discordant_pairs: int
+    """Pairs of layouts the prediction orders the other way round from the measurement."""
+    widest_discordant_gap: float
+    """Of those pairs, the largest measured difference (faster over slower, minus 1); 0 when none. A miss on
+    pairs that measured a percent or two apart is a miss on differences the size of run-to-run noise."""
+
+    def record(self) -> dict[str, Any]:
+        """The group as ``fitted.yaml`` stores it."""
+        return {"group": self.key, "rows": self.rows, "kendall_tau": round(self.kendall_tau, 3),
+                "measured_best_in_predicted_top3": self.best_in_top3, "discordant_pairs": self.discordant_pairs,
+                "widest_discordant_gap": round(self.widest_discordant_gap, 6)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "RankingGroup":
+        return cls(record["group"], record["rows"], record["kendall_tau"], record["measured_best_in_predicted_top3"],
+                   record["discordant_pairs"], record["widest_discordant_gap"])
 
 
 @dataclass
@@ -178,8 +195,12 @@ def ranking_groups(held_out: list[tuple[PreparedRow, ValidationRow]], min_rows: 
             continue
         best = int(np.argmax(measured))
         top3 = set(np.argsort(-predicted, kind="stable")[:3].tolist())
+        order = np.sign(predicted[:, None] - predicted[None, :]) * np.sign(measured[:, None] - measured[None, :])
+        i, j = np.nonzero(np.triu(order < 0))
+        gaps = np.maximum(measured[i], measured[j]) / np.minimum(measured[i], measured[j]) - 1
         out.append(RankingGroup(key=key, rows=len(results), kendall_tau=kendall_tau(predicted, measured),
-                                best_in_top3=best in top3))
+                                best_in_top3=best in top3, discordant_pairs=int(len(i)),
+                                widest_discordant_gap=float(gaps.max()) if len(i) else 0.0))
     return out
 
 
@@ -356,6 +377,15 @@ def source_lines(sources: list[SourceReport]) -> list[str]:
     return lines
 
 
+def ranking_lines(groups: list[RankingGroup], below: float = 0.8) -> list[str]:
+    """The ranking groups whose Kendall tau is under ``below`` (the issue-14 target), each with the pairs it
+    orders wrongly and how far apart the widest of them measured."""
+    return [f"  tau {g.kendall_tau:+.2f}: {g.discordant_pairs} of {g.rows * (g.rows - 1) // 2} pairs out of order, "
+            f"the widest measured {g.widest_discordant_gap:.1%} apart"
+            f"{'' if g.best_in_top3 else '; measured best not in the predicted top 3'}: {g.key}"
+            for g in groups if g.kendall_tau < below]
+
+
 def fitted_document(calibration: Calibration) -> str:
     overall = calibration.overall()
     document = {
@@ -365,8 +395,7 @@ def fitted_document(calibration: Calibration) -> str:
             "overall": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in overall.items()},
             "sources": source_records(calibration.sources),
             "precisions": precision_records(calibration.held_out),
-            "rankings": [{"group": g.key, "rows": g.rows, "kendall_tau": round(g.kendall_tau, 3),
-                          "measured_best_in_predicted_top3": g.best_in_top3} for g in calibration.rankings],
+            "rankings": [g.record() for g in calibration.rankings],
         },
         "bands": calibration.bands,
     }
