@@ -684,14 +684,6 @@ def optimizer_step_bytes(training: TrainingSpec, shard_params, grad_buffer_param
     return shard_params * per_shard_param + grad_buffer_params * grad
 
 
-CAST_THEN_ADD_STACKS = ("megatron-deepspeed",)
-"""Stacks that bring a 16-bit micro-batch gradient into an fp32 buffer as a cast and then an add:
-DeepSpeed's ``BF16_Optimizer.update_hp_grads`` runs ``hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))``
-after every micro-batch's backward (``deepspeed/runtime/bf16_optimizer.py``, called from
-``pipe/engine.py`` ``_exec_backward_pass``, microsoft/DeepSpeed v0.6.5). Megatron's DDP hook adds the 16-bit
-gradient into the fp32 ``main_grad`` in one mixed-dtype ``add_``."""
-
-
 def gradient_accumulation_bytes(training: TrainingSpec, local_params, num_microbatches):
     """HBM bytes, averaged over a step's micro-batches, that one micro-batch's backward moves adding its
     weight gradients into an unsharded gradient buffer of ``local_params``, for a run without
@@ -708,15 +700,16 @@ def gradient_accumulation_bytes(training: TrainingSpec, local_params, num_microb
       DeepSpeed's fp16 engine (``param.grad`` accumulated by autograd, v0.5.4).
     * An fp32 buffer is added to every micro-batch: Megatron's DDP hook runs ``param.main_grad.add_(param.grad
       .data)`` (``megatron/model/distributed.py`` ``_make_param_hook``, 6985e58938 and d898a8991d: read 2 + 4,
-      write 4 = 10 bytes); a stack of :data:`CAST_THEN_ADD_STACKS` casts first (read 2, write 4) and adds
-      the fp32 copy (read 4 + 4, write 4): 18 bytes.
+      write 4 = 10 bytes); a stack with ``gradient_accumulation_cast_then_add`` (DeepSpeed's
+      ``BF16_Optimizer``, :attr:`cost_model.stacks.StackSpec.gradient_accumulation_cast_then_add`) casts first
+      (read 2, write 4) and adds the fp32 copy (read 4 + 4, write 4): 18 bytes.
 
     Megatron-LM of 2022 (d898a8991d) keeps contiguous buffers by default, so an unfused 16-bit buffer there
     is added to every micro-batch (one pass more per step than priced here)."""
     m = np.asarray(num_microbatches, dtype=float)
     if training.grad_bytes == 2:
         return local_params * 6.0 * (m - 1.0) / np.maximum(m, 1.0)
-    per_param = 18.0 if training.stack in CAST_THEN_ADD_STACKS else 10.0
+    per_param = 18.0 if stack_spec(training.stack).gradient_accumulation_cast_then_add else 10.0
     return local_params * per_param * np.ones_like(m)
 
 

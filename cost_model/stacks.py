@@ -267,6 +267,13 @@ class StackSpec:
     Megatron-Core; false for Megatron-LM of 2021 (6985e58938, the SC21 code, has no fusion) and DeepSpeed;
     the FSDP stacks have none either, but accumulate the reduce-scattered shard (not priced here)."""
 
+    gradient_accumulation_cast_then_add: bool
+    """Whether, without that fusion, the stack brings a 16-bit micro-batch gradient into an fp32 buffer as a
+    cast and then an add (18 bytes a parameter) rather than Megatron DDP's one mixed-dtype ``add_`` (10):
+    DeepSpeed's ``BF16_Optimizer.update_hp_grads`` runs ``hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))``
+    after every micro-batch's backward (``deepspeed/runtime/bf16_optimizer.py``, called from ``pipe/engine.py``
+    ``_exec_backward_pass``, microsoft/DeepSpeed v0.6.5; :func:`cost_model.compute.gradient_accumulation_bytes`)."""
+
     kernel_efficiency: float
     """Share of the reference stack's GEMM and attention throughput reached on the same shapes (fitted
     by ``plan-search calibrate``; 1.0 = Megatron-Core + Transformer Engine)."""
@@ -281,7 +288,7 @@ SWITCHES = ("flash_attention", "flash_attention_2", "fused_elementwise", "fused_
             "per_tensor_collectives", "zero3_gradient_all_reduce", "zero1_gradient_all_reduce", "pipeline_scatter_gather",
             "pipeline_stage_buffers", "tp_backward_overlap", "tp_saves_gathered_input", "pipeline_p2p_overlap",
             "pipeline_p2p_batched", "pipeline_p2p_serial", "float16_optimizer_copies",
-            "gradient_accumulation_fusion")
+            "gradient_accumulation_fusion", "gradient_accumulation_cast_then_add")
 
 
 def _stack_from_mapping(name: str, entry: dict[str, Any], where: str) -> StackSpec:
